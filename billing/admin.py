@@ -1,0 +1,62 @@
+from django.contrib import admin
+
+from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = [
+        "code",
+        "name",
+        "make_monthly_limit",
+        "ai_monthly_limit",
+        "default_ttl_seconds",
+        "max_ttl_seconds",
+        "tools_limit",
+        "has_governance",
+        "rate_limit_per_second",
+    ]
+
+
+@admin.register(Account)
+class AccountAdmin(admin.ModelAdmin):
+    list_display = ["name", "plan", "is_active", "strict_mode", "created_at"]
+    list_filter = ["plan", "is_active"]
+    search_fields = ["name"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "account", "role"]
+    list_filter = ["role"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    # The hash is useless to a human and the raw key is never stored: show the preview only, and no edits —
+    # keys are created and revoked through the dashboard so that both are audited.
+    list_display = ["preview", "account", "label", "created_at", "last_used_at", "revoked_at"]
+    exclude = ["key_hash"]
+    readonly_fields = [
+        "account",
+        "label",
+        "prefix",
+        "last4",
+        "created_at",
+        "created_by",
+        "last_used_at",
+        "revoked_at",
+        "revoked_by",
+    ]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "account", "actor_label", "action", "object_type", "object_id"]
+    list_filter = ["action"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

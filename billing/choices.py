@@ -1,0 +1,18 @@
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    VIEWER = "viewer", "Viewer"
+
+
+class PlanCode(models.TextChoices):
+    FREE = "free", "Free"
+    STARTER = "starter", "Starter"
+    PRO = "pro", "Pro"
+    AGENCY = "agency", "Agency"
+
+
+# Roles that may change things (create/revoke keys, edit policies…). Viewers look only.
+EDITOR_ROLES = frozenset({Role.OWNER, Role.ADMIN})

@@ -1,0 +1,23 @@
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from billing import services
+from billing.models import Plan
+
+
+class Command(BaseCommand):
+    help = "Create an API key (and the account if missing). Prints only the raw key on stdout."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--account", required=True, help="Account name; created if missing.")
+        parser.add_argument("--plan", help="Set the account's plan (free, starter, pro, agency or another code).")
+        parser.add_argument("--label", default="", help="A label for the key.")
+
+    def handle(self, *args, account: str, plan: str | None, label: str, **options) -> None:
+        if plan and not Plan.objects.filter(code=plan).exists():
+            codes = ", ".join(Plan.objects.values_list("code", flat=True))
+            raise CommandError(f"Unknown plan {plan!r}; known plans: {codes}.")
+        acct, created = services.account_get_or_create(name=account, plan_code=plan)
+        if created:
+            self.stderr.write(f"Created account {acct.name!r} on plan {acct.plan.code}.")
+        new = services.api_key_create(account=acct, label=label)
+        self.stdout.write(new.raw)

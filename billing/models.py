@@ -1,0 +1,170 @@
+"""Accounts (tenants), their members, API keys, the plan catalogue and the operator audit log."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from billing.choices import Role
+
+
+class Plan(models.Model):
+    """A row of the plan catalogue (seeded by a data migration with design §7's numbers; editable by admins).
+
+    Entitlements are read from here by ``billing.services.entitlements`` — never from hard-coded plan names.
+    """
+
+    code = models.SlugField(max_length=32, unique=True, help_text="Name reported to clients as `plan`.")
+    name = models.CharField(max_length=64)
+    sort_order = models.PositiveSmallIntegerField(default=0)
+    price_usd_month = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    make_monthly_limit = models.PositiveBigIntegerField(help_text="Locked check-locks per UTC month.")
+    ai_monthly_limit = models.PositiveBigIntegerField(
+        help_text="Acquired leases/runs and executed or allowed governed calls per UTC month."
+    )
+    default_ttl_seconds = models.PositiveIntegerField()
+    max_ttl_seconds = models.PositiveIntegerField()
+    tools_limit = models.PositiveIntegerField(default=0, help_text="Registered tools; 0 = registry not available.")
+    has_governance = models.BooleanField(default=False, help_text="Policies, agent logs and metrics.")
+    has_allowed_tools = models.BooleanField(default=False, help_text="`allowed_tools` in policies.")
+    has_kill_switch = models.BooleanField(default=False)
+    rate_limit_per_second = models.PositiveIntegerField(default=10, help_text="Token refill rate per API key.")
+    rate_limit_burst = models.PositiveIntegerField(default=50, help_text="Token bucket size per API key.")
+
+    class Meta:
+        ordering = ["sort_order", "id"]
+        constraints = [
+            # A default TTL above the maximum would be clamped on every call: refuse such a plan row.
+            models.CheckConstraint(
+                condition=models.Q(default_ttl_seconds__gte=1)
+                & models.Q(default_ttl_seconds__lte=models.F("max_ttl_seconds")),
+                name="billing_plan_default_ttl_within_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Account(models.Model):
+    """A tenant. Every API key, lock, policy, tool, decision and run belongs to exactly one account."""
+
+    name = models.CharField(max_length=120, unique=True)
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="accounts")
+    is_active = models.BooleanField(default=True)
+    strict_mode = models.BooleanField(
+        default=False,
+        help_text="Refuse unregistered tools and unknown job handlers instead of permitting them.",
+    )
+    email_notifications_enabled = models.BooleanField(default=True)
+    tool_error_notifications_enabled = models.BooleanField(default=True)
+    run_failure_notifications_enabled = models.BooleanField(default=True)
+    # Statistics, added to by the web processes in batches (billing.counters); never used for enforcement.
+    requests_total_all_time = models.PositiveBigIntegerField(default=0)
+    blocked_total_all_time = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @staticmethod
+    def current_period_end(now: datetime | None = None) -> datetime:
+        """End of the current quota period: the first instant of the next UTC calendar month."""
+        now = now or timezone.now()
+        last_day = calendar.monthrange(now.year, now.month)[1]
+        return now.replace(day=last_day, hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
+class Membership(models.Model):
+    """A user's role in an account. A user may belong to several accounts (the UI has a switcher)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["account__name"]
+        constraints = [
+            # One role per user and account; services catch the IntegrityError of a concurrent double insert.
+            models.UniqueConstraint(fields=["user", "account"], name="billing_membership_unique_user_account"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.account} ({self.role})"
+
+
+class ApiKey(models.Model):
+    """An API key. Only its SHA-256 is stored; the raw key is shown once, at creation."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="api_keys")
+    label = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, help_text="First characters of the key, to recognise it.")
+    last4 = models.CharField(max_length=4)
+    key_hash = models.CharField(max_length=64, help_text="SHA-256 hex of the raw key.")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Authentication looks keys up by hash (billing.auth); unique also guards against a (theoretical)
+            # collision of two generated keys.
+            models.UniqueConstraint(fields=["key_hash"], name="billing_apikey_unique_hash"),
+        ]
+        indexes = [
+            # The API keys page: an account's keys, newest first.
+            models.Index(fields=["account", "-created_at"], name="billing_apikey_account_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return self.preview
+
+    @property
+    def preview(self) -> str:
+        return f"{self.prefix}…{self.last4}"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class AuditEntry(models.Model):
+    """Who changed what, written by services in the same transaction as the change (never by signals)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="audit_entries")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # A readable snapshot of the actor ("alice@example.com", "api key once_live_ab…wxyz", "system"): it
+    # survives the deletion of the user or key.
+    actor_label = models.CharField(max_length=200)
+    action = models.CharField(max_length=64, help_text="Namespaced code, e.g. billing.api_key.revoked.")
+    object_type = models.CharField(max_length=64, blank=True)
+    object_id = models.CharField(max_length=200, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The audit log page: an account's entries, newest first.
+            models.Index(fields=["account", "-created_at"], name="billing_audit_account_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor_label}"

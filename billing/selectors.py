@@ -1,0 +1,59 @@
+"""Reads of the billing app. Dashboard helpers raise 404/403 so that tenant scoping cannot be forgotten."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest
+
+from billing.choices import EDITOR_ROLES
+from billing.models import Account, ApiKey, Membership
+
+SESSION_ACCOUNT_KEY = "account_id"
+
+
+def account_for_api(account_id: int) -> Account:
+    return Account.objects.select_related("plan").get(pk=account_id)
+
+
+def memberships_for_user(user) -> list[Membership]:
+    if not user.is_authenticated:
+        return []
+    return list(Membership.objects.filter(user=user).select_related("account", "account__plan"))
+
+
+def current_membership(request: HttpRequest) -> Membership:
+    """The membership of the account the operator is looking at (the switcher stores it in the session).
+
+    Cached on the request, so the layout and the view share one query.
+    """
+    cached = getattr(request, "_current_membership", None)
+    if cached is not None:
+        return cached
+    memberships = memberships_for_user(request.user)
+    if not memberships:
+        raise PermissionDenied("This login is not a member of any account.")
+    wanted = request.session.get(SESSION_ACCOUNT_KEY)
+    membership = next((m for m in memberships if m.account_id == wanted), memberships[0])
+    request._current_membership = membership  # type: ignore[attr-defined]
+    request._memberships = memberships  # type: ignore[attr-defined]
+    return membership
+
+
+def editor_membership(request: HttpRequest) -> Membership:
+    """Like current_membership, but only for roles that may change things (viewers get 403)."""
+    membership = current_membership(request)
+    if membership.role not in EDITOR_ROLES:
+        raise PermissionDenied("Viewers can look but not change anything.")
+    return membership
+
+
+def api_keys_for_account(account: Account) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(account=account).select_related("created_by").order_by("-created_at", "-id")
+
+
+def get_api_key_for_account(account: Account, key_id: int) -> ApiKey:
+    try:
+        return ApiKey.objects.select_related("account").get(pk=key_id, account=account)
+    except ApiKey.DoesNotExist:
+        raise Http404("No such API key in this account.") from None

@@ -1,0 +1,192 @@
+"""Writes of the billing app: accounts, operators, API keys, notification settings — each audited."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing import auth
+from billing.choices import Role
+from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
+
+API_KEY_PREFIX = "once_live_"
+NOTIFICATION_FIELDS = (
+    "email_notifications_enabled",
+    "tool_error_notifications_enabled",
+    "run_failure_notifications_enabled",
+)
+
+
+def _actor_label(actor: AbstractBaseUser | None) -> str:
+    return actor.get_username() if actor is not None else "system"
+
+
+def audit_record(
+    *,
+    account: Account,
+    action: str,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str | None = None,
+    object_type: str = "",
+    object_id: str | int = "",
+    data: dict[str, Any] | None = None,
+) -> AuditEntry:
+    return AuditEntry.objects.create(
+        account=account,
+        actor=actor,
+        actor_label=actor_label or _actor_label(actor),
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        data=data or {},
+    )
+
+
+def account_get_or_create(*, name: str, plan_code: str | None = None) -> tuple[Account, bool]:
+    """The account called ``name``, created on the Free plan (or ``plan_code``) if missing."""
+    name = name.strip()
+    if not name:
+        raise ValidationError("An account needs a name.")
+    plan = Plan.objects.get(code=plan_code) if plan_code else None
+    account = Account.objects.filter(name=name).first()
+    if account is None:
+        try:
+            with transaction.atomic():
+                account = Account.objects.create(name=name, plan=plan or Plan.objects.get(code="free"))
+                audit_record(
+                    account=account,
+                    action="billing.account.created",
+                    object_type="account",
+                    object_id=account.pk,
+                    data={"plan": account.plan.code},
+                )
+            return account, True
+        except IntegrityError:
+            account = Account.objects.get(name=name)  # created concurrently: take theirs
+    if plan is not None and account.plan_id != plan.pk:
+        account_set_plan(account=account, plan=plan)
+    return account, False
+
+
+def account_set_plan(*, account: Account, plan: Plan, actor: AbstractBaseUser | None = None) -> None:
+    old = account.plan.code
+    with transaction.atomic():
+        account.plan = plan
+        account.save(update_fields=["plan"])
+        audit_record(
+            account=account,
+            actor=actor,
+            action="billing.account.plan_changed",
+            object_type="account",
+            object_id=account.pk,
+            data={"from": old, "to": plan.code},
+        )
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    api_key: ApiKey
+    raw: str  # shown to the user exactly once, never stored
+
+
+def api_key_create(*, account: Account, label: str = "", actor: AbstractBaseUser | None = None) -> NewApiKey:
+    """Create a key ``once_live_`` + 32 random bytes (url-safe base64). Only its SHA-256 is stored."""
+    raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        api_key = ApiKey.objects.create(
+            account=account,
+            label=label.strip()[:100],
+            prefix=raw[: len(API_KEY_PREFIX) + 4],
+            last4=raw[-4:],
+            key_hash=auth.hash_key(raw),
+            created_by=actor,
+        )
+        audit_record(
+            account=account,
+            actor=actor,
+            action="billing.api_key.created",
+            object_type="api_key",
+            object_id=api_key.pk,
+            data={"label": api_key.label, "key": api_key.preview},
+        )
+    return NewApiKey(api_key=api_key, raw=raw)
+
+
+def api_key_revoke(*, api_key: ApiKey, actor: AbstractBaseUser | None = None) -> bool:
+    """Revoke a key; every process refuses it within a second. Returns False if it was already revoked."""
+    now = timezone.now()
+    with transaction.atomic():
+        # Conditional update: two operators revoking at once write one audit entry, not two.
+        changed = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=now, revoked_by=actor)
+        if changed:
+            audit_record(
+                account=api_key.account,
+                actor=actor,
+                action="billing.api_key.revoked",
+                object_type="api_key",
+                object_id=api_key.pk,
+                data={"key": api_key.preview},
+            )
+            key_hash = api_key.key_hash
+            transaction.on_commit(lambda: auth.forget(key_hash))
+    if changed:
+        api_key.revoked_at, api_key.revoked_by = now, actor
+    return bool(changed)
+
+
+def operator_create(
+    *,
+    account: Account,
+    email: str,
+    password: str,
+    role: str = Role.OWNER,
+    actor: AbstractBaseUser | None = None,
+) -> AbstractBaseUser:
+    """Create (or update the password and role of) an operator login for ``account``."""
+    email = email.strip().lower()
+    if "@" not in email:
+        raise ValidationError("Enter a valid email address.")
+    if role not in Role.values:
+        raise ValidationError(f"Unknown role {role!r}; use one of {', '.join(Role.values)}.")
+    User = get_user_model()
+    with transaction.atomic():
+        user, _ = User.objects.get_or_create(username=email, defaults={"email": email})
+        user.set_password(password)
+        user.save(update_fields=["password"])
+        membership, created = Membership.objects.get_or_create(user=user, account=account, defaults={"role": role})
+        if not created and membership.role != role:
+            membership.role = role
+            membership.save(update_fields=["role"])
+        audit_record(
+            account=account,
+            actor=actor,
+            action="billing.operator.saved",
+            object_type="user",
+            object_id=user.pk,
+            data={"email": email, "role": role},
+        )
+    return user
+
+
+def notifications_update(*, account: Account, changes: dict[str, bool], actor_label: str) -> Account:
+    fields = [name for name in NOTIFICATION_FIELDS if name in changes]
+    with transaction.atomic():
+        for name in fields:
+            setattr(account, name, bool(changes[name]))
+        account.save(update_fields=fields)
+        audit_record(
+            account=account,
+            actor_label=actor_label,
+            action="billing.notifications.updated",
+            object_type="account",
+            object_id=account.pk,
+            data={name: changes[name] for name in fields},
+        )
+    return account

@@ -1,0 +1,26 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from billing import api, views
+from billing.forms import EmailAuthenticationForm
+
+app_name = "billing"
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(authentication_form=EmailAuthenticationForm, redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("keys/", views.api_keys, name="api-keys"),
+    path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
+    path("account/switch/", views.account_switch, name="account-switch"),
+]
+
+# Mounted under /v1/ by onceonly_site/urls.py.
+api_urlpatterns = [
+    path("me", api.MeApi.as_view(), name="me"),
+    path("me/notifications", api.MeNotificationsApi.as_view(), name="me-notifications"),
+]

@@ -1,0 +1,111 @@
+"""Operator dashboard pages of the billing app: overview, API keys, account switcher."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
+
+from billing import selectors, services
+from billing.forms import AccountSwitchForm, ApiKeyCreateForm
+
+KEYS_PER_PAGE = 25
+# A new raw key waits in the cache (never the database) for the one page view that shows it.
+NEW_KEY_CACHE_SECONDS = 120
+
+
+def _api_base_url(request: HttpRequest) -> str:
+    return request.build_absolute_uri("/v1")
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    membership = selectors.current_membership(request)
+    account = membership.account
+    active_keys = selectors.api_keys_for_account(account).filter(revoked_at__isnull=True).count()
+    return render(
+        request,
+        "billing/overview.html",
+        {"plan": account.plan, "active_keys": active_keys, "api_base_url": _api_base_url(request)},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_keys(request: HttpRequest) -> HttpResponse:
+    membership = selectors.current_membership(request)
+    form = ApiKeyCreateForm()
+    if request.method == "POST":
+        membership = selectors.editor_membership(request)
+        form = ApiKeyCreateForm(request.POST)
+        if form.is_valid():
+            new = services.api_key_create(
+                account=membership.account, label=form.cleaned_data["label"], actor=request.user
+            )
+            token = secrets.token_urlsafe(16)
+            cache.set(f"newkey:{request.user.pk}:{token}", new.raw, NEW_KEY_CACHE_SECONDS)
+            return redirect(f"{reverse('billing:api-keys')}?created={token}")
+
+    new_key = None
+    token = request.GET.get("created", "")
+    if token:
+        cache_key = f"newkey:{request.user.pk}:{token}"
+        new_key = cache.get(cache_key)
+        cache.delete(cache_key)  # shown exactly once: a reload shows nothing
+
+    page = Paginator(selectors.api_keys_for_account(membership.account), KEYS_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "billing/api_keys.html",
+        {
+            "page": page,
+            "form": form,
+            "new_key": new_key,
+            "created_token": token,
+            "api_base_url": _api_base_url(request),
+        },
+        status=422 if form.errors else 200,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    membership = selectors.editor_membership(request)
+    api_key = selectors.get_api_key_for_account(membership.account, key_id)
+    if request.method == "POST":
+        if services.api_key_revoke(api_key=api_key, actor=request.user):
+            messages.success(request, f"Key {api_key.preview} revoked. Clients using it now get 403.")
+        else:
+            messages.info(request, f"Key {api_key.preview} was already revoked.")
+        return redirect("billing:api-keys")
+    return render(request, "billing/api_key_revoke.html", {"api_key": api_key})
+
+
+@login_required
+@require_POST
+def account_switch(request: HttpRequest) -> HttpResponse:
+    form = AccountSwitchForm(request.POST)
+    target = reverse("billing:overview")
+    if form.is_valid():
+        wanted = form.cleaned_data["account_id"]
+        if any(m.account_id == wanted for m in selectors.memberships_for_user(request.user)):
+            request.session[selectors.SESSION_ACCOUNT_KEY] = wanted
+        else:
+            messages.error(request, "You are not a member of that account.")
+        nxt = form.cleaned_data["next"]
+        if nxt and url_has_allowed_host_and_scheme(
+            nxt, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            target = nxt
+    return redirect(target)

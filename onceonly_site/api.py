@@ -1,0 +1,175 @@
+"""The API error contract (protocol §1.6–1.7, design §7).
+
+Every ``/v1`` error body is ``{"detail": …}``. Validation problems are 422 in FastAPI's list form
+(``[{"type", "loc", "msg"}]``), which both SDKs surface as ``ValidationError`` with the body in the message.
+Business errors carry a machine-readable ``detail.error`` code. No stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from onceonly_site.middleware import current_request_id
+
+logger = logging.getLogger(__name__)
+
+MISSING_BEARER = "Missing Authorization Bearer token"
+INVALID_API_KEY = "Invalid API key"
+
+
+class ApiProblem(exceptions.APIException):
+    """A business error: ``{"detail": {"error": <code>, "message"?: …, **extra}}`` with the given status."""
+
+    def __init__(self, status_code: int, error: str, message: str | None = None, **extra: Any) -> None:
+        self.status_code = status_code
+        detail: dict[str, Any] = {"error": error}
+        if message:
+            detail["message"] = message
+        detail.update(extra)
+        self.problem = detail
+        super().__init__(detail=error)
+
+
+class MissingBearer(exceptions.APIException):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_detail = MISSING_BEARER
+
+
+class InvalidApiKey(exceptions.APIException):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_detail = INVALID_API_KEY
+
+
+class QueryValidationError(exceptions.ValidationError):
+    """A validation error about query parameters (``loc`` starts with ``query``)."""
+
+    location = "query"
+
+
+def _items(detail: Any, loc: list[str | int]) -> list[dict[str, Any]]:
+    if isinstance(detail, dict):
+        out: list[dict[str, Any]] = []
+        for field, value in detail.items():
+            sub = loc if field in ("non_field_errors", "__all__") else [*loc, field]
+            out.extend(_items(value, sub))
+        return out
+    if isinstance(detail, list):
+        out = []
+        for index, value in enumerate(detail):
+            if isinstance(value, dict | list):
+                out.extend(_items(value, [*loc, index]))
+            else:
+                out.extend(_items(value, loc))
+        return out
+    code = getattr(detail, "code", None) or "invalid"
+    return [{"type": str(code), "loc": loc, "msg": str(detail)}]
+
+
+def validation_detail(exc: exceptions.ValidationError) -> list[dict[str, Any]]:
+    location = getattr(exc, "location", "body")
+    return _items(exc.detail, [location])
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    if isinstance(exc, exceptions.ValidationError):
+        return Response({"detail": validation_detail(exc)}, status=422)
+    if isinstance(exc, exceptions.ParseError):
+        # DRF says 400 for a body that is not JSON; the SDK contract (FastAPI) says 422.
+        msg = str(exc.detail)
+        return Response({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": msg}]}, status=422)
+    if isinstance(exc, exceptions.NotAuthenticated | MissingBearer):
+        return Response({"detail": MISSING_BEARER}, status=401, headers={"WWW-Authenticate": 'Bearer realm="api"'})
+    if isinstance(exc, ApiProblem):
+        return Response({"detail": exc.problem}, status=exc.status_code)
+    if isinstance(exc, exceptions.APIException):
+        headers = {}
+        wait = getattr(exc, "wait", None)
+        if wait is not None:
+            headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+        return Response({"detail": exc.detail}, status=exc.status_code, headers=headers)
+    return None  # unexpected: Django's handler500 answers (JSON for /v1, see server_error)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path.startswith("/v1/") or request.path == "/v1"
+
+
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    return JsonResponse({"detail": "Not Found"}, status=404)
+
+
+def server_error(request: HttpRequest) -> Any:
+    if _wants_json(request):
+        return JsonResponse(
+            {
+                "detail": {
+                    "error": "internal_error",
+                    "message": "The server failed to handle this request; it has been logged.",
+                    "request_id": current_request_id(),
+                }
+            },
+            status=500,
+        )
+    from django.views.defaults import server_error as html_server_error
+
+    return html_server_error(request)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> Any:
+    if _wants_json(request):
+        return api_not_found(request)
+    from django.views.defaults import page_not_found as html_page_not_found
+
+    return html_page_not_found(request, exception)
+
+
+def validate(serializer_class: type[serializers.Serializer], data: Any, *, query: bool = False) -> dict[str, Any]:
+    """Run a serializer and return its validated data; errors become a 422 (``loc`` body or query)."""
+    if not query and not isinstance(data, dict):
+        raise exceptions.ValidationError({"non_field_errors": ["The request body must be a JSON object."]})
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        if query:
+            raise QueryValidationError(serializer.errors)
+        raise exceptions.ValidationError(serializer.errors)
+    return dict(serializer.validated_data)
+
+
+def body(request: Request) -> Any:
+    """The parsed JSON body; an empty body is ``{}`` (clients send Content-Type: application/json everywhere)."""
+    data = request.data
+    return {} if data is None else data
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo is a 422 instead of a silently ignored setting."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise exceptions.ValidationError(
+                    {name: [serializers.ErrorDetail("Unknown field.", code="extra_forbidden")] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean, nothing else ("yes", 1 and "true" are refused)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data

@@ -1,0 +1,19 @@
+"""The Celery app: `celery -A onceonly_site worker` / `celery -A onceonly_site beat`.
+
+Celery only wakes workers; the state of every job lives in a database row (design §3.3). The beat schedule is
+defined here, in one place, each entry commented.
+"""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "onceonly_site.settings")
+
+app = Celery("onceonly_site")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# The one beat schedule. Each entry names the guarantee it serves; the lease/run sweepers and the governance
+# rollups join it with their issues.
+app.conf.beat_schedule = {}

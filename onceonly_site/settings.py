@@ -1,0 +1,250 @@
+"""Settings, read from the environment (design §6). Every value goes through a typed helper in ``env.py``."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from onceonly_site import embedded_redis
+from onceonly_site.env import (
+    celery_url_from_redis,
+    database_from_url,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    sqlite_database,
+    validate_redis_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("ONCEONLY_VAR_DIR") or BASE_DIR / "var").resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DEBUG", False)
+
+
+def _dev_secret_key() -> str:
+    # In DEBUG a random key is generated once and kept under var/, so sessions survive restarts of `make run`.
+    path = VAR_DIR / "dev-secret-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env_str("SECRET_KEY") or ""
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off. Generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`, or set DEBUG=1 for development."
+        )
+    SECRET_KEY = _dev_secret_key()
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Behind a TLS-terminating proxy set ONCEONLY_HTTPS=1: secure cookies, HSTS, redirect to https.
+HTTPS = env_bool("ONCEONLY_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env_int("ONCEONLY_HSTS_SECONDS", 31536000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_htmx",
+    "billing",
+    "idempotency",
+    "governance",
+]
+
+MIDDLEWARE = [
+    "onceonly_site.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "onceonly_site.urls"
+WSGI_APPLICATION = "onceonly_site.wsgi.application"
+ASGI_APPLICATION = "onceonly_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "billing.context_processors.current_account",
+            ],
+        },
+    }
+]
+
+# --- Database ---------------------------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL") or ""
+DATABASES = {
+    "default": database_from_url(DATABASE_URL) if DATABASE_URL else sqlite_database(VAR_DIR / "onceonly.sqlite3")
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: locks, leases, counters, cache and the Celery broker all use this one server ---------------------
+REDIS_URL = env_str("REDIS_URL") or ""
+EMBEDDED_REDIS = not REDIS_URL
+if EMBEDDED_REDIS:
+    REDIS_URL = embedded_redis.default_url(VAR_DIR)
+    if env_bool("ONCEONLY_EMBEDDED_REDIS_AUTOSTART", True):
+        embedded_redis.ensure_running(VAR_DIR)
+validate_redis_url(REDIS_URL)
+
+
+def redis_dependent_settings(url: str) -> dict[str, object]:
+    """Everything derived from REDIS_URL, so the test settings can re-derive it for their own database."""
+    celery_url = celery_url_from_redis(url)
+    return {
+        "CACHES": {
+            "default": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": url,
+                "KEY_PREFIX": "oo:cache",
+                "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+            }
+        },
+        "CELERY_BROKER_URL": celery_url,
+        "CELERY_RESULT_BACKEND": None,
+    }
+
+
+globals().update(redis_dependent_settings(REDIS_URL))
+
+# --- Celery ----------------------------------------------------------------------------------------------
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Auth and the operator UI -----------------------------------------------------------------------------
+LOGIN_URL = "billing:login"
+LOGIN_REDIRECT_URL = "billing:overview"
+LOGOUT_REDIRECT_URL = "billing:login"
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 14 * 24 * 3600, minimum=300)
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing STATIC_ROOT before collectstatic ran
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG or env_bool("ONCEONLY_STATIC_FROM_FINDERS", False)
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+# Without collectstatic (dev, tests) whitenoise serves straight from the app/static folders.
+WHITENOISE_USE_FINDERS = DEBUG or env_bool("ONCEONLY_STATIC_FROM_FINDERS", False)
+
+# --- API --------------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["billing.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "onceonly_site.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "OnceOnly Server API",
+    "DESCRIPTION": (
+        "Self-hosted control plane for AI agents, wire-compatible with onceonly-sdk 3.0.5. "
+        'Authenticate with `Authorization: Bearer <api key>`. Errors are `{"detail": …}`; '
+        "validation errors are 422."
+    ),
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "once_live_…"}}
+    },
+    "SECURITY": [{"ApiKey": []}],
+}
+
+# --- OnceOnly ---------------------------------------------------------------------------------------------
+# How long a web process trusts its in-memory copy of an API key before asking Redis again. This bounds how
+# long a revoked key keeps working in another process (the contract is: within one second).
+ONCEONLY_API_KEY_LOCAL_CACHE_SECONDS = env_float("ONCEONLY_API_KEY_LOCAL_CACHE_SECONDS", 0.9, minimum=0)
+# How long the key -> account mapping is kept in Redis (revocation overwrites it at once).
+ONCEONLY_API_KEY_REDIS_CACHE_SECONDS = env_int("ONCEONLY_API_KEY_REDIS_CACHE_SECONDS", 300, minimum=1)
+# last_used_at is written at most this often per key.
+ONCEONLY_API_KEY_TOUCH_SECONDS = env_int("ONCEONLY_API_KEY_TOUCH_SECONDS", 60, minimum=1)
+# Per-process request counters are added to the database at most this often per account.
+ONCEONLY_COUNTER_FLUSH_SECONDS = env_float("ONCEONLY_COUNTER_FLUSH_SECONDS", 5.0, minimum=0)
+ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", False)
+ONCEONLY_FIELD_ENCRYPTION_KEY = env_str("ONCEONLY_FIELD_ENCRYPTION_KEY") or ""
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO") or "INFO"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "onceonly_site.middleware.RequestIdLogFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from billing.urls import api_urlpatterns as billing_api
+from onceonly_site import api
+
+# The /v1 API (protocol.md). Paths have no trailing slash, as the SDKs send them. The last pattern answers any
+# unknown /v1 route with a JSON 404 instead of an HTML page.
+v1_patterns = [
+    *billing_api,
+    re_path(r"^.*$", api.api_not_found),
+]
+
+urlpatterns = [
+    path("v1/", include((v1_patterns, "v1"))),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("admin/", admin.site.urls),
+    path("", include("billing.urls")),
+]
+
+handler404 = "onceonly_site.api.page_not_found"
+handler500 = "onceonly_site.api.server_error"

@@ -1,0 +1,19 @@
+// Small progressive enhancements; every page works without JavaScript.
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("[data-copy]");
+  if (!button) return;
+  const input = document.querySelector(button.dataset.copy);
+  const status = button.parentElement.querySelector(".copy-status");
+  input.select();
+  try {
+    await navigator.clipboard.writeText(input.value);
+    if (status) status.textContent = "Copied.";
+  } catch (err) {
+    // Clipboard API unavailable (plain http on a non-localhost host): the text is selected, Ctrl-C works.
+    document.execCommand("copy");
+    if (status) status.textContent = "Selected — press Ctrl-C to copy.";
+  }
+});
+document.addEventListener("change", (event) => {
+  if (event.target.matches("select[data-autosubmit]")) event.target.form.requestSubmit();
+});

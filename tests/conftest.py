@@ -1,0 +1,175 @@
+"""Shared fixtures: personas (healthchecks' alice/bob style), API clients, live servers, the browser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from billing import auth, counters
+from billing.choices import Role
+from billing.models import Account, ApiKey, Plan
+from billing.services import account_get_or_create, api_key_create, operator_create
+from onceonly_site.redis_client import get_redis
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis():
+    """Tests own their Redis database (ONCEONLY_TEST_REDIS_DB): flush it, and per-process caches, per test."""
+    get_redis().flushdb()
+    auth.clear_local_cache()
+    counters._requests.clear()  # counts of an earlier test's (rolled back) accounts
+    yield
+    auth.clear_local_cache()
+
+
+@dataclass
+class Persona:
+    user: object
+    account: Account
+    role: str
+    email: str
+    password: str = PASSWORD
+
+    def login(self, client: Client) -> Client:
+        assert client.login(username=self.email, password=self.password)
+        return client
+
+
+@dataclass
+class Key:
+    raw: str
+    api_key: ApiKey
+
+    def client(self) -> Client:
+        return Client(headers={"Authorization": f"Bearer {self.raw}"})
+
+
+@pytest.fixture
+def account_a(db) -> Account:
+    return account_get_or_create(name="Acme", plan_code="agency")[0]
+
+
+@pytest.fixture
+def account_b(db) -> Account:
+    return account_get_or_create(name="Globex", plan_code="agency")[0]
+
+
+def _persona(account: Account, role: str, email: str) -> Persona:
+    user = operator_create(account=account, email=email, password=PASSWORD, role=role)
+    return Persona(user=user, account=account, role=role, email=email)
+
+
+@pytest.fixture
+def owner_a(account_a) -> Persona:
+    return _persona(account_a, Role.OWNER, "alice@acme.test")
+
+
+@pytest.fixture
+def admin_a(account_a) -> Persona:
+    return _persona(account_a, Role.ADMIN, "adam@acme.test")
+
+
+@pytest.fixture
+def viewer_a(account_a) -> Persona:
+    return _persona(account_a, Role.VIEWER, "victor@acme.test")
+
+
+@pytest.fixture
+def owner_b(account_b) -> Persona:
+    return _persona(account_b, Role.OWNER, "bob@globex.test")
+
+
+def make_key(account: Account, label: str = "") -> Key:
+    new = api_key_create(account=account, label=label)
+    return Key(raw=new.raw, api_key=new.api_key)
+
+
+@pytest.fixture
+def key_a(account_a) -> Key:
+    return make_key(account_a, "agent A")
+
+
+@pytest.fixture
+def key_b(account_b) -> Key:
+    return make_key(account_b, "agent B")
+
+
+@pytest.fixture
+def plans(db) -> dict[str, Plan]:
+    return {plan.code: plan for plan in Plan.objects.all()}
+
+
+@pytest.fixture
+def sdk(live_server, key_a):
+    """The real onceonly-sdk client against a live HTTP server, as account A (agency)."""
+    from onceonly import OnceOnly
+
+    client = OnceOnly(api_key=key_a.raw, base_url=f"{live_server.url}/v1", fail_open=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def gunicorn_server(transactional_db):
+    """A multi-process gunicorn on the test database (rows must be committed: transactional_db)."""
+    from tests.support.servers import GunicornServer
+
+    server = GunicornServer(workers=2)
+    yield server
+    server.stop()
+
+
+# --- Browser (Playwright on Debian's Chromium; never `playwright install`) ------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does this)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = request.node.nodeid.replace("/", "_").replace("::", "__").replace("[", "_").replace("]", "")
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    context.close()
+
+
+def pytest_report_header(config):
+    db = settings.DATABASES["default"]
+    return [
+        f"database: {db['ENGINE'].rsplit('.', 1)[-1]} {db.get('HOST') or db['NAME']}",
+        f"redis: {settings.REDIS_URL} (embedded: {settings.EMBEDDED_REDIS})",
+    ]
