@@ -20,5 +20,10 @@ class EmailAuthenticationForm(AuthenticationForm):
 
     username = UsernameField(label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"}))
 
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "invalid_login": "Please enter a correct email and password. The password is case-sensitive.",
+    }
+
     def clean_username(self) -> str:
         return self.cleaned_data["username"].strip().lower()

@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from billing import auth, counters
+from billing import auth, counters, plan_catalogue
 from billing.choices import Role
 from billing.models import Account, ApiKey, Plan
 from billing.services import account_get_or_create, api_key_create, operator_create
@@ -52,12 +52,19 @@ class Key:
 
 
 @pytest.fixture
-def account_a(db) -> Account:
+def plans(db) -> dict[str, Plan]:
+    # Seeded by a data migration; transactional tests flush the tables, so make sure they are there.
+    plan_catalogue.seed(Plan)
+    return {plan.code: plan for plan in Plan.objects.all()}
+
+
+@pytest.fixture
+def account_a(plans) -> Account:
     return account_get_or_create(name="Acme", plan_code="agency")[0]
 
 
 @pytest.fixture
-def account_b(db) -> Account:
+def account_b(plans) -> Account:
     return account_get_or_create(name="Globex", plan_code="agency")[0]
 
 
@@ -99,11 +106,6 @@ def key_a(account_a) -> Key:
 @pytest.fixture
 def key_b(account_b) -> Key:
     return make_key(account_b, "agent B")
-
-
-@pytest.fixture
-def plans(db) -> dict[str, Plan]:
-    return {plan.code: plan for plan in Plan.objects.all()}
 
 
 @pytest.fixture

@@ -1,0 +1,30 @@
+"""The plan catalogue of design §7 (product/sdk-readme.md): the rows seeded by migration 0002.
+
+Used by that migration (with the historical model) and by the test suite, whose transactional tests flush the
+tables and re-seed. Once seeded, plans are database rows an operator may edit; this list is only the start.
+"""
+
+from decimal import Decimal
+
+HOUR, DAY = 3600, 86400
+
+FIELDS = (
+    "code", "name", "sort_order", "price_usd_month", "make_monthly_limit", "ai_monthly_limit",
+    "default_ttl_seconds", "max_ttl_seconds", "tools_limit", "has_governance", "has_allowed_tools",
+    "has_kill_switch", "rate_limit_per_second", "rate_limit_burst",
+)  # fmt: skip
+
+PLANS = [
+    # code, name, order, $/month, check-locks/month, ai/month, default ttl, max ttl, tools, policies+logs+metrics,
+    # allowed_tools, kill switch, rate limit per second per key, burst
+    ("free", "Free", 0, Decimal("0"), 1_000, 3_000, 60, HOUR, 0, False, False, False, 5, 20),
+    ("starter", "Starter", 1, Decimal("29"), 20_000, 100_000, HOUR, DAY, 0, False, False, False, 20, 60),
+    ("pro", "Pro", 2, Decimal("149"), 200_000, 1_000_000, 6 * HOUR, 7 * DAY, 10, True, False, False, 100, 300),
+    ("agency", "Agency", 3, Decimal("799"), 2_000_000, 10_000_000, DAY, 30 * DAY, 500, True, True, True, 500, 1000),
+]  # fmt: skip
+
+
+def seed(plan_model) -> None:
+    for row in PLANS:
+        values = dict(zip(FIELDS, row, strict=True))
+        plan_model.objects.update_or_create(code=values.pop("code"), defaults=values)
