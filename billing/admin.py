@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from billing import services
 from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
 
 
@@ -23,6 +24,19 @@ class AccountAdmin(admin.ModelAdmin):
     list_display = ["name", "plan", "is_active", "strict_mode", "created_at"]
     list_filter = ["plan", "is_active"]
     search_fields = ["name"]
+    # Activation goes through the service (audit + API-key cache invalidation), via the actions below.
+    readonly_fields = ["is_active", "requests_total_all_time", "blocked_total_all_time", "created_at"]
+    actions = ["deactivate", "reactivate"]
+
+    @admin.action(description="Deactivate: refuse all of the account's API keys")
+    def deactivate(self, request, queryset) -> None:
+        for account in queryset:
+            services.account_set_active(account=account, is_active=False, actor=request.user)
+
+    @admin.action(description="Reactivate")
+    def reactivate(self, request, queryset) -> None:
+        for account in queryset:
+            services.account_set_active(account=account, is_active=True, actor=request.user)
 
 
 @admin.register(Membership)
@@ -51,6 +65,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # revoke instead: revocation is audited and reaches every process's key cache
 
 
 @admin.register(AuditEntry)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from rest_framework.request import Request
 from billing import counters
 from onceonly_site.api import InvalidApiKey, MissingBearer
 from onceonly_site.redis_client import get_redis
+
+logger = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 256
 _TOMBSTONE = b"-"
@@ -125,12 +128,29 @@ def resolve(raw_key: str) -> ApiPrincipal | None:
 
 
 def forget(key_hash: str) -> None:
-    """Make every process refuse this key from now on (called after a revocation commits)."""
+    """Make every process refuse this key from now on (called after a revocation commits).
+
+    If Redis is unreachable the revocation still stands in the database, which every process consults while
+    Redis is down; only an entry cached in Redis before the outage could outlive it (its TTL bounds that).
+    """
+    with _local_lock:
+        _local.pop(key_hash, None)
     try:
         get_redis().set(_redis_key(key_hash), _TOMBSTONE, ex=settings.ONCEONLY_API_KEY_REDIS_CACHE_SECONDS)
-    finally:
-        with _local_lock:
+    except redis.RedisError:
+        logger.error("could not write the revocation tombstone for an API key to Redis", exc_info=True)
+
+
+def unforget(key_hashes: list[str]) -> None:
+    """Drop cached verdicts so the database decides again (after an account is reactivated)."""
+    with _local_lock:
+        for key_hash in key_hashes:
             _local.pop(key_hash, None)
+    if key_hashes:
+        try:
+            get_redis().delete(*[_redis_key(h) for h in key_hashes])
+        except redis.RedisError:
+            logger.error("could not drop cached API-key entries from Redis", exc_info=True)
 
 
 def _touch(principal: ApiPrincipal) -> None:

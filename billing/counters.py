@@ -2,8 +2,9 @@
 
 ``requests_total_all_time`` is a statistic shown by ``/v1/me``, not something enforced, so it is not worth a
 Redis or database round trip per request: each process accumulates counts in memory and adds them with one
-``UPDATE … SET n = n + k`` per account at most every ``ONCEONLY_COUNTER_FLUSH_SECONDS`` and at exit. A process
-killed with SIGKILL loses at most that window of counts. (Monthly quota counters, which are enforced, are atomic
+``UPDATE … SET n = n + k`` per account when a request arrives ``ONCEONLY_COUNTER_FLUSH_SECONDS`` or more after the
+last flush, and at exit. A process killed with SIGKILL loses the requests it counted since its last flush (an
+idle process holds them until its next request or its exit). (Monthly quota counters, which are enforced, are atomic
 Redis operations with a database mirror — see the Plans issue.)
 """
 

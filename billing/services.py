@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -90,6 +90,22 @@ def account_set_plan(*, account: Account, plan: Plan, actor: AbstractBaseUser | 
         )
 
 
+def account_set_active(*, account: Account, is_active: bool, actor: AbstractBaseUser | None = None) -> bool:
+    """Deactivate (every key refused within a second) or reactivate an account. False if nothing changed."""
+    with transaction.atomic():
+        changed = Account.objects.filter(pk=account.pk, is_active=not is_active).update(is_active=is_active)
+        if changed:
+            action = "billing.account.reactivated" if is_active else "billing.account.deactivated"
+            audit_record(account=account, actor=actor, action=action, object_type="account", object_id=account.pk)
+            hashes = list(ApiKey.objects.filter(account=account).values_list("key_hash", flat=True))
+            if is_active:
+                transaction.on_commit(lambda: auth.unforget(hashes))
+            else:
+                transaction.on_commit(lambda: [auth.forget(h) for h in hashes])
+    account.is_active = is_active
+    return bool(changed)
+
+
 @dataclass(frozen=True)
 class NewApiKey:
     api_key: ApiKey
@@ -156,6 +172,7 @@ def operator_create(
     if role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}; use one of {', '.join(Role.values)}.")
     User = get_user_model()
+    password_validation.validate_password(password, User(username=email, email=email))
     with transaction.atomic():
         user, _ = User.objects.get_or_create(username=email, defaults={"email": email})
         user.set_password(password)

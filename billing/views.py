@@ -16,6 +16,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from billing import selectors, services
 from billing.forms import AccountSwitchForm, ApiKeyCreateForm
+from onceonly_site.health import HEARTBEAT_STALE_AFTER, worker_last_seen_seconds
 
 KEYS_PER_PAGE = 25
 # A new raw key waits in the cache (never the database) for the one page view that shows it.
@@ -34,7 +35,13 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "billing/overview.html",
-        {"plan": account.plan, "active_keys": active_keys, "api_base_url": _api_base_url(request)},
+        {
+            "plan": account.plan,
+            "active_keys": active_keys,
+            "api_base_url": _api_base_url(request),
+            "worker_seen": worker_last_seen_seconds(),
+            "worker_stale_after": HEARTBEAT_STALE_AFTER,
+        },
     )
 
 

@@ -8,12 +8,18 @@ import os
 
 from celery import Celery
 
+from onceonly_site.health import HEARTBEAT_INTERVAL
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "onceonly_site.settings")
 
-app = Celery("onceonly_site")
+app = Celery("onceonly_site", include=["onceonly_site.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 # The one beat schedule. Each entry names the guarantee it serves; the lease/run sweepers and the governance
 # rollups join it with their issues.
-app.conf.beat_schedule = {}
+app.conf.beat_schedule = {
+    # Lets the dashboard and /healthz tell operators whether any worker consumes the queue (keyed runs and
+    # tool-dispatch retries silently wait without one).
+    "worker-heartbeat": {"task": "onceonly.worker_heartbeat", "schedule": float(HEARTBEAT_INTERVAL)},
+}

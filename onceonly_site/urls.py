@@ -3,7 +3,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.urls import api_urlpatterns as billing_api
-from onceonly_site import api
+from onceonly_site import api, health
 
 # The /v1 API (protocol.md). Paths have no trailing slash, as the SDKs send them. The last pattern answers any
 # unknown /v1 route with a JSON 404 instead of an HTML page.
@@ -13,9 +13,11 @@ v1_patterns = [
 ]
 
 urlpatterns = [
+    path("v1", api.api_not_found),  # not an HTML redirect to /v1/ (APPEND_SLASH)
     path("v1/", include((v1_patterns, "v1"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", include("billing.urls")),
 ]

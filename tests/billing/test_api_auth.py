@@ -48,10 +48,33 @@ def test_revoking_twice_records_one_audit_entry(key_a):
     assert key_a.api_key.account.audit_entries.filter(action="billing.api_key.revoked").count() == 1
 
 
-def test_key_of_an_inactive_account_is_refused(key_a):
-    key_a.api_key.account.is_active = False
-    key_a.api_key.account.save(update_fields=["is_active"])
-    assert key_a.client().get("/v1/me").status_code == 403
+def test_deactivating_an_account_refuses_its_cached_keys_and_reactivating_restores_them(
+    key_a, django_capture_on_commit_callbacks
+):
+    client = key_a.client()
+    assert client.get("/v1/me").status_code == 200  # cached as valid
+    account = key_a.api_key.account
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.account_set_active(account=account, is_active=False) is True
+    assert client.get("/v1/me").status_code == 403
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.account_set_active(account=account, is_active=True) is True
+    assert client.get("/v1/me").status_code == 200
+    actions = list(account.audit_entries.values_list("action", flat=True))
+    assert "billing.account.deactivated" in actions and "billing.account.reactivated" in actions
+
+
+def test_revocation_with_redis_down_still_answers_and_stands(key_a, django_capture_on_commit_callbacks, settings):
+    from onceonly_site.redis_client import get_redis
+
+    get_redis.cache_clear()
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.api_key_revoke(api_key=key_a.api_key) is True
+        assert key_a.client().get("/v1/me").status_code == 403  # decided by the database
+    finally:
+        get_redis.cache_clear()
 
 
 def test_authentication_after_warm_up_costs_no_query(key_a, settings):
