@@ -18,6 +18,10 @@ class PlanAdmin(admin.ModelAdmin):
         "rate_limit_per_second",
     ]
 
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        services.plan_changed(plan=obj)  # accounts on this plan see the new limits within a second
+
 
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):

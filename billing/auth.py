@@ -37,12 +37,36 @@ _NEGATIVE_TTL = 10  # seconds an unknown key is remembered as unknown
 
 
 @dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """The numbers of the caller's plan the hot paths need, cached with the key (no query per request)."""
+
+    code: str
+    default_ttl: int
+    max_ttl: int
+    make_limit: int
+    ai_limit: int
+
+
+_PLAN_FIELDS = {
+    "code": "account__plan__code",
+    "default_ttl": "account__plan__default_ttl_seconds",
+    "max_ttl": "account__plan__max_ttl_seconds",
+    "make_limit": "account__plan__make_monthly_limit",
+    "ai_limit": "account__plan__ai_monthly_limit",
+}
+
+
+@dataclass(frozen=True, slots=True)
 class ApiPrincipal:
-    """Who is calling: ``request.user`` and ``request.auth`` of every authenticated ``/v1`` request."""
+    """Who is calling: ``request.user`` and ``request.auth`` of every authenticated ``/v1`` request.
+
+    Plan changes reach it through ``unforget`` (billing.services.account_set_plan / plan_changed).
+    """
 
     key_id: int
     account_id: int
     key_preview: str
+    plan: PlanLimits
     is_authenticated: ClassVar[bool] = True
 
 
@@ -72,23 +96,36 @@ def _load_from_db(digest: str) -> ApiPrincipal | None:
 
     row = (
         ApiKey.objects.filter(key_hash=digest, revoked_at__isnull=True, account__is_active=True)
-        .values("id", "account_id", "prefix", "last4")
+        .values("id", "account_id", "prefix", "last4", *_PLAN_FIELDS.values())
         .first()
     )
     if row is None:
         return None
-    return ApiPrincipal(key_id=row["id"], account_id=row["account_id"], key_preview=f"{row['prefix']}…{row['last4']}")
+    return ApiPrincipal(
+        key_id=row["id"],
+        account_id=row["account_id"],
+        key_preview=f"{row['prefix']}…{row['last4']}",
+        plan=PlanLimits(**{name: row[column] for name, column in _PLAN_FIELDS.items()}),
+    )
 
 
 def _encode(principal: ApiPrincipal) -> bytes:
-    return json.dumps({"k": principal.key_id, "a": principal.account_id, "p": principal.key_preview}).encode()
+    plan = principal.plan
+    return json.dumps(
+        {
+            "k": principal.key_id,
+            "a": principal.account_id,
+            "p": principal.key_preview,
+            "plan": [plan.code, plan.default_ttl, plan.max_ttl, plan.make_limit, plan.ai_limit],
+        }
+    ).encode()
 
 
 def _decode(raw: bytes) -> ApiPrincipal | None:
     if raw == _TOMBSTONE:
         return None
     data = json.loads(raw)
-    return ApiPrincipal(key_id=data["k"], account_id=data["a"], key_preview=data["p"])
+    return ApiPrincipal(key_id=data["k"], account_id=data["a"], key_preview=data["p"], plan=PlanLimits(*data["plan"]))
 
 
 def resolve(raw_key: str) -> ApiPrincipal | None:

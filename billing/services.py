@@ -88,6 +88,19 @@ def account_set_plan(*, account: Account, plan: Plan, actor: AbstractBaseUser | 
             object_id=account.pk,
             data={"from": old, "to": plan.code},
         )
+        _refresh_cached_keys([account.pk])
+
+
+def plan_changed(*, plan: Plan) -> None:
+    """A plan row was edited (admin): its accounts' API calls see the new limits within a second."""
+    with transaction.atomic():
+        _refresh_cached_keys(list(plan.accounts.values_list("pk", flat=True)))
+
+
+def _refresh_cached_keys(account_ids: list[int]) -> None:
+    """After commit, drop the cached principals (which carry plan limits) of these accounts' keys."""
+    hashes = list(ApiKey.objects.filter(account_id__in=account_ids).values_list("key_hash", flat=True))
+    transaction.on_commit(lambda: auth.unforget(hashes))
 
 
 def account_set_active(*, account: Account, is_active: bool, actor: AbstractBaseUser | None = None) -> bool:

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
@@ -91,6 +92,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": msg}]}, status=422)
     if isinstance(exc, exceptions.NotAuthenticated | MissingBearer):
         return Response({"detail": MISSING_BEARER}, status=401, headers={"WWW-Authenticate": 'Bearer realm="api"'})
+    if isinstance(exc, OperationalError | InterfaceError):
+        # PostgreSQL down or unreachable: a clear 503 the caller can retry (the SDK fails open on check-lock).
+        logger.error("database unavailable", exc_info=exc)
+        return Response(
+            {"detail": {"error": "service_unavailable", "message": "The database is unavailable; retry shortly."}},
+            status=503,
+            headers={"Retry-After": "2"},
+        )
     if isinstance(exc, ApiProblem):
         return Response({"detail": exc.problem}, status=exc.status_code)
     if isinstance(exc, exceptions.APIException):

@@ -3,12 +3,14 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.urls import api_urlpatterns as billing_api
+from idempotency.urls import api_urlpatterns as idempotency_api
 from onceonly_site import api, health
 
 # The /v1 API (protocol.md). Paths have no trailing slash, as the SDKs send them. The last pattern answers any
 # unknown /v1 route with a JSON 404 instead of an HTML page.
 v1_patterns = [
     *billing_api,
+    *idempotency_api,
     re_path(r"^.*$", api.api_not_found),
 ]
 

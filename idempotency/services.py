@@ -1,0 +1,406 @@
+"""Writes of the exactly-once core: check-lock and the lease state machine (design §3, §7; protocol §3–4)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import rfc8785
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from billing import usage
+from billing.auth import PlanLimits
+from billing.models import Account
+from billing.services import audit_record
+from idempotency.choices import AttemptOutcome, LeaseStatus
+from idempotency.models import Lease, LeaseAttempt, LockRecord
+from idempotency.scripts import script
+from onceonly_site.redis_client import get_redis
+
+
+def effective_ttl(requested: int | None, plan: PlanLimits) -> int:
+    """The plan's default when none is asked for; never above the plan's maximum (clamped, not refused)."""
+    return plan.default_ttl if requested is None else min(requested, plan.max_ttl)
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 canonical JSON: the input of result_hash (and of the governance args hash)."""
+    return rfc8785.dumps(value)
+
+
+def result_hash_of(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+# --- check-lock ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    locked: bool
+    key: str
+    ttl: int
+    first_seen_at: datetime | None = None  # of the first call, on a duplicate
+    ttl_left: int | None = None
+    metadata: dict[str, Any] | None = None  # of the first call, on a duplicate
+    has_metadata: bool = False
+
+
+def lock_redis_key(account_id: int, key: str) -> str:
+    return f"oo:{{a{account_id}}}:lock:{key}"
+
+
+def _encode_lock(first_seen_ms: int, ttl: int, metadata_json: str) -> str:
+    return f"{first_seen_ms}|{ttl}|{metadata_json}"
+
+
+def _decode_lock(key: str, raw: bytes, pttl: int) -> LockOutcome:
+    first_ms, ttl, meta = raw.decode().split("|", 2)
+    return LockOutcome(
+        locked=False,
+        key=key,
+        ttl=int(ttl),
+        first_seen_at=datetime.fromtimestamp(int(first_ms) / 1000, tz=UTC),
+        ttl_left=max(0, (pttl + 999) // 1000),
+        metadata=json.loads(meta) if meta else None,
+        has_metadata=bool(meta),
+    )
+
+
+_UPSERT_LOCK_SQL = """
+INSERT INTO idempotency_lockrecord (account_id, key, first_seen_at, expires_at, ttl_seconds, metadata)
+VALUES (%s, %s, %s, %s, %s, {metadata})
+ON CONFLICT (account_id, key) DO UPDATE SET
+    first_seen_at = excluded.first_seen_at, expires_at = excluded.expires_at,
+    ttl_seconds = excluded.ttl_seconds, metadata = excluded.metadata
+WHERE idempotency_lockrecord.expires_at <= excluded.first_seen_at
+RETURNING id
+"""
+
+
+def _record_first_seen(account_id: int, key: str, now: datetime, ttl: int, metadata_json: str) -> bool:
+    """Insert (or take over an expired) first-seen record. False when the database holds a live lock.
+
+    One conditional upsert, atomic in PostgreSQL and SQLite. On PostgreSQL it commits asynchronously
+    (``synchronous_commit = off``, design §3.4): it survives any loss of Redis; only a PostgreSQL crash within
+    about 0.6 s of the write can lose it.
+    """
+    ops = connection.ops
+    postgres = connection.vendor == "postgresql"
+    sql = _UPSERT_LOCK_SQL.format(metadata="CAST(%s AS jsonb)" if postgres else "%s")
+    params = [
+        account_id,
+        key,
+        ops.adapt_datetimefield_value(now),
+        ops.adapt_datetimefield_value(now + timedelta(seconds=ttl)),
+        ttl,
+        metadata_json or None,
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        if postgres:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(sql, params)
+        return cursor.fetchone() is not None
+
+
+def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, metadata: dict | None) -> LockOutcome:
+    """Atomic set-if-absent of (account, key) for ``ttl`` seconds (design §3.1, §3.4).
+
+    Duplicate (the common retry): one Redis round trip, no database query. New lock: one Redis round trip and one
+    database insert, answered only after the first-seen record is written. If Redis had lost a live lock
+    (restart, flush), the insert finds the live record, the call answers ``duplicate`` and Redis is repaired.
+    """
+    ttl = effective_ttl(ttl, plan)
+    now = timezone.now()
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # Redis keeps milliseconds
+    metadata_json = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False) if metadata is not None else ""
+    redis_key = lock_redis_key(account_id, key)
+    usage_key = usage.usage_key(account_id, now)
+    client = get_redis()
+    reply = script("check_lock")(
+        keys=[redis_key, usage_key],
+        args=[ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS],
+        client=client,
+    )
+    if reply[0] == 0:
+        return _decode_lock(key, reply[1], int(reply[2]))
+    try:
+        fresh = _record_first_seen(account_id, key, now, ttl, metadata_json)
+    except Exception:
+        # Without the durable record the lock must not stand: undo it, so a retry decides again.
+        client.pipeline(transaction=False).delete(redis_key).hincrby(usage_key, usage.MAKE, -1).execute()
+        raise
+    if fresh:
+        return LockOutcome(locked=True, key=key, ttl=ttl)
+    # Redis had forgotten a live lock: the database decides, and Redis gets the original back.
+    record = LockRecord.objects.get(account_id=account_id, key=key)
+    stored_json = json.dumps(record.metadata, separators=(",", ":")) if record.metadata is not None else ""
+    remaining_ms = max(1, int((record.expires_at - now).total_seconds() * 1000))
+    first_ms = int(record.first_seen_at.timestamp() * 1000)
+    client.pipeline(transaction=False).set(
+        redis_key, _encode_lock(first_ms, record.ttl_seconds, stored_json), px=remaining_ms
+    ).hincrby(usage_key, usage.MAKE, -1).execute()
+    return LockOutcome(
+        locked=False,
+        key=key,
+        ttl=record.ttl_seconds,
+        first_seen_at=record.first_seen_at,
+        ttl_left=max(0, (remaining_ms + 999) // 1000),
+        metadata=record.metadata,
+        has_metadata=record.metadata is not None,
+    )
+
+
+def lock_release(*, account: Account, key: str, reason: str, actor: AbstractBaseUser) -> bool:
+    """Operator action: free a check-lock key now (Redis and the first-seen record). Audited."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = LockRecord.objects.filter(account=account, key=key, expires_at__gt=now).update(expires_at=now)
+        audit_record(
+            account=account,
+            actor=actor,
+            action="idempotency.lock.released",
+            object_type="lock",
+            object_id=key,
+            data={"reason": reason, "was_live": bool(changed)},
+        )
+        transaction.on_commit(lambda: get_redis().delete(lock_redis_key(account.pk, key)))
+    return bool(changed)
+
+
+# --- leases ----------------------------------------------------------------------------------------------------
+
+
+class LeaseMismatch(Exception):
+    """The caller is not the current holder (stale or wrong lease_id): 409 lease_mismatch."""
+
+
+class LeaseConflict(Exception):
+    """The holder asks for a transition its lease's state does not allow (e.g. complete after fail)."""
+
+    def __init__(self, lease: Lease, message: str) -> None:
+        super().__init__(message)
+        self.lease = lease
+
+
+@dataclass
+class LeaseOutcome:
+    """A lease call's answer: the record, what this call did, and (on acquire) the usage it charged."""
+
+    lease: Lease | None
+    status: str
+    key: str
+    holder: bool = False  # the caller holds this lease: it may see lease_id
+    charged: int = 0
+    usage: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def retention() -> timedelta:
+    return timedelta(days=settings.ONCEONLY_RETENTION_DAYS)
+
+
+def _acquirable(now: datetime) -> Q:
+    """States from which a new acquisition may start (design §7)."""
+    return (
+        Q(status__in=[LeaseStatus.FAILED, LeaseStatus.CANCELLED])
+        | Q(status=LeaseStatus.IN_PROGRESS, expires_at__lte=now)
+        | Q(status=LeaseStatus.COMPLETED, done_at__lte=now - retention())
+    )
+
+
+def _new_lease_id() -> str:
+    return "lease_" + secrets.token_urlsafe(18)
+
+
+def lease_acquire(
+    *, account_id: int, plan: PlanLimits, key: str, ttl: int | None, metadata: dict | None
+) -> LeaseOutcome:
+    """Acquire the lease of (account, key), or report who has it (design §3.1–3.3, §7).
+
+    Each path is one conditional statement on the row, so at most one caller acquires under any concurrency:
+    UPDATE of an acquirable row (version+1), or INSERT of a new row guarded by the unique constraint.
+    """
+    ttl = effective_ttl(ttl, plan)
+    for _ in range(3):  # the row may change state between our statements; re-decide a bounded number of times
+        now = timezone.now()
+        lease_id = _new_lease_id()
+        fields = dict(
+            status=LeaseStatus.IN_PROGRESS, lease_id=lease_id, ttl_seconds=ttl, acquired_at=now,
+            expires_at=now + timedelta(seconds=ttl), done_at=None, result=None, result_hash="", error_code="",
+            error_hash="", metadata=metadata, updated_at=now,
+        )  # fmt: skip
+        with transaction.atomic():
+            taken = Lease.objects.filter(_acquirable(now), account_id=account_id, key=key).update(
+                version=F("version") + 1, **fields
+            )
+            if taken:
+                lease = Lease.objects.get(account_id=account_id, key=key)
+                # The previous holder's attempt, still open, ended by expiry (failed/cancelled ones were closed).
+                LeaseAttempt.objects.filter(lease=lease, ended_at__isnull=True).update(
+                    ended_at=now, outcome=AttemptOutcome.EXPIRED
+                )
+                LeaseAttempt.objects.create(lease=lease, version=lease.version, holder=lease_id, acquired_at=now)
+                return _acquired(lease, account_id)
+            lease = Lease.objects.filter(account_id=account_id, key=key).first()
+            if lease is None:
+                try:
+                    with transaction.atomic():
+                        lease = Lease.objects.create(
+                            account_id=account_id, key=key, version=1, first_seen_at=now, **fields
+                        )
+                        LeaseAttempt.objects.create(lease=lease, version=1, holder=lease_id, acquired_at=now)
+                    return _acquired(lease, account_id)
+                except IntegrityError:
+                    continue  # another caller inserted it first: re-decide against their row
+        if lease.status == LeaseStatus.IN_PROGRESS and lease.expires_at > timezone.now():
+            return LeaseOutcome(lease=lease, status="polling", key=key, usage=usage.current(account_id, usage.AI))
+        if lease.status in (LeaseStatus.COMPLETED, LeaseStatus.FAILED) and not _acquirable_now(lease):
+            return LeaseOutcome(lease=lease, status=lease.status, key=key, usage=usage.current(account_id, usage.AI))
+    # Still changing under us after three rounds: report it as held (the caller polls again).
+    return LeaseOutcome(lease=lease, status="polling", key=key, usage=usage.current(account_id, usage.AI))
+
+
+def _acquirable_now(lease: Lease) -> bool:
+    return Lease.objects.filter(_acquirable(timezone.now()), pk=lease.pk).exists()
+
+
+def _acquired(lease: Lease, account_id: int) -> LeaseOutcome:
+    charged_usage = usage.record(account_id, usage.AI)
+    return LeaseOutcome(lease=lease, status="acquired", key=lease.key, holder=True, charged=1, usage=charged_usage)
+
+
+def _holder_lease(account_id: int, key: str, lease_id: str) -> Lease:
+    """The lease row if ``lease_id`` is its current (or last) holder, else LeaseMismatch."""
+    lease = Lease.objects.filter(account_id=account_id, key=key).first()
+    if lease is None or not secrets.compare_digest(lease.lease_id, lease_id):
+        raise LeaseMismatch()
+    return lease
+
+
+def lease_extend(*, account_id: int, plan: PlanLimits, key: str, lease_id: str, ttl: int | None) -> LeaseOutcome:
+    """Reset the holder's expiry to now + ttl (default: the lease's ttl; capped at the plan max).
+
+    After completion/failure/cancel the holder's late heartbeat gets 200 with the terminal status (harmless).
+    """
+    lease = _holder_lease(account_id, key, lease_id)
+    ttl = min(ttl if ttl is not None else lease.ttl_seconds, plan.max_ttl)
+    now = timezone.now()
+    if lease.status != LeaseStatus.IN_PROGRESS:
+        return LeaseOutcome(lease=lease, status=lease.status, key=key, holder=True)
+    extended = Lease.objects.filter(pk=lease.pk, lease_id=lease_id, status=LeaseStatus.IN_PROGRESS).update(
+        expires_at=now + timedelta(seconds=ttl), ttl_seconds=ttl, updated_at=now
+    )
+    if not extended:  # completed or taken over between our read and our write: re-read and answer that
+        return lease_extend(account_id=account_id, plan=plan, key=key, lease_id=lease_id, ttl=ttl)
+    lease.refresh_from_db()
+    return LeaseOutcome(lease=lease, status="extended", key=key, holder=True)
+
+
+def _finish(
+    *, account_id: int, key: str, lease_id: str, status: str, outcome: str, changes: dict[str, Any], note: str = ""
+) -> Lease:
+    """The holder moves its lease from in_progress to a final state (one conditional UPDATE)."""
+    lease = _holder_lease(account_id, key, lease_id)
+    now = timezone.now()
+    with transaction.atomic():
+        done = Lease.objects.filter(pk=lease.pk, lease_id=lease_id, status=LeaseStatus.IN_PROGRESS).update(
+            status=status, done_at=now, updated_at=now, **changes
+        )
+        if done:
+            LeaseAttempt.objects.filter(lease=lease, version=lease.version).update(
+                ended_at=now, outcome=outcome, error_code=changes.get("error_code", ""), note=note[:500]
+            )
+    lease.refresh_from_db()
+    if not done and lease.lease_id != lease_id:
+        raise LeaseMismatch()  # taken over between our read and our write
+    return lease
+
+
+def lease_complete(
+    *, account_id: int, key: str, lease_id: str, result: dict | None, result_hash: str | None
+) -> LeaseOutcome:
+    """Store the result and make the key final for the retention period. A repeat with the same result by the
+    same holder is answered idempotently; a different result, or completing a failed/cancelled lease, is 409."""
+    computed = result_hash or (result_hash_of(result) if result is not None else "")
+    lease = _finish(
+        account_id=account_id,
+        key=key,
+        lease_id=lease_id,
+        status=LeaseStatus.COMPLETED,
+        outcome=AttemptOutcome.COMPLETED,
+        changes={"result": result, "result_hash": computed},
+    )
+    if lease.status != LeaseStatus.COMPLETED:
+        raise LeaseConflict(lease, f"the lease is {lease.status}; it cannot be completed")
+    if lease.result_hash != computed:
+        raise LeaseConflict(lease, "the lease was already completed with a different result")
+    return LeaseOutcome(lease=lease, status=lease.status, key=key, holder=True)
+
+
+def lease_fail(*, account_id: int, key: str, lease_id: str, error_code: str, error_hash: str | None) -> LeaseOutcome:
+    """Record a failed attempt; the next lease on the key acquires again (version+1)."""
+    lease = _finish(
+        account_id=account_id,
+        key=key,
+        lease_id=lease_id,
+        status=LeaseStatus.FAILED,
+        outcome=AttemptOutcome.FAILED,
+        changes={"error_code": error_code, "error_hash": error_hash or ""},
+    )
+    if lease.status != LeaseStatus.FAILED:
+        raise LeaseConflict(lease, f"the lease is {lease.status}; it cannot be failed")
+    return LeaseOutcome(lease=lease, status=lease.status, key=key, holder=True)
+
+
+def lease_cancel(*, account_id: int, key: str, lease_id: str, reason: str) -> LeaseOutcome:
+    """The holder gives the key back without a result: status cancelled, the next lease acquires."""
+    lease = _finish(
+        account_id=account_id,
+        key=key,
+        lease_id=lease_id,
+        status=LeaseStatus.CANCELLED,
+        outcome=AttemptOutcome.CANCELLED,
+        changes={},
+        note=reason,
+    )
+    if lease.status != LeaseStatus.CANCELLED:
+        raise LeaseConflict(lease, f"the lease is {lease.status}; it cannot be cancelled")
+    return LeaseOutcome(lease=lease, status=lease.status, key=key, holder=True)
+
+
+def lease_reset(*, account: Account, key: str, reason: str, actor: AbstractBaseUser) -> bool:
+    """Operator action: release a held lease or forget a completed/failed key, so the next lease acquires.
+
+    The current holder's calls then get 409 lease_mismatch (its lease_id is replaced). Audited with the reason.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        lease = Lease.objects.select_for_update().filter(account=account, key=key).first()
+        if lease is None:
+            return False
+        previous = {"status": lease.status, "version": lease.version}
+        Lease.objects.filter(pk=lease.pk).update(
+            status=LeaseStatus.CANCELLED, lease_id=_new_lease_id(), done_at=now, updated_at=now,
+            expires_at=min(lease.expires_at, now),
+        )  # fmt: skip
+        LeaseAttempt.objects.filter(lease=lease, ended_at__isnull=True).update(
+            ended_at=now, outcome=AttemptOutcome.RESET, note=reason[:500]
+        )
+        audit_record(
+            account=account,
+            actor=actor,
+            action="idempotency.lease.reset",
+            object_type="lease",
+            object_id=key,
+            data={"reason": reason, **previous},
+        )
+    return True

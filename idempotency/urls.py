@@ -1,0 +1,19 @@
+from django.urls import path
+
+from idempotency import api
+
+app_name = "idempotency"
+
+urlpatterns: list = []  # the Locks & leases pages are added with the dashboard part of this app
+
+# Mounted under /v1/ by onceonly_site/urls.py (paths exactly as the SDKs send them, no trailing slash).
+api_urlpatterns = [
+    path("check-lock", api.CheckLockApi.as_view(), name="check-lock"),
+    path("ai/lease", api.LeaseApi.as_view(), name="ai-lease"),
+    path("ai/extend", api.LeaseExtendApi.as_view(), name="ai-extend"),
+    path("ai/complete", api.LeaseCompleteApi.as_view(), name="ai-complete"),
+    path("ai/fail", api.LeaseFailApi.as_view(), name="ai-fail"),
+    path("ai/cancel", api.LeaseCancelApi.as_view(), name="ai-cancel"),
+    path("ai/status", api.LeaseStatusApi.as_view(), name="ai-status"),
+    path("ai/result", api.LeaseResultApi.as_view(), name="ai-result"),
+]

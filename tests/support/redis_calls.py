@@ -1,0 +1,40 @@
+"""Counts Redis round trips made by this process (a wrapper around the real connection, not a fake)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from django.conf import settings
+from redis.connection import AbstractConnection
+
+from onceonly_site.redis_client import get_redis
+
+
+def lose_redis_state() -> None:
+    """What a Redis restart without persistence or a FLUSHALL does to our data. On the embedded server (ours
+    alone) it is a real FLUSHALL; on the machine's shared server only the tests' own database is flushed."""
+    if settings.EMBEDDED_REDIS:
+        get_redis().flushall()
+    else:
+        get_redis().flushdb()
+
+
+class RoundTrips:
+    count = 0
+
+
+@contextlib.contextmanager
+def count_redis_round_trips() -> Iterator[RoundTrips]:
+    counter = RoundTrips()
+    original = AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):  # noqa: ANN001, ANN202
+        counter.count += 1
+        return original(self, command, check_health)
+
+    AbstractConnection.send_packed_command = counting
+    try:
+        yield counter
+    finally:
+        AbstractConnection.send_packed_command = original
