@@ -32,6 +32,9 @@ class AccountAdmin(admin.ModelAdmin):
     readonly_fields = ["is_active", "requests_total_all_time", "blocked_total_all_time", "created_at"]
     actions = ["deactivate", "reactivate"]
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # deactivate instead: that reaches every process's key cache and keeps the audit trail
+
     @admin.action(description="Deactivate: refuse all of the account's API keys")
     def deactivate(self, request, queryset) -> None:
         for account in queryset:

@@ -25,6 +25,9 @@ PLANS = [
 
 
 def seed(plan_model) -> None:
+    # Only the fields the given model has: migration 0002's historical Plan must keep working when later
+    # migrations add columns (their own data migrations fill those).
+    known = {f.name for f in plan_model._meta.get_fields()}
     for row in PLANS:
-        values = dict(zip(FIELDS, row, strict=True))
+        values = {name: value for name, value in zip(FIELDS, row, strict=True) if name in known}
         plan_model.objects.update_or_create(code=values.pop("code"), defaults=values)

@@ -13,7 +13,13 @@ SESSION_ACCOUNT_KEY = "account_id"
 
 
 def account_for_api(account_id: int) -> Account:
-    return Account.objects.select_related("plan").get(pk=account_id)
+    """The caller's account; gone or deactivated since its key was cached → the key is invalid (403)."""
+    from onceonly_site.api import InvalidApiKey
+
+    account = Account.objects.select_related("plan").filter(pk=account_id, is_active=True).first()
+    if account is None:
+        raise InvalidApiKey()
+    return account
 
 
 def memberships_for_user(user) -> list[Membership]:

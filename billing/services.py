@@ -54,6 +54,8 @@ def account_get_or_create(*, name: str, plan_code: str | None = None) -> tuple[A
     name = name.strip()
     if not name:
         raise ValidationError("An account needs a name.")
+    if len(name) > Account._meta.get_field("name").max_length:
+        raise ValidationError("An account name has at most 120 characters.")
     plan = Plan.objects.get(code=plan_code) if plan_code else None
     account = Account.objects.filter(name=name).first()
     if account is None:

@@ -6,21 +6,26 @@ import secrets
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from billing import selectors, services
 from billing.forms import AccountSwitchForm, ApiKeyCreateForm
 from onceonly_site.health import HEARTBEAT_STALE_AFTER, worker_last_seen_seconds
+from onceonly_site.redis_client import get_redis
 
 KEYS_PER_PAGE = 25
 # A new raw key waits in the cache (never the database) for the one page view that shows it.
 NEW_KEY_CACHE_SECONDS = 120
+
+
+def _new_key_slot(request: HttpRequest, token: str) -> str:
+    return f"oo:newkey:{request.user.pk}:{token}"
 
 
 def _api_base_url(request: HttpRequest) -> str:
@@ -45,6 +50,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     )
 
 
+@never_cache  # the page may carry a raw key: no browser or proxy may keep a copy
 @login_required
 @require_http_methods(["GET", "POST"])
 def api_keys(request: HttpRequest) -> HttpResponse:
@@ -58,15 +64,15 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                 account=membership.account, label=form.cleaned_data["label"], actor=request.user
             )
             token = secrets.token_urlsafe(16)
-            cache.set(f"newkey:{request.user.pk}:{token}", new.raw, NEW_KEY_CACHE_SECONDS)
+            get_redis().set(_new_key_slot(request, token), new.raw, ex=NEW_KEY_CACHE_SECONDS)
             return redirect(f"{reverse('billing:api-keys')}?created={token}")
 
     new_key = None
     token = request.GET.get("created", "")
     if token:
-        cache_key = f"newkey:{request.user.pk}:{token}"
-        new_key = cache.get(cache_key)
-        cache.delete(cache_key)  # shown exactly once: a reload shows nothing
+        # GETDEL: read and delete in one step, so the key is shown exactly once even to two racing requests.
+        raw = get_redis().getdel(_new_key_slot(request, token))
+        new_key = raw.decode() if raw else None
 
     page = Paginator(selectors.api_keys_for_account(membership.account), KEYS_PER_PAGE).get_page(
         request.GET.get("page")

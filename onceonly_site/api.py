@@ -11,9 +11,10 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework import exceptions, serializers, status
+from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -84,6 +85,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
 
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": {"error": "payload_too_large", "message": str(exc)}}, status=413)
+    if isinstance(exc, SuspiciousOperation):
+        return Response({"detail": {"error": "bad_request", "message": "The request could not be read."}}, 400)
     if isinstance(exc, exceptions.ValidationError):
         return Response({"detail": validation_detail(exc)}, status=422)
     if isinstance(exc, exceptions.ParseError):
@@ -108,7 +113,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if wait is not None:
             headers["Retry-After"] = str(max(1, int(wait + 0.999)))
         return Response({"detail": exc.detail}, status=exc.status_code, headers=headers)
-    return None  # unexpected: Django's handler500 answers (JSON for /v1, see server_error)
+    # Unexpected: log it with the request id and answer the JSON 500 — also with DEBUG on (make run), where Django
+    # would otherwise send its debug page with the traceback and settings to the client.
+    logger.error("unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)
+    return Response(_internal_error_body(), status=500)
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -119,21 +127,34 @@ def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonRespon
     return JsonResponse({"detail": "Not Found"}, status=404)
 
 
+def _internal_error_body() -> dict[str, Any]:
+    return {
+        "detail": {
+            "error": "internal_error",
+            "message": "The server failed to handle this request; it has been logged.",
+            "request_id": current_request_id(),
+        }
+    }
+
+
 def server_error(request: HttpRequest) -> Any:
     if _wants_json(request):
-        return JsonResponse(
-            {
-                "detail": {
-                    "error": "internal_error",
-                    "message": "The server failed to handle this request; it has been logged.",
-                    "request_id": current_request_id(),
-                }
-            },
-            status=500,
-        )
+        return JsonResponse(_internal_error_body(), status=500)
     from django.views.defaults import server_error as html_server_error
 
     return html_server_error(request)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> Any:
+    if _wants_json(request):
+        if isinstance(exception, RequestDataTooBig):
+            return JsonResponse({"detail": {"error": "payload_too_large", "message": str(exception)}}, status=413)
+        return JsonResponse(
+            {"detail": {"error": "bad_request", "message": "The request could not be read."}}, status=400
+        )
+    from django.views.defaults import bad_request as html_bad_request
+
+    return html_bad_request(request, exception)
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> Any:
@@ -160,6 +181,16 @@ def body(request: Request) -> Any:
     """The parsed JSON body; an empty body is ``{}`` (clients send Content-Type: application/json everywhere)."""
     data = request.data
     return {} if data is None else data
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's parser, plus: JSON nested deeper than Python's recursion limit is a 422, not a 500."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
 
 
 class StrictSerializer(serializers.Serializer):

@@ -24,5 +24,6 @@ urlpatterns = [
     path("", include("billing.urls")),
 ]
 
+handler400 = "onceonly_site.api.bad_request"
 handler404 = "onceonly_site.api.page_not_found"
 handler500 = "onceonly_site.api.server_error"

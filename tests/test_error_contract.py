@@ -48,3 +48,42 @@ def test_unknown_page_is_the_html_404(db):
     response = Client().get("/no-such-page/")
     assert response.status_code == 404
     assert b"Not found" in response.content
+
+
+def test_unexpected_error_is_json_even_with_debug_on(db, crashing_urls, settings):
+    settings.DEBUG = True  # make run serves with DEBUG on: the API must still never send a traceback
+    response = Client(raise_request_exception=False).get("/v1/boom")
+    assert response.status_code == 500
+    assert response.json()["detail"]["error"] == "internal_error"
+    assert "secret internal detail" not in response.content.decode()
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"a":' * 5000])
+def test_absurdly_nested_json_is_422_not_500(key_a, raw):
+    response = key_a.client().post("/v1/me/notifications", raw, content_type="application/json")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_oversized_body_is_a_json_413(key_a):
+    blob = b'{"key": "' + b"x" * 3_000_000 + b'"}'
+    response = key_a.client().post("/v1/check-lock", blob, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json()["detail"]["error"] == "payload_too_large"
+
+
+def test_bad_host_on_the_api_is_a_json_400(key_a):
+    response = key_a.client().get("/v1/me", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert response.json()["detail"]["error"] == "bad_request"
+
+
+def test_a_key_whose_account_was_deleted_is_refused_not_500(key_a):
+    client = key_a.client()
+    assert client.get("/v1/me").status_code == 200  # cached as valid
+    from billing.models import Account
+
+    Account.objects.filter(pk=key_a.api_key.account_id).delete()
+    response = client.get("/v1/me")
+    assert response.status_code == 403
+    assert response.json() == {"detail": "Invalid API key"}

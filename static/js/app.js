@@ -14,6 +14,3 @@ document.addEventListener("click", async (event) => {
     if (status) status.textContent = "Selected — press Ctrl-C to copy.";
   }
 });
-document.addEventListener("change", (event) => {
-  if (event.target.matches("select[data-autosubmit]")) event.target.form.requestSubmit();
-});

@@ -7,7 +7,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from billing import services
+from billing import auth, services
 from billing.models import ApiKey
 from tests.conftest import make_key
 
@@ -87,6 +87,11 @@ def test_authentication_after_warm_up_costs_no_query(key_a, settings):
     assert len(queries) == 1, [q["sql"] for q in queries]
     assert "billing_apikey" not in queries[0]["sql"]
     assert "billing_account" in queries[0]["sql"]
+    # Another process (empty memory) finds the key in Redis: still no authentication query.
+    auth.clear_local_cache()
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/v1/me").status_code == 200
+    assert [q["sql"] for q in queries if "billing_apikey" in q["sql"]] == []
 
 
 def test_authentication_survives_a_redis_flush(key_a):

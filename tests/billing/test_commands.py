@@ -47,6 +47,19 @@ def test_create_api_key_refuses_an_unknown_plan_and_writes_nothing(plans):
     assert not Account.objects.filter(name="Initech").exists()
 
 
+@pytest.mark.parametrize(("name", "message"), [("   ", "needs a name"), ("x" * 121, "at most 120")])
+def test_create_api_key_refuses_a_bad_account_name(plans, name, message):
+    with pytest.raises(CommandError, match=message):
+        run("create_api_key", "--account", name)
+    assert not Account.objects.exists()
+
+
+def test_create_operator_refuses_a_weak_password_and_writes_nothing(account_a):
+    with pytest.raises(CommandError, match="too short"):
+        run("create_operator", "--account", "Acme", "--email", "ops@acme.test", "--password", "short")
+    assert not Membership.objects.exists()
+
+
 def test_create_operator_creates_a_login_with_the_role(account_a):
     out, _ = run(
         "create_operator",

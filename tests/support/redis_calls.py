@@ -29,7 +29,7 @@ def count_redis_round_trips() -> Iterator[RoundTrips]:
     counter = RoundTrips()
     original = AbstractConnection.send_packed_command
 
-    def counting(self, command, check_health=True):  # noqa: ANN001, ANN202
+    def counting(self, command, check_health=True):
         counter.count += 1
         return original(self, command, check_health)
 

@@ -61,6 +61,7 @@ def test_editors_create_a_key_that_is_shown_exactly_once(request, persona):
     assert key.created_by == who.user
     assert key.preview == f"{raw[:14]}…{raw[-4:]}"
     assert Client(headers={"Authorization": f"Bearer {raw}"}).get("/v1/me").status_code == 200
+    assert "no-store" in shown["Cache-Control"]
     again = client.get(response["Location"]).content.decode()
     assert raw not in again
     assert "already shown once" in again

@@ -25,6 +25,14 @@ def test_wrong_password_shows_an_error(page, live_server, owner_a):
     assert "correct email" in page.get_by_role("alert").inner_text().lower()
 
 
+def test_empty_login_fields_show_their_errors(page, live_server, db):
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_role("button", name="Log in").click()
+    error = page.locator("#id_username_error")
+    assert error.is_visible() and "required" in error.inner_text()
+    assert page.get_by_label("Email").get_attribute("aria-describedby") == "id_username_error"
+
+
 def test_owner_creates_copies_and_revokes_a_key(page, live_server, owner_a):
     login(page, live_server, owner_a)
     assert page.get_by_role("heading", name="Acme").is_visible()

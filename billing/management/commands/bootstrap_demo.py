@@ -1,6 +1,7 @@
 import secrets
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
 
 from billing import services
 from billing.choices import Role
@@ -28,10 +29,11 @@ class Command(BaseCommand):
                 "`.venv/bin/python manage.py create_api_key --account demo`."
             )
             return
-        account, _ = services.account_get_or_create(name=DEMO_ACCOUNT, plan_code="agency")
         password = secrets.token_urlsafe(12)
-        services.operator_create(account=account, email=DEMO_EMAIL, password=password, role=Role.OWNER)
-        key = services.api_key_create(account=account, label="demo key (make run)")
+        with transaction.atomic():  # all three or none: a half-made demo would never print its login again
+            account, _ = services.account_get_or_create(name=DEMO_ACCOUNT, plan_code="agency")
+            services.operator_create(account=account, email=DEMO_EMAIL, password=password, role=Role.OWNER)
+            key = services.api_key_create(account=account, label="demo key (make run)")
         self.stdout.write(
             "\n".join(
                 [

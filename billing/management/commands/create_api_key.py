@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing import services
@@ -16,7 +17,10 @@ class Command(BaseCommand):
         if plan and not Plan.objects.filter(code=plan).exists():
             codes = ", ".join(Plan.objects.values_list("code", flat=True))
             raise CommandError(f"Unknown plan {plan!r}; known plans: {codes}.")
-        acct, created = services.account_get_or_create(name=account, plan_code=plan)
+        try:
+            acct, created = services.account_get_or_create(name=account, plan_code=plan)
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from None
         if created:
             self.stderr.write(f"Created account {acct.name!r} on plan {acct.plan.code}.")
         new = services.api_key_create(account=acct, label=label)
