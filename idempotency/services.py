@@ -404,3 +404,27 @@ def lease_reset(*, account: Account, key: str, reason: str, actor: AbstractBaseU
             data={"reason": reason, **previous},
         )
     return True
+
+
+# --- retention -------------------------------------------------------------------------------------------------
+
+
+def retention_sweep(*, batch_size: int = 1000, max_batches: int = 100) -> int:
+    """Delete lease records final for longer than the retention period, and lock records expired as long.
+
+    In batches of primary keys; each delete re-checks the condition, so a row that changed state since it was
+    selected (a key re-acquired meanwhile) is left alone. Returns the number of rows deleted.
+    """
+    cutoff = timezone.now() - retention()
+    stale_leases = Q(
+        status__in=[LeaseStatus.COMPLETED, LeaseStatus.FAILED, LeaseStatus.CANCELLED], updated_at__lt=cutoff
+    ) | Q(status=LeaseStatus.IN_PROGRESS, expires_at__lt=cutoff)
+    deleted = 0
+    for model, condition in ((Lease, stale_leases), (LockRecord, Q(expires_at__lt=cutoff))):
+        for _ in range(max_batches):
+            ids = list(model.objects.filter(condition).values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                break
+            count, _ = model.objects.filter(condition, pk__in=ids).delete()
+            deleted += count
+    return deleted

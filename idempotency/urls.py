@@ -1,10 +1,14 @@
 from django.urls import path
 
-from idempotency import api
+from idempotency import api, views
 
 app_name = "idempotency"
 
-urlpatterns: list = []  # the Locks & leases pages are added with the dashboard part of this app
+urlpatterns = [
+    path("locks/", views.locks, name="locks"),
+    path("locks/release/", views.lock_release, name="lock-release"),
+    path("locks/reset/", views.lease_reset, name="lease-reset"),
+]
 
 # Mounted under /v1/ by onceonly_site/urls.py (paths exactly as the SDKs send them, no trailing slash).
 api_urlpatterns = [

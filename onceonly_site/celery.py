@@ -22,4 +22,7 @@ app.conf.beat_schedule = {
     # Lets the dashboard and /healthz tell operators whether any worker consumes the queue (keyed runs and
     # tool-dispatch retries silently wait without one).
     "worker-heartbeat": {"task": "onceonly.worker_heartbeat", "schedule": float(HEARTBEAT_INTERVAL)},
+    # Completed/failed leases are final only for the retention period (design §7); their rows and expired lock
+    # records are deleted after it, in batches.
+    "idempotency-retention-sweep": {"task": "idempotency.retention_sweep", "schedule": 600.0},
 }

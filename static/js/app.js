@@ -14,3 +14,11 @@ document.addEventListener("click", async (event) => {
     if (status) status.textContent = "Selected — press Ctrl-C to copy.";
   }
 });
+// TTL countdowns: <span data-countdown="SECONDS"> ticks down once a second until "expired".
+setInterval(() => {
+  document.querySelectorAll("[data-countdown]").forEach((el) => {
+    const left = parseInt(el.dataset.countdown, 10) - 1;
+    el.dataset.countdown = String(Math.max(left, 0));
+    el.textContent = left > 0 ? String(left) : "0 (expired)";
+  });
+}, 1000);

@@ -1,0 +1,111 @@
+"""The Locks & leases pages: look up a key in both keyspaces, list active and finished leases, and (owners and
+admins) release a lock or reset a lease with a reason."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from billing.selectors import current_membership, editor_membership
+from idempotency import selectors, services
+from idempotency.forms import KeyLookupForm, OperatorResetForm
+
+PER_PAGE = 25
+TABS = {
+    "active": ("Active leases", selectors.active_leases),
+    "finished": ("Completed, failed and cancelled", selectors.finished_leases),
+    "locks": ("Check-locks", selectors.recent_locks),
+}
+
+
+def _pretty(value: object) -> str | None:
+    return None if value is None else json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+@login_required
+@require_GET
+def locks(request: HttpRequest) -> HttpResponse:
+    account = current_membership(request).account
+    now = timezone.now()
+    lookup = None
+    form = KeyLookupForm(request.GET or None)
+    if request.GET.get("key") is not None and form.is_valid():
+        key = form.cleaned_data["key"]
+        lock = selectors.lock_for_account(account, key)
+        lease = selectors.lease_for_account(account, key)
+        lookup = {
+            "key": key,
+            "lock": lock,
+            "lock_live": lock is not None and lock.expires_at > now,
+            "lock_metadata": _pretty(lock.metadata) if lock else None,
+            "lease": lease,
+            "lease_status": _lease_status(lease, now) if lease else None,
+            "lease_result": _pretty(lease.result) if lease else None,
+            "lease_metadata": _pretty(lease.metadata) if lease else None,
+            "reset_form": OperatorResetForm(initial={"key": key}),
+        }
+    tab = request.GET.get("tab") if request.GET.get("tab") in TABS else "active"
+    title, selector = TABS[tab]
+    page = Paginator(selector(account), PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "idempotency/locks.html", {
+        "form": form, "lookup": lookup, "tab": tab, "tabs": {k: v[0] for k, v in TABS.items()}, "tab_title": title,
+        "page": page, "now": now, "api_base_url": request.build_absolute_uri("/v1"),
+    })  # fmt: skip
+
+
+def _lease_status(lease, now) -> str:
+    if lease.status == "in_progress":
+        return "in_progress" if lease.expires_at > now else "expired"
+    return lease.status
+
+
+def _back_to(key: str) -> HttpResponse:
+    return redirect(f"{reverse('idempotency:locks')}?{urlencode({'key': key})}")
+
+
+def _operator_action(request: HttpRequest, action, done: str, nothing: str) -> HttpResponse:
+    account = editor_membership(request).account
+    form = OperatorResetForm(request.POST)
+    if not form.is_valid():
+        key = request.POST.get("key", "")
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, error)
+        return _back_to(key)
+    key, reason = form.cleaned_data["key"], form.cleaned_data["reason"]
+    if action(account=account, key=key, reason=reason, actor=request.user):
+        messages.success(request, done)
+    else:
+        messages.info(request, nothing)
+    return _back_to(key)
+
+
+@login_required
+@require_POST
+def lock_release(request: HttpRequest) -> HttpResponse:
+    return _operator_action(
+        request,
+        services.lock_release,
+        "Lock released: the next check-lock on this key locks.",
+        "The lock had already expired; nothing to release.",
+    )
+
+
+@login_required
+@require_POST
+def lease_reset(request: HttpRequest) -> HttpResponse:
+    return _operator_action(
+        request,
+        services.lease_reset,
+        "Lease reset: the next lease on this key acquires; the old holder gets 409.",
+        "There is no lease for this key.",
+    )
