@@ -45,6 +45,9 @@ class PlanLimits:
     max_ttl: int
     make_limit: int
     ai_limit: int
+    has_governance: bool = False
+    has_allowed_tools: bool = False
+    has_kill_switch: bool = False
 
 
 _PLAN_FIELDS = {
@@ -53,6 +56,9 @@ _PLAN_FIELDS = {
     "max_ttl": "account__plan__max_ttl_seconds",
     "make_limit": "account__plan__make_monthly_limit",
     "ai_limit": "account__plan__ai_monthly_limit",
+    "has_governance": "account__plan__has_governance",
+    "has_allowed_tools": "account__plan__has_allowed_tools",
+    "has_kill_switch": "account__plan__has_kill_switch",
 }
 
 
@@ -116,7 +122,7 @@ def _encode(principal: ApiPrincipal) -> bytes:
             "k": principal.key_id,
             "a": principal.account_id,
             "p": principal.key_preview,
-            "plan": [plan.code, plan.default_ttl, plan.max_ttl, plan.make_limit, plan.ai_limit],
+            "plan": [getattr(plan, name) for name in _PLAN_FIELDS],
         }
     ).encode()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -50,6 +51,10 @@ class Plan(models.Model):
         return self.name
 
 
+def new_args_hash_key() -> str:
+    return secrets.token_hex(32)
+
+
 class Account(models.Model):
     """A tenant. Every API key, lock, policy, tool, decision and run belongs to exactly one account."""
 
@@ -66,6 +71,9 @@ class Account(models.Model):
     # Statistics, added to by the web processes in batches (billing.counters); never used for enforcement.
     requests_total_all_time = models.PositiveBigIntegerField(default=0)
     blocked_total_all_time = models.PositiveBigIntegerField(default=0)
+    # HMAC key of the decision log's args_hash (design §3.7): per account, so a hash says nothing across tenants and
+    # low-entropy arguments cannot be brute-forced from the log without it.
+    args_hash_key = models.CharField(max_length=64, default=new_args_hash_key, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -7,13 +7,12 @@ contract; a stale or wrong lease_id is 409 ``lease_mismatch``.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, serializers
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,9 +20,9 @@ from rest_framework.views import APIView
 from idempotency import services
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
-from onceonly_site.api import ApiProblem, QueryValidationError, body
+from onceonly_site.api import ApiProblem, BodyCheck, body
 
-MAX_KEY_LENGTH = 256
+MAX_KEY_LENGTH = 256  # also enforced by BodyCheck.key
 MAX_METADATA_BYTES = 2048
 MAX_RESULT_BYTES = 256 * 1024
 
@@ -34,86 +33,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _Input:
-    """Collects every problem of a JSON body, then raises one 422 listing them all (nothing is written)."""
-
-    def __init__(self, data: Any, allowed: set[str], *, query: bool = False) -> None:
-        self.errors: dict[str, list[Any]] = {}
-        self.query = query
-        if not isinstance(data, dict):
-            self.fail("non_field_errors", "The request body must be a JSON object.", "type_error")
-            self.data: dict[str, Any] = {}
-            self.done()
-        self.data = data
-        for name in sorted(set(data) - allowed):
-            self.fail(name, "Unknown field.", "extra_forbidden")
-
-    def fail(self, name: str, message: str, code: str) -> None:
-        self.errors.setdefault(name, []).append(serializers.ErrorDetail(message, code=code))
-
-    def key(self, name: str = "key") -> str:
-        value = self.data.get(name)
-        if value is None:
-            self.fail(name, "This field is required.", "missing")
-        elif not isinstance(value, str):
-            self.fail(name, "Must be a string.", "string_type")
-        elif not value.strip():
-            self.fail(name, "Must not be empty.", "string_too_short")
-        elif len(value) > MAX_KEY_LENGTH:
-            self.fail(name, f"At most {MAX_KEY_LENGTH} characters (got {len(value)}).", "string_too_long")
-        else:
-            return value
-        return ""
-
-    def text(self, name: str, *, required: bool, max_length: int) -> str | None:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                self.fail(name, "This field is required.", "missing")
-            return None
-        if not isinstance(value, str):
-            self.fail(name, "Must be a string.", "string_type")
-        elif required and not value.strip():
-            self.fail(name, "Must not be empty.", "string_too_short")
-        elif len(value) > max_length:
-            self.fail(name, f"At most {max_length} characters.", "string_too_long")
-        else:
-            return value
-        return None
-
-    def ttl(self) -> int | None:
-        value = self.data.get("ttl")
-        if value is None:
-            return None
-        # bool is an int in Python; JSON true is not a number of seconds.
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            self.fail("ttl", "Must be a whole number of seconds.", "int_type")
-        elif value < 1:
-            self.fail("ttl", "Must be at least 1 second.", "greater_than_equal")
-        else:
-            return int(value)
-        return None
-
-    def json_object(self, name: str, max_bytes: int) -> dict[str, Any] | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            self.fail(name, "Must be a JSON object.", "dict_type")
-            return None
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > max_bytes:
-            self.fail(name, f"At most {max_bytes} bytes of JSON (got {size}).", "too_long")
-            return None
-        return value
-
-    def done(self) -> None:
-        if self.errors:
-            raise (QueryValidationError if self.query else exceptions.ValidationError)(self.errors)
-
-
 def _query_key(request: Request) -> str:
-    check = _Input({"key": request.query_params.get("key")}, {"key"}, query=True)
+    check = BodyCheck({"key": request.query_params.get("key")}, {"key"}, query=True)
     key = check.key()
     check.done()
     return key
@@ -148,7 +69,7 @@ class CheckLockApi(APIView):
         summary="Lock a key exactly once per TTL window (duplicates answer 200 with status duplicate)",
     )
     def post(self, request: Request) -> Response:
-        check = _Input(body(request), {"key", "ttl", "metadata"})
+        check = BodyCheck(body(request), {"key", "ttl", "metadata"})
         key, ttl, metadata = check.key(), check.ttl(), check.json_object("metadata", MAX_METADATA_BYTES)
         check.done()
         outcome = services.lock_check(
@@ -262,7 +183,7 @@ class LeaseApi(APIView):
         summary="Acquire the lease of a key, or learn who has it (polling) or how it ended",
     )
     def post(self, request: Request) -> Response:
-        check = _Input(body(request), {"key", "ttl", "metadata"})
+        check = BodyCheck(body(request), {"key", "ttl", "metadata"})
         key, ttl, metadata = check.key(), check.ttl(), check.json_object("metadata", MAX_METADATA_BYTES)
         check.done()
         outcome = services.lease_acquire(
@@ -285,7 +206,7 @@ class LeaseExtendApi(APIView):
         summary="Heartbeat: reset the holder's expiry to now + ttl",
     )
     def post(self, request: Request) -> Response:
-        check = _Input(body(request), {"key", "lease_id", "ttl"})
+        check = BodyCheck(body(request), {"key", "lease_id", "ttl"})
         key, lease_id, ttl = check.key(), check.text("lease_id", required=True, max_length=64), check.ttl()
         check.done()
         return _holder_call(request, lambda: services.lease_extend(
@@ -308,7 +229,7 @@ class LeaseCompleteApi(APIView):
         summary="Store the result; the key is final for the retention period",
     )
     def post(self, request: Request) -> Response:
-        check = _Input(body(request), {"key", "lease_id", "result", "result_hash"})
+        check = BodyCheck(body(request), {"key", "lease_id", "result", "result_hash"})
         key, lease_id = check.key(), check.text("lease_id", required=True, max_length=64)
         result = check.json_object("result", MAX_RESULT_BYTES)
         result_hash = check.text("result_hash", required=False, max_length=128)
@@ -333,7 +254,7 @@ class LeaseFailApi(APIView):
         summary="Record a failed attempt; the next lease acquires again",
     )
     def post(self, request: Request) -> Response:
-        check = _Input(body(request), {"key", "lease_id", "error_code", "error_hash"})
+        check = BodyCheck(body(request), {"key", "lease_id", "error_code", "error_hash"})
         key, lease_id = check.key(), check.text("lease_id", required=True, max_length=64)
         error_code = check.text("error_code", required=True, max_length=128)
         error_hash = check.text("error_hash", required=False, max_length=128)
@@ -358,7 +279,7 @@ class LeaseCancelApi(APIView):
         summary="Give the key back without a result (status cancelled)",
     )
     def post(self, request: Request) -> Response:
-        check = _Input(body(request), {"key", "lease_id", "reason"})
+        check = BodyCheck(body(request), {"key", "lease_id", "reason"})
         key, lease_id = check.key(), check.text("lease_id", required=True, max_length=64)
         reason = check.text("reason", required=False, max_length=500) or ""
         check.done()

@@ -7,6 +7,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import rfc8785
@@ -22,8 +23,9 @@ from billing.models import Account
 from billing.services import audit_record
 from idempotency.choices import AttemptOutcome, LeaseStatus
 from idempotency.models import Lease, LeaseAttempt, LockRecord
-from idempotency.scripts import script
-from onceonly_site.redis_client import get_redis
+from onceonly_site.redis_client import get_redis, lua_script
+
+CHECK_LOCK_LUA = Path(__file__).with_name("check_lock.lua")
 
 
 def effective_ttl(requested: int | None, plan: PlanLimits) -> int:
@@ -125,7 +127,7 @@ def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, 
     redis_key = lock_redis_key(account_id, key)
     usage_key = usage.usage_key(account_id, now)
     client = get_redis()
-    reply = script("check_lock")(
+    reply = lua_script(CHECK_LOCK_LUA)(
         keys=[redis_key, usage_key],
         args=[ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS],
         client=client,

@@ -7,6 +7,7 @@ Business errors carry a machine-readable ``detail.error`` code. No stack trace e
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -213,3 +214,82 @@ class StrictBooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             self.fail("invalid", input=data)
         return data
+
+
+class BodyCheck:
+    """Collects every problem of a JSON body, then raises one 422 listing them all (nothing is written)."""
+
+    def __init__(self, data: Any, allowed: set[str], *, query: bool = False) -> None:
+        self.errors: dict[str, list[Any]] = {}
+        self.query = query
+        if not isinstance(data, dict):
+            self.fail("non_field_errors", "The request body must be a JSON object.", "type_error")
+            self.data: dict[str, Any] = {}
+            self.done()
+        self.data = data
+        for name in sorted(set(data) - allowed):
+            self.fail(name, "Unknown field.", "extra_forbidden")
+
+    def fail(self, name: str, message: str, code: str) -> None:
+        self.errors.setdefault(name, []).append(serializers.ErrorDetail(message, code=code))
+
+    def key(self, name: str = "key", max_length: int = 256) -> str:
+        """A required non-blank string of at most ``max_length`` characters (idempotency keys, agent ids)."""
+        value = self.data.get(name)
+        if value is None:
+            self.fail(name, "This field is required.", "missing")
+        elif not isinstance(value, str):
+            self.fail(name, "Must be a string.", "string_type")
+        elif not value.strip():
+            self.fail(name, "Must not be empty.", "string_too_short")
+        elif len(value) > max_length:
+            self.fail(name, f"At most {max_length} characters (got {len(value)}).", "string_too_long")
+        else:
+            return value
+        return ""
+
+    def text(self, name: str, *, required: bool, max_length: int) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                self.fail(name, "This field is required.", "missing")
+            return None
+        if not isinstance(value, str):
+            self.fail(name, "Must be a string.", "string_type")
+        elif required and not value.strip():
+            self.fail(name, "Must not be empty.", "string_too_short")
+        elif len(value) > max_length:
+            self.fail(name, f"At most {max_length} characters.", "string_too_long")
+        else:
+            return value
+        return None
+
+    def ttl(self) -> int | None:
+        value = self.data.get("ttl")
+        if value is None:
+            return None
+        # bool is an int in Python; JSON true is not a number of seconds.
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            self.fail("ttl", "Must be a whole number of seconds.", "int_type")
+        elif value < 1:
+            self.fail("ttl", "Must be at least 1 second.", "greater_than_equal")
+        else:
+            return int(value)
+        return None
+
+    def json_object(self, name: str, max_bytes: int) -> dict[str, Any] | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.fail(name, "Must be a JSON object.", "dict_type")
+            return None
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > max_bytes:
+            self.fail(name, f"At most {max_bytes} bytes of JSON (got {size}).", "too_long")
+            return None
+        return value
+
+    def done(self) -> None:
+        if self.errors:
+            raise (QueryValidationError if self.query else exceptions.ValidationError)(self.errors)

@@ -6,10 +6,12 @@ redis-py's pool notices a fork and reconnects, so gunicorn/Celery prefork childr
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
+from pathlib import Path
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
 
 @lru_cache(maxsize=1)
@@ -20,3 +22,12 @@ def get_redis() -> redis.Redis:
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+
+
+@cache
+def lua_script(path: Path) -> Script:
+    """A Lua script file (one per atomic operation, next to the module that uses it), registered once per process.
+
+    Call it with ``client=get_redis()``: EVALSHA, falling back to EVAL after a Redis restart or flush.
+    """
+    return get_redis().register_script(path.read_text())

@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.urls import api_urlpatterns as billing_api
+from governance.urls import api_urlpatterns as governance_api
 from idempotency.urls import api_urlpatterns as idempotency_api
 from onceonly_site import api, health
 
@@ -11,6 +12,7 @@ from onceonly_site import api, health
 v1_patterns = [
     *billing_api,
     *idempotency_api,
+    *governance_api,
     re_path(r"^.*$", api.api_not_found),
 ]
 

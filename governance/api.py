@@ -1,0 +1,319 @@
+"""Governance API: the governed call (tool form of /v1/ai/run), policies, kill switch, agent logs and metrics
+(protocol §4.5, §5; design §4, §7)."""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import entitlements
+from governance import policies, selectors, services
+from governance.choices import Outcome
+from governance.models import Agent
+from onceonly_site.api import ApiProblem, BodyCheck, QueryValidationError, body
+
+MAX_AGENT_ID = 200
+MAX_ARGS_BYTES = 64 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _agent_id(raw: str) -> str:
+    """Any id (`:` `.` `-` `_`, percent-decoded by the router) except blank, control characters or > 200 chars."""
+    if not raw.strip() or len(raw) > MAX_AGENT_ID or _CONTROL.search(raw):
+        raise QueryValidationError(
+            {"agent_id": [serializers.ErrorDetail(
+                f"An agent id is 1–{MAX_AGENT_ID} printable characters.", code="string_pattern_mismatch")]}
+        )  # fmt: skip
+    return raw
+
+
+def _actor(request: Request) -> str:
+    return f"api key {request.auth.key_preview}"
+
+
+# --- the governed call ------------------------------------------------------------------------------------------
+
+
+class GovernedCallInput(serializers.Serializer):
+    agent_id = serializers.CharField(max_length=MAX_AGENT_ID)
+    tool = serializers.CharField(max_length=200)
+    args = serializers.DictField(required=False, help_text="The tool's arguments (may carry run_id). Never stored.")
+    spend_usd = serializers.FloatField(required=False, min_value=0)
+
+
+class GovernedCallOutput(serializers.Serializer):
+    ok = serializers.BooleanField()
+    allowed = serializers.BooleanField()
+    decision = serializers.ChoiceField(choices=Outcome.values)
+    policy_reason = serializers.CharField()
+    risk_level = serializers.ChoiceField(choices=["low", "medium", "high"])
+    result = serializers.DictField(allow_null=True)
+    decision_id = serializers.IntegerField()
+    policy_version = serializers.IntegerField(allow_null=True)
+    remaining = serializers.DictField(help_text="spend_usd_today, actions_this_hour, calls_today after this call.")
+
+
+class AiRunApi(APIView):
+    """`/v1/ai/run`: with `agent_id` + `tool` the governed call; with `key` the keyed run (Keyed runs issue)."""
+
+    @extend_schema(
+        operation_id="ai_run",
+        request=GovernedCallInput,
+        responses=GovernedCallOutput,
+        summary="Governed tool call: decide before the tool runs, record the decision",
+    )
+    def post(self, request: Request) -> Response:
+        data = body(request)
+        if isinstance(data, dict) and "key" in data and "agent_id" not in data:
+            raise ApiProblem(
+                501,
+                "not_implemented",
+                "The key form of /v1/ai/run (keyed runs executed by workers) "
+                "is not available on this server yet; use /v1/ai/lease.",
+            )
+        check = BodyCheck(data, {"agent_id", "tool", "args", "spend_usd"})
+        agent_id = check.key("agent_id", max_length=MAX_AGENT_ID)
+        tool = check.key("tool", max_length=200)
+        args = check.json_object("args", MAX_ARGS_BYTES) or {}
+        spend = check.data.get("spend_usd")
+        if spend is not None and (
+            isinstance(spend, bool) or not isinstance(spend, int | float) or not math.isfinite(spend) or spend < 0
+        ):
+            check.fail("spend_usd", "Must be a number ≥ 0.", "float_type")
+        check.done()
+        entitlements.require(request.auth.plan, "governance")
+        outcome = services.governed_call(
+            account_id=request.auth.account_id, plan=request.auth.plan, agent_id=agent_id, tool=tool, args=args,
+            spend_usd=Decimal(str(spend)) if spend is not None else None,
+        )  # fmt: skip
+        d = outcome.decision
+        return Response({
+            "ok": d.allowed, "allowed": d.allowed, "decision": d.outcome, "policy_reason": d.policy_reason,
+            "risk_level": d.risk_level, "result": d.result, "decision_id": d.pk, "policy_version": d.policy_version,
+            "remaining": outcome.remaining,
+        })  # fmt: skip
+
+
+# --- policies ---------------------------------------------------------------------------------------------------
+
+
+def _policy_body(agent: Agent, warnings: list | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"agent_id": agent.agent_id, "policy": agent.policy or {}, "version": agent.policy_version}
+    if warnings is not None:
+        data["warnings"] = warnings
+    return data
+
+
+def _clean_policy(request: Request, data: Any, agent_id: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        BodyCheck(data, set())  # raises the "must be a JSON object" 422
+    fields = {k: v for k, v in data.items() if k != "agent_id"}  # the SDK sends agent_id in the body too
+    changes = policies.clean_fields(fields)
+    if changes.get("allowed_tools") is not None:
+        entitlements.require(request.auth.plan, "allowed_tools")
+    return changes
+
+
+PolicyOutput = inline_serializer("PolicyOutput", {
+    "agent_id": serializers.CharField(), "policy": serializers.DictField(),
+    "version": serializers.IntegerField(allow_null=True), "warnings": serializers.ListField(required=False),
+})  # fmt: skip
+
+
+class PolicyListApi(APIView):
+    @extend_schema(
+        operation_id="policies_list",
+        responses=inline_serializer(
+            "PolicyList",
+            {
+                "items": PolicyOutput.__class__(many=True),
+                "total": serializers.IntegerField(),
+                "limit": serializers.IntegerField(),
+                "offset": serializers.IntegerField(),
+            },
+        ),
+        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        summary="Agents with a policy, by agent id ({items, total, limit, offset})",
+    )
+    def get(self, request: Request) -> Response:
+        entitlements.require(request.auth.plan, "governance")
+        limit, offset = _page(request, default=100)
+        agents = selectors.governed_agents(request.auth.account_id)
+        return Response(
+            {
+                "items": [_policy_body(a) for a in agents[offset : offset + limit]],
+                "total": agents.count(),
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+
+class PolicyApi(APIView):
+    @extend_schema(operation_id="policy_get", responses=PolicyOutput, summary="An agent's current policy")
+    def get(self, request: Request, agent_id: str) -> Response:
+        entitlements.require(request.auth.plan, "governance")
+        agent = selectors.agent_for_account(request.auth.account_id, _agent_id(agent_id))
+        if agent is None or agent.policy_version is None:
+            raise ApiProblem(404, "policy_not_found", f"Agent {agent_id!r} has no policy (it is ungoverned).")
+        return Response(_policy_body(agent))
+
+    @extend_schema(
+        operation_id="policy_upsert",
+        responses=PolicyOutput,
+        summary="Merge upsert: fields sent replace, explicit null clears; a new version per change",
+    )
+    def post(self, request: Request, agent_id: str) -> Response:
+        entitlements.require(request.auth.plan, "governance")
+        agent_id = _agent_id(agent_id)
+        changes = _clean_policy(request, body(request), agent_id)
+        result = services.policy_upsert(
+            account_id=request.auth.account_id, agent_id=agent_id, changes=changes, actor=_actor(request)
+        )
+        return Response(_policy_body(result.agent, result.warnings))
+
+
+class PolicyTemplateApi(APIView):
+    @extend_schema(
+        operation_id="policy_from_template",
+        responses=PolicyOutput,
+        summary=f"Apply a template ({', '.join(policies.TEMPLATES)}) with overrides",
+    )
+    def post(self, request: Request, agent_id: str) -> Response:
+        entitlements.require(request.auth.plan, "governance")
+        agent_id = _agent_id(agent_id)
+        check = BodyCheck(body(request), {"agent_id", "template", "overrides"})
+        template = check.text("template", required=True, max_length=64)
+        overrides = check.data.get("overrides") or {}
+        if template is not None and template not in policies.TEMPLATES:
+            check.fail("template", f"Unknown template {template!r}; valid: {', '.join(policies.TEMPLATES)}.", "enum")
+        if not isinstance(overrides, dict):
+            check.fail("overrides", "Must be a JSON object of policy fields.", "dict_type")
+            overrides = {}
+        check.done()
+        changes = _clean_policy(request, overrides, agent_id)
+        if policies.TEMPLATES[template].get("allowed_tools") is not None and "allowed_tools" not in changes:
+            entitlements.require(request.auth.plan, "allowed_tools")
+        result = services.policy_from_template(
+            account_id=request.auth.account_id,
+            agent_id=agent_id,
+            template=template,
+            overrides=changes,
+            actor=_actor(request),
+        )
+        return Response(_policy_body(result.agent, result.warnings))
+
+
+# --- agents: kill switch, logs, metrics ---------------------------------------------------------------------------
+
+
+def _agent_status(agent: Agent) -> dict[str, Any]:
+    return {
+        "agent_id": agent.agent_id,
+        "is_enabled": agent.is_enabled,
+        "disabled_reason": agent.disabled_reason or None,
+        "disabled_at": agent.disabled_at.isoformat() if agent.disabled_at else None,
+    }
+
+
+class _KillSwitchApi(APIView):
+    enabled: bool
+
+    def post(self, request: Request, agent_id: str) -> Response:
+        agent_id = _agent_id(agent_id)
+        check = BodyCheck(body(request), {"reason", "agent_id"})
+        reason = check.text("reason", required=False, max_length=500) or ""
+        check.done()
+        entitlements.require(request.auth.plan, "kill_switch")
+        agent = services.agent_set_enabled(
+            account_id=request.auth.account_id,
+            agent_id=agent_id,
+            enabled=self.enabled,
+            reason=reason,
+            actor=_actor(request),
+        )
+        return Response(_agent_status(agent))
+
+
+AgentStatusOutput = inline_serializer("AgentStatusOutput", {
+    "agent_id": serializers.CharField(), "is_enabled": serializers.BooleanField(),
+    "disabled_reason": serializers.CharField(allow_null=True),
+    "disabled_at": serializers.DateTimeField(allow_null=True),
+})  # fmt: skip
+
+
+class AgentDisableApi(_KillSwitchApi):
+    enabled = False
+
+    @extend_schema(
+        operation_id="agent_disable",
+        responses=AgentStatusOutput,
+        summary="Kill switch: block the agent's governed calls from the next call on",
+    )
+    def post(self, request: Request, agent_id: str) -> Response:
+        return super().post(request, agent_id)
+
+
+class AgentEnableApi(_KillSwitchApi):
+    enabled = True
+
+    @extend_schema(operation_id="agent_enable", responses=AgentStatusOutput, summary="Release the kill switch")
+    def post(self, request: Request, agent_id: str) -> Response:
+        return super().post(request, agent_id)
+
+
+def _page(request: Request, *, default: int) -> tuple[int, int]:
+    check = BodyCheck(dict(request.query_params.items()), set(request.query_params), query=True)
+    limit = check.data.get("limit", str(default))
+    offset = check.data.get("offset", "0")
+    if not str(limit).isdigit() or not 1 <= int(limit) <= 500:
+        check.fail("limit", "A whole number from 1 to 500.", "int_type")
+    if not str(offset).isdigit():
+        check.fail("offset", "A whole number ≥ 0.", "int_type")
+    check.done()
+    return int(limit), int(offset)
+
+
+class AgentLogsApi(APIView):
+    @extend_schema(
+        operation_id="agent_logs",
+        summary="An agent's decisions, newest first ({items, limit, offset})",
+        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+    )
+    def get(self, request: Request, agent_id: str) -> Response:
+        entitlements.require(request.auth.plan, "governance")
+        agent_id = _agent_id(agent_id)
+        limit, offset = _page(request, default=100)
+        rows = selectors.agent_logs(request.auth.account_id, agent_id, limit=limit, offset=offset)
+        return Response({"items": [{
+            "ts": int(d.ts.timestamp()), "agent_id": agent_id, "tool": d.tool, "allowed": d.allowed,
+            "decision": d.outcome, "policy_reason": d.policy_reason, "reason": d.policy_reason,
+            "args_hash": d.args_hash, "risk_level": d.risk_level, "spend_usd": float(d.spend_usd),
+            "run_id": d.run_id or None, "decision_id": d.pk, "policy_version": d.policy_version,
+            "latency_ms": d.latency_ms,
+        } for d in rows], "limit": limit, "offset": offset})  # fmt: skip
+
+
+class AgentMetricsApi(APIView):
+    @extend_schema(
+        operation_id="agent_metrics",
+        summary="Totals over the last hour, 24 hours or 7 days",
+        parameters=[OpenApiParameter("period", str, enum=list(selectors.PERIODS))],
+    )
+    def get(self, request: Request, agent_id: str) -> Response:
+        entitlements.require(request.auth.plan, "governance")
+        agent_id = _agent_id(agent_id)
+        period = request.query_params.get("period", "day")
+        if period not in selectors.PERIODS:
+            raise QueryValidationError({"period": [serializers.ErrorDetail(
+                f"One of: {', '.join(selectors.PERIODS)}.", code="enum")]})  # fmt: skip
+        return Response(selectors.agent_metrics(request.auth.account_id, agent_id, period, timezone.now()))

@@ -1,0 +1,37 @@
+from django.db import models
+
+
+class Outcome(models.TextChoices):
+    """What the governed call decided (design §4)."""
+
+    EXECUTED = "executed", "Executed"  # dispatched to a registered tool, 2xx
+    ALLOWED = "allowed", "Allowed"  # permit-only: no registered tool to dispatch to
+    BLOCKED = "blocked", "Blocked"
+    DEDUP = "dedup", "Deduplicated"
+    FAILED = "failed", "Failed"  # dispatched, the tool failed after retries
+
+
+class Reason(models.TextChoices):
+    """policy_reason vocabulary (design §7)."""
+
+    WITHIN_BUDGET = "within_budget"
+    AGENT_DISABLED = "agent_disabled"
+    TOOL_BLOCKED = "tool_blocked"
+    TOOL_NOT_ALLOWED = "tool_not_allowed"
+    TOOL_DISABLED = "tool_disabled"
+    HOURLY_ACTION_LIMIT_EXCEEDED = "hourly_action_limit_exceeded"
+    TOOL_CALL_LIMIT_EXCEEDED = "tool_call_limit_exceeded"
+    DAILY_SPEND_EXCEEDED = "daily_spend_exceeded"
+    IDEMPOTENCY_KEY_HIT = "idempotency_key_hit"
+    TOOL_ERROR = "tool_error"
+
+
+class RiskLevel(models.TextChoices):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+# Outcomes that consumed budget (spend, hourly actions, per-tool calls): the ledger the Redis counters are rebuilt
+# from. A failed dispatch keeps its spend (design §4.7).
+CHARGED_OUTCOMES = (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.FAILED)

@@ -1,0 +1,47 @@
+-- governed_call.lua — dedup, limit check and reservation of one governed tool call, as one atomic step
+-- (design §3.5 "never overshoot", §4 steps 5–6). Concurrent calls of one agent serialise here.
+-- KEYS[1]  ready marker     oo:{a<acct>}:gov:<agent>:ready        (absent → counters must be rebuilt first)
+-- KEYS[2]  dedup entry      oo:{a<acct>}:gov:<agent>:dedup:<args_hash>
+-- KEYS[3]  hourly actions   oo:{a<acct>}:gov:<agent>:hour          (zset: member = reservation, score = ms)
+-- KEYS[4]  spend today      oo:{a<acct>}:gov:<agent>:spend:<YYYYMMDD>   (integer micro-dollars)
+-- KEYS[5]  calls today      oo:{a<acct>}:gov:<agent>:calls:<YYYYMMDD>   (hash tool → count)
+-- ARGV[1] now (ms)  ARGV[2] dedup window (ms, 0 = off)  ARGV[3] max actions/hour (-1 = none)
+-- ARGV[4] max calls of this tool today (-1)  ARGV[5] max spend today (micro-$, -1)  ARGV[6] this call's spend (micro-$)
+-- ARGV[7] tool  ARGV[8] reservation id  ARGV[9] seconds to keep the day counters
+-- Returns {"rebuild"} | {"dedup", value} | {"blocked", reason, actions, calls, spend}
+--       | {"ok", actions, calls, spend} (counts after this call's reservation)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'rebuild'}
+end
+local window = tonumber(ARGV[2])
+if window > 0 then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then
+    return {'dedup', seen}
+  end
+end
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 3600000)
+local actions = redis.call('ZCARD', KEYS[3])
+local calls = tonumber(redis.call('HGET', KEYS[5], ARGV[7]) or '0')
+local spend = tonumber(redis.call('GET', KEYS[4]) or '0')
+local cost = tonumber(ARGV[6])
+if tonumber(ARGV[3]) >= 0 and actions >= tonumber(ARGV[3]) then
+  return {'blocked', 'hourly_action_limit_exceeded', actions, calls, spend}
+end
+if tonumber(ARGV[4]) >= 0 and calls >= tonumber(ARGV[4]) then
+  return {'blocked', 'tool_call_limit_exceeded', actions, calls, spend}
+end
+if tonumber(ARGV[5]) >= 0 and spend + cost > tonumber(ARGV[5]) then
+  return {'blocked', 'daily_spend_exceeded', actions, calls, spend}
+end
+redis.call('ZADD', KEYS[3], now, ARGV[8])
+redis.call('PEXPIRE', KEYS[3], 3700000)
+calls = redis.call('HINCRBY', KEYS[5], ARGV[7], 1)
+redis.call('EXPIRE', KEYS[5], ARGV[9])
+spend = redis.call('INCRBY', KEYS[4], cost)
+redis.call('EXPIRE', KEYS[4], ARGV[9])
+if window > 0 then
+  redis.call('SET', KEYS[2], 'pending:' .. ARGV[8], 'PX', window)
+end
+return {'ok', actions + 1, calls, spend}

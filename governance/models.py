@@ -1,0 +1,114 @@
+"""Agents, their versioned policies, and the decision log (design §3–4)."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from billing.models import Account
+from governance.choices import Outcome, Reason, RiskLevel
+
+
+class Agent(models.Model):
+    """An agent id of an account, registered on first sight. Holds the kill switch and the current policy."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="agents")
+    agent_id = models.CharField(max_length=200)
+    is_enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=500, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    disabled_by = models.CharField(max_length=200, blank=True, help_text="Who pressed the kill switch.")
+    # The current policy, denormalised from its latest PolicyVersion so a governed call reads one row.
+    # None = no policy: the agent is ungoverned (no limits), which the dashboard flags.
+    policy = models.JSONField(null=True, blank=True)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["agent_id"]
+        constraints = [
+            # Registration on first sight races between concurrent calls: the loser catches IntegrityError.
+            models.UniqueConstraint(fields=["account", "agent_id"], name="governance_agent_unique_id"),
+        ]
+
+    def __str__(self) -> str:
+        return self.agent_id
+
+
+class PolicyVersion(models.Model):
+    """An immutable version of an agent's policy. Every change (API, template, editor, rollback) adds one."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="policy_versions")
+    version = models.PositiveIntegerField()
+    policy = models.JSONField()
+    source = models.CharField(max_length=64, help_text="api, template:<name>, editor, rollback:<version>")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "version"], name="governance_policy_version_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent} v{self.version}"
+
+
+class Decision(models.Model):
+    """One governed call's decision, durable before the response. The raw args are never stored (design §3.7)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="decisions")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="decisions")
+    ts = models.DateTimeField(default=timezone.now)
+    tool = models.CharField(max_length=200)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    allowed = models.BooleanField()
+    policy_reason = models.CharField(max_length=64, choices=Reason.choices)
+    risk_level = models.CharField(max_length=8, choices=RiskLevel.choices)
+    spend_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    args_hash = models.CharField(max_length=64, help_text="HMAC-SHA256 (per-account key) of canonical args.")
+    run_id = models.CharField(max_length=256, blank=True)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True, help_text="The tool's output (replayed on dedup).")
+    original = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="For dedup: the decision whose result was replayed.",
+    )  # fmt: skip
+
+    class Meta:
+        ordering = ["-ts", "-id"]
+        indexes = [
+            # Agent logs, agent detail and the rebuild of an agent's counters: an agent's decisions by time.
+            models.Index(fields=["account", "agent", "-ts"], name="governance_decision_agent_ts"),
+            # The decision timeline: an account's decisions by time (time-range queries, partition-friendly).
+            models.Index(fields=["account", "-ts"], name="governance_decision_account_ts"),
+            # Dedup lookups after Redis lost its entries.
+            models.Index(fields=["agent", "args_hash"], name="governance_decision_args"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent} {self.tool} {self.outcome}"
+
+
+class DecisionRollup(models.Model):
+    """Hourly counts per (agent, tool, outcome), updated with each decision: metrics read ≤ 168 rows a week."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="rollups")
+    hour = models.DateTimeField()
+    tool = models.CharField(max_length=200)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    count = models.PositiveIntegerField(default=0)
+    spend_usd = models.DecimalField(max_digits=16, decimal_places=6, default=0)
+
+    class Meta:
+        constraints = [
+            # The per-decision upsert (ON CONFLICT … DO UPDATE count = count + 1) targets this.
+            models.UniqueConstraint(fields=["agent", "hour", "tool", "outcome"], name="governance_rollup_unique"),
+        ]
+        indexes = [models.Index(fields=["account", "hour"], name="governance_rollup_account_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.agent} {self.hour:%Y-%m-%d %H}h {self.tool} {self.outcome}: {self.count}"

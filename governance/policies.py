@@ -1,0 +1,184 @@
+"""Policy fields: validation, the merge of an upsert, templates, glob matching (design §4, §7; protocol §5.1)."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from decimal import Decimal
+from typing import Any
+
+from rest_framework import exceptions, serializers
+
+FIELDS = (
+    "allowed_tools",
+    "blocked_tools",
+    "max_actions_per_hour",
+    "max_spend_usd_per_day",
+    "max_calls_per_tool",
+    "pricing_rules",
+)
+MAX_LIST = 500
+MAX_TOOL_NAME = 200
+
+# The built-in templates (design §7, protocol §7.3). Shown on the policy editor and in docs/api.md.
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "strict": {
+        "blocked_tools": ["delete_*", "*.delete*", "drop_*", "*refund*", "transfer*", "*.transfer*", "export*"],
+        "max_actions_per_hour": 30,
+        "max_spend_usd_per_day": 5.0,
+    },
+    "moderate": {
+        "blocked_tools": ["delete_*", "*.delete*", "drop_*"],
+        "max_actions_per_hour": 100,
+        "max_spend_usd_per_day": 25.0,
+    },
+    "permissive": {
+        "blocked_tools": ["drop_*"],
+        "max_actions_per_hour": 1000,
+        "max_spend_usd_per_day": 200.0,
+    },
+    "read_only": {
+        "allowed_tools": ["get_*", "list_*", "search_*", "read_*", "*.get*", "*.list*", "*.search*", "*.read*"],
+        "max_actions_per_hour": 300,
+        "max_spend_usd_per_day": 5.0,
+    },
+    "support_bot": {
+        "allowed_tools": ["send_email", "create_ticket", "read_knowledge_base", "read_customer_data",
+                          "read_order_history"],
+        "blocked_tools": ["delete_customer", "delete_ticket", "process_refund", "update_customer_data"],
+        "max_actions_per_hour": 150,
+        "max_spend_usd_per_day": 50.0,
+        "max_calls_per_tool": {"send_email": 50, "create_ticket": 100},
+        "pricing_rules": [{"tool": "send_email", "price_usd": 0.001}, {"tool": "create_ticket", "price_usd": 0.01}],
+    },
+}  # fmt: skip
+
+
+def _err(errors: dict[str, list], field: str, message: str, code: str = "invalid") -> None:
+    errors.setdefault(field, []).append(serializers.ErrorDetail(message, code=code))
+
+
+def _tool_list(value: Any, field: str, errors: dict[str, list]) -> list[str] | None:
+    if not isinstance(value, list):
+        _err(errors, field, "Must be a list of tool names or glob patterns.", "list_type")
+        return None
+    if len(value) > MAX_LIST:
+        _err(errors, field, f"At most {MAX_LIST} entries.", "too_long")
+        return None
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item) > MAX_TOOL_NAME:
+            _err(errors, field, f"Each entry must be a non-empty string of at most {MAX_TOOL_NAME} characters.")
+            return None
+        if item.strip() not in out:
+            out.append(item.strip())
+    return out
+
+
+def _non_negative_int(value: Any, field: str, errors: dict[str, list]) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 0:
+        _err(errors, field, "Must be a whole number ≥ 0.", "int_type")
+        return None
+    return int(value)
+
+
+def _non_negative_number(value: Any, field: str, errors: dict[str, list]) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        _err(errors, field, "Must be a number ≥ 0.", "float_type")
+        return None
+    return round(float(value), 6)
+
+
+def clean_fields(data: dict[str, Any], *, partial: bool = True) -> dict[str, Any]:
+    """Validate policy fields. Returns {field: value or None}; None means "clear this field". Raises 422."""
+    errors: dict[str, list] = {}
+    out: dict[str, Any] = {}
+    for field, value in data.items():
+        if field not in FIELDS:
+            _err(errors, field, f"Unknown field. Policy fields: {', '.join(FIELDS)}.", "extra_forbidden")
+            continue
+        if value is None:
+            out[field] = None
+        elif field in ("allowed_tools", "blocked_tools"):
+            out[field] = _tool_list(value, field, errors)
+        elif field == "max_actions_per_hour":
+            out[field] = _non_negative_int(value, field, errors)
+        elif field == "max_spend_usd_per_day":
+            out[field] = _non_negative_number(value, field, errors)
+        elif field == "max_calls_per_tool":
+            if not isinstance(value, dict):
+                _err(errors, field, "Must be an object {tool: calls per day}.", "dict_type")
+                continue
+            caps: dict[str, int] = {}
+            for tool, cap in value.items():
+                if not tool.strip() or len(tool) > MAX_TOOL_NAME:
+                    _err(errors, field, "Tool names must be non-empty strings.")
+                    continue
+                number = _non_negative_int(cap, f"{field}.{tool}", errors)
+                if number is not None:
+                    caps[tool.strip()] = number
+            out[field] = caps
+        elif field == "pricing_rules":
+            if not isinstance(value, list) or len(value) > MAX_LIST:
+                _err(errors, field, f"Must be a list of at most {MAX_LIST} {{tool, price_usd}} objects.", "list_type")
+                continue
+            rules = []
+            for index, rule in enumerate(value):
+                if not isinstance(rule, dict) or set(rule) != {"tool", "price_usd"}:
+                    _err(errors, f"{field}.{index}", 'Each rule is exactly {"tool": str, "price_usd": number}.')
+                    continue
+                if not isinstance(rule["tool"], str) or not rule["tool"].strip():
+                    _err(errors, f"{field}.{index}.tool", "Must be a non-empty string.")
+                    continue
+                price = _non_negative_number(rule["price_usd"], f"{field}.{index}.price_usd", errors)
+                if price is not None:
+                    rules.append({"tool": rule["tool"].strip(), "price_usd": price})
+            out[field] = rules
+    if errors:
+        raise exceptions.ValidationError(errors)
+    return out
+
+
+def merge(current: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:
+    """Fields sent replace; an explicit null clears (design §7)."""
+    merged = dict(current or {})
+    for field, value in changes.items():
+        if value is None:
+            merged.pop(field, None)
+        else:
+            merged[field] = value
+    return {field: merged[field] for field in FIELDS if field in merged}
+
+
+def matches(tool: str, patterns: list[str]) -> bool:
+    """Glob match (`stripe.*`, `delete_*`), case-sensitive like tool names."""
+    return any(fnmatch.fnmatchcase(tool, pattern) for pattern in patterns)
+
+
+def price_for(policy: dict[str, Any], tool: str) -> Decimal:
+    for rule in policy.get("pricing_rules") or ():
+        if fnmatch.fnmatchcase(tool, rule["tool"]):
+            return Decimal(str(rule["price_usd"]))
+    return Decimal(0)
+
+
+def named_tools(policy: dict[str, Any]) -> set[str]:
+    """The exact (non-glob) tool names a policy mentions, for the unknown-tool warnings."""
+    names = set(policy.get("allowed_tools") or ()) | set(policy.get("blocked_tools") or ())
+    names |= set(policy.get("max_calls_per_tool") or {})
+    names |= {rule["tool"] for rule in policy.get("pricing_rules") or ()}
+    return {name for name in names if not any(ch in name for ch in "*?[")}
+
+
+HIGH_RISK = ("delete", "refund", "export", "transfer", "charge", "drop", "payout")
+MEDIUM_RISK = ("create", "update", "send", "write", "post", "put", "patch", "email")
+
+
+def risk_of(tool: str) -> str:
+    """Name heuristic when the registry has no risk level (design §4)."""
+    name = tool.lower()
+    if any(word in name for word in HIGH_RISK):
+        return "high"
+    if any(word in name for word in MEDIUM_RISK):
+        return "medium"
+    return "low"

@@ -1,0 +1,304 @@
+"""Writes of governance: agents (kill switch), policies (versions, templates) and the governed call (design §4)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from billing import usage
+from billing.auth import PlanLimits
+from billing.services import audit_record
+from governance import policies
+from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
+from governance.models import Agent, Decision, DecisionRollup, PolicyVersion
+from idempotency.services import canonical_json
+from onceonly_site.redis_client import get_redis, lua_script
+
+GOVERNED_CALL_LUA = Path(__file__).with_name("governed_call.lua")
+REBUILD_LUA = Path(__file__).with_name("rebuild_counters.lua")
+MICRO = Decimal(1_000_000)
+DAY_COUNTER_SECONDS = 2 * 86400
+READY_SECONDS = 86400
+
+
+# --- agents ----------------------------------------------------------------------------------------------------
+
+
+def agent_get_or_create(*, account_id: int, agent_id: str) -> Agent:
+    """The agent, registered on first sight (any id). One query when it exists."""
+    agent = Agent.objects.select_related("account").filter(account_id=account_id, agent_id=agent_id).first()
+    if agent is not None:
+        return agent
+    try:
+        with transaction.atomic():
+            Agent.objects.create(account_id=account_id, agent_id=agent_id)
+    except IntegrityError:
+        pass  # registered concurrently by another call
+    return Agent.objects.select_related("account").get(account_id=account_id, agent_id=agent_id)
+
+
+def agent_set_enabled(*, account_id: int, agent_id: str, enabled: bool, reason: str, actor: str) -> Agent:
+    """The kill switch. Takes effect on the very next governed call in every process: calls read the agent row."""
+    agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
+    now = timezone.now()
+    with transaction.atomic():
+        before = {"is_enabled": agent.is_enabled, "disabled_reason": agent.disabled_reason}
+        agent.is_enabled = enabled
+        agent.disabled_reason = "" if enabled else reason
+        agent.disabled_at = None if enabled else now
+        agent.disabled_by = "" if enabled else actor
+        agent.save(update_fields=["is_enabled", "disabled_reason", "disabled_at", "disabled_by"])
+        audit_record(
+            account=agent.account, actor_label=actor,
+            action="governance.agent.enabled" if enabled else "governance.agent.disabled",
+            object_type="agent", object_id=agent_id,
+            data={"reason": reason, "before": before, "after": {"is_enabled": enabled}},
+        )  # fmt: skip
+    return agent
+
+
+# --- policies --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PolicyOutcome:
+    agent: Agent
+    version: int | None
+    warnings: list[dict[str, str]] = field(default_factory=list)
+
+
+def known_tools(account_id: int) -> set[str]:
+    """Tools this account's agents have called (from the small hourly rollups). The tools registry adds its own."""
+    return set(DecisionRollup.objects.filter(account_id=account_id).values_list("tool", flat=True).distinct())
+
+
+def _warnings(account_id: int, policy: dict[str, Any]) -> list[dict[str, str]]:
+    unknown = sorted(policies.named_tools(policy) - known_tools(account_id))
+    return [
+        {"code": "unknown_tool", "tool": name,
+         "message": f"{name!r} is not a registered tool and no agent of this account has called it yet."}
+        for name in unknown
+    ]  # fmt: skip
+
+
+def policy_publish(*, account_id: int, agent_id: str, policy: dict[str, Any], source: str, actor: str) -> PolicyOutcome:
+    """Make ``policy`` the agent's current policy as a new immutable version (unless nothing changed). Audited."""
+    agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().select_related("account").get(pk=agent.pk)
+        if agent.policy == policy and agent.policy_version is not None:
+            return PolicyOutcome(agent=agent, version=agent.policy_version, warnings=_warnings(account_id, policy))
+        before = agent.policy
+        version = (agent.policy_version or 0) + 1
+        PolicyVersion.objects.create(agent=agent, version=version, policy=policy, source=source, created_by=actor)
+        agent.policy, agent.policy_version = policy, version
+        agent.save(update_fields=["policy", "policy_version"])
+        audit_record(
+            account=agent.account, actor_label=actor, action="governance.policy.updated", object_type="agent",
+            object_id=agent_id, data={"version": version, "source": source, "before": before, "after": policy},
+        )  # fmt: skip
+    return PolicyOutcome(agent=agent, version=version, warnings=_warnings(account_id, policy))
+
+
+def policy_upsert(*, account_id: int, agent_id: str, changes: dict[str, Any], actor: str) -> PolicyOutcome:
+    """Merge upsert: fields sent replace, explicit null clears (``changes`` already validated)."""
+    agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
+    return policy_publish(
+        account_id=account_id,
+        agent_id=agent_id,
+        policy=policies.merge(agent.policy, changes),
+        source="api",
+        actor=actor,
+    )
+
+
+def policy_from_template(
+    *, account_id: int, agent_id: str, template: str, overrides: dict[str, Any], actor: str
+) -> PolicyOutcome:
+    """The named template with ``overrides`` (validated) replacing its fields; a new version like any change."""
+    policy = policies.merge(policies.TEMPLATES[template], overrides)
+    return policy_publish(
+        account_id=account_id, agent_id=agent_id, policy=policy, source=f"template:{template}", actor=actor
+    )
+
+
+# --- the governed call -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallOutcome:
+    decision: Decision
+    remaining: dict[str, Any]
+
+
+def args_hash(key: str, agent_id: str, tool: str, args: dict[str, Any]) -> str:
+    """HMAC-SHA256 with the account's key over RFC 8785 canonical JSON (design §3.7): an auditor holding the
+    args can check a match; the log alone cannot be brute-forced."""
+    message = canonical_json({"agent_id": agent_id, "tool": tool, "args": args})
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _keys(agent: Agent, args_digest: str, now: datetime) -> list[str]:
+    base = f"oo:{{a{agent.account_id}}}:gov:{agent.pk}"
+    day = now.strftime("%Y%m%d")
+    return [f"{base}:ready", f"{base}:dedup:{args_digest}", f"{base}:hour", f"{base}:spend:{day}",
+            f"{base}:calls:{day}"]  # fmt: skip
+
+
+def _micro(amount: Decimal) -> int:
+    return int((amount * MICRO).to_integral_value())
+
+
+_ROLLUP_SQL = """
+INSERT INTO governance_decisionrollup (account_id, agent_id, hour, tool, outcome, count, spend_usd)
+VALUES (%s, %s, %s, %s, %s, 1, %s)
+ON CONFLICT (agent_id, hour, tool, outcome) DO UPDATE SET
+    count = governance_decisionrollup.count + 1, spend_usd = governance_decisionrollup.spend_usd + excluded.spend_usd
+"""
+
+
+def _record(agent: Agent, **fields: Any) -> Decision:
+    """The decision row and its hourly rollup, in one synchronous transaction, before the response."""
+    with transaction.atomic():
+        decision = Decision.objects.create(account_id=agent.account_id, agent=agent, **fields)
+        hour = decision.ts.replace(minute=0, second=0, microsecond=0)
+        ops = connection.ops
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _ROLLUP_SQL,
+                [
+                    agent.account_id,
+                    agent.pk,
+                    ops.adapt_datetimefield_value(hour),
+                    decision.tool,
+                    decision.outcome,
+                    ops.adapt_decimalfield_value(decision.spend_usd, 16, 6),
+                ],
+            )
+    return decision
+
+
+def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) -> None:
+    """Counters and dedup entries from the database ledger (the decision log), after Redis lost them."""
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    charged = Decision.objects.filter(agent=agent, outcome__in=CHARGED_OUTCOMES)
+    today = charged.filter(ts__gte=day_start)
+    spend = today.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+    calls = list(today.values_list("tool").annotate(n=Count("id")))
+    hour = list(charged.filter(ts__gt=now - timedelta(hours=1)).values_list("id", "ts"))
+    client = get_redis()
+    if dedup_window:
+        # Dedup entries first: calls wait for the ready marker, so none can slip between the two steps.
+        pipe = client.pipeline(transaction=False)
+        seen = Decision.objects.filter(
+            agent=agent, outcome__in=[Outcome.EXECUTED, Outcome.ALLOWED], ts__gt=now - timedelta(seconds=dedup_window)
+        ).values_list("id", "args_hash", "ts")
+        base = keys[1].rsplit(":", 1)[0]
+        for decision_id, digest, ts in seen:
+            left_ms = int((ts + timedelta(seconds=dedup_window) - now).total_seconds() * 1000)
+            if left_ms > 0:
+                pipe.set(f"{base}:{digest}", f"decision:{decision_id}", px=left_ms, nx=True)
+        pipe.execute()
+    argv: list[Any] = [_micro(spend), DAY_COUNTER_SECONDS, READY_SECONDS, len(calls)]
+    for tool, count in calls:
+        argv += [tool, count]
+    for decision_id, ts in hour:
+        argv += [int(ts.timestamp() * 1000), f"db:{decision_id}"]
+    lua_script(REBUILD_LUA)(keys=[keys[0], keys[2], keys[3], keys[4]], args=argv, client=client)
+
+
+def governed_call(
+    *, account_id: int, plan: PlanLimits, agent_id: str, tool: str, args: dict[str, Any], spend_usd: Decimal | None
+) -> CallOutcome:
+    """Decide a tool call before it runs (design §4). Every ending is a durable decision row."""
+    started = time.monotonic()
+    agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
+    policy = agent.policy or {}
+    digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
+    run_id = args.get("run_id") if isinstance(args.get("run_id"), str) else ""
+    base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
+                risk_level=policies.risk_of(tool))  # fmt: skip
+
+    def finish(outcome: str, reason: str, remaining: dict[str, Any], **extra: Any) -> CallOutcome:
+        latency = int((time.monotonic() - started) * 1000)
+        decision = _record(
+            agent,
+            outcome=outcome,
+            policy_reason=reason,
+            latency_ms=latency,
+            allowed=outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP),
+            **base,
+            **extra,
+        )
+        return CallOutcome(decision=decision, remaining=remaining)
+
+    if not agent.is_enabled:
+        return finish(Outcome.BLOCKED, Reason.AGENT_DISABLED, {})
+    if policies.matches(tool, policy.get("blocked_tools") or []):
+        return finish(Outcome.BLOCKED, Reason.TOOL_BLOCKED, {})
+    if policy.get("allowed_tools") is not None and not policies.matches(tool, policy["allowed_tools"]):
+        return finish(Outcome.BLOCKED, Reason.TOOL_NOT_ALLOWED, {})
+
+    cost = spend_usd if spend_usd is not None else policies.price_for(policy, tool)
+    cost = cost.quantize(Decimal("0.000001"))
+    now = timezone.now()
+    keys = _keys(agent, digest, now)
+    window = plan.default_ttl
+    reservation = uuid.uuid4().hex
+    caps = policy.get("max_calls_per_tool") or {}
+    spend_cap = policy.get("max_spend_usd_per_day")
+    argv = [
+        int(now.timestamp() * 1000), window * 1000,
+        policy.get("max_actions_per_hour", -1),
+        caps.get(tool, -1),
+        _micro(Decimal(str(spend_cap))) if spend_cap is not None else -1,
+        _micro(cost), tool, reservation, DAY_COUNTER_SECONDS,
+    ]  # fmt: skip
+    client = get_redis()
+    for _ in range(3):
+        reply = lua_script(GOVERNED_CALL_LUA)(keys=keys, args=argv, client=client)
+        if reply[0] != b"rebuild":
+            break
+        _rebuild(agent, keys, now, window)
+    else:
+        raise RuntimeError("governance counters could not be rebuilt")
+
+    kind = reply[0].decode()
+    if kind == "dedup":
+        value = reply[1].decode()
+        original = None
+        if value.startswith("decision:"):
+            original = Decision.objects.filter(pk=int(value.split(":", 1)[1]), agent=agent).first()
+        return finish(
+            Outcome.DEDUP,
+            Reason.IDEMPOTENCY_KEY_HIT,
+            {},
+            result=original.result if original else None,
+            original=original,
+        )
+    actions, calls, spent = int(reply[-3]), int(reply[-2]), int(reply[-1])
+    remaining = {"spend_usd_today": float(Decimal(spent) / MICRO), "actions_this_hour": actions, "calls_today": calls}
+    if kind == "blocked":
+        return finish(Outcome.BLOCKED, reply[1].decode(), remaining)
+    try:
+        outcome = finish(Outcome.ALLOWED, Reason.WITHIN_BUDGET, remaining, spend_usd=cost)
+    except Exception:
+        # Without its durable decision the reservation must not stand (the ledger is the decision log).
+        client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], tool, -1).incrby(
+            keys[3], -_micro(cost)
+        ).delete(keys[1]).execute()
+        raise
+    client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
+    usage.record(account_id, usage.AI)
+    return outcome

@@ -1,0 +1,189 @@
+"""The governed call (tool form of /v1/ai/run): every reason of design §7, dedup, limits, durability, no raw args."""
+
+import json
+
+import pytest
+
+from billing import usage
+from billing.services import account_set_plan
+from governance.models import Agent, Decision, DecisionRollup
+from tests.conftest import make_key
+from tests.support.redis_calls import lose_redis_state
+
+
+def run(client, agent="billing-agent", tool="stripe.charge", args=None, **extra):
+    body = {"agent_id": agent, "tool": tool, **extra}
+    if args is not None:
+        body["args"] = args
+    response = client.post("/v1/ai/run", body, content_type="application/json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def policy(client, agent="billing-agent", **fields):
+    response = client.post(f"/v1/policies/{agent}", fields, content_type="application/json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+@pytest.fixture
+def client(key_a):
+    return key_a.client()
+
+
+def test_unregistered_tool_on_an_ungoverned_agent_is_allowed_permit_only(client, key_a):
+    body = run(client, args={"amount": 9999, "currency": "usd"}, spend_usd=0.5)
+    assert body["ok"] is True and body["allowed"] is True
+    assert body["decision"] == "allowed" and body["policy_reason"] == "within_budget"
+    assert body["result"] is None and body["risk_level"] == "high"
+    assert body["policy_version"] is None and isinstance(body["decision_id"], int)
+    assert body["remaining"] == {"spend_usd_today": 0.5, "actions_this_hour": 1, "calls_today": 1}
+    decision = Decision.objects.get()
+    assert str(decision.spend_usd) == "0.500000" and decision.allowed
+    assert Agent.objects.get().agent_id == "billing-agent"  # registered on first sight
+    assert usage.current(key_a.api_key.account_id, usage.AI) == 1
+
+
+def test_raw_args_are_never_stored(client):
+    secret = "4242-4242-4242-4242"
+    run(client, args={"card": secret, "run_id": "run-7"})
+    for row in Decision.objects.values():
+        assert secret not in json.dumps(row, default=str)
+    decision = Decision.objects.get()
+    assert len(decision.args_hash) == 64 and decision.run_id == "run-7"
+
+
+def test_args_hash_is_an_hmac_with_the_account_key(client, key_a, key_b):
+    run(client, args={"amount": 1})
+    run(key_b.client(), args={"amount": 1})
+    hashes = set(Decision.objects.values_list("args_hash", flat=True))
+    assert len(hashes) == 2  # same args, different accounts: different hashes
+    from governance.services import args_hash
+
+    account = key_a.api_key.account
+    assert args_hash(account.args_hash_key, "billing-agent", "stripe.charge", {"amount": 1}) in hashes
+
+
+def test_kill_switch_blocks_agent_disabled(client):
+    client.post("/v1/agents/billing-agent/disable", {"reason": "runaway loop"}, content_type="application/json")
+    body = run(client)
+    assert (body["allowed"], body["decision"], body["policy_reason"]) == (False, "blocked", "agent_disabled")
+    client.post("/v1/agents/billing-agent/enable", {}, content_type="application/json")
+    assert run(client, args={"n": 2})["decision"] == "allowed"
+
+
+def test_blocked_tools_with_globs_win_over_allowed(client):
+    policy(client, allowed_tools=["stripe.*"], blocked_tools=["stripe.refund*"])
+    assert run(client, tool="stripe.refund")["policy_reason"] == "tool_blocked"
+    assert run(client, tool="send_email")["policy_reason"] == "tool_not_allowed"
+    assert run(client, tool="stripe.charge")["policy_reason"] == "within_budget"
+
+
+def test_an_empty_allowed_list_allows_nothing(client):
+    policy(client, allowed_tools=[])
+    assert run(client, tool="anything")["policy_reason"] == "tool_not_allowed"
+
+
+def test_dedup_replays_and_costs_nothing(client):
+    policy(client, max_spend_usd_per_day=10)
+    first = run(client, args={"invoice": 1}, spend_usd=2)
+    second = run(client, args={"invoice": 1}, spend_usd=2)
+    assert second["decision"] == "dedup" and second["policy_reason"] == "idempotency_key_hit"
+    assert second["allowed"] is True and second["result"] == first["result"]
+    assert Decision.objects.get(pk=second["decision_id"]).original_id == first["decision_id"]
+    assert Decision.objects.get(pk=second["decision_id"]).spend_usd == 0
+    third = run(client, args={"invoice": 2}, spend_usd=2)
+    assert third["remaining"]["spend_usd_today"] == 4.0  # the dedup did not count
+
+
+def test_a_blocked_call_is_not_seen_by_dedup(client):
+    policy(client, blocked_tools=["stripe.charge"])
+    assert run(client, args={"x": 1})["decision"] == "blocked"
+    policy(client, blocked_tools=None)
+    assert run(client, args={"x": 1})["decision"] == "allowed"
+
+
+def test_hourly_action_limit(client):
+    policy(client, max_actions_per_hour=2)
+    reasons = [run(client, args={"n": n})["policy_reason"] for n in range(3)]
+    assert reasons == ["within_budget", "within_budget", "hourly_action_limit_exceeded"]
+
+
+def test_per_tool_daily_call_limit(client):
+    policy(client, max_calls_per_tool={"send_email": 1})
+    assert run(client, tool="send_email", args={"to": "a"})["policy_reason"] == "within_budget"
+    assert run(client, tool="send_email", args={"to": "b"})["policy_reason"] == "tool_call_limit_exceeded"
+    assert run(client, tool="send_sms", args={"to": "b"})["policy_reason"] == "within_budget"
+
+
+def test_daily_spend_from_request_or_pricing_rules(client):
+    policy(client, max_spend_usd_per_day=1.0, pricing_rules=[{"tool": "stripe.*", "price_usd": 0.4}])
+    assert run(client, args={"n": 1})["remaining"]["spend_usd_today"] == 0.4
+    assert run(client, args={"n": 2})["remaining"]["spend_usd_today"] == 0.8
+    assert run(client, args={"n": 3})["policy_reason"] == "daily_spend_exceeded"
+    assert run(client, args={"n": 4}, spend_usd=0.2)["policy_reason"] == "within_budget"  # exactly the cap
+
+
+def test_spend_cap_survives_a_redis_flush(client):
+    policy(client, max_spend_usd_per_day=5)
+    assert run(client, args={"n": 1}, spend_usd=3)["decision"] == "allowed"
+    lose_redis_state()
+    again = run(client, args={"n": 2}, spend_usd=3)
+    assert again["decision"] == "blocked" and again["policy_reason"] == "daily_spend_exceeded"
+    assert again["remaining"]["spend_usd_today"] == 3.0
+
+
+def test_dedup_survives_a_redis_flush(client):
+    first = run(client, args={"invoice": 9})
+    lose_redis_state()
+    second = run(client, args={"invoice": 9})
+    assert (
+        second["decision"] == "dedup"
+        and Decision.objects.get(pk=second["decision_id"]).original_id == first["decision_id"]
+    )
+
+
+def test_hourly_window_survives_a_redis_flush(client):
+    policy(client, max_actions_per_hour=1)
+    run(client, args={"n": 1})
+    lose_redis_state()
+    assert run(client, args={"n": 2})["policy_reason"] == "hourly_action_limit_exceeded"
+
+
+def test_every_decision_is_rolled_up(client):
+    policy(client, blocked_tools=["delete_*"])
+    run(client, args={"n": 1}, spend_usd=1)
+    run(client, tool="delete_user")
+    rollups = {(r.tool, r.outcome): (r.count, float(r.spend_usd)) for r in DecisionRollup.objects.all()}
+    assert rollups == {("stripe.charge", "allowed"): (1, 1.0), ("delete_user", "blocked"): (1, 0.0)}
+
+
+def test_governed_calls_need_a_governance_plan(account_a, plans):
+    account_set_plan(account=account_a, plan=plans["starter"])
+    response = (
+        make_key(account_a).client().post("/v1/ai/run", {"agent_id": "a", "tool": "t"}, content_type="application/json")
+    )
+    assert response.status_code == 403
+    assert response.json()["detail"]["error"] == "feature_not_available"
+    assert "Pro" in response.json()["detail"]["message"]
+    assert not Decision.objects.exists()
+
+
+BAD = [
+    ({"tool": "t"}, "agent_id"),
+    ({"agent_id": "", "tool": "t"}, "agent_id"),
+    ({"agent_id": "a" * 201, "tool": "t"}, "agent_id"),
+    ({"agent_id": "a"}, "tool"),
+    ({"agent_id": "a", "tool": "t", "args": [1]}, "args"),
+    ({"agent_id": "a", "tool": "t", "spend_usd": -1}, "spend_usd"),
+    ({"agent_id": "a", "tool": "t", "spend_usd": "1"}, "spend_usd"),
+    ({"agent_id": "a", "tool": "t", "prompt": "hi"}, "prompt"),
+]
+
+
+@pytest.mark.parametrize(("payload", "field"), BAD)
+def test_bad_governed_call_input_is_422_and_writes_nothing(client, payload, field):
+    response = client.post("/v1/ai/run", payload, content_type="application/json")
+    assert response.status_code == 422
+    assert ["body", field] in [item["loc"] for item in response.json()["detail"]]
+    assert not Decision.objects.exists() and not Agent.objects.exists()
