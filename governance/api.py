@@ -123,6 +123,49 @@ def _clean_policy(request: Request, data: Any, agent_id: str) -> dict[str, Any]:
     return changes
 
 
+class PolicyInput(serializers.Serializer):
+    allowed_tools = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        allow_null=True,
+        help_text="Glob patterns; set (even empty) = only these. Agency plan.",
+    )
+    blocked_tools = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)
+    max_actions_per_hour = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    max_spend_usd_per_day = serializers.FloatField(min_value=0, required=False, allow_null=True)
+    max_calls_per_tool = serializers.DictField(
+        child=serializers.IntegerField(min_value=0), required=False, allow_null=True
+    )
+    pricing_rules = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        allow_null=True,
+        help_text='[{"tool": glob, "price_usd": number}]',
+    )
+
+
+class TemplateInput(serializers.Serializer):
+    template = serializers.ChoiceField(choices=list(policies.TEMPLATES))
+    overrides = PolicyInput(required=False)
+
+
+class ReasonInput(serializers.Serializer):
+    reason = serializers.CharField(required=False, max_length=500)
+
+
+LogsOutput = inline_serializer(
+    "AgentLogsOutput",
+    {
+        "items": serializers.ListField(child=serializers.DictField()),
+        "limit": serializers.IntegerField(),
+        "offset": serializers.IntegerField(),
+    },
+)
+MetricsOutput = inline_serializer("AgentMetricsOutput", {
+    "agent_id": serializers.CharField(), "period": serializers.CharField(),
+    "total_actions": serializers.IntegerField(), "blocked_actions": serializers.IntegerField(),
+    "total_spend_usd": serializers.FloatField(), "top_tools": serializers.ListField(child=serializers.DictField()),
+})  # fmt: skip
 PolicyOutput = inline_serializer("PolicyOutput", {
     "agent_id": serializers.CharField(), "policy": serializers.DictField(),
     "version": serializers.IntegerField(allow_null=True), "warnings": serializers.ListField(required=False),
@@ -159,7 +202,7 @@ class PolicyListApi(APIView):
 
 
 class PolicyApi(APIView):
-    @extend_schema(operation_id="policy_get", responses=PolicyOutput, summary="An agent's current policy")
+    @extend_schema(operation_id="policy_get", request=None, responses=PolicyOutput, summary="An agent's current policy")
     def get(self, request: Request, agent_id: str) -> Response:
         entitlements.require(request.auth.plan, "governance")
         agent = selectors.agent_for_account(request.auth.account_id, _agent_id(agent_id))
@@ -169,6 +212,7 @@ class PolicyApi(APIView):
 
     @extend_schema(
         operation_id="policy_upsert",
+        request=PolicyInput,
         responses=PolicyOutput,
         summary="Merge upsert: fields sent replace, explicit null clears; a new version per change",
     )
@@ -185,6 +229,7 @@ class PolicyApi(APIView):
 class PolicyTemplateApi(APIView):
     @extend_schema(
         operation_id="policy_from_template",
+        request=TemplateInput,
         responses=PolicyOutput,
         summary=f"Apply a template ({', '.join(policies.TEMPLATES)}) with overrides",
     )
@@ -256,6 +301,7 @@ class AgentDisableApi(_KillSwitchApi):
 
     @extend_schema(
         operation_id="agent_disable",
+        request=ReasonInput,
         responses=AgentStatusOutput,
         summary="Kill switch: block the agent's governed calls from the next call on",
     )
@@ -266,7 +312,9 @@ class AgentDisableApi(_KillSwitchApi):
 class AgentEnableApi(_KillSwitchApi):
     enabled = True
 
-    @extend_schema(operation_id="agent_enable", responses=AgentStatusOutput, summary="Release the kill switch")
+    @extend_schema(
+        operation_id="agent_enable", request=ReasonInput, responses=AgentStatusOutput, summary="Release the kill switch"
+    )
     def post(self, request: Request, agent_id: str) -> Response:
         return super().post(request, agent_id)
 
@@ -286,6 +334,7 @@ def _page(request: Request, *, default: int) -> tuple[int, int]:
 class AgentLogsApi(APIView):
     @extend_schema(
         operation_id="agent_logs",
+        responses=LogsOutput,
         summary="An agent's decisions, newest first ({items, limit, offset})",
         parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
     )
@@ -306,6 +355,7 @@ class AgentLogsApi(APIView):
 class AgentMetricsApi(APIView):
     @extend_schema(
         operation_id="agent_metrics",
+        responses=MetricsOutput,
         summary="Totals over the last hour, 24 hours or 7 days",
         parameters=[OpenApiParameter("period", str, enum=list(selectors.PERIODS))],
     )
