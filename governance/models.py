@@ -72,6 +72,7 @@ class Decision(models.Model):
     policy_version = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(default=0)
     result = models.JSONField(null=True, blank=True, help_text="The tool's output (replayed on dedup).")
+    row_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the row's fields (tamper evidence).")
     original = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="For dedup: the decision whose result was replayed.",
@@ -112,3 +113,30 @@ class DecisionRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent} {self.hour:%Y-%m-%d %H}h {self.tool} {self.outcome}: {self.count}"
+
+
+class DecisionCheckpoint(models.Model):
+    """A link of an account's decision-log hash chain (design §3.9), written by a beat task.
+
+    ``chain_hash`` = SHA-256(previous checkpoint's chain_hash ‖ row_hash of every decision in (first..last], in id
+    order). Recomputing it detects edited, deleted or inserted rows; ``verify_decision_log`` names the first.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveIntegerField()
+    first_decision_id = models.BigIntegerField()
+    last_decision_id = models.BigIntegerField()
+    row_count = models.PositiveIntegerField()
+    prev_hash = models.CharField(max_length=64)
+    chain_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["account", "seq"]
+        constraints = [
+            # Two checkpoint runs racing for one account: the second insert of a seq fails and is retried later.
+            models.UniqueConstraint(fields=["account", "seq"], name="governance_checkpoint_unique_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.seq} of account {self.account_id}"

@@ -19,7 +19,7 @@ from django.utils import timezone
 from billing import usage
 from billing.auth import PlanLimits
 from billing.services import audit_record
-from governance import policies
+from governance import ledger, policies
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion
 from idempotency.services import canonical_json
@@ -170,6 +170,9 @@ ON CONFLICT (agent_id, hour, tool, outcome) DO UPDATE SET
 
 def _record(agent: Agent, **fields: Any) -> Decision:
     """The decision row and its hourly rollup, in one synchronous transaction, before the response."""
+    fields.setdefault("ts", timezone.now())
+    fields.setdefault("spend_usd", Decimal(0))
+    fields["row_hash"] = ledger.row_hash(agent.account_id, {**fields, "agent_id": agent.agent_id})
     with transaction.atomic():
         decision = Decision.objects.create(account_id=agent.account_id, agent=agent, **fields)
         hour = decision.ts.replace(minute=0, second=0, microsecond=0)

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing import usage
 from idempotency import services
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
@@ -147,7 +148,7 @@ def _lease_response(request: Request, outcome: services.LeaseOutcome) -> Respons
     data = _record(outcome.lease, status=outcome.status, holder=outcome.holder, now=timezone.now())
     data.update(
         charged=outcome.charged,
-        usage=outcome.usage if outcome.usage is not None else 0,
+        usage=outcome.usage if outcome.usage is not None else usage.current(request.auth.account_id, usage.AI),
         limit=request.auth.plan.ai_limit,
     )
     return Response(data)

@@ -13,7 +13,7 @@ class LockRecord(models.Model):
     """The first-seen record of a check-lock key, so that a lock outlives the loss of Redis (design §3.4).
 
     One row per (account, key): a new lock after expiry overwrites it (conditional upsert, see
-    ``idempotency.locks``). Redis holds the fast copy; this row decides when Redis has lost it.
+    ``idempotency.services.lock_check``). Redis holds the fast copy; this row decides when Redis has lost it.
     """
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="lock_records")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
 import rfc8785
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -26,6 +28,7 @@ from idempotency.models import Lease, LeaseAttempt, LockRecord
 from onceonly_site.redis_client import get_redis, lua_script
 
 CHECK_LOCK_LUA = Path(__file__).with_name("check_lock.lua")
+logger = logging.getLogger(__name__)
 
 
 def effective_ttl(requested: int | None, plan: PlanLimits) -> int:
@@ -127,11 +130,19 @@ def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, 
     redis_key = lock_redis_key(account_id, key)
     usage_key = usage.usage_key(account_id, now)
     client = get_redis()
-    reply = lua_script(CHECK_LOCK_LUA)(
-        keys=[redis_key, usage_key],
-        args=[ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS],
-        client=client,
-    )
+    try:
+        reply = lua_script(CHECK_LOCK_LUA)(
+            keys=[redis_key, usage_key],
+            args=[ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS],
+            client=client,
+        )
+    except redis.ConnectionError:
+        # Redis unreachable: the database decides alone (slower, still one winner) rather than a 5xx, which the
+        # SDK's fail-open would turn into "go ahead" for every caller (protocol §1.8).
+        logger.warning("Redis unreachable: check-lock decided by the database alone")
+        if _record_first_seen(account_id, key, now, ttl, metadata_json):
+            return LockOutcome(locked=True, key=key, ttl=ttl)
+        return _duplicate_from_record(LockRecord.objects.get(account_id=account_id, key=key), key, now)
     if reply[0] == 0:
         return _decode_lock(key, reply[1], int(reply[2]))
     try:
@@ -150,6 +161,11 @@ def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, 
     client.pipeline(transaction=False).set(
         redis_key, _encode_lock(first_ms, record.ttl_seconds, stored_json), px=remaining_ms
     ).hincrby(usage_key, usage.MAKE, -1).execute()
+    return _duplicate_from_record(record, key, now)
+
+
+def _duplicate_from_record(record: LockRecord, key: str, now: datetime) -> LockOutcome:
+    remaining_ms = max(1, int((record.expires_at - now).total_seconds() * 1000))
     return LockOutcome(
         locked=False,
         key=key,
@@ -159,6 +175,14 @@ def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, 
         metadata=record.metadata,
         has_metadata=record.metadata is not None,
     )
+
+
+def _forget_lock(redis_key: str) -> None:
+    try:
+        get_redis().delete(redis_key)
+    except redis.RedisError:
+        # The record already says released; a stale Redis copy is only a duplicate answer until its TTL ends.
+        logger.error("could not delete a released lock from Redis", exc_info=True)
 
 
 def lock_release(*, account: Account, key: str, reason: str, actor: AbstractBaseUser) -> bool:
@@ -174,7 +198,7 @@ def lock_release(*, account: Account, key: str, reason: str, actor: AbstractBase
             object_id=key,
             data={"reason": reason, "was_live": bool(changed)},
         )
-        transaction.on_commit(lambda: get_redis().delete(lock_redis_key(account.pk, key)))
+        transaction.on_commit(lambda: _forget_lock(lock_redis_key(account.pk, key)))
     return bool(changed)
 
 
@@ -240,6 +264,7 @@ def lease_acquire(
             expires_at=now + timedelta(seconds=ttl), done_at=None, result=None, result_hash="", error_code="",
             error_hash="", metadata=metadata, updated_at=now,
         )  # fmt: skip
+        acquired = False
         with transaction.atomic():
             taken = Lease.objects.filter(_acquirable(now), account_id=account_id, key=key).update(
                 version=F("version") + 1, **fields
@@ -251,23 +276,29 @@ def lease_acquire(
                     ended_at=now, outcome=AttemptOutcome.EXPIRED
                 )
                 LeaseAttempt.objects.create(lease=lease, version=lease.version, holder=lease_id, acquired_at=now)
-                return _acquired(lease, account_id)
-            lease = Lease.objects.filter(account_id=account_id, key=key).first()
-            if lease is None:
-                try:
-                    with transaction.atomic():
-                        lease = Lease.objects.create(
-                            account_id=account_id, key=key, version=1, first_seen_at=now, **fields
-                        )
-                        LeaseAttempt.objects.create(lease=lease, version=1, holder=lease_id, acquired_at=now)
-                    return _acquired(lease, account_id)
-                except IntegrityError:
-                    continue  # another caller inserted it first: re-decide against their row
+                acquired = True
+            else:
+                lease = Lease.objects.filter(account_id=account_id, key=key).first()
+                if lease is None:
+                    try:
+                        with transaction.atomic():
+                            lease = Lease.objects.create(
+                                account_id=account_id, key=key, version=1, first_seen_at=now, **fields
+                            )
+                            LeaseAttempt.objects.create(lease=lease, version=1, holder=lease_id, acquired_at=now)
+                        acquired = True
+                    except IntegrityError:
+                        lease = None  # another caller inserted it first: re-decide against their row
+        if acquired:
+            return _acquired(lease, account_id)  # usage is counted after the commit, outside the transaction
+        if lease is None:
+            continue
         if lease.status == LeaseStatus.IN_PROGRESS and lease.expires_at > timezone.now():
             return LeaseOutcome(lease=lease, status="polling", key=key, usage=usage.current(account_id, usage.AI))
         if lease.status in (LeaseStatus.COMPLETED, LeaseStatus.FAILED) and not _acquirable_now(lease):
             return LeaseOutcome(lease=lease, status=lease.status, key=key, usage=usage.current(account_id, usage.AI))
     # Still changing under us after three rounds: report it as held (the caller polls again).
+    lease = Lease.objects.get(account_id=account_id, key=key)
     return LeaseOutcome(lease=lease, status="polling", key=key, usage=usage.current(account_id, usage.AI))
 
 
@@ -283,7 +314,7 @@ def _acquired(lease: Lease, account_id: int) -> LeaseOutcome:
 def _holder_lease(account_id: int, key: str, lease_id: str) -> Lease:
     """The lease row if ``lease_id`` is its current (or last) holder, else LeaseMismatch."""
     lease = Lease.objects.filter(account_id=account_id, key=key).first()
-    if lease is None or not secrets.compare_digest(lease.lease_id, lease_id):
+    if lease is None or not secrets.compare_digest(lease.lease_id.encode(), lease_id.encode()):
         raise LeaseMismatch()
     return lease
 

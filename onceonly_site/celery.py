@@ -25,4 +25,6 @@ app.conf.beat_schedule = {
     # Completed/failed leases are final only for the retention period (design §7); their rows and expired lock
     # records are deleted after it, in batches.
     "idempotency-retention-sweep": {"task": "idempotency.retention_sweep", "schedule": 600.0},
+    # Tamper evidence (design §3.9): chain new decisions into hash checkpoints per account.
+    "governance-checkpoint-decisions": {"task": "governance.checkpoint_decisions", "schedule": 300.0},
 }

@@ -191,3 +191,19 @@ def test_new_lock_costs_one_redis_round_trip_and_one_insert(key_a, settings):
     statements = [q["sql"] for q in queries if not q["sql"].startswith(("SET LOCAL", "SAVEPOINT", "RELEASE"))]
     assert len(statements) == 1 and statements[0].lstrip().startswith("INSERT"), statements
     assert trips.count == 1
+
+
+def test_with_redis_unreachable_the_database_still_decides(key_a, settings):
+    from onceonly_site.redis_client import get_redis as current_redis
+
+    client = key_a.client()
+    assert lock(client, "down:1", ttl=60).json()["status"] == "locked"  # warms the key cache in this process
+    current_redis.cache_clear()
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    try:
+        assert lock(client, "down:1", ttl=60).json()["status"] == "duplicate"  # the record decides
+        assert lock(client, "down:2", ttl=60).json()["status"] == "locked"
+        assert lock(client, "down:2", ttl=60).json()["status"] == "duplicate"
+    finally:
+        current_redis.cache_clear()
+    assert LockRecord.objects.filter(key="down:2").exists()

@@ -271,3 +271,14 @@ def test_malformed_json_on_a_lease_endpoint_is_422(client):
     response = client.post("/v1/ai/lease", b"{'key':", content_type="application/json")
     assert response.status_code == 422
     assert not Lease.objects.exists()
+
+
+def test_a_non_ascii_lease_id_is_a_mismatch_not_a_500(client):
+    acquire(client)
+    response = post(client, "complete", key=KEY, lease_id="lease_é", result={})
+    assert response.status_code == 409
+
+
+def test_holder_calls_report_the_current_usage(client):
+    held = acquire(client)
+    assert post(client, "extend", key=KEY, lease_id=held["lease_id"]).json()["usage"] == 1

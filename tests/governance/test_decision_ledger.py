@@ -1,0 +1,65 @@
+"""Tamper evidence of the decision log: checkpoints chain every row; the verifier names the first bad one."""
+
+import io
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from governance import ledger
+from governance.models import Decision, DecisionCheckpoint
+from governance.tasks import checkpoint_decisions
+
+
+@pytest.fixture
+def decisions(key_a):
+    client = key_a.client()
+    for n in range(6):
+        client.post(
+            "/v1/ai/run",
+            {"agent_id": "bot", "tool": "t", "args": {"n": n}, "spend_usd": 0.1},
+            content_type="application/json",
+        )
+    return list(Decision.objects.order_by("pk"))
+
+
+def verify_cmd(*extra):
+    out = io.StringIO()
+    call_command("verify_decision_log", "--account", "Acme", *extra, stdout=out)
+    return out.getvalue()
+
+
+def test_checkpoints_chain_all_decisions_and_verify(decisions, key_a):
+    checkpoint_decisions()
+    checkpoint = DecisionCheckpoint.objects.get()
+    assert (checkpoint.first_decision_id, checkpoint.last_decision_id, checkpoint.row_count) == (
+        decisions[0].pk,
+        decisions[-1].pk,
+        6,
+    )
+    assert checkpoint.prev_hash == ledger.GENESIS
+    assert "6 decisions and 1 checkpoints verified" in verify_cmd()
+    key_a.client().post(
+        "/v1/ai/run", {"agent_id": "bot", "tool": "t", "args": {"n": 99}}, content_type="application/json"
+    )
+    checkpoint_decisions()
+    second = DecisionCheckpoint.objects.get(seq=2)
+    assert second.prev_hash == checkpoint.chain_hash and second.row_count == 1
+
+
+def test_an_edited_row_is_named(decisions):
+    checkpoint_decisions()
+    Decision.objects.filter(pk=decisions[3].pk).update(spend_usd=0)  # someone hides a charge
+    with pytest.raises(CommandError, match=f"Decision {decisions[3].pk} does not match"):
+        verify_cmd()
+
+
+def test_a_rehashed_edit_or_a_deleted_row_breaks_the_chain(decisions):
+    checkpoint_decisions()
+    Decision.objects.filter(pk=decisions[2].pk).delete()
+    result = ledger.verify(decisions[0].account_id)
+    assert not result.ok and "Checkpoint 1" in result.message
+
+
+def test_unknown_account_is_a_clear_error(db):
+    with pytest.raises(CommandError, match="No account named"):
+        call_command("verify_decision_log", "--account", "Nope")
