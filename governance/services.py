@@ -92,11 +92,29 @@ def _warnings(account_id: int, policy: dict[str, Any]) -> list[dict[str, str]]:
     ]  # fmt: skip
 
 
-def policy_publish(*, account_id: int, agent_id: str, policy: dict[str, Any], source: str, actor: str) -> PolicyOutcome:
-    """Make ``policy`` the agent's current policy as a new immutable version (unless nothing changed). Audited."""
+class StalePolicyEdit(Exception):
+    """The editor started from a version that is no longer current: refuse rather than overwrite silently."""
+
+    def __init__(self, current: int | None) -> None:
+        super().__init__(f"the policy changed meanwhile (now version {current})")
+        self.current = current
+
+
+_ANY = object()
+
+
+def policy_publish(
+    *, account_id: int, agent_id: str, policy: dict[str, Any], source: str, actor: str, expected_version: Any = _ANY
+) -> PolicyOutcome:
+    """Make ``policy`` the agent's current policy as a new immutable version (unless nothing changed). Audited.
+
+    ``expected_version`` is the editor's optimistic concurrency: when given, the current version must still be it.
+    """
     agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
     with transaction.atomic():
         agent = Agent.objects.select_for_update().select_related("account").get(pk=agent.pk)
+        if expected_version is not _ANY and agent.policy_version != expected_version:
+            raise StalePolicyEdit(agent.policy_version)
         if agent.policy == policy and agent.policy_version is not None:
             return PolicyOutcome(agent=agent, version=agent.policy_version, warnings=_warnings(account_id, policy))
         before = agent.policy
@@ -120,6 +138,14 @@ def policy_upsert(*, account_id: int, agent_id: str, changes: dict[str, Any], ac
         policy=policies.merge(agent.policy, changes),
         source="api",
         actor=actor,
+    )
+
+
+def policy_rollback(*, account_id: int, agent_id: str, version: int, actor: str) -> PolicyOutcome:
+    """Make an earlier version current again — as a new version, so history only grows."""
+    old = PolicyVersion.objects.get(agent__account_id=account_id, agent__agent_id=agent_id, version=version)
+    return policy_publish(
+        account_id=account_id, agent_id=agent_id, policy=old.policy, source=f"rollback:{version}", actor=actor
     )
 
 

@@ -1,10 +1,22 @@
 from django.urls import path, re_path
 
-from governance import api
+from governance import api, views
 
 app_name = "governance"
 
-urlpatterns: list = []  # the governance pages (agents, policy editor, decision timeline) come with their part
+# Agent ids may contain "/" (percent-encoded): the agent routes end with a catch-all after a fixed prefix.
+urlpatterns = [
+    path("agents/", views.agents, name="agents"),
+    re_path(r"^agents/(?P<agent_id>.+)/kill-switch/$", views.agent_kill_switch, name="agent-kill-switch"),
+    re_path(r"^agents/(?P<agent_id>.+)/policy/rollback/$", views.policy_rollback, name="policy-rollback"),
+    re_path(r"^agents/(?P<agent_id>.+)/policy/template/$", views.policy_template, name="policy-template"),
+    re_path(r"^agents/(?P<agent_id>.+)/policy/$", views.policy_edit, name="policy-edit"),
+    re_path(r"^agents/(?P<agent_id>.+)/$", views.agent_detail, name="agent-detail"),
+    path("decisions/", views.decisions, name="decisions"),
+    path("decisions/<int:decision_id>/", views.decision_detail, name="decision-detail"),
+    path("audit/", views.audit_log, name="audit"),
+    path("audit/verify/", views.verify_log, name="verify"),
+]
 
 # Mounted under /v1/ by onceonly_site/urls.py. Agent ids may contain `:` `.` `-` `_` and, percent-encoded, `/`:
 # the router sees the decoded path, so the suffixed routes are matched first and the id is a catch-all.

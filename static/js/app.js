@@ -22,3 +22,16 @@ setInterval(() => {
     el.textContent = left > 0 ? String(left) : "0 (expired)";
   });
 }, 1000);
+// Live decision timeline: each poll asks for rows newer than the newest one on the page.
+document.addEventListener("htmx:configRequest", (event) => {
+  const body = event.detail.elt;
+  if (!body.matches || !body.matches("[data-live]")) return;
+  const ids = [...body.querySelectorAll("tr[data-id]")].map((tr) => parseInt(tr.dataset.id, 10));
+  if (ids.length) event.detail.parameters.after = String(Math.max(...ids));
+});
+document.addEventListener("htmx:afterSwap", (event) => {
+  if (event.detail.target.id === "timeline-rows" && event.detail.target.querySelector("tr[data-id]")) {
+    const empty = document.getElementById("timeline-empty");
+    if (empty) empty.remove();
+  }
+});

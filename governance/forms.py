@@ -1,0 +1,141 @@
+"""Dashboard forms of governance. They turn text inputs into policy fields; policies.clean_fields validates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from governance import policies
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
+
+
+def _pairs(text: str, field: str) -> list[tuple[str, str]]:
+    pairs = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        tool, sep, value = line.rpartition(":")
+        if not sep or not tool.strip():
+            raise forms.ValidationError(f"Write one “tool: number” per line ({field}).")
+        pairs.append((tool.strip(), value.strip()))
+    return pairs
+
+
+def _number(value: str) -> float | str:
+    try:
+        return float(value) if "." in value else int(value)
+    except ValueError:
+        return value  # left for clean_fields to report
+
+
+class PolicyForm(forms.Form):
+    restrict_tools = forms.BooleanField(required=False, label="Only allow the tools listed below")
+    allowed_tools = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        label="Allowed tools",
+        help_text="One per line; globs like stripe.* allowed.",
+    )
+    blocked_tools = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        label="Blocked tools",
+        help_text="One per line; blocked wins over allowed.",
+    )
+    max_actions_per_hour = forms.CharField(
+        required=False, label="Max actions per hour", help_text="Rolling 60 minutes; empty = no limit."
+    )
+    max_spend_usd_per_day = forms.CharField(
+        required=False, label="Max spend per day (USD)", help_text="UTC day; empty = no limit."
+    )
+    max_calls_per_tool = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        label="Max calls per tool per day",
+        help_text="“send_email: 50” per line.",
+    )
+    pricing_rules = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        label="Pricing rules",
+        help_text="“stripe.*: 0.25” per line (USD per call).",
+    )
+    base_version = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+    @classmethod
+    def from_policy(cls, policy: dict[str, Any] | None, version: int | None) -> PolicyForm:
+        policy = policy or {}
+        return cls(initial={
+            "restrict_tools": policy.get("allowed_tools") is not None,
+            "allowed_tools": "\n".join(policy.get("allowed_tools") or []),
+            "blocked_tools": "\n".join(policy.get("blocked_tools") or []),
+            "max_actions_per_hour": policy.get("max_actions_per_hour", ""),
+            "max_spend_usd_per_day": policy.get("max_spend_usd_per_day", ""),
+            "max_calls_per_tool": "\n".join(f"{k}: {v}" for k, v in (policy.get("max_calls_per_tool") or {}).items()),
+            "pricing_rules": "\n".join(f"{r['tool']}: {r['price_usd']}" for r in policy.get("pricing_rules") or []),
+            "base_version": version,
+        })  # fmt: skip
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        raw: dict[str, Any] = {}
+        if data.get("restrict_tools"):
+            raw["allowed_tools"] = _lines(data.get("allowed_tools", ""))
+        if _lines(data.get("blocked_tools", "")):
+            raw["blocked_tools"] = _lines(data["blocked_tools"])
+        for name in ("max_actions_per_hour", "max_spend_usd_per_day"):
+            if str(data.get(name) or "").strip():
+                raw[name] = _number(str(data[name]).strip())
+        try:
+            if (data.get("max_calls_per_tool") or "").strip():
+                raw["max_calls_per_tool"] = {t: _number(v) for t, v in _pairs(data["max_calls_per_tool"], "calls")}
+            if (data.get("pricing_rules") or "").strip():
+                raw["pricing_rules"] = [
+                    {"tool": t, "price_usd": _number(v)} for t, v in _pairs(data["pricing_rules"], "pricing")
+                ]
+        except forms.ValidationError as exc:
+            self.add_error(None, exc)
+            return data
+        try:
+            data["policy"] = policies.clean_fields(raw)
+        except Exception as exc:  # rest_framework ValidationError with per-field messages
+            detail = getattr(exc, "detail", None)
+            if not isinstance(detail, dict):
+                raise
+            for field, messages in detail.items():
+                target = field.split(".")[0]
+                for message in messages:
+                    self.add_error(target if target in self.fields else None, str(message))
+        return data
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500,
+        label="Reason (recorded in the audit log)",
+        error_messages={"required": "Say why: the reason is kept in the audit log."},
+    )
+    confirm = forms.BooleanField(
+        label="I understand this takes effect on the agent's very next call",
+        error_messages={"required": "Tick the confirmation box."},
+    )
+
+
+class DecisionFilterForm(forms.Form):
+    agent = forms.CharField(required=False, max_length=200)
+    tool = forms.CharField(required=False, max_length=200)
+    outcome = forms.ChoiceField(
+        required=False, choices=[("", "any")] + [(o, o) for o in ("executed", "allowed", "blocked", "dedup", "failed")]
+    )
+    reason = forms.CharField(required=False, max_length=64)
+    run = forms.CharField(required=False, max_length=256, label="Run id")
+    since = forms.DateTimeField(
+        required=False, label="From (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    until = forms.DateTimeField(
+        required=False, label="To (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )

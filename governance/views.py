@@ -1,0 +1,294 @@
+"""Governance pages: agents, agent detail (charts, kill switch), policy editor (history, diff, rollback), decision
+timeline (filters, live updates), operator audit log, decision-log verification. Viewers look; editors change."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count, OuterRef, Subquery, Sum
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from billing.models import AuditEntry
+from billing.selectors import current_membership, editor_membership
+from governance import ledger, policies, selectors, services
+from governance.choices import CHARGED_OUTCOMES, Outcome
+from governance.forms import DecisionFilterForm, PolicyForm, ReasonForm
+from governance.models import Agent, Decision, DecisionRollup, PolicyVersion
+
+PER_PAGE = 25
+TIMELINE_PAGE = 50
+
+
+def _agent_or_404(account_id: int, agent_id: str) -> Agent:
+    agent = selectors.agent_for_account(account_id, agent_id)
+    if agent is None:
+        raise Http404("No such agent in this account.")
+    return agent
+
+
+def _actor(request: HttpRequest) -> str:
+    return request.user.get_username()
+
+
+@login_required
+@require_GET
+def agents(request: HttpRequest) -> HttpResponse:
+    account = current_membership(request).account
+    now = timezone.now()
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    last = Decision.objects.filter(agent=OuterRef("pk")).order_by("-ts", "-id")
+    queryset = (
+        Agent.objects.filter(account=account)
+        .annotate(last_ts=Subquery(last.values("ts")[:1]), last_outcome=Subquery(last.values("outcome")[:1]))
+        .order_by("agent_id", "id")
+    )
+    page = Paginator(queryset, PER_PAGE).get_page(request.GET.get("page"))
+    ids = [a.pk for a in page.object_list]
+    spend = dict(DecisionRollup.objects.filter(agent_id__in=ids, hour__gte=day_start, outcome__in=CHARGED_OUTCOMES)
+                 .values_list("agent_id").annotate(s=Sum("spend_usd")))  # fmt: skip
+    hour = dict(Decision.objects.filter(agent_id__in=ids, ts__gt=now - timedelta(hours=1))
+                .values_list("agent_id").annotate(n=Count("id")))  # fmt: skip
+    rows = []
+    for agent in page.object_list:
+        cap = (agent.policy or {}).get("max_spend_usd_per_day")
+        spent = spend.get(agent.pk) or Decimal(0)
+        rows.append({"agent": agent, "spent": spent, "cap": cap, "actions_hour": hour.get(agent.pk, 0),
+                     "pct": min(100, int(spent / Decimal(str(cap)) * 100)) if cap else None})  # fmt: skip
+    return render(request, "governance/agents.html", {"page": page, "rows": rows})
+
+
+def _series(agent: Agent, range_: str, now) -> dict:
+    """Decisions stacked by outcome and spend per bucket (hours of the last day, or days of the last week)."""
+    hours = 24 if range_ == "day" else 24 * 7
+    start = (now - timedelta(hours=hours - 1)).replace(minute=0, second=0, microsecond=0)
+    rows = DecisionRollup.objects.filter(agent=agent, hour__gte=start).values_list(
+        "hour", "outcome", "count", "spend_usd"
+    )
+    fmt = "%H:00" if range_ == "day" else "%a %d"
+    step = timedelta(hours=1) if range_ == "day" else timedelta(days=1)
+    first = start if range_ == "day" else start.replace(hour=0)
+    labels, keys = [], []
+    cursor = first
+    while cursor <= now:
+        labels.append(cursor.strftime(fmt))
+        keys.append(cursor)
+        cursor += step
+    counts: dict[str, list[int]] = {o: [0] * len(keys) for o in Outcome.values}
+    spend = [0.0] * len(keys)
+    for hour, outcome, count, usd in rows:
+        index = int((hour - first) / step)
+        if 0 <= index < len(keys):
+            counts[outcome][index] += count
+            if outcome in CHARGED_OUTCOMES:
+                spend[index] += float(usd)
+    return {"labels": labels, "counts": counts, "spend": spend,
+            "cap": (agent.policy or {}).get("max_spend_usd_per_day")}  # fmt: skip
+
+
+@login_required
+@require_GET
+def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
+    account = current_membership(request).account
+    agent = _agent_or_404(account.pk, agent_id)
+    now = timezone.now()
+    range_ = request.GET.get("range") if request.GET.get("range") in ("day", "week") else "day"
+    metrics = selectors.agent_metrics(account.pk, agent.agent_id, range_, now)
+    recent = Decision.objects.filter(agent=agent).order_by("-ts", "-id")[:20]
+    return render(request, "governance/agent_detail.html", {
+        "agent": agent, "metrics": metrics, "recent": recent, "range": range_, "chart": _series(agent, range_, now),
+        "reason_form": ReasonForm(),
+    })  # fmt: skip
+
+
+@login_required
+@require_POST
+def agent_kill_switch(request: HttpRequest, agent_id: str) -> HttpResponse:
+    account = editor_membership(request).account
+    agent = _agent_or_404(account.pk, agent_id)
+    form = ReasonForm(request.POST)
+    enable = request.POST.get("action") == "enable"
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, error)
+    else:
+        services.agent_set_enabled(
+            account_id=account.pk,
+            agent_id=agent.agent_id,
+            enabled=enable,
+            reason=form.cleaned_data["reason"],
+            actor=_actor(request),
+        )
+        messages.success(request, f"{agent.agent_id} {'enabled' if enable else 'disabled: its next call is blocked'}.")
+    return redirect("governance:agent-detail", agent_id=agent.agent_id)
+
+
+def _diff(a: dict | None, b: dict | None) -> list[str]:
+    left = json.dumps(a or {}, indent=2, sort_keys=True).splitlines()
+    right = json.dumps(b or {}, indent=2, sort_keys=True).splitlines()
+    return list(difflib.unified_diff(left, right, "before", "after", lineterm="", n=2))[2:]
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
+    membership = current_membership(request)
+    account = membership.account
+    agent = selectors.agent_for_account(account.pk, agent_id)
+    form = PolicyForm.from_policy(agent.policy if agent else None, agent.policy_version if agent else None)
+    status = 200
+    if request.method == "POST":
+        editor_membership(request)
+        form = PolicyForm(request.POST)
+        if form.is_valid():
+            policy = form.cleaned_data["policy"]
+            if policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
+                form.add_error("allowed_tools", f"allowed_tools needs the Agency plan (this account: {account.plan}).")
+            else:
+                try:
+                    result = services.policy_publish(
+                        account_id=account.pk, agent_id=agent_id, policy=policy, source="editor",
+                        actor=_actor(request), expected_version=form.cleaned_data["base_version"],
+                    )  # fmt: skip
+                except services.StalePolicyEdit as stale:
+                    form.add_error(
+                        None,
+                        f"Someone saved this policy meanwhile (now version {stale.current}). "
+                        "Reload to see it, then apply your change again; nothing was saved.",
+                    )
+                else:
+                    note = "".join(f" Warning: {w['message']}" for w in result.warnings[:3])
+                    messages.success(request, f"Policy saved as version {result.version}.{note}")
+                    return redirect("governance:policy-edit", agent_id=agent_id)
+        status = 422
+    versions = list(PolicyVersion.objects.filter(agent=agent).order_by("-version")[:50]) if agent else []
+    diff = None
+    if agent and request.GET.get("a") and request.GET.get("b"):
+        by_version = {v.version: v for v in versions}
+        a, b = by_version.get(int(request.GET["a"])), by_version.get(int(request.GET["b"]))
+        if a and b:
+            diff = {"a": a.version, "b": b.version, "lines": _diff(a.policy, b.policy)}
+    return render(request, "governance/policy_edit.html", {
+        "agent_id": agent_id, "agent": agent, "form": form, "versions": versions, "diff": diff,
+        "templates": {name: json.dumps(body, indent=2) for name, body in policies.TEMPLATES.items()},
+    }, status=status)  # fmt: skip
+
+
+@login_required
+@require_POST
+def policy_rollback(request: HttpRequest, agent_id: str) -> HttpResponse:
+    account = editor_membership(request).account
+    agent = _agent_or_404(account.pk, agent_id)
+    try:
+        version = int(request.POST.get("version", ""))
+        result = services.policy_rollback(
+            account_id=account.pk, agent_id=agent.agent_id, version=version, actor=_actor(request)
+        )
+    except (ValueError, PolicyVersion.DoesNotExist):
+        messages.error(request, "No such version.")
+    else:
+        messages.success(request, f"Rolled back to version {version}: now version {result.version}.")
+    return redirect("governance:policy-edit", agent_id=agent.agent_id)
+
+
+@login_required
+@require_POST
+def policy_template(request: HttpRequest, agent_id: str) -> HttpResponse:
+    account = editor_membership(request).account
+    name = request.POST.get("template", "")
+    if name not in policies.TEMPLATES:
+        messages.error(request, f"Unknown template; choose one of {', '.join(policies.TEMPLATES)}.")
+    elif policies.TEMPLATES[name].get("allowed_tools") is not None and not account.plan.has_allowed_tools:
+        messages.error(request, f"The {name} template sets allowed_tools, which needs the Agency plan.")
+    else:
+        result = services.policy_from_template(
+            account_id=account.pk, agent_id=agent_id, template=name, overrides={}, actor=_actor(request)
+        )
+        messages.success(request, f"Template {name} applied as version {result.version}.")
+    return redirect("governance:policy-edit", agent_id=agent_id)
+
+
+def _filtered_decisions(account_id: int, form: DecisionFilterForm):
+    queryset = Decision.objects.filter(account_id=account_id).select_related("agent")
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["agent"]:
+            queryset = queryset.filter(agent__agent_id=data["agent"])
+        if data["tool"]:
+            queryset = queryset.filter(tool=data["tool"])
+        if data["outcome"]:
+            queryset = queryset.filter(outcome=data["outcome"])
+        if data["reason"]:
+            queryset = queryset.filter(policy_reason=data["reason"])
+        if data["run"]:
+            queryset = queryset.filter(run_id=data["run"])
+        if data["since"]:
+            queryset = queryset.filter(ts__gte=data["since"])
+        if data["until"]:
+            queryset = queryset.filter(ts__lte=data["until"])
+    return queryset
+
+
+@login_required
+@require_GET
+def decisions(request: HttpRequest) -> HttpResponse:
+    """Keyset-paginated (no COUNT over millions of rows): ?before=<id> for older, ?after=<id> for live updates."""
+    account = current_membership(request).account
+    form = DecisionFilterForm(request.GET or None)
+    queryset = _filtered_decisions(account.pk, form).order_by("-id")
+    after = request.GET.get("after", "")
+    if after.isdigit():  # htmx polling for rows newer than the newest shown
+        rows = list(queryset.filter(pk__gt=int(after))[:TIMELINE_PAGE])
+        return render(request, "governance/_decision_rows.html", {"rows": rows, "live": True})
+    before = request.GET.get("before", "")
+    if before.isdigit():
+        queryset = queryset.filter(pk__lt=int(before))
+    rows = list(queryset[: TIMELINE_PAGE + 1])
+    more = len(rows) > TIMELINE_PAGE
+    rows = rows[:TIMELINE_PAGE]
+    query = request.GET.copy()
+    query.pop("before", None)
+    query.pop("after", None)
+    return render(request, "governance/decisions.html", {
+        "form": form, "rows": rows, "more": more, "oldest": rows[-1].pk if rows else None,
+        "newest": rows[0].pk if rows else (int(before) - 1 if before.isdigit() else 0),
+        "query": query.urlencode(), "first_page": not before.isdigit(),
+    })  # fmt: skip
+
+
+@login_required
+@require_GET
+def decision_detail(request: HttpRequest, decision_id: int) -> HttpResponse:
+    account = current_membership(request).account
+    decision = Decision.objects.select_related("agent").filter(account=account, pk=decision_id).first()
+    if decision is None:
+        raise Http404("No such decision in this account.")
+    return render(request, "governance/_decision_detail.html", {"d": decision})
+
+
+@login_required
+@require_GET
+def audit_log(request: HttpRequest) -> HttpResponse:
+    account = current_membership(request).account
+    page = Paginator(AuditEntry.objects.filter(account=account).order_by("-created_at", "-id"), PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    return render(request, "governance/audit.html", {"page": page})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def verify_log(request: HttpRequest) -> HttpResponse:
+    account = current_membership(request).account
+    result = ledger.verify(account.pk) if request.method == "POST" else None
+    return render(request, "governance/verify.html", {"result": result, "timeline": reverse("governance:decisions")})

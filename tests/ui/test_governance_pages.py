@@ -1,0 +1,140 @@
+"""Governance pages: roles, tenant scoping, the editor's validation/concurrency/rollback, pinned query counts."""
+
+import pytest
+from django.test import Client
+
+from governance.models import Agent, PolicyVersion
+
+
+def call(key, agent="bot", tool="send_email", **body):
+    return (
+        key.client()
+        .post("/v1/ai/run", {"agent_id": agent, "tool": tool, **body}, content_type="application/json")
+        .json()
+    )
+
+
+def set_policy(key, agent="bot", **fields):
+    return key.client().post(f"/v1/policies/{agent}", fields, content_type="application/json").json()
+
+
+@pytest.mark.parametrize(
+    "url", ["/agents/", "/agents/bot/", "/agents/bot/policy/", "/decisions/", "/audit/", "/audit/verify/"]
+)
+def test_pages_need_a_login(db, url):
+    assert Client().get(url)["Location"].startswith("/login/")
+
+
+def test_viewer_sees_but_cannot_change(viewer_a, key_a):
+    set_policy(key_a, max_actions_per_hour=5)
+    call(key_a, args={"n": 1})
+    client = viewer_a.login(Client())
+    for url in ("/agents/", "/agents/bot/", "/agents/bot/policy/", "/decisions/", "/audit/"):
+        assert client.get(url).status_code == 200, url
+    html = client.get("/agents/bot/policy/").content.decode()
+    assert "Save as a new version" not in html and "Roll back" not in html
+    assert client.post("/agents/bot/policy/", {"max_actions_per_hour": "1", "base_version": "1"}).status_code == 403
+    assert client.post("/agents/bot/kill-switch/", {"reason": "x", "confirm": "on"}).status_code == 403
+    assert client.post("/agents/bot/policy/rollback/", {"version": "1"}).status_code == 403
+    assert Agent.objects.get().is_enabled and Agent.objects.get().policy_version == 1
+
+
+def test_other_accounts_agents_are_404(owner_b, key_a):
+    call(key_a)
+    client = owner_b.login(Client())
+    assert client.get("/agents/bot/").status_code == 404
+    assert "bot" not in client.get("/agents/").content.decode()
+    assert client.post("/agents/bot/kill-switch/", {"reason": "x", "confirm": "on"}).status_code == 404
+    decision_id = call(key_a, args={"n": 2})["decision_id"]
+    assert client.get(f"/decisions/{decision_id}/").status_code == 404
+
+
+def test_editor_invalid_value_shows_an_error_and_saves_nothing(owner_a, key_a):
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    response = client.post("/agents/bot/policy/", {"max_actions_per_hour": "-3", "base_version": "1"})
+    assert response.status_code == 422
+    assert "Must be a whole number ≥ 0." in response.content.decode()
+    assert PolicyVersion.objects.count() == 1
+
+
+def test_editor_saves_a_new_version_and_refuses_a_stale_edit(owner_a, key_a):
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    saved = client.post(
+        "/agents/bot/policy/",
+        {"max_actions_per_hour": "7", "blocked_tools": "delete_*\nrefund", "base_version": "1"},
+        follow=True,
+    )
+    assert "Policy saved as version 2" in saved.content.decode()
+    assert Agent.objects.get().policy == {"blocked_tools": ["delete_*", "refund"], "max_actions_per_hour": 7}
+    stale = client.post("/agents/bot/policy/", {"max_actions_per_hour": "9", "base_version": "1"})
+    assert stale.status_code == 422 and "saved this policy meanwhile" in stale.content.decode()
+    assert Agent.objects.get().policy_version == 2
+
+
+def test_diff_and_rollback(owner_a, key_a):
+    set_policy(key_a, max_actions_per_hour=5)
+    set_policy(key_a, max_actions_per_hour=9)
+    client = owner_a.login(Client())
+    html = client.get("/agents/bot/policy/", {"a": 1, "b": 2}).content.decode()
+    assert "-  &quot;max_actions_per_hour&quot;: 5" in html and "+  &quot;max_actions_per_hour&quot;: 9" in html
+    client.post("/agents/bot/policy/rollback/", {"version": "1"})
+    agent = Agent.objects.get()
+    assert agent.policy_version == 3 and agent.policy == {"max_actions_per_hour": 5}
+    assert PolicyVersion.objects.get(version=3).source == "rollback:1"
+
+
+def test_kill_switch_needs_reason_and_confirmation(owner_a, key_a):
+    call(key_a)
+    client = owner_a.login(Client())
+    client.post("/agents/bot/kill-switch/", {"reason": "loop"})  # no confirmation
+    assert Agent.objects.get().is_enabled
+    client.post("/agents/bot/kill-switch/", {"reason": "loop", "confirm": "on", "action": "disable"})
+    assert not Agent.objects.get().is_enabled
+    assert call(key_a, args={"n": 3})["policy_reason"] == "agent_disabled"
+
+
+def test_timeline_filters_and_live_endpoint(viewer_a, key_a):
+    first = call(key_a, agent="a1", tool="send_email", args={"n": 1})
+    call(key_a, agent="a2", tool="delete_user", args={"n": 2})
+    client = viewer_a.login(Client())
+    html = client.get("/decisions/", {"agent": "a1"}).content.decode()
+    assert "send_email" in html and "delete_user" not in html
+    newer = client.get("/decisions/", {"after": first["decision_id"]}).content.decode()
+    assert "delete_user" in newer and "send_email" not in newer
+    detail = client.get(f"/decisions/{first['decision_id']}/").content.decode()
+    assert "within_budget" in detail and "args_hash" in detail
+
+
+def _make_decisions(key, n):
+    for i in range(n):
+        call(key, agent=f"agent-{i % 3}", args={"i": i}, spend_usd=0.01)
+
+
+def test_query_counts_are_pinned_and_do_not_grow_with_decisions(owner_a, key_a):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    set_policy(key_a, agent="agent-0", max_spend_usd_per_day=10)
+    client = owner_a.login(Client())
+    urls = ["/agents/", "/agents/agent-0/", "/decisions/", "/audit/"]
+
+    def counts():
+        out = {}
+        for url in urls:
+            with CaptureQueriesContext(connection) as queries:
+                assert client.get(url).status_code == 200
+            out[url] = len(queries)
+        return out
+
+    _make_decisions(key_a, 3)
+    few = counts()
+    _make_decisions(key_a, 60)
+    assert counts() == few == {"/agents/": 7, "/agents/agent-0/": 8, "/decisions/": 4, "/audit/": 5}
+
+
+def test_verify_page(owner_a, key_a):
+    call(key_a)
+    html = owner_a.login(Client()).post("/audit/verify/").content.decode()
+    assert "OK" in html and "1 decisions" in html
