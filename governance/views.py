@@ -180,6 +180,7 @@ def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
             diff = {"a": a.version, "b": b.version, "lines": _diff(a.policy, b.policy)}
     return render(request, "governance/policy_edit.html", {
         "agent_id": agent_id, "agent": agent, "form": form, "versions": versions, "diff": diff,
+        "known_tools": sorted(services.known_tools(account.pk))[:100],
         "templates": {name: json.dumps(body, indent=2) for name, body in policies.TEMPLATES.items()},
     }, status=status)  # fmt: skip
 
