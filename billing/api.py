@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import counters, services
+from billing import counters, selectors, services, usage
 from billing.selectors import account_for_api
-from onceonly_site.api import StrictBooleanField, StrictSerializer, body, validate
+from onceonly_site.api import QueryValidationError, StrictBooleanField, StrictSerializer, body, validate
 
 
 class MeOutput(serializers.Serializer):
@@ -43,7 +43,7 @@ class MeApi(APIView):
                     "key_preview": request.auth.key_preview,
                     "current_period_end": account.current_period_end(),
                     "requests_total_all_time": account.requests_total_all_time + counters.pending(account.pk),
-                    "blocked_total_all_time": account.blocked_total_all_time,
+                    "blocked_total_all_time": selectors.blocked_total_all_time(account.pk),
                     **{name: getattr(account, name) for name in services.NOTIFICATION_FIELDS},
                 }
             ).data
@@ -83,3 +83,89 @@ class MeNotificationsApi(APIView):
             account=account, changes=changes, actor_label=f"api key {request.auth.key_preview}"
         )
         return Response({name: getattr(account, name) for name in services.NOTIFICATION_FIELDS})
+
+
+def _kind_body(counters: dict[str, int], kind: str, limit: int) -> dict[str, int]:
+    return {
+        "usage": counters[kind],
+        "limit": limit,
+        "requests_total_month": counters[f"requests_{kind}"],
+        "blocked_total_month": counters[f"blocked_{kind}"],
+        "charged_total_month": counters[kind],
+        "polling_total_month": counters.get(f"polling_{kind}", 0),
+    }
+
+
+_KIND_FIELDS = {
+    name: serializers.IntegerField()
+    for name in (
+        "usage",
+        "limit",
+        "requests_total_month",
+        "blocked_total_month",
+        "charged_total_month",
+        "polling_total_month",
+    )
+}
+UsageOutput = inline_serializer(
+    "UsageOutput",
+    {
+        "plan": serializers.CharField(),
+        "kind": serializers.CharField(),
+        "month": serializers.CharField(),
+        "period_start": serializers.DateTimeField(),
+        "period_end": serializers.DateTimeField(),
+        **_KIND_FIELDS,
+    },
+)
+UsageAllOutput = inline_serializer("UsageAllOutput", {
+    "plan": serializers.CharField(), "month": serializers.CharField(), "period_start": serializers.DateTimeField(),
+    "period_end": serializers.DateTimeField(), "make": inline_serializer("UsageKind", _KIND_FIELDS),
+    "ai": inline_serializer("UsageKindAi", _KIND_FIELDS),
+})  # fmt: skip
+
+
+class UsageApi(APIView):
+    @extend_schema(
+        operation_id="usage",
+        responses=UsageOutput,
+        parameters=[OpenApiParameter("kind", str, enum=list(usage.KINDS), description="make (default) or ai")],
+        summary="This month's usage of one kind against the plan's quota",
+    )
+    def get(self, request: Request) -> Response:
+        kind = request.query_params.get("kind", usage.MAKE)
+        if kind not in usage.KINDS:
+            raise QueryValidationError({"kind": [serializers.ErrorDetail("One of: make, ai.", code="enum")]})
+        plan = request.auth.plan
+        month = usage.month_of()
+        start, end = usage.period_of(month)
+        body = _kind_body(
+            usage.snapshot(request.auth.account_id, month),
+            kind,
+            plan.make_limit if kind == usage.MAKE else plan.ai_limit,
+        )
+        return Response(
+            {
+                "plan": plan.code,
+                "kind": kind,
+                "month": month,
+                **body,
+                "period_start": start.isoformat(),
+                "period_end": end.isoformat(),
+            }
+        )
+
+
+class UsageAllApi(APIView):
+    @extend_schema(operation_id="usage_all", responses=UsageAllOutput, summary="This month's usage of both kinds")
+    def get(self, request: Request) -> Response:
+        plan = request.auth.plan
+        month = usage.month_of()
+        counters = usage.snapshot(request.auth.account_id, month)
+        start, end = usage.period_of(month)
+        return Response(
+            {"plan": plan.code, "month": month, "period_start": start.isoformat(), "period_end": end.isoformat(),
+             "make": _kind_body(counters, usage.MAKE, plan.make_limit),
+             "ai": _kind_body(counters, usage.AI, plan.ai_limit)},
+            headers={"X-OnceOnly-Plan": plan.code, "X-OnceOnly-Month": month},
+        )  # fmt: skip

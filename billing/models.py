@@ -176,3 +176,31 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_label}"
+
+
+class UsageMonth(models.Model):
+    """The database mirror of an account's monthly usage counters (Redis holds the live ones; design §7).
+
+    Written by the ``billing.mirror_usage`` beat task; read back into Redis when Redis has lost a month's counters.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="usage_months")
+    month = models.CharField(max_length=7, help_text="YYYY-MM (UTC).")
+    make = models.PositiveBigIntegerField(default=0, help_text="Locked check-locks (the enforced counter).")
+    ai = models.PositiveBigIntegerField(default=0, help_text="Acquired leases and allowed governed calls.")
+    requests_make = models.PositiveBigIntegerField(default=0)
+    requests_ai = models.PositiveBigIntegerField(default=0)
+    blocked_make = models.PositiveBigIntegerField(default=0, help_text="Refused with 402 (over quota).")
+    blocked_ai = models.PositiveBigIntegerField(default=0)
+    polling_ai = models.PositiveBigIntegerField(default=0, help_text="Lease calls answered `polling`.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-month"]
+        constraints = [
+            # The mirror upserts one row per account and month.
+            models.UniqueConstraint(fields=["account", "month"], name="billing_usage_unique_month"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.month}"

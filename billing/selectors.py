@@ -22,6 +22,23 @@ def account_for_api(account_id: int) -> Account:
     return account
 
 
+def blocked_total_all_time(account_id: int) -> int:
+    """Calls refused over quota, all months: past months from the mirror, this month live."""
+    from django.db.models import Sum
+
+    from billing import usage
+    from billing.models import UsageMonth
+
+    month = usage.month_of()
+    past = (
+        UsageMonth.objects.filter(account_id=account_id)
+        .exclude(month=month)
+        .aggregate(make=Sum("blocked_make"), ai=Sum("blocked_ai"))
+    )
+    now = usage.snapshot(account_id, month)
+    return (past["make"] or 0) + (past["ai"] or 0) + now["blocked_make"] + now["blocked_ai"]
+
+
 def memberships_for_user(user) -> list[Membership]:
     if not user.is_authenticated:
         return []

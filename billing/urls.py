@@ -23,4 +23,6 @@ urlpatterns = [
 api_urlpatterns = [
     path("me", api.MeApi.as_view(), name="me"),
     path("me/notifications", api.MeNotificationsApi.as_view(), name="me-notifications"),
+    path("usage", api.UsageApi.as_view(), name="usage"),
+    path("usage/all", api.UsageAllApi.as_view(), name="usage-all"),
 ]

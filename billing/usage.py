@@ -1,29 +1,43 @@
-"""Metering: monthly usage counters per account (UTC calendar months), in Redis.
+"""Metering and monthly quotas (UTC calendar months; design §7, protocol §2).
 
-``make`` counts locked check-locks, ``ai`` counts acquired leases/runs (design §7). Counting happens atomically
-with the decision that consumes it: check-lock increments inside its Lua script (``usage_key`` is passed to it
-as a key), leases call ``record``. Quota enforcement (402) and the database mirror of these counters arrive with
-the Plans issue; until then they are reported (``charged``/``usage``/``limit``) but not enforced.
+``make`` counts locked check-locks, ``ai`` counts acquired leases and executed/allowed governed calls. The live
+counters are one Redis hash per account and month; every quota decision is an atomic check-and-increment in Lua
+(check_lock.lua, governed_call.lua, quota.lua), so concurrent callers can never push usage past the limit.
+
+The hash is mirrored to ``UsageMonth`` rows by a beat task (every minute). When Redis has lost a month's hash
+(restart, flush), it is rebuilt from that row before any decision — counts made since the last mirror run (at most
+about a minute) are the only thing such a loss can forget.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import calendar
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import redis
+from django.db import transaction
 from django.utils import timezone
 
-from onceonly_site.redis_client import get_redis
+from onceonly_site.redis_client import get_redis, lua_script
 
 MAKE = "make"
 AI = "ai"
 KINDS = (MAKE, AI)
-# Counters outlive their month long enough to be read back and mirrored, then expire on their own.
+FIELDS = ("make", "ai", "requests_make", "requests_ai", "blocked_make", "blocked_ai", "polling_ai")
+# Counters outlive their month long enough to be mirrored after it ends, then expire on their own.
 KEEP_SECONDS = 62 * 86400
+QUOTA_LUA = Path(__file__).with_name("quota.lua")
 
 
 def month_of(now: datetime | None = None) -> str:
-    return (now or timezone.now()).strftime("%Y-%m")
+    return (now or timezone.now()).astimezone(UTC).strftime("%Y-%m")
+
+
+def period_of(month: str) -> tuple[datetime, datetime]:
+    year, number = map(int, month.split("-"))
+    start = datetime(year, number, 1, tzinfo=UTC)
+    return start, start + timedelta(days=calendar.monthrange(year, number)[1])
 
 
 def usage_key(account_id: int, now: datetime | None = None) -> str:
@@ -31,21 +45,91 @@ def usage_key(account_id: int, now: datetime | None = None) -> str:
     return f"oo:{{a{account_id}}}:usage:{month_of(now)}"
 
 
-def record(account_id: int, kind: str) -> int | None:
-    """Count one unit of ``kind``; returns the month's usage after it, or None if Redis is unreachable."""
-    key = usage_key(account_id)
+def rebuild(account_id: int, now: datetime | None = None) -> None:
+    """Recreate a lost month hash from its database mirror (HSETNX: never overwrites live counts)."""
+    from billing.models import UsageMonth
+
+    row = UsageMonth.objects.filter(account_id=account_id, month=month_of(now)).first()
+    key = usage_key(account_id, now)
+    pipe = get_redis().pipeline(transaction=False)
+    for name in FIELDS:
+        pipe.hsetnx(key, name, getattr(row, name) if row else 0)
+    pipe.expire(key, KEEP_SECONDS)
+    pipe.execute()
+
+
+class QuotaExceeded(Exception):
+    """The month's quota of ``kind`` is used up: 402 usage_limit (onceonly_site.api maps it)."""
+
+    def __init__(self, *, kind: str, plan: str, usage: int, limit: int) -> None:
+        super().__init__(f"monthly {kind} quota used up ({usage}/{limit})")
+        self.kind, self.plan, self.usage, self.limit = kind, plan, usage, limit
+
+
+def reserve(account_id: int, kind: str, limit: int, also: str = "") -> tuple[bool, int]:
+    """Count one unit of ``kind`` if the month's usage is below ``limit`` (-1: no limit). (counted?, usage).
+
+    ``also`` names a statistics field counted in the same round trip (requests_ai)."""
+    for _ in range(2):
+        reply = lua_script(QUOTA_LUA)(keys=[usage_key(account_id)], args=[kind, limit, KEEP_SECONDS, also],
+                                      client=get_redis())  # fmt: skip
+        if reply[0] != -1:
+            return bool(reply[0]), int(reply[1])
+        rebuild(account_id)
+    raise RuntimeError("usage counters could not be rebuilt")
+
+
+def release(account_id: int, kind: str) -> None:
+    """Give back a unit reserved for a decision that did not happen (e.g. the lease turned out to be held)."""
+    get_redis().hincrby(usage_key(account_id), kind, -1)
+
+
+def count(account_id: int, field: str) -> None:
+    """Statistics (requests, polling): counted like a quota without a limit; never fails the request."""
     try:
-        pipe = get_redis().pipeline(transaction=False)
-        pipe.hincrby(key, kind, 1)
-        pipe.expire(key, KEEP_SECONDS)
-        return int(pipe.execute()[0])
+        reserve(account_id, field, -1)
+    except (redis.RedisError, RuntimeError):
+        pass
+
+
+def snapshot(account_id: int, month: str | None = None) -> dict[str, int]:
+    """All counters of a month: live from Redis, else from the mirror."""
+    from billing.models import UsageMonth
+
+    month = month or month_of()
+    try:
+        raw = get_redis().hgetall(f"oo:{{a{account_id}}}:usage:{month}")
     except redis.RedisError:
-        return None
+        raw = {}
+    if raw:
+        return {name: int(raw.get(name.encode(), 0)) for name in FIELDS}
+    row = UsageMonth.objects.filter(account_id=account_id, month=month).first()
+    return {name: getattr(row, name) if row else 0 for name in FIELDS}
 
 
 def current(account_id: int, kind: str) -> int:
-    try:
-        value = get_redis().hget(usage_key(account_id), kind)
-    except redis.RedisError:
-        return 0
-    return int(value or 0)
+    return snapshot(account_id)[kind]
+
+
+def mirror_all() -> int:
+    """Beat: copy every live month hash into its UsageMonth row. Returns the number of rows written."""
+    from billing.models import UsageMonth
+
+    client = get_redis()
+    written = 0
+    for key in client.scan_iter(match="oo:{a*}:usage:*", count=500):
+        tag, _, month = key.decode().rpartition(":usage:")
+        account_id = int(tag.split("{a", 1)[1].rstrip("}"))
+        raw = client.hgetall(key)
+        values = {name: max(0, int(raw.get(name.encode(), 0))) for name in FIELDS}
+        with transaction.atomic():
+            updated = UsageMonth.objects.filter(account_id=account_id, month=month).update(
+                updated_at=timezone.now(), **values
+            )
+            if not updated:
+                from billing.models import Account
+
+                if Account.objects.filter(pk=account_id).exists():
+                    UsageMonth.objects.get_or_create(account_id=account_id, month=month, defaults=values)
+        written += 1
+    return written

@@ -8,11 +8,18 @@
 -- ARGV[1] now (ms)  ARGV[2] dedup window (ms, 0 = off)  ARGV[3] max actions/hour (-1 = none)
 -- ARGV[4] max calls of this tool today (-1)  ARGV[5] max spend today (micro-$, -1)  ARGV[6] this call's spend (micro-$)
 -- ARGV[7] tool  ARGV[8] reservation id  ARGV[9] seconds to keep the day counters
--- Returns {"rebuild"} | {"dedup", value} | {"blocked", reason, actions, calls, spend}
+-- KEYS[6]  the account's usage hash oo:{a<acct>}:usage:<YYYY-MM>  ARGV[10] monthly ai limit (-1)  ARGV[11] its TTL
+-- An allowed call also consumes one unit of the monthly `ai` quota, in this same atomic step.
+-- Returns {"rebuild"} | {"rebuild_usage"} | {"dedup", value} | {"blocked", reason, actions, calls, spend}
+--       | {"quota", usage}
 --       | {"ok", actions, calls, spend} (counts after this call's reservation)
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'rebuild'}
 end
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  return {'rebuild_usage'}
+end
+redis.call('HINCRBY', KEYS[6], 'requests_ai', 1)
 local window = tonumber(ARGV[2])
 if window > 0 then
   local seen = redis.call('GET', KEYS[2])
@@ -35,6 +42,13 @@ end
 if tonumber(ARGV[5]) >= 0 and spend + cost > tonumber(ARGV[5]) then
   return {'blocked', 'daily_spend_exceeded', actions, calls, spend}
 end
+local used = tonumber(redis.call('HGET', KEYS[6], 'ai') or '0')
+if tonumber(ARGV[10]) >= 0 and used >= tonumber(ARGV[10]) then
+  redis.call('HINCRBY', KEYS[6], 'blocked_ai', 1)
+  return {'quota', used}
+end
+redis.call('HINCRBY', KEYS[6], 'ai', 1)
+redis.call('EXPIRE', KEYS[6], ARGV[11])
 redis.call('ZADD', KEYS[3], now, ARGV[8])
 redis.call('PEXPIRE', KEYS[3], 3700000)
 calls = redis.call('HINCRBY', KEYS[5], ARGV[7], 1)

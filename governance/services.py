@@ -179,7 +179,7 @@ def _keys(agent: Agent, args_digest: str, now: datetime) -> list[str]:
     base = f"oo:{{a{agent.account_id}}}:gov:{agent.pk}"
     day = now.strftime("%Y%m%d")
     return [f"{base}:ready", f"{base}:dedup:{args_digest}", f"{base}:hour", f"{base}:spend:{day}",
-            f"{base}:calls:{day}"]  # fmt: skip
+            f"{base}:calls:{day}", usage.usage_key(agent.account_id, now)]  # fmt: skip
 
 
 def _micro(amount: Decimal) -> int:
@@ -292,18 +292,23 @@ def governed_call(
         policy.get("max_actions_per_hour", -1),
         caps.get(tool, -1),
         _micro(Decimal(str(spend_cap))) if spend_cap is not None else -1,
-        _micro(cost), tool, reservation, DAY_COUNTER_SECONDS,
+        _micro(cost), tool, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS,
     ]  # fmt: skip
     client = get_redis()
     for _ in range(3):
         reply = lua_script(GOVERNED_CALL_LUA)(keys=keys, args=argv, client=client)
-        if reply[0] != b"rebuild":
+        if reply[0] == b"rebuild":
+            _rebuild(agent, keys, now, window)
+        elif reply[0] == b"rebuild_usage":
+            usage.rebuild(account_id, now)
+        else:
             break
-        _rebuild(agent, keys, now, window)
     else:
         raise RuntimeError("governance counters could not be rebuilt")
 
     kind = reply[0].decode()
+    if kind == "quota":
+        raise usage.QuotaExceeded(kind=usage.AI, plan=plan.code, usage=int(reply[1]), limit=plan.ai_limit)
     if kind == "dedup":
         value = reply[1].decode()
         original = None
@@ -326,8 +331,7 @@ def governed_call(
         # Without its durable decision the reservation must not stand (the ledger is the decision log).
         client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], tool, -1).incrby(
             keys[3], -_micro(cost)
-        ).delete(keys[1]).execute()
+        ).delete(keys[1]).hincrby(keys[5], usage.AI, -1).execute()
         raise
     client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
-    usage.record(account_id, usage.AI)
     return outcome

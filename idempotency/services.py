@@ -130,12 +130,13 @@ def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, 
     redis_key = lock_redis_key(account_id, key)
     usage_key = usage.usage_key(account_id, now)
     client = get_redis()
+    args = [ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS,
+            plan.make_limit]  # fmt: skip
     try:
-        reply = lua_script(CHECK_LOCK_LUA)(
-            keys=[redis_key, usage_key],
-            args=[ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS],
-            client=client,
-        )
+        reply = lua_script(CHECK_LOCK_LUA)(keys=[redis_key, usage_key], args=args, client=client)
+        if reply[0] == 3:  # the month's usage hash was lost with Redis: rebuild it from its mirror, decide again
+            usage.rebuild(account_id, now)
+            reply = lua_script(CHECK_LOCK_LUA)(keys=[redis_key, usage_key], args=args, client=client)
     except redis.ConnectionError:
         # Redis unreachable: the database decides alone (slower, still one winner) rather than a 5xx, which the
         # SDK's fail-open would turn into "go ahead" for every caller (protocol §1.8).
@@ -145,6 +146,8 @@ def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, 
         return _duplicate_from_record(LockRecord.objects.get(account_id=account_id, key=key), key, now)
     if reply[0] == 0:
         return _decode_lock(key, reply[1], int(reply[2]))
+    if reply[0] == 2:
+        raise usage.QuotaExceeded(kind=usage.MAKE, plan=plan.code, usage=int(reply[1]), limit=plan.make_limit)
     try:
         fresh = _record_first_seen(account_id, key, now, ttl, metadata_json)
     except Exception:
@@ -256,6 +259,33 @@ def lease_acquire(
     UPDATE of an acquirable row (version+1), or INSERT of a new row guarded by the unique constraint.
     """
     ttl = effective_ttl(ttl, plan)
+    # The quota unit is reserved before the acquisition (atomic check-and-increment) and given back if the call
+    # does not acquire; a key that is held or completed is answered even when the quota is used up.
+    reserved, used = usage.reserve(account_id, usage.AI, plan.ai_limit, also="requests_ai")
+    if not reserved:
+        existing = Lease.objects.filter(account_id=account_id, key=key).first()
+        if existing is None or _acquirable_now(existing):
+            usage.count(account_id, "blocked_ai")
+            raise usage.QuotaExceeded(kind=usage.AI, plan=plan.code, usage=used, limit=plan.ai_limit)
+        outcome = _report(existing)
+    else:
+        outcome = _lease_acquire(account_id=account_id, key=key, ttl=ttl, metadata=metadata)
+        if not outcome.charged:
+            usage.release(account_id, usage.AI)
+            used -= 1
+    outcome.usage = used
+    if outcome.status == "polling":
+        usage.count(account_id, "polling_ai")
+    return outcome
+
+
+def _report(lease: Lease) -> LeaseOutcome:
+    """What a caller that does not acquire learns: polling while held, else the final state."""
+    held = lease.status == LeaseStatus.IN_PROGRESS and lease.expires_at > timezone.now()
+    return LeaseOutcome(lease=lease, status="polling" if held else lease.status, key=lease.key)
+
+
+def _lease_acquire(*, account_id: int, key: str, ttl: int, metadata: dict | None) -> LeaseOutcome:
     for _ in range(3):  # the row may change state between our statements; re-decide a bounded number of times
         now = timezone.now()
         lease_id = _new_lease_id()
@@ -290,25 +320,20 @@ def lease_acquire(
                     except IntegrityError:
                         lease = None  # another caller inserted it first: re-decide against their row
         if acquired:
-            return _acquired(lease, account_id)  # usage is counted after the commit, outside the transaction
+            return LeaseOutcome(lease=lease, status="acquired", key=key, holder=True, charged=1)
         if lease is None:
             continue
         if lease.status == LeaseStatus.IN_PROGRESS and lease.expires_at > timezone.now():
-            return LeaseOutcome(lease=lease, status="polling", key=key, usage=usage.current(account_id, usage.AI))
+            return LeaseOutcome(lease=lease, status="polling", key=key)
         if lease.status in (LeaseStatus.COMPLETED, LeaseStatus.FAILED) and not _acquirable_now(lease):
-            return LeaseOutcome(lease=lease, status=lease.status, key=key, usage=usage.current(account_id, usage.AI))
+            return LeaseOutcome(lease=lease, status=lease.status, key=key)
     # Still changing under us after three rounds: report it as held (the caller polls again).
     lease = Lease.objects.get(account_id=account_id, key=key)
-    return LeaseOutcome(lease=lease, status="polling", key=key, usage=usage.current(account_id, usage.AI))
+    return LeaseOutcome(lease=lease, status="polling", key=key)
 
 
 def _acquirable_now(lease: Lease) -> bool:
     return Lease.objects.filter(_acquirable(timezone.now()), pk=lease.pk).exists()
-
-
-def _acquired(lease: Lease, account_id: int) -> LeaseOutcome:
-    charged_usage = usage.record(account_id, usage.AI)
-    return LeaseOutcome(lease=lease, status="acquired", key=lease.key, holder=True, charged=1, usage=charged_usage)
 
 
 def _holder_lease(account_id: int, key: str, lease_id: str) -> Lease:

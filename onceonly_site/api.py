@@ -19,6 +19,7 @@ from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing.usage import QuotaExceeded
 from onceonly_site.middleware import current_request_id
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,21 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
 
+    if isinstance(exc, QuotaExceeded):
+        return Response(
+            {
+                "detail": {
+                    "error": "usage_limit",
+                    "message": f"The {exc.plan} plan's monthly {exc.kind} quota is used "
+                    f"up ({exc.usage}/{exc.limit}); it resets at the start of the next UTC month.",
+                    "kind": exc.kind,
+                    "plan": exc.plan,
+                    "usage": exc.usage,
+                    "limit": exc.limit,
+                }
+            },
+            status=402,
+        )
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": {"error": "payload_too_large", "message": str(exc)}}, status=413)
     if isinstance(exc, SuspiciousOperation):

@@ -1,0 +1,135 @@
+"""Monthly quotas enforced atomically (402 usage_limit), usage endpoints, the database mirror, month rollover."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from onceonly import OnceOnly
+from onceonly.exceptions import OverLimitError
+
+from billing import usage
+from billing.models import Plan, UsageMonth
+from billing.services import account_set_plan
+from billing.tasks import mirror_usage
+from tests.conftest import make_key
+from tests.support.redis_calls import lose_redis_state
+
+
+@pytest.fixture
+def tiny(account_a, plans):
+    """Account A on the Free plan with small quotas (plan rows are editable)."""
+    Plan.objects.filter(code="free").update(make_monthly_limit=3, ai_monthly_limit=2)
+    account_set_plan(account=account_a, plan=Plan.objects.get(code="free"))
+    return make_key(account_a)
+
+
+def lock(client, key):
+    return client.post("/v1/check-lock", {"key": key, "ttl": 60}, content_type="application/json")
+
+
+def test_check_locks_stop_at_the_quota_with_402_and_duplicates_stay_free(tiny):
+    client = tiny.client()
+    assert [lock(client, f"k{n}").status_code for n in range(3)] == [200, 200, 200]
+    refused = lock(client, "k3")
+    assert refused.status_code == 402
+    assert refused.json()["detail"] == {
+        "error": "usage_limit",
+        "kind": "make",
+        "plan": "free",
+        "usage": 3,
+        "limit": 3,
+        "message": "The free plan's monthly make quota is used up (3/3); it resets at the start of the next UTC month.",
+    }
+    assert lock(client, "k0").json()["status"] == "duplicate"  # a duplicate costs nothing, even over quota
+    body = client.get("/v1/usage", {"kind": "make"}).json()
+    assert (body["usage"], body["limit"], body["blocked_total_month"], body["requests_total_month"]) == (3, 3, 1, 5)
+    assert client.get("/v1/me").json()["blocked_total_all_time"] == 1
+
+
+def test_lease_quota_charges_only_acquisitions(tiny):
+    client = tiny.client()
+
+    def lease(key):
+        return client.post("/v1/ai/lease", {"key": key, "ttl": 60}, content_type="application/json")
+
+    assert lease("a").json()["charged"] == 1 and lease("a").json()["status"] == "polling"
+    assert lease("b").json()["usage"] == 2
+    refused = lease("c")
+    assert refused.status_code == 402 and refused.json()["detail"]["kind"] == "ai"
+    assert lease("a").json()["status"] == "polling"  # a held key is still answered over quota
+    all_ = client.get("/v1/usage/all")
+    assert all_["X-OnceOnly-Plan"] == "free" and all_["X-OnceOnly-Month"] == usage.month_of()
+    ai = all_.json()["ai"]
+    assert (ai["usage"], ai["blocked_total_month"], ai["polling_total_month"]) == (2, 1, 2)
+
+
+def test_governed_calls_consume_the_ai_quota(account_a, plans):
+    Plan.objects.filter(code="pro").update(ai_monthly_limit=2)
+    account_set_plan(account=account_a, plan=Plan.objects.get(code="pro"))
+    client = make_key(account_a).client()
+
+    def run(n):
+        return client.post(
+            "/v1/ai/run", {"agent_id": "bot", "tool": "t", "args": {"n": n}}, content_type="application/json"
+        )
+
+    assert [run(n).status_code for n in range(2)] == [200, 200]
+    assert run(2).status_code == 402
+    assert run(0).json()["decision"] == "dedup"  # replays are free
+
+
+def test_usage_endpoints_validate_kind(key_a):
+    assert key_a.client().get("/v1/usage", {"kind": "tokens"}).status_code == 422
+
+
+def test_redis_loss_rebuilds_usage_from_the_mirror(tiny):
+    client = tiny.client()
+    for n in range(3):
+        lock(client, f"m{n}")
+    mirror_usage()
+    row = UsageMonth.objects.get()
+    assert (row.make, row.requests_make) == (3, 3)
+    lose_redis_state()
+    assert lock(client, "m-new").status_code == 402  # still used up: rebuilt from the mirror, not reset to 0
+
+
+def test_month_rollover_resets_usage(tiny, monkeypatch):
+    client = tiny.client()
+    for n in range(3):
+        lock(client, f"r{n}")
+    assert lock(client, "r3").status_code == 402
+    next_month = (timezone.now().replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=5)
+    monkeypatch.setattr(timezone, "now", lambda: next_month)
+    assert lock(client, "r3").status_code == 200
+    assert client.get("/v1/usage").json()["usage"] == 1
+    assert client.get("/v1/usage").json()["month"] == next_month.strftime("%Y-%m")
+
+
+@pytest.mark.slow
+def test_free_plan_quota_under_concurrency_through_the_sdk(gunicorn_server, account_a, plans):
+    account_set_plan(account=account_a, plan=plans["free"])  # 1,000 check-locks a month
+    key = make_key(account_a)
+    url = f"{gunicorn_server.url}/v1"
+    barrier = threading.Barrier(20)
+
+    def worker(w):
+        outcomes = []
+        with OnceOnly(api_key=key.raw, base_url=url, fail_open=False, timeout=30) as client:
+            barrier.wait(30)
+            for n in range(55):
+                try:
+                    outcomes.append(client.check_lock(key=f"q:{w}:{n}", ttl=60).locked)
+                except OverLimitError as exc:
+                    outcomes.append(exc.detail)
+        return outcomes
+
+    with ThreadPoolExecutor(20) as pool:
+        results = [o for batch in pool.map(worker, range(20)) for o in batch]
+    assert results.count(True) == 1000
+    refused = [r for r in results if isinstance(r, dict)]
+    assert len(refused) == 100 and all(r["usage"] == 1000 and r["limit"] == 1000 for r in refused)
+    with OnceOnly(api_key=key.raw, base_url=url, fail_open=False) as client:
+        assert client.usage("make")["usage"] == 1000
+        assert client.usage_all()["make"]["blocked_total_month"] == 100
