@@ -48,6 +48,8 @@ class PlanLimits:
     has_governance: bool = False
     has_allowed_tools: bool = False
     has_kill_switch: bool = False
+    rate_per_second: int = 10
+    rate_burst: int = 50
 
 
 _PLAN_FIELDS = {
@@ -59,6 +61,8 @@ _PLAN_FIELDS = {
     "has_governance": "account__plan__has_governance",
     "has_allowed_tools": "account__plan__has_allowed_tools",
     "has_kill_switch": "account__plan__has_kill_switch",
+    "rate_per_second": "account__plan__rate_limit_per_second",
+    "rate_burst": "account__plan__rate_limit_burst",
 }
 
 

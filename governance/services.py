@@ -248,7 +248,13 @@ def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) ->
 
 
 def governed_call(
-    *, account_id: int, plan: PlanLimits, agent_id: str, tool: str, args: dict[str, Any], spend_usd: Decimal | None
+    *,
+    account_id: int,
+    plan: PlanLimits,
+    agent_id: str,
+    tool: str,
+    args: dict[str, Any],
+    spend_usd: Decimal | None,
 ) -> CallOutcome:
     """Decide a tool call before it runs (design §4). Every ending is a durable decision row."""
     started = time.monotonic()

@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import usage
+from billing import ratelimit, usage
 from idempotency import services
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
@@ -63,6 +63,8 @@ class CheckLockOutput(serializers.Serializer):
 
 
 class CheckLockApi(APIView):
+    rate_limit_in_script = True  # the token is taken inside check_lock.lua: one Redis round trip
+
     @extend_schema(
         operation_id="check_lock",
         request=CheckLockInput,
@@ -74,7 +76,12 @@ class CheckLockApi(APIView):
         key, ttl, metadata = check.key(), check.ttl(), check.json_object("metadata", MAX_METADATA_BYTES)
         check.done()
         outcome = services.lock_check(
-            account_id=request.auth.account_id, plan=request.auth.plan, key=key, ttl=ttl, metadata=metadata
+            account_id=request.auth.account_id,
+            plan=request.auth.plan,
+            key=key,
+            ttl=ttl,
+            metadata=metadata,
+            rate=ratelimit.script_args(request.auth),
         )
         if outcome.locked:
             data = {"success": True, "status": "locked", "key": key, "ttl": outcome.ttl, "first_seen_at": None}

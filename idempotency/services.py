@@ -22,6 +22,7 @@ from django.utils import timezone
 from billing import usage
 from billing.auth import PlanLimits
 from billing.models import Account
+from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
 from idempotency.choices import AttemptOutcome, LeaseStatus
 from idempotency.models import Lease, LeaseAttempt, LockRecord
@@ -116,7 +117,15 @@ def _record_first_seen(account_id: int, key: str, now: datetime, ttl: int, metad
         return cursor.fetchone() is not None
 
 
-def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, metadata: dict | None) -> LockOutcome:
+def lock_check(
+    *,
+    account_id: int,
+    plan: PlanLimits,
+    key: str,
+    ttl: int | None,
+    metadata: dict | None,
+    rate: tuple[str, list[int]],
+) -> LockOutcome:
     """Atomic set-if-absent of (account, key) for ``ttl`` seconds (design §3.1, §3.4).
 
     Duplicate (the common retry): one Redis round trip, no database query. New lock: one Redis round trip and one
@@ -131,12 +140,14 @@ def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, 
     usage_key = usage.usage_key(account_id, now)
     client = get_redis()
     args = [ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS,
-            plan.make_limit]  # fmt: skip
+            plan.make_limit, *rate[1]]  # fmt: skip
+    keys = [redis_key, usage_key, rate[0]]
+    script = lua_script(CHECK_LOCK_LUA, TAKE_TOKEN_LUA)
     try:
-        reply = lua_script(CHECK_LOCK_LUA)(keys=[redis_key, usage_key], args=args, client=client)
+        reply = script(keys=keys, args=args, client=client)
         if reply[0] == 3:  # the month's usage hash was lost with Redis: rebuild it from its mirror, decide again
             usage.rebuild(account_id, now)
-            reply = lua_script(CHECK_LOCK_LUA)(keys=[redis_key, usage_key], args=args, client=client)
+            reply = script(keys=keys, args=args, client=client)
     except redis.ConnectionError:
         # Redis unreachable: the database decides alone (slower, still one winner) rather than a 5xx, which the
         # SDK's fail-open would turn into "go ahead" for every caller (protocol §1.8).
@@ -146,6 +157,8 @@ def lock_check(*, account_id: int, plan: PlanLimits, key: str, ttl: int | None, 
         return _duplicate_from_record(LockRecord.objects.get(account_id=account_id, key=key), key, now)
     if reply[0] == 0:
         return _decode_lock(key, reply[1], int(reply[2]))
+    if reply[0] == 4:
+        raise RateLimited(int(reply[1]))
     if reply[0] == 2:
         raise usage.QuotaExceeded(kind=usage.MAKE, plan=plan.code, usage=int(reply[1]), limit=plan.make_limit)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -19,6 +20,7 @@ from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing.ratelimit import RateLimited
 from billing.usage import QuotaExceeded
 from onceonly_site.middleware import current_request_id
 
@@ -87,6 +89,19 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
 
+    if isinstance(exc, RateLimited | exceptions.Throttled):
+        wait = exc.wait_seconds if isinstance(exc, RateLimited) else max(1, math.ceil(exc.wait or 1))
+        return Response(
+            {
+                "detail": {
+                    "error": "rate_limited",
+                    "message": f"Too many requests for this API key; retry in {wait} s.",
+                    "retry_after": wait,
+                }
+            },
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
     if isinstance(exc, QuotaExceeded):
         return Response(
             {

@@ -25,9 +25,11 @@ def get_redis() -> redis.Redis:
 
 
 @cache
-def lua_script(path: Path) -> Script:
+def lua_script(path: Path, *preludes: Path) -> Script:
     """A Lua script file (one per atomic operation, next to the module that uses it), registered once per process.
 
-    Call it with ``client=get_redis()``: EVALSHA, falling back to EVAL after a Redis restart or flush.
+    ``preludes`` are Lua files defining local functions the script calls (e.g. billing/take_token.lua), prepended
+    so one script stays one atomic step. Call it with ``client=get_redis()``: EVALSHA, falling back to EVAL after a
+    Redis restart or flush.
     """
-    return get_redis().register_script(path.read_text())
+    return get_redis().register_script("\n".join(p.read_text() for p in (*preludes, path)))

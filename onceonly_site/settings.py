@@ -196,6 +196,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["onceonly_site.api.JSONParser"],
     "EXCEPTION_HANDLER": "onceonly_site.api.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["billing.ratelimit.ApiKeyRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }

@@ -109,7 +109,9 @@ def test_month_rollover_resets_usage(tiny, monkeypatch):
 
 @pytest.mark.slow
 def test_free_plan_quota_under_concurrency_through_the_sdk(gunicorn_server, account_a, plans):
-    account_set_plan(account=account_a, plan=plans["free"])  # 1,000 check-locks a month
+    # 1,000 check-locks a month; its rate limit (5/s) raised for this burst — rate limits have their own tests.
+    Plan.objects.filter(code="free").update(rate_limit_per_second=100_000, rate_limit_burst=100_000)
+    account_set_plan(account=account_a, plan=Plan.objects.get(code="free"))
     key = make_key(account_a)
     url = f"{gunicorn_server.url}/v1"
     barrier = threading.Barrier(20)

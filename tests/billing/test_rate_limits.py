@@ -1,0 +1,59 @@
+"""Per-key token buckets sized by the plan: 429 rate_limited with an honest integer Retry-After."""
+
+import time
+
+import pytest
+from onceonly import OnceOnly
+from onceonly.exceptions import RateLimitError
+
+from billing.models import Plan
+from billing.services import account_set_plan
+from tests.conftest import make_key
+
+
+@pytest.fixture
+def slow_key(account_a, plans):
+    Plan.objects.filter(code="free").update(rate_limit_per_second=1, rate_limit_burst=3)
+    account_set_plan(account=account_a, plan=Plan.objects.get(code="free"))
+    return make_key(account_a)
+
+
+@pytest.mark.parametrize("call", ["me", "check-lock"])
+def test_burst_past_the_bucket_is_429_and_retry_after_is_honest(slow_key, call):
+    client = slow_key.client()
+
+    def hit(n):
+        if call == "me":
+            return client.get("/v1/me")
+        return client.post("/v1/check-lock", {"key": f"k{n}"}, content_type="application/json")
+
+    statuses = [hit(n).status_code for n in range(3)]
+    assert statuses == [200, 200, 200]
+    limited = hit(3)
+    assert limited.status_code == 429
+    assert limited.json()["detail"]["error"] == "rate_limited"
+    wait = int(limited["Retry-After"])  # an integer number of seconds
+    assert 1 <= wait <= 2
+    time.sleep(wait)
+    assert hit(4).status_code == 200
+
+
+def test_each_key_has_its_own_bucket(slow_key, account_a):
+    first = slow_key.client()
+    for _ in range(3):
+        first.get("/v1/me")
+    assert first.get("/v1/me").status_code == 429
+    assert make_key(account_a).client().get("/v1/me").status_code == 200
+
+
+def test_the_sdk_rides_through_with_retries(live_server, slow_key):
+    with OnceOnly(api_key=slow_key.raw, base_url=f"{live_server.url}/v1", fail_open=False) as strict:
+        for n in range(3):
+            strict.check_lock(key=f"s{n}", ttl=60)
+        with pytest.raises(RateLimitError) as caught:
+            strict.check_lock(key="s3", ttl=60)
+        assert caught.value.retry_after_sec >= 1
+    with OnceOnly(
+        api_key=slow_key.raw, base_url=f"{live_server.url}/v1", fail_open=False, max_retries_429=3
+    ) as patient:
+        assert patient.check_lock(key="s4", ttl=60).locked
