@@ -27,3 +27,18 @@ class EmailAuthenticationForm(AuthenticationForm):
 
     def clean_username(self) -> str:
         return self.cleaned_data["username"].strip().lower()
+
+
+class PlanSwitchForm(forms.Form):
+    plan = forms.SlugField(max_length=32)
+
+
+class SettingsForm(forms.Form):
+    name = forms.CharField(max_length=120, label="Account name")
+    strict_mode = forms.BooleanField(
+        required=False, label="Strict mode",
+        help_text="Refuse calls to unregistered tools (404 tool_not_found) instead of permit-only decisions.",
+    )  # fmt: skip
+    email_notifications_enabled = forms.BooleanField(required=False, label="Email notifications")
+    tool_error_notifications_enabled = forms.BooleanField(required=False, label="Tool error notifications")
+    run_failure_notifications_enabled = forms.BooleanField(required=False, label="Run failure notifications")

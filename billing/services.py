@@ -222,3 +222,32 @@ def notifications_update(*, account: Account, changes: dict[str, bool], actor_la
             data={name: changes[name] for name in fields},
         )
     return account
+
+
+def account_update_settings(
+    *, account: Account, name: str, strict_mode: bool, notifications: dict[str, bool], actor: AbstractBaseUser
+) -> list[str]:
+    """The Settings page: account name, strict mode, notification switches. Returns the changed field names."""
+    name = name.strip()
+    if not name or len(name) > Account._meta.get_field("name").max_length:
+        raise ValidationError("An account name has 1 to 120 characters.")
+    if name != account.name and Account.objects.filter(name=name).exclude(pk=account.pk).exists():
+        raise ValidationError("Another account already has this name.")
+    before = {"name": account.name, "strict_mode": account.strict_mode,
+              **{f: getattr(account, f) for f in NOTIFICATION_FIELDS}}  # fmt: skip
+    after = {"name": name, "strict_mode": strict_mode, **notifications}
+    changed = [field for field, value in after.items() if before[field] != value]
+    if not changed:
+        return []
+    with transaction.atomic():
+        for field in changed:
+            setattr(account, field, after[field])
+        try:
+            with transaction.atomic():
+                account.save(update_fields=changed)
+        except IntegrityError:
+            raise ValidationError("Another account already has this name.") from None
+        audit_record(account=account, actor=actor, action="billing.account.settings_changed", object_type="account",
+                     object_id=account.pk, data={"before": {f: before[f] for f in changed},
+                                                 "after": {f: after[f] for f in changed}})  # fmt: skip
+    return changed

@@ -17,6 +17,8 @@ urlpatterns = [
     path("keys/", views.api_keys, name="api-keys"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("account/switch/", views.account_switch, name="account-switch"),
+    path("usage/", views.usage_page, name="usage"),
+    path("settings/", views.settings_page, name="settings"),
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py.

@@ -6,6 +6,7 @@ import secrets
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -14,8 +15,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from billing import selectors, services
-from billing.forms import AccountSwitchForm, ApiKeyCreateForm
+from billing import selectors, services, usage
+from billing.choices import Role
+from billing.forms import AccountSwitchForm, ApiKeyCreateForm, PlanSwitchForm, SettingsForm
+from billing.models import Plan
 from onceonly_site.health import HEARTBEAT_STALE_AFTER, worker_last_seen_seconds
 from onceonly_site.redis_client import get_redis
 
@@ -45,6 +48,7 @@ def overview(request: HttpRequest) -> HttpResponse:
             "active_keys": active_keys,
             "api_base_url": _api_base_url(request),
             "worker_seen": worker_last_seen_seconds(),
+            "bars": _quota_bars(account),
             "worker_stale_after": HEARTBEAT_STALE_AFTER,
         },
     )
@@ -122,3 +126,80 @@ def account_switch(request: HttpRequest) -> HttpResponse:
         ):
             target = nxt
     return redirect(target)
+
+
+def _quota_bars(account) -> list[dict]:
+    counters = usage.snapshot(account.pk)
+    bars = []
+    for kind, limit, label in (
+        (usage.MAKE, account.plan.make_monthly_limit, "Check-locks"),
+        (usage.AI, account.plan.ai_monthly_limit, "AI runs and governed calls"),
+    ):
+        used = counters[kind]
+        pct = min(100, round(used * 100 / limit)) if limit else 0
+        level = "danger" if pct >= 90 else "warn" if pct >= 75 else "ok"
+        bars.append(
+            {
+                "kind": kind,
+                "label": label,
+                "used": used,
+                "limit": limit,
+                "pct": pct,
+                "level": level,
+                "blocked": counters[f"blocked_{kind}"],
+                "requests": counters[f"requests_{kind}"],
+            }
+        )
+    return bars
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def usage_page(request: HttpRequest) -> HttpResponse:
+    membership = selectors.current_membership(request)
+    account = membership.account
+    if request.method == "POST":
+        if membership.role != Role.OWNER:
+            raise PermissionDenied("Only an owner can switch the account's plan.")
+        form = PlanSwitchForm(request.POST)
+        plan = Plan.objects.filter(code=form.data.get("plan", "")).first() if form.is_valid() else None
+        if plan is None:
+            messages.error(request, "Choose one of the listed plans.")
+        elif plan.pk != account.plan_id:
+            services.account_set_plan(account=account, plan=plan, actor=request.user)
+            messages.success(request, f"The account is now on the {plan.name} plan; API keys see it within a second.")
+        return redirect("billing:usage")
+    month = usage.month_of()
+    _, end = usage.period_of(month)
+    return render(request, "billing/usage.html", {
+        "bars": _quota_bars(account), "month": month, "period_end": end, "plans": Plan.objects.all(),
+        "plan": account.plan, "is_owner": membership.role == Role.OWNER,
+    })  # fmt: skip
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def settings_page(request: HttpRequest) -> HttpResponse:
+    membership = selectors.current_membership(request)
+    account = membership.account
+    initial = {"name": account.name, "strict_mode": account.strict_mode,
+               **{f: getattr(account, f) for f in services.NOTIFICATION_FIELDS}}  # fmt: skip
+    form = SettingsForm(initial=initial)
+    status = 200
+    if request.method == "POST":
+        membership = selectors.editor_membership(request)
+        form = SettingsForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                changed = services.account_update_settings(
+                    account=account, name=data["name"], strict_mode=data["strict_mode"],
+                    notifications={f: data[f] for f in services.NOTIFICATION_FIELDS}, actor=request.user,
+                )  # fmt: skip
+            except ValidationError as exc:
+                form.add_error("name", exc.messages[0])
+            else:
+                messages.success(request, "Settings saved." if changed else "Nothing changed.")
+                return redirect("billing:settings")
+        status = 422
+    return render(request, "billing/settings.html", {"form": form}, status=status)

@@ -91,10 +91,22 @@ class AiRunApi(APIView):
             check.fail("spend_usd", "Must be a number ≥ 0.", "float_type")
         check.done()
         entitlements.require(request.auth.plan, "governance")
-        outcome = services.governed_call(
-            account_id=request.auth.account_id, plan=request.auth.plan, agent_id=agent_id, tool=tool, args=args,
-            spend_usd=Decimal(str(spend)) if spend is not None else None,
-        )  # fmt: skip
+        try:
+            outcome = services.governed_call(
+                account_id=request.auth.account_id,
+                plan=request.auth.plan,
+                agent_id=agent_id,
+                tool=tool,
+                args=args,
+                spend_usd=Decimal(str(spend)) if spend is not None else None,
+            )
+        except services.ToolNotFound:
+            raise ApiProblem(
+                404,
+                "tool_not_found",
+                f"No registered tool {tool!r}, and this account is in strict mode (unregistered tools are refused).",
+                tool=tool,
+            ) from None
         d = outcome.decision
         return Response({
             "ok": d.allowed, "allowed": d.allowed, "decision": d.outcome, "policy_reason": d.policy_reason,

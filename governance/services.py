@@ -162,6 +162,10 @@ def policy_from_template(
 # --- the governed call -----------------------------------------------------------------------------------------
 
 
+class ToolNotFound(Exception):
+    """Strict mode and no registered tool of that name: 404 tool_not_found."""
+
+
 @dataclass
 class CallOutcome:
     decision: Decision
@@ -284,6 +288,11 @@ def governed_call(
         return finish(Outcome.BLOCKED, Reason.TOOL_BLOCKED, {})
     if policy.get("allowed_tools") is not None and not policies.matches(tool, policy["allowed_tools"]):
         return finish(Outcome.BLOCKED, Reason.TOOL_NOT_ALLOWED, {})
+
+    if agent.account.strict_mode:
+        # Design §4 step 4: no tools registry entry for this tool (the registry arrives with its issue), and the
+        # account refuses unregistered tools instead of permit-only decisions.
+        raise ToolNotFound(tool)
 
     cost = spend_usd if spend_usd is not None else policies.price_for(policy, tool)
     cost = cost.quantize(Decimal("0.000001"))
