@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm, UsernameField
 
+from billing.choices import Role
+
 
 class ApiKeyCreateForm(forms.Form):
     label = forms.CharField(
@@ -42,3 +44,12 @@ class SettingsForm(forms.Form):
     email_notifications_enabled = forms.BooleanField(required=False, label="Email notifications")
     tool_error_notifications_enabled = forms.BooleanField(required=False, label="Tool error notifications")
     run_failure_notifications_enabled = forms.BooleanField(required=False, label="Run failure notifications")
+
+
+class MemberAddForm(forms.Form):
+    email = forms.EmailField(label="Email")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)

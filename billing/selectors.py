@@ -6,7 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 
-from billing.choices import EDITOR_ROLES
+from billing.choices import EDITOR_ROLES, Role
 from billing.models import Account, ApiKey, Membership
 
 SESSION_ACCOUNT_KEY = "account_id"
@@ -69,6 +69,25 @@ def editor_membership(request: HttpRequest) -> Membership:
     if membership.role not in EDITOR_ROLES:
         raise PermissionDenied("Viewers can look but not change anything.")
     return membership
+
+
+def owner_membership(request: HttpRequest) -> Membership:
+    """Only owners manage the team and the plan."""
+    membership = current_membership(request)
+    if membership.role != Role.OWNER:
+        raise PermissionDenied("Only an owner of the account can do this.")
+    return membership
+
+
+def members_of(account: Account) -> QuerySet[Membership]:
+    return Membership.objects.filter(account=account).select_related("user").order_by("user__username", "id")
+
+
+def get_membership_for_account(account: Account, membership_id: int) -> Membership:
+    try:
+        return Membership.objects.select_related("user", "account").get(pk=membership_id, account=account)
+    except Membership.DoesNotExist:
+        raise Http404("No such member in this account.") from None
 
 
 def api_keys_for_account(account: Account) -> QuerySet[ApiKey]:

@@ -251,3 +251,60 @@ def account_update_settings(
                      object_id=account.pk, data={"before": {f: before[f] for f in changed},
                                                  "after": {f: after[f] for f in changed}})  # fmt: skip
     return changed
+
+
+class LastOwner(ValidationError):
+    """An account always keeps at least one owner."""
+
+
+def membership_add(*, account: Account, email: str, role: str, actor: AbstractBaseUser) -> tuple[Membership, str]:
+    """Add a login to the account (creating the user with a one-time password if new). Returns (membership,
+    password or "" when the user already existed and keeps their password)."""
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 150:
+        raise ValidationError("Enter a valid email address.")
+    if role not in Role.values:
+        raise ValidationError(f"Unknown role {role!r}.")
+    User = get_user_model()
+    password = ""
+    with transaction.atomic():
+        user = User.objects.filter(username=email).first()
+        if user is None:
+            password = secrets.token_urlsafe(12)
+            user = User.objects.create_user(username=email, email=email, password=password)
+        membership, created = Membership.objects.get_or_create(user=user, account=account, defaults={"role": role})
+        if not created:
+            raise ValidationError(f"{email} is already a member of this account.")
+        audit_record(account=account, actor=actor, action="billing.member.added", object_type="user",
+                     object_id=user.pk, data={"email": email, "role": role})  # fmt: skip
+    return membership, password
+
+
+def _owners_left(account: Account, excluding: Membership) -> int:
+    return (
+        Membership.objects.select_for_update().filter(account=account, role=Role.OWNER).exclude(pk=excluding.pk).count()
+    )
+
+
+def membership_set_role(*, membership: Membership, role: str, actor: AbstractBaseUser) -> None:
+    if role not in Role.values:
+        raise ValidationError(f"Unknown role {role!r}.")
+    with transaction.atomic():
+        if membership.role == Role.OWNER and role != Role.OWNER and not _owners_left(membership.account, membership):
+            raise LastOwner("The last owner cannot be demoted: make someone else owner first.")
+        before = membership.role
+        membership.role = role
+        membership.save(update_fields=["role"])
+        audit_record(account=membership.account, actor=actor, action="billing.member.role_changed",
+                     object_type="user", object_id=membership.user_id,
+                     data={"email": membership.user.get_username(), "before": before, "after": role})  # fmt: skip
+
+
+def membership_remove(*, membership: Membership, actor: AbstractBaseUser) -> None:
+    with transaction.atomic():
+        if membership.role == Role.OWNER and not _owners_left(membership.account, membership):
+            raise LastOwner("The last owner cannot be removed.")
+        audit_record(account=membership.account, actor=actor, action="billing.member.removed", object_type="user",
+                     object_id=membership.user_id, data={"email": membership.user.get_username(),
+                                                         "role": membership.role})  # fmt: skip
+        membership.delete()

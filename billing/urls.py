@@ -19,6 +19,8 @@ urlpatterns = [
     path("account/switch/", views.account_switch, name="account-switch"),
     path("usage/", views.usage_page, name="usage"),
     path("settings/", views.settings_page, name="settings"),
+    path("team/", views.team, name="team"),
+    path("team/<int:membership_id>/", views.member_change, name="member-change"),
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py.

@@ -17,7 +17,14 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from billing import selectors, services, usage
 from billing.choices import Role
-from billing.forms import AccountSwitchForm, ApiKeyCreateForm, PlanSwitchForm, SettingsForm
+from billing.forms import (
+    AccountSwitchForm,
+    ApiKeyCreateForm,
+    MemberAddForm,
+    MemberRoleForm,
+    PlanSwitchForm,
+    SettingsForm,
+)
 from billing.models import Plan
 from onceonly_site.health import HEARTBEAT_STALE_AFTER, worker_last_seen_seconds
 from onceonly_site.redis_client import get_redis
@@ -203,3 +210,61 @@ def settings_page(request: HttpRequest) -> HttpResponse:
                 return redirect("billing:settings")
         status = 422
     return render(request, "billing/settings.html", {"form": form}, status=status)
+
+
+@never_cache  # the page may show a new member's one-time password
+@login_required
+@require_http_methods(["GET", "POST"])
+def team(request: HttpRequest) -> HttpResponse:
+    membership = selectors.current_membership(request)
+    form = MemberAddForm()
+    new_password = None
+    status = 200
+    if request.method == "POST":
+        membership = selectors.owner_membership(request)
+        form = MemberAddForm(request.POST)
+        if form.is_valid():
+            try:
+                added, password = services.membership_add(
+                    account=membership.account,
+                    email=form.cleaned_data["email"],
+                    role=form.cleaned_data["role"],
+                    actor=request.user,
+                )
+            except ValidationError as exc:
+                form.add_error("email", exc.messages[0])
+            else:
+                if not password:
+                    messages.success(
+                        request, f"{added.user.get_username()} (an existing login) joined as {added.role}."
+                    )
+                    return redirect("billing:team")
+                new_password = {"email": added.user.get_username(), "password": password}
+                form = MemberAddForm()
+        if form.errors:
+            status = 422
+    page = Paginator(selectors.members_of(membership.account), KEYS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "billing/team.html", {
+        "page": page, "form": form, "new_password": new_password, "roles": Role.choices,
+        "is_owner": membership.role == Role.OWNER,
+    }, status=status)  # fmt: skip
+
+
+@login_required
+@require_POST
+def member_change(request: HttpRequest, membership_id: int) -> HttpResponse:
+    owner = selectors.owner_membership(request)
+    member = selectors.get_membership_for_account(owner.account, membership_id)
+    try:
+        if request.POST.get("action") == "remove":
+            services.membership_remove(membership=member, actor=request.user)
+            messages.success(request, f"{member.user.get_username()} was removed from the account.")
+        else:
+            form = MemberRoleForm(request.POST)
+            if not form.is_valid():
+                raise ValidationError("Choose a role.")
+            services.membership_set_role(membership=member, role=form.cleaned_data["role"], actor=request.user)
+            messages.success(request, f"{member.user.get_username()} is now {member.role}.")
+    except ValidationError as exc:
+        messages.error(request, exc.messages[0])
+    return redirect("billing:team")
