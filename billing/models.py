@@ -193,6 +193,7 @@ class UsageMonth(models.Model):
     blocked_make = models.PositiveBigIntegerField(default=0, help_text="Refused with 402 (over quota).")
     blocked_ai = models.PositiveBigIntegerField(default=0)
     polling_ai = models.PositiveBigIntegerField(default=0, help_text="Lease calls answered `polling`.")
+    daily = models.JSONField(default=dict, blank=True, help_text='Per-day usage: {"make:07": 12, "ai:07": 3, …}.')
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -2,6 +2,7 @@
 -- KEYS[1]  usage hash  oo:{a<account>}:usage:<YYYY-MM>   (billing.usage.usage_key)
 -- ARGV[1]  kind: make | ai        ARGV[2]  limit (-1 = none)      ARGV[3]  seconds to keep the hash
 -- ARGV[4]  a statistics field to count as well (e.g. requests_ai), or empty
+-- ARGV[5]  day of the month "DD" (UTC) for the daily usage field <kind>:DD, or empty
 -- Returns {-1} when the hash is missing (Redis lost it: rebuild from the database first),
 --         {1, usage after} when counted, {0, usage} when the quota is used up (the caller decides whether that
 --         refuses the call, and counts blocked_<kind> if it does).
@@ -16,5 +17,8 @@ if tonumber(ARGV[2]) >= 0 and used >= tonumber(ARGV[2]) then
   return {0, used}
 end
 used = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if ARGV[5] ~= '' then
+  redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':' .. ARGV[5], 1)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {1, used}

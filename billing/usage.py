@@ -54,6 +54,8 @@ def rebuild(account_id: int, now: datetime | None = None) -> None:
     pipe = get_redis().pipeline(transaction=False)
     for name in FIELDS:
         pipe.hsetnx(key, name, getattr(row, name) if row else 0)
+    for name, value in (row.daily if row else {}).items():
+        pipe.hsetnx(key, name, value)
     pipe.expire(key, KEEP_SECONDS)
     pipe.execute()
 
@@ -71,7 +73,8 @@ def reserve(account_id: int, kind: str, limit: int, also: str = "") -> tuple[boo
 
     ``also`` names a statistics field counted in the same round trip (requests_ai)."""
     for _ in range(2):
-        reply = lua_script(QUOTA_LUA)(keys=[usage_key(account_id)], args=[kind, limit, KEEP_SECONDS, also],
+        day = timezone.now().astimezone(UTC).strftime("%d") if kind in KINDS else ""
+        reply = lua_script(QUOTA_LUA)(keys=[usage_key(account_id)], args=[kind, limit, KEEP_SECONDS, also, day],
                                       client=get_redis())  # fmt: skip
         if reply[0] != -1:
             return bool(reply[0]), int(reply[1])
@@ -107,6 +110,23 @@ def snapshot(account_id: int, month: str | None = None) -> dict[str, int]:
     return {name: getattr(row, name) if row else 0 for name in FIELDS}
 
 
+def daily(account_id: int, month: str | None = None) -> dict[str, list[int]]:
+    """Per-day usage of both kinds for a month: {"make": [day 1, day 2, …], "ai": [...]}."""
+    from billing.models import UsageMonth
+
+    month = month or month_of()
+    start, end = period_of(month)
+    days = (end - start).days
+    try:
+        raw = {k.decode(): int(v) for k, v in get_redis().hgetall(f"oo:{{a{account_id}}}:usage:{month}").items()}
+    except redis.RedisError:
+        raw = {}
+    if not raw:
+        row = UsageMonth.objects.filter(account_id=account_id, month=month).first()
+        raw = row.daily if row else {}
+    return {kind: [int(raw.get(f"{kind}:{day:02d}", 0)) for day in range(1, days + 1)] for kind in KINDS}
+
+
 def current(account_id: int, kind: str) -> int:
     return snapshot(account_id)[kind]
 
@@ -121,7 +141,8 @@ def mirror_all() -> int:
         tag, _, month = key.decode().rpartition(":usage:")
         account_id = int(tag.split("{a", 1)[1].rstrip("}"))
         raw = client.hgetall(key)
-        values = {name: max(0, int(raw.get(name.encode(), 0))) for name in FIELDS}
+        values: dict = {name: max(0, int(raw.get(name.encode(), 0))) for name in FIELDS}
+        values["daily"] = {k.decode(): int(v) for k, v in raw.items() if b":" in k}
         with transaction.atomic():
             updated = UsageMonth.objects.filter(account_id=account_id, month=month).update(
                 updated_at=timezone.now(), **values

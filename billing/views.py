@@ -180,6 +180,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     _, end = usage.period_of(month)
     return render(request, "billing/usage.html", {
         "bars": _quota_bars(account), "month": month, "period_end": end, "plans": Plan.objects.all(),
+        "daily": usage.daily(account.pk, month),
         "plan": account.plan, "is_owner": membership.role == Role.OWNER,
     })  # fmt: skip
 

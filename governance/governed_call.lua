@@ -9,6 +9,7 @@
 -- ARGV[4] max calls of this tool today (-1)  ARGV[5] max spend today (micro-$, -1)  ARGV[6] this call's spend (micro-$)
 -- ARGV[7] tool  ARGV[8] reservation id  ARGV[9] seconds to keep the day counters
 -- KEYS[6]  the account's usage hash oo:{a<acct>}:usage:<YYYY-MM>  ARGV[10] monthly ai limit (-1)  ARGV[11] its TTL
+-- ARGV[12] day of the month "DD" (UTC) for the daily usage field ai:DD
 -- An allowed call also consumes one unit of the monthly `ai` quota, in this same atomic step.
 -- Returns {"rebuild"} | {"rebuild_usage"} | {"dedup", value} | {"blocked", reason, actions, calls, spend}
 --       | {"quota", usage}
@@ -48,6 +49,7 @@ if tonumber(ARGV[10]) >= 0 and used >= tonumber(ARGV[10]) then
   return {'quota', used}
 end
 redis.call('HINCRBY', KEYS[6], 'ai', 1)
+redis.call('HINCRBY', KEYS[6], 'ai:' .. ARGV[12], 1)
 redis.call('EXPIRE', KEYS[6], ARGV[11])
 redis.call('ZADD', KEYS[3], now, ARGV[8])
 redis.call('PEXPIRE', KEYS[3], 3700000)

@@ -307,7 +307,7 @@ def governed_call(
         policy.get("max_actions_per_hour", -1),
         caps.get(tool, -1),
         _micro(Decimal(str(spend_cap))) if spend_cap is not None else -1,
-        _micro(cost), tool, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS,
+        _micro(cost), tool, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS, now.strftime("%d"),
     ]  # fmt: skip
     client = get_redis()
     for _ in range(3):

@@ -5,6 +5,7 @@
 -- ARGV[2]  value to store: "<first_seen_ms>|<ttl_seconds>|<metadata JSON, or empty>"
 -- ARGV[3]  seconds the usage hash is kept
 -- ARGV[4]  monthly make limit (-1 = none)
+-- ARGV[7]  day of the month "DD" (UTC): the daily usage field make:DD is counted too
 -- KEYS[3]  the API key's rate-limit bucket (billing/take_token.lua, prepended)   ARGV[5] rate/s   ARGV[6] burst
 -- Returns {1, usage after this call} when this call locked, {0, stored value, pttl} when a lock exists,
 --         {2, usage} when a new lock is refused because the quota is used up, {3} when the usage hash is missing
@@ -30,5 +31,6 @@ if tonumber(ARGV[4]) >= 0 and used >= tonumber(ARGV[4]) then
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
 used = redis.call('HINCRBY', KEYS[2], 'make', 1)
+redis.call('HINCRBY', KEYS[2], 'make:' .. ARGV[7], 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {1, used}

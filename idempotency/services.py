@@ -140,7 +140,7 @@ def lock_check(
     usage_key = usage.usage_key(account_id, now)
     client = get_redis()
     args = [ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS,
-            plan.make_limit, *rate[1]]  # fmt: skip
+            plan.make_limit, *rate[1], now.strftime("%d")]  # fmt: skip
     keys = [redis_key, usage_key, rate[0]]
     script = lua_script(CHECK_LOCK_LUA, TAKE_TOKEN_LUA)
     try:

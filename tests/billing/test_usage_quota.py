@@ -135,3 +135,18 @@ def test_free_plan_quota_under_concurrency_through_the_sdk(gunicorn_server, acco
     with OnceOnly(api_key=key.raw, base_url=url, fail_open=False) as client:
         assert client.usage("make")["usage"] == 1000
         assert client.usage_all()["make"]["blocked_total_month"] == 100
+
+
+def test_daily_usage_is_counted_and_mirrored(tiny):
+    client = tiny.client()
+    lock(client, "d1")
+    lock(client, "d1")  # duplicate: not usage
+    client.post("/v1/ai/lease", {"key": "L", "ttl": 60}, content_type="application/json")
+    today = timezone.now().day
+    days = usage.daily(tiny.api_key.account_id)
+    assert days["make"][today - 1] == 1 and sum(days["make"]) == 1
+    assert days["ai"][today - 1] == 1
+    mirror_usage()
+    assert UsageMonth.objects.get().daily == {f"make:{today:02d}": 1, f"ai:{today:02d}": 1}
+    lose_redis_state()
+    assert usage.daily(tiny.api_key.account_id)["make"][today - 1] == 1  # from the mirror
