@@ -205,3 +205,29 @@ class UsageMonth(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} {self.month}"
+
+
+class Notification(models.Model):
+    """Something an account's owners and admins should hear about (a tool error, a failed run). Sent in digests by
+    a beat task, so a failure storm becomes one email per account and run, not thousands."""
+
+    class Kind(models.TextChoices):
+        TOOL_ERROR = "tool_error", "Tool error"
+        RUN_FAILURE = "run_failure", "Run failure"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    subject = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            # The digest task: unsent notifications, oldest first.
+            models.Index(fields=["sent_at", "created_at"], name="billing_notification_unsent"),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject

@@ -2,7 +2,7 @@ import logging
 
 from celery import shared_task
 
-from billing import usage
+from billing import notifications, usage
 
 logger = logging.getLogger(__name__)
 
@@ -12,3 +12,11 @@ def mirror_usage() -> None:
     """Beat: copy the live monthly usage counters from Redis into UsageMonth rows (their durable mirror)."""
     written = usage.mirror_all()
     logger.debug("mirrored %s usage months", written)
+
+
+@shared_task(name="billing.send_notification_digests", ignore_result=True)
+def send_notification_digests() -> None:
+    """Beat: email each account's owners and admins one digest of its new tool errors and run failures."""
+    sent = notifications.send_digests()
+    if sent:
+        logger.info("sent %s notification digests", sent)

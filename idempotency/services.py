@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from django.utils import timezone
 from billing import usage
 from billing.auth import PlanLimits
 from billing.models import Account
+from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
 from idempotency.choices import AttemptOutcome, LeaseStatus
@@ -377,9 +379,18 @@ def lease_extend(*, account_id: int, plan: PlanLimits, key: str, lease_id: str, 
 
 
 def _finish(
-    *, account_id: int, key: str, lease_id: str, status: str, outcome: str, changes: dict[str, Any], note: str = ""
+    *,
+    account_id: int,
+    key: str,
+    lease_id: str,
+    status: str,
+    outcome: str,
+    changes: dict[str, Any],
+    note: str = "",
+    on_done: Callable[[], None] | None = None,
 ) -> Lease:
-    """The holder moves its lease from in_progress to a final state (one conditional UPDATE)."""
+    """The holder moves its lease from in_progress to a final state (one conditional UPDATE). ``on_done`` runs in
+    the same transaction, only for the call that made the transition (not for idempotent repeats)."""
     lease = _holder_lease(account_id, key, lease_id)
     now = timezone.now()
     with transaction.atomic():
@@ -390,6 +401,8 @@ def _finish(
             LeaseAttempt.objects.filter(lease=lease, version=lease.version).update(
                 ended_at=now, outcome=outcome, error_code=changes.get("error_code", ""), note=note[:500]
             )
+            if on_done is not None:
+                on_done()
     lease.refresh_from_db()
     if not done and lease.lease_id != lease_id:
         raise LeaseMismatch()  # taken over between our read and our write
@@ -426,6 +439,12 @@ def lease_fail(*, account_id: int, key: str, lease_id: str, error_code: str, err
         status=LeaseStatus.FAILED,
         outcome=AttemptOutcome.FAILED,
         changes={"error_code": error_code, "error_hash": error_hash or ""},
+        on_done=lambda: notify(
+            account_id=account_id,
+            kind="run_failure",
+            subject=f"Run {key!r} failed: {error_code}",
+            body=f"Key {key!r} failed with error_code {error_code!r}; the next lease on it acquires again.",
+        ),
     )
     if lease.status != LeaseStatus.FAILED:
         raise LeaseConflict(lease, f"the lease is {lease.status}; it cannot be failed")

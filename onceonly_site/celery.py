@@ -27,6 +27,8 @@ app.conf.beat_schedule = {
     "idempotency-retention-sweep": {"task": "idempotency.retention_sweep", "schedule": 600.0},
     # The durable mirror of the monthly usage counters: what Redis loses is rebuilt from it (≤ 1 minute behind).
     "billing-mirror-usage": {"task": "billing.mirror_usage", "schedule": 60.0},
+    # Notification digests: a failure storm becomes one email per account and minute.
+    "billing-notification-digests": {"task": "billing.send_notification_digests", "schedule": 60.0},
     # Tamper evidence (design §3.9): chain new decisions into hash checkpoints per account.
     "governance-checkpoint-decisions": {"task": "governance.checkpoint_decisions", "schedule": 300.0},
 }

@@ -232,6 +232,17 @@ ONCEONLY_RETENTION_DAYS = env_int("ONCEONLY_RETENTION_DAYS", 7, minimum=1)
 ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", False)
 ONCEONLY_FIELD_ENCRYPTION_KEY = env_str("ONCEONLY_FIELD_ENCRYPTION_KEY") or ""
 
+# Email (notification digests). Default: printed to the console (development); set EMAIL_HOST for SMTP.
+EMAIL_HOST = env_str("EMAIL_HOST") or ""
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL") or "onceonly@localhost"
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO") or "INFO"
 LOGGING = {
     "version": 1,

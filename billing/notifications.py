@@ -1,0 +1,61 @@
+"""Notifications by email: recorded when something fails, sent in per-account digests by a beat task."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.utils import timezone
+
+from billing.choices import EDITOR_ROLES
+from billing.models import Account, Membership, Notification
+
+logger = logging.getLogger(__name__)
+DIGEST_ITEMS = 50
+PREFERENCE = {
+    Notification.Kind.TOOL_ERROR: "tool_error_notifications_enabled",
+    Notification.Kind.RUN_FAILURE: "run_failure_notifications_enabled",
+}
+
+
+def notify(*, account_id: int, kind: str, subject: str, body: str = "") -> None:
+    """Queue a notification if the account wants this kind (/v1/me/notifications, the Settings page)."""
+    wanted = Account.objects.filter(pk=account_id, email_notifications_enabled=True, **{PREFERENCE[kind]: True})
+    if wanted.exists():
+        Notification.objects.create(account_id=account_id, kind=kind, subject=subject[:200], body=body)
+
+
+def send_digests() -> int:
+    """Beat: one email per account with everything unsent (at most DIGEST_ITEMS listed). Returns emails sent."""
+    sent = 0
+    account_ids = set(Notification.objects.filter(sent_at__isnull=True).values_list("account_id", flat=True))
+    for account_id in account_ids:
+        with transaction.atomic():
+            pending = list(
+                Notification.objects.select_for_update(skip_locked=True)
+                .filter(account_id=account_id, sent_at__isnull=True)
+                .order_by("created_at", "id")
+            )
+            if not pending:
+                continue  # another worker is sending this account's digest
+            recipients = sorted(set(
+                Membership.objects.filter(account_id=account_id, role__in=EDITOR_ROLES)
+                .exclude(user__email="").values_list("user__email", flat=True)
+            ))  # fmt: skip
+            Notification.objects.filter(pk__in=[n.pk for n in pending]).update(sent_at=timezone.now())
+            if not recipients:
+                continue
+            account = Account.objects.get(pk=account_id)
+            lines = [f"- [{n.get_kind_display()}] {n.created_at:%Y-%m-%d %H:%M:%S} UTC — {n.subject}"
+                     for n in pending[:DIGEST_ITEMS]]  # fmt: skip
+            if len(pending) > DIGEST_ITEMS:
+                lines.append(f"… and {len(pending) - DIGEST_ITEMS} more.")
+            subject = f"[OnceOnly] {len(pending)} new problem{'s' if len(pending) != 1 else ''} in {account.name}"
+            body = "\n".join([f"Account {account.name}:", "", *lines, "",
+                              "Change what you receive on the Settings page."])  # fmt: skip
+            # Inside the transaction on purpose: if sending fails, the rows stay unsent and the next run retries.
+            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
+            sent += 1
+    return sent
