@@ -19,7 +19,7 @@ from billing import entitlements
 from governance import policies, selectors, services
 from governance.choices import Outcome
 from governance.models import Agent
-from onceonly_site.api import ApiProblem, BodyCheck, QueryValidationError, body
+from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, QueryValidationError, body
 
 MAX_AGENT_ID = 200
 MAX_ARGS_BYTES = 64 * 1024
@@ -29,7 +29,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def _agent_id(raw: str) -> str:
     """Any id (`:` `.` `-` `_`, percent-decoded by the router) except blank, control characters or > 200 chars."""
     if not raw.strip() or len(raw) > MAX_AGENT_ID or _CONTROL.search(raw):
-        raise QueryValidationError(
+        raise PathValidationError(
             {"agent_id": [serializers.ErrorDetail(
                 f"An agent id is 1–{MAX_AGENT_ID} printable characters.", code="string_pattern_mismatch")]}
         )  # fmt: skip
@@ -82,13 +82,16 @@ class AiRunApi(APIView):
             )
         check = BodyCheck(data, {"agent_id", "tool", "args", "spend_usd"})
         agent_id = check.key("agent_id", max_length=MAX_AGENT_ID)
+        if agent_id and _CONTROL.search(agent_id):
+            check.fail("agent_id", "An agent id has no control characters.", "string_pattern_mismatch")
         tool = check.key("tool", max_length=200)
-        args = check.json_object("args", MAX_ARGS_BYTES) or {}
+        args = check.json_object("args", MAX_ARGS_BYTES, canonical=True) or {}
         spend = check.data.get("spend_usd")
         if spend is not None and (
-            isinstance(spend, bool) or not isinstance(spend, int | float) or not math.isfinite(spend) or spend < 0
-        ):
-            check.fail("spend_usd", "Must be a number ≥ 0.", "float_type")
+            isinstance(spend, bool) or not isinstance(spend, int | float) or not math.isfinite(spend)
+            or not 0 <= spend <= policies.MAX_NUMBER
+        ):  # fmt: skip
+            check.fail("spend_usd", f"Must be a number from 0 to {policies.MAX_NUMBER:,}.", "float_type")
         check.done()
         entitlements.require(request.auth.plan, "governance")
         try:

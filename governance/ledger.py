@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from governance.models import Decision, DecisionCheckpoint
 from idempotency.services import canonical_json
 
 GENESIS = "0" * 64
 BATCH = 5000
+SETTLE = timedelta(seconds=30)
 ROW_FIELDS = ("ts", "agent_id", "tool", "outcome", "allowed", "policy_reason", "risk_level", "spend_usd", "args_hash",
               "run_id", "policy_version", "latency_ms", "result")  # fmt: skip
 
@@ -39,8 +42,11 @@ def checkpoint_account(account_id: int) -> DecisionCheckpoint | None:
     """Chain the decisions written since the last checkpoint into a new one (at most BATCH rows)."""
     last = DecisionCheckpoint.objects.filter(account_id=account_id).order_by("-seq").first()
     after = last.last_decision_id if last else 0
+    # Only decisions older than SETTLE: on PostgreSQL a lower id can commit after a higher one, and a chain that
+    # skipped it would never include it (or would later look tampered with).
+    settled = timezone.now() - SETTLE
     hashes = list(
-        Decision.objects.filter(account_id=account_id, pk__gt=after)
+        Decision.objects.filter(account_id=account_id, pk__gt=after, ts__lt=settled)
         .order_by("pk")
         .values_list("pk", "row_hash")[:BATCH]
     )

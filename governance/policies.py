@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -75,16 +76,25 @@ def _tool_list(value: Any, field: str, errors: dict[str, list]) -> list[str] | N
     return out
 
 
+MAX_NUMBER = 1_000_000_000  # caps and prices above a billion are typos, and must fit the decimal columns
+
+
 def _non_negative_int(value: Any, field: str, errors: dict[str, list]) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 0:
-        _err(errors, field, "Must be a whole number ≥ 0.", "int_type")
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or value != int(value) or not 0 <= value <= MAX_NUMBER):  # fmt: skip
+        _err(errors, field, f"Must be a whole number from 0 to {MAX_NUMBER:,}.", "int_type")
         return None
     return int(value)
 
 
 def _non_negative_number(value: Any, field: str, errors: dict[str, list]) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        _err(errors, field, "Must be a number ≥ 0.", "float_type")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not (0 <= value <= MAX_NUMBER)
+    ):
+        _err(errors, field, f"Must be a number from 0 to {MAX_NUMBER:,}.", "float_type")
         return None
     return round(float(value), 6)
 
@@ -175,10 +185,11 @@ MEDIUM_RISK = ("create", "update", "send", "write", "post", "put", "patch", "ema
 
 
 def risk_of(tool: str) -> str:
-    """Name heuristic when the registry has no risk level (design §4)."""
-    name = tool.lower()
-    if any(word in name for word in HIGH_RISK):
+    """Name heuristic when the registry has no risk level (design §4), on the words of the name
+    (`stripe.refund`, `delete_user`, `sendEmail`), so `compute_total` is not "put"."""
+    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", tool).lower())
+    if any(word.startswith(HIGH_RISK) for word in words):
         return "high"
-    if any(word in name for word in MEDIUM_RISK):
+    if any(word.startswith(MEDIUM_RISK) for word in words):
         return "medium"
     return "low"

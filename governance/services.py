@@ -346,7 +346,7 @@ def governed_call(
         # Without its durable decision the reservation must not stand (the ledger is the decision log).
         client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], tool, -1).incrby(
             keys[3], -_micro(cost)
-        ).delete(keys[1]).hincrby(keys[5], usage.AI, -1).execute()
+        ).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(keys[5], f"{usage.AI}:{now:%d}", -1).execute()
         raise
     client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
     return outcome

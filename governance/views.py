@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, OuterRef, Subquery, Sum
 from django.http import Http404, HttpRequest, HttpResponse
@@ -114,6 +115,8 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
 @require_POST
 def agent_kill_switch(request: HttpRequest, agent_id: str) -> HttpResponse:
     account = editor_membership(request).account
+    if not account.plan.has_kill_switch:
+        raise PermissionDenied(f"The kill switch is not on the {account.plan.name} plan (Usage & plan).")
     agent = _agent_or_404(account.pk, agent_id)
     form = ReasonForm(request.POST)
     enable = request.POST.get("action") == "enable"
@@ -149,6 +152,8 @@ def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
     status = 200
     if request.method == "POST":
         editor_membership(request)
+        if not account.plan.has_governance:
+            raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
         form = PolicyForm(request.POST)
         if form.is_valid():
             policy = form.cleaned_data["policy"]
@@ -173,7 +178,7 @@ def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
         status = 422
     versions = list(PolicyVersion.objects.filter(agent=agent).order_by("-version")[:50]) if agent else []
     diff = None
-    if agent and request.GET.get("a") and request.GET.get("b"):
+    if agent and request.GET.get("a", "").isdigit() and request.GET.get("b", "").isdigit():
         by_version = {v.version: v for v in versions}
         a, b = by_version.get(int(request.GET["a"])), by_version.get(int(request.GET["b"]))
         if a and b:
@@ -190,8 +195,15 @@ def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
 def policy_rollback(request: HttpRequest, agent_id: str) -> HttpResponse:
     account = editor_membership(request).account
     agent = _agent_or_404(account.pk, agent_id)
+    if not account.plan.has_governance:
+        raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
+    requested = request.POST.get("version", "")
+    old = PolicyVersion.objects.filter(agent=agent, version=int(requested)).first() if requested.isdigit() else None
+    if old and old.policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
+        messages.error(request, "That version sets allowed_tools, which needs the Agency plan.")
+        return redirect("governance:policy-edit", agent_id=agent.agent_id)
     try:
-        version = int(request.POST.get("version", ""))
+        version = int(requested)
         result = services.policy_rollback(
             account_id=account.pk, agent_id=agent.agent_id, version=version, actor=_actor(request)
         )
@@ -206,6 +218,8 @@ def policy_rollback(request: HttpRequest, agent_id: str) -> HttpResponse:
 @require_POST
 def policy_template(request: HttpRequest, agent_id: str) -> HttpResponse:
     account = editor_membership(request).account
+    if not account.plan.has_governance:
+        raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
     name = request.POST.get("template", "")
     if name not in policies.TEMPLATES:
         messages.error(request, f"Unknown template; choose one of {', '.join(policies.TEMPLATES)}.")

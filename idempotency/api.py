@@ -239,7 +239,7 @@ class LeaseCompleteApi(APIView):
     def post(self, request: Request) -> Response:
         check = BodyCheck(body(request), {"key", "lease_id", "result", "result_hash"})
         key, lease_id = check.key(), check.text("lease_id", required=True, max_length=64)
-        result = check.json_object("result", MAX_RESULT_BYTES)
+        result = check.json_object("result", MAX_RESULT_BYTES, canonical=True)
         result_hash = check.text("result_hash", required=False, max_length=128)
         check.done()
         return _holder_call(request, lambda: services.lease_complete(

@@ -12,6 +12,7 @@ import logging
 import math
 from typing import Any
 
+import rfc8785
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import InterfaceError, OperationalError
@@ -57,6 +58,12 @@ class QueryValidationError(exceptions.ValidationError):
     """A validation error about query parameters (``loc`` starts with ``query``)."""
 
     location = "query"
+
+
+class PathValidationError(exceptions.ValidationError):
+    """A validation error about a path parameter (``loc`` starts with ``path``)."""
+
+    location = "path"
 
 
 def _items(detail: Any, loc: list[str | int]) -> list[dict[str, Any]]:
@@ -308,7 +315,7 @@ class BodyCheck:
             return int(value)
         return None
 
-    def json_object(self, name: str, max_bytes: int) -> dict[str, Any] | None:
+    def json_object(self, name: str, max_bytes: int, *, canonical: bool = False) -> dict[str, Any] | None:
         value = self.data.get(name)
         if value is None:
             return None
@@ -319,6 +326,17 @@ class BodyCheck:
         if size > max_bytes:
             self.fail(name, f"At most {max_bytes} bytes of JSON (got {size}).", "too_long")
             return None
+        if canonical:
+            try:
+                rfc8785.dumps(value)  # hashed later (result_hash, args_hash): refuse what RFC 8785 cannot encode
+            except (rfc8785.CanonicalizationError, ValueError, TypeError):
+                self.fail(
+                    name,
+                    "Numbers must fit JSON's safe range (integers up to ±2^53-1, finite floats); send "
+                    "bigger ones as strings.",
+                    "value_error",
+                )
+                return None
         return value
 
     def done(self) -> None:

@@ -10,6 +10,14 @@ from governance.models import Decision, DecisionCheckpoint
 from governance.tasks import checkpoint_decisions
 
 
+@pytest.fixture(autouse=True)
+def settled_at_once(monkeypatch):
+    # Checkpoints only chain decisions older than ledger.SETTLE (30 s in production); these tests don't wait.
+    from datetime import timedelta
+
+    monkeypatch.setattr(ledger, "SETTLE", timedelta(0))
+
+
 @pytest.fixture
 def decisions(key_a):
     client = key_a.client()
@@ -63,3 +71,10 @@ def test_a_rehashed_edit_or_a_deleted_row_breaks_the_chain(decisions):
 def test_unknown_account_is_a_clear_error(db):
     with pytest.raises(CommandError, match="No account named"):
         call_command("verify_decision_log", "--account", "Nope")
+
+
+def test_fresh_decisions_wait_to_be_chained(decisions, monkeypatch):
+    from datetime import timedelta
+
+    monkeypatch.setattr(ledger, "SETTLE", timedelta(seconds=30))
+    assert ledger.checkpoint_account(decisions[0].account_id) is None  # a lower id may still commit

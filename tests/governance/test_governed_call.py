@@ -187,3 +187,43 @@ def test_bad_governed_call_input_is_422_and_writes_nothing(client, payload, fiel
     assert response.status_code == 422
     assert ["body", field] in [item["loc"] for item in response.json()["detail"]]
     assert not Decision.objects.exists() and not Agent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"agent_id": "a", "tool": "t", "args": {"id": 2**64}}, "args"),
+        ({"agent_id": "a", "tool": "t", "spend_usd": 1e22}, "spend_usd"),
+        ({"agent_id": "a\x00b", "tool": "t"}, "agent_id"),
+    ],
+)
+def test_unhashable_or_absurd_input_is_422_not_500(client, payload, field):
+    response = client.post("/v1/ai/run", payload, content_type="application/json")
+    assert response.status_code == 422
+    assert ["body", field] in [item["loc"] for item in response.json()["detail"]]
+    assert not Agent.objects.exists()
+
+
+@pytest.mark.parametrize("value", [1e400, 10**12, -1])
+def test_absurd_policy_numbers_are_422(client, value):
+    for field in ("max_actions_per_hour", "max_spend_usd_per_day"):
+        raw = f'{{"{field}": {value!r}}}'.replace("inf", "1e400")
+        response = client.post("/v1/policies/a", raw, content_type="application/json")
+        assert response.status_code == 422, (field, value, response.content)
+
+
+@pytest.mark.parametrize(
+    ("tool", "risk"),
+    [
+        ("stripe.refund", "high"),
+        ("delete_user", "high"),
+        ("sendEmail", "medium"),
+        ("compute_total", "low"),
+        ("get_output", "low"),
+        ("list_orders", "low"),
+    ],
+)
+def test_risk_heuristic_works_on_words(tool, risk):
+    from governance.policies import risk_of
+
+    assert risk_of(tool) == risk

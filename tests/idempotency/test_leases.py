@@ -282,3 +282,10 @@ def test_a_non_ascii_lease_id_is_a_mismatch_not_a_500(client):
 def test_holder_calls_report_the_current_usage(client):
     held = acquire(client)
     assert post(client, "extend", key=KEY, lease_id=held["lease_id"]).json()["usage"] == 1
+
+
+def test_a_result_with_an_unsafe_integer_is_422(client):
+    held = acquire(client)
+    response = post(client, "complete", key=KEY, lease_id=held["lease_id"], result={"id": 2**60})
+    assert response.status_code == 422
+    assert Lease.objects.get().status == "in_progress"

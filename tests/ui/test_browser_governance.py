@@ -21,7 +21,7 @@ def test_policy_editor_invalid_then_valid_then_diff_and_rollback(page, live_serv
     page.goto(f"{live_server.url}/agents/billing-agent/policy/")
     page.get_by_label("Max actions per hour").fill("-5")
     page.get_by_role("button", name="Save as a new version").click()
-    assert page.get_by_text("Must be a whole number ≥ 0.").is_visible()
+    assert page.get_by_text("Must be a whole number from 0 to 1,000,000,000.").is_visible()
     assert not PolicyVersion.objects.exists()
 
     page.get_by_label("Max actions per hour").fill("100")

@@ -54,7 +54,7 @@ def test_editor_invalid_value_shows_an_error_and_saves_nothing(owner_a, key_a):
     client = owner_a.login(Client())
     response = client.post("/agents/bot/policy/", {"max_actions_per_hour": "-3", "base_version": "1"})
     assert response.status_code == 422
-    assert "Must be a whole number ≥ 0." in response.content.decode()
+    assert "Must be a whole number from 0 to 1,000,000,000." in response.content.decode()
     assert PolicyVersion.objects.count() == 1
 
 
@@ -138,3 +138,16 @@ def test_verify_page(owner_a, key_a):
     call(key_a)
     html = owner_a.login(Client()).post("/audit/verify/").content.decode()
     assert "OK" in html and "1 decisions" in html
+
+
+def test_dashboard_respects_plan_gating(owner_a, key_a, plans):
+    from billing.services import account_set_plan
+
+    call(key_a)
+    account_set_plan(account=owner_a.account, plan=plans["pro"])
+    client = owner_a.login(Client())
+    assert client.post("/agents/bot/kill-switch/", {"reason": "x", "confirm": "on"}).status_code == 403
+    assert client.get("/agents/bot/policy/", {"a": "x", "b": "1"}).status_code == 200  # bad diff params ignored
+    account_set_plan(account=owner_a.account, plan=plans["starter"])
+    assert client.post("/agents/bot/policy/", {"max_actions_per_hour": "1"}).status_code == 403
+    assert Agent.objects.get().is_enabled and Agent.objects.get().policy is None
