@@ -15,7 +15,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from billing import selectors, services, usage
+from billing import panels, selectors, services, usage
 from billing.choices import Role
 from billing.forms import (
     AccountSwitchForm,
@@ -56,6 +56,7 @@ def overview(request: HttpRequest) -> HttpResponse:
             "api_base_url": _api_base_url(request),
             "worker_seen": worker_last_seen_seconds(),
             "bars": _quota_bars(account),
+            "panels": panels.render_all(account),
             "worker_stale_after": HEARTBEAT_STALE_AFTER,
         },
     )

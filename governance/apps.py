@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class GovernanceConfig(AppConfig):
     name = "governance"
     verbose_name = "Governance: agents, policies, tools and decisions"
+
+    def ready(self) -> None:
+        from billing import panels
+        from governance.panels import agents_needing_attention
+
+        panels.register(agents_needing_attention)
