@@ -50,6 +50,7 @@ class PlanLimits:
     has_kill_switch: bool = False
     rate_per_second: int = 10
     rate_burst: int = 50
+    tools_limit: int = 0
 
 
 _PLAN_FIELDS = {
@@ -63,6 +64,7 @@ _PLAN_FIELDS = {
     "has_kill_switch": "account__plan__has_kill_switch",
     "rate_per_second": "account__plan__rate_limit_per_second",
     "rate_burst": "account__plan__rate_limit_burst",
+    "tools_limit": "account__plan__tools_limit",
 }
 
 

@@ -11,6 +11,7 @@ FEATURES = {
     "governance": ("has_governance", "Policies, governed tool calls, agent logs and metrics"),
     "allowed_tools": ("has_allowed_tools", "allowed_tools in policies"),
     "kill_switch": ("has_kill_switch", "The kill switch (disable/enable agents)"),
+    "tools": ("tools_limit", "The tools registry (registered tools and signed dispatch)"),
 }
 
 
@@ -18,7 +19,8 @@ def require(plan: PlanLimits, feature: str) -> None:
     flag, what = FEATURES[feature]
     if getattr(plan, flag):
         return
-    with_it = ", ".join(Plan.objects.filter(**{flag: True}).order_by("sort_order").values_list("name", flat=True))
+    lookup = {flag: True} if flag.startswith("has_") else {f"{flag}__gt": 0}
+    with_it = ", ".join(Plan.objects.filter(**lookup).order_by("sort_order").values_list("name", flat=True))
     raise ApiProblem(
         403, "feature_not_available",
         f"{what} {'is' if not what.endswith('s') else 'are'} not on the {plan.code} plan"

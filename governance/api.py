@@ -16,9 +16,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import entitlements
-from governance import policies, selectors, services
+from governance import policies, selectors, services, tools
 from governance.choices import Outcome
-from governance.models import Agent
+from governance.models import Agent, Tool
 from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, QueryValidationError, body
 
 MAX_AGENT_ID = 200
@@ -382,3 +382,135 @@ class AgentMetricsApi(APIView):
             raise QueryValidationError({"period": [serializers.ErrorDetail(
                 f"One of: {', '.join(selectors.PERIODS)}.", code="enum")]})  # fmt: skip
         return Response(selectors.agent_metrics(request.auth.account_id, agent_id, period, timezone.now()))
+
+
+# --- tools registry ----------------------------------------------------------------------------------------------
+
+
+def _tool_body(tool, warnings: list[str] | None = None) -> dict[str, Any]:
+    data = {
+        "name": tool.name, "scope_id": tool.scope_id, "url": tool.url, "timeout_ms": tool.timeout_ms,
+        "max_retries": tool.max_retries, "enabled": tool.enabled, "description": tool.description,
+        "risk_level": tool.risk_level or None,
+        "price_usd": float(tool.price_usd) if tool.price_usd is not None else None,
+        "has_secret": bool(tool.secret_encrypted), "secret_mask": tool.secret_mask or None,
+        "last_status": tool.last_status, "last_latency_ms": tool.last_latency_ms,
+        "created_at": tool.created_at.isoformat(), "updated_at": tool.updated_at.isoformat(),
+    }  # fmt: skip
+    if warnings is not None:
+        data["warnings"] = warnings
+    return data
+
+
+def _scope(request: Request) -> str:
+    scope_id = request.query_params.get("scope_id", "global")
+    if not tools.valid_scope(scope_id):
+        raise QueryValidationError({"scope_id": [serializers.ErrorDetail(
+            'Either "global" or "agent:<agent id>".', code="string_pattern_mismatch")]})  # fmt: skip
+    return scope_id
+
+
+def _tool_or_404(request: Request, name: str) -> Tool:
+    tool = (
+        Tool.objects.select_related("account")
+        .filter(account_id=request.auth.account_id, scope_id=_scope(request), name=name)
+        .first()
+    )
+    if tool is None:
+        raise ApiProblem(404, "tool_not_found", f"No tool {name!r} in scope {_scope(request)!r}.")
+    return tool
+
+
+ToolOutput = inline_serializer("ToolOutput", {
+    "name": serializers.CharField(), "scope_id": serializers.CharField(), "url": serializers.URLField(),
+    "timeout_ms": serializers.IntegerField(), "max_retries": serializers.IntegerField(),
+    "enabled": serializers.BooleanField(), "description": serializers.CharField(),
+    "has_secret": serializers.BooleanField(), "secret_mask": serializers.CharField(allow_null=True),
+})  # fmt: skip
+SCOPE_PARAM = OpenApiParameter("scope_id", str, description='"global" (default) or "agent:<agent id>"')
+
+
+class ToolInput(serializers.Serializer):
+    name = serializers.RegexField(r"^[a-zA-Z0-9_.:-]+$", max_length=200)
+    url = serializers.URLField()
+    scope_id = serializers.CharField(required=False, default="global")
+    auth = inline_serializer("ToolAuth", {"type": serializers.ChoiceField(choices=["hmac_sha256"]),
+                                          "secret": serializers.CharField(min_length=8)})  # fmt: skip
+    timeout_ms = serializers.IntegerField(required=False, min_value=250, max_value=120000)
+    max_retries = serializers.IntegerField(required=False, min_value=0, max_value=10)
+    enabled = serializers.BooleanField(required=False)
+    description = serializers.CharField(required=False, max_length=512)
+    risk_level = serializers.ChoiceField(required=False, choices=["low", "medium", "high"])
+    price_usd = serializers.FloatField(required=False, min_value=0)
+
+
+class ToolsApi(APIView):
+    @extend_schema(
+        operation_id="tools_list",
+        parameters=[SCOPE_PARAM],
+        responses=ToolOutput.__class__(many=True),
+        summary="Registered tools of a scope (a bare array)",
+    )
+    def get(self, request: Request) -> Response:
+        entitlements.require(request.auth.plan, "tools")
+        rows = Tool.objects.filter(account_id=request.auth.account_id, scope_id=_scope(request)).order_by("name")
+        return Response([_tool_body(t) for t in rows[:1000]])
+
+    @extend_schema(
+        operation_id="tools_upsert",
+        request=ToolInput,
+        responses=ToolOutput,
+        summary="Register or update a tool (upsert on scope + name); the secret is never returned",
+    )
+    def post(self, request: Request) -> Response:
+        entitlements.require(request.auth.plan, "tools")
+        fields, warnings = tools.clean(body(request))
+        try:
+            tool, _ = tools.tool_upsert(
+                account_id=request.auth.account_id, plan=request.auth.plan, fields=fields, actor=_actor(request)
+            )
+        except tools.PlanLimitReached as reached:
+            raise ApiProblem(
+                402,
+                "plan_limit",
+                f"{reached.plan} plan limit: at most {reached.limit} tools.",
+                limit=reached.limit,
+                plan=reached.plan,
+            ) from None
+        return Response(_tool_body(tool, warnings))
+
+
+class ToolApi(APIView):
+    @extend_schema(operation_id="tool_get", parameters=[SCOPE_PARAM], responses=ToolOutput, summary="One tool")
+    def get(self, request: Request, name: str) -> Response:
+        entitlements.require(request.auth.plan, "tools")
+        return Response(_tool_body(_tool_or_404(request, name)))
+
+    @extend_schema(operation_id="tool_delete", parameters=[SCOPE_PARAM],
+                   responses=inline_serializer("ToolDeleted", {"ok": serializers.BooleanField(),
+                                                               "deleted": serializers.CharField()}),
+                   summary="Delete a tool")  # fmt: skip
+    def delete(self, request: Request, name: str) -> Response:
+        entitlements.require(request.auth.plan, "tools")
+        tool = _tool_or_404(request, name)
+        tools.tool_delete(tool=tool, actor=_actor(request))
+        return Response({"ok": True, "deleted": name})
+
+
+class ToolToggleApi(APIView):
+    @extend_schema(
+        operation_id="tool_toggle",
+        parameters=[SCOPE_PARAM],
+        responses=ToolOutput,
+        request=inline_serializer("ToolToggle", {"enabled": serializers.BooleanField()}),
+        summary="Enable or disable a tool (a disabled tool blocks calls with tool_disabled)",
+    )
+    def post(self, request: Request, name: str) -> Response:
+        entitlements.require(request.auth.plan, "tools")
+        check = BodyCheck(body(request), {"enabled"})
+        enabled = check.data.get("enabled")
+        if not isinstance(enabled, bool):
+            check.fail("enabled", "Required: true or false.", "bool_type")
+        check.done()
+        tool = tools.tool_toggle(tool=_tool_or_404(request, name), enabled=enabled, actor=_actor(request))
+        return Response(_tool_body(tool))

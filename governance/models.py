@@ -140,3 +140,35 @@ class DecisionCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint {self.seq} of account {self.account_id}"
+
+
+class Tool(models.Model):
+    """A registered tool: where approved calls are dispatched, signed with its secret (design §5, protocol §6)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="tools")
+    scope_id = models.CharField(max_length=210, default="global", help_text='"global" or "agent:<agent id>".')
+    name = models.CharField(max_length=200)
+    url = models.URLField(max_length=2000)
+    secret_encrypted = models.TextField(blank=True, help_text="Fernet token; the plain secret is never stored.")
+    secret_mask = models.CharField(max_length=16, blank=True)
+    timeout_ms = models.PositiveIntegerField(default=15000)
+    max_retries = models.PositiveSmallIntegerField(default=2)
+    enabled = models.BooleanField(default=True)
+    description = models.CharField(max_length=512, blank=True)
+    risk_level = models.CharField(max_length=8, choices=RiskLevel.choices, blank=True)
+    price_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="HTTP status of the last call.")
+    last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    last_dispatch_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["scope_id", "name"]
+        constraints = [
+            # Upsert on (scope, name); the governed call looks tools up by it (agent scope, then global).
+            models.UniqueConstraint(fields=["account", "scope_id", "name"], name="governance_tool_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope_id}/{self.name}"

@@ -19,7 +19,7 @@ from django.utils import timezone
 from billing import usage
 from billing.auth import PlanLimits
 from billing.services import audit_record
-from governance import ledger, policies
+from governance import ledger, policies, tools
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion
 from idempotency.services import canonical_json
@@ -266,8 +266,10 @@ def governed_call(
     policy = agent.policy or {}
     digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
     run_id = args.get("run_id") if isinstance(args.get("run_id"), str) else ""
+    registered = tools.lookup(account_id, agent_id, tool)  # agent scope, then global (design §4 step 4)
+    risk = (registered.risk_level if registered else "") or policies.risk_of(tool)
     base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
-                risk_level=policies.risk_of(tool))  # fmt: skip
+                risk_level=risk)  # fmt: skip
 
     def finish(outcome: str, reason: str, remaining: dict[str, Any], **extra: Any) -> CallOutcome:
         latency = int((time.monotonic() - started) * 1000)
@@ -289,12 +291,18 @@ def governed_call(
     if policy.get("allowed_tools") is not None and not policies.matches(tool, policy["allowed_tools"]):
         return finish(Outcome.BLOCKED, Reason.TOOL_NOT_ALLOWED, {})
 
-    if agent.account.strict_mode:
-        # Design §4 step 4: no tools registry entry for this tool (the registry arrives with its issue), and the
-        # account refuses unregistered tools instead of permit-only decisions.
+    if registered is not None and not registered.enabled:
+        return finish(Outcome.BLOCKED, Reason.TOOL_DISABLED, {})
+    if registered is None and agent.account.strict_mode:
+        # Unregistered, and the account refuses unregistered tools instead of permit-only decisions.
         raise ToolNotFound(tool)
 
-    cost = spend_usd if spend_usd is not None else policies.price_for(policy, tool)
+    if spend_usd is not None:
+        cost = spend_usd
+    elif policies.price_for(policy, tool) or registered is None or registered.price_usd is None:
+        cost = policies.price_for(policy, tool)
+    else:
+        cost = registered.price_usd  # the registry's price when no pricing rule names the tool
     cost = cost.quantize(Decimal("0.000001"))
     now = timezone.now()
     keys = _keys(agent, digest, now)

@@ -1,0 +1,86 @@
+"""SSRF guard for tool URLs (design §5): refuse hosts on loopback, private, link-local, multicast, unspecified,
+reserved or cloud-metadata addresses — IPv4 and IPv6, IPv4-mapped IPv6, and the legacy numeric forms
+(2130706433, 0177.0.0.1, 0x7f.1) that resolvers still accept. Checked at registration and again at dispatch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class RefusedUrl(ValueError):
+    """The URL may not be used for a tool (message says why)."""
+
+
+@dataclass(frozen=True)
+class CheckedUrl:
+    url: str
+    host: str
+    port: int
+    addresses: tuple[str, ...]  # what it resolved to (pin one for the request); empty if it did not resolve
+    warning: str = ""
+
+
+def refused_reason(address: IP) -> str | None:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return refused_reason(address.ipv4_mapped)
+    for check, label in (
+        ("is_loopback", "loopback"), ("is_unspecified", "unspecified"), ("is_link_local", "link-local/metadata"),
+        ("is_multicast", "multicast"), ("is_private", "private"), ("is_reserved", "reserved"),
+    ):  # fmt: skip
+        if getattr(address, check):
+            return label
+    return None
+
+
+def _literal(host: str) -> IP | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    try:  # decimal, octal and hex IPv4 forms, as the C resolver reads them
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def check(url: str, *, resolve: bool = True) -> CheckedUrl:
+    """Validate a tool URL; raise RefusedUrl with a clear message, or return what it resolves to."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RefusedUrl("Tool URLs are http:// or https:// with a host.")
+    if parts.username or parts.password:
+        raise RefusedUrl("Tool URLs may not carry credentials; use the tool's signing secret.")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise RefusedUrl("The URL's port is not a number from 1 to 65535.") from None
+    host = parts.hostname
+    allow_private = settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS
+    literal = _literal(host)
+    if literal is not None:
+        reason = refused_reason(literal)
+        if reason and not allow_private:
+            raise RefusedUrl(f"{host} is a {reason} address; tools must be reachable on public addresses "
+                             "(ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
+        return CheckedUrl(url, host, port, (str(literal),))
+    if not resolve:
+        return CheckedUrl(url, host, port, ())
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return CheckedUrl(url, host, port, (), warning=f"{host} does not resolve yet; it is checked again at dispatch.")
+    addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
+    for text in addresses:
+        reason = refused_reason(ipaddress.ip_address(text.split("%")[0]))
+        if reason and not allow_private:
+            raise RefusedUrl(f"{host} resolves to {text}, a {reason} address; tools must be reachable on public "
+                             "addresses (ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
+    return CheckedUrl(url, host, port, addresses)
