@@ -71,6 +71,10 @@ class Decision(models.Model):
     run_id = models.CharField(max_length=256, blank=True)
     policy_version = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(default=0)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="The tool's last HTTP status.")
+    dispatch_id = models.CharField(
+        max_length=64, blank=True, help_text="webhook-id sent to the tool: stable across retries, for dedupe."
+    )
     result = models.JSONField(null=True, blank=True, help_text="The tool's output (replayed on dedup).")
     row_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the row's fields (tamper evidence).")
     original = models.ForeignKey(

@@ -18,10 +18,11 @@ from django.utils import timezone
 
 from billing import usage
 from billing.auth import PlanLimits
+from billing.notifications import notify
 from billing.services import audit_record
-from governance import ledger, policies, tools
+from governance import dispatch, ledger, policies, tools
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
-from governance.models import Agent, Decision, DecisionRollup, PolicyVersion
+from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
 from idempotency.services import canonical_json
 from onceonly_site.redis_client import get_redis, lua_script
 
@@ -348,13 +349,35 @@ def governed_call(
     remaining = {"spend_usd_today": float(Decimal(spent) / MICRO), "actions_this_hour": actions, "calls_today": calls}
     if kind == "blocked":
         return finish(Outcome.BLOCKED, reply[1].decode(), remaining)
+    decided, reason, extra = Outcome.ALLOWED, Reason.WITHIN_BUDGET, {}
+    if registered is not None:
+        # Step 7: dispatch to the registered tool, outside any transaction; the reservation stands meanwhile.
+        sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=agent_id, args=args, run_id=run_id,
+                                 args_digest=digest, fence=int(now.timestamp() * 1000))  # fmt: skip
+        extra = {"http_status": sent.http_status, "dispatch_id": reservation, "result": sent.result}
+        decided, reason = (Outcome.EXECUTED, Reason.WITHIN_BUDGET) if sent.ok else (Outcome.FAILED, Reason.TOOL_ERROR)
+        Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
+                                                     last_dispatch_at=timezone.now())  # fmt: skip
     try:
-        outcome = finish(Outcome.ALLOWED, Reason.WITHIN_BUDGET, remaining, spend_usd=cost)
+        outcome = finish(decided, reason, remaining, spend_usd=cost, **extra)
     except Exception:
         # Without its durable decision the reservation must not stand (the ledger is the decision log).
         client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], tool, -1).incrby(
             keys[3], -_micro(cost)
         ).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(keys[5], f"{usage.AI}:{now:%d}", -1).execute()
         raise
-    client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
+    if decided == Outcome.FAILED:
+        # The tool failed: a retry may run again (dedup entry released); the spend stays charged, the ai quota
+        # unit is given back (it counts executed or allowed calls only).
+        client.pipeline(transaction=False).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(
+            keys[5], f"{usage.AI}:{now:%d}", -1
+        ).execute()
+        notify(
+            account_id=account_id,
+            kind="tool_error",
+            subject=f"{agent_id} → {tool} failed: {sent.error}",
+            body=f"Decision {outcome.decision.pk}: {sent.attempts} attempt(s), last HTTP status {sent.http_status}.",
+        )
+    else:
+        client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
     return outcome

@@ -229,6 +229,8 @@ ONCEONLY_API_KEY_TOUCH_SECONDS = env_int("ONCEONLY_API_KEY_TOUCH_SECONDS", 60, m
 ONCEONLY_COUNTER_FLUSH_SECONDS = env_float("ONCEONLY_COUNTER_FLUSH_SECONDS", 5.0, minimum=0)
 # Completed/failed leases stay final, and expired lock records are kept, this long; the sweeper deletes them after.
 ONCEONLY_RETENTION_DAYS = env_int("ONCEONLY_RETENTION_DAYS", 7, minimum=1)
+# A governed call's dispatch (all attempts) ends within this many seconds; the SDK's client timeout is 5 s.
+ONCEONLY_DISPATCH_DEADLINE_SECONDS = env_float("ONCEONLY_DISPATCH_DEADLINE_SECONDS", 4.0, minimum=0.5)
 ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", False)
 ONCEONLY_FIELD_ENCRYPTION_KEY = env_str("ONCEONLY_FIELD_ENCRYPTION_KEY") or ""
 

@@ -1,0 +1,125 @@
+"""Signed dispatch of an approved call to its registered tool (design §5, protocol §6.2).
+
+Standard Webhooks headers (webhook-id / webhook-timestamp / webhook-signature, verifiable with the
+`standardwebhooks` package using the tool secret's bytes as the key) plus the hosted product's compatibility headers
+(X-OnceOnly-Signature = hex HMAC-SHA256 of the raw body), Idempotency-Key (stable for the same agent, tool and args)
+and X-OnceOnly-Fence. Pooled httpx client, no redirects, never inside a database transaction. Connect errors,
+timeouts and 5xx are retried with exponential backoff and jitter within a total deadline; 4xx never is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import httpx
+from django.conf import settings
+from standardwebhooks.webhooks import Webhook
+
+from governance import secrets, ssrf
+from governance.models import Tool
+
+MAX_RESPONSE_BYTES = 256 * 1024
+USER_AGENT = "OnceOnly-Server/0.1 (+signed tool dispatch)"
+
+
+@lru_cache(maxsize=1)
+def client() -> httpx.Client:
+    # One pool per process; redirects are never followed (a tool URL that redirects is an error, not a hop).
+    return httpx.Client(follow_redirects=False, limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                        headers={"User-Agent": USER_AGENT})  # fmt: skip
+
+
+@dataclass
+class DispatchResult:
+    ok: bool
+    result: dict[str, Any] | None
+    http_status: int | None
+    latency_ms: int
+    attempts: int
+    error: str = ""
+
+
+def signed_request(tool: Tool, *, dispatch_id: str, body: bytes, idempotency_key: str, fence: int) -> dict[str, str]:
+    secret = secrets.decrypt(tool.secret_encrypted)
+    now = datetime.now(tz=UTC)
+    signature = Webhook(secret.encode()).sign(dispatch_id, now, body.decode())
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": dispatch_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature,
+        "X-OnceOnly-Timestamp": str(int(now.timestamp())),
+        "X-OnceOnly-Signature": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        "X-OnceOnly-Signature-Alg": "hmac_sha256",
+        "Idempotency-Key": idempotency_key,
+        "X-OnceOnly-Fence": str(fence),
+    }
+
+
+def _result_of(response: httpx.Response) -> tuple[dict[str, Any] | None, str]:
+    if len(response.content) > MAX_RESPONSE_BYTES:
+        return None, f"response larger than {MAX_RESPONSE_BYTES // 1024} KB"
+    if not response.content:
+        return {}, ""
+    try:
+        value = response.json()
+    except ValueError:
+        return None, "response is not JSON"
+    return (value if isinstance(value, dict) else {"value": value}), ""
+
+
+def dispatch(
+    tool: Tool, *, dispatch_id: str, agent_id: str, args: dict[str, Any], run_id: str, args_digest: str, fence: int
+) -> DispatchResult:
+    started = time.monotonic()
+    deadline = started + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
+    body = json.dumps({"agent_id": agent_id, "tool": tool.name, "args": args, "run_id": run_id or None,
+                       "decision_id": dispatch_id}, separators=(",", ":")).encode()  # fmt: skip
+    timeout = tool.timeout_ms / 1000
+    status, error, attempts = None, "", 0
+    for attempt in range(tool.max_retries + 1):
+        if attempt:
+            backoff = min(2.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random())
+            if time.monotonic() + backoff >= deadline:
+                break
+            time.sleep(backoff)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0.05:
+            break  # an attempt that cannot finish inside the deadline is not started
+        try:
+            ssrf.check(tool.url)  # again at dispatch: DNS may have changed since registration
+        except ssrf.RefusedUrl as refused:
+            return DispatchResult(False, None, None, _ms(started), attempts, str(refused))
+        attempts += 1
+        headers = signed_request(tool, dispatch_id=dispatch_id, body=body, idempotency_key=f"oo_{args_digest[:40]}",
+                                 fence=fence)  # fmt: skip
+        try:
+            response = client().post(tool.url, content=body, headers=headers, timeout=min(timeout, remaining))
+        except httpx.TimeoutException:
+            status, error = None, f"timed out after {min(timeout, remaining):.2f} s"
+            continue
+        except httpx.TransportError as exc:
+            status, error = None, f"connection failed: {exc.__class__.__name__}"
+            continue
+        status = response.status_code
+        if 200 <= status < 300:
+            result, problem = _result_of(response)
+            if problem:
+                return DispatchResult(False, None, status, _ms(started), attempts, problem)
+            return DispatchResult(True, result, status, _ms(started), attempts)
+        error = f"HTTP {status}"
+        if status < 500:
+            break  # the tool refused this call: retrying cannot help
+    return DispatchResult(False, None, status, _ms(started), attempts, error)
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
