@@ -32,30 +32,38 @@ def send_digests() -> int:
     sent = 0
     account_ids = set(Notification.objects.filter(sent_at__isnull=True).values_list("account_id", flat=True))
     for account_id in account_ids:
-        with transaction.atomic():
-            pending = list(
-                Notification.objects.select_for_update(skip_locked=True)
-                .filter(account_id=account_id, sent_at__isnull=True)
-                .order_by("created_at", "id")
-            )
-            if not pending:
-                continue  # another worker is sending this account's digest
-            recipients = sorted(set(
-                Membership.objects.filter(account_id=account_id, role__in=EDITOR_ROLES)
-                .exclude(user__email="").values_list("user__email", flat=True)
-            ))  # fmt: skip
-            Notification.objects.filter(pk__in=[n.pk for n in pending]).update(sent_at=timezone.now())
-            if not recipients:
-                continue
-            account = Account.objects.get(pk=account_id)
-            lines = [f"- [{n.get_kind_display()}] {n.created_at:%Y-%m-%d %H:%M:%S} UTC — {n.subject}"
-                     for n in pending[:DIGEST_ITEMS]]  # fmt: skip
-            if len(pending) > DIGEST_ITEMS:
-                lines.append(f"… and {len(pending) - DIGEST_ITEMS} more.")
+        try:
+            sent += _send_digest(account_id)
+        except Exception:
+            logger.exception("could not send the notification digest of account %s; retried next run", account_id)
+    return sent
+
+
+def _send_digest(account_id: int) -> int:
+    """Claim the account's unsent rows, send one email, mark them sent. Returns 1 if an email went out."""
+    with transaction.atomic():
+        pending = list(
+            Notification.objects.select_for_update(skip_locked=True)
+            .filter(account_id=account_id, sent_at__isnull=True)
+            .order_by("created_at", "id")
+        )
+        if not pending:
+            return 0  # nothing, or another worker is sending this account's digest
+        recipients = sorted(set(
+            Membership.objects.filter(account_id=account_id, role__in=EDITOR_ROLES)
+            .exclude(user__email="").values_list("user__email", flat=True)
+        ))  # fmt: skip
+        account = Account.objects.get(pk=account_id)
+        lines = [f"- [{n.get_kind_display()}] {n.created_at:%Y-%m-%d %H:%M:%S} UTC — {n.subject}"
+                 for n in pending[:DIGEST_ITEMS]]  # fmt: skip
+        if len(pending) > DIGEST_ITEMS:
+            lines.append(f"… and {len(pending) - DIGEST_ITEMS} more.")
+        if recipients:
             subject = f"[OnceOnly] {len(pending)} new problem{'s' if len(pending) != 1 else ''} in {account.name}"
             body = "\n".join([f"Account {account.name}:", "", *lines, "",
-                              "Change what you receive on the Settings page."])  # fmt: skip
-            # Inside the transaction on purpose: if sending fails, the rows stay unsent and the next run retries.
+                               "Change what you receive on the Settings page."])  # fmt: skip
+            # Inside the transaction on purpose: if sending fails, the rows stay unsent and the next run retries
+            # (EMAIL_TIMEOUT bounds how long the rows stay locked).
             send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
-            sent += 1
-    return sent
+        Notification.objects.filter(pk__in=[n.pk for n in pending]).update(sent_at=timezone.now())
+    return 1 if recipients else 0

@@ -1,7 +1,8 @@
 """Per-API-key rate limits: a token bucket in Redis sized by the plan (rate_limit_per_second, rate_limit_burst).
 
-check-lock and the governed call take their token inside their own Lua script (one round trip on the hot path);
-every other /v1 endpoint goes through ``ApiKeyRateThrottle``. Over the limit → 429 with an integer Retry-After
+check-lock takes its token inside its own Lua script (one round trip on the hot path); every other /v1 endpoint,
+the governed call included, goes through ``ApiKeyRateThrottle``. A rate of 0 on the plan row means unlimited.
+Over the limit → 429 with an integer Retry-After
 that is honest: after waiting that long a token is there (unless the same key spent it meanwhile).
 """
 
@@ -50,7 +51,7 @@ class ApiKeyRateThrottle(BaseThrottle):
         key, argv = script_args(principal)
         try:
             wait_ms = int(lua_script(RATE_LIMIT_LUA, TAKE_TOKEN_LUA)(keys=[key], args=argv, client=get_redis()))
-        except redis.RedisError:
+        except (redis.ConnectionError, redis.TimeoutError):
             logger.warning("rate limit not applied: Redis unreachable")
             return True  # a limit we cannot count must not take the API down with Redis
         if wait_ms:

@@ -4,6 +4,9 @@
 local function take_token(key, rate, burst)
   rate = tonumber(rate)
   burst = tonumber(burst)
+  if rate <= 0 or burst <= 0 then
+    return 0  -- a plan row without a rate limit (0) is unlimited, never a division by zero
+  end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local state = redis.call('HMGET', key, 'tokens', 'ts')

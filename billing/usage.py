@@ -82,9 +82,11 @@ def reserve(account_id: int, kind: str, limit: int, also: str = "") -> tuple[boo
     raise RuntimeError("usage counters could not be rebuilt")
 
 
-def release(account_id: int, kind: str) -> None:
+def release(account_id: int, kind: str, now: datetime | None = None) -> None:
     """Give back a unit reserved for a decision that did not happen (e.g. the lease turned out to be held)."""
-    get_redis().hincrby(usage_key(account_id), kind, -1)
+    now = now or timezone.now()
+    key = usage_key(account_id, now)
+    get_redis().pipeline(transaction=False).hincrby(key, kind, -1).hincrby(key, f"{kind}:{now:%d}", -1).execute()
 
 
 def count(account_id: int, field: str) -> None:

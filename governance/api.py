@@ -293,7 +293,8 @@ class _KillSwitchApi(APIView):
         check = BodyCheck(body(request), {"reason", "agent_id"})
         reason = check.text("reason", required=False, max_length=500) or ""
         check.done()
-        entitlements.require(request.auth.plan, "kill_switch")
+        if not self.enabled:  # re-enabling stays possible after a downgrade: no agent is left stuck
+            entitlements.require(request.auth.plan, "kill_switch")
         agent = services.agent_set_enabled(
             account_id=request.auth.account_id,
             agent_id=agent_id,

@@ -45,11 +45,15 @@ def checkpoint_account(account_id: int) -> DecisionCheckpoint | None:
     # Only decisions older than SETTLE: on PostgreSQL a lower id can commit after a higher one, and a chain that
     # skipped it would never include it (or would later look tampered with).
     settled = timezone.now() - SETTLE
-    hashes = list(
-        Decision.objects.filter(account_id=account_id, pk__gt=after, ts__lt=settled)
-        .order_by("pk")
-        .values_list("pk", "row_hash")[:BATCH]
-    )
+    # Chain by id, and stop below the first id that is not settled yet: ids and timestamps need not agree.
+    first_unsettled = (
+        Decision.objects.filter(account_id=account_id, pk__gt=after, ts__gte=settled).order_by("pk")
+        .values_list("pk", flat=True).first()
+    )  # fmt: skip
+    pending = Decision.objects.filter(account_id=account_id, pk__gt=after)
+    if first_unsettled is not None:
+        pending = pending.filter(pk__lt=first_unsettled)
+    hashes = list(pending.order_by("pk").values_list("pk", "row_hash")[:BATCH])
     if not hashes:
         return None
     prev = last.chain_hash if last else GENESIS

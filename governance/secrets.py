@@ -2,7 +2,8 @@
 
 ``ONCEONLY_FIELD_ENCRYPTION_KEY`` is a comma-separated list of keys, newest first: new secrets are encrypted with
 the first, and every key is tried to decrypt, so adding a key in front rotates without re-encrypting old rows
-(``python manage.py rotate_tool_secrets`` re-encrypts them with the newest key). Unset, one key is derived from
+(``python manage.py rotate_tool_secrets`` re-encrypts them with the newest key, after which old keys can go).
+Unset, one key is derived from
 SECRET_KEY (fine for development; set a dedicated key in production so SECRET_KEY can rotate independently).
 """
 

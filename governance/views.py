@@ -115,7 +115,7 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
 @require_POST
 def agent_kill_switch(request: HttpRequest, agent_id: str) -> HttpResponse:
     account = editor_membership(request).account
-    if not account.plan.has_kill_switch:
+    if not account.plan.has_kill_switch and request.POST.get("action") != "enable":
         raise PermissionDenied(f"The kill switch is not on the {account.plan.name} plan (Usage & plan).")
     agent = _agent_or_404(account.pk, agent_id)
     form = ReasonForm(request.POST)

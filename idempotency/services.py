@@ -162,12 +162,17 @@ def lock_check(
     if reply[0] == 4:
         raise RateLimited(int(reply[1]))
     if reply[0] == 2:
+        # Over quota — unless Redis merely forgot a live lock: then this is a (free) duplicate.
+        record = LockRecord.objects.filter(account_id=account_id, key=key, expires_at__gt=now).first()
+        if record is not None:
+            return _duplicate_from_record(record, key, now)
         raise usage.QuotaExceeded(kind=usage.MAKE, plan=plan.code, usage=int(reply[1]), limit=plan.make_limit)
     try:
         fresh = _record_first_seen(account_id, key, now, ttl, metadata_json)
     except Exception:
         # Without the durable record the lock must not stand: undo it, so a retry decides again.
-        client.pipeline(transaction=False).delete(redis_key).hincrby(usage_key, usage.MAKE, -1).execute()
+        client.delete(redis_key)
+        usage.release(account_id, usage.MAKE, now)
         raise
     if fresh:
         return LockOutcome(locked=True, key=key, ttl=ttl)
@@ -178,7 +183,8 @@ def lock_check(
     first_ms = int(record.first_seen_at.timestamp() * 1000)
     client.pipeline(transaction=False).set(
         redis_key, _encode_lock(first_ms, record.ttl_seconds, stored_json), px=remaining_ms
-    ).hincrby(usage_key, usage.MAKE, -1).execute()
+    ).execute()
+    usage.release(account_id, usage.MAKE, now)
     return _duplicate_from_record(record, key, now)
 
 
@@ -284,7 +290,11 @@ def lease_acquire(
             raise usage.QuotaExceeded(kind=usage.AI, plan=plan.code, usage=used, limit=plan.ai_limit)
         outcome = _report(existing)
     else:
-        outcome = _lease_acquire(account_id=account_id, key=key, ttl=ttl, metadata=metadata)
+        try:
+            outcome = _lease_acquire(account_id=account_id, key=key, ttl=ttl, metadata=metadata)
+        except Exception:
+            usage.release(account_id, usage.AI)  # the database failed: the unit was not used
+            raise
         if not outcome.charged:
             usage.release(account_id, usage.AI)
             used -= 1

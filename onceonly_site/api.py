@@ -12,6 +12,7 @@ import logging
 import math
 from typing import Any
 
+import redis
 import rfc8785
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
@@ -136,6 +137,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": msg}]}, status=422)
     if isinstance(exc, exceptions.NotAuthenticated | MissingBearer):
         return Response({"detail": MISSING_BEARER}, status=401, headers={"WWW-Authenticate": 'Bearer realm="api"'})
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        logger.error("Redis unavailable", exc_info=exc)
+        return Response(
+            {"detail": {"error": "service_unavailable", "message": "Redis is unavailable; retry shortly."}},
+            status=503,
+            headers={"Retry-After": "2"},
+        )
     if isinstance(exc, OperationalError | InterfaceError):
         # PostgreSQL down or unreachable: a clear 503 the caller can retry (the SDK fails open on check-lock).
         logger.error("database unavailable", exc_info=exc)
@@ -307,7 +315,12 @@ class BodyCheck:
         if value is None:
             return None
         # bool is an int in Python; JSON true is not a number of seconds.
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value != int(value)
+        ):
             self.fail("ttl", "Must be a whole number of seconds.", "int_type")
         elif value < 1:
             self.fail("ttl", "Must be at least 1 second.", "greater_than_equal")

@@ -78,3 +78,18 @@ def test_fresh_decisions_wait_to_be_chained(decisions, monkeypatch):
 
     monkeypatch.setattr(ledger, "SETTLE", timedelta(seconds=30))
     assert ledger.checkpoint_account(decisions[0].account_id) is None  # a lower id may still commit
+
+
+def test_a_lower_id_that_settles_later_is_not_skipped(decisions, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    monkeypatch.setattr(ledger, "SETTLE", timedelta(seconds=30))
+    old = timezone.now() - timedelta(minutes=5)
+    Decision.objects.exclude(pk=decisions[2].pk).update(ts=old)  # decision 3 "committed late"
+    checkpoint = ledger.checkpoint_account(decisions[0].account_id)
+    assert checkpoint.last_decision_id == decisions[1].pk  # stops below the unsettled one
+    Decision.objects.update(ts=old)  # now it has settled too (the edit of ts is only this test's time travel)
+    second = ledger.checkpoint_account(decisions[0].account_id)
+    assert (second.first_decision_id, second.last_decision_id) == (decisions[2].pk, decisions[-1].pk)

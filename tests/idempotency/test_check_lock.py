@@ -207,3 +207,24 @@ def test_with_redis_unreachable_the_database_still_decides(key_a, settings):
     finally:
         current_redis.cache_clear()
     assert LockRecord.objects.filter(key="down:2").exists()
+
+
+def test_an_infinite_ttl_is_422(key_a):
+    response = key_a.client().post("/v1/check-lock", b'{"key": "k", "ttl": 1e400}', content_type="application/json")
+    assert response.status_code == 422
+
+
+def test_over_quota_a_forgotten_live_lock_is_still_a_duplicate(account_a, plans):
+    from billing.models import Plan
+
+    Plan.objects.filter(code="free").update(make_monthly_limit=1)
+    account_set_plan(account=account_a, plan=Plan.objects.get(code="free"))
+    client = make_key(account_a).client()
+    assert lock(client, "only", ttl=60).json()["status"] == "locked"
+    from billing.tasks import mirror_usage
+
+    mirror_usage()
+    lose_redis_state()
+    again = lock(client, "only", ttl=60)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert lock(client, "another", ttl=60).status_code == 402
