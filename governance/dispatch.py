@@ -45,6 +45,8 @@ class DispatchResult:
     latency_ms: int
     attempts: int
     error: str = ""
+    request_headers: dict[str, str] | None = None  # of the last attempt (the "Send test call" page shows them)
+    response_text: str = ""
 
 
 def signed_request(tool: Tool, *, dispatch_id: str, body: bytes, idempotency_key: str, fence: int) -> dict[str, str]:
@@ -85,6 +87,8 @@ def dispatch(
                        "decision_id": dispatch_id}, separators=(",", ":")).encode()  # fmt: skip
     timeout = tool.timeout_ms / 1000
     status, error, attempts = None, "", 0
+    last_headers: dict[str, str] | None = None
+    last_text = ""
     for attempt in range(tool.max_retries + 1):
         if attempt:
             backoff = min(2.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random())
@@ -101,6 +105,7 @@ def dispatch(
         attempts += 1
         headers = signed_request(tool, dispatch_id=dispatch_id, body=body, idempotency_key=f"oo_{args_digest[:40]}",
                                  fence=fence)  # fmt: skip
+        last_headers = headers
         try:
             response = client().post(tool.url, content=body, headers=headers, timeout=min(timeout, remaining))
         except httpx.TimeoutException:
@@ -110,15 +115,16 @@ def dispatch(
             status, error = None, f"connection failed: {exc.__class__.__name__}"
             continue
         status = response.status_code
+        last_text = response.text[:4000]
         if 200 <= status < 300:
             result, problem = _result_of(response)
             if problem:
-                return DispatchResult(False, None, status, _ms(started), attempts, problem)
-            return DispatchResult(True, result, status, _ms(started), attempts)
+                return DispatchResult(False, None, status, _ms(started), attempts, problem, last_headers, last_text)
+            return DispatchResult(True, result, status, _ms(started), attempts, "", last_headers, last_text)
         error = f"HTTP {status}"
         if status < 500:
             break  # the tool refused this call: retrying cannot help
-    return DispatchResult(False, None, status, _ms(started), attempts, error)
+    return DispatchResult(False, None, status, _ms(started), attempts, error, last_headers, last_text)
 
 
 def _ms(started: float) -> int:

@@ -139,3 +139,58 @@ class DecisionFilterForm(forms.Form):
     until = forms.DateTimeField(
         required=False, label="To (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
     )
+
+
+class ToolForm(forms.Form):
+    """Create/edit a registered tool. The secret is write-only: empty on edit keeps the stored one."""
+
+    name = forms.CharField(max_length=200, help_text="Letters, digits and _ . : - (e.g. stripe.charge).")
+    scope_id = forms.CharField(
+        max_length=210, initial="global", label="Scope", help_text='"global", or "agent:<agent id>" for one agent only.'
+    )
+    url = forms.CharField(max_length=2000, label="URL", help_text="http(s); calls are POSTed here, signed.")
+    secret = forms.CharField(
+        required=False,
+        max_length=256,
+        widget=forms.PasswordInput(render_value=False),
+        label="Signing secret",
+        help_text="8–256 characters. Leave empty to keep the current one.",
+    )
+    timeout_ms = forms.IntegerField(initial=15000, label="Timeout (ms)", min_value=250, max_value=120000)
+    max_retries = forms.IntegerField(initial=2, label="Retries", min_value=0, max_value=10)
+    enabled = forms.BooleanField(required=False, initial=True)
+    description = forms.CharField(required=False, max_length=512)
+    risk_level = forms.ChoiceField(
+        required=False, choices=[("", "by name"), ("low", "low"), ("medium", "medium"), ("high", "high")]
+    )
+    price_usd = forms.DecimalField(
+        required=False, min_value=0, max_digits=14, decimal_places=6, label="Price per call (USD)"
+    )
+
+    def to_body(self) -> dict:
+        data = self.cleaned_data
+        body = {k: data[k] for k in ("name", "scope_id", "url", "timeout_ms", "max_retries", "enabled", "description")}
+        if data.get("secret"):
+            body["auth"] = {"type": "hmac_sha256", "secret": data["secret"]}
+        if data.get("risk_level"):
+            body["risk_level"] = data["risk_level"]
+        if data.get("price_usd") is not None:
+            body["price_usd"] = float(data["price_usd"])
+        return body
+
+
+class TestCallForm(forms.Form):
+    args = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), initial='{"example": true}', label="Sample args (JSON object)"
+    )
+
+    def clean_args(self) -> dict:
+        import json
+
+        try:
+            value = json.loads(self.cleaned_data["args"])
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Must be a JSON object.")
+        return value

@@ -381,3 +381,29 @@ def governed_call(
     else:
         client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
     return outcome
+
+
+OPERATOR_AGENT = "onceonly-operator"
+
+
+def tool_test_call(*, tool: Tool, args: dict[str, Any], actor: str) -> tuple[Decision, dispatch.DispatchResult]:
+    """The Tools page's "Send test call": a signed dispatch with sample args, recorded as a decision of the built-in
+    operator agent (outside its limits: an operator, not an agent, is asking)."""
+    agent = agent_get_or_create(account_id=tool.account_id, agent_id=OPERATOR_AGENT)
+    digest = args_hash(agent.account.args_hash_key, OPERATOR_AGENT, tool.name, args)
+    started = time.monotonic()
+    sent = dispatch.dispatch(tool, dispatch_id=uuid.uuid4().hex, agent_id=OPERATOR_AGENT, args=args, run_id="",
+                             args_digest=digest, fence=int(time.time() * 1000))  # fmt: skip
+    decision = _record(
+        agent, tool=tool.name, args_hash=digest, run_id="", policy_version=agent.policy_version,
+        risk_level=tool.risk_level or policies.risk_of(tool.name),
+        outcome=Outcome.EXECUTED if sent.ok else Outcome.FAILED, allowed=sent.ok,
+        policy_reason=Reason.WITHIN_BUDGET if sent.ok else Reason.TOOL_ERROR,
+        latency_ms=int((time.monotonic() - started) * 1000), http_status=sent.http_status, result=sent.result,
+        dispatch_id=(sent.request_headers or {}).get("webhook-id", ""),
+    )  # fmt: skip
+    Tool.objects.filter(pk=tool.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
+                                           last_dispatch_at=timezone.now())  # fmt: skip
+    audit_record(account=agent.account, actor_label=actor, action="governance.tool.test_call", object_type="tool",
+                 object_id=f"{tool.scope_id}/{tool.name}", data={"decision": decision.pk, "ok": sent.ok})  # fmt: skip
+    return decision, sent

@@ -14,6 +14,12 @@ urlpatterns = [
     re_path(r"^agents/(?P<agent_id>.+)/$", views.agent_detail, name="agent-detail"),
     path("decisions/", views.decisions, name="decisions"),
     path("decisions/<int:decision_id>/", views.decision_detail, name="decision-detail"),
+    path("tools/", views.tools_list, name="tools"),
+    path("tools/new/", views.tool_edit, name="tool-new"),
+    path("tools/<int:tool_id>/", views.tool_edit, name="tool-edit"),
+    path("tools/<int:tool_id>/toggle/", views.tool_toggle, name="tool-toggle"),
+    path("tools/<int:tool_id>/delete/", views.tool_delete, name="tool-delete"),
+    path("tools/<int:tool_id>/test/", views.tool_test, name="tool-test"),
     path("audit/", views.audit_log, name="audit"),
     path("audit/verify/", views.verify_log, name="verify"),
 ]

@@ -21,10 +21,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from billing.models import AuditEntry
 from billing.selectors import current_membership, editor_membership
-from governance import ledger, policies, selectors, services
+from governance import ledger, policies, selectors, services, tools
 from governance.choices import CHARGED_OUTCOMES, Outcome
-from governance.forms import DecisionFilterForm, PolicyForm, ReasonForm
-from governance.models import Agent, Decision, DecisionRollup, PolicyVersion
+from governance.forms import DecisionFilterForm, PolicyForm, ReasonForm, TestCallForm, ToolForm
+from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
 
 PER_PAGE = 25
 TIMELINE_PAGE = 50
@@ -307,3 +307,114 @@ def verify_log(request: HttpRequest) -> HttpResponse:
     account = current_membership(request).account
     result = ledger.verify(account.pk) if request.method == "POST" else None
     return render(request, "governance/verify.html", {"result": result, "timeline": reverse("governance:decisions")})
+
+
+# --- tools -----------------------------------------------------------------------------------------------------
+
+
+def _tool_or_404(account_id: int, tool_id: int) -> Tool:
+    tool = Tool.objects.select_related("account").filter(account_id=account_id, pk=tool_id).first()
+    if tool is None:
+        raise Http404("No such tool in this account.")
+    return tool
+
+
+@login_required
+@require_GET
+def tools_list(request: HttpRequest) -> HttpResponse:
+    account = current_membership(request).account
+    page = Paginator(Tool.objects.filter(account=account).order_by("scope_id", "name", "id"), PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    return render(request, "governance/tools.html", {"page": page, "limit": account.plan.tools_limit})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tool_edit(request: HttpRequest, tool_id: int | None = None) -> HttpResponse:
+    membership = current_membership(request)
+    account = membership.account
+    tool = _tool_or_404(account.pk, tool_id) if tool_id else None
+    initial = {} if tool is None else {f: getattr(tool, f) for f in ("name", "scope_id", "url", "timeout_ms",
+                                                                   "max_retries", "enabled", "description",
+                                                                   "risk_level", "price_usd")}  # fmt: skip
+    form = ToolForm(initial=initial)
+    status = 200
+    if request.method == "POST":
+        editor_membership(request)
+        if not account.plan.tools_limit:
+            raise PermissionDenied(f"The tools registry is not on the {account.plan.name} plan (Usage & plan).")
+        form = ToolForm(request.POST)
+        if form.is_valid():
+            try:
+                fields, warnings = tools.clean(form.to_body())
+                saved, _ = tools.tool_upsert(account_id=account.pk, plan=_plan_limits(account), fields=fields,
+                                             actor=_actor(request))  # fmt: skip
+            except tools.PlanLimitReached as reached:
+                form.add_error(None, f"The {reached.plan} plan allows {reached.limit} tools.")
+            except Exception as exc:  # rest_framework ValidationError: per-field messages
+                detail = getattr(exc, "detail", None)
+                if not isinstance(detail, dict):
+                    raise
+                for field, errors in detail.items():
+                    target = "secret" if field == "auth" else field
+                    for error in errors:
+                        form.add_error(target if target in form.fields else None, str(error))
+            else:
+                note = "".join(f" Warning: {w}" for w in warnings)
+                messages.success(request, f"Tool {saved.name} saved.{note}")
+                return redirect("governance:tools")
+        status = 422
+    return render(request, "governance/tool_edit.html", {"form": form, "tool": tool}, status=status)
+
+
+def _plan_limits(account):
+    from billing.auth import PlanLimits
+
+    plan = account.plan
+    return PlanLimits(
+        code=plan.code,
+        default_ttl=plan.default_ttl_seconds,
+        max_ttl=plan.max_ttl_seconds,
+        make_limit=plan.make_monthly_limit,
+        ai_limit=plan.ai_monthly_limit,
+        tools_limit=plan.tools_limit,
+    )
+
+
+@login_required
+@require_POST
+def tool_toggle(request: HttpRequest, tool_id: int) -> HttpResponse:
+    account = editor_membership(request).account
+    tool = _tool_or_404(account.pk, tool_id)
+    tools.tool_toggle(tool=tool, enabled=not tool.enabled, actor=_actor(request))
+    messages.success(request, f"Tool {tool.name} {'enabled' if tool.enabled else 'disabled'}.")
+    return redirect("governance:tools")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tool_delete(request: HttpRequest, tool_id: int) -> HttpResponse:
+    account = editor_membership(request).account
+    tool = _tool_or_404(account.pk, tool_id)
+    if request.method == "POST":
+        tools.tool_delete(tool=tool, actor=_actor(request))
+        messages.success(request, f"Tool {tool.name} deleted.")
+        return redirect("governance:tools")
+    return render(request, "governance/tool_delete.html", {"tool": tool})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tool_test(request: HttpRequest, tool_id: int) -> HttpResponse:
+    membership = current_membership(request)
+    tool = _tool_or_404(membership.account_id, tool_id)
+    form = TestCallForm()
+    outcome = None
+    if request.method == "POST":
+        editor_membership(request)
+        form = TestCallForm(request.POST)
+        if form.is_valid():
+            decision, sent = services.tool_test_call(tool=tool, args=form.cleaned_data["args"], actor=_actor(request))
+            outcome = {"decision": decision, "sent": sent}
+    return render(request, "governance/tool_test.html", {"tool": tool, "form": form, "outcome": outcome})

@@ -1,0 +1,81 @@
+"""Tools pages: register with a write-only secret, toggle, delete with confirmation, send a signed test call."""
+
+import pytest
+from django.test import Client
+
+from governance.models import Decision, Tool
+from tests.governance.test_dispatch import SECRET, receiver, stats  # noqa: F401 - the receiver fixture
+
+FORM = {
+    "name": "send_email",
+    "scope_id": "global",
+    "url": "https://tools.example.com/send",
+    "secret": SECRET,
+    "timeout_ms": "1000",
+    "max_retries": "0",
+    "enabled": "on",
+    "description": "",
+    "risk_level": "",
+}
+
+
+def test_register_edit_toggle_delete(owner_a):
+    client = owner_a.login(Client())
+    response = client.post("/tools/new/", FORM, follow=True)
+    assert "Tool send_email saved." in response.content.decode()
+    tool = Tool.objects.get()
+    assert SECRET not in client.get(f"/tools/{tool.pk}/").content.decode()  # write-only
+    client.post(f"/tools/{tool.pk}/", {**FORM, "secret": "", "timeout_ms": "2000"})
+    tool.refresh_from_db()
+    assert tool.timeout_ms == 2000 and tool.secret_mask == "***123"  # the secret was kept
+    client.post(f"/tools/{tool.pk}/toggle/")
+    assert not Tool.objects.get().enabled
+    assert "cannot be undone" in client.get(f"/tools/{tool.pk}/delete/").content.decode()
+    client.post(f"/tools/{tool.pk}/delete/")
+    assert not Tool.objects.exists()
+
+
+def test_ssrf_refusal_is_an_inline_error(owner_a):
+    response = owner_a.login(Client()).post("/tools/new/", {**FORM, "url": "http://169.254.169.254/x"})
+    assert response.status_code == 422 and "link-local/metadata" in response.content.decode()
+    assert not Tool.objects.exists()
+
+
+def test_viewer_cannot_change_tools(viewer_a, owner_a):
+    owner_a.login(Client()).post("/tools/new/", FORM)
+    tool = Tool.objects.get()
+    client = viewer_a.login(Client())
+    assert "send_email" in client.get("/tools/").content.decode()
+    for url in (f"/tools/{tool.pk}/toggle/", f"/tools/{tool.pk}/delete/", "/tools/new/", f"/tools/{tool.pk}/test/"):
+        assert client.post(url, FORM).status_code == 403
+    assert Tool.objects.get().enabled
+
+
+def test_other_accounts_tools_are_404(owner_a, owner_b):
+    owner_a.login(Client()).post("/tools/new/", FORM)
+    tool = Tool.objects.get()
+    assert owner_b.login(Client()).get(f"/tools/{tool.pk}/").status_code == 404
+
+
+def test_send_test_call_shows_headers_and_response(owner_a, receiver):  # noqa: F811
+    client = owner_a.login(Client())
+    client.post("/tools/new/", {**FORM, "url": f"{receiver}/ok"})
+    tool = Tool.objects.get()
+    html = client.post(f"/tools/{tool.pk}/test/", {"args": '{"to": "ops@acme.test"}'}).content.decode()
+    assert "Executed" in html and "webhook-signature" in html and "ops@acme.test" in html
+    decision = Decision.objects.get()
+    assert decision.agent.agent_id == "onceonly-operator" and decision.outcome == "executed"
+    assert stats(receiver)["rejected"] == 0
+
+
+def test_tools_page_query_count(owner_a, django_assert_num_queries):
+    client = owner_a.login(Client())
+    for n in range(5):
+        client.post("/tools/new/", {**FORM, "name": f"t{n}"})
+    with django_assert_num_queries(5):
+        assert client.get("/tools/").status_code == 200
+
+
+@pytest.fixture(autouse=True)
+def _private_urls(settings):
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = False
