@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import random
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
@@ -99,15 +101,17 @@ def dispatch(
         if remaining <= 0.05:
             break  # an attempt that cannot finish inside the deadline is not started
         try:
-            ssrf.check(tool.url)  # again at dispatch: DNS may have changed since registration
+            checked = ssrf.check(tool.url)  # again at dispatch: DNS may have changed since registration
         except ssrf.RefusedUrl as refused:
             return DispatchResult(False, None, None, _ms(started), attempts, str(refused))
+        url, pin_headers, extensions = pinned(checked)
         attempts += 1
         headers = signed_request(tool, dispatch_id=dispatch_id, body=body, idempotency_key=f"oo_{args_digest[:40]}",
-                                 fence=fence)  # fmt: skip
+                                 fence=fence) | pin_headers  # fmt: skip
         last_headers = headers
         try:
-            response = client().post(tool.url, content=body, headers=headers, timeout=min(timeout, remaining))
+            response = client().post(url, content=body, headers=headers, timeout=min(timeout, remaining),
+                                     extensions=extensions)  # fmt: skip
         except httpx.TimeoutException:
             status, error = None, f"timed out after {min(timeout, remaining):.2f} s"
             continue
@@ -125,6 +129,30 @@ def dispatch(
         if status < 500:
             break  # the tool refused this call: retrying cannot help
     return DispatchResult(False, None, status, _ms(started), attempts, error, last_headers, last_text)
+
+
+def pinned(checked: ssrf.CheckedUrl) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Connect to the address the guard just approved, not to whatever DNS answers a moment later (rebinding):
+    the URL gets the IP, the Host header and the TLS server name (certificate check) keep the name."""
+    parts = urlsplit(checked.url)
+    if not checked.addresses or _is_ip(checked.host):
+        return checked.url, {}, {}
+    address = checked.addresses[0]
+    netloc = f"[{address}]" if ":" in address else address
+    if parts.port:
+        netloc += f":{parts.port}"
+    url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    host_header = checked.host + (f":{parts.port}" if parts.port else "")
+    extensions = {"sni_hostname": checked.host} if parts.scheme == "https" else {}
+    return url, {"Host": host_header}, extensions
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 def _ms(started: float) -> int:

@@ -142,3 +142,24 @@ def test_run_tool_through_the_sdk(live_server, key_a, receiver):
     assert result.allowed and result.decision == "executed"
     assert result.result["received"] == {"amount": 9999}
     assert stats(receiver)["rejected"] == 0 and stats(receiver)["executed"] == 1
+
+
+def test_dispatch_connects_to_the_checked_address_and_keeps_the_host(key_a, receiver):
+    client = key_a.client()
+    port = receiver.rsplit(":", 1)[1]
+    register(client, f"http://localhost:{port}", "by_name", "/ok")
+    assert run(client, "by_name")["decision"] == "executed"
+    assert stats(receiver)["last_headers"]["host"] == f"localhost:{port}"
+
+
+def test_pinning_rewrites_names_only():
+    from governance import dispatch, ssrf
+
+    named = ssrf.CheckedUrl("https://tools.example.com:8443/hook?x=1", "tools.example.com", 8443, ("93.184.216.34",))
+    assert dispatch.pinned(named) == (
+        "https://93.184.216.34:8443/hook?x=1",
+        {"Host": "tools.example.com:8443"},
+        {"sni_hostname": "tools.example.com"},
+    )
+    literal = ssrf.CheckedUrl("http://[2001:db8::1]/x", "2001:db8::1", 80, ("2001:db8::1",))
+    assert dispatch.pinned(literal) == ("http://[2001:db8::1]/x", {}, {})
