@@ -89,9 +89,9 @@ class AiRunApi(APIView):
         spend = check.data.get("spend_usd")
         if spend is not None and (
             isinstance(spend, bool) or not isinstance(spend, int | float) or not math.isfinite(spend)
-            or not 0 <= spend <= policies.MAX_NUMBER
+            or not 0 <= spend <= policies.MAX_USD
         ):  # fmt: skip
-            check.fail("spend_usd", f"Must be a number from 0 to {policies.MAX_NUMBER:,}.", "float_type")
+            check.fail("spend_usd", f"Must be a number from 0 to {policies.MAX_USD:,}.", "float_type")
         check.done()
         entitlements.require(request.auth.plan, "governance")
         try:

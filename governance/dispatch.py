@@ -104,6 +104,8 @@ def dispatch(
             checked = ssrf.check(tool.url)  # again at dispatch: DNS may have changed since registration
         except ssrf.RefusedUrl as refused:
             return DispatchResult(False, None, None, _ms(started), attempts, str(refused))
+        if checked.warning:  # does not resolve now: never let the HTTP client resolve it again unchecked
+            return DispatchResult(False, None, None, _ms(started), attempts, checked.warning)
         url, pin_headers, extensions = pinned(checked)
         attempts += 1
         headers = signed_request(tool, dispatch_id=dispatch_id, body=body, idempotency_key=f"oo_{args_digest[:40]}",
@@ -115,7 +117,7 @@ def dispatch(
         except httpx.TimeoutException:
             status, error = None, f"timed out after {min(timeout, remaining):.2f} s"
             continue
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             status, error = None, f"connection failed: {exc.__class__.__name__}"
             continue
         status = response.status_code

@@ -76,7 +76,8 @@ def _tool_list(value: Any, field: str, errors: dict[str, list]) -> list[str] | N
     return out
 
 
-MAX_NUMBER = 1_000_000_000  # caps and prices above a billion are typos, and must fit the decimal columns
+MAX_NUMBER = 1_000_000_000  # counts above a billion are typos
+MAX_USD = 10_000_000  # amounts above ten million dollars are typos, and must fit the decimal(14, 6) columns
 
 
 def _non_negative_int(value: Any, field: str, errors: dict[str, list]) -> int | None:
@@ -92,9 +93,9 @@ def _non_negative_number(value: Any, field: str, errors: dict[str, list]) -> flo
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not (0 <= value <= MAX_NUMBER)
+        or not (0 <= value <= MAX_USD)
     ):
-        _err(errors, field, f"Must be a number from 0 to {MAX_NUMBER:,}.", "float_type")
+        _err(errors, field, f"Must be a number from 0 to {MAX_USD:,}.", "float_type")
         return None
     return round(float(value), 6)
 

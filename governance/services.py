@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from idempotency.services import canonical_json
 from onceonly_site.redis_client import get_redis, lua_script
 
 GOVERNED_CALL_LUA = Path(__file__).with_name("governed_call.lua")
+logger = logging.getLogger(__name__)
 REBUILD_LUA = Path(__file__).with_name("rebuild_counters.lua")
 MICRO = Decimal(1_000_000)
 DAY_COUNTER_SECONDS = 2 * 86400
@@ -80,8 +82,9 @@ class PolicyOutcome:
 
 
 def known_tools(account_id: int) -> set[str]:
-    """Tools this account's agents have called (from the small hourly rollups). The tools registry adds its own."""
-    return set(DecisionRollup.objects.filter(account_id=account_id).values_list("tool", flat=True).distinct())
+    """Registered tools, and tools this account's agents have called (from the small hourly rollups)."""
+    called = set(DecisionRollup.objects.filter(account_id=account_id).values_list("tool", flat=True).distinct())
+    return called | set(Tool.objects.filter(account_id=account_id).values_list("name", flat=True))
 
 
 def _warnings(account_id: int, policy: dict[str, Any]) -> list[dict[str, str]]:
@@ -352,8 +355,12 @@ def governed_call(
     decided, reason, extra = Outcome.ALLOWED, Reason.WITHIN_BUDGET, {}
     if registered is not None:
         # Step 7: dispatch to the registered tool, outside any transaction; the reservation stands meanwhile.
-        sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=agent_id, args=args, run_id=run_id,
-                                 args_digest=digest, fence=int(now.timestamp() * 1000))  # fmt: skip
+        try:
+            sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=agent_id, args=args,
+                                     run_id=run_id, args_digest=digest, fence=int(now.timestamp() * 1000))  # fmt: skip
+        except Exception as exc:  # an undecryptable secret, a broken answer: a tool error, never a 500
+            logger.exception("dispatch of %s failed unexpectedly", tool)
+            sent = dispatch.DispatchResult(False, None, None, 0, 0, f"dispatch error: {exc.__class__.__name__}")
         extra = {"http_status": sent.http_status, "dispatch_id": reservation, "result": sent.result}
         decided, reason = (Outcome.EXECUTED, Reason.WITHIN_BUDGET) if sent.ok else (Outcome.FAILED, Reason.TOOL_ERROR)
         Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,

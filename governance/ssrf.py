@@ -37,6 +37,8 @@ def refused_reason(address: IP) -> str | None:
     ):  # fmt: skip
         if getattr(address, check):
             return label
+    if not address.is_global:
+        return "non-public"  # e.g. 100.64.0.0/10 shared address space (Alibaba Cloud metadata lives there)
     return None
 
 
@@ -68,7 +70,7 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
     if literal is not None:
         reason = refused_reason(literal)
         if reason and not allow_private:
-            raise RefusedUrl(f"{host} is a {reason} address; tools must be reachable on public addresses "
+            raise RefusedUrl(f"{host} is not a public address ({reason}); tools must be reachable on public addresses "
                              "(ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
         return CheckedUrl(url, host, port, (str(literal),))
     if not resolve:
@@ -81,6 +83,7 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
     for text in addresses:
         reason = refused_reason(ipaddress.ip_address(text.split("%")[0]))
         if reason and not allow_private:
-            raise RefusedUrl(f"{host} resolves to {text}, a {reason} address; tools must be reachable on public "
+            raise RefusedUrl(f"{host} resolves to {text}, not a public address ({reason}); tools must be reachable "
+                             "on public "
                              "addresses (ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
     return CheckedUrl(url, host, port, addresses)

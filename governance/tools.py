@@ -16,7 +16,7 @@ from billing.models import Account
 from billing.services import audit_record
 from governance import secrets, ssrf
 from governance.models import Tool
-from governance.policies import MAX_NUMBER
+from governance.policies import MAX_USD
 
 NAME = re.compile(r"^[a-zA-Z0-9_.:-]+$")
 FIELDS = {"name", "url", "scope_id", "auth", "timeout_ms", "max_retries", "enabled", "description", "risk_level",
@@ -80,8 +80,10 @@ def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
             fail("auth", '{"type": "hmac_sha256", "secret": 8–256 characters}.', "invalid")
         else:
             out["secret"] = auth["secret"]
-    for field, low, high, default in (("timeout_ms", 250, 120_000, 15_000), ("max_retries", 0, 10, 2)):
-        value = data.get(field, default)
+    for field, low, high in (("timeout_ms", 250, 120_000), ("max_retries", 0, 10)):
+        if field not in data:
+            continue  # omitted: a new tool gets the default, an existing one keeps its value
+        value = data[field]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             fail(field, f"A whole number from {low} to {high}.", "int_type")
         else:
@@ -89,24 +91,26 @@ def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         fail("enabled", "true or false.", "bool_type")
-    else:
+    elif "enabled" in data:
         out["enabled"] = enabled
     description = data.get("description", "")
     if not isinstance(description, str) or len(description) > 512:
         fail("description", "At most 512 characters.", "string_too_long")
-    else:
+    elif "description" in data:
         out["description"] = description
     risk = data.get("risk_level")
-    if risk is not None and risk not in ("low", "medium", "high"):
+    if "risk_level" not in data:
+        pass
+    elif risk is not None and risk not in ("low", "medium", "high"):
         fail("risk_level", "low, medium or high.", "enum")
     else:
         out["risk_level"] = risk or ""
     price = data.get("price_usd")
     if price is not None and (
-        isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price <= MAX_NUMBER
+        isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price <= MAX_USD
     ):
-        fail("price_usd", f"A number from 0 to {MAX_NUMBER:,}.", "float_type")
-    else:
+        fail("price_usd", f"A number from 0 to {MAX_USD:,}.", "float_type")
+    elif "price_usd" in data:
         out["price_usd"] = None if price is None else Decimal(str(price))
     if errors:
         raise exceptions.ValidationError(errors)

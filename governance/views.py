@@ -346,8 +346,15 @@ def tool_edit(request: HttpRequest, tool_id: int | None = None) -> HttpResponse:
             raise PermissionDenied(f"The tools registry is not on the {account.plan.name} plan (Usage & plan).")
         form = ToolForm(request.POST)
         if form.is_valid():
+            body = form.to_body()
+            if tool is not None:  # editing: the name and scope identify the tool and stay as they are
+                body.update(name=tool.name, scope_id=tool.scope_id)
+            if not form.cleaned_data.get("risk_level"):
+                body["risk_level"] = None
+            if form.cleaned_data.get("price_usd") is None:
+                body["price_usd"] = None
             try:
-                fields, warnings = tools.clean(form.to_body())
+                fields, warnings = tools.clean(body)
                 saved, _ = tools.tool_upsert(account_id=account.pk, plan=_plan_limits(account), fields=fields,
                                              actor=_actor(request))  # fmt: skip
             except tools.PlanLimitReached as reached:

@@ -198,3 +198,37 @@ def test_sdk_maps_plan_limit_to_over_limit(live_server, account_a):
         with pytest.raises(OverLimitError) as caught:
             sdk.gov.create_tool(tool_body(name="two"))
     assert caught.value.detail["error"] == "plan_limit"
+
+
+def test_an_upsert_keeps_the_fields_it_does_not_send(client):
+    create(client, enabled=False, risk_level="high", price_usd=0.5, timeout_ms=900)
+    client.post(
+        "/v1/tools", {"name": "send_email", "url": "https://tools.example.com/v3"}, content_type="application/json"
+    )
+    tool = Tool.objects.get()
+    assert (tool.enabled, tool.risk_level, float(tool.price_usd), tool.timeout_ms) == (False, "high", 0.5, 900)
+
+
+@pytest.mark.parametrize("url", ["http://100.100.100.200/latest/meta-data", "http://[2001:db8::1]/x"])
+def test_non_public_ranges_are_refused_too(client, url):
+    assert create(client, url=url).status_code == 422
+
+
+def test_registered_tools_are_known_to_policy_warnings(client):
+    create(client, name="send_email")
+    body = client.post("/v1/policies/bot", {"blocked_tools": ["send_email"]}, content_type="application/json").json()
+    assert body["warnings"] == []
+
+
+def test_a_broken_secret_is_a_tool_error_and_releases_the_reservation(client, settings):
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
+    create(client, url="http://127.0.0.1:9/hook")
+    Tool.objects.update(secret_encrypted="not-a-fernet-token")
+    first = client.post(
+        "/v1/ai/run", {"agent_id": "b", "tool": "send_email", "args": {"n": 1}}, content_type="application/json"
+    )
+    assert first.status_code == 200 and first.json()["policy_reason"] == "tool_error"
+    again = client.post(
+        "/v1/ai/run", {"agent_id": "b", "tool": "send_email", "args": {"n": 1}}, content_type="application/json"
+    ).json()
+    assert again["decision"] == "failed"  # not a dedup of nothing: the entry was released
