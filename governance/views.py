@@ -28,6 +28,9 @@ from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, To
 
 PER_PAGE = 25
 TIMELINE_PAGE = 50
+# Decision timeline filter → ORM lookup (each served by the (account, -ts) index plus a filter).
+TIMELINE_FILTERS = {"agent": "agent__agent_id", "tool": "tool", "outcome": "outcome", "reason": "policy_reason",
+                    "run": "run_id", "since": "ts__gte", "until": "ts__lte"}  # fmt: skip
 
 
 def _agent_or_404(account_id: int, agent_id: str) -> Agent:
@@ -236,21 +239,9 @@ def policy_template(request: HttpRequest, agent_id: str) -> HttpResponse:
 def _filtered_decisions(account_id: int, form: DecisionFilterForm):
     queryset = Decision.objects.filter(account_id=account_id).select_related("agent")
     if form.is_valid():
-        data = form.cleaned_data
-        if data["agent"]:
-            queryset = queryset.filter(agent__agent_id=data["agent"])
-        if data["tool"]:
-            queryset = queryset.filter(tool=data["tool"])
-        if data["outcome"]:
-            queryset = queryset.filter(outcome=data["outcome"])
-        if data["reason"]:
-            queryset = queryset.filter(policy_reason=data["reason"])
-        if data["run"]:
-            queryset = queryset.filter(run_id=data["run"])
-        if data["since"]:
-            queryset = queryset.filter(ts__gte=data["since"])
-        if data["until"]:
-            queryset = queryset.filter(ts__lte=data["until"])
+        for field, lookup in TIMELINE_FILTERS.items():
+            if form.cleaned_data[field]:
+                queryset = queryset.filter(**{lookup: form.cleaned_data[field]})
     return queryset
 
 
