@@ -124,12 +124,6 @@ class LeaseRecordOutput(serializers.Serializer):
     limit = serializers.IntegerField(help_text="The plan's monthly `ai` limit.")
 
 
-def _visible_status(lease: Lease, now: datetime) -> str:
-    if lease.status == LeaseStatus.IN_PROGRESS:
-        return "in_progress" if lease.expires_at > now else "expired"
-    return lease.status
-
-
 def _record(lease: Lease, *, status: str, holder: bool, now: datetime) -> dict[str, Any]:
     held = lease.status == LeaseStatus.IN_PROGRESS and lease.expires_at > now
     completed = lease.status == LeaseStatus.COMPLETED
@@ -316,7 +310,7 @@ class LeaseStatusApi(APIView):
         if lease is None:
             return _not_found(key)
         now = timezone.now()
-        status = _visible_status(lease, now)
+        status = lease.visible_status(now)
         data = _record(lease, status=status, holder=False, now=now)
         if status == "in_progress":
             data["retry_after_sec"] = max(1, min(5, lease.ttl_left(now)))
@@ -336,6 +330,6 @@ class LeaseResultApi(APIView):
         if lease is None:
             return _not_found(key)
         now = timezone.now()
-        record = _record(lease, status=_visible_status(lease, now), holder=False, now=now)
+        record = _record(lease, status=lease.visible_status(now), holder=False, now=now)
         fields = ("ok", "status", "key", "result", "result_hash", "error_code", "done_at", "version")
         return Response({name: record[name] for name in fields})

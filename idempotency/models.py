@@ -89,6 +89,12 @@ class Lease(models.Model):
         remaining = (self.expires_at - (now or timezone.now())).total_seconds()
         return max(0, int(remaining + 0.999))
 
+    def visible_status(self, now=None) -> str:
+        """What callers and operators see: in_progress while held, expired once the holder stopped extending."""
+        if self.status == LeaseStatus.IN_PROGRESS:
+            return "in_progress" if self.expires_at > (now or timezone.now()) else "expired"
+        return self.status
+
 
 class LeaseAttempt(models.Model):
     """One acquisition of a lease: who held it (lease_id, version), when, and how it ended."""

@@ -48,7 +48,7 @@ def locks(request: HttpRequest) -> HttpResponse:
             "lock_live": lock is not None and lock.expires_at > now,
             "lock_metadata": _pretty(lock.metadata) if lock else None,
             "lease": lease,
-            "lease_status": _lease_status(lease, now) if lease else None,
+            "lease_status": lease.visible_status(now) if lease else None,
             "lease_result": _pretty(lease.result) if lease else None,
             "lease_metadata": _pretty(lease.metadata) if lease else None,
             "reset_form": OperatorResetForm(initial={"key": key}),
@@ -60,12 +60,6 @@ def locks(request: HttpRequest) -> HttpResponse:
         "form": form, "lookup": lookup, "tab": tab, "tabs": {k: v[0] for k, v in TABS.items()}, "tab_title": title,
         "page": page, "now": now, "api_base_url": request.build_absolute_uri("/v1"),
     })  # fmt: skip
-
-
-def _lease_status(lease, now) -> str:
-    if lease.status == "in_progress":
-        return "in_progress" if lease.expires_at > now else "expired"
-    return lease.status
 
 
 def _back_to(key: str) -> HttpResponse:
