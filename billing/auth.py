@@ -121,6 +121,15 @@ def _load_from_db(digest: str) -> ApiPrincipal | None:
     )
 
 
+def plan_limits_for(account_id: int) -> PlanLimits:
+    """The plan numbers of an account, for work done outside a request (keyed runs in a worker)."""
+    from billing.models import Account
+
+    row = Account.objects.filter(pk=account_id).values(*(c.removeprefix("account__") for c in _PLAN_FIELDS.values()))
+    values = row.get()
+    return PlanLimits(**{name: values[column.removeprefix("account__")] for name, column in _PLAN_FIELDS.items()})
+
+
 def _encode(principal: ApiPrincipal) -> bytes:
     plan = principal.plan
     return json.dumps(

@@ -68,12 +68,13 @@ class QuotaExceeded(Exception):
         self.kind, self.plan, self.usage, self.limit = kind, plan, usage, limit
 
 
-def reserve(account_id: int, kind: str, limit: int, also: str = "") -> tuple[bool, int]:
+def reserve(account_id: int, kind: str, limit: int, also: str = "", daily: bool = False) -> tuple[bool, int]:
     """Count one unit of ``kind`` if the month's usage is below ``limit`` (-1: no limit). (counted?, usage).
 
-    ``also`` names a statistics field counted in the same round trip (requests_ai)."""
+    ``also`` names a statistics field counted in the same round trip (requests_ai). The quota kinds, and any field
+    with ``daily``, are counted per day as well (``<field>:DD``, the source of ``/v1/metrics``)."""
     for _ in range(2):
-        day = timezone.now().astimezone(UTC).strftime("%d") if kind in KINDS else ""
+        day = timezone.now().astimezone(UTC).strftime("%d") if kind in KINDS or daily else ""
         reply = lua_script(QUOTA_LUA)(keys=[usage_key(account_id)], args=[kind, limit, KEEP_SECONDS, also, day],
                                       client=get_redis())  # fmt: skip
         if reply[0] != -1:
@@ -89,10 +90,10 @@ def release(account_id: int, kind: str, now: datetime | None = None) -> None:
     get_redis().pipeline(transaction=False).hincrby(key, kind, -1).hincrby(key, f"{kind}:{now:%d}", -1).execute()
 
 
-def count(account_id: int, field: str) -> None:
+def count(account_id: int, field: str, daily: bool = False) -> None:
     """Statistics (requests, polling): counted like a quota without a limit; never fails the request."""
     try:
-        reserve(account_id, field, -1)
+        reserve(account_id, field, -1, daily=daily)
     except (redis.RedisError, RuntimeError):
         pass
 
@@ -114,19 +115,24 @@ def snapshot(account_id: int, month: str | None = None) -> dict[str, int]:
 
 def daily(account_id: int, month: str | None = None) -> dict[str, list[int]]:
     """Per-day usage of both kinds for a month: {"make": [day 1, day 2, …], "ai": [...]}."""
-    from billing.models import UsageMonth
-
     month = month or month_of()
     start, end = period_of(month)
-    days = (end - start).days
+    raw = day_fields(account_id, month)
+    return {kind: [raw.get(f"{kind}:{day:02d}", 0) for day in range(1, (end - start).days + 1)] for kind in KINDS}
+
+
+def day_fields(account_id: int, month: str) -> dict[str, int]:
+    """Every per-day counter of a month (``make:07``, ``dup:07``, ``lease_acquired:07``…): live, else the mirror."""
+    from billing.models import UsageMonth
+
     try:
         raw = {k.decode(): int(v) for k, v in get_redis().hgetall(f"oo:{{a{account_id}}}:usage:{month}").items()}
     except redis.RedisError:
         raw = {}
     if not raw:
         row = UsageMonth.objects.filter(account_id=account_id, month=month).first()
-        raw = row.daily if row else {}
-    return {kind: [int(raw.get(f"{kind}:{day:02d}", 0)) for day in range(1, days + 1)] for kind in KINDS}
+        return dict(row.daily) if row else {}
+    return {name: value for name, value in raw.items() if ":" in name}
 
 
 def current(account_id: int, kind: str) -> int:

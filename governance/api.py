@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import math
-import re
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,16 +19,24 @@ from billing import entitlements
 from governance import policies, selectors, services, tools
 from governance.choices import Outcome
 from governance.models import Agent, Tool
-from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, QueryValidationError, body
+from idempotency import api as idempotency_api
+from onceonly_site.api import (
+    CONTROL_CHARS,
+    ApiProblem,
+    BodyCheck,
+    PathValidationError,
+    QueryValidationError,
+    body,
+    page_params,
+)
 
 MAX_AGENT_ID = 200
 MAX_ARGS_BYTES = 64 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _agent_id(raw: str) -> str:
     """Any id (`:` `.` `-` `_`, percent-decoded by the router) except blank, control characters or > 200 chars."""
-    if not raw.strip() or len(raw) > MAX_AGENT_ID or _CONTROL.search(raw):
+    if not raw.strip() or len(raw) > MAX_AGENT_ID or CONTROL_CHARS.search(raw):
         raise PathValidationError(
             {"agent_id": [serializers.ErrorDetail(
                 f"An agent id is 1–{MAX_AGENT_ID} printable characters.", code="string_pattern_mismatch")]}
@@ -67,22 +75,35 @@ class AiRunApi(APIView):
 
     @extend_schema(
         operation_id="ai_run",
-        request=GovernedCallInput,
-        responses=GovernedCallOutput,
-        summary="Governed tool call: decide before the tool runs, record the decision",
+        request=PolymorphicProxySerializer(
+            component_name="AiRunInput",
+            serializers=[GovernedCallInput, idempotency_api.KeyedRunInput],
+            resource_type_field_name=None,
+        ),
+        responses=PolymorphicProxySerializer(
+            component_name="AiRunOutput",
+            serializers=[GovernedCallOutput, idempotency_api.LeaseRecordOutput],
+            resource_type_field_name=None,
+        ),
+        summary="Governed tool call (agent_id + tool), or keyed run executed once by a worker (key)",
+        description="With `agent_id` and `tool`: the governed call — decided before the tool runs, answered with "
+        "`allowed` and `decision`. With `key`: the keyed run — the `/v1/ai/lease` answer (never `allowed` or "
+        "`decision`); on `acquired` a worker runs `metadata.actions` and `metadata.task` and completes or fails "
+        "the key (`/v1/ai/status`, `/v1/ai/result`, the run's timeline at `/v1/runs/{run_id}`).",
     )
     def post(self, request: Request) -> Response:
         data = body(request)
-        if isinstance(data, dict) and "key" in data and "agent_id" not in data:
-            raise ApiProblem(
-                501,
-                "not_implemented",
-                "The key form of /v1/ai/run (keyed runs executed by workers) "
-                "is not available on this server yet; use /v1/ai/lease.",
-            )
+        if isinstance(data, dict) and "key" in data:
+            mixed = sorted({"agent_id", "tool", "args", "spend_usd"} & set(data))
+            if mixed:
+                check = BodyCheck(data, {"key", "ttl", "metadata"})  # reports the mixed fields as unknown
+                check.fail("key", f"The key form of /v1/ai/run cannot be combined with {', '.join(mixed)}.",
+                           "value_error")  # fmt: skip
+                check.done()
+            return idempotency_api.keyed_run(request, data)
         check = BodyCheck(data, {"agent_id", "tool", "args", "spend_usd"})
         agent_id = check.key("agent_id", max_length=MAX_AGENT_ID)
-        if agent_id and _CONTROL.search(agent_id):
+        if agent_id and CONTROL_CHARS.search(agent_id):
             check.fail("agent_id", "An agent id has no control characters.", "string_pattern_mismatch")
         tool = check.key("tool", max_length=200)
         args = check.json_object("args", MAX_ARGS_BYTES, canonical=True) or {}
@@ -204,7 +225,7 @@ class PolicyListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         entitlements.require(request.auth.plan, "governance")
-        limit, offset = _page(request, default=100)
+        limit, offset = page_params(request, default=100)
         agents = selectors.governed_agents(request.auth.account_id)
         return Response(
             {
@@ -335,18 +356,6 @@ class AgentEnableApi(_KillSwitchApi):
         return super().post(request, agent_id)
 
 
-def _page(request: Request, *, default: int) -> tuple[int, int]:
-    check = BodyCheck(dict(request.query_params.items()), set(request.query_params), query=True)
-    limit = check.data.get("limit", str(default))
-    offset = check.data.get("offset", "0")
-    if not str(limit).isdigit() or not 1 <= int(limit) <= 500:
-        check.fail("limit", "A whole number from 1 to 500.", "int_type")
-    if not str(offset).isdigit():
-        check.fail("offset", "A whole number ≥ 0.", "int_type")
-    check.done()
-    return int(limit), int(offset)
-
-
 class AgentLogsApi(APIView):
     @extend_schema(
         operation_id="agent_logs",
@@ -357,7 +366,7 @@ class AgentLogsApi(APIView):
     def get(self, request: Request, agent_id: str) -> Response:
         entitlements.require(request.auth.plan, "governance")
         agent_id = _agent_id(agent_id)
-        limit, offset = _page(request, default=100)
+        limit, offset = page_params(request, default=100)
         rows = selectors.agent_logs(request.auth.account_id, agent_id, limit=limit, offset=offset)
         return Response({"items": [{
             "ts": int(d.ts.timestamp()), "agent_id": agent_id, "tool": d.tool, "allowed": d.allowed,
@@ -515,3 +524,94 @@ class ToolToggleApi(APIView):
         check.done()
         tool = tools.tool_toggle(tool=_tool_or_404(request, name), enabled=enabled, actor=_actor(request))
         return Response(_tool_body(tool))
+
+
+# --- the account's events feed and daily metrics (they read idempotency and governance data) --------------------
+
+
+class FeedOutput(serializers.Serializer):
+    data = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="Newest first. `kind`: run_event, decision or audit (kill switch, policy and tool changes).",
+    )
+    total = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+
+
+class EventsApi(APIView):
+    @extend_schema(
+        operation_id="events_list",
+        parameters=[OpenApiParameter("limit", int, description="1–200, default 50"),
+                    OpenApiParameter("offset", int, description=f"limit + offset ≤ {selectors.FEED_MAX_WINDOW}")],
+        responses=FeedOutput,
+        summary="The account's recent events: run events, decisions, kill-switch and policy changes",
+    )  # fmt: skip
+    def get(self, request: Request) -> Response:
+        limit, offset = page_params(request, default=50, maximum=200, max_offset=selectors.FEED_MAX_WINDOW - 200)
+        data, total = selectors.account_feed(request.auth.account_id, limit=limit, offset=offset)
+        return Response({"data": data, "total": total, "limit": limit, "offset": offset})
+
+    @extend_schema(
+        operation_id="events_post",
+        request=idempotency_api.EventInput,
+        responses=idempotency_api.EventCreatedOutput,
+        summary="Add an event to a run's timeline (unknown top-level keys are kept)",
+    )
+    def post(self, request: Request) -> Response:
+        return idempotency_api.post_event(request)
+
+
+MAX_METRICS_DAYS = 366
+
+
+class MetricsOutput(serializers.Serializer):
+    from_day = serializers.DateField()
+    to_day = serializers.DateField()
+    days = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="Per UTC day: check_locks {locked, duplicate}, leases {acquired, polling, completed, failed}, "
+        "decisions {executed, allowed, blocked, dedup, failed, total}, ai_usage, spend_usd.",
+    )
+    totals = serializers.DictField()
+
+
+def _day(check: BodyCheck, name: str) -> date | None:
+    raw = check.data.get(name)
+    if raw is None or raw == "":
+        check.fail(name, "Required: a day as YYYY-MM-DD (UTC).", "missing")
+        return None
+    try:
+        return date.fromisoformat(raw) if len(raw) == 10 else date.fromisoformat("invalid")
+    except ValueError:
+        check.fail(name, f"Not a day: {raw[:40]!r}; expected YYYY-MM-DD.", "date_from_datetime_parsing")
+        return None
+
+
+class MetricsApi(APIView):
+    @extend_schema(
+        operation_id="metrics",
+        parameters=[OpenApiParameter("from_day", str, required=True, description="YYYY-MM-DD (UTC), inclusive"),
+                    OpenApiParameter("to_day", str, required=True, description="YYYY-MM-DD (UTC), inclusive")],
+        responses=MetricsOutput,
+        summary=f"Daily counts (check-locks, leases, decisions by outcome) and spend; at most {MAX_METRICS_DAYS} days",
+    )  # fmt: skip
+    def get(self, request: Request) -> Response:
+        check = BodyCheck(dict(request.query_params.items()), set(request.query_params), query=True)
+        first, last = _day(check, "from_day"), _day(check, "to_day")
+        if first and last and last < first:
+            check.fail("to_day", "to_day is before from_day.", "value_error")
+        elif first and last and (last - first).days + 1 > MAX_METRICS_DAYS:
+            check.fail("to_day", f"At most {MAX_METRICS_DAYS} days per request.", "value_error")
+        check.done()
+        days = selectors.daily_metrics(request.auth.account_id, first, last)
+        totals: dict[str, Any] = {}
+        for day in days:
+            for name, value in day.items():
+                if isinstance(value, dict):
+                    group = totals.setdefault(name, {})
+                    for sub, n in value.items():
+                        group[sub] = group.get(sub, 0) + n
+                elif name != "day":
+                    totals[name] = round(totals.get(name, 0) + value, 6)
+        return Response({"from_day": first.isoformat(), "to_day": last.isoformat(), "days": days, "totals": totals})

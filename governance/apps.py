@@ -8,5 +8,8 @@ class GovernanceConfig(AppConfig):
     def ready(self) -> None:
         from billing import panels
         from governance.panels import agents_needing_attention
+        from governance.runs import execute_action
+        from idempotency import jobs
 
         panels.register(agents_needing_attention)
+        jobs.set_action_executor(execute_action)

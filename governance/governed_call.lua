@@ -10,6 +10,7 @@
 -- ARGV[7] tool  ARGV[8] reservation id  ARGV[9] seconds to keep the day counters
 -- KEYS[6]  the account's usage hash oo:{a<acct>}:usage:<YYYY-MM>  ARGV[10] monthly ai limit (-1)  ARGV[11] its TTL
 -- ARGV[12] day of the month "DD" (UTC) for the daily usage field ai:DD
+-- ARGV[13] "1" for a dry run: decide exactly as a real call would, but write nothing (no reservation, no usage)
 -- An allowed call also consumes one unit of the monthly `ai` quota, in this same atomic step.
 -- Returns {"rebuild"} | {"rebuild_usage"} | {"dedup", value} | {"blocked", reason, actions, calls, spend}
 --       | {"quota", usage}
@@ -20,7 +21,10 @@ end
 if redis.call('EXISTS', KEYS[6]) == 0 then
   return {'rebuild_usage'}
 end
-redis.call('HINCRBY', KEYS[6], 'requests_ai', 1)
+local dry = ARGV[13] == '1'
+if not dry then
+  redis.call('HINCRBY', KEYS[6], 'requests_ai', 1)
+end
 local window = tonumber(ARGV[2])
 if window > 0 then
   local seen = redis.call('GET', KEYS[2])
@@ -45,8 +49,13 @@ if tonumber(ARGV[5]) >= 0 and spend + cost > tonumber(ARGV[5]) then
 end
 local used = tonumber(redis.call('HGET', KEYS[6], 'ai') or '0')
 if tonumber(ARGV[10]) >= 0 and used >= tonumber(ARGV[10]) then
-  redis.call('HINCRBY', KEYS[6], 'blocked_ai', 1)
+  if not dry then
+    redis.call('HINCRBY', KEYS[6], 'blocked_ai', 1)
+  end
   return {'quota', used}
+end
+if dry then
+  return {'ok', actions + 1, calls + 1, spend + cost}
 end
 redis.call('HINCRBY', KEYS[6], 'ai', 1)
 redis.call('HINCRBY', KEYS[6], 'ai:' .. ARGV[12], 1)

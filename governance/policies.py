@@ -10,6 +10,8 @@ from typing import Any
 
 from rest_framework import exceptions, serializers
 
+from onceonly_site.api import MAX_USD
+
 FIELDS = (
     "allowed_tools",
     "blocked_tools",
@@ -77,7 +79,6 @@ def _tool_list(value: Any, field: str, errors: dict[str, list]) -> list[str] | N
 
 
 MAX_NUMBER = 1_000_000_000  # counts above a billion are typos
-MAX_USD = 10_000_000  # amounts above ten million dollars are typos, and must fit the decimal(14, 6) columns
 
 
 def _non_negative_int(value: Any, field: str, errors: dict[str, list]) -> int | None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, QuerySet, Sum
+from django.db.models.functions import TruncDate
 
+from billing import usage
+from billing.models import AuditEntry
 from governance.choices import CHARGED_OUTCOMES, Outcome
 from governance.models import Agent, Decision, DecisionRollup
+from idempotency import events
+from idempotency.models import RunEvent
 
 PERIODS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}
 
@@ -68,3 +76,84 @@ def agent_metrics(account_id: int, agent_id: str, period: str, now: datetime) ->
         "from": start.isoformat(),
         "to": now.isoformat(),
     }
+
+
+# --- the account's event feed and daily metrics (GET /v1/events, GET /v1/metrics) --------------------------------
+
+# /v1/metrics "leases" → the per-day usage counters they come from (idempotency.services counts them).
+LEASE_COUNTERS = {"acquired": "lease_acquired", "polling": "polling_ai", "completed": "lease_completed",
+                  "failed": "lease_failed"}  # fmt: skip
+FEED_MAX_WINDOW = 5000  # offset + limit: a feed, not an export (the decision log and the audit log page further)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _decision_item(d: Decision) -> dict[str, Any]:
+    return {"kind": "decision", "event_id": None, "run_id": d.run_id or None, "ts": int(d.ts.timestamp()),
+            "at": _iso(d.ts), "type": "decision", "status": d.outcome, "tool": d.tool, "agent_id": d.agent.agent_id,
+            "message": d.policy_reason, "decision_id": d.pk,
+            "data": {"allowed": d.allowed, "spend_usd": float(d.spend_usd), "risk_level": d.risk_level or None,
+                     "policy_version": d.policy_version}}  # fmt: skip
+
+
+def _audit_item(a: AuditEntry) -> dict[str, Any]:
+    return {"kind": "audit", "event_id": None, "run_id": None, "ts": int(a.created_at.timestamp()),
+            "at": _iso(a.created_at), "type": a.action, "status": None, "tool": None,
+            "agent_id": a.object_id if a.object_type == "agent" else None, "actor": a.actor_label,
+            "message": (a.data or {}).get("reason") or None, "data": a.data}  # fmt: skip
+
+
+def account_feed(account_id: int, *, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Recent events of an account, newest first: run events, decisions, and governance changes (kill switch,
+    policies, tools). Each source is read newest-first through its (account, time) index, at most
+    ``offset + limit`` rows each, and merged; the total comes from counts (decisions from their rollups)."""
+    window = offset + limit
+    run_events = [(e.ts, e.pk, {"kind": "run_event", **events.as_json(e)})
+                  for e in RunEvent.objects.filter(account_id=account_id).order_by("-ts", "-id")[:window]]  # fmt: skip
+    decisions = [(d.ts, d.pk, _decision_item(d)) for d in Decision.objects.filter(account_id=account_id)
+                 .select_related("agent").order_by("-ts", "-id")[:window]]  # fmt: skip
+    audits = AuditEntry.objects.filter(account_id=account_id, action__startswith="governance.")
+    changes = [(a.created_at, a.pk, _audit_item(a)) for a in audits.order_by("-created_at", "-id")[:window]]
+    merged = heapq.merge(run_events, decisions, changes, key=lambda item: (item[0], item[1]), reverse=True)
+    page = [item for _, _, item in itertools.islice(merged, offset, window)]
+    decided = DecisionRollup.objects.filter(account_id=account_id).aggregate(n=Sum("count"))["n"] or 0
+    total = RunEvent.objects.filter(account_id=account_id).count() + decided + audits.count()
+    return page, total
+
+
+def daily_metrics(account_id: int, first: date, last: date) -> list[dict[str, Any]]:
+    """Per UTC day from ``first`` to ``last`` (inclusive): check-locks, leases, decisions by outcome and spend —
+    from the usage counters (per-day fields) and the hourly decision rollups; no scan of the logs."""
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    decided: dict[date, dict[str, int]] = {}
+    spent: dict[date, Decimal] = {}
+    rows = (DecisionRollup.objects.filter(account_id=account_id, hour__gte=start, hour__lt=end)
+            .annotate(day=TruncDate("hour", tzinfo=UTC)).values("day", "outcome")
+            .annotate(n=Sum("count"), usd=Sum("spend_usd")))  # fmt: skip
+    for row in rows:
+        decided.setdefault(row["day"], {})[row["outcome"]] = row["n"]
+        if row["outcome"] in CHARGED_OUTCOMES:
+            spent[row["day"]] = spent.get(row["day"], Decimal(0)) + (row["usd"] or Decimal(0))
+    months: dict[str, dict[str, int]] = {}
+    result = []
+    day = first
+    while day <= last:
+        month = day.strftime("%Y-%m")
+        if month not in months:
+            months[month] = usage.day_fields(account_id, month)
+        counts = months[month]
+        dd = day.strftime("%d")
+        outcomes = {outcome: decided.get(day, {}).get(outcome, 0) for outcome in Outcome.values}
+        result.append({
+            "day": day.isoformat(),
+            "check_locks": {"locked": counts.get(f"make:{dd}", 0), "duplicate": counts.get(f"dup:{dd}", 0)},
+            "leases": {name: counts.get(f"{field}:{dd}", 0) for name, field in LEASE_COUNTERS.items()},
+            "decisions": {**outcomes, "total": sum(outcomes.values())},
+            "ai_usage": counts.get(f"ai:{dd}", 0),
+            "spend_usd": float(spent.get(day, Decimal(0))),
+        })  # fmt: skip
+        day += timedelta(days=1)
+    return result

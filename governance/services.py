@@ -7,6 +7,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,6 +25,8 @@ from billing.services import audit_record
 from governance import dispatch, ledger, policies, tools
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
+from idempotency import events as run_events
+from idempotency.models import RunEvent
 from idempotency.services import canonical_json
 from onceonly_site.redis_client import get_redis, lua_script
 
@@ -202,13 +205,16 @@ ON CONFLICT (agent_id, hour, tool, outcome) DO UPDATE SET
 """
 
 
-def _record(agent: Agent, **fields: Any) -> Decision:
-    """The decision row and its hourly rollup, in one synchronous transaction, before the response."""
+def _record(agent: Agent, events: Callable[[Decision], list[RunEvent]] | None = None, **fields: Any) -> Decision:
+    """The decision row, its hourly rollup and its run events, in one synchronous transaction, before the
+    response (so a timeline read right after the call shows them)."""
     fields.setdefault("ts", timezone.now())
     fields.setdefault("spend_usd", Decimal(0))
     fields["row_hash"] = ledger.row_hash(agent.account_id, {**fields, "agent_id": agent.agent_id})
     with transaction.atomic():
         decision = Decision.objects.create(account_id=agent.account_id, agent=agent, **fields)
+        if events is not None:
+            run_events.emit_many(events(decision))
         hour = decision.ts.replace(minute=0, second=0, microsecond=0)
         ops = connection.ops
         with connection.cursor() as cursor:
@@ -263,13 +269,24 @@ def governed_call(
     tool: str,
     args: dict[str, Any],
     spend_usd: Decimal | None,
+    run_id: str | None = None,
+    dry_run: bool = False,
+    finishes_run: bool = True,
 ) -> CallOutcome:
-    """Decide a tool call before it runs (design §4). Every ending is a durable decision row."""
+    """Decide a tool call before it runs (design §4). Every ending is a durable decision row.
+
+    With a run id (``run_id``, else ``args.run_id``) the call also writes ``tool_call`` and ``tool_result`` events
+    to that run's timeline, and ``run_finished`` when ``finishes_run`` (a tool-form call is a run of one step; a
+    keyed run's actions are steps of a longer run). ``dry_run`` decides exactly as a real call would but reserves,
+    dispatches, charges and records nothing (keyed runs with ``metadata.dry_run``).
+    """
     started = time.monotonic()
+    started_at = timezone.now()
     agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
     policy = agent.policy or {}
     digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
-    run_id = args.get("run_id") if isinstance(args.get("run_id"), str) else ""
+    if run_id is None:
+        run_id = args.get("run_id") if isinstance(args.get("run_id"), str) else ""
     registered = tools.lookup(account_id, agent_id, tool)  # agent scope, then global (design §4 step 4)
     risk = (registered.risk_level if registered else "") or policies.risk_of(tool)
     base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
@@ -277,15 +294,19 @@ def governed_call(
 
     def finish(outcome: str, reason: str, remaining: dict[str, Any], **extra: Any) -> CallOutcome:
         latency = int((time.monotonic() - started) * 1000)
-        decision = _record(
-            agent,
-            outcome=outcome,
-            policy_reason=reason,
-            latency_ms=latency,
-            allowed=outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP),
-            **base,
-            **extra,
-        )
+        allowed = outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP)
+        fields = dict(outcome=outcome, policy_reason=reason, latency_ms=latency, allowed=allowed, **base, **extra)
+        timeline = None
+        if run_id:
+            timeline = lambda decision: _call_events(  # noqa: E731
+                decision, run_id=run_id, started_at=started_at, dry_run=dry_run, finishes_run=finishes_run
+            )
+        if dry_run:  # decided, not recorded: the timeline alone shows what would have happened
+            decision = Decision(account_id=account_id, agent=agent, ts=timezone.now(), **fields)
+            if timeline is not None:
+                run_events.emit_many(timeline(decision))
+        else:
+            decision = _record(agent, timeline, **fields)
         return CallOutcome(decision=decision, remaining=remaining)
 
     if not agent.is_enabled:
@@ -320,6 +341,7 @@ def governed_call(
         caps.get(tool, -1),
         _micro(Decimal(str(spend_cap))) if spend_cap is not None else -1,
         _micro(cost), tool, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS, now.strftime("%d"),
+        "1" if dry_run else "0",
     ]  # fmt: skip
     client = get_redis()
     for _ in range(3):
@@ -353,6 +375,8 @@ def governed_call(
     if kind == "blocked":
         return finish(Outcome.BLOCKED, reply[1].decode(), remaining)
     decided, reason, extra = Outcome.ALLOWED, Reason.WITHIN_BUDGET, {}
+    if dry_run:
+        return finish(decided, reason, remaining, spend_usd=cost)
     if registered is not None:
         # Step 7: dispatch to the registered tool, outside any transaction; the reservation stands meanwhile.
         try:
@@ -388,6 +412,40 @@ def governed_call(
     else:
         client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
     return outcome
+
+
+def _small(value: Any, limit: int = 4096) -> Any:
+    """A tool result as a timeline shows it: whole when small, else a marker (the decision keeps it whole)."""
+    if value is None or len(canonical_json(value)) <= limit:
+        return value
+    return {"truncated": True, "bytes": len(canonical_json(value))}
+
+
+def _call_events(
+    decision: Decision, *, run_id: str, started_at: datetime, dry_run: bool, finishes_run: bool
+) -> list[RunEvent]:
+    """The timeline entries of one governed call: tool_call, tool_result (and run_finished for a one-step run)."""
+    account_id, agent_id = decision.account_id, decision.agent.agent_id
+    decision_id = decision.pk
+    note = {"dry_run": True} if dry_run else {}
+    duration = int((decision.ts - started_at).total_seconds() * 1000)
+    built = [
+        run_events.build(account_id, run_id, "tool_call", ts=started_at, status="requested", tool=decision.tool,
+                         agent_id=agent_id, data={"args_hash": decision.args_hash, **note}),
+        run_events.build(account_id, run_id, "tool_result", ts=decision.ts, status=decision.outcome,
+                         tool=decision.tool, agent_id=agent_id, message=decision.policy_reason, duration_ms=duration,
+                         decision_id=decision_id, data={
+                             "allowed": decision.allowed, "decision": decision.outcome,
+                             "policy_reason": decision.policy_reason, "risk_level": decision.risk_level or None,
+                             "spend_usd": float(decision.spend_usd or 0), "http_status": decision.http_status,
+                             "result": _small(decision.result), **note}),
+    ]  # fmt: skip
+    if finishes_run:
+        status = "completed" if decision.allowed and decision.outcome != Outcome.FAILED else "failed"
+        built.append(run_events.build(account_id, run_id, "run_finished", ts=decision.ts, status=status,
+                                      tool=decision.tool, agent_id=agent_id, message=decision.policy_reason,
+                                      duration_ms=duration, decision_id=decision_id))  # fmt: skip
+    return built
 
 
 OPERATOR_AGENT = "onceonly-operator"

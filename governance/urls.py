@@ -28,6 +28,8 @@ urlpatterns = [
 # the router sees the decoded path, so the suffixed routes are matched first and the id is a catch-all.
 api_urlpatterns = [
     path("ai/run", api.AiRunApi.as_view(), name="ai-run"),
+    path("events", api.EventsApi.as_view(), name="events"),
+    path("metrics", api.MetricsApi.as_view(), name="metrics"),
     path("policies", api.PolicyListApi.as_view(), name="policies"),
     path("tools", api.ToolsApi.as_view(), name="tools"),
     path("tools/<str:name>/toggle", api.ToolToggleApi.as_view(), name="tool-toggle"),

@@ -7,6 +7,8 @@ contract; a stale or wrong lease_id is 409 ``lease_mismatch``.
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,11 +19,19 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import ratelimit, usage
-from idempotency import services
+from billing import entitlements, ratelimit, usage
+from idempotency import events, jobs, runs, selectors, services
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
-from onceonly_site.api import ApiProblem, BodyCheck, body
+from onceonly_site.api import (
+    CONTROL_CHARS,
+    MAX_USD,
+    ApiProblem,
+    BodyCheck,
+    PathValidationError,
+    body,
+    page_params,
+)
 
 MAX_KEY_LENGTH = 256  # also enforced by BodyCheck.key
 MAX_METADATA_BYTES = 2048
@@ -333,3 +343,205 @@ class LeaseResultApi(APIView):
         record = _record(lease, status=lease.visible_status(now), holder=False, now=now)
         fields = ("ok", "status", "key", "result", "result_hash", "error_code", "done_at", "version")
         return Response({name: record[name] for name in fields})
+
+
+# --- keyed runs (key form of /v1/ai/run; the combined view is governance.api.AiRunApi) ---------------------------
+
+MAX_RUN_METADATA_BYTES = 64 * 1024
+RUN_METADATA_KEYS = {"run_id", "agent_id", "actions", "dry_run", "task", "params"}
+
+
+def _run_spec(check: BodyCheck, metadata: dict[str, Any] | None) -> runs.RunSpec:
+    """The meaningful keys of a run's metadata, validated (other keys are kept in the lease's metadata only)."""
+    meta = metadata or {}
+    spec: dict[str, Any] = {}
+    run_id = meta.get("run_id")
+    if run_id is not None:
+        if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > 256 or CONTROL_CHARS.search(run_id):
+            check.fail("metadata.run_id", "A non-blank string of at most 256 characters without control characters.",
+                       "string_type")  # fmt: skip
+        else:
+            spec["run_id"] = run_id
+    agent_id = meta.get("agent_id")
+    if agent_id is not None:
+        if (
+            not isinstance(agent_id, str)
+            or not agent_id.strip()
+            or len(agent_id) > 200
+            or CONTROL_CHARS.search(agent_id)
+        ):
+            check.fail("metadata.agent_id", "A non-blank string of at most 200 characters.", "string_type")
+        else:
+            spec["agent_id"] = agent_id
+    task = meta.get("task")
+    if task is not None:
+        if not isinstance(task, str) or not jobs.NAME.match(task):
+            check.fail(
+                "metadata.task", "A job handler name: 1–200 letters, digits or _ . : -", "string_pattern_mismatch"
+            )
+        else:
+            spec["task"] = task
+    for name in ("dry_run",):
+        if meta.get(name) is not None and not isinstance(meta[name], bool):
+            check.fail(f"metadata.{name}", "Must be true or false.", "bool_type")
+        elif meta.get(name):
+            spec[name] = True
+    params = meta.get("params")
+    if params is not None:
+        if not isinstance(params, dict):
+            check.fail("metadata.params", "Must be a JSON object (the job handler's input).", "dict_type")
+        else:
+            spec["params"] = params
+    actions = meta.get("actions")
+    if actions is not None:
+        spec["actions"] = _actions(check, actions)
+        if spec["actions"] and "agent_id" not in spec and agent_id is None:
+            check.fail("metadata.agent_id", "Required with metadata.actions: the agent whose policy governs them.",
+                       "missing")  # fmt: skip
+    return runs.RunSpec(**spec)
+
+
+def _actions(check: BodyCheck, actions: Any) -> list[dict[str, Any]]:
+    if not isinstance(actions, list):
+        check.fail("metadata.actions", "Must be a list of {tool, args, spend_usd} objects.", "list_type")
+        return []
+    if len(actions) > runs.MAX_ACTIONS:
+        check.fail("metadata.actions", f"At most {runs.MAX_ACTIONS} actions per run (got {len(actions)}).",
+                   "too_long")  # fmt: skip
+        return []
+    cleaned = []
+    for index, action in enumerate(actions):
+        where = f"metadata.actions.{index}"
+        if not isinstance(action, dict):
+            check.fail(where, "Must be an object {tool, args, spend_usd}.", "dict_type")
+            continue
+        unknown = sorted(set(action) - {"tool", "args", "spend_usd"})
+        if unknown:
+            check.fail(where, f"Unknown field(s): {', '.join(unknown)}.", "extra_forbidden")
+        tool, args, spend = action.get("tool"), action.get("args"), action.get("spend_usd")
+        if not isinstance(tool, str) or not tool.strip() or len(tool) > 200:
+            check.fail(f"{where}.tool", "A non-blank tool name of at most 200 characters.", "string_type")
+        if args is not None and not isinstance(args, dict):
+            check.fail(f"{where}.args", "Must be a JSON object.", "dict_type")
+        if spend is not None and (isinstance(spend, bool) or not isinstance(spend, int | float)
+                                  or not math.isfinite(spend) or not 0 <= spend <= MAX_USD):  # fmt: skip
+            check.fail(f"{where}.spend_usd", f"Must be a number from 0 to {MAX_USD:,}.", "float_type")
+        item: dict[str, Any] = {"tool": tool, "args": args or {}}
+        if spend is not None:
+            item["spend_usd"] = spend
+        cleaned.append(item)
+    return cleaned
+
+
+class KeyedRunInput(serializers.Serializer):
+    key = serializers.CharField(max_length=MAX_KEY_LENGTH, help_text="The run's idempotency key.")
+    ttl = serializers.IntegerField(required=False, min_value=1, help_text="Lease TTL in seconds.")
+    metadata = serializers.DictField(
+        required=False,
+        help_text="At most 64 KB. Meaningful keys: run_id (timeline id, default the key), agent_id, actions "
+        "(≤ 50 {tool, args, spend_usd}, run through the governed call as agent_id), dry_run, task (a registered job "
+        "handler), params (the handler's input).",
+    )
+
+
+def keyed_run(request: Request, data: Any) -> Response:
+    """``POST /v1/ai/run`` with ``key``: the lease answer (``/ai/lease`` shape, never ``allowed``/``decision``); on
+    ``acquired`` a worker runs the actions and the task and completes or fails the key."""
+    check = BodyCheck(data, {"key", "ttl", "metadata"})
+    key, ttl = check.key(), check.ttl()
+    metadata = check.json_object("metadata", MAX_RUN_METADATA_BYTES, canonical=True)
+    spec = _run_spec(check, metadata)
+    check.done()
+    if spec.actions:
+        entitlements.require(request.auth.plan, "governance")
+    outcome = runs.run_start(
+        account_id=request.auth.account_id, plan=request.auth.plan, key=key, ttl=ttl, metadata=metadata, spec=spec
+    )
+    return _lease_response(request, outcome)
+
+
+# --- run events and timelines ---------------------------------------------------------------------------------
+
+EVENT_FIELDS = {"run_id", "type", "ts", "status", "duration_ms", "step", "tool", "req_id", "lease_id", "agent_id",
+                "message", "data"}  # fmt: skip
+MAX_EVENT_DATA_BYTES = 16 * 1024
+MAX_EVENT_EXTRA_BYTES = 8 * 1024
+MAX_TS = 253402300799  # 9999-12-31T23:59:59Z
+
+
+class EventInput(serializers.Serializer):
+    run_id = serializers.CharField(max_length=256, help_text="The timeline the event belongs to (non-blank).")
+    type = serializers.CharField(max_length=64, help_text="e.g. note, sdk_debug, tool_call (non-blank).")
+    ts = serializers.IntegerField(required=False, help_text="Unix seconds; default now.")
+    status = serializers.CharField(required=False, max_length=64)
+    duration_ms = serializers.IntegerField(required=False, min_value=0)
+    step = serializers.CharField(required=False, max_length=256)
+    tool = serializers.CharField(required=False, max_length=256)
+    req_id = serializers.CharField(required=False, max_length=256)
+    lease_id = serializers.CharField(required=False, max_length=256)
+    agent_id = serializers.CharField(required=False, max_length=256)
+    message = serializers.CharField(required=False, max_length=4000)
+    data = serializers.DictField(required=False, help_text="A JSON object, at most 16 KB.")
+
+
+class EventCreatedOutput(serializers.Serializer):
+    ok = serializers.BooleanField()
+    event_id = serializers.IntegerField()
+    run_id = serializers.CharField()
+
+
+def post_event(request: Request) -> Response:
+    """``POST /v1/events``: one timeline event; unknown top-level keys are kept (protocol §2)."""
+    data = body(request)
+    check = BodyCheck(data, set(data) if isinstance(data, dict) else set())
+    fields: dict[str, Any] = {"run_id": check.key("run_id"), "type": check.key("type", max_length=64)}
+    for name, limit in events.FIELD_LIMITS.items():
+        if name != "type" and check.text(name, required=False, max_length=limit) is not None:
+            fields[name] = data[name]
+    for name, maximum in (("ts", MAX_TS), ("duration_ms", 2**53 - 1)):
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+            check.fail(name, f"A whole number from 0 to {maximum}.", "int_type")
+        else:
+            fields[name] = value
+    event_data = check.json_object("data", MAX_EVENT_DATA_BYTES, canonical=True)
+    if event_data is not None:
+        fields["data"] = event_data
+    extra = {name: value for name, value in data.items() if name not in EVENT_FIELDS}
+    if extra:
+        if any(len(name) > 64 for name in extra):
+            check.fail("non_field_errors", "Extra keys are at most 64 characters long.", "string_too_long")
+        size = len(json.dumps(extra, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_EVENT_EXTRA_BYTES:
+            check.fail("non_field_errors", f"Extra keys: at most {MAX_EVENT_EXTRA_BYTES} bytes of JSON (got {size}).",
+                       "too_long")  # fmt: skip
+    check.done()
+    event = events.record_client_event(request.auth.account_id, fields, extra)
+    return Response({"ok": True, "event_id": event.pk, "run_id": event.run_id})
+
+
+class TimelineOutput(serializers.Serializer):
+    run_id = serializers.CharField()
+    total = serializers.IntegerField(help_text="All events of the run (0 for an unknown run).")
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    events = serializers.ListField(child=serializers.DictField(), help_text="Chronological.")
+
+
+class RunTimelineApi(APIView):
+    @extend_schema(
+        operation_id="run_timeline",
+        parameters=[OpenApiParameter("limit", int, description="1–2000, default 200"), OpenApiParameter("offset", int)],
+        responses=TimelineOutput,
+        summary="A run's timeline, chronological ({run_id, total, events}); an unknown run has total 0",
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        run_id = run_id.strip()
+        if not run_id or len(run_id) > 256:
+            raise PathValidationError({"run_id": ["A run id of 1–256 characters."]})
+        limit, offset = page_params(request, default=200, maximum=2000)
+        rows, total = selectors.run_timeline(request.auth.account_id, run_id, limit=limit, offset=offset)
+        return Response({"run_id": run_id, "total": total, "limit": limit, "offset": offset,
+                         "events": [events.as_json(e) for e in rows]})  # fmt: skip

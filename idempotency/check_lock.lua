@@ -5,7 +5,7 @@
 -- ARGV[2]  value to store: "<first_seen_ms>|<ttl_seconds>|<metadata JSON, or empty>"
 -- ARGV[3]  seconds the usage hash is kept
 -- ARGV[4]  monthly make limit (-1 = none)
--- ARGV[7]  day of the month "DD" (UTC): the daily usage field make:DD is counted too
+-- ARGV[7]  day of the month "DD" (UTC): the daily fields make:DD (locked) and dup:DD (duplicates) are counted
 -- KEYS[3]  the API key's rate-limit bucket (billing/take_token.lua, prepended)   ARGV[5] rate/s   ARGV[6] burst
 -- Returns {1, usage after this call} when this call locked, {0, stored value, pttl} when a lock exists,
 --         {2, usage} when a new lock is refused because the quota is used up, {3} when the usage hash is missing
@@ -22,6 +22,7 @@ end
 redis.call('HINCRBY', KEYS[2], 'requests_make', 1)
 local existing = redis.call('GET', KEYS[1])
 if existing then
+  redis.call('HINCRBY', KEYS[2], 'dup:' .. ARGV[7], 1)
   return {0, existing, redis.call('PTTL', KEYS[1])}
 end
 local used = tonumber(redis.call('HGET', KEYS[2], 'make') or '0')

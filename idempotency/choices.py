@@ -17,3 +17,26 @@ class AttemptOutcome(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
     EXPIRED = "expired", "Expired (holder stopped heart-beating)"
     RESET = "reset", "Reset by an operator"
+
+
+class RunStatus(models.TextChoices):
+    """A keyed run (key form of /v1/ai/run): queued until a worker claims it, running while claimed."""
+
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class RunError(models.TextChoices):
+    """Why a run failed (the lease's error_code)."""
+
+    POLICY_BLOCKED = "policy_blocked", "An action was blocked by the agent's policy"
+    TOOL_ERROR = "tool_error", "A dispatched tool failed"
+    TOOL_NOT_FOUND = "tool_not_found", "An action named an unregistered tool (strict mode)"
+    USAGE_LIMIT = "usage_limit", "The monthly ai quota ran out"
+    HANDLER_NOT_FOUND = "handler_not_found", "No job handler of that name (strict mode)"
+    HANDLER_ERROR = "handler_error", "The job handler raised an exception"
+    TIMEOUT = "timeout", "The run did not finish before its deadline"
+    LEASE_LOST = "lease_lost", "The key's lease was reset or taken over before the run finished"
+    FEATURE_NOT_AVAILABLE = "feature_not_available", "The account's plan no longer includes governance"

@@ -6,7 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from billing.models import Account
-from idempotency.choices import AttemptOutcome, LeaseStatus
+from idempotency.choices import AttemptOutcome, LeaseStatus, RunStatus
 
 
 class LockRecord(models.Model):
@@ -116,3 +116,103 @@ class LeaseAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"v{self.version} {self.outcome}"
+
+
+class Run(models.Model):
+    """A keyed run: the job behind one acquisition of a lease by the key form of ``/v1/ai/run`` (design §3.3).
+
+    Celery only wakes a worker; the worker *claims* this row with a conditional UPDATE that raises ``fence`` and
+    sets ``claimed_until``, heart-beats while it works, and writes the result only while it still holds that fence.
+    A claim that stops heart-beating (the worker died) is taken over by the next worker the sweeper wakes.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="runs")
+    key = models.CharField(max_length=256, help_text="The lease key.")
+    lease_version = models.PositiveIntegerField(help_text="The lease acquisition this run belongs to.")
+    lease_id = models.CharField(max_length=64, help_text="The lease holder id the run completes the key with.")
+    run_id = models.CharField(max_length=256, help_text="The timeline id (metadata.run_id, default the key).")
+    agent_id = models.CharField(max_length=200, blank=True)
+    task = models.CharField(max_length=200, blank=True)
+    actions = models.JSONField(default=list, blank=True)
+    params = models.JSONField(null=True, blank=True, help_text="metadata.params: the job handler's input.")
+    dry_run = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    fence = models.PositiveIntegerField(default=0, help_text="Claims so far; a worker writes only with its own.")
+    claimed_by = models.CharField(max_length=200, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField()
+    enqueued_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(help_text="Not finished by then: failed with timeout.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "key", "lease_version"], name="idempotency_run_unique_acquisition"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=RunStatus.values), name="idempotency_run_status_valid"
+            ),
+        ]
+        indexes = [
+            # The Runs page and the overview panels: an account's recent runs, by status.
+            models.Index(fields=["account", "-created_at"], name="idempotency_run_recent"),
+            models.Index(fields=["account", "status", "-created_at"], name="idempotency_run_by_status"),
+            # The sweeper: unfinished runs whose claim or deadline passed.
+            models.Index(fields=["status", "claimed_until"], name="idempotency_run_sweep"),
+            models.Index(fields=["account", "run_id"], name="idempotency_run_by_run_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return max(0, int((end - self.started_at).total_seconds() * 1000))
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (RunStatus.COMPLETED, RunStatus.FAILED)
+
+
+class RunEvent(models.Model):
+    """One entry of a run timeline (protocol §2): posted by clients or emitted by the server.
+
+    ``decision_id`` links an event to the governance decision it reports (a plain integer: ``idempotency`` does
+    not import ``governance``, design §2). Unknown top-level keys a client sent are kept in ``extra``.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="run_events")
+    run_id = models.CharField(max_length=256)
+    ts = models.DateTimeField()
+    type = models.CharField(max_length=64)
+    status = models.CharField(max_length=64, blank=True)
+    step = models.CharField(max_length=256, blank=True)
+    tool = models.CharField(max_length=256, blank=True)
+    message = models.CharField(max_length=4000, blank=True)
+    duration_ms = models.BigIntegerField(null=True, blank=True)
+    req_id = models.CharField(max_length=256, blank=True)
+    lease_id = models.CharField(max_length=256, blank=True)
+    agent_id = models.CharField(max_length=256, blank=True)
+    data = models.JSONField(null=True, blank=True)
+    extra = models.JSONField(null=True, blank=True)
+    decision_id = models.BigIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=16, default="client", help_text="client (POST /v1/events) or server.")
+
+    class Meta:
+        indexes = [
+            # A run's timeline, chronological.
+            models.Index(fields=["account", "run_id", "ts", "id"], name="idempotency_event_timeline"),
+            # The account's recent events feed.
+            models.Index(fields=["account", "-ts"], name="idempotency_event_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}: {self.type}"

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from billing.models import Account
 from idempotency.choices import LeaseStatus
-from idempotency.models import Lease, LockRecord
+from idempotency.models import Lease, LockRecord, RunEvent
 
 
 def lock_for_account(account: Account, key: str) -> LockRecord | None:
@@ -32,3 +32,11 @@ def finished_leases(account: Account) -> QuerySet[Lease]:
 
 def recent_locks(account: Account) -> QuerySet[LockRecord]:
     return LockRecord.objects.filter(account=account).order_by("-first_seen_at", "-id")
+
+
+def run_timeline(account_id: int, run_id: str, *, limit: int, offset: int) -> tuple[list[RunEvent], int]:
+    """A run's events in chronological order (ts, then insertion), and how many there are in all."""
+    events = RunEvent.objects.filter(account_id=account_id, run_id=run_id)
+    rows = list(events.order_by("ts", "id")[offset : offset + limit])
+    total = len(rows) + offset if len(rows) < limit and (rows or offset == 0) else events.count()
+    return rows, total

@@ -272,12 +272,19 @@ def _new_lease_id() -> str:
 
 
 def lease_acquire(
-    *, account_id: int, plan: PlanLimits, key: str, ttl: int | None, metadata: dict | None
+    *,
+    account_id: int,
+    plan: PlanLimits,
+    key: str,
+    ttl: int | None,
+    metadata: dict | None,
+    on_acquired: Callable[[Lease], None] | None = None,
 ) -> LeaseOutcome:
     """Acquire the lease of (account, key), or report who has it (design §3.1–3.3, §7).
 
     Each path is one conditional statement on the row, so at most one caller acquires under any concurrency:
     UPDATE of an acquirable row (version+1), or INSERT of a new row guarded by the unique constraint.
+    ``on_acquired`` runs inside the acquiring transaction (keyed runs create their run row there).
     """
     ttl = effective_ttl(ttl, plan)
     # The quota unit is reserved before the acquisition (atomic check-and-increment) and given back if the call
@@ -291,7 +298,9 @@ def lease_acquire(
         outcome = _report(existing)
     else:
         try:
-            outcome = _lease_acquire(account_id=account_id, key=key, ttl=ttl, metadata=metadata)
+            outcome = _lease_acquire(
+                account_id=account_id, key=key, ttl=ttl, metadata=metadata, on_acquired=on_acquired
+            )
         except Exception:
             usage.release(account_id, usage.AI)  # the database failed: the unit was not used
             raise
@@ -300,7 +309,9 @@ def lease_acquire(
             used -= 1
     outcome.usage = used
     if outcome.status == "polling":
-        usage.count(account_id, "polling_ai")
+        usage.count(account_id, "polling_ai", daily=True)
+    elif outcome.charged:
+        usage.count(account_id, "lease_acquired", daily=True)
     return outcome
 
 
@@ -310,7 +321,9 @@ def _report(lease: Lease) -> LeaseOutcome:
     return LeaseOutcome(lease=lease, status="polling" if held else lease.status, key=lease.key)
 
 
-def _lease_acquire(*, account_id: int, key: str, ttl: int, metadata: dict | None) -> LeaseOutcome:
+def _lease_acquire(
+    *, account_id: int, key: str, ttl: int, metadata: dict | None, on_acquired: Callable[[Lease], None] | None
+) -> LeaseOutcome:
     for _ in range(3):  # the row may change state between our statements; re-decide a bounded number of times
         now = timezone.now()
         lease_id = _new_lease_id()
@@ -331,6 +344,8 @@ def _lease_acquire(*, account_id: int, key: str, ttl: int, metadata: dict | None
                     ended_at=now, outcome=AttemptOutcome.EXPIRED
                 )
                 LeaseAttempt.objects.create(lease=lease, version=lease.version, holder=lease_id, acquired_at=now)
+                if on_acquired is not None:
+                    on_acquired(lease)
                 acquired = True
             else:
                 lease = Lease.objects.filter(account_id=account_id, key=key).first()
@@ -341,6 +356,8 @@ def _lease_acquire(*, account_id: int, key: str, ttl: int, metadata: dict | None
                                 account_id=account_id, key=key, version=1, first_seen_at=now, **fields
                             )
                             LeaseAttempt.objects.create(lease=lease, version=1, holder=lease_id, acquired_at=now)
+                            if on_acquired is not None:
+                                on_acquired(lease)
                         acquired = True
                     except IntegrityError:
                         lease = None  # another caller inserted it first: re-decide against their row
@@ -416,6 +433,8 @@ def _finish(
     lease.refresh_from_db()
     if not done and lease.lease_id != lease_id:
         raise LeaseMismatch()  # taken over between our read and our write
+    if done and status in (LeaseStatus.COMPLETED, LeaseStatus.FAILED):
+        usage.count(account_id, f"lease_{status}", daily=True)  # /v1/metrics
     return lease
 
 

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from idempotency import api, views
 
@@ -20,4 +20,6 @@ api_urlpatterns = [
     path("ai/cancel", api.LeaseCancelApi.as_view(), name="ai-cancel"),
     path("ai/status", api.LeaseStatusApi.as_view(), name="ai-status"),
     path("ai/result", api.LeaseResultApi.as_view(), name="ai-result"),
+    # Run ids may contain "/" (percent-encoded by the SDKs; the router sees it decoded): a catch-all.
+    re_path(r"^runs/(?P<run_id>.+)$", api.RunTimelineApi.as_view(), name="run-timeline"),
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from typing import Any
 
 import redis
@@ -25,6 +26,11 @@ from rest_framework.response import Response
 from billing.ratelimit import RateLimited
 from billing.usage import QuotaExceeded
 from onceonly_site.middleware import current_request_id
+
+# Identifiers (agent ids, run ids) are printable: control characters are refused wherever one is accepted.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# Amounts in US dollars above ten million are typos, and must fit the decimal(14, 6) columns.
+MAX_USD = 10_000_000
 
 logger = logging.getLogger(__name__)
 
@@ -352,6 +358,23 @@ class BodyCheck:
                 return None
         return value
 
+    def page(self, *, default: int, maximum: int, max_offset: int) -> tuple[int, int]:
+        """``limit`` (1…maximum) and ``offset`` (0…max_offset) query parameters."""
+        limit, offset = self.data.get("limit", str(default)), self.data.get("offset", "0")
+        if not str(limit).isdigit() or not 1 <= int(limit) <= maximum:
+            self.fail("limit", f"A whole number from 1 to {maximum}.", "int_type")
+        if not str(offset).isdigit() or int(offset) > max_offset:
+            self.fail("offset", f"A whole number from 0 to {max_offset:,}.", "int_type")
+        return (int(limit), int(offset)) if not self.errors else (0, 0)
+
     def done(self) -> None:
         if self.errors:
             raise (QueryValidationError if self.query else exceptions.ValidationError)(self.errors)
+
+
+def page_params(request: Request, *, default: int, maximum: int = 500, max_offset: int = 1_000_000) -> tuple[int, int]:
+    """``?limit=&offset=`` of a list endpoint (other query parameters are the endpoint's own business)."""
+    check = BodyCheck(dict(request.query_params.items()), set(request.query_params), query=True)
+    limit, offset = check.page(default=default, maximum=maximum, max_offset=max_offset)
+    check.done()
+    return limit, offset

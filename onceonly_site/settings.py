@@ -231,6 +231,14 @@ ONCEONLY_COUNTER_FLUSH_SECONDS = env_float("ONCEONLY_COUNTER_FLUSH_SECONDS", 5.0
 ONCEONLY_RETENTION_DAYS = env_int("ONCEONLY_RETENTION_DAYS", 7, minimum=1)
 # A governed call's dispatch (all attempts) ends within this many seconds; the SDK's client timeout is 5 s.
 ONCEONLY_DISPATCH_DEADLINE_SECONDS = env_float("ONCEONLY_DISPATCH_DEADLINE_SECONDS", 4.0, minimum=0.5)
+# Keyed runs (design §3.3): a worker's claim on a run lasts this long and is renewed every third of it; a worker
+# that dies is replaced once its claim lapses (the sweeper wakes another one every ONCEONLY_RUN_SWEEP_SECONDS).
+ONCEONLY_RUN_CLAIM_SECONDS = env_float("ONCEONLY_RUN_CLAIM_SECONDS", 30.0, minimum=0.5)
+ONCEONLY_RUN_SWEEP_SECONDS = env_float("ONCEONLY_RUN_SWEEP_SECONDS", 10.0, minimum=0.2)
+# A run not finished this long after it was queued fails with error_code timeout.
+ONCEONLY_RUN_TIMEOUT_SECONDS = env_int("ONCEONLY_RUN_TIMEOUT_SECONDS", 900, minimum=1)
+# Python modules that register the project's own job handlers (@idempotency.jobs.handler) when the app starts.
+ONCEONLY_JOB_HANDLER_MODULES = env_list("ONCEONLY_JOB_HANDLER_MODULES", [])
 ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", False)
 ONCEONLY_FIELD_ENCRYPTION_KEY = env_str("ONCEONLY_FIELD_ENCRYPTION_KEY") or ""
 

@@ -16,6 +16,8 @@ if _OWN_EMBEDDED_REDIS:
     os.environ["ONCEONLY_EMBEDDED_REDIS_AUTOSTART"] = "0"
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
 os.environ.setdefault("ONCEONLY_STATIC_FROM_FINDERS", "1")
+# Job handlers the keyed-run tests use (they count their executions across processes).
+os.environ.setdefault("ONCEONLY_JOB_HANDLER_MODULES", "tests.support.job_handlers")
 # Playwright's sync API runs an event loop in the test thread; the ORM calls of the same test are still
 # synchronous and safe there.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

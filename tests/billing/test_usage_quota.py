@@ -147,6 +147,12 @@ def test_daily_usage_is_counted_and_mirrored(tiny):
     assert days["make"][today - 1] == 1 and sum(days["make"]) == 1
     assert days["ai"][today - 1] == 1
     mirror_usage()
-    assert UsageMonth.objects.get().daily == {f"make:{today:02d}": 1, f"ai:{today:02d}": 1}
+    # The per-day statistics of /v1/metrics are mirrored too (the duplicate, the lease acquisition).
+    assert UsageMonth.objects.get().daily == {
+        f"make:{today:02d}": 1,
+        f"ai:{today:02d}": 1,
+        f"dup:{today:02d}": 1,
+        f"lease_acquired:{today:02d}": 1,
+    }
     lose_redis_state()
     assert usage.daily(tiny.api_key.account_id)["make"][today - 1] == 1  # from the mirror

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,3 +97,65 @@ class GunicornServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class CeleryWorker:
+    """A real ``celery worker`` process on the test database and the tests' Redis (its broker).
+
+    ``--pool solo`` runs tasks in the worker process itself, so ``kill()`` (SIGKILL to its process group) kills
+    a run mid-handler exactly as a crashed host would. ``beat=True`` embeds beat (the run sweeper), with the short
+    claim and sweep intervals the crash tests need.
+    """
+
+    def __init__(self, name: str, *, beat: bool = False, log_dir: Path, **env: str) -> None:
+        self.name = name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"worker-{name}-{os.getpid()}.log"
+        command = [sys.executable, "-m", "celery", "-A", "onceonly_site", "worker", "--pool", "solo",
+                   "--loglevel", "INFO", "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+                   "--without-heartbeat"]  # fmt: skip
+        if beat:
+            command += ["--beat", "--schedule", str(log_dir / f"beat-{name}-{os.getpid()}")]
+        defaults = {
+            "ONCEONLY_RUN_CLAIM_SECONDS": "2",
+            "ONCEONLY_RUN_SWEEP_SECONDS": "0.5",
+            "ONCEONLY_JOB_HANDLER_MODULES": "tests.support.job_handlers",
+        }
+        self._log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop/kill)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=server_env(**{**defaults, **env}), stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited ({self.process.returncode}):\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"worker {self.name} not ready within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9 of the worker (and anything it started)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return
+        self._log.close()
