@@ -1,5 +1,7 @@
 from django import forms
 
+from idempotency.choices import RunStatus
+
 
 class KeyLookupForm(forms.Form):
     key = forms.CharField(
@@ -31,3 +33,21 @@ class OperatorResetForm(forms.Form):
         if not reason:
             raise forms.ValidationError("Say why: the reason is kept in the audit log.")
         return reason
+
+
+class RunFilterForm(forms.Form):
+    """Filters of the Runs page (all optional; an invalid value shows an inline error and filters nothing)."""
+
+    status = forms.ChoiceField(required=False, choices=[("", "Any status"), *RunStatus.choices])
+    agent = forms.CharField(required=False, max_length=200, label="Agent")
+    q = forms.CharField(required=False, max_length=256, label="Key or run id", help_text="Starts with this text.")
+
+
+class RunTimelineForm(forms.Form):
+    run_id = forms.CharField(max_length=256, strip=False, label="Run id")
+
+    def clean_run_id(self) -> str:
+        run_id = self.cleaned_data["run_id"].strip()
+        if not run_id:
+            raise forms.ValidationError("Enter a run id.")
+        return run_id

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from datetime import datetime
+
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from billing.models import Account
-from idempotency.choices import LeaseStatus
-from idempotency.models import Lease, LockRecord, RunEvent
+from idempotency.choices import LeaseStatus, RunStatus
+from idempotency.models import Lease, LockRecord, Run, RunEvent
 
 
 def lock_for_account(account: Account, key: str) -> LockRecord | None:
@@ -40,3 +42,41 @@ def run_timeline(account_id: int, run_id: str, *, limit: int, offset: int) -> tu
     rows = list(events.order_by("ts", "id")[offset : offset + limit])
     total = len(rows) + offset if len(rows) < limit and (rows or offset == 0) else events.count()
     return rows, total
+
+
+def runs_for_account(account: Account, filters: dict[str, str]) -> QuerySet[Run]:
+    """The Runs page: an account's runs, newest first, filtered (``q``: key or run id prefix)."""
+    runs = Run.objects.filter(account=account)
+    if filters.get("status"):
+        runs = runs.filter(status=filters["status"])
+    if filters.get("agent"):
+        runs = runs.filter(agent_id=filters["agent"])
+    if filters.get("q"):
+        runs = runs.filter(Q(key__startswith=filters["q"]) | Q(run_id__startswith=filters["q"]))
+    return runs.order_by("-created_at", "-id")
+
+
+def runs_with_run_id(account: Account, run_id: str) -> list[Run]:
+    """The runs (acquisitions) that wrote to a timeline, newest first (a failed key retried is several)."""
+    return list(Run.objects.filter(account=account, run_id=run_id).order_by("-created_at", "-id")[:10])
+
+
+def timeline_page(account: Account, run_id: str, *, after: int = 0, limit: int) -> list[RunEvent]:
+    """Events of a timeline in the order they were written, after event id ``after`` (live updates)."""
+    return list(RunEvent.objects.filter(account=account, run_id=run_id, pk__gt=after).order_by("id")[:limit])
+
+
+def runs_in_progress(account: Account, limit: int) -> list[Run]:
+    return list(
+        Run.objects.filter(account=account, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).order_by(
+            "-created_at", "-id"
+        )[:limit]
+    )
+
+
+def recent_failed_runs(account: Account, since: datetime, limit: int) -> list[Run]:
+    return list(
+        Run.objects.filter(account=account, status=RunStatus.FAILED, created_at__gte=since).order_by(
+            "-created_at", "-id"
+        )[:limit]
+    )

@@ -8,6 +8,8 @@ urlpatterns = [
     path("locks/", views.locks, name="locks"),
     path("locks/release/", views.lock_release, name="lock-release"),
     path("locks/reset/", views.lease_reset, name="lease-reset"),
+    path("runs/", views.runs, name="runs"),
+    path("runs/timeline/", views.run_timeline, name="run-timeline"),
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py (paths exactly as the SDKs send them, no trailing slash).

@@ -1,5 +1,5 @@
 """The Locks & leases pages: look up a key in both keyspaces, list active and finished leases, and (owners and
-admins) release a lock or reset a lease with a reason."""
+admins) release a lock or reset a lease with a reason. The Runs pages: keyed runs and live run timelines."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from billing.selectors import current_membership, editor_membership
 from idempotency import selectors, services
-from idempotency.forms import KeyLookupForm, OperatorResetForm
+from idempotency.forms import KeyLookupForm, OperatorResetForm, RunFilterForm, RunTimelineForm
 
 PER_PAGE = 25
 TABS = {
@@ -103,3 +103,51 @@ def lease_reset(request: HttpRequest) -> HttpResponse:
         "Lease reset: the next lease on this key acquires; the old holder gets 409.",
         "There is no lease for this key.",
     )
+
+
+# --- Runs and run timelines -----------------------------------------------------------------------------------
+
+TIMELINE_PAGE = 500
+LIVE_POLL_SECONDS = 2
+
+
+@login_required
+@require_GET
+def runs(request: HttpRequest) -> HttpResponse:
+    account = current_membership(request).account
+    form = RunFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    page = Paginator(selectors.runs_for_account(account, filters), PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "idempotency/runs.html", {"form": form, "page": page, "query": query.urlencode()})
+
+
+def _stop_polling(response: HttpResponse) -> HttpResponse:
+    response.status_code = 286  # htmx: swap this response, then stop polling
+    return response
+
+
+@login_required
+@require_GET
+def run_timeline(request: HttpRequest) -> HttpResponse:
+    """One timeline: the runs that wrote to it and its events in order; htmx polls ``?after=<event id>`` for new
+    events while a run is queued or running, and stops once every run has finished."""
+    account = current_membership(request).account
+    form = RunTimelineForm(request.GET or None)
+    if not form.is_valid():
+        return render(request, "idempotency/run_timeline.html", {"form": form}, status=400 if request.GET else 200)
+    run_id = form.cleaned_data["run_id"]
+    found = selectors.runs_with_run_id(account, run_id)
+    live = any(not run.is_finished for run in found)
+    after = request.GET.get("after", "")
+    if after.isdigit():
+        rows = selectors.timeline_page(account, run_id, after=int(after), limit=TIMELINE_PAGE)
+        response = render(request, "idempotency/_timeline_poll.html", {"events": rows, "runs": found, "live": live})
+        return response if live else _stop_polling(response)
+    rows = selectors.timeline_page(account, run_id, limit=TIMELINE_PAGE)
+    return render(request, "idempotency/run_timeline.html", {
+        "form": form, "run_id": run_id, "runs": found, "events": rows, "live": live,
+        "newest": rows[-1].pk if rows else 0, "more": len(rows) == TIMELINE_PAGE, "poll_seconds": LIVE_POLL_SECONDS,
+        "poll_query": urlencode({"run_id": run_id}),
+    })  # fmt: skip

@@ -7,7 +7,6 @@ defined here, in one place, each entry commented.
 import os
 
 from celery import Celery
-from django.conf import settings
 
 from onceonly_site.health import HEARTBEAT_INTERVAL
 
@@ -26,9 +25,6 @@ app.conf.beat_schedule = {
     # Completed/failed leases are final only for the retention period (design §7); their rows and expired lock
     # records are deleted after it, in batches.
     "idempotency-retention-sweep": {"task": "idempotency.retention_sweep", "schedule": 600.0},
-    # Crash safety of keyed runs (design §3.3): a run whose worker died is handed to another worker once its claim
-    # lapses; a run past its deadline fails with timeout.
-    "idempotency-sweep-runs": {"task": "idempotency.sweep_runs", "schedule": settings.ONCEONLY_RUN_SWEEP_SECONDS},
     # The durable mirror of the monthly usage counters: what Redis loses is rebuilt from it (≤ 1 minute behind).
     "billing-mirror-usage": {"task": "billing.mirror_usage", "schedule": 60.0},
     # Notification digests: a failure storm becomes one email per account and minute.
@@ -36,3 +32,16 @@ app.conf.beat_schedule = {
     # Tamper evidence (design §3.9): chain new decisions into hash checkpoints per account.
     "governance-checkpoint-decisions": {"task": "governance.checkpoint_decisions", "schedule": 300.0},
 }
+
+
+@app.on_after_configure.connect
+def _settings_dependent_schedule(sender: Celery, **kwargs: object) -> None:
+    """Entries whose interval is a setting (read once the Django settings are loaded, not at import)."""
+    from django.conf import settings
+
+    # Crash safety of keyed runs (design §3.3): a run whose worker died is handed to another worker once its claim
+    # lapses; a run past its deadline fails with timeout.
+    sender.conf.beat_schedule["idempotency-sweep-runs"] = {
+        "task": "idempotency.sweep_runs",
+        "schedule": settings.ONCEONLY_RUN_SWEEP_SECONDS,
+    }

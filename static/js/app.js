@@ -22,7 +22,7 @@ setInterval(() => {
     el.textContent = left > 0 ? String(left) : "0 (expired)";
   });
 }, 1000);
-// Live decision timeline: each poll asks for rows newer than the newest one on the page.
+// Live timelines (decisions, runs): each poll asks for rows newer than the newest one on the page.
 document.addEventListener("htmx:configRequest", (event) => {
   const body = event.detail.elt;
   if (!body.matches || !body.matches("[data-live]")) return;
