@@ -148,14 +148,29 @@ class CeleryWorker:
         except ProcessLookupError:
             pass
         self.process.wait(timeout=10)
+        self._wait_group_gone(5)
         self._log.close()
 
     def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then make sure nothing of the group (embedded beat included) is left holding a
+        database connection when the test database is dropped."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.kill()
-                return
+                pass
+        if not self._wait_group_gone(10):
+            self.kill()
+            return
         self._log.close()
+
+    def _wait_group_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+        return False

@@ -129,8 +129,9 @@ def test_keys_page_query_count_does_not_grow_with_keys(owner_a, count, django_as
 
 def test_overview_query_count(owner_a, key_a, django_assert_num_queries):
     client = owner_a.login(Client())
-    # session, user, memberships, active keys, usage mirror (no live hash yet), attention panel (2 agent queries)
-    with django_assert_num_queries(7):
+    # session, user, memberships, active keys, usage mirror (no live hash yet), attention panel (2 agent queries),
+    # keyed-runs panel (in progress, recent failures)
+    with django_assert_num_queries(9):
         response = client.get("/")
     assert response.status_code == 200
     assert "1 active API key" in response.content.decode()
