@@ -110,7 +110,7 @@ def account_feed(account_id: int, *, limit: int, offset: int) -> tuple[list[dict
     policies, tools). Each source is read newest-first through its (account, time) index, at most
     ``offset + limit`` rows each, and merged; the total comes from counts (decisions from their rollups)."""
     window = offset + limit
-    run_events = [(e.ts, e.pk, {"kind": "run_event", **events.as_json(e)})
+    run_events = [(e.ts, e.pk, {**events.as_json(e), "kind": "run_event"})  # a client's extra "kind" never wins
                   for e in RunEvent.objects.filter(account_id=account_id).order_by("-ts", "-id")[:window]]  # fmt: skip
     decisions = [(d.ts, d.pk, _decision_item(d)) for d in Decision.objects.filter(account_id=account_id)
                  .select_related("agent").order_by("-ts", "-id")[:window]]  # fmt: skip

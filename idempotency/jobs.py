@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -40,7 +40,6 @@ class JobContext:
     run_id: str
     params: dict[str, Any]
     attempt: int
-    metadata: dict[str, Any] = field(default_factory=dict)
     emit: Callable[..., Any] | None = None
     still_holding: Callable[[], bool] = lambda: True
 

@@ -127,9 +127,11 @@ class Run(models.Model):
     """
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="runs")
+    # Deleted with its lease (retention): a key whose record is gone starts counting acquisitions from 1 again.
+    lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="runs")
     key = models.CharField(max_length=256, help_text="The lease key.")
     lease_version = models.PositiveIntegerField(help_text="The lease acquisition this run belongs to.")
-    lease_id = models.CharField(max_length=64, help_text="The lease holder id the run completes the key with.")
+    holder = models.CharField(max_length=64, help_text="The lease_id the run holds the key with (and completes it).")
     run_id = models.CharField(max_length=256, help_text="The timeline id (metadata.run_id, default the key).")
     agent_id = models.CharField(max_length=200, blank=True)
     task = models.CharField(max_length=200, blank=True)
@@ -151,9 +153,7 @@ class Run(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(
-                fields=["account", "key", "lease_version"], name="idempotency_run_unique_acquisition"
-            ),
+            models.UniqueConstraint(fields=["lease", "lease_version"], name="idempotency_run_unique_acquisition"),
             models.CheckConstraint(
                 condition=models.Q(status__in=RunStatus.values), name="idempotency_run_status_valid"
             ),

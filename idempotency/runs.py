@@ -26,6 +26,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+import rfc8785
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import DateTimeField, F, Q, Value
@@ -75,7 +76,7 @@ def run_start(
     def create_run(lease: Lease) -> None:
         now = timezone.now()
         run = Run.objects.create(
-            account_id=account_id, key=key, lease_version=lease.version, lease_id=lease.lease_id,
+            account_id=account_id, lease=lease, key=key, lease_version=lease.version, holder=lease.lease_id,
             run_id=spec.run_id or key, agent_id=spec.agent_id, task=spec.task, actions=spec.actions,
             params=spec.params, dry_run=spec.dry_run, created_at=now, enqueued_at=now,
             deadline_at=now + timedelta(seconds=settings.ONCEONLY_RUN_TIMEOUT_SECONDS),
@@ -128,13 +129,13 @@ def keep_lease(run: Run) -> bool:
     no longer belongs to the run (reset or cancelled by an operator or the client, or re-acquired after expiry)."""
     now = timezone.now()
     lease = Lease.objects.filter(
-        account_id=run.account_id, key=run.key, lease_id=run.lease_id, status=LeaseStatus.IN_PROGRESS
+        account_id=run.account_id, key=run.key, lease_id=run.holder, status=LeaseStatus.IN_PROGRESS
     ).first()
     if lease is None:
         return False
     until = now + max(timedelta(seconds=lease.ttl_seconds), 2 * claim_seconds())
     if lease.expires_at < until - claim_seconds():
-        held = Lease.objects.filter(pk=lease.pk, lease_id=run.lease_id, status=LeaseStatus.IN_PROGRESS).update(
+        held = Lease.objects.filter(pk=lease.pk, lease_id=run.holder, status=LeaseStatus.IN_PROGRESS).update(
             expires_at=until, updated_at=now
         )
         return bool(held)
@@ -202,11 +203,11 @@ def _settle_lease(run: Run, *, status: str, result: dict | None, error_code: str
         with transaction.atomic():
             if status == RunStatus.COMPLETED:
                 services.lease_complete(
-                    account_id=run.account_id, key=run.key, lease_id=run.lease_id, result=result, result_hash=None
+                    account_id=run.account_id, key=run.key, lease_id=run.holder, result=result, result_hash=None
                 )
             else:
                 services.lease_fail(
-                    account_id=run.account_id, key=run.key, lease_id=run.lease_id, error_code=error_code,
+                    account_id=run.account_id, key=run.key, lease_id=run.holder, error_code=error_code,
                     error_hash=None,
                 )  # fmt: skip
     except (services.LeaseMismatch, services.LeaseConflict):
@@ -253,7 +254,7 @@ def execute(run_pk: int) -> str:
     beat = Heartbeat(run)
     beat.start()
     try:
-        outcome = _perform(run, beat)
+        outcome = _storable(_perform(run, beat))
     except Exception as exc:  # a bug outside the handler: the run still ends, as failed
         logger.exception("run %s crashed", run.pk)
         outcome = Outcome(RunStatus.FAILED, {"actions": []}, RunError.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
@@ -337,6 +338,17 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
                        f"The handler's result is {size} bytes; at most {MAX_OUTPUT_BYTES} are stored.")  # fmt: skip
     result["output"] = output
     return Outcome(RunStatus.COMPLETED, result)
+
+
+def _storable(outcome: Outcome) -> Outcome:
+    """The result is stored with its RFC 8785 hash: refuse what cannot be hashed (integers beyond ±2^53, NaN) as a
+    handler error now, rather than fail while writing it and leave the run to time out."""
+    try:
+        services.result_hash_of(outcome.result)
+    except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
+        message = f"The run's result cannot be stored as canonical JSON ({exc}); send big numbers as strings."
+        return Outcome(RunStatus.FAILED, {"actions": []}, RunError.HANDLER_ERROR, message)
+    return outcome
 
 
 # --- sweep ----------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
 from idempotency.choices import AttemptOutcome, LeaseStatus
-from idempotency.models import Lease, LeaseAttempt, LockRecord
+from idempotency.models import Lease, LeaseAttempt, LockRecord, RunEvent
 from onceonly_site.redis_client import get_redis, lua_script
 
 CHECK_LOCK_LUA = Path(__file__).with_name("check_lock.lua")
@@ -529,7 +529,8 @@ def lease_reset(*, account: Account, key: str, reason: str, actor: AbstractBaseU
 
 
 def retention_sweep(*, batch_size: int = 1000, max_batches: int = 100) -> int:
-    """Delete lease records final for longer than the retention period, and lock records expired as long.
+    """Delete lease records final for longer than the retention period (with their keyed runs), lock records expired
+    as long, and run events older than it.
 
     In batches of primary keys; each delete re-checks the condition, so a row that changed state since it was
     selected (a key re-acquired meanwhile) is left alone. Returns the number of rows deleted.
@@ -539,7 +540,12 @@ def retention_sweep(*, batch_size: int = 1000, max_batches: int = 100) -> int:
         status__in=[LeaseStatus.COMPLETED, LeaseStatus.FAILED, LeaseStatus.CANCELLED], updated_at__lt=cutoff
     ) | Q(status=LeaseStatus.IN_PROGRESS, expires_at__lt=cutoff)
     deleted = 0
-    for model, condition in ((Lease, stale_leases), (LockRecord, Q(expires_at__lt=cutoff))):
+    # A lease takes its keyed runs with it (cascade); timelines are kept as long as the records they describe.
+    for model, condition in (
+        (Lease, stale_leases),
+        (LockRecord, Q(expires_at__lt=cutoff)),
+        (RunEvent, Q(ts__lt=cutoff)),
+    ):
         for _ in range(max_batches):
             ids = list(model.objects.filter(condition).values_list("pk", flat=True)[:batch_size])
             if not ids:

@@ -73,7 +73,7 @@ def test_timeline_pages_and_counts_with_a_fixed_number_of_queries(key_a, django_
 
 
 def test_feed_merges_run_events_decisions_and_kill_switch_newest_first(key_a, key_b, account_a):
-    post_event(key_a, run_id="r", type="note", message="hello")
+    post_event(key_a, run_id="r", type="note", message="hello", kind="spoofed")  # an extra key cannot pose as a kind
     governance.agent_set_enabled(account_id=account_a.pk, agent_id="bot", enabled=False, reason="runaway",
                                  actor="ops@acme")  # fmt: skip
     key_a.client().post("/v1/ai/run", {"agent_id": "bot", "tool": "send_email"}, content_type="application/json")

@@ -57,7 +57,7 @@ def test_key_form_answers_like_a_lease_and_queues_one_run(client, key_a):
         "test.count",
         0,
     )
-    assert run.lease_id == first["lease_id"] and run.params == {"n": 1}
+    assert run.holder == first["lease_id"] and run.params == {"n": 1}
 
     again = start(client, ttl=120, metadata={"task": "test.count"})
     assert again["status"] == "polling" and again["lease_id"] is None and again["charged"] == 0
@@ -279,3 +279,26 @@ def test_a_reset_lease_stops_the_run(client, owner_a, account_a):
     assert runs.execute(Run.objects.get().pk) == "not_claimed"
     run = Run.objects.get()
     assert run.status == RunStatus.FAILED and run.error_code == "lease_lost"
+
+
+def test_an_output_that_cannot_be_stored_fails_the_run_at_once(client):
+    start(client, key="big", metadata={"task": "test.big_number"})
+    assert runs.execute(Run.objects.get().pk) == "failed"
+    failed = status(client, "big")
+    assert failed["status"] == "failed" and failed["error_code"] == "handler_error"
+    assert "send big numbers as strings" in Run.objects.get().error_message
+
+
+def test_retention_takes_runs_and_events_with_the_lease_and_the_key_runs_again(client, settings):
+    from idempotency.services import retention_sweep
+
+    start(client, key="old", metadata={"task": "demo.echo"})
+    runs.execute(Run.objects.get().pk)
+    long_ago = timezone.now() - timedelta(days=settings.ONCEONLY_RETENTION_DAYS + 1)
+    Lease.objects.filter(key="old").update(updated_at=long_ago, done_at=long_ago)
+    RunEvent.objects.filter(run_id="old").update(ts=long_ago)
+    assert retention_sweep() >= 2
+    assert not Run.objects.exists() and not RunEvent.objects.exists()
+    again = start(client, key="old", metadata={"task": "demo.echo"})
+    assert again["status"] == "acquired" and again["version"] == 1
+    assert runs.execute(Run.objects.get().pk) == "completed"

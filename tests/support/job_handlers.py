@@ -33,3 +33,8 @@ def count(ctx: JobContext) -> dict:
 @handler("test.fail")
 def fail(ctx: JobContext) -> dict:
     raise RuntimeError("the handler failed on purpose")
+
+
+@handler("test.big_number")
+def big_number(ctx: JobContext) -> dict:
+    return {"id": 2**60}  # beyond JSON's safe integers: cannot be stored with an RFC 8785 hash
