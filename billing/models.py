@@ -35,6 +35,10 @@ class Plan(models.Model):
     has_kill_switch = models.BooleanField(default=False)
     rate_limit_per_second = models.PositiveIntegerField(default=10, help_text="Token refill rate per API key.")
     rate_limit_burst = models.PositiveIntegerField(default=50, help_text="Token bucket size per API key.")
+    stripe_price_id = models.CharField(
+        max_length=100, blank=True,
+        help_text="Stripe price (recurring) an owner subscribes to for this plan; STRIPE_PRICE_IDS overrides it.",
+    )  # fmt: skip
 
     class Meta:
         ordering = ["sort_order", "id"]
@@ -214,6 +218,7 @@ class Notification(models.Model):
     class Kind(models.TextChoices):
         TOOL_ERROR = "tool_error", "Tool error"
         RUN_FAILURE = "run_failure", "Run failure"
+        BILLING = "billing", "Billing"
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -231,3 +236,85 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return self.subject
+
+
+class BillingSubscription(models.Model):
+    """An account's Stripe customer and subscription, as the verified webhooks last described them (billing.stripe).
+
+    ``state_at`` is the Stripe ``created`` time of the newest event applied: an older event delivered later never
+    moves the account backwards.
+    """
+
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, related_name="billing_subscription")
+    customer_id = models.CharField(max_length=100, blank=True)
+    subscription_id = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=32, blank=True, help_text="Stripe's subscription status (active, past_due…).")
+    price_id = models.CharField(max_length=100, blank=True)
+    current_period_end = models.DateTimeField(null=True, blank=True, help_text="Next renewal, or the paid-up end.")
+    cancel_at_period_end = models.BooleanField(default=False)
+    state_at = models.DateTimeField(null=True, blank=True)
+    downgrade_at = models.DateTimeField(null=True, blank=True, help_text="Back to Free then (subscription ended).")
+    payment_problem = models.BooleanField(default=False)
+    last_invoice_id = models.CharField(max_length=100, blank=True)
+    last_invoice_status = models.CharField(max_length=32, blank=True)
+    last_invoice_amount = models.BigIntegerField(null=True, blank=True, help_text="In the currency's minor unit.")
+    last_invoice_currency = models.CharField(max_length=8, blank=True)
+    last_invoice_at = models.DateTimeField(null=True, blank=True)
+    last_invoice_url = models.URLField(max_length=500, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer_id"], condition=~models.Q(customer_id=""), name="billing_subscription_unique_customer"
+            ),
+        ]
+        indexes = [models.Index(fields=["downgrade_at"], name="billing_subscription_downgrade")]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.status or 'no subscription'}"
+
+    ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
+                              "vuv", "xaf", "xof", "xpf"})  # fmt: skip
+
+    @property
+    def last_invoice_amount_display(self) -> str:
+        """Stripe amounts are in the currency's minor unit (cents), except for zero-decimal currencies."""
+        amount, currency = self.last_invoice_amount or 0, self.last_invoice_currency.lower()
+        major = f"{amount:,}" if currency in self.ZERO_DECIMAL else f"{amount / 100:,.2f}"
+        return f"{major} {currency.upper()}".strip()
+
+
+class ProviderEvent(models.Model):
+    """One webhook event of a payment provider, stored before it is processed; the unique event id makes every
+    redelivery a no-op."""
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        PROCESSING = "processing", "Processing"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        IGNORED = "ignored", "Ignored"
+
+    provider = models.CharField(max_length=16, default="stripe")
+    event_id = models.CharField(max_length=100)
+    type = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    error = models.TextField(blank=True)
+    payload = models.JSONField()
+    account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(help_text="When the provider created the event.")
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "event_id"], name="billing_provider_event_unique"),
+            models.CheckConstraint(condition=models.Q(status__in=["received", "processing", "succeeded", "failed",
+                                                                  "ignored"]), name="billing_provider_event_status"),
+        ]  # fmt: skip
+        indexes = [models.Index(fields=["-received_at"], name="billing_provider_event_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event_id} {self.type} ({self.status})"

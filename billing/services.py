@@ -77,7 +77,16 @@ def account_get_or_create(*, name: str, plan_code: str | None = None) -> tuple[A
     return account, False
 
 
-def account_set_plan(*, account: Account, plan: Plan, actor: AbstractBaseUser | None = None) -> None:
+def account_set_plan(
+    *,
+    account: Account,
+    plan: Plan,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str | None = None,
+    reason: str = "",
+) -> None:
+    """Move an account to ``plan`` (audited). Its API keys carry the new limits and entitlements from the next
+    request in every process; the month's usage stays, measured against the new quotas."""
     old = account.plan.code
     with transaction.atomic():
         account.plan = plan
@@ -85,10 +94,11 @@ def account_set_plan(*, account: Account, plan: Plan, actor: AbstractBaseUser | 
         audit_record(
             account=account,
             actor=actor,
+            actor_label=actor_label,
             action="billing.account.plan_changed",
             object_type="account",
             object_id=account.pk,
-            data={"from": old, "to": plan.code},
+            data={"from": old, "to": plan.code, **({"reason": reason} if reason else {})},
         )
         _refresh_cached_keys([account.pk])
 

@@ -20,3 +20,13 @@ def send_notification_digests() -> None:
     sent = notifications.send_digests()
     if sent:
         logger.info("sent %s notification digests", sent)
+
+
+@shared_task(name="billing.apply_scheduled_downgrades", ignore_result=True)
+def apply_scheduled_downgrades() -> None:
+    """Beat: accounts whose Stripe subscription ended go back to Free when the period they paid for is over."""
+    from billing import stripe_webhooks
+
+    moved = stripe_webhooks.apply_scheduled_downgrades()
+    if moved:
+        logger.info("moved %s accounts back to Free (subscription ended)", moved)

@@ -21,6 +21,13 @@ urlpatterns = [
     path("settings/", views.settings_page, name="settings"),
     path("team/", views.team, name="team"),
     path("team/<int:membership_id>/", views.member_change, name="member-change"),
+    # Paid plans through Stripe: 404 unless STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET are set.
+    path("billing/stripe/webhook", views.stripe_webhook, name="stripe-webhook"),
+    path("billing/checkout/", views.billing_checkout, name="billing-checkout"),
+    path("billing/portal/", views.billing_portal, name="billing-portal"),
+    path("billing/done/", views.billing_done, name="billing-done"),
+    path("billing/events/", views.provider_events, name="provider-events"),
+    path("billing/events/<int:event_pk>/retry/", views.provider_event_retry, name="provider-event-retry"),
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py.

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import secrets
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from billing import panels, selectors, services, usage
+from billing import panels, selectors, services, stripe_client, stripe_webhooks, usage
 from billing.choices import Role
 from billing.forms import (
     AccountSwitchForm,
@@ -25,7 +27,7 @@ from billing.forms import (
     PlanSwitchForm,
     SettingsForm,
 )
-from billing.models import Plan
+from billing.models import BillingSubscription, Plan, ProviderEvent
 from onceonly_site.health import HEARTBEAT_STALE_AFTER, worker_last_seen_seconds
 from onceonly_site.redis_client import get_redis
 
@@ -169,6 +171,8 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if membership.role != Role.OWNER:
             raise PermissionDenied("Only an owner can switch the account's plan.")
+        if settings.STRIPE_ENABLED:
+            raise PermissionDenied("Plans follow payments on this server: choose a plan through Stripe checkout.")
         form = PlanSwitchForm(request.POST)
         plan = Plan.objects.filter(code=form.data.get("plan", "")).first() if form.is_valid() else None
         if plan is None:
@@ -179,11 +183,16 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         return redirect("billing:usage")
     month = usage.month_of()
     _, end = usage.period_of(month)
-    return render(request, "billing/usage.html", {
-        "bars": _quota_bars(account), "month": month, "period_end": end, "plans": Plan.objects.all(),
-        "daily": usage.daily(account.pk, month),
-        "plan": account.plan, "is_owner": membership.role == Role.OWNER,
-    })  # fmt: skip
+    plans = list(Plan.objects.all())
+    context = {
+        "bars": _quota_bars(account), "month": month, "period_end": end, "plans": plans,
+        "daily": usage.daily(account.pk, month), "plan": account.plan, "is_owner": membership.role == Role.OWNER,
+        "stripe": settings.STRIPE_ENABLED,
+    }  # fmt: skip
+    if settings.STRIPE_ENABLED:
+        context["billing"] = BillingSubscription.objects.filter(account=account).first()
+        context["for_sale"] = {p.code for p in plans if stripe_client.price_for(p)}
+    return render(request, "billing/usage.html", context)
 
 
 @login_required
@@ -270,3 +279,140 @@ def member_change(request: HttpRequest, membership_id: int) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, exc.messages[0])
     return redirect("billing:team")
+
+
+# --- paid plans through Stripe (only when STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET are set) ------------------
+
+EVENTS_PER_PAGE = 50
+
+
+def _stripe_or_404() -> None:
+    if not settings.STRIPE_ENABLED:
+        raise Http404("Stripe is not configured on this server.")
+
+
+def _owner_account(request: HttpRequest):
+    membership = selectors.current_membership(request)
+    if membership.role != Role.OWNER:
+        raise PermissionDenied("Only an owner can manage the account's billing.")
+    return membership.account
+
+
+@csrf_exempt
+def stripe_webhook(request: HttpRequest) -> HttpResponse:
+    """``POST /billing/stripe/webhook``: verified (Stripe-Signature, 300 s), stored once, processed once."""
+    if not settings.STRIPE_ENABLED:
+        return JsonResponse({"detail": {"error": "not_found", "message": "Stripe is not configured."}}, status=404)
+    if request.method != "POST":
+        return JsonResponse({"detail": {"error": "method_not_allowed", "message": "POST only."}}, status=405)
+    try:
+        row, new = stripe_webhooks.receive(request.body, request.headers.get("Stripe-Signature"))
+    except stripe_webhooks.BadWebhook as exc:
+        return JsonResponse({"detail": {"error": "invalid_webhook", "message": str(exc)}}, status=400)
+    status = stripe_webhooks.process(row.pk)
+    if status == ProviderEvent.Status.FAILED:
+        # Not the sender's fault: 503 makes Stripe deliver it again later (and the superuser page can retry it).
+        return JsonResponse({"detail": {"error": "processing_failed", "event_id": row.event_id,
+                                        "message": "The event was stored but could not be processed; it is retried."}},
+                            status=503)  # fmt: skip
+    return JsonResponse({"ok": True, "event_id": row.event_id, "status": status, "duplicate": not new})
+
+
+@login_required
+@require_POST
+def billing_checkout(request: HttpRequest) -> HttpResponse:
+    _stripe_or_404()
+    account = _owner_account(request)
+    plan = Plan.objects.filter(code=request.POST.get("plan", "")).first()
+    if plan is None or not stripe_client.price_for(plan):
+        messages.error(request, "Choose one of the plans offered for purchase.")
+        return redirect("billing:usage")
+    billing, _ = BillingSubscription.objects.get_or_create(account=account)
+    done = request.build_absolute_uri(reverse("billing:billing-done"))
+    try:
+        customer = billing.customer_id
+        if not customer:
+            created = stripe_client.create_customer(account, request.user.email)
+            BillingSubscription.objects.filter(pk=billing.pk, customer_id="").update(customer_id=created)
+            customer = BillingSubscription.objects.values_list("customer_id", flat=True).get(pk=billing.pk)
+        session = stripe_client.create_checkout_session(
+            account=account, customer_id=customer, plan=plan, success_url=f"{done}?result=paid",
+            cancel_url=f"{done}?result=cancelled",
+        )  # fmt: skip
+    except stripe_client.StripeUnavailable as exc:
+        messages.error(request, f"Stripe could not start the checkout: {exc}")
+        return redirect("billing:usage")
+    services.audit_record(account=account, actor=request.user, action="billing.checkout.started",
+                          object_type="plan", object_id=plan.code, data={"session": session.id})  # fmt: skip
+    response = HttpResponseRedirect(session.url)
+    response.status_code = 303
+    return response
+
+
+@login_required
+@require_POST
+def billing_portal(request: HttpRequest) -> HttpResponse:
+    _stripe_or_404()
+    account = _owner_account(request)
+    billing = BillingSubscription.objects.filter(account=account).exclude(customer_id="").first()
+    if billing is None:
+        messages.error(request, "This account has no Stripe customer yet: choose a plan first.")
+        return redirect("billing:usage")
+    try:
+        session = stripe_client.create_portal_session(
+            customer_id=billing.customer_id, return_url=request.build_absolute_uri(reverse("billing:usage"))
+        )
+    except stripe_client.StripeUnavailable as exc:
+        messages.error(request, f"Stripe could not open the billing portal: {exc}")
+        return redirect("billing:usage")
+    response = HttpResponseRedirect(session.url)
+    response.status_code = 303
+    return response
+
+
+@login_required
+@require_GET
+def billing_done(request: HttpRequest) -> HttpResponse:
+    """Where Checkout sends the owner back: the plan itself changes when Stripe's webhook confirms the payment."""
+    _stripe_or_404()
+    account = selectors.current_membership(request).account
+    return render(request, "billing/checkout_done.html", {"paid": request.GET.get("result") == "paid",
+                                                          "plan": account.plan})  # fmt: skip
+
+
+@login_required
+@require_GET
+def provider_events(request: HttpRequest) -> HttpResponse:
+    """Superusers: every stored Stripe event with its status; failed ones can be processed again."""
+    _stripe_or_404()
+    if not request.user.is_superuser:
+        raise Http404("Not found.")
+    status = request.GET.get("status", "")
+    rows = ProviderEvent.objects.select_related("account").order_by("-received_at", "-id")
+    if status in ProviderEvent.Status.values:
+        rows = rows.filter(status=status)
+    page = Paginator(rows, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "billing/provider_events.html", {
+        "page": page, "status": status, "statuses": ProviderEvent.Status.choices,
+        "extra": f"&status={status}" if status else "",
+    })  # fmt: skip
+
+
+@login_required
+@require_POST
+def provider_event_retry(request: HttpRequest, event_pk: int) -> HttpResponse:
+    _stripe_or_404()
+    if not request.user.is_superuser:
+        raise Http404("Not found.")
+    row = ProviderEvent.objects.filter(pk=event_pk).first()
+    if row is None:
+        raise Http404("No such event.")
+    status = stripe_webhooks.process(row.pk)
+    if status == ProviderEvent.Status.SUCCEEDED:
+        messages.success(request, f"{row.event_id} processed.")
+    elif status == ProviderEvent.Status.PROCESSING:
+        messages.info(request, f"{row.event_id} is being processed right now.")
+    else:
+        error = ProviderEvent.objects.values_list("error", flat=True).get(pk=row.pk)
+        messages.error(request, f"{row.event_id}: {status}. {error}")
+    return redirect("billing:provider-events")

@@ -29,6 +29,8 @@ app.conf.beat_schedule = {
     "billing-mirror-usage": {"task": "billing.mirror_usage", "schedule": 60.0},
     # Notification digests: a failure storm becomes one email per account and minute.
     "billing-notification-digests": {"task": "billing.send_notification_digests", "schedule": 60.0},
+    # Paid plans (docs/billing.md): a cancelled Stripe subscription drops to Free when its paid period ends.
+    "billing-scheduled-downgrades": {"task": "billing.apply_scheduled_downgrades", "schedule": 60.0},
     # Tamper evidence (design §3.9): chain new decisions into hash checkpoints per account.
     "governance-checkpoint-decisions": {"task": "governance.checkpoint_decisions", "schedule": 300.0},
 }

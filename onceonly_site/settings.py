@@ -242,6 +242,22 @@ ONCEONLY_JOB_HANDLER_MODULES = env_list("ONCEONLY_JOB_HANDLER_MODULES", [])
 ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", False)
 ONCEONLY_FIELD_ENCRYPTION_KEY = env_str("ONCEONLY_FIELD_ENCRYPTION_KEY") or ""
 
+# Paid plans through Stripe (docs/billing.md). Unset: nothing of it is visible, plans are switched freely.
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY") or ""
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET") or ""
+if bool(STRIPE_SECRET_KEY) != bool(STRIPE_WEBHOOK_SECRET):
+    raise ImproperlyConfigured("Set both STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET, or neither (docs/billing.md).")
+STRIPE_ENABLED = bool(STRIPE_SECRET_KEY)
+# plan code -> Stripe price id, e.g. "starter=price_123,pro=price_456" (else the plan rows' stripe_price_id).
+STRIPE_PRICE_IDS: dict[str, str] = {}
+for _pair in env_list("STRIPE_PRICE_IDS", []):
+    _code, _, _price = _pair.partition("=")
+    if not _code.strip() or not _price.strip():
+        raise ImproperlyConfigured(f"STRIPE_PRICE_IDS: {_pair!r} is not plan=price_id")
+    STRIPE_PRICE_IDS[_code.strip()] = _price.strip()
+# Another API address, e.g. stripe-mock (http://localhost:12111) for local testing; default: Stripe's own.
+STRIPE_API_BASE = env_str("STRIPE_API_BASE") or ""
+
 # Email (notification digests). Default: printed to the console (development); set EMAIL_HOST for SMTP.
 EMAIL_HOST = env_str("EMAIL_HOST") or ""
 EMAIL_BACKEND = (

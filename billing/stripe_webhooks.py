@@ -1,0 +1,278 @@
+"""Stripe webhooks: verified, stored once, processed idempotently, never moving an account backwards (docs/billing.md).
+
+``receive`` verifies the ``Stripe-Signature`` (tolerance 300 s) and stores the event in a ``ProviderEvent`` row whose
+unique event id makes every redelivery a no-op; ``process`` claims the row (received/failed → processing, one
+conditional UPDATE, so concurrent deliveries process it once) and dispatches by type through ``HANDLERS``. A
+handler's effects and the row's ``succeeded`` commit together. Subscription state carries the Stripe ``created``
+time of the event that set it (``BillingSubscription.state_at``): an older event delivered later is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from billing import services
+from billing.models import Account, BillingSubscription, Notification, Plan, ProviderEvent
+from billing.notifications import notify
+from billing.stripe_client import price_for
+
+logger = logging.getLogger(__name__)
+TOLERANCE_SECONDS = 300
+FREE_PLAN = "free"
+STALE_PROCESSING = timedelta(minutes=5)  # a "processing" row older than this died with its process: retryable
+PAYMENT_PROBLEM = ("past_due", "unpaid")
+ENDED = ("canceled", "incomplete_expired")
+
+
+class BadWebhook(Exception):
+    """Not a verified Stripe event (400, nothing stored)."""
+
+
+class Ignored(Exception):
+    """A verified event this server has nothing to do with (another product's customer, an older state)."""
+
+
+# --- receive ----------------------------------------------------------------------------------------------------
+
+
+def receive(payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]:
+    """Verify and store an event. Returns (row, whether this delivery stored it)."""
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, settings.STRIPE_WEBHOOK_SECRET, TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError as exc:
+        raise BadWebhook(f"Signature verification failed: {str(exc).split('.')[0]}.") from None
+    try:
+        event = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise BadWebhook("The body is not JSON.") from None
+    if not (isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]
+            and isinstance(event.get("type"), str) and isinstance(event.get("created"), int)
+            and isinstance((event.get("data") or {}).get("object"), dict)):  # fmt: skip
+        raise BadWebhook("Not a Stripe event: id, type, created and data.object are required.")
+    try:
+        with transaction.atomic():
+            row = ProviderEvent.objects.create(
+                provider="stripe", event_id=event["id"][:100], type=event["type"][:100], payload=event,
+                created_at=datetime.fromtimestamp(event["created"], tz=UTC),
+            )  # fmt: skip
+        return row, True
+    except IntegrityError:
+        return ProviderEvent.objects.get(provider="stripe", event_id=event["id"][:100]), False
+
+
+# --- process ----------------------------------------------------------------------------------------------------
+
+
+def process(row_pk: int) -> str:
+    """Process a stored event once. Returns its status afterwards (a concurrent delivery sees ``processing``)."""
+    now = timezone.now()
+    retryable = Q(status__in=[ProviderEvent.Status.RECEIVED, ProviderEvent.Status.FAILED]) | Q(
+        status=ProviderEvent.Status.PROCESSING, processed_at__lt=now - STALE_PROCESSING
+    )
+    claimed = ProviderEvent.objects.filter(retryable, pk=row_pk).update(
+        status=ProviderEvent.Status.PROCESSING, attempts=F("attempts") + 1, processed_at=now
+    )
+    row = ProviderEvent.objects.get(pk=row_pk)
+    if not claimed:
+        return row.status
+    handler = HANDLERS.get(row.type)
+    try:
+        with transaction.atomic():
+            if handler is None:
+                raise Ignored(f"{row.type} is not handled")
+            account = handler(row.payload["data"]["object"], row.created_at, row.event_id)
+            _mark(row, ProviderEvent.Status.SUCCEEDED, account=account)
+    except Ignored as reason:
+        _mark(row, ProviderEvent.Status.IGNORED, error=str(reason))
+    except Exception as exc:
+        logger.exception("Stripe event %s (%s) failed", row.event_id, row.type)
+        _mark(row, ProviderEvent.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+    return ProviderEvent.objects.values_list("status", flat=True).get(pk=row_pk)
+
+
+def _mark(row: ProviderEvent, status: str, *, account: Account | None = None, error: str = "") -> None:
+    changes: dict[str, Any] = {"status": status, "error": error, "processed_at": timezone.now()}
+    if account is not None:
+        changes["account"] = account
+    ProviderEvent.objects.filter(pk=row.pk).update(**changes)
+
+
+# --- handlers ---------------------------------------------------------------------------------------------------
+
+
+def _billing_for(account: Account) -> BillingSubscription:
+    BillingSubscription.objects.get_or_create(account=account)
+    return BillingSubscription.objects.select_for_update().select_related("account__plan").get(account=account)
+
+
+def _account_from(customer: str | None, metadata: dict | None) -> Account:
+    if customer:
+        billing = BillingSubscription.objects.filter(customer_id=customer).select_related("account").first()
+        if billing is not None:
+            return billing.account
+    account_id = str((metadata or {}).get("account_id", ""))
+    if account_id.isdigit():
+        account = Account.objects.filter(pk=int(account_id)).first()
+        if account is not None:
+            return account
+    raise Ignored(f"no account of this server belongs to customer {customer!r}")
+
+
+def _plan_for_price(price_id: str) -> Plan:
+    for plan in Plan.objects.all():
+        if price_id and price_for(plan) == price_id:
+            return plan
+    raise ValueError(f"price {price_id!r} is not mapped to a plan (STRIPE_PRICE_IDS or a plan's stripe_price_id)")
+
+
+def _set_plan(account: Account, plan: Plan, event_id: str) -> None:
+    if account.plan_id != plan.pk:
+        reason = f"Stripe event {event_id}" if event_id else "subscription ended; paid period over"
+        services.account_set_plan(account=account, plan=plan, actor_label="stripe", reason=reason)
+
+
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if isinstance(value, int) else None
+
+
+def _newer(billing: BillingSubscription, at: datetime) -> bool:
+    if billing.state_at is not None and at < billing.state_at:
+        return False
+    billing.state_at = at
+    return True
+
+
+def _flag_payment_problem(billing: BillingSubscription, problem: bool, why: str) -> None:
+    if problem and not billing.payment_problem:
+        notify(account_id=billing.account_id, kind=Notification.Kind.BILLING, subject=f"Payment problem: {why}",
+               body="Update the payment method with Manage billing on the Usage & plan page.")  # fmt: skip
+    billing.payment_problem = problem
+
+
+def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
+    """An owner finished Checkout: link the Stripe customer and subscription, and apply the plan they paid for."""
+    reference = str(session.get("client_reference_id") or "")
+    account = Account.objects.filter(pk=int(reference)).first() if reference.isdigit() else None
+    if account is None:
+        raise Ignored(f"client_reference_id {reference!r} is not an account of this server")
+    billing = _billing_for(account)
+    billing.customer_id = session.get("customer") or billing.customer_id
+    billing.subscription_id = session.get("subscription") or billing.subscription_id
+    plan_code = (session.get("metadata") or {}).get("plan", "")
+    paid = session.get("payment_status") in ("paid", "no_payment_required")
+    if paid and _newer(billing, at):
+        plan = Plan.objects.filter(code=plan_code).first()
+        if plan is None:
+            raise ValueError(f"checkout for unknown plan {plan_code!r}")
+        billing.status, billing.downgrade_at, billing.payment_problem = "active", None, False
+        _set_plan(account, plan, event_id)
+    billing.updated_at = timezone.now()
+    billing.save()
+    return account
+
+
+def subscription_changed(sub: dict, at: datetime, event_id: str) -> Account:
+    """customer.subscription.created/updated: the plan follows the subscription's price; past_due and unpaid flag the
+    account and notify its owners; an ended subscription is handled like a deletion."""
+    account = _account_from(sub.get("customer"), sub.get("metadata"))
+    billing = _billing_for(account)
+    if not _newer(billing, at):
+        raise Ignored(f"older than the subscription state already applied ({billing.state_at:%Y-%m-%d %H:%M:%S})")
+    status = sub.get("status", "")
+    if status in ENDED:
+        _ended(billing, sub, event_id)
+        return account
+    items = (sub.get("items") or {}).get("data") or [{}]
+    price_id = ((items[0].get("price") or {}).get("id")) or ""
+    billing.customer_id = sub.get("customer") or billing.customer_id
+    billing.subscription_id = sub.get("id", billing.subscription_id)
+    billing.status, billing.price_id = status, price_id
+    billing.current_period_end = _ts(sub.get("current_period_end")) or _ts(items[0].get("current_period_end"))
+    billing.cancel_at_period_end = bool(sub.get("cancel_at_period_end"))
+    _flag_payment_problem(billing, status in PAYMENT_PROBLEM, f"subscription is {status}")
+    if status in ("active", "trialing", "past_due", "unpaid"):
+        billing.downgrade_at = None
+        _set_plan(account, _plan_for_price(price_id), event_id)
+    billing.updated_at = timezone.now()
+    billing.save()
+    return account
+
+
+def subscription_deleted(sub: dict, at: datetime, event_id: str) -> Account:
+    """The subscription ended: back to Free at the end of the period already paid for (now, if that has passed)."""
+    account = _account_from(sub.get("customer"), sub.get("metadata"))
+    billing = _billing_for(account)
+    if not _newer(billing, at):
+        raise Ignored("older than the subscription state already applied")
+    _ended(billing, sub, event_id)
+    return account
+
+
+def _ended(billing: BillingSubscription, sub: dict, event_id: str) -> None:
+    items = (sub.get("items") or {}).get("data") or [{}]
+    paid_until = _ts(sub.get("current_period_end")) or _ts(items[0].get("current_period_end")) or timezone.now()
+    billing.status, billing.cancel_at_period_end = sub.get("status") or "canceled", False
+    billing.current_period_end = paid_until
+    billing.payment_problem = False
+    if paid_until <= timezone.now():
+        billing.downgrade_at = None
+        _set_plan(billing.account, Plan.objects.get(code=FREE_PLAN), event_id)
+    else:
+        billing.downgrade_at = paid_until
+    billing.updated_at = timezone.now()
+    billing.save()
+
+
+def _invoice(invoice: dict, at: datetime, failed: bool, event_id: str) -> Account:
+    account = _account_from(invoice.get("customer"), invoice.get("metadata"))
+    billing = _billing_for(account)
+    created = _ts(invoice.get("created")) or at
+    if billing.last_invoice_at is None or created >= billing.last_invoice_at:
+        billing.last_invoice_id = invoice.get("id", "")[:100]
+        billing.last_invoice_status = "payment_failed" if failed else (invoice.get("status") or "paid")
+        billing.last_invoice_amount = invoice.get("amount_due") if failed else invoice.get("amount_paid")
+        billing.last_invoice_currency = (invoice.get("currency") or "")[:8]
+        billing.last_invoice_at = created
+        billing.last_invoice_url = (invoice.get("hosted_invoice_url") or "")[:500]
+        amount = f"{(billing.last_invoice_amount or 0) / 100:.2f} {billing.last_invoice_currency.upper()}"
+        _flag_payment_problem(billing, failed, f"invoice {billing.last_invoice_id} for {amount} was not paid")
+    billing.updated_at = timezone.now()
+    billing.save()
+    return account
+
+
+HANDLERS: dict[str, Callable[[dict, datetime, str], Account]] = {
+    "checkout.session.completed": checkout_completed,
+    "customer.subscription.created": subscription_changed,
+    "customer.subscription.updated": subscription_changed,
+    "customer.subscription.deleted": subscription_deleted,
+    "invoice.paid": lambda invoice, at, event_id: _invoice(invoice, at, False, event_id),
+    "invoice.payment_failed": lambda invoice, at, event_id: _invoice(invoice, at, True, event_id),
+}
+
+
+# --- scheduled downgrades (beat) --------------------------------------------------------------------------------
+
+
+def apply_scheduled_downgrades() -> int:
+    """Accounts whose subscription ended and whose paid period is over go back to Free. Returns how many."""
+    free = Plan.objects.get(code=FREE_PLAN)
+    moved = 0
+    for billing in BillingSubscription.objects.filter(downgrade_at__lte=timezone.now()).select_related("account"):
+        with transaction.atomic():
+            if BillingSubscription.objects.filter(pk=billing.pk, downgrade_at__lte=timezone.now()).update(
+                downgrade_at=None, updated_at=timezone.now()
+            ):
+                _set_plan(billing.account, free, "")
+                moved += 1
+    return moved
