@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint fmt migrations-check clean
+.PHONY: run test install lint fmt migrations-check clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,8 @@ migrations-check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var test-artifacts
+
+## make bench — the production stack under load (needs PostgreSQL and Redis; wrk is installed if missing).
+bench: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
+	$(PY) -m bench.run $(BENCH_ARGS)

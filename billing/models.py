@@ -278,6 +278,11 @@ class BillingSubscription(models.Model):
                               "vuv", "xaf", "xof", "xpf"})  # fmt: skip
 
     @property
+    def has_live_subscription(self) -> bool:
+        """A subscription Stripe still bills (a second checkout would bill twice): plan changes go via the portal."""
+        return bool(self.subscription_id) and self.status in ("active", "trialing", "past_due", "unpaid", "incomplete")
+
+    @property
     def last_invoice_amount_display(self) -> str:
         """Stripe amounts are in the currency's minor unit (cents), except for zero-decimal currencies."""
         amount, currency = self.last_invoice_amount or 0, self.last_invoice_currency.lower()

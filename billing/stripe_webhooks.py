@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +30,8 @@ from billing.stripe_client import price_for
 logger = logging.getLogger(__name__)
 TOLERANCE_SECONDS = 300
 FREE_PLAN = "free"
-STALE_PROCESSING = timedelta(minutes=5)  # a "processing" row older than this died with its process: retryable
+STALE_PROCESSING = timedelta(minutes=5)
+IN_FLIGHT_WAIT_SECONDS = 3.0  # a "processing" row older than this died with its process: retryable
 PAYMENT_PROBLEM = ("past_due", "unpaid")
 ENDED = ("canceled", "incomplete_expired")
 
@@ -47,6 +49,10 @@ class Ignored(Exception):
 
 def receive(payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]:
     """Verify and store an event. Returns (row, whether this delivery stored it)."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadWebhook("The body is not UTF-8 JSON.") from None
     try:
         stripe.WebhookSignature.verify_header(payload, signature, settings.STRIPE_WEBHOOK_SECRET, TOLERANCE_SECONDS)
     except stripe.SignatureVerificationError as exc:
@@ -84,6 +90,12 @@ def process(row_pk: int) -> str:
     )
     row = ProviderEvent.objects.get(pk=row_pk)
     if not claimed:
+        # Another delivery is processing it (milliseconds, normally): wait for its outcome, so this answer says
+        # what happened. Still processing after that → the caller answers 503 and Stripe delivers it again.
+        deadline = time.monotonic() + IN_FLIGHT_WAIT_SECONDS
+        while row.status == ProviderEvent.Status.PROCESSING and time.monotonic() < deadline:
+            time.sleep(0.05)
+            row.refresh_from_db(fields=["status"])
         return row.status
     handler = HANDLERS.get(row.type)
     try:
@@ -145,17 +157,21 @@ def _ts(value: Any) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC) if isinstance(value, int) else None
 
 
-def _newer(billing: BillingSubscription, at: datetime) -> bool:
+def _newer(billing: BillingSubscription, at: datetime, *, advance: bool = True) -> bool:
+    """Whether an event created at ``at`` may still change the account (and, with ``advance``, record it as the
+    newest state). Checkout does not advance it: the subscription events that follow it, even those Stripe stamped
+    a moment earlier, still bring the renewal date and price."""
     if billing.state_at is not None and at < billing.state_at:
         return False
-    billing.state_at = at
+    if advance:
+        billing.state_at = at
     return True
 
 
 def _flag_payment_problem(billing: BillingSubscription, problem: bool, why: str) -> None:
     if problem and not billing.payment_problem:
-        notify(account_id=billing.account_id, kind=Notification.Kind.BILLING, subject=f"Payment problem: {why}",
-               body="Update the payment method with Manage billing on the Usage & plan page.")  # fmt: skip
+        notify(account_id=billing.account_id, kind=Notification.Kind.BILLING,
+               subject=f"Payment problem: {why}; update the payment method (Usage & plan, Manage billing)")  # fmt: skip
     billing.payment_problem = problem
 
 
@@ -163,14 +179,16 @@ def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
     """An owner finished Checkout: link the Stripe customer and subscription, and apply the plan they paid for."""
     reference = str(session.get("client_reference_id") or "")
     account = Account.objects.filter(pk=int(reference)).first() if reference.isdigit() else None
-    if account is None:
-        raise Ignored(f"client_reference_id {reference!r} is not an account of this server")
+    # Sessions this server created carry the account in their metadata too; another integration's session on a
+    # shared Stripe account does not, whatever its client_reference_id says.
+    if account is None or str((session.get("metadata") or {}).get("account_id", "")) != reference:
+        raise Ignored(f"session {session.get('id')!r} was not created by this server for an account of it")
     billing = _billing_for(account)
     billing.customer_id = session.get("customer") or billing.customer_id
     billing.subscription_id = session.get("subscription") or billing.subscription_id
     plan_code = (session.get("metadata") or {}).get("plan", "")
     paid = session.get("payment_status") in ("paid", "no_payment_required")
-    if paid and _newer(billing, at):
+    if paid and _newer(billing, at, advance=False):
         plan = Plan.objects.filter(code=plan_code).first()
         if plan is None:
             raise ValueError(f"checkout for unknown plan {plan_code!r}")
@@ -189,7 +207,7 @@ def subscription_changed(sub: dict, at: datetime, event_id: str) -> Account:
     if not _newer(billing, at):
         raise Ignored(f"older than the subscription state already applied ({billing.state_at:%Y-%m-%d %H:%M:%S})")
     status = sub.get("status", "")
-    if status in ENDED:
+    if status in ENDED or status == "paused":
         _ended(billing, sub, event_id)
         return account
     items = (sub.get("items") or {}).get("data") or [{}]
@@ -221,6 +239,8 @@ def subscription_deleted(sub: dict, at: datetime, event_id: str) -> Account:
 def _ended(billing: BillingSubscription, sub: dict, event_id: str) -> None:
     items = (sub.get("items") or {}).get("data") or [{}]
     paid_until = _ts(sub.get("current_period_end")) or _ts(items[0].get("current_period_end")) or timezone.now()
+    if billing.payment_problem or sub.get("status") == "paused":
+        paid_until = min(paid_until, timezone.now())  # ended for lack of payment: the last period was never paid
     billing.status, billing.cancel_at_period_end = sub.get("status") or "canceled", False
     billing.current_period_end = paid_until
     billing.payment_problem = False
@@ -244,7 +264,7 @@ def _invoice(invoice: dict, at: datetime, failed: bool, event_id: str) -> Accoun
         billing.last_invoice_currency = (invoice.get("currency") or "")[:8]
         billing.last_invoice_at = created
         billing.last_invoice_url = (invoice.get("hosted_invoice_url") or "")[:500]
-        amount = f"{(billing.last_invoice_amount or 0) / 100:.2f} {billing.last_invoice_currency.upper()}"
+        amount = billing.last_invoice_amount_display
         _flag_payment_problem(billing, failed, f"invoice {billing.last_invoice_id} for {amount} was not paid")
     billing.updated_at = timezone.now()
     billing.save()

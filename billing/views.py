@@ -12,6 +12,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -310,6 +311,10 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
     except stripe_webhooks.BadWebhook as exc:
         return JsonResponse({"detail": {"error": "invalid_webhook", "message": str(exc)}}, status=400)
     status = stripe_webhooks.process(row.pk)
+    if status == ProviderEvent.Status.PROCESSING:
+        return JsonResponse({"detail": {"error": "in_progress", "event_id": row.event_id,
+                                        "message": "Another delivery of this event is being processed; retry later."}},
+                            status=503, headers={"Retry-After": "60"})  # fmt: skip
     if status == ProviderEvent.Status.FAILED:
         # Not the sender's fault: 503 makes Stripe deliver it again later (and the superuser page can retry it).
         return JsonResponse({"detail": {"error": "processing_failed", "event_id": row.event_id,
@@ -328,6 +333,9 @@ def billing_checkout(request: HttpRequest) -> HttpResponse:
         messages.error(request, "Choose one of the plans offered for purchase.")
         return redirect("billing:usage")
     billing, _ = BillingSubscription.objects.get_or_create(account=account)
+    if billing.has_live_subscription:
+        messages.error(request, "This account already has a subscription: change its plan with Manage billing.")
+        return redirect("billing:usage")
     done = request.build_absolute_uri(reverse("billing:billing-done"))
     try:
         customer = billing.customer_id
@@ -389,12 +397,13 @@ def provider_events(request: HttpRequest) -> HttpResponse:
         raise Http404("Not found.")
     status = request.GET.get("status", "")
     rows = ProviderEvent.objects.select_related("account").order_by("-received_at", "-id")
+    stale_before = timezone.now() - stripe_webhooks.STALE_PROCESSING
     if status in ProviderEvent.Status.values:
         rows = rows.filter(status=status)
     page = Paginator(rows, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
     return render(request, "billing/provider_events.html", {
         "page": page, "status": status, "statuses": ProviderEvent.Status.choices,
-        "extra": f"&status={status}" if status else "",
+        "extra": f"&status={status}" if status else "", "stale_before": stale_before,
     })  # fmt: skip
 
 

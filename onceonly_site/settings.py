@@ -243,8 +243,8 @@ ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", 
 ONCEONLY_FIELD_ENCRYPTION_KEY = env_str("ONCEONLY_FIELD_ENCRYPTION_KEY") or ""
 
 # Paid plans through Stripe (docs/billing.md). Unset: nothing of it is visible, plans are switched freely.
-STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY") or ""
-STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET") or ""
+STRIPE_SECRET_KEY = (env_str("STRIPE_SECRET_KEY") or "").strip()
+STRIPE_WEBHOOK_SECRET = (env_str("STRIPE_WEBHOOK_SECRET") or "").strip()
 if bool(STRIPE_SECRET_KEY) != bool(STRIPE_WEBHOOK_SECRET):
     raise ImproperlyConfigured("Set both STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET, or neither (docs/billing.md).")
 STRIPE_ENABLED = bool(STRIPE_SECRET_KEY)

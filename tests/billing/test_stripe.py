@@ -171,6 +171,7 @@ def test_payment_failure_shows_a_banner_and_emails_the_owners(stripe_on, free_ac
         (b'{"id": "evt_1", "type": "invoice.paid"}', {"at": int(time.time()) - 301}, "Signature verification failed"),
         (b'{"id": "evt_1", "type": ', {}, "not JSON"),
         (b'{"id": "evt_1", "type": "invoice.paid"}', {}, "Not a Stripe event"),
+        (b'\xff\xfe{"id": "evt_1"}', {}, "not UTF-8"),
     ],
 )
 def test_bad_signature_stale_timestamp_or_malformed_body_is_400_and_stores_nothing(
@@ -262,7 +263,7 @@ def test_stripe_down_is_a_message_not_a_500(stripe_on, free_account, owner_a):
 
 
 def test_unconfigured_stripe_shows_nothing_and_the_webhook_is_404(settings, free_account, owner_a):
-    assert settings.STRIPE_ENABLED is False
+    settings.STRIPE_ENABLED = False  # the default: no STRIPE_* variables
     payload = json.dumps(event("checkout.session.completed", free_account)).encode()
     response = Client().post(WEBHOOK, payload, content_type="application/json",
                              headers={"Stripe-Signature": sign(payload)})  # fmt: skip
@@ -274,3 +275,45 @@ def test_unconfigured_stripe_shows_nothing_and_the_webhook_is_404(settings, free
     for url in ("/billing/checkout/", "/billing/portal/"):
         assert client.post(url, {"plan": "pro"}).status_code == 404
     assert client.get("/billing/events/").status_code == 404
+
+
+def test_subscription_created_stamped_before_the_checkout_still_brings_the_renewal(stripe_on, free_account):
+    client = Client()
+    checkout = event("checkout.session.completed", free_account)
+    item = {"price": {"id": "price_pro_monthly"}, "current_period_end": 1767178350}
+    created = event("customer.subscription.updated", free_account, id="evt_1SubCreated",
+                    created=checkout["created"] - 1, object={"items": {"data": [item]}})  # fmt: skip
+    created["type"] = "customer.subscription.created"
+    deliver(client, checkout)
+    assert deliver(client, created).json()["status"] == "succeeded"
+    billing = BillingSubscription.objects.get(account=free_account)
+    assert billing.price_id == "price_pro_monthly" and int(billing.current_period_end.timestamp()) == 1767178350
+    assert plan_of(free_account) == "pro"
+
+
+def test_a_session_this_server_did_not_create_is_ignored(stripe_on, free_account):
+    foreign = event("checkout.session.completed", free_account, object={"metadata": {"plan": "agency"}})
+    response = deliver(Client(), foreign)
+    assert response.json()["status"] == "ignored" and plan_of(free_account) == "free"
+
+
+def test_a_subscription_that_ended_unpaid_drops_to_free_at_once(stripe_on, free_account):
+    client = Client()
+    deliver(client, event("checkout.session.completed", free_account))
+    deliver(client, event("invoice.payment_failed", free_account))
+    future = int((timezone.now() + timedelta(days=25)).timestamp())
+    deleted = event("customer.subscription.deleted", free_account, created=1764500500,
+                    object={"items": {"data": [{"current_period_end": future}]}})  # fmt: skip
+    deliver(client, deleted)
+    assert plan_of(free_account) == "free"  # the period it would run to was never paid
+
+
+def test_no_second_subscription_while_one_is_live(stripe_on, free_account, owner_a):
+    client = Client()
+    deliver(client, event("checkout.session.completed", free_account))
+    deliver(client, event("customer.subscription.updated", free_account))
+    owner = owner_a.login(Client())
+    page = owner.get("/usage/").content.decode()
+    assert "Subscribe to" not in page and "Manage billing" in page
+    response = owner.post("/billing/checkout/", {"plan": "pro"}, follow=True)
+    assert "already has a subscription" in response.content.decode()
