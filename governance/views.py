@@ -107,7 +107,8 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
     now = timezone.now()
     range_ = request.GET.get("range") if request.GET.get("range") in ("day", "week") else "day"
     metrics = selectors.agent_metrics(account.pk, agent.agent_id, range_, now)
-    recent = Decision.objects.filter(agent=agent).order_by("-ts", "-id")[:20]
+    # account + agent: the (account, agent, -ts) index, newest first — no sort of the agent's whole history.
+    recent = Decision.objects.filter(account_id=account.pk, agent=agent).order_by("-ts", "-id")[:20]
     return render(request, "governance/agent_detail.html", {
         "agent": agent, "metrics": metrics, "recent": recent, "range": range_, "chart": _series(agent, range_, now),
         "reason_form": ReasonForm(),

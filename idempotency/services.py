@@ -85,7 +85,7 @@ def _decode_lock(key: str, raw: bytes, pttl: int) -> LockOutcome:
 
 _UPSERT_LOCK_SQL = """
 INSERT INTO idempotency_lockrecord (account_id, key, first_seen_at, expires_at, ttl_seconds, metadata)
-VALUES (%s, %s, %s, %s, %s, {metadata})
+{values}
 ON CONFLICT (account_id, key) DO UPDATE SET
     first_seen_at = excluded.first_seen_at, expires_at = excluded.expires_at,
     ttl_seconds = excluded.ttl_seconds, metadata = excluded.metadata
@@ -99,11 +99,18 @@ def _record_first_seen(account_id: int, key: str, now: datetime, ttl: int, metad
 
     One conditional upsert, atomic in PostgreSQL and SQLite. On PostgreSQL it commits asynchronously
     (``synchronous_commit = off``, design §3.4): it survives any loss of Redis; only a PostgreSQL crash within
-    about 0.6 s of the write can lose it.
+    about 0.6 s of the write can lose it. The setting rides in the statement itself (``set_config(…, true)`` is
+    local to the statement's own transaction, and commit reads it), so the write is one round trip in autocommit
+    instead of four (BEGIN, SET LOCAL, INSERT, COMMIT) — measured in docs/benchmarks.md.
     """
     ops = connection.ops
     postgres = connection.vendor == "postgresql"
-    sql = _UPSERT_LOCK_SQL.format(metadata="CAST(%s AS jsonb)" if postgres else "%s")
+    sql = _UPSERT_LOCK_SQL.format(
+        values="SELECT %s, %s, %s, %s, %s, CAST(%s AS jsonb) FROM (SELECT set_config('synchronous_commit', 'off', "
+        "true)) AS async_commit"
+        if postgres
+        else "VALUES (%s, %s, %s, %s, %s, %s)"
+    )
     params = [
         account_id,
         key,
@@ -112,9 +119,7 @@ def _record_first_seen(account_id: int, key: str, now: datetime, ttl: int, metad
         ttl,
         metadata_json or None,
     ]
-    with transaction.atomic(), connection.cursor() as cursor:
-        if postgres:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone() is not None
 
