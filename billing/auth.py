@@ -228,20 +228,25 @@ def _touch(principal: ApiPrincipal) -> None:
         ApiKey.objects.filter(pk=principal.key_id).update(last_used_at=timezone.now())
 
 
+def authenticate_header_value(header: str) -> ApiPrincipal:
+    """The principal of an ``Authorization: Bearer <key>`` header, or MissingBearer (401) / InvalidApiKey (403)."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise MissingBearer()
+    if len(token) > MAX_KEY_LENGTH or not token.isascii():
+        raise InvalidApiKey()
+    principal = resolve(token)
+    if principal is None:
+        raise InvalidApiKey()
+    _touch(principal)
+    counters.count_request(principal.account_id)
+    return principal
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[ApiPrincipal, ApiPrincipal]:
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise MissingBearer()
-        if len(token) > MAX_KEY_LENGTH or not token.isascii():
-            raise InvalidApiKey()
-        principal = resolve(token)
-        if principal is None:
-            raise InvalidApiKey()
-        _touch(principal)
-        counters.count_request(principal.account_id)
+        principal = authenticate_header_value(request.META.get("HTTP_AUTHORIZATION", ""))
         return principal, principal
 
     def authenticate_header(self, request: Request) -> str:

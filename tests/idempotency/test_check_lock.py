@@ -228,3 +228,26 @@ def test_over_quota_a_forgotten_live_lock_is_still_a_duplicate(account_a, plans)
     again = lock(client, "only", ttl=60)
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     assert lock(client, "another", ttl=60).status_code == 402
+
+
+def test_the_lean_path_keeps_the_error_contract(key_a):
+    """check-lock skips DRF's machinery on its usual form; every other form, and every error, answers the same."""
+    from django.test import Client
+
+    lean = key_a.client()
+    bad_json = lean.post("/v1/check-lock", b'{"key": ', content_type="application/json")
+    assert bad_json.status_code == 422 and bad_json.json()["detail"][0]["type"] == "json_invalid"
+    no_key = Client().post("/v1/check-lock", {"key": "k"}, content_type="application/json")
+    assert no_key.status_code == 401 and no_key["WWW-Authenticate"] == 'Bearer realm="api"'
+    wrong = Client(headers={"Authorization": "Bearer once_live_nope"}).post(
+        "/v1/check-lock", {"key": "k"}, content_type="application/json"
+    )
+    assert wrong.status_code == 403 and wrong.json() == {"detail": "Invalid API key"}
+    invalid = lean.post("/v1/check-lock", {"key": "", "ttl": 0}, content_type="application/json")
+    assert invalid.status_code == 422 and {e["loc"][-1] for e in invalid.json()["detail"]} == {"key", "ttl"}
+    form = lean.post("/v1/check-lock", {"key": "k"})  # multipart: DRF's path, which has no parser for it
+    assert form.status_code == 415
+    first = lean.post("/v1/check-lock", {"key": "é", "metadata": {"who": "ünïcode"}}, content_type="application/json")
+    again = lean.post("/v1/check-lock", {"key": "é"}, content_type="application/json")
+    assert first["Content-Type"] == "application/json" and first["X-OnceOnly-Status"] == "locked"
+    assert again.json()["metadata"] == {"who": "ünïcode"} and again["X-OnceOnly-Status"] == "duplicate"
