@@ -93,3 +93,20 @@ def test_a_lower_id_that_settles_later_is_not_skipped(decisions, monkeypatch):
     Decision.objects.update(ts=old)  # now it has settled too (the edit of ts is only this test's time travel)
     second = ledger.checkpoint_account(decisions[0].account_id)
     assert (second.first_decision_id, second.last_decision_id) == (decisions[2].pk, decisions[-1].pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_decisions_written_in_one_statement_verify_and_roll_up(key_a):
+    """Outside a transaction (as in production) PostgreSQL writes a decision and its rollup in one statement;
+    the row must hash, chain and count exactly like the two-step write."""
+    from governance.models import DecisionRollup
+
+    client = key_a.client()
+    for n in range(4):
+        client.post("/v1/ai/run", {"agent_id": "bot", "tool": "t", "args": {"n": n % 3}, "spend_usd": 0.25},
+                    content_type="application/json")  # fmt: skip
+    assert Decision.objects.count() == 4
+    rollup = DecisionRollup.objects.get(tool="t", outcome="allowed")
+    assert rollup.count == 3 and float(rollup.spend_usd) == 0.75  # the fourth call was a dedup (no charge)
+    checkpoint_decisions()
+    assert ledger.verify(key_a.api_key.account_id).ok
