@@ -27,7 +27,9 @@ def agents_needing_attention(account: Account) -> dict[str, Any] | None:
     ids = [a.pk for a in agents]
     spend = dict(DecisionRollup.objects.filter(agent_id__in=ids, hour__gte=day_start, outcome__in=CHARGED_OUTCOMES)
                  .values_list("agent_id").annotate(s=Sum("spend_usd")))  # fmt: skip
-    recent = Decision.objects.filter(agent_id__in=ids, ts__gt=now - timedelta(hours=1), outcome__in=CHARGED_OUTCOMES)
+    # account first: the (account, agent, -ts) index reads only the last hour, however long the log is.
+    recent = Decision.objects.filter(account=account, agent_id__in=ids, ts__gt=now - timedelta(hours=1),
+                                     outcome__in=CHARGED_OUTCOMES)  # fmt: skip
     hour = dict(recent.values_list("agent_id").annotate(n=Count("id")))
     rows = []
     for agent in agents:
