@@ -37,7 +37,7 @@ SCRIPT = ROOT / "bench" / "scenario.lua"
 RESULTS = ROOT / "bench" / "results"
 DB_NAME = "onceonly_bench"
 REDIS_DB = 12
-GUNICORN_WORKERS = 3  # sync workers on 2 cores: see docs/benchmarks.md (2 and 4 measured lower)
+GUNICORN_WORKERS = 3  # sync workers on 2 cores: docs/benchmarks.md has the runs with 2, 3, 4 and 6
 CONNECTIONS = 16
 SEED_ROWS = 1_000_000
 SCENARIOS = {
@@ -93,8 +93,8 @@ def reset_services(admin_url: str, redis_url: str) -> None:
 class Stack:
     """The processes under test, each in its own process group (stopped together at the end)."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir, self.processes = env, log_dir, []
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int) -> None:
+        self.env, self.log_dir, self.processes, self.workers = env, log_dir, [], workers
         self.port, self.receiver_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.receiver_url = f"http://127.0.0.1:{self.receiver_port}"
@@ -110,7 +110,7 @@ class Stack:
         self._start("receiver", [sys.executable, "examples/tool_receiver.py", str(self.receiver_port)],
                     {**self.env, "TOOL_SECRET": "bench-secret-0123456789"})  # fmt: skip
         self._start("gunicorn", [sys.executable, "-m", "gunicorn", "onceonly_site.wsgi:application", "--workers",
-                                 str(GUNICORN_WORKERS), "--worker-class", "sync", "--bind", f"127.0.0.1:{self.port}",
+                                 str(self.workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{self.port}",
                                  "--backlog", "2048", "--log-level", "warning"], self.env)  # fmt: skip
         self._start("celery", [sys.executable, "-m", "celery", "-A", "onceonly_site", "worker", "--loglevel",
                                "WARNING", "--concurrency", "1"], self.env)  # fmt: skip
@@ -178,16 +178,96 @@ def server_cpu(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def run_scenarios(stack: Stack, key: str, *, seconds: int, warmup: int) -> dict[str, dict[str, Any]]:
+def cpu_by_component(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each part of the machine: the stack's processes (by process group), PostgreSQL
+    and Redis (by command name), wrk, and everything else."""
+    groups = {process.pid: name for name, process in stack.processes}
+    totals: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, rest = stat.read_text().rsplit(")", 1)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        comm, fields = head.split("(", 1)[1], rest.split()
+        group = int(fields[2])
+        if group in groups:
+            name = groups[group]
+        elif comm.startswith("postgres"):
+            name = "postgresql"
+        elif comm.startswith("redis-server"):
+            name = "redis"
+        elif comm == "wrk":
+            name = "wrk"
+        else:
+            name = "other"
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Milliseconds of CPU per request, by component (2 cores = 2,000 ms of CPU per second to share)."""
+    return {name: round((after[name] - before.get(name, 0.0)) * 1000 / max(requests, 1), 3)
+            for name in sorted(after) if name != "other" or after[name] > before.get(name, 0.0)}  # fmt: skip
+
+
+def profile_start(stack: Stack, scenario: str) -> subprocess.Popen | None:
+    """py-spy sampling every gunicorn worker during a saturation run (``--profile``); None without py-spy."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        log("py-spy is missing (pip install py-spy): no profile")
+        return None
+    master = next(process.pid for name, process in stack.processes if name == "gunicorn")
+    out = stack.log_dir / f"profile-{scenario}.collapsed"
+    # --gil: only samples holding the GIL, i.e. Python at work (not waiting on PostgreSQL or Redis).
+    command = [spy, "record", "--pid", str(master), "--subprocesses", "--rate", "250", "--gil", "--format", "raw",
+               "--output", str(out), "--nonblocking"]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_summary(stack: Stack, scenario: str, spy: subprocess.Popen, top: int = 25) -> list[str]:
+    """The functions holding the most samples (inclusive), from py-spy's collapsed stacks."""
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=30)
+    path = stack.log_dir / f"profile-{scenario}.collapsed"
+    if not path.exists():
+        return []
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        total += count
+        seen = set()
+        for frame in stack_text.split(";"):
+            name = frame.split(" (", 1)[0] + " (" + frame.split(" (", 1)[-1].split(":")[0].rsplit("/", 1)[-1]
+            if name not in seen:
+                seen.add(name)
+                inclusive[name] = inclusive.get(name, 0) + count
+    ranked = sorted(inclusive.items(), key=lambda item: -item[1])
+    return [f"{100 * count / max(total, 1):5.1f}%  {name}" for name, count in ranked[:top]]
+
+
+def run_scenarios(stack: Stack, key: str, *, seconds: int, warmup: int, only: list[str],
+                  profile: list[str]) -> dict[str, dict[str, Any]]:  # fmt: skip
     results = {}
     for scenario, title in SCENARIOS.items():
+        if only and scenario != "floor" and scenario not in only:
+            continue
         log(f"{title}: warm-up {warmup} s, saturation {seconds} s")
         wrk(stack.url, scenario, seconds=warmup, api_key=key, tag=f"warm-{scenario}")
+        spy = profile_start(stack, scenario) if scenario in profile else None
+        cpu_before = cpu_by_component(stack)
         peak = wrk(stack.url, scenario, seconds=seconds, api_key=key)
+        peak["cpu_ms_per_request"] = cpu_per_request(cpu_before, cpu_by_component(stack), peak["requests"])
+        if spy is not None:
+            peak["profile"] = profile_summary(stack, scenario, spy)
+            log("  profile (inclusive share of gunicorn samples):\n    " + "\n    ".join(peak["profile"]))
         paced = wrk(stack.url, scenario, seconds=seconds, api_key=key, rate=0.7 * peak["rps"])
         results[scenario] = {"title": title, "peak": peak, "at_70": paced, "rate_70": round(0.7 * peak["rps"], 1)}
+        cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in peak["cpu_ms_per_request"].items())
         log(
-            f"  peak {peak['rps']:.0f} req/s (wrk CPU {peak['loadgen_cpu']:.2f} core), at 70 %: "
+            f"  peak {peak['rps']:.0f} req/s (CPU ms per request: {cpu}), at 70 %: "
             f"p50 {paced['p50_ms']:.1f} ms p99 {paced['p99_ms']:.1f} ms, errors {peak['errors'] + paced['errors']}"
         )
     return results
@@ -355,6 +435,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 s runs, no growth phase")
     parser.add_argument("--seconds", type=int, default=12, help="length of each saturation and paced run")
+    parser.add_argument("--workers", type=int, default=GUNICORN_WORKERS, help="gunicorn sync workers")
+    parser.add_argument("--profile", default="", help="comma-separated scenarios to sample with py-spy")
+    parser.add_argument("--only", default="", help="comma-separated scenarios (the floor always runs); no growth phase")
     options = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -378,7 +461,11 @@ def main() -> None:
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     log_dir = ROOT / "var" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(env, log_dir)
+    stack = Stack(env, log_dir, options.workers)
+    only = [name for name in options.only.split(",") if name]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        sys.exit(f"unknown scenarios: {', '.join(sorted(unknown))} (known: {', '.join(SCENARIOS)})")
     django_setup(env)
     started = time.monotonic()
     try:
@@ -390,16 +477,18 @@ def main() -> None:
         pids = [p.pid for _, p in stack.processes]
         cpu_before = server_cpu(pids)
         results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                                   "stack": {"gunicorn_workers": GUNICORN_WORKERS, "worker_class": "sync",
+                                   "stack": {"gunicorn_workers": options.workers, "worker_class": "sync",
                                              "connections": CONNECTIONS, "wrk_threads": 1,
                                              "seconds": seconds}}  # fmt: skip
-        results["scenarios"] = run_scenarios(stack, data["key"], seconds=seconds, warmup=warmup)
+        results["scenarios"] = run_scenarios(
+            stack, data["key"], seconds=seconds, warmup=warmup, only=only, profile=options.profile.split(",")
+        )
         # The floor again, last: the machine's speed drifts (2 shared cores), so ratios use the mean of both.
         floor_end = wrk(stack.url, "floor", seconds=seconds, api_key=data["key"])["rps"]
         results["floor_runs"] = [results["scenarios"]["floor"]["peak"]["rps"], floor_end]
         results["floor_rps"] = round(statistics.mean(results["floor_runs"]), 1)
         results["server_cpu_s"] = round(server_cpu(pids) - cpu_before, 1)
-        if not options.quick:
+        if not options.quick and not only:
             pages_0 = time_pages()
             log(f"seeding {SEED_ROWS:,} decisions and {SEED_ROWS:,} lock records")
             seeded = seed(int(data["account_id"]))
@@ -417,7 +506,8 @@ def main() -> None:
     table = report(results)
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-quick' if options.quick else ''}.json"
+    partial = options.quick or only or options.workers != GUNICORN_WORKERS
+    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-partial' if partial else ''}.json"
     out.write_text(json.dumps({**results, "table": table.splitlines()}, indent=2) + "\n")
     log(f"wrote {out.relative_to(ROOT)} ({results['wall_s']} s)")
 

@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import entitlements
+from billing import entitlements, ratelimit
 from governance import policies, selectors, services, tools
 from governance.choices import Outcome
 from governance.models import Agent, Tool
@@ -73,6 +73,8 @@ class GovernedCallOutput(serializers.Serializer):
 class AiRunApi(APIView):
     """`/v1/ai/run`: with `agent_id` + `tool` the governed call; with `key` the keyed run (Keyed runs issue)."""
 
+    rate_limit_in_script = True  # the governed call takes its token in governed_call.lua; the key form below
+
     @extend_schema(
         operation_id="ai_run",
         request=PolymorphicProxySerializer(
@@ -100,6 +102,7 @@ class AiRunApi(APIView):
                 check.fail("key", f"The key form of /v1/ai/run cannot be combined with {', '.join(mixed)}.",
                            "value_error")  # fmt: skip
                 check.done()
+            ratelimit.ApiKeyRateThrottle().allow_request(request, None)
             return idempotency_api.keyed_run(request, data)
         check = BodyCheck(data, {"agent_id", "tool", "args", "spend_usd"})
         agent_id = check.key("agent_id", max_length=MAX_AGENT_ID)
@@ -123,6 +126,7 @@ class AiRunApi(APIView):
                 tool=tool,
                 args=args,
                 spend_usd=Decimal(str(spend)) if spend is not None else None,
+                rate_limit=ratelimit.script_args(request.auth),
             )
         except services.ToolNotFound:
             raise ApiProblem(

@@ -11,8 +11,10 @@
 -- KEYS[6]  the account's usage hash oo:{a<acct>}:usage:<YYYY-MM>  ARGV[10] monthly ai limit (-1)  ARGV[11] its TTL
 -- ARGV[12] day of the month "DD" (UTC) for the daily usage field ai:DD
 -- ARGV[13] "1" for a dry run: decide exactly as a real call would, but write nothing (no reservation, no usage)
+-- KEYS[7] (optional) the caller's API-key rate-limit bucket, ARGV[14] tokens/s, ARGV[15] burst: the token is taken
+-- here (billing/take_token.lua is prepended), so the governed call is one Redis round trip before its decision.
 -- An allowed call also consumes one unit of the monthly `ai` quota, in this same atomic step.
--- Returns {"rebuild"} | {"rebuild_usage"} | {"dedup", value} | {"blocked", reason, actions, calls, spend}
+-- Returns {"rebuild"} | {"rebuild_usage"} | {"rate_limited", wait_ms} | {"dedup", value} | {"blocked", reason, actions, calls, spend}
 --       | {"quota", usage}
 --       | {"ok", actions, calls, spend} (counts after this call's reservation)
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -20,6 +22,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 if redis.call('EXISTS', KEYS[6]) == 0 then
   return {'rebuild_usage'}
+end
+if KEYS[7] then
+  local wait = take_token(KEYS[7], ARGV[14], ARGV[15])
+  if wait > 0 then
+    return {'rate_limited', wait}
+  end
 end
 local dry = ARGV[13] == '1'
 if not dry then

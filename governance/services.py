@@ -11,18 +11,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Sum
+from django.db.models.expressions import Col
 from django.utils import timezone
 
 from billing import usage
 from billing.auth import PlanLimits
+from billing.models import Account
 from billing.notifications import notify
+from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
-from governance import dispatch, ledger, policies, tools
+from governance import dispatch, ledger, policies
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
 from idempotency import events as run_events
@@ -52,6 +56,65 @@ def agent_get_or_create(*, account_id: int, agent_id: str) -> Agent:
     except IntegrityError:
         pass  # registered concurrently by another call
     return Agent.objects.select_related("account").get(account_id=account_id, agent_id=agent_id)
+
+
+_CALL_ACCOUNT_FIELDS = ("id", "args_hash_key", "strict_mode")  # what a governed call reads of the account
+_AGENT_FOR_CALL_SQL = """
+SELECT {columns}, (
+    SELECT t.id FROM {tool} t WHERE t.account_id = a.account_id AND t.name = %s AND t.scope_id IN (%s, 'global')
+    ORDER BY t.scope_id = 'global' LIMIT 1
+) FROM {agent} a JOIN {account} c ON c.id = a.account_id WHERE a.account_id = %s AND a.agent_id = %s
+"""
+
+
+@cache
+def _agent_for_call_sql(vendor: str) -> tuple[str, list[tuple[Col, list[Callable]]]]:
+    """The SQL of ``_agent_for_call`` and each column's field and database converters, built once per process.
+
+    The ORM took about half of a governed call's Python time compiling this query (select_related, an annotated
+    subquery) on every call (docs/benchmarks.md); the statement is always the same, so it is written out once.
+    """
+    quote = connection.ops.quote_name
+    agent_fields = list(Agent._meta.concrete_fields)
+    account_fields = [f for f in Account._meta.concrete_fields if f.attname in _CALL_ACCOUNT_FIELDS]  # model order
+    columns = [f"a.{quote(f.column)}" for f in agent_fields] + [f"c.{quote(f.column)}" for f in account_fields]
+    tables = {
+        name: quote(model._meta.db_table) for name, model in [("tool", Tool), ("agent", Agent), ("account", Account)]
+    }
+    sql = _AGENT_FOR_CALL_SQL.format(columns=", ".join(columns), **tables)
+    converters = []
+    for table, model_field in [("a", f) for f in agent_fields] + [("c", f) for f in account_fields]:
+        column = model_field.get_col(table)
+        converters.append(
+            (column, connection.ops.get_db_converters(column) + model_field.get_db_converters(connection))
+        )
+    return sql, converters
+
+
+def _agent_for_call(account_id: int, agent_id: str, tool: str) -> tuple[Agent, Tool | None]:
+    """The calling agent (registered on first sight) with the account fields a call reads, and the registered
+    tool it would use (``tools.lookup``: agent scope, then global): one query when the tool is not registered, two
+    when it is (design §4 steps 1 and 4)."""
+    sql, converters = _agent_for_call_sql(connection.vendor)
+    params = [tool, f"agent:{agent_id}", account_id, agent_id]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        if row is None:
+            agent_get_or_create(account_id=account_id, agent_id=agent_id)
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+    values = []
+    for (column, field_converters), value in zip(converters, row, strict=False):
+        for convert in field_converters:
+            value = convert(value, column, connection)
+        values.append(value)
+    split = len(Agent._meta.concrete_fields)
+    agent = Agent.from_db(connection.alias, None, values[:split])
+    account = Account.from_db(connection.alias, list(_CALL_ACCOUNT_FIELDS), values[split:])
+    Agent.account.field.set_cached_value(agent, account)
+    registered_pk = row[-1]
+    return agent, Tool.objects.filter(pk=registered_pk).first() if registered_pk else None
 
 
 def agent_set_enabled(*, account_id: int, agent_id: str, enabled: bool, reason: str, actor: str) -> Agent:
@@ -290,22 +353,24 @@ def governed_call(
     run_id: str | None = None,
     dry_run: bool = False,
     finishes_run: bool = True,
+    rate_limit: tuple[str, list[int]] | None = None,
 ) -> CallOutcome:
     """Decide a tool call before it runs (design §4). Every ending is a durable decision row.
 
     With a run id (``run_id``, else ``args.run_id``) the call also writes ``tool_call`` and ``tool_result`` events
     to that run's timeline, and ``run_finished`` when ``finishes_run`` (a tool-form call is a run of one step; a
     keyed run's actions are steps of a longer run). ``dry_run`` decides exactly as a real call would but reserves,
-    dispatches, charges and records nothing (keyed runs with ``metadata.dry_run``).
+    dispatches, charges and records nothing (keyed runs with ``metadata.dry_run``). ``rate_limit`` (the API key's
+    bucket and its rate and burst, ``billing.ratelimit.script_args``) takes the caller's token in the same script:
+    over the limit raises ``RateLimited`` with nothing recorded.
     """
     started = time.monotonic()
     started_at = timezone.now()
-    agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
+    agent, registered = _agent_for_call(account_id, agent_id, tool)  # agent scope, then global (design §4 step 4)
     policy = agent.policy or {}
     digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
     if run_id is None:
         run_id = args.get("run_id") if isinstance(args.get("run_id"), str) else ""
-    registered = tools.lookup(account_id, agent_id, tool)  # agent scope, then global (design §4 step 4)
     risk = (registered.risk_level if registered else "") or policies.risk_of(tool)
     base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
                 risk_level=risk)  # fmt: skip
@@ -361,9 +426,12 @@ def governed_call(
         _micro(cost), tool, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS, now.strftime("%d"),
         "1" if dry_run else "0",
     ]  # fmt: skip
+    if rate_limit is not None:
+        keys.append(rate_limit[0])
+        argv.extend(rate_limit[1])
     client = get_redis()
     for _ in range(3):
-        reply = lua_script(GOVERNED_CALL_LUA)(keys=keys, args=argv, client=client)
+        reply = lua_script(GOVERNED_CALL_LUA, TAKE_TOKEN_LUA)(keys=keys, args=argv, client=client)
         if reply[0] == b"rebuild":
             _rebuild(agent, keys, now, window)
         elif reply[0] == b"rebuild_usage":
@@ -374,6 +442,8 @@ def governed_call(
         raise RuntimeError("governance counters could not be rebuilt")
 
     kind = reply[0].decode()
+    if kind == "rate_limited":
+        raise RateLimited(int(reply[1]))
     if kind == "quota":
         raise usage.QuotaExceeded(kind=usage.AI, plan=plan.code, usage=int(reply[1]), limit=plan.ai_limit)
     if kind == "dedup":

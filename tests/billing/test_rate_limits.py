@@ -8,24 +8,31 @@ from onceonly.exceptions import RateLimitError
 
 from billing.models import Plan
 from billing.services import account_set_plan
+from governance.models import Decision
 from tests.conftest import make_key
 
 
 @pytest.fixture
 def slow_key(account_a, plans):
-    Plan.objects.filter(code="free").update(rate_limit_per_second=1, rate_limit_burst=3)
-    account_set_plan(account=account_a, plan=Plan.objects.get(code="free"))
+    Plan.objects.filter(code="agency").update(rate_limit_per_second=1, rate_limit_burst=3)
+    account_set_plan(account=account_a, plan=Plan.objects.get(code="agency"))
     return make_key(account_a)
 
 
-@pytest.mark.parametrize("call", ["me", "check-lock"])
+@pytest.mark.parametrize("call", ["me", "check-lock", "governed call", "keyed run"])
 def test_burst_past_the_bucket_is_429_and_retry_after_is_honest(slow_key, call):
     client = slow_key.client()
 
     def hit(n):
         if call == "me":
             return client.get("/v1/me")
-        return client.post("/v1/check-lock", {"key": f"k{n}"}, content_type="application/json")
+        if call == "check-lock":
+            return client.post("/v1/check-lock", {"key": f"k{n}"}, content_type="application/json")
+        if call == "keyed run":
+            body = {"key": f"run-{n}", "metadata": {"task": "demo.echo"}}
+            return client.post("/v1/ai/run", body, content_type="application/json")
+        body = {"agent_id": "bot", "tool": "search.web", "args": {"n": n}}
+        return client.post("/v1/ai/run", body, content_type="application/json")
 
     statuses = [hit(n).status_code for n in range(3)]
     assert statuses == [200, 200, 200]
@@ -35,7 +42,11 @@ def test_burst_past_the_bucket_is_429_and_retry_after_is_honest(slow_key, call):
     wait = int(limited["Retry-After"])  # an integer number of seconds
     assert 1 <= wait <= 2
     time.sleep(wait)
-    assert hit(4).status_code == 200
+    after = hit(4)
+    assert after.status_code == 200
+    if call == "governed call":  # the refused call was neither decided nor counted against the hourly cap
+        assert Decision.objects.count() == 4
+        assert after.json()["remaining"]["actions_this_hour"] == 4
 
 
 def test_each_key_has_its_own_bucket(slow_key, account_a):

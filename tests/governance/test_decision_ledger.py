@@ -110,3 +110,21 @@ def test_decisions_written_in_one_statement_verify_and_roll_up(key_a):
     assert rollup.count == 3 and float(rollup.spend_usd) == 0.75  # the fourth call was a dedup (no charge)
     checkpoint_decisions()
     assert ledger.verify(key_a.api_key.account_id).ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_governed_call_is_two_statements_in_production(key_a, django_assert_num_queries):
+    """Outside a transaction, an allowed permit-only call reads its agent, account and tool in one statement and
+    writes its decision (with the rollup) in one more on PostgreSQL; SQLite writes them in one transaction."""
+    from django.db import connection
+
+    client = key_a.client()
+    first = {"agent_id": "bot", "tool": "t", "args": {"n": 0}}
+    assert client.post("/v1/ai/run", first, content_type="application/json").status_code == 200  # warm: key, agent
+    expected = (
+        2 if connection.vendor == "postgresql" else 5
+    )  # SQLite: the select, then BEGIN IMMEDIATE, decision, rollup…
+    with django_assert_num_queries(expected, connection=connection):
+        response = client.post("/v1/ai/run", {**first, "args": {"n": 1}}, content_type="application/json")
+    assert response.json()["decision"] == "allowed"
+    assert Decision.objects.count() == 2
