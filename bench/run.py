@@ -201,7 +201,9 @@ def cpu_by_component(stack: Stack) -> dict[str, float]:
             name = "wrk"
         else:
             name = "other"
-        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        # Own time plus reaped children's: a PostgreSQL backend that exits mid-run (CONN_MAX_AGE) moves its CPU
+        # into the postmaster's cutime/cstime instead of vanishing from the sum.
+        totals[name] = totals.get(name, 0.0) + sum(int(v) for v in fields[11:15]) / tick
     return totals
 
 

@@ -1,6 +1,10 @@
+import math
+
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm, UsernameField
+from django.core.exceptions import ValidationError
 
+from billing import login_throttle
 from billing.choices import Role
 
 
@@ -25,10 +29,31 @@ class EmailAuthenticationForm(AuthenticationForm):
     error_messages = {
         **AuthenticationForm.error_messages,
         "invalid_login": "Please enter a correct email and password. The password is case-sensitive.",
+        "locked_out": "Too many failed sign-in attempts. For your security, sign-in is paused for %(minutes)s "
+        "minute%(plural)s; try again then, or ask an owner of the account to reset your password.",
     }
+    locked_out = False
 
     def clean_username(self) -> str:
         return self.cleaned_data["username"].strip().lower()
+
+    def clean(self) -> dict:
+        email = self.cleaned_data.get("username") or ""
+        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
+        wait = login_throttle.locked_for(email, address)
+        if wait:  # refused before the password is looked at: a correct one does not end the lockout early
+            self.locked_out = True
+            minutes = math.ceil(wait / 60)
+            raise ValidationError(self.error_messages["locked_out"], code="locked_out",
+                                  params={"minutes": minutes, "plural": "" if minutes == 1 else "s"})  # fmt: skip
+        try:
+            cleaned = super().clean()
+        except ValidationError as exc:
+            if exc.code == "invalid_login":
+                login_throttle.record_failure(email, address)
+            raise
+        login_throttle.record_success(email, address)
+        return cleaned
 
 
 class PlanSwitchForm(forms.Form):

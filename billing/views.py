@@ -6,6 +6,7 @@ import secrets
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -23,6 +24,7 @@ from billing.choices import Role
 from billing.forms import (
     AccountSwitchForm,
     ApiKeyCreateForm,
+    EmailAuthenticationForm,
     MemberAddForm,
     MemberRoleForm,
     PlanSwitchForm,
@@ -35,6 +37,16 @@ from onceonly_site.redis_client import get_redis
 KEYS_PER_PAGE = 25
 # A new raw key waits in the cache (never the database) for the one page view that shows it.
 NEW_KEY_CACHE_SECONDS = 120
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login view; a sign-in refused by the failed-login lockout answers 429 (billing/login_throttle.py)."""
+
+    def form_invalid(self, form: EmailAuthenticationForm) -> HttpResponse:
+        response = super().form_invalid(form)
+        if getattr(form, "locked_out", False):
+            response.status_code = 429
+        return response
 
 
 def _new_key_slot(request: HttpRequest, token: str) -> str:

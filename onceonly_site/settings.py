@@ -57,6 +57,8 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
 SECURE_HSTS_PRELOAD = HTTPS
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
 SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True  # pages carry the token (forms, and hx-headers for htmx); no script reads the cookie
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
 
@@ -79,6 +81,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "onceonly_site.middleware.RequestIdMiddleware",
+    "onceonly_site.middleware.SecurityHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -227,6 +230,10 @@ ONCEONLY_API_KEY_REDIS_CACHE_SECONDS = env_int("ONCEONLY_API_KEY_REDIS_CACHE_SEC
 ONCEONLY_API_KEY_TOUCH_SECONDS = env_int("ONCEONLY_API_KEY_TOUCH_SECONDS", 60, minimum=1)
 # Per-process request counters are added to the database at most this often per account.
 ONCEONLY_COUNTER_FLUSH_SECONDS = env_float("ONCEONLY_COUNTER_FLUSH_SECONDS", 5.0, minimum=0)
+# Dashboard sign-in: this many wrong passwords for one email (ten times as many from one address) lock sign-in
+# for the window (billing/login_throttle.py).
+ONCEONLY_LOGIN_MAX_FAILURES = env_int("ONCEONLY_LOGIN_MAX_FAILURES", 5, minimum=1)
+ONCEONLY_LOGIN_LOCKOUT_SECONDS = env_int("ONCEONLY_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 # Completed/failed leases stay final, and expired lock records are kept, this long; the sweeper deletes them after.
 ONCEONLY_RETENTION_DAYS = env_int("ONCEONLY_RETENTION_DAYS", 7, minimum=1)
 # A governed call's dispatch (all attempts) ends within this many seconds; the SDK's client timeout is 5 s.

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from billing.urls import api_urlpatterns as billing_api
 from governance.urls import api_urlpatterns as governance_api
@@ -20,7 +20,7 @@ urlpatterns = [
     path("v1", api.api_not_found),  # not an HTML redirect to /v1/ (APPEND_SLASH)
     path("v1/", include((v1_patterns, "v1"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", include("governance.urls")),

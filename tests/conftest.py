@@ -164,11 +164,16 @@ def page(browser, request):
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     page = context.new_page()
     page.set_default_timeout(10_000)
+    # Every browser test doubles as a Content-Security-Policy check: Chromium reports each refused inline
+    # script, handler or style as a console error, and any of them fails the test that loaded the page.
+    refused = []
+    page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
     yield page
     ARTIFACTS.mkdir(exist_ok=True)
     name = request.node.nodeid.replace("/", "_").replace("::", "__").replace("[", "_").replace("]", "")
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     context.close()
+    assert not refused, f"the page broke its Content-Security-Policy: {refused}"
 
 
 def pytest_report_header(config):

@@ -14,6 +14,19 @@ document.addEventListener("click", async (event) => {
     if (status) status.textContent = "Selected — press Ctrl-C to copy.";
   }
 });
+// Destructive buttons ask first: <button data-confirm="Question?"> (no inline handlers: the CSP forbids them).
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("[data-confirm]");
+  if (button && !window.confirm(button.dataset.confirm)) event.preventDefault();
+});
+// Bars drawn to a percentage: <span data-width="42"> (set through the CSSOM; style="" attributes are refused).
+function sizeBars(root) {
+  root.querySelectorAll("[data-width]").forEach((el) => {
+    el.style.width = `${Math.min(Math.max(parseFloat(el.dataset.width) || 0, 0), 100)}%`;
+  });
+}
+sizeBars(document);
+document.addEventListener("htmx:afterSwap", (event) => sizeBars(event.detail.target));
 // TTL countdowns: <span data-countdown="SECONDS"> ticks down once a second until "expired".
 setInterval(() => {
   document.querySelectorAll("[data-countdown]").forEach((el) => {
