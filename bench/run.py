@@ -39,6 +39,7 @@ DB_NAME = "onceonly_bench"
 REDIS_DB = 12
 GUNICORN_WORKERS = 3  # sync workers on 2 cores: docs/benchmarks.md has the runs with 2, 3, 4 and 6
 CONNECTIONS = 16
+PACED_RUNS = 3  # paced runs per scenario at 70 % (median p99 reported)
 SEED_ROWS = 1_000_000
 SCENARIOS = {
     "floor": "Floor: one Redis SET NX, no auth (bench only)",
@@ -167,6 +168,18 @@ def wrk(url: str, scenario: str, *, seconds: int, api_key: str, rate: float = 0,
     }  # fmt: skip
 
 
+def paced_runs(url: str, scenario: str, *, seconds: int, api_key: str, rate: float) -> dict[str, Any]:
+    """PACED_RUNS paced runs; the one with the median p99 is reported, with every run's p99 beside it.
+
+    One 12-second run's p99 rests on its slowest ~100 requests, and on two shared cores a checkpoint, an autovacuum
+    or a Celery beat task landing in that run moves it by 3-5× (seen: 11 ms and 50 ms for the same code). The
+    median of three is the run-to-run typical tail; ``p99_runs_ms`` keeps the spread visible."""
+    runs = [wrk(url, scenario, seconds=seconds, api_key=api_key, rate=rate) for _ in range(PACED_RUNS)]
+    chosen = sorted(runs, key=lambda run: run["p99_ms"])[len(runs) // 2]
+    return {**chosen, "p99_runs_ms": [run["p99_ms"] for run in runs],
+            "errors": sum(run["errors"] for run in runs)}  # fmt: skip
+
+
 def server_cpu(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -265,7 +278,7 @@ def run_scenarios(stack: Stack, key: str, *, seconds: int, warmup: int, only: li
         if spy is not None:
             peak["profile"] = profile_summary(stack, scenario, spy)
             log("  profile (inclusive share of gunicorn samples):\n    " + "\n    ".join(peak["profile"]))
-        paced = wrk(stack.url, scenario, seconds=seconds, api_key=key, rate=0.7 * peak["rps"])
+        paced = paced_runs(stack.url, scenario, seconds=seconds, api_key=key, rate=0.7 * peak["rps"])
         results[scenario] = {"title": title, "peak": peak, "at_70": paced, "rate_70": round(0.7 * peak["rps"], 1)}
         cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in peak["cpu_ms_per_request"].items())
         log(
@@ -404,12 +417,14 @@ def report(results: dict[str, Any]) -> str:
                      + (f"   target ≥ {target}× {'OK' if ratio >= target else 'MISS'}" if target else ""))  # fmt: skip
     lines.append(
         f"(×floor against the mean of the floor measured first and last: {results['floor_runs']} req/s; "
-        f"latencies in ms at 70 % of each scenario's peak; p99 target ≤ {P99_TARGET_MS:g} ms for the API)"
+        f"latencies in ms at 70 % of each scenario's peak, the median-p99 run of {PACED_RUNS}; "
+        f"p99 target ≤ {P99_TARGET_MS:g} ms for the API)"
     )
     for name, row in scen.items():
         if name != "floor":
             ok = row["at_70"]["p99_ms"] <= P99_TARGET_MS
-            lines.append(f"  p99 {name:14} {row['at_70']['p99_ms']:6.1f} ms  {'OK' if ok else 'MISS'}")
+            runs = "/".join(f"{v:.1f}" for v in row["at_70"].get("p99_runs_ms", []))
+            lines.append(f"  p99 {name:14} {row['at_70']['p99_ms']:6.1f} ms  {'OK' if ok else 'MISS'}   (runs: {runs})")
     growth = results.get("growth")
     if growth:
         lines.append(
@@ -441,6 +456,7 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="comma-separated scenarios to sample with py-spy")
     parser.add_argument("--only", default="", help="comma-separated scenarios (the floor always runs); no growth phase")
     options = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack (finally below) when terminated
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
     seconds, warmup = (3, 1) if options.quick else (options.seconds, 3)
@@ -499,7 +515,7 @@ def main() -> None:
             for name in ("gov_permit", "lock_new", "lock_dup"):
                 rate = results["scenarios"][name]["rate_70"]
                 wrk(stack.url, name, seconds=warmup, api_key=data["key"], rate=rate, tag=f"warm-1m-{name}")
-                at_1m = wrk(stack.url, name, seconds=seconds, api_key=data["key"], rate=rate)
+                at_1m = paced_runs(stack.url, name, seconds=seconds, api_key=data["key"], rate=rate)
                 latency[name] = {"rate": rate, "at_0": results["scenarios"][name]["at_70"], "at_1m": at_1m}
             results["growth"] = {"seed": seeded, "latency": latency, "pages_0": pages_0, "pages_1m": pages_1m}
     finally:
