@@ -1,0 +1,392 @@
+"""Tenant isolation over every route (Reliability and security issue): account B — its API key and its owner in
+the dashboard — can neither read nor change anything of account A. A's ids in B's URLs are 404, lists and
+totals never show A's rows, and the same names (lock keys, agent ids, run ids) are B's own, independent objects.
+
+The cases are a table keyed by URL name; ``test_every_route_has_an_isolation_case`` fails when a route is added
+without a case (or an explicit exemption with its reason)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
+
+from billing.models import ApiKey, Membership
+from governance.models import Agent, Decision, Tool
+from idempotency.models import Lease
+from tests.conftest import Key, Persona
+
+JSON = "application/json"
+A_SECRET_NAME = "alpha-private-marker"  # appears in A's objects; must never appear in a response to B
+
+
+@dataclass
+class World:
+    a: Key
+    b: Key
+    owner_a: Persona
+    owner_b: Persona
+    web_b: Client
+    lease_id: str
+    decision_id: int
+    tool_id: int
+    key_id: int
+    membership_id: int
+
+    def api_a(self) -> Client:
+        return self.a.client()
+
+    def api_b(self) -> Client:
+        return self.b.client()
+
+
+@pytest.fixture
+def world(key_a, key_b, owner_a, owner_b, viewer_a) -> World:
+    api = key_a.client()
+    assert api.post("/v1/check-lock", {"key": "shared-key"}, content_type=JSON).json()["status"] == "locked"
+    lease = api.post("/v1/ai/lease", {"key": "lease-key", "ttl": 300}, content_type=JSON).json()
+    assert lease["status"] == "acquired"
+    api.post("/v1/policies/a-bot", {"blocked_tools": [A_SECRET_NAME]}, content_type=JSON)
+    decision = api.post("/v1/ai/run", {"agent_id": "a-bot", "tool": "search", "args": {"run_id": "a-run"}},
+                        content_type=JSON).json()  # fmt: skip
+    assert decision["decision"] == "allowed"
+    api.post("/v1/events", {"run_id": "a-run", "type": "note", "message": A_SECRET_NAME}, content_type=JSON)
+    api.post("/v1/tools", {"name": A_SECRET_NAME, "url": "https://tools.example.com/x",
+                           "auth": {"type": "hmac_sha256", "secret": "s3cret-0123456789"}},
+             content_type=JSON)  # fmt: skip
+    ApiKey.objects.filter(pk=key_a.api_key.pk).update(label=A_SECRET_NAME)
+    return World(
+        a=key_a, b=key_b, owner_a=owner_a, owner_b=owner_b, web_b=owner_b.login(Client()),
+        lease_id=lease["lease_id"], decision_id=decision["decision_id"],
+        tool_id=Tool.objects.get(account=owner_a.account, name=A_SECRET_NAME).pk, key_id=key_a.api_key.pk,
+        membership_id=Membership.objects.get(user=viewer_a.user).pk,
+    )  # fmt: skip
+
+
+def hidden(response, *, own_namesake: bool = False) -> None:
+    """A 404 (or the API's answer for an unknown key), or an answer that shows nothing of A's. With
+    ``own_namesake`` the page is about B's own agent called ``a-bot``, so only A's data must be absent."""
+    assert response.status_code in (200, 302, 404, 409), response.status_code
+    assert A_SECRET_NAME not in response.content.decode(), "account A's data reached account B"
+    if not own_namesake:
+        assert "a-bot" not in response.content.decode() or response.status_code == 404
+
+
+def a_still_intact(w: World) -> None:
+    """A's objects as B found them: lease held, lock held, tool and key alive, agent enabled, policy unchanged."""
+    assert Lease.objects.get(account=w.owner_a.account, key="lease-key").status == "in_progress"
+    assert w.api_a().post("/v1/check-lock", {"key": "shared-key"}, content_type=JSON).json()["status"] == "duplicate"
+    assert Tool.objects.filter(pk=w.tool_id, enabled=True).exists()
+    assert not ApiKey.objects.get(pk=w.key_id).revoked_at
+    agent = Agent.objects.get(account=w.owner_a.account, agent_id="a-bot")
+    assert agent.is_enabled and agent.policy["blocked_tools"] == [A_SECRET_NAME]
+    assert Membership.objects.filter(pk=w.membership_id).exists()
+    assert Decision.objects.filter(account=w.owner_a.account).count() == 1
+
+
+# --- the /v1 API, with B's key --------------------------------------------------------------------------------
+
+
+def api_me(w):
+    response = w.api_b().get("/v1/me")
+    hidden(response)
+    assert response.json()["account_id"] == w.owner_b.account.pk
+
+
+def api_me_notifications(w):
+    hidden(w.api_b().post("/v1/me/notifications", {"email_notifications_enabled": False}, content_type=JSON))
+    assert w.owner_a.account.__class__.objects.get(pk=w.owner_a.account.pk).email_notifications_enabled
+
+
+def api_usage(w):
+    body = w.api_b().get("/v1/usage", {"kind": "make"}).json()
+    assert body["usage"] == 0  # A's check-lock is A's
+
+
+def api_usage_all(w):
+    response = w.api_b().get("/v1/usage/all")
+    hidden(response)
+    assert response.json()["make"]["usage"] == 0
+
+
+def api_check_lock(w):
+    assert w.api_b().post("/v1/check-lock", {"key": "shared-key"}, content_type=JSON).json()["status"] == "locked"
+
+
+def api_lease(w):
+    assert w.api_b().post("/v1/ai/lease", {"key": "lease-key"}, content_type=JSON).json()["status"] == "acquired"
+
+
+def _lease_write(path, **extra):
+    """B naming A's key and A's lease id gets exactly what an unknown key gets."""
+
+    def case(w):
+        response = w.api_b().post(path, {"key": "lease-key", "lease_id": w.lease_id, **extra}, content_type=JSON)
+        unknown = w.api_b().post(path, {"key": "never-seen", "lease_id": w.lease_id, **extra}, content_type=JSON)
+        assert response.status_code in (404, 409), response.status_code
+        assert (response.status_code, response.json()) == (unknown.status_code, unknown.json())
+
+    return case
+
+
+def api_status(w):
+    response = w.api_b().get("/v1/ai/status", {"key": "lease-key"})
+    assert response.status_code == 404 or response.json()["status"] == "not_found"
+    assert w.lease_id not in response.content.decode()
+
+
+def api_result(w):
+    response = w.api_b().get("/v1/ai/result", {"key": "lease-key"})
+    assert response.status_code == 404 or response.json()["status"] == "not_found"
+    assert w.lease_id not in response.content.decode()
+
+
+def api_run_timeline(w):
+    assert w.api_a().get("/v1/runs/a-run").json()["total"] > 0  # A's run has events to leak
+    response = w.api_b().get("/v1/runs/a-run")
+    hidden(response)
+    unknown = w.api_b().get("/v1/runs/never-seen").json()
+    assert {**response.json(), "run_id": ""} == {**unknown, "run_id": ""}  # the same as a run B never had
+
+
+def api_ai_run(w):
+    # B's agent of the same name is B's own: A's policy (which blocks the marker tool) does not apply.
+    body = w.api_b().post("/v1/ai/run", {"agent_id": "a-bot", "tool": A_SECRET_NAME}, content_type=JSON).json()
+    assert body["decision"] == "allowed"
+    keyed = w.api_b().post("/v1/ai/run", {"key": "lease-key", "metadata": {"task": "demo.echo"}}, content_type=JSON)
+    assert keyed.json()["status"] == "acquired"
+
+
+def api_events(w):
+    response = w.api_b().get("/v1/events", {"run_id": "a-run"})
+    assert response.status_code in (200, 404)
+    hidden(response)
+
+
+def api_metrics(w):
+    today = {"from_day": f"{timezone.now():%Y-%m-%d}", "to_day": f"{timezone.now():%Y-%m-%d}"}
+
+    def counted(client):
+        totals = client.get("/v1/metrics", today).json()["totals"]
+        return sum(v for v in totals.values() if isinstance(v, int | float))
+
+    assert counted(w.api_a()) > 0  # A's check-lock, lease and decision are there to be leaked
+    assert counted(w.api_b()) == 0
+
+
+def api_policies(w):
+    hidden(w.api_b().get("/v1/policies"))
+
+
+def api_tools(w):
+    hidden(w.api_b().get("/v1/tools"))
+
+
+def api_tool(w):
+    assert w.api_b().get(f"/v1/tools/{A_SECRET_NAME}").status_code == 404
+    assert w.api_b().delete(f"/v1/tools/{A_SECRET_NAME}").status_code == 404
+
+
+def api_tool_toggle(w):
+    response = w.api_b().post(f"/v1/tools/{A_SECRET_NAME}/toggle", {"enabled": False}, content_type=JSON)
+    assert response.status_code == 404
+
+
+def api_policy(w):
+    hidden(w.api_b().get("/v1/policies/a-bot"))
+    w.api_b().post("/v1/policies/a-bot", {"max_actions_per_hour": 1}, content_type=JSON)
+
+
+def api_policy_template(w):
+    w.api_b().post("/v1/policies/a-bot/from-template", {"template": "strict"}, content_type=JSON)
+
+
+def api_agent_disable(w):
+    w.api_b().post("/v1/agents/a-bot/disable", {"reason": "B's own agent"}, content_type=JSON)
+
+
+def api_agent_enable(w):
+    w.api_b().post("/v1/agents/a-bot/enable", {"reason": "B's own agent"}, content_type=JSON)
+
+
+def api_agent_logs(w):
+    response = w.api_b().get("/v1/agents/a-bot/logs")
+    hidden(response)
+    assert w.api_a().get("/v1/agents/a-bot/logs").json()["items"]  # A has a decision to leak
+    if response.status_code == 200:
+        assert response.json()["items"] == []
+
+
+def api_agent_metrics(w):
+    response = w.api_b().get("/v1/agents/a-bot/metrics")
+    assert response.status_code == 404 or response.json()["total_actions"] == 0
+
+
+# --- the dashboard, as B's owner ------------------------------------------------------------------------------
+
+
+def page(path, own_namesake=False):
+    def case(w):
+        hidden(w.web_b.get(path), own_namesake=own_namesake)
+
+    return case
+
+
+def not_found(method, path_of, data=None):
+    def case(w):
+        path = path_of(w)
+        response = getattr(w.web_b, method)(path, data or {})
+        assert response.status_code == 404, (path, response.status_code)
+
+    return case
+
+
+def web_kill_switch(w):
+    w.web_b.post("/agents/a-bot/kill-switch/", {"action": "disable", "reason": "not yours"})
+
+
+def web_policy_post(suffix, data):
+    def case(w):
+        response = w.web_b.post(f"/agents/a-bot/{suffix}", data)
+        assert response.status_code in (302, 404), response.status_code
+
+    return case
+
+
+def web_lock_action(path):
+    def case(w):
+        w.web_b.post(path, {"key": "lease-key", "reason": "not yours"})
+        w.web_b.post(path, {"key": "shared-key", "reason": "not yours"})
+
+    return case
+
+
+def web_account_switch(w):
+    response = w.web_b.post("/account/switch/", {"account_id": w.owner_a.account.pk})
+    assert response.status_code in (302, 403, 404)
+    hidden(w.web_b.get("/"))  # still B's overview
+
+
+def web_settings(w):
+    w.web_b.post("/settings/", {"name": "renamed by B"})
+    assert w.owner_a.account.__class__.objects.get(pk=w.owner_a.account.pk).name != "renamed by B"
+    hidden(w.web_b.get("/settings/"))
+
+
+CASES: dict[str, Any] = {
+    "v1:me": api_me,
+    "v1:me-notifications": api_me_notifications,
+    "v1:usage": api_usage,
+    "v1:usage-all": api_usage_all,
+    "v1:check-lock": api_check_lock,
+    "v1:ai-lease": api_lease,
+    "v1:ai-extend": _lease_write("/v1/ai/extend", ttl=60),
+    "v1:ai-complete": _lease_write("/v1/ai/complete", result={"by": "B"}),
+    "v1:ai-fail": _lease_write("/v1/ai/fail", error_code="by_b"),
+    "v1:ai-cancel": _lease_write("/v1/ai/cancel", reason="by B"),
+    "v1:ai-status": api_status,
+    "v1:ai-result": api_result,
+    "v1:run-timeline": api_run_timeline,
+    "v1:ai-run": api_ai_run,
+    "v1:events": api_events,
+    "v1:metrics": api_metrics,
+    "v1:policies": api_policies,
+    "v1:tools": api_tools,
+    "v1:tool": api_tool,
+    "v1:tool-toggle": api_tool_toggle,
+    "v1:policy": api_policy,
+    "v1:policy-template": api_policy_template,
+    "v1:agent-disable": api_agent_disable,
+    "v1:agent-enable": api_agent_enable,
+    "v1:agent-logs": api_agent_logs,
+    "v1:agent-metrics": api_agent_metrics,
+    "governance:agents": page("/agents/"),
+    "governance:agent-kill-switch": web_kill_switch,
+    "governance:policy-rollback": web_policy_post("policy/rollback/", {"version": "1"}),
+    "governance:policy-template": web_policy_post("policy/template/", {"template": "strict"}),
+    "governance:policy-edit": page("/agents/a-bot/policy/", own_namesake=True),  # B's own (new) agent's editor
+    "governance:agent-detail": not_found("get", lambda w: "/agents/a-bot/"),
+    "governance:decisions": page("/decisions/"),
+    "governance:decision-detail": not_found("get", lambda w: f"/decisions/{w.decision_id}/"),
+    "governance:tools": page("/tools/"),
+    "governance:tool-new": page("/tools/new/"),
+    "governance:tool-edit": not_found("get", lambda w: f"/tools/{w.tool_id}/"),
+    "governance:tool-toggle": not_found("post", lambda w: f"/tools/{w.tool_id}/toggle/"),
+    "governance:tool-delete": not_found("post", lambda w: f"/tools/{w.tool_id}/delete/"),
+    "governance:tool-test": not_found("post", lambda w: f"/tools/{w.tool_id}/test/", {"args": "{}"}),
+    "governance:audit": page("/audit/"),
+    "governance:verify": page("/audit/verify/"),
+    "idempotency:locks": page("/locks/?key=shared-key"),
+    "idempotency:lock-release": web_lock_action("/locks/release/"),
+    "idempotency:lease-reset": web_lock_action("/locks/reset/"),
+    "idempotency:runs": page("/runs/"),
+    "idempotency:run-timeline": page("/runs/timeline/?run_id=a-run"),
+    "billing:overview": page("/"),
+    "billing:api-keys": page("/keys/"),
+    "billing:api-key-revoke": not_found("post", lambda w: f"/keys/{w.key_id}/revoke/"),
+    "billing:account-switch": web_account_switch,
+    "billing:usage": page("/usage/"),
+    "billing:settings": web_settings,
+    "billing:team": page("/team/"),
+    "billing:member-change": not_found("post", lambda w: f"/team/{w.membership_id}/", {"action": "remove"}),
+}
+
+EXEMPT = {
+    "v1:?": "the JSON 404 for unknown /v1 routes (no data)",
+    "?": "/v1 without a slash: the same JSON 404",
+    "schema": "the OpenAPI document (no account data)",
+    "api-docs": "Swagger UI (no account data)",
+    "healthz": "liveness (no account data; tests/test_health.py)",
+    "billing:login": "before any account (the lockout tests: tests/test_web_hardening.py)",
+    "billing:logout": "ends the caller's own session",
+    "billing:stripe-webhook": "Stripe's signed calls, 404 without Stripe; tests/billing/test_stripe.py",
+    "billing:billing-checkout": "404 without Stripe; the caller's own account only (tests/billing/test_stripe.py)",
+    "billing:billing-portal": "404 without Stripe; the caller's own account only (tests/billing/test_stripe.py)",
+    "billing:billing-done": "404 without Stripe; shows the caller's own account (tests/billing/test_stripe.py)",
+    "billing:provider-events": "404 without Stripe; staff-wide operations page (tests/billing/test_stripe.py)",
+    "billing:provider-event-retry": "404 without Stripe; staff-wide operations page (tests/billing/test_stripe.py)",
+}
+
+
+def route_names() -> set[str]:
+    def walk(resolver, namespace=""):
+        for entry in resolver.url_patterns:
+            if isinstance(entry, URLResolver):
+                if str(entry.pattern).startswith("admin"):
+                    continue  # Django's admin: superusers only, not tenant-facing
+                inner = f"{namespace}:{entry.namespace}" if namespace and entry.namespace else entry.namespace
+                yield from walk(entry, inner or namespace)
+            elif isinstance(entry, URLPattern):
+                yield f"{namespace}:{entry.name or '?'}" if namespace else (entry.name or "?")
+
+    return set(walk(get_resolver()))
+
+
+def test_every_route_has_an_isolation_case():
+    routes = route_names()
+    missing = routes - set(CASES) - set(EXEMPT)
+    assert not missing, f"routes without a tenant-isolation case (add one to CASES): {sorted(missing)}"
+    stale = (set(CASES) | set(EXEMPT)) - routes
+    assert not stale, f"cases for routes that no longer exist: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("route", sorted(CASES))
+def test_account_b_cannot_reach_account_a(route, world):
+    CASES[route](world)
+    a_still_intact(world)
+
+
+def test_the_same_requests_do_show_a_its_own_data(world):
+    """The control: what B must not see is there for A, so ``hidden`` would catch a leak."""
+    web_a = world.owner_a.login(Client())
+    for path in ("/tools/", "/keys/", "/agents/a-bot/policy/"):
+        response = web_a.get(path)
+        assert response.status_code == 200 and A_SECRET_NAME in response.content.decode(), path
+    assert "a-bot" in web_a.get(f"/decisions/{world.decision_id}/").content.decode()
+    assert A_SECRET_NAME in world.api_a().get("/v1/tools").content.decode()
+    assert "a-bot" in web_a.get("/agents/").content.decode()
+    assert world.api_a().get("/v1/ai/status", {"key": "lease-key"}).json()["status"] == "in_progress"
