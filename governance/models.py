@@ -58,8 +58,10 @@ class PolicyVersion(models.Model):
 class Decision(models.Model):
     """One governed call's decision, durable before the response. The raw args are never stored (design §3.7)."""
 
-    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="decisions")
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="decisions")
+    # No single-column indexes on the two keys: the composite indexes below lead with them (every index is one
+    # more write per decision on the hot path, docs/benchmarks.md).
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="decisions", db_index=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="decisions", db_index=False)
     ts = models.DateTimeField(default=timezone.now)
     tool = models.CharField(max_length=200)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
@@ -100,8 +102,9 @@ class Decision(models.Model):
 class DecisionRollup(models.Model):
     """Hourly counts per (agent, tool, outcome), updated with each decision: metrics read ≤ 168 rows a week."""
 
-    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="rollups")
+    # Covered by governance_rollup_account_hour and governance_rollup_unique (which lead with them).
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="rollups", db_index=False)
     hour = models.DateTimeField()
     tool = models.CharField(max_length=200)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)

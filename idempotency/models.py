@@ -16,7 +16,8 @@ class LockRecord(models.Model):
     ``idempotency.services.lock_check``). Redis holds the fast copy; this row decides when Redis has lost it.
     """
 
-    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="lock_records")
+    # Covered by the (account, key) unique constraint, which leads with it: one index fewer per new key.
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="lock_records", db_index=False)
     key = models.CharField(max_length=256)
     first_seen_at = models.DateTimeField()
     expires_at = models.DateTimeField()
