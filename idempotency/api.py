@@ -16,7 +16,6 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -34,6 +33,7 @@ from onceonly_site.api import (
     PathValidationError,
     body,
     page_params,
+    parse_json_body,
 )
 
 MAX_KEY_LENGTH = 256  # also enforced by BodyCheck.key
@@ -92,10 +92,8 @@ class CheckLockApi(APIView):
         self.args, self.kwargs, self.headers = args, kwargs, self.default_response_headers
         try:
             principal = authenticate_header_value(request.META["HTTP_AUTHORIZATION"])
-            try:
-                data = json.loads(request.body) if request.body else {}
-            except (ValueError, RecursionError) as exc:
-                raise ParseError(f"JSON parse error - {exc}") from None
+            data = parse_json_body(request.body)
+            data = {} if data is None else data
             answer = self._check_lock(principal, data)
         except Exception as exc:
             self.request = self.initialize_request(request, *args, **kwargs)
@@ -147,12 +145,13 @@ class CheckLockApi(APIView):
 # --- leases ---------------------------------------------------------------------------------------------------
 
 
+LEASE_STATUSES = ["acquired", "polling", "extended", "in_progress", "completed", "failed", "cancelled", "expired",
+                  "not_found"]  # fmt: skip
+
+
 class LeaseRecordOutput(serializers.Serializer):
     ok = serializers.BooleanField()
-    status = serializers.ChoiceField(
-        choices=["acquired", "polling", "extended", "in_progress", "completed", "failed", "cancelled", "expired",
-                 "not_found"]
-    )  # fmt: skip
+    status = serializers.ChoiceField(choices=LEASE_STATUSES)
     key = serializers.CharField()
     lease_id = serializers.CharField(allow_null=True, help_text="Only ever given to the holder.")
     version = serializers.IntegerField(help_text="Acquisition number (the fence); +1 on every acquisition.")
@@ -167,6 +166,38 @@ class LeaseRecordOutput(serializers.Serializer):
     charged = serializers.IntegerField(help_text="1 when this call acquired (counted as `ai` usage).")
     usage = serializers.IntegerField(help_text="`ai` usage this month after this call.")
     limit = serializers.IntegerField(help_text="The plan's monthly `ai` limit.")
+
+
+class LeaseStateOutput(serializers.Serializer):
+    """`/v1/ai/status`: `ok`, `status` and `key` always; the record's fields when the key exists (not_found has
+    only the three)."""
+
+    ok = serializers.BooleanField()
+    status = serializers.ChoiceField(choices=LEASE_STATUSES)
+    key = serializers.CharField()
+    lease_id = serializers.CharField(allow_null=True, required=False, help_text="Always null here (holders only).")
+    version = serializers.IntegerField(required=False)
+    ttl = serializers.IntegerField(required=False)
+    ttl_left = serializers.IntegerField(allow_null=True, required=False)
+    first_seen_at = serializers.DateTimeField(required=False)
+    done_at = serializers.DateTimeField(allow_null=True, required=False)
+    result = serializers.DictField(allow_null=True, required=False)
+    result_hash = serializers.CharField(allow_null=True, required=False)
+    error_code = serializers.CharField(allow_null=True, required=False)
+    retry_after_sec = serializers.IntegerField(allow_null=True, required=False)
+
+
+class LeaseResultOutput(serializers.Serializer):
+    """`/v1/ai/result`: `ok`, `status` and `key` always; the outcome's fields when the key exists."""
+
+    ok = serializers.BooleanField()
+    status = serializers.ChoiceField(choices=LEASE_STATUSES)
+    key = serializers.CharField()
+    result = serializers.DictField(allow_null=True, required=False)
+    result_hash = serializers.CharField(allow_null=True, required=False)
+    error_code = serializers.CharField(allow_null=True, required=False)
+    done_at = serializers.DateTimeField(allow_null=True, required=False)
+    version = serializers.IntegerField(required=False)
 
 
 def _record(lease: Lease, *, status: str, holder: bool, now: datetime) -> dict[str, Any]:
@@ -346,7 +377,7 @@ class LeaseStatusApi(APIView):
     @extend_schema(
         operation_id="ai_status",
         parameters=[KEY_PARAM],
-        responses=LeaseRecordOutput,
+        responses=LeaseStateOutput,
         summary="Where a key stands (in_progress while held); free of charge",
     )
     def get(self, request: Request) -> Response:
@@ -366,7 +397,7 @@ class LeaseResultApi(APIView):
     @extend_schema(
         operation_id="ai_result",
         parameters=[KEY_PARAM],
-        responses=LeaseRecordOutput,
+        responses=LeaseResultOutput,
         summary="The stored result (completed) or error_code (failed); repeatable",
     )
     def get(self, request: Request) -> Response:

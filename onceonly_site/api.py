@@ -22,6 +22,7 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils import json as drf_json
 
 from billing.ratelimit import RateLimited
 from billing.usage import QuotaExceeded
@@ -236,14 +237,56 @@ def body(request: Request) -> Any:
     return {} if data is None else data
 
 
+UNSTORABLE_TEXT = "JSON parse error - strings may not contain U+0000 or unpaired surrogates (\\ud800–\\udfff)."
+
+
+def _storable_text(value: Any) -> bool:
+    """No string (key or value) anywhere in ``value`` holds U+0000 or an unpaired surrogate: PostgreSQL's text and
+    jsonb cannot store them, and UTF-8 cannot encode a lone surrogate — accepting one would be a 500 later."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON, or ParseError (400): malformed, nested too deeply, or holding text no database
+    column can store. Both escapes can only arrive as ``\\u…`` in valid JSON, so bodies without one skip the walk."""
+    try:
+        data = json.loads(raw, parse_constant=drf_json.strict_constant) if raw else None  # NaN, Infinity: 400
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply." if isinstance(exc, RecursionError) else str(exc)
+        raise exceptions.ParseError(f"JSON parse error - {reason}") from None
+    if b"\\u" in raw and not _storable_text(data):
+        # Point at the field when one holds it (a 422 with loc ["body", field]); else at the body.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if _storable_text(name) and not _storable_text(value):
+                    message = "Text may not contain U+0000 or unpaired surrogates (no database can store them)."
+                    raise exceptions.ValidationError({name: [serializers.ErrorDetail(message, code="string_type")]})
+        raise exceptions.ParseError(UNSTORABLE_TEXT)
+    return data
+
+
 class JSONParser(parsers.JSONParser):
-    """DRF's parser, plus: JSON nested deeper than Python's recursion limit is a 422, not a 500."""
+    """DRF's parser, plus: JSON nested deeper than Python's recursion limit, and strings PostgreSQL cannot store
+    (U+0000, unpaired surrogates), are a 400 parse error, not a 500."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except RecursionError:
-            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
+        raw = stream.read() if stream is not None else b""
+        return parse_json_body(raw)
 
 
 class StrictSerializer(serializers.Serializer):

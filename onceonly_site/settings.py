@@ -218,6 +218,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One enum component for the lease statuses the lease, status and result answers share.
+    "ENUM_NAME_OVERRIDES": {"LeaseStatusEnum": "idempotency.api.LEASE_STATUSES"},
 }
 
 # --- OnceOnly ---------------------------------------------------------------------------------------------

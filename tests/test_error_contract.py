@@ -87,3 +87,27 @@ def test_a_key_whose_account_was_deleted_is_refused_not_500(key_a):
     response = client.get("/v1/me")
     assert response.status_code == 403
     assert response.json() == {"detail": "Invalid API key"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/v1/check-lock", '{"key": "k", "metadata": {"s": "a\\u0000b"}}', ["body", "metadata"]),
+        ("/v1/check-lock", '{"key": "k\\ud800"}', ["body", "key"]),
+        ("/v1/ai/lease", '{"key": "k", "metadata": {"\\udc00": 1}}', ["body", "metadata"]),
+        ("/v1/ai/run", '{"agent_id": "a", "tool": "t", "args": {"x": ["\\u0000"]}}', ["body", "args"]),
+        ("/v1/check-lock", '{"key": "k", "\\u0000": 1}', ["body"]),
+        ("/v1/check-lock", '{"key": "k", "ttl": NaN}', ["body"]),
+        ("/v1/ai/lease", '{"key": "k", "ttl": Infinity}', ["body"]),
+    ],
+)
+def test_text_no_database_can_store_is_a_422_and_writes_nothing(key_a, path, body, loc):
+    """Found by schemathesis: U+0000 in a jsonb value was a 500 on PostgreSQL. Now, like any body that is not
+    storable JSON, it is a 422 located at the field holding it — on check-lock's lean path and on DRF's."""
+    from governance.models import Decision
+    from idempotency.models import Lease, LockRecord
+
+    response = key_a.client().post(path, body, content_type="application/json")
+    assert response.status_code == 422, response.content
+    assert [item["loc"] for item in response.json()["detail"]] == [loc]  # the field holding it, when one does
+    assert LockRecord.objects.count() == Lease.objects.count() == Decision.objects.count() == 0
