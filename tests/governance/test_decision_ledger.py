@@ -8,6 +8,7 @@ from django.core.management import CommandError, call_command
 from governance import ledger
 from governance.models import Decision, DecisionCheckpoint
 from governance.tasks import checkpoint_decisions
+from tests.support.redis_calls import count_redis_round_trips
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +116,8 @@ def test_decisions_written_in_one_statement_verify_and_roll_up(key_a):
 @pytest.mark.django_db(transaction=True)
 def test_a_governed_call_is_two_statements_in_production(key_a, django_assert_num_queries):
     """Outside a transaction, an allowed permit-only call reads its agent, account and tool in one statement and
-    writes its decision (with the rollup) in one more on PostgreSQL; SQLite writes them in one transaction."""
+    writes its decision (with the rollup) in one more on PostgreSQL; SQLite writes them in one transaction. Redis:
+    two round trips (docs/benchmarks.md)."""
     from django.db import connection
 
     client = key_a.client()
@@ -124,7 +126,8 @@ def test_a_governed_call_is_two_statements_in_production(key_a, django_assert_nu
     expected = (
         2 if connection.vendor == "postgresql" else 5
     )  # SQLite: the select, then BEGIN IMMEDIATE, decision, rollup…
-    with django_assert_num_queries(expected, connection=connection):
+    with django_assert_num_queries(expected, connection=connection), count_redis_round_trips() as trips:
         response = client.post("/v1/ai/run", {**first, "args": {"n": 1}}, content_type="application/json")
+    assert trips.count == 2  # the decision script (rate token included), then the dedup entry's decision id
     assert response.json()["decision"] == "allowed"
     assert Decision.objects.count() == 2
