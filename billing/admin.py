@@ -1,7 +1,10 @@
 from django.contrib import admin
 
 from billing import services
+from billing.forms import AdminLoginForm
 from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
+
+admin.site.login_form = AdminLoginForm  # the failed-login lockout on /admin/ too
 
 
 @admin.register(Plan)

@@ -1,6 +1,7 @@
 import math
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm, UsernameField
 from django.core.exceptions import ValidationError
 
@@ -21,7 +22,39 @@ class AccountSwitchForm(forms.Form):
     next = forms.CharField(required=False, max_length=500)
 
 
-class EmailAuthenticationForm(AuthenticationForm):
+LOCKED_OUT = (
+    "Too many failed sign-in attempts. For your security, sign-in is paused for %(minutes)s minute%(plural)s; try "
+    "again then. If you forgot your password, the administrator of this server can set a new one "
+    "(manage.py create_operator)."
+)
+
+
+class LoginLockoutMixin:
+    """The failed-login lockout (billing/login_throttle.py) for a Django authentication form: the dashboard's and
+    the admin's, so neither login page lets a password be guessed faster than the other."""
+
+    locked_out = False
+
+    def clean(self) -> dict:
+        username = (self.cleaned_data.get("username") or "").strip().lower()
+        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
+        wait = login_throttle.locked_for(username, address)
+        if wait:  # refused before the password is looked at: a correct one does not end the lockout early
+            self.locked_out = True
+            minutes = math.ceil(wait / 60)
+            raise ValidationError(LOCKED_OUT, code="locked_out",
+                                  params={"minutes": minutes, "plural": "" if minutes == 1 else "s"})  # fmt: skip
+        try:
+            cleaned = super().clean()
+        except ValidationError as exc:
+            if exc.code == "invalid_login":
+                login_throttle.record_failure(username, address)
+            raise
+        login_throttle.record_success(username, address)
+        return cleaned
+
+
+class EmailAuthenticationForm(LoginLockoutMixin, AuthenticationForm):
     """Operators log in with their email address (stored as the username, lower-cased)."""
 
     username = UsernameField(label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"}))
@@ -29,31 +62,14 @@ class EmailAuthenticationForm(AuthenticationForm):
     error_messages = {
         **AuthenticationForm.error_messages,
         "invalid_login": "Please enter a correct email and password. The password is case-sensitive.",
-        "locked_out": "Too many failed sign-in attempts. For your security, sign-in is paused for %(minutes)s "
-        "minute%(plural)s; try again then, or ask an owner of the account to reset your password.",
     }
-    locked_out = False
 
     def clean_username(self) -> str:
         return self.cleaned_data["username"].strip().lower()
 
-    def clean(self) -> dict:
-        email = self.cleaned_data.get("username") or ""
-        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
-        wait = login_throttle.locked_for(email, address)
-        if wait:  # refused before the password is looked at: a correct one does not end the lockout early
-            self.locked_out = True
-            minutes = math.ceil(wait / 60)
-            raise ValidationError(self.error_messages["locked_out"], code="locked_out",
-                                  params={"minutes": minutes, "plural": "" if minutes == 1 else "s"})  # fmt: skip
-        try:
-            cleaned = super().clean()
-        except ValidationError as exc:
-            if exc.code == "invalid_login":
-                login_throttle.record_failure(email, address)
-            raise
-        login_throttle.record_success(email, address)
-        return cleaned
+
+class AdminLoginForm(LoginLockoutMixin, AdminAuthenticationForm):
+    """/admin/'s login form with the same lockout (set as admin.site.login_form in billing/admin.py)."""
 
 
 class PlanSwitchForm(forms.Form):

@@ -232,6 +232,9 @@ ONCEONLY_API_KEY_REDIS_CACHE_SECONDS = env_int("ONCEONLY_API_KEY_REDIS_CACHE_SEC
 ONCEONLY_API_KEY_TOUCH_SECONDS = env_int("ONCEONLY_API_KEY_TOUCH_SECONDS", 60, minimum=1)
 # Per-process request counters are added to the database at most this often per account.
 ONCEONLY_COUNTER_FLUSH_SECONDS = env_float("ONCEONLY_COUNTER_FLUSH_SECONDS", 5.0, minimum=0)
+# GET /metrics (Prometheus): off unless a token is set; scrapers send it as a bearer token.
+ONCEONLY_METRICS_TOKEN = env_str("ONCEONLY_METRICS_TOKEN") or ""
+ONCEONLY_METRICS_CACHE_SECONDS = env_int("ONCEONLY_METRICS_CACHE_SECONDS", 10, minimum=0)
 # Dashboard sign-in: this many wrong passwords for one email (ten times as many from one address) lock sign-in
 # for the window (billing/login_throttle.py).
 ONCEONLY_LOGIN_MAX_FAILURES = env_int("ONCEONLY_LOGIN_MAX_FAILURES", 5, minimum=1)

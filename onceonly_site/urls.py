@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from billing.urls import api_urlpatterns as billing_api
 from governance.urls import api_urlpatterns as governance_api
 from idempotency.urls import api_urlpatterns as idempotency_api
-from onceonly_site import api, health
+from onceonly_site import api, health, metrics
 
 # The /v1 API (protocol.md). Paths have no trailing slash, as the SDKs send them. The last pattern answers any
 # unknown /v1 route with a JSON 404 instead of an HTML page.
@@ -22,6 +22,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.prometheus, name="prometheus"),
     path("admin/", admin.site.urls),
     path("", include("governance.urls")),
     path("", include("idempotency.urls")),

@@ -341,6 +341,7 @@ EXEMPT = {
     "schema": "the OpenAPI document (no account data)",
     "api-docs": "Swagger UI (no account data)",
     "healthz": "liveness (no account data; tests/test_health.py)",
+    "prometheus": "operator-wide totals behind ONCEONLY_METRICS_TOKEN, not an account's key (tests/test_metrics.py)",
     "billing:login": "before any account (the lockout tests: tests/test_web_hardening.py)",
     "billing:logout": "ends the caller's own session",
     "billing:stripe-webhook": "Stripe's signed calls, 404 without Stripe; tests/billing/test_stripe.py",

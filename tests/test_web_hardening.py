@@ -115,6 +115,15 @@ class TestLoginLockout:
             self.attempt(owner_a.email, "wrong")
         assert self.attempt(owner_a.email, PASSWORD).status_code == 302
 
+    def test_the_admin_login_locks_too(self, django_user_model):
+        django_user_model.objects.create_superuser("root@example.com", "root@example.com", PASSWORD)
+        for _ in range(3):
+            Client(REMOTE_ADDR="10.0.0.7").post("/admin/login/", {"username": "root@example.com", "password": "x"})
+        locked = Client(REMOTE_ADDR="10.0.0.7").post("/admin/login/", {"username": "root@example.com",
+                                                                        "password": PASSWORD})  # fmt: skip
+        assert "Too many failed sign-in attempts" in locked.content.decode()
+        assert "_auth_user_id" not in locked.wsgi_request.session
+
     def test_one_address_failing_across_many_emails_is_locked(self, db):
         for n in range(30):  # 10 × the per-email limit, spread so no single email reaches its own limit
             self.attempt(f"user{n % 15}@example.com", "wrong", "10.9.9.9")

@@ -1,0 +1,116 @@
+"""``GET /metrics``: Prometheus text exposition for monitoring (docs/operations.md, *Monitoring*).
+
+Everything is read at scrape time from the shared sources — the database, Redis and the Celery broker — so every
+web process answers the same numbers, without a multiprocess registry. Off (404) unless ONCEONLY_METRICS_TOKEN is
+set; then the scraper sends ``Authorization: Bearer <token>``. The aggregates are cached for
+ONCEONLY_METRICS_CACHE_SECONDS so that several scrapers (or a short interval) cost one set of queries.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+import redis
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError, connection
+from django.db.models import Count, Sum
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET
+
+from onceonly_site.health import worker_last_seen_seconds
+from onceonly_site.redis_client import get_redis
+
+logger = logging.getLogger(__name__)
+CACHE_KEY = "metrics:v1"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+    """(name, type, help, samples) for every metric; each source fails on its own (its *_up gauge says so)."""
+    from billing.models import Account
+    from governance.models import DecisionRollup, Tool
+    from idempotency.models import Lease, LeaseStatus
+    from onceonly_site.celery import app
+
+    families = []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        database_up = 1
+        requests = Account.objects.aggregate(total=Sum("requests_total_all_time"))["total"] or 0
+        decisions = DecisionRollup.objects.values("outcome").annotate(n=Sum("count")).order_by("outcome")
+        leases = Lease.objects.filter(status=LeaseStatus.IN_PROGRESS).count()
+        tools = Tool.objects.values("enabled").annotate(n=Count("id")).order_by("enabled")
+        families += [
+            ("onceonly_api_requests_total", "counter", "Authenticated /v1 requests (flushed by each process every "
+             "ONCEONLY_COUNTER_FLUSH_SECONDS).", [({}, requests)]),
+            ("onceonly_decisions_total", "counter", "Governed-call decisions by outcome (executed and failed are "
+             "dispatches to registered tools).", [({"outcome": row["outcome"]}, row["n"]) for row in decisions]),
+            ("onceonly_leases_in_progress", "gauge", "Leases held right now (keyed runs included).", [({}, leases)]),
+            ("onceonly_tools", "gauge", "Registered tools by state.",
+             [({"enabled": "true" if row["enabled"] else "false"}, row["n"]) for row in tools]),
+        ]  # fmt: skip
+    except DatabaseError:
+        database_up = 0
+    try:
+        get_redis().ping()
+        redis_up = 1
+    except redis.RedisError:
+        redis_up = 0
+    queues = []
+    try:
+        with app.connection_for_read() as conn:
+            client = conn.default_channel.client
+            queues = [({"queue": name}, client.llen(name)) for name in sorted({"celery", app.conf.task_default_queue})]
+    except Exception:  # a broken broker is a missing sample, never a failed scrape
+        logger.warning("metrics: Celery queue length not read (broker unreachable)", exc_info=True)
+    families += [
+        ("onceonly_database_up", "gauge", "1 when the database answered this scrape.", [({}, database_up)]),
+        ("onceonly_redis_up", "gauge", "1 when Redis answered this scrape.", [({}, redis_up)]),
+        ("onceonly_celery_queue_length", "gauge", "Tasks waiting in the broker, by queue.", queues),
+    ]
+    seen = worker_last_seen_seconds()
+    if seen is not None:
+        families.append(("onceonly_worker_heartbeat_age_seconds", "gauge", "Seconds since a Celery worker last ran "
+                         "the heartbeat task.", [({}, round(seen, 1))]))  # fmt: skip
+    return families
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    escaped = (
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels.items()
+    )
+    return "{" + ",".join(escaped) + "}"
+
+
+def render() -> str:
+    lines = []
+    for name, kind, help_text, samples in _families():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f"{name}{_labels(labels)} {value:g}" for labels, value in samples]
+    lines.append(f"onceonly_scrape_timestamp_seconds {time.time():.3f}")
+    return "\n".join(lines) + "\n"
+
+
+@require_GET
+def prometheus(request: HttpRequest) -> HttpResponse:
+    token = settings.ONCEONLY_METRICS_TOKEN
+    if not token:
+        raise Http404("metrics are off: set ONCEONLY_METRICS_TOKEN")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        response = HttpResponse("metrics need Authorization: Bearer <ONCEONLY_METRICS_TOKEN>\n", status=401,
+                                content_type="text/plain; charset=utf-8")  # fmt: skip
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body = cache.get(CACHE_KEY) if settings.ONCEONLY_METRICS_CACHE_SECONDS else None
+    if body is None:
+        body = render()
+        if settings.ONCEONLY_METRICS_CACHE_SECONDS:
+            cache.set(CACHE_KEY, body, settings.ONCEONLY_METRICS_CACHE_SECONDS)
+    return HttpResponse(body, content_type=CONTENT_TYPE)
