@@ -87,3 +87,10 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    # Written by the services only: an audit trail that superusers could add to or prune would prove nothing.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # accounts are not deleted either (deactivated), so an entry never goes

@@ -187,14 +187,15 @@ def operator_create(
     account: Account,
     email: str,
     password: str,
-    role: str = Role.OWNER,
+    role: str | None = Role.OWNER,
     actor: AbstractBaseUser | None = None,
 ) -> AbstractBaseUser:
-    """Create (or update the password and role of) an operator login for ``account``."""
+    """Create (or update the password and role of) an operator login for ``account``. ``role=None`` keeps an
+    existing member's role (a password reset must not promote anyone) and makes a new member an owner."""
     email = email.strip().lower()
     if "@" not in email:
         raise ValidationError("Enter a valid email address.")
-    if role not in Role.values:
+    if role is not None and role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}; use one of {', '.join(Role.values)}.")
     User = get_user_model()
     password_validation.validate_password(password, User(username=email, email=email))
@@ -202,7 +203,9 @@ def operator_create(
         user, _ = User.objects.get_or_create(username=email, defaults={"email": email})
         user.set_password(password)
         user.save(update_fields=["password"])
-        membership, created = Membership.objects.get_or_create(user=user, account=account, defaults={"role": role})
+        membership, created = Membership.objects.get_or_create(user=user, account=account,
+                                                               defaults={"role": role or Role.OWNER})  # fmt: skip
+        role = role or membership.role
         if not created and membership.role != role:
             membership.role = role
             membership.save(update_fields=["role"])

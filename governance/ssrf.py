@@ -83,7 +83,7 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
     for text in addresses:
         reason = refused_reason(ipaddress.ip_address(text.split("%")[0]))
         if reason and not allow_private:
-            raise RefusedUrl(f"{host} resolves to {text}, not a public address ({reason}); tools must be reachable "
-                             "on public "
-                             "addresses (ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
+            # The address itself is not named: the answer would tell any key holder what internal names resolve to.
+            raise RefusedUrl(f"{host} resolves to a {reason} address, not a public one; tools must be reachable on "
+                             "public addresses (ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
     return CheckedUrl(url, host, port, addresses)

@@ -151,3 +151,18 @@ def test_secrets_never_reach_the_logs(caplog, key_a, owner_a):
     logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     for value in (key_a.raw, key_a.raw[8:], secret, "once_live_not-a-real-key", "hunter2-wrong-password", PASSWORD):
         assert value not in logged, value
+
+
+def test_superusers_can_neither_add_nor_prune_the_audit_trail(owner_a, django_user_model):
+    from billing.models import AuditEntry
+    from billing.services import audit_record
+
+    root = django_user_model.objects.create_superuser("root@example.com", "root@example.com", PASSWORD)
+    client = Client()
+    client.force_login(root)
+    audit_record(account=owner_a.account, actor_label="test", action="test.action", object_type="x", object_id="1")
+    entry = AuditEntry.objects.latest("pk")
+    assert client.get("/admin/billing/auditentry/add/").status_code == 403
+    assert client.post(f"/admin/billing/auditentry/{entry.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert AuditEntry.objects.filter(pk=entry.pk).exists()
+    assert client.get(f"/admin/billing/auditentry/{entry.pk}/change/").status_code == 200  # still readable

@@ -114,3 +114,20 @@ def test_bootstrap_demo_creates_once_and_then_only_explains(plans):
     assert "Demo account exists" in again
     assert "once_live_" not in again.replace("create_api_key", "")
     assert ApiKey.objects.filter(account=account).count() == 1
+
+
+def test_a_password_reset_keeps_the_members_role(account_a, viewer_a):
+    """create_operator without --role resets the password and leaves the role alone (it used to make an owner)."""
+    from django.contrib.auth import authenticate
+
+    from billing.models import Membership
+
+    out = io.StringIO()
+    call_command("create_operator", "--account", account_a.name, "--email", viewer_a.email,
+                 "--password", "a-brand-new-password-42", stdout=out)  # fmt: skip
+    assert Membership.objects.get(user=viewer_a.user, account=account_a).role == "viewer"
+    assert "is viewer of" in out.getvalue()
+    assert authenticate(username=viewer_a.email, password="a-brand-new-password-42") is not None
+    call_command("create_operator", "--account", account_a.name, "--email", viewer_a.email,
+                 "--password", "a-brand-new-password-42", "--role", "admin", stdout=out)  # fmt: skip
+    assert Membership.objects.get(user=viewer_a.user, account=account_a).role == "admin"

@@ -3,17 +3,18 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing import services
 from billing.choices import Role
-from billing.models import Account
+from billing.models import Account, Membership
 
 
 class Command(BaseCommand):
-    help = "Create an operator login for an account (or update its password and role)."
+    help = "Create an operator login for an account (or reset its password, and change its role with --role)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--account", required=True, help="Account name; created (Free plan) if missing.")
         parser.add_argument("--email", required=True)
         parser.add_argument("--password", required=True)
-        parser.add_argument("--role", default=Role.OWNER, choices=Role.values)
+        parser.add_argument("--role", default=None, choices=Role.values,
+                            help="Default: owner for a new member; an existing member keeps its role.")  # fmt: skip
 
     def handle(self, *args, account: str, email: str, password: str, role: str, **options) -> None:
         try:
@@ -23,4 +24,5 @@ class Command(BaseCommand):
             user = services.operator_create(account=acct, email=email, password=password, role=role)
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
+        role = Membership.objects.get(user=user, account=acct).role
         self.stdout.write(f"Operator {user.get_username()} is {role} of {acct.name!r}.")
