@@ -45,21 +45,22 @@ def locked_for(email: str, address: str) -> int:
         logger.warning("login lockout not checked: Redis unreachable")
         return 0
     wait = 0
-    for (count, ttl), limit in zip(zip(replies[::2], replies[1::2], strict=True), _limits(), strict=True):
+    for index, limit in enumerate(_limits()):
+        count, ttl = replies[2 * index], replies[2 * index + 1]
         if count is not None and int(count) >= limit:
             wait = max(wait, ttl if ttl > 0 else settings.ONCEONLY_LOGIN_LOCKOUT_SECONDS)
     return wait
 
 
 def record_failure(email: str, address: str) -> None:
-    window = settings.ONCEONLY_LOGIN_LOCKOUT_SECONDS
+    window, keys = settings.ONCEONLY_LOGIN_LOCKOUT_SECONDS, _keys(email, address)
     try:
-        counts = lua_script(FAILURE_LUA)(keys=_keys(email, address), args=[window], client=get_redis())
+        counts = lua_script(FAILURE_LUA)(keys=keys, args=[window], client=get_redis())
     except redis.RedisError:
         logger.warning("failed login not counted: Redis unreachable")
         return
     if counts[0] == settings.ONCEONLY_LOGIN_MAX_FAILURES:
-        email_hash = _keys(email, address)[0].rsplit(":", 1)[1]
+        email_hash = keys[0].rsplit(":", 1)[1]
         logger.warning("dashboard sign-in locked for %s min after %s failures (email hash %s, address %s)",
                        math.ceil(window / 60), counts[0], email_hash, address)  # fmt: skip
 

@@ -41,19 +41,23 @@ def script_args(principal: Any) -> tuple[str, list[int]]:
     return bucket_key(principal.account_id, principal.key_id), [plan.rate_per_second, plan.rate_burst]
 
 
+def take(principal: Any) -> None:
+    """Take one token from the caller's bucket, or raise RateLimited. Without Redis, no limit is applied."""
+    key, argv = script_args(principal)
+    try:
+        wait_ms = int(lua_script(RATE_LIMIT_LUA, TAKE_TOKEN_LUA)(keys=[key], args=argv, client=get_redis()))
+    except (redis.ConnectionError, redis.TimeoutError):
+        logger.warning("rate limit not applied: Redis unreachable")
+        return  # a limit we cannot count must not take the API down with Redis
+    if wait_ms:
+        raise RateLimited(wait_ms)
+
+
 class ApiKeyRateThrottle(BaseThrottle):
-    """DRF throttle for the endpoints whose work is not one Lua script (views set ``rate_limit_in_script``)."""
+    """DRF throttle for the endpoints whose work is not one Lua script (views set ``rate_limit_in_script`` and
+    take the token themselves: in their script, or with ``take`` for a form of the view that has none)."""
 
     def allow_request(self, request: Any, view: Any) -> bool:
-        principal = request.auth
-        if principal is None or getattr(view, "rate_limit_in_script", False):
-            return True
-        key, argv = script_args(principal)
-        try:
-            wait_ms = int(lua_script(RATE_LIMIT_LUA, TAKE_TOKEN_LUA)(keys=[key], args=argv, client=get_redis()))
-        except (redis.ConnectionError, redis.TimeoutError):
-            logger.warning("rate limit not applied: Redis unreachable")
-            return True  # a limit we cannot count must not take the API down with Redis
-        if wait_ms:
-            raise RateLimited(wait_ms)
+        if request.auth is not None and not getattr(view, "rate_limit_in_script", False):
+            take(request.auth)
         return True

@@ -102,7 +102,7 @@ class AiRunApi(APIView):
                 check.fail("key", f"The key form of /v1/ai/run cannot be combined with {', '.join(mixed)}.",
                            "value_error")  # fmt: skip
                 check.done()
-            ratelimit.ApiKeyRateThrottle().allow_request(request, None)
+            ratelimit.take(request.auth)
             return idempotency_api.keyed_run(request, data)
         check = BodyCheck(data, {"agent_id", "tool", "args", "spend_usd"})
         agent_id = check.key("agent_id", max_length=MAX_AGENT_ID)

@@ -93,7 +93,7 @@ def _agent_for_call_sql(vendor: str) -> tuple[str, list[tuple[Col, list[Callable
 
 def _agent_for_call(account_id: int, agent_id: str, tool: str) -> tuple[Agent, Tool | None]:
     """The calling agent (registered on first sight) with the account fields a call reads, and the registered
-    tool it would use (``tools.lookup``: agent scope, then global): one query when the tool is not registered, two
+    tool it would use (its agent scope first, then global): one query when the tool is not registered, two
     when it is (design §4 steps 1 and 4)."""
     sql, converters = _agent_for_call_sql(connection.vendor)
     params = [tool, f"agent:{agent_id}", account_id, agent_id]

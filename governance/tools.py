@@ -7,7 +7,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions, serializers
 
@@ -159,10 +158,3 @@ def tool_delete(*, tool: Tool, actor: str) -> None:
         audit_record(account=tool.account, actor_label=actor, action="governance.tool.deleted", object_type="tool",
                      object_id=f"{tool.scope_id}/{tool.name}", data={"url": tool.url})  # fmt: skip
         tool.delete()
-
-
-def lookup(account_id: int, agent_id: str, name: str) -> Tool | None:
-    """The tool a governed call of ``agent_id`` uses: its agent scope first, then global (design §4 step 4)."""
-    scopes = [f"agent:{agent_id}", "global"]
-    found = {t.scope_id: t for t in Tool.objects.filter(Q(scope_id__in=scopes), account_id=account_id, name=name)}
-    return found.get(scopes[0]) or found.get(scopes[1])

@@ -262,10 +262,11 @@ def _storable_text(value: Any) -> bool:
 
 
 def parse_json_body(raw: bytes) -> Any:
-    """A request body as JSON, or ParseError (400): malformed, nested too deeply, or holding text no database
-    column can store. Both escapes can only arrive as ``\\u…`` in valid JSON, so bodies without one skip the walk."""
+    """A request body as JSON, or a 422 (ParseError → json_invalid; a field's ValidationError when one field holds
+    it): malformed, nested too deeply, NaN/Infinity, or holding text no database column can store. Both escapes can
+    only arrive as ``\\u…`` in valid JSON, so bodies without one skip the walk."""
     try:
-        data = json.loads(raw, parse_constant=drf_json.strict_constant) if raw else None  # NaN, Infinity: 400
+        data = json.loads(raw, parse_constant=drf_json.strict_constant) if raw else None
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply." if isinstance(exc, RecursionError) else str(exc)
         raise exceptions.ParseError(f"JSON parse error - {reason}") from None
@@ -282,7 +283,7 @@ def parse_json_body(raw: bytes) -> Any:
 
 class JSONParser(parsers.JSONParser):
     """DRF's parser, plus: JSON nested deeper than Python's recursion limit, and strings PostgreSQL cannot store
-    (U+0000, unpaired surrogates), are a 400 parse error, not a 500."""
+    (U+0000, unpaired surrogates), are a 422, not a 500 (``parse_json_body``, shared with check-lock's lean path)."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
         raw = stream.read() if stream is not None else b""

@@ -30,12 +30,9 @@ def worker_last_seen_seconds() -> float | None:
     return None if raw is None else max(0.0, time.time() - float(raw))
 
 
-def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database and Redis answer (what a load balancer needs), else 503 naming the broken part.
-
-    The worker's heartbeat is reported but does not fail the check: web processes serve without workers.
-    """
-    checks: dict[str, Any] = {}
+def service_checks() -> dict[str, str]:
+    """``"ok"`` or ``"error: <exception class>"`` for the database and for Redis (/healthz and /metrics)."""
+    checks = {}
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -47,6 +44,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["redis"] = "ok"
     except redis.RedisError as exc:
         checks["redis"] = f"error: {exc.__class__.__name__}"
+    return checks
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database and Redis answer (what a load balancer needs), else 503 naming the broken part.
+
+    The worker's heartbeat is reported but does not fail the check: web processes serve without workers.
+    """
+    checks: dict[str, Any] = service_checks()
     seen = worker_last_seen_seconds()
     checks["worker_last_seen_seconds"] = None if seen is None else round(seen, 1)
     healthy = checks["database"] == "ok" and checks["redis"] == "ok"

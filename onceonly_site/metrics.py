@@ -9,21 +9,23 @@ ONCEONLY_METRICS_CACHE_SECONDS so that several scrapers (or a short interval) co
 from __future__ import annotations
 
 import hmac
-import logging
+import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 from django.db.models import Count, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
+from django_redis.exceptions import ConnectionInterrupted
 
-from onceonly_site.health import worker_last_seen_seconds
+from onceonly_site.health import service_checks, worker_last_seen_seconds
 from onceonly_site.redis_client import get_redis
 
-logger = logging.getLogger(__name__)
 CACHE_KEY = "metrics:v1"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -35,41 +37,42 @@ def _families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]
     from idempotency.models import Lease, LeaseStatus
     from onceonly_site.celery import app
 
+    checks = service_checks()
+    database_up, redis_up = checks["database"] == "ok", checks["redis"] == "ok"
     families = []
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        database_up = 1
-        requests = Account.objects.aggregate(total=Sum("requests_total_all_time"))["total"] or 0
-        decisions = DecisionRollup.objects.values("outcome").annotate(n=Sum("count")).order_by("outcome")
-        leases = Lease.objects.filter(status=LeaseStatus.IN_PROGRESS).count()
-        tools = Tool.objects.values("enabled").annotate(n=Count("id")).order_by("enabled")
-        families += [
-            ("onceonly_api_requests_total", "counter", "Authenticated /v1 requests (flushed by each process every "
-             "ONCEONLY_COUNTER_FLUSH_SECONDS).", [({}, requests)]),
-            ("onceonly_decisions_total", "counter", "Governed-call decisions by outcome (executed and failed are "
-             "dispatches to registered tools).", [({"outcome": row["outcome"]}, row["n"]) for row in decisions]),
-            ("onceonly_leases_in_progress", "gauge", "Leases held right now (keyed runs included).", [({}, leases)]),
-            ("onceonly_tools", "gauge", "Registered tools by state.",
-             [({"enabled": "true" if row["enabled"] else "false"}, row["n"]) for row in tools]),
-        ]  # fmt: skip
-    except DatabaseError:
-        database_up = 0
-    try:
-        get_redis().ping()
-        redis_up = 1
-    except redis.RedisError:
-        redis_up = 0
+    if database_up:
+        try:
+            requests = Account.objects.aggregate(total=Sum("requests_total_all_time"))["total"] or 0
+            decisions = DecisionRollup.objects.values("outcome").annotate(n=Sum("count")).order_by("outcome")
+            leases = Lease.objects.filter(status=LeaseStatus.IN_PROGRESS).count()
+            tools = Tool.objects.values("enabled").annotate(n=Count("id")).order_by("enabled")
+            families += [
+                ("onceonly_api_requests_total", "counter", "Authenticated /v1 requests (flushed by each process "
+                 "every ONCEONLY_COUNTER_FLUSH_SECONDS).", [({}, requests)]),
+                ("onceonly_decisions_total", "counter", "Governed-call decisions by outcome (executed and failed "
+                 "are dispatches to registered tools).", [({"outcome": r["outcome"]}, r["n"]) for r in decisions]),
+                ("onceonly_leases_in_progress", "gauge", "Leases held right now (keyed runs included).",
+                 [({}, leases)]),
+                ("onceonly_tools", "gauge", "Registered tools by state.",
+                 [({"enabled": "true" if r["enabled"] else "false"}, r["n"]) for r in tools]),
+            ]  # fmt: skip
+        except DatabaseError:
+            database_up = False
     queues = []
-    try:
-        with app.connection_for_read() as conn:
-            client = conn.default_channel.client
-            queues = [({"queue": name}, client.llen(name)) for name in sorted({"celery", app.conf.task_default_queue})]
-    except Exception:  # a broken broker is a missing sample, never a failed scrape
-        logger.warning("metrics: Celery queue length not read (broker unreachable)", exc_info=True)
+    if redis_up:
+        # The broker is this same Redis database (settings: one server for everything); Celery's Redis transport
+        # keeps a queue's waiting tasks in a list named after the queue.
+        names = sorted({"celery", app.conf.task_default_queue})
+        try:
+            pipe = get_redis().pipeline(transaction=False)
+            for name in names:
+                pipe.llen(name)
+            queues = [({"queue": name}, length) for name, length in zip(names, pipe.execute(), strict=True)]
+        except redis.RedisError:
+            redis_up = False
     families += [
-        ("onceonly_database_up", "gauge", "1 when the database answered this scrape.", [({}, database_up)]),
-        ("onceonly_redis_up", "gauge", "1 when Redis answered this scrape.", [({}, redis_up)]),
+        ("onceonly_database_up", "gauge", "1 when the database answered this scrape.", [({}, int(database_up))]),
+        ("onceonly_redis_up", "gauge", "1 when Redis answered this scrape.", [({}, int(redis_up))]),
         ("onceonly_celery_queue_length", "gauge", "Tasks waiting in the broker, by queue.", queues),
     ]
     seen = worker_last_seen_seconds()
@@ -82,9 +85,7 @@ def _families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]
 def _labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
-    escaped = (
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels.items()
-    )
+    escaped = (f'{k}="{json.dumps(v)[1:-1]}"' for k, v in labels.items())  # backslash, quote, newline escaped
     return "{" + ",".join(escaped) + "}"
 
 
@@ -108,9 +109,18 @@ def prometheus(request: HttpRequest) -> HttpResponse:
                                 content_type="text/plain; charset=utf-8")  # fmt: skip
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    body = cache.get(CACHE_KEY) if settings.ONCEONLY_METRICS_CACHE_SECONDS else None
+    seconds = settings.ONCEONLY_METRICS_CACHE_SECONDS
+    body = _cached(lambda: cache.get(CACHE_KEY)) if seconds else None
     if body is None:
         body = render()
-        if settings.ONCEONLY_METRICS_CACHE_SECONDS:
-            cache.set(CACHE_KEY, body, settings.ONCEONLY_METRICS_CACHE_SECONDS)
+        if seconds:
+            _cached(lambda: cache.set(CACHE_KEY, body, seconds))
     return HttpResponse(body, content_type=CONTENT_TYPE)
+
+
+def _cached(operation: Callable[[], Any]) -> Any:
+    """A cache read or write that a Redis outage turns into a miss: the scrape must still report redis_up 0."""
+    try:
+        return operation()
+    except (ConnectionInterrupted, redis.RedisError):
+        return None
