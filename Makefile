@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint fmt migrations-check clean bench
+.PHONY: run test install lint fmt migrations-check clean bench faults
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ clean:
 bench: $(STAMP)
 	command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+## make faults — the fault suite at full length (private PostgreSQL + Redis it crashes, flushes and restarts; needs
+## PostgreSQL's server binaries and redis-server): a table of operations, faults and violations; exit 1 on any.
+faults: $(STAMP)
+	$(PY) -m tests.faults.run $(FAULTS_ARGS)

@@ -167,7 +167,8 @@ class AuditEntry(models.Model):
     actor_label = models.CharField(max_length=200)
     action = models.CharField(max_length=64, help_text="Namespaced code, e.g. billing.api_key.revoked.")
     object_type = models.CharField(max_length=64, blank=True)
-    object_id = models.CharField(max_length=200, blank=True)
+    # Wide enough for every id the services audit: a lock or lease key (256), a tool as scope/name (≤ 407).
+    object_id = models.CharField(max_length=512, blank=True)
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -41,10 +41,11 @@ def audit_record(
     return AuditEntry.objects.create(
         account=account,
         actor=actor,
-        actor_label=actor_label or _actor_label(actor),
+        # A snapshot for people to read: cut to the columns' widths rather than fail the audited action.
+        actor_label=(actor_label or _actor_label(actor))[:200],
         action=action,
         object_type=object_type,
-        object_id=str(object_id),
+        object_id=str(object_id)[:512],
         data=data or {},
     )
 

@@ -26,6 +26,7 @@ from billing import services
 from billing.models import Account, BillingSubscription, Notification, Plan, ProviderEvent
 from billing.notifications import notify
 from billing.stripe_client import price_for
+from onceonly_site.params import whole_number
 
 logger = logging.getLogger(__name__)
 TOLERANCE_SECONDS = 300
@@ -132,9 +133,9 @@ def _account_from(customer: str | None, metadata: dict | None) -> Account:
         billing = BillingSubscription.objects.filter(customer_id=customer).select_related("account").first()
         if billing is not None:
             return billing.account
-    account_id = str((metadata or {}).get("account_id", ""))
-    if account_id.isdigit():
-        account = Account.objects.filter(pk=int(account_id)).first()
+    account_id = whole_number((metadata or {}).get("account_id", ""))
+    if account_id is not None:
+        account = Account.objects.filter(pk=account_id).first()
         if account is not None:
             return account
     raise Ignored(f"no account of this server belongs to customer {customer!r}")
@@ -177,8 +178,8 @@ def _flag_payment_problem(billing: BillingSubscription, problem: bool, why: str)
 
 def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
     """An owner finished Checkout: link the Stripe customer and subscription, and apply the plan they paid for."""
-    reference = str(session.get("client_reference_id") or "")
-    account = Account.objects.filter(pk=int(reference)).first() if reference.isdigit() else None
+    reference = whole_number(session.get("client_reference_id") or "")
+    account = Account.objects.filter(pk=reference).first() if reference is not None else None
     # Sessions this server created carry the account in their metadata too; another integration's session on a
     # shared Stripe account does not, whatever its client_reference_id says.
     if account is None or str((session.get("metadata") or {}).get("account_id", "")) != reference:

@@ -24,6 +24,9 @@ class Reason(models.TextChoices):
     DAILY_SPEND_EXCEEDED = "daily_spend_exceeded"
     IDEMPOTENCY_KEY_HIT = "idempotency_key_hit"
     TOOL_ERROR = "tool_error"
+    # The server called the tool but stopped (or lost its database) before recording the answer: the sweeper
+    # records the dispatch from its intent row, charged, as failed with this reason (docs/operations.md).
+    OUTCOME_UNKNOWN = "outcome_unknown"
 
 
 class RiskLevel(models.TextChoices):

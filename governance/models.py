@@ -99,6 +99,31 @@ class Decision(models.Model):
         return f"{self.agent} {self.tool} {self.outcome}"
 
 
+class DispatchIntent(models.Model):
+    """A dispatch about to go out (design §3.4, §4 step 7): written and committed before the tool is called, and
+    deleted in the transaction that records the call's decision. One left behind means the server stopped, or lost
+    its database, between calling the tool and recording the answer — the tool may have run. Until the sweeper
+    records it (a failed decision, reason ``outcome_unknown``), a rebuild of the agent's counters counts it as a
+    charged action, so no cap can be passed by calls whose decisions were never written."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
+    created_at = models.DateTimeField()
+    tool = models.CharField(max_length=200)
+    args_hash = models.CharField(max_length=64)
+    run_id = models.CharField(max_length=256, blank=True)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    risk_level = models.CharField(max_length=8, choices=RiskLevel.choices)
+    spend_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    dispatch_id = models.CharField(max_length=64, help_text="The webhook-id the tool received.")
+
+    class Meta:
+        indexes = [models.Index(fields=["agent", "created_at"], name="governance_intent_agent_ts")]
+
+    def __str__(self) -> str:
+        return f"{self.agent} {self.tool} {self.dispatch_id}"
+
+
 class DecisionRollup(models.Model):
     """Hourly counts per (agent, tool, outcome), updated with each decision: metrics read ≤ 168 rows a week."""
 

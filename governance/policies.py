@@ -121,10 +121,13 @@ def clean_fields(data: dict[str, Any], *, partial: bool = True) -> dict[str, Any
             if not isinstance(value, dict):
                 _err(errors, field, "Must be an object {tool: calls per day}.", "dict_type")
                 continue
+            if len(value) > MAX_LIST:
+                _err(errors, field, f"At most {MAX_LIST} tools.", "too_long")
+                continue
             caps: dict[str, int] = {}
             for tool, cap in value.items():
                 if not tool.strip() or len(tool) > MAX_TOOL_NAME:
-                    _err(errors, field, "Tool names must be non-empty strings.")
+                    _err(errors, field, f"Tool names must be non-empty strings of at most {MAX_TOOL_NAME} characters.")
                     continue
                 number = _non_negative_int(cap, f"{field}.{tool}", errors)
                 if number is not None:
@@ -139,8 +142,12 @@ def clean_fields(data: dict[str, Any], *, partial: bool = True) -> dict[str, Any
                 if not isinstance(rule, dict) or set(rule) != {"tool", "price_usd"}:
                     _err(errors, f"{field}.{index}", 'Each rule is exactly {"tool": str, "price_usd": number}.')
                     continue
-                if not isinstance(rule["tool"], str) or not rule["tool"].strip():
-                    _err(errors, f"{field}.{index}.tool", "Must be a non-empty string.")
+                if not isinstance(rule["tool"], str) or not rule["tool"].strip() or len(rule["tool"]) > MAX_TOOL_NAME:
+                    _err(
+                        errors,
+                        f"{field}.{index}.tool",
+                        f"Must be a non-empty string of at most {MAX_TOOL_NAME} characters.",
+                    )
                     continue
                 price = _non_negative_number(rule["price_usd"], f"{field}.{index}.price_usd", errors)
                 if price is not None:

@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Sum
 from django.db.models.expressions import Col
@@ -28,7 +29,7 @@ from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
 from governance import dispatch, ledger, policies
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
-from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
+from governance.models import Agent, Decision, DecisionRollup, DispatchIntent, PolicyVersion, Tool
 from idempotency import events as run_events
 from idempotency.models import RunEvent
 from idempotency.services import canonical_json
@@ -281,9 +282,19 @@ SELECT id FROM decision
 """
 
 
-def _record(agent: Agent, events: Callable[[Decision], list[RunEvent]] | None = None, **fields: Any) -> Decision:
+class IntentGone(Exception):
+    """The dispatch intent was already recorded (by the sweeper): its decision exists."""
+
+
+def _record(
+    agent: Agent,
+    events: Callable[[Decision], list[RunEvent]] | None = None,
+    intent_id: int | None = None,
+    **fields: Any,
+) -> Decision:
     """The decision row, its hourly rollup and its run events, in one synchronous transaction, before the
-    response (so a timeline read right after the call shows them)."""
+    response (so a timeline read right after the call shows them). With ``intent_id`` the dispatch intent is
+    deleted in that transaction — exactly one decision per intent (``IntentGone`` if it was recorded already)."""
     fields.setdefault("ts", timezone.now())
     fields.setdefault("spend_usd", Decimal(0))
     fields["row_hash"] = ledger.row_hash(agent.account_id, {**fields, "agent_id": agent.agent_id})
@@ -292,7 +303,7 @@ def _record(agent: Agent, events: Callable[[Decision], list[RunEvent]] | None = 
     hour = decision.ts.replace(minute=0, second=0, microsecond=0)
     rollup = [agent.account_id, agent.pk, ops.adapt_datetimefield_value(hour), decision.tool, decision.outcome,
               ops.adapt_decimalfield_value(decision.spend_usd, 16, 6)]  # fmt: skip
-    if events is None and connection.vendor == "postgresql" and not connection.in_atomic_block:
+    if events is None and intent_id is None and connection.vendor == "postgresql" and not connection.in_atomic_block:
         # The common case as one statement (its own synchronous transaction): one round trip instead of BEGIN,
         # INSERT, upsert, COMMIT — the commit's flush is the same (docs/benchmarks.md).
         columns = [f for f in Decision._meta.concrete_fields if not f.primary_key]
@@ -305,6 +316,8 @@ def _record(agent: Agent, events: Callable[[Decision], list[RunEvent]] | None = 
         decision._state.adding = False
         return decision
     with transaction.atomic():
+        if intent_id is not None and not DispatchIntent.objects.filter(pk=intent_id).delete()[0]:
+            raise IntentGone(intent_id)
         decision.save(force_insert=True)
         if events is not None:
             run_events.emit_many(events(decision))
@@ -319,8 +332,17 @@ def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) ->
     charged = Decision.objects.filter(agent=agent, outcome__in=CHARGED_OUTCOMES)
     today = charged.filter(ts__gte=day_start)
     spend = today.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
-    calls = list(today.values_list("tool").annotate(n=Count("id")))
-    hour = list(charged.filter(ts__gt=now - timedelta(hours=1)).values_list("id", "ts"))
+    calls = dict(today.values_list("tool").annotate(n=Count("id")))
+    hour = [(f"db:{pk}", ts) for pk, ts in charged.filter(ts__gt=now - timedelta(hours=1)).values_list("id", "ts")]
+    # Dispatches whose decision was never written (the server stopped after calling the tool) count as charged.
+    for pk, ts, tool, cost in DispatchIntent.objects.filter(agent=agent).values_list(
+        "id", "created_at", "tool", "spend_usd"
+    ):
+        if ts >= day_start:
+            spend += cost
+            calls[tool] = calls.get(tool, 0) + 1
+        if ts > now - timedelta(hours=1):
+            hour.append((f"intent:{pk}", ts))
     client = get_redis()
     if dedup_window:
         # Dedup entries first: calls wait for the ready marker, so none can slip between the two steps.
@@ -329,16 +351,20 @@ def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) ->
             agent=agent, outcome__in=[Outcome.EXECUTED, Outcome.ALLOWED], ts__gt=now - timedelta(seconds=dedup_window)
         ).values_list("id", "args_hash", "ts")
         base = keys[1].rsplit(":", 1)[0]
-        for decision_id, digest, ts in seen:
-            left_ms = int((ts + timedelta(seconds=dedup_window) - now).total_seconds() * 1000)
-            if left_ms > 0:
-                pipe.set(f"{base}:{digest}", f"decision:{decision_id}", px=left_ms, nx=True)
+        unrecorded = DispatchIntent.objects.filter(
+            agent=agent, created_at__gt=now - timedelta(seconds=dedup_window)
+        ).values_list("id", "args_hash", "created_at")
+        for marker, rows in (("decision", seen), ("intent", unrecorded)):
+            for pk, digest, ts in rows:
+                left_ms = int((ts + timedelta(seconds=dedup_window) - now).total_seconds() * 1000)
+                if left_ms > 0:
+                    pipe.set(f"{base}:{digest}", f"{marker}:{pk}", px=left_ms, nx=True)
         pipe.execute()
     argv: list[Any] = [_micro(spend), DAY_COUNTER_SECONDS, READY_SECONDS, len(calls)]
-    for tool, count in calls:
+    for tool, count in calls.items():
         argv += [tool, count]
-    for decision_id, ts in hour:
-        argv += [int(ts.timestamp() * 1000), f"db:{decision_id}"]
+    for member, ts in hour:
+        argv += [int(ts.timestamp() * 1000), member]
     lua_script(REBUILD_LUA)(keys=[keys[0], keys[2], keys[3], keys[4]], args=argv, client=client)
 
 
@@ -375,7 +401,9 @@ def governed_call(
     base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
                 risk_level=risk)  # fmt: skip
 
-    def finish(outcome: str, reason: str, remaining: dict[str, Any], **extra: Any) -> CallOutcome:
+    def finish(
+        outcome: str, reason: str, remaining: dict[str, Any], intent_id: int | None = None, **extra: Any
+    ) -> CallOutcome:
         latency = int((time.monotonic() - started) * 1000)
         allowed = outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP)
         fields = dict(outcome=outcome, policy_reason=reason, latency_ms=latency, allowed=allowed, **base, **extra)
@@ -389,7 +417,7 @@ def governed_call(
             if timeline is not None:
                 run_events.emit_many(timeline(decision))
         else:
-            decision = _record(agent, timeline, **fields)
+            decision = _record(agent, timeline, intent_id, **fields)
         return CallOutcome(decision=decision, remaining=remaining)
 
     if not agent.is_enabled:
@@ -465,8 +493,25 @@ def governed_call(
     decided, reason, extra = Outcome.ALLOWED, Reason.WITHIN_BUDGET, {}
     if dry_run:
         return finish(decided, reason, remaining, spend_usd=cost)
+
+    def release() -> None:
+        """Without its durable decision the reservation must not stand (the ledger is the decision log)."""
+        client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], tool, -1).incrby(
+            keys[3], -_micro(cost)
+        ).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(keys[5], f"{usage.AI}:{now:%d}", -1).execute()
+
+    intent = None
     if registered is not None:
-        # Step 7: dispatch to the registered tool, outside any transaction; the reservation stands meanwhile.
+        # Step 7: the intent first (committed: from here on the tool may run, and a rebuild must count it), then
+        # the dispatch, outside any transaction; the reservation stands meanwhile.
+        try:
+            intent = DispatchIntent.objects.create(
+                account_id=account_id, agent=agent, created_at=now, tool=tool, args_hash=digest, run_id=run_id[:256],
+                policy_version=agent.policy_version, risk_level=risk, spend_usd=cost, dispatch_id=reservation,
+            )  # fmt: skip
+        except Exception:
+            release()
+            raise
         try:
             sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=agent_id, args=args,
                                      run_id=run_id, args_digest=digest, fence=int(now.timestamp() * 1000))  # fmt: skip
@@ -478,12 +523,16 @@ def governed_call(
         Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
                                                      last_dispatch_at=timezone.now())  # fmt: skip
     try:
-        outcome = finish(decided, reason, remaining, spend_usd=cost, **extra)
+        outcome = finish(decided, reason, remaining, intent.pk if intent else None, spend_usd=cost, **extra)
+    except IntentGone:
+        # Slower than the sweeper's grace period: it recorded this dispatch (outcome_unknown) meanwhile.
+        original = Decision.objects.get(agent=agent, dispatch_id=reservation)
+        return CallOutcome(decision=original, remaining=remaining)
     except Exception:
-        # Without its durable decision the reservation must not stand (the ledger is the decision log).
-        client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], tool, -1).incrby(
-            keys[3], -_micro(cost)
-        ).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(keys[5], f"{usage.AI}:{now:%d}", -1).execute()
+        if intent is None:
+            release()
+        # Else the tool was called and may have run: the reservation stands, and the intent row keeps it counted
+        # through any Redis rebuild until the sweeper records it (dispatch_intents_record).
         raise
     if decided == Outcome.FAILED:
         # The tool failed: a retry may run again (dedup entry released); the spend stays charged, the ai quota
@@ -560,3 +609,28 @@ def tool_test_call(*, tool: Tool, args: dict[str, Any], actor: str) -> tuple[Dec
     audit_record(account=agent.account, actor_label=actor, action="governance.tool.test_call", object_type="tool",
                  object_id=f"{tool.scope_id}/{tool.name}", data={"decision": decision.pk, "ok": sent.ok})  # fmt: skip
     return decision, sent
+
+
+def dispatch_intents_record(*, grace: timedelta | None = None, batch: int = 500) -> int:
+    """Beat: record the dispatches whose decision was never written (the server stopped, or lost its database,
+    between calling the tool and recording its answer) as failed decisions with reason ``outcome_unknown`` —
+    charged, at the time of the dispatch, with the webhook-id the tool received (so an operator can ask the tool
+    what happened). ``grace`` (default: the dispatch deadline + 60 s) leaves live calls alone."""
+    if grace is None:
+        grace = timedelta(seconds=settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS + 60)
+    recorded = 0
+    stale = DispatchIntent.objects.filter(created_at__lt=timezone.now() - grace).select_related("agent")
+    for intent in stale.order_by("pk")[:batch]:
+        try:
+            _record(
+                intent.agent, None, intent.pk, ts=intent.created_at, tool=intent.tool, args_hash=intent.args_hash,
+                run_id=intent.run_id, policy_version=intent.policy_version, risk_level=intent.risk_level,
+                outcome=Outcome.FAILED, allowed=False, policy_reason=Reason.OUTCOME_UNKNOWN,
+                spend_usd=intent.spend_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
+            )  # fmt: skip
+        except IntentGone:
+            continue  # recorded by its own call meanwhile
+        recorded += 1
+        logger.warning("recorded unfinished dispatch %s of %s → %s (outcome unknown)", intent.dispatch_id,
+                       intent.agent.agent_id, intent.tool)  # fmt: skip
+    return recorded

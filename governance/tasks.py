@@ -2,7 +2,7 @@ import logging
 
 from celery import shared_task
 
-from governance import ledger
+from governance import ledger, services
 
 logger = logging.getLogger(__name__)
 
@@ -13,3 +13,11 @@ def checkpoint_decisions() -> None:
     written = ledger.checkpoint_all()
     if written:
         logger.info("wrote %s decision-log checkpoints", written)
+
+
+@shared_task(name="governance.record_unfinished_dispatches", ignore_result=True)
+def record_unfinished_dispatches() -> None:
+    """Beat: dispatches whose decision was never written become failed decisions (reason outcome_unknown)."""
+    recorded = services.dispatch_intents_record()
+    if recorded:
+        logger.warning("recorded %s unfinished dispatches (outcome unknown)", recorded)

@@ -25,6 +25,7 @@ from governance import ledger, policies, selectors, services, tools
 from governance.choices import CHARGED_OUTCOMES, Outcome
 from governance.forms import DecisionFilterForm, PolicyForm, ReasonForm, TestCallForm, ToolForm
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
+from onceonly_site.params import whole_number
 
 PER_PAGE = 25
 TIMELINE_PAGE = 50
@@ -182,9 +183,10 @@ def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
         status = 422
     versions = list(PolicyVersion.objects.filter(agent=agent).order_by("-version")[:50]) if agent else []
     diff = None
-    if agent and request.GET.get("a", "").isdigit() and request.GET.get("b", "").isdigit():
+    first, second = whole_number(request.GET.get("a", "")), whole_number(request.GET.get("b", ""))
+    if agent and first is not None and second is not None:
         by_version = {v.version: v for v in versions}
-        a, b = by_version.get(int(request.GET["a"])), by_version.get(int(request.GET["b"]))
+        a, b = by_version.get(first), by_version.get(second)
         if a and b:
             diff = {"a": a.version, "b": b.version, "lines": _diff(a.policy, b.policy)}
     return render(request, "governance/policy_edit.html", {
@@ -201,20 +203,21 @@ def policy_rollback(request: HttpRequest, agent_id: str) -> HttpResponse:
     agent = _agent_or_404(account.pk, agent_id)
     if not account.plan.has_governance:
         raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
-    requested = request.POST.get("version", "")
-    old = PolicyVersion.objects.filter(agent=agent, version=int(requested)).first() if requested.isdigit() else None
+    requested = whole_number(request.POST.get("version", ""))
+    old = PolicyVersion.objects.filter(agent=agent, version=requested).first() if requested is not None else None
     if old and old.policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
         messages.error(request, "That version sets allowed_tools, which needs the Agency plan.")
         return redirect("governance:policy-edit", agent_id=agent.agent_id)
     try:
-        version = int(requested)
+        if old is None:
+            raise PolicyVersion.DoesNotExist
         result = services.policy_rollback(
-            account_id=account.pk, agent_id=agent.agent_id, version=version, actor=_actor(request)
+            account_id=account.pk, agent_id=agent.agent_id, version=old.version, actor=_actor(request)
         )
-    except (ValueError, PolicyVersion.DoesNotExist):
+    except PolicyVersion.DoesNotExist:
         messages.error(request, "No such version.")
     else:
-        messages.success(request, f"Rolled back to version {version}: now version {result.version}.")
+        messages.success(request, f"Rolled back to version {old.version}: now version {result.version}.")
     return redirect("governance:policy-edit", agent_id=agent.agent_id)
 
 
@@ -253,13 +256,13 @@ def decisions(request: HttpRequest) -> HttpResponse:
     account = current_membership(request).account
     form = DecisionFilterForm(request.GET or None)
     queryset = _filtered_decisions(account.pk, form).order_by("-id")
-    after = request.GET.get("after", "")
-    if after.isdigit():  # htmx polling for rows newer than the newest shown
-        rows = list(queryset.filter(pk__gt=int(after))[:TIMELINE_PAGE])
+    after = whole_number(request.GET.get("after", ""))
+    if after is not None:  # htmx polling for rows newer than the newest shown
+        rows = list(queryset.filter(pk__gt=after)[:TIMELINE_PAGE])
         return render(request, "governance/_decision_rows.html", {"rows": rows, "live": True})
-    before = request.GET.get("before", "")
-    if before.isdigit():
-        queryset = queryset.filter(pk__lt=int(before))
+    before = whole_number(request.GET.get("before", ""))
+    if before is not None:
+        queryset = queryset.filter(pk__lt=before)
     rows = list(queryset[: TIMELINE_PAGE + 1])
     more = len(rows) > TIMELINE_PAGE
     rows = rows[:TIMELINE_PAGE]
@@ -268,8 +271,8 @@ def decisions(request: HttpRequest) -> HttpResponse:
     query.pop("after", None)
     return render(request, "governance/decisions.html", {
         "form": form, "rows": rows, "more": more, "oldest": rows[-1].pk if rows else None,
-        "newest": rows[0].pk if rows else (int(before) - 1 if before.isdigit() else 0),
-        "query": query.urlencode(), "first_page": not before.isdigit(),
+        "newest": rows[0].pk if rows else (before - 1 if before else 0),
+        "query": query.urlencode(), "first_page": before is None,
     })  # fmt: skip
 
 

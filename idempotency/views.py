@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from billing.selectors import current_membership, editor_membership
 from idempotency import selectors, services
 from idempotency.forms import KeyLookupForm, OperatorResetForm, RunFilterForm, RunTimelineForm
+from onceonly_site.params import whole_number
 
 PER_PAGE = 25
 TABS = {
@@ -140,9 +141,9 @@ def run_timeline(request: HttpRequest) -> HttpResponse:
     run_id = form.cleaned_data["run_id"]
     found = selectors.runs_with_run_id(account, run_id)
     live = any(not run.is_finished for run in found)
-    after = request.GET.get("after", "")
-    if after.isdigit():
-        rows = selectors.timeline_page(account, run_id, after=int(after), limit=TIMELINE_PAGE)
+    after = whole_number(request.GET.get("after", ""))
+    if after is not None:
+        rows = selectors.timeline_page(account, run_id, after=after, limit=TIMELINE_PAGE)
         response = render(request, "idempotency/_timeline_poll.html", {"events": rows, "runs": found, "live": live})
         return response if live else _stop_polling(response)
     rows = selectors.timeline_page(account, run_id, limit=TIMELINE_PAGE)

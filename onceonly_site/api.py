@@ -27,6 +27,7 @@ from rest_framework.utils import json as drf_json
 from billing.ratelimit import RateLimited
 from billing.usage import QuotaExceeded
 from onceonly_site.middleware import current_request_id
+from onceonly_site.params import whole_number
 
 # Identifiers (agent ids, run ids) are printable: control characters are refused wherever one is accepted.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -237,6 +238,7 @@ def body(request: Request) -> Any:
     return {} if data is None else data
 
 
+MAX_JSON_DEPTH = 64  # nesting of a request body: deeper documents are refused (docs/api.md, "Limits")
 UNSTORABLE_TEXT = "JSON parse error - strings may not contain U+0000 or unpaired surrogates (\\ud800–\\udfff)."
 
 
@@ -261,6 +263,17 @@ def _storable_text(value: Any) -> bool:
     return True
 
 
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def parse_json_body(raw: bytes) -> Any:
     """A request body as JSON, or a 422 (ParseError → json_invalid; a field's ValidationError when one field holds
     it): malformed, nested too deeply, NaN/Infinity, or holding text no database column can store. Both escapes can
@@ -270,6 +283,11 @@ def parse_json_body(raw: bytes) -> Any:
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply." if isinstance(exc, RecursionError) else str(exc)
         raise exceptions.ParseError(f"JSON parse error - {reason}") from None
+    # Fewer brackets than the limit cannot nest deeper than it: the walk runs only for bodies that might.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth_exceeds(data, MAX_JSON_DEPTH):
+        # Python parses ~900 levels, but storing them (JSON columns encode them again, deeper in the stack) would
+        # overflow the stack: a 500 (found by tests/test_request_limits.py).
+        raise exceptions.ParseError(f"JSON parse error - nested more than {MAX_JSON_DEPTH} levels deep.")
     if b"\\u" in raw and not _storable_text(data):
         # Point at the field when one holds it (a 422 with loc ["body", field]); else at the body.
         if isinstance(data, dict):
@@ -404,12 +422,13 @@ class BodyCheck:
 
     def page(self, *, default: int, maximum: int, max_offset: int) -> tuple[int, int]:
         """``limit`` (1…maximum) and ``offset`` (0…max_offset) query parameters."""
-        limit, offset = self.data.get("limit", str(default)), self.data.get("offset", "0")
-        if not str(limit).isdigit() or not 1 <= int(limit) <= maximum:
+        limit = whole_number(self.data.get("limit", default), maximum)
+        offset = whole_number(self.data.get("offset", 0), max_offset)
+        if limit is None or limit < 1:
             self.fail("limit", f"A whole number from 1 to {maximum}.", "int_type")
-        if not str(offset).isdigit() or int(offset) > max_offset:
+        if offset is None:
             self.fail("offset", f"A whole number from 0 to {max_offset:,}.", "int_type")
-        return (int(limit), int(offset)) if not self.errors else (0, 0)
+        return (limit, offset) if not self.errors else (0, 0)
 
     def done(self) -> None:
         if self.errors:

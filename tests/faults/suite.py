@@ -1,0 +1,562 @@
+"""The fault suite (`make faults`): mixed traffic against a live multi-process stack while faults are injected,
+then every guarantee of design §3 checked with counts (docs/operations.md, "Fault suite").
+
+One phase per fault, each with its own keys, agents and runs so a phase's verdict is its own:
+
+* traffic — check-locks on a pool of keys, leases acquired and completed on a pool of keys plus three keys held
+  for the whole phase, governed calls of one agent with hourly/per-tool/spend caps (new arguments and repeated
+  ones, dispatched to a registered tool or permit-only), keyed runs of a job handler (new keys and re-submitted
+  ones);
+* the fault, a third of the way in;
+* afterwards: the phase's runs must end, the long leases are completed, and the checks run against what the
+  clients were answered, what the tool receiver and the handler journal saw, and the database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tests.faults.stack import TOOL_SECRET, Stack, StackError, wait_until
+
+FAULTS = ("none", "redis_flushall", "redis_restart", "postgres_restart", "celery_kill", "web_kill")
+GOVERNED_PAUSE = 0.25  # per governed-call thread: about 8 calls/s in all, 5-6 of them charged
+TOOL = "faults.tool"  # registered: dispatched to the receiver
+PERMIT = "faults.permit"  # unregistered: permit-only decisions
+GENERATION_SECONDS = 2  # check-lock and lease keys: a new set every 2 s, so first acquisitions span the phase
+LOCK_KEYS, LEASE_KEYS, HELD_KEYS = 10, 6, 3
+LEASE_TTL, HELD_TTL, RUN_TTL = 60, 300, 60
+RUN_SECONDS = 0.6  # how long the job handler works
+RUN_SETTLE_SECONDS = 90
+RECOVERY_LIMIT_SECONDS = 15
+
+
+@dataclass
+class Op:
+    kind: str
+    key: str
+    t0: float
+    t1: float
+    status: int | None  # None: no HTTP answer (connection refused or reset)
+    body: Any = None
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answer(self) -> str:
+        if self.status is None:
+            return "no_answer"
+        if 200 <= self.status < 300 and isinstance(self.body, dict):
+            return str(self.body.get("status") or self.body.get("decision") or "ok")
+        return str(self.status)
+
+
+@dataclass
+class PhaseResult:
+    fault: str
+    seconds: float
+    ops: list[Op]
+    violations: list[str]
+    notes: list[str]
+    evidence: dict[str, Any]  # that the fault really happened (tests/faults/test_faults.py asserts it)
+
+    def counts(self) -> dict[str, int]:
+        answered = [op for op in self.ops if op.status is not None]
+        return {
+            "ops": len(self.ops),
+            "2xx": sum(1 for op in answered if 200 <= op.status < 300),
+            "503": sum(1 for op in answered if op.status == 503),
+            "no_answer": sum(1 for op in self.ops if op.status is None),
+            "violations": len(self.violations),
+        }
+
+
+class Client:
+    """One HTTP client per load thread; every call is recorded as an Op."""
+
+    def __init__(self, base_url: str, api_key: str, ops: list[Op]) -> None:
+        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=15)
+        self.ops = ops
+
+    def call(self, kind: str, key: str, method: str, path: str, body: dict | None = None, **extra: Any) -> Op:
+        t0 = time.time()
+        try:
+            response = self.http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            op = Op(kind, key, t0, time.time(), None, error=type(exc).__name__, extra=extra)
+        else:
+            try:
+                parsed = response.json()
+            except ValueError:
+                parsed = response.text[:200]
+            op = Op(kind, key, t0, time.time(), response.status_code, parsed, extra=extra)
+        self.ops.append(op)
+        return op
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class Phase:
+    """The traffic of one phase; ``stop`` ends it."""
+
+    def __init__(self, stack: Stack, api_key: str, name: str, seconds: float) -> None:
+        self.stack, self.api_key, self.name = stack, api_key, name
+        # Caps the traffic reaches about halfway through the phase (the fault comes at a third): both the
+        # reservations made around the fault and the refusals after the cap are tested.
+        actions = max(10, int(2.5 * seconds))
+        self.caps = {"max_actions_per_hour": actions, "tool_calls": int(actions * 0.6),
+                     "max_spend_usd_per_day": round(actions * 0.85, 2)}  # fmt: skip
+        self.started = time.monotonic()
+        self.ops: list[Op] = []
+        self.agent = f"agent-{name}"
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.run_keys: list[str] = []
+        self.held: dict[str, str] = {}
+        self.counter = itertools.count()
+        self.pg_window: tuple[float, float] | None = None
+
+    def client(self) -> Client:
+        return Client(self.stack.url, self.api_key, self.ops)
+
+    def start(self) -> None:
+        setup = self.client()
+        policy = {"max_actions_per_hour": self.caps["max_actions_per_hour"],
+                  "max_spend_usd_per_day": self.caps["max_spend_usd_per_day"],
+                  "max_calls_per_tool": {TOOL: self.caps["tool_calls"]}}  # fmt: skip
+        answer = setup.call("setup", self.agent, "POST", f"/v1/policies/{self.agent}", policy)
+        if answer.status != 200:
+            raise StackError(f"policy upsert failed: {answer.status} {answer.body}")
+        for index in range(HELD_KEYS):
+            key = f"held:{self.name}:{index}"
+            op = setup.call("lease", key, "POST", "/v1/ai/lease", {"key": key, "ttl": HELD_TTL})
+            if op.answer != "acquired":
+                raise StackError(f"could not take {key}: {op.status} {op.body}")
+            self.held[key] = op.body["lease_id"]
+        setup.close()
+        for target, count in ((self.locks, 2), (self.leases, 2), (self.governed, 2), (self.runs, 1)):
+            for _ in range(count):
+                thread = threading.Thread(target=self._loop, args=(target,), daemon=True)
+                thread.start()
+                self.threads.append(thread)
+
+    def _loop(self, target) -> None:
+        client = self.client()
+        rng = random.Random()
+        try:
+            while not self.stopping.is_set():
+                target(client, rng)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    # --- traffic ----------------------------------------------------------------------------------------------
+
+    def key(self, prefix: str, pool: int, rng: random.Random) -> str:
+        """Half from the current set of keys (new ones), half from any earlier set (seen before)."""
+        current = int(time.monotonic() - self.started) // GENERATION_SECONDS
+        generation = current if rng.random() < 0.5 else rng.randrange(current + 1)
+        return f"{prefix}:{self.name}:{generation}:{rng.randrange(pool)}"
+
+    def locks(self, client: Client, rng: random.Random) -> None:
+        key = self.key("lock", LOCK_KEYS, rng)
+        client.call("check_lock", key, "POST", "/v1/check-lock", {"key": key, "ttl": 3600})
+
+    def leases(self, client: Client, rng: random.Random) -> None:
+        # One in five on a key held all phase by another holder: never acquirable.
+        key = rng.choice(list(self.held)) if rng.random() < 0.2 else self.key("lease", LEASE_KEYS, rng)
+        op = client.call("lease", key, "POST", "/v1/ai/lease", {"key": key, "ttl": LEASE_TTL})
+        if op.answer != "acquired":
+            return
+        time.sleep(rng.uniform(0.0, 0.05))
+        self.complete(client, key, op.body["lease_id"])
+
+    def complete(self, client: Client, key: str, lease_id: str, deadline: float = 30.0) -> Op:
+        """Complete as a careful holder does: retry while the server cannot answer, until the lease would end."""
+        until = time.monotonic() + deadline
+        while True:
+            body = {"key": key, "lease_id": lease_id, "result": {"holder": lease_id}}
+            op = client.call("complete", key, "POST", "/v1/ai/complete", body, lease_id=lease_id)
+            if (op.status is not None and op.status != 503) or time.monotonic() > until:
+                return op
+            time.sleep(0.2)
+
+    def governed(self, client: Client, rng: random.Random) -> None:
+        roll = rng.random()
+        if roll < 0.25:
+            tool, args = TOOL, {"repeat": rng.randrange(4)}  # the same arguments again: dedup after the first
+        elif roll < 0.7:
+            tool, args = TOOL, {"n": next(self.counter)}
+        else:
+            tool, args = PERMIT, {"n": next(self.counter)}
+        spend = 1.0 if tool == TOOL else 0.5
+        body = {"agent_id": self.agent, "tool": tool, "args": args, "spend_usd": spend}
+        client.call("governed", f"{tool}:{json.dumps(args, sort_keys=True)}", "POST", "/v1/ai/run", body)
+        time.sleep(GOVERNED_PAUSE)
+
+    def runs(self, client: Client, rng: random.Random) -> None:
+        if self.run_keys and rng.random() < 0.3:
+            key = rng.choice(self.run_keys)  # re-submitted: never acquired again
+        else:
+            key = f"run:{self.name}:{next(self.counter)}"
+            self.run_keys.append(key)
+        body = {"key": key, "ttl": RUN_TTL, "metadata": {"task": "faults.work", "params": {"seconds": RUN_SECONDS}}}
+        client.call("run", key, "POST", "/v1/ai/run", body)
+        time.sleep(0.4)
+
+    # --- after the traffic --------------------------------------------------------------------------------
+
+    def release_held(self) -> None:
+        client = self.client()
+        for key, lease_id in self.held.items():
+            self.complete(client, key, lease_id)
+        client.close()
+
+
+# --- faults --------------------------------------------------------------------------------------------------
+
+
+def inject(stack: Stack, fault: str, phase: Phase, notes: list[str]) -> dict[str, Any]:
+    """Injects ``fault``; returns what shows it happened."""
+    if fault == "none":
+        return {}
+    if fault == "redis_flushall":
+        keys = stack.redis.client().dbsize()
+        stack.redis.client().flushall()
+        notes.append(f"FLUSHALL of {keys} keys")
+        return {"keys_flushed": keys}
+    elif fault == "redis_restart":
+        keys = stack.redis.client().dbsize()
+        stack.redis.kill()
+        time.sleep(2)
+        stack.redis.start()
+        notes.append(f"redis-server killed (-9) holding {keys} keys, down 2 s, started empty")
+        return {"keys_lost": keys}
+    elif fault == "postgres_restart":
+        down = 3.0
+        stack.postgres.crash()
+        went_down = time.time()
+        time.sleep(down)
+        stack.postgres.start()
+        came_back = time.time()
+        phase.pg_window = (went_down, came_back)
+        notes.append(f"PostgreSQL stopped -m immediate (crash recovery on start), down {came_back - went_down:.1f} s")
+        return {"down_seconds": came_back - went_down}
+    elif fault == "celery_kill":
+        victim, key = running_handler_worker(stack)
+        stack.kill(victim)
+        replacement = stack.start_worker()
+        notes.append(f"kill -9 of {victim} while its handler ran {key}; {replacement} started")
+        return {"killed_mid_run": key}
+    elif fault == "web_kill":
+        before = set(stack.web_workers())
+        killed = []
+        for _ in range(3):
+            victim = random.choice(stack.web_workers())
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+            time.sleep(0.7)
+        wait_until(lambda: len(stack.web_workers()) == stack.WEB_WORKERS, 30, "gunicorn did not replace its workers")
+        replaced = set(stack.web_workers()) - before
+        notes.append(f"kill -9 of {len(killed)} gunicorn workers under load; {len(replaced)} new workers started")
+        return {"killed": killed, "replaced": sorted(replaced)}
+    raise ValueError(f"unknown fault {fault!r}")
+
+
+def running_handler_worker(stack: Stack) -> tuple[str, str]:
+    """The worker whose handler is running right now (started, not finished, per the journal), and its run key."""
+    pids = {process.pid: name for name, process in stack.workers().items()}
+    found: list[tuple[str, str]] = []
+
+    def look() -> bool:
+        open_runs: dict[str, int] = {}
+        for line in stack.journal.read_text().splitlines():
+            _, what, key, _, pid = line.split()
+            if what == "start":
+                open_runs[key] = int(pid)
+            else:
+                open_runs.pop(key, None)
+        busy = [(pids[pid], key) for key, pid in open_runs.items() if pid in pids]
+        if busy:
+            found.append(busy[-1])
+        return bool(busy)
+
+    wait_until(look, 20, "no worker was running a handler")
+    return found[0]
+
+
+# --- checks --------------------------------------------------------------------------------------------------
+
+
+def check(
+    stack: Stack, phase: Phase, fault: str, account_id: int, evidence: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """Every guarantee, counted. Returns (violations, notes); adds to ``evidence`` what shows the fault's effect."""
+    violations: list[str] = []
+    notes: list[str] = []
+    by_kind: dict[str, list[Op]] = defaultdict(list)
+    for op in phase.ops:
+        by_kind[op.kind].append(op)
+
+    # Every answer is a 2xx, an expected refusal, or a 503 that says what is unavailable — never a 500.
+    for op in phase.ops:
+        if op.status is not None and op.status >= 500:
+            detail = op.body.get("detail") if isinstance(op.body, dict) else None
+            if op.status != 503 or not isinstance(detail, dict) or detail.get("error") != "service_unavailable":
+                violations.append(f"{op.kind} {op.key}: HTTP {op.status} {str(op.body)[:200]}")
+        if op.status is None and fault != "web_kill":
+            violations.append(f"{op.kind} {op.key}: no answer ({op.error}) without a web-process fault")
+
+    # 1. check-lock: one `locked` per key per TTL window.
+    locked = Counter(op.key for op in by_kind["check_lock"] if op.answer == "locked")
+    violations += [f"check-lock {key}: locked {n} times" for key, n in locked.items() if n > 1]
+
+    # 2. leases: one holder at a time, a completed key never acquired again, held keys never taken.
+    acquisitions: dict[str, list[Op]] = defaultdict(list)
+    for op in by_kind["lease"]:
+        if op.answer == "acquired":
+            acquisitions[op.key].append(op)
+    completes: dict[str, list[Op]] = defaultdict(list)
+    for op in by_kind["complete"]:
+        if op.status == 200:
+            completes[op.key].append(op)
+        elif op.status == 409:
+            violations.append(f"lease {op.key}: the holder's complete was refused ({op.body}) within its TTL")
+        elif op.status != 503 and op.status is not None:
+            violations.append(f"lease {op.key}: complete answered {op.status} {op.body}")
+    for key, taken in acquisitions.items():
+        if key in phase.held and len(taken) > 1:
+            violations.append(f"lease {key}: held all phase, acquired {len(taken)} times")
+        finished_at = min((op.t1 for op in completes[key]), default=None)
+        for op in taken:
+            if finished_at is not None and op.t0 > finished_at:
+                violations.append(f"lease {key}: acquired again after it was completed")
+        ordered = sorted(taken, key=lambda op: op.t1)
+        for first, second in itertools.pairwise(ordered):
+            released = [c.t0 for c in by_kind["complete"] if c.extra.get("lease_id") == first.body["lease_id"]]
+            if second.t1 < min(released, default=first.t1 + LEASE_TTL):
+                violations.append(f"lease {key}: acquired by two holders at once")
+        winners = {op.extra["lease_id"] for op in completes[key]}
+        if len(winners) > 1:
+            violations.append(f"lease {key}: completed by {len(winners)} different holders")
+
+    # 3. keyed runs: one acquisition per key, every run ends, no handler starts after its run completed.
+    runs_acquired = Counter(op.key for op in by_kind["run"] if op.answer == "acquired")
+    violations += [f"run {key}: acquired {n} times" for key, n in runs_acquired.items() if n > 1]
+    rows = wait_for_runs(stack, account_id, phase.name)
+    journal = [line.split() for line in stack.journal.read_text().splitlines()]
+    starts: dict[str, list[float]] = defaultdict(list)
+    for ts, what, key, _, _ in journal:
+        if what == "start":
+            starts[key].append(float(ts))
+    ended = Counter()
+    for key, status, finished_at in rows:
+        ended[status] += 1
+        if status not in ("completed", "failed"):
+            violations.append(f"run {key}: still {status} {RUN_SETTLE_SECONDS} s after the traffic stopped")
+        elif status == "completed":
+            late = [ts for ts in starts[key] if ts > finished_at.timestamp()]
+            if late:
+                violations.append(f"run {key}: its handler started {len(late)} time(s) after the run completed")
+    missing = set(runs_acquired) - {key for key, _, _ in rows}
+    violations += [f"run {key}: acquired but no run row" for key in sorted(missing)]
+    if "killed_mid_run" in evidence:
+        key = evidence["killed_mid_run"]
+        evidence["killed_run"] = {"starts": len(starts[key]), "status": dict((k, s) for k, s, _ in rows).get(key)}
+    reruns = sum(max(0, len(v) - 1) for k, v in starts.items() if k.startswith(f"run:{phase.name}:"))
+    notes.append(f"runs {dict(ended)}, handler restarts after a lost worker: {reruns}")
+
+    # 4. governed calls: caps never exceeded (database, answers, real dispatches), no decision lost, dedup holds.
+    decisions = governance_rows(stack, account_id, phase.agent)
+    charged = [d for d in decisions if d["outcome"] in ("executed", "allowed", "failed")]
+    tool_calls = [d for d in charged if d["tool"] == TOOL]
+    spend = sum(d["spend_usd"] for d in charged)
+    if len(charged) > phase.caps["max_actions_per_hour"]:
+        violations.append(f"governed: {len(charged)} charged decisions > {phase.caps['max_actions_per_hour']} per hour")
+    if len(tool_calls) > phase.caps["tool_calls"]:
+        violations.append(f"governed: {len(tool_calls)} calls of {TOOL} > {phase.caps['tool_calls']} per day")
+    if spend > phase.caps["max_spend_usd_per_day"] + 1e-9:
+        violations.append(f"governed: spend {spend} > {phase.caps['max_spend_usd_per_day']}")
+    # A dispatch whose decision could not be written (the database went away after the tool was called) is kept
+    # as an intent row until the sweeper records it: counted by the caps meanwhile (governance.models).
+    unrecorded = open_intents(stack, account_id, phase.agent)
+    dispatched = stack.receiver.executions(phase.agent)
+    if dispatched > phase.caps["tool_calls"]:
+        violations.append(f"governed: the tool ran {dispatched} times > cap {phase.caps['tool_calls']}")
+    if len(tool_calls) + unrecorded > phase.caps["tool_calls"]:
+        violations.append(f"governed: {len(tool_calls)} decisions + {unrecorded} unrecorded dispatches of {TOOL} > cap")
+    if len(charged) + unrecorded > phase.caps["max_actions_per_hour"]:
+        violations.append(f"governed: {len(charged)} decisions + {unrecorded} unrecorded dispatches > hourly cap")
+    if dispatched > len(tool_calls) + unrecorded:
+        violations.append(f"governed: the tool ran {dispatched} times; {len(tool_calls)} charged decisions and "
+                          f"{unrecorded} unrecorded dispatches")  # fmt: skip
+    by_id = {d["id"]: d for d in decisions}
+    answered = Counter()
+    for op in by_kind["governed"]:
+        if op.status == 200 and isinstance(op.body, dict):
+            answered[op.body.get("decision")] += 1
+            row = by_id.get(op.body.get("decision_id"))
+            if row is None or row["outcome"] != op.body.get("decision"):
+                violations.append(f"governed {op.key}: answered {op.body.get('decision')} "
+                                  f"#{op.body.get('decision_id')}, no such decision row")  # fmt: skip
+    answered_charged = answered["executed"] + answered["allowed"]
+    if answered_charged > phase.caps["max_actions_per_hour"]:
+        violations.append(f"governed: {answered_charged} calls answered executed/allowed > hourly cap")
+    doubles = Counter(d["args_hash"] for d in decisions if d["outcome"] in ("executed", "allowed"))
+    violations += [f"governed: arguments {h[:12]}… executed {n} times" for h, n in doubles.items() if n > 1]
+    notes.append(f"governed answers {dict(answered)}; charged {len(charged)}, spend {spend:g}, "
+                 f"tool runs {dispatched}, dispatches awaiting their decision row {unrecorded}")  # fmt: skip
+
+    # 5. PostgreSQL down: clear 503s while it was down, 2xx again without restarting anything.
+    window = phase.pg_window
+    if window is not None:
+        went_down, came_back = window
+        during = [op for op in phase.ops if went_down + 0.5 < op.t0 and op.t1 < came_back]
+        unavailable = [op for op in during if op.status == 503]
+        notes.append(f"while PostgreSQL was down: {len(during)} requests, {len(unavailable)} answered 503, "
+                     f"{sum(1 for op in during if op.status == 200)} answered 200 (Redis alone)")  # fmt: skip
+        if not unavailable:
+            violations.append("no request was answered 503 while PostgreSQL was down")
+        recovered = min((op.t1 for op in phase.ops if op.t0 > came_back and op.status == 200
+                         and op.kind in ("governed", "lease")), default=None)  # fmt: skip
+        if recovered is None or recovered - came_back > RECOVERY_LIMIT_SECONDS:
+            violations.append("database-backed calls did not recover after PostgreSQL came back")
+        else:
+            notes.append(f"database-backed calls answered 200 again {recovered - came_back:.1f} s after the restart")
+    return violations, notes
+
+
+def wait_for_runs(stack: Stack, account_id: int, phase: str) -> list[tuple[str, str, Any]]:
+    import psycopg
+
+    deadline = time.monotonic() + RUN_SETTLE_SECONDS
+    while True:
+        with psycopg.connect(stack.postgres.url("onceonly")) as conn:
+            rows = conn.execute(
+                "SELECT key, status, finished_at FROM idempotency_run WHERE account_id = %s AND key LIKE %s",
+                [account_id, f"run:{phase}:%"],
+            ).fetchall()
+        if all(status in ("completed", "failed") for _, status, _ in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+def open_intents(stack: Stack, account_id: int, agent_id: str) -> int:
+    import psycopg
+
+    with psycopg.connect(stack.postgres.url("onceonly")) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM governance_dispatchintent i JOIN governance_agent a ON a.id = i.agent_id "
+            "WHERE a.account_id = %s AND a.agent_id = %s",
+            [account_id, agent_id],
+        ).fetchone()[0]
+
+
+def governance_rows(stack: Stack, account_id: int, agent_id: str) -> list[dict[str, Any]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(stack.postgres.url("onceonly"), row_factory=dict_row) as conn:
+        return conn.execute(
+            "SELECT d.id, d.outcome, d.tool, d.args_hash, d.spend_usd::float AS spend_usd FROM governance_decision d "
+            "JOIN governance_agent a ON a.id = d.agent_id WHERE a.account_id = %s AND a.agent_id = %s",
+            [account_id, agent_id],
+        ).fetchall()
+
+
+# --- the whole suite ----------------------------------------------------------------------------------------
+
+
+SETUP = """
+from billing.models import Account, Plan
+Plan.objects.filter(code="agency").update(make_monthly_limit=10**12, ai_monthly_limit=10**12,
+                                          rate_limit_per_second=10**6, rate_limit_burst=10**6)
+print(Account.objects.get(name="faults").pk)
+"""
+
+
+def prepare(stack: Stack) -> tuple[str, int]:
+    """The suite's account (agency plan, quotas and rate limits out of the way), its key and the registered tool."""
+    api_key = stack.manage("create_api_key", "--account", "faults", "--plan", "agency").strip()
+    account_id = int(stack.manage("shell", "-c", SETUP).strip().splitlines()[-1])
+    tool = {"name": TOOL, "url": f"{stack.receiver.url}/tool", "auth": {"type": "hmac_sha256", "secret": TOOL_SECRET},
+            "timeout_ms": 2000, "max_retries": 0}  # fmt: skip
+    answer = httpx.post(f"{stack.url}/v1/tools", json=tool, headers={"Authorization": f"Bearer {api_key}"})
+    if answer.status_code not in (200, 201):
+        raise StackError(f"tool registration failed: {answer.status_code} {answer.text}")
+    return api_key, account_id
+
+
+def run_phase(stack: Stack, api_key: str, account_id: int, fault: str, seconds: float, log, n: int = 0) -> PhaseResult:
+    phase = Phase(stack, api_key, f"{fault}-{n}", seconds)  # its own keys and agent, also when a fault repeats
+    notes: list[str] = []
+    started = time.monotonic()
+    phase.start()
+    time.sleep(seconds / 3)
+    log(f"{fault}: injecting")
+    evidence = inject(stack, fault, phase, notes)
+    remaining = seconds - (time.monotonic() - started)
+    if remaining > 0:
+        time.sleep(remaining)
+    phase.stop()
+    phase.release_held()
+    log(f"{fault}: traffic stopped after {time.monotonic() - started:.0f} s; checking")
+    violations, more = check(stack, phase, fault, account_id, evidence)
+    return PhaseResult(fault, time.monotonic() - started, phase.ops, violations, notes + more, evidence)
+
+
+def run(faults: tuple[str, ...] = FAULTS, seconds: float = 15.0, log=print) -> list[PhaseResult]:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    with Stack() as stack:
+        log(f"stack up: {stack.url} (PostgreSQL :{stack.postgres.port}, Redis :{stack.redis.port}, "
+            f"{stack.WEB_WORKERS} web workers, {len(stack.workers())} Celery workers, beat)")  # fmt: skip
+        api_key, account_id = prepare(stack)
+        return [run_phase(stack, api_key, account_id, fault, seconds, log, n) for n, fault in enumerate(faults)]
+
+
+def table(results: list[PhaseResult]) -> str:
+    head = ("fault", "seconds", "ops", "2xx", "503", "no answer", "violations")
+    rows = [head]
+    for result in results:
+        c = result.counts()
+        rows.append((result.fault, f"{result.seconds:.0f}", str(c["ops"]), str(c["2xx"]), str(c["503"]),
+                     str(c["no_answer"]), str(c["violations"])))  # fmt: skip
+    total = [sum(r.counts()[k] for r in results) for k in ("ops", "2xx", "503", "no_answer", "violations")]
+    rows.append(("total", f"{sum(r.seconds for r in results):.0f}", *map(str, total)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    lines = [line(row) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report(results: list[PhaseResult]) -> str:
+    out = [table(results), ""]
+    for result in results:
+        kinds = Counter(op.kind for op in result.ops if op.kind != "setup")
+        answers = Counter(f"{op.kind}:{op.answer}" for op in result.ops if op.kind != "setup")
+        out.append(f"[{result.fault}] operations {dict(kinds)}")
+        out.append(f"  answers {dict(sorted(answers.items()))}")
+        out += [f"  {note}" for note in result.notes]
+        out += [f"  VIOLATION {v}" for v in result.violations[:50]]
+    return "\n".join(out)

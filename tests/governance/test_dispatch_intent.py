@@ -1,0 +1,160 @@
+"""A dispatch is written down before the tool is called (governance.models.DispatchIntent): a server that loses its
+database — or dies — between calling the tool and recording the answer leaves the intent behind, which keeps the
+call counted against the caps and becomes a failed decision (``outcome_unknown``) through the sweeper.
+
+Found by the fault suite (tests/faults): a PostgreSQL crash in that window let a tool run with no decision and its
+reservation released, so the caps no longer counted it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from governance import services
+from governance.models import Agent, Decision, DispatchIntent
+from onceonly_site.redis_client import get_redis
+from tests.support import servers
+
+AGENT, TOOL = "billing-agent", "stripe.refund"
+
+
+class ToolEndpoint:
+    """A tool on loopback that records each call; ``on_call`` runs before it answers (a fault to inject)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.on_call = None
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.calls.append({"webhook_id": self.headers["webhook-id"], **body})
+                if endpoint.on_call is not None:
+                    endpoint.on_call()
+                data = b'{"refunded": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/refund"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def tool(settings, key_a):
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
+    endpoint = ToolEndpoint()
+    client = key_a.client()
+    registered = client.post("/v1/tools", {"name": TOOL, "url": endpoint.url, "max_retries": 0,
+                                               "auth": {"type": "hmac_sha256", "secret": "refund-secret-123"}},
+                             content_type="application/json")  # fmt: skip
+    assert registered.status_code == 200, registered.json()
+    yield endpoint
+    endpoint.server.shutdown()
+
+
+def call(client, **args):
+    return client.post("/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": args, "spend_usd": 2},
+                       content_type="application/json")  # fmt: skip
+
+
+def cap_actions(client, n: int) -> None:
+    answer = client.post(f"/v1/policies/{AGENT}", {"max_actions_per_hour": n}, content_type="application/json")
+    assert answer.status_code == 200, answer.content
+
+
+def test_a_dispatch_leaves_no_intent_and_records_the_webhook_id(key_a, tool):
+    body = call(key_a.client(), order=1).json()
+    assert body["decision"] == "executed" and body["result"] == {"refunded": True}
+    assert DispatchIntent.objects.count() == 0
+    assert Decision.objects.get().dispatch_id == tool.calls[0]["webhook_id"]
+
+
+def test_an_intent_left_behind_counts_against_the_caps_after_a_redis_loss(key_a, tool):
+    """The state a crash after the dispatch leaves: an intent row, no decision, Redis lost."""
+    client = key_a.client()
+    cap_actions(client, 1)
+    agent = Agent.objects.get(agent_id=AGENT)
+    DispatchIntent.objects.create(account_id=agent.account_id, agent=agent, created_at=timezone.now(), tool=TOOL,
+                                  args_hash="0" * 64, risk_level="high", spend_usd=2, dispatch_id="lost")  # fmt: skip
+    get_redis().flushdb()
+    body = call(client, order=2).json()
+    assert (body["decision"], body["policy_reason"]) == ("blocked", "hourly_action_limit_exceeded")
+    assert tool.calls == []
+
+
+def test_the_sweeper_records_stale_intents_once_and_leaves_live_ones(key_a, tool):
+    agent = Agent.objects.get_or_create(account_id=key_a.api_key.account_id, agent_id=AGENT)[0]
+    dispatched_at = timezone.now() - timedelta(minutes=5)
+
+    def intent(created_at, dispatch_id):
+        return DispatchIntent.objects.create(account_id=agent.account_id, agent=agent, created_at=created_at,
+                                             tool=TOOL, args_hash="a" * 64, run_id="run-7", risk_level="high",
+                                             spend_usd="1.5", dispatch_id=dispatch_id)  # fmt: skip
+
+    intent(dispatched_at, "stale")
+    live = intent(timezone.now(), "live")
+    assert services.dispatch_intents_record() == 1
+    decision = Decision.objects.get()
+    assert (decision.outcome, decision.policy_reason, decision.allowed) == ("failed", "outcome_unknown", False)
+    assert decision.ts == dispatched_at and decision.dispatch_id == "stale" and decision.spend_usd == 1.5
+    assert decision.run_id == "run-7" and decision.row_hash  # chained like any decision
+    assert list(DispatchIntent.objects.all()) == [live]
+    assert services.dispatch_intents_record() == 0  # nothing recorded twice
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_lost_after_the_dispatch_keeps_the_call_counted(key_a, tool, plans):
+    """A real fault: the server's PostgreSQL connection is terminated while the tool is being called. The call
+    answers 503; the tool ran once; a retry is deduplicated, not dispatched again; the cap still counts the call,
+    also after Redis is flushed; the sweeper then records it as failed / outcome_unknown."""
+    if connection.vendor != "postgresql":
+        pytest.skip("terminates a PostgreSQL backend")
+    client = key_a.client()
+    cap_actions(client, 2)
+    connection.ensure_connection()
+    backend = connection.connection.info.backend_pid
+
+    def terminate_the_servers_connection() -> None:
+        with psycopg.connect(servers.test_database_url(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    tool.on_call = terminate_the_servers_connection
+    lost = call(client, order=3)
+    tool.on_call = None
+    assert lost.status_code == 503 and lost.json()["detail"]["error"] == "service_unavailable"
+    connection.close()  # the test shares the (terminated) connection with the in-process server
+    assert len(tool.calls) == 1
+    assert Decision.objects.count() == 0
+    left = DispatchIntent.objects.get()
+    assert left.dispatch_id == tool.calls[0]["webhook_id"]
+
+    retry = call(client, order=3).json()
+    assert retry["decision"] == "dedup" and len(tool.calls) == 1  # the tool may have run: not called again
+    assert call(client, order=4).json()["decision"] == "executed"  # the second of two actions
+    assert call(client, order=5).json()["policy_reason"] == "hourly_action_limit_exceeded"
+    get_redis().flushdb()
+    assert call(client, order=6).json()["policy_reason"] == "hourly_action_limit_exceeded"  # rebuilt with it
+    assert len(tool.calls) == 2
+
+    assert services.dispatch_intents_record(grace=timedelta(0)) == 1
+    assert not DispatchIntent.objects.exists()
+    unknown = Decision.objects.get(policy_reason="outcome_unknown")
+    assert unknown.outcome == "failed" and unknown.dispatch_id == tool.calls[0]["webhook_id"]
+    get_redis().flushdb()
+    assert call(client, order=7).json()["policy_reason"] == "hourly_action_limit_exceeded"  # still counted
