@@ -7,6 +7,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -33,8 +34,13 @@ class Plan(models.Model):
     has_governance = models.BooleanField(default=False, help_text="Policies, agent logs and metrics.")
     has_allowed_tools = models.BooleanField(default=False, help_text="`allowed_tools` in policies.")
     has_kill_switch = models.BooleanField(default=False)
-    rate_limit_per_second = models.PositiveIntegerField(default=10, help_text="Token refill rate per API key.")
-    rate_limit_burst = models.PositiveIntegerField(default=50, help_text="Token bucket size per API key.")
+    # At least 1: a burst of 0 refuses every request, a rate of 0 would divide by zero in the bucket script.
+    rate_limit_per_second = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(1)], help_text="Token refill rate per API key (at least 1)."
+    )
+    rate_limit_burst = models.PositiveIntegerField(
+        default=50, validators=[MinValueValidator(1)], help_text="Token bucket size per API key (at least 1)."
+    )
     stripe_price_id = models.CharField(
         max_length=100, blank=True,
         help_text="Stripe price (recurring) an owner subscribes to for this plan; STRIPE_PRICE_IDS overrides it.",

@@ -68,13 +68,30 @@ def signed_request(tool: Tool, *, dispatch_id: str, body: bytes, idempotency_key
     }
 
 
-def _result_of(response: httpx.Response) -> tuple[dict[str, Any] | None, str]:
-    if len(response.content) > MAX_RESPONSE_BYTES:
-        return None, f"response larger than {MAX_RESPONSE_BYTES // 1024} KB"
-    if not response.content:
+class TooLarge(Exception):
+    pass
+
+
+def _read(response: httpx.Response, until: float) -> bytes:
+    """The answer's body, read as it arrives: at most MAX_RESPONSE_BYTES (TooLarge past it, without reading the
+    rest) and only until ``until`` (a ReadTimeout after it) — a tool that trickles its answer a byte at a time
+    would otherwise hold a web process for as long as it likes, each byte resetting the read timeout."""
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise TooLarge
+        chunks.append(chunk)
+        if time.monotonic() > until:
+            raise httpx.ReadTimeout("the answer did not finish in time")
+    return b"".join(chunks)
+
+
+def _result_of(content: bytes) -> tuple[dict[str, Any] | None, str]:
+    if not content:
         return {}, ""
     try:
-        value = response.json()
+        value = json.loads(content)
     except ValueError:
         return None, "response is not JSON"
     return (value if isinstance(value, dict) else {"value": value}), ""
@@ -111,19 +128,26 @@ def dispatch(
         headers = signed_request(tool, dispatch_id=dispatch_id, body=body, idempotency_key=f"oo_{args_digest[:40]}",
                                  fence=fence) | pin_headers  # fmt: skip
         last_headers = headers
+        limit = min(timeout, remaining)
         try:
-            response = client().post(url, content=body, headers=headers, timeout=min(timeout, remaining),
-                                     extensions=extensions)  # fmt: skip
+            with client().stream("POST", url, content=body, headers=headers, timeout=limit,
+                                 extensions=extensions) as response:  # fmt: skip
+                status = response.status_code
+                content = _read(response, time.monotonic() + limit)
         except httpx.TimeoutException:
-            status, error = None, f"timed out after {min(timeout, remaining):.2f} s"
+            status, error = None, f"timed out after {limit:.2f} s"
             continue
+        except TooLarge:
+            if 200 <= status < 300:
+                problem = f"response larger than {MAX_RESPONSE_BYTES // 1024} KB"
+                return DispatchResult(False, None, status, _ms(started), attempts, problem, last_headers, "")
+            content = b""  # an error page that big: its status is what matters
         except httpx.HTTPError as exc:
             status, error = None, f"connection failed: {exc.__class__.__name__}"
             continue
-        status = response.status_code
-        last_text = response.text[:4000]
+        last_text = content[:4000].decode(errors="replace")
         if 200 <= status < 300:
-            result, problem = _result_of(response)
+            result, problem = _result_of(content)
             if problem:
                 return DispatchResult(False, None, status, _ms(started), attempts, problem, last_headers, last_text)
             return DispatchResult(True, result, status, _ms(started), attempts, "", last_headers, last_text)

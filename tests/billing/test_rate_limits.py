@@ -68,3 +68,21 @@ def test_the_sdk_rides_through_with_retries(live_server, slow_key):
         api_key=slow_key.raw, base_url=f"{live_server.url}/v1", fail_open=False, max_retries_429=3
     ) as patient:
         assert patient.check_lock(key="s4", ttl=60).locked
+
+
+@pytest.mark.parametrize("field", ["rate_limit_per_second", "rate_limit_burst"])
+def test_the_plan_admin_refuses_a_rate_limit_of_zero(plans, django_user_model, field):
+    """0 would refuse every request (burst) or divide by zero in the bucket script (rate): a form error instead."""
+    from django.forms.models import model_to_dict
+    from django.test import Client
+
+    admin = django_user_model.objects.create_superuser("root@example.com", "root@example.com", "pw-123-456-789")
+    client = Client()
+    client.force_login(admin)
+    plan = plans["agency"]
+    form = {k: v for k, v in model_to_dict(plan).items() if v is not None and k != "id"}
+    response = client.post(f"/admin/billing/plan/{plan.pk}/change/", {**form, field: 0})
+    assert response.status_code == 200  # the form again, with its error
+    assert "Ensure this value is greater than or equal to 1." in response.content.decode()
+    plan.refresh_from_db()
+    assert getattr(plan, field) >= 1

@@ -8,10 +8,7 @@ reservation released, so the caps no longer counted it.
 
 from __future__ import annotations
 
-import json
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
 import pytest
@@ -22,37 +19,9 @@ from governance import services
 from governance.models import Agent, Decision, DispatchIntent
 from onceonly_site.redis_client import get_redis
 from tests.support import servers
+from tests.support.tool_endpoint import ToolEndpoint
 
 AGENT, TOOL = "billing-agent", "stripe.refund"
-
-
-class ToolEndpoint:
-    """A tool on loopback that records each call; ``on_call`` runs before it answers (a fault to inject)."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict] = []
-        self.on_call = None
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                endpoint.calls.append({"webhook_id": self.headers["webhook-id"], **body})
-                if endpoint.on_call is not None:
-                    endpoint.on_call()
-                data = b'{"refunded": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/refund"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
@@ -60,12 +29,12 @@ def tool(settings, key_a):
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
     endpoint = ToolEndpoint()
     client = key_a.client()
-    registered = client.post("/v1/tools", {"name": TOOL, "url": endpoint.url, "max_retries": 0,
+    registered = client.post("/v1/tools", {"name": TOOL, "url": endpoint.base + "/refund", "max_retries": 0,
                                                "auth": {"type": "hmac_sha256", "secret": "refund-secret-123"}},
                              content_type="application/json")  # fmt: skip
     assert registered.status_code == 200, registered.json()
     yield endpoint
-    endpoint.server.shutdown()
+    endpoint.stop()
 
 
 def call(client, **args):
