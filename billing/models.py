@@ -226,6 +226,7 @@ class Notification(models.Model):
         TOOL_ERROR = "tool_error", "Tool error"
         RUN_FAILURE = "run_failure", "Run failure"
         BILLING = "billing", "Billing"
+        SECURITY = "security", "Security"  # e.g. the decision log failed its verification
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=16, choices=Kind.choices)

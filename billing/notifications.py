@@ -22,7 +22,7 @@ PREFERENCE = {
 
 def notify(*, account_id: int, kind: str, subject: str, body: str = "") -> None:
     """Queue a notification if the account wants this kind (/v1/me/notifications, the Settings page)."""
-    # Payment problems (kind billing) have no switch of their own: they are sent whenever email is on at all.
+    # Payment problems (billing) and security findings have no switch of their own: sent whenever email is on.
     preference = {PREFERENCE[kind]: True} if kind in PREFERENCE else {}
     wanted = Account.objects.filter(pk=account_id, email_notifications_enabled=True, **preference)
     if wanted.exists():

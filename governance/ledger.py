@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,8 @@ from django.utils import timezone
 
 from governance.models import Decision, DecisionCheckpoint
 from idempotency.services import canonical_json
+
+logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 BATCH = 5000
@@ -138,3 +141,24 @@ def verify(account_id: int) -> Verification:
         prev = checkpoint.chain_hash
         expected_first = checkpoint.last_decision_id + 1
     return Verification(True, rows, checkpoints, message=f"{rows} decisions and {checkpoints} checkpoints verified.")
+
+
+def verify_all() -> list[tuple[int, Verification]]:
+    """Beat (daily): verify every account's decision log; a failure is logged, audited and notified to the owners
+    (kind security) — tampering is found within a day without anyone opening the verify page. Returns failures."""
+    from billing.models import Account, Notification
+    from billing.notifications import notify
+    from billing.services import audit_record
+
+    failed = []
+    for account in Account.objects.filter(decisions__isnull=False).distinct().order_by("pk"):
+        result = verify(account.pk)
+        if result.ok:
+            continue
+        failed.append((account.pk, result))
+        logger.error("decision log of account %s failed verification: %s", account.pk, result.message)
+        audit_record(account=account, action="governance.ledger.verify_failed", object_type="decision",
+                     object_id=result.first_bad_decision_id or "", data={"message": result.message})  # fmt: skip
+        notify(account_id=account.pk, kind=Notification.Kind.SECURITY,
+               subject="The decision log failed its daily verification", body=result.message)  # fmt: skip
+    return failed

@@ -53,6 +53,18 @@ def _literal(host: str) -> IP | None:
         return None
 
 
+PLAIN_HTTP = (
+    "Tool URLs on public addresses must be https://: over http:// anyone on the path reads the arguments and can "
+    "forge the answer (ONCEONLY_ALLOW_HTTP_TOOL_URLS=1 allows http://)."
+)
+
+
+def _refuse_plain_http(scheme: str, private: bool) -> None:
+    """http:// only to private addresses the operator allowed (a local network), or everywhere by setting."""
+    if scheme == "http" and not settings.ONCEONLY_ALLOW_HTTP_TOOL_URLS and not private:
+        raise RefusedUrl(PLAIN_HTTP)
+
+
 def check(url: str, *, resolve: bool = True) -> CheckedUrl:
     """Validate a tool URL; raise RefusedUrl with a clear message, or return what it resolves to."""
     parts = urlsplit(url)
@@ -72,6 +84,7 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
         if reason and not allow_private:
             raise RefusedUrl(f"{host} is not a public address ({reason}); tools must be reachable on public addresses "
                              "(ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
+        _refuse_plain_http(parts.scheme, private=reason is not None)
         return CheckedUrl(url, host, port, (str(literal),))
     if not resolve:
         return CheckedUrl(url, host, port, ())
@@ -80,10 +93,11 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
     except socket.gaierror:
         return CheckedUrl(url, host, port, (), warning=f"{host} does not resolve yet; it is checked again at dispatch.")
     addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
-    for text in addresses:
-        reason = refused_reason(ipaddress.ip_address(text.split("%")[0]))
+    reasons = [refused_reason(ipaddress.ip_address(text.split("%")[0])) for text in addresses]
+    for reason in reasons:
         if reason and not allow_private:
             # The address itself is not named: the answer would tell any key holder what internal names resolve to.
             raise RefusedUrl(f"{host} resolves to a {reason} address, not a public one; tools must be reachable on "
                              "public addresses (ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
+    _refuse_plain_http(parts.scheme, private=all(reasons))
     return CheckedUrl(url, host, port, addresses)

@@ -21,3 +21,11 @@ def record_unfinished_dispatches() -> None:
     recorded = services.dispatch_intents_record()
     if recorded:
         logger.warning("recorded %s unfinished dispatches (outcome unknown)", recorded)
+
+
+@shared_task(name="governance.verify_decision_logs", ignore_result=True)
+def verify_decision_logs() -> None:
+    """Beat (daily): recompute every account's decision-log hashes and checkpoints; failures notify the owners."""
+    failed = ledger.verify_all()
+    if failed:
+        logger.error("%s decision logs failed verification", len(failed))

@@ -252,6 +252,8 @@ ONCEONLY_RUN_TIMEOUT_SECONDS = env_int("ONCEONLY_RUN_TIMEOUT_SECONDS", 900, mini
 # Python modules that register the project's own job handlers (@idempotency.jobs.handler) when the app starts.
 ONCEONLY_JOB_HANDLER_MODULES = env_list("ONCEONLY_JOB_HANDLER_MODULES", [])
 ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", False)
+# Tools on public addresses must use https:// unless this is on (private ones, when allowed, may use http://).
+ONCEONLY_ALLOW_HTTP_TOOL_URLS = env_bool("ONCEONLY_ALLOW_HTTP_TOOL_URLS", False)
 ONCEONLY_FIELD_ENCRYPTION_KEY = env_str("ONCEONLY_FIELD_ENCRYPTION_KEY") or ""
 
 # Paid plans through Stripe (docs/billing.md). Unset: nothing of it is visible, plans are switched freely.

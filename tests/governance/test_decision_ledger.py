@@ -131,3 +131,21 @@ def test_a_governed_call_is_two_statements_in_production(key_a, django_assert_nu
     assert trips.count == 2  # the decision script (rate token included), then the dedup entry's decision id
     assert response.json()["decision"] == "allowed"
     assert Decision.objects.count() == 2
+
+
+def test_the_daily_verification_reports_a_tampered_log_to_the_owners(decisions, key_b):
+    from billing.models import AuditEntry, Notification
+    from governance.tasks import verify_decision_logs
+
+    key_b.client().post("/v1/ai/run", {"agent_id": "bot", "tool": "t"}, content_type="application/json")
+    checkpoint_decisions()
+    verify_decision_logs()
+    assert not Notification.objects.exists() and not AuditEntry.objects.filter(action__contains="ledger").exists()
+
+    Decision.objects.filter(pk=decisions[3].pk).update(spend_usd=0)  # someone hides a charge in account A
+    verify_decision_logs()
+    [note] = Notification.objects.all()
+    assert (note.account_id, note.kind) == (decisions[0].account_id, "security")
+    assert f"Decision {decisions[3].pk} does not match" in note.body
+    [entry] = AuditEntry.objects.filter(action="governance.ledger.verify_failed")
+    assert (entry.account_id, entry.object_id) == (decisions[0].account_id, str(decisions[3].pk))

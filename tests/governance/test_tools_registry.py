@@ -5,7 +5,7 @@ import pytest
 from onceonly import OnceOnly
 from onceonly.exceptions import OverLimitError
 
-from billing.models import Plan
+from billing.models import Notification, Plan
 from billing.services import account_set_plan
 from governance import secrets
 from governance.models import Decision, Tool
@@ -111,6 +111,30 @@ def test_ssrf_guard_refuses_internal_addresses(client, url):
 def test_private_urls_are_allowed_by_setting(client, settings):
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
     assert create(client, url="http://127.0.0.1:9999/hook").status_code == 200
+
+
+@pytest.mark.parametrize("url", ["http://93.184.216.34/hook", "http://[2606:2800:220:1::1]/hook"])
+def test_plain_http_to_a_public_address_is_refused_unless_allowed(client, settings, url):
+    """Anyone on the path could read the arguments and forge the answer: https:// by default."""
+    response = create(client, url=url)
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["body", "url"] and "must be https://" in problem["msg"]
+    assert not Tool.objects.exists()
+    assert create(client, url=url.replace("http://", "https://")).status_code == 200
+    settings.ONCEONLY_ALLOW_HTTP_TOOL_URLS = True
+    assert create(client, name="plain", url=url).status_code == 200
+
+
+def test_plain_http_stays_refused_at_dispatch_for_a_tool_saved_before(client, settings):
+    """The guard runs again at dispatch: a tool saved while http:// was allowed is refused once it is not."""
+    settings.ONCEONLY_ALLOW_HTTP_TOOL_URLS = True
+    assert create(client, url="http://93.184.216.34/hook").status_code == 200
+    settings.ONCEONLY_ALLOW_HTTP_TOOL_URLS = False
+    answer = client.post("/v1/ai/run", {"agent_id": "b", "tool": "send_email"}, content_type="application/json")
+    assert (answer.json()["decision"], answer.json()["policy_reason"]) == ("failed", "tool_error")
+    [note] = Notification.objects.filter(kind="tool_error")
+    assert "must be https://" in note.subject  # refused by the guard, no request made
 
 
 def test_an_unresolvable_name_is_accepted_with_a_warning(client):
