@@ -127,6 +127,7 @@ class AiRunApi(APIView):
                 args=args,
                 spend_usd=Decimal(str(spend)) if spend is not None else None,
                 rate_limit=ratelimit.script_args(request.auth),
+                api_key_id=request.auth.key_id,
             )
         except services.ToolNotFound:
             raise ApiProblem(

@@ -33,11 +33,14 @@ def row_hash(account_id: int, fields: dict[str, Any]) -> str:
         elif name == "spend_usd":
             value = f"{value:.6f}"
         payload[name] = value
+    if fields.get("api_key_id") is not None:  # hashed when present: rows written before it existed still verify
+        payload["api_key_id"] = fields["api_key_id"]
     return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
 def _row_fields(decision: Decision) -> dict[str, Any]:
     fields = {name: getattr(decision, name) for name in ROW_FIELDS}
+    fields["api_key_id"] = decision.api_key_id
     return fields
 
 

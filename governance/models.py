@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from billing.models import Account
+from billing.models import Account, ApiKey
 from governance.choices import Outcome, Reason, RiskLevel
 
 
@@ -83,6 +83,12 @@ class Decision(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="For dedup: the decision whose result was replayed.",
     )  # fmt: skip
+    # Which API key asked (none for keyed runs' actions and operator test calls): after a key leaks, its calls can
+    # be told from the others. No index: read on one decision's page, not searched (the hot path pays per index).
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False,
+        help_text="The API key that made the call.",
+    )  # fmt: skip
 
     class Meta:
         ordering = ["-ts", "-id"]
@@ -116,6 +122,8 @@ class DispatchIntent(models.Model):
     risk_level = models.CharField(max_length=8, choices=RiskLevel.choices)
     spend_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
     dispatch_id = models.CharField(max_length=64, help_text="The webhook-id the tool received.")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                db_index=False)  # fmt: skip
 
     class Meta:
         indexes = [models.Index(fields=["agent", "created_at"], name="governance_intent_agent_ts")]

@@ -380,6 +380,7 @@ def governed_call(
     dry_run: bool = False,
     finishes_run: bool = True,
     rate_limit: tuple[str, list[int]] | None = None,
+    api_key_id: int | None = None,
 ) -> CallOutcome:
     """Decide a tool call before it runs (design §4). Every ending is a durable decision row.
 
@@ -399,7 +400,7 @@ def governed_call(
         run_id = args.get("run_id") if isinstance(args.get("run_id"), str) else ""
     risk = (registered.risk_level if registered else "") or policies.risk_of(tool)
     base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
-                risk_level=risk)  # fmt: skip
+                risk_level=risk, api_key_id=api_key_id)  # fmt: skip
 
     def finish(
         outcome: str, reason: str, remaining: dict[str, Any], intent_id: int | None = None, **extra: Any
@@ -508,6 +509,7 @@ def governed_call(
             intent = DispatchIntent.objects.create(
                 account_id=account_id, agent=agent, created_at=now, tool=tool, args_hash=digest, run_id=run_id[:256],
                 policy_version=agent.policy_version, risk_level=risk, spend_usd=cost, dispatch_id=reservation,
+                api_key_id=api_key_id,
             )  # fmt: skip
         except Exception:
             release()
@@ -626,7 +628,7 @@ def dispatch_intents_record(*, grace: timedelta | None = None, batch: int = 500)
                 intent.agent, None, intent.pk, ts=intent.created_at, tool=intent.tool, args_hash=intent.args_hash,
                 run_id=intent.run_id, policy_version=intent.policy_version, risk_level=intent.risk_level,
                 outcome=Outcome.FAILED, allowed=False, policy_reason=Reason.OUTCOME_UNKNOWN,
-                spend_usd=intent.spend_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
+                spend_usd=intent.spend_usd, dispatch_id=intent.dispatch_id, latency_ms=0, api_key_id=intent.api_key_id,
             )  # fmt: skip
         except IntentGone:
             continue  # recorded by its own call meanwhile

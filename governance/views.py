@@ -280,7 +280,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
 @require_GET
 def decision_detail(request: HttpRequest, decision_id: int) -> HttpResponse:
     account = current_membership(request).account
-    decision = Decision.objects.select_related("agent").filter(account=account, pk=decision_id).first()
+    decision = Decision.objects.select_related("agent", "api_key").filter(account=account, pk=decision_id).first()
     if decision is None:
         raise Http404("No such decision in this account.")
     return render(request, "governance/_decision_detail.html", {"d": decision})

@@ -149,3 +149,22 @@ def test_the_daily_verification_reports_a_tampered_log_to_the_owners(decisions, 
     assert f"Decision {decisions[3].pk} does not match" in note.body
     [entry] = AuditEntry.objects.filter(action="governance.ledger.verify_failed")
     assert (entry.account_id, entry.object_id) == (decisions[0].account_id, str(decisions[3].pk))
+
+
+def test_a_decision_names_the_key_that_asked_and_the_hash_covers_it(key_a, owner_a):
+    from django.test import Client
+
+    from tests.conftest import make_key
+
+    other = make_key(key_a.api_key.account)
+    for key in (key_a, other):
+        key.client().post("/v1/ai/run", {"agent_id": "bot", "tool": "t", "args": {"k": key.raw[-4:]}},
+                          content_type="application/json")  # fmt: skip
+    first, second = Decision.objects.order_by("pk")
+    assert (first.api_key_id, second.api_key_id) == (key_a.api_key.pk, other.api_key.pk)
+    page = owner_a.login(Client()).get(f"/decisions/{first.pk}/")
+    assert key_a.api_key.preview in page.content.decode()
+    assert ledger.verify(first.account_id).ok
+    Decision.objects.filter(pk=first.pk).update(api_key=other.api_key)  # blame the other key
+    result = ledger.verify(first.account_id)
+    assert not result.ok and result.first_bad_decision_id == first.pk
