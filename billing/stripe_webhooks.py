@@ -182,7 +182,7 @@ def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
     account = Account.objects.filter(pk=reference).first() if reference is not None else None
     # Sessions this server created carry the account in their metadata too; another integration's session on a
     # shared Stripe account does not, whatever its client_reference_id says.
-    if account is None or str((session.get("metadata") or {}).get("account_id", "")) != reference:
+    if account is None or whole_number((session.get("metadata") or {}).get("account_id", "")) != reference:
         raise Ignored(f"session {session.get('id')!r} was not created by this server for an account of it")
     billing = _billing_for(account)
     billing.customer_id = session.get("customer") or billing.customer_id
