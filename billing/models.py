@@ -177,12 +177,18 @@ class AuditEntry(models.Model):
     object_id = models.CharField(max_length=512, blank=True)
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Tamper evidence (billing.audit): each entry's hash covers its fields and the hash of the account's entry before
+    # it, so an edited or deleted entry breaks the chain. Empty on entries written before the chain existed.
+    prev_hash = models.CharField(max_length=64, blank=True)
+    row_hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
             # The audit log page: an account's entries, newest first.
             models.Index(fields=["account", "-created_at"], name="billing_audit_account_recent"),
+            # The chain: an account's newest entry by id (each write reads it under the chain's lock).
+            models.Index(fields=["account", "-id"], name="billing_audit_account_chain"),
         ]
 
     def __str__(self) -> str:

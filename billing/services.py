@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from billing import auth
+from billing import audit, auth
 from billing.choices import Role
 from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
 
@@ -38,16 +38,22 @@ def audit_record(
     object_id: str | int = "",
     data: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    return AuditEntry.objects.create(
-        account=account,
-        actor=actor,
+    """One audit entry, chained to the account's previous one (billing.audit) in the caller's transaction."""
+    fields = {
         # A snapshot for people to read: cut to the columns' widths rather than fail the audited action.
-        actor_label=(actor_label or _actor_label(actor))[:200],
-        action=action,
-        object_type=object_type,
-        object_id=str(object_id)[:512],
-        data=data or {},
-    )
+        "actor_label": (actor_label or _actor_label(actor))[:200],
+        "action": action,
+        "object_type": object_type,
+        "object_id": str(object_id)[:512],
+        "data": audit.normalised(data),
+    }
+    with transaction.atomic():
+        audit.lock_chain(account.pk)
+        prev = audit.previous_hash(account.pk)
+        created_at = timezone.now()
+        row_hash = audit.entry_hash(account.pk, prev, created_at, fields)
+        return AuditEntry.objects.create(account=account, actor=actor, created_at=created_at, prev_hash=prev,
+                                         row_hash=row_hash, **fields)  # fmt: skip
 
 
 def account_get_or_create(*, name: str, plan_code: str | None = None) -> tuple[Account, bool]:

@@ -146,22 +146,30 @@ def verify(account_id: int) -> Verification:
     return Verification(True, rows, checkpoints, message=f"{rows} decisions and {checkpoints} checkpoints verified.")
 
 
-def verify_all() -> list[tuple[int, Verification]]:
-    """Beat (daily): verify every account's decision log; a failure is logged, audited and notified to the owners
-    (kind security) — tampering is found within a day without anyone opening the verify page. Returns failures."""
+def verify_all() -> list[tuple[int, Any]]:
+    """Beat (daily): verify every account's decision log and audit log; a failure is logged, notified to the owners
+    (kind security) and, for the decision log, audited — tampering is found within a day without anyone opening the
+    verify page. Returns the failures."""
+    from billing import audit
     from billing.models import Account, Notification
     from billing.notifications import notify
     from billing.services import audit_record
 
     failed = []
-    for account in Account.objects.filter(decisions__isnull=False).distinct().order_by("pk"):
+    for account in Account.objects.order_by("pk"):
         result = verify(account.pk)
-        if result.ok:
-            continue
-        failed.append((account.pk, result))
-        logger.error("decision log of account %s failed verification: %s", account.pk, result.message)
-        audit_record(account=account, action="governance.ledger.verify_failed", object_type="decision",
-                     object_id=result.first_bad_decision_id or "", data={"message": result.message})  # fmt: skip
-        notify(account_id=account.pk, kind=Notification.Kind.SECURITY,
-               subject="The decision log failed its daily verification", body=result.message)  # fmt: skip
+        if not result.ok:
+            failed.append((account.pk, result))
+            logger.error("decision log of account %s failed verification: %s", account.pk, result.message)
+            audit_record(account=account, action="governance.ledger.verify_failed", object_type="decision",
+                         object_id=result.first_bad_decision_id or "", data={"message": result.message})  # fmt: skip
+            notify(account_id=account.pk, kind=Notification.Kind.SECURITY,
+                   subject="The decision log failed its daily verification", body=result.message)  # fmt: skip
+        checked = audit.verify(account.pk)
+        if not checked.ok:
+            failed.append((account.pk, checked))
+            logger.error("audit log of account %s failed verification: %s", account.pk, checked.message)
+            # Not audited: the entry would be chained to a log that is known to be broken.
+            notify(account_id=account.pk, kind=Notification.Kind.SECURITY,
+                   subject="The audit log failed its daily verification", body=checked.message)  # fmt: skip
     return failed

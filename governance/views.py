@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from billing import audit
 from billing.models import AuditEntry
 from billing.selectors import current_membership, editor_membership
 from governance import ledger, policies, selectors, services, tools
@@ -301,7 +302,9 @@ def audit_log(request: HttpRequest) -> HttpResponse:
 def verify_log(request: HttpRequest) -> HttpResponse:
     account = current_membership(request).account
     result = ledger.verify(account.pk) if request.method == "POST" else None
-    return render(request, "governance/verify.html", {"result": result, "timeline": reverse("governance:decisions")})
+    audit_result = audit.verify(account.pk) if request.method == "POST" else None
+    return render(request, "governance/verify.html", {"result": result, "audit_result": audit_result,
+                                                      "timeline": reverse("governance:decisions")})  # fmt: skip
 
 
 # --- tools -----------------------------------------------------------------------------------------------------

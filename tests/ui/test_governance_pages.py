@@ -3,6 +3,7 @@
 import pytest
 from django.test import Client
 
+from billing.models import AuditEntry
 from governance.models import Agent, PolicyVersion
 
 
@@ -136,8 +137,13 @@ def test_query_counts_are_pinned_and_do_not_grow_with_decisions(owner_a, key_a):
 
 def test_verify_page(owner_a, key_a):
     call(key_a)
-    html = owner_a.login(Client()).post("/audit/verify/").content.decode()
+    client = owner_a.login(Client())
+    html = client.post("/audit/verify/").content.decode()
     assert "OK" in html and "1 decisions" in html
+    assert "Audit log OK" in html and "audit entries verified" in html
+    first = AuditEntry.objects.filter(account=owner_a.account).order_by("id").first()
+    AuditEntry.objects.filter(pk=first.pk).update(action="edited")
+    assert "Audit log tampering detected" in client.post("/audit/verify/").content.decode()
 
 
 def test_dashboard_respects_plan_gating(owner_a, key_a, plans):

@@ -1,0 +1,90 @@
+"""Tamper evidence of the operator audit log: every entry is chained to the account's entry before it.
+
+``row_hash`` = SHA-256 over the canonical JSON of the entry's fields and ``prev_hash`` (the previous entry's
+``row_hash``, or 64 zeros for an account's first). Entries are chained under a per-account lock (a PostgreSQL
+advisory lock held to the end of the writing transaction), so concurrent writers cannot fork the chain. ``verify``
+walks an account's entries in id order and names the first that does not match: an edited entry fails its own
+hash, a deleted or inserted one breaks the next entry's link. (Deleting the newest entries leaves no trace inside
+the database: compare the newest ``row_hash`` with a copy kept elsewhere.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+GENESIS = "0" * 64
+FIELDS = ("actor_label", "action", "object_type", "object_id", "data")
+_LOCK_NAMESPACE = 0x0A0D17  # first key of the advisory lock pair; the second is the account id
+
+
+def entry_hash(account_id: int, prev_hash: str, created_at: Any, fields: dict[str, Any]) -> str:
+    payload = {"account_id": account_id, "prev_hash": prev_hash,
+               "created_at": created_at.isoformat(timespec="microseconds"),
+               **{name: fields.get(name) for name in FIELDS}}  # fmt: skip
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalised(data: dict[str, Any] | None) -> dict[str, Any]:
+    """The data as it reads back from a JSON column (tuples become lists, keys strings): hashed as stored."""
+    return json.loads(json.dumps(data or {}))
+
+
+def lock_chain(account_id: int) -> None:
+    """Serialize the account's audit writes until the current transaction ends (PostgreSQL; SQLite writes are
+    serialized by the database itself)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, account_id])
+
+
+def previous_hash(account_id: int) -> str:
+    from billing.models import AuditEntry
+
+    last = AuditEntry.objects.filter(account_id=account_id).order_by("-id").values_list("row_hash", flat=True).first()
+    return last or GENESIS
+
+
+@dataclass
+class AuditVerification:
+    ok: bool
+    entries_checked: int
+    unchained: int  # entries written before the chain existed (no hash), all older than the first chained one
+    first_bad_entry_id: int | None = None
+    message: str = ""
+
+
+def verify(account_id: int) -> AuditVerification:
+    from billing.models import AuditEntry
+
+    checked = unchained = 0
+    prev: str | None = None  # None until the first chained entry
+    rows = AuditEntry.objects.filter(account_id=account_id).order_by("id").iterator(chunk_size=2000)
+    for entry in rows:
+        checked += 1
+        if not entry.row_hash:
+            if prev is not None:
+                return AuditVerification(False, checked, unchained, entry.pk,
+                                         f"Audit entry {entry.pk} has no hash but follows chained entries: it was "
+                                         "inserted afterwards.")  # fmt: skip
+            unchained += 1
+            continue
+        expected_prev = GENESIS if prev is None else prev  # an account's first chained entry follows GENESIS
+        fields = {name: getattr(entry, name) for name in FIELDS}
+        if entry_hash(account_id, entry.prev_hash, entry.created_at, fields) != entry.row_hash:
+            return AuditVerification(False, checked, unchained, entry.pk,
+                                     f"Audit entry {entry.pk} does not match its hash: it was changed after it was "
+                                     "written.")  # fmt: skip
+        if entry.prev_hash != expected_prev:
+            return AuditVerification(False, checked, unchained, entry.pk,
+                                     f"Audit entry {entry.pk} does not follow the entry before it: entries were "
+                                     "deleted or inserted before it.")  # fmt: skip
+        prev = entry.row_hash
+    return AuditVerification(True, checked, unchained,
+                             message=f"{checked - unchained} audit entries verified"
+                             + (f" ({unchained} older entries have no hash)." if unchained else "."))  # fmt: skip
