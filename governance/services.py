@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Sum
@@ -536,20 +537,26 @@ def governed_call(
         # Else the tool was called and may have run: the reservation stands, and the intent row keeps it counted
         # through any Redis rebuild until the sweeper records it (dispatch_intents_record).
         raise
+    # The decision is durable: what follows only tidies Redis, and a Redis failure now must not turn a recorded (maybe
+    # executed) call into a 503 — a rebuild after the outage restores the same state from the decision log.
+    try:
+        if decided == Outcome.FAILED:
+            # The tool failed: a retry may run again (dedup entry released); the spend stays charged, the ai quota
+            # unit is given back (it counts executed or allowed calls only).
+            client.pipeline(transaction=False).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(
+                keys[5], f"{usage.AI}:{now:%d}", -1
+            ).execute()
+        else:
+            client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
+    except redis.RedisError:
+        logger.warning("decision %s recorded; Redis could not be updated after it", outcome.decision.pk, exc_info=True)
     if decided == Outcome.FAILED:
-        # The tool failed: a retry may run again (dedup entry released); the spend stays charged, the ai quota
-        # unit is given back (it counts executed or allowed calls only).
-        client.pipeline(transaction=False).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(
-            keys[5], f"{usage.AI}:{now:%d}", -1
-        ).execute()
         notify(
             account_id=account_id,
             kind="tool_error",
             subject=f"{agent_id} → {tool} failed: {sent.error}",
             body=f"Decision {outcome.decision.pk}: {sent.attempts} attempt(s), last HTTP status {sent.http_status}.",
         )
-    else:
-        client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
     return outcome
 
 

@@ -274,7 +274,8 @@ def inject(stack: Stack, fault: str, phase: Phase, notes: list[str]) -> dict[str
             time.sleep(0.7)
         wait_until(lambda: len(stack.web_workers()) == stack.WEB_WORKERS, 30, "gunicorn did not replace its workers")
         replaced = set(stack.web_workers()) - before
-        notes.append(f"kill -9 of {len(killed)} gunicorn workers under load; {len(replaced)} new workers started")
+        notes.append(f"kill -9 of {len(killed)} gunicorn workers under load, 0.7 s apart; the master is back to "
+                     f"{stack.WEB_WORKERS} workers")  # fmt: skip
         return {"killed": killed, "replaced": sorted(replaced)}
     raise ValueError(f"unknown fault {fault!r}")
 
