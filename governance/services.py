@@ -283,6 +283,23 @@ SELECT id FROM decision
 """
 
 
+# A dispatched call's decision: the same, but only if its dispatch intent is still there (deleted by this very
+# statement): the sweeper may have recorded it already. SELECT … FROM gone yields one row or none; the casts give
+# the client-side-bound literals their column types (a SELECT list does not take them from the INSERT's columns).
+_DECISION_FOR_INTENT_SQL = """
+WITH gone AS (DELETE FROM governance_dispatchintent WHERE id = %s RETURNING id),
+decision AS (INSERT INTO governance_decision ({names}) SELECT {placeholders} FROM gone RETURNING id),
+rollup AS (
+    INSERT INTO governance_decisionrollup (account_id, agent_id, hour, tool, outcome, count, spend_usd)
+    SELECT %s::bigint, %s::bigint, %s::timestamptz, %s::varchar, %s::varchar, 1, %s::numeric FROM gone
+    ON CONFLICT (agent_id, hour, tool, outcome) DO UPDATE SET
+        count = governance_decisionrollup.count + 1,
+        spend_usd = governance_decisionrollup.spend_usd + excluded.spend_usd
+)
+SELECT id FROM decision
+"""
+
+
 class IntentGone(Exception):
     """The dispatch intent was already recorded (by the sweeper): its decision exists."""
 
@@ -304,16 +321,27 @@ def _record(
     hour = decision.ts.replace(minute=0, second=0, microsecond=0)
     rollup = [agent.account_id, agent.pk, ops.adapt_datetimefield_value(hour), decision.tool, decision.outcome,
               ops.adapt_decimalfield_value(decision.spend_usd, 16, 6)]  # fmt: skip
-    if events is None and intent_id is None and connection.vendor == "postgresql" and not connection.in_atomic_block:
+    if events is None and connection.vendor == "postgresql" and not connection.in_atomic_block:
         # The common case as one statement (its own synchronous transaction): one round trip instead of BEGIN,
         # INSERT, upsert, COMMIT — the commit's flush is the same (docs/benchmarks.md).
         columns = [f for f in Decision._meta.concrete_fields if not f.primary_key]
         names = ", ".join(connection.ops.quote_name(f.column) for f in columns)
         values = [f.get_db_prep_save(getattr(decision, f.attname), connection) for f in columns]
-        sql = _DECISION_AND_ROLLUP_SQL.format(names=names, placeholders=", ".join(["%s"] * len(columns)))
+        if intent_id is None:
+            sql = _DECISION_AND_ROLLUP_SQL.format(names=names, placeholders=", ".join(["%s"] * len(columns)))
+            params = [*values, *rollup]
+        else:
+            # Casts without lengths or scales (varchar, numeric): the INSERT's own checks still apply, nothing is
+            # silently cut to fit.
+            casts = ", ".join(f"%s::{f.cast_db_type(connection).split('(')[0]}" for f in columns)
+            sql = _DECISION_FOR_INTENT_SQL.format(names=names, placeholders=casts)
+            params = [intent_id, *values, *rollup]
         with connection.cursor() as cursor:
-            cursor.execute(sql, [*values, *rollup])
-            decision.pk = cursor.fetchone()[0]
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            raise IntentGone(intent_id)
+        decision.pk = row[0]
         decision._state.adding = False
         return decision
     with transaction.atomic():

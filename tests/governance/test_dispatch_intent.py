@@ -15,8 +15,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from governance import services
-from governance.models import Agent, Decision, DispatchIntent
+from governance import ledger, services
+from governance.models import Agent, Decision, DecisionRollup, DispatchIntent
 from onceonly_site.redis_client import get_redis
 from tests.support import servers
 from tests.support.tool_endpoint import ToolEndpoint
@@ -51,7 +51,24 @@ def test_a_dispatch_leaves_no_intent_and_records_the_webhook_id(key_a, tool):
     body = call(key_a.client(), order=1).json()
     assert body["decision"] == "executed" and body["result"] == {"refunded": True}
     assert DispatchIntent.objects.count() == 0
-    assert Decision.objects.get().dispatch_id == tool.calls[0]["webhook_id"]
+    decision = Decision.objects.get()
+    assert decision.dispatch_id == tool.calls[0]["webhook_id"] and decision.api_key_id == key_a.api_key.pk
+    assert ledger.verify(decision.account_id).ok  # written by the one-statement path on PostgreSQL: same hash
+    rollup = DecisionRollup.objects.get(agent=decision.agent)
+    assert (rollup.outcome, rollup.count, rollup.spend_usd) == ("executed", 1, 2)
+
+
+def test_an_intent_recorded_already_is_not_recorded_twice(key_a, tool):
+    agent = Agent.objects.get_or_create(account_id=key_a.api_key.account_id, agent_id=AGENT)[0]
+    intent = DispatchIntent.objects.create(
+        account_id=agent.account_id, agent=agent, created_at=timezone.now(), tool=TOOL, args_hash="b" * 64,
+        risk_level="high", dispatch_id="d",
+    )  # fmt: skip
+    DispatchIntent.objects.filter(pk=intent.pk).delete()  # the sweeper got there first
+    with pytest.raises(services.IntentGone):
+        services._record(agent, None, intent.pk, tool=TOOL, args_hash="b" * 64, risk_level="high",
+                         outcome="executed", allowed=True, policy_reason="within_budget", dispatch_id="d")  # fmt: skip
+    assert not Decision.objects.exists() and not DecisionRollup.objects.exists()
 
 
 def test_an_intent_left_behind_counts_against_the_caps_after_a_redis_loss(key_a, tool):
