@@ -182,3 +182,21 @@ def pytest_report_header(config):
         f"database: {db['ENGINE'].rsplit('.', 1)[-1]} {db.get('HOST') or db['NAME']}",
         f"redis: {settings.REDIS_URL} (embedded: {settings.EMBEDDED_REDIS})",
     ]
+
+
+@pytest.fixture
+def private_redis(settings, tmp_path):
+    """A redis-server of the test's own, in place of the tests' Redis, so a test can kill it or fill its memory
+    without touching the shared server (tests/faults/stack.py starts it)."""
+    from tests.faults.stack import PrivateRedis, redis_server_bin
+
+    if redis_server_bin() is None:
+        pytest.skip("needs a redis-server binary")
+    private = PrivateRedis(tmp_path)
+    shared = settings.REDIS_URL
+    settings.REDIS_URL = private.url
+    get_redis.cache_clear()
+    yield private
+    private.stop()
+    settings.REDIS_URL = shared
+    get_redis.cache_clear()

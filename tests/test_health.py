@@ -73,26 +73,11 @@ def test_overview_warns_when_no_worker_checked_in(owner_a):
     assert "No Celery worker has checked in yet" in html
 
 
-def test_redis_out_of_memory_is_a_503_that_says_so(key_a, settings, tmp_path):
+def test_redis_out_of_memory_is_a_503_that_says_so(key_a, private_redis):
     """maxmemory with noeviction (the advised policy): every write is refused — a clear 503, not a 500."""
-    from tests.faults.stack import PrivateRedis, redis_server_bin
-
-    if redis_server_bin() is None:
-        pytest.skip("needs a redis-server binary")
-    private = PrivateRedis(tmp_path)
-    shared = settings.REDIS_URL
-    try:
-        settings.REDIS_URL = private.url
-        get_redis.cache_clear()
-        assert (
-            key_a.client().post("/v1/check-lock", {"key": "warm"}, content_type="application/json").status_code == 200
-        )
-        private.client().config_set("maxmemory", 1)
-        for path, body in (("/v1/check-lock", {"key": "k"}), ("/v1/ai/run", {"agent_id": "bot", "tool": "t"})):
-            response = key_a.client().post(path, body, content_type="application/json")
-            assert response.status_code == 503, response.content
-            assert "out of memory" in response.json()["detail"]["message"]
-    finally:
-        private.stop()
-        settings.REDIS_URL = shared
-        get_redis.cache_clear()
+    assert key_a.client().post("/v1/check-lock", {"key": "warm"}, content_type="application/json").status_code == 200
+    private_redis.client().config_set("maxmemory", 1)
+    for path, body in (("/v1/check-lock", {"key": "k"}), ("/v1/ai/run", {"agent_id": "bot", "tool": "t"})):
+        response = key_a.client().post(path, body, content_type="application/json")
+        assert response.status_code == 503, response.content
+        assert "out of memory" in response.json()["detail"]["message"]

@@ -146,28 +146,15 @@ def test_database_lost_after_the_dispatch_keeps_the_call_counted(key_a, tool, pl
     assert call(client, order=7).json()["policy_reason"] == "hourly_action_limit_exceeded"  # still counted
 
 
-def test_redis_lost_after_the_decision_is_written_still_answers_executed(key_a, tool, settings, tmp_path):
+def test_redis_lost_after_the_decision_is_written_still_answers_executed(key_a, tool, private_redis):
     """A real fault: a private Redis is killed while the tool is being called. The decision is durable by the time
     Redis is needed again, so the call answers what happened (executed), not a 503 an agent would retry."""
-    from tests.faults.stack import PrivateRedis, redis_server_bin
-
-    if redis_server_bin() is None:
-        pytest.skip("needs a redis-server binary")
-    private = PrivateRedis(tmp_path)
-    shared = settings.REDIS_URL
-    try:
-        settings.REDIS_URL = private.url
-        get_redis.cache_clear()
-        tool.on_call = private.kill
-        answer = call(key_a.client(), order=8)
-        assert answer.status_code == 200, answer.content
-        assert answer.json()["decision"] == "executed" and answer.json()["result"] == {"refunded": True}
-        assert Decision.objects.get().outcome == "executed" and not DispatchIntent.objects.exists()
-        tool.on_call = None
-        private.start()  # empty: rebuilt from the decision log on the next call
-        again = call(key_a.client(), order=8).json()
-        assert again["decision"] == "dedup" and again["result"] == {"refunded": True} and len(tool.calls) == 1
-    finally:
-        private.stop()
-        settings.REDIS_URL = shared
-        get_redis.cache_clear()
+    tool.on_call = private_redis.kill
+    answer = call(key_a.client(), order=8)
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["decision"] == "executed" and answer.json()["result"] == {"refunded": True}
+    assert Decision.objects.get().outcome == "executed" and not DispatchIntent.objects.exists()
+    tool.on_call = None
+    private_redis.start()  # empty: rebuilt from the decision log on the next call
+    again = call(key_a.client(), order=8).json()
+    assert again["decision"] == "dedup" and again["result"] == {"refunded": True} and len(tool.calls) == 1
