@@ -17,6 +17,8 @@ from typing import Any
 
 from django.db import connection
 
+from billing.models import AuditEntry
+
 GENESIS = "0" * 64
 FIELDS = ("actor_label", "action", "object_type", "object_id", "data")
 _LOCK_NAMESPACE = 0x0A0D17  # first key of the advisory lock pair; the second is the account id
@@ -44,8 +46,6 @@ def lock_chain(account_id: int) -> None:
 
 
 def previous_hash(account_id: int) -> str:
-    from billing.models import AuditEntry
-
     last = AuditEntry.objects.filter(account_id=account_id).order_by("-id").values_list("row_hash", flat=True).first()
     return last or GENESIS
 
@@ -60,8 +60,6 @@ class AuditVerification:
 
 
 def verify(account_id: int) -> AuditVerification:
-    from billing.models import AuditEntry
-
     checked = unchained = 0
     prev: str | None = None  # None until the first chained entry
     rows = AuditEntry.objects.filter(account_id=account_id).order_by("id").iterator(chunk_size=2000)

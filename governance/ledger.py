@@ -11,6 +11,10 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from billing import audit
+from billing.models import Account, Notification
+from billing.notifications import notify
+from billing.services import audit_record
 from governance.models import Decision, DecisionCheckpoint
 from idempotency.services import canonical_json
 
@@ -78,8 +82,6 @@ def checkpoint_account(account_id: int) -> DecisionCheckpoint | None:
 
 def checkpoint_all() -> int:
     """Beat: checkpoint every account with new decisions. Returns the number of checkpoints written."""
-    from billing.models import Account
-
     written = 0
     for account_id in Account.objects.values_list("pk", flat=True):
         while checkpoint_account(account_id) is not None:  # catch up in batches
@@ -150,11 +152,6 @@ def verify_all() -> list[tuple[int, Any]]:
     """Beat (daily): verify every account's decision log and audit log; a failure is logged, notified to the owners
     (kind security) and, for the decision log, audited — tampering is found within a day without anyone opening the
     verify page. Returns the failures."""
-    from billing import audit
-    from billing.models import Account, Notification
-    from billing.notifications import notify
-    from billing.services import audit_record
-
     failed = []
     for account in Account.objects.order_by("pk"):
         result = verify(account.pk)

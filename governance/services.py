@@ -300,6 +300,20 @@ SELECT id FROM decision
 """
 
 
+@cache
+def _decision_sql(vendor: str, for_intent: bool) -> tuple[str, tuple[Any, ...]]:
+    """The one-statement decision insert (with or without its intent's deletion) and its columns, built once per
+    process (the column list and casts are the same on every call)."""
+    columns = tuple(f for f in Decision._meta.concrete_fields if not f.primary_key)
+    names = ", ".join(connection.ops.quote_name(f.column) for f in columns)
+    if not for_intent:
+        return _DECISION_AND_ROLLUP_SQL.format(names=names, placeholders=", ".join(["%s"] * len(columns))), columns
+    # Casts without lengths or scales (varchar, numeric): the INSERT's own checks still apply, nothing is silently
+    # cut to fit.
+    casts = ", ".join(f"%s::{f.cast_db_type(connection).split('(')[0]}" for f in columns)
+    return _DECISION_FOR_INTENT_SQL.format(names=names, placeholders=casts), columns
+
+
 class IntentGone(Exception):
     """The dispatch intent was already recorded (by the sweeper): its decision exists."""
 
@@ -324,18 +338,9 @@ def _record(
     if events is None and connection.vendor == "postgresql" and not connection.in_atomic_block:
         # The common case as one statement (its own synchronous transaction): one round trip instead of BEGIN,
         # INSERT, upsert, COMMIT — the commit's flush is the same (docs/benchmarks.md).
-        columns = [f for f in Decision._meta.concrete_fields if not f.primary_key]
-        names = ", ".join(connection.ops.quote_name(f.column) for f in columns)
+        sql, columns = _decision_sql(connection.vendor, intent_id is not None)
         values = [f.get_db_prep_save(getattr(decision, f.attname), connection) for f in columns]
-        if intent_id is None:
-            sql = _DECISION_AND_ROLLUP_SQL.format(names=names, placeholders=", ".join(["%s"] * len(columns)))
-            params = [*values, *rollup]
-        else:
-            # Casts without lengths or scales (varchar, numeric): the INSERT's own checks still apply, nothing is
-            # silently cut to fit.
-            casts = ", ".join(f"%s::{f.cast_db_type(connection).split('(')[0]}" for f in columns)
-            sql = _DECISION_FOR_INTENT_SQL.format(names=names, placeholders=casts)
-            params = [intent_id, *values, *rollup]
+        params = [*values, *rollup] if intent_id is None else [intent_id, *values, *rollup]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()

@@ -25,7 +25,7 @@ def record_unfinished_dispatches() -> None:
 
 @shared_task(name="governance.verify_decision_logs", ignore_result=True)
 def verify_decision_logs() -> None:
-    """Beat (daily): recompute every account's decision-log hashes and checkpoints; failures notify the owners."""
+    """Beat (daily): recompute every account's decision-log and audit-log hashes; failures notify the owners."""
     failed = ledger.verify_all()
     if failed:
-        logger.error("%s decision logs failed verification", len(failed))
+        logger.error("%s decision or audit logs failed verification", len(failed))

@@ -206,19 +206,16 @@ def policy_rollback(request: HttpRequest, agent_id: str) -> HttpResponse:
         raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
     requested = whole_number(request.POST.get("version", ""))
     old = PolicyVersion.objects.filter(agent=agent, version=requested).first() if requested is not None else None
-    if old and old.policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
+    if old is None:
+        messages.error(request, "No such version.")
+        return redirect("governance:policy-edit", agent_id=agent.agent_id)
+    if old.policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
         messages.error(request, "That version sets allowed_tools, which needs the Agency plan.")
         return redirect("governance:policy-edit", agent_id=agent.agent_id)
-    try:
-        if old is None:
-            raise PolicyVersion.DoesNotExist
-        result = services.policy_rollback(
-            account_id=account.pk, agent_id=agent.agent_id, version=old.version, actor=_actor(request)
-        )
-    except PolicyVersion.DoesNotExist:
-        messages.error(request, "No such version.")
-    else:
-        messages.success(request, f"Rolled back to version {old.version}: now version {result.version}.")
+    result = services.policy_rollback(
+        account_id=account.pk, agent_id=agent.agent_id, version=old.version, actor=_actor(request)
+    )
+    messages.success(request, f"Rolled back to version {old.version}: now version {result.version}.")
     return redirect("governance:policy-edit", agent_id=agent.agent_id)
 
 
@@ -272,7 +269,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
     query.pop("after", None)
     return render(request, "governance/decisions.html", {
         "form": form, "rows": rows, "more": more, "oldest": rows[-1].pk if rows else None,
-        "newest": rows[0].pk if rows else (before - 1 if before else 0),
+        "newest": rows[0].pk if rows else (before - 1 if before is not None else 0),
         "query": query.urlencode(), "first_page": before is None,
     })  # fmt: skip
 

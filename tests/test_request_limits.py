@@ -542,8 +542,10 @@ def test_a_cursor_that_only_looks_numeric_is_not_a_500(operator, path, param, pa
     assert operator.get(path, {**params, param: value}).status_code in SERVED
 
 
-@pytest.mark.parametrize("value", ["²", "9" * 5000, "abc", ""], ids=["superscript-two", "5000-digits", "abc", "empty"])
-def test_a_rollback_to_a_version_that_is_not_a_number_is_refused_with_a_message(operator, value):
+@pytest.mark.parametrize(
+    "value", ["²", "9" * 5000, "abc", "", "99"], ids=["superscript-two", "5000-digits", "abc", "empty", "no-such"]
+)
+def test_a_rollback_to_a_version_that_does_not_exist_is_refused_with_a_message(operator, value):
     before = PolicyVersion.objects.count()
     response = operator.post("/agents/bot/policy/rollback/", {"version": value}, follow=True)
     assert response.status_code == 200

@@ -5,20 +5,19 @@ tool receiver that journals every dispatch it receives — each a real process e
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+
+from tests.support.servers import free_port
+from tests.support.tool_endpoint import ToolEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEY = "faults-secret-key-" + "x" * 40
@@ -28,12 +27,6 @@ DISPATCH_SECONDS = 0.1
 
 class StackError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
@@ -175,44 +168,23 @@ class PrivateRedis:
 # --- the tool receiver ------------------------------------------------------------------------------------------
 
 
-class Receiver:
-    """A tool endpoint in this process: answers 200 to every dispatch and journals (webhook-id, agent, tool) —
-    the real side effects, counted outside the server under test."""
+class Receiver(ToolEndpoint):
+    """The registered tool: answers 200 after DISPATCH_SECONDS and keeps every call — the real side effects, counted
+    outside the server under test."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str]] = []
-        received = self.calls
+        super().__init__()
+        self.url = self.base
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
+        def answer():
+            time.sleep(DISPATCH_SECONDS)  # a tool takes a while: faults land while dispatches are in flight
+            yield b'{"done": true}'
 
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    payload = json.loads(body)
-                    received.append((self.headers.get("webhook-id", ""), payload["agent_id"], payload["tool"]))
-                except (ValueError, KeyError):
-                    pass
-                time.sleep(DISPATCH_SECONDS)  # a tool takes a while: faults land while dispatches are in flight
-                data = b'{"done": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.answer = answer
 
     def executions(self, agent_id: str) -> int:
         """Distinct dispatches (webhook-ids) for ``agent_id``: a retry of one dispatch counts once."""
-        return len({webhook_id for webhook_id, agent, _ in list(self.calls) if agent == agent_id})
-
-    def stop(self) -> None:
-        self.server.shutdown()
+        return len({call["webhook_id"] for call in list(self.calls) if call["agent_id"] == agent_id})
 
 
 # --- the stack --------------------------------------------------------------------------------------------------

@@ -341,6 +341,9 @@ def check(
             violations.append(f"lease {op.key}: the holder's complete was refused ({op.body}) within its TTL")
         elif op.status != 503 and op.status is not None:
             violations.append(f"lease {op.key}: complete answered {op.status} {op.body}")
+    released_at = {}  # lease_id → when its holder first asked to complete it
+    for op in sorted(by_kind["complete"], key=lambda op: op.t0):
+        released_at.setdefault(op.extra["lease_id"], op.t0)
     for key, taken in acquisitions.items():
         if key in phase.held and len(taken) > 1:
             violations.append(f"lease {key}: held all phase, acquired {len(taken)} times")
@@ -350,8 +353,7 @@ def check(
                 violations.append(f"lease {key}: acquired again after it was completed")
         ordered = sorted(taken, key=lambda op: op.t1)
         for first, second in itertools.pairwise(ordered):
-            released = [c.t0 for c in by_kind["complete"] if c.extra.get("lease_id") == first.body["lease_id"]]
-            if second.t1 < min(released, default=first.t1 + LEASE_TTL):
+            if second.t1 < released_at.get(first.body["lease_id"], first.t1 + LEASE_TTL):
                 violations.append(f"lease {key}: acquired by two holders at once")
         winners = {op.extra["lease_id"] for op in completes[key]}
         if len(winners) > 1:
@@ -388,10 +390,6 @@ def check(
     charged = [d for d in decisions if d["outcome"] in ("executed", "allowed", "failed")]
     tool_calls = [d for d in charged if d["tool"] == TOOL]
     spend = sum(d["spend_usd"] for d in charged)
-    if len(charged) > phase.caps["max_actions_per_hour"]:
-        violations.append(f"governed: {len(charged)} charged decisions > {phase.caps['max_actions_per_hour']} per hour")
-    if len(tool_calls) > phase.caps["tool_calls"]:
-        violations.append(f"governed: {len(tool_calls)} calls of {TOOL} > {phase.caps['tool_calls']} per day")
     if spend > phase.caps["max_spend_usd_per_day"] + 1e-9:
         violations.append(f"governed: spend {spend} > {phase.caps['max_spend_usd_per_day']}")
     # A dispatch whose decision could not be written (the database went away after the tool was called) is kept
