@@ -376,9 +376,12 @@ def time_pages(rounds: int = 15) -> dict[str, dict[str, float]]:
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
+    from governance.models import Agent
+
     client = Client()
     assert client.login(username="bench@example.com", password="bench-password-0123")
-    pages = {"overview": "/", "agent_detail": "/agents/bench-agent/", "decision_timeline": "/decisions/"}
+    agent = Agent.objects.get(agent_id="bench-agent").pk  # dashboard URLs name agents by their row
+    pages = {"overview": "/", "agent_detail": f"/agents/{agent}/", "decision_timeline": "/decisions/"}
     out = {}
     for name, url in pages.items():
         client.get(url)  # warm caches (templates, connections)

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from billing import services
-from billing.forms import AdminLoginForm
+from billing.forms import AccountAdminForm, AdminLoginForm
 from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
 
 admin.site.login_form = AdminLoginForm  # the failed-login lockout on /admin/ too
@@ -28,6 +28,7 @@ class PlanAdmin(admin.ModelAdmin):
 
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
+    form = AccountAdminForm  # refuses control and bidi characters in the name
     list_display = ["name", "plan", "is_active", "strict_mode", "created_at"]
     list_filter = ["plan", "is_active"]
     search_fields = ["name"]

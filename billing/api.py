@@ -1,4 +1,4 @@
-"""`/v1/me` and `/v1/me/notifications` (protocol §2)."""
+"""`/v1/me` and `/v1/me/notifications` (docs/api.md §"GET /v1/me", §"POST /v1/me/notifications")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Feature gating from the caller's plan row, in one place (design §7). Refusal: 403 feature_not_available."""
+"""Feature gating from the caller's plan row, in one place (docs/architecture.md §7.1).
+
+Refusal: 403 feature_not_available.
+"""
 
 from __future__ import annotations
 

@@ -7,12 +7,15 @@ from django.core.exceptions import ValidationError
 
 from billing import login_throttle
 from billing.choices import Role
+from onceonly_site.identifiers import validate_identifier
+from onceonly_site.proxies import client_address
 
 
 class ApiKeyCreateForm(forms.Form):
     label = forms.CharField(
         max_length=100,
         required=False,
+        validators=[validate_identifier],
         help_text="What the key is for, e.g. “billing-agent prod”. Shown in this list only.",
     )
 
@@ -37,7 +40,7 @@ class LoginLockoutMixin:
 
     def clean(self) -> dict:
         username = (self.cleaned_data.get("username") or "").strip().lower()
-        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
+        address = client_address(self.request) if self.request else ""
         wait = login_throttle.locked_for(username, address)
         if wait:  # refused before the password is looked at: a correct one does not end the lockout early
             self.locked_out = True
@@ -72,12 +75,18 @@ class AdminLoginForm(LoginLockoutMixin, AdminAuthenticationForm):
     """/admin/'s login form with the same lockout (set as admin.site.login_form in billing/admin.py)."""
 
 
+class AccountAdminForm(forms.ModelForm):
+    """Django admin's account form: the name is an identifier like anywhere else (onceonly_site/identifiers.py)."""
+
+    name = forms.CharField(max_length=120, validators=[validate_identifier])
+
+
 class PlanSwitchForm(forms.Form):
     plan = forms.SlugField(max_length=32)
 
 
 class SettingsForm(forms.Form):
-    name = forms.CharField(max_length=120, label="Account name")
+    name = forms.CharField(max_length=120, label="Account name", validators=[validate_identifier])
     strict_mode = forms.BooleanField(
         required=False, label="Strict mode",
         help_text="Refuse calls to unregistered tools (404 tool_not_found) instead of permit-only decisions.",
@@ -88,7 +97,7 @@ class SettingsForm(forms.Form):
 
 
 class MemberAddForm(forms.Form):
-    email = forms.EmailField(label="Email")
+    email = forms.EmailField(label="Email", validators=[validate_identifier])
     role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
 
 

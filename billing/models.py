@@ -15,7 +15,8 @@ from billing.choices import Role
 
 
 class Plan(models.Model):
-    """A row of the plan catalogue (seeded by a data migration with design §7's numbers; editable by admins).
+    """A row of the plan catalogue (seeded by a data migration with the numbers of docs/architecture.md §7.1;
+    editable by admins).
 
     Entitlements are read from here by ``billing.services.entitlements`` — never from hard-coded plan names.
     """
@@ -81,8 +82,8 @@ class Account(models.Model):
     # Statistics, added to by the web processes in batches (billing.counters); never used for enforcement.
     requests_total_all_time = models.PositiveBigIntegerField(default=0)
     blocked_total_all_time = models.PositiveBigIntegerField(default=0)
-    # HMAC key of the decision log's args_hash (design §3.7): per account, so a hash says nothing across tenants and
-    # low-entropy arguments cannot be brute-forced from the log without it.
+    # HMAC key of the decision log's args_hash (docs/architecture.md §3.7): per account, so a hash says nothing
+    # across tenants and low-entropy arguments cannot be brute-forced from the log without it.
     args_hash_key = models.CharField(max_length=64, default=new_args_hash_key, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -196,7 +197,8 @@ class AuditEntry(models.Model):
 
 
 class UsageMonth(models.Model):
-    """The database mirror of an account's monthly usage counters (Redis holds the live ones; design §7).
+    """The database mirror of an account's monthly usage counters (Redis holds the live ones;
+    docs/architecture.md §7.10).
 
     Written by the ``billing.mirror_usage`` beat task; read back into Redis when Redis has lost a month's counters.
     """

@@ -1,4 +1,5 @@
-"""Overview panels contributed by other apps (billing imports neither governance nor idempotency, design §2).
+"""Overview panels contributed by other apps (billing imports neither governance nor idempotency,
+docs/architecture.md §2.3).
 
 An app registers a function in its ``AppConfig.ready()``; the overview calls each with the account and renders
 the template it names with the context it returns (or skips it when it returns None).

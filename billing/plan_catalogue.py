@@ -1,4 +1,4 @@
-"""The plan catalogue of design §7 (product/sdk-readme.md): the rows seeded by migration 0002.
+"""The plan catalogue (docs/architecture.md §7.1): the rows seeded by migration 0002.
 
 Used by that migration (with the historical model) and by the test suite, whose transactional tests flush the
 tables and re-seed. Once seeded, plans are database rows an operator may edit; this list is only the start.

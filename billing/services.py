@@ -15,6 +15,7 @@ from django.utils import timezone
 from billing import audit, auth
 from billing.choices import Role
 from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
+from onceonly_site.identifiers import validate_identifier
 
 API_KEY_PREFIX = "once_live_"
 NOTIFICATION_FIELDS = (
@@ -58,6 +59,7 @@ def audit_record(
 
 def account_get_or_create(*, name: str, plan_code: str | None = None) -> tuple[Account, bool]:
     """The account called ``name``, created on the Free plan (or ``plan_code``) if missing."""
+    validate_identifier(name)  # before strip(), which would drop a trailing U+0085 silently
     name = name.strip()
     if not name:
         raise ValidationError("An account needs a name.")
@@ -146,6 +148,7 @@ class NewApiKey:
 
 def api_key_create(*, account: Account, label: str = "", actor: AbstractBaseUser | None = None) -> NewApiKey:
     """Create a key ``once_live_`` + 32 random bytes (url-safe base64). Only its SHA-256 is stored."""
+    validate_identifier(label)
     raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         api_key = ApiKey.objects.create(
@@ -199,6 +202,7 @@ def operator_create(
 ) -> AbstractBaseUser:
     """Create (or update the password and role of) an operator login for ``account``. ``role=None`` keeps an
     existing member's role (a password reset must not promote anyone) and makes a new member an owner."""
+    validate_identifier(email)
     email = email.strip().lower()
     if "@" not in email:
         raise ValidationError("Enter a valid email address.")
@@ -248,6 +252,7 @@ def account_update_settings(
     *, account: Account, name: str, strict_mode: bool, notifications: dict[str, bool], actor: AbstractBaseUser
 ) -> list[str]:
     """The Settings page: account name, strict mode, notification switches. Returns the changed field names."""
+    validate_identifier(name)
     name = name.strip()
     if not name or len(name) > Account._meta.get_field("name").max_length:
         raise ValidationError("An account name has 1 to 120 characters.")
@@ -280,6 +285,7 @@ class LastOwner(ValidationError):
 def membership_add(*, account: Account, email: str, role: str, actor: AbstractBaseUser) -> tuple[Membership, str]:
     """Add a login to the account (creating the user with a one-time password if new). Returns (membership,
     password or "" when the user already existed and keeps their password)."""
+    validate_identifier(email)
     email = email.strip().lower()
     if "@" not in email or len(email) > 150:
         raise ValidationError("Enter a valid email address.")

@@ -5,6 +5,11 @@ unique event id makes every redelivery a no-op; ``process`` claims the row (rece
 conditional UPDATE, so concurrent deliveries process it once) and dispatches by type through ``HANDLERS``. A
 handler's effects and the row's ``succeeded`` commit together. Subscription state carries the Stripe ``created``
 time of the event that set it (``BillingSubscription.state_at``): an older event delivered later is ignored.
+
+What an event may reach: the account is always the one linked to the event's Stripe customer (linked by this server
+when the owner first subscribes, never by an event), and a completed checkout counts only when this server created
+the session (``checkout_session_record``). Metadata (``client_reference_id``, ``metadata.account_id``) never chooses
+the account: it only says whom an event that was refused named, for the events page, the log and the audit log.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from billing import services
-from billing.models import Account, BillingSubscription, Notification, Plan, ProviderEvent
+from billing.models import Account, AuditEntry, BillingSubscription, Notification, Plan, ProviderEvent
 from billing.notifications import notify
 from billing.stripe_client import price_for
 from onceonly_site.params import whole_number
@@ -35,6 +40,8 @@ STALE_PROCESSING = timedelta(minutes=5)
 IN_FLIGHT_WAIT_SECONDS = 3.0  # a "processing" row older than this died with its process: retryable
 PAYMENT_PROBLEM = ("past_due", "unpaid")
 ENDED = ("canceled", "incomplete_expired")
+CHECKOUT_STARTED = "billing.checkout.started"  # the record of a Checkout Session this server created
+REFUSED = "billing.stripe_event.refused"  # an event that named an account but another Stripe customer
 
 
 class BadWebhook(Exception):
@@ -42,7 +49,16 @@ class BadWebhook(Exception):
 
 
 class Ignored(Exception):
-    """A verified event this server has nothing to do with (another product's customer, an older state)."""
+    """A verified event this server has nothing to do with (another product's customer, an older state).
+
+    ``account``: an account of this server that the event names although it is not that account's (shown with the
+    event on the events page, and logged); ``refused``: what to audit for that account when the event tried to put
+    another Stripe customer in place of its linked one.
+    """
+
+    def __init__(self, reason: str, *, account: Account | None = None, refused: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.account, self.refused = account, refused
 
 
 # --- receive ----------------------------------------------------------------------------------------------------
@@ -105,8 +121,8 @@ def process(row_pk: int) -> str:
                 raise Ignored(f"{row.type} is not handled")
             account = handler(row.payload["data"]["object"], row.created_at, row.event_id)
             _mark(row, ProviderEvent.Status.SUCCEEDED, account=account)
-    except Ignored as reason:
-        _mark(row, ProviderEvent.Status.IGNORED, error=str(reason))
+    except Ignored as ignored:
+        _ignore(row, ignored)
     except Exception as exc:
         logger.exception("Stripe event %s (%s) failed", row.event_id, row.type)
         _mark(row, ProviderEvent.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -120,6 +136,21 @@ def _mark(row: ProviderEvent, status: str, *, account: Account | None = None, er
     ProviderEvent.objects.filter(pk=row.pk).update(**changes)
 
 
+def _ignore(row: ProviderEvent, ignored: Ignored) -> None:
+    """Store the reason; an event that named an account of this server is logged, and shown with that account on the
+    events page; one that tried to replace its linked customer is audited too. Ignored rows are never processed
+    again, so each event is audited once."""
+    with transaction.atomic():
+        _mark(row, ProviderEvent.Status.IGNORED, account=ignored.account, error=str(ignored))
+        if ignored.account is None:
+            return
+        logger.warning("Stripe event %s (%s) not applied: %s", row.event_id, row.type, ignored)
+        if ignored.refused:
+            services.audit_record(account=ignored.account, action=REFUSED, actor_label="stripe",
+                                  object_type="stripe_event", object_id=row.event_id,
+                                  data={"type": row.type, **ignored.refused})  # fmt: skip
+
+
 # --- handlers ---------------------------------------------------------------------------------------------------
 
 
@@ -128,17 +159,57 @@ def _billing_for(account: Account) -> BillingSubscription:
     return BillingSubscription.objects.select_for_update().select_related("account__plan").get(account=account)
 
 
-def _account_from(customer: str | None, metadata: dict | None) -> Account:
+def _id(value: Any) -> str:
+    """A Stripe reference as an id: a string, or an expanded object's ``id``."""
+    value = value.get("id") if isinstance(value, dict) else value
+    return value if isinstance(value, str) else ""
+
+
+def _named_account(obj: dict) -> Account | None:
+    """The account of this server that an object's ``client_reference_id`` or ``metadata.account_id`` names. Never
+    the account an event is applied to (anyone who can create objects in the Stripe account can write them): only
+    whom to tell about an event that was refused."""
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    for value in (obj.get("client_reference_id"), metadata.get("account_id")):
+        account_id = whole_number(value) if isinstance(value, str) else None
+        account = Account.objects.filter(pk=account_id).first() if account_id is not None else None
+        if account is not None:
+            return account
+    return None
+
+
+def _linked_account(obj: dict, what: str) -> Account:
+    """The account linked to the object's Stripe customer. That link is made by this server only (the first
+    *Subscribe* creates the customer and stores its id) and never replaced by an event: an event for any other
+    customer changes nothing, whatever account its metadata names."""
+    customer = _id(obj.get("customer"))
     if customer:
         billing = BillingSubscription.objects.filter(customer_id=customer).select_related("account").first()
         if billing is not None:
             return billing.account
-    account_id = whole_number((metadata or {}).get("account_id", ""))
-    if account_id is not None:
-        account = Account.objects.filter(pk=account_id).first()
-        if account is not None:
-            return account
-    raise Ignored(f"no account of this server belongs to customer {customer!r}")
+    named = _named_account(obj)
+    if named is None:
+        raise Ignored(f"{what}: no account of this server is linked to customer {customer!r}")
+    linked = BillingSubscription.objects.filter(account=named).values_list("customer_id", flat=True).first() or ""
+    reason = (f"{what} is for customer {customer!r}, not the Stripe customer linked to account {named.pk} "
+              f"({linked or 'none yet'}): not applied")  # fmt: skip
+    raise Ignored(reason, account=named, refused={"customer": customer, "linked_customer": linked} if linked else None)
+
+
+def checkout_session_record(*, account: Account, actor: Any, plan: Plan, session_id: str) -> AuditEntry:
+    """Record a Checkout Session this server created for ``account`` (the audit entry ``billing.checkout.started``:
+    the plan chosen and the session id); ``checkout.session.completed`` applies only sessions recorded here. Written
+    after Stripe answered and before the owner is sent there, so every session an owner can pay is recorded."""
+    return services.audit_record(account=account, actor=actor, action=CHECKOUT_STARTED, object_type="plan",
+                                 object_id=plan.code, data={"session": session_id})  # fmt: skip
+
+
+def _started_plan(account: Account, session_id: str) -> str | None:
+    """The plan code recorded when this server created ``session_id`` for ``account``; None if it never did."""
+    if not session_id:
+        return None
+    started = AuditEntry.objects.filter(account=account, action=CHECKOUT_STARTED, data__session=session_id)
+    return started.values_list("object_id", flat=True).first()
 
 
 def _plan_for_price(price_id: str) -> Plan:
@@ -177,17 +248,18 @@ def _flag_payment_problem(billing: BillingSubscription, problem: bool, why: str)
 
 
 def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
-    """An owner finished Checkout: link the Stripe customer and subscription, and apply the plan they paid for."""
-    reference = whole_number(session.get("client_reference_id") or "")
-    account = Account.objects.filter(pk=reference).first() if reference is not None else None
-    # Sessions this server created carry the account in their metadata too; another integration's session on a
-    # shared Stripe account does not, whatever its client_reference_id says.
-    if account is None or whole_number((session.get("metadata") or {}).get("account_id", "")) != reference:
-        raise Ignored(f"session {session.get('id')!r} was not created by this server for an account of it")
+    """An owner finished Checkout: link the subscription, and apply the plan they chose when this server created the
+    session. The account is the one linked to the session's customer, and the session must be one this server
+    created for it; client_reference_id and metadata choose nothing (another integration on the same Stripe account,
+    or anyone with access to it, can set them)."""
+    session_id = _id(session.get("id"))
+    account = _linked_account(session, f"checkout session {session_id!r}")
+    plan_code = _started_plan(account, session_id)
+    if plan_code is None:
+        raise Ignored(f"checkout session {session_id!r} was not created by this server for account {account.pk}",
+                      account=account)  # fmt: skip
     billing = _billing_for(account)
-    billing.customer_id = session.get("customer") or billing.customer_id
-    billing.subscription_id = session.get("subscription") or billing.subscription_id
-    plan_code = (session.get("metadata") or {}).get("plan", "")
+    billing.subscription_id = _id(session.get("subscription")) or billing.subscription_id
     paid = session.get("payment_status") in ("paid", "no_payment_required")
     if paid and _newer(billing, at, advance=False):
         plan = Plan.objects.filter(code=plan_code).first()
@@ -203,7 +275,7 @@ def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
 def subscription_changed(sub: dict, at: datetime, event_id: str) -> Account:
     """customer.subscription.created/updated: the plan follows the subscription's price; past_due and unpaid flag the
     account and notify its owners; an ended subscription is handled like a deletion."""
-    account = _account_from(sub.get("customer"), sub.get("metadata"))
+    account = _linked_account(sub, f"subscription {_id(sub.get('id'))!r}")
     billing = _billing_for(account)
     if not _newer(billing, at):
         raise Ignored(f"older than the subscription state already applied ({billing.state_at:%Y-%m-%d %H:%M:%S})")
@@ -213,8 +285,7 @@ def subscription_changed(sub: dict, at: datetime, event_id: str) -> Account:
         return account
     items = (sub.get("items") or {}).get("data") or [{}]
     price_id = ((items[0].get("price") or {}).get("id")) or ""
-    billing.customer_id = sub.get("customer") or billing.customer_id
-    billing.subscription_id = sub.get("id", billing.subscription_id)
+    billing.subscription_id = _id(sub.get("id")) or billing.subscription_id
     billing.status, billing.price_id = status, price_id
     billing.current_period_end = _ts(sub.get("current_period_end")) or _ts(items[0].get("current_period_end"))
     billing.cancel_at_period_end = bool(sub.get("cancel_at_period_end"))
@@ -229,7 +300,7 @@ def subscription_changed(sub: dict, at: datetime, event_id: str) -> Account:
 
 def subscription_deleted(sub: dict, at: datetime, event_id: str) -> Account:
     """The subscription ended: back to Free at the end of the period already paid for (now, if that has passed)."""
-    account = _account_from(sub.get("customer"), sub.get("metadata"))
+    account = _linked_account(sub, f"subscription {_id(sub.get('id'))!r}")
     billing = _billing_for(account)
     if not _newer(billing, at):
         raise Ignored("older than the subscription state already applied")
@@ -255,7 +326,7 @@ def _ended(billing: BillingSubscription, sub: dict, event_id: str) -> None:
 
 
 def _invoice(invoice: dict, at: datetime, failed: bool, event_id: str) -> Account:
-    account = _account_from(invoice.get("customer"), invoice.get("metadata"))
+    account = _linked_account(invoice, f"invoice {_id(invoice.get('id'))!r}")
     billing = _billing_for(account)
     created = _ts(invoice.get("created")) or at
     if billing.last_invoice_at is None or created >= billing.last_invoice_at:

@@ -1,4 +1,4 @@
--- take_token.lua — a token bucket per API key (design §7 rate limits); prepended to the scripts that use it.
+-- take_token.lua — a token bucket per API key (docs/architecture.md §7.12); prepended to the scripts that use it.
 -- take_token(key, rate, burst) → 0 when a token was taken, else the milliseconds until one is available.
 -- rate: tokens per second (refill), burst: bucket size. Redis's own clock, so all web hosts agree.
 local function take_token(key, rate, burst)

@@ -8,11 +8,8 @@ app_name = "billing"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
-    path(
-        "login/",
-        views.LoginView.as_view(authentication_form=EmailAuthenticationForm, redirect_authenticated_user=True),
-        name="login",
-    ),
+    # A GET while signed in redirects to the overview; a POST always signs in anew (billing.views.LoginView).
+    path("login/", views.LoginView.as_view(authentication_form=EmailAuthenticationForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("keys/", views.api_keys, name="api-keys"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),

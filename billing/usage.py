@@ -1,4 +1,4 @@
-"""Metering and monthly quotas (UTC calendar months; design §7, protocol §2).
+"""Metering and monthly quotas (UTC calendar months; docs/architecture.md §7.10).
 
 ``make`` counts locked check-locks, ``ai`` counts acquired leases and executed/allowed governed calls. The live
 counters are one Redis hash per account and month; every quota decision is an atomic check-and-increment in Lua

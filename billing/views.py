@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
@@ -14,6 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -32,6 +34,7 @@ from billing.forms import (
 )
 from billing.models import BillingSubscription, Plan, ProviderEvent
 from onceonly_site.health import HEARTBEAT_STALE_AFTER, worker_last_seen_seconds
+from onceonly_site.middleware import STRIPE_FORM_ACTION_ORIGINS
 from onceonly_site.redis_client import get_redis
 
 KEYS_PER_PAGE = 25
@@ -40,7 +43,26 @@ NEW_KEY_CACHE_SECONDS = 120
 
 
 class LoginView(auth_views.LoginView):
-    """Django's login view; a sign-in refused by the failed-login lockout answers 429 (billing/login_throttle.py)."""
+    """Django's login view; a sign-in refused by the failed-login lockout answers 429 (billing/login_throttle.py).
+
+    Only a GET (or HEAD) of /login/ while signed in redirects to the overview. A POST always checks the submitted
+    credentials and starts a new session: a session planted in the browser (session fixation) must not turn the
+    victim's own sign-in into a redirect into the planter's account, nor survive it (docs/security.md).
+    """
+
+    redirect_authenticated_user = True
+
+    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            self.redirect_authenticated_user = False  # this request's instance only
+        return super().dispatch(request, *args, **kwargs)
+
+    def form_valid(self, form: EmailAuthenticationForm) -> HttpResponse:
+        if self.request.user.is_authenticated:
+            # Django's login() keeps the session key when the session already belongs to the same operator: end
+            # whatever session the browser brought, so that the sign-in always gets a new key (and the old is dead).
+            self.request.session.flush()
+        return super().form_valid(form)
 
     def form_invalid(self, form: EmailAuthenticationForm) -> HttpResponse:
         response = super().form_invalid(form)
@@ -362,11 +384,9 @@ def billing_checkout(request: HttpRequest) -> HttpResponse:
     except stripe_client.StripeUnavailable as exc:
         messages.error(request, f"Stripe could not start the checkout: {exc}")
         return redirect("billing:usage")
-    services.audit_record(account=account, actor=request.user, action="billing.checkout.started",
-                          object_type="plan", object_id=plan.code, data={"session": session.id})  # fmt: skip
-    response = HttpResponseRedirect(session.url)
-    response.status_code = 303
-    return response
+    # The record the webhook checks: only sessions started here are applied (billing/stripe_webhooks.py).
+    stripe_webhooks.checkout_session_record(account=account, actor=request.user, plan=plan, session_id=session.id)
+    return _to_stripe(request, session.url, portal=False)
 
 
 @login_required
@@ -385,8 +405,21 @@ def billing_portal(request: HttpRequest) -> HttpResponse:
     except stripe_client.StripeUnavailable as exc:
         messages.error(request, f"Stripe could not open the billing portal: {exc}")
         return redirect("billing:usage")
-    response = HttpResponseRedirect(session.url)
-    response.status_code = 303
+    return _to_stripe(request, session.url, portal=True)
+
+
+def _to_stripe(request: HttpRequest, url: str, *, portal: bool) -> HttpResponse:
+    """Send the owner to a Stripe-hosted session. Chromium applies the page's CSP form-action to every redirect of a
+    form post, so a 303 works only to the Stripe origins the policy lists (onceonly_site/middleware.py); a session
+    on any other https origin (a Stripe custom domain) gets a page with a link, which form-action does not govern."""
+    parts = urlsplit(url)
+    if f"{parts.scheme}://{parts.netloc}".lower() in STRIPE_FORM_ACTION_ORIGINS:
+        return HttpResponseRedirect(url, status=303)
+    if parts.scheme != "https" or not parts.hostname:
+        messages.error(request, "Stripe answered with an address this server does not send owners to.")
+        return redirect("billing:usage")
+    response = render(request, "billing/stripe_handoff.html", {"url": url, "host": parts.hostname, "portal": portal})
+    add_never_cache_headers(response)  # the link opens the session: no copy in a cache
     return response
 
 

@@ -1,5 +1,5 @@
 """Governance API: the governed call (tool form of /v1/ai/run), policies, kill switch, agent logs and metrics
-(protocol §4.5, §5; design §4, §7)."""
+(docs/architecture.md §4, §7; docs/api.md §"Governance")."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from governance.choices import Outcome
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
 from onceonly_site.api import (
-    CONTROL_CHARS,
     ApiProblem,
     BodyCheck,
     PathValidationError,
@@ -29,17 +28,20 @@ from onceonly_site.api import (
     body,
     page_params,
 )
+from onceonly_site.identifiers import identifier_problem, tool_name_problem
 
 MAX_AGENT_ID = 200
 MAX_ARGS_BYTES = 64 * 1024
 
 
 def _agent_id(raw: str) -> str:
-    """Any id (`:` `.` `-` `_`, percent-decoded by the router) except blank, control characters or > 200 chars."""
-    if not raw.strip() or len(raw) > MAX_AGENT_ID or CONTROL_CHARS.search(raw):
+    """Any id (`:` `.` `-` `_`, percent-decoded by the router) except blank, > 200 chars, or control and bidi
+    formatting characters (onceonly_site/identifiers.py; the middleware refuses them in every path already)."""
+    if not raw.strip() or len(raw) > MAX_AGENT_ID or identifier_problem(raw):
         raise PathValidationError(
             {"agent_id": [serializers.ErrorDetail(
-                f"An agent id is 1–{MAX_AGENT_ID} printable characters.", code="string_pattern_mismatch")]}
+                identifier_problem(raw) or f"An agent id is 1–{MAX_AGENT_ID} printable characters.",
+                code="string_pattern_mismatch")]}
         )  # fmt: skip
     return raw
 
@@ -105,11 +107,14 @@ class AiRunApi(APIView):
             ratelimit.take(request.auth)
             return idempotency_api.keyed_run(request, data)
         check = BodyCheck(data, {"agent_id", "tool", "args", "spend_usd"})
-        agent_id = check.key("agent_id", max_length=MAX_AGENT_ID)
-        if agent_id and CONTROL_CHARS.search(agent_id):
-            check.fail("agent_id", "An agent id has no control characters.", "string_pattern_mismatch")
+        agent_id = check.identifier("agent_id", max_length=MAX_AGENT_ID)
         tool = check.key("tool", max_length=200)
+        if tool and (problem := tool_name_problem(tool)):  # whitespace, invisible characters, mixed scripts
+            check.fail("tool", problem, "string_pattern_mismatch")
         args = check.json_object("args", MAX_ARGS_BYTES, canonical=True) or {}
+        run_id = args.get("run_id")
+        if isinstance(run_id, str) and (problem := identifier_problem(run_id)):
+            check.fail("args.run_id", problem, "string_pattern_mismatch")
         spend = check.data.get("spend_usd")
         if spend is not None and (
             isinstance(spend, bool) or not isinstance(spend, int | float) or not math.isfinite(spend)
@@ -361,6 +366,10 @@ class AgentEnableApi(_KillSwitchApi):
         return super().post(request, agent_id)
 
 
+def _amount(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
 class AgentLogsApi(APIView):
     @extend_schema(
         operation_id="agent_logs",
@@ -377,6 +386,7 @@ class AgentLogsApi(APIView):
             "ts": int(d.ts.timestamp()), "agent_id": agent_id, "tool": d.tool, "allowed": d.allowed,
             "decision": d.outcome, "policy_reason": d.policy_reason, "reason": d.policy_reason,
             "args_hash": d.args_hash, "risk_level": d.risk_level, "spend_usd": float(d.spend_usd),
+            "declared_spend_usd": _amount(d.declared_spend_usd), "operator_price_usd": _amount(d.operator_price_usd),
             "run_id": d.run_id or None, "decision_id": d.pk, "policy_version": d.policy_version,
             "latency_ms": d.latency_ms,
         } for d in rows], "limit": limit, "offset": offset})  # fmt: skip

@@ -2,7 +2,7 @@ from django.db import models
 
 
 class Outcome(models.TextChoices):
-    """What the governed call decided (design §4)."""
+    """What the governed call decided (docs/architecture.md §7.3)."""
 
     EXECUTED = "executed", "Executed"  # dispatched to a registered tool, 2xx
     ALLOWED = "allowed", "Allowed"  # permit-only: no registered tool to dispatch to
@@ -12,7 +12,7 @@ class Outcome(models.TextChoices):
 
 
 class Reason(models.TextChoices):
-    """policy_reason vocabulary (design §7)."""
+    """policy_reason vocabulary (docs/architecture.md §7.3)."""
 
     WITHIN_BUDGET = "within_budget"
     AGENT_DISABLED = "agent_disabled"
@@ -36,5 +36,5 @@ class RiskLevel(models.TextChoices):
 
 
 # Outcomes that consumed budget (spend, hourly actions, per-tool calls): the ledger the Redis counters are rebuilt
-# from. A failed dispatch keeps its spend (design §4.7).
+# from. A failed dispatch keeps its spend (docs/architecture.md §7.3).
 CHARGED_OUTCOMES = (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.FAILED)

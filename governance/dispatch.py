@@ -1,10 +1,12 @@
-"""Signed dispatch of an approved call to its registered tool (design §5, protocol §6.2).
+"""Signed dispatch of an approved call to its registered tool (docs/architecture.md §5, docs/tools.md).
 
 Standard Webhooks headers (webhook-id / webhook-timestamp / webhook-signature, verifiable with the
 `standardwebhooks` package using the tool secret's bytes as the key) plus the hosted product's compatibility headers
 (X-OnceOnly-Signature = hex HMAC-SHA256 of the raw body), Idempotency-Key (stable for the same agent, tool and args)
 and X-OnceOnly-Fence. Pooled httpx client, no redirects, never inside a database transaction. Connect errors,
 timeouts and 5xx are retried with exponential backoff and jitter within a total deadline; 4xx never is.
+
+The kill switch is re-checked right before each attempt's request is written (``KillSwitch``), retries included.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
+from django.db import connection
 from standardwebhooks.webhooks import Webhook
 
 from governance import secrets, ssrf
-from governance.models import Tool
+from governance.models import Agent, Tool
 
 MAX_RESPONSE_BYTES = 256 * 1024
 USER_AGENT = "OnceOnly-Server/0.1 (+signed tool dispatch)"
@@ -49,6 +52,93 @@ class DispatchResult:
     error: str = ""
     request_headers: dict[str, str] | None = None  # of the last attempt (the "Send test call" page shows them)
     response_text: str = ""
+    stopped: bool = False  # the kill switch was on before an attempt: that attempt, and any later one, was not sent
+
+
+class AgentDisabled(Exception):
+    """The agent was disabled when an attempt's request was about to be written: nothing of it was sent."""
+
+
+# First key of the advisory lock pair on PostgreSQL (the second is the agent's id); billing/audit.py uses another.
+KILL_SWITCH_LOCK = 0x0A6E75
+# Integers only (``:d``): nothing to quote, and no parameters, so PostgreSQL gets one simple-protocol message.
+_LOCK_SHARED = "SELECT pg_advisory_lock_shared({lock:d}, {key:d}); "
+_READ_ENABLED = "SELECT is_enabled FROM {table} WHERE id = {pk:d}"
+
+
+class KillSwitch:
+    """The kill switch's fence around each attempt (docs/api.md, *Kill switch*; docs/security.md).
+
+    Installed as the attempt's httpcore ``trace`` hook: when the connection is up and the request's headers are about
+    to be written, ``hold`` takes the fence *shared* and re-reads the agent's ``is_enabled`` from the database (the
+    row the disable writes before it answers); the fence is released as soon as the request body is written (or the
+    write failed), before the tool's answer is awaited. A disable takes the fence *exclusively* in its transaction
+    (``wait_for_requests_being_written``), so it commits only after every request that passed the check has been
+    written, and every check after that sees it: no tool request leaves after the disable has answered.
+
+    PostgreSQL: a session advisory lock, taken in the same round trip as the read (two statements, so that the read's
+    snapshot is taken after the lock is granted); one more round trip releases it. SQLite: the database's write lock
+    (``BEGIN IMMEDIATE`` … ``COMMIT``), which the disable's transaction needs as well; inside a transaction that is
+    already open (tests) it only reads.
+    """
+
+    def __init__(self, agent_pk: int) -> None:
+        self.agent_pk = int(agent_pk)
+        self.held = ""
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "http11.send_request_headers.started":
+            self.hold()
+        elif event in ("http11.send_request_headers.failed", "http11.send_request_body.complete",
+                       "http11.send_request_body.failed"):  # fmt: skip
+            self.release()
+
+    def hold(self) -> None:
+        """Take the fence and re-read the agent; AgentDisabled (fence released) when it is disabled or gone."""
+        read = _READ_ENABLED.format(table=connection.ops.quote_name(Agent._meta.db_table), pk=self.agent_pk)
+        try:
+            with connection.cursor() as cursor:
+                if connection.vendor == "postgresql":
+                    self.held = "postgresql"
+                    # One round trip, two statements, each with its own snapshot: the read's is taken after the
+                    # lock is granted.
+                    cursor.execute(_LOCK_SHARED.format(lock=KILL_SWITCH_LOCK, key=self._key()) + read)
+                    cursor.nextset()
+                elif connection.vendor == "sqlite" and not connection.in_atomic_block:
+                    cursor.execute("BEGIN IMMEDIATE")
+                    self.held = "sqlite"
+                    cursor.execute(read)
+                else:
+                    cursor.execute(read)
+                row = cursor.fetchone()
+        except BaseException:
+            self.release()
+            raise
+        if row is None or not row[0]:
+            self.release()
+            raise AgentDisabled
+
+    def release(self) -> None:
+        held, self.held = self.held, ""
+        if not held:
+            return
+        with connection.cursor() as cursor:
+            if held == "postgresql":
+                cursor.execute(f"SELECT pg_advisory_unlock_shared({KILL_SWITCH_LOCK}, {self._key()})")
+            else:
+                cursor.execute("COMMIT")
+
+    def _key(self) -> int:
+        return self.agent_pk & 0x7FFFFFFF  # the pair's keys are 32-bit; a shared key only means a longer wait
+
+    @staticmethod
+    def wait_for_requests_being_written(agent_pk: int) -> None:
+        """The disable's side, inside its transaction before it writes: wait until no attempt of the agent is
+        between its check and the end of its request's write; attempts that check later wait for the commit.
+        (SQLite: the transaction's own write lock, taken when it began, does this.)"""
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [KILL_SWITCH_LOCK, int(agent_pk) & 0x7FFFFFFF])
 
 
 def signed_request(tool: Tool, *, dispatch_id: str, body: bytes, idempotency_key: str, fence: int) -> dict[str, str]:
@@ -98,8 +188,18 @@ def _result_of(content: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 def dispatch(
-    tool: Tool, *, dispatch_id: str, agent_id: str, args: dict[str, Any], run_id: str, args_digest: str, fence: int
+    tool: Tool,
+    *,
+    dispatch_id: str,
+    agent_id: str,
+    args: dict[str, Any],
+    run_id: str,
+    args_digest: str,
+    fence: int,
+    kill_switch: KillSwitch | None = None,
 ) -> DispatchResult:
+    """Call the tool (with retries). With ``kill_switch``, an attempt is not sent once the agent is disabled: the
+    result is then ``stopped`` (``attempts`` counts the attempts that were sent before)."""
     started = time.monotonic()
     deadline = started + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
     body = json.dumps({"agent_id": agent_id, "tool": tool.name, "args": args, "run_id": run_id or None,
@@ -124,6 +224,8 @@ def dispatch(
         if checked.warning:  # does not resolve now: never let the HTTP client resolve it again unchecked
             return DispatchResult(False, None, None, _ms(started), attempts, checked.warning)
         url, pin_headers, extensions = pinned(checked)
+        if kill_switch is not None:
+            extensions = {**extensions, "trace": kill_switch.trace}
         attempts += 1
         headers = signed_request(tool, dispatch_id=dispatch_id, body=body, idempotency_key=f"oo_{args_digest[:40]}",
                                  fence=fence) | pin_headers  # fmt: skip
@@ -134,6 +236,9 @@ def dispatch(
                                  extensions=extensions) as response:  # fmt: skip
                 status = response.status_code
                 content = _read(response, time.monotonic() + limit)
+        except AgentDisabled:
+            return DispatchResult(False, None, status, _ms(started), attempts - 1, "the agent was disabled",
+                                  last_headers, last_text, stopped=True)  # fmt: skip
         except httpx.TimeoutException:
             status, error = None, f"timed out after {limit:.2f} s"
             continue
@@ -145,6 +250,9 @@ def dispatch(
         except httpx.HTTPError as exc:
             status, error = None, f"connection failed: {exc.__class__.__name__}"
             continue
+        finally:
+            if kill_switch is not None:
+                kill_switch.release()  # normally released once the request was written; this covers any other exit
         last_text = content[:4000].decode(errors="replace")
         if 200 <= status < 300:
             result, problem = _result_of(content)

@@ -38,13 +38,13 @@ class PolicyForm(forms.Form):
         required=False,
         widget=forms.Textarea(attrs={"rows": 4}),
         label="Allowed tools",
-        help_text="One per line; globs like stripe.* allowed.",
+        help_text="One per line; globs like stripe.* allowed. Matched ignoring case (DELETE_USER is delete_user).",
     )
     blocked_tools = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 4}),
         label="Blocked tools",
-        help_text="One per line; blocked wins over allowed.",
+        help_text="One per line; blocked wins over allowed. Matched ignoring case (DELETE_USER is delete_user).",
     )
     max_actions_per_hour = forms.CharField(
         required=False, label="Max actions per hour", help_text="Rolling 60 minutes; empty = no limit."
@@ -79,6 +79,22 @@ class PolicyForm(forms.Form):
             "pricing_rules": "\n".join(f"{r['tool']}: {r['price_usd']}" for r in policy.get("pricing_rules") or []),
             "base_version": version,
         })  # fmt: skip
+
+    def normalised_entries(self) -> list[dict[str, str]]:
+        """The tool entries whose normalised form — the one calls are matched against (policies.matches) — differs
+        from what was typed, e.g. DELETE_USER → delete_user: shown under the editor's fields."""
+        source = self.data if self.is_bound else self.initial
+        text = {name: str(source.get(name) or "") for name in ("allowed_tools", "blocked_tools", "max_calls_per_tool",
+                                                                "pricing_rules")}  # fmt: skip
+        policy: dict[str, Any] = {"allowed_tools": _lines(text["allowed_tools"]),
+                                  "blocked_tools": _lines(text["blocked_tools"])}  # fmt: skip
+        try:
+            policy["max_calls_per_tool"] = dict(_pairs(text["max_calls_per_tool"], "calls"))
+            policy["pricing_rules"] = [{"tool": t} for t, _ in _pairs(text["pricing_rules"], "pricing")]
+        except forms.ValidationError:
+            pass  # the form reports the malformed line; the names of the lists are still shown
+        return [{"field": self.fields[field].label, "entry": entry, "normalised": normalised}
+                for field, entry, normalised in policies.normalised_entries(policy)]  # fmt: skip
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

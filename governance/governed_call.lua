@@ -1,5 +1,5 @@
 -- governed_call.lua — dedup, limit check and reservation of one governed tool call, as one atomic step
--- (design §3.5 "never overshoot", §4 steps 5–6). Concurrent calls of one agent serialise here.
+-- (docs/architecture.md §3.5, §4.5, §4.6: "never overshoot"). Concurrent calls of one agent serialise here.
 -- KEYS[1]  ready marker     oo:{a<acct>}:gov:<agent>:ready        (absent → counters must be rebuilt first)
 -- KEYS[2]  dedup entry      oo:{a<acct>}:gov:<agent>:dedup:<args_hash>
 -- KEYS[3]  hourly actions   oo:{a<acct>}:gov:<agent>:hour          (zset: member = reservation, score = ms)

@@ -1,4 +1,4 @@
-"""Tamper evidence of the decision log (design §3.9): row hashes, checkpoint chains, verification."""
+"""Tamper evidence of the decision log (docs/architecture.md §3.9): row hashes, checkpoint chains, verification."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ BATCH = 5000
 SETTLE = timedelta(seconds=30)
 ROW_FIELDS = ("ts", "agent_id", "tool", "outcome", "allowed", "policy_reason", "risk_level", "spend_usd", "args_hash",
               "run_id", "policy_version", "latency_ms", "result")  # fmt: skip
+# The two sides of a call's charge (what the request declared, the operator's price): hashed only when set, so rows
+# written before they existed, and decisions that ended before the call was priced, hash as they always did.
+OPTIONAL_AMOUNTS = ("declared_spend_usd", "operator_price_usd")
 
 
 def row_hash(account_id: int, fields: dict[str, Any]) -> str:
@@ -39,11 +42,14 @@ def row_hash(account_id: int, fields: dict[str, Any]) -> str:
         payload[name] = value
     if fields.get("api_key_id") is not None:  # hashed when present: rows written before it existed still verify
         payload["api_key_id"] = fields["api_key_id"]
+    for name in OPTIONAL_AMOUNTS:  # the same: hashed when present, as the spend is (6 decimal places)
+        if fields.get(name) is not None:
+            payload[name] = f"{fields[name]:.6f}"
     return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
 def _row_fields(decision: Decision) -> dict[str, Any]:
-    fields = {name: getattr(decision, name) for name in ROW_FIELDS}
+    fields = {name: getattr(decision, name) for name in ROW_FIELDS + OPTIONAL_AMOUNTS}
     fields["api_key_id"] = decision.api_key_id
     return fields
 

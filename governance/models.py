@@ -1,4 +1,4 @@
-"""Agents, their versioned policies, and the decision log (design §3–4)."""
+"""Agents, their versioned policies, and the decision log (docs/architecture.md §3, §4)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ class PolicyVersion(models.Model):
 
 
 class Decision(models.Model):
-    """One governed call's decision, durable before the response. The raw args are never stored (design §3.7)."""
+    """One governed call's decision, durable before the response. The raw args are never stored
+    (docs/architecture.md §3.7)."""
 
     # No single-column indexes on the two keys: the composite indexes below lead with them (every index is one
     # more write per decision on the hot path, docs/benchmarks.md).
@@ -69,6 +70,15 @@ class Decision(models.Model):
     policy_reason = models.CharField(max_length=64, choices=Reason.choices)
     risk_level = models.CharField(max_length=8, choices=RiskLevel.choices)
     spend_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    # The two sides of the charge (docs/api.md, *Spend of a call*): what the request declared (None: it sent no
+    # spend_usd) and the operator's price (the policy's pricing rule, else the registry's price, else 0; None when
+    # the call ended before it was priced). ``spend_usd`` charges the larger: an agent cannot under-report.
+    declared_spend_usd = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, help_text="spend_usd as the request declared it."
+    )
+    operator_price_usd = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, help_text="The operator's price of the call."
+    )
     args_hash = models.CharField(max_length=64, help_text="HMAC-SHA256 (per-account key) of canonical args.")
     run_id = models.CharField(max_length=256, blank=True)
     policy_version = models.PositiveIntegerField(null=True, blank=True)
@@ -106,11 +116,11 @@ class Decision(models.Model):
 
 
 class DispatchIntent(models.Model):
-    """A dispatch about to go out (design §3.4, §4 step 7): written and committed before the tool is called, and
-    deleted in the transaction that records the call's decision. One left behind means the server stopped, or lost
-    its database, between calling the tool and recording the answer — the tool may have run. Until the sweeper
-    records it (a failed decision, reason ``outcome_unknown``), a rebuild of the agent's counters counts it as a
-    charged action, so no cap can be passed by calls whose decisions were never written."""
+    """A dispatch about to go out (docs/architecture.md §3.4, §4.7): written and committed before the tool is
+    called, and deleted in the transaction that records the call's decision. One left behind means the server
+    stopped, or lost its database, between calling the tool and recording the answer — the tool may have run. Until
+    the sweeper records it (a failed decision, reason ``outcome_unknown``), a rebuild of the agent's counters counts
+    it as a charged action, so no cap can be passed by calls whose decisions were never written."""
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
@@ -121,6 +131,8 @@ class DispatchIntent(models.Model):
     policy_version = models.PositiveIntegerField(null=True, blank=True)
     risk_level = models.CharField(max_length=8, choices=RiskLevel.choices)
     spend_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    declared_spend_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    operator_price_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     dispatch_id = models.CharField(max_length=64, help_text="The webhook-id the tool received.")
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                                 db_index=False)  # fmt: skip
@@ -156,7 +168,7 @@ class DecisionRollup(models.Model):
 
 
 class DecisionCheckpoint(models.Model):
-    """A link of an account's decision-log hash chain (design §3.9), written by a beat task.
+    """A link of an account's decision-log hash chain (docs/architecture.md §3.9), written by a beat task.
 
     ``chain_hash`` = SHA-256(previous checkpoint's chain_hash ‖ row_hash of every decision in (first..last], in id
     order). Recomputing it detects edited, deleted or inserted rows; ``verify_decision_log`` names the first.
@@ -183,7 +195,7 @@ class DecisionCheckpoint(models.Model):
 
 
 class Tool(models.Model):
-    """A registered tool: where approved calls are dispatched, signed with its secret (design §5, protocol §6)."""
+    """A registered tool: where approved calls are dispatched, signed with its secret (docs/architecture.md §5)."""
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="tools")
     scope_id = models.CharField(max_length=210, default="global", help_text='"global" or "agent:<agent id>".')

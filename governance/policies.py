@@ -1,4 +1,5 @@
-"""Policy fields: validation, the merge of an upsert, templates, glob matching (design §4, §7; protocol §5.1)."""
+"""Policy fields: validation, the merge of an upsert, templates, glob matching (docs/architecture.md §7.7;
+docs/api.md §"Policies")."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import fnmatch
 import math
 import re
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from rest_framework import exceptions, serializers
 
 from onceonly_site.api import MAX_USD
+from onceonly_site.identifiers import identifier_problem, normalise_tool, tool_name_problem
 
 FIELDS = (
     "allowed_tools",
@@ -23,7 +26,7 @@ FIELDS = (
 MAX_LIST = 500
 MAX_TOOL_NAME = 200
 
-# The built-in templates (design §7, protocol §7.3). Shown on the policy editor and in docs/api.md.
+# The built-in templates (docs/architecture.md §7.7). Shown on the policy editor and in docs/api.md.
 TEMPLATES: dict[str, dict[str, Any]] = {
     "strict": {
         "blocked_tools": ["delete_*", "*.delete*", "drop_*", "*refund*", "transfer*", "*.transfer*", "export*"],
@@ -72,6 +75,9 @@ def _tool_list(value: Any, field: str, errors: dict[str, list]) -> list[str] | N
     for item in value:
         if not isinstance(item, str) or not item.strip() or len(item) > MAX_TOOL_NAME:
             _err(errors, field, f"Each entry must be a non-empty string of at most {MAX_TOOL_NAME} characters.")
+            return None
+        if problem := identifier_problem(item) or tool_name_problem(item.strip()):
+            _err(errors, field, f"{item.strip()!r}: {problem}", "string_pattern_mismatch")
             return None
         if item.strip() not in out:
             out.append(item.strip())
@@ -125,9 +131,18 @@ def clean_fields(data: dict[str, Any], *, partial: bool = True) -> dict[str, Any
                 _err(errors, field, f"At most {MAX_LIST} tools.", "too_long")
                 continue
             caps: dict[str, int] = {}
+            seen: dict[str, str] = {}  # normalised name → the key that has it
             for tool, cap in value.items():
                 if not tool.strip() or len(tool) > MAX_TOOL_NAME:
                     _err(errors, field, f"Tool names must be non-empty strings of at most {MAX_TOOL_NAME} characters.")
+                    continue
+                if problem := identifier_problem(tool) or tool_name_problem(tool.strip()):
+                    _err(errors, field, f"{tool.strip()!r}: {problem}", "string_pattern_mismatch")
+                    continue
+                twin = seen.setdefault(normalise_tool(tool), tool.strip())
+                if twin != tool.strip():  # one cap per tool: both keys would apply to the same calls
+                    _err(errors, field, f"{twin!r} and {tool.strip()!r} name the same tool (matching ignores case "
+                         "and Unicode compatibility forms).", "value_error")  # fmt: skip
                     continue
                 number = _non_negative_int(cap, f"{field}.{tool}", errors)
                 if number is not None:
@@ -149,6 +164,9 @@ def clean_fields(data: dict[str, Any], *, partial: bool = True) -> dict[str, Any
                         f"Must be a non-empty string of at most {MAX_TOOL_NAME} characters.",
                     )
                     continue
+                if problem := identifier_problem(rule["tool"]) or tool_name_problem(rule["tool"].strip()):
+                    _err(errors, f"{field}.{index}.tool", problem, "string_pattern_mismatch")
+                    continue
                 price = _non_negative_number(rule["price_usd"], f"{field}.{index}.price_usd", errors)
                 if price is not None:
                     rules.append({"tool": rule["tool"].strip(), "price_usd": price})
@@ -159,7 +177,7 @@ def clean_fields(data: dict[str, Any], *, partial: bool = True) -> dict[str, Any
 
 
 def merge(current: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:
-    """Fields sent replace; an explicit null clears (design §7)."""
+    """Fields sent replace; an explicit null clears (docs/architecture.md §7.7)."""
     merged = dict(current or {})
     for field, value in changes.items():
         if value is None:
@@ -169,16 +187,77 @@ def merge(current: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, 
     return {field: merged[field] for field in FIELDS if field in merged}
 
 
+# --- matching: a tool name and the policy's names and globs, both normalised ------------------------------------
+# Every lookup of a policy by tool name compares normalised forms (identifiers.normalise_tool: NFKC, case-folded,
+# trimmed), so `DELETE_USER`, ` delete_user` and `delete＿user` (fullwidth low line) meet `delete_user` in a block
+# list, a call cap or a pricing rule (docs/security.md, "Look-alike tool names"). The normalised forms are cached by
+# the entries themselves — a policy version never changes, so this is a cache per policy version — and a plain-ASCII
+# tool name is normalised with str.strip().lower(): the governed call's hot path stays a tuple, a dict lookup and one
+# regular-expression match.
+
+
+@lru_cache(maxsize=4096)
+def _glob(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One compiled expression matching any of ``patterns``, normalised (None for an empty list)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(normalise_tool(pattern)) for pattern in patterns))
+
+
 def matches(tool: str, patterns: list[str]) -> bool:
-    """Glob match (`stripe.*`, `delete_*`), case-sensitive like tool names."""
-    return any(fnmatch.fnmatchcase(tool, pattern) for pattern in patterns)
+    """Glob match (`stripe.*`, `delete_*`) of the normalised tool name against the normalised patterns."""
+    glob = _glob(tuple(patterns))
+    return glob is not None and glob.match(normalise_tool(tool)) is not None
 
 
-def price_for(policy: dict[str, Any], tool: str) -> Decimal:
+@lru_cache(maxsize=4096)
+def _caps(items: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    return {normalise_tool(tool): cap for tool, cap in items}
+
+
+def call_cap(policy: dict[str, Any], tool: str) -> int:
+    """``max_calls_per_tool`` of ``tool`` (exact names, normalised), or -1 when the policy sets none."""
+    caps = policy.get("max_calls_per_tool")
+    return _caps(tuple(caps.items())).get(normalise_tool(tool), -1) if caps else -1
+
+
+@lru_cache(maxsize=4096)
+def _pricing(rules: tuple[tuple[str, float], ...]) -> dict[str, Any]:
+    return {"pricing_rules": [{"tool": normalise_tool(tool), "price_usd": price} for tool, price in rules]}
+
+
+def operator_price(policy: dict[str, Any], tool: str) -> Decimal | None:
+    """``price_for`` on the normalised forms of the rules' globs and of ``tool``."""
+    rules = policy.get("pricing_rules")
+    if not rules:
+        return price_for({}, tool)
+    return price_for(_pricing(tuple((rule["tool"], rule["price_usd"]) for rule in rules)), normalise_tool(tool))
+
+
+def counter_name(tool: str) -> str:
+    """The field of the agent's per-tool call counter (Redis) that a call of ``tool`` counts in: the normalised
+    name, so that `SEND_EMAIL` and `send_email` share one ``max_calls_per_tool`` budget."""
+    return normalise_tool(tool)
+
+
+def normalised_entries(policy: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(field, entry, normalised entry) for every entry whose normalised form differs: what the policy editor shows
+    ("DELETE_USER → delete_user")."""
+    out = []
+    for field in ("allowed_tools", "blocked_tools"):
+        out += [(field, entry, normalise_tool(entry)) for entry in policy.get(field) or ()]
+    out += [("max_calls_per_tool", tool, normalise_tool(tool)) for tool in policy.get("max_calls_per_tool") or {}]
+    out += [("pricing_rules", rule["tool"], normalise_tool(rule["tool"])) for rule in policy.get("pricing_rules") or ()]
+    return [row for row in out if row[1] != row[2]]
+
+
+def price_for(policy: dict[str, Any], tool: str) -> Decimal | None:
+    """The price of the first pricing rule whose glob matches ``tool`` (a rule of 0 prices the tool at zero), or
+    None when no rule names it (the registry's price applies then)."""
     for rule in policy.get("pricing_rules") or ():
         if fnmatch.fnmatchcase(tool, rule["tool"]):
             return Decimal(str(rule["price_usd"]))
-    return Decimal(0)
+    return None
 
 
 def named_tools(policy: dict[str, Any]) -> set[str]:
@@ -194,7 +273,7 @@ MEDIUM_RISK = ("create", "update", "send", "write", "post", "put", "patch", "ema
 
 
 def risk_of(tool: str) -> str:
-    """Name heuristic when the registry has no risk level (design §4), on the words of the name
+    """Name heuristic when the registry has no risk level (docs/architecture.md §7.13), on the words of the name
     (`stripe.refund`, `delete_user`, `sendEmail`), so `compute_total` is not "put"."""
     words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", tool).lower())
     if any(word.startswith(HIGH_RISK) for word in words):

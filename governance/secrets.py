@@ -1,4 +1,4 @@
-"""Tool secrets encrypted at rest (design §5): Fernet (AES-128-CBC + HMAC-SHA256) with key rotation.
+"""Tool secrets encrypted at rest (docs/architecture.md §5.3): Fernet (AES-128-CBC + HMAC-SHA256) with key rotation.
 
 ``ONCEONLY_FIELD_ENCRYPTION_KEY`` is a comma-separated list of keys, newest first: new secrets are encrypted with
 the first, and every key is tried to decrypt, so adding a key in front rotates without re-encrypting old rows

@@ -1,4 +1,5 @@
-"""Writes of governance: agents (kill switch), policies (versions, templates) and the governed call (design §4)."""
+"""Writes of governance: agents (kill switch), policies (versions, templates) and the governed call
+(docs/architecture.md §4)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ GOVERNED_CALL_LUA = Path(__file__).with_name("governed_call.lua")
 logger = logging.getLogger(__name__)
 REBUILD_LUA = Path(__file__).with_name("rebuild_counters.lua")
 MICRO = Decimal(1_000_000)
+SIX_PLACES = Decimal("0.000001")  # amounts are kept to 6 decimal places (micro-dollars in Redis)
 DAY_COUNTER_SECONDS = 2 * 86400
 READY_SECONDS = 86400
 
@@ -96,7 +98,7 @@ def _agent_for_call_sql(vendor: str) -> tuple[str, list[tuple[Col, list[Callable
 def _agent_for_call(account_id: int, agent_id: str, tool: str) -> tuple[Agent, Tool | None]:
     """The calling agent (registered on first sight) with the account fields a call reads, and the registered
     tool it would use (its agent scope first, then global): one query when the tool is not registered, two
-    when it is (design §4 steps 1 and 4)."""
+    when it is (docs/architecture.md §4.2, §4.4)."""
     sql, converters = _agent_for_call_sql(connection.vendor)
     params = [tool, f"agent:{agent_id}", account_id, agent_id]
     with connection.cursor() as cursor:
@@ -120,10 +122,14 @@ def _agent_for_call(account_id: int, agent_id: str, tool: str) -> tuple[Agent, T
 
 
 def agent_set_enabled(*, account_id: int, agent_id: str, enabled: bool, reason: str, actor: str) -> Agent:
-    """The kill switch. Takes effect on the very next governed call in every process: calls read the agent row."""
+    """The kill switch. Takes effect on the very next governed call in every process (calls read the agent row),
+    and on dispatches in flight: each attempt re-reads the row right before its request is written, and a disable
+    commits (and answers) only after the requests already past that check have been written (dispatch.KillSwitch)."""
     agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
     now = timezone.now()
     with transaction.atomic():
+        if not enabled:
+            dispatch.KillSwitch.wait_for_requests_being_written(agent.pk)
         before = {"is_enabled": agent.is_enabled, "disabled_reason": agent.disabled_reason}
         agent.is_enabled = enabled
         agent.disabled_reason = "" if enabled else reason
@@ -245,8 +251,8 @@ class CallOutcome:
 
 
 def args_hash(key: str, agent_id: str, tool: str, args: dict[str, Any]) -> str:
-    """HMAC-SHA256 with the account's key over RFC 8785 canonical JSON (design §3.7): an auditor holding the
-    args can check a match; the log alone cannot be brute-forced."""
+    """HMAC-SHA256 with the account's key over RFC 8785 canonical JSON (docs/architecture.md §3.7): an auditor
+    holding the args can check a match; the log alone cannot be brute-forced."""
     message = canonical_json({"agent_id": agent_id, "tool": tool, "args": args})
     return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
 
@@ -366,7 +372,10 @@ def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) ->
     charged = Decision.objects.filter(agent=agent, outcome__in=CHARGED_OUTCOMES)
     today = charged.filter(ts__gte=day_start)
     spend = today.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
-    calls = dict(today.values_list("tool").annotate(n=Count("id")))
+    calls: dict[str, int] = {}
+    for tool, n in today.values_list("tool").annotate(n=Count("id")):  # by normalised name, as calls count
+        name = policies.counter_name(tool)
+        calls[name] = calls.get(name, 0) + n
     hour = [(f"db:{pk}", ts) for pk, ts in charged.filter(ts__gt=now - timedelta(hours=1)).values_list("id", "ts")]
     # Dispatches whose decision was never written (the server stopped after calling the tool) count as charged.
     for pk, ts, tool, cost in DispatchIntent.objects.filter(agent=agent).values_list(
@@ -374,7 +383,8 @@ def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) ->
     ):
         if ts >= day_start:
             spend += cost
-            calls[tool] = calls.get(tool, 0) + 1
+            name = policies.counter_name(tool)
+            calls[name] = calls.get(name, 0) + 1
         if ts > now - timedelta(hours=1):
             hour.append((f"intent:{pk}", ts))
     client = get_redis()
@@ -416,7 +426,7 @@ def governed_call(
     rate_limit: tuple[str, list[int]] | None = None,
     api_key_id: int | None = None,
 ) -> CallOutcome:
-    """Decide a tool call before it runs (design §4). Every ending is a durable decision row.
+    """Decide a tool call before it runs (docs/architecture.md §4). Every ending is a durable decision row.
 
     With a run id (``run_id``, else ``args.run_id``) the call also writes ``tool_call`` and ``tool_result`` events
     to that run's timeline, and ``run_finished`` when ``finishes_run`` (a tool-form call is a run of one step; a
@@ -427,7 +437,7 @@ def governed_call(
     """
     started = time.monotonic()
     started_at = timezone.now()
-    agent, registered = _agent_for_call(account_id, agent_id, tool)  # agent scope, then global (design §4 step 4)
+    agent, registered = _agent_for_call(account_id, agent_id, tool)  # agent scope first (docs/architecture.md §4.2)
     policy = agent.policy or {}
     digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
     if run_id is None:
@@ -468,25 +478,29 @@ def governed_call(
         # Unregistered, and the account refuses unregistered tools instead of permit-only decisions.
         raise ToolNotFound(tool)
 
-    if spend_usd is not None:
-        cost = spend_usd
-    elif policies.price_for(policy, tool) or registered is None or registered.price_usd is None:
-        cost = policies.price_for(policy, tool)
-    else:
-        cost = registered.price_usd  # the registry's price when no pricing rule names the tool
-    cost = cost.quantize(Decimal("0.000001"))
+    # The charge is the larger of what the request declares and the operator's price (docs/api.md, *Spend of a
+    # call*): an agent may declare more, never less. The operator's price is the first pricing rule that names the
+    # tool (a rule of 0 prices it at zero), else the registry's price, else 0.
+    price = policies.operator_price(policy, tool)  # price_for on normalised names (docs/security.md)
+    if price is None:
+        price = registered.price_usd if registered is not None and registered.price_usd is not None else Decimal(0)
+    price = price.quantize(SIX_PLACES)
+    declared = spend_usd.quantize(SIX_PLACES) if spend_usd is not None else None
+    cost = price if declared is None else max(declared, price)
+    # From here on every decision (blocked by a limit, dedup, allowed, executed, failed) records both sides.
+    base.update(declared_spend_usd=declared, operator_price_usd=price)
     now = timezone.now()
     keys = _keys(agent, digest, now)
     window = plan.default_ttl
     reservation = uuid.uuid4().hex
-    caps = policy.get("max_calls_per_tool") or {}
     spend_cap = policy.get("max_spend_usd_per_day")
+    counted = policies.counter_name(tool)  # the per-tool counter: `SEND_EMAIL` counts as `send_email`
     argv = [
         int(now.timestamp() * 1000), window * 1000,
         policy.get("max_actions_per_hour", -1),
-        caps.get(tool, -1),
+        policies.call_cap(policy, tool),
         _micro(Decimal(str(spend_cap))) if spend_cap is not None else -1,
-        _micro(cost), tool, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS, now.strftime("%d"),
+        _micro(cost), counted, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS, now.strftime("%d"),
         "1" if dry_run else "0",
     ]  # fmt: skip
     if rate_limit is not None:
@@ -531,35 +545,41 @@ def governed_call(
 
     def release() -> None:
         """Without its durable decision the reservation must not stand (the ledger is the decision log)."""
-        client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], tool, -1).incrby(
+        client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], counted, -1).incrby(
             keys[3], -_micro(cost)
         ).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(keys[5], f"{usage.AI}:{now:%d}", -1).execute()
 
-    intent = None
+    intent, charged = None, cost
     if registered is not None:
         # Step 7: the intent first (committed: from here on the tool may run, and a rebuild must count it), then
         # the dispatch, outside any transaction; the reservation stands meanwhile.
         try:
             intent = DispatchIntent.objects.create(
                 account_id=account_id, agent=agent, created_at=now, tool=tool, args_hash=digest, run_id=run_id[:256],
-                policy_version=agent.policy_version, risk_level=risk, spend_usd=cost, dispatch_id=reservation,
-                api_key_id=api_key_id,
+                policy_version=agent.policy_version, risk_level=risk, spend_usd=cost, declared_spend_usd=declared,
+                operator_price_usd=price, dispatch_id=reservation, api_key_id=api_key_id,
             )  # fmt: skip
         except Exception:
             release()
             raise
         try:
-            sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=agent_id, args=args,
-                                     run_id=run_id, args_digest=digest, fence=int(now.timestamp() * 1000))  # fmt: skip
+            sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=agent_id, args=args, run_id=run_id,
+                                     args_digest=digest, fence=int(now.timestamp() * 1000),
+                                     kill_switch=dispatch.KillSwitch(agent.pk))  # fmt: skip
         except Exception as exc:  # an undecryptable secret, a broken answer: a tool error, never a 500
             logger.exception("dispatch of %s failed unexpectedly", tool)
             sent = dispatch.DispatchResult(False, None, None, 0, 0, f"dispatch error: {exc.__class__.__name__}")
         extra = {"http_status": sent.http_status, "dispatch_id": reservation, "result": sent.result}
         decided, reason = (Outcome.EXECUTED, Reason.WITHIN_BUDGET) if sent.ok else (Outcome.FAILED, Reason.TOOL_ERROR)
-        Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
-                                                     last_dispatch_at=timezone.now())  # fmt: skip
+        if sent.stopped:
+            # Disabled while in flight (before an attempt, retries included): no further request was sent. Blocked
+            # like a call that meets the kill switch at its start: nothing charged, the reservation released below.
+            decided, reason, remaining, charged = Outcome.BLOCKED, Reason.AGENT_DISABLED, {}, Decimal(0)
+        if sent.attempts:
+            Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
+                                                         last_dispatch_at=timezone.now())  # fmt: skip
     try:
-        outcome = finish(decided, reason, remaining, intent.pk if intent else None, spend_usd=cost, **extra)
+        outcome = finish(decided, reason, remaining, intent.pk if intent else None, spend_usd=charged, **extra)
     except IntentGone:
         # Slower than the sweeper's grace period: it recorded this dispatch (outcome_unknown) meanwhile.
         original = Decision.objects.get(agent=agent, dispatch_id=reservation)
@@ -573,7 +593,9 @@ def governed_call(
     # The decision is durable: what follows only tidies Redis, and a Redis failure now must not turn a recorded (maybe
     # executed) call into a 503 — a rebuild after the outage restores the same state from the decision log.
     try:
-        if decided == Outcome.FAILED:
+        if decided == Outcome.BLOCKED:
+            release()  # stopped by the kill switch in flight: not charged, not counted, not deduplicated
+        elif decided == Outcome.FAILED:
             # The tool failed: a retry may run again (dedup entry released); the spend stays charged, the ai quota
             # unit is given back (it counts executed or allowed calls only).
             client.pipeline(transaction=False).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(
@@ -668,7 +690,9 @@ def dispatch_intents_record(*, grace: timedelta | None = None, batch: int = 500)
                 intent.agent, None, intent.pk, ts=intent.created_at, tool=intent.tool, args_hash=intent.args_hash,
                 run_id=intent.run_id, policy_version=intent.policy_version, risk_level=intent.risk_level,
                 outcome=Outcome.FAILED, allowed=False, policy_reason=Reason.OUTCOME_UNKNOWN,
-                spend_usd=intent.spend_usd, dispatch_id=intent.dispatch_id, latency_ms=0, api_key_id=intent.api_key_id,
+                spend_usd=intent.spend_usd, declared_spend_usd=intent.declared_spend_usd,
+                operator_price_usd=intent.operator_price_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
+                api_key_id=intent.api_key_id,
             )  # fmt: skip
         except IntentGone:
             continue  # recorded by its own call meanwhile

@@ -1,6 +1,8 @@
-"""SSRF guard for tool URLs (design §5): refuse hosts on loopback, private, link-local, multicast, unspecified,
-reserved or cloud-metadata addresses — IPv4 and IPv6, IPv4-mapped IPv6, and the legacy numeric forms
-(2130706433, 0177.0.0.1, 0x7f.1) that resolvers still accept. Checked at registration and again at dispatch.
+"""SSRF guard for tool URLs (docs/security.md, *Tool URLs and SSRF*): refuse hosts on loopback, private,
+link-local, multicast, unspecified, reserved or cloud-metadata addresses — IPv4 and IPv6, IPv4-mapped IPv6, the IPv6
+forms that embed or tunnel to an IPv4 address (6to4, Teredo, NAT64, IPv4-compatible, IPv4-translated), site-local
+IPv6, and the legacy numeric forms (2130706433, 0177.0.0.1, 0x7f.1) that resolvers still accept. Checked at
+registration and again at dispatch, on a literal address and on every address a name resolves to.
 """
 
 from __future__ import annotations
@@ -28,9 +30,32 @@ class CheckedUrl:
     warning: str = ""
 
 
+# IPv6 ranges refused whatever their embedded IPv4 address, public or not, and whatever the Python version's
+# `ipaddress` tables say (they differ between releases: 3.11 calls 6to4 and site-local global). Where a transition
+# address leads is decided by relays and translators outside the server's control (a 6to4 relay, a Teredo server, a
+# NAT64 translator whose local-use prefix may map anywhere), so the embedded address proves nothing; and no tool
+# needs one: a tool on a public IPv4 address is registered by that address or by a name with an A record.
+# IPv4-mapped addresses (::ffff:0:0/96) are not in this list: a socket connects to the IPv4 address itself, so
+# refused_reason judges them by that address (a public one is accepted, as it is when written as IPv4).
+REFUSED_IPV6 = tuple((ipaddress.IPv6Network(net), label) for net, label in (
+    ("2002::/16", "6to4"),
+    ("2001::/32", "Teredo"),
+    ("64:ff9b::/96", "NAT64"),
+    ("64:ff9b:1::/48", "local-use NAT64"),
+    ("::ffff:0:0:0/96", "IPv4-translated"),
+    ("::/96", "IPv4-compatible"),  # also holds :: and ::1, caught as unspecified and loopback first
+    ("fec0::/10", "site-local"),
+))  # fmt: skip
+
+
 def refused_reason(address: IP) -> str | None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return refused_reason(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return refused_reason(address.ipv4_mapped)
+        if not (address.is_loopback or address.is_unspecified):
+            for network, label in REFUSED_IPV6:
+                if address in network:
+                    return label
     for check, label in (
         ("is_loopback", "loopback"), ("is_unspecified", "unspecified"), ("is_link_local", "link-local/metadata"),
         ("is_multicast", "multicast"), ("is_private", "private"), ("is_reserved", "reserved"),

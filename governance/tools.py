@@ -1,4 +1,5 @@
-"""The tools registry (protocol §6.1): validation, upsert with the plan's tool limit, lookup for governed calls."""
+"""The tools registry (docs/api.md §"Tools registry"): validation, upsert with the plan's tool limit, lookup for
+governed calls."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from billing.services import audit_record
 from governance import secrets, ssrf
 from governance.models import Tool
 from governance.policies import MAX_USD
+from onceonly_site.identifiers import identifier_problem
 
-NAME = re.compile(r"^[a-zA-Z0-9_.:-]+$")
+# ASCII only, so no whitespace, control or look-alike character (onceonly_site/identifiers.py). `\Z`, not `$`:
+# `$` also matches before a final newline, which let "send_email\n" register.
+NAME = re.compile(r"^[a-zA-Z0-9_.:-]+\Z")
 FIELDS = {"name", "url", "scope_id", "auth", "timeout_ms", "max_retries", "enabled", "description", "risk_level",
           "price_usd"}  # fmt: skip
 
@@ -32,7 +36,8 @@ def valid_scope(scope_id: str) -> bool:
     if scope_id == "global":
         return True
     agent = scope_id.removeprefix("agent:")
-    return scope_id.startswith("agent:") and 0 < len(agent) <= 200 and agent.strip() == agent
+    return (scope_id.startswith("agent:") and 0 < len(agent) <= 200 and agent.strip() == agent
+            and identifier_problem(agent) is None)  # fmt: skip
 
 
 def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
@@ -122,8 +127,16 @@ def tool_upsert(*, account_id: int, plan: PlanLimits, fields: dict[str, Any], ac
     with transaction.atomic():
         # Lock the account row: concurrent creates must not slip past the limit together.
         account = Account.objects.select_for_update().get(pk=account_id)
-        tool = Tool.objects.filter(account=account, scope_id=fields["scope_id"], name=fields["name"]).first()
+        # Names differing only in case are one tool to a policy (policies.normalise): refuse a second one. Names
+        # are ASCII, so iexact is that comparison; the same query finds the tool itself.
+        namesakes = list(Tool.objects.filter(account=account, scope_id=fields["scope_id"],
+                                             name__iexact=fields["name"])[:2])  # fmt: skip
+        tool = next((t for t in namesakes if t.name == fields["name"]), None)
         created = tool is None
+        if created and namesakes:
+            message = (f"A tool named {namesakes[0].name!r} is registered in this scope: names that differ only in "
+                       "case are refused (policies match tool names case-insensitively).")  # fmt: skip
+            raise exceptions.ValidationError({"name": [serializers.ErrorDetail(message, code="name_conflict")]})
         if created:
             if Tool.objects.filter(account=account).count() >= plan.tools_limit:
                 raise PlanLimitReached(plan.tools_limit, plan.code)

@@ -4,14 +4,17 @@ from governance import api, views
 
 app_name = "governance"
 
-# Agent ids may contain "/" (percent-encoded): the agent routes end with a catch-all after a fixed prefix.
+# Dashboard pages address an agent by its row's primary key, scoped to the operator's account
+# (views.get_agent_for_user), never by its agent id: an agent id may contain "/" and end like a page's suffix
+# ("bot/policy"), so `agents/<agent id>/policy/` could name two pages. There are no agent-id routes to keep old
+# links working: an agent id may also be all digits, so `agents/<agent id>/` and `agents/<pk>/` would collide.
 urlpatterns = [
     path("agents/", views.agents, name="agents"),
-    re_path(r"^agents/(?P<agent_id>.+)/kill-switch/$", views.agent_kill_switch, name="agent-kill-switch"),
-    re_path(r"^agents/(?P<agent_id>.+)/policy/rollback/$", views.policy_rollback, name="policy-rollback"),
-    re_path(r"^agents/(?P<agent_id>.+)/policy/template/$", views.policy_template, name="policy-template"),
-    re_path(r"^agents/(?P<agent_id>.+)/policy/$", views.policy_edit, name="policy-edit"),
-    re_path(r"^agents/(?P<agent_id>.+)/$", views.agent_detail, name="agent-detail"),
+    path("agents/<int:pk>/", views.agent_detail, name="agent-detail"),
+    path("agents/<int:pk>/kill-switch/", views.agent_kill_switch, name="agent-kill-switch"),
+    path("agents/<int:pk>/policy/", views.policy_edit, name="policy-edit"),
+    path("agents/<int:pk>/policy/rollback/", views.policy_rollback, name="policy-rollback"),
+    path("agents/<int:pk>/policy/template/", views.policy_template, name="policy-template"),
     path("decisions/", views.decisions, name="decisions"),
     path("decisions/<int:decision_id>/", views.decision_detail, name="decision-detail"),
     path("tools/", views.tools_list, name="tools"),

@@ -35,8 +35,10 @@ TIMELINE_FILTERS = {"agent": "agent__agent_id", "tool": "tool", "outcome": "outc
                     "run": "run_id", "since": "ts__gte", "until": "ts__lte"}  # fmt: skip
 
 
-def _agent_or_404(account_id: int, agent_id: str) -> Agent:
-    agent = selectors.agent_for_account(account_id, agent_id)
+def get_agent_for_user(request: HttpRequest, pk: int) -> Agent:
+    """The agent whose row is ``pk`` in the operator's current account; another account's is a 404, like a missing
+    one. Dashboard URLs name agents by row, not by agent id (governance/urls.py says why)."""
+    agent = Agent.objects.filter(account_id=current_membership(request).account_id, pk=pk).first()
     if agent is None:
         raise Http404("No such agent in this account.")
     return agent
@@ -103,9 +105,9 @@ def _series(agent: Agent, range_: str, now) -> dict:
 
 @login_required
 @require_GET
-def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
+def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
     account = current_membership(request).account
-    agent = _agent_or_404(account.pk, agent_id)
+    agent = get_agent_for_user(request, pk)
     now = timezone.now()
     range_ = request.GET.get("range") if request.GET.get("range") in ("day", "week") else "day"
     metrics = selectors.agent_metrics(account.pk, agent.agent_id, range_, now)
@@ -119,11 +121,11 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def agent_kill_switch(request: HttpRequest, agent_id: str) -> HttpResponse:
+def agent_kill_switch(request: HttpRequest, pk: int) -> HttpResponse:
     account = editor_membership(request).account
     if not account.plan.has_kill_switch and request.POST.get("action") != "enable":
         raise PermissionDenied(f"The kill switch is not on the {account.plan.name} plan (Usage & plan).")
-    agent = _agent_or_404(account.pk, agent_id)
+    agent = get_agent_for_user(request, pk)
     form = ReasonForm(request.POST)
     enable = request.POST.get("action") == "enable"
     if not form.is_valid():
@@ -139,7 +141,7 @@ def agent_kill_switch(request: HttpRequest, agent_id: str) -> HttpResponse:
             actor=_actor(request),
         )
         messages.success(request, f"{agent.agent_id} {'enabled' if enable else 'disabled: its next call is blocked'}.")
-    return redirect("governance:agent-detail", agent_id=agent.agent_id)
+    return redirect("governance:agent-detail", pk=agent.pk)
 
 
 def _diff(a: dict | None, b: dict | None) -> list[str]:
@@ -150,11 +152,11 @@ def _diff(a: dict | None, b: dict | None) -> list[str]:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
+def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     membership = current_membership(request)
     account = membership.account
-    agent = selectors.agent_for_account(account.pk, agent_id)
-    form = PolicyForm.from_policy(agent.policy if agent else None, agent.policy_version if agent else None)
+    agent = get_agent_for_user(request, pk)
+    form = PolicyForm.from_policy(agent.policy, agent.policy_version)
     status = 200
     if request.method == "POST":
         editor_membership(request)
@@ -168,7 +170,7 @@ def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
             else:
                 try:
                     result = services.policy_publish(
-                        account_id=account.pk, agent_id=agent_id, policy=policy, source="editor",
+                        account_id=account.pk, agent_id=agent.agent_id, policy=policy, source="editor",
                         actor=_actor(request), expected_version=form.cleaned_data["base_version"],
                     )  # fmt: skip
                 except services.StalePolicyEdit as stale:
@@ -180,18 +182,18 @@ def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
                 else:
                     note = "".join(f" Warning: {w['message']}" for w in result.warnings[:3])
                     messages.success(request, f"Policy saved as version {result.version}.{note}")
-                    return redirect("governance:policy-edit", agent_id=agent_id)
+                    return redirect("governance:policy-edit", pk=agent.pk)
         status = 422
-    versions = list(PolicyVersion.objects.filter(agent=agent).order_by("-version")[:50]) if agent else []
+    versions = list(PolicyVersion.objects.filter(agent=agent).order_by("-version")[:50])
     diff = None
     first, second = whole_number(request.GET.get("a", "")), whole_number(request.GET.get("b", ""))
-    if agent and first is not None and second is not None:
+    if first is not None and second is not None:
         by_version = {v.version: v for v in versions}
         a, b = by_version.get(first), by_version.get(second)
         if a and b:
             diff = {"a": a.version, "b": b.version, "lines": _diff(a.policy, b.policy)}
     return render(request, "governance/policy_edit.html", {
-        "agent_id": agent_id, "agent": agent, "form": form, "versions": versions, "diff": diff,
+        "agent_id": agent.agent_id, "agent": agent, "form": form, "versions": versions, "diff": diff,
         "known_tools": sorted(services.known_tools(account.pk))[:100],
         "templates": {name: json.dumps(body, indent=2) for name, body in policies.TEMPLATES.items()},
     }, status=status)  # fmt: skip
@@ -199,32 +201,33 @@ def policy_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def policy_rollback(request: HttpRequest, agent_id: str) -> HttpResponse:
+def policy_rollback(request: HttpRequest, pk: int) -> HttpResponse:
     account = editor_membership(request).account
-    agent = _agent_or_404(account.pk, agent_id)
+    agent = get_agent_for_user(request, pk)
     if not account.plan.has_governance:
         raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
     requested = whole_number(request.POST.get("version", ""))
     old = PolicyVersion.objects.filter(agent=agent, version=requested).first() if requested is not None else None
     if old is None:
         messages.error(request, "No such version.")
-        return redirect("governance:policy-edit", agent_id=agent.agent_id)
+        return redirect("governance:policy-edit", pk=agent.pk)
     if old.policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
         messages.error(request, "That version sets allowed_tools, which needs the Agency plan.")
-        return redirect("governance:policy-edit", agent_id=agent.agent_id)
+        return redirect("governance:policy-edit", pk=agent.pk)
     result = services.policy_rollback(
         account_id=account.pk, agent_id=agent.agent_id, version=old.version, actor=_actor(request)
     )
     messages.success(request, f"Rolled back to version {old.version}: now version {result.version}.")
-    return redirect("governance:policy-edit", agent_id=agent.agent_id)
+    return redirect("governance:policy-edit", pk=agent.pk)
 
 
 @login_required
 @require_POST
-def policy_template(request: HttpRequest, agent_id: str) -> HttpResponse:
+def policy_template(request: HttpRequest, pk: int) -> HttpResponse:
     account = editor_membership(request).account
     if not account.plan.has_governance:
         raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
+    agent = get_agent_for_user(request, pk)
     name = request.POST.get("template", "")
     if name not in policies.TEMPLATES:
         messages.error(request, f"Unknown template; choose one of {', '.join(policies.TEMPLATES)}.")
@@ -232,10 +235,10 @@ def policy_template(request: HttpRequest, agent_id: str) -> HttpResponse:
         messages.error(request, f"The {name} template sets allowed_tools, which needs the Agency plan.")
     else:
         result = services.policy_from_template(
-            account_id=account.pk, agent_id=agent_id, template=name, overrides={}, actor=_actor(request)
+            account_id=account.pk, agent_id=agent.agent_id, template=name, overrides={}, actor=_actor(request)
         )
         messages.success(request, f"Template {name} applied as version {result.version}.")
-    return redirect("governance:policy-edit", agent_id=agent_id)
+    return redirect("governance:policy-edit", pk=agent.pk)
 
 
 def _filtered_decisions(account_id: int, form: DecisionFilterForm):

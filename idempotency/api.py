@@ -1,4 +1,4 @@
-"""`/v1/check-lock` and the lease endpoints `/v1/ai/*` (protocol §3–4).
+"""`/v1/check-lock` and the lease endpoints `/v1/ai/*` (docs/api.md §"POST /v1/check-lock", §"Leases: /v1/ai/*").
 
 Input is validated by hand on these hot paths (a serializer costs more than the Redis round trip it guards);
 the serializers below document the shapes in the OpenAPI schema. Errors are 422 in the list form of the error
@@ -26,7 +26,6 @@ from idempotency import events, jobs, runs, selectors, services
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
 from onceonly_site.api import (
-    CONTROL_CHARS,
     MAX_USD,
     ApiProblem,
     BodyCheck,
@@ -35,6 +34,7 @@ from onceonly_site.api import (
     page_params,
     parse_json_body,
 )
+from onceonly_site.identifiers import identifier_problem, tool_name_problem
 
 MAX_KEY_LENGTH = 256  # also enforced by BodyCheck.key
 MAX_METADATA_BYTES = 2048
@@ -423,9 +423,9 @@ def _run_spec(check: BodyCheck, metadata: dict[str, Any] | None) -> runs.RunSpec
     spec: dict[str, Any] = {}
     run_id = meta.get("run_id")
     if run_id is not None:
-        if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > 256 or CONTROL_CHARS.search(run_id):
-            check.fail("metadata.run_id", "A non-blank string of at most 256 characters without control characters.",
-                       "string_type")  # fmt: skip
+        if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > 256 or identifier_problem(run_id):
+            check.fail("metadata.run_id", "A non-blank string of at most 256 characters without control or "
+                       "bidirectional formatting characters.", "string_type")  # fmt: skip
         else:
             spec["run_id"] = run_id
     agent_id = meta.get("agent_id")
@@ -434,9 +434,10 @@ def _run_spec(check: BodyCheck, metadata: dict[str, Any] | None) -> runs.RunSpec
             not isinstance(agent_id, str)
             or not agent_id.strip()
             or len(agent_id) > 200
-            or CONTROL_CHARS.search(agent_id)
+            or identifier_problem(agent_id)
         ):
-            check.fail("metadata.agent_id", "A non-blank string of at most 200 characters.", "string_type")
+            check.fail("metadata.agent_id", "A non-blank string of at most 200 characters without control or "
+                       "bidirectional formatting characters.", "string_type")  # fmt: skip
         else:
             spec["agent_id"] = agent_id
     task = meta.get("task")
@@ -487,6 +488,8 @@ def _actions(check: BodyCheck, actions: Any) -> list[dict[str, Any]]:
         tool, args, spend = action.get("tool"), action.get("args"), action.get("spend_usd")
         if not isinstance(tool, str) or not tool.strip() or len(tool) > 200:
             check.fail(f"{where}.tool", "A non-blank tool name of at most 200 characters.", "string_type")
+        elif problem := tool_name_problem(tool):  # as the governed call refuses it (governance/api.py)
+            check.fail(f"{where}.tool", problem, "string_pattern_mismatch")
         if args is not None and not isinstance(args, dict):
             check.fail(f"{where}.args", "Must be a JSON object.", "dict_type")
         if spend is not None and (isinstance(spend, bool) or not isinstance(spend, int | float)
@@ -557,12 +560,15 @@ class EventCreatedOutput(serializers.Serializer):
 
 
 def post_event(request: Request) -> Response:
-    """``POST /v1/events``: one timeline event; unknown top-level keys are kept (protocol §2)."""
+    """``POST /v1/events``: one timeline event; unknown top-level keys are kept
+    (docs/api.md §"Run events and timelines")."""
     data = body(request)
     check = BodyCheck(data, set(data) if isinstance(data, dict) else set())
-    fields: dict[str, Any] = {"run_id": check.key("run_id"), "type": check.key("type", max_length=64)}
+    fields: dict[str, Any] = {"run_id": check.identifier("run_id"), "type": check.key("type", max_length=64)}
     for name, limit in events.FIELD_LIMITS.items():
         if name != "type" and check.text(name, required=False, max_length=limit) is not None:
+            if name in ("agent_id", "tool") and (problem := identifier_problem(data[name])):
+                check.fail(name, problem, "string_pattern_mismatch")  # identifiers the timeline shows
             fields[name] = data[name]
     for name, maximum in (("ts", MAX_TS), ("duration_ms", 2**53 - 1)):
         value = data.get(name)
@@ -605,8 +611,8 @@ class RunTimelineApi(APIView):
     )
     def get(self, request: Request, run_id: str) -> Response:
         run_id = run_id.strip()
-        if not run_id or len(run_id) > 256:
-            raise PathValidationError({"run_id": ["A run id of 1–256 characters."]})
+        if not run_id or len(run_id) > 256 or identifier_problem(run_id):
+            raise PathValidationError({"run_id": [identifier_problem(run_id) or "A run id of 1–256 characters."]})
         limit, offset = page_params(request, default=200, maximum=2000)
         rows, total = selectors.run_timeline(request.auth.account_id, run_id, limit=limit, offset=offset)
         return Response({"run_id": run_id, "total": total, "limit": limit, "offset": offset,

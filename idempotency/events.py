@@ -1,5 +1,6 @@
-"""Run events (timelines, protocol §2): written by clients through ``POST /v1/events`` and by the server for
-keyed runs and governed calls that carry a run id. Governance emits its events through ``emit_many``."""
+"""Run events (timelines, docs/api.md §"Run events and timelines"): written by clients through ``POST /v1/events``
+and by the server for keyed runs and governed calls that carry a run id. Governance emits its events through
+``emit_many``."""
 
 from __future__ import annotations
 

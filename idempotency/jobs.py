@@ -1,4 +1,5 @@
-"""The job-handler registry of keyed runs (design §2, §7): project-defined Python callables keyed by name.
+"""The job-handler registry of keyed runs (docs/architecture.md §2.3, §7.6): project-defined Python callables
+keyed by name.
 
 A key-form ``/v1/ai/run`` whose ``metadata.task`` names a registered handler runs it once, in a worker::
 

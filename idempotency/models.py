@@ -10,7 +10,7 @@ from idempotency.choices import AttemptOutcome, LeaseStatus, RunStatus
 
 
 class LockRecord(models.Model):
-    """The first-seen record of a check-lock key, so that a lock outlives the loss of Redis (design §3.4).
+    """The first-seen record of a check-lock key, so that a lock outlives the loss of Redis (docs/architecture.md §3.4).
 
     One row per (account, key): a new lock after expiry overwrites it (conditional upsert, see
     ``idempotency.services.lock_check``). Redis holds the fast copy; this row decides when Redis has lost it.
@@ -45,7 +45,7 @@ class LockRecord(models.Model):
 
 
 class Lease(models.Model):
-    """The lease state machine of one (account, key) (design §7), authoritative in the database.
+    """The lease state machine of one (account, key) (docs/architecture.md §7.5), authoritative in the database.
 
     Every transition is one conditional UPDATE, so at most one holder exists under any concurrency and across
     Redis loss. ``version`` counts acquisitions (the fence); an extend never changes it.
@@ -120,7 +120,8 @@ class LeaseAttempt(models.Model):
 
 
 class Run(models.Model):
-    """A keyed run: the job behind one acquisition of a lease by the key form of ``/v1/ai/run`` (design §3.3).
+    """A keyed run: the job behind one acquisition of a lease by the key form of ``/v1/ai/run``
+    (docs/architecture.md §3.3).
 
     Celery only wakes a worker; the worker *claims* this row with a conditional UPDATE that raises ``fence`` and
     sets ``claimed_until``, heart-beats while it works, and writes the result only while it still holds that fence.
@@ -184,10 +185,11 @@ class Run(models.Model):
 
 
 class RunEvent(models.Model):
-    """One entry of a run timeline (protocol §2): posted by clients or emitted by the server.
+    """One entry of a run timeline (docs/api.md §"Run events and timelines"): posted by clients or emitted by the
+    server.
 
     ``decision_id`` links an event to the governance decision it reports (a plain integer: ``idempotency`` does
-    not import ``governance``, design §2). Unknown top-level keys a client sent are kept in ``extra``.
+    not import ``governance``, docs/architecture.md §2.2). Unknown top-level keys a client sent are kept in ``extra``.
     """
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="run_events")

@@ -1,4 +1,4 @@
-"""Keyed runs: the key form of ``/v1/ai/run``, executed exactly once by workers (design §3.3, §7).
+"""Keyed runs: the key form of ``/v1/ai/run``, executed exactly once by workers (docs/architecture.md §3.3, §7.6).
 
 The lifecycle of one run (one acquisition of a key's lease):
 

@@ -1,4 +1,4 @@
-"""Writes of the exactly-once core: check-lock and the lease state machine (design §3, §7; protocol §3–4)."""
+"""Writes of the exactly-once core: check-lock and the lease state machine (docs/architecture.md §3, §7.4, §7.5)."""
 
 from __future__ import annotations
 
@@ -98,10 +98,10 @@ def _record_first_seen(account_id: int, key: str, now: datetime, ttl: int, metad
     """Insert (or take over an expired) first-seen record. False when the database holds a live lock.
 
     One conditional upsert, atomic in PostgreSQL and SQLite. On PostgreSQL it commits asynchronously
-    (``synchronous_commit = off``, design §3.4): it survives any loss of Redis; only a PostgreSQL crash within
-    about 0.6 s of the write can lose it. The setting rides in the statement itself (``set_config(…, true)`` is
-    local to the statement's own transaction, and commit reads it), so the write is one round trip in autocommit
-    instead of four (BEGIN, SET LOCAL, INSERT, COMMIT) — measured in docs/benchmarks.md.
+    (``synchronous_commit = off``, docs/architecture.md §3.4): it survives any loss of Redis; only a PostgreSQL
+    crash within about 0.6 s of the write can lose it. The setting rides in the statement itself
+    (``set_config(…, true)`` is local to the statement's own transaction, and commit reads it), so the write is one
+    round trip in autocommit instead of four (BEGIN, SET LOCAL, INSERT, COMMIT) — measured in docs/benchmarks.md.
     """
     ops = connection.ops
     postgres = connection.vendor == "postgresql"
@@ -133,7 +133,7 @@ def lock_check(
     metadata: dict | None,
     rate: tuple[str, list[int]],
 ) -> LockOutcome:
-    """Atomic set-if-absent of (account, key) for ``ttl`` seconds (design §3.1, §3.4).
+    """Atomic set-if-absent of (account, key) for ``ttl`` seconds (docs/architecture.md §3.1, §3.4).
 
     Duplicate (the common retry): one Redis round trip, no database query. New lock: one Redis round trip and one
     database insert, answered only after the first-seen record is written. If Redis had lost a live lock
@@ -157,7 +157,7 @@ def lock_check(
             reply = script(keys=keys, args=args, client=client)
     except redis.ConnectionError:
         # Redis unreachable: the database decides alone (slower, still one winner) rather than a 5xx, which the
-        # SDK's fail-open would turn into "go ahead" for every caller (protocol §1.8).
+        # SDK's fail-open would turn into "go ahead" for every caller (docs/api.md §"POST /v1/check-lock").
         logger.warning("Redis unreachable: check-lock decided by the database alone")
         if _record_first_seen(account_id, key, now, ttl, metadata_json):
             return LockOutcome(locked=True, key=key, ttl=ttl)
@@ -264,7 +264,7 @@ def retention() -> timedelta:
 
 
 def _acquirable(now: datetime) -> Q:
-    """States from which a new acquisition may start (design §7)."""
+    """States from which a new acquisition may start (docs/architecture.md §7.5)."""
     return (
         Q(status__in=[LeaseStatus.FAILED, LeaseStatus.CANCELLED])
         | Q(status=LeaseStatus.IN_PROGRESS, expires_at__lte=now)
@@ -285,7 +285,7 @@ def lease_acquire(
     metadata: dict | None,
     on_acquired: Callable[[Lease], None] | None = None,
 ) -> LeaseOutcome:
-    """Acquire the lease of (account, key), or report who has it (design §3.1–3.3, §7).
+    """Acquire the lease of (account, key), or report who has it (docs/architecture.md §3.1, §3.2, §3.3, §7.5).
 
     Each path is one conditional statement on the row, so at most one caller acquires under any concurrency:
     UPDATE of an acquirable row (version+1), or INSERT of a new row guarded by the unique constraint.

@@ -1,4 +1,4 @@
-"""The API error contract (protocol §1.6–1.7, design §7).
+"""The API error contract (docs/api.md §"The error contract"; docs/architecture.md §7.2).
 
 Every ``/v1`` error body is ``{"detail": …}``. Validation problems are 422 in FastAPI's list form
 (``[{"type", "loc", "msg"}]``), which both SDKs surface as ``ValidationError`` with the body in the message.
@@ -26,11 +26,12 @@ from rest_framework.utils import json as drf_json
 
 from billing.ratelimit import RateLimited
 from billing.usage import QuotaExceeded
+from onceonly_site.identifiers import CONTROL, control_problem, identifier_problem
 from onceonly_site.middleware import current_request_id
 from onceonly_site.params import whole_number
 
-# Identifiers (agent ids, run ids) are printable: control characters are refused wherever one is accepted.
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters (C0, DEL, C1) are refused in keys and identifiers (onceonly_site/identifiers.py).
+CONTROL_CHARS = CONTROL
 # Amounts in US dollars above ten million are typos, and must fit the decimal(14, 6) columns.
 MAX_USD = 10_000_000
 
@@ -364,9 +365,22 @@ class BodyCheck:
             self.fail(name, "Must not be empty.", "string_too_short")
         elif len(value) > max_length:
             self.fail(name, f"At most {max_length} characters (got {len(value)}).", "string_too_long")
+        elif CONTROL.search(value):  # a key containing one could not be read back: /v1/ai/status?key= refuses it
+            self.fail(name, control_problem(value), "string_pattern_mismatch")
         else:
             return value
         return ""
+
+    def identifier(self, name: str, max_length: int = 256, *, required: bool = True) -> str:
+        """``key``, and no bidirectional formatting characters either (agent ids, run ids: identifiers shown to
+        operators; onceonly_site/identifiers.py). Not required: an absent field is ``""``."""
+        if not required and self.data.get(name) is None:
+            return ""
+        value = self.key(name, max_length)
+        if value and (problem := identifier_problem(value)):
+            self.fail(name, problem, "string_pattern_mismatch")
+            return ""
+        return value
 
     def text(self, name: str, *, required: bool, max_length: int) -> str | None:
         value = self.data.get(name)

@@ -1,7 +1,7 @@
 """The Celery app: `celery -A onceonly_site worker` / `celery -A onceonly_site beat`.
 
-Celery only wakes workers; the state of every job lives in a database row (design §3.3). The beat schedule is
-defined here, in one place, each entry commented.
+Celery only wakes workers; the state of every job lives in a database row (docs/architecture.md §1.2). The beat
+schedule is defined here, in one place, each entry commented.
 """
 
 import os
@@ -22,8 +22,8 @@ app.conf.beat_schedule = {
     # Lets the dashboard and /healthz tell operators whether any worker consumes the queue (keyed runs and
     # tool-dispatch retries silently wait without one).
     "worker-heartbeat": {"task": "onceonly.worker_heartbeat", "schedule": float(HEARTBEAT_INTERVAL)},
-    # Completed/failed leases are final only for the retention period (design §7); their rows and expired lock
-    # records are deleted after it, in batches.
+    # Completed/failed leases are final only for the retention period (docs/architecture.md §7.5); their rows and
+    # expired lock records are deleted after it, in batches.
     "idempotency-retention-sweep": {"task": "idempotency.retention_sweep", "schedule": 600.0},
     # The durable mirror of the monthly usage counters: what Redis loses is rebuilt from it (≤ 1 minute behind).
     "billing-mirror-usage": {"task": "billing.mirror_usage", "schedule": 60.0},
@@ -31,12 +31,12 @@ app.conf.beat_schedule = {
     "billing-notification-digests": {"task": "billing.send_notification_digests", "schedule": 60.0},
     # Paid plans (docs/billing.md): a cancelled Stripe subscription drops to Free when its paid period ends.
     "billing-scheduled-downgrades": {"task": "billing.apply_scheduled_downgrades", "schedule": 60.0},
-    # Tamper evidence (design §3.9): chain new decisions into hash checkpoints per account.
+    # Tamper evidence (docs/architecture.md §3.9): chain new decisions into hash checkpoints per account.
     "governance-checkpoint-decisions": {"task": "governance.checkpoint_decisions", "schedule": 300.0},
     # …and recompute every chain once a day, so tampering is reported without anyone opening the verify page.
     "governance-verify-decision-logs": {"task": "governance.verify_decision_logs", "schedule": 86400.0},
-    # Durability of dispatches (design §3.4): a tool called by a server that stopped before recording the answer
-    # gets its decision from the intent row written before the call (failed, outcome_unknown).
+    # Durability of dispatches (docs/architecture.md §3.4, §4.11): a tool called by a server that stopped before
+    # recording the answer gets its decision from the intent row written before the call (failed, outcome_unknown).
     "governance-record-unfinished-dispatches": {"task": "governance.record_unfinished_dispatches", "schedule": 60.0},
 }
 
@@ -46,8 +46,8 @@ def _settings_dependent_schedule(sender: Celery, **kwargs: object) -> None:
     """Entries whose interval is a setting (read once the Django settings are loaded, not at import)."""
     from django.conf import settings
 
-    # Crash safety of keyed runs (design §3.3): a run whose worker died is handed to another worker once its claim
-    # lapses; a run past its deadline fails with timeout.
+    # Crash safety of keyed runs (docs/architecture.md §3.3): a run whose worker died is handed to another worker
+    # once its claim lapses; a run past its deadline fails with timeout.
     sender.conf.beat_schedule["idempotency-sweep-runs"] = {
         "task": "idempotency.sweep_runs",
         "schedule": settings.ONCEONLY_RUN_SWEEP_SECONDS,

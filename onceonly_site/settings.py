@@ -1,4 +1,7 @@
-"""Settings, read from the environment (design §6). Every value goes through a typed helper in ``env.py``."""
+"""Settings, read from the environment (docs/architecture.md §6).
+
+Every value goes through a typed helper in ``env.py``.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +85,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "onceonly_site.middleware.RequestIdMiddleware",
     "onceonly_site.middleware.SecurityHeadersMiddleware",
+    "onceonly_site.middleware.ControlCharactersMiddleware",  # before any view: docs/security.md
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -239,12 +243,15 @@ ONCEONLY_METRICS_CACHE_SECONDS = env_int("ONCEONLY_METRICS_CACHE_SECONDS", 10, m
 # for the window (billing/login_throttle.py).
 ONCEONLY_LOGIN_MAX_FAILURES = env_int("ONCEONLY_LOGIN_MAX_FAILURES", 5, minimum=1)
 ONCEONLY_LOGIN_LOCKOUT_SECONDS = env_int("ONCEONLY_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+# Reverse proxies in front of the web processes that append to X-Forwarded-For (onceonly_site/proxies.py).
+ONCEONLY_TRUSTED_PROXIES = env_int("ONCEONLY_TRUSTED_PROXIES", 0, minimum=0, maximum=10)
 # Completed/failed leases stay final, and expired lock records are kept, this long; the sweeper deletes them after.
 ONCEONLY_RETENTION_DAYS = env_int("ONCEONLY_RETENTION_DAYS", 7, minimum=1)
 # A governed call's dispatch (all attempts) ends within this many seconds; the SDK's client timeout is 5 s.
 ONCEONLY_DISPATCH_DEADLINE_SECONDS = env_float("ONCEONLY_DISPATCH_DEADLINE_SECONDS", 4.0, minimum=0.5)
-# Keyed runs (design §3.3): a worker's claim on a run lasts this long and is renewed every third of it; a worker
-# that dies is replaced once its claim lapses (the sweeper wakes another one every ONCEONLY_RUN_SWEEP_SECONDS).
+# Keyed runs (docs/architecture.md §3.3): a worker's claim on a run lasts this long and is renewed every third of
+# it; a worker that dies is replaced once its claim lapses (the sweeper wakes another one every
+# ONCEONLY_RUN_SWEEP_SECONDS).
 ONCEONLY_RUN_CLAIM_SECONDS = env_float("ONCEONLY_RUN_CLAIM_SECONDS", 30.0, minimum=0.5)
 ONCEONLY_RUN_SWEEP_SECONDS = env_float("ONCEONLY_RUN_SWEEP_SECONDS", 10.0, minimum=0.2)
 # A run not finished this long after it was queued fails with error_code timeout.

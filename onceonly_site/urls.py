@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponseRedirect
+from django.templatetags.static import static
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
@@ -7,7 +9,7 @@ from governance.urls import api_urlpatterns as governance_api
 from idempotency.urls import api_urlpatterns as idempotency_api
 from onceonly_site import api, health, metrics
 
-# The /v1 API (protocol.md). Paths have no trailing slash, as the SDKs send them. The last pattern answers any
+# The /v1 API (docs/api.md). Paths have no trailing slash, as the SDKs send them. The last pattern answers any
 # unknown /v1 route with a JSON 404 instead of an HTML page.
 v1_patterns = [
     *billing_api,
@@ -16,12 +18,19 @@ v1_patterns = [
     re_path(r"^.*$", api.api_not_found),
 ]
 
+
+def favicon(request: HttpRequest) -> HttpResponseRedirect:
+    """Browsers ask for /favicon.ico on pages without an icon link (a 404 would be a console error on each)."""
+    return HttpResponseRedirect(static("favicon.svg"))  # 302: the manifest's hashed name changes with the file
+
+
 urlpatterns = [
     path("v1", api.api_not_found),  # not an HTML redirect to /v1/ (APPEND_SLASH)
     path("v1/", include((v1_patterns, "v1"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", health.healthz, name="healthz"),
+    path("favicon.ico", favicon, name="favicon"),
     path("metrics", metrics.prometheus, name="prometheus"),
     path("admin/", admin.site.urls),
     path("", include("governance.urls")),

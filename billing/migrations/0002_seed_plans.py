@@ -1,4 +1,4 @@
-"""Seed the plan catalogue (billing/plan_catalogue.py: design §7's numbers). Rows stay editable afterwards."""
+"""Seed the plan catalogue (billing/plan_catalogue.py, docs/architecture.md §7.1). Rows stay editable afterwards."""
 
 from django.db import migrations
 

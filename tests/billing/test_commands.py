@@ -1,4 +1,4 @@
-"""Management commands of design §6: create_api_key, create_operator, bootstrap_demo."""
+"""Management commands of docs/architecture.md §6: create_api_key, create_operator, bootstrap_demo."""
 
 import io
 

@@ -8,7 +8,7 @@ from billing.services import account_set_plan
 from tests.conftest import make_key
 
 GATED = {
-    # feature: (request, plans that have it) — design §7
+    # feature: (request, plans that have it) — docs/architecture.md §7.1
     "policies": (("post", "/v1/policies/a", {"max_actions_per_hour": 5}), {"pro", "agency"}),
     "policy list": (("get", "/v1/policies", None), {"pro", "agency"}),
     "governed call": (("post", "/v1/ai/run", {"agent_id": "a", "tool": "t"}), {"pro", "agency"}),

@@ -1,4 +1,5 @@
-"""GET /v1/me and POST /v1/me/notifications (protocol §2), plus the error contract on them."""
+"""GET /v1/me and POST /v1/me/notifications (docs/api.md §"GET /v1/me", §"POST /v1/me/notifications"), plus the
+error contract on them."""
 
 import json
 

@@ -72,6 +72,7 @@ NOT_CRAWLED = {
     "provider-events": "superusers only, with Stripe configured",
     "provider-event-retry": "POST only, superusers",
     "healthz": "checked directly, not a page",
+    "favicon": "a redirect to the icon, asked for by the browser itself",
     "prometheus": "off without ONCEONLY_METRICS_TOKEN",
     "schema": "the OpenAPI document (JSON), fetched directly",
 }
@@ -386,6 +387,10 @@ def seed_data(http: httpx.Client, api_key: str, stack: Stack) -> None:
     for tool, args in [("send_email", {"to": "a@example.com", "run_id": "deploy-run"}), ("delete_user", {"id": 1})]:
         answer = http.post("/v1/ai/run", headers=auth, json={"agent_id": "deploy-agent", "tool": tool, "args": args})
         assert answer.status_code == 200, answer.text
+    tool = {"name": "create_invoice", "url": "https://93.184.215.14/hooks/invoice",
+            "auth": {"type": "hmac_sha256", "secret": "whsec-deploy-test"}}
+    registered = http.post("/v1/tools", headers=auth, json=tool)  # a public address: no DNS lookup
+    assert registered.status_code in (200, 201), registered.text
     assert http.post("/v1/check-lock", headers=auth, json={"key": "deploy-lock", "ttl": 60}).json()["status"] == "locked"
     assert http.post("/v1/ai/lease", headers=auth, json={"key": "deploy-lease", "ttl": 60}).json()["status"] == "acquired"
     run = {"key": "deploy-keyed-run", "ttl": 300,

@@ -1,5 +1,5 @@
 """The fault suite (`make faults`): mixed traffic against a live multi-process stack while faults are injected,
-then every guarantee of design §3 checked with counts (docs/operations.md, "Fault suite").
+then every guarantee of docs/architecture.md §3 checked with counts (docs/operations.md, "Fault suite").
 
 One phase per fault, each with its own keys, agents and runs so a phase's verdict is its own:
 
@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -329,35 +330,7 @@ def check(
     violations += [f"check-lock {key}: locked {n} times" for key, n in locked.items() if n > 1]
 
     # 2. leases: one holder at a time, a completed key never acquired again, held keys never taken.
-    acquisitions: dict[str, list[Op]] = defaultdict(list)
-    for op in by_kind["lease"]:
-        if op.answer == "acquired":
-            acquisitions[op.key].append(op)
-    completes: dict[str, list[Op]] = defaultdict(list)
-    for op in by_kind["complete"]:
-        if op.status == 200:
-            completes[op.key].append(op)
-        elif op.status == 409:
-            violations.append(f"lease {op.key}: the holder's complete was refused ({op.body}) within its TTL")
-        elif op.status != 503 and op.status is not None:
-            violations.append(f"lease {op.key}: complete answered {op.status} {op.body}")
-    released_at = {}  # lease_id → when its holder first asked to complete it
-    for op in sorted(by_kind["complete"], key=lambda op: op.t0):
-        released_at.setdefault(op.extra["lease_id"], op.t0)
-    for key, taken in acquisitions.items():
-        if key in phase.held and len(taken) > 1:
-            violations.append(f"lease {key}: held all phase, acquired {len(taken)} times")
-        finished_at = min((op.t1 for op in completes[key]), default=None)
-        for op in taken:
-            if finished_at is not None and op.t0 > finished_at:
-                violations.append(f"lease {key}: acquired again after it was completed")
-        ordered = sorted(taken, key=lambda op: op.t1)
-        for first, second in itertools.pairwise(ordered):
-            if second.t1 < released_at.get(first.body["lease_id"], first.t1 + LEASE_TTL):
-                violations.append(f"lease {key}: acquired by two holders at once")
-        winners = {op.extra["lease_id"] for op in completes[key]}
-        if len(winners) > 1:
-            violations.append(f"lease {key}: completed by {len(winners)} different holders")
+    violations += lease_violations(phase.ops, phase.held)
 
     # 3. keyed runs: one acquisition per key, every run ends, no handler starts after its run completed.
     runs_acquired = Counter(op.key for op in by_kind["run"] if op.answer == "acquired")
@@ -439,6 +412,45 @@ def check(
         else:
             notes.append(f"database-backed calls answered 200 again {recovered - came_back:.1f} s after the restart")
     return violations, notes
+
+
+def lease_violations(ops: list[Op], held: Collection[str]) -> list[str]:
+    """The lease checks, on the recorded operations alone: one holder at a time, a completed key never acquired
+    again, a key of ``held`` (held all phase) never taken, a holder's complete never refused within its TTL."""
+    violations: list[str] = []
+    by_kind: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        by_kind[op.kind].append(op)
+    acquisitions: dict[str, list[Op]] = defaultdict(list)
+    for op in by_kind["lease"]:
+        if op.answer == "acquired":
+            acquisitions[op.key].append(op)
+    completes: dict[str, list[Op]] = defaultdict(list)
+    for op in by_kind["complete"]:
+        if op.status == 200:
+            completes[op.key].append(op)
+        elif op.status == 409:
+            violations.append(f"lease {op.key}: the holder's complete was refused ({op.body}) within its TTL")
+        elif op.status != 503 and op.status is not None:
+            violations.append(f"lease {op.key}: complete answered {op.status} {op.body}")
+    released_at = {}  # lease_id → when its holder first asked to complete it
+    for op in sorted(by_kind["complete"], key=lambda op: op.t0):
+        released_at.setdefault(op.extra["lease_id"], op.t0)
+    for key, taken in acquisitions.items():
+        if key in held and len(taken) > 1:
+            violations.append(f"lease {key}: held all phase, acquired {len(taken)} times")
+        finished_at = min((op.t1 for op in completes[key]), default=None)
+        for op in taken:
+            if finished_at is not None and op.t0 > finished_at:
+                violations.append(f"lease {key}: acquired again after it was completed")
+        ordered = sorted(taken, key=lambda op: op.t1)
+        for first, second in itertools.pairwise(ordered):
+            if second.t1 < released_at.get(first.body["lease_id"], first.t1 + LEASE_TTL):
+                violations.append(f"lease {key}: acquired by two holders at once")
+        winners = {op.extra["lease_id"] for op in completes[key]}
+        if len(winners) > 1:
+            violations.append(f"lease {key}: completed by {len(winners)} different holders")
+    return violations
 
 
 def wait_for_runs(stack: Stack, account_id: int, phase: str) -> list[tuple[str, str, Any]]:

@@ -1,4 +1,5 @@
-"""The governed call (tool form of /v1/ai/run): every reason of design §7, dedup, limits, durability, no raw args."""
+"""The governed call (tool form of /v1/ai/run): every reason of docs/architecture.md §7.3, dedup, limits,
+durability, no raw args."""
 
 import json
 
@@ -121,7 +122,8 @@ def test_daily_spend_from_request_or_pricing_rules(client):
     assert run(client, args={"n": 1})["remaining"]["spend_usd_today"] == 0.4
     assert run(client, args={"n": 2})["remaining"]["spend_usd_today"] == 0.8
     assert run(client, args={"n": 3})["policy_reason"] == "daily_spend_exceeded"
-    assert run(client, args={"n": 4}, spend_usd=0.2)["policy_reason"] == "within_budget"  # exactly the cap
+    assert run(client, args={"n": 4}, spend_usd=0.2)["policy_reason"] == "daily_spend_exceeded"  # 0.4 charged
+    assert run(client, tool="send_email", spend_usd=0.2)["policy_reason"] == "within_budget"  # exactly the cap
 
 
 def test_spend_cap_survives_a_redis_flush(client):

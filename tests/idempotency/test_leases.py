@@ -1,4 +1,5 @@
-"""The lease state machine of design §7 over /v1/ai/*: acquisition, fencing, terminal states, bad input."""
+"""The lease state machine of docs/architecture.md §7.5 over /v1/ai/*: acquisition, fencing, terminal states,
+bad input."""
 
 import hashlib
 import time

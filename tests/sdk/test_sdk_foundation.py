@@ -28,7 +28,7 @@ def test_sdk_me_on_every_plan(live_server, account_a, plans, plan_code):
 
 
 def test_sdk_accepts_a_base_url_without_v1(live_server, key_a):
-    # The SDK appends /v1 when the base URL has no path (protocol §1.1).
+    # The SDK appends /v1 when the base URL has no path (docs/api.md §"Base URL and the SDK").
     with OnceOnly(api_key=key_a.raw, base_url=live_server.url, fail_open=False) as client:
         assert client.me()["plan"] == "agency"
 

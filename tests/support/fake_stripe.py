@@ -18,9 +18,14 @@ ANSWERS = {
 
 
 class FakeStripe:
-    def __init__(self, *, fail_with: int | None = None) -> None:
+    """``urls`` replaces the ``url`` a path answers with (``{"/v1/checkout/sessions": "https://pay.example.test/…"}``:
+    a Checkout on a custom domain); the browser tests answer Stripe's hosted pages with Playwright routes."""
+
+    def __init__(self, *, fail_with: int | None = None, urls: dict[str, str] | None = None) -> None:
         self.requests: list[tuple[str, dict[str, list[str]], str]] = []
         self.fail_with = fail_with
+        self.answers = {path: {**answer, "url": (urls or {}).get(path, answer["url"])} if "url" in answer else answer
+                        for path, answer in ANSWERS.items()}  # fmt: skip
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,7 +35,7 @@ class FakeStripe:
                 if fake.fail_with:
                     status, answer = fake.fail_with, {"error": {"type": "api_error", "message": "Stripe is down"}}
                 else:
-                    status, answer = 200, ANSWERS.get(self.path.split("?")[0], {"error": {"message": "unknown"}})
+                    status, answer = 200, fake.answers.get(self.path.split("?")[0], {"error": {"message": "unknown"}})
                 payload = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -18,7 +18,10 @@ def run_tool(key, live_server, **kwargs):
 def test_policy_editor_invalid_then_valid_then_diff_and_rollback(page, live_server, owner_a, key_a):
     run_tool(key_a, live_server, agent_id="billing-agent", tool="stripe.charge", args={"n": 1})
     login(page, live_server, owner_a)
-    page.goto(f"{live_server.url}/agents/billing-agent/policy/")
+    page.get_by_role("link", name="Agents").click()
+    page.get_by_role("link", name="billing-agent").click()
+    page.get_by_role("link", name="Set a policy").click()
+    assert page.url == f"{live_server.url}/agents/{Agent.objects.get(agent_id='billing-agent').pk}/policy/"
     page.get_by_label("Max actions per hour").fill("-5")
     page.get_by_role("button", name="Save as a new version").click()
     assert page.get_by_text("Must be a whole number from 0 to 1,000,000,000.").is_visible()
@@ -71,7 +74,8 @@ def test_timeline_shows_a_new_decision_without_a_reload(page, live_server, viewe
 def test_viewer_cannot_edit_a_policy(page, live_server, viewer_a, key_a):
     run_tool(key_a, live_server, agent_id="bot", tool="t", args={})
     login(page, live_server, viewer_a)
-    page.goto(f"{live_server.url}/agents/bot/policy/")
+    bot = Agent.objects.get(agent_id="bot").pk
+    page.goto(f"{live_server.url}/agents/{bot}/policy/")
     assert page.get_by_role("button", name="Save as a new version").count() == 0
-    page.goto(f"{live_server.url}/agents/bot/")
+    page.goto(f"{live_server.url}/agents/{bot}/")
     assert page.get_by_role("button", name="Disable agent (kill switch)").count() == 0

@@ -5,7 +5,8 @@ import re
 import pytest
 from django.test import Client
 
-from billing.models import Membership
+from billing.models import Account, AuditEntry, BillingSubscription, Membership
+from tests.support.fake_stripe import FakeStripe
 from tests.ui.test_browser_keys import login
 
 pytestmark = pytest.mark.browser
@@ -52,3 +53,76 @@ def test_overview_flags_agents_near_their_caps(page, live_server, owner_a, key_a
     panel = page.locator("section", has=page.get_by_role("heading", name="Agents needing attention"))
     assert "spender" in panel.inner_text() and "$9.00 of $10.00" in panel.inner_text()
     assert "calm" not in panel.inner_text()
+
+
+# --- paid plans: the way to Stripe's hosted pages ---------------------------------------------------------------
+
+CHECKOUT_URL = "https://checkout.stripe.com/c/pay/cs_test_Fake0001"  # what tests/support/fake_stripe.py answers
+PORTAL_URL = "https://billing.stripe.com/p/session/test_Fake0001"
+
+
+@pytest.fixture
+def stripe_on(settings, account_a, plans):
+    """Stripe configured against the local fake API, and account A back on Free (nothing bought yet)."""
+    Account.objects.filter(pk=account_a.pk).update(plan=plans["free"])
+    settings.STRIPE_ENABLED, settings.STRIPE_SECRET_KEY, settings.STRIPE_WEBHOOK_SECRET = True, "sk_test_x", "whsec_x"
+    settings.STRIPE_PRICE_IDS = {"pro": "price_pro_monthly", "agency": "price_agency_monthly"}
+    settings.STRIPE_API_BASE = ""
+    fakes = []
+
+    def start(**kwargs) -> FakeStripe:
+        fakes.append(FakeStripe(**kwargs))
+        settings.STRIPE_API_BASE = fakes[-1].url
+        return fakes[-1]
+
+    yield start
+    for fake in fakes:
+        fake.stop()
+
+
+def hosted_pages(page, pattern: str) -> tuple[list[str], list[str]]:
+    """Answer the hosted pages matching ``pattern`` in the browser (this machine reaches no Stripe) and record each
+    navigation to them, next to every Content-Security-Policy refusal Chromium reports. Chromium checks the policy
+    before a request leaves, so a navigation that reaches the route was allowed; one the policy refuses never does.
+    """
+    reached, refused = [], []
+    page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
+
+    def answer(route) -> None:
+        reached.append(route.request.url)
+        route.fulfill(status=200, content_type="text/html", body="<!doctype html><title>Stripe</title><h1>Stripe</h1>")
+
+    page.route(re.compile(pattern), answer)
+    return reached, refused
+
+
+def test_owner_reaches_stripe_checkout_and_the_portal_under_the_csp(page, live_server, owner_a, account_a, stripe_on):
+    fake = stripe_on()
+    reached, refused = hosted_pages(page, r"^https://(checkout|billing)\.stripe\.com/")
+    login(page, live_server, owner_a)
+    page.goto(f"{live_server.url}/usage/")
+    page.get_by_role("button", name="Subscribe to Pro").click()
+    page.wait_for_url(CHECKOUT_URL, timeout=5_000)
+    assert reached == [CHECKOUT_URL] and refused == []
+    assert fake.paths() == ["/v1/customers", "/v1/checkout/sessions"]  # exactly one Checkout Session
+    assert AuditEntry.objects.filter(account=account_a, action="billing.checkout.started").count() == 1
+
+    page.goto(f"{live_server.url}/usage/")  # the owner comes back; the account has its Stripe customer now
+    page.get_by_role("button", name="Manage billing").click()
+    page.wait_for_url(PORTAL_URL, timeout=5_000)
+    assert reached == [CHECKOUT_URL, PORTAL_URL] and refused == []
+    assert fake.paths()[2:] == ["/v1/billing_portal/sessions"]
+    assert BillingSubscription.objects.get(account=account_a).customer_id == "cus_Fake0001"
+
+
+def test_checkout_on_a_custom_domain_is_a_link_the_owner_follows(page, live_server, owner_a, account_a, stripe_on):
+    custom = "https://pay.example.test/c/pay/cs_test_Fake0001"  # Stripe's custom domains: not in the CSP
+    fake = stripe_on(urls={"/v1/checkout/sessions": custom})
+    reached, refused = hosted_pages(page, r"^https://pay\.example\.test/")
+    login(page, live_server, owner_a)
+    page.goto(f"{live_server.url}/usage/")
+    page.get_by_role("button", name="Subscribe to Pro").click()
+    page.get_by_role("link", name="Continue to Stripe").click()
+    page.wait_for_url(custom, timeout=5_000)
+    assert reached == [custom] and refused == []
+    assert fake.paths() == ["/v1/customers", "/v1/checkout/sessions"]

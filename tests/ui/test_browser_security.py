@@ -4,12 +4,14 @@ refused on any page (the ``page`` fixture fails a test on any violation), and wh
 
 import pytest
 
+from governance.models import Agent
 from tests.ui.test_browser_keys import login
 
 pytestmark = pytest.mark.browser
 
-PAGES = ["/", "/keys/", "/usage/", "/team/", "/settings/", "/agents/", "/agents/bot/", "/decisions/", "/audit/",
-         "/tools/", "/locks/", "/runs/", "/runs/timeline/?run_id=r1", "/api/docs/"]  # fmt: skip
+PAGES = ["/", "/keys/", "/usage/", "/team/", "/settings/", "/agents/", "/agents/{bot}/", "/agents/{bot}/policy/",
+         "/decisions/", "/audit/", "/tools/", "/locks/", "/runs/", "/runs/timeline/?run_id=r1",
+         "/api/docs/"]  # fmt: skip
 
 
 def test_every_page_renders_under_the_policy(page, live_server, owner_a, key_a):
@@ -19,7 +21,8 @@ def test_every_page_renders_under_the_policy(page, live_server, owner_a, key_a):
                           content_type="application/json").json()  # fmt: skip
     login(page, live_server, owner_a)
     header = None
-    for path in [*PAGES, f"/decisions/{decided['decision_id']}/"]:
+    bot = Agent.objects.get(agent_id="bot").pk  # dashboard URLs name agents by their row (governance/urls.py)
+    for path in [*(pattern.format(bot=bot) for pattern in PAGES), f"/decisions/{decided['decision_id']}/"]:
         response = page.goto(f"{live_server.url}{path}")
         assert response.status == 200, path
         if not path.startswith("/api/"):

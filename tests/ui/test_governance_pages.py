@@ -19,8 +19,13 @@ def set_policy(key, agent="bot", **fields):
     return key.client().post(f"/v1/policies/{agent}", fields, content_type="application/json").json()
 
 
+def at(agent="bot", suffix=""):
+    """An agent's dashboard page: agents are named by their row in dashboard URLs (governance/urls.py)."""
+    return f"/agents/{Agent.objects.get(agent_id=agent).pk}/{suffix}"
+
+
 @pytest.mark.parametrize(
-    "url", ["/agents/", "/agents/bot/", "/agents/bot/policy/", "/decisions/", "/audit/", "/audit/verify/"]
+    "url", ["/agents/", "/agents/1/", "/agents/1/policy/", "/decisions/", "/audit/", "/audit/verify/"]
 )
 def test_pages_need_a_login(db, url):
     assert Client().get(url)["Location"].startswith("/login/")
@@ -30,30 +35,50 @@ def test_viewer_sees_but_cannot_change(viewer_a, key_a):
     set_policy(key_a, max_actions_per_hour=5)
     call(key_a, args={"n": 1})
     client = viewer_a.login(Client())
-    for url in ("/agents/", "/agents/bot/", "/agents/bot/policy/", "/decisions/", "/audit/"):
+    for url in ("/agents/", at("bot"), at("bot", "policy/"), "/decisions/", "/audit/"):
         assert client.get(url).status_code == 200, url
-    html = client.get("/agents/bot/policy/").content.decode()
+    html = client.get(at("bot", "policy/")).content.decode()
     assert "Save as a new version" not in html and "Roll back" not in html
-    assert client.post("/agents/bot/policy/", {"max_actions_per_hour": "1", "base_version": "1"}).status_code == 403
-    assert client.post("/agents/bot/kill-switch/", {"reason": "x", "confirm": "on"}).status_code == 403
-    assert client.post("/agents/bot/policy/rollback/", {"version": "1"}).status_code == 403
+    assert client.post(at("bot", "policy/"), {"max_actions_per_hour": "1", "base_version": "1"}).status_code == 403
+    assert client.post(at("bot", "kill-switch/"), {"reason": "x", "confirm": "on"}).status_code == 403
+    assert client.post(at("bot", "policy/rollback/"), {"version": "1"}).status_code == 403
     assert Agent.objects.get().is_enabled and Agent.objects.get().policy_version == 1
 
 
 def test_other_accounts_agents_are_404(owner_b, key_a):
     call(key_a)
     client = owner_b.login(Client())
-    assert client.get("/agents/bot/").status_code == 404
+    assert client.get(at("bot")).status_code == 404
     assert "bot" not in client.get("/agents/").content.decode()
-    assert client.post("/agents/bot/kill-switch/", {"reason": "x", "confirm": "on"}).status_code == 404
+    assert client.post(at("bot", "kill-switch/"), {"reason": "x", "confirm": "on"}).status_code == 404
+    assert client.get(at("bot", "policy/")).status_code == 404  # not an empty editor for B's namesake
+    for suffix in ("policy/", "policy/rollback/", "policy/template/"):
+        data = {"max_actions_per_hour": "1", "version": "1", "template": "strict"}
+        assert client.post(at("bot", suffix), data).status_code == 404, suffix
+    assert not Agent.objects.filter(account=owner_b.account).exists()
     decision_id = call(key_a, args={"n": 2})["decision_id"]
     assert client.get(f"/decisions/{decision_id}/").status_code == 404
+
+
+def test_a_missing_agents_pages_are_404(owner_a, key_a):
+    """Agents are registered by the API (a governed call, a policy, the kill switch); the dashboard opens only
+    existing ones, so a policy editor for an agent id the account has not seen is no longer offered."""
+    call(key_a)
+    client = owner_a.login(Client())
+    missing = Agent.objects.get().pk + 1000
+    for suffix in ("", "policy/"):
+        assert client.get(f"/agents/{missing}/{suffix}").status_code == 404
+    for suffix in ("kill-switch/", "policy/", "policy/rollback/", "policy/template/"):
+        data = {"reason": "x", "confirm": "on", "max_actions_per_hour": "1", "version": "1", "template": "strict"}
+        assert client.post(f"/agents/{missing}/{suffix}", data).status_code == 404, suffix
+    assert Agent.objects.count() == 1 and not PolicyVersion.objects.exists()
+    assert client.get("/agents/bot/").status_code == 404  # agent ids are not dashboard URLs (governance/urls.py)
 
 
 def test_editor_invalid_value_shows_an_error_and_saves_nothing(owner_a, key_a):
     set_policy(key_a, max_actions_per_hour=5)
     client = owner_a.login(Client())
-    response = client.post("/agents/bot/policy/", {"max_actions_per_hour": "-3", "base_version": "1"})
+    response = client.post(at("bot", "policy/"), {"max_actions_per_hour": "-3", "base_version": "1"})
     assert response.status_code == 422
     assert "Must be a whole number from 0 to 1,000,000,000." in response.content.decode()
     assert PolicyVersion.objects.count() == 1
@@ -63,13 +88,13 @@ def test_editor_saves_a_new_version_and_refuses_a_stale_edit(owner_a, key_a):
     set_policy(key_a, max_actions_per_hour=5)
     client = owner_a.login(Client())
     saved = client.post(
-        "/agents/bot/policy/",
+        at("bot", "policy/"),
         {"max_actions_per_hour": "7", "blocked_tools": "delete_*\nrefund", "base_version": "1"},
         follow=True,
     )
     assert "Policy saved as version 2" in saved.content.decode()
     assert Agent.objects.get().policy == {"blocked_tools": ["delete_*", "refund"], "max_actions_per_hour": 7}
-    stale = client.post("/agents/bot/policy/", {"max_actions_per_hour": "9", "base_version": "1"})
+    stale = client.post(at("bot", "policy/"), {"max_actions_per_hour": "9", "base_version": "1"})
     assert stale.status_code == 422 and "saved this policy meanwhile" in stale.content.decode()
     assert Agent.objects.get().policy_version == 2
 
@@ -78,9 +103,9 @@ def test_diff_and_rollback(owner_a, key_a):
     set_policy(key_a, max_actions_per_hour=5)
     set_policy(key_a, max_actions_per_hour=9)
     client = owner_a.login(Client())
-    html = client.get("/agents/bot/policy/", {"a": 1, "b": 2}).content.decode()
+    html = client.get(at("bot", "policy/"), {"a": 1, "b": 2}).content.decode()
     assert "-  &quot;max_actions_per_hour&quot;: 5" in html and "+  &quot;max_actions_per_hour&quot;: 9" in html
-    client.post("/agents/bot/policy/rollback/", {"version": "1"})
+    client.post(at("bot", "policy/rollback/"), {"version": "1"})
     agent = Agent.objects.get()
     assert agent.policy_version == 3 and agent.policy == {"max_actions_per_hour": 5}
     assert PolicyVersion.objects.get(version=3).source == "rollback:1"
@@ -89,9 +114,9 @@ def test_diff_and_rollback(owner_a, key_a):
 def test_kill_switch_needs_reason_and_confirmation(owner_a, key_a):
     call(key_a)
     client = owner_a.login(Client())
-    client.post("/agents/bot/kill-switch/", {"reason": "loop"})  # no confirmation
+    client.post(at("bot", "kill-switch/"), {"reason": "loop"})  # no confirmation
     assert Agent.objects.get().is_enabled
-    client.post("/agents/bot/kill-switch/", {"reason": "loop", "confirm": "on", "action": "disable"})
+    client.post(at("bot", "kill-switch/"), {"reason": "loop", "confirm": "on", "action": "disable"})
     assert not Agent.objects.get().is_enabled
     assert call(key_a, args={"n": 3})["policy_reason"] == "agent_disabled"
 
@@ -119,7 +144,8 @@ def test_query_counts_are_pinned_and_do_not_grow_with_decisions(owner_a, key_a):
 
     set_policy(key_a, agent="agent-0", max_spend_usd_per_day=10)
     client = owner_a.login(Client())
-    urls = ["/agents/", "/agents/agent-0/", "/decisions/", "/audit/"]
+    detail = at("agent-0")
+    urls = ["/agents/", detail, "/decisions/", "/audit/"]
 
     def counts():
         out = {}
@@ -132,7 +158,7 @@ def test_query_counts_are_pinned_and_do_not_grow_with_decisions(owner_a, key_a):
     _make_decisions(key_a, 3)
     few = counts()
     _make_decisions(key_a, 60)
-    assert counts() == few == {"/agents/": 7, "/agents/agent-0/": 8, "/decisions/": 4, "/audit/": 5}
+    assert counts() == few == {"/agents/": 7, detail: 8, "/decisions/": 4, "/audit/": 5}
 
 
 def test_verify_page(owner_a, key_a):
@@ -152,8 +178,8 @@ def test_dashboard_respects_plan_gating(owner_a, key_a, plans):
     call(key_a)
     account_set_plan(account=owner_a.account, plan=plans["pro"])
     client = owner_a.login(Client())
-    assert client.post("/agents/bot/kill-switch/", {"reason": "x", "confirm": "on"}).status_code == 403
-    assert client.get("/agents/bot/policy/", {"a": "x", "b": "1"}).status_code == 200  # bad diff params ignored
+    assert client.post(at("bot", "kill-switch/"), {"reason": "x", "confirm": "on"}).status_code == 403
+    assert client.get(at("bot", "policy/"), {"a": "x", "b": "1"}).status_code == 200  # bad diff params ignored
     account_set_plan(account=owner_a.account, plan=plans["starter"])
-    assert client.post("/agents/bot/policy/", {"max_actions_per_hour": "1"}).status_code == 403
+    assert client.post(at("bot", "policy/"), {"max_actions_per_hour": "1"}).status_code == 403
     assert Agent.objects.get().is_enabled and Agent.objects.get().policy is None

@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing import services
 from billing.models import Plan
+from onceonly_site.identifiers import validate_identifier
 
 
 class Command(BaseCommand):
@@ -18,6 +19,7 @@ class Command(BaseCommand):
             codes = ", ".join(Plan.objects.values_list("code", flat=True))
             raise CommandError(f"Unknown plan {plan!r}; known plans: {codes}.")
         try:
+            validate_identifier(label)  # before the account is created, so a bad label creates nothing
             acct, created = services.account_get_or_create(name=account, plan_code=plan)
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None

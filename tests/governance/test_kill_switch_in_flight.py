@@ -1,0 +1,192 @@
+"""The kill switch stops dispatches already in flight: the agent's enabled state is re-checked right before each
+attempt's request is written (retries included), under a fence the disable waits for, so no tool request leaves the
+server after the disable has answered. A call caught by it ends as blocked / agent_disabled: reservation released,
+nothing charged, its dispatch intent gone, recorded.
+
+Found by an adversarial review: with 50 calls in flight, up to 7 of 200 tool requests (mostly retries) reached the
+tool 1–108 ms after the disable was acknowledged.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from billing import usage
+from governance import ledger, services
+from governance.choices import CHARGED_OUTCOMES
+from governance.models import Agent, Decision, DecisionRollup, DispatchIntent
+from onceonly_site.redis_client import get_redis
+from tests.support.servers import GunicornServer, free_port, wait_http
+from tests.support.tool_endpoint import ToolEndpoint
+
+AGENT, TOOL = "billing-agent", "stripe.refund"
+RECEIVER = Path(__file__).with_name("timestamping_receiver.py")
+
+
+def register(client, url, **extra):
+    body = {"name": TOOL, "url": url, "price_usd": 1, "auth": {"type": "hmac_sha256", "secret": "refund-secret-123"},
+            **extra}  # fmt: skip
+    response = client.post("/v1/tools", body, content_type="application/json")
+    assert response.status_code == 200, response.content
+
+
+def counters(agent: Agent) -> tuple[int, Decimal]:
+    """Today's reserved calls of TOOL and spend, as Redis holds them for the caps."""
+    keys = services._keys(agent, "", timezone.now())
+    client = get_redis()
+    return int(client.hget(keys[4], TOOL) or 0), Decimal(int(client.get(keys[3]) or 0)) / services.MICRO
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_after_the_disable_is_not_sent_and_the_call_is_blocked(key_a, settings):
+    """The first attempt reaches the tool, which has the agent disabled (committed, from another connection) and then
+    drops the connection: the retry must not go out."""
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
+    endpoint = ToolEndpoint()
+    client = key_a.client()
+    register(client, endpoint.base + "/refund", max_retries=2)
+    capped = client.post(f"/v1/policies/{AGENT}", {"max_spend_usd_per_day": 10}, content_type="application/json")
+    assert capped.status_code == 200, capped.content
+
+    def disable_then_drop_the_connection() -> None:
+        endpoint.on_call = None
+        services.agent_set_enabled(account_id=key_a.api_key.account_id, agent_id=AGENT, enabled=False,
+                                   reason="runaway", actor="test")  # fmt: skip
+        connection.close()  # this thread's own connection
+        raise ConnectionAbortedError("the tool fell over")  # no answer: the server retries
+
+    endpoint.on_call = disable_then_drop_the_connection
+    try:
+        body = client.post("/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": {"order": 1}, "spend_usd": 2},
+                           content_type="application/json").json()  # fmt: skip
+    finally:
+        endpoint.stop()
+    assert len(endpoint.calls) == 1  # the retry never left
+    assert (body["ok"], body["decision"], body["policy_reason"]) == (False, "blocked", "agent_disabled")
+    decision = Decision.objects.get()
+    assert (decision.outcome, decision.policy_reason, decision.spend_usd) == ("blocked", "agent_disabled", 0)
+    assert decision.dispatch_id == endpoint.calls[0]["webhook_id"]  # the operator can ask the tool about it
+    assert (decision.declared_spend_usd, decision.operator_price_usd) == (2, 1)
+    assert not DispatchIntent.objects.exists()
+    assert ledger.verify(decision.account_id).ok
+    rollup = DecisionRollup.objects.get()
+    assert (rollup.outcome, rollup.count, rollup.spend_usd) == ("blocked", 1, 0)
+    agent = Agent.objects.get(agent_id=AGENT)
+    assert counters(agent) == (0, 0)  # the reservation is released
+    assert usage.current(key_a.api_key.account_id, usage.AI) == 0
+
+
+def log(base: str) -> list[list]:
+    return httpx.get(f"{base}/_log", timeout=10).json()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_no_tool_request_is_received_after_the_disable_answered(key_a, settings):
+    """150 client threads make governed calls to a slow-ish tool that fails every first attempt (so every call
+    retries) on a real gunicorn (2 processes × 8 threads); the kill switch is pressed through the API mid-load. The
+    receiver, a process of its own, stamps every request's arrival: none may arrive after the disable's answer."""
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
+    port = free_port()
+    receiver = subprocess.Popen([sys.executable, str(RECEIVER), str(port), "25"])
+    base = f"http://127.0.0.1:{port}"
+    server = None
+    try:
+        wait_http(f"{base}/_log", process=receiver)
+        register(key_a.client(), f"{base}/refund", max_retries=3, timeout_ms=2000)
+        server = GunicornServer(workers=2, GUNICORN_CMD_ARGS="--threads 8", ONCEONLY_ALLOW_PRIVATE_TOOL_URLS="1")
+        stop = threading.Event()
+        answers: list[tuple[int, dict]] = []
+
+        http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key_a.raw}"}, timeout=30,
+                            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))  # fmt: skip
+
+        def agent_loop(index: int) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    response = http.post("/v1/ai/run", json={"agent_id": AGENT, "tool": TOOL, "spend_usd": 0,
+                                                             "args": {"order": f"{index}-{n}"}})  # fmt: skip
+                    answers.append((response.status_code, response.json()))
+                except Exception as exc:  # reported by the assertion on the answers below
+                    answers.append((0, {"error": repr(exc)}))
+                    return
+
+        threads = [threading.Thread(target=agent_loop, args=(i,)) for i in range(150)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 15
+        while len(log(base)) < 60 and time.monotonic() < deadline:  # calls and retries in flight
+            time.sleep(0.05)
+        # Through the API in this process: it answers as soon as it has committed, not after the gunicorn queue.
+        disabled = key_a.client().post(f"/v1/agents/{AGENT}/disable", {"reason": "runaway loop"},
+                                       content_type="application/json")  # fmt: skip
+        answered_at = time.monotonic_ns()
+        assert disabled.status_code == 200 and disabled.json()["is_enabled"] is False
+        time.sleep(0.5)  # the load goes on against the disabled agent
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        http.close()
+        received = log(base)
+    finally:
+        if server is not None:
+            server.stop()
+        receiver.terminate()
+        receiver.wait(10)
+
+    late = [entry for entry in received if entry[0] > answered_at]
+    assert late == [], f"{len(late)} of {len(received)} tool requests arrived after the disable answered"
+    assert sum(1 for entry in received if entry[2] == 200) > 0  # retries did happen before the switch
+    assert answers and all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+
+    caught = Decision.objects.filter(policy_reason="agent_disabled").exclude(dispatch_id="")
+    assert caught.exists(), "no call was in flight when the switch was pressed"
+    assert all(d.outcome == "blocked" and d.spend_usd == 0 and not d.allowed for d in caught)
+    assert not DispatchIntent.objects.exists()
+    charged = Decision.objects.filter(tool=TOOL, outcome__in=CHARGED_OUTCOMES)
+    agent = Agent.objects.get(agent_id=AGENT)
+    assert counters(agent) == (charged.count(), sum((d.spend_usd for d in charged), Decimal(0)))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_attempt_rechecks_the_agent_once(key_a, settings):
+    """The re-check is one read per attempt (in the round trip that takes the fence on PostgreSQL), plus one
+    statement that releases the fence; a permit-only call has none (test_decision_ledger pins its two statements)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
+    endpoint = ToolEndpoint()
+    client = key_a.client()
+    register(client, endpoint.base + "/refund", max_retries=2)
+    fails = iter([True])
+
+    def fail_once() -> None:
+        if next(fails, False):
+            raise ConnectionAbortedError("the tool fell over")
+
+    endpoint.on_call = fail_once
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            body = client.post("/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": {"order": 2}},
+                               content_type="application/json").json()  # fmt: skip
+    finally:
+        endpoint.stop()
+    assert body["decision"] == "executed" and len(endpoint.calls) == 2
+    statements = [q["sql"] for q in queries]
+    assert sum("is_enabled FROM" in sql for sql in statements) == 2  # one per attempt
+    if connection.vendor == "postgresql":
+        assert sum("pg_advisory_lock_shared" in sql for sql in statements) == 2  # with the read
+        assert sum("pg_advisory_unlock_shared" in sql for sql in statements) == 2
