@@ -207,7 +207,7 @@ LogsOutput = inline_serializer(
         "offset": serializers.IntegerField(),
     },
 )
-MetricsOutput = inline_serializer("AgentMetricsOutput", {
+AgentMetricsOutput = inline_serializer("AgentMetricsOutput", {
     "agent_id": serializers.CharField(), "period": serializers.CharField(),
     "total_actions": serializers.IntegerField(), "blocked_actions": serializers.IntegerField(),
     "total_spend_usd": serializers.FloatField(), "top_tools": serializers.ListField(child=serializers.DictField()),
@@ -395,7 +395,7 @@ class AgentLogsApi(APIView):
 class AgentMetricsApi(APIView):
     @extend_schema(
         operation_id="agent_metrics",
-        responses=MetricsOutput,
+        responses=AgentMetricsOutput,
         summary="Totals over the last hour, 24 hours or 7 days",
         parameters=[OpenApiParameter("period", str, enum=list(selectors.PERIODS))],
     )

@@ -67,7 +67,7 @@ _READ_ENABLED = "SELECT is_enabled FROM {table} WHERE id = {pk:d}"
 
 
 class KillSwitch:
-    """The kill switch's fence around each attempt (docs/api.md, *Kill switch*; docs/security.md).
+    """The kill switch's fence around each attempt (docs/security.md §"A runaway or dishonest agent").
 
     Installed as the attempt's httpcore ``trace`` hook: when the connection is up and the request's headers are about
     to be written, ``hold`` takes the fence *shared* and re-reads the agent's ``is_enabled`` from the database (the
@@ -87,10 +87,11 @@ class KillSwitch:
         self.held = ""
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event == "http11.send_request_headers.started":
+        # "http11.send_request_headers.started", …: the protocol prefix is left open (HTTP/2 names them alike).
+        step = event.split(".", 1)[-1]
+        if step == "send_request_headers.started":
             self.hold()
-        elif event in ("http11.send_request_headers.failed", "http11.send_request_body.complete",
-                       "http11.send_request_body.failed"):  # fmt: skip
+        elif step in ("send_request_headers.failed", "send_request_body.complete", "send_request_body.failed"):
             self.release()
 
     def hold(self) -> None:

@@ -70,9 +70,10 @@ class Decision(models.Model):
     policy_reason = models.CharField(max_length=64, choices=Reason.choices)
     risk_level = models.CharField(max_length=8, choices=RiskLevel.choices)
     spend_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
-    # The two sides of the charge (docs/api.md, *Spend of a call*): what the request declared (None: it sent no
-    # spend_usd) and the operator's price (the policy's pricing rule, else the registry's price, else 0; None when
-    # the call ended before it was priced). ``spend_usd`` charges the larger: an agent cannot under-report.
+    # The two sides of the charge (docs/api.md §"POST /v1/ai/run — the governed call"): what the request declared
+    # (None: it sent no spend_usd) and the operator's price (the policy's pricing rule, else the registry's price,
+    # else 0; None when the call ended before it was priced). ``spend_usd`` charges the larger: an agent cannot
+    # under-report.
     declared_spend_usd = models.DecimalField(
         max_digits=14, decimal_places=6, null=True, blank=True, help_text="spend_usd as the request declared it."
     )

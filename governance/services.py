@@ -182,10 +182,19 @@ _ANY = object()
 
 
 def policy_publish(
-    *, account_id: int, agent_id: str, policy: dict[str, Any], source: str, actor: str, expected_version: Any = _ANY
+    *,
+    account_id: int,
+    agent_id: str,
+    policy: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+    source: str,
+    actor: str,
+    expected_version: Any = _ANY,
 ) -> PolicyOutcome:
     """Make ``policy`` the agent's current policy as a new immutable version (unless nothing changed). Audited.
 
+    With ``changes`` instead of ``policy``, the new policy is ``changes`` merged into the policy current *under the
+    agent row's lock* (``policies.merge``), so concurrent merges of different fields all take effect.
     ``expected_version`` is the editor's optimistic concurrency: when given, the current version must still be it.
     """
     agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
@@ -193,6 +202,8 @@ def policy_publish(
         agent = Agent.objects.select_for_update().select_related("account").get(pk=agent.pk)
         if expected_version is not _ANY and agent.policy_version != expected_version:
             raise StalePolicyEdit(agent.policy_version)
+        if changes is not None:
+            policy = policies.merge(agent.policy, changes)
         if agent.policy == policy and agent.policy_version is not None:
             return PolicyOutcome(agent=agent, version=agent.policy_version, warnings=_warnings(account_id, policy))
         before = agent.policy
@@ -208,15 +219,9 @@ def policy_publish(
 
 
 def policy_upsert(*, account_id: int, agent_id: str, changes: dict[str, Any], actor: str) -> PolicyOutcome:
-    """Merge upsert: fields sent replace, explicit null clears (``changes`` already validated)."""
-    agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
-    return policy_publish(
-        account_id=account_id,
-        agent_id=agent_id,
-        policy=policies.merge(agent.policy, changes),
-        source="api",
-        actor=actor,
-    )
+    """Merge upsert: fields sent replace, explicit null clears (``changes`` already validated), merged into the
+    policy current under the row lock (a merge into a copy read before the lock would lose a concurrent change)."""
+    return policy_publish(account_id=account_id, agent_id=agent_id, changes=changes, source="api", actor=actor)
 
 
 def policy_rollback(*, account_id: int, agent_id: str, version: int, actor: str) -> PolicyOutcome:
@@ -478,9 +483,10 @@ def governed_call(
         # Unregistered, and the account refuses unregistered tools instead of permit-only decisions.
         raise ToolNotFound(tool)
 
-    # The charge is the larger of what the request declares and the operator's price (docs/api.md, *Spend of a
-    # call*): an agent may declare more, never less. The operator's price is the first pricing rule that names the
-    # tool (a rule of 0 prices it at zero), else the registry's price, else 0.
+    # The charge is the larger of what the request declares and the operator's price
+    # (docs/api.md §"POST /v1/ai/run — the governed call"): an agent may declare more, never less. The operator's
+    # price is the first pricing rule that names the tool (a rule of 0 prices it at zero), else the registry's price,
+    # else 0.
     price = policies.operator_price(policy, tool)  # price_for on normalised names (docs/security.md)
     if price is None:
         price = registered.price_usd if registered is not None and registered.price_usd is not None else Decimal(0)
@@ -686,16 +692,22 @@ def dispatch_intents_record(*, grace: timedelta | None = None, batch: int = 500)
     stale = DispatchIntent.objects.filter(created_at__lt=timezone.now() - grace).select_related("agent")
     for intent in stale.order_by("pk")[:batch]:
         try:
-            _record(
-                intent.agent, None, intent.pk, ts=intent.created_at, tool=intent.tool, args_hash=intent.args_hash,
-                run_id=intent.run_id, policy_version=intent.policy_version, risk_level=intent.risk_level,
-                outcome=Outcome.FAILED, allowed=False, policy_reason=Reason.OUTCOME_UNKNOWN,
-                spend_usd=intent.spend_usd, declared_spend_usd=intent.declared_spend_usd,
-                operator_price_usd=intent.operator_price_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
-                api_key_id=intent.api_key_id,
-            )  # fmt: skip
+            with transaction.atomic():  # a savepoint per row: one that fails must not stop the others, every run
+                _record(
+                    intent.agent, None, intent.pk, ts=intent.created_at, tool=intent.tool, args_hash=intent.args_hash,
+                    run_id=intent.run_id, policy_version=intent.policy_version, risk_level=intent.risk_level,
+                    outcome=Outcome.FAILED, allowed=False, policy_reason=Reason.OUTCOME_UNKNOWN,
+                    spend_usd=intent.spend_usd, declared_spend_usd=intent.declared_spend_usd,
+                    operator_price_usd=intent.operator_price_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
+                    api_key_id=intent.api_key_id,
+                )  # fmt: skip
         except IntentGone:
             continue  # recorded by its own call meanwhile
+        except Exception:
+            # Left in place: it still counts against the caps, and the next run tries it again.
+            logger.exception("could not record unfinished dispatch intent %s (%s); going on with the next",
+                             intent.pk, intent.dispatch_id)  # fmt: skip
+            continue
         recorded += 1
         logger.warning("recorded unfinished dispatch %s of %s → %s (outcome unknown)", intent.dispatch_id,
                        intent.agent.agent_id, intent.tool)  # fmt: skip

@@ -430,12 +430,7 @@ def _run_spec(check: BodyCheck, metadata: dict[str, Any] | None) -> runs.RunSpec
             spec["run_id"] = run_id
     agent_id = meta.get("agent_id")
     if agent_id is not None:
-        if (
-            not isinstance(agent_id, str)
-            or not agent_id.strip()
-            or len(agent_id) > 200
-            or identifier_problem(agent_id)
-        ):
+        if not isinstance(agent_id, str) or not agent_id.strip() or len(agent_id) > 200 or identifier_problem(agent_id):
             check.fail("metadata.agent_id", "A non-blank string of at most 200 characters without control or "
                        "bidirectional formatting characters.", "string_type")  # fmt: skip
         else:

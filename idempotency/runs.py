@@ -364,14 +364,24 @@ def sweep() -> dict[str, int]:
     timed_out = 0
     for run in Run.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING], deadline_at__lte=now)[:SWEEP_BATCH]:
         seconds = settings.ONCEONLY_RUN_TIMEOUT_SECONDS
-        timed_out += fail_unfinished(run, RunError.TIMEOUT, f"The run did not finish within {seconds} s.")
+        try:
+            with transaction.atomic():  # a savepoint per run: one that fails must not stop the others, every beat
+                timed_out += fail_unfinished(run, RunError.TIMEOUT, f"The run did not finish within {seconds} s.")
+        except Exception:
+            logger.exception("could not time out run %s; going on with the next", run.pk)
     quiet = now - claim_seconds()
     stale = (Q(status=RunStatus.RUNNING, claimed_until__lt=now) | Q(status=RunStatus.QUEUED)) & Q(
         enqueued_at__lt=quiet, deadline_at__gt=now
     )
     woken = 0
     for pk in list(Run.objects.filter(stale).values_list("pk", flat=True)[:SWEEP_BATCH]):
-        if Run.objects.filter(stale, pk=pk).update(enqueued_at=now):
+        try:
+            with transaction.atomic():
+                marked = Run.objects.filter(stale, pk=pk).update(enqueued_at=now)
+        except Exception:
+            logger.exception("could not wake run %s; going on with the next", pk)
+            continue
+        if marked:
             enqueue(pk)
             woken += 1
     return {"timed_out": timed_out, "woken": woken}

@@ -68,7 +68,7 @@ _CONFIG_PREFIXES = ("ONCEONLY_", "STRIPE_", "EMAIL_")
 NOT_RECORDED = frozenset({"ONCEONLY_EMBEDDED_REDIS_AUTOSTART", "ONCEONLY_TEST_REDIS_DB"})
 
 _output = threading.Lock()  # the supervisor's lines and the worker's relayed lines never interleave mid-line
-_WORKER_READY = re.compile(rb"celery@\S+ ready\.")
+_WORKER_READY = re.compile(rb"\S+@\S+ ready\.")
 
 
 def _log(message: str) -> None:
@@ -175,17 +175,17 @@ def summary(base_url: str, var_dir: Path, *, credentials: dict[str, str] | None,
         ]
     else:
         saved = (
-            f"saved in {shown_path(path)} on the first start (valid unless changed since)"
+            f"in {shown_path(path)}, with the API key, since the first start"
             if path.exists()
-            else f"not shown again ({shown_path(path)}, where the first start saved them, was deleted)"
+            else f"not shown again ({shown_path(path)} was deleted); reset it below"
         )
         lines += [
             f"  Dashboard : {base_url}/   login {DEMO_EMAIL}",
-            f"  Password and API key: {saved}",
+            f"  Password  : {saved}",
             f'  SDK       : OnceOnly(api_key=KEY, base_url="{base_url}/v1")',
         ]
     lines += [
-        "  In another terminal, in this checkout: reset the demo password (replace NEW), create another API key:",
+        "  Reset the password (replace NEW) or add an API key, in another terminal in this checkout:",
         f"    {reset}",
         f"    {new_key}",
     ]

@@ -76,7 +76,7 @@ def _split(regex: str) -> list[str | tuple[str, str]]:
             parts += [literal, (regex[i + 4 : name_end], regex[name_end + 1 : j - 1])]
             literal, i = "", j
         elif regex.startswith(".*", i) or regex.startswith(".+", i):
-            parts += [literal, (f"<{regex[i:i + 2]}>", regex[i : i + 2])]  # a catch-all: a parameter without a name
+            parts += [literal, (f"<{regex[i : i + 2]}>", regex[i : i + 2])]  # a catch-all: a parameter without a name
             literal, i = "", i + 2
         elif regex[i] == "\\":
             literal += regex[i + 1]

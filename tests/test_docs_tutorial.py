@@ -42,6 +42,7 @@ from onceonly import OnceOnly
 
 from billing.choices import Role
 from billing.services import account_get_or_create, api_key_create, operator_create
+from onceonly_site import devstack
 from onceonly_site.env import env_bool
 from tests.conftest import ARTIFACTS
 from tests.support.servers import ROOT, CeleryWorker, free_port
@@ -287,6 +288,24 @@ def test_every_block_is_executed_or_mapped():
             else:
                 problems.append(f"{block.where()}: a ```{block.lang} block; this test knows python, bash and text")
     assert not problems, "\n".join(problems)
+
+
+def test_the_make_run_summary_shown_is_the_one_make_run_prints():
+    """The box shown after a `make run` block is what a first start on the defaults prints, with the password and
+    the key left out (tests/test_make_run.py checks that `make run` prints it and that its commands work)."""
+    base = READER_VALUES["ONCEONLY_BASE_URL"].removesuffix("/v1")
+    placeholders = {"login": DEMO_EMAIL, "password": "…", "api_key": READER_VALUES["ONCEONLY_API_KEY"]}
+    printed = devstack.summary(base, devstack.DEFAULT_VAR_DIR, credentials=placeholders, waiting=[]).strip("\n")
+    shown = [
+        block
+        for doc in DOCUMENTS
+        for block in read_blocks(doc)
+        if block.lang == "bash" and any(re.search(r"\bmake run\b", c.line) for c in commands(block))
+    ]
+    assert len(shown) == len(DOCUMENTS)
+    for block in shown:
+        assert block.output is not None, f"{block.where()}: show what make run prints"
+        assert block.output.text.strip("\n") == printed, f"{block.output.where()} is not what make run prints"
 
 
 # --- Running the blocks ----------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_env_file_loading_rejects_lines_that_are_not_assignments(tmp_path):
 
 def test_env_file_values_are_not_interpreted_and_the_environment_wins(tmp_path):
     good = tmp_path / "good.env"
-    good.write_text("# comment\n\nA=$(echo no)\nB=\"quoted value\"\nC=from-file\n")
+    good.write_text('# comment\n\nA=$(echo no)\nB="quoted value"\nC=from-file\n')
     done = subprocess.run(
         ["bash", "-c", f'. {DEPLOY / "_common.sh"}; printf "%s|%s|%s" "$A" "$B" "$C"'],
         env={"PATH": "/usr/bin:/bin", "ONCEONLY_ENV_FILE": str(good), "ONCEONLY_SKIP_VENV_CHECK": "1",

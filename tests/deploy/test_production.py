@@ -77,10 +77,7 @@ NOT_CRAWLED = {
     "schema": "the OpenAPI document (JSON), fetched directly",
 }
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("ONCEONLY_DEPLOY_TEST") != "1", reason="set ONCEONLY_DEPLOY_TEST=1 (.ci/run)"),
-]
+ASKED_FOR = os.environ.get("ONCEONLY_DEPLOY_TEST") == "1"
 
 
 def free_port() -> int:
@@ -101,6 +98,26 @@ def documented_commands() -> list[str]:
             if line and not line.startswith("#"):
                 lines.append(line)
     return lines
+
+
+def readme_commands() -> list[str]:
+    """The command lines of README.md's "## Production" ```bash blocks: a shorter copy of the same procedure."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## Production\n") :]
+    section = section[: section.index("\n## ", 1)]
+    return [
+        line.strip()
+        for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+        for line in block.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+def test_the_readme_shows_the_same_commands_as_the_operations_guide():
+    """README's Production block is run by the test below only through docs/operations.md: it must not drift."""
+    documented = documented_commands()
+    assert readme_commands(), "README.md's Production section has no ```bash block"
+    assert [line for line in readme_commands() if line not in documented] == []
 
 
 def checkout_copy(target: Path) -> None:
@@ -162,7 +179,9 @@ def nginx_config(source: str, folder: Path, http_port: int, https_port: int, ups
     site = "\n".join(line for line in site.splitlines() if "listen [::]" not in line)  # no IPv6 on test hosts
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (folder / name).mkdir(exist_ok=True)
-    temp_paths = "\n".join(f"    {name}_temp_path {folder / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp_paths = "\n".join(
+        f"    {name}_temp_path {folder / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     user = "user root;" if os.geteuid() == 0 else ""
     return f"""{user}
 worker_processes 1;
@@ -259,6 +278,9 @@ def services():
     admin.close()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not ASKED_FOR, reason="builds a virtualenv and a whole stack: ONCEONLY_DEPLOY_TEST=1 (.ci/run)")
 def test_the_documented_production_deployment_serves_every_page(tmp_path, services):
     for tool in ("nginx", "openssl"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -291,11 +313,12 @@ def test_the_documented_production_deployment_serves_every_page(tmp_path, servic
     )
     env_file.chmod(0o600)
     # A new operator's shell: nothing of this test run's configuration.
+    ours = {"DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "VIRTUAL_ENV"}
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "ONCEONLY_", "CELERY_")) and key not in {"DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "VIRTUAL_ENV"}
-    }  # fmt: skip
+        if not key.startswith(("DJANGO_", "ONCEONLY_", "CELERY_")) and key not in ours
+    }
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
     env["ONCEONLY_BIND"] = f"127.0.0.1:{web_port}"  # the documented default is 8000; the test picks a free port
     stack = Stack(checkout, env, logs)
@@ -320,9 +343,7 @@ def test_the_documented_production_deployment_serves_every_page(tmp_path, servic
 
         tls = ssl.create_default_context(cafile=str(cert))
         api_key = next(
-            match.group(0)
-            for output in stack.outputs.values()
-            if (match := re.search(r"once_live_\S+", output))
+            match.group(0) for output in stack.outputs.values() if (match := re.search(r"once_live_\S+", output))
         )
         wait_until_healthy(f"http://127.0.0.1:{web_port}/healthz", stack)
         with httpx.Client(base_url=origin, verify=tls, timeout=10) as http:
@@ -387,18 +408,26 @@ def seed_data(http: httpx.Client, api_key: str, stack: Stack) -> None:
     for tool, args in [("send_email", {"to": "a@example.com", "run_id": "deploy-run"}), ("delete_user", {"id": 1})]:
         answer = http.post("/v1/ai/run", headers=auth, json={"agent_id": "deploy-agent", "tool": tool, "args": args})
         assert answer.status_code == 200, answer.text
-    tool = {"name": "create_invoice", "url": "https://93.184.215.14/hooks/invoice",
-            "auth": {"type": "hmac_sha256", "secret": "whsec-deploy-test"}}
+    tool = {
+        "name": "create_invoice",
+        "url": "https://93.184.215.14/hooks/invoice",
+        "auth": {"type": "hmac_sha256", "secret": "whsec-deploy-test"},
+    }
     registered = http.post("/v1/tools", headers=auth, json=tool)  # a public address: no DNS lookup
     assert registered.status_code in (200, 201), registered.text
-    assert http.post("/v1/check-lock", headers=auth, json={"key": "deploy-lock", "ttl": 60}).json()["status"] == "locked"
-    assert http.post("/v1/ai/lease", headers=auth, json={"key": "deploy-lease", "ttl": 60}).json()["status"] == "acquired"
-    run = {"key": "deploy-keyed-run", "ttl": 300,
-           "metadata": {"agent_id": "deploy-agent", "actions": [{"tool": "send_email", "args": {"to": "b@example.com"}}]}}  # fmt: skip
+    assert (
+        http.post("/v1/check-lock", headers=auth, json={"key": "deploy-lock", "ttl": 60}).json()["status"] == "locked"
+    )
+    assert (
+        http.post("/v1/ai/lease", headers=auth, json={"key": "deploy-lease", "ttl": 60}).json()["status"] == "acquired"
+    )
+    action = {"tool": "send_email", "args": {"to": "b@example.com"}}
+    run = {"key": "deploy-keyed-run", "ttl": 300, "metadata": {"agent_id": "deploy-agent", "actions": [action]}}
     assert http.post("/v1/ai/run", headers=auth, json=run).status_code == 200
     wait_for(
-        lambda: http.get("/v1/ai/status", headers=auth, params={"key": "deploy-keyed-run"}).json()["status"]
-        == "completed",
+        lambda: (
+            http.get("/v1/ai/status", headers=auth, params={"key": "deploy-keyed-run"}).json()["status"] == "completed"
+        ),
         "the Celery worker to complete the keyed run",
         stack,
     )
@@ -420,7 +449,10 @@ def crawl_dashboard(origin: str, email: str, password: str) -> tuple[list[str], 
         context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.set_default_timeout(15_000)
-        page.on("console", lambda m: problems.append(f"console {m.type} on {page.url}: {m.text}") if m.type == "error" else None)
+        page.on(
+            "console",
+            lambda m: problems.append(f"console {m.type} on {page.url}: {m.text}") if m.type == "error" else None,
+        )
         page.on("pageerror", lambda e: problems.append(f"script error on {page.url}: {e}"))
         page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
 
@@ -457,7 +489,9 @@ def crawl_dashboard(origin: str, email: str, password: str) -> tuple[list[str], 
             for href in page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))"):
                 target = urljoin(url, href).split("#")[0]
                 path = urlsplit(target).path
-                if target.startswith(origin) and not path.startswith(("/admin/", "/logout/", "/v1/", "/static/", "/api/schema/")):
+                if target.startswith(origin) and not path.startswith(
+                    ("/admin/", "/logout/", "/v1/", "/static/", "/api/schema/")
+                ):
                     queue.append(target)
         context.close()
         browser.close()

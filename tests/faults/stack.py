@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,28 @@ DISPATCH_SECONDS = 0.1
 
 class StackError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    """One process's resident memory and open files (``/proc/<pid>/status`` VmRSS, ``/proc/<pid>/fd``)."""
+
+    group: str  # "web" (the gunicorn master and its workers) or "worker" (a Celery worker)
+    name: str  # "gunicorn master", "gunicorn worker", "worker1"…
+    pid: int
+    rss_kb: int
+    fds: int
+
+    @classmethod
+    def read(cls, group: str, name: str, pid: int) -> ProcessUsage | None:
+        """None when the process is gone (or a zombie, which has neither memory nor files)."""
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return None
+        rss = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        return cls(group, name, pid, int(rss[0]), fds) if rss else None
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
@@ -190,6 +213,19 @@ class Receiver(ToolEndpoint):
 # --- the stack --------------------------------------------------------------------------------------------------
 
 
+def children_of(parent: int) -> list[int]:
+    """The live child processes of ``parent``, from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":  # a killed process stays a zombie until reaped
+            children.append(int(stat.parent.name))
+    return children
+
+
 class Stack:
     """Everything the fault suite runs against. Use as a context manager: every process is stopped at exit."""
 
@@ -306,16 +342,19 @@ class Stack:
     # --- gunicorn workers -----------------------------------------------------------------------------------
 
     def web_workers(self) -> list[int]:
-        master = self.processes["web"].pid
-        children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == master and fields[0] != "Z":  # a killed worker stays a zombie until reaped
-                children.append(int(stat.parent.name))
-        return children
+        return children_of(self.processes["web"].pid)
+
+    # --- resources ------------------------------------------------------------------------------------------
+
+    def process_usage(self) -> list[ProcessUsage]:
+        """Memory and open files of the web processes (the gunicorn master and its workers) and of the live Celery
+        workers (with any children they have: none with the solo pool)."""
+        wanted = [("web", "gunicorn master", self.processes["web"].pid)]
+        wanted += [("web", "gunicorn worker", pid) for pid in self.web_workers()]
+        for name, process in self.workers().items():
+            wanted.append(("worker", name, process.pid))
+            wanted += [("worker", f"{name} child", pid) for pid in children_of(process.pid)]
+        return [usage for usage in (ProcessUsage.read(*w) for w in wanted) if usage is not None]
 
     # --- teardown -------------------------------------------------------------------------------------------
 

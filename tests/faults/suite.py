@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from tests.faults.stack import TOOL_SECRET, Stack, StackError, wait_until
+from tests.faults.stack import TOOL_SECRET, ProcessUsage, Stack, StackError, wait_until
 
 FAULTS = ("none", "redis_flushall", "redis_restart", "postgres_restart", "celery_kill", "web_kill")
 GOVERNED_PAUSE = 0.25  # per governed-call thread: about 8 calls/s in all, 5-6 of them charged
@@ -37,7 +37,11 @@ TOOL = "faults.tool"  # registered: dispatched to the receiver
 PERMIT = "faults.permit"  # unregistered: permit-only decisions
 GENERATION_SECONDS = 2  # check-lock and lease keys: a new set every 2 s, so first acquisitions span the phase
 LOCK_KEYS, LEASE_KEYS, HELD_KEYS = 10, 6, 3
-LEASE_TTL, HELD_TTL, RUN_TTL = 60, 300, 60
+LEASE_TTL, RUN_TTL = 60, 60
+# The held keys' TTL is the phase's length plus this margin, which covers stopping the traffic and the held
+# completes' own retries (Phase.complete, up to 30 s): a held lease outlives its phase however long it is.
+HELD_TTL_MARGIN = 300
+FD_GROWTH_LIMIT = 1000  # open files a process group may gain in one phase before it is called a leak
 RUN_SECONDS = 0.6  # how long the job handler works
 RUN_SETTLE_SECONDS = 90
 RECOVERY_LIMIT_SECONDS = 15
@@ -71,6 +75,9 @@ class PhaseResult:
     violations: list[str]
     notes: list[str]
     evidence: dict[str, Any]  # that the fault really happened (tests/faults/test_faults.py asserts it)
+    # The web and worker processes' memory and open files when the phase started and when it ended (a soak's
+    # evidence: a leak shows as growth from phase to phase); a process may appear at one end only (killed, new).
+    usage: dict[str, list[ProcessUsage]] = field(default_factory=lambda: {"start": [], "end": []})
 
     def counts(self) -> dict[str, int]:
         answered = [op for op in self.ops if op.status is not None]
@@ -81,6 +88,31 @@ class PhaseResult:
             "no_answer": sum(1 for op in self.ops if op.status is None),
             "violations": len(self.violations),
         }
+
+    def usage_totals(self) -> dict[str, dict[str, int]]:
+        """Per group ("web", "worker"): RSS (kB) and open files summed over its processes, at start and at end."""
+        totals: dict[str, dict[str, int]] = {}
+        for when, processes in self.usage.items():
+            for process in processes:
+                group = totals.setdefault(process.group, {"rss_kb_start": 0, "rss_kb_end": 0, "fds_start": 0,
+                                                          "fds_end": 0})  # fmt: skip
+                group[f"rss_kb_{when}"] += process.rss_kb
+                group[f"fds_{when}"] += process.fds
+        return totals
+
+    def leaks(self) -> list[str]:
+        """What is clearly wrong with the processes' resources (no tight threshold: the machine is shared)."""
+        found = []
+        for group, total in self.usage_totals().items():
+            grown = total["fds_end"] - total["fds_start"]
+            if grown > FD_GROWTH_LIMIT:
+                found.append(f"{group}: {grown} more open files at the end of the phase than at its start")
+        return found
+
+
+def held_ttl_for(seconds: float) -> int:
+    """The TTL of a phase's held keys: longer than the phase of ``seconds`` with its wind-down."""
+    return int(seconds) + HELD_TTL_MARGIN
 
 
 class Client:
@@ -112,8 +144,9 @@ class Client:
 class Phase:
     """The traffic of one phase; ``stop`` ends it."""
 
-    def __init__(self, stack: Stack, api_key: str, name: str, seconds: float) -> None:
+    def __init__(self, stack: Stack, api_key: str, name: str, seconds: float, held_ttl: int | None = None) -> None:
         self.stack, self.api_key, self.name = stack, api_key, name
+        self.held_ttl = held_ttl if held_ttl is not None else held_ttl_for(seconds)
         # Caps the traffic reaches about halfway through the phase (the fault comes at a third): both the
         # reservations made around the fault and the refusals after the cap are tested.
         actions = max(10, int(2.5 * seconds))
@@ -142,7 +175,7 @@ class Phase:
             raise StackError(f"policy upsert failed: {answer.status} {answer.body}")
         for index in range(HELD_KEYS):
             key = f"held:{self.name}:{index}"
-            op = setup.call("lease", key, "POST", "/v1/ai/lease", {"key": key, "ttl": HELD_TTL})
+            op = self.acquire(setup, key, self.held_ttl)
             if op.answer != "acquired":
                 raise StackError(f"could not take {key}: {op.status} {op.body}")
             self.held[key] = op.body["lease_id"]
@@ -177,16 +210,26 @@ class Phase:
 
     def locks(self, client: Client, rng: random.Random) -> None:
         key = self.key("lock", LOCK_KEYS, rng)
-        client.call("check_lock", key, "POST", "/v1/check-lock", {"key": key, "ttl": 3600})
+        op = client.call("check_lock", key, "POST", "/v1/check-lock", {"key": key, "ttl": 3600})
+        if op.answer == "locked":
+            op.extra["ttl"] = int(op.body["ttl"])  # the TTL granted: the window the check judges this lock by
 
     def leases(self, client: Client, rng: random.Random) -> None:
         # One in five on a key held all phase by another holder: never acquirable.
         key = rng.choice(list(self.held)) if rng.random() < 0.2 else self.key("lease", LEASE_KEYS, rng)
-        op = client.call("lease", key, "POST", "/v1/ai/lease", {"key": key, "ttl": LEASE_TTL})
+        op = self.acquire(client, key, LEASE_TTL)
         if op.answer != "acquired":
             return
         time.sleep(rng.uniform(0.0, 0.05))
         self.complete(client, key, op.body["lease_id"])
+
+    def acquire(self, client: Client, key: str, ttl: int) -> Op:
+        """A lease call; an acquisition records the TTL the server granted (its answer's ``ttl``), which the checks
+        judge this lease by."""
+        op = client.call("lease", key, "POST", "/v1/ai/lease", {"key": key, "ttl": ttl})
+        if op.answer == "acquired":
+            op.extra["ttl"] = int(op.body["ttl"])
+        return op
 
     def complete(self, client: Client, key: str, lease_id: str, deadline: float = 30.0) -> Op:
         """Complete as a careful holder does: retry while the server cannot answer, until the lease would end."""
@@ -325,12 +368,22 @@ def check(
         if op.status is None and fault != "web_kill":
             violations.append(f"{op.kind} {op.key}: no answer ({op.error}) without a web-process fault")
 
-    # 1. check-lock: one `locked` per key per TTL window.
-    locked = Counter(op.key for op in by_kind["check_lock"] if op.answer == "locked")
-    violations += [f"check-lock {key}: locked {n} times" for key, n in locked.items() if n > 1]
+    # 1. check-lock: one `locked` per key per TTL window (the TTL the first lock was granted).
+    locked: dict[str, list[Op]] = defaultdict(list)
+    for op in by_kind["check_lock"]:
+        if op.answer == "locked":
+            locked[op.key].append(op)
+    for key, answers in locked.items():
+        for first, second in itertools.pairwise(sorted(answers, key=lambda op: op.t1)):
+            if second.t1 < first.t0 + first.extra["ttl"]:
+                violations.append(f"check-lock {key}: locked again within its {first.extra['ttl']} s TTL")
 
     # 2. leases: one holder at a time, a completed key never acquired again, held keys never taken.
     violations += lease_violations(phase.ops, phase.held)
+    retaken = sorted({op.key for op in by_kind["lease"] if op.key in phase.held and op.answer == "acquired"
+                      and op.body["lease_id"] not in phase.held.values()})  # fmt: skip
+    if retaken:  # only when the phase outlived the held TTL (run.py --held-ttl); else a violation above
+        notes.append(f"held keys acquired by another holder (held with a {phase.held_ttl} s TTL): {', '.join(retaken)}")
 
     # 3. keyed runs: one acquisition per key, every run ends, no handler starts after its run completed.
     runs_acquired = Counter(op.key for op in by_kind["run"] if op.answer == "acquired")
@@ -416,37 +469,51 @@ def check(
 
 def lease_violations(ops: list[Op], held: Collection[str]) -> list[str]:
     """The lease checks, on the recorded operations alone: one holder at a time, a completed key never acquired
-    again, a key of ``held`` (held all phase) never taken, a holder's complete never refused within its TTL."""
+    again, a key of ``held`` (held all phase) never taken, a holder's complete never refused within its TTL.
+
+    Each lease is judged by the TTL it was taken with (``extra["ttl"]`` of its acquisition). The server set its
+    expiry to its own clock at the acquisition plus that TTL, so no earlier than ``t0 + ttl`` of the acquiring
+    call; whatever the server did by ``t1`` of a later call happened before the lease could have lapsed when that
+    ``t1`` is earlier. A takeover or a refused complete after that moment is what an expired lease allows."""
     violations: list[str] = []
     by_kind: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         by_kind[op.kind].append(op)
     acquisitions: dict[str, list[Op]] = defaultdict(list)
+    taken_as: dict[str, Op] = {}  # lease_id → its acquisition
     for op in by_kind["lease"]:
         if op.answer == "acquired":
             acquisitions[op.key].append(op)
+            taken_as[op.body["lease_id"]] = op
+
+    def lapses_at(lease_id: str) -> float:
+        """The earliest moment the lease of ``lease_id`` can have expired (never, for an unknown lease_id)."""
+        acquisition = taken_as.get(lease_id)
+        return float("inf") if acquisition is None else acquisition.t0 + acquisition.extra["ttl"]
+
     completes: dict[str, list[Op]] = defaultdict(list)
     for op in by_kind["complete"]:
         if op.status == 200:
             completes[op.key].append(op)
         elif op.status == 409:
-            violations.append(f"lease {op.key}: the holder's complete was refused ({op.body}) within its TTL")
+            if op.t1 < lapses_at(op.extra["lease_id"]):
+                violations.append(f"lease {op.key}: the holder's complete was refused ({op.body}) within its TTL")
         elif op.status != 503 and op.status is not None:
             violations.append(f"lease {op.key}: complete answered {op.status} {op.body}")
     released_at = {}  # lease_id → when its holder first asked to complete it
     for op in sorted(by_kind["complete"], key=lambda op: op.t0):
         released_at.setdefault(op.extra["lease_id"], op.t0)
     for key, taken in acquisitions.items():
-        if key in held and len(taken) > 1:
-            violations.append(f"lease {key}: held all phase, acquired {len(taken)} times")
         finished_at = min((op.t1 for op in completes[key]), default=None)
         for op in taken:
             if finished_at is not None and op.t0 > finished_at:
                 violations.append(f"lease {key}: acquired again after it was completed")
         ordered = sorted(taken, key=lambda op: op.t1)
         for first, second in itertools.pairwise(ordered):
-            if second.t1 < released_at.get(first.body["lease_id"], first.t1 + LEASE_TTL):
-                violations.append(f"lease {key}: acquired by two holders at once")
+            lease_id = first.body["lease_id"]
+            if second.t1 < min(released_at.get(lease_id, float("inf")), lapses_at(lease_id)):
+                held_note = " (a key held all phase)" if key in held else ""
+                violations.append(f"lease {key}: acquired by two holders at once{held_note}")
         winners = {op.extra["lease_id"] for op in completes[key]}
         if len(winners) > 1:
             violations.append(f"lease {key}: completed by {len(winners)} different holders")
@@ -514,9 +581,20 @@ def prepare(stack: Stack) -> tuple[str, int]:
     return api_key, account_id
 
 
-def run_phase(stack: Stack, api_key: str, account_id: int, fault: str, seconds: float, log, n: int = 0) -> PhaseResult:
-    phase = Phase(stack, api_key, f"{fault}-{n}", seconds)  # its own keys and agent, also when a fault repeats
+def run_phase(
+    stack: Stack,
+    api_key: str,
+    account_id: int,
+    fault: str,
+    seconds: float,
+    log,
+    n: int = 0,
+    held_ttl: int | None = None,
+) -> PhaseResult:
+    # Its own keys and agent, also when a fault repeats.
+    phase = Phase(stack, api_key, f"{fault}-{n}", seconds, held_ttl=held_ttl)
     notes: list[str] = []
+    usage_at_start = stack.process_usage()
     started = time.monotonic()
     phase.start()
     time.sleep(seconds / 3)
@@ -529,31 +607,48 @@ def run_phase(stack: Stack, api_key: str, account_id: int, fault: str, seconds: 
     phase.release_held()
     log(f"{fault}: traffic stopped after {time.monotonic() - started:.0f} s; checking")
     violations, more = check(stack, phase, fault, account_id, evidence)
-    return PhaseResult(fault, time.monotonic() - started, phase.ops, violations, notes + more, evidence)
+    usage = {"start": usage_at_start, "end": stack.process_usage()}  # the end: the phase's runs have ended too
+    return PhaseResult(fault, time.monotonic() - started, phase.ops, violations, notes + more, evidence, usage)
 
 
-def run(faults: tuple[str, ...] = FAULTS, seconds: float = 15.0, log=print) -> list[PhaseResult]:
+def run(
+    faults: tuple[str, ...] = FAULTS, seconds: float = 15.0, log=print, held_ttl: int | None = None
+) -> list[PhaseResult]:
+    """Every phase of ``faults``, ``seconds`` of traffic each; ``held_ttl`` overrides the held keys' TTL (by default
+    longer than the phase: held_ttl_for), to see how the checks judge leases a phase outlives."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     with Stack() as stack:
         log(f"stack up: {stack.url} (PostgreSQL :{stack.postgres.port}, Redis :{stack.redis.port}, "
             f"{stack.WEB_WORKERS} web workers, {len(stack.workers())} Celery workers, beat)")  # fmt: skip
         api_key, account_id = prepare(stack)
-        return [run_phase(stack, api_key, account_id, fault, seconds, log, n) for n, fault in enumerate(faults)]
+        return [
+            run_phase(stack, api_key, account_id, fault, seconds, log, n, held_ttl) for n, fault in enumerate(faults)
+        ]
 
 
 def table(results: list[PhaseResult]) -> str:
-    head = ("fault", "seconds", "ops", "2xx", "503", "no answer", "violations")
+    """One row per phase: its answers, its violations, and the RSS (MB) and open files of the web processes
+    (gunicorn master + workers) and of the Celery workers, each summed, at the phase's start → at its end."""
+    head = ("fault", "seconds", "ops", "2xx", "503", "no answer", "violations", "web MB", "web fds", "worker MB",
+            "worker fds")  # fmt: skip
     rows = [head]
     for result in results:
         c = result.counts()
+        totals = result.usage_totals()
+        resources = []
+        for group in ("web", "worker"):
+            t = totals.get(group, {"rss_kb_start": 0, "rss_kb_end": 0, "fds_start": 0, "fds_end": 0})
+            resources += [f"{t['rss_kb_start'] / 1024:.0f}→{t['rss_kb_end'] / 1024:.0f}",
+                          f"{t['fds_start']}→{t['fds_end']}"]  # fmt: skip
         rows.append((result.fault, f"{result.seconds:.0f}", str(c["ops"]), str(c["2xx"]), str(c["503"]),
-                     str(c["no_answer"]), str(c["violations"])))  # fmt: skip
+                     str(c["no_answer"]), str(c["violations"]), *resources))  # fmt: skip
     total = [sum(r.counts()[k] for r in results) for k in ("ops", "2xx", "503", "no_answer", "violations")]
-    rows.append(("total", f"{sum(r.seconds for r in results):.0f}", *map(str, total)))
+    rows.append(("total", f"{sum(r.seconds for r in results):.0f}", *map(str, total), "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
 
     def line(row: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        return "  ".join(cells).rstrip()
 
     lines = [line(row) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -569,5 +664,21 @@ def report(results: list[PhaseResult]) -> str:
         out.append(f"[{result.fault}] operations {dict(kinds)}")
         out.append(f"  answers {dict(sorted(answers.items()))}")
         out += [f"  {note}" for note in result.notes]
+        out += usage_lines(result)
         out += [f"  VIOLATION {v}" for v in result.violations[:50]]
+        out += [f"  LEAK {leak}" for leak in result.leaks()]
     return "\n".join(out)
+
+
+def usage_lines(result: PhaseResult) -> list[str]:
+    """Each web and worker process: RSS and open files at the phase's start → at its end ("-": not running)."""
+    start = {u.pid: u for u in result.usage["start"]}
+    end = {u.pid: u for u in result.usage["end"]}
+    lines = ["  processes at the start → at the end of the phase:"]
+    for pid in dict.fromkeys([*start, *end]):
+        first, last = start.get(pid), end.get(pid)
+        known = first or last
+        rss = " → ".join(f"{u.rss_kb / 1024:.1f}" if u else "-" for u in (first, last))
+        fds = " → ".join(str(u.fds) if u else "-" for u in (first, last))
+        lines.append(f"    {known.group:<6} {known.name:<15} pid {pid:<7}  RSS {rss} MB  open files {fds}")
+    return lines

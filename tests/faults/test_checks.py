@@ -5,7 +5,8 @@ takeover or a refused complete within that TTL is still one.
 
 from __future__ import annotations
 
-from tests.faults.suite import Op, lease_violations
+from tests.faults.stack import ProcessUsage
+from tests.faults.suite import FD_GROWTH_LIMIT, Op, PhaseResult, lease_violations
 
 KEY = "lease:none-0:0:0"
 
@@ -66,3 +67,15 @@ def test_a_held_key_taken_within_its_ttl_is_a_violation():
     violations = lease_violations(ops, held={key})
     assert any("two holders at once" in v for v in violations), violations
     assert any("complete was refused" in v for v in violations), violations
+
+
+def test_open_files_grown_past_the_limit_in_a_phase_are_a_leak():
+    def phase(web_fds_at_end: int) -> PhaseResult:
+        start = [ProcessUsage("web", "gunicorn master", 10, 90_000, 12), ProcessUsage("worker", "worker1", 20, 1, 30)]
+        end = [ProcessUsage("web", "gunicorn master", 10, 95_000, web_fds_at_end), start[1]]
+        return PhaseResult("none", 1.0, [], [], [], {}, {"start": start, "end": end})
+
+    assert phase(12 + FD_GROWTH_LIMIT).leaks() == []
+    assert phase(13 + FD_GROWTH_LIMIT).leaks() == [
+        f"web: {FD_GROWTH_LIMIT + 1} more open files at the end of the phase than at its start"
+    ]

@@ -1,6 +1,7 @@
 """The fault suite in its bounded form (15 s of traffic per fault, about 2 minutes in all): every fault of
-tests/faults/suite.py against a private PostgreSQL cluster and Redis server, with zero violations, and proof that
-each fault really happened. `make faults` runs the same suite longer and prints its table.
+tests/faults/suite.py against a private PostgreSQL cluster and Redis server, with zero violations, proof that
+each fault really happened, and no leak of open files in the web or worker processes. `make faults` runs the same
+suite longer and prints its table.
 
 It needs PostgreSQL's server binaries and redis-server on the machine (CI has both); without them it is skipped
 locally and fails under CI=true. It does not use DATABASE_URL/REDIS_URL, so `.ci/run` runs it in one of its two
@@ -59,6 +60,17 @@ def test_each_fault_really_happened(results):
     assert results["celery_kill"].evidence["killed_run"] == {"starts": 2, "status": "completed"}
     web = results["web_kill"].evidence
     assert len(web["killed"]) == 3 and len(web["replaced"]) >= 1
+
+
+def test_no_process_leaks_open_files_in_a_phase(results):
+    """The soak's resources were measured for every phase (web: the gunicorn master and its workers; worker: the
+    Celery workers) and no group gained more than FD_GROWTH_LIMIT open files in one phase; the RSS and open files
+    are in the printed report, without a threshold of their own (the machine is shared)."""
+    for result in results.values():
+        for when in ("start", "end"):
+            groups = {usage.group for usage in result.usage[when] if usage.rss_kb > 0 and usage.fds > 0}
+            assert groups == {"web", "worker"}, f"{result.fault}: nothing measured at the {when} for {groups}"
+        assert result.leaks() == [], suite.report([result])
 
 
 def test_caps_were_reached_in_every_phase(results):

@@ -90,14 +90,25 @@ def test_pages_with_long_identifiers_fit_a_1280_px_window(page, live_server, own
     assert not wide, f"pages wider than the 1280 px window: {wide}"
 
 
-def test_long_identifiers_do_not_widen_the_content_at_390_px(page, live_server, owner_a, long_names):
-    """At phone width the top navigation is wider than the window on every page, long names or not (a separate
-    issue: it does not wrap). What long identifiers must not do is widen the page's content: ``main`` fits."""
+# Elements whose own text holds one of the long identifiers, and their rendered widths (not inside a <pre>, which
+# scrolls within its own box).
+HOLDERS = """markers => [...document.querySelectorAll('body *')].filter(el => !el.closest('pre') &&
+    [...el.childNodes].some(n => n.nodeType === 3 && markers.some(m => n.textContent.includes(m))))
+  .map(el => [el.tagName, Math.round(el.getBoundingClientRect().width)])"""
+MARKERS = [AGENT[:40], TOOL[:40], RUN[:40], KEY[:40], ACCOUNT[:40], "L" * 40, "e" * 40]
+
+
+def test_long_identifiers_wrap_within_a_390_px_window(page, live_server, owner_a, long_names):
+    """At phone width some pages are wider than the window whatever their data: the top navigation does not wrap,
+    and the Tools, Usage & plan and Team tables (action buttons, plan columns) need ~450 px even with short names —
+    another issue's work. What long identifiers must not do is widen anything: every element showing one fits the
+    window, so it wraps instead."""
     page.set_viewport_size({"width": 390, "height": 844})
     login(page, live_server, owner_a)
-    wide = []
+    wide, shown = [], 0
     for url in _crawl(page, live_server.url):
-        size = page.evaluate(WIDTH)
-        if size["main"] > size["mainBox"] or size["mainBox"] > size["win"]:
-            wide.append((url, size["main"], size["mainBox"]))
-    assert not wide, f"content wider than the 390 px window: {wide}"
+        holders = page.evaluate(HOLDERS, MARKERS)
+        shown += len(holders)
+        wide += [(url, tag, width) for tag, width in holders if width > 390]
+    assert shown >= 20, shown  # the identifiers were on the pages measured
+    assert not wide, f"long identifiers wider than the 390 px window: {wide}"

@@ -29,7 +29,9 @@ class Command(BaseCommand):
             saved = ""
             if credentials_file is not None:
                 where = shown_path(credentials_file.resolve())
-                saved = f" and saved in {where}" if credentials_file.exists() else f" and saved in {where} (deleted)"
+                saved = (
+                    f" and saved in {where}" if credentials_file.exists() else f" and saved in {where} (since deleted)"
+                )
             self.stdout.write(
                 "\n".join(
                     [
