@@ -577,10 +577,15 @@ def governed_call(
             sent = dispatch.DispatchResult(False, None, None, 0, 0, f"dispatch error: {exc.__class__.__name__}")
         extra = {"http_status": sent.http_status, "dispatch_id": reservation, "result": sent.result}
         decided, reason = (Outcome.EXECUTED, Reason.WITHIN_BUDGET) if sent.ok else (Outcome.FAILED, Reason.TOOL_ERROR)
-        if sent.stopped:
-            # Disabled while in flight (before an attempt, retries included): no further request was sent. Blocked
-            # like a call that meets the kill switch at its start: nothing charged, the reservation released below.
+        if sent.stopped and not sent.attempts:
+            # Disabled while in flight, before the first attempt: no request was sent. Blocked like a call that meets
+            # the kill switch at its start: nothing charged, the reservation released below.
             decided, reason, remaining, charged = Outcome.BLOCKED, Reason.AGENT_DISABLED, {}, Decimal(0)
+        elif sent.stopped:
+            # Disabled before a retry: the retry was not sent, but an earlier attempt reached the tool, which may have
+            # acted on it (a timeout or a dropped connection says nothing about that). Failed like a tool error: the
+            # spend and the counted action stay (else the caps could be passed by tool runs nobody paid for).
+            decided, reason = Outcome.FAILED, Reason.AGENT_DISABLED
         if sent.attempts:
             Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
                                                          last_dispatch_at=timezone.now())  # fmt: skip
@@ -600,7 +605,7 @@ def governed_call(
     # executed) call into a 503 — a rebuild after the outage restores the same state from the decision log.
     try:
         if decided == Outcome.BLOCKED:
-            release()  # stopped by the kill switch in flight: not charged, not counted, not deduplicated
+            release()  # stopped by the kill switch before any attempt: not charged, not counted, not deduplicated
         elif decided == Outcome.FAILED:
             # The tool failed: a retry may run again (dedup entry released); the spend stays charged, the ai quota
             # unit is given back (it counts executed or allowed calls only).
@@ -611,7 +616,7 @@ def governed_call(
             client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
     except redis.RedisError:
         logger.warning("decision %s recorded; Redis could not be updated after it", outcome.decision.pk, exc_info=True)
-    if decided == Outcome.FAILED:
+    if decided == Outcome.FAILED and reason == Reason.TOOL_ERROR:
         notify(
             account_id=account_id,
             kind="tool_error",

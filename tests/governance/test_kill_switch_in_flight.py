@@ -1,7 +1,9 @@
 """The kill switch stops dispatches already in flight: the agent's enabled state is re-checked right before each
 attempt's request is written (retries included), under a fence the disable waits for, so no tool request leaves the
-server after the disable has answered. A call caught by it ends as blocked / agent_disabled: reservation released,
-nothing charged, its dispatch intent gone, recorded.
+server after the disable has answered. A call caught before its first attempt ends as blocked / agent_disabled:
+reservation released, nothing charged. A call caught before a retry ends as failed / agent_disabled, charged like a
+tool error: its earlier attempt reached the tool, which may have acted on it. Either way its intent is gone and the
+decision recorded.
 
 Found by an adversarial review: with 50 calls in flight, up to 7 of 200 tool requests (mostly retries) reached the
 tool 1–108 ms after the disable was acknowledged.
@@ -48,9 +50,10 @@ def counters(agent: Agent) -> tuple[int, Decimal]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_retry_after_the_disable_is_not_sent_and_the_call_is_blocked(key_a, settings):
+def test_a_retry_after_the_disable_is_not_sent_and_the_attempt_stays_charged(key_a, settings):
     """The first attempt reaches the tool, which has the agent disabled (committed, from another connection) and then
-    drops the connection: the retry must not go out."""
+    drops the connection: the retry must not go out, and the attempt that went out stays charged (the tool may have
+    acted on it before the connection dropped)."""
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
     endpoint = ToolEndpoint()
     client = key_a.client()
@@ -72,17 +75,49 @@ def test_a_retry_after_the_disable_is_not_sent_and_the_call_is_blocked(key_a, se
     finally:
         endpoint.stop()
     assert len(endpoint.calls) == 1  # the retry never left
-    assert (body["ok"], body["decision"], body["policy_reason"]) == (False, "blocked", "agent_disabled")
+    assert (body["ok"], body["decision"], body["policy_reason"]) == (False, "failed", "agent_disabled")
     decision = Decision.objects.get()
-    assert (decision.outcome, decision.policy_reason, decision.spend_usd) == ("blocked", "agent_disabled", 0)
+    assert (decision.outcome, decision.policy_reason, decision.spend_usd) == ("failed", "agent_disabled", 2)
     assert decision.dispatch_id == endpoint.calls[0]["webhook_id"]  # the operator can ask the tool about it
     assert (decision.declared_spend_usd, decision.operator_price_usd) == (2, 1)
     assert not DispatchIntent.objects.exists()
     assert ledger.verify(decision.account_id).ok
     rollup = DecisionRollup.objects.get()
-    assert (rollup.outcome, rollup.count, rollup.spend_usd) == ("blocked", 1, 0)
+    assert (rollup.outcome, rollup.count, rollup.spend_usd) == ("failed", 1, 2)
     agent = Agent.objects.get(agent_id=AGENT)
-    assert counters(agent) == (0, 0)  # the reservation is released
+    assert counters(agent) == (1, 2)  # the reservation stands, as for a tool error
+    assert usage.current(key_a.api_key.account_id, usage.AI) == 0  # ai counts executed or allowed calls only
+    get_redis().flushdb()  # …and a rebuild from the decision log counts it again
+    services._rebuild(agent, services._keys(agent, "", timezone.now()), timezone.now(), 0)
+    assert counters(agent) == (1, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_call_disabled_before_its_first_attempt_is_blocked_and_not_charged(key_a, settings, monkeypatch):
+    """The switch is pressed between the call's start (agent enabled, reservation taken) and its first attempt."""
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
+    endpoint = ToolEndpoint()
+    client = key_a.client()
+    register(client, endpoint.base + "/refund")
+    original = services.dispatch.dispatch
+
+    def disable_first(*args, **kwargs):
+        services.agent_set_enabled(account_id=key_a.api_key.account_id, agent_id=AGENT, enabled=False,
+                                   reason="runaway", actor="test")  # fmt: skip
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(services.dispatch, "dispatch", disable_first)  # only to time the (real) disable
+    try:
+        body = client.post("/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": {"order": 2}},
+                           content_type="application/json").json()  # fmt: skip
+    finally:
+        endpoint.stop()
+    assert endpoint.calls == []
+    assert (body["ok"], body["decision"], body["policy_reason"]) == (False, "blocked", "agent_disabled")
+    decision = Decision.objects.get()
+    assert (decision.outcome, decision.spend_usd, decision.operator_price_usd) == ("blocked", 0, 1)
+    assert not DispatchIntent.objects.exists()
+    assert counters(Agent.objects.get(agent_id=AGENT)) == (0, 0)
     assert usage.current(key_a.api_key.account_id, usage.AI) == 0
 
 
@@ -153,7 +188,8 @@ def test_no_tool_request_is_received_after_the_disable_answered(key_a, settings)
 
     caught = Decision.objects.filter(policy_reason="agent_disabled").exclude(dispatch_id="")
     assert caught.exists(), "no call was in flight when the switch was pressed"
-    assert all(d.outcome == "blocked" and d.spend_usd == 0 and not d.allowed for d in caught)
+    # Caught before its first attempt: blocked, free; before a retry (the first was answered 503): failed, charged.
+    assert all((d.outcome, d.spend_usd, d.allowed) in {("blocked", 0, False), ("failed", 1, False)} for d in caught)
     assert not DispatchIntent.objects.exists()
     charged = Decision.objects.filter(tool=TOOL, outcome__in=CHARGED_OUTCOMES)
     agent = Agent.objects.get(agent_id=AGENT)
