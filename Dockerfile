@@ -14,7 +14,8 @@ RUN useradd --system --home-dir /opt/onceonly --shell /usr/sbin/nologin onceonly
     && chown onceonly:onceonly /opt/onceonly /var/lib/onceonly
 WORKDIR /opt/onceonly
 
-# Dependencies first (cached while only the code changes), then the code.
+# The code, then deploy/install.sh (its virtualenv in /opt/onceonly/.venv): a code change reinstalls the dependencies
+# too, as the editable install needs the code; keep the image build on a machine with a pip cache or a mirror.
 COPY --chown=onceonly:onceonly pyproject.toml README.md ./
 COPY --chown=onceonly:onceonly deploy/ deploy/
 COPY --chown=onceonly:onceonly onceonly_site/ onceonly_site/

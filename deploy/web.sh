@@ -10,4 +10,5 @@ exec "$VENV/bin/gunicorn" onceonly_site.wsgi:application \
   --bind "${ONCEONLY_BIND:-127.0.0.1:8000}" \
   --workers "${WEB_CONCURRENCY:-3}" \
   --timeout 30 --graceful-timeout 30 \
+  --no-control-socket \
   ${GUNICORN_ARGS:-}

@@ -175,7 +175,7 @@ def summary(base_url: str, var_dir: Path, *, credentials: dict[str, str] | None,
         ]
     else:
         saved = (
-            f"in {shown_path(path)}, with the API key, since the first start"
+            f"in {shown_path(path)}, with the API key, as created on the first start (unless reset since)"
             if path.exists()
             else f"not shown again ({shown_path(path)} was deleted); reset it below"
         )
@@ -185,7 +185,7 @@ def summary(base_url: str, var_dir: Path, *, credentials: dict[str, str] | None,
             f'  SDK       : OnceOnly(api_key=KEY, base_url="{base_url}/v1")',
         ]
     lines += [
-        "  Reset the password (replace NEW) or add an API key, in another terminal in this checkout:",
+        "  Reset the password (NEW: 10+ characters) or add an API key, in another terminal here:",
         f"    {reset}",
         f"    {new_key}",
     ]

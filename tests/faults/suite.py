@@ -368,15 +368,8 @@ def check(
         if op.status is None and fault != "web_kill":
             violations.append(f"{op.kind} {op.key}: no answer ({op.error}) without a web-process fault")
 
-    # 1. check-lock: one `locked` per key per TTL window (the TTL the first lock was granted).
-    locked: dict[str, list[Op]] = defaultdict(list)
-    for op in by_kind["check_lock"]:
-        if op.answer == "locked":
-            locked[op.key].append(op)
-    for key, answers in locked.items():
-        for first, second in itertools.pairwise(sorted(answers, key=lambda op: op.t1)):
-            if second.t1 < first.t0 + first.extra["ttl"]:
-                violations.append(f"check-lock {key}: locked again within its {first.extra['ttl']} s TTL")
+    # 1. check-lock: one `locked` per key per TTL window.
+    violations += lock_violations(phase.ops)
 
     # 2. leases: one holder at a time, a completed key never acquired again, held keys never taken.
     violations += lease_violations(phase.ops, phase.held)
@@ -465,6 +458,21 @@ def check(
         else:
             notes.append(f"database-backed calls answered 200 again {recovered - came_back:.1f} s after the restart")
     return violations, notes
+
+
+def lock_violations(ops: list[Op]) -> list[str]:
+    """One `locked` answer per check-lock key per TTL window — the TTL that lock was granted (``extra["ttl"]``):
+    a key locked again after it can have expired (no earlier than ``t0 + ttl`` of the locking call) is not one."""
+    locked: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        if op.kind == "check_lock" and op.answer == "locked":
+            locked[op.key].append(op)
+    violations = []
+    for key, answers in locked.items():
+        for first, second in itertools.pairwise(sorted(answers, key=lambda op: op.t1)):
+            if second.t1 < first.t0 + first.extra["ttl"]:
+                violations.append(f"check-lock {key}: locked again within its {first.extra['ttl']} s TTL")
+    return violations
 
 
 def lease_violations(ops: list[Op], held: Collection[str]) -> list[str]:
@@ -675,7 +683,8 @@ def usage_lines(result: PhaseResult) -> list[str]:
     start = {u.pid: u for u in result.usage["start"]}
     end = {u.pid: u for u in result.usage["end"]}
     lines = ["  processes at the start → at the end of the phase:"]
-    for pid in dict.fromkeys([*start, *end]):
+    # Web processes first, then workers; a process that is only in one snapshot (killed, or new) in its group.
+    for pid in sorted(dict.fromkeys([*start, *end]), key=lambda pid: (start.get(pid) or end[pid]).group != "web"):
         first, last = start.get(pid), end.get(pid)
         known = first or last
         rss = " → ".join(f"{u.rss_kb / 1024:.1f}" if u else "-" for u in (first, last))

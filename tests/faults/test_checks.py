@@ -6,7 +6,7 @@ takeover or a refused complete within that TTL is still one.
 from __future__ import annotations
 
 from tests.faults.stack import ProcessUsage
-from tests.faults.suite import FD_GROWTH_LIMIT, Op, PhaseResult, lease_violations
+from tests.faults.suite import FD_GROWTH_LIMIT, Op, PhaseResult, lease_violations, lock_violations
 
 KEY = "lease:none-0:0:0"
 
@@ -67,6 +67,21 @@ def test_a_held_key_taken_within_its_ttl_is_a_violation():
     violations = lease_violations(ops, held={key})
     assert any("two holders at once" in v for v in violations), violations
     assert any("complete was refused" in v for v in violations), violations
+
+
+def locked(at: float, ttl: int) -> Op:
+    key = "lock:none-0:0:0"
+    return Op("check_lock", key, at, at + 0.01, 200, {"status": "locked", "key": key, "ttl": ttl}, extra={"ttl": ttl})
+
+
+def test_a_check_lock_key_locked_again_after_its_ttl_is_no_violation():
+    assert lock_violations([locked(0, ttl=20), locked(25, ttl=20)]) == []
+
+
+def test_a_check_lock_key_locked_again_within_its_ttl_is_a_violation():
+    assert lock_violations([locked(0, ttl=3600), locked(3000, ttl=3600)]) == [
+        "check-lock lock:none-0:0:0: locked again within its 3600 s TTL"
+    ]
 
 
 def test_open_files_grown_past_the_limit_in_a_phase_are_a_leak():
