@@ -51,6 +51,8 @@ class MeApi(APIView):
 
 
 class NotificationsInput(StrictSerializer):
+    openapi_extra = {"minProperties": 1}  # at least one switch (validate below)
+
     email_notifications_enabled = StrictBooleanField(required=False)
     tool_error_notifications_enabled = StrictBooleanField(required=False)
     run_failure_notifications_enabled = StrictBooleanField(required=False)

@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -21,14 +28,31 @@ from governance.choices import Outcome
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
 from onceonly_site.api import (
+    MAX_USD,
     ApiProblem,
     BodyCheck,
     PathValidationError,
     QueryValidationError,
+    StrictSerializer,
     body,
     page_params,
 )
-from onceonly_site.identifiers import identifier_problem, tool_name_problem
+from onceonly_site.identifiers import UNSAFE, identifier_problem, tool_name_problem
+from onceonly_site.openapi import (
+    DAY_PATTERN,
+    IDENTIFIER_PATTERN,
+    POLICY_TOOL_PATTERN,
+    REGISTERED_TOOL_PATTERN,
+    SCOPE_PATTERN,
+    TOOL_NAME_RULES,
+    URL_PATTERN,
+    errors,
+    identifier_field,
+    page_parameters,
+    pattern,
+    text_field,
+    tool_name_field,
+)
 
 MAX_AGENT_ID = 200
 MAX_ARGS_BYTES = 64 * 1024
@@ -53,11 +77,21 @@ def _actor(request: Request) -> str:
 # --- the governed call ------------------------------------------------------------------------------------------
 
 
-class GovernedCallInput(serializers.Serializer):
-    agent_id = serializers.CharField(max_length=MAX_AGENT_ID)
-    tool = serializers.CharField(max_length=200)
-    args = serializers.DictField(required=False, help_text="The tool's arguments (may carry run_id). Never stored.")
-    spend_usd = serializers.FloatField(required=False, min_value=0)
+@extend_schema_field({
+    "type": "object", "nullable": True, "additionalProperties": {},
+    "description": "The tool's arguments, at most 64 KB, integers within ±(2^53−1). Never stored. A string `run_id` "
+    "names the run's timeline: no control or bidirectional formatting character.",
+    "properties": {"run_id": {"not": {"type": "string", "pattern": UNSAFE.pattern}}},
+})  # fmt: skip
+class ArgsField(serializers.DictField):
+    pass
+
+
+class GovernedCallInput(StrictSerializer):
+    agent_id = identifier_field(MAX_AGENT_ID)
+    tool = tool_name_field()
+    args = ArgsField(required=False, allow_null=True)
+    spend_usd = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=MAX_USD)
 
 
 class GovernedCallOutput(serializers.Serializer):
@@ -84,11 +118,14 @@ class AiRunApi(APIView):
             serializers=[GovernedCallInput, idempotency_api.KeyedRunInput],
             resource_type_field_name=None,
         ),
-        responses=PolymorphicProxySerializer(
-            component_name="AiRunOutput",
-            serializers=[GovernedCallOutput, idempotency_api.LeaseRecordOutput],
-            resource_type_field_name=None,
-        ),
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="AiRunOutput",
+                serializers=[GovernedCallOutput, idempotency_api.LeaseRecordOutput],
+                resource_type_field_name=None,
+            ),
+            **errors(402, 404),  # 402: the month's ai quota; 404: an unregistered tool in strict mode
+        },
         summary="Governed tool call (agent_id + tool), or keyed run executed once by a worker (key)",
         description="With `agent_id` and `tool`: the governed call — decided before the tool runs, answered with "
         "`allowed` and `decision`. With `key`: the keyed run — the `/v1/ai/lease` answer (never `allowed` or "
@@ -169,34 +206,69 @@ def _clean_policy(request: Request, data: Any, agent_id: str) -> dict[str, Any]:
     return changes
 
 
-class PolicyInput(serializers.Serializer):
+def _policy_tool() -> serializers.CharField:
+    """A tool name or glob of a policy (trimmed): governance.policies._tool_list."""
+    return serializers.CharField(max_length=policies.MAX_TOOL_NAME, trim_whitespace=False,
+                                 validators=[pattern(POLICY_TOOL_PATTERN)], help_text=TOOL_NAME_RULES)  # fmt: skip
+
+
+@extend_schema_field({
+    "type": "object", "nullable": True, "maxProperties": policies.MAX_LIST,
+    "additionalProperties": {"type": "integer", "minimum": 0, "maximum": policies.MAX_NUMBER},
+    "description": "{tool: calls per day}. Each key a tool name as in allowed_tools, and no two naming the same tool "
+    "(matching ignores case and Unicode compatibility forms).",
+})  # fmt: skip
+class CallCapsField(serializers.DictField):
+    pass
+
+
+@extend_schema_field({"description": "Ignored (the SDK sends the path's agent id in the body too)."})
+class IgnoredField(serializers.Field):
+    pass
+
+
+class PricingRuleInput(StrictSerializer):
+    tool = _policy_tool()
+    price_usd = serializers.FloatField(min_value=0, max_value=MAX_USD)
+
+
+class PolicyInput(StrictSerializer):
+    agent_id = IgnoredField(required=False)
     allowed_tools = serializers.ListField(
-        child=serializers.CharField(),
+        child=_policy_tool(),
         required=False,
         allow_null=True,
+        max_length=policies.MAX_LIST,
         help_text="Glob patterns; set (even empty) = only these. Agency plan.",
     )
-    blocked_tools = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)
-    max_actions_per_hour = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-    max_spend_usd_per_day = serializers.FloatField(min_value=0, required=False, allow_null=True)
-    max_calls_per_tool = serializers.DictField(
-        child=serializers.IntegerField(min_value=0), required=False, allow_null=True
+    blocked_tools = serializers.ListField(
+        child=_policy_tool(), required=False, allow_null=True, max_length=policies.MAX_LIST
     )
+    max_actions_per_hour = serializers.IntegerField(
+        min_value=0, max_value=policies.MAX_NUMBER, required=False, allow_null=True
+    )
+    max_spend_usd_per_day = serializers.FloatField(min_value=0, max_value=MAX_USD, required=False, allow_null=True)
+    max_calls_per_tool = CallCapsField(required=False, allow_null=True)
     pricing_rules = serializers.ListField(
-        child=serializers.DictField(),
-        required=False,
-        allow_null=True,
-        help_text='[{"tool": glob, "price_usd": number}]',
+        child=PricingRuleInput(), required=False, allow_null=True, max_length=policies.MAX_LIST
     )
 
 
-class TemplateInput(serializers.Serializer):
+class TemplateInput(StrictSerializer):
+    agent_id = IgnoredField(required=False)
     template = serializers.ChoiceField(choices=list(policies.TEMPLATES))
-    overrides = PolicyInput(required=False)
+    overrides = PolicyInput(required=False, allow_null=True, help_text="Policy fields applied over the template.")
 
 
-class ReasonInput(serializers.Serializer):
-    reason = serializers.CharField(required=False, max_length=500)
+class ReasonInput(StrictSerializer):
+    agent_id = IgnoredField(required=False)
+    reason = text_field(500, non_blank=True, help_text="Not blank when sent; stored with the change.")
+
+
+AGENT_ID_PARAM = OpenApiParameter(
+    "agent_id", {"type": "string", "maxLength": MAX_AGENT_ID, "pattern": IDENTIFIER_PATTERN}, OpenApiParameter.PATH,
+    description="Not blank, no control or bidirectional formatting character (percent-encode `/`).",
+)  # fmt: skip
 
 
 LogsOutput = inline_serializer(
@@ -230,7 +302,7 @@ class PolicyListApi(APIView):
                 "offset": serializers.IntegerField(),
             },
         ),
-        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        parameters=page_parameters(default=100),
         summary="Agents with a policy, by agent id ({items, total, limit, offset})",
     )
     def get(self, request: Request) -> Response:
@@ -248,7 +320,8 @@ class PolicyListApi(APIView):
 
 
 class PolicyApi(APIView):
-    @extend_schema(operation_id="policy_get", request=None, responses=PolicyOutput, summary="An agent's current policy")
+    @extend_schema(operation_id="policy_get", parameters=[AGENT_ID_PARAM], request=None, responses=PolicyOutput,
+                   summary="An agent's current policy")  # fmt: skip
     def get(self, request: Request, agent_id: str) -> Response:
         entitlements.require(request.auth.plan, "governance")
         agent = selectors.agent_for_account(request.auth.account_id, _agent_id(agent_id))
@@ -258,6 +331,7 @@ class PolicyApi(APIView):
 
     @extend_schema(
         operation_id="policy_upsert",
+        parameters=[AGENT_ID_PARAM],
         request=PolicyInput,
         responses=PolicyOutput,
         summary="Merge upsert: fields sent replace, explicit null clears; a new version per change",
@@ -275,6 +349,7 @@ class PolicyApi(APIView):
 class PolicyTemplateApi(APIView):
     @extend_schema(
         operation_id="policy_from_template",
+        parameters=[AGENT_ID_PARAM],
         request=TemplateInput,
         responses=PolicyOutput,
         summary=f"Apply a template ({', '.join(policies.TEMPLATES)}) with overrides",
@@ -284,7 +359,9 @@ class PolicyTemplateApi(APIView):
         agent_id = _agent_id(agent_id)
         check = BodyCheck(body(request), {"agent_id", "template", "overrides"})
         template = check.text("template", required=True, max_length=64)
-        overrides = check.data.get("overrides") or {}
+        overrides = check.data.get("overrides")
+        if overrides is None:  # absent or null; false, 0, "" and [] are not "no overrides"
+            overrides = {}
         if template is not None and template not in policies.TEMPLATES:
             check.fail("template", f"Unknown template {template!r}; valid: {', '.join(policies.TEMPLATES)}.", "enum")
         if not isinstance(overrides, dict):
@@ -322,7 +399,7 @@ class _KillSwitchApi(APIView):
     def post(self, request: Request, agent_id: str) -> Response:
         agent_id = _agent_id(agent_id)
         check = BodyCheck(body(request), {"reason", "agent_id"})
-        reason = check.text("reason", required=False, max_length=500) or ""
+        reason = check.text("reason", required=False, max_length=500, non_blank=True) or ""
         check.done()
         if not self.enabled:  # re-enabling stays possible after a downgrade: no agent is left stuck
             entitlements.require(request.auth.plan, "kill_switch")
@@ -348,6 +425,7 @@ class AgentDisableApi(_KillSwitchApi):
 
     @extend_schema(
         operation_id="agent_disable",
+        parameters=[AGENT_ID_PARAM],
         request=ReasonInput,
         responses=AgentStatusOutput,
         summary="Kill switch: block the agent's governed calls from the next call on",
@@ -360,7 +438,11 @@ class AgentEnableApi(_KillSwitchApi):
     enabled = True
 
     @extend_schema(
-        operation_id="agent_enable", request=ReasonInput, responses=AgentStatusOutput, summary="Release the kill switch"
+        operation_id="agent_enable",
+        parameters=[AGENT_ID_PARAM],
+        request=ReasonInput,
+        responses=AgentStatusOutput,
+        summary="Release the kill switch",
     )
     def post(self, request: Request, agent_id: str) -> Response:
         return super().post(request, agent_id)
@@ -375,7 +457,7 @@ class AgentLogsApi(APIView):
         operation_id="agent_logs",
         responses=LogsOutput,
         summary="An agent's decisions, newest first ({items, limit, offset})",
-        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        parameters=[AGENT_ID_PARAM, *page_parameters(default=100)],
     )
     def get(self, request: Request, agent_id: str) -> Response:
         entitlements.require(request.auth.plan, "governance")
@@ -397,7 +479,7 @@ class AgentMetricsApi(APIView):
         operation_id="agent_metrics",
         responses=AgentMetricsOutput,
         summary="Totals over the last hour, 24 hours or 7 days",
-        parameters=[OpenApiParameter("period", str, enum=list(selectors.PERIODS))],
+        parameters=[AGENT_ID_PARAM, OpenApiParameter("period", str, enum=list(selectors.PERIODS), default="day")],
     )
     def get(self, request: Request, agent_id: str) -> Response:
         entitlements.require(request.auth.plan, "governance")
@@ -447,26 +529,41 @@ def _tool_or_404(request: Request, name: str) -> Tool:
 
 
 ToolOutput = inline_serializer("ToolOutput", {
-    "name": serializers.CharField(), "scope_id": serializers.CharField(), "url": serializers.URLField(),
+    "name": serializers.CharField(), "scope_id": serializers.CharField(), "url": serializers.CharField(),
     "timeout_ms": serializers.IntegerField(), "max_retries": serializers.IntegerField(),
     "enabled": serializers.BooleanField(), "description": serializers.CharField(),
     "has_secret": serializers.BooleanField(), "secret_mask": serializers.CharField(allow_null=True),
 })  # fmt: skip
-SCOPE_PARAM = OpenApiParameter("scope_id", str, description='"global" (default) or "agent:<agent id>"')
+SCOPE_SCHEMA = {"type": "string", "maxLength": 206, "pattern": SCOPE_PATTERN, "default": "global"}
+SCOPE_PARAM = OpenApiParameter("scope_id", SCOPE_SCHEMA, description='"global" (default) or "agent:<agent id>"')
+TOOL_NAME_PARAM = OpenApiParameter(
+    "name", {"type": "string", "maxLength": 200, "pattern": REGISTERED_TOOL_PATTERN}, OpenApiParameter.PATH
+)
 
 
-class ToolInput(serializers.Serializer):
-    name = serializers.RegexField(r"^[a-zA-Z0-9_.:-]+$", max_length=200)
-    url = serializers.URLField()
-    scope_id = serializers.CharField(required=False, default="global")
-    auth = inline_serializer("ToolAuth", {"type": serializers.ChoiceField(choices=["hmac_sha256"]),
-                                          "secret": serializers.CharField(min_length=8)})  # fmt: skip
+class ToolAuthInput(StrictSerializer):
+    type = serializers.ChoiceField(choices=["hmac_sha256"], required=False)
+    secret = serializers.CharField(min_length=8, max_length=256, trim_whitespace=False)
+
+
+class ToolInput(StrictSerializer):
+    name = serializers.RegexField(REGISTERED_TOOL_PATTERN, max_length=200)
+    url = serializers.CharField(
+        max_length=2000,
+        validators=[pattern(URL_PATTERN)],
+        help_text="http(s), no credentials. It must not point at a private, loopback or link-local address (by "
+        "name or literal) unless the operator allows them, and http:// needs ONCEONLY_ALLOW_HTTP_TOOL_URLS or a "
+        "private address (docs/security.md).",
+    )
+    scope_id = serializers.CharField(required=False, max_length=206, validators=[pattern(SCOPE_PATTERN)],
+                                     help_text='"global" (default) or "agent:<agent id>"')  # fmt: skip
+    auth = ToolAuthInput(required=False, allow_null=True)
     timeout_ms = serializers.IntegerField(required=False, min_value=250, max_value=120000)
     max_retries = serializers.IntegerField(required=False, min_value=0, max_value=10)
     enabled = serializers.BooleanField(required=False)
-    description = serializers.CharField(required=False, max_length=512)
-    risk_level = serializers.ChoiceField(required=False, choices=["low", "medium", "high"])
-    price_usd = serializers.FloatField(required=False, min_value=0)
+    description = serializers.CharField(required=False, max_length=512, allow_blank=True, trim_whitespace=False)
+    risk_level = serializers.ChoiceField(required=False, allow_null=True, choices=["low", "medium", "high"])
+    price_usd = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=MAX_USD)
 
 
 class ToolsApi(APIView):
@@ -484,7 +581,7 @@ class ToolsApi(APIView):
     @extend_schema(
         operation_id="tools_upsert",
         request=ToolInput,
-        responses=ToolOutput,
+        responses={200: ToolOutput, **errors(402)},
         summary="Register or update a tool (upsert on scope + name); the secret is never returned",
     )
     def post(self, request: Request) -> Response:
@@ -506,14 +603,15 @@ class ToolsApi(APIView):
 
 
 class ToolApi(APIView):
-    @extend_schema(operation_id="tool_get", parameters=[SCOPE_PARAM], responses=ToolOutput, summary="One tool")
+    @extend_schema(operation_id="tool_get", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM], responses=ToolOutput,
+                   summary="One tool")  # fmt: skip
     def get(self, request: Request, name: str) -> Response:
         entitlements.require(request.auth.plan, "tools")
         return Response(_tool_body(_tool_or_404(request, name)))
 
-    @extend_schema(operation_id="tool_delete", parameters=[SCOPE_PARAM],
-                   responses=inline_serializer("ToolDeleted", {"ok": serializers.BooleanField(),
-                                                               "deleted": serializers.CharField()}),
+    @extend_schema(operation_id="tool_delete", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
+                   responses={200: inline_serializer("ToolDeleted", {"ok": serializers.BooleanField(),
+                                                                     "deleted": serializers.CharField()})},
                    summary="Delete a tool")  # fmt: skip
     def delete(self, request: Request, name: str) -> Response:
         entitlements.require(request.auth.plan, "tools")
@@ -522,12 +620,16 @@ class ToolApi(APIView):
         return Response({"ok": True, "deleted": name})
 
 
+class ToolToggleInput(StrictSerializer):
+    enabled = serializers.BooleanField()
+
+
 class ToolToggleApi(APIView):
     @extend_schema(
         operation_id="tool_toggle",
-        parameters=[SCOPE_PARAM],
+        parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
         responses=ToolOutput,
-        request=inline_serializer("ToolToggle", {"enabled": serializers.BooleanField()}),
+        request=ToolToggleInput,
         summary="Enable or disable a tool (a disabled tool blocks calls with tool_disabled)",
     )
     def post(self, request: Request, name: str) -> Response:
@@ -557,8 +659,7 @@ class FeedOutput(serializers.Serializer):
 class EventsApi(APIView):
     @extend_schema(
         operation_id="events_list",
-        parameters=[OpenApiParameter("limit", int, description="1–200, default 50"),
-                    OpenApiParameter("offset", int, description=f"limit + offset ≤ {selectors.FEED_MAX_WINDOW}")],
+        parameters=page_parameters(default=50, maximum=200, max_offset=selectors.FEED_MAX_WINDOW - 200),
         responses=FeedOutput,
         summary="The account's recent events: run events, decisions, kill-switch and policy changes",
     )  # fmt: skip
@@ -578,6 +679,7 @@ class EventsApi(APIView):
 
 
 MAX_METRICS_DAYS = 366
+DAY_SCHEMA = {"type": "string", "format": "date", "pattern": DAY_PATTERN}
 
 
 class MetricsOutput(serializers.Serializer):
@@ -597,7 +699,8 @@ def _day(check: BodyCheck, name: str) -> date | None:
         check.fail(name, "Required: a day as YYYY-MM-DD (UTC).", "missing")
         return None
     try:
-        return date.fromisoformat(raw) if len(raw) == 10 else date.fromisoformat("invalid")
+        # fullmatch first: Python 3.11's fromisoformat also reads ISO week dates ("2026-W01-1").
+        return date.fromisoformat(raw) if re.fullmatch(DAY_PATTERN, raw) else date.fromisoformat("invalid")
     except ValueError:
         check.fail(name, f"Not a day: {raw[:40]!r}; expected YYYY-MM-DD.", "date_from_datetime_parsing")
         return None
@@ -606,8 +709,10 @@ def _day(check: BodyCheck, name: str) -> date | None:
 class MetricsApi(APIView):
     @extend_schema(
         operation_id="metrics",
-        parameters=[OpenApiParameter("from_day", str, required=True, description="YYYY-MM-DD (UTC), inclusive"),
-                    OpenApiParameter("to_day", str, required=True, description="YYYY-MM-DD (UTC), inclusive")],
+        parameters=[OpenApiParameter("from_day", DAY_SCHEMA, required=True, description="YYYY-MM-DD (UTC), inclusive"),
+                    OpenApiParameter("to_day", DAY_SCHEMA, required=True,
+                                     description=f"YYYY-MM-DD (UTC), inclusive; from from_day to {MAX_METRICS_DAYS} "
+                                     "days after it")],
         responses=MetricsOutput,
         summary=f"Daily counts (check-locks, leases, decisions by outcome) and spend; at most {MAX_METRICS_DAYS} days",
     )  # fmt: skip

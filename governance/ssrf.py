@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from onceonly_site.identifiers import CONTROL
+
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -92,8 +94,15 @@ def _refuse_plain_http(scheme: str, private: bool) -> None:
 
 def check(url: str, *, resolve: bool = True) -> CheckedUrl:
     """Validate a tool URL; raise RefusedUrl with a clear message, or return what it resolves to."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if any(char.isspace() for char in url) or CONTROL.search(url):
+        # urlsplit drops them silently (leading blanks, tabs, newlines): the URL stored would not be the one used.
+        raise RefusedUrl("Tool URLs contain no whitespace or control characters (percent-encode them).")
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # brackets that hold no IPv6 address, a host that NFKC turns into "/", "?", "#" or "@"…
+        raise RefusedUrl("The URL cannot be read: its host is not a name or an IP address.") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise RefusedUrl("Tool URLs are http:// or https:// with a host.")
     if parts.username or parts.password:
         raise RefusedUrl("Tool URLs may not carry credentials; use the tool's signing secret.")
@@ -101,7 +110,7 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise RefusedUrl("The URL's port is not a number from 1 to 65535.") from None
-    host = parts.hostname
+    host = hostname
     allow_private = settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS
     literal = _literal(host)
     if literal is not None:
@@ -115,6 +124,8 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
         return CheckedUrl(url, host, port, ())
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError:  # the IDNA codec: an empty label ("a..b") or one longer than 63 characters
+        raise RefusedUrl(f"{host[:80]!r} is not a valid host name (empty or over-long label).") from None
     except socket.gaierror:
         return CheckedUrl(url, host, port, (), warning=f"{host} does not resolve yet; it is checked again at dispatch.")
     addresses = tuple(dict.fromkeys(info[4][0] for info in infos))

@@ -30,11 +30,24 @@ from onceonly_site.api import (
     ApiProblem,
     BodyCheck,
     PathValidationError,
+    StrictSerializer,
     body,
     page_params,
     parse_json_body,
 )
 from onceonly_site.identifiers import identifier_problem, tool_name_problem
+from onceonly_site.openapi import (
+    IDENTIFIER_PATTERN,
+    KEY_PATTERN,
+    UNSAFE_FREE_PATTERN,
+    errors,
+    identifier_field,
+    key_field,
+    page_parameters,
+    pattern,
+    text_field,
+    tool_name_field,
+)
 
 MAX_KEY_LENGTH = 256  # also enforced by BodyCheck.key
 MAX_METADATA_BYTES = 2048
@@ -57,12 +70,16 @@ def _query_key(request: Request) -> str:
 # --- check-lock -----------------------------------------------------------------------------------------------
 
 
-class CheckLockInput(serializers.Serializer):
-    key = serializers.CharField(max_length=MAX_KEY_LENGTH, help_text="1–256 characters; `:` and any text allowed.")
+class CheckLockInput(StrictSerializer):
+    key = key_field(MAX_KEY_LENGTH, help_text="1–256 characters, not blank, no control character; `:` and any other "
+                    "text allowed.")  # fmt: skip
     ttl = serializers.IntegerField(
-        required=False, min_value=1, help_text="Seconds. Omitted: the plan's default. Above the plan max: clamped."
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="Seconds. Omitted or null: the plan's default. Above the plan max: clamped.",
     )
-    metadata = serializers.DictField(required=False, help_text="A JSON object of at most 2048 bytes.")
+    metadata = serializers.DictField(required=False, allow_null=True, help_text="A JSON object of at most 2048 bytes.")
 
 
 class CheckLockOutput(serializers.Serializer):
@@ -107,7 +124,7 @@ class CheckLockApi(APIView):
     @extend_schema(
         operation_id="check_lock",
         request=CheckLockInput,
-        responses=CheckLockOutput,
+        responses={200: CheckLockOutput, **errors(402)},
         summary="Lock a key exactly once per TTL window (duplicates answer 200 with status duplicate)",
     )
     def post(self, request: Request) -> Response:
@@ -247,17 +264,17 @@ def _holder_call(request: Request, action) -> Response:
     return _lease_response(request, outcome)
 
 
-class LeaseInput(serializers.Serializer):
-    key = serializers.CharField(max_length=MAX_KEY_LENGTH)
-    ttl = serializers.IntegerField(required=False, min_value=1)
-    metadata = serializers.DictField(required=False)
+class LeaseInput(StrictSerializer):
+    key = key_field(MAX_KEY_LENGTH)
+    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    metadata = serializers.DictField(required=False, allow_null=True, help_text="A JSON object of at most 2048 bytes.")
 
 
 class LeaseApi(APIView):
     @extend_schema(
         operation_id="ai_lease",
         request=LeaseInput,
-        responses=LeaseRecordOutput,
+        responses={200: LeaseRecordOutput, **errors(402)},
         summary="Acquire the lease of a key, or learn who has it (polling) or how it ended",
     )
     def post(self, request: Request) -> Response:
@@ -270,17 +287,21 @@ class LeaseApi(APIView):
         return _lease_response(request, outcome)
 
 
-class LeaseExtendInput(serializers.Serializer):
-    key = serializers.CharField()
-    lease_id = serializers.CharField()
-    ttl = serializers.IntegerField(required=False, min_value=1)
+def lease_id_field() -> serializers.CharField:
+    return text_field(64, non_blank=True, required=True, help_text="The lease_id the lease answer gave the holder.")
+
+
+class LeaseExtendInput(StrictSerializer):
+    key = key_field(MAX_KEY_LENGTH)
+    lease_id = lease_id_field()
+    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1)
 
 
 class LeaseExtendApi(APIView):
     @extend_schema(
         operation_id="ai_extend",
         request=LeaseExtendInput,
-        responses=LeaseRecordOutput,
+        responses={200: LeaseRecordOutput, **errors(409)},
         summary="Heartbeat: reset the holder's expiry to now + ttl",
     )
     def post(self, request: Request) -> Response:
@@ -292,18 +313,22 @@ class LeaseExtendApi(APIView):
         ))  # fmt: skip
 
 
-class LeaseCompleteInput(serializers.Serializer):
-    key = serializers.CharField()
-    lease_id = serializers.CharField()
-    result = serializers.DictField(required=False, help_text="JSON object, at most 256 KB.")
-    result_hash = serializers.CharField(required=False, help_text="Default: SHA-256 of RFC 8785 canonical JSON.")
+class LeaseCompleteInput(StrictSerializer):
+    key = key_field(MAX_KEY_LENGTH)
+    lease_id = lease_id_field()
+    result = serializers.DictField(
+        required=False,
+        allow_null=True,
+        help_text="JSON object, at most 256 KB; integers within ±(2^53−1) (it is hashed as RFC 8785 JSON).",
+    )
+    result_hash = text_field(128, help_text="Default: SHA-256 of RFC 8785 canonical JSON.")
 
 
 class LeaseCompleteApi(APIView):
     @extend_schema(
         operation_id="ai_complete",
         request=LeaseCompleteInput,
-        responses=LeaseRecordOutput,
+        responses={200: LeaseRecordOutput, **errors(409)},
         summary="Store the result; the key is final for the retention period",
     )
     def post(self, request: Request) -> Response:
@@ -317,18 +342,18 @@ class LeaseCompleteApi(APIView):
         ))  # fmt: skip
 
 
-class LeaseFailInput(serializers.Serializer):
-    key = serializers.CharField()
-    lease_id = serializers.CharField()
-    error_code = serializers.CharField(max_length=128)
-    error_hash = serializers.CharField(required=False)
+class LeaseFailInput(StrictSerializer):
+    key = key_field(MAX_KEY_LENGTH)
+    lease_id = lease_id_field()
+    error_code = text_field(128, non_blank=True, required=True)
+    error_hash = text_field(128)
 
 
 class LeaseFailApi(APIView):
     @extend_schema(
         operation_id="ai_fail",
         request=LeaseFailInput,
-        responses=LeaseRecordOutput,
+        responses={200: LeaseRecordOutput, **errors(409)},
         summary="Record a failed attempt; the next lease acquires again",
     )
     def post(self, request: Request) -> Response:
@@ -343,30 +368,33 @@ class LeaseFailApi(APIView):
         ))  # fmt: skip
 
 
-class LeaseCancelInput(serializers.Serializer):
-    key = serializers.CharField()
-    lease_id = serializers.CharField()
-    reason = serializers.CharField(required=False, max_length=500)
+class LeaseCancelInput(StrictSerializer):
+    key = key_field(MAX_KEY_LENGTH)
+    lease_id = lease_id_field()
+    reason = text_field(500, non_blank=True, help_text="Not blank when sent.")
 
 
 class LeaseCancelApi(APIView):
     @extend_schema(
         operation_id="ai_cancel",
         request=LeaseCancelInput,
-        responses=LeaseRecordOutput,
+        responses={200: LeaseRecordOutput, **errors(409)},
         summary="Give the key back without a result (status cancelled)",
     )
     def post(self, request: Request) -> Response:
         check = BodyCheck(body(request), {"key", "lease_id", "reason"})
         key, lease_id = check.key(), check.text("lease_id", required=True, max_length=64)
-        reason = check.text("reason", required=False, max_length=500) or ""
+        reason = check.text("reason", required=False, max_length=500, non_blank=True) or ""
         check.done()
         return _holder_call(request, lambda: services.lease_cancel(
             account_id=request.auth.account_id, key=key, lease_id=lease_id, reason=reason
         ))  # fmt: skip
 
 
-KEY_PARAM = OpenApiParameter("key", str, required=True, description="The lease key.")
+KEY_PARAM = OpenApiParameter(
+    "key", {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN}, required=True,
+    description="The lease key: not blank, no control character.",
+)  # fmt: skip
 
 
 def _not_found(key: str) -> Response:
@@ -497,14 +525,39 @@ def _actions(check: BodyCheck, actions: Any) -> list[dict[str, Any]]:
     return cleaned
 
 
-class KeyedRunInput(serializers.Serializer):
-    key = serializers.CharField(max_length=MAX_KEY_LENGTH, help_text="The run's idempotency key.")
-    ttl = serializers.IntegerField(required=False, min_value=1, help_text="Lease TTL in seconds.")
-    metadata = serializers.DictField(
+class RunActionInput(StrictSerializer):
+    tool = tool_name_field()
+    args = serializers.DictField(required=False, allow_null=True)
+    spend_usd = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=MAX_USD)
+
+
+class RunMetadataInput(serializers.Serializer):
+    """The keys of a keyed run's metadata that mean something (``_run_spec``); any other key is kept as is."""
+
+    openapi_extra = {
+        "additionalProperties": {},
+        # agent_id is required with actions: the agent whose policy governs them.
+        "anyOf": [{"properties": {"actions": {"maxItems": 0}}}, {"required": ["agent_id"],
+                                                               "properties": {"agent_id": {"type": "string"}}}],
+    }  # fmt: skip
+    run_id = identifier_field(256, required=False, allow_null=True, help_text="The timeline's id (default: the key).")
+    agent_id = identifier_field(200, required=False, allow_null=True, help_text="Required with actions.")
+    actions = serializers.ListField(child=RunActionInput(), required=False, allow_null=True, max_length=runs.MAX_ACTIONS)
+    dry_run = serializers.BooleanField(required=False, allow_null=True)
+    task = serializers.CharField(required=False, allow_null=True, max_length=200,
+                                 validators=[pattern(r"^[A-Za-z0-9_.:-]+$")], help_text="A registered job handler.")  # fmt: skip
+    params = serializers.DictField(required=False, allow_null=True, help_text="The job handler's input.")
+
+
+class KeyedRunInput(StrictSerializer):
+    key = key_field(MAX_KEY_LENGTH, help_text="The run's idempotency key.")
+    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1, help_text="Lease TTL in seconds.")
+    metadata = RunMetadataInput(
         required=False,
-        help_text="At most 64 KB. Meaningful keys: run_id (timeline id, default the key), agent_id, actions "
-        "(≤ 50 {tool, args, spend_usd}, run through the governed call as agent_id), dry_run, task (a registered job "
-        "handler), params (the handler's input).",
+        allow_null=True,
+        help_text="At most 64 KB, integers within ±(2^53−1). Meaningful keys: run_id (timeline id, default the key), "
+        "agent_id, actions (≤ 50 {tool, args, spend_usd}, run through the governed call as agent_id), dry_run, task "
+        "(a registered job handler), params (the handler's input).",
     )
 
 
@@ -534,18 +587,22 @@ MAX_TS = 253402300799  # 9999-12-31T23:59:59Z
 
 
 class EventInput(serializers.Serializer):
-    run_id = serializers.CharField(max_length=256, help_text="The timeline the event belongs to (non-blank).")
-    type = serializers.CharField(max_length=64, help_text="e.g. note, sdk_debug, tool_call (non-blank).")
-    ts = serializers.IntegerField(required=False, help_text="Unix seconds; default now.")
-    status = serializers.CharField(required=False, max_length=64)
-    duration_ms = serializers.IntegerField(required=False, min_value=0)
-    step = serializers.CharField(required=False, max_length=256)
-    tool = serializers.CharField(required=False, max_length=256)
-    req_id = serializers.CharField(required=False, max_length=256)
-    lease_id = serializers.CharField(required=False, max_length=256)
-    agent_id = serializers.CharField(required=False, max_length=256)
-    message = serializers.CharField(required=False, max_length=4000)
-    data = serializers.DictField(required=False, help_text="A JSON object, at most 16 KB.")
+    """Not strict: unknown top-level keys are kept with the event (names of at most 64 characters, 8 KB in all)."""
+
+    openapi_extra = {"additionalProperties": {}}
+    run_id = identifier_field(256, help_text="The timeline the event belongs to (non-blank).")
+    type = key_field(64, help_text="e.g. note, sdk_debug, tool_call (non-blank).")
+    ts = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_TS,
+                                  help_text="Unix seconds; default now.")  # fmt: skip
+    status = text_field(64)
+    duration_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**53 - 1)
+    step = text_field(256)
+    tool = text_field(256, validators=[pattern(UNSAFE_FREE_PATTERN)])
+    req_id = text_field(256)
+    lease_id = text_field(256)
+    agent_id = text_field(256, validators=[pattern(UNSAFE_FREE_PATTERN)])
+    message = text_field(4000)
+    data = serializers.DictField(required=False, allow_null=True, help_text="A JSON object, at most 16 KB.")
 
 
 class EventCreatedOutput(serializers.Serializer):
@@ -597,10 +654,16 @@ class TimelineOutput(serializers.Serializer):
     events = serializers.ListField(child=serializers.DictField(), help_text="Chronological.")
 
 
+RUN_ID_PARAM = OpenApiParameter(
+    "run_id", {"type": "string", "maxLength": 256, "pattern": IDENTIFIER_PATTERN}, OpenApiParameter.PATH,
+    description="Not blank, no control or bidirectional formatting character.",
+)  # fmt: skip
+
+
 class RunTimelineApi(APIView):
     @extend_schema(
         operation_id="run_timeline",
-        parameters=[OpenApiParameter("limit", int, description="1–2000, default 200"), OpenApiParameter("offset", int)],
+        parameters=[RUN_ID_PARAM, *page_parameters(default=200, maximum=2000)],
         responses=TimelineOutput,
         summary="A run's timeline, chronological ({run_id, total, events}); an unknown run has total 0",
     )

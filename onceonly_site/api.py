@@ -294,6 +294,10 @@ def parse_json_body(raw: bytes) -> Any:
         # Python parses ~900 levels, but storing them (JSON columns encode them again, deeper in the stack) would
         # overflow the stack: a 500 (found by tests/test_request_limits.py).
         raise exceptions.ParseError(f"JSON parse error - nested more than {MAX_JSON_DEPTH} levels deep.")
+    if data is None and raw:  # a literal null: only an empty body stands for {}
+        raise exceptions.ValidationError(
+            {"non_field_errors": [serializers.ErrorDetail("The request body must be a JSON object.", code="type_error")]}
+        )
     if b"\\u" in raw and not _storable_text(data):
         # Point at the field when one holds it (a 422 with loc ["body", field]); else at the body.
         if isinstance(data, dict):
@@ -381,7 +385,9 @@ class BodyCheck:
             return ""
         return value
 
-    def text(self, name: str, *, required: bool, max_length: int) -> str | None:
+    def text(self, name: str, *, required: bool, max_length: int, non_blank: bool = False) -> str | None:
+        """A string of at most ``max_length`` characters; not blank when required or ``non_blank`` (then it may be
+        absent or null, but one that is sent says something)."""
         value = self.data.get(name)
         if value is None:
             if required:
@@ -389,7 +395,7 @@ class BodyCheck:
             return None
         if not isinstance(value, str):
             self.fail(name, "Must be a string.", "string_type")
-        elif required and not value.strip():
+        elif (required or non_blank) and not value.strip():
             self.fail(name, "Must not be empty.", "string_too_short")
         elif len(value) > max_length:
             self.fail(name, f"At most {max_length} characters.", "string_too_long")

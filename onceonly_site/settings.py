@@ -204,7 +204,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["onceonly_site.api.JSONParser"],
     "EXCEPTION_HANDLER": "onceonly_site.api.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["billing.ratelimit.ApiKeyRateThrottle"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, plus the error answers of the contract and closed request bodies (onceonly_site/openapi.py).
+    "DEFAULT_SCHEMA_CLASS": "onceonly_site.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 

@@ -188,3 +188,34 @@ def test_logs_and_policies_are_tenant_scoped(client, key_b):
     assert other.get("/v1/policies").json()["items"] == []
     assert other.get("/v1/agents/shared/logs").json()["items"] == []
     assert other.get("/v1/agents/shared/metrics").json()["total_actions"] == 0
+
+
+@pytest.mark.parametrize("reason", ["", "   "])
+@pytest.mark.parametrize("action", ["disable", "enable"])
+def test_a_blank_kill_switch_reason_is_422_and_changes_nothing(client, action, reason):
+    """A reason is optional; one that is sent says something (the schema said so, the server took "")."""
+    response = post(client, f"agents/bot/{action}", {"reason": reason})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "reason"]
+    assert not Agent.objects.exists() and not AuditEntry.objects.filter(action__startswith="governance.").exists()
+
+
+@pytest.mark.parametrize("overrides", [False, 0, "", []])
+def test_template_overrides_of_another_type_are_422_and_save_nothing(client, overrides):
+    """They were read as "no overrides" (``overrides or {}``) and the template applied."""
+    response = post(client, "policies/bot/from-template", {"template": "strict", "overrides": overrides})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "overrides"]
+    assert not PolicyVersion.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["policies/bot", "agents/bot/disable"])
+def test_a_json_null_body_is_422_and_writes_nothing(client, path):
+    """``null`` is not a JSON object; it was read as an empty body and the change made."""
+    response = client.post(f"/v1/{path}", "null", content_type="application/json")
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {"type": "type_error", "loc": ["body"], "msg": "The request body must be a JSON object."}
+    ]
+    assert not Agent.objects.exists() and not PolicyVersion.objects.exists()
+    assert not AuditEntry.objects.filter(action__startswith="governance.").exists()

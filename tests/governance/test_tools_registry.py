@@ -67,6 +67,15 @@ def test_get_list_toggle_delete(client):
     [
         (tool_body(name="bad name!"), "name"),
         (tool_body(url="ftp://x.example/y"), "url"),
+        # URLs urlsplit or the IDNA codec cannot read were a 500; whitespace and controls urlsplit dropped silently.
+        (tool_body(url="https://[tools]/y"), "url"),
+        (tool_body(url="https://[2606:2800::1/y"), "url"),
+        (tool_body(url="https://tools\uff03x.example/y"), "url"),
+        (tool_body(url="https://tools..example/y"), "url"),
+        (tool_body(url=f"https://{'a' * 64}.example/y"), "url"),
+        (tool_body(url=" https://tools.example.com/y"), "url"),
+        (tool_body(url="https://tools.example.com/a b"), "url"),
+        (tool_body(url="https://tools.example.com/\ty"), "url"),
         (tool_body(scope_id="team:x"), "scope_id"),
         (tool_body(timeout_ms=100), "timeout_ms"),
         (tool_body(max_retries=11), "max_retries"),

@@ -113,6 +113,7 @@ def test_runs_and_events_are_tenant_scoped(key_a, key_b):
         ({"from_day": "2026-01-01"}, "to_day"),
         ({"from_day": "2026-13-01", "to_day": "2026-12-31"}, "from_day"),
         ({"from_day": "20260101", "to_day": "2026-01-02"}, "from_day"),
+        ({"from_day": "2026-W01-1", "to_day": "2026-01-02"}, "from_day"),  # ISO week date: Python 3.11 reads it
         ({"from_day": "2026-01-02", "to_day": "2026-01-01"}, "to_day"),
         ({"from_day": "2025-01-01", "to_day": "2026-01-02"}, "to_day"),
     ],

@@ -290,3 +290,12 @@ def test_a_result_with_an_unsafe_integer_is_422(client):
     response = post(client, "complete", key=KEY, lease_id=held["lease_id"], result={"id": 2**60})
     assert response.status_code == 422
     assert Lease.objects.get().status == "in_progress"
+
+
+@pytest.mark.parametrize("reason", ["", "  "])
+def test_a_blank_cancel_reason_is_422_and_the_lease_is_still_held(client, reason):
+    lease_id = acquire(client)["lease_id"]
+    response = post(client, "cancel", key=KEY, lease_id=lease_id, reason=reason)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "reason"]
+    assert get(client, "status").json()["status"] == "in_progress"

@@ -12,6 +12,13 @@ from idempotency.models import Lease, LeaseAttempt, LockRecord
 from tests.conftest import make_key
 
 
+def run_async(coroutine):
+    """``asyncio.run`` in a thread of its own: once a browser test has started Playwright's sync API (a session-wide
+    fixture), the test thread has a running event loop and refuses a second one. Agents run their loops anyway."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_check_lock_locked_then_duplicate(sdk):
     first = sdk.check_lock(key="example:basic:order-123:charge", ttl=60, meta={"order": 123}, request_id="req-basic-1")
     assert (first.locked, first.duplicate) == (True, False)
@@ -28,7 +35,7 @@ def test_check_lock_async(sdk):
         b = await sdk.check_lock_async(key="example:async:1", ttl=60)
         return a, b
 
-    a, b = asyncio.run(twice())
+    a, b = run_async(twice())
     assert a.locked and b.duplicate
 
 
@@ -64,7 +71,7 @@ def test_idempotent_decorator_on_an_async_function(sdk):
     async def run():
         return await job(1), await job(1)
 
-    assert asyncio.run(run()) == ("SUCCESS", "DUPLICATE")
+    assert run_async(run()) == ("SUCCESS", "DUPLICATE")
     assert calls == [1]
 
 
