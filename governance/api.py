@@ -320,8 +320,8 @@ class PolicyListApi(APIView):
 
 
 class PolicyApi(APIView):
-    @extend_schema(operation_id="policy_get", parameters=[AGENT_ID_PARAM], request=None, responses=PolicyOutput,
-                   summary="An agent's current policy")  # fmt: skip
+    @extend_schema(operation_id="policy_get", parameters=[AGENT_ID_PARAM], request=None,
+                   responses={200: PolicyOutput, **errors(404)}, summary="An agent's current policy")  # fmt: skip
     def get(self, request: Request, agent_id: str) -> Response:
         entitlements.require(request.auth.plan, "governance")
         agent = selectors.agent_for_account(request.auth.account_id, _agent_id(agent_id))
@@ -333,7 +333,7 @@ class PolicyApi(APIView):
         operation_id="policy_upsert",
         parameters=[AGENT_ID_PARAM],
         request=PolicyInput,
-        responses=PolicyOutput,
+        responses={200: PolicyOutput, **errors(404)},  # an empty agent id: no route takes /v1/policies/
         summary="Merge upsert: fields sent replace, explicit null clears; a new version per change",
     )
     def post(self, request: Request, agent_id: str) -> Response:
@@ -427,7 +427,7 @@ class AgentDisableApi(_KillSwitchApi):
         operation_id="agent_disable",
         parameters=[AGENT_ID_PARAM],
         request=ReasonInput,
-        responses=AgentStatusOutput,
+        responses={200: AgentStatusOutput, **errors(404)},  # an empty agent id: no route takes it
         summary="Kill switch: block the agent's governed calls from the next call on",
     )
     def post(self, request: Request, agent_id: str) -> Response:
@@ -441,7 +441,7 @@ class AgentEnableApi(_KillSwitchApi):
         operation_id="agent_enable",
         parameters=[AGENT_ID_PARAM],
         request=ReasonInput,
-        responses=AgentStatusOutput,
+        responses={200: AgentStatusOutput, **errors(404)},
         summary="Release the kill switch",
     )
     def post(self, request: Request, agent_id: str) -> Response:
@@ -455,7 +455,7 @@ def _amount(value: Decimal | None) -> float | None:
 class AgentLogsApi(APIView):
     @extend_schema(
         operation_id="agent_logs",
-        responses=LogsOutput,
+        responses={200: LogsOutput, **errors(404)},
         summary="An agent's decisions, newest first ({items, limit, offset})",
         parameters=[AGENT_ID_PARAM, *page_parameters(default=100)],
     )
@@ -477,7 +477,7 @@ class AgentLogsApi(APIView):
 class AgentMetricsApi(APIView):
     @extend_schema(
         operation_id="agent_metrics",
-        responses=AgentMetricsOutput,
+        responses={200: AgentMetricsOutput, **errors(404)},
         summary="Totals over the last hour, 24 hours or 7 days",
         parameters=[AGENT_ID_PARAM, OpenApiParameter("period", str, enum=list(selectors.PERIODS), default="day")],
     )
@@ -603,15 +603,16 @@ class ToolsApi(APIView):
 
 
 class ToolApi(APIView):
-    @extend_schema(operation_id="tool_get", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM], responses=ToolOutput,
-                   summary="One tool")  # fmt: skip
+    @extend_schema(operation_id="tool_get", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
+                   responses={200: ToolOutput, **errors(404)}, summary="One tool")  # fmt: skip
     def get(self, request: Request, name: str) -> Response:
         entitlements.require(request.auth.plan, "tools")
         return Response(_tool_body(_tool_or_404(request, name)))
 
     @extend_schema(operation_id="tool_delete", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
                    responses={200: inline_serializer("ToolDeleted", {"ok": serializers.BooleanField(),
-                                                                     "deleted": serializers.CharField()})},
+                                                                     "deleted": serializers.CharField()}),
+                              **errors(404)},
                    summary="Delete a tool")  # fmt: skip
     def delete(self, request: Request, name: str) -> Response:
         entitlements.require(request.auth.plan, "tools")
@@ -628,7 +629,7 @@ class ToolToggleApi(APIView):
     @extend_schema(
         operation_id="tool_toggle",
         parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
-        responses=ToolOutput,
+        responses={200: ToolOutput, **errors(404)},
         request=ToolToggleInput,
         summary="Enable or disable a tool (a disabled tool blocks calls with tool_disabled)",
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate
+from django.http import Http404
 
 from billing import usage
 from billing.models import AuditEntry
@@ -24,6 +25,15 @@ PERIODS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedel
 
 def agent_for_account(account_id: int, agent_id: str) -> Agent | None:
     return Agent.objects.filter(account_id=account_id, agent_id=agent_id).first()
+
+
+def get_agent_for_account(account_id: int, pk: int) -> Agent:
+    """The agent whose row is ``pk`` in that account; another account's is a 404, like a missing one. Dashboard URLs
+    name agents by row, not by agent id (governance/urls.py says why)."""
+    agent = Agent.objects.filter(account_id=account_id, pk=pk).first()
+    if agent is None:
+        raise Http404("No such agent in this account.")
+    return agent
 
 
 def governed_agents(account_id: int) -> QuerySet[Agent]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, Sum
 from django.db.models.expressions import Col
 from django.utils import timezone
@@ -696,18 +696,21 @@ def dispatch_intents_record(*, grace: timedelta | None = None, batch: int = 500)
     recorded = 0
     stale = DispatchIntent.objects.filter(created_at__lt=timezone.now() - grace).select_related("agent")
     for intent in stale.order_by("pk")[:batch]:
+        # One intent at a time, each in its own transaction (_record is atomic): one that fails must not stop the
+        # others, on this run or any later one.
         try:
-            with transaction.atomic():  # a savepoint per row: one that fails must not stop the others, every run
-                _record(
-                    intent.agent, None, intent.pk, ts=intent.created_at, tool=intent.tool, args_hash=intent.args_hash,
-                    run_id=intent.run_id, policy_version=intent.policy_version, risk_level=intent.risk_level,
-                    outcome=Outcome.FAILED, allowed=False, policy_reason=Reason.OUTCOME_UNKNOWN,
-                    spend_usd=intent.spend_usd, declared_spend_usd=intent.declared_spend_usd,
-                    operator_price_usd=intent.operator_price_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
-                    api_key_id=intent.api_key_id,
-                )  # fmt: skip
+            _record(
+                intent.agent, None, intent.pk, ts=intent.created_at, tool=intent.tool, args_hash=intent.args_hash,
+                run_id=intent.run_id, policy_version=intent.policy_version, risk_level=intent.risk_level,
+                outcome=Outcome.FAILED, allowed=False, policy_reason=Reason.OUTCOME_UNKNOWN,
+                spend_usd=intent.spend_usd, declared_spend_usd=intent.declared_spend_usd,
+                operator_price_usd=intent.operator_price_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
+                api_key_id=intent.api_key_id,
+            )  # fmt: skip
         except IntentGone:
             continue  # recorded by its own call meanwhile
+        except (OperationalError, InterfaceError):
+            raise  # the database is down, not this row: the task fails (and is retried) instead of logging each row
         except Exception:
             # Left in place: it still counts against the caps, and the next run tries it again.
             logger.exception("could not record unfinished dispatch intent %s (%s); going on with the next",

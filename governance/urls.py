@@ -5,7 +5,7 @@ from governance import api, views
 app_name = "governance"
 
 # Dashboard pages address an agent by its row's primary key, scoped to the operator's account
-# (views.get_agent_for_user), never by its agent id: an agent id may contain "/" and end like a page's suffix
+# (selectors.get_agent_for_account), never by its agent id: an agent id may contain "/" and end like a page's suffix
 # ("bot/policy"), so `agents/<agent id>/policy/` could name two pages. There are no agent-id routes to keep old
 # links working: an agent id may also be all digits, so `agents/<agent id>/` and `agents/<pk>/` would collide.
 urlpatterns = [

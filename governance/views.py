@@ -35,15 +35,6 @@ TIMELINE_FILTERS = {"agent": "agent__agent_id", "tool": "tool", "outcome": "outc
                     "run": "run_id", "since": "ts__gte", "until": "ts__lte"}  # fmt: skip
 
 
-def get_agent_for_user(request: HttpRequest, pk: int) -> Agent:
-    """The agent whose row is ``pk`` in the operator's current account; another account's is a 404, like a missing
-    one. Dashboard URLs name agents by row, not by agent id (governance/urls.py says why)."""
-    agent = Agent.objects.filter(account_id=current_membership(request).account_id, pk=pk).first()
-    if agent is None:
-        raise Http404("No such agent in this account.")
-    return agent
-
-
 def _actor(request: HttpRequest) -> str:
     return request.user.get_username()
 
@@ -107,7 +98,7 @@ def _series(agent: Agent, range_: str, now) -> dict:
 @require_GET
 def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
     account = current_membership(request).account
-    agent = get_agent_for_user(request, pk)
+    agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
     now = timezone.now()
     range_ = request.GET.get("range") if request.GET.get("range") in ("day", "week") else "day"
     metrics = selectors.agent_metrics(account.pk, agent.agent_id, range_, now)
@@ -125,7 +116,7 @@ def agent_kill_switch(request: HttpRequest, pk: int) -> HttpResponse:
     account = editor_membership(request).account
     if not account.plan.has_kill_switch and request.POST.get("action") != "enable":
         raise PermissionDenied(f"The kill switch is not on the {account.plan.name} plan (Usage & plan).")
-    agent = get_agent_for_user(request, pk)
+    agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
     form = ReasonForm(request.POST)
     enable = request.POST.get("action") == "enable"
     if not form.is_valid():
@@ -155,7 +146,7 @@ def _diff(a: dict | None, b: dict | None) -> list[str]:
 def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     membership = current_membership(request)
     account = membership.account
-    agent = get_agent_for_user(request, pk)
+    agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
     form = PolicyForm.from_policy(agent.policy, agent.policy_version)
     status = 200
     if request.method == "POST":
@@ -203,7 +194,7 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def policy_rollback(request: HttpRequest, pk: int) -> HttpResponse:
     account = editor_membership(request).account
-    agent = get_agent_for_user(request, pk)
+    agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
     if not account.plan.has_governance:
         raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
     requested = whole_number(request.POST.get("version", ""))
@@ -227,7 +218,7 @@ def policy_template(request: HttpRequest, pk: int) -> HttpResponse:
     account = editor_membership(request).account
     if not account.plan.has_governance:
         raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
-    agent = get_agent_for_user(request, pk)
+    agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
     name = request.POST.get("template", "")
     if name not in policies.TEMPLATES:
         messages.error(request, f"Unknown template; choose one of {', '.join(policies.TEMPLATES)}.")

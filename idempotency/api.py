@@ -542,10 +542,17 @@ class RunMetadataInput(serializers.Serializer):
     }  # fmt: skip
     run_id = identifier_field(256, required=False, allow_null=True, help_text="The timeline's id (default: the key).")
     agent_id = identifier_field(200, required=False, allow_null=True, help_text="Required with actions.")
-    actions = serializers.ListField(child=RunActionInput(), required=False, allow_null=True, max_length=runs.MAX_ACTIONS)
+    actions = serializers.ListField(
+        child=RunActionInput(), required=False, allow_null=True, max_length=runs.MAX_ACTIONS
+    )
     dry_run = serializers.BooleanField(required=False, allow_null=True)
-    task = serializers.CharField(required=False, allow_null=True, max_length=200,
-                                 validators=[pattern(r"^[A-Za-z0-9_.:-]+$")], help_text="A registered job handler.")  # fmt: skip
+    task = serializers.CharField(
+        required=False,
+        allow_null=True,
+        max_length=200,
+        validators=[pattern(r"^[A-Za-z0-9_.:-]+$")],
+        help_text="A registered job handler.",
+    )
     params = serializers.DictField(required=False, allow_null=True, help_text="The job handler's input.")
 
 
@@ -664,7 +671,7 @@ class RunTimelineApi(APIView):
     @extend_schema(
         operation_id="run_timeline",
         parameters=[RUN_ID_PARAM, *page_parameters(default=200, maximum=2000)],
-        responses=TimelineOutput,
+        responses={200: TimelineOutput, **errors(404)},  # an empty run id: no route takes /v1/runs/
         summary="A run's timeline, chronological ({run_id, total, events}); an unknown run has total 0",
     )
     def get(self, request: Request, run_id: str) -> Response:

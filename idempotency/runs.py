@@ -28,7 +28,7 @@ from typing import Any
 
 import rfc8785
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import DateTimeField, F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -364,9 +364,10 @@ def sweep() -> dict[str, int]:
     timed_out = 0
     for run in Run.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING], deadline_at__lte=now)[:SWEEP_BATCH]:
         seconds = settings.ONCEONLY_RUN_TIMEOUT_SECONDS
-        try:
-            with transaction.atomic():  # a savepoint per run: one that fails must not stop the others, every beat
-                timed_out += fail_unfinished(run, RunError.TIMEOUT, f"The run did not finish within {seconds} s.")
+        try:  # fail_unfinished is one transaction per run: one that fails must not stop the others, every beat
+            timed_out += fail_unfinished(run, RunError.TIMEOUT, f"The run did not finish within {seconds} s.")
+        except (OperationalError, InterfaceError):
+            raise  # the database is down, not this run
         except Exception:
             logger.exception("could not time out run %s; going on with the next", run.pk)
     quiet = now - claim_seconds()
@@ -376,8 +377,10 @@ def sweep() -> dict[str, int]:
     woken = 0
     for pk in list(Run.objects.filter(stale).values_list("pk", flat=True)[:SWEEP_BATCH]):
         try:
-            with transaction.atomic():
+            with transaction.atomic():  # a savepoint when the sweep runs inside a transaction (tests, callers)
                 marked = Run.objects.filter(stale, pk=pk).update(enqueued_at=now)
+        except (OperationalError, InterfaceError):
+            raise
         except Exception:
             logger.exception("could not wake run %s; going on with the next", pk)
             continue

@@ -18,6 +18,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -184,6 +185,7 @@ def _wants_json(request: HttpRequest) -> bool:
     return request.path.startswith("/v1/") or request.path == "/v1"
 
 
+@csrf_exempt  # API clients send no CSRF token: a POST to an unknown route is this 404, not the HTML CSRF page
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     return JsonResponse({"detail": "Not Found"}, status=404)
 
@@ -295,9 +297,8 @@ def parse_json_body(raw: bytes) -> Any:
         # overflow the stack: a 500 (found by tests/test_request_limits.py).
         raise exceptions.ParseError(f"JSON parse error - nested more than {MAX_JSON_DEPTH} levels deep.")
     if data is None and raw:  # a literal null: only an empty body stands for {}
-        raise exceptions.ValidationError(
-            {"non_field_errors": [serializers.ErrorDetail("The request body must be a JSON object.", code="type_error")]}
-        )
+        problem = serializers.ErrorDetail("The request body must be a JSON object.", code="type_error")
+        raise exceptions.ValidationError({"non_field_errors": [problem]})
     if b"\\u" in raw and not _storable_text(data):
         # Point at the field when one holds it (a 422 with loc ["body", field]); else at the body.
         if isinstance(data, dict):

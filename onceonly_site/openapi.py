@@ -3,8 +3,8 @@
 * **Error answers, declared once.** ``ERRORS`` describes every error status of the error contract, each a named
   response component (``#/components/responses/RateLimited``…) with its body schema and headers. ``AutoSchema`` (the
   project's drf-spectacular schema class) adds to every ``/v1`` operation the ones any request can meet
-  (``COMMON_ERRORS``, plus 413/415 where the operation takes a body and 404 where its path has a parameter); a view
-  names the others it can answer with ``errors(...)`` in its ``@extend_schema(responses=…)``:
+  (``COMMON_ERRORS``, plus 413/415 where the operation takes a body); a view names the others it can answer with
+  ``errors(...)`` in its ``@extend_schema(responses=…)``:
   ``responses={200: LeaseRecordOutput, **errors(409)}``. ``tests/test_schema_errors.py`` holds every operation to
   the statuses it can produce, and ``tests/fuzz/test_schemathesis.py`` checks every answer against them.
 * **What a string may hold, in JSON Schema.** The patterns below are built from the character classes of
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import uritemplate
 from django.core.validators import RegexValidator
 from drf_spectacular import openapi
 from drf_spectacular.plumbing import ResolvedComponent, get_doc
@@ -124,7 +123,7 @@ def page_parameters(*, default: int, maximum: int = 500, max_offset: int = 1_000
 
 _PROBLEM = {
     "type": "object",
-    "description": 'A business error: a machine-readable `error` code, a human `message`, and the fields the code '
+    "description": "A business error: a machine-readable `error` code, a human `message`, and the fields the code "
     "names.",
     "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
     "required": ["error"],
@@ -221,8 +220,6 @@ class AutoSchema(openapi.AutoSchema):
         statuses = set(COMMON_ERRORS)
         if self.method in ("POST", "PUT", "PATCH"):
             statuses.update(BODY_ERRORS)
-        if uritemplate.variables(self.path):
-            statuses.add(404)  # a value no route takes (an empty one, one with a "/" where the route has none)
         return statuses
 
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:

@@ -111,3 +111,11 @@ def test_text_no_database_can_store_is_a_422_and_writes_nothing(key_a, path, bod
     assert response.status_code == 422, response.content
     assert [item["loc"] for item in response.json()["detail"]] == [loc]  # the field holding it, when one does
     assert LockRecord.objects.count() == Lease.objects.count() == Decision.objects.count() == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/no-such-route", "/v1/agents//disable", "/v1"])
+def test_a_post_to_an_unknown_v1_route_is_the_json_404_not_the_csrf_page(db, path):
+    """API clients send no CSRF token: the catch-all answered their POST with Django's HTML 403 CSRF page."""
+    response = Client(enforce_csrf_checks=True).post(path, "{}", content_type="application/json")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
