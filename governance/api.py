@@ -37,7 +37,7 @@ from onceonly_site.api import (
     body,
     page_params,
 )
-from onceonly_site.identifiers import UNSAFE, identifier_problem, tool_name_problem
+from onceonly_site.identifiers import identifier_problem, tool_name_problem
 from onceonly_site.openapi import (
     DAY_PATTERN,
     IDENTIFIER_PATTERN,
@@ -45,6 +45,7 @@ from onceonly_site.openapi import (
     REGISTERED_TOOL_PATTERN,
     SCOPE_PATTERN,
     TOOL_NAME_RULES,
+    UNSAFE_CHAR_PATTERN,
     URL_PATTERN,
     errors,
     identifier_field,
@@ -81,7 +82,7 @@ def _actor(request: Request) -> str:
     "type": "object", "nullable": True, "additionalProperties": {},
     "description": "The tool's arguments, at most 64 KB, integers within ±(2^53−1). Never stored. A string `run_id` "
     "names the run's timeline: no control or bidirectional formatting character.",
-    "properties": {"run_id": {"not": {"type": "string", "pattern": UNSAFE.pattern}}},
+    "properties": {"run_id": {"not": {"type": "string", "pattern": UNSAFE_CHAR_PATTERN}}},
 })  # fmt: skip
 class ArgsField(serializers.DictField):
     pass

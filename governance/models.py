@@ -201,6 +201,16 @@ class Tool(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="tools")
     scope_id = models.CharField(max_length=210, default="global", help_text='"global" or "agent:<agent id>".')
     name = models.CharField(max_length=200)
+    # What governed calls and /v1/tools/{name} look the tool up by: identifiers.normalise_tool(name), so that
+    # `STRIPE.CHARGE` and `ｓｔｒｉｐｅ.charge` find `stripe.charge` as the policies' matching does. Set by
+    # governance.tools.tool_upsert (the only writer), filled for older rows by migration 0009.
+    name_key = models.CharField(max_length=200, editable=False)
+    legacy_twin = models.PositiveSmallIntegerField(
+        default=0,
+        editable=False,
+        help_text="0; 1, 2… for a tool registered, before such names were refused, after another tool of its scope "
+        "whose name differs only in case (migration 0009): calls that do not name it exactly reach the oldest.",
+    )
     url = models.URLField(max_length=2000)
     secret_encrypted = models.TextField(blank=True, help_text="Fernet token; the plain secret is never stored.")
     secret_mask = models.CharField(max_length=16, blank=True)
@@ -221,6 +231,13 @@ class Tool(models.Model):
         constraints = [
             # Upsert on (scope, name); the governed call looks tools up by it (agent scope, then global).
             models.UniqueConstraint(fields=["account", "scope_id", "name"], name="governance_tool_unique_name"),
+            # One tool per normalised name and scope (the refusal of `Send_Email` next to `send_email` in
+            # tool_upsert, backed here), and the governed call's lookup: account, name_key, scope_id IN (agent's,
+            # global). legacy_twin is in it because databases from before that refusal may hold such pairs: the
+            # migration numbers them instead of failing (or deleting an operator's tool); every new tool is 0.
+            models.UniqueConstraint(
+                fields=["account", "name_key", "scope_id", "legacy_twin"], name="governance_tool_unique_name_key"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -50,7 +50,20 @@ REFUSED_IPV6 = tuple((ipaddress.IPv6Network(net), label) for net, label in (
 ))  # fmt: skip
 
 
+# IPv4 ranges that some Python releases call global although no tool lives there: 192.0.0.0/24 holds IETF protocol
+# assignments and, at 192.0.0.192, the legacy instance-metadata service of Oracle Cloud; 192.88.99.0/24 was the 6to4
+# relay anycast prefix (deprecated: where it leads is a relay's choice, as for 2002::/16 above).
+REFUSED_IPV4 = tuple((ipaddress.IPv4Network(net), label) for net, label in (
+    ("192.0.0.0/24", "IETF protocol assignments (cloud metadata)"),
+    ("192.88.99.0/24", "6to4 relay"),
+))  # fmt: skip
+
+
 def refused_reason(address: IP) -> str | None:
+    if isinstance(address, ipaddress.IPv4Address):
+        for network, label in REFUSED_IPV4:
+            if address in network:
+                return label
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return refused_reason(address.ipv4_mapped)

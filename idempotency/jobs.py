@@ -24,12 +24,14 @@ never imports it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+from onceonly_site.identifiers import REGISTERED_NAME
+
+# A handler's name: 1–200 ASCII letters, digits or `_ . : -`, like a registered tool's (`\Z`: no final newline).
+NAME = REGISTERED_NAME
 
 
 @dataclass

@@ -8,13 +8,20 @@ operators and written to logs. Two kinds of character make them lie about themse
 * bidirectional formatting (embeddings and overrides U+202A–U+202E, isolates U+2066–U+2069, the marks U+200E,
   U+200F and U+061C): a right-to-left override makes ``<RLO>exe.live-gnip`` render as "ping-evil.exe".
 
-``identifier_problem`` refuses both. Idempotency keys are opaque client strings and only refuse the controls
+* invisible characters that render as nothing or as a blank (soft hyphen, zero-width space, word joiner, the
+  combining grapheme joiner, Hangul fillers, the braille blank, tag characters…): ``prod-bot`` and
+  ``prod-bot<ZWSP>`` would be two agents that look the same.
+
+``identifier_problem`` refuses all three. The zero-width (non-)joiners and variation selectors stay allowed there:
+emoji sequences and several scripts need them. Idempotency keys are opaque client strings and only refuse the controls
 (``control_problem``): they round-trip through ``/v1/ai/status?key=…``, where the request middleware refuses
 controls in every query value, and a right-to-left mark is legitimate in a key built from RTL user data.
 
 Tool names get a stricter check (``tool_name_problem``) because policies match them: no whitespace or invisible
-characters at all, and letters of one script only (Latin mixed with Cyrillic is how ``delete_usеr`` slips past a
-block list), and ``normalise_tool`` is the form both a name and a policy pattern are compared in.
+characters at all (joiners and variation selectors included), no combining mark on a character NFKC leaves
+bare (``priced`` + U+0332 is not ``priced``, yet looks like it underlined), and letters of one script only (Latin
+mixed with Cyrillic is how ``delete_usеr`` slips past a block list), and ``normalise_tool`` is the form both a
+name and a policy pattern are compared in.
 """
 
 from __future__ import annotations
@@ -28,6 +35,14 @@ from django.core.exceptions import ValidationError
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # …plus the line/paragraph separators and the bidirectional formatting characters.
 UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Invisible: default-ignorable code points that are neither controls nor bidi formatting (above), and the blanks
+# that are not whitespace (U+2800 BRAILLE PATTERN BLANK, U+3164 HANGUL FILLER and its half-width form).
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u2060-\u2064\u206a-\u206f\u2800\u3164"
+    "\ufeff\uffa0\U000e0000-\U000e007f]"
+)
+# …and, in tool names, also the joiners and variation selectors (legitimate in emoji and some scripts elsewhere).
+TOOL_INVISIBLE = re.compile("[\u200c\u200d\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 # A plain-ASCII tool name: printable, no space (the fast path of tool_name_problem).
 _ASCII_TOOL = re.compile(r"[\x21-\x7e]+")
 
@@ -45,11 +60,14 @@ def control_problem(value: str) -> str | None:
 
 
 def identifier_problem(value: str) -> str | None:
-    """None, or why ``value`` is refused as an identifier: a control or bidirectional formatting character."""
+    """None, or why ``value`` is refused as an identifier: a control, bidirectional formatting or invisible
+    character."""
     found = UNSAFE.search(value)
-    if found is None:
-        return None
-    return f"Control and bidirectional formatting characters are not allowed (found {_describe(found.group())})."
+    if found is not None:
+        return f"Control and bidirectional formatting characters are not allowed (found {_describe(found.group())})."
+    if not value.isascii() and (found := INVISIBLE.search(value)) is not None:
+        return f"Invisible characters are not allowed (found {_describe(found.group())})."
+    return None
 
 
 def validate_identifier(value: str) -> None:
@@ -90,6 +108,14 @@ def normalise_tool(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold().strip()
 
 
+# What a registered tool's name (governance/tools.py) and a job handler's name (idempotency/jobs.py) are made of:
+# ASCII letters, digits and `_ . : -`, so no whitespace, control or look-alike character can be registered. Written
+# as the inside of a character class so that the OpenAPI schema builds its ECMAScript `^[…]+$` from it.
+REGISTERED_NAME_CHARS = "A-Za-z0-9_.:-"
+# 1–200 of them, for `.match`. `\Z`, not `$`: `$` also matches before a final newline ("send_email\n").
+REGISTERED_NAME = re.compile(rf"[{REGISTERED_NAME_CHARS}]{{1,200}}\Z")
+
+
 def tool_name_problem(name: str) -> str | None:
     """None, or why ``name`` cannot be a tool name (or a policy pattern for one): whitespace, a control, format or
     unassigned character anywhere, or letters of more than one script (``delete_usеr`` with a Cyrillic ``е``)."""
@@ -99,8 +125,15 @@ def tool_name_problem(name: str) -> str | None:
         bad = next((c for c in name if not "\x21" <= c <= "\x7e"), " ")
         return f"A tool name has no whitespace or control characters (found {_describe(bad)})."
     for char in name:
-        if char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cn", "Co", "Cs", "Zs", "Zl", "Zp"):
+        if (char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cn", "Co", "Cs", "Zs", "Zl", "Zp")
+                or INVISIBLE.match(char) or TOOL_INVISIBLE.match(char)):  # fmt: skip
             return f"A tool name has no whitespace, control or invisible characters (found {_describe(char)})."
+    composed = unicodedata.normalize("NFKC", name)
+    for before, char in zip(" " + composed, composed, strict=False):
+        if unicodedata.category(char).startswith("M") and (before.isascii() or not before.isalpha()):
+            # NFKC composes what has a precomposed form (e + U+0301 is é): a mark left on an ASCII character or on
+            # no letter at all only changes how the name looks (U+0332 underlines, U+0338 strikes through).
+            return f"A tool name has no combining mark on a plain character (found {_describe(char)})."
     scripts = {_script(c) for c in unicodedata.normalize("NFKC", name) if c.isalpha()}
     if len(scripts) > 1 and not any(scripts <= allowed for allowed in _MIXABLE):
         return f"A tool name uses letters of one script only (found {', '.join(sorted(scripts)).lower()})."

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.core.validators import RegexValidator
@@ -27,14 +28,21 @@ from drf_spectacular.plumbing import ResolvedComponent, get_doc
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer
 from rest_framework import serializers
 
-from onceonly_site.identifiers import CONTROL, UNSAFE
+from onceonly_site.identifiers import CONTROL, INVISIBLE, TOOL_INVISIBLE, UNSAFE
 
 # --- what a string may hold --------------------------------------------------------------------------------------
 
-# The characters of identifiers.CONTROL and identifiers.UNSAFE, as the inside of a regex character class. Written
-# with \xHH and \uHHHH escapes, which Python's re and ECMAScript (JSON Schema's dialect) read alike.
-_CONTROL = CONTROL.pattern[1:-1]
-_UNSAFE = UNSAFE.pattern[1:-1]
+
+def _members(regex: re.Pattern[str]) -> str:
+    r"""The inside of one of identifiers.py's character classes, with \xHH and \uHHHH escapes, which Python's re
+    and ECMAScript (JSON Schema's dialect) read alike; characters beyond U+FFFF stay themselves (neither has one
+    escape for them). tests/test_schema.py checks that the patterns refuse what the validators refuse."""
+    assert regex.pattern.startswith("[") and regex.pattern.endswith("]"), regex.pattern
+    return "".join(c if c.isascii() or ord(c) > 0xFFFF else f"\\u{ord(c):04x}" for c in regex.pattern[1:-1])
+
+
+_CONTROL = _members(CONTROL)
+_UNSAFE = _members(UNSAFE) + _members(INVISIBLE)  # what identifier_problem refuses
 # What str.strip() and str.isspace() call whitespace (tests/test_schema_errors.py checks the list against Python's).
 # Spelled out rather than \s: ECMAScript's \s differs (it counts U+FEFF, and not U+001C–U+001F or U+0085).
 WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -43,7 +51,7 @@ WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u
 # area (Co). ASCII names need nothing more; the other rules are in TOOL_NAME_RULES.
 _TOOL_REFUSED = (
     WHITESPACE + _CONTROL + r"\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
-    r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\ue000-\uf8ff"
+    r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\ue000-\uf8ff" + _members(INVISIBLE) + _members(TOOL_INVISIBLE)
 )
 
 
@@ -56,6 +64,8 @@ def _non_blank(refused: str) -> str:
 KEY_PATTERN = _non_blank(_CONTROL)
 # An agent id, a run id: non-blank, no control or bidirectional formatting character (BodyCheck.identifier).
 IDENTIFIER_PATTERN = _non_blank(_UNSAFE)
+# One character identifier_problem refuses.
+UNSAFE_CHAR_PATTERN = f"[{_UNSAFE}]"
 # Text shown as an identifier but not required (an event's tool and agent_id): no control or bidi character.
 UNSAFE_FREE_PATTERN = rf"^[^{_UNSAFE}]*$"
 # A tool name in a governed call or a run's actions: no whitespace, control or invisible character at all.
@@ -64,7 +74,8 @@ TOOL_NAME_PATTERN = rf"^[^{_TOOL_REFUSED}]+$"
 _EDGE_SPACE = r" \xa0\u1680\u2000-\u200a\u202f\u205f\u3000"  # WHITESPACE less the controls and U+2028/U+2029
 POLICY_TOOL_PATTERN = rf"^[{_EDGE_SPACE}]*[^{_TOOL_REFUSED}]+[{_EDGE_SPACE}]*$"
 TOOL_NAME_RULES = (
-    "Letters of one script only (Latin may mix with Han and kana, Bopomofo or Hangul), and no unassigned code point: "
+    "Letters of one script only (Latin may mix with Han and kana, Bopomofo or Hangul), no combining mark on a plain "
+    "character, and no unassigned code point: "
     "`delete_usеr` with a Cyrillic `е` is refused (docs/security.md, *Identifiers and look-alike names*)."
 )
 # A registered tool's name (governance.tools.NAME).

@@ -1,9 +1,8 @@
-"""Look-alike tool names do not slip past a policy (Hardening from an adversarial review, item 5).
-
-With ``delete_user`` blocked, ``DELETE_USER``, a leading space, a Cyrillic ``е`` and a fullwidth ``＿`` each got a
-permit-only ``allowed``. Policies now match the normalised form (NFKC, case-folded, trimmed) of both the tool name and
-every list entry, glob, call cap and pricing rule; a tool name with whitespace, an invisible character or letters of
-two scripts is refused (422) in governed calls, keyed runs and the registry (docs/security.md)."""
+"""Look-alike tool names do not slip past a policy: with ``delete_user`` blocked, ``DELETE_USER``, a leading space,
+a Cyrillic ``е`` and a fullwidth ``＿`` each got a permit-only ``allowed`` when policies compared names as written.
+Policies match the normalised form (NFKC, case-folded, trimmed) of both the tool name and every list entry, glob,
+call cap and pricing rule; a tool name with whitespace, an invisible character or letters of two scripts is refused
+(422) in governed calls, keyed runs and the registry (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -14,8 +13,9 @@ from django.urls import reverse
 from governance import policies
 from governance.models import Agent, Decision, Tool
 from onceonly_site.identifiers import normalise_tool, tool_name_problem
+from tests.support.governance import JSON, governed_call, register_tool, set_policy
 
-JSON = "application/json"
+AGENT = "bot"
 LOOKALIKES = {
     "upper case": "DELETE_USER",
     "leading space": " delete_user",
@@ -29,20 +29,10 @@ def client(key_a):
     return key_a.client()
 
 
-def set_policy(client, agent="bot", **fields):
-    response = client.post(f"/v1/policies/{agent}", fields, content_type=JSON)
-    assert response.status_code == 200, response.content
-    return response.json()
-
-
-def call(client, tool, agent="bot", **extra):
-    return client.post("/v1/ai/run", {"agent_id": agent, "tool": tool, **extra}, content_type=JSON)
-
-
 @pytest.mark.parametrize("tool", LOOKALIKES.values(), ids=LOOKALIKES.keys())
 def test_a_lookalike_of_a_blocked_tool_is_blocked_or_refused_never_allowed(client, tool):
-    set_policy(client, blocked_tools=["delete_user"])
-    response = call(client, tool)
+    set_policy(client, AGENT, blocked_tools=["delete_user"])
+    response = governed_call(client, AGENT, tool)
     if response.status_code == 200:
         body = response.json()
         assert (body["allowed"], body["decision"], body["policy_reason"]) == (False, "blocked", "tool_blocked")
@@ -55,28 +45,28 @@ def test_a_lookalike_of_a_blocked_tool_is_blocked_or_refused_never_allowed(clien
 
 
 def test_which_lookalikes_are_blocked_and_which_refused(client):
-    set_policy(client, blocked_tools=["delete_user"])
-    outcomes = {name: call(client, tool).status_code for name, tool in LOOKALIKES.items()}
+    set_policy(client, AGENT, blocked_tools=["delete_user"])
+    outcomes = {name: governed_call(client, AGENT, tool).status_code for name, tool in LOOKALIKES.items()}
     assert outcomes == {"upper case": 200, "leading space": 422, "cyrillic e": 422, "fullwidth low line": 200}
 
 
 def test_the_exact_name_is_still_blocked_and_other_tools_still_allowed(client):
-    set_policy(client, blocked_tools=["delete_user"])
-    assert call(client, "delete_user").json()["policy_reason"] == "tool_blocked"
-    assert call(client, "delete_users_report").json()["decision"] == "allowed"
+    set_policy(client, AGENT, blocked_tools=["delete_user"])
+    assert governed_call(client, AGENT, "delete_user").json()["policy_reason"] == "tool_blocked"
+    assert governed_call(client, AGENT, "delete_users_report").json()["decision"] == "allowed"
 
 
 def test_globs_and_entries_are_normalised_too(client):
-    set_policy(client, blocked_tools=["Delete_*", "STRIPE.refund"])
+    set_policy(client, AGENT, blocked_tools=["Delete_*", "STRIPE.refund"])
     for tool in ("delete_account", "DELETE_ACCOUNT", "\uff24elete_x", "stripe.REFUND", "Stripe.Refund"):
-        assert call(client, tool).json()["policy_reason"] == "tool_blocked", tool
-    assert call(client, "stripe.charge").json()["decision"] == "allowed"
+        assert governed_call(client, AGENT, tool).json()["policy_reason"] == "tool_blocked", tool
+    assert governed_call(client, AGENT, "stripe.charge").json()["decision"] == "allowed"
 
 
 def test_allowed_tools_match_the_normalised_name(client):
-    set_policy(client, allowed_tools=["search_*"])
-    assert call(client, "SEARCH_docs").json()["decision"] == "allowed"
-    assert call(client, "send_email").json()["policy_reason"] == "tool_not_allowed"
+    set_policy(client, AGENT, allowed_tools=["search_*"])
+    assert governed_call(client, AGENT, "SEARCH_docs").json()["decision"] == "allowed"
+    assert governed_call(client, AGENT, "send_email").json()["policy_reason"] == "tool_not_allowed"
 
 
 @pytest.mark.parametrize(
@@ -84,7 +74,7 @@ def test_allowed_tools_match_the_normalised_name(client):
     ["delete user", "delete_user\t", "delete\u200buser", "delete\u00a0user", "\u0430dmin_\u03b1", "send_em\u0430il"],
 )
 def test_a_tool_name_with_whitespace_invisible_characters_or_mixed_scripts_is_refused(client, tool):
-    response = call(client, tool)
+    response = governed_call(client, AGENT, tool)
     assert response.status_code == 422, response.content
     assert [item["loc"] for item in response.json()["detail"]] == [["body", "tool"]]
     assert not Decision.objects.exists() and not Agent.objects.exists()
@@ -93,7 +83,7 @@ def test_a_tool_name_with_whitespace_invisible_characters_or_mixed_scripts_is_re
 @pytest.mark.parametrize("tool", ["поиск", "検索_ツール", "send_邮件", "café.order", "search"])
 def test_names_in_one_script_or_latin_with_cjk_are_accepted(client, tool):
     assert tool_name_problem(tool) is None
-    assert call(client, tool).json()["decision"] == "allowed"
+    assert governed_call(client, AGENT, tool).json()["decision"] == "allowed"
 
 
 def test_keyed_run_actions_refuse_a_lookalike_tool_name(client):
@@ -104,21 +94,21 @@ def test_keyed_run_actions_refuse_a_lookalike_tool_name(client):
 
 
 def test_a_call_cap_counts_lookalikes_of_the_tool_together(client):
-    set_policy(client, max_calls_per_tool={"send_email": 2})
-    assert call(client, "send_email").json()["decision"] == "allowed"
-    assert call(client, "SEND_EMAIL").json()["decision"] == "allowed"
-    blocked = call(client, "Send_Email").json()
+    set_policy(client, AGENT, max_calls_per_tool={"send_email": 2})
+    assert governed_call(client, AGENT, "send_email").json()["decision"] == "allowed"
+    assert governed_call(client, AGENT, "SEND_EMAIL").json()["decision"] == "allowed"
+    blocked = governed_call(client, AGENT, "Send_Email").json()
     assert (blocked["decision"], blocked["policy_reason"]) == ("blocked", "tool_call_limit_exceeded")
     assert blocked["remaining"]["calls_today"] == 2
 
 
 def test_a_pricing_rule_prices_lookalikes_of_the_tool(client):
-    set_policy(client, pricing_rules=[{"tool": "stripe.*", "price_usd": 2.5}])
-    assert call(client, "STRIPE.charge").json()["remaining"]["spend_usd_today"] == 2.5
+    set_policy(client, AGENT, pricing_rules=[{"tool": "stripe.*", "price_usd": 2.5}])
+    assert governed_call(client, AGENT, "STRIPE.charge").json()["remaining"]["spend_usd_today"] == 2.5
 
 
 def test_a_policy_cannot_cap_one_tool_twice_under_two_spellings(client):
-    response = client.post("/v1/policies/bot", {"max_calls_per_tool": {"send_email": 5, "SEND_EMAIL": 50}},
+    response = client.post(f"/v1/policies/{AGENT}", {"max_calls_per_tool": {"send_email": 5, "SEND_EMAIL": 50}},
                            content_type=JSON)  # fmt: skip
     assert response.status_code == 422
     assert "name the same tool" in response.json()["detail"][0]["msg"]
@@ -126,19 +116,16 @@ def test_a_policy_cannot_cap_one_tool_twice_under_two_spellings(client):
 
 @pytest.mark.parametrize("entry", ["delete user", "delete_us\u0435r", "del\u200bete"])
 def test_a_policy_entry_that_no_valid_name_could_match_is_refused(client, entry):
-    response = client.post("/v1/policies/bot", {"blocked_tools": ["drop_*", entry]}, content_type=JSON)
+    response = client.post(f"/v1/policies/{AGENT}", {"blocked_tools": ["drop_*", entry]}, content_type=JSON)
     assert response.status_code == 422
     assert [item["loc"] for item in response.json()["detail"]] == [["body", "blocked_tools"]]
 
 
 # --- the registry -----------------------------------------------------------------------------------------------
 
-SECRET = "s3cret-0123456789"
-
 
 def register(client, name):
-    body = {"name": name, "url": "https://tools.example.com/t", "auth": {"type": "hmac_sha256", "secret": SECRET}}
-    return client.post("/v1/tools", body, content_type=JSON)
+    return register_tool(client, name, "https://tools.example.com/t")
 
 
 @pytest.mark.parametrize("name", ["send email", " send_email", "send_em\u0430il", "send_email\n", "send\uff3femail"])
@@ -162,7 +149,7 @@ def test_the_registry_refuses_a_second_tool_differing_only_in_case(client):
 
 
 def test_the_policy_editor_shows_what_each_entry_matches(client, owner_a):
-    set_policy(client, blocked_tools=["DELETE_USER", "drop_*"], max_calls_per_tool={"Send_Email": 3})
+    set_policy(client, AGENT, blocked_tools=["DELETE_USER", "drop_*"], max_calls_per_tool={"Send_Email": 3})
     agent = Agent.objects.get()
     page = owner_a.login(Client()).get(reverse("governance:policy-edit", args=[agent.pk])).content.decode()
     assert "<code>DELETE_USER</code> → <code>delete_user</code>" in page

@@ -1,8 +1,8 @@
 """The charged cost of a governed call is max(the request's spend_usd, the operator's price): an agent may declare a
 higher cost, never a lower one than the operator set (a pricing rule, else the registry's price, else 0).
 
-Found by an adversarial review: the request's ``spend_usd`` used to replace the operator's price, so an agent that
-reported ``spend_usd: 0`` ran a $1 tool 20 times under a $2/day cap.
+Guards the daily spend cap against an agent that under-reports: when the request's ``spend_usd`` replaced the
+operator's price, an agent that reported ``spend_usd: 0`` ran a $1 tool 20 times under a $2/day cap.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from django.utils import timezone
 from governance import ledger, services
 from governance.models import Agent, Decision, DispatchIntent
 from governance.runs import execute_action
+from tests.support.governance import governed_call, register_tool, set_policy
 from tests.support.tool_endpoint import ToolEndpoint
 
 AGENT = "billing-agent"
@@ -35,20 +36,13 @@ def endpoint(settings):
 
 
 def register(client, endpoint, name, **extra):
-    body = {"name": name, "url": endpoint.base + "/t", "max_retries": 0,
-            "auth": {"type": "hmac_sha256", "secret": "priced-secret-123"}, **extra}  # fmt: skip
-    response = client.post("/v1/tools", body, content_type="application/json")
-    assert response.status_code == 200, response.content
-
-
-def policy(client, **fields):
-    response = client.post(f"/v1/policies/{AGENT}", fields, content_type="application/json")
+    response = register_tool(client, name, endpoint.base + "/t", max_retries=0, **extra)
     assert response.status_code == 200, response.content
 
 
 def run(client, tool, n, **extra):
-    response = client.post("/v1/ai/run", {"agent_id": AGENT, "tool": tool, "args": {"n": n}, **extra},
-                           content_type="application/json")  # fmt: skip
+    """Call number ``n`` (its args: distinct calls, never a dedup); it must be answered 200."""
+    response = governed_call(client, AGENT, tool, args={"n": n}, **extra)
     assert response.status_code == 200, response.content
     return response.json()
 
@@ -64,7 +58,7 @@ def prices(decision):
 
 def test_reporting_zero_does_not_evade_a_registry_priced_daily_cap(client, endpoint):
     register(client, endpoint, "stripe.charge", price_usd=1)
-    policy(client, max_spend_usd_per_day=2)
+    set_policy(client, AGENT, max_spend_usd_per_day=2)
     answers = [run(client, "stripe.charge", n, spend_usd=0) for n in range(5)]
     assert [a["decision"] for a in answers] == ["executed", "executed", "blocked", "blocked", "blocked"]
     assert answers[2]["policy_reason"] == "daily_spend_exceeded"
@@ -76,7 +70,7 @@ def test_reporting_zero_does_not_evade_a_registry_priced_daily_cap(client, endpo
 
 
 def test_reporting_zero_does_not_evade_a_pricing_rule(client):
-    policy(client, max_spend_usd_per_day=2, pricing_rules=[{"tool": "llm.*", "price_usd": 1}])
+    set_policy(client, AGENT, max_spend_usd_per_day=2, pricing_rules=[{"tool": "llm.*", "price_usd": 1}])
     reasons = [run(client, "llm.complete", n, spend_usd=0)["policy_reason"] for n in range(4)]
     assert reasons == ["within_budget", "within_budget", "daily_spend_exceeded", "daily_spend_exceeded"]
     assert [prices(d) for d in Decision.objects.filter(outcome="allowed")] == [(0.0, 1.0, 1.0)] * 2
@@ -84,7 +78,7 @@ def test_reporting_zero_does_not_evade_a_pricing_rule(client):
 
 def test_a_pricing_rule_of_zero_prices_the_tool_at_zero_over_the_registry(client, endpoint):
     register(client, endpoint, "search.docs", price_usd=1)
-    policy(client, max_spend_usd_per_day=1, pricing_rules=[{"tool": "search.*", "price_usd": 0}])
+    set_policy(client, AGENT, max_spend_usd_per_day=1, pricing_rules=[{"tool": "search.*", "price_usd": 0}])
     answers = [run(client, "search.docs", n) for n in range(3)]
     assert [a["decision"] for a in answers] == ["executed"] * 3
     assert answers[-1]["remaining"]["spend_usd_today"] == 0.0
@@ -93,7 +87,7 @@ def test_a_pricing_rule_of_zero_prices_the_tool_at_zero_over_the_registry(client
 
 def test_an_agent_may_declare_more_than_the_price(client, endpoint):
     register(client, endpoint, "stripe.charge", price_usd=1)
-    policy(client, max_spend_usd_per_day=5)
+    set_policy(client, AGENT, max_spend_usd_per_day=5)
     first = run(client, "stripe.charge", 1, spend_usd=3)
     assert first["remaining"]["spend_usd_today"] == 3.0
     assert prices(Decision.objects.get(pk=first["decision_id"])) == (3.0, 1.0, 3.0)
@@ -107,13 +101,13 @@ def test_no_price_and_no_declaration_costs_nothing(client):
 
 
 def test_blocked_before_pricing_records_no_prices(client):
-    policy(client, blocked_tools=["delete_*"])
+    set_policy(client, AGENT, blocked_tools=["delete_*"])
     decision = Decision.objects.get(pk=run(client, "delete_user", 1, spend_usd=4)["decision_id"])
     assert (decision.declared_spend_usd, decision.operator_price_usd, decision.spend_usd) == (None, None, 0)
 
 
 def test_a_keyed_run_action_cannot_under_report_either(client, key_a):
-    policy(client, max_spend_usd_per_day=2, pricing_rules=[{"tool": "llm.*", "price_usd": 1}])
+    set_policy(client, AGENT, max_spend_usd_per_day=2, pricing_rules=[{"tool": "llm.*", "price_usd": 1}])
     account_id = key_a.api_key.account_id
     outcomes = [
         execute_action(
@@ -132,7 +126,7 @@ def test_a_keyed_run_action_cannot_under_report_either(client, key_a):
 
 
 def test_the_row_hash_covers_both_prices(client):
-    policy(client, pricing_rules=[{"tool": "llm.*", "price_usd": 1}])
+    set_policy(client, AGENT, pricing_rules=[{"tool": "llm.*", "price_usd": 1}])
     decision = Decision.objects.get(pk=run(client, "llm.complete", 1, spend_usd=2)["decision_id"])
     assert ledger.verify(decision.account_id).ok
     Decision.objects.filter(pk=decision.pk).update(operator_price_usd=Decimal("0.5"))
@@ -157,7 +151,7 @@ def test_an_unfinished_dispatch_is_recorded_with_both_prices(key_a):
 
 
 def test_the_agent_log_shows_what_was_declared_and_the_price(client):
-    policy(client, pricing_rules=[{"tool": "llm.*", "price_usd": 1}])
+    set_policy(client, AGENT, pricing_rules=[{"tool": "llm.*", "price_usd": 1}])
     run(client, "llm.complete", 1, spend_usd=0)
     item = client.get(f"/v1/agents/{AGENT}/logs").json()["items"][0]
     assert (item["spend_usd"], item["declared_spend_usd"], item["operator_price_usd"]) == (1.0, 0.0, 1.0)

@@ -10,8 +10,7 @@ import pytest
 from billing.models import Notification
 from governance import ssrf
 from governance.models import Decision, Tool
-
-JSON = "application/json"
+from tests.support.governance import governed_call, register_tool
 
 # (address, what it is). Transition forms are refused whatever IPv4 address they embed: see ssrf.py for why.
 REFUSED = [
@@ -38,6 +37,10 @@ REFUSED = [
     ("::ffff:0:5db8:d822", "IPv4-translated 93.184.216.34"),
     ("fec0::1", "site-local"),
     ("feff::1", "site-local, last /16 of fec0::/10"),
+    ("192.0.0.192", "Oracle Cloud's legacy metadata address (192.0.0.0/24, global to some Pythons)"),
+    ("192.0.0.9", "IETF protocol assignment"),
+    ("::ffff:192.0.0.192", "IPv4-mapped 192.0.0.192"),
+    ("192.88.99.1", "6to4 relay anycast"),
 ]
 
 ACCEPTED = [
@@ -55,10 +58,8 @@ def url(address: str) -> str:
     return f"https://{host}/hook"
 
 
-def register(client, address, **extra):
-    body = {"name": "hook", "url": url(address), "auth": {"type": "hmac_sha256", "secret": "example_secret_123"},
-            "max_retries": 0, "timeout_ms": 1000, **extra}  # fmt: skip
-    return client.post("/v1/tools", body, content_type=JSON)
+def register(client, address):
+    return register_tool(client, "hook", url(address), max_retries=0, timeout_ms=1000)
 
 
 @pytest.mark.parametrize(("address", "what"), REFUSED, ids=[a for a, _ in REFUSED])
@@ -85,7 +86,7 @@ def test_dispatch_refuses_them_too_without_a_request(key_a, settings, address, w
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
     assert register(client, address).status_code == 200
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = False
-    answer = client.post("/v1/ai/run", {"agent_id": "bot", "tool": "hook", "args": {}}, content_type=JSON).json()
+    answer = governed_call(client, "bot", "hook", args={}).json()
     assert (answer["decision"], answer["policy_reason"]) == ("failed", "tool_error"), what
     [note] = Notification.objects.filter(kind="tool_error")
     assert "not a public address" in note.subject, note.subject  # the guard refused: no connection was tried

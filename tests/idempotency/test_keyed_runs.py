@@ -14,7 +14,7 @@ from billing import usage
 from billing.models import Account
 from governance import services as governance
 from governance.models import Decision
-from idempotency import runs
+from idempotency import jobs, runs
 from idempotency.choices import RunStatus
 from idempotency.models import Lease, LeaseAttempt, Run, RunEvent
 from tests.support.job_handlers import executions
@@ -192,6 +192,7 @@ def key_a_plan(key_a):
          "metadata.actions.0.spend_usd"),
         ({"key": "x", "metadata": {"actions": [{"tool": "t"}]}}, "metadata.agent_id"),
         ({"key": "x", "metadata": {"task": "no spaces allowed"}}, "metadata.task"),
+        ({"key": "x", "metadata": {"task": "demo.echo\n"}}, "metadata.task"),  # `$` let a final newline pass
         ({"key": "x", "metadata": {"run_id": "  "}}, "metadata.run_id"),
         ({"key": "x", "metadata": {"dry_run": "yes"}}, "metadata.dry_run"),
         ({"key": "x", "metadata": {"params": [1]}}, "metadata.params"),
@@ -204,6 +205,12 @@ def test_bad_run_input_is_422_and_writes_nothing(client, body, field):
     assert response.status_code == 422, response.content
     assert field in {".".join(str(p) for p in item["loc"][1:]) for item in response.json()["detail"]}
     assert not Lease.objects.exists() and not Run.objects.exists() and not RunEvent.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["demo.echo\n", "", "no spaces", "x" * 201])
+def test_a_job_handler_name_outside_the_pattern_cannot_be_registered(name):
+    with pytest.raises(ValueError, match="invalid job handler name"):
+        jobs.handler(name)
 
 
 def test_actions_need_a_plan_with_governance(key_a, plans):

@@ -2,8 +2,8 @@
 
 Usage: ``python tests/support/timestamping_receiver.py PORT DELAY_MS`` (standard library only). Every POST is
 answered after DELAY_MS: 503 the first time its ``webhook-id`` is seen (so the server retries), 200 ``{}`` after
-that. ``GET /_log`` answers ``[[received_ns, webhook_id, status], …]`` in the order they were read. HTTP/1.1 with keep-alive
-(the server's pooled client reuses connections), one thread per connection.
+that. ``GET /_log`` answers ``[[received_ns, webhook_id, status], …]`` in the order the requests were read.
+HTTP/1.1 with keep-alive (the server's pooled client reuses connections), one thread per connection.
 
 ``received_ns`` is when the kernel received the request's first segment, not when a thread of this process got
 round to reading it: the socket has SO_TIMESTAMPNS on, and the first byte of each request is read alone with
@@ -71,7 +71,9 @@ class Receiver:
                 close = headers.get("connection", "").lower() == "close"
                 reason = "OK" if status == 200 else "Service Unavailable"
                 extra = "Connection: close\r\n" if close else ""
-                head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                head = (
+                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                )
                 head += extra + "\r\n"
                 try:
                     connection.sendall(head.encode() + body)
