@@ -41,18 +41,16 @@ class LoginLockoutMixin:
     def clean(self) -> dict:
         username = (self.cleaned_data.get("username") or "").strip().lower()
         address = client_address(self.request) if self.request else ""
-        wait = login_throttle.locked_for(username, address)
-        if wait:  # refused before the password is looked at: a correct one does not end the lockout early
+        # Counted as a failure before the password is looked at (taken back on success): concurrent guesses cannot
+        # all pass the check first. A locked-out attempt is refused unchecked: a correct password does not end the
+        # lockout early.
+        wait = login_throttle.begin_attempt(username, address)
+        if wait:
             self.locked_out = True
             minutes = math.ceil(wait / 60)
             raise ValidationError(LOCKED_OUT, code="locked_out",
                                   params={"minutes": minutes, "plural": "" if minutes == 1 else "s"})  # fmt: skip
-        try:
-            cleaned = super().clean()
-        except ValidationError as exc:
-            if exc.code == "invalid_login":
-                login_throttle.record_failure(username, address)
-            raise
+        cleaned = super().clean()  # a wrong password raises: the attempt stays counted
         login_throttle.record_success(username, address)
         return cleaned
 

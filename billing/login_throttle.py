@@ -19,7 +19,7 @@ from django.conf import settings
 from onceonly_site.redis_client import get_redis, lua_script
 
 logger = logging.getLogger(__name__)
-FAILURE_LUA = Path(__file__).with_name("login_failure.lua")
+ATTEMPT_LUA = Path(__file__).with_name("login_attempt.lua")
 IP_FACTOR = 10  # a client address may fail this many times more often (shared NAT, several operators)
 
 
@@ -33,40 +33,34 @@ def _limits() -> list[int]:
     return [limit, limit * IP_FACTOR]
 
 
-def locked_for(email: str, address: str) -> int:
-    """Seconds until sign-in is allowed again for this email from this address; 0 when it is allowed now."""
-    keys = _keys(email, address)
+def begin_attempt(email: str, address: str) -> int:
+    """Count a sign-in attempt for this email from this address, as a failure until ``record_success`` says
+    otherwise, and return 0; or, when either is locked out, count nothing and return the seconds until sign-in is
+    allowed again. Checked and counted in one Redis step (login_attempt.lua): concurrent guesses cannot all pass the
+    check before one of them is counted."""
+    window, keys = settings.ONCEONLY_LOGIN_LOCKOUT_SECONDS, _keys(email, address)
     try:
-        pipe = get_redis().pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key).ttl(key)
-        replies = pipe.execute()
+        reply = lua_script(ATTEMPT_LUA)(keys=keys, args=[window, *_limits()], client=get_redis())
     except redis.RedisError:
         logger.warning("login lockout not checked: Redis unreachable")
         return 0
-    wait = 0
-    for index, limit in enumerate(_limits()):
-        count, ttl = replies[2 * index], replies[2 * index + 1]
-        if count is not None and int(count) >= limit:
-            wait = max(wait, ttl if ttl > 0 else settings.ONCEONLY_LOGIN_LOCKOUT_SECONDS)
-    return wait
-
-
-def record_failure(email: str, address: str) -> None:
-    window, keys = settings.ONCEONLY_LOGIN_LOCKOUT_SECONDS, _keys(email, address)
-    try:
-        counts = lua_script(FAILURE_LUA)(keys=keys, args=[window], client=get_redis())
-    except redis.RedisError:
-        logger.warning("failed login not counted: Redis unreachable")
-        return
-    if counts[0] == settings.ONCEONLY_LOGIN_MAX_FAILURES:
+    if reply[0] == 0:
+        return int(reply[1])
+    if reply[1] == settings.ONCEONLY_LOGIN_MAX_FAILURES:
         email_hash = keys[0].rsplit(":", 1)[1]
-        logger.warning("dashboard sign-in locked for %s min after %s failures (email hash %s, address %s)",
-                       math.ceil(window / 60), counts[0], email_hash, address)  # fmt: skip
+        logger.warning("dashboard sign-in locked for %s min after %s failed attempts (email hash %s, address %s)",
+                       math.ceil(window / 60), reply[1], email_hash, address)  # fmt: skip
+    return 0
 
 
 def record_success(email: str, address: str) -> None:
+    """The attempt begun with ``begin_attempt`` succeeded: the email's count starts again, and the attempt is taken
+    back from the address's count (which counts failures only)."""
+    email_key, address_key = _keys(email, address)
     try:
-        get_redis().delete(_keys(email, address)[0])
+        client = get_redis()
+        _, left = client.pipeline(transaction=False).delete(email_key).decr(address_key).execute()
+        if left <= 0:  # nothing left to count (or the window ended meanwhile and DECR made a key without expiry)
+            client.delete(address_key)
     except redis.RedisError:
         pass

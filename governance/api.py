@@ -519,11 +519,7 @@ def _scope(request: Request) -> str:
 
 
 def _tool_or_404(request: Request, name: str) -> Tool:
-    tool = (
-        Tool.objects.select_related("account")
-        .filter(account_id=request.auth.account_id, scope_id=_scope(request), name=name)
-        .first()
-    )
+    tool = selectors.tool_for_account(request.auth.account_id, _scope(request), name)  # `SEND_EMAIL` too
     if tool is None:
         raise ApiProblem(404, "tool_not_found", f"No tool {name!r} in scope {_scope(request)!r}.")
     return tool
@@ -619,7 +615,7 @@ class ToolApi(APIView):
         entitlements.require(request.auth.plan, "tools")
         tool = _tool_or_404(request, name)
         tools.tool_delete(tool=tool, actor=_actor(request))
-        return Response({"ok": True, "deleted": name})
+        return Response({"ok": True, "deleted": tool.name})
 
 
 class ToolToggleInput(StrictSerializer):

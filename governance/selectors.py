@@ -9,16 +9,17 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Case, Count, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDate
 from django.http import Http404
 
 from billing import usage
 from billing.models import AuditEntry
 from governance.choices import CHARGED_OUTCOMES, Outcome
-from governance.models import Agent, Decision, DecisionRollup
+from governance.models import Agent, Decision, DecisionRollup, Tool
 from idempotency import events
 from idempotency.models import RunEvent
+from onceonly_site.identifiers import normalise_tool
 
 PERIODS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}
 
@@ -34,6 +35,17 @@ def get_agent_for_account(account_id: int, pk: int) -> Agent:
     if agent is None:
         raise Http404("No such agent in this account.")
     return agent
+
+
+def tool_for_account(account_id: int, scope_id: str, name: str) -> Tool | None:
+    """The tool of that scope that ``name`` names, compared in normalised form as a governed call compares it
+    (`SEND_EMAIL` finds `send_email`); among the legacy twins of migration 0009, the exact name, else the oldest."""
+    return (
+        Tool.objects.select_related("account")
+        .filter(account_id=account_id, scope_id=scope_id, name_key=normalise_tool(name))
+        .order_by(Case(When(name=name, then=Value(0)), default=Value(1)), "legacy_twin")
+        .first()
+    )
 
 
 def governed_agents(account_id: int) -> QuerySet[Agent]:

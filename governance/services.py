@@ -35,6 +35,7 @@ from governance.models import Agent, Decision, DecisionRollup, DispatchIntent, P
 from idempotency import events as run_events
 from idempotency.models import RunEvent
 from idempotency.services import canonical_json
+from onceonly_site.identifiers import normalise_tool
 from onceonly_site.redis_client import get_redis, lua_script
 
 GOVERNED_CALL_LUA = Path(__file__).with_name("governed_call.lua")
@@ -63,10 +64,12 @@ def agent_get_or_create(*, account_id: int, agent_id: str) -> Agent:
 
 
 _CALL_ACCOUNT_FIELDS = ("id", "args_hash_key", "strict_mode")  # what a governed call reads of the account
+# The registered tool by the normalised name (governance_tool_unique_name_key serves it): the agent's scope first,
+# then, among the legacy twins of migration 0009 only, the one of the exact name, else the oldest.
 _AGENT_FOR_CALL_SQL = """
 SELECT {columns}, (
-    SELECT t.id FROM {tool} t WHERE t.account_id = a.account_id AND t.name = %s AND t.scope_id IN (%s, 'global')
-    ORDER BY t.scope_id = 'global' LIMIT 1
+    SELECT t.id FROM {tool} t WHERE t.account_id = a.account_id AND t.name_key = %s AND t.scope_id IN (%s, 'global')
+    ORDER BY t.scope_id = 'global', t.name <> %s, t.legacy_twin LIMIT 1
 ) FROM {agent} a JOIN {account} c ON c.id = a.account_id WHERE a.account_id = %s AND a.agent_id = %s
 """
 
@@ -97,10 +100,10 @@ def _agent_for_call_sql(vendor: str) -> tuple[str, list[tuple[Col, list[Callable
 
 def _agent_for_call(account_id: int, agent_id: str, tool: str) -> tuple[Agent, Tool | None]:
     """The calling agent (registered on first sight) with the account fields a call reads, and the registered
-    tool it would use (its agent scope first, then global): one query when the tool is not registered, two
-    when it is (docs/architecture.md §4.2, §4.4)."""
+    tool it would use — found by the normalised form of ``tool``, its agent scope first, then global: one query
+    when the tool is not registered, two when it is (docs/architecture.md §4.2, §4.4)."""
     sql, converters = _agent_for_call_sql(connection.vendor)
-    params = [tool, f"agent:{agent_id}", account_id, agent_id]
+    params = [normalise_tool(tool), f"agent:{agent_id}", tool, account_id, agent_id]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -162,7 +165,8 @@ def known_tools(account_id: int) -> set[str]:
 
 
 def _warnings(account_id: int, policy: dict[str, Any]) -> list[dict[str, str]]:
-    unknown = sorted(policies.named_tools(policy) - known_tools(account_id))
+    known = {normalise_tool(name) for name in known_tools(account_id)}  # `SEND_EMAIL` names `send_email`
+    unknown = sorted(name for name in policies.named_tools(policy) if normalise_tool(name) not in known)
     return [
         {"code": "unknown_tool", "tool": name,
          "message": f"{name!r} is not a registered tool and no agent of this account has called it yet."}
@@ -257,8 +261,10 @@ class CallOutcome:
 
 def args_hash(key: str, agent_id: str, tool: str, args: dict[str, Any]) -> str:
     """HMAC-SHA256 with the account's key over RFC 8785 canonical JSON (docs/architecture.md §3.7): an auditor
-    holding the args can check a match; the log alone cannot be brute-forced."""
-    message = canonical_json({"agent_id": agent_id, "tool": tool, "args": args})
+    holding the args can check a match; the log alone cannot be brute-forced. The tool is in its normalised form
+    (``identifiers.normalise_tool``): `STRIPE.CHARGE` and `stripe.charge` with the same args are one call to dedup,
+    as they are one tool to the policy and the registry."""
+    message = canonical_json({"agent_id": agent_id, "tool": normalise_tool(tool), "args": args})
     return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
 
 
@@ -443,6 +449,10 @@ def governed_call(
     started = time.monotonic()
     started_at = timezone.now()
     agent, registered = _agent_for_call(account_id, agent_id, tool)  # agent scope first (docs/architecture.md §4.2)
+    if registered is not None:
+        # A call of `STRIPE.CHARGE` is a call of the registered `stripe.charge`: decided, recorded, counted and
+        # dispatched under that name, so the log, the rollups and top_tools show one tool (docs/api.md).
+        tool = registered.name
     policy = agent.policy or {}
     digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
     if run_id is None:

@@ -3,7 +3,6 @@ governed calls."""
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Any
 
@@ -17,11 +16,10 @@ from billing.services import audit_record
 from governance import secrets, ssrf
 from governance.models import Tool
 from governance.policies import MAX_USD
-from onceonly_site.identifiers import identifier_problem
+from onceonly_site.identifiers import REGISTERED_NAME, identifier_problem, normalise_tool
 
-# ASCII only, so no whitespace, control or look-alike character (onceonly_site/identifiers.py). `\Z`, not `$`:
-# `$` also matches before a final newline, which let "send_email\n" register.
-NAME = re.compile(r"^[a-zA-Z0-9_.:-]+\Z")
+# 1–200 ASCII letters, digits and `_ . : -`: no whitespace, control or look-alike character, no final newline.
+NAME = REGISTERED_NAME
 FIELDS = {"name", "url", "scope_id", "auth", "timeout_ms", "max_retries", "enabled", "description", "risk_level",
           "price_usd"}  # fmt: skip
 
@@ -54,7 +52,7 @@ def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
     for field in sorted(set(data) - FIELDS):
         fail(field, "Unknown field.", "extra_forbidden")
     name = data.get("name")
-    if not isinstance(name, str) or not NAME.match(name) or len(name) > 200:
+    if not isinstance(name, str) or not NAME.match(name):
         fail("name", "Required: 1–200 characters of letters, digits, _ . : -", "string_pattern_mismatch")
     else:
         out["name"] = name
@@ -127,15 +125,18 @@ def tool_upsert(*, account_id: int, plan: PlanLimits, fields: dict[str, Any], ac
     with transaction.atomic():
         # Lock the account row: concurrent creates must not slip past the limit together.
         account = Account.objects.select_for_update().get(pk=account_id)
-        # Names differing only in case are one tool to a policy (policies.normalise): refuse a second one. Names
-        # are ASCII, so iexact is that comparison; the same query finds the tool itself.
-        namesakes = list(Tool.objects.filter(account=account, scope_id=fields["scope_id"],
-                                             name__iexact=fields["name"])[:2])  # fmt: skip
+        # Names differing only in case are one tool to a policy and to a governed call (both compare
+        # identifiers.normalise_tool forms): refuse a second one. The same query finds the tool itself (more than
+        # one row only for the legacy twins of migration 0009). The check cannot race — the account row lock above
+        # serialises this account's registrations — and governance_tool_unique_name_key backs it for any other
+        # writer.
+        key = normalise_tool(fields["name"])
+        namesakes = list(Tool.objects.filter(account=account, scope_id=fields["scope_id"], name_key=key))
         tool = next((t for t in namesakes if t.name == fields["name"]), None)
         created = tool is None
         if created and namesakes:
             message = (f"A tool named {namesakes[0].name!r} is registered in this scope: names that differ only in "
-                       "case are refused (policies match tool names case-insensitively).")  # fmt: skip
+                       "case are refused (policies and governed calls match tool names case-insensitively).")  # fmt: skip
             raise exceptions.ValidationError({"name": [serializers.ErrorDetail(message, code="name_conflict")]})
         if created:
             if Tool.objects.filter(account=account).count() >= plan.tools_limit:
@@ -143,7 +144,7 @@ def tool_upsert(*, account_id: int, plan: PlanLimits, fields: dict[str, Any], ac
             if secret is None:
                 message = 'A new tool needs {"type": "hmac_sha256", "secret": …} to sign its calls.'
                 raise exceptions.ValidationError({"auth": [serializers.ErrorDetail(message, code="missing")]})
-            tool = Tool(account=account)
+            tool = Tool(account=account, name_key=key)
         for field, value in fields.items():
             setattr(tool, field, value)
         if secret is not None:

@@ -53,8 +53,9 @@ def test_request_bodies_are_closed_and_page_parameters_bounded(db):
     assert not re.search(key["pattern"], "a\x00b")
 
 
-# Every code point of the Basic Multilingual Plane, and the astral ones identifiers.py names (tags, private use).
-CODE_POINTS = [chr(c) for c in [*range(0xD800), *range(0xE000, 0x10000), *range(0xE0000, 0xE0080), 0xF0000, 0x10FFFD]]
+# Every code point of the Basic Multilingual Plane but the surrogates (the patterns leave out the characters beyond
+# it that identifiers.py refuses: onceonly_site/openapi.py's _members says why).
+CODE_POINTS = [chr(c) for c in [*range(0xD800), *range(0xE000, 0x10000)]]
 
 
 def test_the_schemas_patterns_refuse_what_the_validators_refuse():

@@ -167,3 +167,35 @@ def test_superusers_can_neither_add_nor_prune_the_audit_trail(owner_a, django_us
     assert client.post(f"/admin/billing/auditentry/{entry.pk}/delete/", {"post": "yes"}).status_code == 403
     assert AuditEntry.objects.filter(pk=entry.pk).exists()
     assert client.get(f"/admin/billing/auditentry/{entry.pk}/change/").status_code == 200  # still readable
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_wrong_passwords_never_get_more_checks_than_the_limit(live_server, owner_a, settings):
+    """The lockout's check and count are one Redis step: 30 guesses racing on a threaded server get at most the
+    limit's worth of password checks (the others are refused unchecked), and then the right password is refused."""
+    import threading
+
+    import httpx
+
+    settings.ONCEONLY_LOGIN_MAX_FAILURES = 5
+    settings.ONCEONLY_LOGIN_LOCKOUT_SECONDS = 120
+    barrier, statuses = threading.Barrier(30), []
+
+    def guess() -> None:
+        with httpx.Client(base_url=live_server.url) as browser:
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', browser.get("/login/").text).group(1)
+            barrier.wait()
+            answer = browser.post("/login/", data={"username": owner_a.email, "password": "wrong",
+                                                   "csrfmiddlewaretoken": token})  # fmt: skip
+            statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(statuses) == 30
+    assert statuses.count(200) <= 5, statuses  # 200: the form came back with "wrong password" (checked)
+    assert statuses.count(429) >= 25
+    assert Client(REMOTE_ADDR="127.0.0.1").post("/login/", {"username": owner_a.email, "password": PASSWORD}
+                                                ).status_code == 429  # fmt: skip

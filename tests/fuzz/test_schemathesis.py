@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
 from billing.models import Plan
 from billing.services import account_set_plan
 from governance.api import MAX_METRICS_DAYS
-from onceonly_site.identifiers import identifier_problem, normalise_tool, tool_name_problem
+from onceonly_site.identifiers import INVISIBLE, TOOL_INVISIBLE, identifier_problem, normalise_tool, tool_name_problem
 from tests.conftest import make_key
 
 # Every check schemathesis has that means something for a stateless API with one kind of credentials. Left off:
@@ -118,11 +118,26 @@ def _tool_names(case) -> list:
     return [name for name in names if isinstance(name, str)]
 
 
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.items() for part in item for text in _strings(part)]
+    return [text for item in value for text in _strings(item)] if isinstance(value, list) else []
+
+
 def _unstatable(case) -> bool:
     """A positive case the server refuses by a rule JSON Schema cannot state (each rule is in the schema's text):
     a tool name's letters from one script and no unassigned code point (its pattern says the rest), a call-cap key
     being a tool name at all (OpenAPI 3.0 has no propertyNames) and two keys naming one tool, integers beyond
-    ±(2^53−1) in what is hashed as RFC 8785 JSON, and the metrics range (to_day from from_day, at most 366 days)."""
+    ±(2^53−1) in what is hashed as RFC 8785 JSON, the metrics range (to_day from from_day, at most 366 days), and
+    the invisible characters beyond U+FFFF that identifiers refuse (no pattern can name them in both regex dialects:
+    onceonly_site/openapi.py), wherever they are."""
+    sent = _strings([case.path_parameters, case.query, case.body])
+    if any(
+        ord(char) > 0xFFFF and (INVISIBLE.match(char) or TOOL_INVISIBLE.match(char)) for text in sent for char in text
+    ):
+        return True
     body = case.body if isinstance(case.body, dict) else {}
     names = _tool_names(case)
     if any(identifier_problem(name) or not name.strip() or len(name) > 200 or tool_name_problem(name.strip())

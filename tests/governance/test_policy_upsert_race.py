@@ -1,8 +1,9 @@
 """Two concurrent policy upserts that change different fields both take effect: the merge happens under the agent
 row's lock, on the policy current at that moment, not on a copy read before the lock.
 
-Found by a code read: ``policy_upsert`` merged into the policy it had read before ``policy_publish`` took the row
-lock, so of two concurrent upserts the later one wrote back the earlier one's field as it was.
+When ``policy_upsert`` merged into the policy it had read before ``policy_publish`` took the row lock, the later of
+two concurrent upserts wrote back the earlier one's field as it was. The race is forced, not hoped for: a third
+transaction holds the lock until both upserts are observed waiting for it, so both have read the agent by then.
 """
 
 from __future__ import annotations
@@ -14,30 +15,47 @@ import pytest
 from django.db import connection, transaction
 
 from governance.models import Agent, PolicyVersion
+from tests.support.governance import JSON
 
 AGENT = "billing-agent"
+WAIT_SECONDS = 20
 
 
 def upsert(client, **fields):
-    return client.post(f"/v1/policies/{AGENT}", fields, content_type="application/json")
+    return client.post(f"/v1/policies/{AGENT}", fields, content_type=JSON)
 
 
-def wait_until_blocked_on_locks(count: int) -> None:
-    """Until ``count`` other sessions wait for a lock (PostgreSQL); SQLite's busy wait cannot be seen: a pause."""
-    if connection.vendor != "postgresql":
-        time.sleep(0.5)
-        return
-    deadline = time.monotonic() + 10
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else the view is frozen for this transaction
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if cursor.fetchone()[0] >= count:
-                return
-            time.sleep(0.02)
-    raise AssertionError(f"{count} upserts never waited for the agent's row lock")
+class LockWaits:
+    """Which of the upserts' threads wait for the lock this test's transaction holds.
+
+    PostgreSQL: a session is waiting when the lock manager says this session blocks it (``pg_blocking_pids``).
+    SQLite: the lock is the database's write lock, which ``BEGIN IMMEDIATE`` (the transaction mode of
+    onceonly_site/env.py) takes first thing; a thread that has issued it while this test holds the lock waits for the
+    test's commit. Each thread reports that statement through an execute wrapper (``note``)."""
+
+    def __init__(self) -> None:
+        self.begun = threading.Semaphore(0)
+
+    def note(self, execute, sql, params, many, context):
+        if sql.startswith("BEGIN"):
+            self.begun.release()
+        return execute(sql, params, many, context)
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + WAIT_SECONDS
+        if connection.vendor == "sqlite":
+            assert connection.settings_dict["OPTIONS"].get("transaction_mode") == "IMMEDIATE"
+            for _ in range(count):
+                assert self.begun.acquire(timeout=max(0, deadline - time.monotonic())), "an upsert never began"
+            return
+        with connection.cursor() as cursor:
+            while time.monotonic() < deadline:
+                cursor.execute("SELECT count(DISTINCT pid) FROM pg_locks "
+                               "WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))")  # fmt: skip
+                if cursor.fetchone()[0] >= count:
+                    return
+                time.sleep(0.01)
+        raise AssertionError(f"{count} upserts never waited for the agent's row lock")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -45,10 +63,12 @@ def test_concurrent_upserts_of_different_fields_keep_both(key_a):
     assert upsert(key_a.client(), max_actions_per_hour=10).status_code == 200  # version 1
     agent = Agent.objects.get(agent_id=AGENT)
     answers = []
+    waits = LockWaits()
 
     def change(**fields) -> None:
         try:
-            answers.append(upsert(key_a.client(), **fields).status_code)
+            with connection.execute_wrapper(waits.note):
+                answers.append(upsert(key_a.client(), **fields).status_code)
         finally:
             connection.close()  # this thread's own connection
 
@@ -62,7 +82,7 @@ def test_concurrent_upserts_of_different_fields_keep_both(key_a):
         Agent.objects.select_for_update().get(pk=agent.pk)
         for thread in threads:
             thread.start()
-        wait_until_blocked_on_locks(2)
+        waits.wait_for(2)
     for thread in threads:
         thread.join(30)
     assert answers == [200, 200]

@@ -1,0 +1,26 @@
+-- login_attempt.lua — let one dashboard sign-in attempt through, or not (billing/login_throttle.py).
+-- The check and the count are one step: an attempt is counted as a failure *before* its password is checked (a
+-- success takes it back), so concurrent guesses cannot all pass the check before any of them is counted.
+-- KEYS: the counters (per email hash, per client address). ARGV[1]: the window in seconds, started by the first
+-- attempt counted (later ones do not extend it); ARGV[2], ARGV[3]: the limits, in KEYS order.
+-- Returns {1, count per key…} when the attempt may go on (counted), {0, seconds to wait} when it is locked out.
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[i + 1]) then
+    local ttl = redis.call('TTL', key)
+    if ttl < 0 then ttl = tonumber(ARGV[1]) end
+    if ttl > wait then wait = ttl end
+  end
+end
+if wait > 0 then
+  return {0, wait}
+end
+local counts = {1}
+for i, key in ipairs(KEYS) do
+  counts[i + 1] = redis.call('INCR', key)
+  if counts[i + 1] == 1 then
+    redis.call('EXPIRE', key, ARGV[1])
+  end
+end
+return counts
