@@ -42,7 +42,7 @@ from onceonly_site.openapi import (
     DAY_PATTERN,
     IDENTIFIER_PATTERN,
     POLICY_TOOL_PATTERN,
-    REGISTERED_TOOL_PATTERN,
+    REGISTERED_NAME_PATTERN,
     SCOPE_PATTERN,
     TOOL_NAME_RULES,
     UNSAFE_CHAR_PATTERN,
@@ -534,7 +534,7 @@ ToolOutput = inline_serializer("ToolOutput", {
 SCOPE_SCHEMA = {"type": "string", "maxLength": 206, "pattern": SCOPE_PATTERN, "default": "global"}
 SCOPE_PARAM = OpenApiParameter("scope_id", SCOPE_SCHEMA, description='"global" (default) or "agent:<agent id>"')
 TOOL_NAME_PARAM = OpenApiParameter(
-    "name", {"type": "string", "maxLength": 200, "pattern": REGISTERED_TOOL_PATTERN}, OpenApiParameter.PATH
+    "name", {"type": "string", "maxLength": 200, "pattern": REGISTERED_NAME_PATTERN}, OpenApiParameter.PATH
 )
 
 
@@ -544,7 +544,7 @@ class ToolAuthInput(StrictSerializer):
 
 
 class ToolInput(StrictSerializer):
-    name = serializers.RegexField(REGISTERED_TOOL_PATTERN, max_length=200)
+    name = serializers.RegexField(REGISTERED_NAME_PATTERN, max_length=200)
     url = serializers.CharField(
         max_length=2000,
         validators=[pattern(URL_PATTERN)],
@@ -709,8 +709,8 @@ class MetricsApi(APIView):
         operation_id="metrics",
         parameters=[OpenApiParameter("from_day", DAY_SCHEMA, required=True, description="YYYY-MM-DD (UTC), inclusive"),
                     OpenApiParameter("to_day", DAY_SCHEMA, required=True,
-                                     description=f"YYYY-MM-DD (UTC), inclusive; from from_day to {MAX_METRICS_DAYS} "
-                                     "days after it")],
+                                     description=f"YYYY-MM-DD (UTC), inclusive; not before from_day, at most "
+                                     f"{MAX_METRICS_DAYS} days in all")],
         responses=MetricsOutput,
         summary=f"Daily counts (check-locks, leases, decisions by outcome) and spend; at most {MAX_METRICS_DAYS} days",
     )  # fmt: skip

@@ -136,7 +136,8 @@ def tool_upsert(*, account_id: int, plan: PlanLimits, fields: dict[str, Any], ac
         created = tool is None
         if created and namesakes:
             message = (f"A tool named {namesakes[0].name!r} is registered in this scope: names that differ only in "
-                       "case are refused (policies and governed calls match tool names case-insensitively).")  # fmt: skip
+                       "case are refused (policies and governed calls match tool names "
+                       "case-insensitively).")  # fmt: skip
             raise exceptions.ValidationError({"name": [serializers.ErrorDetail(message, code="name_conflict")]})
         if created:
             if Tool.objects.filter(account=account).count() >= plan.tools_limit:

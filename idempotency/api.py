@@ -8,7 +8,6 @@ contract; a stale or wrong lease_id is 409 ``lease_mismatch``.
 from __future__ import annotations
 
 import json
-import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +38,7 @@ from onceonly_site.identifiers import identifier_problem, tool_name_problem
 from onceonly_site.openapi import (
     IDENTIFIER_PATTERN,
     KEY_PATTERN,
+    REGISTERED_NAME_PATTERN,
     UNSAFE_FREE_PATTERN,
     errors,
     identifier_field,
@@ -48,6 +48,7 @@ from onceonly_site.openapi import (
     text_field,
     tool_name_field,
 )
+from onceonly_site.params import MAX_SAFE_INTEGER, json_number
 
 MAX_KEY_LENGTH = 256  # also enforced by BodyCheck.key
 MAX_METADATA_BYTES = 2048
@@ -77,6 +78,7 @@ class CheckLockInput(StrictSerializer):
         required=False,
         allow_null=True,
         min_value=1,
+        max_value=MAX_SAFE_INTEGER,
         help_text="Seconds. Omitted or null: the plan's default. Above the plan max: clamped.",
     )
     metadata = serializers.DictField(required=False, allow_null=True, help_text="A JSON object of at most 2048 bytes.")
@@ -266,7 +268,7 @@ def _holder_call(request: Request, action) -> Response:
 
 class LeaseInput(StrictSerializer):
     key = key_field(MAX_KEY_LENGTH)
-    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_SAFE_INTEGER)
     metadata = serializers.DictField(required=False, allow_null=True, help_text="A JSON object of at most 2048 bytes.")
 
 
@@ -294,7 +296,7 @@ def lease_id_field() -> serializers.CharField:
 class LeaseExtendInput(StrictSerializer):
     key = key_field(MAX_KEY_LENGTH)
     lease_id = lease_id_field()
-    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_SAFE_INTEGER)
 
 
 class LeaseExtendApi(APIView):
@@ -515,8 +517,7 @@ def _actions(check: BodyCheck, actions: Any) -> list[dict[str, Any]]:
             check.fail(f"{where}.tool", problem, "string_pattern_mismatch")
         if args is not None and not isinstance(args, dict):
             check.fail(f"{where}.args", "Must be a JSON object.", "dict_type")
-        if spend is not None and (isinstance(spend, bool) or not isinstance(spend, int | float)
-                                  or not math.isfinite(spend) or not 0 <= spend <= MAX_USD):  # fmt: skip
+        if spend is not None and json_number(spend, 0, MAX_USD) is None:
             check.fail(f"{where}.spend_usd", f"Must be a number from 0 to {MAX_USD:,}.", "float_type")
         item: dict[str, Any] = {"tool": tool, "args": args or {}}
         if spend is not None:
@@ -550,7 +551,7 @@ class RunMetadataInput(serializers.Serializer):
         required=False,
         allow_null=True,
         max_length=200,
-        validators=[pattern(r"^[A-Za-z0-9_.:-]+$")],
+        validators=[pattern(REGISTERED_NAME_PATTERN)],
         help_text="A registered job handler.",
     )
     params = serializers.DictField(required=False, allow_null=True, help_text="The job handler's input.")
@@ -558,7 +559,8 @@ class RunMetadataInput(serializers.Serializer):
 
 class KeyedRunInput(StrictSerializer):
     key = key_field(MAX_KEY_LENGTH, help_text="The run's idempotency key.")
-    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1, help_text="Lease TTL in seconds.")
+    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_SAFE_INTEGER,
+                                   help_text="Lease TTL in seconds.")  # fmt: skip
     metadata = RunMetadataInput(
         required=False,
         allow_null=True,
@@ -602,7 +604,7 @@ class EventInput(serializers.Serializer):
     ts = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_TS,
                                   help_text="Unix seconds; default now.")  # fmt: skip
     status = text_field(64)
-    duration_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**53 - 1)
+    duration_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SAFE_INTEGER)
     step = text_field(256)
     tool = text_field(256, validators=[pattern(UNSAFE_FREE_PATTERN)])
     req_id = text_field(256)
@@ -629,7 +631,7 @@ def post_event(request: Request) -> Response:
             if name in ("agent_id", "tool") and (problem := identifier_problem(data[name])):
                 check.fail(name, problem, "string_pattern_mismatch")  # identifiers the timeline shows
             fields[name] = data[name]
-    for name, maximum in (("ts", MAX_TS), ("duration_ms", 2**53 - 1)):
+    for name, maximum in (("ts", MAX_TS), ("duration_ms", MAX_SAFE_INTEGER)):
         value = data.get(name)
         if value is None:
             continue

@@ -28,7 +28,7 @@ from billing.ratelimit import RateLimited
 from billing.usage import QuotaExceeded
 from onceonly_site.identifiers import CONTROL, control_problem, identifier_problem
 from onceonly_site.middleware import current_request_id
-from onceonly_site.params import whole_number
+from onceonly_site.params import MAX_SAFE_INTEGER, is_whole, whole_number
 
 # Control characters (C0, DEL, C1) are refused in keys and identifiers (onceonly_site/identifiers.py).
 CONTROL_CHARS = CONTROL
@@ -408,16 +408,14 @@ class BodyCheck:
         value = self.data.get("ttl")
         if value is None:
             return None
-        # bool is an int in Python; JSON true is not a number of seconds.
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value != int(value)
-        ):
+        # JSON true is not a number of seconds; the bounds are compared before int() (onceonly_site/params.py).
+        if not is_whole(value):
             self.fail("ttl", "Must be a whole number of seconds.", "int_type")
         elif value < 1:
             self.fail("ttl", "Must be at least 1 second.", "greater_than_equal")
+        elif value > MAX_SAFE_INTEGER:
+            self.fail("ttl", f"At most {MAX_SAFE_INTEGER} seconds (2^53-1); a TTL above the plan's maximum is "
+                      "clamped to it.", "less_than_equal")  # fmt: skip
         else:
             return int(value)
         return None

@@ -28,7 +28,7 @@ from drf_spectacular.plumbing import ResolvedComponent, get_doc
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer
 from rest_framework import serializers
 
-from onceonly_site.identifiers import CONTROL, INVISIBLE, TOOL_INVISIBLE, UNSAFE
+from onceonly_site.identifiers import CONTROL, INVISIBLE, REGISTERED_NAME_CHARS, TOOL_INVISIBLE, UNSAFE
 
 # --- what a string may hold --------------------------------------------------------------------------------------
 
@@ -81,8 +81,8 @@ TOOL_NAME_RULES = (
     "character, and no unassigned code point: "
     "`delete_usеr` with a Cyrillic `е` is refused (docs/security.md, *Identifiers and look-alike names*)."
 )
-# A registered tool's name (governance.tools.NAME).
-REGISTERED_TOOL_PATTERN = r"^[a-zA-Z0-9_.:-]+$"
+# A registered tool's or job handler's name (identifiers.REGISTERED_NAME; at most 200 characters).
+REGISTERED_NAME_PATTERN = rf"^[{REGISTERED_NAME_CHARS}]+$"
 # A tools registry scope: "global" or "agent:<agent id>", the agent id trimmed (governance.tools.valid_scope).
 SCOPE_PATTERN = rf"^(?:global|agent:[^{_UNSAFE}{WHITESPACE}](?:[^{_UNSAFE}]*[^{_UNSAFE}{WHITESPACE}])?)$"
 # A day as the metrics endpoint reads it.

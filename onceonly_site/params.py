@@ -1,4 +1,5 @@
-"""Whole numbers from untrusted text: query parameters, form fields, webhook payloads."""
+"""Numbers from untrusted input: whole numbers from text (query parameters, form fields, webhook payloads) and the
+numbers of parsed JSON bodies."""
 
 from __future__ import annotations
 
@@ -18,3 +19,27 @@ def whole_number(text: Any, maximum: int = MAX_ID) -> int | None:
         return None
     value = int(text)
     return value if value <= maximum else None
+
+
+# JSON numbers from a parsed body --------------------------------------------------------------------------------
+# Python parses any JSON integer exactly (10**400 included) and "1e400" as infinity. ``float(10**400)``,
+# ``math.isfinite(10**400)`` and ``10**400 * 1.0`` raise OverflowError: a bound is checked by comparing, which Python
+# does exactly between any int and any float, before anything converts the number.
+
+# The integers every JSON parser holds exactly (I-JSON, RFC 7493 section 2.2; JavaScript's Number.MAX_SAFE_INTEGER).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def json_number(value: Any, low: float, high: float) -> int | float | None:
+    """``value`` when it is a JSON number (not a boolean) from ``low`` to ``high`` (finite bounds), else None.
+    NaN and the infinities fail the comparisons."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if low <= value <= high else None
+
+
+def is_whole(value: Any) -> bool:
+    """A JSON number without a fraction (``60`` and ``60.0``; not ``1.5``, the infinities, NaN or a boolean)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())

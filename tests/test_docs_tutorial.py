@@ -48,7 +48,6 @@ from tests.conftest import ARTIFACTS
 from tests.support.servers import ROOT, CeleryWorker, free_port
 
 DOCUMENTS = ("README.md", "docs/tutorial.md")
-DEMO_EMAIL = "demo@onceonly.local"  # what `make run` creates (billing/management/commands/bootstrap_demo.py)
 DEMO_PASSWORD = "tutorial-password-123"
 
 # What the reader substitutes: variable -> the value the document shows (the test puts in its own).
@@ -294,7 +293,7 @@ def test_the_make_run_summary_shown_is_the_one_make_run_prints():
     """The box shown after a `make run` block is what a first start on the defaults prints, with the password and
     the key left out (tests/test_make_run.py checks that `make run` prints it and that its commands work)."""
     base = READER_VALUES["ONCEONLY_BASE_URL"].removesuffix("/v1")
-    placeholders = {"login": DEMO_EMAIL, "password": "…", "api_key": READER_VALUES["ONCEONLY_API_KEY"]}
+    placeholders = {"login": devstack.DEMO_EMAIL, "password": "…", "api_key": READER_VALUES["ONCEONLY_API_KEY"]}
     printed = devstack.summary(base, devstack.DEFAULT_VAR_DIR, credentials=placeholders, waiting=[]).strip("\n")
     shown = [
         block
@@ -448,12 +447,15 @@ class Reader:
         for value in list(self.console.locals.values()):
             if isinstance(value, OnceOnly):
                 value.close()
-        for process in self.processes:
-            if process.poll() is None:
+        for process in self.processes:  # each in a session of its own: the group is what the command started
+            for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
+                    os.killpg(process.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
+                    break
+            else:
+                raise AssertionError(f"{process.args} outlived SIGKILL")
 
 
 @pytest.fixture
@@ -461,8 +463,8 @@ def demo(transactional_db, plans, live_server, settings, monkeypatch):
     """What `make run` gives the reader: the demo account on the agency plan, its owner login and API key, a Celery
     worker; private tool URLs refused unless the document's `make run` line allows them."""
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = False
-    account, _ = account_get_or_create(name="demo", plan_code="agency")
-    operator_create(account=account, email=DEMO_EMAIL, password=DEMO_PASSWORD, role=Role.OWNER)
+    account, _ = account_get_or_create(name=devstack.DEMO_ACCOUNT, plan_code="agency")
+    operator_create(account=account, email=devstack.DEMO_EMAIL, password=DEMO_PASSWORD, role=Role.OWNER)
     key = api_key_create(account=account, label="demo key (make run)").raw
     worker = CeleryWorker("docs", log_dir=ARTIFACTS / "workers")
     port = str(free_port())
@@ -507,7 +509,7 @@ def test_tutorial_blocks_run_and_the_dashboard_shows_what_it_says(demo):
     rows = [line.strip("|").split("|") for line in dashboard.splitlines() if line.startswith("| ") and "`/" in line]
     assert len(rows) >= 6
     browser = Client()
-    assert browser.login(username=DEMO_EMAIL, password=DEMO_PASSWORD)
+    assert browser.login(username=devstack.DEMO_EMAIL, password=DEMO_PASSWORD)
     for _page, address_cell, what in rows:
         address, *click = re.findall(r"`([^`]+)`", address_cell)
         response = browser.get(address)

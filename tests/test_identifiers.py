@@ -1,7 +1,7 @@
-"""Identifiers refuse control and bidirectional formatting characters (Hardening from an adversarial review,
-item 4): a right-to-left override made the account name ``<RLO>exe.live-gnip`` render as "ping-evil.exe", and C1
-controls went into agent ids. One validator (``onceonly_site/identifiers.py``) serves the API, the dashboard's forms
-and the management commands; idempotency keys stay opaque but refuse controls (docs/security.md, "Identifiers")."""
+"""Identifiers refuse control and bidirectional formatting characters, so that a name shows what it is: a
+right-to-left override made the account name ``<RLO>exe.live-gnip`` render as "ping-evil.exe", and C1 controls went
+into agent ids. One validator (``onceonly_site/identifiers.py``) serves the API, the dashboard's forms and the
+management commands; idempotency keys stay opaque but refuse controls (docs/security.md, "Identifiers")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Request limits (the Request limits issue): the body cap, JSON nesting, per-field byte, length and count caps, and
-the page-size caps of every /v1 list endpoint and dashboard list page.
+"""Request limits: the body cap, JSON nesting, per-field byte, length and count caps, and the page-size caps of
+every /v1 list endpoint and dashboard list page.
 
 Each cap is pinned at its boundary: at the cap the request is served, one past it is refused with a structured 4xx
 ``detail`` located at the field, and nothing is written. The gaps this file found when it was written (500s from
@@ -442,7 +442,14 @@ def test_the_tools_list_is_capped_at_1000_and_has_no_paging_parameters(key_a, ac
     """docs/api.md: a bare array of at most 1,000 tools (the largest plan allows 500); limit/offset are ignored."""
     now = timezone.now()
     Tool.objects.bulk_create(
-        Tool(account=account_a, name=f"tool-{i:04d}", url=TOOL_URL, created_at=now, updated_at=now)
+        Tool(
+            account=account_a,
+            name=f"tool-{i:04d}",
+            name_key=f"tool-{i:04d}",
+            url=TOOL_URL,
+            created_at=now,
+            updated_at=now,
+        )
         for i in range(1_001)
     )
     client = key_a.client()

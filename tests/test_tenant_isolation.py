@@ -1,6 +1,6 @@
-"""Tenant isolation over every route (Reliability and security issue): account B — its API key and its owner in
-the dashboard — can neither read nor change anything of account A. A's ids in B's URLs are 404, lists and
-totals never show A's rows, and the same names (lock keys, agent ids, run ids) are B's own, independent objects.
+"""Tenant isolation over every route: account B — its API key and its owner in the dashboard — can neither read nor
+change anything of account A. A's ids in B's URLs are 404, lists and totals never show A's rows, and the same names
+(lock keys, agent ids, run ids) are B's own, independent objects.
 
 The cases are a table keyed by URL name; ``test_every_route_has_an_isolation_case`` fails when a route is added
 without a case (or an explicit exemption with its reason)."""
@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
 from billing.models import ApiKey, Membership
 from governance.models import Agent, Decision, Tool
 from idempotency.models import Lease
 from tests.conftest import Key, Persona
+from tests.support.routes import walk_routes
 
 JSON = "application/json"
 A_SECRET_NAME = "alpha-private-marker"  # appears in A's objects; must never appear in a response to B
@@ -357,17 +357,13 @@ EXEMPT = {
 
 
 def route_names(urlconf: Any = None) -> set[str]:
-    def walk(resolver, namespace=""):
-        for entry in resolver.url_patterns:
-            if isinstance(entry, URLResolver):
-                if str(entry.pattern).startswith("admin"):
-                    continue  # Django's admin: superusers only, not tenant-facing
-                inner = f"{namespace}:{entry.namespace}" if namespace and entry.namespace else entry.namespace
-                yield from walk(entry, inner or namespace)
-            elif isinstance(entry, URLPattern):
-                yield f"{namespace}:{entry.name or '?'}" if namespace else (entry.name or "?")
-
-    return set(walk(get_resolver(urlconf)))
+    """Every route's name; ``?`` stands for the name of an unnamed one (``v1:?``)."""
+    return {
+        route.name or ":".join(filter(None, [route.namespace, "?"]))
+        for route in walk_routes(urlconf)
+        # Django's admin: superusers only, not tenant-facing.
+        if not any(str(step.pattern).startswith("admin") for step in route.includes)
+    }
 
 
 def uncovered(routes: set[str]) -> set[str]:

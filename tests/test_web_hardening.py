@@ -1,5 +1,5 @@
-"""Web hardening (Reliability and security issue): security headers, cookies with production settings (the
-`check --deploy` run is tests/test_settings_env.py), the failed-login lockout, and secrets kept out of logs."""
+"""Web hardening: security headers, cookies with production settings (the `check --deploy` run is
+tests/test_settings_env.py), the failed-login lockout, and secrets kept out of logs."""
 
 import logging
 import os

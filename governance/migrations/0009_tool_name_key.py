@@ -29,7 +29,6 @@ def fill_name_keys(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("governance", "0008_decision_prices"),
     ]

@@ -27,7 +27,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -40,7 +39,8 @@ import psycopg
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.servers import ROOT, free_port
+
 DOC = ROOT / "docs" / "operations.md"
 ENV_FILE_IN_DOCS = "/etc/onceonly/onceonly.env"
 LONG_RUNNING = {"deploy/web.sh", "deploy/worker.sh", "deploy/beat.sh"}
@@ -78,12 +78,6 @@ NOT_CRAWLED = {
 }
 
 ASKED_FOR = os.environ.get("ONCEONLY_DEPLOY_TEST") == "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def documented_commands() -> list[str]:
@@ -257,10 +251,38 @@ class Stack:
             process.wait()
 
 
+DATABASE_PREFIX = "onceonly_deploy_"  # + the pid of the pytest process: databases of this test only
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def drop_leftover_databases(admin: psycopg.Connection) -> list[str]:
+    """The databases of earlier runs that never got to drop theirs (killed, crashed): every database named by this
+    test whose process is gone. One of a run still going on on this machine is left alone."""
+    names = [row[0] for row in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                             [DATABASE_PREFIX.replace("_", r"\_") + "%"])]  # fmt: skip
+    dropped = []
+    for name in names:
+        pid = name.removeprefix(DATABASE_PREFIX)
+        if pid.isdigit() and int(pid) != os.getpid() and running(int(pid)):
+            continue
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        dropped.append(name)
+    return dropped
+
+
 @pytest.fixture
 def services():
     """A PostgreSQL database and a Redis database of this test's own (created/flushed, dropped/flushed after)."""
-    name = f"onceonly_deploy_{os.getpid()}"
+    name = f"{DATABASE_PREFIX}{os.getpid()}"
     try:
         admin = psycopg.connect(f"{PG}/postgres", autocommit=True, connect_timeout=3)
         store = redis.Redis.from_url(f"{REDIS}/{REDIS_DB}", socket_connect_timeout=3)
@@ -269,7 +291,7 @@ def services():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but PostgreSQL/Redis are unreachable: {exc}")
         pytest.skip(f"needs PostgreSQL and Redis: {exc}")
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_leftover_databases(admin)  # this run's own name too, should a pid be reused
     admin.execute(f'CREATE DATABASE "{name}"')
     store.flushdb()
     yield f"{PG}/{name}", f"{REDIS}/{REDIS_DB}"
@@ -504,16 +526,11 @@ def resolve_routes(stack: Stack, checkout: Path, visited: list[str]) -> dict[str
 import json, sys
 import django
 django.setup()
-from django.urls import get_resolver, resolve, Resolver404
+from django.urls import resolve, Resolver404
+from tests.support.routes import walk_routes
 
-def walk(patterns, prefix=""):
-    for p in patterns:
-        if hasattr(p, "url_patterns"):
-            yield from walk(p.url_patterns, prefix + str(p.pattern))
-        else:
-            yield prefix + str(p.pattern), p.name
-names = sorted({name for route, name in walk(get_resolver().url_patterns)
-                if name and not route.startswith(("v1", "admin/", "api/docs/"))})
+names = sorted({route.pattern.name for route in walk_routes()
+                if route.pattern.name and not route.text.startswith(("v1", "admin/", "api/docs/"))})
 visited = []
 for path in json.load(sys.stdin):
     try:

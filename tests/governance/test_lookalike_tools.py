@@ -95,9 +95,10 @@ def test_keyed_run_actions_refuse_a_lookalike_tool_name(client):
 
 def test_a_call_cap_counts_lookalikes_of_the_tool_together(client):
     set_policy(client, AGENT, max_calls_per_tool={"send_email": 2})
-    assert governed_call(client, AGENT, "send_email").json()["decision"] == "allowed"
-    assert governed_call(client, AGENT, "SEND_EMAIL").json()["decision"] == "allowed"
-    blocked = governed_call(client, AGENT, "Send_Email").json()
+    # Different args: with the same ones the second spelling is a dedup of the first (test_tool_name_resolution.py).
+    assert governed_call(client, AGENT, "send_email", args={"n": 1}).json()["decision"] == "allowed"
+    assert governed_call(client, AGENT, "SEND_EMAIL", args={"n": 2}).json()["decision"] == "allowed"
+    blocked = governed_call(client, AGENT, "Send_Email", args={"n": 3}).json()
     assert (blocked["decision"], blocked["policy_reason"]) == ("blocked", "tool_call_limit_exceeded")
     assert blocked["remaining"]["calls_today"] == 2
 

@@ -25,10 +25,22 @@ def upsert(client, **fields):
     return client.post(f"/v1/policies/{AGENT}", fields, content_type=JSON)
 
 
+# Sessions blocked by this one, or by one that is (the second upsert queues behind the first for the row).
+WAITING_FOR_US = """
+WITH RECURSIVE waiting (pid) AS (
+    SELECT pg_backend_pid()
+    UNION
+    SELECT l.pid FROM pg_locks l JOIN waiting w ON w.pid = ANY (pg_blocking_pids(l.pid)) WHERE NOT l.granted
+)
+SELECT count(*) - 1 FROM waiting
+"""
+
+
 class LockWaits:
     """Which of the upserts' threads wait for the lock this test's transaction holds.
 
-    PostgreSQL: a session is waiting when the lock manager says this session blocks it (``pg_blocking_pids``).
+    PostgreSQL: a session is waiting when the lock manager says this session blocks it (``pg_blocking_pids``), directly
+    or through another waiter.
     SQLite: the lock is the database's write lock, which ``BEGIN IMMEDIATE`` (the transaction mode of
     onceonly_site/env.py) takes first thing; a thread that has issued it while this test holds the lock waits for the
     test's commit. Each thread reports that statement through an execute wrapper (``note``)."""
@@ -50,8 +62,7 @@ class LockWaits:
             return
         with connection.cursor() as cursor:
             while time.monotonic() < deadline:
-                cursor.execute("SELECT count(DISTINCT pid) FROM pg_locks "
-                               "WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))")  # fmt: skip
+                cursor.execute(WAITING_FOR_US)
                 if cursor.fetchone()[0] >= count:
                     return
                 time.sleep(0.01)

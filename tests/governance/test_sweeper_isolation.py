@@ -1,8 +1,8 @@
 """A beat sweeper that meets a row it cannot record logs it and goes on with the next one: each row is recorded in
 a savepoint of its own, so one poisoned row cannot stop the sweep of every row after it on every run.
 
-Found by a code read: ``dispatch_intents_record`` stopped at the first row that raised, every run, forever. The
-poisoned row here is made by a database trigger that refuses its decision (the same on PostgreSQL and SQLite).
+``dispatch_intents_record`` used to stop at the first row that raised, every run, forever. The poisoned row here is
+made by a database trigger that refuses its decision (the same on PostgreSQL and SQLite).
 """
 
 from __future__ import annotations

@@ -14,9 +14,12 @@ from urllib.parse import quote
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.test import Client
 
 from billing.models import Account
+from governance import ledger
 from governance.models import Decision, Tool
+from governance.services import args_hash
 from idempotency import runs
 from idempotency.models import Run
 from tests.governance.test_dispatch import SECRET, receiver, stats  # noqa: F401 (receiver: the fixture)
@@ -62,7 +65,7 @@ def test_a_variant_of_a_disabled_tool_is_blocked_tool_disabled(client, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
-def test_a_variant_of_a_registered_tool_is_dispatched_to_it_and_charged_its_price(client, receiver, variant):  # noqa: F811
+def test_a_variant_of_a_registered_tool_is_dispatched_to_it_and_charged_its_price(client, key_a, receiver, variant):  # noqa: F811
     register(client, url=f"{receiver}/ok", auth={"type": "hmac_sha256", "secret": SECRET}, price_usd=1,
              risk_level="low")  # fmt: skip
     set_policy(client, AGENT, max_spend_usd_per_day=2)
@@ -80,6 +83,13 @@ def test_a_variant_of_a_registered_tool_is_dispatched_to_it_and_charged_its_pric
     assert stats(receiver)["requests"] == 2
     executed = Decision.objects.filter(outcome="executed")
     assert {(d.tool, str(d.spend_usd), bool(d.dispatch_id)) for d in executed} == {("stripe.charge", "1.000000", True)}
+    # The log stays verifiable: row hashes cover the stored name and digest, whatever spelling was sent.
+    account = Account.objects.get(pk=key_a.api_key.account_id)
+    digest = args_hash(account.args_hash_key, AGENT, variant, {"n": 1})
+    assert digest == args_hash(account.args_hash_key, AGENT, "stripe.charge", {"n": 1})
+    assert Decision.objects.get(pk=first["decision_id"]).args_hash == digest
+    verified = ledger.verify(account.pk)
+    assert verified.ok and verified.rows_checked == Decision.objects.count() == 4
 
 
 def test_a_variant_of_a_registered_tool_is_not_refused_in_strict_mode(client, account_a):
@@ -148,3 +158,14 @@ def test_the_database_refuses_a_second_tool_whose_name_differs_only_in_case(clie
     with pytest.raises(IntegrityError), transaction.atomic():
         Tool.objects.create(account=account_a, name="Send_Email", name_key="send_email", url="https://x.example/t")
     assert list(Tool.objects.values_list("name", "name_key")) == [("send_email", "send_email")]
+
+
+def test_a_tool_registered_on_the_dashboard_is_found_by_a_variant_and_not_registered_twice(client, owner_a):
+    form = {"name": "stripe.charge", "scope_id": "global", "url": "https://tools.example.com/charge", "secret": SECRET,
+            "timeout_ms": "1000", "max_retries": "0", "description": "", "risk_level": ""}  # fmt: skip
+    dashboard = owner_a.login(Client())
+    assert dashboard.post("/tools/new/", form).status_code == 302  # saved disabled: "enabled" not ticked
+    assert call(client, "STRIPE.CHARGE")["policy_reason"] == "tool_disabled"
+    refused = dashboard.post("/tools/new/", {**form, "name": "Stripe.Charge"})
+    assert refused.status_code == 422 and "differ only in case" in refused.content.decode()
+    assert list(Tool.objects.values_list("name", flat=True)) == ["stripe.charge"]

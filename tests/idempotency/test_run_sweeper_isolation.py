@@ -1,8 +1,8 @@
 """The keyed-run sweeper goes on past a run it cannot update: each run is handled in a savepoint of its own, and a
 failure is logged, so one poisoned row cannot stop every later run's timeout or wake-up on every beat.
 
-Found by a code read (it stopped at the first row that raised). The poisoned rows here are made by a database
-trigger that refuses any update of them (the same on PostgreSQL and SQLite).
+The sweeper used to stop at the first row that raised. The poisoned rows here are made by a database trigger that
+refuses any update of them (the same on PostgreSQL and SQLite).
 """
 
 from __future__ import annotations

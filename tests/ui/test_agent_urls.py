@@ -11,10 +11,11 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, resolve
+from django.urls import resolve
 
-from governance import services, urls
+from governance import services
 from governance.models import Agent, PolicyVersion
+from tests.support.routes import walk_routes
 
 BASE = "bot"
 
@@ -22,12 +23,10 @@ BASE = "bot"
 def agent_routes() -> dict[str, str]:
     """URL name → the suffix after the agent part, for every governance page that addresses one agent."""
     routes = {}
-    for entry in urls.urlpatterns:
-        assert isinstance(entry, URLPattern)
-        text = str(entry.pattern)
-        match = re.match(r"^\^?agents/(?:\(\?P<\w+>[^)]*\)|<[^>]+>)/(.*?)\$?$", text)
-        if match:
-            routes[entry.name] = match.group(1)
+    for route in walk_routes():
+        match = re.match(r"^\^?agents/(?:\(\?P<\w+>[^)]*\)|<[^>]+>)/(.*?)\$?$", route.text)
+        if route.namespace == "governance" and match:
+            routes[route.pattern.name] = match.group(1)
     return routes
 
 

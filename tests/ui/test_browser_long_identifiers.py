@@ -1,7 +1,7 @@
-"""Long unbroken identifiers do not widen the page (Hardening from an adversarial review, item 4): a 200-character
-agent id, tool name or run id, a 120-character account name (the longest allowed) and a 256-character lock key
-pushed most dashboard pages wider than the window. The test crawls every dashboard page reachable by links from the
-overview (so new pages are covered) and measures each in headless Chromium."""
+"""Long unbroken identifiers do not widen the page: a 200-character agent id, tool name or run id, a 120-character
+account name (the longest allowed) and a 256-character lock key pushed most dashboard pages wider than the window.
+The test crawls every dashboard page reachable by links from the overview (so new pages are covered) and measures
+each in headless Chromium."""
 
 from __future__ import annotations
 
@@ -100,9 +100,9 @@ MARKERS = [AGENT[:40], TOOL[:40], RUN[:40], KEY[:40], ACCOUNT[:40], "L" * 40, "e
 
 def test_long_identifiers_wrap_within_a_390_px_window(page, live_server, owner_a, long_names):
     """At phone width some pages are wider than the window whatever their data: the top navigation does not wrap,
-    and the Tools, Usage & plan and Team tables (action buttons, plan columns) need ~450 px even with short names —
-    another issue's work. What long identifiers must not do is widen anything: every element showing one fits the
-    window, so it wraps instead."""
+    and the Tools, Usage & plan and Team tables (action buttons, plan columns) need ~450 px even with short names;
+    this test does not judge that layout. What long identifiers must not do is widen anything: every element showing
+    one fits the window, so it wraps instead."""
     page.set_viewport_size({"width": 390, "height": 844})
     login(page, live_server, owner_a)
     wide, shown = [], 0
