@@ -4,12 +4,15 @@
 unique event id makes every redelivery a no-op; ``process`` claims the row (received/failed → processing, one
 conditional UPDATE, so concurrent deliveries process it once) and dispatches by type through ``HANDLERS``. A
 handler's effects and the row's ``succeeded`` commit together. Subscription state carries the Stripe ``created``
-time of the event that set it (``BillingSubscription.state_at``): an older event delivered later is ignored.
+time of the event that set it (``BillingSubscription.state_at``): an older event delivered later is ignored. A
+field of the wrong type makes the event ``ignored`` for good (``Malformed``), never a failure Stripe retries.
 
 What an event may reach: the account is always the one linked to the event's Stripe customer (linked by this server
 when the owner first subscribes, never by an event), and a completed checkout counts only when this server created
 the session (``checkout_session_record``). Metadata (``client_reference_id``, ``metadata.account_id``) never chooses
 the account: it only says whom an event that was refused named, for the events page, the log and the audit log.
+Within the account, only its linked subscription moves it (``_claim_subscription``): another subscription of the
+same customer takes its place only once the linked one is no longer live, and an ended subscription stays ended.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,9 +43,13 @@ FREE_PLAN = "free"
 STALE_PROCESSING = timedelta(minutes=5)
 IN_FLIGHT_WAIT_SECONDS = 3.0  # a "processing" row older than this died with its process: retryable
 PAYMENT_PROBLEM = ("past_due", "unpaid")
-ENDED = ("canceled", "incomplete_expired")
+ENDED = ("canceled", "incomplete_expired")  # terminal in Stripe: such a subscription never comes back
+LIVE = ("active", "trialing", "past_due", "unpaid", "incomplete")  # billed: BillingSubscription.has_live_subscription
 CHECKOUT_STARTED = "billing.checkout.started"  # the record of a Checkout Session this server created
-REFUSED = "billing.stripe_event.refused"  # an event that named an account but another Stripe customer
+CHECKOUT_OPEN_FOR = timedelta(hours=24)  # the longest a Checkout Session can be paid (Stripe's default expiry)
+REFUSED = "billing.stripe_event.refused"  # an event for a customer or subscription the account does not have
+MAX_UNIX_TIME = 253402300799  # 9999-12-31T23:59:59Z: the last second a datetime (and the database) holds
+MAX_AMOUNT = 2**63 - 1  # BigIntegerField
 
 
 class BadWebhook(Exception):
@@ -56,9 +64,18 @@ class Ignored(Exception):
     another Stripe customer in place of its linked one.
     """
 
-    def __init__(self, reason: str, *, account: Account | None = None, refused: dict[str, str] | None = None):
+    def __init__(self, reason: str, *, account: Account | None = None, refused: dict[str, str] | None = None,
+                 notice: str = ""):  # fmt: skip
         super().__init__(reason)
-        self.account, self.refused = account, refused
+        self.account, self.refused, self.notice = account, refused, notice
+
+
+class Malformed(Ignored):
+    """A verified event with a field of the wrong type (a string expected, a number, a time out of range…). Ignored
+    for good: failing it would make Stripe deliver the same malformed event again for days."""
+
+    def __init__(self, what: str, field: str, expected: str):
+        super().__init__(f"malformed {what}: `{field}` is not {expected}")
 
 
 # --- receive ----------------------------------------------------------------------------------------------------
@@ -80,13 +97,16 @@ def receive(payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]
         raise BadWebhook("The body is not JSON.") from None
     if not (isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]
             and isinstance(event.get("type"), str) and isinstance(event.get("created"), int)
-            and isinstance((event.get("data") or {}).get("object"), dict)):  # fmt: skip
+            and isinstance(event.get("data"), dict) and isinstance(event["data"].get("object"), dict)):  # fmt: skip
         raise BadWebhook("Not a Stripe event: id, type, created and data.object are required.")
+    created = _unix_time(event["created"])
+    if created is None:  # Stripe's are seconds since 1970; 10**20 or true is no time (and would not store)
+        raise BadWebhook(f"Not a Stripe event: created must be a Unix time from 0 to {MAX_UNIX_TIME}.")
     try:
         with transaction.atomic():
             row = ProviderEvent.objects.create(
                 provider="stripe", event_id=event["id"][:100], type=event["type"][:100], payload=event,
-                created_at=datetime.fromtimestamp(event["created"], tz=UTC),
+                created_at=created,
             )  # fmt: skip
         return row, True
     except IntegrityError:
@@ -138,8 +158,9 @@ def _mark(row: ProviderEvent, status: str, *, account: Account | None = None, er
 
 def _ignore(row: ProviderEvent, ignored: Ignored) -> None:
     """Store the reason; an event that named an account of this server is logged, and shown with that account on the
-    events page; one that tried to replace its linked customer is audited too. Ignored rows are never processed
-    again, so each event is audited once."""
+    events page; one that tried to replace its linked customer or subscription is audited too, and one that shows a
+    second subscription billed next to the linked one is notified to the owners. Ignored rows are never processed
+    again, so each event is audited and notified once."""
     with transaction.atomic():
         _mark(row, ProviderEvent.Status.IGNORED, account=ignored.account, error=str(ignored))
         if ignored.account is None:
@@ -149,6 +170,8 @@ def _ignore(row: ProviderEvent, ignored: Ignored) -> None:
             services.audit_record(account=ignored.account, action=REFUSED, actor_label="stripe",
                                   object_type="stripe_event", object_id=row.event_id,
                                   data={"type": row.type, **ignored.refused})  # fmt: skip
+        if ignored.notice:
+            notify(account_id=ignored.account.pk, kind=Notification.Kind.BILLING, subject=ignored.notice)
 
 
 # --- handlers ---------------------------------------------------------------------------------------------------
@@ -163,6 +186,82 @@ def _id(value: Any) -> str:
     """A Stripe reference as an id: a string, or an expanded object's ``id``."""
     value = value.get("id") if isinstance(value, dict) else value
     return value if isinstance(value, str) else ""
+
+
+# Fields of data.object: missing or null is "none"; any other type than Stripe's is Malformed (ignored for good).
+
+
+def _unix_time(value: Any) -> datetime | None:
+    """Whole seconds since 1970 as a datetime; None for anything else (a bool, a float, out of range)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UNIX_TIME:
+        return datetime.fromtimestamp(value, tz=UTC)
+    return None
+
+
+def _text(obj: dict, key: str, what: str) -> str:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise Malformed(what, key, "a string")
+    return value or ""
+
+
+def _ref(obj: dict, key: str, what: str) -> str:
+    """A reference to another Stripe object: its id, or the object expanded with its id."""
+    value = obj.get(key)
+    value = value.get("id") if isinstance(value, dict) else value
+    if value is not None and not isinstance(value, str):
+        raise Malformed(what, key, "an id")
+    return value or ""
+
+
+def _time(obj: dict, key: str, what: str) -> datetime | None:
+    if obj.get(key) is None:
+        return None
+    at = _unix_time(obj[key])
+    if at is None:
+        raise Malformed(what, key, "a Unix time")
+    return at
+
+
+def _amount(obj: dict, key: str, what: str) -> int | None:
+    value = obj.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or abs(value) > MAX_AMOUNT):
+        raise Malformed(what, key, "an amount")
+    return value
+
+
+def _flag(obj: dict, key: str, what: str) -> bool:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise Malformed(what, key, "true or false")
+    return bool(value)
+
+
+def _object(obj: dict, key: str, what: str) -> dict:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise Malformed(what, key, "an object")
+    return value or {}
+
+
+def _first_item(sub: dict, what: str) -> dict:
+    """The subscription's first item (its price, and its period end in the API versions that moved it there)."""
+    items = _object(sub, "items", what).get("data")
+    if items is None or items == []:
+        return {}
+    if not isinstance(items, list) or not isinstance(items[0], dict):
+        raise Malformed(what, "items.data", "a list of items")
+    return items[0]
+
+
+@contextmanager
+def _about(account: Account) -> Iterator[None]:
+    """A malformed event of a linked customer is shown with its account on the events page, and logged."""
+    try:
+        yield
+    except Malformed as malformed:
+        malformed.account = account
+        raise
 
 
 def _named_account(obj: dict) -> Account | None:
@@ -225,10 +324,6 @@ def _set_plan(account: Account, plan: Plan, event_id: str) -> None:
         services.account_set_plan(account=account, plan=plan, actor_label="stripe", reason=reason)
 
 
-def _ts(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(value, tz=UTC) if isinstance(value, int) else None
-
-
 def _newer(billing: BillingSubscription, at: datetime, *, advance: bool = True) -> bool:
     """Whether an event created at ``at`` may still change the account (and, with ``advance``, record it as the
     newest state). Checkout does not advance it: the subscription events that follow it, even those Stripe stamped
@@ -247,20 +342,69 @@ def _flag_payment_problem(billing: BillingSubscription, problem: bool, why: str)
     billing.payment_problem = problem
 
 
+def _has_ended(account: Account, subscription: str) -> bool:
+    """Whether an event of this account (applied or ignored) said ``subscription`` was deleted or had ended."""
+    about = ProviderEvent.objects.filter(provider="stripe", account=account, payload__data__object__id=subscription)
+    return about.filter(Q(type="customer.subscription.deleted") | Q(
+        type__in=["customer.subscription.created", "customer.subscription.updated"],
+        payload__data__object__status__in=ENDED,
+    )).exists()  # fmt: skip
+
+
+def _claim_subscription(billing: BillingSubscription, subscription: str, what: str, *, live: bool,
+                        announce: bool = False, **context: str) -> None:  # fmt: skip
+    """Let an event about ``subscription`` change the account, or raise Ignored.
+
+    Only the account's linked subscription moves it; the first one seen is linked. The linked one, once ended
+    (``canceled``, ``incomplete_expired``: Stripe's terminal states), stays ended whatever arrives later for it. Another
+    subscription of the same customer takes its place only when the linked one is no longer billed, the other one is
+    (``live``) and has not ended itself; otherwise its event is ignored and audited (``billing.stripe_event.refused``),
+    and, with ``announce`` (a checkout completed or a subscription created while the linked one is billed), the owners
+    are told that two subscriptions are billed."""
+    account, linked = billing.account, billing.subscription_id
+    if subscription == linked:
+        if billing.status in ENDED:
+            raise Ignored(f"{what}: subscription {subscription!r} has ended ({billing.status}); a later event does "
+                          "not revive it", account=account)  # fmt: skip
+        return
+    if not linked and not _has_ended(account, subscription):
+        billing.subscription_id = subscription
+        return
+    if live and linked and not billing.has_live_subscription and not _has_ended(account, subscription):
+        # The linked one ended (or never got going): the new one replaces it, with its own state from now on.
+        billing.subscription_id, billing.state_at, billing.status, billing.price_id = subscription, None, "", ""
+        billing.current_period_end, billing.cancel_at_period_end = None, False
+        return
+    reason = (f"{what} is about subscription {subscription!r}, not the subscription linked to account {account.pk} "
+              f"({linked!r}, {billing.status or 'no status yet'}): not applied")  # fmt: skip
+    notice = ""
+    if announce and live and billing.has_live_subscription:
+        notice = (f"Two subscriptions billed: {subscription} was not applied, the account follows {linked}; cancel "
+                  f"the one you do not want with Manage billing (Usage & plan)")  # fmt: skip
+    refused = {"customer": billing.customer_id, "subscription": subscription, "linked_subscription": linked, **context}
+    raise Ignored(reason, account=account, refused=refused, notice=notice)
+
+
 def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
     """An owner finished Checkout: link the subscription, and apply the plan they chose when this server created the
     session. The account is the one linked to the session's customer, and the session must be one this server
     created for it; client_reference_id and metadata choose nothing (another integration on the same Stripe account,
-    or anyone with access to it, can set them)."""
+    or anyone with access to it, can set them). A session whose subscription is not the account's (a second one,
+    while the first is billed; one that has ended) is ignored (``_claim_subscription``)."""
     session_id = _id(session.get("id"))
-    account = _linked_account(session, f"checkout session {session_id!r}")
+    what = f"checkout session {session_id!r}"
+    account = _linked_account(session, what)
     plan_code = _started_plan(account, session_id)
     if plan_code is None:
         raise Ignored(f"checkout session {session_id!r} was not created by this server for account {account.pk}",
                       account=account)  # fmt: skip
+    with _about(account):
+        subscription = _ref(session, "subscription", "checkout session")
+        if not subscription:  # the sessions this server creates are all in mode subscription
+            raise Malformed("checkout session", "subscription", "a subscription (mode subscription)")
+        paid = _text(session, "payment_status", "checkout session") in ("paid", "no_payment_required")
     billing = _billing_for(account)
-    billing.subscription_id = _id(session.get("subscription")) or billing.subscription_id
-    paid = session.get("payment_status") in ("paid", "no_payment_required")
+    _claim_subscription(billing, subscription, what, live=True, announce=paid, session=session_id)
     if paid and _newer(billing, at, advance=False):
         plan = Plan.objects.filter(code=plan_code).first()
         if plan is None:
@@ -272,23 +416,32 @@ def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
     return account
 
 
-def subscription_changed(sub: dict, at: datetime, event_id: str) -> Account:
+def subscription_changed(sub: dict, at: datetime, event_id: str, *, created: bool = False) -> Account:
     """customer.subscription.created/updated: the plan follows the subscription's price; past_due and unpaid flag the
     account and notify its owners; an ended subscription is handled like a deletion."""
-    account = _linked_account(sub, f"subscription {_id(sub.get('id'))!r}")
+    what = f"subscription {_id(sub.get('id'))!r}"
+    account = _linked_account(sub, what)
+    with _about(account):
+        subscription = _ref(sub, "id", "subscription")
+        if not subscription:
+            raise Malformed("subscription", "id", "an id")
+        status = _text(sub, "status", "subscription")
+        item = _first_item(sub, "subscription")
+        price_id = _ref(item, "price", "subscription item")
+        period_end = _time(sub, "current_period_end", "subscription") or _time(item, "current_period_end",
+                                                                               "subscription item")  # fmt: skip
+        cancel_at_period_end = _flag(sub, "cancel_at_period_end", "subscription")
+        if status in LIVE and status != "incomplete" and not price_id:
+            raise Malformed("subscription", "items.data[0].price", "a price")
     billing = _billing_for(account)
+    _claim_subscription(billing, subscription, what, live=status in LIVE, announce=created)
     if not _newer(billing, at):
         raise Ignored(f"older than the subscription state already applied ({billing.state_at:%Y-%m-%d %H:%M:%S})")
-    status = sub.get("status", "")
     if status in ENDED or status == "paused":
-        _ended(billing, sub, event_id)
+        _ended(billing, status, period_end, event_id)
         return account
-    items = (sub.get("items") or {}).get("data") or [{}]
-    price_id = ((items[0].get("price") or {}).get("id")) or ""
-    billing.subscription_id = _id(sub.get("id")) or billing.subscription_id
     billing.status, billing.price_id = status, price_id
-    billing.current_period_end = _ts(sub.get("current_period_end")) or _ts(items[0].get("current_period_end"))
-    billing.cancel_at_period_end = bool(sub.get("cancel_at_period_end"))
+    billing.current_period_end, billing.cancel_at_period_end = period_end, cancel_at_period_end
     _flag_payment_problem(billing, status in PAYMENT_PROBLEM, f"subscription is {status}")
     if status in ("active", "trialing", "past_due", "unpaid"):
         billing.downgrade_at = None
@@ -299,21 +452,30 @@ def subscription_changed(sub: dict, at: datetime, event_id: str) -> Account:
 
 
 def subscription_deleted(sub: dict, at: datetime, event_id: str) -> Account:
-    """The subscription ended: back to Free at the end of the period already paid for (now, if that has passed)."""
-    account = _linked_account(sub, f"subscription {_id(sub.get('id'))!r}")
+    """The subscription ended: back to Free at the end of the period already paid for (now, if that has passed).
+    Terminal: nothing that arrives later for this subscription changes the account."""
+    what = f"subscription {_id(sub.get('id'))!r}"
+    account = _linked_account(sub, what)
+    with _about(account):
+        subscription = _ref(sub, "id", "subscription")
+        if not subscription:
+            raise Malformed("subscription", "id", "an id")
+        status = _text(sub, "status", "subscription")
+        period_end = _time(sub, "current_period_end", "subscription") or _time(
+            _first_item(sub, "subscription"), "current_period_end", "subscription item")  # fmt: skip
     billing = _billing_for(account)
+    _claim_subscription(billing, subscription, what, live=False)
     if not _newer(billing, at):
         raise Ignored("older than the subscription state already applied")
-    _ended(billing, sub, event_id)
+    _ended(billing, status if status in ENDED else "canceled", period_end, event_id)
     return account
 
 
-def _ended(billing: BillingSubscription, sub: dict, event_id: str) -> None:
-    items = (sub.get("items") or {}).get("data") or [{}]
-    paid_until = _ts(sub.get("current_period_end")) or _ts(items[0].get("current_period_end")) or timezone.now()
-    if billing.payment_problem or sub.get("status") == "paused":
+def _ended(billing: BillingSubscription, status: str, period_end: datetime | None, event_id: str) -> None:
+    paid_until = period_end or timezone.now()
+    if billing.payment_problem or status == "paused":
         paid_until = min(paid_until, timezone.now())  # ended for lack of payment: the last period was never paid
-    billing.status, billing.cancel_at_period_end = sub.get("status") or "canceled", False
+    billing.status, billing.cancel_at_period_end = status, False
     billing.current_period_end = paid_until
     billing.payment_problem = False
     if paid_until <= timezone.now():
@@ -325,19 +487,42 @@ def _ended(billing: BillingSubscription, sub: dict, event_id: str) -> None:
     billing.save()
 
 
+def _invoice_subscription(invoice: dict) -> str:
+    """The subscription an invoice bills: ``parent.subscription_details.subscription`` since API 2025-03-31,
+    ``subscription`` before."""
+    details = _object(_object(invoice, "parent", "invoice"), "subscription_details", "invoice parent")
+    return _ref(details, "subscription", "invoice parent") or _ref(invoice, "subscription", "invoice")
+
+
 def _invoice(invoice: dict, at: datetime, failed: bool, event_id: str) -> Account:
-    account = _linked_account(invoice, f"invoice {_id(invoice.get('id'))!r}")
+    """The last invoice of the linked subscription (and the payment-problem flag). An invoice of another subscription
+    of the customer is ignored and audited; one of no subscription (a one-off invoice) is ignored."""
+    what = f"invoice {_id(invoice.get('id'))!r}"
+    account = _linked_account(invoice, what)
+    with _about(account):
+        invoice_id = _text(invoice, "id", "invoice")
+        subscription = _invoice_subscription(invoice)
+        created = _time(invoice, "created", "invoice") or at
+        amount = _amount(invoice, "amount_due" if failed else "amount_paid", "invoice")
+        status = _text(invoice, "status", "invoice")
+        currency = _text(invoice, "currency", "invoice")
+        url = _text(invoice, "hosted_invoice_url", "invoice")
     billing = _billing_for(account)
-    created = _ts(invoice.get("created")) or at
+    linked = billing.subscription_id
+    if linked and subscription != linked:
+        if not subscription:
+            raise Ignored(f"{what} is for no subscription (account {account.pk} follows {linked!r}): not applied",
+                          account=account)  # fmt: skip
+        _claim_subscription(billing, subscription, what, live=False)  # raises: another subscription's invoice
     if billing.last_invoice_at is None or created >= billing.last_invoice_at:
-        billing.last_invoice_id = invoice.get("id", "")[:100]
-        billing.last_invoice_status = "payment_failed" if failed else (invoice.get("status") or "paid")
-        billing.last_invoice_amount = invoice.get("amount_due") if failed else invoice.get("amount_paid")
-        billing.last_invoice_currency = (invoice.get("currency") or "")[:8]
+        billing.last_invoice_id = invoice_id[:100]
+        billing.last_invoice_status = "payment_failed" if failed else (status[:32] or "paid")
+        billing.last_invoice_amount = amount
+        billing.last_invoice_currency = currency[:8]
         billing.last_invoice_at = created
-        billing.last_invoice_url = (invoice.get("hosted_invoice_url") or "")[:500]
-        amount = billing.last_invoice_amount_display
-        _flag_payment_problem(billing, failed, f"invoice {billing.last_invoice_id} for {amount} was not paid")
+        billing.last_invoice_url = url[:500]
+        shown = billing.last_invoice_amount_display
+        _flag_payment_problem(billing, failed, f"invoice {billing.last_invoice_id} for {shown} was not paid")
     billing.updated_at = timezone.now()
     billing.save()
     return account
@@ -345,7 +530,7 @@ def _invoice(invoice: dict, at: datetime, failed: bool, event_id: str) -> Accoun
 
 HANDLERS: dict[str, Callable[[dict, datetime, str], Account]] = {
     "checkout.session.completed": checkout_completed,
-    "customer.subscription.created": subscription_changed,
+    "customer.subscription.created": lambda sub, at, event_id: subscription_changed(sub, at, event_id, created=True),
     "customer.subscription.updated": subscription_changed,
     "customer.subscription.deleted": subscription_deleted,
     "invoice.paid": lambda invoice, at, event_id: _invoice(invoice, at, False, event_id),

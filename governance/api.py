@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import date
 from decimal import Decimal
@@ -54,6 +53,7 @@ from onceonly_site.openapi import (
     text_field,
     tool_name_field,
 )
+from onceonly_site.params import json_number
 
 MAX_AGENT_ID = 200
 MAX_ARGS_BYTES = 64 * 1024
@@ -154,10 +154,7 @@ class AiRunApi(APIView):
         if isinstance(run_id, str) and (problem := identifier_problem(run_id)):
             check.fail("args.run_id", problem, "string_pattern_mismatch")
         spend = check.data.get("spend_usd")
-        if spend is not None and (
-            isinstance(spend, bool) or not isinstance(spend, int | float) or not math.isfinite(spend)
-            or not 0 <= spend <= policies.MAX_USD
-        ):  # fmt: skip
+        if spend is not None and json_number(spend, 0, policies.MAX_USD) is None:
             check.fail("spend_usd", f"Must be a number from 0 to {policies.MAX_USD:,}.", "float_type")
         check.done()
         entitlements.require(request.auth.plan, "governance")

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 
 from governance import policies
+from onceonly_site.params import whole_number
+
+
+def _split(text: str) -> list[str]:
+    """Lines end at \\n (or \\r\\n) only. str.splitlines() also ends them at U+2028, U+001C–U+001E, U+0085, \\v and
+    \\f, and a comma is no separator either: such a character stays in its entry, which the name checks refuse,
+    rather than silently making two entries out of one."""
+    return text.split("\n")
 
 
 def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
+    return [line.strip() for line in _split(text) if line.strip()]
 
 
 def _pairs(text: str, field: str) -> list[tuple[str, str]]:
     pairs = []
-    for line in text.splitlines():
+    for line in _split(text):
         if not line.strip():
             continue
         tool, sep, value = line.rpartition(":")
@@ -25,11 +35,33 @@ def _pairs(text: str, field: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _number(value: str) -> float | str:
-    try:
-        return float(value) if "." in value else int(value)
-    except ValueError:
-        return value  # left for clean_fields to report
+# What the editor's number fields accept: ASCII digits only. int() and float() also read "1_000" and other scripts'
+# digits ("١٢" is 12), float() exponents ("1.0e-9"), infinities and long runs of digits.
+COUNT_RULE = (f"Must be a whole number from 0 to {policies.MAX_NUMBER:,}. Write it in ASCII digits 0–9, without "
+              "separators or signs.")  # fmt: skip
+AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]{1,6})?", re.ASCII)
+AMOUNT_RULE = (f"Must be a number from 0 to {policies.MAX_USD:,}. Write it in ASCII digits 0–9 with at most 6 "
+               "decimals after a point (12.50), without separators, signs or exponent.")  # fmt: skip
+
+
+def _count(text: str) -> int:
+    value = whole_number(text, policies.MAX_NUMBER)
+    if value is None:
+        raise forms.ValidationError(COUNT_RULE)
+    return value
+
+
+def _amount(text: str) -> float:
+    """At most 6 decimals: amounts are kept to the millionth of a dollar, so "0.0000001" would be 0. A long run of
+    digits is infinity for float(), which clean_fields refuses."""
+    if not AMOUNT.fullmatch(text):
+        raise forms.ValidationError(AMOUNT_RULE)
+    return float(text)
+
+
+def _amount_text(value: Any) -> str:
+    """A stored amount as the editor accepts it back: 1e-06 is written 0.000001."""
+    return format(Decimal(str(value)), "f") if isinstance(value, float) else str(value)
 
 
 class PolicyForm(forms.Form):
@@ -74,9 +106,10 @@ class PolicyForm(forms.Form):
             "allowed_tools": "\n".join(policy.get("allowed_tools") or []),
             "blocked_tools": "\n".join(policy.get("blocked_tools") or []),
             "max_actions_per_hour": policy.get("max_actions_per_hour", ""),
-            "max_spend_usd_per_day": policy.get("max_spend_usd_per_day", ""),
+            "max_spend_usd_per_day": _amount_text(policy.get("max_spend_usd_per_day", "")),
             "max_calls_per_tool": "\n".join(f"{k}: {v}" for k, v in (policy.get("max_calls_per_tool") or {}).items()),
-            "pricing_rules": "\n".join(f"{r['tool']}: {r['price_usd']}" for r in policy.get("pricing_rules") or []),
+            "pricing_rules": "\n".join(f"{r['tool']}: {_amount_text(r['price_usd'])}"
+                                       for r in policy.get("pricing_rules") or []),
             "base_version": version,
         })  # fmt: skip
 
@@ -96,26 +129,44 @@ class PolicyForm(forms.Form):
         return [{"field": self.fields[field].label, "entry": entry, "normalised": normalised}
                 for field, entry, normalised in policies.normalised_entries(policy)]  # fmt: skip
 
+    def _calls(self, text: str) -> dict[str, int]:
+        caps: dict[str, int] = {}
+        for tool, value in _pairs(text, "calls"):
+            if tool in caps:  # a dict would keep the last one silently (names equal once normalised: clean_fields)
+                raise forms.ValidationError(f"{tool!r} is listed twice: one cap per tool.")
+            try:
+                caps[tool] = _count(value)
+            except forms.ValidationError as exc:
+                raise forms.ValidationError(f"{tool}: {exc.messages[0]}") from None
+        return caps
+
+    def _pricing(self, text: str) -> list[dict[str, Any]]:
+        rules = []
+        for tool, value in _pairs(text, "pricing"):
+            try:
+                rules.append({"tool": tool, "price_usd": _amount(value)})
+            except forms.ValidationError as exc:
+                raise forms.ValidationError(f"{tool}: {exc.messages[0]}") from None
+        return rules
+
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        if self.has_error("base_version"):  # a hidden field: its error would not be shown
+            self.add_error(None, "This page's policy version is not a version number: reload the page.")
         raw: dict[str, Any] = {}
         if data.get("restrict_tools"):
             raw["allowed_tools"] = _lines(data.get("allowed_tools", ""))
         if _lines(data.get("blocked_tools", "")):
             raw["blocked_tools"] = _lines(data["blocked_tools"])
-        for name in ("max_actions_per_hour", "max_spend_usd_per_day"):
-            if str(data.get(name) or "").strip():
-                raw[name] = _number(str(data[name]).strip())
-        try:
-            if (data.get("max_calls_per_tool") or "").strip():
-                raw["max_calls_per_tool"] = {t: _number(v) for t, v in _pairs(data["max_calls_per_tool"], "calls")}
-            if (data.get("pricing_rules") or "").strip():
-                raw["pricing_rules"] = [
-                    {"tool": t, "price_usd": _number(v)} for t, v in _pairs(data["pricing_rules"], "pricing")
-                ]
-        except forms.ValidationError as exc:
-            self.add_error(None, exc)
-            return data
+        parsers = {"max_actions_per_hour": _count, "max_spend_usd_per_day": _amount,
+                   "max_calls_per_tool": self._calls, "pricing_rules": self._pricing}  # fmt: skip
+        for name, parse in parsers.items():
+            text = str(data.get(name) or "").strip()
+            if text:
+                try:
+                    raw[name] = parse(text)
+                except forms.ValidationError as exc:
+                    self.add_error(name, exc)
         try:
             data["policy"] = policies.clean_fields(raw)
         except Exception as exc:  # rest_framework ValidationError with per-field messages

@@ -4,7 +4,6 @@ docs/api.md §"Policies")."""
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from decimal import Decimal
 from functools import lru_cache
@@ -14,6 +13,7 @@ from rest_framework import exceptions, serializers
 
 from onceonly_site.api import MAX_USD
 from onceonly_site.identifiers import identifier_problem, normalise_tool, tool_name_problem
+from onceonly_site.params import is_whole, json_number
 
 FIELDS = (
     "allowed_tools",
@@ -87,24 +87,25 @@ def _tool_list(value: Any, field: str, errors: dict[str, list]) -> list[str] | N
 MAX_NUMBER = 1_000_000_000  # counts above a billion are typos
 
 
+# Bounds are compared before int()/float()/round() convert a number (onceonly_site/params.py): float(10**400) raises.
 def _non_negative_int(value: Any, field: str, errors: dict[str, list]) -> int | None:
-    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
-            or value != int(value) or not 0 <= value <= MAX_NUMBER):  # fmt: skip
+    if not is_whole(value) or json_number(value, 0, MAX_NUMBER) is None:
         _err(errors, field, f"Must be a whole number from 0 to {MAX_NUMBER:,}.", "int_type")
         return None
     return int(value)
 
 
 def _non_negative_number(value: Any, field: str, errors: dict[str, list]) -> float | None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not (0 <= value <= MAX_USD)
-    ):
+    if json_number(value, 0, MAX_USD) is None:
         _err(errors, field, f"Must be a number from 0 to {MAX_USD:,}.", "float_type")
         return None
-    return round(float(value), 6)
+    amount = round(float(value), 6)  # amounts are stored to the millionth of a dollar
+    if amount == 0 and value != 0:
+        # 1e-9 would be stored as 0: a spend cap of 0 blocks every charged call, a price of 0 makes the tool free.
+        _err(errors, field, "Rounds to 0 (amounts are kept to 6 decimals): write 0, or at least 0.000001.",
+             "greater_than_equal")  # fmt: skip
+        return None
+    return amount
 
 
 def clean_fields(data: dict[str, Any], *, partial: bool = True) -> dict[str, Any]:

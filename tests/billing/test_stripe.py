@@ -469,3 +469,303 @@ def test_the_csp_lets_forms_lead_to_stripe_only_while_stripe_is_on(settings, own
     policy = client.get("/usage/")["Content-Security-Policy"]
     assert "form-action 'self' https://checkout.stripe.com https://billing.stripe.com;" in policy
     assert "form-action 'self';" in client.get("/admin/login/")["Content-Security-Policy"]
+
+
+# --- one subscription per account: another subscription's events, a second checkout, an ended one stays ended -----
+
+SUB = "sub_TestSubscription0001"  # the fixtures' subscription
+PRO_ITEMS = {"data": [{"price": {"id": "price_pro_monthly"}, "current_period_end": 1767178350}]}
+
+
+def for_subscription(name: str, account: Account, subscription: str, **changes) -> dict:
+    """The fixture event ``name`` about ``subscription`` (a subscription event's id, an invoice's parent)."""
+    if name.startswith("invoice."):
+        parent = {"type": "subscription_details", "subscription_details": {"subscription": subscription}}
+        changes["object"] = {"parent": parent, **changes.get("object", {})}
+    else:
+        changes["object"] = {"id": subscription, **changes.get("object", {})}
+    return event(name, account, **changes)
+
+
+def test_a_second_checkout_completed_while_the_first_subscription_is_live_is_not_applied(
+    stripe_on, free_account, owner_a, caplog
+):
+    # The review's reproduction: two sessions started before any webhook (cs_4 Pro, then cs_5 Agency), both paid.
+    checkout_started(free_account, session_id="cs_test_4")
+    agency = Plan.objects.get(code="agency")
+    stripe_webhooks.checkout_session_record(account=free_account, actor=None, plan=agency, session_id="cs_test_5")
+    client = Client()
+    first = event(
+        "checkout.session.completed", free_account, id="evt_1Cs4", object={"id": "cs_test_4", "subscription": "sub_C"}
+    )
+    sub_c = for_subscription(
+        "customer.subscription.updated",
+        free_account,
+        "sub_C",
+        id="evt_1SubC",
+        created=1764500010,
+        object={"items": PRO_ITEMS},
+    )
+    second = event("checkout.session.completed", free_account, id="evt_1Cs5", created=1764500020,
+                   object={"id": "cs_test_5", "subscription": "sub_D"})  # fmt: skip
+    assert deliver(client, first).json()["status"] == "succeeded"
+    assert deliver(client, sub_c).json()["status"] == "succeeded"
+
+    answer = deliver(client, second)
+
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored"
+    billing = BillingSubscription.objects.get(account=free_account)
+    assert plan_of(free_account) == "pro" and (billing.subscription_id, billing.status) == ("sub_C", "active")
+    row = ProviderEvent.objects.get(event_id="evt_1Cs5")
+    assert row.account_id == free_account.pk and "sub_D" in row.error and "sub_C" in row.error
+    refused = AuditEntry.objects.get(action="billing.stripe_event.refused")
+    assert refused.actor_label == "stripe" and refused.object_id == "evt_1Cs5"
+    assert (refused.data["subscription"], refused.data["linked_subscription"]) == ("sub_D", "sub_C")
+    notice = Notification.objects.get(account=free_account, kind="billing")  # the owners hear of the double billing
+    assert "sub_D" in notice.subject and "Manage billing" in notice.subject
+    assert any("sub_D" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+    # sub_D's own events change nothing either: its deletion does not end sub_C, which is still billed
+    sub_d = for_subscription("customer.subscription.updated", free_account, "sub_D", id="evt_1SubD", created=1764500030)
+    deleted_d = for_subscription("customer.subscription.deleted", free_account, "sub_D", id="evt_1SubDDeleted",
+                                 created=1764500040, object={"customer": "cus_TestCustomer0001"})  # fmt: skip
+    assert deliver(client, sub_d).json()["status"] == "ignored"
+    assert deliver(client, deleted_d).json()["status"] == "ignored"
+    billing = BillingSubscription.objects.get(account=free_account)
+    assert plan_of(free_account) == "pro" and (billing.subscription_id, billing.status) == ("sub_C", "active")
+    assert billing.downgrade_at is None
+    assert AuditEntry.objects.filter(action="billing.stripe_event.refused").count() == 3
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
+     "invoice.paid", "invoice.payment_failed"],
+)  # fmt: skip
+def test_events_for_another_subscription_of_the_linked_customer_change_nothing(stripe_on, subscriber, name, caplog):
+    client = Client()
+    deliver(client, event("checkout.session.completed", subscriber))  # linked: SUB, Pro, active
+    plan, billing, notes = plan_of(subscriber), billing_of(subscriber), Notification.objects.count()
+    base = "customer.subscription.updated" if name == "customer.subscription.created" else name
+    other = for_subscription(
+        base,
+        subscriber,
+        "sub_B",
+        id="evt_1OtherSubscription",
+        created=1764509000,
+        object={"status": "past_due"} if base == "customer.subscription.updated" else {},
+    )
+    other["type"] = name
+
+    response = deliver(client, other)
+
+    assert response.status_code == 200 and response.json()["status"] == "ignored"
+    assert plan_of(subscriber) == plan and billing_of(subscriber) == billing
+    second = name == "customer.subscription.created"  # a second live subscription billed: the owners hear of it
+    assert Notification.objects.count() == notes + second  # an invoice of another subscription raises no problem
+    row = ProviderEvent.objects.get(event_id="evt_1OtherSubscription")
+    assert row.account_id == subscriber.pk and "sub_B" in row.error and SUB in row.error
+    refused = AuditEntry.objects.get(action="billing.stripe_event.refused")
+    assert refused.data == {"type": name, "customer": CUSTOMER, "subscription": "sub_B", "linked_subscription": SUB}
+    assert any("sub_B" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_a_deleted_subscription_stays_deleted_whatever_arrives_later_for_it(stripe_on, subscriber):
+    client = Client()
+    deliver(client, event("checkout.session.completed", subscriber))
+    deliver(client, event("customer.subscription.updated", subscriber))  # Agency, created 1764500100
+    deleted = event("customer.subscription.deleted", subscriber, created=1764500300)  # its period is over: Free now
+    assert deliver(client, deleted).json()["status"] == "succeeded" and plan_of(subscriber) == "free"
+
+    # the same second, then later: an active update of the deleted subscription is not applied
+    for n, created in enumerate((1764500300, 1764500400)):
+        late = event("customer.subscription.updated", subscriber, id=f"evt_1LateUpdate{n}", created=created)
+        answer = deliver(client, late)
+        assert answer.status_code == 200 and answer.json()["status"] == "ignored"
+        assert "has ended" in ProviderEvent.objects.get(event_id=f"evt_1LateUpdate{n}").error
+    billing = BillingSubscription.objects.get(account=subscriber)
+    assert plan_of(subscriber) == "free" and (billing.subscription_id, billing.status) == (SUB, "canceled")
+    assert billing.downgrade_at is None and not billing.has_live_subscription
+    # nor is a completed checkout of a recorded session whose subscription is that deleted one
+    stripe_webhooks.checkout_session_record(account=subscriber, actor=None, plan=Plan.objects.get(code="agency"),
+                                            session_id="cs_test_Late")  # fmt: skip
+    late_checkout = event("checkout.session.completed", subscriber, id="evt_1LateCheckout", created=1764500500,
+                          object={"id": "cs_test_Late"})  # fmt: skip
+    assert deliver(client, late_checkout).json()["status"] == "ignored" and plan_of(subscriber) == "free"
+
+
+def test_a_new_subscription_replaces_one_that_has_ended_and_the_old_one_never_comes_back(stripe_on, subscriber):
+    client = Client()
+    deliver(client, event("checkout.session.completed", subscriber))
+    deliver(client, event("customer.subscription.deleted", subscriber))  # period over: Free
+    stripe_webhooks.checkout_session_record(account=subscriber, actor=None, plan=Plan.objects.get(code="agency"),
+                                            session_id="cs_test_Again")  # fmt: skip
+    again = event("checkout.session.completed", subscriber, id="evt_1Again", created=1764600000,
+                  object={"id": "cs_test_Again", "subscription": "sub_Again"})  # fmt: skip
+    assert deliver(client, again).json()["status"] == "succeeded"
+    billing = BillingSubscription.objects.get(account=subscriber)
+    assert plan_of(subscriber) == "agency" and (billing.subscription_id, billing.status) == ("sub_Again", "active")
+
+    old = event("customer.subscription.updated", subscriber, id="evt_1OldActive", created=1764600100,
+                object={"items": PRO_ITEMS})  # SUB again, active, Pro  # fmt: skip
+    assert deliver(client, old).json()["status"] == "ignored"
+    assert plan_of(subscriber) == "agency"
+    assert BillingSubscription.objects.get(account=subscriber).subscription_id == "sub_Again"
+
+    # sub_Again ends too: no live subscription is linked, but SUB was deleted, so it cannot take the place
+    gone = for_subscription("customer.subscription.deleted", subscriber, "sub_Again", id="evt_1AgainDeleted",
+                            created=1764600200)  # fmt: skip
+    assert deliver(client, gone).json()["status"] == "succeeded" and plan_of(subscriber) == "free"
+    older = event("customer.subscription.updated", subscriber, id="evt_1OldActive2", created=1764600300)
+    assert deliver(client, older).json()["status"] == "ignored"
+    billing = BillingSubscription.objects.get(account=subscriber)
+    assert plan_of(subscriber) == "free" and (billing.subscription_id, billing.status) == ("sub_Again", "canceled")
+
+    # a subscription created in the Stripe Dashboard for the linked customer now is applied like one from Checkout
+    new = for_subscription("customer.subscription.updated", subscriber, "sub_Dashboard", id="evt_1Dashboard",
+                           created=1764600400, object={"items": PRO_ITEMS})  # fmt: skip
+    new["type"] = "customer.subscription.created"
+    assert deliver(client, new).json()["status"] == "succeeded"
+    billing = BillingSubscription.objects.get(account=subscriber)
+    assert plan_of(subscriber) == "pro" and (billing.subscription_id, billing.status) == ("sub_Dashboard", "active")
+
+
+@pytest.mark.django_db(transaction=True)  # the checkout view calls the fake Stripe outside transactions
+def test_a_second_checkout_first_expires_the_open_session(stripe_on, free_account, owner_a):
+    fake = FakeStripe()
+    stripe_on.STRIPE_API_BASE = fake.url
+    try:
+        client = owner_a.login(Client())
+        assert client.post("/billing/checkout/", {"plan": "pro"})["Location"].endswith("/cs_test_Fake0001")
+        second = client.post("/billing/checkout/", {"plan": "agency"})  # the owner came back and chose again
+        assert second.status_code == 303 and second["Location"].endswith("/cs_test_Fake0002")
+        first = "/v1/checkout/sessions/cs_test_Fake0001"
+        assert fake.paths()[2:] == [first, f"{first}/expire", "/v1/checkout/sessions"]
+        assert fake.sessions == {"cs_test_Fake0001": "expired", "cs_test_Fake0002": "open"}  # only one can be paid
+    finally:
+        fake.stop()
+    other = FakeStripe()  # a Stripe that does not know the open session (keys of another mode): nothing to expire
+    other.sessions["cs_test_Elsewhere"] = "open"
+    stripe_on.STRIPE_API_BASE = other.url
+    try:
+        assert client.post("/billing/checkout/", {"plan": "pro"})["Location"].endswith("/cs_test_Fake0002")
+        assert other.paths() == ["/v1/checkout/sessions/cs_test_Fake0002", "/v1/checkout/sessions"]
+    finally:
+        other.stop()
+    started = AuditEntry.objects.filter(action="billing.checkout.started").order_by("id")
+    assert [(e.object_id, e.data["session"]) for e in started] == [
+        ("pro", "cs_test_Fake0001"), ("agency", "cs_test_Fake0002"), ("pro", "cs_test_Fake0002")]  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_second_checkout_while_the_first_is_paid_but_not_confirmed_yet(stripe_on, free_account, owner_a):
+    fake = FakeStripe()
+    stripe_on.STRIPE_API_BASE = fake.url
+    try:
+        client = owner_a.login(Client())
+        client.post("/billing/checkout/", {"plan": "pro"})
+        fake.complete("cs_test_Fake0001")  # paid; Stripe's webhook has not arrived
+        refused = client.post("/billing/checkout/", {"plan": "agency"}, follow=True)
+        assert refused.status_code == 200 and "was paid" in refused.content.decode()
+        assert fake.paths()[2:] == ["/v1/checkout/sessions/cs_test_Fake0001"]  # looked, expired nothing, made none
+        assert AuditEntry.objects.filter(action="billing.checkout.started").count() == 1
+
+        completed = event("checkout.session.completed", free_account, object={
+            "id": "cs_test_Fake0001", "customer": "cus_Fake0001", "subscription": SUB})  # fmt: skip
+        assert deliver(Client(), completed).json()["status"] == "succeeded" and plan_of(free_account) == "pro"
+        live = client.post("/billing/checkout/", {"plan": "agency"}, follow=True)
+        assert "already has a subscription" in live.content.decode() and len(fake.paths()) == 3
+
+        deleted = event("customer.subscription.deleted", free_account, object={"customer": "cus_Fake0001"})
+        assert deliver(Client(), deleted).json()["status"] == "succeeded" and plan_of(free_account) == "free"
+        # that session's completion is on record: subscribing again asks Stripe nothing about it
+        assert client.post("/billing/checkout/", {"plan": "agency"}).status_code == 303
+        assert fake.paths()[3:] == ["/v1/checkout/sessions"]
+    finally:
+        fake.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stripe_down_while_closing_the_open_session_starts_no_checkout(stripe_on, free_account, owner_a):
+    fake = FakeStripe()
+    stripe_on.STRIPE_API_BASE = fake.url
+    try:
+        client = owner_a.login(Client())
+        client.post("/billing/checkout/", {"plan": "pro"})
+        fake.fail_with, fake.fail_on = 500, "/v1/checkout/sessions/"  # creating a session would still work
+        response = client.post("/billing/checkout/", {"plan": "agency"}, follow=True)
+    finally:
+        fake.stop()
+    assert response.status_code == 200 and "Stripe could not start the checkout" in response.content.decode()
+    assert fake.sessions == {"cs_test_Fake0001": "open"}  # the open one may still be paid: no second one
+    assert AuditEntry.objects.filter(action="billing.checkout.started").count() == 1
+
+
+# --- malformed events: refused (400) or ignored for good, never a 500 nor a 503 that Stripe retries forever --------
+
+
+@pytest.mark.parametrize("created", [10**20, 2**63, -1, True, "1764500000"])
+def test_a_created_time_that_is_no_unix_time_is_400_and_stores_nothing(stripe_on, subscriber, created):
+    response = deliver(Client(), event("invoice.paid", subscriber, created=created))
+    assert response.status_code == 400 and response.json()["detail"]["error"] == "invalid_webhook"
+    assert "created" in response.json()["detail"]["message"]
+    assert not ProviderEvent.objects.exists()
+
+
+def test_an_invoice_with_a_numeric_id_is_ignored_for_good_not_retried(stripe_on, subscriber):
+    client = Client()
+    deliver(client, event("checkout.session.completed", subscriber))
+    before = billing_of(subscriber)
+    bad = event("invoice.paid", subscriber, object={"id": 12345})
+    response = deliver(client, bad)
+    assert response.status_code == 200 and response.json()["status"] == "ignored"
+    row = ProviderEvent.objects.get(type="invoice.paid")
+    assert row.status == "ignored" and "malformed" in row.error and "id" in row.error
+    assert billing_of(subscriber) == before
+    assert deliver(client, bad).json() == {"ok": True, "event_id": row.event_id, "status": "ignored",
+                                           "duplicate": True}  # fmt: skip
+
+
+WRONG_TYPES = (10**20, "x", True, [1], {"id": 5})
+READ_FIELDS = {  # every field of data.object a handler reads, nested ones by path
+    "checkout.session.completed": ["id", "customer", "subscription", "payment_status", "client_reference_id",
+                                   "metadata", "metadata.account_id"],
+    "customer.subscription.updated": ["id", "customer", "status", "items", "items.data", "items.data.0",
+                                      "items.data.0.price", "items.data.0.price.id", "items.data.0.current_period_end",
+                                      "current_period_end", "cancel_at_period_end", "metadata"],
+    "customer.subscription.deleted": ["id", "customer", "status", "items", "items.data", "items.data.0",
+                                      "items.data.0.current_period_end", "current_period_end"],
+    "invoice.paid": ["id", "customer", "created", "amount_paid", "currency", "status", "hosted_invoice_url",
+                     "subscription", "parent", "parent.subscription_details",
+                     "parent.subscription_details.subscription"],
+    "invoice.payment_failed": ["id", "amount_due", "created", "currency", "parent.subscription_details.subscription"],
+}  # fmt: skip
+
+
+def _put(obj: dict, path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    obj[int(last) if isinstance(obj, list) else last] = value
+
+
+def test_no_field_of_a_wrong_type_makes_an_event_fail_or_crash(stripe_on, subscriber):
+    client = Client()
+    deliver(client, event("checkout.session.completed", subscriber))
+    n = 0
+    for name, paths in READ_FIELDS.items():
+        for path in paths:
+            for wrong in WRONG_TYPES:
+                if path.endswith("price.id") and isinstance(wrong, str):
+                    continue  # a price no plan has fails and is retried: a configuration to fix (Troubleshooting)
+                BillingSubscription.objects.filter(account=subscriber).update(
+                    subscription_id=SUB, status="active", state_at=None, last_invoice_at=None, downgrade_at=None
+                )
+                n += 1
+                data = event(name, subscriber, id=f"evt_1WrongType{n}")
+                _put(data["data"]["object"], path, wrong)
+                response = deliver(client, data)
+                row = ProviderEvent.objects.get(event_id=f"evt_1WrongType{n}")
+                assert response.status_code == 200 and row.status in ("succeeded", "ignored"), (name, path, wrong,
+                                                                                                row.error)  # fmt: skip
+    assert n > 150

@@ -59,6 +59,10 @@ def test_unknown_tools_are_accepted_with_warnings(client):
         ({"max_calls_per_tool": {"send_email": -3}}, "max_calls_per_tool.send_email"),
         ({"pricing_rules": [{"tool": "x"}]}, "pricing_rules.0"),
         ({"max_budget": 5}, "max_budget"),
+        # Non-zero amounts that 6 decimals keep as 0: a cap that blocks every charged call, a price that is free.
+        ({"max_spend_usd_per_day": 1e-9}, "max_spend_usd_per_day"),
+        ({"pricing_rules": [{"tool": "x", "price_usd": 4e-7}]}, "pricing_rules.0.price_usd"),
+        ({"max_spend_usd_per_day": 5e-324}, "max_spend_usd_per_day"),
     ],
 )
 def test_invalid_policies_are_422_and_save_nothing(client, payload, field):
@@ -66,6 +70,16 @@ def test_invalid_policies_are_422_and_save_nothing(client, payload, field):
     assert response.status_code == 422
     assert ["body", field] in [item["loc"] for item in response.json()["detail"]], response.json()
     assert not PolicyVersion.objects.exists()
+
+
+def test_amounts_are_kept_to_six_decimals_and_zero_stays_possible(client):
+    body = {"max_spend_usd_per_day": 0.000001, "pricing_rules": [{"tool": "x", "price_usd": 0}, {"tool": "y",
+            "price_usd": 0.0000014}]}  # fmt: skip
+    policy = post(client, "policies/a1", body).json()["policy"]
+    assert policy["max_spend_usd_per_day"] == 0.000001
+    assert [rule["price_usd"] for rule in policy["pricing_rules"]] == [0, 0.000001]
+    message = post(client, "policies/a1", {"max_spend_usd_per_day": 1e-9}).json()["detail"][0]["msg"]
+    assert message == "Rounds to 0 (amounts are kept to 6 decimals): write 0, or at least 0.000001."
 
 
 def test_get_and_list_policies(client):

@@ -2,6 +2,7 @@
 
 import pytest
 from django.test import Client
+from django.utils.html import escape
 
 from billing.models import AuditEntry
 from governance.models import Agent, PolicyVersion
@@ -97,6 +98,87 @@ def test_editor_saves_a_new_version_and_refuses_a_stale_edit(owner_a, key_a):
     stale = client.post(at("bot", "policy/"), {"max_actions_per_hour": "9", "base_version": "1"})
     assert stale.status_code == 422 and "saved this policy meanwhile" in stale.content.decode()
     assert Agent.objects.get().policy_version == 2
+
+
+def _refused(client, form, *messages):
+    """The editor answers 422 showing each message (HTML-escaped) and saves nothing."""
+    response = client.post(at("bot", "policy/"), {"base_version": "1", **form})
+    html = response.content.decode()
+    assert response.status_code == 422 and 'role="alert"' in html, form
+    for message in messages:
+        assert escape(message) in html, (form, message)
+    assert PolicyVersion.objects.count() == 1 and Agent.objects.get().policy == {"max_actions_per_hour": 5}
+
+
+def test_editor_refuses_a_tool_capped_twice(owner_a, key_a):
+    """A dict keeps the last of two caps silently (send_email: 6 would win); names equal once normalised are one
+    tool to a governed call too."""
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    _refused(client, {"max_calls_per_tool": "send_email: 5\nsend_email: 6"}, "'send_email' is listed twice")
+    _refused(client, {"max_calls_per_tool": "send_email: 5\nSEND_EMAIL: 6"}, "name the same tool")
+
+
+@pytest.mark.parametrize("text", ["1_000", "١٢", "１２", "+5", "5.0", "1e3", "0x10", " 1 000"])
+def test_editor_counts_are_ascii_digits_only(owner_a, key_a, text):
+    """int() reads "1_000" as 1000 and Arabic-Indic "١٢" as 12; the editor takes digits 0-9 only and says so."""
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    rule = "Write it in ASCII digits 0–9, without separators or signs."
+    _refused(client, {"max_actions_per_hour": text}, rule)
+    _refused(client, {"max_calls_per_tool": f"send_email: {text}"}, f"send_email: Must be a whole number", rule)
+
+
+@pytest.mark.parametrize("text", ["1.0e-9", "1e-9", "0.0000001", "1_000", "١٢", "-1", "1,5", "inf", "NaN", ".5"])
+def test_editor_amounts_are_plain_decimals_that_do_not_round_to_zero(owner_a, key_a, text):
+    """float("1.0e-9") was stored as 0.0 (6 decimals), a spend cap that blocks every charged call; the editor takes
+    ASCII digits with at most 6 decimals, no exponent."""
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    rule = "Write it in ASCII digits 0–9 with at most 6 decimals after a point (12.50), without separators"
+    _refused(client, {"max_spend_usd_per_day": text}, rule)
+    _refused(client, {"pricing_rules": f"send_email: {text}"}, rule)
+
+
+def test_editor_amounts_round_trip_at_six_decimals(owner_a, key_a):
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    form = {"max_actions_per_hour": "5", "max_spend_usd_per_day": "0.000001", "pricing_rules": "send_email: 0.00001",
+            "base_version": "1"}  # fmt: skip
+    assert client.post(at("bot", "policy/"), form).status_code == 302
+    policy = Agent.objects.get().policy
+    assert policy["max_spend_usd_per_day"] == 0.000001 and policy["pricing_rules"][0]["price_usd"] == 0.00001
+    html = client.get(at("bot", "policy/")).content.decode()
+    assert 'value="0.000001"' in html and "send_email: 0.00001</textarea>" in html  # not 1e-06, 1e-05
+    again = client.post(at("bot", "policy/"), {**form, "base_version": "2", "max_actions_per_hour": "6"})
+    assert again.status_code == 302 and Agent.objects.get().policy_version == 3
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x1c", "\x1d", "\x1e", "\x85", "\x0b", "\x0c", "\r"])
+def test_editor_splits_entries_on_newlines_only(owner_a, key_a, separator):
+    """str.splitlines() made two entries of "a<U+2028>b": now such a character stays in the entry, and the name
+    check refuses it. Lines end at \\n and \\r\\n."""
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    for field in ("blocked_tools", "max_calls_per_tool", "pricing_rules"):
+        value = f"delete_user{separator}drop_db" + (": 1" if field != "blocked_tools" else "")
+        _refused(client, {"max_actions_per_hour": "5", field: value})
+    saved = client.post(at("bot", "policy/"), {"max_actions_per_hour": "5", "base_version": "1",
+                                               "blocked_tools": "delete_user\r\ndrop_db\n"})  # fmt: skip
+    assert saved.status_code == 302
+    assert Agent.objects.get().policy["blocked_tools"] == ["delete_user", "drop_db"]
+
+
+def test_editor_takes_a_comma_as_part_of_the_entry(owner_a, key_a):
+    """A comma is a character of a tool name (the governed call accepts `a,b`), as in the API: the editor no longer
+    turns "delete_user,drop_db" into two entries behind the operator's back."""
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    form = {"max_actions_per_hour": "5", "base_version": "1", "blocked_tools": "delete_user,drop_db",
+            "max_calls_per_tool": "send,email: 3"}  # fmt: skip
+    assert client.post(at("bot", "policy/"), form).status_code == 302
+    policy = Agent.objects.get().policy
+    assert policy["blocked_tools"] == ["delete_user,drop_db"] and policy["max_calls_per_tool"] == {"send,email": 3}
 
 
 def test_diff_and_rollback(owner_a, key_a):
