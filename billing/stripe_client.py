@@ -8,6 +8,7 @@ Stripe must never hold row locks or roll back our own writes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import stripe
 from django.conf import settings
@@ -72,6 +73,22 @@ def create_checkout_session(
         "subscription_data": {"metadata": {"account_id": str(account.pk), "plan": plan.code}},
     })  # fmt: skip
     return Redirect(url=session.url, id=session.id)
+
+
+def close_checkout_session(session_id: str) -> str:
+    """Make sure a Checkout Session this server created can no longer be paid, before creating another: expire it if
+    it is still open. Returns its status then: ``expired``, ``complete`` (paid: its subscription exists), or
+    ``missing`` (this Stripe account does not know it: keys of another mode)."""
+    client = _client()
+    try:
+        status = _call(partial(client.v1.checkout.sessions.retrieve, session_id), {}).status
+    except StripeUnavailable as exc:
+        if getattr(exc.__cause__, "code", None) == "resource_missing":
+            return "missing"
+        raise
+    if status == "open":  # paid between the two calls: Stripe refuses to expire it (StripeUnavailable)
+        status = _call(partial(client.v1.checkout.sessions.expire, session_id), {}).status
+    return status
 
 
 def create_portal_session(*, customer_id: str, return_url: str) -> Redirect:

@@ -93,7 +93,7 @@ def receive(payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]
         raise BadWebhook(f"Signature verification failed: {str(exc).split('.')[0]}.") from None
     try:
         event = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deeper than json can parse
         raise BadWebhook("The body is not JSON.") from None
     if not (isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]
             and isinstance(event.get("type"), str) and isinstance(event.get("created"), int)
@@ -102,6 +102,8 @@ def receive(payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]
     created = _unix_time(event["created"])
     if created is None:  # Stripe's are seconds since 1970; 10**20 or true is no time (and would not store)
         raise BadWebhook(f"Not a Stripe event: created must be a Unix time from 0 to {MAX_UNIX_TIME}.")
+    if not _storable(event):
+        raise BadWebhook("Not a Stripe event: a string holds a NUL character or an unpaired surrogate.")
     try:
         with transaction.atomic():
             row = ProviderEvent.objects.create(
@@ -111,6 +113,30 @@ def receive(payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]
         return row, True
     except IntegrityError:
         return ProviderEvent.objects.get(provider="stripe", event_id=event["id"][:100]), False
+
+
+def _storable(event: dict) -> bool:
+    """Whether the database can keep the payload: PostgreSQL's jsonb refuses a NUL character (and UTF-8 any unpaired
+    surrogate) in a string or a key, which would be a 500 when the row is written. Iterative: json nests deeper than
+    the recursion limit allows."""
+    stack: list[Any] = [event]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        elif isinstance(value, str) and ("\x00" in value or not _utf8(value)):
+            return False
+    return True
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- process ----------------------------------------------------------------------------------------------------
@@ -188,7 +214,8 @@ def _id(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-# Fields of data.object: missing or null is "none"; any other type than Stripe's is Malformed (ignored for good).
+# Fields of data.object: missing or null is "none"; another type than Stripe's, or a string longer than the column
+# that keeps it, is Malformed (ignored for good; a database error would be a failure Stripe retries).
 
 
 def _unix_time(value: Any) -> datetime | None:
@@ -198,10 +225,10 @@ def _unix_time(value: Any) -> datetime | None:
     return None
 
 
-def _text(obj: dict, key: str, what: str) -> str:
+def _text(obj: dict, key: str, what: str, *, longest: int = 100) -> str:
     value = obj.get(key)
-    if value is not None and not isinstance(value, str):
-        raise Malformed(what, key, "a string")
+    if value is not None and not (isinstance(value, str) and len(value) <= longest):
+        raise Malformed(what, key, f"a string of at most {longest} characters")
     return value or ""
 
 
@@ -209,7 +236,7 @@ def _ref(obj: dict, key: str, what: str) -> str:
     """A reference to another Stripe object: its id, or the object expanded with its id."""
     value = obj.get(key)
     value = value.get("id") if isinstance(value, dict) else value
-    if value is not None and not isinstance(value, str):
+    if value is not None and not (isinstance(value, str) and len(value) <= 100):
         raise Malformed(what, key, "an id")
     return value or ""
 
@@ -311,6 +338,24 @@ def _started_plan(account: Account, session_id: str) -> str | None:
     return started.values_list("object_id", flat=True).first()
 
 
+def checkout_pending(account: Account) -> str:
+    """The Checkout Session this server created for ``account`` most recently, if as far as this server knows it may
+    still be paid: created less than CHECKOUT_OPEN_FOR ago, and no ``checkout.session.completed`` (applied or not) or
+    ``checkout.session.expired`` of it stored. '' otherwise. Before creating a session, checkout closes this one
+    (billing/views.py), so no older one can be open (short of two checkouts at the same instant)."""
+    started = AuditEntry.objects.filter(account=account, action=CHECKOUT_STARTED,
+                                        created_at__gte=timezone.now() - CHECKOUT_OPEN_FOR)  # fmt: skip
+    latest = started.order_by("-created_at", "-id").first()
+    session_id = latest.data.get("session") if latest is not None and isinstance(latest.data, dict) else None
+    if not isinstance(session_id, str) or not session_id:
+        return ""
+    closed = ProviderEvent.objects.filter(
+        provider="stripe", type__in=["checkout.session.completed", "checkout.session.expired"],
+        received_at__gte=latest.created_at, payload__data__object__id=session_id,
+    )  # fmt: skip
+    return "" if closed.exists() else session_id
+
+
 def _plan_for_price(price_id: str) -> Plan:
     for plan in Plan.objects.all():
         if price_id and price_for(plan) == price_id:
@@ -378,7 +423,8 @@ def _claim_subscription(billing: BillingSubscription, subscription: str, what: s
     reason = (f"{what} is about subscription {subscription!r}, not the subscription linked to account {account.pk} "
               f"({linked!r}, {billing.status or 'no status yet'}): not applied")  # fmt: skip
     notice = ""
-    if announce and live and billing.has_live_subscription:
+    told = AuditEntry.objects.filter(account=account, action=REFUSED, data__subscription=subscription)
+    if announce and live and billing.has_live_subscription and not told.exists():  # once per subscription
         notice = (f"Two subscriptions billed: {subscription} was not applied, the account follows {linked}; cancel "
                   f"the one you do not want with Manage billing (Usage & plan)")  # fmt: skip
     refused = {"customer": billing.customer_id, "subscription": subscription, "linked_subscription": linked, **context}
@@ -411,6 +457,8 @@ def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
             raise ValueError(f"checkout for unknown plan {plan_code!r}")
         billing.status, billing.downgrade_at, billing.payment_problem = "active", None, False
         _set_plan(account, plan, event_id)
+    elif not billing.status:
+        billing.status = "incomplete"  # a payment still pending: billed once it goes through (has_live_subscription)
     billing.updated_at = timezone.now()
     billing.save()
     return account
@@ -425,7 +473,7 @@ def subscription_changed(sub: dict, at: datetime, event_id: str, *, created: boo
         subscription = _ref(sub, "id", "subscription")
         if not subscription:
             raise Malformed("subscription", "id", "an id")
-        status = _text(sub, "status", "subscription")
+        status = _text(sub, "status", "subscription", longest=32)
         item = _first_item(sub, "subscription")
         price_id = _ref(item, "price", "subscription item")
         period_end = _time(sub, "current_period_end", "subscription") or _time(item, "current_period_end",
@@ -460,7 +508,7 @@ def subscription_deleted(sub: dict, at: datetime, event_id: str) -> Account:
         subscription = _ref(sub, "id", "subscription")
         if not subscription:
             raise Malformed("subscription", "id", "an id")
-        status = _text(sub, "status", "subscription")
+        status = _text(sub, "status", "subscription", longest=32)
         period_end = _time(sub, "current_period_end", "subscription") or _time(
             _first_item(sub, "subscription"), "current_period_end", "subscription item")  # fmt: skip
     billing = _billing_for(account)
@@ -500,13 +548,15 @@ def _invoice(invoice: dict, at: datetime, failed: bool, event_id: str) -> Accoun
     what = f"invoice {_id(invoice.get('id'))!r}"
     account = _linked_account(invoice, what)
     with _about(account):
-        invoice_id = _text(invoice, "id", "invoice")
+        invoice_id = _ref(invoice, "id", "invoice")
         subscription = _invoice_subscription(invoice)
         created = _time(invoice, "created", "invoice") or at
         amount = _amount(invoice, "amount_due" if failed else "amount_paid", "invoice")
-        status = _text(invoice, "status", "invoice")
-        currency = _text(invoice, "currency", "invoice")
-        url = _text(invoice, "hosted_invoice_url", "invoice")
+        status = _text(invoice, "status", "invoice", longest=32)
+        currency = _text(invoice, "currency", "invoice", longest=8)
+        url = _text(invoice, "hosted_invoice_url", "invoice", longest=500)
+        if url and not url.startswith("https://"):  # the Billing card links it: no javascript: or http: address
+            raise Malformed("invoice", "hosted_invoice_url", "an https address")
     billing = _billing_for(account)
     linked = billing.subscription_id
     if linked and subscription != linked:
@@ -515,12 +565,10 @@ def _invoice(invoice: dict, at: datetime, failed: bool, event_id: str) -> Accoun
                           account=account)  # fmt: skip
         _claim_subscription(billing, subscription, what, live=False)  # raises: another subscription's invoice
     if billing.last_invoice_at is None or created >= billing.last_invoice_at:
-        billing.last_invoice_id = invoice_id[:100]
-        billing.last_invoice_status = "payment_failed" if failed else (status[:32] or "paid")
-        billing.last_invoice_amount = amount
-        billing.last_invoice_currency = currency[:8]
-        billing.last_invoice_at = created
-        billing.last_invoice_url = url[:500]
+        billing.last_invoice_id = invoice_id
+        billing.last_invoice_status = "payment_failed" if failed else (status or "paid")
+        billing.last_invoice_amount, billing.last_invoice_currency = amount, currency
+        billing.last_invoice_at, billing.last_invoice_url = created, url
         shown = billing.last_invoice_amount_display
         _flag_payment_problem(billing, failed, f"invoice {billing.last_invoice_id} for {shown} was not paid")
     billing.updated_at = timezone.now()

@@ -371,7 +371,13 @@ def billing_checkout(request: HttpRequest) -> HttpResponse:
         messages.error(request, "This account already has a subscription: change its plan with Manage billing.")
         return redirect("billing:usage")
     done = request.build_absolute_uri(reverse("billing:billing-done"))
+    pending = stripe_webhooks.checkout_pending(account)  # a session started here that may still be paid
     try:
+        # Only one session at a time may be payable: two paid ones would be two subscriptions, both billed.
+        if pending and stripe_client.close_checkout_session(pending) == "complete":
+            messages.error(request, "A checkout of this account was paid already: its plan applies as soon as Stripe "
+                           "confirms the payment to this server; then change plans with Manage billing.")  # fmt: skip
+            return redirect("billing:usage")
         customer = billing.customer_id
         if not customer:
             created = stripe_client.create_customer(account, request.user.email)

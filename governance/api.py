@@ -225,9 +225,12 @@ class IgnoredField(serializers.Field):
     pass
 
 
+AMOUNT_RULE = "Kept to 6 decimals: a non-zero amount that rounds to 0 (1e-9) is refused."
+
+
 class PricingRuleInput(StrictSerializer):
     tool = _policy_tool()
-    price_usd = serializers.FloatField(min_value=0, max_value=MAX_USD)
+    price_usd = serializers.FloatField(min_value=0, max_value=MAX_USD, help_text=AMOUNT_RULE)
 
 
 class PolicyInput(StrictSerializer):
@@ -245,7 +248,8 @@ class PolicyInput(StrictSerializer):
     max_actions_per_hour = serializers.IntegerField(
         min_value=0, max_value=policies.MAX_NUMBER, required=False, allow_null=True
     )
-    max_spend_usd_per_day = serializers.FloatField(min_value=0, max_value=MAX_USD, required=False, allow_null=True)
+    max_spend_usd_per_day = serializers.FloatField(min_value=0, max_value=MAX_USD, required=False, allow_null=True,
+                                                   help_text=AMOUNT_RULE)  # fmt: skip
     max_calls_per_tool = CallCapsField(required=False, allow_null=True)
     pricing_rules = serializers.ListField(
         child=PricingRuleInput(), required=False, allow_null=True, max_length=policies.MAX_LIST

@@ -7,15 +7,18 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from rest_framework import exceptions, serializers
 
 from governance import policies
+from governance.api import MAX_ARGS_BYTES
+from onceonly_site.api import BodyCheck, parse_json_body
 from onceonly_site.params import whole_number
 
 
 def _split(text: str) -> list[str]:
-    """Lines end at \\n (or \\r\\n) only. str.splitlines() also ends them at U+2028, U+001C–U+001E, U+0085, \\v and
-    \\f, and a comma is no separator either: such a character stays in its entry, which the name checks refuse,
-    rather than silently making two entries out of one."""
+    """Lines end at \\n (or \\r\\n) only. str.splitlines() also ends them at U+2028, U+2029, U+001C–U+001E, U+0085,
+    \\v and \\f: such a character now stays in its entry, which the name checks refuse, instead of silently making
+    two entries of one. A comma is a character of a tool name (the API takes `a,b` as one name), not a separator."""
     return text.split("\n")
 
 
@@ -252,12 +255,30 @@ class TestCallForm(forms.Form):
     )
 
     def clean_args(self) -> dict:
-        import json
-
+        """What the governed call would accept as its ``args`` (governance/api.py): JSON an API body may hold (depth,
+        NaN, text a database can store: onceonly_site.api.parse_json_body), an object of at most 64 KB that RFC 8785
+        can hash (integers within ±(2^53−1)). json.loads alone let "[[[…" overflow the stack and 10**400 reach the
+        hash: two 500s."""
         try:
-            value = json.loads(self.cleaned_data["args"])
-        except ValueError as exc:
-            raise forms.ValidationError(f"Not JSON: {exc}") from None
+            value = parse_json_body(self.cleaned_data["args"].encode())
+        except exceptions.ParseError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc.detail}") from None
+        except exceptions.ValidationError as exc:  # a literal null (type_error), or text no database can store
+            first = _first_message(exc.detail)
+            raise forms.ValidationError(
+                "Must be a JSON object." if first.code == "type_error" else str(first)
+            ) from None
         if not isinstance(value, dict):
             raise forms.ValidationError("Must be a JSON object.")
+        check = BodyCheck({"args": value}, {"args"})
+        check.json_object("args", MAX_ARGS_BYTES, canonical=True)
+        if check.errors:
+            raise forms.ValidationError(str(_first_message(check.errors)))
         return value
+
+
+def _first_message(detail: Any) -> serializers.ErrorDetail:
+    """The first message of a DRF error detail (a dict or list of them)."""
+    while isinstance(detail, dict | list):
+        detail = next(iter(detail.values())) if isinstance(detail, dict) else detail[0]
+    return detail

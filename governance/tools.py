@@ -30,6 +30,14 @@ class PlanLimitReached(Exception):
         self.limit, self.plan = limit, plan
 
 
+class ToolExists(Exception):
+    """``tool_upsert(create_only=True)`` found the name, or a name equal to it once normalised, in the scope."""
+
+    def __init__(self, tool: Tool) -> None:
+        super().__init__(f"A tool named {tool.name!r} is already registered in scope {tool.scope_id}.")
+        self.tool = tool
+
+
 def valid_scope(scope_id: str) -> bool:
     if scope_id == "global":
         return True
@@ -119,8 +127,11 @@ def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
     return out, warnings
 
 
-def tool_upsert(*, account_id: int, plan: PlanLimits, fields: dict[str, Any], actor: str) -> tuple[Tool, bool]:
-    """Create or update (scope_id, name). A new tool counts against the plan's tool limit (402 plan_limit)."""
+def tool_upsert(
+    *, account_id: int, plan: PlanLimits, fields: dict[str, Any], actor: str, create_only: bool = False
+) -> tuple[Tool, bool]:
+    """Create or update (scope_id, name). A new tool counts against the plan's tool limit (402 plan_limit).
+    ``create_only`` (the dashboard's "New tool") raises ToolExists instead of replacing a tool of that name."""
     secret = fields.pop("secret", None)
     with transaction.atomic():
         # Lock the account row: concurrent creates must not slip past the limit together.
@@ -133,6 +144,8 @@ def tool_upsert(*, account_id: int, plan: PlanLimits, fields: dict[str, Any], ac
         key = normalise_tool(fields["name"])
         namesakes = list(Tool.objects.filter(account=account, scope_id=fields["scope_id"], name_key=key))
         tool = next((t for t in namesakes if t.name == fields["name"]), None)
+        if create_only and namesakes:  # decided under the account row lock: no create can slip in between
+            raise ToolExists(tool or namesakes[0])
         created = tool is None
         if created and namesakes:
             message = (f"A tool named {namesakes[0].name!r} is registered in this scope: names that differ only in "

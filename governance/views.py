@@ -17,6 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from billing import audit
@@ -344,10 +345,16 @@ def tool_edit(request: HttpRequest, tool_id: int | None = None) -> HttpResponse:
                 body["price_usd"] = None
             try:
                 fields, warnings = tools.clean(body)
+                # "New tool" never replaces one (its price and secret would go): POST /v1/tools is the upsert.
                 saved, _ = tools.tool_upsert(account_id=account.pk, plan=_plan_limits(account), fields=fields,
-                                             actor=_actor(request))  # fmt: skip
+                                             actor=_actor(request), create_only=tool is None)  # fmt: skip
             except tools.PlanLimitReached as reached:
                 form.add_error(None, f"The {reached.plan} plan allows {reached.limit} tools.")
+            except tools.ToolExists as exists:
+                form.add_error("name", format_html(
+                    'A tool named {} is already registered in scope {}: <a href="{}">edit it</a>, or choose another '
+                    "name (names that differ only in case are the same tool).", exists.tool.name,
+                    exists.tool.scope_id, reverse("governance:tool-edit", args=[exists.tool.pk])))  # fmt: skip
             except Exception as exc:  # rest_framework ValidationError: per-field messages
                 detail = getattr(exc, "detail", None)
                 if not isinstance(detail, dict):
@@ -413,4 +420,5 @@ def tool_test(request: HttpRequest, tool_id: int) -> HttpResponse:
         if form.is_valid():
             decision, sent = services.tool_test_call(tool=tool, args=form.cleaned_data["args"], actor=_actor(request))
             outcome = {"decision": decision, "sent": sent}
-    return render(request, "governance/tool_test.html", {"tool": tool, "form": form, "outcome": outcome})
+    status = 422 if form.is_bound and form.errors else 200
+    return render(request, "governance/tool_test.html", {"tool": tool, "form": form, "outcome": outcome}, status=status)

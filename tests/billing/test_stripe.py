@@ -189,6 +189,7 @@ def test_payment_failure_shows_a_banner_and_emails_the_owners(stripe_on, subscri
         (b'{"id": "evt_1", "type": ', {}, "not JSON"),
         (b'{"id": "evt_1", "type": "invoice.paid"}', {}, "Not a Stripe event"),
         (b'\xff\xfe{"id": "evt_1"}', {}, "not UTF-8"),
+        (b'{"id": "evt_1", "type": "invoice.paid", "created": 1764500000, "data": [1]}', {}, "Not a Stripe event"),
     ],
 )
 def test_bad_signature_stale_timestamp_or_malformed_body_is_400_and_stores_nothing(
@@ -255,8 +256,9 @@ def test_checkout_and_portal_go_through_stripe_outside_transactions(stripe_on, f
         assert BillingSubscription.objects.get(account=free_account).customer_id == "cus_Fake0001"
         assert plan_of(free_account) == "free"  # nothing changes before Stripe's webhook confirms
 
-        client.post("/billing/checkout/", {"plan": "agency"})
-        assert fake.paths()[2:] == ["/v1/checkout/sessions"]  # the customer is reused
+        client.post("/billing/checkout/", {"plan": "agency"})  # the first session is closed (expired) first
+        first = "/v1/checkout/sessions/cs_test_Fake0001"
+        assert fake.paths()[2:] == [first, f"{first}/expire", "/v1/checkout/sessions"]  # the customer is reused
         portal = client.post("/billing/portal/")
         assert portal.status_code == 303 and portal["Location"].startswith("https://billing.stripe.com/")
         assert viewer_a.login(Client()).post("/billing/checkout/", {"plan": "pro"}).status_code == 403
@@ -598,6 +600,9 @@ def test_a_new_subscription_replaces_one_that_has_ended_and_the_old_one_never_co
     client = Client()
     deliver(client, event("checkout.session.completed", subscriber))
     deliver(client, event("customer.subscription.deleted", subscriber))  # period over: Free
+    expired = for_subscription("customer.subscription.updated", subscriber, "sub_Expired", id="evt_1Expired",
+                               created=1764550000, object={"status": "incomplete_expired"})  # fmt: skip
+    assert deliver(client, expired).json()["status"] == "ignored"  # not live: it takes no one's place
     stripe_webhooks.checkout_session_record(account=subscriber, actor=None, plan=Plan.objects.get(code="agency"),
                                             session_id="cs_test_Again")  # fmt: skip
     again = event("checkout.session.completed", subscriber, id="evt_1Again", created=1764600000,
@@ -618,6 +623,9 @@ def test_a_new_subscription_replaces_one_that_has_ended_and_the_old_one_never_co
     assert deliver(client, gone).json()["status"] == "succeeded" and plan_of(subscriber) == "free"
     older = event("customer.subscription.updated", subscriber, id="evt_1OldActive2", created=1764600300)
     assert deliver(client, older).json()["status"] == "ignored"
+    revived = for_subscription("customer.subscription.updated", subscriber, "sub_Expired", id="evt_1Revived",
+                               created=1764600350)  # incomplete_expired before: it has ended too  # fmt: skip
+    assert deliver(client, revived).json()["status"] == "ignored"
     billing = BillingSubscription.objects.get(account=subscriber)
     assert plan_of(subscriber) == "free" and (billing.subscription_id, billing.status) == ("sub_Again", "canceled")
 
@@ -704,6 +712,25 @@ def test_stripe_down_while_closing_the_open_session_starts_no_checkout(stripe_on
 # --- malformed events: refused (400) or ignored for good, never a 500 nor a 503 that Stripe retries forever --------
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        json.dumps({"id": "evt_1\u0000", "type": "invoice.paid", "created": 1764500000, "data": {"object": {}}}),
+        json.dumps({"id": "evt_1", "type": "invoice.paid", "created": 1764500000,
+                    "data": {"object": {"metadata": {"note\u0000": "x"}}}}),
+        '{"id": "evt_1", "type": "invoice.paid", "created": 1764500000, "data": {"object": {"currency": "\\ud800"}}}',
+        '{"id": "evt_1", "type": "invoice.paid", "created": 1764500000, "data": {"object": {"deep": '
+        + "[" * 100_000 + "]" * 100_000 + "}}}",
+    ],
+    ids=["nul-in-id", "nul-in-a-key", "lone-surrogate", "nested-100000-deep"],
+)  # fmt: skip
+def test_an_event_the_database_cannot_keep_is_400_and_stores_nothing(stripe_on, db, payload):
+    # PostgreSQL's jsonb refuses NUL characters and unpaired surrogates (a 500 before); json refuses deep nesting.
+    response = deliver(Client(), payload.encode())
+    assert response.status_code == 400 and response.json()["detail"]["error"] == "invalid_webhook"
+    assert not ProviderEvent.objects.exists()
+
+
 @pytest.mark.parametrize("created", [10**20, 2**63, -1, True, "1764500000"])
 def test_a_created_time_that_is_no_unix_time_is_400_and_stores_nothing(stripe_on, subscriber, created):
     response = deliver(Client(), event("invoice.paid", subscriber, created=created))
@@ -712,21 +739,29 @@ def test_a_created_time_that_is_no_unix_time_is_400_and_stores_nothing(stripe_on
     assert not ProviderEvent.objects.exists()
 
 
-def test_an_invoice_with_a_numeric_id_is_ignored_for_good_not_retried(stripe_on, subscriber):
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("id", 12345), ("amount_paid", 10**20), ("created", 10**20), ("hosted_invoice_url", "javascript:alert(1)")],
+)
+def test_an_invoice_with_a_field_of_the_wrong_kind_is_ignored_for_good_not_retried(stripe_on, subscriber, field, value):
     client = Client()
     deliver(client, event("checkout.session.completed", subscriber))
-    before = billing_of(subscriber)
-    bad = event("invoice.paid", subscriber, object={"id": 12345})
+    before = billing_of(subscriber), BillingSubscription.objects.values_list("last_invoice_url", flat=True).get()
+    bad = event("invoice.paid", subscriber, object={field: value})
     response = deliver(client, bad)
     assert response.status_code == 200 and response.json()["status"] == "ignored"
     row = ProviderEvent.objects.get(type="invoice.paid")
-    assert row.status == "ignored" and "malformed" in row.error and "id" in row.error
-    assert billing_of(subscriber) == before
+    assert row.status == "ignored" and "malformed" in row.error and f"`{field}`" in row.error
+    assert row.account_id == subscriber.pk  # on the events page with its account
+    assert (
+        billing_of(subscriber),
+        BillingSubscription.objects.values_list("last_invoice_url", flat=True).get(),
+    ) == before
     assert deliver(client, bad).json() == {"ok": True, "event_id": row.event_id, "status": "ignored",
                                            "duplicate": True}  # fmt: skip
 
 
-WRONG_TYPES = (10**20, "x", True, [1], {"id": 5})
+WRONG_TYPES = (10**20, "x", "x" * 501, "javascript:alert(1)", True, [1], {"id": 5})  # too long, a bad link too
 READ_FIELDS = {  # every field of data.object a handler reads, nested ones by path
     "checkout.session.completed": ["id", "customer", "subscription", "payment_status", "client_reference_id",
                                    "metadata", "metadata.account_id"],
@@ -756,7 +791,7 @@ def test_no_field_of_a_wrong_type_makes_an_event_fail_or_crash(stripe_on, subscr
     for name, paths in READ_FIELDS.items():
         for path in paths:
             for wrong in WRONG_TYPES:
-                if path.endswith("price.id") and isinstance(wrong, str):
+                if path.endswith(("price", "price.id")) and wrong in ("x", "javascript:alert(1)"):
                     continue  # a price no plan has fails and is retried: a configuration to fix (Troubleshooting)
                 BillingSubscription.objects.filter(account=subscriber).update(
                     subscription_id=SUB, status="active", state_at=None, last_invoice_at=None, downgrade_at=None

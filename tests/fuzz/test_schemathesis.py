@@ -14,6 +14,7 @@ means the schema or the server is wrong: fix the one that is (onceonly_site/open
 Schemathesis's pytest plugin does not run on pytest 9 here, so its strategies drive a plain ``@given``, and the
 coverage phase's cases are iterated directly."""
 
+import json
 from datetime import date
 
 import pytest
@@ -45,6 +46,7 @@ from schemathesis.specs.openapi.checks import (
 from billing.models import Plan
 from billing.services import account_set_plan
 from governance.api import MAX_METRICS_DAYS
+from idempotency.api import EVENT_FIELDS, MAX_EVENT_EXTRA_BYTES
 from onceonly_site.identifiers import INVISIBLE, TOOL_INVISIBLE, identifier_problem, normalise_tool, tool_name_problem
 from tests.conftest import make_key
 
@@ -129,10 +131,11 @@ def _strings(value) -> list[str]:
 def _unstatable(case) -> bool:
     """A positive case the server refuses by a rule JSON Schema cannot state (each rule is in the schema's text):
     a tool name's letters from one script and no unassigned code point (its pattern says the rest), a call-cap key
-    being a tool name at all (OpenAPI 3.0 has no propertyNames) and two keys naming one tool, integers beyond
-    ±(2^53−1) in what is hashed as RFC 8785 JSON, the metrics range (to_day from from_day, at most 366 days), and
-    the invisible characters beyond U+FFFF that identifiers refuse (no pattern can name them in both regex dialects:
-    onceonly_site/openapi.py), wherever they are."""
+    being a tool name at all (OpenAPI 3.0 has no propertyNames) and two keys naming one tool, a non-zero policy
+    amount that rounds to 0 at 6 decimals, integers beyond ±(2^53−1) in what is hashed as RFC 8785 JSON, an event's
+    extra keys (names of at most 64 characters, 8 KB in all: no propertyNames either), the metrics range (to_day
+    from from_day, at most 366 days), and the invisible characters beyond U+FFFF that identifiers refuse (no pattern
+    can name them in both regex dialects: onceonly_site/openapi.py), wherever they are."""
     sent = _strings([case.path_parameters, case.query, case.body])
     if any(
         ord(char) > 0xFFFF and (INVISIBLE.match(char) or TOOL_INVISIBLE.match(char)) for text in sent for char in text
@@ -146,6 +149,15 @@ def _unstatable(case) -> bool:
     for policy in (body, body.get("overrides") if isinstance(body.get("overrides"), dict) else {}):
         caps = list(policy.get("max_calls_per_tool") or {})
         if len({normalise_tool(name) for name in caps}) < len(caps):
+            return True
+        rules = [rule for rule in policy.get("pricing_rules") or [] if isinstance(rule, dict)]
+        amounts = [policy.get("max_spend_usd_per_day"), *(rule.get("price_usd") for rule in rules)]
+        if any(isinstance(amount, float) and amount != 0 and round(amount, 6) == 0 for amount in amounts):
+            return True
+    if case.path == "/v1/events" and case.method == "POST":
+        extra = {name: value for name, value in body.items() if name not in EVENT_FIELDS}
+        size = len(json.dumps(extra, separators=(",", ":"), ensure_ascii=False).encode(errors="surrogatepass"))
+        if any(len(name) > 64 for name in extra) or size > MAX_EVENT_EXTRA_BYTES:
             return True
     hashed = [body.get(name) for name in ("args", "result", "data")]
     if case.path == "/v1/ai/run":

@@ -24,7 +24,8 @@ class FakeStripe:
     Checkout Sessions are numbered (``cs_test_Fake0001``, ``cs_test_Fake0002``…) and keep a status, as Stripe's do:
     ``open`` when created, ``complete`` once a test calls ``complete(id)`` (the owner paid), ``expired`` after
     ``POST /v1/checkout/sessions/<id>/expire`` (which, like Stripe, refuses a session that is not open);
-    ``GET /v1/checkout/sessions/<id>`` answers it, and an unknown id is Stripe's 404 ``resource_missing``."""
+    ``GET /v1/checkout/sessions/<id>`` answers it, and an unknown id is Stripe's 404 ``resource_missing``.
+    ``fail_with`` answers every call (or only those under ``fail_on``) with that status: Stripe down."""
 
     def __init__(self, *, fail_with: int | None = None, urls: dict[str, str] | None = None) -> None:
         self.requests: list[tuple[str, dict[str, list[str]], str]] = []

@@ -126,7 +126,7 @@ def test_editor_counts_are_ascii_digits_only(owner_a, key_a, text):
     client = owner_a.login(Client())
     rule = "Write it in ASCII digits 0–9, without separators or signs."
     _refused(client, {"max_actions_per_hour": text}, rule)
-    _refused(client, {"max_calls_per_tool": f"send_email: {text}"}, f"send_email: Must be a whole number", rule)
+    _refused(client, {"max_calls_per_tool": f"send_email: {text}"}, "send_email: Must be a whole number", rule)
 
 
 @pytest.mark.parametrize("text", ["1.0e-9", "1e-9", "0.0000001", "1_000", "١٢", "-1", "1,5", "inf", "NaN", ".5"])

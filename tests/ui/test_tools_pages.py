@@ -2,7 +2,9 @@
 
 import pytest
 from django.test import Client
+from django.utils.html import escape
 
+from billing.models import AuditEntry
 from governance.models import Decision, Tool
 from tests.governance.test_dispatch import SECRET, receiver, stats  # noqa: F401 - the receiver fixture
 
@@ -66,6 +68,66 @@ def test_send_test_call_shows_headers_and_response(owner_a, receiver):  # noqa: 
     decision = Decision.objects.get()
     assert decision.agent.agent_id == "onceonly-operator" and decision.outcome == "executed"
     assert stats(receiver)["rejected"] == 0
+
+
+@pytest.mark.parametrize("name", ["paid_tool", "paid_tool\n", " paid_tool ", "PAID_TOOL"])
+def test_new_tool_refuses_a_name_the_scope_already_has(owner_a, name):
+    """The "New tool" form with an existing name replaced that tool (its price became null: calls were free; its
+    secret was replaced) and audited created: false. Now it refuses, naming the tool and linking to its edit page;
+    the API's POST /v1/tools keeps its upsert."""
+    client = owner_a.login(Client())
+    assert client.post("/tools/new/", {**FORM, "name": "paid_tool", "price_usd": "1.0"}).status_code == 302
+    tool = Tool.objects.get()
+    audit = AuditEntry.objects.count()
+    response = client.post("/tools/new/", {**FORM, "name": name, "secret": "another-secret-456"})
+    html = response.content.decode()
+    assert response.status_code == 422
+    assert "already registered in scope global" in html and f'href="/tools/{tool.pk}/"' in html, html
+    again = Tool.objects.get()
+    assert (again.price_usd, again.secret_mask, again.updated_at) == (tool.price_usd, tool.secret_mask, tool.updated_at)
+    assert again.price_usd == 1 and AuditEntry.objects.count() == audit
+
+
+def test_new_tool_with_the_same_name_in_another_scope_and_edits_still_save(owner_a):
+    client = owner_a.login(Client())
+    client.post("/tools/new/", {**FORM, "name": "paid_tool", "price_usd": "1.0"})
+    assert client.post("/tools/new/", {**FORM, "name": "paid_tool", "scope_id": "agent:bot"}).status_code == 302
+    tool = Tool.objects.get(scope_id="global")
+    edited = client.post(f"/tools/{tool.pk}/", {**FORM, "name": "paid_tool", "secret": "", "price_usd": "2"})
+    assert edited.status_code == 302
+    tool.refresh_from_db()
+    assert tool.price_usd == 2 and Tool.objects.count() == 2
+
+
+BIG = "1" + "0" * 400
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (f'{{"a": {BIG}}}', "Numbers must fit JSON's safe range"),  # RFC 8785 cannot hash it: a 500 before
+        ('{"a": 9007199254740992}', "Numbers must fit JSON's safe range"),
+        ('{"a": 1e400}', "Numbers must fit JSON's safe range"),  # parsed as infinity
+        ('{"a": NaN}', "Not JSON"),
+        ("[" * 5000, "nested"),  # RecursionError in json.loads: a 500 before
+        ('{"a":' * 100 + "1" + "}" * 100, "nested more than 64 levels deep"),
+        ('{"a": "\\u0000"}', "U+0000"),
+        ('{"a": "\\ud800"}', "U+0000"),
+        ('{"a": "' + "x" * 70_000 + '"}', "At most 65536 bytes"),
+        ("[1]", "Must be a JSON object."),
+        ("null", "Must be a JSON object."),
+        ("{", "Not JSON"),
+    ],
+)
+def test_send_test_call_refuses_args_the_api_would_refuse(owner_a, receiver, args, message):  # noqa: F811
+    client = owner_a.login(Client())
+    client.post("/tools/new/", {**FORM, "url": f"{receiver}/ok"})
+    tool = Tool.objects.get()
+    response = client.post(f"/tools/{tool.pk}/test/", {"args": args})
+    assert response.status_code == 422
+    assert escape(message) in response.content.decode()
+    assert not Decision.objects.exists() and stats(receiver)["requests"] == 0
+    assert not AuditEntry.objects.filter(action="governance.tool.test_call").exists()
 
 
 def test_tools_page_query_count(owner_a, django_assert_num_queries):
