@@ -464,15 +464,23 @@ def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
     return account
 
 
-def subscription_changed(sub: dict, at: datetime, event_id: str, *, created: bool = False) -> Account:
-    """customer.subscription.created/updated: the plan follows the subscription's price; past_due and unpaid flag the
-    account and notify its owners; an ended subscription is handled like a deletion."""
+def _subscription_of(sub: dict) -> tuple[Account, str, str]:
+    """The account a subscription event is about (by its linked customer), the subscription's id, and how to name
+    it in messages; Malformed (marked with the account) when the event carries no usable id."""
     what = f"subscription {_id(sub.get('id'))!r}"
     account = _linked_account(sub, what)
     with _about(account):
         subscription = _ref(sub, "id", "subscription")
         if not subscription:
             raise Malformed("subscription", "id", "an id")
+    return account, subscription, what
+
+
+def subscription_changed(sub: dict, at: datetime, event_id: str, *, created: bool = False) -> Account:
+    """customer.subscription.created/updated: the plan follows the subscription's price; past_due and unpaid flag the
+    account and notify its owners; an ended subscription is handled like a deletion."""
+    account, subscription, what = _subscription_of(sub)
+    with _about(account):
         status = _text(sub, "status", "subscription", longest=32)
         item = _first_item(sub, "subscription")
         price_id = _ref(item, "price", "subscription item")
@@ -502,12 +510,8 @@ def subscription_changed(sub: dict, at: datetime, event_id: str, *, created: boo
 def subscription_deleted(sub: dict, at: datetime, event_id: str) -> Account:
     """The subscription ended: back to Free at the end of the period already paid for (now, if that has passed).
     Terminal: nothing that arrives later for this subscription changes the account."""
-    what = f"subscription {_id(sub.get('id'))!r}"
-    account = _linked_account(sub, what)
+    account, subscription, what = _subscription_of(sub)
     with _about(account):
-        subscription = _ref(sub, "id", "subscription")
-        if not subscription:
-            raise Malformed("subscription", "id", "an id")
         status = _text(sub, "status", "subscription", longest=32)
         period_end = _time(sub, "current_period_end", "subscription") or _time(
             _first_item(sub, "subscription"), "current_period_end", "subscription item")  # fmt: skip

@@ -80,31 +80,24 @@ NOT_CRAWLED = {
 ASKED_FOR = os.environ.get("ONCEONLY_DEPLOY_TEST") == "1"
 
 
+def bash_lines(path: Path, heading: str, ends_at: str) -> list[str]:
+    """The command lines (comments and blank lines left out) of the ```bash blocks between ``heading`` and the
+    first ``ends_at`` after it, in order."""
+    text = path.read_text()
+    section = text[text.index(f"\n{heading}\n") :]
+    section = section[: section.index(ends_at, 1)]
+    lines = (line.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def documented_commands() -> list[str]:
-    """The command lines of the ```bash blocks of "## Deploying", up to its first subsection, in order."""
-    text = DOC.read_text()
-    section = text[text.index("\n## Deploying\n") :]
-    section = section[: section.index("\n### ")]
-    lines = []
-    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
-        for line in block.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                lines.append(line)
-    return lines
+    """docs/operations.md "## Deploying", up to its first subsection: the procedure this test runs."""
+    return bash_lines(DOC, "## Deploying", "\n### ")
 
 
 def readme_commands() -> list[str]:
-    """The command lines of README.md's "## Production" ```bash blocks: a shorter copy of the same procedure."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("\n## Production\n") :]
-    section = section[: section.index("\n## ", 1)]
-    return [
-        line.strip()
-        for block in re.findall(r"```bash\n(.*?)```", section, re.S)
-        for line in block.splitlines()
-        if line.strip() and not line.strip().startswith("#")
-    ]
+    """README.md's "## Production": a shorter copy of the same procedure."""
+    return bash_lines(ROOT / "README.md", "## Production", "\n## ")
 
 
 def test_the_readme_shows_the_same_commands_as_the_operations_guide():
