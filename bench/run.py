@@ -2,16 +2,21 @@
 
 Stack: gunicorn (sync workers), PostgreSQL, Redis, a Celery worker, the example tool receiver — each its own
 process — and wrk as the load generator (C, one thread, Lua-scripted bodies and open-loop pacing; its own CPU is
-measured and printed so it is visibly not the bottleneck). A fresh database (``onceonly_bench``) and Redis database
-(12) are used and left behind for inspection.
+measured and printed so it is visibly not the bottleneck). A fresh database (``onceonly_bench``, ``--db-name``) and
+Redis database (12, ``--redis-db``) are used, and dropped and flushed at the end unless ``--keep-db``.
 
 For each scenario: a warm-up, a saturation run (requests/s at peak) and a paced run at 70 % of that peak
 (p50/p95/p99, errors). Then 1,000,000 decisions and 1,000,000 lock records are bulk-inserted and the governed call
 and check-lock are paced again at the same rates, and the overview, agent detail and decision timeline pages are
-timed in-process with their query counts.
+timed in-process with their query counts. Last, the dashboard scenario (bench/dashboard.py): another account with
+1,000,000 decisions over 30 days and the other tables filled, and every dashboard table page and the overview timed
+through gunicorn (server time from a bench-only Server-Timing header).
 
-    make bench                       # about 8 minutes
-    python -m bench.run --quick      # shorter runs, no growth phase (a smoke test of the harness)
+    make bench                       # about 13 minutes
+    python -m bench.run --quick      # shorter runs, no growth or dashboard phase (a smoke test of the harness)
+    make bench BENCH_ARGS="--only dashboard"               # the dashboard scenario alone (no wrk), ~5 minutes
+    make bench BENCH_ARGS="--only dashboard --keep-db"     # … and keep the seeded database for reruns:
+    make bench BENCH_ARGS="--only dashboard --reuse-db"    # … which skip the reset and the seeding
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ SCENARIOS = {
     "gov_dispatch": "governed call, dispatched to a local tool",
     "agent_metrics": "GET /v1/agents/{id}/metrics",
 }
+DASHBOARD = "dashboard"  # not a wrk scenario: bench/dashboard.py
 TARGETS = {"lock_dup": 0.8, "lock_new": 0.6, "gov_permit": 0.5}  # × floor requests/s
 P99_TARGET_MS = 25.0
 GROWTH_TARGET = 1.2
@@ -81,13 +87,15 @@ def service_urls() -> tuple[str, str, str]:
     return f"{server}/postgres", f"{server}/{DB_NAME}", f"{redis_base.rsplit('/', 1)[0]}/{REDIS_DB}"
 
 
-def reset_services(admin_url: str, redis_url: str) -> None:
+def reset_services(admin_url: str, redis_url: str, *, create: bool = True) -> None:
+    """A fresh database and Redis database (``create=False``: only drop and flush, at the end of a run)."""
     import psycopg
     import redis
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
+        if create:
+            conn.execute(f"CREATE DATABASE {DB_NAME}")
     redis.Redis.from_url(redis_url).flushdb()
 
 
@@ -451,21 +459,81 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_all(results: dict[str, Any]) -> str:
+    lines = [report(results)] if "scenarios" in results else []
+    if "dashboard" in results:
+        from bench import dashboard
+
+        lines += dashboard.report(results["dashboard"])
+    return "\n".join(lines)
+
+
+def api_phase(stack: Stack, results: dict[str, Any], *, options: argparse.Namespace, only: list[str], seconds: int,
+              warmup: int) -> None:  # fmt: skip
+    """The wrk scenarios, the floor again, and (full runs) the growth phase; into ``results``."""
+    data = prepare(stack.receiver_url)
+    from django.db import connection
+
+    connection.close()
+    pids = [p.pid for _, p in stack.processes]
+    cpu_before = server_cpu(pids)
+    results["stack"] = {"gunicorn_workers": options.workers, "worker_class": "sync", "connections": CONNECTIONS,
+                        "wrk_threads": 1, "seconds": seconds}  # fmt: skip
+    results["scenarios"] = run_scenarios(
+        stack, data["key"], seconds=seconds, warmup=warmup, only=only, profile=options.profile.split(",")
+    )
+    # The floor again, last: the machine's speed drifts (2 shared cores), so ratios use the mean of both.
+    floor_end = wrk(stack.url, "floor", seconds=seconds, api_key=data["key"])["rps"]
+    results["floor_runs"] = [results["scenarios"]["floor"]["peak"]["rps"], floor_end]
+    results["floor_rps"] = round(statistics.mean(results["floor_runs"]), 1)
+    results["server_cpu_s"] = round(server_cpu(pids) - cpu_before, 1)
+    if not options.quick and not only:
+        pages_0 = time_pages()
+        log(f"seeding {SEED_ROWS:,} decisions and {SEED_ROWS:,} lock records")
+        seeded = seed(int(data["account_id"]))
+        pages_1m = time_pages()
+        latency = {}
+        for name in ("gov_permit", "lock_new", "lock_dup"):
+            rate = results["scenarios"][name]["rate_70"]
+            wrk(stack.url, name, seconds=warmup, api_key=data["key"], rate=rate, tag=f"warm-1m-{name}")
+            at_1m = paced_runs(stack.url, name, seconds=seconds, api_key=data["key"], rate=rate)
+            latency[name] = {"rate": rate, "at_0": results["scenarios"][name]["at_70"], "at_1m": at_1m}
+        results["growth"] = {"seed": seeded, "latency": latency, "pages_0": pages_0, "pages_1m": pages_1m}
+
+
 def main() -> None:
+    global DB_NAME, REDIS_DB  # --db-name, --redis-db
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 s runs, no growth phase")
     parser.add_argument("--seconds", type=int, default=12, help="length of each saturation and paced run")
     parser.add_argument("--workers", type=int, default=GUNICORN_WORKERS, help="gunicorn sync workers")
     parser.add_argument("--profile", default="", help="comma-separated scenarios to sample with py-spy")
-    parser.add_argument("--only", default="", help="comma-separated scenarios (the floor always runs); no growth phase")
+    parser.add_argument("--only", default="", help="comma-separated scenarios (the floor always runs, except for "
+                        "`--only dashboard`); no growth phase")  # fmt: skip
+    parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", DB_NAME), help="PostgreSQL database")
+    parser.add_argument("--redis-db", type=int, default=int(os.environ.get("BENCH_REDIS_DB", REDIS_DB)),
+                        help="Redis database number")  # fmt: skip
+    parser.add_argument("--keep-db", action="store_true", help="keep the database and Redis keys at the end")
+    parser.add_argument("--reuse-db", action="store_true", help="no reset; the dashboard scenario reuses the "
+                        "seeded account of a database kept with --keep-db")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=30, help="sequential requests per dashboard page")
     options = parser.parse_args()
+    DB_NAME, REDIS_DB = options.db_name, options.redis_db
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack (finally below) when terminated
-    if shutil.which("wrk") is None:
+    only = [name for name in options.only.split(",") if name]
+    unknown = set(only) - set(SCENARIOS) - {DASHBOARD}
+    if unknown:
+        sys.exit(f"unknown scenarios: {', '.join(sorted(unknown))} (known: {', '.join([*SCENARIOS, DASHBOARD])})")
+    dashboard_only = only == [DASHBOARD]
+    if shutil.which("wrk") is None and not dashboard_only:
         sys.exit("wrk is missing: apt-get install -y wrk")
     seconds, warmup = (3, 1) if options.quick else (options.seconds, 3)
     admin_url, db_url, redis_url = service_urls()
-    log(f"fresh database {DB_NAME} and Redis db {REDIS_DB}")
-    reset_services(admin_url, redis_url)
+    if options.reuse_db:
+        log(f"reusing database {DB_NAME} and Redis db {REDIS_DB}")
+    else:
+        log(f"fresh database {DB_NAME} and Redis db {REDIS_DB}")
+        reset_services(admin_url, redis_url)
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "bench.settings",
@@ -478,57 +546,35 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
         "ONCEONLY_EMBEDDED_REDIS_AUTOSTART": "0",
         "ONCEONLY_STATIC_FROM_FINDERS": "1",
-    }  # fmt: skip  (no collectstatic: pages are timed in-process)
+    }  # fmt: skip  (no collectstatic: static files are never requested, pages name them through the finders)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     log_dir = ROOT / "var" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(env, log_dir, options.workers)
-    only = [name for name in options.only.split(",") if name]
-    unknown = set(only) - set(SCENARIOS)
-    if unknown:
-        sys.exit(f"unknown scenarios: {', '.join(sorted(unknown))} (known: {', '.join(SCENARIOS)})")
     django_setup(env)
     started = time.monotonic()
+    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+                               "stack": {"gunicorn_workers": options.workers, "worker_class": "sync"}}  # fmt: skip
     try:
         stack.start()
-        data = prepare(stack.receiver_url)
-        from django.db import connection
+        if not dashboard_only:
+            api_phase(stack, results, options=options, only=only, seconds=seconds, warmup=warmup)
+        if not options.quick and (not only or DASHBOARD in only):
+            from bench import dashboard
 
-        connection.close()
-        pids = [p.pid for _, p in stack.processes]
-        cpu_before = server_cpu(pids)
-        results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                                   "stack": {"gunicorn_workers": options.workers, "worker_class": "sync",
-                                             "connections": CONNECTIONS, "wrk_threads": 1,
-                                             "seconds": seconds}}  # fmt: skip
-        results["scenarios"] = run_scenarios(
-            stack, data["key"], seconds=seconds, warmup=warmup, only=only, profile=options.profile.split(",")
-        )
-        # The floor again, last: the machine's speed drifts (2 shared cores), so ratios use the mean of both.
-        floor_end = wrk(stack.url, "floor", seconds=seconds, api_key=data["key"])["rps"]
-        results["floor_runs"] = [results["scenarios"]["floor"]["peak"]["rps"], floor_end]
-        results["floor_rps"] = round(statistics.mean(results["floor_runs"]), 1)
-        results["server_cpu_s"] = round(server_cpu(pids) - cpu_before, 1)
-        if not options.quick and not only:
-            pages_0 = time_pages()
-            log(f"seeding {SEED_ROWS:,} decisions and {SEED_ROWS:,} lock records")
-            seeded = seed(int(data["account_id"]))
-            pages_1m = time_pages()
-            latency = {}
-            for name in ("gov_permit", "lock_new", "lock_dup"):
-                rate = results["scenarios"][name]["rate_70"]
-                wrk(stack.url, name, seconds=warmup, api_key=data["key"], rate=rate, tag=f"warm-1m-{name}")
-                at_1m = paced_runs(stack.url, name, seconds=seconds, api_key=data["key"], rate=rate)
-                latency[name] = {"rate": rate, "at_0": results["scenarios"][name]["at_70"], "at_1m": at_1m}
-            results["growth"] = {"seed": seeded, "latency": latency, "pages_0": pages_0, "pages_1m": pages_1m}
+            results["dashboard"] = dashboard.run(stack.url, rounds=options.rounds, reuse=options.reuse_db)
     finally:
         stack.stop()
+        if not options.keep_db:
+            log(f"dropping database {DB_NAME} and flushing Redis db {REDIS_DB} (--keep-db keeps them)")
+            reset_services(admin_url, redis_url, create=False)
     results["wall_s"] = round(time.monotonic() - started, 1)
-    table = report(results)
+    table = report_all(results)
     print(table)
     RESULTS.mkdir(exist_ok=True)
     partial = options.quick or only or options.workers != GUNICORN_WORKERS
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-partial' if partial else ''}.json"
+    suffix = "-dashboard" if dashboard_only else "-partial" if partial else ""
+    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
     out.write_text(json.dumps({**results, "table": table.splitlines()}, indent=2) + "\n")
     log(f"wrote {out.relative_to(ROOT)} ({results['wall_s']} s)")
 

@@ -93,7 +93,7 @@ def overview(request: HttpRequest) -> HttpResponse:
             "api_base_url": _api_base_url(request),
             "worker_seen": worker_last_seen_seconds(),
             "bars": _quota_bars(account),
-            "panels": panels.render_all(account),
+            "panels": panels.render_all(account, request),
             "worker_stale_after": HEARTBEAT_STALE_AFTER,
         },
     )

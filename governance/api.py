@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit
-from governance import policies, selectors, services, tools
+from governance import explain, policies, selectors, services, tools
 from governance.choices import Outcome
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
@@ -105,6 +105,12 @@ class GovernedCallOutput(serializers.Serializer):
     decision_id = serializers.IntegerField()
     policy_version = serializers.IntegerField(allow_null=True)
     remaining = serializers.DictField(help_text="spend_usd_today, actions_this_hour, calls_today after this call.")
+    explain = serializers.DictField(
+        allow_null=True,
+        help_text="What the rule saw when it decided: policy_version always, then the reason's numbers (limit, count "
+        'before the call, spent, cost, pattern, left…; docs/api.md §"Explained decisions").',
+    )
+    explanation = serializers.CharField(help_text="The decision in one sentence, with its numbers.")
 
 
 class AiRunApi(APIView):
@@ -180,7 +186,7 @@ class AiRunApi(APIView):
         return Response({
             "ok": d.allowed, "allowed": d.allowed, "decision": d.outcome, "policy_reason": d.policy_reason,
             "risk_level": d.risk_level, "result": d.result, "decision_id": d.pk, "policy_version": d.policy_version,
-            "remaining": outcome.remaining,
+            "remaining": outcome.remaining, "explain": d.explain, "explanation": explain.explain_text(d),
         })  # fmt: skip
 
 
@@ -273,10 +279,23 @@ AGENT_ID_PARAM = OpenApiParameter(
 )  # fmt: skip
 
 
+LogItem = inline_serializer("AgentLogItem", {
+    "ts": serializers.IntegerField(), "agent_id": serializers.CharField(), "tool": serializers.CharField(),
+    "allowed": serializers.BooleanField(), "decision": serializers.ChoiceField(choices=Outcome.values),
+    "policy_reason": serializers.CharField(), "reason": serializers.CharField(), "args_hash": serializers.CharField(),
+    "risk_level": serializers.CharField(), "spend_usd": serializers.FloatField(),
+    "declared_spend_usd": serializers.FloatField(allow_null=True),
+    "operator_price_usd": serializers.FloatField(allow_null=True), "run_id": serializers.CharField(allow_null=True),
+    "decision_id": serializers.IntegerField(), "policy_version": serializers.IntegerField(allow_null=True),
+    "latency_ms": serializers.IntegerField(),
+    "explain": serializers.DictField(allow_null=True, help_text="What the rule saw (null for decisions recorded "
+                                     "before it was kept)."),
+    "explanation": serializers.CharField(help_text="The decision in one sentence, with its numbers."),
+})  # fmt: skip
 LogsOutput = inline_serializer(
     "AgentLogsOutput",
     {
-        "items": serializers.ListField(child=serializers.DictField()),
+        "items": serializers.ListField(child=LogItem),
         "limit": serializers.IntegerField(),
         "offset": serializers.IntegerField(),
     },
@@ -472,7 +491,7 @@ class AgentLogsApi(APIView):
             "args_hash": d.args_hash, "risk_level": d.risk_level, "spend_usd": float(d.spend_usd),
             "declared_spend_usd": _amount(d.declared_spend_usd), "operator_price_usd": _amount(d.operator_price_usd),
             "run_id": d.run_id or None, "decision_id": d.pk, "policy_version": d.policy_version,
-            "latency_ms": d.latency_ms,
+            "latency_ms": d.latency_ms, "explain": d.explain, "explanation": explain.explain_text(d),
         } for d in rows], "limit": limit, "offset": offset})  # fmt: skip
 
 

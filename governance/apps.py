@@ -7,9 +7,9 @@ class GovernanceConfig(AppConfig):
 
     def ready(self) -> None:
         from billing import panels
-        from governance.panels import agents_needing_attention
+        from governance.panels import operations_panel
         from governance.runs import execute_action
         from idempotency import jobs
 
-        panels.register(agents_needing_attention)
+        panels.register(operations_panel, with_request=True, first=True)
         jobs.set_action_executor(execute_action)

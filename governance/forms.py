@@ -195,22 +195,6 @@ class ReasonForm(forms.Form):
     )
 
 
-class DecisionFilterForm(forms.Form):
-    agent = forms.CharField(required=False, max_length=200)
-    tool = forms.CharField(required=False, max_length=200)
-    outcome = forms.ChoiceField(
-        required=False, choices=[("", "any")] + [(o, o) for o in ("executed", "allowed", "blocked", "dedup", "failed")]
-    )
-    reason = forms.CharField(required=False, max_length=64)
-    run = forms.CharField(required=False, max_length=256, label="Run id")
-    since = forms.DateTimeField(
-        required=False, label="From (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-    until = forms.DateTimeField(
-        required=False, label="To (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-
-
 class ToolForm(forms.Form):
     """Create/edit a registered tool. The secret is write-only: empty on edit keeps the stored one."""
 

@@ -45,12 +45,15 @@ def row_hash(account_id: int, fields: dict[str, Any]) -> str:
     for name in OPTIONAL_AMOUNTS:  # the same: hashed when present, as the spend is (6 decimal places)
         if fields.get(name) is not None:
             payload[name] = f"{fields[name]:.6f}"
+    if fields.get("explain") is not None:  # what the rule saw: hashed when present, as the amounts are
+        payload["explain"] = fields["explain"]
     return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
 def _row_fields(decision: Decision) -> dict[str, Any]:
     fields = {name: getattr(decision, name) for name in ROW_FIELDS + OPTIONAL_AMOUNTS}
     fields["api_key_id"] = decision.api_key_id
+    fields["explain"] = decision.explain
     return fields
 
 

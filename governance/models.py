@@ -100,6 +100,12 @@ class Decision(models.Model):
         ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False,
         help_text="The API key that made the call.",
     )  # fmt: skip
+    # What the rule saw when it decided (limit, count before, cost, matched pattern, policy version…): the decision
+    # page's explanation (governance/explain.py). Null for decisions recorded before it existed. Not in the row hash
+    # unless set (docs/architecture.md §3.9).
+    explain = models.JSONField(
+        null=True, blank=True, help_text="What the rule saw at decision time (limit, count before, policy)."
+    )
 
     class Meta:
         ordering = ["-ts", "-id"]
@@ -137,6 +143,7 @@ class DispatchIntent(models.Model):
     dispatch_id = models.CharField(max_length=64, help_text="The webhook-id the tool received.")
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                                 db_index=False)  # fmt: skip
+    explain = models.JSONField(null=True, blank=True)  # the call's explain, for the sweeper's outcome_unknown decision
 
     class Meta:
         indexes = [models.Index(fields=["agent", "created_at"], name="governance_intent_agent_ts")]

@@ -211,6 +211,16 @@ def matches(tool: str, patterns: list[str]) -> bool:
     return glob is not None and glob.match(normalise_tool(tool)) is not None
 
 
+def matching_pattern(tool: str, patterns: list[str]) -> str | None:
+    """The first entry of ``patterns`` that ``tool`` matches, as ``matches`` compares them (None: none does). What a
+    decision records as the rule it met (``blocked_tools: ["stripe.refund*"]``); the per-entry expressions are only
+    compiled once the combined one has matched."""
+    if not matches(tool, patterns):
+        return None
+    name = normalise_tool(tool)
+    return next((pattern for pattern in patterns if _glob((pattern,)).match(name)), None)
+
+
 @lru_cache(maxsize=4096)
 def _caps(items: tuple[tuple[str, int], ...]) -> dict[str, int]:
     return {normalise_tool(tool): cap for tool, cap in items}
@@ -220,6 +230,12 @@ def call_cap(policy: dict[str, Any], tool: str) -> int:
     """``max_calls_per_tool`` of ``tool`` (exact names, normalised), or -1 when the policy sets none."""
     caps = policy.get("max_calls_per_tool")
     return _caps(tuple(caps.items())).get(normalise_tool(tool), -1) if caps else -1
+
+
+def call_cap_key(policy: dict[str, Any], tool: str) -> str | None:
+    """The key of ``max_calls_per_tool`` whose cap applies to ``tool`` (`SEND_EMAIL` for a call of `send_email`)."""
+    name = normalise_tool(tool)
+    return next((key for key in policy.get("max_calls_per_tool") or {} if normalise_tool(key) == name), None)
 
 
 @lru_cache(maxsize=4096)

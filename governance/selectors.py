@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,8 +16,10 @@ from django.http import Http404
 
 from billing import usage
 from billing.models import AuditEntry
+from governance import policies
 from governance.choices import CHARGED_OUTCOMES, Outcome
 from governance.models import Agent, Decision, DecisionRollup, Tool
+from governance.services import OPERATOR_AGENT
 from idempotency import events
 from idempotency.models import RunEvent
 from onceonly_site.identifiers import normalise_tool
@@ -179,3 +182,148 @@ def daily_metrics(account_id: int, first: date, last: date) -> list[dict[str, An
         })  # fmt: skip
         day += timedelta(days=1)
     return result
+
+
+# --- state you can't miss: caps and failing tools (the overview, the agent page, the Agents and Tools tables) -----
+
+NEAR_CAP = Decimal("0.8")  # "near" a cap from 80 % of it
+FAILING_MIN_CALLS = 4  # a tool is "failing" from this many dispatched calls in the last hour…
+FAILING_SHARE = Decimal("0.5")  # …of which at least this share failed
+
+
+def listed_agents(account_id: int) -> QuerySet[Agent]:
+    """The account's agents as the console lists them: without the built-in operator agent that the Tools page's
+    "Send test call" records its decisions under (governance.services.tool_test_call) — an operator is not an agent.
+    Its decisions stay in the decision log (and its verification); only the agent lists leave it out."""
+    return Agent.objects.filter(account_id=account_id).exclude(agent_id=OPERATOR_AGENT)
+
+
+@dataclass(frozen=True)
+class CapState:
+    """Where an agent stands against its policy's caps now: spend today (UTC day, as the governed call counts it),
+    charged actions in the last hour (a rolling hour, as its counter is), and calls today per capped tool.
+
+    ``level``: "over" when a cap is reached (the next charged call is blocked: spend ≥ its cap, actions or a tool's
+    calls = theirs), "near" from 80 %, "ok" below, None when the policy sets no cap at all."""
+
+    spent_today: Decimal
+    spend_cap: Decimal | None
+    actions_hour: int
+    hourly_cap: int | None
+    spend_pct: int | None  # percentages are whole numbers, not capped at 100 ("203 %")
+    actions_pct: int | None
+    tool_calls: dict[str, tuple[int, int]] = field(default_factory=dict)  # capped tool → (calls today, cap)
+    level: str | None = None
+
+    @property
+    def tool_pct(self) -> dict[str, int]:
+        return {tool: _pct(calls, cap) for tool, (calls, cap) in self.tool_calls.items()}
+
+    @property
+    def worst_tool(self) -> tuple[str, int, int] | None:
+        """The capped tool nearest its cap: (tool, calls today, cap)."""
+        if not self.tool_calls:
+            return None
+        tool, (calls, cap) = max(self.tool_calls.items(), key=lambda item: (_ratio(*item[1]), item[0]))
+        return tool, calls, cap
+
+
+def _ratio(used: Decimal | int, cap: Decimal | int) -> Decimal:
+    if not cap:  # a cap of 0 allows nothing: reached at once
+        return Decimal(1)
+    return Decimal(used) / Decimal(cap)
+
+
+def _pct(used: Decimal | int, cap: Decimal | int) -> int:
+    return int(_ratio(used, cap) * 100)
+
+
+def _level(ratios: list[Decimal]) -> str | None:
+    if not ratios:
+        return None
+    worst = max(ratios)
+    return "over" if worst >= 1 else "near" if worst >= NEAR_CAP else "ok"
+
+
+def cap_states(account_id: int, agents: list[Agent], now: datetime) -> dict[int, CapState]:
+    """CapState per agent pk, in two queries whatever the number of agents: today's hourly rollups (spend and
+    per-tool calls, charged outcomes) and the last hour's charged decisions counted per agent through the
+    (account, agent, -ts) index. Pass a page of agents (or the capped ones), not an unbounded list."""
+    if not agents:
+        return {}
+    ids = [a.pk for a in agents]
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    spend: dict[int, Decimal] = {}
+    calls: dict[int, Counter[str]] = {}
+    today = (DecisionRollup.objects.filter(account_id=account_id, agent_id__in=ids, hour__gte=day_start,
+                                           outcome__in=CHARGED_OUTCOMES)
+             .values_list("agent_id", "tool").annotate(n=Sum("count"), usd=Sum("spend_usd")))  # fmt: skip
+    for agent_pk, tool, n, usd in today:
+        spend[agent_pk] = spend.get(agent_pk, Decimal(0)) + (usd or Decimal(0))
+        calls.setdefault(agent_pk, Counter())[policies.counter_name(tool)] += n or 0
+    hour = dict(Decision.objects.filter(account_id=account_id, agent_id__in=ids, ts__gt=now - timedelta(hours=1),
+                                        ts__lte=now, outcome__in=CHARGED_OUTCOMES)
+                .values_list("agent_id").annotate(n=Count("id")).order_by())  # fmt: skip
+    states = {}
+    for agent in agents:
+        policy = agent.policy or {}
+        raw_cap = policy.get("max_spend_usd_per_day")
+        spend_cap = Decimal(str(raw_cap)) if raw_cap is not None else None
+        hourly_cap = policy.get("max_actions_per_hour")
+        spent = spend.get(agent.pk, Decimal(0))
+        actions = hour.get(agent.pk, 0)
+        made = calls.get(agent.pk, Counter())
+        tool_calls = {tool: (made[policies.counter_name(tool)], cap)
+                      for tool, cap in sorted((policy.get("max_calls_per_tool") or {}).items())}  # fmt: skip
+        ratios = [_ratio(used, cap) for used, cap in tool_calls.values()]
+        if spend_cap is not None:
+            ratios.append(_ratio(spent, spend_cap))
+        if hourly_cap is not None:
+            ratios.append(_ratio(actions, hourly_cap))
+        states[agent.pk] = CapState(
+            spent_today=spent, spend_cap=spend_cap, actions_hour=actions, hourly_cap=hourly_cap,
+            spend_pct=_pct(spent, spend_cap) if spend_cap is not None else None,
+            actions_pct=_pct(actions, hourly_cap) if hourly_cap is not None else None,
+            tool_calls=tool_calls, level=_level(ratios),
+        )  # fmt: skip
+    return states
+
+
+@dataclass(frozen=True)
+class ToolHealth:
+    """A tool's dispatched calls in the last hour (executed or failed; blocked and deduplicated calls never reached
+    it): flagged as failing from 4 calls when at least half failed."""
+
+    failed: int
+    total: int
+
+    @property
+    def share(self) -> Decimal:
+        return Decimal(self.failed) / Decimal(self.total) if self.total else Decimal(0)
+
+    @property
+    def pct(self) -> int:
+        return int(self.share * 100)
+
+    @property
+    def flagged(self) -> bool:
+        return self.total >= FAILING_MIN_CALLS and self.share >= FAILING_SHARE
+
+
+def tool_health(account_id: int, now: datetime) -> dict[str, ToolHealth]:
+    """ToolHealth of every tool dispatched in the last hour, by tool name as the calls named it; one query, an
+    index range over the account's last hour of decisions."""
+    rows = (Decision.objects.filter(account_id=account_id, ts__gt=now - timedelta(hours=1), ts__lte=now,
+                                    outcome__in=(Outcome.EXECUTED, Outcome.FAILED))
+            .values_list("tool", "outcome").annotate(n=Count("id")).order_by())  # fmt: skip
+    counts: dict[str, Counter[str]] = {}
+    for tool, outcome, n in rows:
+        counts.setdefault(tool, Counter())[outcome] += n
+    return {tool: ToolHealth(failed=c[Outcome.FAILED], total=c[Outcome.FAILED] + c[Outcome.EXECUTED])
+            for tool, c in counts.items()}  # fmt: skip
+
+
+def failing_tools(account_id: int, now: datetime) -> dict[str, ToolHealth]:
+    """The tools failing now: ≥ 4 dispatched calls in the last hour, ≥ 50 % of them failed (worst first)."""
+    flagged = [(tool, h) for tool, h in tool_health(account_id, now).items() if h.flagged]
+    return dict(sorted(flagged, key=lambda item: (-item[1].share, -item[1].total, item[0])))

@@ -423,6 +423,29 @@ def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) ->
     lua_script(REBUILD_LUA)(keys=[keys[0], keys[2], keys[3], keys[4]], args=argv, client=client)
 
 
+EXPLAIN_LIST = 20  # entries of allowed_tools a tool_not_allowed decision keeps (with the list's size)
+EXPLAIN_ERROR = 200  # characters of a tool's error text a decision keeps
+
+
+def _usd(amount: Decimal | int | float | None) -> float | None:
+    """An amount as the explain object carries it: USD as a JSON number, 6 decimal places at most."""
+    return None if amount is None else float(Decimal(amount).quantize(SIX_PLACES))
+
+
+def _disabled_explain(agent: Agent, stage: str) -> dict[str, Any]:
+    """What the kill switch said when it stopped a call: who, when, why, and at which point of the call."""
+    return {"stage": stage, "disabled_by": agent.disabled_by or None, "disabled_reason": agent.disabled_reason or None,
+            "disabled_at": agent.disabled_at.isoformat() if agent.disabled_at else None}  # fmt: skip
+
+
+def _attempts_explain(sent: dispatch.DispatchResult) -> dict[str, Any]:
+    """A dispatch as a decision explains it: attempts, the last HTTP status and the error text (short)."""
+    out: dict[str, Any] = {"attempts": sent.attempts, "http_status": sent.http_status}
+    if sent.error:
+        out["error"] = sent.error[:EXPLAIN_ERROR]
+    return out
+
+
 def governed_call(
     *,
     account_id: int,
@@ -462,11 +485,19 @@ def governed_call(
                 risk_level=risk, api_key_id=api_key_id)  # fmt: skip
 
     def finish(
-        outcome: str, reason: str, remaining: dict[str, Any], intent_id: int | None = None, **extra: Any
+        outcome: str,
+        reason: str,
+        remaining: dict[str, Any],
+        intent_id: int | None = None,
+        explain: dict[str, Any] | None = None,
+        **extra: Any,
     ) -> CallOutcome:
         latency = int((time.monotonic() - started) * 1000)
         allowed = outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP)
-        fields = dict(outcome=outcome, policy_reason=reason, latency_ms=latency, allowed=allowed, **base, **extra)
+        # What the rule saw (governance/explain.py words it): always the policy version, then the reason's numbers.
+        seen = {"policy_version": agent.policy_version, **(explain or {})}
+        fields = dict(outcome=outcome, policy_reason=reason, latency_ms=latency, allowed=allowed, explain=seen, **base,
+                      **extra)  # fmt: skip
         timeline = None
         if run_id:
             timeline = lambda decision: _call_events(  # noqa: E731
@@ -481,14 +512,17 @@ def governed_call(
         return CallOutcome(decision=decision, remaining=remaining)
 
     if not agent.is_enabled:
-        return finish(Outcome.BLOCKED, Reason.AGENT_DISABLED, {})
-    if policies.matches(tool, policy.get("blocked_tools") or []):
-        return finish(Outcome.BLOCKED, Reason.TOOL_BLOCKED, {})
-    if policy.get("allowed_tools") is not None and not policies.matches(tool, policy["allowed_tools"]):
-        return finish(Outcome.BLOCKED, Reason.TOOL_NOT_ALLOWED, {})
+        return finish(Outcome.BLOCKED, Reason.AGENT_DISABLED, {}, explain=_disabled_explain(agent, "before_call"))
+    if (pattern := policies.matching_pattern(tool, policy.get("blocked_tools") or [])) is not None:
+        return finish(Outcome.BLOCKED, Reason.TOOL_BLOCKED, {}, explain={"pattern": pattern})
+    allow_list = policy.get("allowed_tools")
+    if allow_list is not None and not policies.matches(tool, allow_list):
+        seen = {"allowed_tools": allow_list[:EXPLAIN_LIST], "allowed_tools_count": len(allow_list)}
+        return finish(Outcome.BLOCKED, Reason.TOOL_NOT_ALLOWED, {}, explain=seen)
 
     if registered is not None and not registered.enabled:
-        return finish(Outcome.BLOCKED, Reason.TOOL_DISABLED, {})
+        return finish(Outcome.BLOCKED, Reason.TOOL_DISABLED, {},
+                      explain={"tool_id": registered.pk, "scope_id": registered.scope_id})  # fmt: skip
     if registered is None and agent.account.strict_mode:
         # Unregistered, and the account refuses unregistered tools instead of permit-only decisions.
         raise ToolNotFound(tool)
@@ -510,11 +544,12 @@ def governed_call(
     window = plan.default_ttl
     reservation = uuid.uuid4().hex
     spend_cap = policy.get("max_spend_usd_per_day")
+    hourly_cap, call_cap = policy.get("max_actions_per_hour"), policies.call_cap(policy, tool)
     counted = policies.counter_name(tool)  # the per-tool counter: `SEND_EMAIL` counts as `send_email`
     argv = [
         int(now.timestamp() * 1000), window * 1000,
-        policy.get("max_actions_per_hour", -1),
-        policies.call_cap(policy, tool),
+        hourly_cap if hourly_cap is not None else -1,
+        call_cap,
         _micro(Decimal(str(spend_cap))) if spend_cap is not None else -1,
         _micro(cost), counted, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS, now.strftime("%d"),
         "1" if dry_run else "0",
@@ -548,16 +583,37 @@ def governed_call(
             Outcome.DEDUP,
             Reason.IDEMPOTENCY_KEY_HIT,
             {},
+            # No original id: the first call is still in flight (pending:, intent:) or its decision is gone.
+            explain={"original_decision_id": original.pk if original else None},
             result=original.result if original else None,
             original=original,
         )
     actions, calls, spent = int(reply[-3]), int(reply[-2]), int(reply[-1])
     remaining = {"spend_usd_today": float(Decimal(spent) / MICRO), "actions_this_hour": actions, "calls_today": calls}
     if kind == "blocked":
-        return finish(Outcome.BLOCKED, reply[1].decode(), remaining)
+        # The counts the script returns on "blocked" are the ones before this call: the numbers the limit was met at.
+        reason = reply[1].decode()
+        if reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED:
+            seen = {"limit": hourly_cap, "count": actions}
+        elif reason == Reason.TOOL_CALL_LIMIT_EXCEEDED:
+            seen = {"limit": call_cap, "count": calls, "cap_key": policies.call_cap_key(policy, tool)}
+        else:  # daily_spend_exceeded
+            seen = {"limit": _usd(Decimal(str(spend_cap))), "spent": _usd(Decimal(spent) / MICRO), "cost": _usd(cost),
+                    "declared": _usd(declared), "price": _usd(price)}  # fmt: skip
+        return finish(Outcome.BLOCKED, reason, remaining, explain=seen)
+    # Within budget: the cost, and what is left under each cap the policy sets after this call (counts include it).
+    left: dict[str, Any] = {}
+    if hourly_cap is not None:
+        left["actions_this_hour"] = hourly_cap - actions
+    if call_cap >= 0:
+        left["calls_today"] = call_cap - calls
+    if spend_cap is not None:
+        left["spend_usd_today"] = _usd(Decimal(str(spend_cap)) - Decimal(spent) / MICRO)
+    budget = {"cost": _usd(cost), "left": left}
     decided, reason, extra = Outcome.ALLOWED, Reason.WITHIN_BUDGET, {}
     if dry_run:
-        return finish(decided, reason, remaining, spend_usd=cost)
+        return finish(decided, reason, remaining, explain=budget, spend_usd=cost)
+    explain = budget
 
     def release() -> None:
         """Without its durable decision the reservation must not stand (the ledger is the decision log)."""
@@ -574,6 +630,7 @@ def governed_call(
                 account_id=account_id, agent=agent, created_at=now, tool=tool, args_hash=digest, run_id=run_id[:256],
                 policy_version=agent.policy_version, risk_level=risk, spend_usd=cost, declared_spend_usd=declared,
                 operator_price_usd=price, dispatch_id=reservation, api_key_id=api_key_id,
+                explain={"policy_version": agent.policy_version, **budget},
             )  # fmt: skip
         except Exception:
             release()
@@ -587,20 +644,25 @@ def governed_call(
             sent = dispatch.DispatchResult(False, None, None, 0, 0, f"dispatch error: {exc.__class__.__name__}")
         extra = {"http_status": sent.http_status, "dispatch_id": reservation, "result": sent.result}
         decided, reason = (Outcome.EXECUTED, Reason.WITHIN_BUDGET) if sent.ok else (Outcome.FAILED, Reason.TOOL_ERROR)
+        explain = {**budget, **_attempts_explain(sent)}
+        # Who pressed the kill switch meanwhile: one read, on this rare path only.
+        switched = (Agent.objects.filter(pk=agent.pk).first() or agent) if sent.stopped else agent
         if sent.stopped and not sent.attempts:
             # Disabled while in flight, before the first attempt: no request was sent. Blocked like a call that meets
             # the kill switch at its start: nothing charged, the reservation released below.
             decided, reason, remaining, charged = Outcome.BLOCKED, Reason.AGENT_DISABLED, {}, Decimal(0)
+            explain = _disabled_explain(switched, "in_flight_before_attempt")
         elif sent.stopped:
             # Disabled before a retry: the retry was not sent, but an earlier attempt reached the tool, which may have
             # acted on it (a timeout or a dropped connection says nothing about that). Failed like a tool error: the
             # spend and the counted action stay (else the caps could be passed by tool runs nobody paid for).
             decided, reason = Outcome.FAILED, Reason.AGENT_DISABLED
+            explain = {**budget, **_disabled_explain(switched, "in_flight_after_attempt"), **_attempts_explain(sent)}
         if sent.attempts:
             Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
                                                          last_dispatch_at=timezone.now())  # fmt: skip
     try:
-        outcome = finish(decided, reason, remaining, intent.pk if intent else None, spend_usd=charged, **extra)
+        outcome = finish(decided, reason, remaining, intent.pk if intent else None, explain, spend_usd=charged, **extra)
     except IntentGone:
         # Slower than the sweeper's grace period: it recorded this dispatch (outcome_unknown) meanwhile.
         original = Decision.objects.get(agent=agent, dispatch_id=reservation)
@@ -688,6 +750,7 @@ def tool_test_call(*, tool: Tool, args: dict[str, Any], actor: str) -> tuple[Dec
         policy_reason=Reason.WITHIN_BUDGET if sent.ok else Reason.TOOL_ERROR,
         latency_ms=int((time.monotonic() - started) * 1000), http_status=sent.http_status, result=sent.result,
         dispatch_id=(sent.request_headers or {}).get("webhook-id", ""),
+        explain={"policy_version": agent.policy_version, "test_call": True, "actor": actor, **_attempts_explain(sent)},
     )  # fmt: skip
     Tool.objects.filter(pk=tool.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
                                            last_dispatch_at=timezone.now())  # fmt: skip
@@ -716,6 +779,9 @@ def dispatch_intents_record(*, grace: timedelta | None = None, batch: int = 500)
                 spend_usd=intent.spend_usd, declared_spend_usd=intent.declared_spend_usd,
                 operator_price_usd=intent.operator_price_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
                 api_key_id=intent.api_key_id,
+                # What the call was decided on (within budget) before the server stopped; intents written before
+                # explain existed have only their policy version.
+                explain=intent.explain or {"policy_version": intent.policy_version},
             )  # fmt: skip
         except IntentGone:
             continue  # recorded by its own call meanwhile

@@ -9,6 +9,7 @@ app_name = "governance"
 # ("bot/policy"), so `agents/<agent id>/policy/` could name two pages. There are no agent-id routes to keep old
 # links working: an agent id may also be all digits, so `agents/<agent id>/` and `agents/<pk>/` would collide.
 urlpatterns = [
+    path("overview/operations/", views.operations, name="operations"),
     path("agents/", views.agents, name="agents"),
     path("agents/<int:pk>/", views.agent_detail, name="agent-detail"),
     path("agents/<int:pk>/kill-switch/", views.agent_kill_switch, name="agent-kill-switch"),

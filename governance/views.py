@@ -3,68 +3,95 @@ timeline (filters, live updates), operator audit log, decision-log verification.
 
 from __future__ import annotations
 
-import difflib
 import json
 from datetime import timedelta
-from decimal import Decimal
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
-from django.db.models import Count, OuterRef, Subquery, Sum
+from django.db.models import OuterRef, Q, Subquery, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import patch_vary_headers
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from billing import audit
 from billing.models import AuditEntry
 from billing.selectors import current_membership, editor_membership
-from governance import ledger, policies, selectors, services, tools
-from governance.choices import CHARGED_OUTCOMES, Outcome
-from governance.forms import DecisionFilterForm, PolicyForm, ReasonForm, TestCallForm, ToolForm
+from governance import display, explain, ledger, overview, panels, policies, selectors, services, tools
+from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
+from governance.forms import PolicyForm, ReasonForm, TestCallForm, ToolForm
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
+from onceonly_site.identifiers import normalise_tool
 from onceonly_site.params import whole_number
+from onceonly_site.tables import Column, Facet, Table, capped_count, keyset_page
 
 PER_PAGE = 25
 TIMELINE_PAGE = 50
-# Decision timeline filter → ORM lookup (each served by the (account, -ts) index plus a filter).
-TIMELINE_FILTERS = {"agent": "agent__agent_id", "tool": "tool", "outcome": "outcome", "reason": "policy_reason",
-                    "run": "run_id", "since": "ts__gte", "until": "ts__lte"}  # fmt: skip
 
 
 def _actor(request: HttpRequest) -> str:
     return request.user.get_username()
 
 
+AGENT_STATES = (("", "any state"), ("over", "over a cap"), ("near", "near a cap"), ("disabled", "disabled"),
+                ("ungoverned", "ungoverned"), ("failing", "calling a failing tool"))  # fmt: skip
+AGENTS_TABLE = Table(
+    columns=[
+        Column("agent", "Agent", ("agent_id",)),
+        Column("status", "Status", ("is_enabled",)),
+        Column("policy", "Policy", ("policy_version",)),
+        Column("spend", "Spend today"),
+        Column("actions", "Charged actions (1 h)"),
+        Column("last", "Last decision", ("last_ts",), first="desc"),
+    ],
+    default_sort="agent",
+    noun=("agent", "agents"),
+    search=["agent_id"],
+    search_hint="agent id",
+    facets=[Facet("state", "State", choices=AGENT_STATES)],
+)
+
+
+def _agents_in_state(account_id: int, queryset, state: str, now):
+    """The Agents quick filters. Over/near a cap: the cap state of every capped agent (three queries whatever their
+    number: agents, today's rollups, the last hour's charged decisions); failing: agents that called a failing tool
+    in the last hour (one query for the failing tools, then a subquery)."""
+    if state == "disabled":
+        return queryset.filter(is_enabled=False)
+    if state == "ungoverned":
+        return queryset.filter(policy_version__isnull=True)
+    if state == "failing":
+        names = list(selectors.failing_tools(account_id, now))
+        called = Decision.objects.filter(account_id=account_id, ts__gt=now - timedelta(hours=1), tool__in=names)
+        return queryset.filter(pk__in=called.values("agent_id"))
+    capped = list(selectors.listed_agents(account_id).exclude(policy=None).only("id", "policy"))
+    states = selectors.cap_states(account_id, capped, now)
+    return queryset.filter(pk__in=[pk for pk, s in states.items() if s.level == state])
+
+
 @login_required
 @require_GET
 def agents(request: HttpRequest) -> HttpResponse:
+    """The Agents table (onceonly_site/tables.py): search, state quick filters, sort, pages; the cap state of the
+    page's agents from governance.selectors.cap_states (a fixed number of queries whatever the page holds)."""
     account = current_membership(request).account
     now = timezone.now()
-    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    last = Decision.objects.filter(agent=OuterRef("pk")).order_by("-ts", "-id")
-    queryset = (
-        Agent.objects.filter(account=account)
-        .annotate(last_ts=Subquery(last.values("ts")[:1]), last_outcome=Subquery(last.values("outcome")[:1]))
-        .order_by("agent_id", "id")
+    table = AGENTS_TABLE.bind(request)
+    # account + agent: the (account, agent, -ts) index, one row per agent.
+    last = Decision.objects.filter(account_id=account.pk, agent=OuterRef("pk")).order_by("-ts", "-id")
+    queryset = table.filter(selectors.listed_agents(account.pk)).annotate(
+        last_ts=Subquery(last.values("ts")[:1]), last_outcome=Subquery(last.values("outcome")[:1])
     )
-    page = Paginator(queryset, PER_PAGE).get_page(request.GET.get("page"))
-    ids = [a.pk for a in page.object_list]
-    spend = dict(DecisionRollup.objects.filter(agent_id__in=ids, hour__gte=day_start, outcome__in=CHARGED_OUTCOMES)
-                 .values_list("agent_id").annotate(s=Sum("spend_usd")))  # fmt: skip
-    hour = dict(Decision.objects.filter(agent_id__in=ids, ts__gt=now - timedelta(hours=1))
-                .values_list("agent_id").annotate(n=Count("id")))  # fmt: skip
-    rows = []
-    for agent in page.object_list:
-        cap = (agent.policy or {}).get("max_spend_usd_per_day")
-        spent = spend.get(agent.pk) or Decimal(0)
-        rows.append({"agent": agent, "spent": spent, "cap": cap, "actions_hour": hour.get(agent.pk, 0),
-                     "pct": min(100, int(spent / Decimal(str(cap)) * 100)) if cap else None})  # fmt: skip
-    return render(request, "governance/agents.html", {"page": page, "rows": rows})
+    if "state" in table.values:
+        queryset = _agents_in_state(account.pk, queryset, table.values["state"], now)
+    page = table.paginate(queryset)
+    states = selectors.cap_states(account.pk, page, now)
+    rows = [{"agent": agent, "cap": states.get(agent.pk)} for agent in page]
+    return render(request, "governance/agents.html", {"table": table, "rows": rows, "states": AGENT_STATES})
 
 
 def _series(agent: Agent, range_: str, now) -> dict:
@@ -105,9 +132,12 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
     metrics = selectors.agent_metrics(account.pk, agent.agent_id, range_, now)
     # account + agent: the (account, agent, -ts) index, newest first — no sort of the agent's whole history.
     recent = Decision.objects.filter(account_id=account.pk, agent=agent).order_by("-ts", "-id")[:20]
+    caps = selectors.cap_states(account.pk, [agent], now)[agent.pk]
+    lines = overview.cap_lines(caps)
+    worst = max(lines, key=lambda line: ({"over": 2, "near": 1}.get(line["level"], 0), line["pct"] or 0), default=None)
     return render(request, "governance/agent_detail.html", {
         "agent": agent, "metrics": metrics, "recent": recent, "range": range_, "chart": _series(agent, range_, now),
-        "reason_form": ReasonForm(),
+        "reason_form": ReasonForm(), "caps": caps, "cap_lines": lines, "cap_worst": worst,
     })  # fmt: skip
 
 
@@ -137,9 +167,7 @@ def agent_kill_switch(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _diff(a: dict | None, b: dict | None) -> list[str]:
-    left = json.dumps(a or {}, indent=2, sort_keys=True).splitlines()
-    right = json.dumps(b or {}, indent=2, sort_keys=True).splitlines()
-    return list(difflib.unified_diff(left, right, "before", "after", lineterm="", n=2))[2:]
+    return display.diff_lines(a or {}, b or {})  # the same diff as the audit log's before/after
 
 
 @login_required
@@ -233,39 +261,115 @@ def policy_template(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("governance:policy-edit", pk=agent.pk)
 
 
-def _filtered_decisions(account_id: int, form: DecisionFilterForm):
-    queryset = Decision.objects.filter(account_id=account_id).select_related("agent")
-    if form.is_valid():
-        for field, lookup in TIMELINE_FILTERS.items():
-            if form.cleaned_data[field]:
-                queryset = queryset.filter(**{lookup: form.cleaned_data[field]})
-    return queryset
+OUTCOMES = (("", "any"), *((o, o) for o in Outcome.values))
+DECISIONS_TABLE = Table(
+    columns=[
+        Column("time", "Time", ("ts",), first="desc"),
+        Column("agent", "Agent"),
+        Column("tool", "Tool"),
+        Column("outcome", "Decision"),
+        Column("reason", "Reason"),
+        Column("spend", "Spend"),
+        Column("run", "Run"),
+    ],
+    default_sort="-time",
+    noun=("decision", "decisions"),
+    search_hint="agent or tool",
+    facets=[
+        Facet("agent", "Agent", hint="contains"),  # resolved to agent ids first (_decision_filters)
+        Facet("tool", "Tool", lookup="tool__icontains", hint="contains"),
+        Facet("outcome", "Outcome", lookup="outcome", choices=OUTCOMES),
+        Facet("reason", "Reason", lookup="policy_reason__icontains", hint="contains"),
+        Facet("run", "Run id", lookup="run_id", hint="exact"),
+        Facet("since", "From (UTC)", lookup="ts__gte", kind="datetime"),
+        Facet("until", "To (UTC)", lookup="ts__lte", kind="datetime"),
+    ],
+    per_page=TIMELINE_PAGE,
+)
+DECISIONS_COUNT_CAP = 10_000  # "10,000+ decisions": a COUNT never reads more than this many rows
+ROLLUP_FACETS = {"agent", "tool", "outcome"}  # filters the hourly rollups can total exactly
+
+
+def _decision_filters(account_id: int, table) -> tuple[Q | None, Q | None]:
+    """The search and the agent facet as conditions on a decision (and on a rollup: the same fields). Agent ids are
+    matched (contains, ignoring case) in the small Agent table first, so the decision table is read through its
+    (account, agent, -ts) index with agent_id IN (…), never joined and scanned."""
+    agents = Agent.objects.filter(account_id=account_id)
+    agent_q = search_q = None
+    if "agent" in table.values:
+        ids = list(agents.filter(agent_id__icontains=table.values["agent"]).values_list("pk", flat=True)[:1000])
+        agent_q = Q(agent_id__in=ids)
+    if table.q:
+        ids = list(agents.filter(agent_id__icontains=table.q).values_list("pk", flat=True)[:1000])
+        search_q = Q(agent_id__in=ids) | Q(tool__icontains=table.q)
+    return agent_q, search_q
+
+
+def _decision_suggestions(account_id: int) -> dict[str, list[str]]:
+    """The facets' <datalist>s: agent ids (the small Agent table) and the tools called this week (the hourly
+    rollups through their (account, hour) index, not the decision table)."""
+    week = timezone.now() - timedelta(days=7)
+    tools_called = (DecisionRollup.objects.filter(account_id=account_id, hour__gte=week)
+                    .order_by("tool").values_list("tool", flat=True).distinct()[:100])  # fmt: skip
+    agent_ids = selectors.listed_agents(account_id).order_by("agent_id").values_list("agent_id", flat=True)[:100]
+    return {
+        "agent": list(agent_ids),
+        "tool": list(tools_called),
+        "reason": list(Reason.values),
+    }
 
 
 @login_required
 @require_GET
 def decisions(request: HttpRequest) -> HttpResponse:
-    """Keyset-paginated (no COUNT over millions of rows): ?before=<id> for older, ?after=<id> for live updates."""
+    """The decision log, keyset-paginated by (ts, id) at any depth: ?before=<id> for older rows, ?after=<id> for
+    newer; htmx's live polling (HX-Request) of the first page asks ?after=<newest id> for the rows written since.
+    Totals come from the hourly rollups when the filters are ones they hold (agent, tool, outcome, search), else
+    from a COUNT that stops at 10,000."""
     account = current_membership(request).account
-    form = DecisionFilterForm(request.GET or None)
-    queryset = _filtered_decisions(account.pk, form).order_by("-id")
+    live = request.GET.get("after") and request.headers.get("HX-Request") == "true"
+    table = DECISIONS_TABLE.bind(request, suggestions={} if live else _decision_suggestions(account.pk))
+    queryset = table.filter(Decision.objects.filter(account_id=account.pk), search=False).select_related("agent")
+    agent_q, search_q = _decision_filters(account.pk, table)
+    for condition in (agent_q, search_q):
+        if condition is not None:
+            queryset = queryset.filter(condition)
     after = whole_number(request.GET.get("after", ""))
-    if after is not None:  # htmx polling for rows newer than the newest shown
-        rows = list(queryset.filter(pk__gt=after)[:TIMELINE_PAGE])
+    if after is not None and request.headers.get("HX-Request") == "true":  # live: rows newer than the newest shown
+        rows = list(queryset.filter(pk__gt=after).order_by("-id")[:TIMELINE_PAGE])
         return render(request, "governance/_decision_rows.html", {"rows": rows, "live": True})
     before = whole_number(request.GET.get("before", ""))
-    if before is not None:
-        queryset = queryset.filter(pk__lt=before)
-    rows = list(queryset[: TIMELINE_PAGE + 1])
-    more = len(rows) > TIMELINE_PAGE
-    rows = rows[:TIMELINE_PAGE]
-    query = request.GET.copy()
-    query.pop("before", None)
-    query.pop("after", None)
+    cursor_id = after if after is not None else before
+    cursor = None
+    if cursor_id is not None:
+        cursor = Decision.objects.filter(account_id=account.pk, pk=cursor_id).values_list("ts", "id").first()
+        if cursor is None:
+            table.errors.append("That page no longer exists: showing the newest decisions.")
+    elif request.GET.get("after") or request.GET.get("before"):
+        table.errors.append("Page ignored: not a decision id.")
+    descending = table.descending
+    keys = {"after": cursor} if after is not None else {"before": cursor}
+    rows, older, newer = keyset_page(queryset, order=("ts", "id"), size=TIMELINE_PAGE, descending=descending, **keys)
+    if cursor is not None and descending and after is not None and not newer:  # back at the newest: the live page
+        cursor = None
+        rows, older, newer = keyset_page(queryset, order=("ts", "id"), size=TIMELINE_PAGE)
+    first_page = cursor is None
+    if rows:
+        oldest, newest = (rows[-1], rows[0]) if descending else (rows[0], rows[-1])
+    keyset = {"older": table.url(before=oldest.pk) if rows and older else None,
+              "newer": table.url(after=newest.pk) if rows and newer else None,
+              "newest": table.url() if not first_page else None}  # fmt: skip
+    if set(table.values) <= ROLLUP_FACETS:
+        rollups = DecisionRollup.objects.filter(account_id=account.pk)
+        rollups = table.filter(rollups.filter(agent_q) if agent_q is not None else rollups, search=False)
+        rollups = rollups.filter(search_q) if search_q is not None else rollups
+        table.set_total(rollups.aggregate(n=Sum("count"))["n"] or 0)
+    else:
+        table.set_total(*capped_count(queryset, DECISIONS_COUNT_CAP))
+    live_query = table.url(sort=None)[1:]
     return render(request, "governance/decisions.html", {
-        "form": form, "rows": rows, "more": more, "oldest": rows[-1].pk if rows else None,
-        "newest": rows[0].pk if rows else (before - 1 if before is not None else 0),
-        "query": query.urlencode(), "first_page": before is None,
+        "table": table, "rows": rows, "keyset": keyset, "first_page": first_page and descending,
+        "newest": max((r.pk for r in rows), default=0), "query": live_query,
     })  # fmt: skip
 
 
@@ -276,17 +380,57 @@ def decision_detail(request: HttpRequest, decision_id: int) -> HttpResponse:
     decision = Decision.objects.select_related("agent", "api_key").filter(account=account, pk=decision_id).first()
     if decision is None:
         raise Http404("No such decision in this account.")
-    return render(request, "governance/_decision_detail.html", {"d": decision})
+    tool = explain.registered_tool(decision)
+    context = {
+        "d": decision,
+        "explanation": explain.explain_text(decision),
+        "numbers": explain.explain_numbers(decision),
+        "facts": explain.explain_facts(decision, tool),
+    }
+    # The drawer (and any htmx request) gets the fragment; the URL opened directly is the full page with the nav.
+    # Vary: a cached fragment must never be shown for a direct visit (or the reverse).
+    template = "governance/_decision_detail.html" if request.htmx else "governance/decision.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+def _object_contains(queryset, value):
+    return queryset.filter(Q(object_type__icontains=value) | Q(object_id__icontains=value))
+
+
+AUDIT_TABLE = Table(
+    columns=[
+        Column("when", "When", ("created_at",), first="desc"),
+        Column("actor", "Who", ("actor_label",)),
+        Column("action", "Action", ("action",)),
+        Column("object", "Object", ("object_type", "object_id")),
+        Column("details", "Details"),
+    ],
+    default_sort="-when",
+    noun=("entry", "entries"),
+    search=["actor_label", "action", "object_type", "object_id"],
+    search_hint="who, action or object",
+    facets=[
+        Facet("actor", "Who", lookup="actor_label__icontains", hint="contains"),
+        Facet("action", "Action", lookup="action__icontains", hint="contains"),
+        Facet("object", "Object", apply=_object_contains, hint="contains"),
+    ],
+)
 
 
 @login_required
 @require_GET
 def audit_log(request: HttpRequest) -> HttpResponse:
     account = current_membership(request).account
-    page = Paginator(AuditEntry.objects.filter(account=account).order_by("-created_at", "-id"), PER_PAGE).get_page(
-        request.GET.get("page")
-    )
-    return render(request, "governance/audit.html", {"page": page})
+    entries = AuditEntry.objects.filter(account=account)
+    suggestions = {
+        "actor": entries.order_by("actor_label").values_list("actor_label", flat=True).distinct()[:100],
+        "action": entries.order_by("action").values_list("action", flat=True).distinct()[:100],
+    }
+    table = AUDIT_TABLE.bind(request, suggestions=suggestions)
+    table.paginate(table.filter(entries))
+    return render(request, "governance/audit.html", {"table": table})
 
 
 @login_required
@@ -309,14 +453,59 @@ def _tool_or_404(account_id: int, tool_id: int) -> Tool:
     return tool
 
 
+def _enabled_is(queryset, value):
+    return queryset.filter(enabled=value == "yes")
+
+
+def _risk_is(queryset, value):
+    return queryset.filter(risk_level="" if value == "none" else value)
+
+
+TOOLS_TABLE = Table(
+    columns=[
+        Column("tool", "Tool", ("name_key", "name")),
+        Column("scope", "Scope", ("scope_id",)),
+        Column("host", "Host", ("url",)),
+        Column("status", "Status", ("enabled",)),
+        Column("risk", "Risk", ("risk_level",)),
+        Column("price", "Price", ("price_usd",)),
+        Column("calls", "Calls (1 h)"),
+        Column("last", "Last call", ("last_dispatch_at",), first="desc"),
+    ],
+    default_sort="tool",
+    noun=("tool", "tools"),
+    search=["name", "scope_id", "url", "description"],
+    search_hint="name, scope, URL",
+    facets=[
+        Facet("scope", "Scope", lookup="scope_id__icontains", hint="contains"),
+        Facet("enabled", "Status", apply=_enabled_is, choices=(("", "any"), ("yes", "enabled"), ("no", "disabled"))),
+        Facet("risk", "Risk", apply=_risk_is,
+              choices=(("", "any"), ("low", "low"), ("medium", "medium"), ("high", "high"), ("none", "by name"))),
+        Facet("failing", "Failing", choices=(("", "any"), ("yes", "failing now (≥ 50 % of calls, 1 h)"))),
+    ],
+)  # fmt: skip
+
+
 @login_required
 @require_GET
 def tools_list(request: HttpRequest) -> HttpResponse:
+    """The Tools table: search, facets (scope, status, risk, failing now), sort, pages; each tool's calls in the
+    last hour from governance.selectors.tool_health (one query), flagged when failing."""
     account = current_membership(request).account
-    page = Paginator(Tool.objects.filter(account=account).order_by("scope_id", "name", "id"), PER_PAGE).get_page(
-        request.GET.get("page")
-    )
-    return render(request, "governance/tools.html", {"page": page, "limit": account.plan.tools_limit})
+    now = timezone.now()
+    tools_qs = Tool.objects.filter(account=account)
+    scopes = tools_qs.order_by("scope_id").values_list("scope_id", flat=True).distinct()[:100]
+    table = TOOLS_TABLE.bind(request, suggestions={"scope": scopes})
+    health: dict[str, selectors.ToolHealth] = {}
+    for name, h in selectors.tool_health(account.pk, now).items():  # calls name tools as typed: compare normalised
+        key = normalise_tool(name)
+        seen = health.get(key)
+        health[key] = selectors.ToolHealth(h.failed + (seen.failed if seen else 0), h.total + (seen.total if seen else 0))
+    queryset = table.filter(tools_qs)
+    if table.values.get("failing") == "yes":
+        queryset = queryset.filter(name_key__in=[key for key, h in health.items() if h.flagged])
+    rows = [{"tool": tool, "health": health.get(tool.name_key)} for tool in table.paginate(queryset)]
+    return render(request, "governance/tools.html", {"table": table, "rows": rows, "limit": account.plan.tools_limit})
 
 
 @login_required
@@ -419,6 +608,14 @@ def tool_test(request: HttpRequest, tool_id: int) -> HttpResponse:
         form = TestCallForm(request.POST)
         if form.is_valid():
             decision, sent = services.tool_test_call(tool=tool, args=form.cleaned_data["args"], actor=_actor(request))
-            outcome = {"decision": decision, "sent": sent}
+            outcome = {"decision": decision, "sent": sent, "explanation": explain.explain_text(decision)}
     status = 422 if form.is_bound and form.errors else 200
     return render(request, "governance/tool_test.html", {"tool": tool, "form": form, "outcome": outcome}, status=status)
+
+
+@login_required
+@require_GET
+def operations(request: HttpRequest) -> HttpResponse:
+    """The overview's operations panel alone (?range=), for its live refresh (htmx, every 15 s)."""
+    account = current_membership(request).account
+    return render(request, "governance/_operations_panel.html", {"panel": panels.operations_panel(account, request)})

@@ -1,7 +1,5 @@
 from django import forms
 
-from idempotency.choices import RunStatus
-
 
 class KeyLookupForm(forms.Form):
     key = forms.CharField(
@@ -33,14 +31,6 @@ class OperatorResetForm(forms.Form):
         if not reason:
             raise forms.ValidationError("Say why: the reason is kept in the audit log.")
         return reason
-
-
-class RunFilterForm(forms.Form):
-    """Filters of the Runs page (all optional; an invalid value shows an inline error and filters nothing)."""
-
-    status = forms.ChoiceField(required=False, choices=[("", "Any status"), *RunStatus.choices])
-    agent = forms.CharField(required=False, max_length=200, label="Agent")
-    q = forms.CharField(required=False, max_length=256, label="Key or run id", help_text="Starts with this text.")
 
 
 class RunTimelineForm(forms.Form):

@@ -8,7 +8,6 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -17,14 +16,70 @@ from django.views.decorators.http import require_GET, require_POST
 
 from billing.selectors import current_membership, editor_membership
 from idempotency import selectors, services
-from idempotency.forms import KeyLookupForm, OperatorResetForm, RunFilterForm, RunTimelineForm
+from idempotency.choices import LeaseStatus, RunStatus
+from idempotency.forms import KeyLookupForm, OperatorResetForm, RunTimelineForm
 from onceonly_site.params import whole_number
+from onceonly_site.tables import Column, Facet, Table
 
 PER_PAGE = 25
 TABS = {
     "active": ("Active leases", selectors.active_leases),
     "finished": ("Completed, failed and cancelled", selectors.finished_leases),
     "locks": ("Check-locks", selectors.recent_locks),
+}
+
+
+def _lock_status(queryset, value):
+    now = timezone.now()
+    return queryset.filter(expires_at__gt=now) if value == "locked" else queryset.filter(expires_at__lte=now)
+
+
+_LEASE_COLUMNS = [
+    Column("key", "Key", ("key",)),
+    Column("status", "Status", ("status",)),
+    Column("version", "Version", ("version",)),
+    Column("updated", "Updated", ("updated_at",), first="desc"),
+]
+_FINISHED = (LeaseStatus.COMPLETED, LeaseStatus.FAILED, LeaseStatus.CANCELLED)
+LIST_TABLES = {
+    "active": Table(
+        columns=[*_LEASE_COLUMNS, Column("left", "TTL left", ("expires_at",))],
+        default_sort="-updated",
+        noun=("active lease", "active leases"),
+        search=["key"],
+        search_hint="key",
+        keep=["tab"],
+    ),
+    "finished": Table(
+        columns=[*_LEASE_COLUMNS, Column("error", "Error code", ("error_code",))],
+        default_sort="-updated",
+        noun=("lease", "leases"),
+        search=["key"],
+        search_hint="key",
+        keep=["tab"],
+        facets=[Facet("status", "Status", lookup="status", choices=(("", "any"), *((s, s) for s in _FINISHED)))],
+    ),
+    "locks": Table(
+        columns=[
+            Column("key", "Key", ("key",)),
+            Column("seen", "First seen", ("first_seen_at",), first="desc"),
+            Column("ttl", "TTL", ("ttl_seconds",)),
+            Column("status", "Status", ("expires_at",)),
+        ],
+        default_sort="-seen",
+        noun=("check-lock", "check-locks"),
+        search=["key"],
+        search_hint="key",
+        keep=["tab"],
+        facets=[
+            Facet(
+                "status",
+                "Status",
+                apply=_lock_status,
+                choices=(("", "any"), ("locked", "locked"), ("expired", "expired")),
+            )
+        ],
+    ),
 }
 
 
@@ -56,10 +111,11 @@ def locks(request: HttpRequest) -> HttpResponse:
         }
     tab = request.GET.get("tab") if request.GET.get("tab") in TABS else "active"
     title, selector = TABS[tab]
-    page = Paginator(selector(account), PER_PAGE).get_page(request.GET.get("page"))
+    table = LIST_TABLES[tab].bind(request)
+    table.paginate(table.filter(selector(account)))
     return render(request, "idempotency/locks.html", {
         "form": form, "lookup": lookup, "tab": tab, "tabs": {k: v[0] for k, v in TABS.items()}, "tab_title": title,
-        "page": page, "now": now, "api_base_url": request.build_absolute_uri("/v1"),
+        "table": table, "now": now, "api_base_url": request.build_absolute_uri("/v1"),
     })  # fmt: skip
 
 
@@ -112,16 +168,36 @@ TIMELINE_PAGE = 500
 LIVE_POLL_SECONDS = 2
 
 
+RUNS_TABLE = Table(
+    columns=[
+        Column("run", "Run", ("run_id",)),
+        Column("key", "Key", ("key",)),
+        Column("status", "Status", ("status",)),
+        Column("agent", "Agent", ("agent_id",)),
+        Column("task", "Task", ("task",)),
+        Column("started", "Started", ("created_at",), first="desc"),
+        Column("duration", "Duration"),
+        Column("result", "Result or error"),
+    ],
+    default_sort="-started",
+    noun=("run", "runs"),
+    search=["key", "run_id", "task"],
+    search_hint="key, run id or task",
+    facets=[
+        Facet("status", "Status", lookup="status", choices=(("", "any"), *RunStatus.choices)),
+        Facet("run", "Run id", lookup="run_id__icontains", hint="contains"),
+        Facet("agent", "Agent", lookup="agent_id__icontains", hint="contains"),
+    ],
+)
+
+
 @login_required
 @require_GET
 def runs(request: HttpRequest) -> HttpResponse:
     account = current_membership(request).account
-    form = RunFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
-    page = Paginator(selectors.runs_for_account(account, filters), PER_PAGE).get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("page", None)
-    return render(request, "idempotency/runs.html", {"form": form, "page": page, "query": query.urlencode()})
+    table = RUNS_TABLE.bind(request, suggestions={"agent": selectors.recent_run_agents(account)})
+    table.paginate(table.filter(selectors.runs_for_account(account)))
+    return render(request, "idempotency/runs.html", {"table": table})
 
 
 def _stop_polling(response: HttpResponse) -> HttpResponse:

@@ -112,7 +112,10 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "billing.context_processors.current_account",
+                "onceonly_site.navigation.main_nav",
             ],
+            # usd, num, seconds, pct in every template without {% load %} (onceonly_site/formatting.py).
+            "builtins": ["onceonly_site.formatting"],
         },
     }
 ]

@@ -68,7 +68,7 @@ def test_timeline_shows_a_new_decision_without_a_reload(page, live_server, viewe
     page.get_by_text("second_tool").wait_for(timeout=10_000)  # arrives through the 3 s htmx poll
     assert page.locator("#timeline-rows tr").count() == 2
     page.get_by_role("link").filter(has_text=":").first.click()
-    page.locator("#decision-detail").get_by_text("args_hash", exact=True).wait_for()
+    page.locator("#drawer").get_by_text("args_hash", exact=True).wait_for()  # the decision opens in the drawer
 
 
 def test_viewer_cannot_edit_a_policy(page, live_server, viewer_a, key_a):

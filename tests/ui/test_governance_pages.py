@@ -209,7 +209,7 @@ def test_timeline_filters_and_live_endpoint(viewer_a, key_a):
     client = viewer_a.login(Client())
     html = client.get("/decisions/", {"agent": "a1"}).content.decode()
     assert "send_email" in html and "delete_user" not in html
-    newer = client.get("/decisions/", {"after": first["decision_id"]}).content.decode()
+    newer = client.get("/decisions/", {"after": first["decision_id"]}, headers={"HX-Request": "true"}).content.decode()
     assert "delete_user" in newer and "send_email" not in newer
     detail = client.get(f"/decisions/{first['decision_id']}/").content.decode()
     assert "within_budget" in detail and "args_hash" in detail

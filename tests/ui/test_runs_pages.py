@@ -64,7 +64,12 @@ def test_run_timeline_page_shows_events_and_links_decisions(viewer_a, key_a):
     assert len(queries) == 5  # session, user, membership, runs, events
     for kind in ("run_queued", "run_started", "tool_call", "tool_result", "run_finished"):
         assert f'data-type="{kind}"' in html
-    assert "decision #" in html and "/decisions/?run=nightly%2F1%20a" in html
+    from governance.models import Decision
+
+    decision = Decision.objects.get(run_id="nightly/1 a")
+    # The decision opens in the drawer; its row is clickable (tr[data-href]).
+    assert f'<a href="/decisions/{decision.pk}/" data-drawer>decision #{decision.pk}</a>' in html
+    assert f'data-href="/decisions/{decision.pk}/"' in html
     assert "data-live" not in html  # finished: no polling
 
 

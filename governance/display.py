@@ -1,0 +1,94 @@
+"""Stored JSON objects as people read them on the dashboard — a policy as a table (with YAML and JSON), an audit
+entry's before/after as the coloured line diff of the policy page — never a Python repr.
+
+Pure functions over plain data (no queries); the templates are governance/_policy_table.html, _diff.html and
+_audit_data.html, reached through governance/templatetags/governance_display.py."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+import yaml
+
+
+def dumps(value: Any) -> str:
+    """Indented JSON with sorted keys (what the diff compares, and the JSON view)."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def diff_lines(a: Any, b: Any) -> list[str]:
+    """A unified diff (2 lines of context, no file header) of two JSON values, line by line of their indented form.
+    A missing side (None) compares as an empty object when the other side is an object."""
+    empty: Any = {} if isinstance(a, dict) or isinstance(b, dict) else None
+    left = dumps(empty if a is None else a).splitlines()
+    right = dumps(empty if b is None else b).splitlines()
+    return list(difflib.unified_diff(left, right, "before", "after", lineterm="", n=2))[2:]
+
+
+def diff_rows(lines: list[str]) -> list[dict[str, str]]:
+    """Each diff line with its kind for colouring and for words (screen readers, print): add / del / hunk / ''."""
+    rows = []
+    for line in lines:
+        kind = {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "")
+        rows.append({"kind": kind, "text": line})
+    return rows
+
+
+def to_yaml(value: Any) -> str:
+    """Block-style YAML in the policy's own field order (safe_dump: plain types only)."""
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+
+
+def policy_view(policy: dict[str, Any] | None) -> dict[str, Any]:
+    """What the policy table shows: each field in words, with units, plus the policy as YAML and JSON."""
+    policy = policy or {}
+    caps = policy.get("max_calls_per_tool") or {}
+    rules = policy.get("pricing_rules") or []
+    known = {"allowed_tools", "blocked_tools", "max_actions_per_hour", "max_spend_usd_per_day",
+             "max_calls_per_tool", "pricing_rules"}  # fmt: skip
+    return {
+        "empty": not policy,
+        "allowed_tools": policy.get("allowed_tools"),  # None: any tool; []: none
+        "blocked_tools": policy.get("blocked_tools") or [],
+        "max_actions_per_hour": policy.get("max_actions_per_hour"),
+        "max_spend_usd_per_day": policy.get("max_spend_usd_per_day"),
+        "tool_caps": sorted(caps.items(), key=lambda item: item[0].casefold()),
+        "pricing_rules": [(r.get("tool", ""), r.get("price_usd")) for r in rules if isinstance(r, dict)],
+        "other": {k: v for k, v in policy.items() if k not in known},
+        "yaml": to_yaml(policy) if policy else "{}\n",
+        "json": dumps(policy),
+    }
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def audit_view(data: Any) -> dict[str, Any]:
+    """An audit entry's data: the `before`/`after` pair (when there is one) as a line diff, every other field as a
+    labelled value (scalars as text, objects and lists as indented JSON)."""
+    if not isinstance(data, dict):
+        return {"fields": [("value", _field(data))], "diff": None}
+    fields = [(key, _field(value)) for key, value in data.items() if key not in ("before", "after")]
+    diff = None
+    if "before" in data or "after" in data:
+        before, after = data.get("before"), data.get("after")
+        if _scalar(before) and _scalar(after):
+            fields.append(("change", {"text": f"{_text(before)} → {_text(after)}", "json": None}))
+        else:
+            diff = diff_rows(diff_lines(before, after))
+    return {"fields": fields, "diff": diff}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _field(value: Any) -> dict[str, Any]:
+    return {"text": _text(value), "json": None} if _scalar(value) else {"text": "", "json": dumps(value)}

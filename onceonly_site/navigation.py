@@ -1,0 +1,49 @@
+"""The dashboard's main navigation, with its current section: a page under a section's path marks that section
+(/agents/5/policy/ → Agents, /audit/verify/ → Audit log), so the nav shows where an operator is on every page.
+
+A context processor (settings TEMPLATES) rather than template logic: the template language has no "starts with".
+Imports Django only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+
+# (label, URL name, further path prefixes that belong to the section)
+SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Overview", "billing:overview", ()),
+    ("Agents", "governance:agents", ()),
+    ("Decisions", "governance:decisions", ()),
+    ("Tools", "governance:tools", ()),
+    ("Runs", "idempotency:runs", ()),
+    ("Locks & leases", "idempotency:locks", ()),
+    ("API keys", "billing:api-keys", ()),
+    ("Audit log", "governance:audit", ()),
+    ("Usage & plan", "billing:usage", ("/billing/",)),
+    ("Team", "billing:team", ()),
+    ("Settings", "billing:settings", ()),
+)
+
+
+def _current(path: str, url: str, prefixes: tuple[str, ...]) -> str:
+    """"page" on the section's own page, "true" on a page inside it, "" elsewhere (the aria-current value)."""
+    if path == url:
+        return "page"
+    if url != "/" and (path.startswith(url) or any(path.startswith(p) for p in prefixes)):
+        return "true"
+    return ""
+
+
+def main_nav(request: HttpRequest) -> dict[str, Any]:
+    if not getattr(request, "user", None) or not request.user.is_authenticated:
+        return {}
+    items = []
+    for label, name, prefixes in SECTIONS:
+        try:
+            url = reverse(name)
+        except NoReverseMatch:  # a deployment without one of the apps
+            continue
+        items.append({"label": label, "url": url, "current": _current(request.path, url, prefixes)})
+    return {"nav_items": items}
