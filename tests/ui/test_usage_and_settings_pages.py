@@ -19,11 +19,12 @@ def test_usage_bars_match_the_api(owner_a, key_a):
     html = owner_a.login(Client()).get("/usage/").content.decode()
     api = key_a.client().get("/v1/usage", {"kind": "make"}).json()
     used = re.search(
-        r'data-kind="make">\s*<p><strong>Check-locks</strong> — <span class="quota-used">(\d+)</span> '
-        r"of (\d+)",
+        r'data-kind="make">\s*<p><strong>Check-locks</strong> — <span class="quota-used">([\d,]+)</span> '
+        r"of ([\d,]+) this month",
         html,
     )
-    assert (int(used.group(1)), int(used.group(2))) == (api["usage"], api["limit"]) == (4, 2_000_000)
+    assert used.group(2) == "2,000,000"  # thousands separators
+    assert (int(used.group(1)), int(used.group(2).replace(",", ""))) == (api["usage"], api["limit"]) == (4, 2_000_000)
 
 
 def test_owner_switches_plan_and_the_api_sees_it(owner_a, key_a):
