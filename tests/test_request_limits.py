@@ -511,8 +511,12 @@ ABSURD_PAGES = ["999999", "abc", "-1", "0", "1.5", "9" * 5000, "²"]
 def test_an_absurd_page_number_shows_a_real_page(operator, path, params, page):
     response = operator.get(path, {**params, "page": page})
     assert response.status_code == 200
-    shown = response.context["page"]
-    assert 1 <= shown.number <= shown.paginator.num_pages
+    if "table" in response.context:  # a dashboard table (onceonly_site/tables.py): its own pager
+        pager = response.context["table"].pager
+        assert 1 <= pager["number"] <= pager["pages"]
+    else:
+        shown = response.context["page"]
+        assert 1 <= shown.number <= shown.paginator.num_pages
 
 
 @pytest.mark.parametrize("page", ABSURD_PAGES, ids=["999999", "abc", "-1", "0", "1.5", "5000-digits", "superscript"])
