@@ -313,6 +313,7 @@ CASES: dict[str, Any] = {
     "governance:policy-edit": web_agent("policy/", {"max_actions_per_hour": "1"}, ("get", "post")),
     "governance:agent-detail": web_agent("", {}, ("get",)),
     "governance:decisions": page("/decisions/"),
+    "governance:operations": page("/overview/operations/?range=30d"),
     "governance:decision-detail": not_found("get", lambda w: f"/decisions/{w.decision_id}/"),
     "governance:tools": page("/tools/"),
     "governance:tool-new": page("/tools/new/"),
