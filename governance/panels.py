@@ -3,6 +3,7 @@ first, across the page, with its time range read from the request (``?range=1h|2
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.http import HttpRequest
@@ -15,10 +16,14 @@ from governance import overview
 
 def operations_panel(account: Account, request: HttpRequest | None = None) -> dict[str, Any]:
     rng = overview.parse_range(request.GET.get("range") if request is not None else None)
+    ops = overview.operations(account.pk, rng, timezone.now())
     return {
         "template": "governance/_operations_panel.html",
         "full_width": True,
         "scripts": ["vendor/chart.umd.min.js", "js/overview_charts.js"],  # static files, in order
-        "ops": overview.operations(account.pk, rng, timezone.now()),
+        "ops": ops,
+        # What static/js/overview_charts.js draws, as a data attribute: htmx (allowScriptTags: false) drops every
+        # <script> of swapped-in content, a json_script included, so the live refresh would lose it.
+        "charts_json": json.dumps(ops["charts"], separators=(",", ":")),
         "refresh_url": f"{reverse('governance:operations')}?range={rng.key}",
     }

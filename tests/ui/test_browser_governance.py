@@ -18,7 +18,7 @@ def run_tool(key, live_server, **kwargs):
 def test_policy_editor_invalid_then_valid_then_diff_and_rollback(page, live_server, owner_a, key_a):
     run_tool(key_a, live_server, agent_id="billing-agent", tool="stripe.charge", args={"n": 1})
     login(page, live_server, owner_a)
-    page.get_by_role("link", name="Agents").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Agents").click()
     page.get_by_role("link", name="billing-agent").click()
     page.get_by_role("link", name="Set a policy").click()
     assert page.url == f"{live_server.url}/agents/{Agent.objects.get(agent_id='billing-agent').pk}/policy/"
@@ -48,7 +48,7 @@ def test_policy_editor_invalid_then_valid_then_diff_and_rollback(page, live_serv
 def test_kill_switch_from_the_agent_page_blocks_the_next_sdk_call(page, live_server, admin_a, key_a):
     assert run_tool(key_a, live_server, agent_id="rogue", tool="send_email", args={"n": 1}).allowed
     login(page, live_server, admin_a)
-    page.get_by_role("link", name="Agents").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Agents").click()
     page.get_by_role("link", name="rogue").click()
     page.locator("#decisions-chart").wait_for()
     page.get_by_label("Reason (recorded in the audit log)").fill("sending spam")

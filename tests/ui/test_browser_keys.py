@@ -36,7 +36,7 @@ def test_empty_login_fields_show_their_errors(page, live_server, db):
 def test_owner_creates_copies_and_revokes_a_key(page, live_server, owner_a):
     login(page, live_server, owner_a)
     assert page.get_by_role("heading", name="Acme").is_visible()
-    page.get_by_role("link", name="API keys").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="API keys").click()
     assert page.get_by_text("No API keys yet.").is_visible()
 
     page.get_by_label("Label (optional)").fill("support-bot staging")
@@ -64,7 +64,7 @@ def test_owner_creates_copies_and_revokes_a_key(page, live_server, owner_a):
 
 def test_viewer_sees_keys_read_only(page, live_server, viewer_a, key_a):
     login(page, live_server, viewer_a)
-    page.get_by_role("link", name="API keys").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="API keys").click()
     assert page.get_by_text(key_a.api_key.preview).is_visible()
     assert page.get_by_role("button", name="Create key").count() == 0
     assert page.get_by_role("link", name="Revoke").count() == 0

@@ -3,6 +3,7 @@ refresh fragment, and the state you can't miss on the agent page (over/near a ca
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import re
 from datetime import timedelta
@@ -29,7 +30,7 @@ def ops_html(client: Client, url: str = "/") -> str:
 
 
 def chart_data(html: str) -> dict:
-    return json.loads(re.search(r'<script id="ops-chart-data" type="application/json">(.*?)</script>', html).group(1))
+    return json.loads(html_lib.unescape(re.search(r'<div id="operations"[^>]* data-charts="([^"]*)"', html).group(1)))
 
 
 def seed_more(account) -> None:
@@ -134,7 +135,10 @@ def test_empty_states_say_what_to_do(owner_a):
     html = ops_html(owner_a.login(Client()))
     assert "No decisions in the last 24 h" in html and "API keys" in html
     assert "No call was blocked" in html and "Set <code>max_spend_usd_per_day</code>" in html
-    assert "ops-chart-data" in html
+    assert chart_data(html) == {
+        "outcomes": chart_data(html)["outcomes"],
+        "spend": {"labels": chart_data(html)["spend"]["labels"], "charts": []},
+    }
 
 
 def test_the_live_refresh_fragment(owner_a, account_a, owner_b):
