@@ -1,7 +1,8 @@
 // Charts of the overview's operations panel (templates/governance/_operations_panel.html), from the JSON in the
 // panel's data-charts attribute (htmx drops the <script> elements of swapped-in content), redrawn each time htmx
-// swaps the panel in (live refresh every 15 s). The refresh pauses while the tab is hidden and catches up when it is shown again. Canvases have no id: htmx copies the
-// style attribute of an element with the same id into its replacement while settling, which the CSP refuses.
+// swaps the panel in (live refresh every 15 s). The refresh pauses while the tab is hidden and catches up when it is
+// shown again. Canvases have no id: htmx copies the style attribute of an element with the same id into its
+// replacement while settling, which the CSP refuses.
 (function () {
   const COLORS = { executed: "#166534", allowed: "#2563eb", blocked: "#b91c1c", dedup: "#6b7280", failed: "#b45309" };
   const count = new Intl.NumberFormat("en-US");
