@@ -56,7 +56,8 @@ def policy_view(policy: dict[str, Any] | None) -> dict[str, Any]:
         "max_spend_usd_per_day": policy.get("max_spend_usd_per_day"),
         "tool_caps": sorted(caps.items(), key=lambda item: item[0].casefold()),
         "pricing_rules": [(r.get("tool", ""), r.get("price_usd")) for r in rules if isinstance(r, dict)],
-        "other": {k: v for k, v in policy.items() if k not in known},
+        # Fields a later version may add: text, or indented JSON for an object or a list (never a Python repr).
+        "other": {k: _text(v) if _scalar(v) else dumps(v) for k, v in policy.items() if k not in known},
         "yaml": to_yaml(policy) if policy else "{}\n",
         "json": dumps(policy),
     }

@@ -28,11 +28,10 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 
 def _current(path: str, url: str, prefixes: tuple[str, ...]) -> str:
-    """"page" on the section's own page, "true" on a page inside it, "" elsewhere (the aria-current value)."""
-    if path == url:
+    """The aria-current value: "page" on the section's own page and on every page inside it (one link marked, the
+    same way, on every page — tests/ui/test_browser_navigation.py), "" elsewhere."""
+    if path == url or (url != "/" and (path.startswith(url) or any(path.startswith(p) for p in prefixes))):
         return "page"
-    if url != "/" and (path.startswith(url) or any(path.startswith(p) for p in prefixes)):
-        return "true"
     return ""
 
 

@@ -73,7 +73,7 @@ def test_collectstatic_with_the_production_storage_writes_a_manifest(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((tmp_path / "staticfiles" / "staticfiles.json").read_text())["paths"]
-    for name in ("css/app.css", "js/app.js", "vendor/htmx.min.js", "vendor/chart.umd.min.js"):
+    for name in ("css/app.css", "js/app.js", "vendor/htmx.min.js", "vendor/chart.umd.min.js", "favicon.svg"):
         hashed = manifest[name]
         assert hashed != name and (tmp_path / "staticfiles" / hashed).is_file()
         assert (tmp_path / "staticfiles" / f"{hashed}.gz").is_file(), "whitenoise compresses what it serves"

@@ -1,11 +1,13 @@
 """Every dashboard page, for the browser tests that judge them all: a crawl from the overview (so a new page is
 covered without being listed), data with long identifiers on every page, axe-core, and the page-width check.
 
-Used by tests/ui/test_browser_long_identifiers.py (width at 1280 and 390 px), tests/ui/test_browser_accessibility.py
-(axe) and tests/ui/test_viewer_read_only.py (the viewer's pages)."""
+Used by tests/ui/test_browser_long_identifiers.py (width at 1280 and 390 px, no Python repr), tests/ui/
+test_browser_accessibility.py (axe), tests/ui/test_viewer_read_only.py (the viewer's pages) and tests/ui/
+test_browser_navigation.py (the current section)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -87,6 +89,21 @@ def crawl(page, base: str, extra: list[str] | tuple[str, ...] = ()):
         response = page.goto(base + url)
         assert response is not None and response.status < 500, url
         yield url
+
+
+# What a Python repr of stored data looks like in a page's text (str() of a dict, a list of strings, a Decimal or a
+# datetime, an object), where JSON, a table or words belong (governance/display.py).
+PYTHON_REPR = re.compile(
+    r"""\{'[^'\n]{0,300}': |\[\{'|\['[^'\n]{0,300}', '|: (?:None|True|False)[,}]|(?:Decimal|UUID|OrderedDict)\(|"""
+    r"""datetime\.(?:datetime|date|timedelta)\(|<[\w.]+ object at 0x"""
+)
+
+
+def python_reprs(page) -> list[str]:
+    """Python reprs in the loaded page's <main> text (hidden parts included: closed <details>, the JSON and YAML
+    views), each with a little context."""
+    text = page.evaluate("() => document.querySelector('main') ? document.querySelector('main').textContent : ''")
+    return [text[max(0, m.start() - 40) : m.end() + 40] for m in PYTHON_REPR.finditer(text)]
 
 
 WIDTH = "() => ({doc: document.documentElement.scrollWidth, win: window.innerWidth})"

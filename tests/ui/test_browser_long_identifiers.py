@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.pages import ACCOUNT, AGENT, KEY, RUN, TOOL, crawl, extra_urls, page_width, seed_long_identifiers
+from tests.support.pages import (
+    ACCOUNT,
+    AGENT,
+    KEY,
+    RUN,
+    TOOL,
+    crawl,
+    extra_urls,
+    page_width,
+    python_reprs,
+    seed_long_identifiers,
+)
 from tests.ui.test_browser_keys import login
 
 pytestmark = pytest.mark.browser
@@ -22,15 +33,18 @@ def long_names(key_a, owner_a):
 def test_pages_with_long_identifiers_fit_a_1280_px_window(page, live_server, owner_a, long_names):
     page.set_viewport_size({"width": 1280, "height": 900})
     login(page, live_server, owner_a)
-    wide, visited = [], []
+    wide, visited, reprs = [], [], []
     for url in crawl(page, live_server.url, extra_urls()):
         visited.append(url)
         doc, win = page_width(page)
         if doc > win:
             wide.append((url, doc))
+        reprs += [(url, found) for found in python_reprs(page)]
     assert len(visited) >= 15, visited  # the crawl reached the agent, policy, tool, run and lock pages
     assert any(AGENT in page_url or "/agents/" in page_url for page_url in visited)
     assert not wide, f"pages wider than the 1280 px window: {wide}"
+    # Policies, audit before/after, results and metadata show as tables, diffs and JSON, never a Python repr.
+    assert not reprs, f"Python reprs on the pages: {reprs}"
 
 
 # Elements whose own text holds one of the long identifiers, and their rendered widths (not inside a <pre> or a
@@ -47,12 +61,13 @@ def test_every_page_fits_a_390_px_window(page, live_server, owner_a, viewer_a, l
     a table (it scrolls sideways inside its card), not a long identifier (it wraps)."""
     page.set_viewport_size({"width": 390, "height": 844})
     login(page, live_server, owner_a if role == "owner" else viewer_a)
-    wide, holders_wide, visited, shown = [], [], [], 0
+    wide, holders_wide, visited, shown, reprs = [], [], [], 0, []
     for url in crawl(page, live_server.url, extra_urls()):
         visited.append(url)
         doc, win = page_width(page)
         if doc > win:
             wide.append((url, doc))
+        reprs += [(url, found) for found in python_reprs(page)]
         holders = page.evaluate(HOLDERS, MARKERS)
         shown += len(holders)
         holders_wide += [(url, tag, width) for tag, width in holders if width > win]
@@ -60,6 +75,17 @@ def test_every_page_fits_a_390_px_window(page, live_server, owner_a, viewer_a, l
     assert shown >= 20, shown  # the identifiers were on the pages measured
     assert not wide, f"pages wider than the 390 px window: {wide}"
     assert not holders_wide, f"long identifiers wider than the 390 px window: {holders_wide}"
+    assert not reprs, f"Python reprs on the pages: {reprs}"
+
+
+def test_the_repr_check_finds_a_repr(page, live_server, owner_a):
+    """The check can fail: a dict, a list or a Decimal printed with str() is found, JSON and code samples are not."""
+    login(page, live_server, owner_a)
+    page.set_content('<main><pre>{"a": null, "b": [1]}</pre><code>run(metadata={"task": "x"})</code></main>')
+    assert python_reprs(page) == []
+    for text in ("{'blocked_tools': ['x']}", "['a', 'b']", "{'a': None}", "Decimal('1.50')"):
+        page.set_content(f"<main><details><summary>data</summary><dd>{text}</dd></details></main>")
+        assert python_reprs(page), text
 
 
 def test_the_menu_folds_at_390_px_and_opens_with_one_click(page, live_server, owner_a):
