@@ -116,6 +116,15 @@ class Decision(models.Model):
             models.Index(fields=["account", "-ts"], name="governance_decision_account_ts"),
             # Dedup lookups after Redis lost its entries.
             models.Index(fields=["agent", "args_hash"], name="governance_decision_args"),
+            # The decision log filtered by reason (a block reason is a few % of the decisions): its pages and its
+            # capped total read this instead of walking the (account, -ts) index over most of the account. Partial:
+            # most calls are within budget (that filter finds its rows at once in the time index), and they pay
+            # nothing for it.
+            models.Index(
+                fields=["account", "policy_reason", "-ts"],
+                name="governance_decision_reason_ts",
+                condition=~models.Q(policy_reason="within_budget"),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -169,7 +178,13 @@ class DecisionRollup(models.Model):
             # The per-decision upsert (ON CONFLICT … DO UPDATE count = count + 1) targets this.
             models.UniqueConstraint(fields=["agent", "hour", "tool", "outcome"], name="governance_rollup_unique"),
         ]
-        indexes = [models.Index(fields=["account", "hour"], name="governance_rollup_account_hour")]
+        indexes = [
+            models.Index(fields=["account", "hour"], name="governance_rollup_account_hour"),
+            # The tools an account called (selectors.called_tools: one probe per name) and the decision log's
+            # totals by tool. A rollup row is inserted once per agent, hour, tool and outcome, so this costs the
+            # governed call nothing on the upserts that only add to a count.
+            models.Index(fields=["account", "tool", "outcome"], name="governance_rollup_account_tool"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.agent} {self.hour:%Y-%m-%d %H}h {self.tool} {self.outcome}: {self.count}"

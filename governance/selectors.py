@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Case, Count, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDate
 from django.http import Http404
@@ -101,6 +102,29 @@ def agent_metrics(account_id: int, agent_id: str, period: str, now: datetime) ->
         "from": start.isoformat(),
         "to": now.isoformat(),
     }
+
+
+CALLED_TOOLS_MAX = 1000  # names read by called_tools; an account calling more tools is matched in place
+
+_CALLED_TOOLS_SQL = """
+WITH RECURSIVE names(tool) AS (
+    SELECT MIN(tool) FROM governance_decisionrollup WHERE account_id = %s
+    UNION ALL
+    SELECT (SELECT MIN(r.tool) FROM governance_decisionrollup r WHERE r.account_id = %s AND r.tool > names.tool)
+    FROM names WHERE names.tool IS NOT NULL
+)
+SELECT tool FROM names WHERE tool IS NOT NULL LIMIT %s"""
+
+
+def called_tools(account_id: int) -> list[str] | None:
+    """Every tool name the account's decisions name, in order (one query): each decision counts in an hourly rollup
+    of its tool, and the rollups' (account, tool, outcome) index is read from one name to the next (a loose index
+    scan: one index probe per name, not a read of every rollup). None when there are more than
+    ``CALLED_TOOLS_MAX`` names (callers then match tools in place)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CALLED_TOOLS_SQL, [account_id, account_id, CALLED_TOOLS_MAX + 1])
+        names = [name for (name,) in cursor.fetchall()]
+    return None if len(names) > CALLED_TOOLS_MAX else names
 
 
 # --- the account's event feed and daily metrics (GET /v1/events, GET /v1/metrics) --------------------------------

@@ -9,7 +9,7 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, Q, Subquery, Sum
+from django.db.models import Count, OuterRef, Q, Subquery, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -43,10 +43,10 @@ AGENTS_TABLE = Table(
     columns=[
         Column("agent", "Agent", ("agent_id",)),
         Column("status", "Status", ("is_enabled",)),
-        Column("policy", "Policy", ("policy_version",)),
+        Column("policy", "Policy", ("policy_version",), nulls_last=True),
         Column("spend", "Spend today"),
         Column("actions", "Charged actions (1 h)"),
-        Column("last", "Last decision", ("last_ts",), first="desc"),
+        Column("last", "Last decision", ("last_ts",), first="desc", nulls_last=True),
     ],
     default_sort="agent",
     noun=("agent", "agents"),
@@ -277,44 +277,62 @@ DECISIONS_TABLE = Table(
     search_hint="agent or tool",
     facets=[
         Facet("agent", "Agent", hint="contains"),  # resolved to agent ids first (_decision_filters)
-        Facet("tool", "Tool", lookup="tool__icontains", hint="contains"),
+        Facet("tool", "Tool", hint="contains"),  # resolved to the tool names called first (_decision_filters)
         Facet("outcome", "Outcome", lookup="outcome", choices=OUTCOMES),
-        Facet("reason", "Reason", lookup="policy_reason__icontains", hint="contains"),
+        Facet("reason", "Reason", hint="contains"),  # resolved in the Reason vocabulary first (_decision_filters)
         Facet("run", "Run id", lookup="run_id", hint="exact"),
         Facet("since", "From (UTC)", lookup="ts__gte", kind="datetime"),
         Facet("until", "To (UTC)", lookup="ts__lte", kind="datetime"),
     ],
     per_page=TIMELINE_PAGE,
 )
-DECISIONS_COUNT_CAP = 10_000  # "10,000+ decisions": a COUNT never reads more than this many rows
-ROLLUP_FACETS = {"agent", "tool", "outcome"}  # filters the hourly rollups can total exactly
+DECISIONS_COUNT_CAP = 10_000  # "10,000+ decisions": a total never reads more than this many rows
+ROLLUP_FACETS = {"agent", "tool", "outcome"}  # filters the hourly rollups can total
 
 
-def _decision_filters(account_id: int, table) -> tuple[Q | None, Q | None]:
-    """The search and the agent facet as conditions on a decision (and on a rollup: the same fields). Agent ids are
-    matched (contains, ignoring case) in the small Agent table first, so the decision table is read through its
-    (account, agent, -ts) index with agent_id IN (…), never joined and scanned."""
+def _contains(names, value: str) -> list[str]:
+    """The names that contain ``value``, ignoring case (as ``icontains`` compares)."""
+    wanted = value.casefold()
+    return [name for name in names if wanted in name.casefold()]
+
+
+def _decision_filters(account_id: int, table, tools: list[str] | None) -> tuple[Q | None, Q | None, Q | None]:
+    """(held_q, search_q, reason_q): the agent and tool facets, the search, and the reason facet as conditions on a
+    decision (the first two on a rollup too: the rollups hold the same fields). Each "contains" is resolved in a
+    small set first — agent ids in the Agent table, tool names among the names the account called (``tools``:
+    selectors.called_tools), reasons in the Reason vocabulary — so the decision table is read with ``IN (…)`` lists
+    the planner estimates well (an ordered read of the (account, -ts) index, or of (account, agent, -ts) and
+    (account, policy_reason, -ts)), never scanned for a ``LIKE '%…%'``. ``tools`` None (more names than
+    selectors.CALLED_TOOLS_MAX): the tool is matched in place."""
     agents = Agent.objects.filter(account_id=account_id)
-    agent_q = search_q = None
+    held_q = search_q = reason_q = None
+
+    def tool_q(value: str) -> Q:
+        return Q(tool__in=_contains(tools, value)) if tools is not None else Q(tool__icontains=value)
+
     if "agent" in table.values:
         ids = list(agents.filter(agent_id__icontains=table.values["agent"]).values_list("pk", flat=True)[:1000])
-        agent_q = Q(agent_id__in=ids)
+        held_q = Q(agent_id__in=ids)
+    if "tool" in table.values:
+        held_q = tool_q(table.values["tool"]) if held_q is None else held_q & tool_q(table.values["tool"])
     if table.q:
         ids = list(agents.filter(agent_id__icontains=table.q).values_list("pk", flat=True)[:1000])
-        search_q = Q(agent_id__in=ids) | Q(tool__icontains=table.q)
-    return agent_q, search_q
+        search_q = Q(agent_id__in=ids) | tool_q(table.q)
+    if "reason" in table.values:
+        value = table.values["reason"]
+        known = _contains(Reason.values, value)
+        # Every decision's reason is of the vocabulary; anything else typed is matched in place (and finds none).
+        reason_q = Q(policy_reason__in=known) if known else Q(policy_reason__icontains=value)
+    return held_q, search_q, reason_q
 
 
-def _decision_suggestions(account_id: int) -> dict[str, list[str]]:
-    """The facets' <datalist>s: agent ids (the small Agent table) and the tools called this week (the hourly
-    rollups through their (account, hour) index, not the decision table)."""
-    week = timezone.now() - timedelta(days=7)
-    tools_called = (DecisionRollup.objects.filter(account_id=account_id, hour__gte=week)
-                    .order_by("tool").values_list("tool", flat=True).distinct()[:100])  # fmt: skip
+def _decision_suggestions(account_id: int, tools: list[str]) -> dict[str, list[str]]:
+    """The facets' <datalist>s: agent ids (the small Agent table), the tools called (selectors.called_tools, read
+    once for the tool facet and its suggestions) and the reasons."""
     agent_ids = selectors.listed_agents(account_id).order_by("agent_id").values_list("agent_id", flat=True)[:100]
     return {
         "agent": list(agent_ids),
-        "tool": list(tools_called),
+        "tool": tools[:100],
         "reason": list(Reason.values),
     }
 
@@ -324,14 +342,16 @@ def _decision_suggestions(account_id: int) -> dict[str, list[str]]:
 def decisions(request: HttpRequest) -> HttpResponse:
     """The decision log, keyset-paginated by (ts, id) at any depth: ?before=<id> for older rows, ?after=<id> for
     newer; htmx's live polling (HX-Request) of the first page asks ?after=<newest id> for the rows written since.
-    Totals come from the hourly rollups when the filters are ones they hold (agent, tool, outcome, search), else
-    from a COUNT that stops at 10,000."""
+    Totals stop at 10,000 ("10,000+"): at most 10,001 hourly rollups added up when the filters are ones they hold
+    (agent, tool, outcome, search), else a COUNT of at most 10,001 decisions."""
     account = current_membership(request).account
     live = request.GET.get("after") and request.headers.get("HX-Request") == "true"
-    table = DECISIONS_TABLE.bind(request, suggestions={} if live else _decision_suggestions(account.pk))
+    names = set(request.GET) & {"q", "tool"}
+    tools = selectors.called_tools(account.pk) if not live or names else []
+    table = DECISIONS_TABLE.bind(request, suggestions={} if live else _decision_suggestions(account.pk, tools or []))
     queryset = table.filter(Decision.objects.filter(account_id=account.pk), search=False).select_related("agent")
-    agent_q, search_q = _decision_filters(account.pk, table)
-    for condition in (agent_q, search_q):
+    held_q, search_q, reason_q = _decision_filters(account.pk, table, tools)
+    for condition in (held_q, search_q, reason_q):
         if condition is not None:
             queryset = queryset.filter(condition)
     after = whole_number(request.GET.get("after", ""))
@@ -360,12 +380,23 @@ def decisions(request: HttpRequest) -> HttpResponse:
               "newer": table.url(after=newest.pk) if rows and newer else None,
               "newest": table.url() if not first_page else None}  # fmt: skip
     if set(table.values) <= ROLLUP_FACETS:
+        # At most DECISIONS_COUNT_CAP + 1 rollup rows summed (each counts ≥ 1 decision): any more is "10,000+".
         rollups = DecisionRollup.objects.filter(account_id=account.pk)
-        rollups = table.filter(rollups.filter(agent_q) if agent_q is not None else rollups, search=False)
+        rollups = table.filter(rollups.filter(held_q) if held_q is not None else rollups, search=False)
         rollups = rollups.filter(search_q) if search_q is not None else rollups
-        table.set_total(rollups.aggregate(n=Sum("count"))["n"] or 0)
+        summed = (
+            rollups.order_by()
+            .values("pk", "count")[: DECISIONS_COUNT_CAP + 1]
+            .aggregate(n=Sum("count"), rows=Count("pk"))
+        )
+        total = summed["n"] or 0
+        if summed["rows"] > DECISIONS_COUNT_CAP or total > DECISIONS_COUNT_CAP:
+            table.set_total(DECISIONS_COUNT_CAP, capped=True)
+        else:
+            table.set_total(total)
     else:
-        table.set_total(*capped_count(queryset, DECISIONS_COUNT_CAP))
+        total, capped = capped_count(queryset, DECISIONS_COUNT_CAP)
+        table.set_total(total, capped=capped)
     live_query = table.url(sort=None)[1:]
     return render(request, "governance/decisions.html", {
         "table": table, "rows": rows, "keyset": keyset, "first_page": first_page and descending,
@@ -468,9 +499,9 @@ TOOLS_TABLE = Table(
         Column("host", "Host", ("url",)),
         Column("status", "Status", ("enabled",)),
         Column("risk", "Risk", ("risk_level",)),
-        Column("price", "Price", ("price_usd",)),
+        Column("price", "Price", ("price_usd",), nulls_last=True),
         Column("calls", "Calls (1 h)"),
-        Column("last", "Last call", ("last_dispatch_at",), first="desc"),
+        Column("last", "Last call", ("last_dispatch_at",), first="desc", nulls_last=True),
     ],
     default_sort="tool",
     noun=("tool", "tools"),
