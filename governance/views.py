@@ -531,7 +531,8 @@ def tools_list(request: HttpRequest) -> HttpResponse:
     for name, h in selectors.tool_health(account.pk, now).items():  # calls name tools as typed: compare normalised
         key = normalise_tool(name)
         seen = health.get(key)
-        health[key] = selectors.ToolHealth(h.failed + (seen.failed if seen else 0), h.total + (seen.total if seen else 0))
+        failed, total = (seen.failed, seen.total) if seen else (0, 0)
+        health[key] = selectors.ToolHealth(h.failed + failed, h.total + total)
     queryset = table.filter(tools_qs)
     if table.values.get("failing") == "yes":
         queryset = queryset.filter(name_key__in=[key for key, h in health.items() if h.flagged])
