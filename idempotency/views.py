@@ -93,7 +93,7 @@ def locks(request: HttpRequest) -> HttpResponse:
     account = current_membership(request).account
     now = timezone.now()
     lookup = None
-    form = KeyLookupForm(request.GET or None)
+    form = KeyLookupForm(request.GET if "key" in request.GET else None)  # a list's ?tab=/?q= is no empty lookup
     if request.GET.get("key") is not None and form.is_valid():
         key = form.cleaned_data["key"]
         lock = selectors.lock_for_account(account, key)

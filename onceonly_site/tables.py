@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.http import HttpRequest, QueryDict
 from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
@@ -41,13 +41,17 @@ MAX_PAGE = 10**6
 @dataclass(frozen=True)
 class Column:
     """A header cell. ``order``: the ORM orderings that sort it ascending (empty: not sortable); descending flips
-    each. ``first``: the direction of the first click ("desc" suits times and amounts)."""
+    each. ``first``: the direction of the first click ("desc" suits times and amounts). ``nulls_last``: rows
+    without a value (never called, no price) come last in both directions, on every database (PostgreSQL puts
+    NULL first when descending, SQLite first when ascending); only for nullable fields of small tables or
+    annotations — an explicit NULLS LAST keeps PostgreSQL from reading a plain index backwards."""
 
     key: str
     label: str
     order: tuple[str, ...] = ()
     first: str = "asc"
     css: str = ""
+    nulls_last: bool = False
 
     @property
     def sortable(self) -> bool:
@@ -173,14 +177,19 @@ class BoundTable:
         self.fields: list[FacetField] = []
         for facet in table.facets:
             raw = params.get(facet.name, "")
-            shown = raw if len(raw) <= MAX_VALUE else ""
-            self.fields.append(FacetField(facet, shown, [str(s) for s in suggestions.get(facet.name, ())][:100]))
+            field_ = FacetField(facet, "", [str(s) for s in suggestions.get(facet.name, ())][:100])
+            self.fields.append(field_)
             if not raw.strip():
                 continue
             value = self._facet_value(facet, raw)
             if value is not None:
                 self.values[facet.name] = value
                 self.state[facet.name] = raw.strip()
+                # A datetime-local input shows only YYYY-MM-DDTHH:MM:SS: a shared link's "2026-12-06 10:00+02:00"
+                # is shown (and submitted again) as the same instant in UTC, not lost on the next Filter.
+                field_.value = (
+                    value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") if facet.kind == "datetime" else raw.strip()
+                )
         sort = params.get(SORT, "")
         self.sort_key, self.descending = self._sort(table.default_sort)
         if sort and sort != table.default_sort:
@@ -241,9 +250,12 @@ class BoundTable:
         return queryset
 
     @property
-    def ordering(self) -> list[str]:
+    def ordering(self) -> list[Any]:
         column = self.table.by_key[self.sort_key]
-        orders = [_flip(o) if self.descending else o for o in column.order]
+        orders: list[Any] = [_flip(o) if self.descending else o for o in column.order]
+        if column.nulls_last:
+            orders = [F(o.lstrip("-")).desc(nulls_last=True) if o.startswith("-") else F(o).asc(nulls_last=True)
+                      for o in orders]  # fmt: skip
         tie = _flip(self.table.tiebreaker) if self.descending else self.table.tiebreaker
         return [*orders, tie]
 
@@ -318,6 +330,16 @@ class BoundTable:
                     cell["url"] = self.url(**{SORT: None, PAGE: None})
             out.append(cell)
         return out
+
+    @property
+    def choice_links(self) -> dict[str, list[dict[str, Any]]]:
+        """Per facet with choices, a link to each value (quick filters) that keeps the search, the other facets and
+        the sort, back on page 1; ``current`` on the value in force."""
+        return {
+            facet.name: [{"value": value, "label": label, "url": self.url(**{facet.name: value or None, PAGE: None}),
+                          "current": self.state.get(facet.name, "") == value} for value, label in facet.choices]
+            for facet in self.table.facets if facet.choices
+        }  # fmt: skip
 
     @property
     def active(self) -> bool:

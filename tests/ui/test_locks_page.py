@@ -113,4 +113,4 @@ def test_lists_are_paginated_and_keep_their_tab(owner_a, key_a):
     for n in range(30):
         api(key_a, "check-lock", key=f"lock:{n:02d}")
     html = owner_a.login(Client()).get(URL, {"tab": "locks"}).content.decode()
-    assert "Page 1 of 2" in html and "?page=2&amp;tab=locks" in html
+    assert "Page 1 of 2" in html and "?tab=locks&amp;page=2" in html
