@@ -59,15 +59,24 @@ MAX_AGENT_ID = 200
 MAX_ARGS_BYTES = 64 * 1024
 
 
-def _agent_id(raw: str) -> str:
+RESERVED_AGENT = (
+    f"{services.OPERATOR_AGENT!r} is reserved: the dashboard's test calls of registered tools are decided under it. "
+    "Use another agent id."
+)
+
+
+def _agent_id(raw: str, *, write: bool = False) -> str:
     """Any id (`:` `.` `-` `_`, percent-decoded by the router) except blank, > 200 chars, or control and bidi
-    formatting characters (onceonly_site/identifiers.py; the middleware refuses them in every path already)."""
+    formatting characters (onceonly_site/identifiers.py; the middleware refuses them in every path already); and, to
+    change an agent (``write``), not the dashboard's test-call agent (readable, never writable through the API)."""
     if not raw.strip() or len(raw) > MAX_AGENT_ID or identifier_problem(raw):
         raise PathValidationError(
             {"agent_id": [serializers.ErrorDetail(
                 identifier_problem(raw) or f"An agent id is 1–{MAX_AGENT_ID} printable characters.",
                 code="string_pattern_mismatch")]}
         )  # fmt: skip
+    if write and raw == services.OPERATOR_AGENT:
+        raise PathValidationError({"agent_id": [serializers.ErrorDetail(RESERVED_AGENT, code="value_error")]})
     return raw
 
 
@@ -152,6 +161,8 @@ class AiRunApi(APIView):
             return idempotency_api.keyed_run(request, data)
         check = BodyCheck(data, {"agent_id", "tool", "args", "spend_usd"})
         agent_id = check.identifier("agent_id", max_length=MAX_AGENT_ID)
+        if agent_id == services.OPERATOR_AGENT:
+            check.fail("agent_id", RESERVED_AGENT, "value_error")
         tool = check.key("tool", max_length=200)
         if tool and (problem := tool_name_problem(tool)):  # whitespace, invisible characters, mixed scripts
             check.fail("tool", problem, "string_pattern_mismatch")
@@ -359,7 +370,7 @@ class PolicyApi(APIView):
     )
     def post(self, request: Request, agent_id: str) -> Response:
         entitlements.require(request.auth.plan, "governance")
-        agent_id = _agent_id(agent_id)
+        agent_id = _agent_id(agent_id, write=True)
         changes = _clean_policy(request, body(request), agent_id)
         result = services.policy_upsert(
             account_id=request.auth.account_id, agent_id=agent_id, changes=changes, actor=_actor(request)
@@ -377,7 +388,7 @@ class PolicyTemplateApi(APIView):
     )
     def post(self, request: Request, agent_id: str) -> Response:
         entitlements.require(request.auth.plan, "governance")
-        agent_id = _agent_id(agent_id)
+        agent_id = _agent_id(agent_id, write=True)
         check = BodyCheck(body(request), {"agent_id", "template", "overrides"})
         template = check.text("template", required=True, max_length=64)
         overrides = check.data.get("overrides")
@@ -418,7 +429,7 @@ class _KillSwitchApi(APIView):
     enabled: bool
 
     def post(self, request: Request, agent_id: str) -> Response:
-        agent_id = _agent_id(agent_id)
+        agent_id = _agent_id(agent_id, write=True)
         check = BodyCheck(body(request), {"reason", "agent_id"})
         reason = check.text("reason", required=False, max_length=500, non_blank=True) or ""
         check.done()

@@ -10,6 +10,7 @@ before ``explain`` existed (``explain`` is null) get the sentence their other fi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,10 +69,15 @@ def _left(left: dict[str, Any]) -> str:
     if "spend_usd_today" in left:
         words.append(f"{usd(left['spend_usd_today'])} of spend today")
     if "actions_this_hour" in left:
-        words.append(f"{num(left['actions_this_hour'])} actions this hour")
+        words.append(f"{_count(left['actions_this_hour'], 'action')} this hour")
     if "calls_today" in left:
-        words.append(f"{num(left['calls_today'])} calls of this tool today")
+        words.append(f"{_count(left['calls_today'], 'call')} of this tool today")
     return ", ".join(words)
+
+
+def _count(n: Any, noun: str) -> str:
+    """ "1 call", "3 calls"."""
+    return f"{num(n)} {noun}{'' if n == 1 else 's'}"
 
 
 def _attempts(seen: dict[str, Any]) -> str:
@@ -120,21 +126,21 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
         scope = f" (scope {seen['scope_id']})" if seen.get("scope_id") else ""
         return f"blocked — the tool is disabled in the registry{scope}"
     if reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED:
-        if "limit" not in seen:
+        if "limit" not in seen or "count" not in seen:
             return "blocked — hourly action limit reached"
         return f"hourly action limit reached — {num(seen['count'])} of {num(seen['limit'])} actions in the last hour"
     if reason == Reason.TOOL_CALL_LIMIT_EXCEEDED:
-        if "limit" not in seen:
+        if "limit" not in seen or "count" not in seen:
             return "blocked — per-tool daily cap reached"
         key = seen.get("cap_key")
-        named = f" (max_calls_per_tool[{_quoted(key)}])" if key and key != d.tool else ""
+        named = f" (max_calls_per_tool[{json.dumps(key)}])" if key and key != d.tool else ""
         return f"per-tool cap reached — {num(seen['count'])} of {num(seen['limit'])} today{named}"
     if reason == Reason.DAILY_SPEND_EXCEEDED:
-        if "limit" not in seen:
+        if not {"limit", "spent", "cost"} <= seen.keys():
             return "blocked — this call would exceed the daily spend cap"
         text = f"daily spend {usd(seen['spent'])} + {usd(seen['cost'])} would exceed {usd(seen['limit'])}"
         declared, price = seen.get("declared"), seen.get("price")
-        if declared is not None and price is not None and declared != price:
+        if declared is not None and price and declared != price:  # both known: the call costs the larger
             text += f" (declared {usd(declared)}, operator price {usd(price)})"
         return text
     if reason == Reason.IDEMPOTENCY_KEY_HIT:
@@ -157,7 +163,7 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
         left = _left(seen.get("left") or {})
         text = f"{verb} within budget — cost {usd(cost)}"
         if "left" in seen:
-            text += f"; left: {left}" if left else "; no caps set"
+            text += f"; left: {left}" if left else "; no cap applies to this call"
         if d.outcome == Outcome.EXECUTED and seen.get("http_status"):
             text += f"; HTTP {seen['http_status']}"
         return text
@@ -178,8 +184,13 @@ def explain_numbers(decision: Decision) -> list[Fact]:
     if "limit" in seen:
         out.append(Fact("Limit", usd(seen["limit"]) if money else num(seen["limit"])))
     if "count" in seen:
-        unit = "actions in the last hour" if reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED else "calls today"
-        out.append(Fact("Count before this call", f"{num(seen['count'])} {unit}"))
+        hourly = reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED
+        counted = (
+            f"{_count(seen['count'], 'action')} in the last hour"
+            if hourly
+            else f"{_count(seen['count'], 'call')} today"
+        )
+        out.append(Fact("Count before this call", counted))
     if "spent" in seen:
         out.append(Fact("Spent today before this call", usd(seen["spent"])))
     if "cost" in seen:
@@ -245,7 +256,7 @@ def explain_facts(decision: Decision, tool: Tool | None = None) -> list[Fact]:
     if seen.get("pattern"):
         facts.append(Fact("Matched blocked_tools entry", seen["pattern"], mono=True))
     if seen.get("cap_key"):
-        facts.append(Fact("Cap", f"max_calls_per_tool[{seen['cap_key']!r}]", mono=True))
+        facts.append(Fact("Cap", f"max_calls_per_tool[{json.dumps(seen['cap_key'])}]", mono=True))
     if seen.get("allowed_tools") is not None:
         shown = ", ".join(seen["allowed_tools"]) or "(empty)"
         more = seen.get("allowed_tools_count", 0) - len(seen["allowed_tools"])

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from billing import audit
 from billing.models import AuditEntry
@@ -339,6 +340,7 @@ def _decision_suggestions(account_id: int, tools: list[str]) -> dict[str, list[s
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request")  # ?after=<id> is the live poll's rows with it, the "Newer" page without
 def decisions(request: HttpRequest) -> HttpResponse:
     """The decision log, keyset-paginated by (ts, id) at any depth: ?before=<id> for older rows, ?after=<id> for
     newer; htmx's live polling (HX-Request) of the first page asks ?after=<newest id> for the rows written since.

@@ -7,7 +7,9 @@ raising, so a template never 500s on a formatting filter. Imports Django only.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import functools
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from django import template
@@ -32,7 +34,9 @@ def _decimal(value: Any) -> Decimal | None:
 def _grouped(number: Decimal, decimals: int) -> str:
     """Round half up to `decimals` places and group the integer part by thousands (no sign)."""
     quantum = Decimal(1).scaleb(-decimals)
-    text = f"{abs(number).quantize(quantum, rounding=ROUND_HALF_UP):f}"
+    with localcontext() as ctx:  # the default 28 digits would refuse to quantize 1e26 to cents
+        ctx.prec = max(ctx.prec, abs(number).adjusted() + decimals + 2)
+        text = f"{abs(number).quantize(quantum, rounding=ROUND_HALF_UP):f}"
     whole, _, fraction = text.partition(".")
     whole = f"{int(whole):,}"
     return f"{whole}.{fraction}" if fraction else whole
@@ -48,6 +52,19 @@ def _strip(text: str, keep: int = 0) -> str:
     return f"{whole}.{fraction}" if fraction else whole
 
 
+def _safe(filter_: Callable[..., str]) -> Callable[..., str]:
+    """A filter that never raises: a value beyond what it can format (Decimal's limits) is shown as given."""
+
+    @functools.wraps(filter_)
+    def wrapper(value: Any, arg: Any = None) -> str:
+        try:
+            return filter_(value) if arg is None else filter_(value, arg)
+        except (ArithmeticError, ValueError):
+            return str(value)
+
+    return wrapper
+
+
 def _arg_int(arg: Any, default: int | None) -> int | None:
     try:
         return max(0, min(_MAX_DECIMALS, int(arg)))
@@ -56,6 +73,7 @@ def _arg_int(arg: Any, default: int | None) -> int | None:
 
 
 @register.filter(is_safe=True)
+@_safe
 def usd(value: Any, max_decimals: Any = None) -> str:
     """US dollars: "$1,234.56", "-$3.00". Amounts under a cent keep 3 significant digits ("$0.001", "$0.000125")
     instead of rounding to "$0.00". `usd:4` shows up to 4 decimals when the amount has them ("$0.0125"; never
@@ -83,6 +101,7 @@ def usd(value: Any, max_decimals: Any = None) -> str:
 
 
 @register.filter(is_safe=True)
+@_safe
 def num(value: Any, decimals: Any = None) -> str:
     """A count or quantity with thousands separators: 1234567 → "1,234,567". Non-integers show up to 2 decimals
     (trailing zeros dropped: 2.50 → "2.5"); `num:1` fixes exactly one decimal."""
@@ -106,6 +125,7 @@ _UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
 
 
 @register.filter(is_safe=True)
+@_safe
 def seconds(value: Any) -> str:
     """A duration given in seconds, in its two largest units: 2592000 → "30 d", 7500 → "2 h 5 min", 45 → "45 s",
     90061 → "1 d 1 h", 0.25 → "250 ms"."""
@@ -118,8 +138,8 @@ def seconds(value: Any) -> str:
         return "0 s"
     if magnitude < 1:
         ms = _strip(_grouped(magnitude * 1000, 1))
-        return f"{sign}{ms} ms"
-    remaining = int(magnitude.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return f"{'' if ms == '0' else sign}{ms} ms"
+    remaining = int(magnitude.to_integral_value(rounding=ROUND_HALF_UP))
     parts: list[str] = []
     for unit, size in _UNITS:
         count, remaining = divmod(remaining, size)
@@ -133,6 +153,7 @@ def seconds(value: Any) -> str:
 
 
 @register.filter(is_safe=True)
+@_safe
 def pct(value: Any, decimals: Any = 0) -> str:
     """A value already in percent (0–100 scale, may exceed 100): 83.4 → "83%", `pct:1` → "83.4%", 1234 →
     "1,234%". A nonzero value that would round to 0 keeps one significant digit ("0.3%") so it does not read as
@@ -146,6 +167,6 @@ def pct(value: Any, decimals: Any = 0) -> str:
     text = _grouped(magnitude, places)
     if magnitude != 0 and Decimal(text.replace(",", "")) == 0:
         text = _strip(_grouped(magnitude, min(_MAX_DECIMALS, -magnitude.adjusted())))
-    elif Decimal(text.replace(",", "")) == 0:
+    if Decimal(text.replace(",", "")) == 0:
         sign = ""
     return f"{sign}{text}%"

@@ -134,7 +134,7 @@ def test_per_tool_cap_of_3_the_fourth_call_says_limit_3_count_3(client):
     other = run(client, tool="STRIPE.REFUND", args={"n": 4})
     assert other["explain"]["cap_key"] == "stripe.refund"
     assert other["explanation"] == (
-        "STRIPE.REFUND: per-tool cap reached — 3 of 3 today (max_calls_per_tool['stripe.refund']) (policy v2)"
+        'STRIPE.REFUND: per-tool cap reached — 3 of 3 today (max_calls_per_tool["stripe.refund"]) (policy v2)'
     )
 
 
@@ -170,7 +170,8 @@ def test_within_budget_records_the_cost_and_what_is_left(client):
     ungoverned = run(client, agent="free-agent")
     assert ungoverned["explain"] == {"policy_version": None, "cost": 0.0, "left": {}}
     assert ungoverned["explanation"] == (
-        "stripe.charge: allowed (permit-only) within budget — cost $0.00; no caps set (no policy: ungoverned)"
+        "stripe.charge: allowed (permit-only) within budget — cost $0.00; no cap applies to this call "
+        "(no policy: ungoverned)"
     )
 
 
@@ -189,7 +190,7 @@ def test_executed_and_tool_error_record_attempts_status_and_error(client, endpoi
     assert body["decision"] == "executed"
     assert body["explain"] == {"policy_version": None, "cost": 0.25, "left": {}, "attempts": 1, "http_status": 200}
     recorded(body)
-    assert body["explanation"].endswith("; no caps set; HTTP 200 (no policy: ungoverned)")
+    assert body["explanation"].endswith("; no cap applies to this call; HTTP 200 (no policy: ungoverned)")
 
     def drop() -> None:
         raise ConnectionAbortedError("the tool fell over")
@@ -345,3 +346,31 @@ def test_decisions_recorded_before_explain_get_a_sentence_from_their_fields(reas
     decision = Decision(tool="t", outcome=outcome, policy_reason=reason, policy_version=3, explain=None,
                         ts=datetime(2026, 12, 6, 7, 10, tzinfo=UTC), **extra)  # fmt: skip
     assert explain_text(decision) == sentence
+
+
+def test_sentences_count_in_the_singular_and_name_prices_only_when_set(client):
+    set_policy(client, AGENT, max_actions_per_hour=2, max_calls_per_tool={"stripe.charge": 2}, max_spend_usd_per_day=1)
+    first = run(client, spend_usd=0.4)
+    assert "left: $0.60 of spend today, 1 action this hour, 1 call of this tool today" in first["explanation"]
+    run(client, args={"n": 2}, spend_usd=0.4)
+    blocked = run(client, args={"n": 3}, spend_usd=0.4)
+    assert blocked["decision"] == "blocked"
+    # No pricing rule: the operator's price is 0 and the call costs what it declares — no "(declared …, price …)".
+    assert "operator price" not in blocked["explanation"]
+    set_policy(client, "one-call", max_calls_per_tool={"stripe.charge": 1})
+    run(client, agent="one-call")
+    capped = run(client, agent="one-call", args={"n": 2})
+    assert capped["explanation"] == "stripe.charge: per-tool cap reached — 1 of 1 today (policy v1)"
+    decision = Decision.objects.filter(agent__agent_id="one-call", outcome="blocked").get()
+    assert ("Count before this call", "1 call today") in [(f.label, f.value) for f in explain_numbers(decision)]
+
+
+def test_a_malformed_explain_falls_back_to_words_without_numbers(account_a):
+    agent = Agent.objects.create(account=account_a, agent_id="odd")
+    for reason, seen in [("daily_spend_exceeded", {"limit": 3}), ("hourly_action_limit_exceeded", {"limit": 3}),
+                         ("tool_call_limit_exceeded", {"limit": 3, "cap_key": "t"})]:  # fmt: skip
+        d = Decision.objects.create(account=account_a, agent=agent, tool="t", outcome="blocked", allowed=False,
+                                    policy_reason=reason, risk_level="low", args_hash="x" * 64,
+                                    explain=seen)  # fmt: skip
+        assert explain_text(d).startswith("t: blocked — "), explain_text(d)
+        explain_numbers(d)  # no KeyError

@@ -98,3 +98,13 @@ def test_totals_stop_at_the_cap(owner_a, log, monkeypatch):
     assert shown(client, reason="_") == ("3+ decisions", 7)
     assert shown(client, agent="billing") == ("3 decisions", 3)
     assert shown(client, reason="daily") == ("2 decisions", 2)
+
+
+def test_the_live_poll_and_the_newer_page_share_a_url_but_not_a_cache_entry(owner_a, log):
+    """?after=<id> answers the rows alone to htmx and the whole page otherwise: caches must key on HX-Request."""
+    client = owner_a.login(Client())
+    page = client.get("/decisions/", {"after": 0})
+    rows = client.get("/decisions/", {"after": 0}, HTTP_HX_REQUEST="true")
+    assert "<html" in page.content.decode() and "<html" not in rows.content.decode()
+    for response in (page, rows):
+        assert "HX-Request" in response["Vary"], response["Vary"]

@@ -45,7 +45,7 @@ def test_direct_visit_is_a_full_page_with_the_explanation_first(owner_a, key_a):
     agent = Agent.objects.get()
     assert f'href="/agents/{agent.pk}/"' in html  # the agent
     assert f'href="/agents/{agent.pk}/policy/?version=1#version-1"' in html  # the policy version
-    assert "max_calls_per_tool[&#x27;stripe.refund&#x27;]" in html
+    assert "max_calls_per_tool[&quot;stripe.refund&quot;]" in html
 
 
 def test_htmx_request_gets_the_fragment_alone(owner_a, key_a):

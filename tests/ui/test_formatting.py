@@ -122,3 +122,9 @@ def test_filters_are_builtins_in_every_template():
 def test_autoescape_still_applies_to_non_numbers():
     rendered = Template("{{ a|usd }}").render(Context({"a": "<b>x</b>"}))
     assert "<b>" not in rendered
+
+
+@pytest.mark.parametrize("value", [Decimal("1e26"), Decimal("1e400000"), 10**40, Decimal("NaN"), "inf", -1e-13])
+def test_filters_never_raise_on_extreme_values(value):
+    for text in (usd(value), usd(value, 4), num(value), num(value, 10), pct(value), pct(value, 5), seconds(value)):
+        assert text and not text.startswith("-0"), text
