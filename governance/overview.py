@@ -175,7 +175,8 @@ def block_reasons(account_id: int, start: datetime, decided: int) -> dict[str, A
     since = _since_param(start)
     return {
         "rows": [{"reason": reason, "count": n,
-                  "url": _decisions_url(outcome=Outcome.BLOCKED, reason=reason, since=since)} for reason, n in rows],
+                  "url": _decisions_url(outcome=Outcome.BLOCKED, reason="=" + reason, since=since)}
+                 for reason, n in rows],
         "sampled": decided > REASON_SAMPLE,
         "sample": REASON_SAMPLE,
     }  # fmt: skip
@@ -224,7 +225,7 @@ def _attention(account_id: int, now: datetime) -> tuple[list[dict[str, Any]], di
             continue
         rank = 0 if not agent.is_enabled else 1 if state.level == "over" else 2
         rows.append({"agent": agent, "lines": lines, "disabled": not agent.is_enabled, "level": state.level,
-                     "rank": rank, "url": _decisions_url(agent=agent.agent_id)})  # fmt: skip
+                     "rank": rank, "url": _decisions_url(agent="=" + agent.agent_id)})  # fmt: skip
     rows.sort(key=lambda row: (row["rank"], row["agent"].agent_id))
     capped = [(a, states[a.pk]) for a in agents if states[a.pk].spend_cap is not None and a.is_enabled]
     return rows, _spend_charts(account_id, capped, now)
@@ -233,8 +234,8 @@ def _attention(account_id: int, now: datetime) -> tuple[list[dict[str, Any]], di
 def _failing_tools(account_id: int, now: datetime) -> list[dict[str, Any]]:
     since = _since_param(now - HOUR)
     return [{"tool": tool, "health": health,
-             "url": _decisions_url(tool=tool, outcome=Outcome.FAILED, since=since),
-             "all_url": _decisions_url(tool=tool, since=since)}
+             "url": _decisions_url(tool="=" + tool, outcome=Outcome.FAILED, since=since),
+             "all_url": _decisions_url(tool="=" + tool, since=since)}
             for tool, health in list(selectors.failing_tools(account_id, now).items())[:SHOWN]]  # fmt: skip
 
 

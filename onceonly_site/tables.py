@@ -95,7 +95,10 @@ def _parse_datetime(value: str) -> datetime | None:
         return None
     if parsed is None:
         return None
-    return make_aware(parsed, UTC) if is_naive(parsed) else parsed
+    try:  # a valid date whose UTC instant is outside years 1–9999 (0001-01-01T00:00+14:00) is no date either
+        return make_aware(parsed, UTC) if is_naive(parsed) else parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
 
 
 class Table:
@@ -188,7 +191,7 @@ class BoundTable:
                 # A datetime-local input shows only YYYY-MM-DDTHH:MM:SS: a shared link's "2026-12-06 10:00+02:00"
                 # is shown (and submitted again) as the same instant in UTC, not lost on the next Filter.
                 field_.value = (
-                    value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") if facet.kind == "datetime" else raw.strip()
+                    value.astimezone(UTC).isoformat(timespec="seconds")[:19] if facet.kind == "datetime" else raw.strip()
                 )
         sort = params.get(SORT, "")
         self.sort_key, self.descending = self._sort(table.default_sort)

@@ -108,3 +108,34 @@ def test_the_live_poll_and_the_newer_page_share_a_url_but_not_a_cache_entry(owne
     assert "<html" in page.content.decode() and "<html" not in rows.content.decode()
     for response in (page, rows):
         assert "HX-Request" in response["Vary"], response["Vary"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0001-01-01T00:00+14:00", "0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01", "9999-12-31 23:59-14:00"],
+)
+@pytest.mark.parametrize("name", ["since", "until"])
+def test_dates_whose_utc_instant_is_outside_the_calendar_are_ignored_and_said_so(owner_a, log, name, value):
+    for headers in ({}, {"HTTP_HX_REQUEST": "true"}):
+        response = owner_a.login(Client()).get("/decisions/", {name: value}, **headers)
+        assert response.status_code == 200
+    assert "ignored" in response.content.decode()
+
+
+def test_an_early_date_is_shown_back_as_the_input_accepts_it(owner_a, log):
+    html = owner_a.login(Client()).get("/decisions/", {"since": "0001-01-01T00:00"}).content.decode()
+    assert 'value="0001-01-01T00:00:00"' in html
+
+
+def test_a_value_starting_with_equals_matches_exactly(owner_a, account_a):
+    """The overview links to ?agent==bot: the number it shows counts bot's decisions, not also bot-2's."""
+    bot, bot2 = agent(account_a, "bot"), agent(account_a, "bot-2")
+    decide(bot, tool="a.b", outcome="blocked", reason="tool_blocked", n=2)
+    decide(bot2, tool="a.bc", outcome="blocked", reason="tool_call_limit_exceeded", n=3)
+    client = owner_a.login(Client())
+    assert shown(client, agent="bot") == ("5 decisions", 5)
+    assert shown(client, agent="=bot") == ("2 decisions", 2)
+    assert shown(client, tool="a.b") == ("5 decisions", 5)
+    assert shown(client, tool="=A.B") == ("2 decisions", 2)  # a tool's name still ignores case
+    assert shown(client, reason="=tool_blocked") == ("2 decisions", 2)
+    assert shown(client, reason="=tool_") == ("0 decisions", 0)

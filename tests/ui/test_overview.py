@@ -79,12 +79,12 @@ def test_the_overview_shows_state_with_numbers_and_links_into_filtered_tables(ow
     failing = re.search(r'<a href="([^"]+)">3 of 4 calls failed \(75%\)</a>', html)
     assert failing and "flaky.api" in html
     query = parse_qs(urlsplit(failing.group(1).replace("&amp;", "&")).query)
-    assert query["tool"] == ["flaky.api"] and query["outcome"] == ["failed"] and "since" in query
+    assert query["tool"] == ["=flaky.api"] and query["outcome"] == ["failed"] and "since" in query
     # the top block reason links to the Decisions table filtered by reason and outcome
     reason = re.search(r'<a href="(/decisions/\?[^"]+)"><strong>1</strong> <span class="mono">tool_call_limit', html)
     assert reason, html
     query = parse_qs(urlsplit(reason.group(1).replace("&amp;", "&")).query)
-    assert query["outcome"] == ["blocked"] and query["reason"] == ["tool_call_limit_exceeded"]
+    assert query["outcome"] == ["blocked"] and query["reason"] == ["=tool_call_limit_exceeded"]
     # the latest blocked decision of each agent opens in the drawer
     blocked = html[html.index("Recently blocked") :]
     assert len(re.findall(r'<a href="/decisions/(\d+)/" data-drawer', blocked)) == 2  # mailer, worker-000
