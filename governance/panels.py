@@ -15,7 +15,9 @@ from governance import overview
 
 
 def operations_panel(account: Account, request: HttpRequest | None = None) -> dict[str, Any]:
-    rng = overview.parse_range(request.GET.get("range") if request is not None else None)
+    asked = request.GET.get("range") if request is not None else None
+    rng = overview.parse_range(asked)
+    ignored = asked and asked not in overview.RANGES
     ops = overview.operations(account.pk, rng, timezone.now())
     return {
         "template": "governance/_operations_panel.html",
@@ -25,5 +27,6 @@ def operations_panel(account: Account, request: HttpRequest | None = None) -> di
         # What static/js/overview_charts.js draws, as a data attribute: htmx (allowScriptTags: false) drops every
         # <script> of swapped-in content, a json_script included, so the live refresh would lose it.
         "charts_json": json.dumps(ops["charts"], separators=(",", ":")),
+        "range_notice": f"Range “{asked[:40]}” ignored: choose {', '.join(overview.RANGES)}." if ignored else "",
         "refresh_url": f"{reverse('governance:operations')}?range={rng.key}",
     }

@@ -208,6 +208,11 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     versions = list(PolicyVersion.objects.filter(agent=agent).order_by("-version")[:50])
     diff = None
     first, second = whole_number(request.GET.get("a", "")), whole_number(request.GET.get("b", ""))
+    # A version asked for by link (a decision's "policy v3", a diff) that is older than the 50 shown: added below them.
+    wanted = {n for n in (whole_number(request.GET.get("version", "")), first, second) if n is not None}
+    if wanted - {v.version for v in versions} and len(versions) == 50:
+        older = PolicyVersion.objects.filter(agent=agent, version__in=wanted, version__lt=versions[-1].version)
+        versions += list(older.order_by("-version"))
     if first is not None and second is not None:
         by_version = {v.version: v for v in versions}
         a, b = by_version.get(first), by_version.get(second)

@@ -134,3 +134,15 @@ def test_the_policy_link_lands_on_its_version(owner_a, key_a):
     client = owner_a.login(Client())
     html = client.get(f"/agents/{Agent.objects.get().pk}/policy/", {"version": blocked["policy_version"]}).content
     assert b'<tr id="version-1" class="highlight" aria-current="true">' in html
+
+
+def test_a_version_older_than_the_fifty_listed_is_still_there_when_linked(owner_a, key_a):
+    api = key_a.client()
+    for n in range(55):
+        body = {"max_actions_per_hour": n + 1}
+        assert api.post("/v1/policies/billing-agent", body, content_type="application/json").status_code == 200
+    client = owner_a.login(Client())
+    url = f"/agents/{Agent.objects.get().pk}/policy/"
+    assert b'id="version-1"' not in client.get(url).content  # the latest 50: 55 … 6
+    assert b'<tr id="version-1" class="highlight" aria-current="true">' in client.get(url, {"version": 1}).content
+    assert "<h3>Version 1 → 2</h3>" in client.get(url, {"a": 1, "b": 2}).content.decode()  # a diff of old versions

@@ -152,6 +152,15 @@ def test_the_live_refresh_fragment(owner_a, account_a, owner_b):
     assert "billing-agent" not in owner_b.login(Client()).get("/overview/operations/").content.decode()
 
 
+@pytest.mark.parametrize("url", ["/", "/overview/operations/"])
+def test_an_unknown_range_shows_24_hours_and_says_so(owner_a, url):
+    response = owner_a.login(Client()).get(url, {"range": "<b>90d</b>"})
+    html = response.content.decode()
+    assert response.status_code == 200 and 'href="?range=24h" aria-current="page"' in html
+    assert "Range “&lt;b&gt;90d&lt;/b&gt;” ignored: choose 1h, 24h, 7d, 30d." in html
+    assert "ignored" not in owner_a.login(Client()).get(url, {"range": "7d"}).content.decode()
+
+
 # --- bounded reads ---------------------------------------------------------------------------------------------------
 
 
