@@ -52,9 +52,12 @@ def runs_for_account(account: Account) -> QuerySet[Run]:
 def recent_run_agents(account: Account, limit: int = 100) -> list[str]:
     """Agent ids of the account's latest runs (the Runs page's suggestions): one read of the (account, -created_at)
     index, at most 1,000 rows, whatever the number of runs."""
-    ids = Run.objects.filter(account=account).exclude(agent_id="").order_by("-created_at").values_list(
-        "agent_id", flat=True
-    )[:1000]
+    ids = (
+        Run.objects.filter(account=account)
+        .exclude(agent_id="")
+        .order_by("-created_at")
+        .values_list("agent_id", flat=True)[:1000]
+    )
     return sorted(set(ids))[:limit]
 
 

@@ -190,9 +190,10 @@ class BoundTable:
                 self.state[facet.name] = raw.strip()
                 # A datetime-local input shows only YYYY-MM-DDTHH:MM:SS: a shared link's "2026-12-06 10:00+02:00"
                 # is shown (and submitted again) as the same instant in UTC, not lost on the next Filter.
-                field_.value = (
-                    value.astimezone(UTC).isoformat(timespec="seconds")[:19] if facet.kind == "datetime" else raw.strip()
-                )
+                if facet.kind == "datetime":
+                    field_.value = value.astimezone(UTC).isoformat(timespec="seconds")[:19]
+                else:
+                    field_.value = raw.strip()
         sort = params.get(SORT, "")
         self.sort_key, self.descending = self._sort(table.default_sort)
         if sort and sort != table.default_sort:
