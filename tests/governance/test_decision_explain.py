@@ -14,15 +14,8 @@ from governance import ledger, services
 from governance.explain import explain_numbers, explain_text
 from governance.models import Agent, Decision, DispatchIntent, Tool
 from tests.support.governance import JSON, register_tool, set_policy
-from tests.support.tool_endpoint import ToolEndpoint
 
 AGENT = "billing-agent"
-
-
-def run(client, tool="stripe.charge", agent=AGENT, **body):
-    response = client.post("/v1/ai/run", {"agent_id": agent, "tool": tool, **body}, content_type=JSON)
-    assert response.status_code == 200, response.content
-    return response.json()
 
 
 @pytest.fixture
@@ -30,12 +23,10 @@ def client(key_a):
     return key_a.client()
 
 
-@pytest.fixture
-def endpoint(settings):
-    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
-    tool = ToolEndpoint()
-    yield tool
-    tool.stop()
+def run(client, tool="stripe.charge", agent=AGENT, **body):
+    response = client.post("/v1/ai/run", {"agent_id": agent, "tool": tool, **body}, content_type=JSON)
+    assert response.status_code == 200, response.content
+    return response.json()
 
 
 def recorded(body) -> Decision:

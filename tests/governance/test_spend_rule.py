@@ -10,14 +10,12 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-import pytest
 from django.utils import timezone
 
 from governance import ledger, services
 from governance.models import Agent, Decision, DispatchIntent
 from governance.runs import execute_action
 from tests.support.governance import governed_call, register_tool, set_policy
-from tests.support.tool_endpoint import ToolEndpoint
 
 AGENT = "billing-agent"
 
@@ -25,14 +23,6 @@ AGENT = "billing-agent"
 @pytest.fixture
 def client(key_a):
     return key_a.client()
-
-
-@pytest.fixture
-def endpoint(settings):
-    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
-    tool = ToolEndpoint()
-    yield tool
-    tool.stop()
 
 
 def register(client, endpoint, name, **extra):
