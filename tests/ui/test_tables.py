@@ -212,7 +212,7 @@ def _lease(account, key, status, i, **fields):
         first_seen_at=updated,
         acquired_at=updated,
         updated_at=updated,
-        expires_at=fields.pop("expires_at", NOW + timedelta(minutes=5 + i)),
+        expires_at=fields.pop("expires_at", NOW + timedelta(hours=5 + i)),  # NOW is import time: hours
         **fields,
     )
 
@@ -250,7 +250,7 @@ def seed_locks(account, n):
             key=f"lock:{i:03d}",
             ttl_seconds=60 * (i % 5 + 1),
             first_seen_at=NOW - timedelta(minutes=i * 7 % 50),
-            expires_at=NOW + timedelta(minutes=i - n // 2),
+            expires_at=NOW + timedelta(hours=i - n // 2),  # live from the middle one on, for hours
         )
         for i in range(n)
     ]
