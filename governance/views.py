@@ -91,8 +91,15 @@ def agents(request: HttpRequest) -> HttpResponse:
         queryset = _agents_in_state(account.pk, queryset, table.values["state"], now)
     page = table.paginate(queryset)
     states = selectors.cap_states(account.pk, page, now)
-    rows = [{"agent": agent, "cap": states.get(agent.pk)} for agent in page]
+    rows = [{"agent": agent, "cap": states.get(agent.pk), "why": _worst_cap(states.get(agent.pk))} for agent in page]
     return render(request, "governance/agents.html", {"table": table, "rows": rows, "states": AGENT_STATES})
+
+
+def _worst_cap(state: selectors.CapState | None) -> str:
+    """Which cap puts the agent over (or near): "3 of 3 stripe.refund calls today — at the stripe.refund cap…"."""
+    if state is None or state.level not in ("over", "near"):
+        return ""
+    return next((line["text"] for line in overview.cap_lines(state) if line["level"] == state.level), "")
 
 
 def _series(agent: Agent, range_: str, now) -> dict:

@@ -20,9 +20,10 @@ characters) are ignored and said so on the page — never a 500. Imports Django 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -99,6 +100,22 @@ def _parse_datetime(value: str) -> datetime | None:
         return make_aware(parsed, UTC) if is_naive(parsed) else parsed.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
+
+
+_TIME = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?")
+
+
+def _end_of(parsed: datetime, text: str) -> datetime:
+    """An inclusive upper bound at the precision it was written in: "20:57" is up to 20:57:59.999999, "20:57:10"
+    up to 20:57:10.999999, so "From 20:57 To 20:57" is that minute (not the single instant 20:57:00)."""
+    written = _TIME.search(text)
+    if written is None or written.group(2):
+        return parsed
+    step = timedelta(seconds=1) if written.group(1) else timedelta(minutes=1)
+    try:
+        return parsed + step - timedelta(microseconds=1)
+    except OverflowError:  # 9999-12-31T23:59: already the end of time
+        return parsed
 
 
 class Table:
@@ -231,6 +248,8 @@ class BoundTable:
             parsed = _parse_datetime(value)
             if parsed is None:
                 self.errors.append(f"{facet.label} “{value}” ignored: not a date and time (YYYY-MM-DD HH:MM).")
+            elif facet.lookup.endswith("__lte"):
+                parsed = _end_of(parsed, value)
             return parsed
         return value
 

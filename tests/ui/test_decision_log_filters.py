@@ -139,3 +139,17 @@ def test_a_value_starting_with_equals_matches_exactly(owner_a, account_a):
     assert shown(client, tool="=A.B") == ("2 decisions", 2)  # a tool's name still ignores case
     assert shown(client, reason="=tool_blocked") == ("2 decisions", 2)
     assert shown(client, reason="=tool_") == ("0 decisions", 0)
+
+
+def test_to_is_inclusive_at_the_precision_it_is_written_in(owner_a, account_a):
+    """From 20:57 To 20:57 is the whole minute: an operator narrowing an incident to one minute sees its calls."""
+    bot = agent(account_a, "bot")
+    minute = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=5)
+    for second in (19, 22, 59):
+        decide(bot, ts=minute + timedelta(seconds=second, microseconds=500))
+    decide(bot, ts=minute + timedelta(minutes=1))  # the next minute: outside
+    client = owner_a.login(Client())
+    at = minute.strftime("%Y-%m-%dT%H:%M")
+    assert shown(client, since=at, until=at) == ("3 decisions", 3)
+    assert shown(client, since=at, until=f"{at}:22") == ("2 decisions", 2)  # seconds: up to the end of :22
+    assert shown(client, since=at, until=f"{at}:22.000400") == ("1 decision", 1)  # a fraction: exactly that

@@ -248,3 +248,21 @@ def test_agent_page_within_caps_and_ungoverned(owner_a, account_a):
     assert "within its caps" in client.get(f"/agents/{calm.pk}/").content.decode()
     html = client.get(f"/agents/{free.pk}/").content.decode()
     assert "no limits apply" in re.search(r'<p class="status-line">(.*?)</p>', html, re.S).group(1)
+
+
+def test_the_agents_table_says_which_cap(owner_a, account_a):
+    over = agent(account_a, "refund-bot", {"max_calls_per_tool": {"stripe.refund": 3}, "max_spend_usd_per_day": 100})
+    decide(over, tool="stripe.refund", n=3)
+    near = agent(account_a, "near-bot", {"max_spend_usd_per_day": 10})
+    decide(near, spend="8.5")
+    agent(account_a, "calm-bot", {"max_spend_usd_per_day": 10})
+    html = owner_a.login(Client()).get("/agents/").content.decode()
+    why = {}
+    for row in html.split("<tr")[1:]:
+        name, said = re.search(r'href="/agents/\d+/">([^<]+)</a>', row), re.search(r'class="cap-why">([^<]+)<', row)
+        if name and said:
+            why[name.group(1)] = said.group(1)
+    assert why == {
+        "refund-bot": "3 of 3 stripe.refund calls today — at the stripe.refund cap: the next call is blocked",
+        "near-bot": "$8.50 of $10.00 today — near the daily cap",
+    }
