@@ -160,3 +160,16 @@ document.addEventListener("htmx:afterSwap", (event) => {
     { capture: true },
   );
 })();
+// Data tables' toolbar (templates/_table_toolbar.html): empty fields are left out of the address on Filter, so a
+// shared link reads ?agent=bot&outcome=blocked rather than ?q=&agent=bot&tool=&outcome=blocked&reason=….
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (!form.matches || !form.matches("form.table-toolbar")) return;
+  form.querySelectorAll("input[name], select[name]").forEach((field) => {
+    if (field.value === "") field.disabled = true; // disabled fields are not submitted
+  });
+});
+// Back from the next page (bfcache): the fields disabled above would stay disabled.
+window.addEventListener("pageshow", () => {
+  document.querySelectorAll("form.table-toolbar [disabled]").forEach((field) => { field.disabled = false; });
+});

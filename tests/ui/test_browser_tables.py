@@ -8,7 +8,7 @@ Rows come from tests/ui/test_tables.py's seeds (straight to the database); two r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 
@@ -95,6 +95,8 @@ def test_search_facet_sort_and_page_round_trip_through_the_url(page, live_server
     page.get_by_role("button", name="Filter").click()
     page.wait_for_url(lambda url: state(url).get(flow.facet) == flow.value)
     assert state(page.url)["q"] == flow.search
+    blank = [k for k, v in parse_qsl(urlsplit(page.url).query, keep_blank_values=True) if not v]
+    assert not blank, f"empty fields in the shared address: {blank}"
     assert page.get_by_role("list", name="Active filters").get_by_text(flow.search).first.is_visible()
 
     page.locator("a.sort-link", has_text=flow.header).click()
