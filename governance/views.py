@@ -126,7 +126,12 @@ def _series(agent: Agent, range_: str, now) -> dict:
             counts[outcome][index] += count
             if outcome in CHARGED_OUTCOMES:
                 spend[index] += float(usd)
-    return {"labels": labels, "counts": counts, "spend": spend,
+    if range_ == "day":  # spend since 00:00 UTC, hour by hour: what the daily cap is compared with
+        running = 0.0
+        for index, key in enumerate(keys):
+            running = (0.0 if key.hour == 0 else running) + spend[index]
+            spend[index] = running
+    return {"labels": labels, "counts": counts, "spend": spend, "cumulative": range_ == "day",
             "cap": (agent.policy or {}).get("max_spend_usd_per_day")}  # fmt: skip
 
 

@@ -9,9 +9,10 @@
     data: { labels: data.labels, datasets: Object.entries(data.counts).map(([k, v]) => ({ label: k, data: v, backgroundColor: colors[k] })) },
     options: { animation: false, scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } } },
   });
-  const datasets = [{ label: "spend (USD)", data: data.spend, borderColor: "#1d4ed8", backgroundColor: "#93c5fd" }];
+  const spendLabel = data.cumulative ? "spend since 00:00 UTC (cumulative, USD)" : "spend per day (USD)";
+  const datasets = [{ label: spendLabel, data: data.spend, borderColor: "#1d4ed8", backgroundColor: "#93c5fd", stepped: data.cumulative }];
   if (data.cap !== null && data.cap !== undefined) {
     datasets.push({ label: "daily cap", data: data.labels.map(() => data.cap), borderColor: "#b91c1c", borderDash: [6, 4], pointRadius: 0 });
   }
-  new Chart(document.getElementById("spend-chart"), { type: "line", data: { labels: data.labels, datasets }, options: { animation: false, scales: { y: { beginAtZero: true } } } });
+  new Chart(document.getElementById("spend-chart"), { type: "line", data: { labels: data.labels, datasets }, options: { animation: false, interaction: { mode: "index", intersect: false }, scales: { y: { beginAtZero: true, title: { display: true, text: "USD" } } } } });
 })();

@@ -266,3 +266,16 @@ def test_the_agents_table_says_which_cap(owner_a, account_a):
         "refund-bot": "3 of 3 stripe.refund calls today — at the stripe.refund cap: the next call is blocked",
         "near-bot": "$8.50 of $10.00 today — near the daily cap",
     }
+
+
+def test_agent_page_draws_spend_cumulatively_against_the_daily_cap(owner_a, account_a):
+    a = agent(account_a, "spender", {"max_spend_usd_per_day": 10})
+    now = timezone.now()
+    hours = [h for h in (now - timedelta(hours=2), now - timedelta(hours=1), now) if h.date() == now.date()]
+    for h in hours:
+        decide(a, spend="1.5", ts=h)
+    html = owner_a.login(Client()).get(f"/agents/{a.pk}/").content.decode()
+    chart = json.loads(re.search(r'<script id="chart-data" type="application/json">(.*?)</script>', html).group(1))
+    assert chart["cumulative"] is True and chart["cap"] == 10
+    assert chart["spend"][-1] == pytest.approx(1.5 * len(hours))  # today's total, not the last hour's
+    assert "against the daily cap of $10.00" in html
