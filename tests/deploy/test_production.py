@@ -449,7 +449,8 @@ def seed_data(http: httpx.Client, api_key: str, stack: Stack) -> None:
 
 
 def crawl_dashboard(origin: str, email: str, password: str) -> tuple[list[str], list[str], dict[str, str]]:
-    """Sign in and follow every same-origin link from the overview (one visit per distinct path shape)."""
+    """Sign in and follow every same-origin link (and htmx ``hx-get`` fragment) from the overview (one visit per
+    distinct path shape)."""
     from playwright.sync_api import sync_playwright
 
     problems: list[str] = []
@@ -501,7 +502,10 @@ def crawl_dashboard(origin: str, email: str, password: str) -> tuple[list[str], 
             if response is None or response.status != 200:
                 problems.append(f"{response.status if response else 'no response'} for page {url}")
                 continue
-            for href in page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))"):
+            # Links, and the fragments the page's htmx asks for (the overview's live refresh every 15 s…).
+            hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
+            hrefs += page.eval_on_selector_all("[hx-get]", "nodes => nodes.map(n => n.getAttribute('hx-get'))")
+            for href in hrefs:
                 target = urljoin(url, href).split("#")[0]
                 path = urlsplit(target).path
                 if target.startswith(origin) and not path.startswith(
