@@ -176,6 +176,18 @@ def explain_text(decision: Decision) -> str:
     return f"{decision.tool}: {_reason_text(decision, seen)} ({_policy(decision, seen)})"
 
 
+_NUMBERS = (
+    ("seen", "spent", "Spent today before this call", usd),
+    ("seen", "cost", "This call's cost", usd),
+    ("seen", "declared", "Declared by the request", usd),
+    ("seen", "price", "Operator price", usd),
+    ("left", "spend_usd_today", "Spend left today", usd),
+    ("left", "actions_this_hour", "Actions left this hour", num),
+    ("left", "calls_today", "Calls of this tool left today", num),
+    ("seen", "attempts", "Attempts", num),
+)
+
+
 def explain_numbers(decision: Decision) -> list[Fact]:
     """The numbers the rule compared, for the page's headline: limit, count before, spend before, cost, left."""
     seen = decision.explain or {}
@@ -191,23 +203,12 @@ def explain_numbers(decision: Decision) -> list[Fact]:
             else f"{_count(seen['count'], 'call')} today"
         )
         out.append(Fact("Count before this call", counted))
-    if "spent" in seen:
-        out.append(Fact("Spent today before this call", usd(seen["spent"])))
-    if "cost" in seen:
-        out.append(Fact("This call's cost", usd(seen["cost"])))
-    if seen.get("declared") is not None:
-        out.append(Fact("Declared by the request", usd(seen["declared"])))
-    if seen.get("price") is not None:
-        out.append(Fact("Operator price", usd(seen["price"])))
+    # (where, key, label, format): each shown when recorded (a None amount is "not recorded").
     left = seen.get("left") or {}
-    if "spend_usd_today" in left:
-        out.append(Fact("Spend left today", usd(left["spend_usd_today"])))
-    if "actions_this_hour" in left:
-        out.append(Fact("Actions left this hour", num(left["actions_this_hour"])))
-    if "calls_today" in left:
-        out.append(Fact("Calls of this tool left today", num(left["calls_today"])))
-    if seen.get("attempts") is not None:
-        out.append(Fact("Attempts", num(seen["attempts"])))
+    for where, key, label, fmt in _NUMBERS:
+        value = (left if where == "left" else seen).get(key)
+        if value is not None:
+            out.append(Fact(label, fmt(value)))
     if seen.get("http_status"):
         out.append(Fact("Last HTTP status", str(seen["http_status"])))
     version = seen.get("policy_version", decision.policy_version)

@@ -179,10 +179,6 @@ def agent_kill_switch(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("governance:agent-detail", pk=agent.pk)
 
 
-def _diff(a: dict | None, b: dict | None) -> list[str]:
-    return display.diff_lines(a or {}, b or {})  # the same diff as the audit log's before/after
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
@@ -229,7 +225,7 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
         by_version = {v.version: v for v in versions}
         a, b = by_version.get(first), by_version.get(second)
         if a and b:
-            diff = {"a": a.version, "b": b.version, "lines": _diff(a.policy, b.policy)}
+            diff = {"a": a.version, "b": b.version, "lines": display.diff_lines(a.policy, b.policy)}
     return render(request, "governance/policy_edit.html", {
         "agent_id": agent.agent_id, "agent": agent, "form": form, "versions": versions, "diff": diff,
         "known_tools": sorted(services.known_tools(account.pk))[:100],

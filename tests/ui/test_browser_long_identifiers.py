@@ -30,16 +30,23 @@ def long_names(key_a, owner_a):
     seed_long_identifiers(key_a, owner_a)
 
 
+def _measure(page, url: str, visited: list, wide: list, reprs: list) -> int:
+    """Record a crawled page: its URL, its width when wider than the window, its Python reprs. Returns the window's
+    width."""
+    visited.append(url)
+    doc, win = page_width(page)
+    if doc > win:
+        wide.append((url, doc))
+    reprs += [(url, found) for found in python_reprs(page)]
+    return win
+
+
 def test_pages_with_long_identifiers_fit_a_1280_px_window(page, live_server, owner_a, long_names):
     page.set_viewport_size({"width": 1280, "height": 900})
     login(page, live_server, owner_a)
-    wide, visited, reprs = [], [], []
+    visited, wide, reprs = [], [], []
     for url in crawl(page, live_server.url, extra_urls()):
-        visited.append(url)
-        doc, win = page_width(page)
-        if doc > win:
-            wide.append((url, doc))
-        reprs += [(url, found) for found in python_reprs(page)]
+        _measure(page, url, visited, wide, reprs)
     assert len(visited) >= 15, visited  # the crawl reached the agent, policy, tool, run and lock pages
     assert any(AGENT in page_url or "/agents/" in page_url for page_url in visited)
     assert not wide, f"pages wider than the 1280 px window: {wide}"
@@ -63,11 +70,7 @@ def test_every_page_fits_a_390_px_window(page, live_server, owner_a, viewer_a, l
     login(page, live_server, owner_a if role == "owner" else viewer_a)
     wide, holders_wide, visited, shown, reprs = [], [], [], 0, []
     for url in crawl(page, live_server.url, extra_urls()):
-        visited.append(url)
-        doc, win = page_width(page)
-        if doc > win:
-            wide.append((url, doc))
-        reprs += [(url, found) for found in python_reprs(page)]
+        win = _measure(page, url, visited, wide, reprs)
         holders = page.evaluate(HOLDERS, MARKERS)
         shown += len(holders)
         holders_wide += [(url, tag, width) for tag, width in holders if width > win]
