@@ -28,7 +28,7 @@ from governance.forms import PolicyForm, ReasonForm, TestCallForm, ToolForm
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
 from onceonly_site.identifiers import normalise_tool
 from onceonly_site.params import whole_number
-from onceonly_site.tables import Column, Facet, Table, capped_count, keyset_page
+from onceonly_site.tables import Column, Facet, Table, capped_count, exact, keyset_page
 
 PER_PAGE = 25
 TIMELINE_PAGE = 50
@@ -324,28 +324,25 @@ def _decision_filters(account_id: int, table, tools: list[str] | None) -> tuple[
     def tool_q(value: str) -> Q:
         return Q(tool__in=_contains(tools, value)) if tools is not None else Q(tool__icontains=value)
 
-    # A facet value starting with "=" matches exactly (the overview's links: agent "bot", not also "bot-2"); a tool
-    # name still ignoring case, as tools are matched everywhere.
+    # A value written "=text" matches exactly (tables.exact); a tool name still ignoring case, as tools are matched
+    # everywhere.
     if "agent" in table.values:
         value = table.values["agent"]
-        found = agents.filter(agent_id=value[1:]) if value.startswith("=") else agents.filter(agent_id__icontains=value)
+        wanted = exact(value)
+        found = agents.filter(agent_id=wanted) if wanted is not None else agents.filter(agent_id__icontains=value)
         held_q = Q(agent_id__in=list(found.values_list("pk", flat=True)[:1000]))
     if "tool" in table.values:
         value = table.values["tool"]
-        condition = Q(tool__iexact=value[1:]) if value.startswith("=") else tool_q(value)
+        wanted = exact(value)
+        condition = Q(tool__iexact=wanted) if wanted is not None else tool_q(value)
         held_q = condition if held_q is None else held_q & condition
     if table.q:
         ids = list(agents.filter(agent_id__icontains=table.q).values_list("pk", flat=True)[:1000])
         search_q = Q(agent_id__in=ids) | tool_q(table.q)
     if "reason" in table.values:
         value = table.values["reason"]
-        known = (
-            [value[1:]]
-            if value[1:] in Reason.values
-            else []
-            if value.startswith("=")
-            else _contains(Reason.values, value)
-        )
+        wanted = exact(value)
+        known = _contains(Reason.values, value) if wanted is None else [r for r in Reason.values if r == wanted]
         # Every decision's reason is of the vocabulary; anything else typed is matched in place (and finds none).
         reason_q = Q(policy_reason__in=known) if known else Q(policy_reason__icontains=value)
     return held_q, search_q, reason_q

@@ -105,6 +105,12 @@ def _parse_datetime(value: str) -> datetime | None:
 _TIME = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?")
 
 
+def exact(value: str) -> str | None:
+    """A "contains" facet written ``=text`` asks for exactly ``text`` (``agent==bot``: bot, not also bot-2, as the
+    overview's links ask): that text; else None."""
+    return value[1:] if value.startswith("=") else None
+
+
 def _end_of(parsed: datetime, text: str) -> datetime:
     """An inclusive upper bound at the precision it was written in: "20:57" is up to 20:57:59.999999, "20:57:10"
     up to 20:57:10.999999, so "From 20:57 To 20:57" is that minute (not the single instant 20:57:00)."""
@@ -269,7 +275,12 @@ class BoundTable:
             if facet.apply is not None:
                 queryset = facet.apply(queryset, value)
             elif facet.lookup:
-                queryset = queryset.filter(**{facet.lookup: value})
+                contains = facet.lookup.endswith("__icontains")
+                wanted = exact(value) if contains else None
+                if wanted is not None:
+                    queryset = queryset.filter(**{facet.lookup.removesuffix("__icontains"): wanted})
+                else:
+                    queryset = queryset.filter(**{facet.lookup: value})
         return queryset
 
     @property

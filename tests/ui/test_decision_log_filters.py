@@ -153,3 +153,8 @@ def test_to_is_inclusive_at_the_precision_it_is_written_in(owner_a, account_a):
     assert shown(client, since=at, until=at) == ("3 decisions", 3)
     assert shown(client, since=at, until=f"{at}:22") == ("2 decisions", 2)  # seconds: up to the end of :22
     assert shown(client, since=at, until=f"{at}:22.000400") == ("1 decision", 1)  # a fraction: exactly that
+
+
+def test_a_reason_that_only_ends_like_one_is_not_it(owner_a, account_a):
+    decide(agent(account_a, "bot"), outcome="blocked", reason="tool_blocked")
+    assert shown(owner_a.login(Client()), reason="Xtool_blocked") == ("0 decisions", 0)

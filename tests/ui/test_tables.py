@@ -918,3 +918,13 @@ def test_agents_quick_filters_keep_a_fixed_query_count(client, owner_a):
     # in the state (near): not even a count.
     assert counts() == few == {"over": (True, 10), "near": (False, 6), "disabled": (True, 7),
                                "ungoverned": (True, 7), "failing": (True, 8)}  # fmt: skip
+
+
+def test_a_contains_facet_written_with_equals_matches_exactly(client, owner_a):
+    """tables.exact, on every "contains" facet: Runs' agent=billing finds billing-agent, agent==billing finds none."""
+    spec = SPECS["runs"]
+    seed_runs(owner_a.account, 6)
+    Run.objects.filter(account=owner_a.account, agent_id="support-bot").update(agent_id="billing")
+    contains = get(client, spec, {"agent": "billing"})
+    exactly = get(client, spec, {"agent": "=billing"})
+    assert len(rows_of(contains, spec)) == 4 and len(rows_of(exactly, spec)) == 2
