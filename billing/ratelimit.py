@@ -1,9 +1,10 @@
 """Per-API-key rate limits: a token bucket in Redis sized by the plan (rate_limit_per_second, rate_limit_burst).
 
-check-lock takes its token inside its own Lua script (one round trip on the hot path); every other /v1 endpoint,
-the governed call included, goes through ``ApiKeyRateThrottle``. A rate of 0 on the plan row means unlimited.
-Over the limit → 429 with an integer Retry-After
-that is honest: after waiting that long a token is there (unless the same key spent it meanwhile).
+Check-lock and the governed call take their token inside their own Lua script (``script_args``: one round trip on
+the hot path; their views say ``rate_limit_in_script``); the key form of ``/v1/ai/run`` calls ``take``; every other
+/v1 endpoint goes through ``ApiKeyRateThrottle``. A rate of 0 on the plan row means unlimited. Over the limit → 429
+with an integer Retry-After that is honest: after waiting that long a token is there (unless the same key spent it
+meanwhile).
 """
 
 from __future__ import annotations
@@ -11,24 +12,26 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from rest_framework.throttling import BaseThrottle
 
-from onceonly_site.redis_client import get_redis, lua_script
+from onceonly_site.api import ApiProblem
+from onceonly_site.redis_client import LuaScript, get_redis
 
 logger = logging.getLogger(__name__)
 TAKE_TOKEN_LUA = Path(__file__).with_name("take_token.lua")
 RATE_LIMIT_LUA = Path(__file__).with_name("rate_limit.lua")
 
 
-class RateLimited(Exception):
-    """429 rate_limited (onceonly_site.api maps it)."""
+class RateLimited(ApiProblem):
+    """429 rate_limited, with Retry-After: the caller's bucket is empty for ``wait_ms`` more milliseconds."""
 
     def __init__(self, wait_ms: int) -> None:
-        super().__init__(f"rate limited for {wait_ms} ms")
-        self.wait_seconds = max(1, math.ceil(wait_ms / 1000))
+        self.wait_seconds = wait = max(1, math.ceil(wait_ms / 1000))
+        message = f"Too many requests for this API key; retry in {wait} s."
+        super().__init__(429, "rate_limited", message, headers={"Retry-After": str(wait)}, retry_after=wait)
 
 
 def bucket_key(account_id: int, key_id: int) -> str:
@@ -41,16 +44,28 @@ def script_args(principal: Any) -> tuple[str, list[int]]:
     return bucket_key(principal.account_id, principal.key_id), [plan.rate_per_second, plan.rate_burst]
 
 
+class RateLimitKeys(NamedTuple):
+    bucket: str
+
+
+class RateLimitArgs(NamedTuple):
+    rate: int
+    burst: int
+
+
+RATE_LIMIT = LuaScript(RATE_LIMIT_LUA, RateLimitKeys, RateLimitArgs, preludes=(TAKE_TOKEN_LUA,))
+
+
 def take(principal: Any) -> None:
     """Take one token from the caller's bucket, or raise RateLimited. Without Redis, no limit is applied."""
-    key, argv = script_args(principal)
+    key, (rate, burst) = script_args(principal)
     try:
-        wait_ms = int(lua_script(RATE_LIMIT_LUA, TAKE_TOKEN_LUA)(keys=[key], args=argv, client=get_redis()))
+        reply = RATE_LIMIT(get_redis(), RateLimitKeys(bucket=key), RateLimitArgs(rate=rate, burst=burst))
     except (redis.ConnectionError, redis.TimeoutError):
         logger.warning("rate limit not applied: Redis unreachable")
         return  # a limit we cannot count must not take the API down with Redis
-    if wait_ms:
-        raise RateLimited(wait_ms)
+    if reply[0] == b"rate_limited":
+        raise RateLimited(int(reply[1]))
 
 
 class ApiKeyRateThrottle(BaseThrottle):

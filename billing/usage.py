@@ -14,12 +14,14 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
 from django.db import transaction
 from django.utils import timezone
 
-from onceonly_site.redis_client import get_redis, lua_script
+from onceonly_site.api import ApiProblem
+from onceonly_site.redis_client import LuaScript, get_redis
 
 MAKE = "make"
 AI = "ai"
@@ -28,6 +30,21 @@ FIELDS = ("make", "ai", "requests_make", "requests_ai", "blocked_make", "blocked
 # Counters outlive their month long enough to be mirrored after it ends, then expire on their own.
 KEEP_SECONDS = 62 * 86400
 QUOTA_LUA = Path(__file__).with_name("quota.lua")
+
+
+class QuotaKeys(NamedTuple):
+    usage: str
+
+
+class QuotaArgs(NamedTuple):
+    kind: str
+    limit: int
+    usage_keep_seconds: int
+    also: str
+    day: str
+
+
+QUOTA = LuaScript(QUOTA_LUA, QuotaKeys, QuotaArgs)
 
 
 def month_of(now: datetime | None = None) -> str:
@@ -60,12 +77,14 @@ def rebuild(account_id: int, now: datetime | None = None) -> None:
     pipe.execute()
 
 
-class QuotaExceeded(Exception):
-    """The month's quota of ``kind`` is used up: 402 usage_limit (onceonly_site.api maps it)."""
+class QuotaExceeded(ApiProblem):
+    """The month's quota of ``kind`` is used up: 402 usage_limit."""
 
     def __init__(self, *, kind: str, plan: str, usage: int, limit: int) -> None:
-        super().__init__(f"monthly {kind} quota used up ({usage}/{limit})")
         self.kind, self.plan, self.usage, self.limit = kind, plan, usage, limit
+        message = (f"The {plan} plan's monthly {kind} quota is used up ({usage}/{limit}); it resets at the start of "
+                   "the next UTC month.")  # fmt: skip
+        super().__init__(402, "usage_limit", message, kind=kind, plan=plan, usage=usage, limit=limit)
 
 
 def reserve(account_id: int, kind: str, limit: int, also: str = "", daily: bool = False) -> tuple[bool, int]:
@@ -75,10 +94,11 @@ def reserve(account_id: int, kind: str, limit: int, also: str = "", daily: bool 
     with ``daily``, are counted per day as well (``<field>:DD``, the source of ``/v1/metrics``)."""
     for _ in range(2):
         day = timezone.now().astimezone(UTC).strftime("%d") if kind in KINDS or daily else ""
-        reply = lua_script(QUOTA_LUA)(keys=[usage_key(account_id)], args=[kind, limit, KEEP_SECONDS, also, day],
-                                      client=get_redis())  # fmt: skip
-        if reply[0] != -1:
-            return bool(reply[0]), int(reply[1])
+        keys = QuotaKeys(usage=usage_key(account_id))
+        args = QuotaArgs(kind=kind, limit=limit, usage_keep_seconds=KEEP_SECONDS, also=also, day=day)
+        reply = QUOTA(get_redis(), keys, args)
+        if reply[0] != b"rebuild_usage":
+            return reply[0] == b"ok", int(reply[1])
         rebuild(account_id)
     raise RuntimeError("usage counters could not be rebuilt")
 

@@ -27,7 +27,6 @@ from governance.choices import Outcome
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
 from onceonly_site.api import (
-    MAX_USD,
     ApiProblem,
     BodyCheck,
     PathValidationError,
@@ -53,7 +52,7 @@ from onceonly_site.openapi import (
     text_field,
     tool_name_field,
 )
-from onceonly_site.params import json_number
+from onceonly_site.params import MAX_USD, json_number
 
 MAX_AGENT_ID = 200
 MAX_ARGS_BYTES = 64 * 1024
@@ -125,7 +124,7 @@ class GovernedCallOutput(serializers.Serializer):
 class AiRunApi(APIView):
     """`/v1/ai/run`: with `agent_id` + `tool` the governed call; with `key` the keyed run (Keyed runs issue)."""
 
-    rate_limit_in_script = True  # the governed call takes its token in governed_call.lua; the key form below
+    rate_limit_in_script = True  # the governed call takes its token in governed_call.lua; the key form calls take()
 
     @extend_schema(
         operation_id="ai_run",

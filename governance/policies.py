@@ -11,9 +11,8 @@ from typing import Any
 
 from rest_framework import exceptions, serializers
 
-from onceonly_site.api import MAX_USD
 from onceonly_site.identifiers import identifier_problem, normalise_tool, tool_name_problem
-from onceonly_site.params import is_whole, json_number
+from onceonly_site.params import MAX_USD, is_whole, json_number
 
 FIELDS = (
     "allowed_tools",

@@ -25,7 +25,6 @@ from idempotency import events, jobs, runs, selectors, services
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
 from onceonly_site.api import (
-    MAX_USD,
     ApiProblem,
     BodyCheck,
     PathValidationError,
@@ -48,7 +47,7 @@ from onceonly_site.openapi import (
     text_field,
     tool_name_field,
 )
-from onceonly_site.params import MAX_SAFE_INTEGER, json_number
+from onceonly_site.params import MAX_SAFE_INTEGER, MAX_USD, json_number
 
 MAX_KEY_LENGTH = 256  # also enforced by BodyCheck.key
 MAX_METADATA_BYTES = 2048

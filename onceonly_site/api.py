@@ -24,16 +24,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils import json as drf_json
 
-from billing.ratelimit import RateLimited
-from billing.usage import QuotaExceeded
 from onceonly_site.identifiers import CONTROL, control_problem, identifier_problem
 from onceonly_site.middleware import current_request_id
 from onceonly_site.params import MAX_SAFE_INTEGER, is_whole, whole_number
-
-# Control characters (C0, DEL, C1) are refused in keys and identifiers (onceonly_site/identifiers.py).
-CONTROL_CHARS = CONTROL
-# Amounts in US dollars above ten million are typos, and must fit the decimal(14, 6) columns.
-MAX_USD = 10_000_000
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +35,21 @@ INVALID_API_KEY = "Invalid API key"
 
 
 class ApiProblem(exceptions.APIException):
-    """A business error: ``{"detail": {"error": <code>, "message"?: …, **extra}}`` with the given status."""
+    """A business error: ``{"detail": {"error": <code>, "message"?: …, **extra}}`` with the given status and response
+    headers. The one base class of the apps' errors (``RateLimited``, ``QuotaExceeded``, …): the exception handler
+    answers any of them without knowing the app that raised it."""
 
-    def __init__(self, status_code: int, error: str, message: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        message: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         self.status_code = status_code
+        self.headers = headers or {}
         detail: dict[str, Any] = {"error": error}
         if message:
             detail["message"] = message
@@ -106,8 +110,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
 
-    if isinstance(exc, RateLimited | exceptions.Throttled):
-        wait = exc.wait_seconds if isinstance(exc, RateLimited) else max(1, math.ceil(exc.wait or 1))
+    if isinstance(exc, ApiProblem):
+        return Response({"detail": exc.problem}, status=exc.status_code, headers=exc.headers)
+    if isinstance(exc, exceptions.Throttled):  # DRF's throttle: the same body as the script's RateLimited
+        wait = max(1, math.ceil(exc.wait or 1))
         return Response(
             {
                 "detail": {
@@ -118,21 +124,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             },
             status=429,
             headers={"Retry-After": str(wait)},
-        )
-    if isinstance(exc, QuotaExceeded):
-        return Response(
-            {
-                "detail": {
-                    "error": "usage_limit",
-                    "message": f"The {exc.plan} plan's monthly {exc.kind} quota is used "
-                    f"up ({exc.usage}/{exc.limit}); it resets at the start of the next UTC month.",
-                    "kind": exc.kind,
-                    "plan": exc.plan,
-                    "usage": exc.usage,
-                    "limit": exc.limit,
-                }
-            },
-            status=402,
         )
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": {"error": "payload_too_large", "message": str(exc)}}, status=413)
@@ -167,8 +158,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status=503,
             headers={"Retry-After": "2"},
         )
-    if isinstance(exc, ApiProblem):
-        return Response({"detail": exc.problem}, status=exc.status_code)
     if isinstance(exc, exceptions.APIException):
         headers = {}
         wait = getattr(exc, "wait", None)

@@ -28,6 +28,8 @@ def whole_number(text: Any, maximum: int = MAX_ID) -> int | None:
 
 # The integers every JSON parser holds exactly (I-JSON, RFC 7493 section 2.2; JavaScript's Number.MAX_SAFE_INTEGER).
 MAX_SAFE_INTEGER = 2**53 - 1
+# Amounts in US dollars above ten million are typos, and must fit the decimal(14, 6) columns.
+MAX_USD = 10_000_000
 
 
 def json_number(value: Any, low: float, high: float) -> int | float | None:
