@@ -3,6 +3,7 @@ LoginView): a session planted in a victim's browser (session fixation) does not 
 A GET of /login/ while signed in still redirects to the overview; the failed-login lockout still applies."""
 
 import pytest
+from playwright.sync_api import expect
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.test import Client
@@ -90,7 +91,7 @@ def test_a_planted_session_does_not_survive_the_login_in_chromium(page, live_ser
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{live_server.url}/")
     assert page.locator(".user").inner_text() == owner_a.email
-    assert page.get_by_role("heading", name=owner_a.account.name).is_visible()
+    expect(page.get_by_role("heading", name=owner_a.account.name)).to_be_visible()
     [cookie] = [c for c in page.context.cookies() if c["name"] == COOKIE]
     assert cookie["value"] != planted
     assert signed_in_as(planted) is None and signed_in_as(cookie["value"]) == owner_a.email

@@ -2,6 +2,7 @@
 see the next SDK call blocked, watch the timeline update live, and a viewer who cannot edit."""
 
 import pytest
+from playwright.sync_api import expect
 from onceonly import OnceOnly
 
 from governance.models import Agent, PolicyVersion
@@ -24,7 +25,7 @@ def test_policy_editor_invalid_then_valid_then_diff_and_rollback(page, live_serv
     assert page.url == f"{live_server.url}/agents/{Agent.objects.get(agent_id='billing-agent').pk}/policy/"
     page.get_by_label("Max actions per hour").fill("-5")
     page.get_by_role("button", name="Save as a new version").click()
-    assert page.get_by_text("Must be a whole number from 0 to 1,000,000,000.").is_visible()
+    expect(page.get_by_text("Must be a whole number from 0 to 1,000,000,000.")).to_be_visible()
     assert not PolicyVersion.objects.exists()
 
     page.get_by_label("Max actions per hour").fill("100")
@@ -63,7 +64,7 @@ def test_timeline_shows_a_new_decision_without_a_reload(page, live_server, viewe
     run_tool(key_a, live_server, agent_id="bot", tool="first_tool", args={})
     login(page, live_server, viewer_a)
     page.goto(f"{live_server.url}/decisions/")
-    assert page.get_by_text("first_tool").is_visible()
+    expect(page.get_by_text("first_tool")).to_be_visible()
     run_tool(key_a, live_server, agent_id="bot", tool="second_tool", args={})
     page.get_by_text("second_tool").wait_for(timeout=10_000)  # arrives through the 3 s htmx poll
     assert page.locator("#timeline-rows tr").count() == 2

@@ -1,6 +1,7 @@
 """The operator UI in headless Chromium: log in, create a key (shown once, copyable), revoke it, log out."""
 
 import pytest
+from playwright.sync_api import expect
 
 from billing.models import ApiKey
 from tests.conftest import ARTIFACTS
@@ -21,7 +22,7 @@ def test_wrong_password_shows_an_error(page, live_server, owner_a):
     page.get_by_label("Email").fill(owner_a.email)
     page.get_by_label("Password").fill("not-the-password")
     page.get_by_role("button", name="Log in").click()
-    assert page.get_by_role("alert").is_visible()
+    expect(page.get_by_role("alert")).to_be_visible()
     assert "correct email" in page.get_by_role("alert").inner_text().lower()
 
 
@@ -29,15 +30,16 @@ def test_empty_login_fields_show_their_errors(page, live_server, db):
     page.goto(f"{live_server.url}/login/")
     page.get_by_role("button", name="Log in").click()
     error = page.locator("#id_username_error")
-    assert error.is_visible() and "required" in error.inner_text()
+    expect(error).to_be_visible()
+    assert "required" in error.inner_text()
     assert page.get_by_label("Email").get_attribute("aria-describedby") == "id_username_error"
 
 
 def test_owner_creates_copies_and_revokes_a_key(page, live_server, owner_a):
     login(page, live_server, owner_a)
-    assert page.get_by_role("heading", name="Acme").is_visible()
+    expect(page.get_by_role("heading", name="Acme")).to_be_visible()
     page.get_by_role("navigation", name="Main").get_by_role("link", name="API keys").click()
-    assert page.get_by_text("No API keys yet.").is_visible()
+    expect(page.get_by_text("No API keys yet.")).to_be_visible()
 
     page.get_by_label("Label (optional)").fill("support-bot staging")
     page.get_by_role("button", name="Create key").click()
@@ -65,7 +67,7 @@ def test_owner_creates_copies_and_revokes_a_key(page, live_server, owner_a):
 def test_viewer_sees_keys_read_only(page, live_server, viewer_a, key_a):
     login(page, live_server, viewer_a)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="API keys").click()
-    assert page.get_by_text(key_a.api_key.preview).is_visible()
+    expect(page.get_by_text(key_a.api_key.preview)).to_be_visible()
     assert page.get_by_role("button", name="Create key").count() == 0
     assert page.get_by_role("link", name="Revoke").count() == 0
 

@@ -1,6 +1,7 @@
 """Locks & leases in headless Chromium: look up a key, see its result, reset a lease as admin; viewers cannot."""
 
 import pytest
+from playwright.sync_api import expect
 
 from idempotency.models import Lease
 from tests.ui.test_browser_keys import login
@@ -19,8 +20,8 @@ def test_admin_looks_up_a_key_sees_its_result_and_resets_the_lease(page, live_se
     page.get_by_role("link", name="Locks & leases").click()
     page.get_by_label("Key", exact=True).fill("invoice:101:charge")
     page.get_by_role("button", name="Look up").click()
-    assert page.get_by_text('"charged": true').is_visible()
-    assert page.locator(".badge-completed").first.is_visible()
+    expect(page.get_by_text('"charged": true')).to_be_visible()
+    expect(page.locator(".badge-completed").first).to_be_visible()
 
     page.get_by_label("Reason (recorded in the audit log)").fill("customer asked for a re-run")
     page.get_by_role("button", name="Reset lease").click()
@@ -43,6 +44,6 @@ def test_viewer_cannot_reset(page, live_server, viewer_a, key_a):
     api(key_a, "ai/lease", key="job:held", ttl=300)
     login(page, live_server, viewer_a)
     page.goto(f"{live_server.url}/locks/?key=job:held")
-    assert page.locator(".badge-in_progress").first.is_visible()
+    expect(page.locator(".badge-in_progress").first).to_be_visible()
     assert page.get_by_role("button", name="Reset lease").count() == 0
     assert page.get_by_role("button", name="Release lock").count() == 0

@@ -7,6 +7,7 @@ sees other pages: read-only ones)."""
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.support.pages import (
     ACCOUNT,
@@ -95,10 +96,10 @@ def test_the_menu_folds_at_390_px_and_opens_with_one_click(page, live_server, ow
     page.set_viewport_size({"width": 390, "height": 844})
     login(page, live_server, owner_a)
     nav = page.get_by_role("navigation", name="Main")
-    assert not nav.is_visible()
+    expect(nav).to_be_hidden()
     page.locator("summary.nav-toggle").click()
-    assert nav.get_by_role("link", name="Agents").is_visible()
+    expect(nav.get_by_role("link", name="Agents")).to_be_visible()
     page.set_viewport_size({"width": 1280, "height": 900})
     page.reload()
-    assert nav.get_by_role("link", name="Agents").is_visible()
-    assert not page.locator("summary.nav-toggle").is_visible()
+    expect(nav.get_by_role("link", name="Agents")).to_be_visible()
+    expect(page.locator("summary.nav-toggle")).to_be_hidden()

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.support.pages import crawl, extra_urls, seed_long_identifiers
 from tests.ui.test_browser_keys import login
@@ -60,27 +61,29 @@ def test_the_phone_menu_opens_reaches_every_section_and_closes(page, live_server
     login(page, live_server, owner_a)
     nav = page.get_by_role("navigation", name="Main")
     toggle = page.locator("summary.nav-toggle")
-    assert toggle.is_visible() and not nav.is_visible()
+    expect(toggle).to_be_visible()
+    expect(nav).to_be_hidden()
     # By keyboard: the summary takes focus and Enter opens it; every section is there, inside the window.
     toggle.focus()
     page.keyboard.press("Enter")
     for label in SECTIONS:
         link = nav.get_by_role("link", name=label, exact=True)
-        assert link.is_visible(), label
+        expect(link, label).to_be_visible()
         box = link.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (label, box)
     # Escape folds it again and gives focus back to the toggle.
     page.keyboard.press("Escape")
-    assert not nav.is_visible()
+    expect(nav).to_be_hidden()
     assert page.evaluate("() => document.activeElement.classList.contains('nav-toggle')")
     # A section reached through the menu: its page loads with the menu folded and that section marked.
     toggle.click()
     nav.get_by_role("link", name="Team", exact=True).click()
     page.wait_for_url(f"{live_server.url}/team/")
-    assert not nav.is_visible()
+    expect(nav).to_be_hidden()
     assert page.evaluate(MARKED)[0]["label"] == "Team"
     page.set_viewport_size({"width": 1280, "height": 900})
-    assert nav.is_visible() and not toggle.is_visible()
+    expect(nav).to_be_visible()
+    expect(toggle).to_be_hidden()
 
 
 def test_the_favicon_is_linked_and_served(page, live_server, owner_a):

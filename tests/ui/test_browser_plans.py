@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from playwright.sync_api import expect
 from django.test import Client
 
 from billing.models import Account, AuditEntry, BillingSubscription, Membership
@@ -20,17 +21,17 @@ def test_usage_bars_match_the_api_and_owner_switches_plan(page, live_server, own
     api = key_a.client().get("/v1/usage", {"kind": "make"}).json()
     bar = page.locator('.quota[data-kind="make"]')
     assert bar.locator(".quota-used").inner_text() == str(api["usage"]) == "7"
-    assert page.locator("#daily-usage").is_visible()
+    expect(page.locator("#daily-usage")).to_be_visible()
     page.get_by_role("button", name="Switch to Pro").click()
     page.get_by_text("now on the Pro plan").wait_for()
-    assert page.get_by_role("row", name=re.compile("Pro \\(current\\)")).is_visible()
+    expect(page.get_by_role("row", name=re.compile("Pro \\(current\\)"))).to_be_visible()
 
 
 def test_viewer_cannot_switch_plans(page, live_server, viewer_a):
     login(page, live_server, viewer_a)
     page.goto(f"{live_server.url}/usage/")
     assert page.get_by_role("button", name=re.compile("Switch to")).count() == 0
-    assert page.get_by_text("Only an owner of the account can switch plans.").is_visible()
+    expect(page.get_by_text("Only an owner of the account can switch plans.")).to_be_visible()
 
 
 def test_a_role_change_takes_effect_on_the_next_request(page, live_server, owner_a, viewer_a):
@@ -41,7 +42,7 @@ def test_a_role_change_takes_effect_on_the_next_request(page, live_server, owner
     owner = owner_a.login(Client())
     owner.post(f"/team/{member.pk}/", {"role": "admin"})
     page.reload()
-    assert page.get_by_role("button", name="Create key").is_visible()
+    expect(page.get_by_role("button", name="Create key")).to_be_visible()
 
 
 def test_overview_flags_agents_near_their_caps(page, live_server, owner_a, key_a):

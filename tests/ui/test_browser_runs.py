@@ -2,6 +2,7 @@
 without a reload, until it completes."""
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import ARTIFACTS
 from tests.support.servers import CeleryWorker
@@ -25,12 +26,12 @@ def test_slow_run_timeline_updates_live_until_completed(page, live_server, viewe
     login(page, live_server, viewer_a)
     page.get_by_role("link", name="Runs", exact=True).click()
     page.get_by_role("link", name="nightly/report 1").click()
-    assert page.locator("#live-badge").is_visible()
+    expect(page.locator("#live-badge")).to_be_visible()
     page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
     page.locator('tr[data-type="progress"]').first.wait_for(timeout=20_000)  # demo.sleep's steps, as they happen
     page.locator('tr[data-type="run_finished"]').wait_for(timeout=30_000)
     assert page.evaluate("window.__sameDocument") is True
-    assert page.locator("#run-summary .badge-completed").first.is_visible()
+    expect(page.locator("#run-summary .badge-completed").first).to_be_visible()
     assert page.locator("#live-badge").count() == 0  # the summary was swapped in its final state
     assert page.locator('tr[data-type="run_started"]').count() == 1  # no row appended twice
     assert page.locator('tr[data-type="run_finished"]').count() == 1

@@ -3,6 +3,7 @@ refused on any page (the ``page`` fixture fails a test on any violation), and wh
 (confirm dialogs, bar widths) still happens."""
 
 import pytest
+from playwright.sync_api import expect
 
 from governance.models import Agent
 from tests.ui.test_browser_keys import login
@@ -39,4 +40,4 @@ def test_removing_a_member_still_asks_first(page, live_server, owner_a, viewer_a
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
     page.get_by_role("button", name=f"Remove {viewer_a.email}").click()
     assert asked == [f"Remove {viewer_a.email} from the account?"]
-    assert page.get_by_role("button", name=f"Remove {viewer_a.email}").is_visible()  # dismissed: still a member
+    expect(page.get_by_role("button", name=f"Remove {viewer_a.email}")).to_be_visible()  # dismissed: still a member

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
+from playwright.sync_api import expect
 
 from governance import views as gov_views
 from tests.ui.test_browser_keys import login
@@ -97,7 +98,7 @@ def test_search_facet_sort_and_page_round_trip_through_the_url(page, live_server
     assert state(page.url)["q"] == flow.search
     blank = [k for k, v in parse_qsl(urlsplit(page.url).query, keep_blank_values=True) if not v]
     assert not blank, f"empty fields in the shared address: {blank}"
-    assert page.get_by_role("list", name="Active filters").get_by_text(flow.search).first.is_visible()
+    expect(page.get_by_role("list", name="Active filters").get_by_text(flow.search).first).to_be_visible()
 
     page.locator("a.sort-link", has_text=flow.header).click()
     page.wait_for_url(lambda url: "sort" in state(url))

@@ -2,6 +2,7 @@
 signed request's headers and the receiver's response."""
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.governance.test_dispatch import SECRET, receiver  # noqa: F401 - the receiver fixture
 from tests.ui.test_browser_keys import login
@@ -22,5 +23,5 @@ def test_create_a_tool_and_send_a_test_call(page, live_server, owner_a, receiver
     page.get_by_label("Sample args (JSON object)").fill('{"to": "ops@acme.test"}')
     page.get_by_role("button", name="Send test call").click()
     page.get_by_role("heading", name="Executed — HTTP 200").wait_for()
-    assert page.locator("#request-headers").get_by_text("webhook-signature").is_visible()
+    expect(page.locator("#request-headers").get_by_text("webhook-signature")).to_be_visible()
     assert "ops@acme.test" in page.locator("#response-body").inner_text()
