@@ -3,10 +3,10 @@ LoginView): a session planted in a victim's browser (session fixation) does not 
 A GET of /login/ while signed in still redirects to the overview; the failed-login lockout still applies."""
 
 import pytest
-from playwright.sync_api import expect
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.test import Client
+from playwright.sync_api import expect
 
 from tests.conftest import PASSWORD
 

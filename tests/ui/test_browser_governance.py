@@ -2,8 +2,8 @@
 see the next SDK call blocked, watch the timeline update live, and a viewer who cannot edit."""
 
 import pytest
-from playwright.sync_api import expect
 from onceonly import OnceOnly
+from playwright.sync_api import expect
 
 from governance.models import Agent, PolicyVersion
 from tests.ui.test_browser_keys import login

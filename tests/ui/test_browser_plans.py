@@ -3,8 +3,8 @@
 import re
 
 import pytest
-from playwright.sync_api import expect
 from django.test import Client
+from playwright.sync_api import expect
 
 from billing.models import Account, AuditEntry, BillingSubscription, Membership
 from tests.support.fake_stripe import FakeStripe
