@@ -28,9 +28,12 @@ manage: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## make lint — ruff (lint + format check) and mypy ([tool.mypy] in pyproject.toml). The django-stubs plugin imports
+## the settings: a throwaway SECRET_KEY, and the embedded Redis is not started for it.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	SECRET_KEY=mypy-imports-the-settings-only ONCEONLY_EMBEDDED_REDIS_AUTOSTART=0 $(VENV)/bin/mypy
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -159,16 +159,17 @@ def resolve(raw_key: str) -> ApiPrincipal | None:
 
     principal: ApiPrincipal | None
     client = get_redis()
+    redis_up = True
     try:
         stored = client.get(_redis_key(digest))
     except redis.RedisError:
         stored = None  # Redis down: the database still answers (slower, but correct)
-        client = None
-    if stored is not None:
+        redis_up = False
+    if isinstance(stored, bytes):  # the client does not decode responses: a hit is bytes, a miss None
         principal = _decode(stored)
     else:
         principal = _load_from_db(digest)
-        if client is not None:
+        if redis_up:
             value, ttl = (
                 (_encode(principal), settings.ONCEONLY_API_KEY_REDIS_CACHE_SECONDS)
                 if principal

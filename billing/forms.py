@@ -1,4 +1,5 @@
 import math
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -32,13 +33,20 @@ LOCKED_OUT = (
 )
 
 
-class LoginLockoutMixin:
+if TYPE_CHECKING:
+    # What the mixin is mixed into (its cleaned_data, request and the clean() it extends), for the type checker only.
+    _AuthenticationFormBase = AuthenticationForm
+else:
+    _AuthenticationFormBase = object
+
+
+class LoginLockoutMixin(_AuthenticationFormBase):
     """The failed-login lockout (billing/login_throttle.py) for a Django authentication form: the dashboard's and
     the admin's, so neither login page lets a password be guessed faster than the other."""
 
     locked_out = False
 
-    def clean(self) -> dict:
+    def clean(self) -> dict[str, Any]:
         username = (self.cleaned_data.get("username") or "").strip().lower()
         address = client_address(self.request) if self.request else ""
         # Counted as a failure before the password is looked at (taken back on success): concurrent guesses cannot

@@ -14,7 +14,7 @@ from billing.models import Account, Membership, Notification
 
 logger = logging.getLogger(__name__)
 DIGEST_ITEMS = 50
-PREFERENCE = {
+PREFERENCE: dict[str, str] = {
     Notification.Kind.TOOL_ERROR: "tool_error_notifications_enabled",
     Notification.Kind.RUN_FAILURE: "run_failure_notifications_enabled",
 }

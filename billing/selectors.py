@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 
 from billing.choices import EDITOR_ROLES, Role
 from billing.models import Account, ApiKey, Membership
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 SESSION_ACCOUNT_KEY = "account_id"
 
@@ -39,7 +44,7 @@ def blocked_total_all_time(account_id: int) -> int:
     return (past["make"] or 0) + (past["ai"] or 0) + now["blocked_make"] + now["blocked_ai"]
 
 
-def memberships_for_user(user) -> list[Membership]:
+def memberships_for_user(user: User | AnonymousUser) -> list[Membership]:
     if not user.is_authenticated:
         return []
     return list(Membership.objects.filter(user=user).select_related("account", "account__plan"))
@@ -50,7 +55,7 @@ def current_membership(request: HttpRequest) -> Membership:
 
     Cached on the request, so the layout and the view share one query.
     """
-    cached = getattr(request, "_current_membership", None)
+    cached: Membership | None = getattr(request, "_current_membership", None)
     if cached is not None:
         return cached
     memberships = memberships_for_user(request.user)
@@ -61,6 +66,17 @@ def current_membership(request: HttpRequest) -> Membership:
     request._current_membership = membership  # type: ignore[attr-defined]
     request._memberships = memberships  # type: ignore[attr-defined]
     return membership
+
+
+def operator(request: HttpRequest) -> User:
+    """The signed-in operator of a dashboard request, typed as the user model (the actor services record).
+
+    Views behind login_required only; an anonymous request is refused like one without a membership.
+    """
+    user = request.user
+    if not user.is_authenticated:
+        raise PermissionDenied("This login is not a member of any account.")
+    return user
 
 
 def editor_membership(request: HttpRequest) -> Membership:

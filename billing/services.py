@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model, password_validation
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -17,6 +16,9 @@ from billing.choices import Role
 from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
 from onceonly_site.identifiers import validate_identifier
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 API_KEY_PREFIX = "once_live_"
 NOTIFICATION_FIELDS = (
     "email_notifications_enabled",
@@ -25,7 +27,7 @@ NOTIFICATION_FIELDS = (
 )
 
 
-def _actor_label(actor: AbstractBaseUser | None) -> str:
+def _actor_label(actor: User | None) -> str:
     return actor.get_username() if actor is not None else "system"
 
 
@@ -33,7 +35,7 @@ def audit_record(
     *,
     account: Account,
     action: str,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     actor_label: str | None = None,
     object_type: str = "",
     object_id: str | int = "",
@@ -57,13 +59,19 @@ def audit_record(
                                          row_hash=row_hash, **fields)  # fmt: skip
 
 
+def _name_too_long(name: str) -> bool:
+    # A CharField always has a max_length; Field's type allows None.
+    max_length = Account._meta.get_field("name").max_length
+    return max_length is not None and len(name) > max_length
+
+
 def account_get_or_create(*, name: str, plan_code: str | None = None) -> tuple[Account, bool]:
     """The account called ``name``, created on the Free plan (or ``plan_code``) if missing."""
     validate_identifier(name)  # before strip(), which would drop a trailing U+0085 silently
     name = name.strip()
     if not name:
         raise ValidationError("An account needs a name.")
-    if len(name) > Account._meta.get_field("name").max_length:
+    if _name_too_long(name):
         raise ValidationError("An account name has at most 120 characters.")
     plan = Plan.objects.get(code=plan_code) if plan_code else None
     account = Account.objects.filter(name=name).first()
@@ -90,7 +98,7 @@ def account_set_plan(
     *,
     account: Account,
     plan: Plan,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     actor_label: str | None = None,
     reason: str = "",
 ) -> None:
@@ -124,7 +132,12 @@ def _refresh_cached_keys(account_ids: list[int]) -> None:
     transaction.on_commit(lambda: auth.unforget(hashes))
 
 
-def account_set_active(*, account: Account, is_active: bool, actor: AbstractBaseUser | None = None) -> bool:
+def _forget_all(key_hashes: list[str]) -> None:
+    for key_hash in key_hashes:
+        auth.forget(key_hash)
+
+
+def account_set_active(*, account: Account, is_active: bool, actor: User | None = None) -> bool:
     """Deactivate (every key refused within a second) or reactivate an account. False if nothing changed."""
     with transaction.atomic():
         changed = Account.objects.filter(pk=account.pk, is_active=not is_active).update(is_active=is_active)
@@ -135,7 +148,7 @@ def account_set_active(*, account: Account, is_active: bool, actor: AbstractBase
             if is_active:
                 transaction.on_commit(lambda: auth.unforget(hashes))
             else:
-                transaction.on_commit(lambda: [auth.forget(h) for h in hashes])
+                transaction.on_commit(lambda: _forget_all(hashes))
     account.is_active = is_active
     return bool(changed)
 
@@ -146,7 +159,7 @@ class NewApiKey:
     raw: str  # shown to the user exactly once, never stored
 
 
-def api_key_create(*, account: Account, label: str = "", actor: AbstractBaseUser | None = None) -> NewApiKey:
+def api_key_create(*, account: Account, label: str = "", actor: User | None = None) -> NewApiKey:
     """Create a key ``once_live_`` + 32 random bytes (url-safe base64). Only its SHA-256 is stored."""
     validate_identifier(label)
     raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
@@ -170,7 +183,7 @@ def api_key_create(*, account: Account, label: str = "", actor: AbstractBaseUser
     return NewApiKey(api_key=api_key, raw=raw)
 
 
-def api_key_revoke(*, api_key: ApiKey, actor: AbstractBaseUser | None = None) -> bool:
+def api_key_revoke(*, api_key: ApiKey, actor: User | None = None) -> bool:
     """Revoke a key; every process refuses it within a second. Returns False if it was already revoked."""
     now = timezone.now()
     with transaction.atomic():
@@ -198,8 +211,8 @@ def operator_create(
     email: str,
     password: str,
     role: str | None = Role.OWNER,
-    actor: AbstractBaseUser | None = None,
-) -> AbstractBaseUser:
+    actor: User | None = None,
+) -> User:
     """Create (or update the password and role of) an operator login for ``account``. ``role=None`` keeps an
     existing member's role (a password reset must not promote anyone) and makes a new member an owner."""
     validate_identifier(email)
@@ -208,10 +221,10 @@ def operator_create(
         raise ValidationError("Enter a valid email address.")
     if role is not None and role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}; use one of {', '.join(Role.values)}.")
-    User = get_user_model()
-    password_validation.validate_password(password, User(username=email, email=email))
+    user_model = get_user_model()
+    password_validation.validate_password(password, user_model(username=email, email=email))
     with transaction.atomic():
-        user, _ = User.objects.get_or_create(username=email, defaults={"email": email})
+        user, _ = user_model.objects.get_or_create(username=email, defaults={"email": email})
         user.set_password(password)
         user.save(update_fields=["password"])
         membership, created = Membership.objects.get_or_create(user=user, account=account,
@@ -249,12 +262,12 @@ def notifications_update(*, account: Account, changes: dict[str, bool], actor_la
 
 
 def account_update_settings(
-    *, account: Account, name: str, strict_mode: bool, notifications: dict[str, bool], actor: AbstractBaseUser
+    *, account: Account, name: str, strict_mode: bool, notifications: dict[str, bool], actor: User
 ) -> list[str]:
     """The Settings page: account name, strict mode, notification switches. Returns the changed field names."""
     validate_identifier(name)
     name = name.strip()
-    if not name or len(name) > Account._meta.get_field("name").max_length:
+    if not name or _name_too_long(name):
         raise ValidationError("An account name has 1 to 120 characters.")
     if name != account.name and Account.objects.filter(name=name).exclude(pk=account.pk).exists():
         raise ValidationError("Another account already has this name.")
@@ -282,7 +295,7 @@ class LastOwner(ValidationError):
     """An account always keeps at least one owner."""
 
 
-def membership_add(*, account: Account, email: str, role: str, actor: AbstractBaseUser) -> tuple[Membership, str]:
+def membership_add(*, account: Account, email: str, role: str, actor: User) -> tuple[Membership, str]:
     """Add a login to the account (creating the user with a one-time password if new). Returns (membership,
     password or "" when the user already existed and keeps their password)."""
     validate_identifier(email)
@@ -291,13 +304,13 @@ def membership_add(*, account: Account, email: str, role: str, actor: AbstractBa
         raise ValidationError("Enter a valid email address.")
     if role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}.")
-    User = get_user_model()
+    user_model = get_user_model()
     password = ""
     with transaction.atomic():
-        user = User.objects.filter(username=email).first()
+        user = user_model.objects.filter(username=email).first()
         if user is None:
             password = secrets.token_urlsafe(12)
-            user = User.objects.create_user(username=email, email=email, password=password)
+            user = user_model.objects.create_user(username=email, email=email, password=password)
         membership, created = Membership.objects.get_or_create(user=user, account=account, defaults={"role": role})
         if not created:
             raise ValidationError(f"{email} is already a member of this account.")
@@ -312,7 +325,7 @@ def _owners_left(account: Account, excluding: Membership) -> int:
     )
 
 
-def membership_set_role(*, membership: Membership, role: str, actor: AbstractBaseUser) -> None:
+def membership_set_role(*, membership: Membership, role: str, actor: User) -> None:
     if role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}.")
     with transaction.atomic():
@@ -326,7 +339,7 @@ def membership_set_role(*, membership: Membership, role: str, actor: AbstractBas
                      data={"email": membership.user.get_username(), "before": before, "after": role})  # fmt: skip
 
 
-def membership_remove(*, membership: Membership, actor: AbstractBaseUser) -> None:
+def membership_remove(*, membership: Membership, actor: User) -> None:
     with transaction.atomic():
         if membership.role == Role.OWNER and not _owners_left(membership.account, membership):
             raise LastOwner("The last owner cannot be removed.")

@@ -7,14 +7,21 @@ Stripe must never hold row locks or roll back our own writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
 from django.conf import settings
 from django.db import connection
 
 from billing.models import Account, Plan
+
+if TYPE_CHECKING:
+    from stripe._base_address import BaseAddresses  # the type of StripeClient's base_addresses (not re-exported)
+
+_T = TypeVar("_T")
 
 TIMEOUT_SECONDS = 10
 
@@ -37,14 +44,14 @@ def price_for(plan: Plan) -> str:
 def _client() -> stripe.StripeClient:
     if connection.in_atomic_block:
         raise RuntimeError("Stripe is called outside database transactions only (billing/stripe_client.py)")
-    base = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
+    base: BaseAddresses | None = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
     return stripe.StripeClient(
         settings.STRIPE_SECRET_KEY, base_addresses=base, max_network_retries=2,
         http_client=stripe.HTTPXClient(timeout=TIMEOUT_SECONDS, allow_sync_methods=True),  # httpx: already ours
     )  # fmt: skip
 
 
-def _call(fn, params: dict) -> object:
+def _call(fn: Callable[..., _T], params: dict[str, Any]) -> _T:
     try:
         return fn(params=params)
     except stripe.StripeError as exc:
@@ -72,13 +79,15 @@ def create_checkout_session(
         "metadata": {"account_id": str(account.pk), "plan": plan.code},
         "subscription_data": {"metadata": {"account_id": str(account.pk), "plan": plan.code}},
     })  # fmt: skip
+    if session.url is None:  # only a session that is no longer open has none: never one created just now
+        raise StripeUnavailable("Stripe created the checkout without a payment page; try again.")
     return Redirect(url=session.url, id=session.id)
 
 
-def close_checkout_session(session_id: str) -> str:
+def close_checkout_session(session_id: str) -> str | None:
     """Make sure a Checkout Session this server created can no longer be paid, before creating another: expire it if
     it is still open. Returns its status then: ``expired``, ``complete`` (paid: its subscription exists), or
-    ``missing`` (this Stripe account does not know it: keys of another mode)."""
+    ``missing`` (this Stripe account does not know it: keys of another mode); None if Stripe gave no status."""
     client = _client()
     try:
         status = _call(partial(client.v1.checkout.sessions.retrieve, session_id), {}).status

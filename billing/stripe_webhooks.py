@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stripe
 from django.conf import settings
@@ -36,6 +36,9 @@ from billing.models import Account, AuditEntry, BillingSubscription, Notificatio
 from billing.notifications import notify
 from billing.stripe_client import price_for
 from onceonly_site.params import whole_number
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 TOLERANCE_SECONDS = 300
@@ -295,7 +298,9 @@ def _named_account(obj: dict) -> Account | None:
     """The account of this server that an object's ``client_reference_id`` or ``metadata.account_id`` names. Never
     the account an event is applied to (anyone who can create objects in the Stripe account can write them): only
     whom to tell about an event that was refused."""
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     for value in (obj.get("client_reference_id"), metadata.get("account_id")):
         account_id = whole_number(value) if isinstance(value, str) else None
         account = Account.objects.filter(pk=account_id).first() if account_id is not None else None
@@ -322,7 +327,7 @@ def _linked_account(obj: dict, what: str) -> Account:
     raise Ignored(reason, account=named, refused={"customer": customer, "linked_customer": linked} if linked else None)
 
 
-def checkout_session_record(*, account: Account, actor: Any, plan: Plan, session_id: str) -> AuditEntry:
+def checkout_session_record(*, account: Account, actor: User, plan: Plan, session_id: str) -> AuditEntry:
     """Record a Checkout Session this server created for ``account`` (the audit entry ``billing.checkout.started``:
     the plan chosen and the session id); ``checkout.session.completed`` applies only sessions recorded here. Written
     after Stripe answered and before the owner is sent there, so every session an owner can pay is recorded."""
@@ -346,7 +351,9 @@ def checkout_pending(account: Account) -> str:
     started = AuditEntry.objects.filter(account=account, action=CHECKOUT_STARTED,
                                         created_at__gte=timezone.now() - CHECKOUT_OPEN_FOR)  # fmt: skip
     latest = started.order_by("-created_at", "-id").first()
-    session_id = latest.data.get("session") if latest is not None and isinstance(latest.data, dict) else None
+    if latest is None or not isinstance(latest.data, dict):
+        return ""
+    session_id = latest.data.get("session")
     if not isinstance(session_id, str) or not session_id:
         return ""
     closed = ProviderEvent.objects.filter(

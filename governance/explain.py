@@ -158,7 +158,8 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
             f"as failed and charged {usd(d.spend_usd)}"
         )
     if reason == Reason.WITHIN_BUDGET:
-        verb = {Outcome.EXECUTED: "executed", Outcome.ALLOWED: "allowed (permit-only)"}.get(d.outcome, d.outcome)
+        verbs: dict[str, str] = {Outcome.EXECUTED: "executed", Outcome.ALLOWED: "allowed (permit-only)"}
+        verb = verbs.get(d.outcome, d.outcome)
         cost = seen.get("cost", float(d.spend_usd or 0))
         left = _left(seen.get("left") or {})
         text = f"{verb} within budget — cost {usd(cost)}"

@@ -32,9 +32,9 @@ OPTIONAL_AMOUNTS = ("declared_spend_usd", "operator_price_usd")
 
 def row_hash(account_id: int, fields: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a decision's fields (everything a reader relies on)."""
-    payload = {"account_id": account_id}
+    payload: dict[str, Any] = {"account_id": account_id}
     for name in ROW_FIELDS:
-        value = fields.get(name)
+        value: Any = fields.get(name)
         if name == "ts":
             value = value.isoformat(timespec="microseconds")
         elif name == "spend_usd":
@@ -161,7 +161,7 @@ def verify_all() -> list[tuple[int, Any]]:
     """Beat (daily): verify every account's decision log and audit log; a failure is logged, notified to the owners
     (kind security) and, for the decision log, audited — tampering is found within a day without anyone opening the
     verify page. Returns the failures."""
-    failed = []
+    failed: list[tuple[int, Any]] = []
     for account in Account.objects.order_by("pk"):
         result = verify(account.pk)
         if not result.ok:

@@ -17,7 +17,9 @@ from governance import overview
 def operations_panel(account: Account, request: HttpRequest | None = None) -> dict[str, Any]:
     asked = request.GET.get("range") if request is not None else None
     rng = overview.parse_range(asked)
-    ignored = asked and asked not in overview.RANGES
+    notice = ""
+    if asked and asked not in overview.RANGES:
+        notice = f"Range “{asked[:40]}” ignored: choose {', '.join(overview.RANGES)}."
     ops = overview.operations(account.pk, rng, timezone.now())
     return {
         "template": "governance/_operations_panel.html",
@@ -27,6 +29,6 @@ def operations_panel(account: Account, request: HttpRequest | None = None) -> di
         # What static/js/overview_charts.js draws, as a data attribute: htmx (allowScriptTags: false) drops every
         # <script> of swapped-in content, a json_script included, so the live refresh would lose it.
         "charts_json": json.dumps(ops["charts"], separators=(",", ":")),
-        "range_notice": f"Range “{asked[:40]}” ignored: choose {', '.join(overview.RANGES)}." if ignored else "",
+        "range_notice": notice,
         "refresh_url": f"{reverse('governance:operations')}?range={rng.key}",
     }

@@ -68,8 +68,8 @@ def refused_reason(address: IP) -> str | None:
         if address.ipv4_mapped is not None:
             return refused_reason(address.ipv4_mapped)
         if not (address.is_loopback or address.is_unspecified):
-            for network, label in REFUSED_IPV6:
-                if address in network:
+            for network6, label in REFUSED_IPV6:
+                if address in network6:
                     return label
     for check, label in (
         ("is_loopback", "loopback"), ("is_unspecified", "unspecified"), ("is_link_local", "link-local/metadata"),
@@ -141,7 +141,7 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
         raise RefusedUrl(f"{host[:80]!r} is not a valid host name (empty or over-long label).") from None
     except socket.gaierror:
         return CheckedUrl(url, host, port, (), warning=f"{host} does not resolve yet; it is checked again at dispatch.")
-    addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
+    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))  # str already (AF_INET/AF_INET6)
     reasons = [refused_reason(ipaddress.ip_address(text.split("%")[0])) for text in addresses]
     for reason in reasons:
         if reason and not allow_private:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -29,6 +30,15 @@ from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, To
 from onceonly_site.identifiers import normalise_tool
 from onceonly_site.params import whole_number
 from onceonly_site.tables import Column, Facet, Table, capped_count, exact, keyset_page
+
+if TYPE_CHECKING:
+    from django_htmx.middleware import HtmxDetails
+
+    class HtmxHttpRequest(HttpRequest):
+        """A request as django_htmx's HtmxMiddleware (settings.MIDDLEWARE) leaves it."""
+
+        htmx: HtmxDetails
+
 
 PER_PAGE = 25
 TIMELINE_PAGE = 50
@@ -141,7 +151,9 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
     account = current_membership(request).account
     agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
     now = timezone.now()
-    range_ = request.GET.get("range") if request.GET.get("range") in ("day", "week") else "day"
+    range_ = request.GET.get("range") or "day"
+    if range_ not in ("day", "week"):
+        range_ = "day"
     metrics = selectors.agent_metrics(account.pk, agent.agent_id, range_, now)
     # account + agent: the (account, agent, -ts) index, newest first — no sort of the agent's whole history.
     recent = Decision.objects.filter(account_id=account.pk, agent=agent).order_by("-ts", "-id")[:20]
@@ -166,7 +178,7 @@ def agent_kill_switch(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         for errors in form.errors.values():
             for error in errors:
-                messages.error(request, error)
+                messages.error(request, str(error))  # ErrorList yields each message as a str
     else:
         services.agent_set_enabled(
             account_id=account.pk,
@@ -429,7 +441,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def decision_detail(request: HttpRequest, decision_id: int) -> HttpResponse:
+def decision_detail(request: HtmxHttpRequest, decision_id: int) -> HttpResponse:
     account = current_membership(request).account
     decision = Decision.objects.select_related("agent", "api_key").filter(account=account, pk=decision_id).first()
     if decision is None:

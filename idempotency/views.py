@@ -109,7 +109,9 @@ def locks(request: HttpRequest) -> HttpResponse:
             "lease_metadata": _pretty(lease.metadata) if lease else None,
             "reset_form": OperatorResetForm(initial={"key": key}),
         }
-    tab = request.GET.get("tab") if request.GET.get("tab") in TABS else "active"
+    tab = request.GET.get("tab") or "active"
+    if tab not in TABS:
+        tab = "active"
     title, selector = TABS[tab]
     table = LIST_TABLES[tab].bind(request)
     table.paginate(table.filter(selector(account)))
@@ -130,7 +132,7 @@ def _operator_action(request: HttpRequest, action, done: str, nothing: str) -> H
         key = request.POST.get("key", "")
         for errors in form.errors.values():
             for error in errors:
-                messages.error(request, error)
+                messages.error(request, str(error))  # ErrorList yields each message as a str
         return _back_to(key)
     key, reason = form.cleaned_data["key"], form.cleaned_data["reason"]
     if action(account=account, key=key, reason=reason, actor=request.user):

@@ -29,8 +29,11 @@ from onceonly_site.redis_client import get_redis
 CACHE_KEY = "metrics:v1"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+Samples = list[tuple[dict[str, str], float]]  # (labels, value) of one metric
+Family = tuple[str, str, str, Samples]  # (name, type, help, samples)
 
-def _families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+
+def _families() -> list[Family]:
     """(name, type, help, samples) for every metric; each source fails on its own (its *_up gauge says so)."""
     from billing.models import Account
     from governance.models import DecisionRollup, Tool
@@ -39,7 +42,7 @@ def _families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]
 
     checks = service_checks()
     database_up, redis_up = checks["database"] == "ok", checks["redis"] == "ok"
-    families = []
+    families: list[Family] = []
     if database_up:
         try:
             requests = Account.objects.aggregate(total=Sum("requests_total_all_time"))["total"] or 0
@@ -58,7 +61,7 @@ def _families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]
             ]  # fmt: skip
         except DatabaseError:
             database_up = False
-    queues = []
+    queues: Samples = []
     if redis_up:
         # The broker is this same Redis database (settings: one server for everything); Celery's Redis transport
         # keeps a queue's waiting tasks in a list named after the queue.

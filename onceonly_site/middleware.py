@@ -126,7 +126,9 @@ class ControlCharactersMiddleware:
                 match = None
             if match is None or match.url_name is None:  # only the catch-all JSON 404 takes it
                 return JsonResponse({"detail": "Not Found"}, status=404)
-            names = [name for name, value in match.kwargs.items() if isinstance(value, str) and UNSAFE.search(value)]
+            names: list[str | None] = [
+                name for name, value in match.kwargs.items() if isinstance(value, str) and UNSAFE.search(value)
+            ]
             for name in names or [None]:
                 value = match.kwargs[name] if name else request.path_info
                 loc = ["path", name] if name else ["path"]

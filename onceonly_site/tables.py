@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -150,7 +150,7 @@ class Table:
         self.per_page = per_page
         self.keep = list(keep)  # other parameters of the page that links keep (a tab)
 
-    def bind(self, request: HttpRequest, *, suggestions: dict[str, Iterable[str]] | None = None) -> BoundTable:
+    def bind(self, request: HttpRequest, *, suggestions: Mapping[str, Iterable[str]] | None = None) -> BoundTable:
         return BoundTable(self, request.GET, suggestions or {})
 
 
@@ -184,14 +184,15 @@ class FacetField:
 class BoundTable:
     """A table's state read from one query string, and the links that change it."""
 
-    def __init__(self, table: Table, params: QueryDict, suggestions: dict[str, Iterable[str]]):
+    def __init__(self, table: Table, params: QueryDict, suggestions: Mapping[str, Iterable[str]]):
         self.table = table
         self.errors: list[str] = []
         self.state: dict[str, str] = {}  # the parameters in force, as they go into links
         self.values: dict[str, Any] = {}  # facet name → parsed value
         for name in table.keep:
-            if params.get(name):
-                self.state[name] = params[name]
+            kept = params.get(name)  # the last value, as params[name] gives
+            if kept:
+                self.state[name] = kept
         q = params.get(SEARCH, "")
         self.q = ""
         if q:
@@ -254,7 +255,7 @@ class BoundTable:
             parsed = _parse_datetime(value)
             if parsed is None:
                 self.errors.append(f"{facet.label} “{value}” ignored: not a date and time (YYYY-MM-DD HH:MM).")
-            elif facet.lookup.endswith("__lte"):
+            elif facet.lookup is not None and facet.lookup.endswith("__lte"):
                 parsed = _end_of(parsed, value)
             return parsed
         return value
