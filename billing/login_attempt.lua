@@ -1,9 +1,13 @@
 -- login_attempt.lua — let one dashboard sign-in attempt through, or not (billing/login_throttle.py).
 -- The check and the count are one step: an attempt is counted as a failure *before* its password is checked (a
 -- success takes it back), so concurrent guesses cannot all pass the check before any of them is counted.
--- KEYS: the counters (per email hash, per client address). ARGV[1]: the window in seconds, started by the first
--- attempt counted (later ones do not extend it); ARGV[2], ARGV[3]: the limits, in KEYS order.
--- Returns {1, count per key…} when the attempt may go on (counted), {0, seconds to wait} when it is locked out.
+-- KEYS[1] email          the failures counted for one email (its hash)
+-- KEYS[2] address        the failures counted for one client address
+-- ARGV[1] window         the window in seconds, started by the first attempt counted (later ones do not extend it)
+-- ARGV[2] email_limit    the limit of KEYS[1]
+-- ARGV[3] address_limit  the limit of KEYS[2] (the loops below pair KEYS[i] with ARGV[i + 1])
+-- Returns {"ok", count per key…} when the attempt may go on (counted), {"locked_out", seconds to wait} when it is
+-- locked out.
 local wait = 0
 for i, key in ipairs(KEYS) do
   local count = tonumber(redis.call('GET', key) or '0')
@@ -14,9 +18,9 @@ for i, key in ipairs(KEYS) do
   end
 end
 if wait > 0 then
-  return {0, wait}
+  return {'locked_out', wait}
 end
-local counts = {1}
+local counts = {'ok'}
 for i, key in ipairs(KEYS) do
   counts[i + 1] = redis.call('INCR', key)
   if counts[i + 1] == 1 then

@@ -28,8 +28,8 @@ from django.conf import settings
 from django.db import connection
 from standardwebhooks.webhooks import Webhook
 
-from governance import secrets, ssrf
-from governance.models import Agent, Tool
+from governance import secrets, sql, ssrf
+from governance.models import Tool
 
 MAX_RESPONSE_BYTES = 256 * 1024
 USER_AGENT = "OnceOnly-Server/0.1 (+signed tool dispatch)"
@@ -61,9 +61,6 @@ class AgentDisabled(Exception):
 
 # First key of the advisory lock pair on PostgreSQL (the second is the agent's id); billing/audit.py uses another.
 KILL_SWITCH_LOCK = 0x0A6E75
-# Integers only (``:d``): nothing to quote, and no parameters, so PostgreSQL gets one simple-protocol message.
-_LOCK_SHARED = "SELECT pg_advisory_lock_shared({lock:d}, {key:d}); "
-_READ_ENABLED = "SELECT is_enabled FROM {table} WHERE id = {pk:d}"
 
 
 class KillSwitch:
@@ -96,17 +93,17 @@ class KillSwitch:
 
     def hold(self) -> None:
         """Take the fence and re-read the agent; AgentDisabled (fence released) when it is disabled or gone."""
-        read = _READ_ENABLED.format(table=connection.ops.quote_name(Agent._meta.db_table), pk=self.agent_pk)
+        read = sql.READ_ENABLED.format(pk=self.agent_pk)
         try:
             with connection.cursor() as cursor:
                 if connection.vendor == "postgresql":
                     self.held = "postgresql"
                     # One round trip, two statements, each with its own snapshot: the read's is taken after the
                     # lock is granted.
-                    cursor.execute(_LOCK_SHARED.format(lock=KILL_SWITCH_LOCK, key=self._key()) + read)
+                    cursor.execute(sql.LOCK_SHARED.format(lock=KILL_SWITCH_LOCK, key=self._key()) + read)
                     cursor.nextset()
                 elif connection.vendor == "sqlite" and not connection.in_atomic_block:
-                    cursor.execute("BEGIN IMMEDIATE")
+                    cursor.execute(sql.SQLITE_BEGIN_IMMEDIATE)
                     self.held = "sqlite"
                     cursor.execute(read)
                 else:
@@ -125,9 +122,9 @@ class KillSwitch:
             return
         with connection.cursor() as cursor:
             if held == "postgresql":
-                cursor.execute(f"SELECT pg_advisory_unlock_shared({KILL_SWITCH_LOCK}, {self._key()})")
+                cursor.execute(sql.UNLOCK_SHARED.format(lock=KILL_SWITCH_LOCK, key=self._key()))
             else:
-                cursor.execute("COMMIT")
+                cursor.execute(sql.SQLITE_COMMIT)
 
     def _key(self) -> int:
         return self.agent_pk & 0x7FFFFFFF  # the pair's keys are 32-bit; a shared key only means a longer wait
@@ -139,7 +136,7 @@ class KillSwitch:
         (SQLite: the transaction's own write lock, taken when it began, does this.)"""
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [KILL_SWITCH_LOCK, int(agent_pk) & 0x7FFFFFFF])
+                cursor.execute(sql.LOCK_EXCLUSIVE, [KILL_SWITCH_LOCK, int(agent_pk) & 0x7FFFFFFF])
 
 
 def signed_request(tool: Tool, *, dispatch_id: str, body: bytes, idempotency_key: str, fence: int) -> dict[str, str]:

@@ -1,21 +1,33 @@
 -- governed_call.lua — dedup, limit check and reservation of one governed tool call, as one atomic step
 -- (docs/architecture.md §3.5, §4.5, §4.6: "never overshoot"). Concurrent calls of one agent serialise here.
--- KEYS[1]  ready marker     oo:{a<acct>}:gov:<agent>:ready        (absent → counters must be rebuilt first)
--- KEYS[2]  dedup entry      oo:{a<acct>}:gov:<agent>:dedup:<args_hash>
--- KEYS[3]  hourly actions   oo:{a<acct>}:gov:<agent>:hour          (zset: member = reservation, score = ms)
--- KEYS[4]  spend today      oo:{a<acct>}:gov:<agent>:spend:<YYYYMMDD>   (integer micro-dollars)
--- KEYS[5]  calls today      oo:{a<acct>}:gov:<agent>:calls:<YYYYMMDD>   (hash tool → count)
--- ARGV[1] now (ms)  ARGV[2] dedup window (ms, 0 = off)  ARGV[3] max actions/hour (-1 = none)
--- ARGV[4] max calls of this tool today (-1)  ARGV[5] max spend today (micro-$, -1)  ARGV[6] this call's spend (micro-$)
--- ARGV[7] tool  ARGV[8] reservation id  ARGV[9] seconds to keep the day counters
--- KEYS[6]  the account's usage hash oo:{a<acct>}:usage:<YYYY-MM>  ARGV[10] monthly ai limit (-1)  ARGV[11] its TTL
--- ARGV[12] day of the month "DD" (UTC) for the daily usage field ai:DD
--- ARGV[13] "1" for a dry run: decide exactly as a real call would, but write nothing (no reservation, no usage)
--- KEYS[7] (optional) the caller's API-key rate-limit bucket, ARGV[14] tokens/s, ARGV[15] burst: the token is taken
--- here (billing/take_token.lua is prepended), so the governed call is one Redis round trip before its decision.
+-- KEYS[1] ready                ready marker     oo:{a<acct>}:gov:<agent>:ready   (absent → rebuild the counters first)
+-- KEYS[2] dedup                dedup entry      oo:{a<acct>}:gov:<agent>:dedup:<args_hash>
+-- KEYS[3] hour                 hourly actions   oo:{a<acct>}:gov:<agent>:hour   (zset: member = reservation, score ms)
+-- KEYS[4] spend                spend today      oo:{a<acct>}:gov:<agent>:spend:<YYYYMMDD>   (integer micro-dollars)
+-- KEYS[5] calls                calls today      oo:{a<acct>}:gov:<agent>:calls:<YYYYMMDD>   (hash tool → count)
+-- KEYS[6] usage                the account's usage hash oo:{a<acct>}:usage:<YYYY-MM>
+-- KEYS[7] bucket               (optional, with ARGV[14] and ARGV[15]) the caller's API-key rate-limit bucket: the
+--                              token is taken here (billing/take_token.lua is prepended), so the governed call is
+--                              one Redis round trip before its decision
+-- ARGV[1] now_ms               now (ms)
+-- ARGV[2] window_ms            dedup window (ms, 0 = off)
+-- ARGV[3] max_actions          max actions/hour (-1 = none)
+-- ARGV[4] max_calls            max calls of this tool today (-1 = none)
+-- ARGV[5] max_spend            max spend today (micro-$, -1 = none)
+-- ARGV[6] cost                 this call's spend (micro-$)
+-- ARGV[7] tool                 the tool's counter name (policies.counter_name)
+-- ARGV[8] reservation          the reservation id
+-- ARGV[9] day_seconds          seconds to keep the day counters
+-- ARGV[10] ai_limit            monthly ai limit (-1 = none)
+-- ARGV[11] usage_keep_seconds  the usage hash's TTL (s)
+-- ARGV[12] day                 day of the month "DD" (UTC) for the daily usage field ai:DD
+-- ARGV[13] dry_run             "1" for a dry run: decide exactly as a real call would, but write nothing (no
+--                              reservation, no usage)
+-- ARGV[14] rate                (optional, with KEYS[7]) the bucket's tokens per second
+-- ARGV[15] burst               (optional, with KEYS[7]) the bucket's size
 -- An allowed call also consumes one unit of the monthly `ai` quota, in this same atomic step.
--- Returns {"rebuild"} | {"rebuild_usage"} | {"rate_limited", wait_ms} | {"dedup", value} | {"blocked", reason, actions, calls, spend}
---       | {"quota", usage}
+-- Returns {"rebuild"} | {"rebuild_usage"} | {"rate_limited", wait_ms} | {"dedup", value}
+--       | {"blocked", reason, actions, calls, spend} | {"quota", usage}
 --       | {"ok", actions, calls, spend} (counts after this call's reservation)
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'rebuild'}

@@ -23,7 +23,7 @@ from django.db.models.functions import TruncMinute
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from governance import explain, selectors
+from governance import explain, selectors, sql
 from governance.choices import CHARGED_OUTCOMES, Outcome
 from governance.models import Agent, Decision, DecisionRollup
 from governance.services import OPERATOR_AGENT
@@ -159,18 +159,12 @@ def _rollup_series(account_id: int, first: datetime, now: datetime) -> list[tupl
     return [*closed, *rows]
 
 
-_REASONS_SQL = """
-SELECT policy_reason, COUNT(*) AS n FROM (
-    SELECT outcome, policy_reason FROM governance_decision WHERE account_id = %s AND ts >= %s ORDER BY ts DESC LIMIT %s
-) AS sample WHERE outcome = %s GROUP BY policy_reason ORDER BY n DESC, policy_reason LIMIT %s"""
-
-
 def block_reasons(account_id: int, start: datetime, decided: int) -> dict[str, Any]:
     """The most frequent reasons of blocked decisions among the range's latest ``REASON_SAMPLE`` decisions (one
     query: the sample is read through the (account, -ts) index, newest first, and stops there; its rows are
     counted as read, not looked up again one by one by id)."""
     with connection.cursor() as cursor:
-        cursor.execute(_REASONS_SQL, [account_id, start, REASON_SAMPLE, Outcome.BLOCKED.value, SHOWN])
+        cursor.execute(sql.BLOCK_REASONS, [account_id, start, REASON_SAMPLE, Outcome.BLOCKED.value, SHOWN])
         rows = cursor.fetchall()
     since = _since_param(start)
     return {

@@ -1,10 +1,17 @@
 -- rebuild_counters.lua — restore an agent's counters from the database ledger after Redis lost them.
--- KEYS[1] ready marker  KEYS[2] hourly zset  KEYS[3] spend today  KEYS[4] calls today (hash)
--- ARGV[1] spend today (micro-$)  ARGV[2] seconds to keep day counters  ARGV[3] ready marker TTL (s)
--- ARGV[4] number of tool/count pairs N, then N pairs, then score/member pairs of the last hour's actions.
+-- KEYS[1] ready          the ready marker
+-- KEYS[2] hour           the hourly zset
+-- KEYS[3] spend          spend today
+-- KEYS[4] calls          calls today (hash)
+-- ARGV[1] spend_today    spend today (micro-$)
+-- ARGV[2] day_seconds    seconds to keep day counters
+-- ARGV[3] ready_seconds  the ready marker's TTL (s)
+-- ARGV[4] tool_count     the number N of tool/count pairs
+-- ARGV[5..] pairs        the N tool/count pairs, then the score/member pairs of the last hour's actions
 -- A no-op when another caller already rebuilt (the marker exists): never double-counts.
+-- Returns {"ok"} when rebuilt, {"ready"} when the marker was there already.
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+  return {'ready'}
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
@@ -21,4 +28,4 @@ while ARGV[i] do
 end
 redis.call('PEXPIRE', KEYS[2], 3700000)
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[3])
-return 1
+return {'ok'}

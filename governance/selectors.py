@@ -17,7 +17,7 @@ from django.http import Http404
 
 from billing import usage
 from billing.models import AuditEntry
-from governance import policies
+from governance import policies, sql
 from governance.choices import CHARGED_OUTCOMES, Outcome
 from governance.models import Agent, Decision, DecisionRollup, Tool
 from governance.services import OPERATOR_AGENT
@@ -106,15 +106,6 @@ def agent_metrics(account_id: int, agent_id: str, period: str, now: datetime) ->
 
 CALLED_TOOLS_MAX = 1000  # names read by called_tools; an account calling more tools is matched in place
 
-_CALLED_TOOLS_SQL = """
-WITH RECURSIVE names(tool) AS (
-    SELECT MIN(tool) FROM governance_decisionrollup WHERE account_id = %s
-    UNION ALL
-    SELECT (SELECT MIN(r.tool) FROM governance_decisionrollup r WHERE r.account_id = %s AND r.tool > names.tool)
-    FROM names WHERE names.tool IS NOT NULL
-)
-SELECT tool FROM names WHERE tool IS NOT NULL LIMIT %s"""
-
 
 def called_tools(account_id: int) -> list[str] | None:
     """Every tool name the account's decisions name, in order (one query): each decision counts in an hourly rollup
@@ -122,7 +113,7 @@ def called_tools(account_id: int) -> list[str] | None:
     scan: one index probe per name, not a read of every rollup). None when there are more than
     ``CALLED_TOOLS_MAX`` names (callers then match tools in place)."""
     with connection.cursor() as cursor:
-        cursor.execute(_CALLED_TOOLS_SQL, [account_id, account_id, CALLED_TOOLS_MAX + 1])
+        cursor.execute(sql.CALLED_TOOLS, [account_id, account_id, CALLED_TOOLS_MAX + 1])
         names = [name for (name,) in cursor.fetchall()]
     return None if len(names) > CALLED_TOOLS_MAX else names
 

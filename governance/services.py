@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from django.conf import settings
@@ -29,14 +29,14 @@ from billing.models import Account
 from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
-from governance import dispatch, ledger, policies
+from governance import dispatch, ledger, policies, sql
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, DispatchIntent, PolicyVersion, Tool
 from idempotency import events as run_events
 from idempotency.models import RunEvent
 from idempotency.services import canonical_json
 from onceonly_site.identifiers import normalise_tool
-from onceonly_site.redis_client import get_redis, lua_script
+from onceonly_site.redis_client import LuaScript, get_redis
 
 GOVERNED_CALL_LUA = Path(__file__).with_name("governed_call.lua")
 logger = logging.getLogger(__name__)
@@ -63,62 +63,47 @@ def agent_get_or_create(*, account_id: int, agent_id: str) -> Agent:
     return Agent.objects.select_related("account").get(account_id=account_id, agent_id=agent_id)
 
 
-_CALL_ACCOUNT_FIELDS = ("id", "args_hash_key", "strict_mode")  # what a governed call reads of the account
-# The registered tool by the normalised name (governance_tool_unique_name_key serves it): the agent's scope first,
-# then, among the legacy twins of migration 0009 only, the one of the exact name, else the oldest.
-_AGENT_FOR_CALL_SQL = """
-SELECT {columns}, (
-    SELECT t.id FROM {tool} t WHERE t.account_id = a.account_id AND t.name_key = %s AND t.scope_id IN (%s, 'global')
-    ORDER BY t.scope_id = 'global', t.name <> %s, t.legacy_twin LIMIT 1
-) FROM {agent} a JOIN {account} c ON c.id = a.account_id WHERE a.account_id = %s AND a.agent_id = %s
-"""
+_AGENT_ATTNAMES = tuple(f.attname for f in sql.AGENT_FIELDS)  # every field: Agent.from_db reads the row as it is
 
 
 @cache
-def _agent_for_call_sql(vendor: str) -> tuple[str, list[tuple[Col, list[Callable]]]]:
-    """The SQL of ``_agent_for_call`` and each column's field and database converters, built once per process.
+def _agent_for_call_converters(vendor: str) -> list[tuple[Col, list[Callable[..., Any]]]]:
+    """Each column's field and database converters for the row of ``sql.AGENT_FOR_CALL``, built once per process.
 
-    The ORM took about half of a governed call's Python time compiling this query (select_related, an annotated
-    subquery) on every call (docs/benchmarks.md); the statement is always the same, so it is written out once.
+    The ORM took about half of a governed call's Python time compiling that query (select_related, an annotated
+    subquery) on every call (docs/benchmarks.md); the statement is always the same, so it is written out once
+    (governance/sql.py) and its row turned into model instances here.
     """
-    quote = connection.ops.quote_name
-    agent_fields = list(Agent._meta.concrete_fields)
-    account_fields = [f for f in Account._meta.concrete_fields if f.attname in _CALL_ACCOUNT_FIELDS]  # model order
-    columns = [f"a.{quote(f.column)}" for f in agent_fields] + [f"c.{quote(f.column)}" for f in account_fields]
-    tables = {
-        name: quote(model._meta.db_table) for name, model in [("tool", Tool), ("agent", Agent), ("account", Account)]
-    }
-    sql = _AGENT_FOR_CALL_SQL.format(columns=", ".join(columns), **tables)
     converters = []
-    for table, model_field in [("a", f) for f in agent_fields] + [("c", f) for f in account_fields]:
+    for table, model_field in [("a", f) for f in sql.AGENT_FIELDS] + [("c", f) for f in sql.ACCOUNT_FIELDS]:
         column = model_field.get_col(table)
         converters.append(
             (column, connection.ops.get_db_converters(column) + model_field.get_db_converters(connection))
         )
-    return sql, converters
+    return converters
 
 
 def _agent_for_call(account_id: int, agent_id: str, tool: str) -> tuple[Agent, Tool | None]:
     """The calling agent (registered on first sight) with the account fields a call reads, and the registered
     tool it would use — found by the normalised form of ``tool``, its agent scope first, then global: one query
     when the tool is not registered, two when it is (docs/architecture.md §4.2, §4.4)."""
-    sql, converters = _agent_for_call_sql(connection.vendor)
-    params = [normalise_tool(tool), f"agent:{agent_id}", tool, account_id, agent_id]
+    converters = _agent_for_call_converters(connection.vendor)
+    params: list[str | int] = [normalise_tool(tool), f"agent:{agent_id}", tool, account_id, agent_id]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql.AGENT_FOR_CALL, params)
         row = cursor.fetchone()
         if row is None:
             agent_get_or_create(account_id=account_id, agent_id=agent_id)
-            cursor.execute(sql, params)
+            cursor.execute(sql.AGENT_FOR_CALL, params)
             row = cursor.fetchone()
     values = []
     for (column, field_converters), value in zip(converters, row, strict=False):
         for convert in field_converters:
             value = convert(value, column, connection)
         values.append(value)
-    split = len(Agent._meta.concrete_fields)
-    agent = Agent.from_db(connection.alias, None, values[:split])
-    account = Account.from_db(connection.alias, list(_CALL_ACCOUNT_FIELDS), values[split:])
+    split = len(sql.AGENT_FIELDS)
+    agent = Agent.from_db(connection.alias, _AGENT_ATTNAMES, values[:split])
+    account = Account.from_db(connection.alias, list(sql.CALL_ACCOUNT_FIELDS), values[split:])
     Agent.account.field.set_cached_value(agent, account)
     registered_pk = row[-1]
     return agent, Tool.objects.filter(pk=registered_pk).first() if registered_pk else None
@@ -268,67 +253,72 @@ def args_hash(key: str, agent_id: str, tool: str, args: dict[str, Any]) -> str:
     return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
 
 
-def _keys(agent: Agent, args_digest: str, now: datetime) -> list[str]:
+class GovernedCallKeys(NamedTuple):
+    """KEYS of governance/governed_call.lua (its header says what each holds)."""
+
+    ready: str
+    dedup: str
+    hour: str
+    spend: str
+    calls: str
+    usage: str
+    bucket: str | None = None  # with ``rate`` and ``burst``: the caller's rate-limit token is taken in the script
+
+
+class GovernedCallArgs(NamedTuple):
+    """ARGV of governance/governed_call.lua."""
+
+    now_ms: int
+    window_ms: int
+    max_actions: int
+    max_calls: int
+    max_spend: int
+    cost: int
+    tool: str
+    reservation: str
+    day_seconds: int
+    ai_limit: int
+    usage_keep_seconds: int
+    day: str
+    dry_run: str
+    rate: int | None = None
+    burst: int | None = None
+
+
+GOVERNED_CALL = LuaScript(GOVERNED_CALL_LUA, GovernedCallKeys, GovernedCallArgs, preludes=(TAKE_TOKEN_LUA,))
+
+
+class RebuildKeys(NamedTuple):
+    """KEYS of governance/rebuild_counters.lua: the agent's counters, as in GovernedCallKeys."""
+
+    ready: str
+    hour: str
+    spend: str
+    calls: str
+
+
+class RebuildArgs(NamedTuple):
+    """ARGV of governance/rebuild_counters.lua, before its ``pairs``."""
+
+    spend_today: int
+    day_seconds: int
+    ready_seconds: int
+    tool_count: int
+
+
+REBUILD = LuaScript(REBUILD_LUA, RebuildKeys, RebuildArgs, rest="pairs")
+
+
+def _keys(agent: Agent, args_digest: str, now: datetime, bucket: str | None = None) -> GovernedCallKeys:
     base = f"oo:{{a{agent.account_id}}}:gov:{agent.pk}"
     day = now.strftime("%Y%m%d")
-    return [f"{base}:ready", f"{base}:dedup:{args_digest}", f"{base}:hour", f"{base}:spend:{day}",
-            f"{base}:calls:{day}", usage.usage_key(agent.account_id, now)]  # fmt: skip
+    return GovernedCallKeys(ready=f"{base}:ready", dedup=f"{base}:dedup:{args_digest}", hour=f"{base}:hour",
+                            spend=f"{base}:spend:{day}", calls=f"{base}:calls:{day}",
+                            usage=usage.usage_key(agent.account_id, now), bucket=bucket)  # fmt: skip
 
 
 def _micro(amount: Decimal) -> int:
     return int((amount * MICRO).to_integral_value())
-
-
-_ROLLUP_SQL = """
-INSERT INTO governance_decisionrollup (account_id, agent_id, hour, tool, outcome, count, spend_usd)
-VALUES (%s, %s, %s, %s, %s, 1, %s)
-ON CONFLICT (agent_id, hour, tool, outcome) DO UPDATE SET
-    count = governance_decisionrollup.count + 1, spend_usd = governance_decisionrollup.spend_usd + excluded.spend_usd
-"""
-
-
-_DECISION_AND_ROLLUP_SQL = """
-WITH decision AS (INSERT INTO governance_decision ({names}) VALUES ({placeholders}) RETURNING id),
-rollup AS (
-    INSERT INTO governance_decisionrollup (account_id, agent_id, hour, tool, outcome, count, spend_usd)
-    VALUES (%s, %s, %s, %s, %s, 1, %s)
-    ON CONFLICT (agent_id, hour, tool, outcome) DO UPDATE SET
-        count = governance_decisionrollup.count + 1,
-        spend_usd = governance_decisionrollup.spend_usd + excluded.spend_usd
-)
-SELECT id FROM decision
-"""
-
-
-# A dispatched call's decision: the same, but only if its dispatch intent is still there (deleted by this very
-# statement): the sweeper may have recorded it already. SELECT … FROM gone yields one row or none; the casts give
-# the client-side-bound literals their column types (a SELECT list does not take them from the INSERT's columns).
-_DECISION_FOR_INTENT_SQL = """
-WITH gone AS (DELETE FROM governance_dispatchintent WHERE id = %s RETURNING id),
-decision AS (INSERT INTO governance_decision ({names}) SELECT {placeholders} FROM gone RETURNING id),
-rollup AS (
-    INSERT INTO governance_decisionrollup (account_id, agent_id, hour, tool, outcome, count, spend_usd)
-    SELECT %s::bigint, %s::bigint, %s::timestamptz, %s::varchar, %s::varchar, 1, %s::numeric FROM gone
-    ON CONFLICT (agent_id, hour, tool, outcome) DO UPDATE SET
-        count = governance_decisionrollup.count + 1,
-        spend_usd = governance_decisionrollup.spend_usd + excluded.spend_usd
-)
-SELECT id FROM decision
-"""
-
-
-@cache
-def _decision_sql(vendor: str, for_intent: bool) -> tuple[str, tuple[Any, ...]]:
-    """The one-statement decision insert (with or without its intent's deletion) and its columns, built once per
-    process (the column list and casts are the same on every call)."""
-    columns = tuple(f for f in Decision._meta.concrete_fields if not f.primary_key)
-    names = ", ".join(connection.ops.quote_name(f.column) for f in columns)
-    if not for_intent:
-        return _DECISION_AND_ROLLUP_SQL.format(names=names, placeholders=", ".join(["%s"] * len(columns))), columns
-    # Casts without lengths or scales (varchar, numeric): the INSERT's own checks still apply, nothing is silently
-    # cut to fit.
-    casts = ", ".join(f"%s::{f.cast_db_type(connection).split('(')[0]}" for f in columns)
-    return _DECISION_FOR_INTENT_SQL.format(names=names, placeholders=casts), columns
 
 
 class IntentGone(Exception):
@@ -355,11 +345,12 @@ def _record(
     if events is None and connection.vendor == "postgresql" and not connection.in_atomic_block:
         # The common case as one statement (its own synchronous transaction): one round trip instead of BEGIN,
         # INSERT, upsert, COMMIT — the commit's flush is the same (docs/benchmarks.md).
-        sql, columns = _decision_sql(connection.vendor, intent_id is not None)
-        values = [f.get_db_prep_save(getattr(decision, f.attname), connection) for f in columns]
-        params = [*values, *rollup] if intent_id is None else [intent_id, *values, *rollup]
+        values = [f.get_db_prep_save(getattr(decision, f.attname), connection) for f in sql.DECISION_FIELDS]
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            if intent_id is None:
+                cursor.execute(sql.DECISION_AND_ROLLUP, [*values, *rollup])
+            else:
+                cursor.execute(sql.DECISION_FOR_INTENT, [intent_id, *values, *rollup])
             row = cursor.fetchone()
         if row is None:
             raise IntentGone(intent_id)
@@ -373,11 +364,11 @@ def _record(
         if events is not None:
             run_events.emit_many(events(decision))
         with connection.cursor() as cursor:
-            cursor.execute(_ROLLUP_SQL, rollup)
+            cursor.execute(sql.ROLLUP_UPSERT, rollup)
     return decision
 
 
-def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) -> None:
+def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: int) -> None:
     """Counters and dedup entries from the database ledger (the decision log), after Redis lost them."""
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     charged = Decision.objects.filter(agent=agent, outcome__in=CHARGED_OUTCOMES)
@@ -405,7 +396,7 @@ def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) ->
         seen = Decision.objects.filter(
             agent=agent, outcome__in=[Outcome.EXECUTED, Outcome.ALLOWED], ts__gt=now - timedelta(seconds=dedup_window)
         ).values_list("id", "args_hash", "ts")
-        base = keys[1].rsplit(":", 1)[0]
+        base = keys.dedup.rsplit(":", 1)[0]
         unrecorded = DispatchIntent.objects.filter(
             agent=agent, created_at__gt=now - timedelta(seconds=dedup_window)
         ).values_list("id", "args_hash", "created_at")
@@ -415,12 +406,18 @@ def _rebuild(agent: Agent, keys: list[str], now: datetime, dedup_window: int) ->
                 if left_ms > 0:
                     pipe.set(f"{base}:{digest}", f"{marker}:{pk}", px=left_ms, nx=True)
         pipe.execute()
-    argv: list[Any] = [_micro(spend), DAY_COUNTER_SECONDS, READY_SECONDS, len(calls)]
+    pairs: list[Any] = []
     for tool, count in calls.items():
-        argv += [tool, count]
+        pairs += [tool, count]
     for member, ts in hour:
-        argv += [int(ts.timestamp() * 1000), member]
-    lua_script(REBUILD_LUA)(keys=[keys[0], keys[2], keys[3], keys[4]], args=argv, client=client)
+        pairs += [int(ts.timestamp() * 1000), member]
+    REBUILD(
+        client,
+        RebuildKeys(ready=keys.ready, hour=keys.hour, spend=keys.spend, calls=keys.calls),
+        RebuildArgs(spend_today=_micro(spend), day_seconds=DAY_COUNTER_SECONDS, ready_seconds=READY_SECONDS,
+                    tool_count=len(calls)),
+        pairs,
+    )  # fmt: skip
 
 
 EXPLAIN_LIST = 20  # entries of allowed_tools a tool_not_allowed decision keeps (with the list's size)
@@ -446,6 +443,374 @@ def _attempts_explain(sent: dispatch.DispatchResult) -> dict[str, Any]:
     return out
 
 
+# --- the governed call, step by step (docs/architecture.md §4) ---------------------------------------------------
+#
+# governed_call runs the steps of the pipeline in its order, one function each, each testable alone: call_resolve
+# (the agent and the tool), call_policy and call_price (the kill switch, the policy, the registry, the charge),
+# call_reserve (governed_call.lua: the rate-limit token, dedup, the limits, the quota and the reservation),
+# call_dispatch, call_record and call_tidy. They share state through small dataclasses: Call (what was resolved),
+# Charge (the price), Caps (the policy's limits), Reserved (what the atomic step answered), Ending (how the call
+# ends, as its decision records it).
+
+
+@dataclass(slots=True)
+class Call:
+    """One governed call as its steps see it: what ``call_resolve`` found, and the fields every decision of the call
+    records (``base``: the priced call adds both sides of its charge to them)."""
+
+    account_id: int
+    agent_id: str
+    agent: Agent
+    registered: Tool | None  # the registered tool the call uses, if any (its name is then ``tool``)
+    tool: str
+    args: dict[str, Any]
+    policy: dict[str, Any]  # the agent's current policy ({}: no limits)
+    digest: str  # args_hash
+    run_id: str
+    dry_run: bool
+    finishes_run: bool
+    started: float  # time.monotonic() at the start, for the decision's latency
+    started_at: datetime
+    base: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A call's cost (docs/architecture.md §4.4): the larger of what the request declares and the operator's price."""
+
+    price: Decimal
+    declared: Decimal | None
+    cost: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """The limits of the agent's policy that apply to this call: ``calls`` is -1 when the tool has no day cap."""
+
+    hourly: int | None
+    calls: int
+    spend: float | int | None  # USD per day, as the policy holds it
+
+    @classmethod
+    def of(cls, policy: dict[str, Any], tool: str) -> Caps:
+        return cls(policy.get("max_actions_per_hour"), policies.call_cap(policy, tool),
+                   policy.get("max_spend_usd_per_day"))  # fmt: skip
+
+
+@dataclass(slots=True)
+class Reserved:
+    """What governed_call.lua answered (``status``: ok, blocked or dedup; the other answers raise), with what it ran
+    with: the caps, the time, and the keys and arguments that undoing the reservation needs (``call_release``)."""
+
+    status: str
+    detail: str  # blocked: the reason; dedup: the entry ("decision:<id>", "pending:<reservation>", "intent:<id>")
+    actions: int  # the counts: before this call when blocked, after its reservation when ok (0 on dedup)
+    calls: int
+    spent: int  # micro-dollars
+    caps: Caps
+    now: datetime
+    keys: GovernedCallKeys
+    args: GovernedCallArgs
+
+    @property
+    def remaining(self) -> dict[str, Any]:
+        return {"spend_usd_today": float(Decimal(self.spent) / MICRO), "actions_this_hour": self.actions,
+                "calls_today": self.calls}  # fmt: skip
+
+
+@dataclass(slots=True)
+class Ending:
+    """How a call ends, as its decision records it: outcome, reason, what the rule saw (``explain``, without the
+    policy version ``call_record`` adds), and the decision fields only this ending sets (``extra``)."""
+
+    outcome: str
+    reason: str
+    explain: dict[str, Any]
+    remaining: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # spend_usd, http_status, dispatch_id, result, original
+    intent_id: int | None = None  # a dispatched call's intent, deleted with the decision's write
+    sent: dispatch.DispatchResult | None = None  # a dispatched call's dispatch
+
+
+def call_resolve(
+    *,
+    account_id: int,
+    agent_id: str,
+    tool: str,
+    args: dict[str, Any],
+    run_id: str | None,
+    dry_run: bool,
+    finishes_run: bool,
+    api_key_id: int | None,
+) -> Call:
+    """Resolve (docs/architecture.md §4.2, §4.4): the agent (registered on first sight) and the registered tool it
+    would use, in one query (two with a tool); the call's args hash, run id and risk level."""
+    started = time.monotonic()
+    started_at = timezone.now()
+    agent, registered = _agent_for_call(account_id, agent_id, tool)  # agent scope first (docs/architecture.md §4.2)
+    if registered is not None:
+        # A call of `STRIPE.CHARGE` is a call of the registered `stripe.charge`: decided, recorded, counted and
+        # dispatched under that name, so the log, the rollups and top_tools show one tool (docs/api.md).
+        tool = registered.name
+    digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
+    if run_id is None:
+        from_args = args.get("run_id")
+        run_id = from_args if isinstance(from_args, str) else ""
+    risk = (registered.risk_level if registered else "") or policies.risk_of(tool)
+    base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
+                risk_level=risk, api_key_id=api_key_id)  # fmt: skip
+    return Call(account_id=account_id, agent_id=agent_id, agent=agent, registered=registered, tool=tool, args=args,
+                policy=agent.policy or {}, digest=digest, run_id=run_id, dry_run=dry_run, finishes_run=finishes_run,
+                started=started, started_at=started_at, base=base)  # fmt: skip
+
+
+def call_policy(call: Call) -> Ending | None:
+    """Policy (docs/architecture.md §4.2–§4.4): the kill switch, the policy's tool lists and the registry, from what
+    ``call_resolve`` read (no query, no Redis): the blocking Ending, or None when the call goes on. Strict mode and no
+    registered tool raises ToolNotFound (404, nothing recorded)."""
+    agent, tool, registered = call.agent, call.tool, call.registered
+    if not agent.is_enabled:
+        return Ending(Outcome.BLOCKED, Reason.AGENT_DISABLED, _disabled_explain(agent, "before_call"))
+    if (pattern := policies.matching_pattern(tool, call.policy.get("blocked_tools") or [])) is not None:
+        return Ending(Outcome.BLOCKED, Reason.TOOL_BLOCKED, {"pattern": pattern})
+    allow_list = call.policy.get("allowed_tools")
+    if allow_list is not None and not policies.matches(tool, allow_list):
+        seen = {"allowed_tools": allow_list[:EXPLAIN_LIST], "allowed_tools_count": len(allow_list)}
+        return Ending(Outcome.BLOCKED, Reason.TOOL_NOT_ALLOWED, seen)
+    if registered is not None and not registered.enabled:
+        seen = {"tool_id": registered.pk, "scope_id": registered.scope_id}
+        return Ending(Outcome.BLOCKED, Reason.TOOL_DISABLED, seen)
+    if registered is None and agent.account.strict_mode:
+        # Unregistered, and the account refuses unregistered tools instead of permit-only decisions.
+        raise ToolNotFound(tool)
+    return None
+
+
+def call_price(call: Call, spend_usd: Decimal | None) -> Charge:
+    """Price (docs/architecture.md §4.4): the larger of what the request declares and the operator's price
+    (docs/api.md §"POST /v1/ai/run — the governed call"): an agent may declare more, never less. The operator's
+    price is the first pricing rule that names the tool (a rule of 0 prices it at zero), else the registry's price,
+    else 0."""
+    price = policies.operator_price(call.policy, call.tool)  # price_for on normalised names (docs/security.md)
+    if price is None:
+        registered = call.registered
+        price = registered.price_usd if registered is not None and registered.price_usd is not None else Decimal(0)
+    price = price.quantize(SIX_PLACES)
+    declared = spend_usd.quantize(SIX_PLACES) if spend_usd is not None else None
+    return Charge(price=price, declared=declared, cost=price if declared is None else max(declared, price))
+
+
+def call_reserve_request(
+    call: Call,
+    plan: PlanLimits,
+    charge: Charge,
+    caps: Caps,
+    now: datetime,
+    reservation: str,
+    rate_limit: tuple[str, list[int]] | None = None,
+) -> tuple[GovernedCallKeys, GovernedCallArgs]:
+    """The KEYS and ARGV of governed_call.lua for this call (no Redis): the caps as the script takes them (-1: none,
+    spend in micro-dollars), the per-tool counter by its normalised name (`SEND_EMAIL` counts as `send_email`), and
+    the caller's rate-limit bucket when the token is taken in the script."""
+    bucket: str | None = None
+    rate: int | None = None
+    burst: int | None = None
+    if rate_limit is not None:
+        bucket, (rate, burst) = rate_limit
+    keys = _keys(call.agent, call.digest, now, bucket)
+    args = GovernedCallArgs(
+        now_ms=int(now.timestamp() * 1000), window_ms=plan.default_ttl * 1000,
+        max_actions=caps.hourly if caps.hourly is not None else -1, max_calls=caps.calls,
+        max_spend=_micro(Decimal(str(caps.spend))) if caps.spend is not None else -1, cost=_micro(charge.cost),
+        tool=policies.counter_name(call.tool), reservation=reservation, day_seconds=DAY_COUNTER_SECONDS,
+        ai_limit=plan.ai_limit, usage_keep_seconds=usage.KEEP_SECONDS, day=now.strftime("%d"),
+        dry_run="1" if call.dry_run else "0", rate=rate, burst=burst,
+    )  # fmt: skip
+    return keys, args
+
+
+def call_reserve(
+    call: Call, plan: PlanLimits, charge: Charge, rate_limit: tuple[str, list[int]] | None = None
+) -> Reserved:
+    """Reserve (docs/architecture.md §4.5, §4.6): the atomic step, one governed_call.lua round trip (the counters or
+    the usage hash rebuilt first when Redis lost them). Raises RateLimited (429) and QuotaExceeded (402): nothing
+    recorded."""
+    now, caps = timezone.now(), Caps.of(call.policy, call.tool)
+    keys, args = call_reserve_request(call, plan, charge, caps, now, uuid.uuid4().hex, rate_limit)
+    client = get_redis()
+    for _ in range(3):
+        reply = GOVERNED_CALL(client, keys, args)
+        if reply[0] == b"rebuild":
+            _rebuild(call.agent, keys, now, plan.default_ttl)
+        elif reply[0] == b"rebuild_usage":
+            usage.rebuild(call.account_id, now)
+        else:
+            break
+    else:
+        raise RuntimeError("governance counters could not be rebuilt")
+    status = reply[0].decode()
+    if status == "rate_limited":
+        raise RateLimited(int(reply[1]))
+    if status == "quota":
+        raise usage.QuotaExceeded(kind=usage.AI, plan=plan.code, usage=int(reply[1]), limit=plan.ai_limit)
+    if status == "dedup":
+        return Reserved(status, reply[1].decode(), 0, 0, 0, caps, now, keys, args)
+    detail = reply[1].decode() if status == "blocked" else ""
+    return Reserved(status, detail, int(reply[-3]), int(reply[-2]), int(reply[-1]), caps, now, keys, args)
+
+
+def call_release(reserved: Reserved) -> None:
+    """Without its durable decision the reservation must not stand (the ledger is the decision log): the hourly
+    entry, the tool's day count, the day's spend, the dedup entry and the `ai` usage unit are taken back."""
+    keys, args = reserved.keys, reserved.args
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.zrem(keys.hour, args.reservation)
+    pipe.hincrby(keys.calls, args.tool, -1)
+    pipe.incrby(keys.spend, -args.cost)
+    pipe.delete(keys.dedup)
+    pipe.hincrby(keys.usage, usage.AI, -1)
+    pipe.hincrby(keys.usage, f"{usage.AI}:{args.day}", -1)
+    pipe.execute()
+
+
+def _dedup_ending(call: Call, reserved: Reserved) -> Ending:
+    """A repeat within the dedup window (docs/architecture.md §4.5) points at the original decision and replays its
+    result once the original is recorded; while it is still in flight (pending:, intent:) or gone, neither."""
+    original = None
+    if reserved.detail.startswith("decision:"):
+        original = Decision.objects.filter(pk=int(reserved.detail.split(":", 1)[1]), agent=call.agent).first()
+    return Ending(Outcome.DEDUP, Reason.IDEMPOTENCY_KEY_HIT,
+                  {"original_decision_id": original.pk if original else None},
+                  extra={"result": original.result if original else None, "original": original})  # fmt: skip
+
+
+def _limit_explain(call: Call, reserved: Reserved, charge: Charge) -> dict[str, Any]:
+    """What a limit saw when it blocked the call: the limit and the counts before the call (the ones the script
+    returns with "blocked"), and for the spend cap the spend so far, the cost and both sides of the charge."""
+    caps, reason = reserved.caps, reserved.detail
+    if reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED:
+        return {"limit": caps.hourly, "count": reserved.actions}
+    if reason == Reason.TOOL_CALL_LIMIT_EXCEEDED:
+        return {"limit": caps.calls, "count": reserved.calls, "cap_key": policies.call_cap_key(call.policy, call.tool)}
+    # daily_spend_exceeded
+    return {"limit": _usd(Decimal(str(caps.spend))), "spent": _usd(Decimal(reserved.spent) / MICRO),
+            "cost": _usd(charge.cost), "declared": _usd(charge.declared), "price": _usd(charge.price)}  # fmt: skip
+
+
+def _budget_explain(reserved: Reserved, charge: Charge) -> dict[str, Any]:
+    """Within budget: the cost, and what is left under each cap the policy sets after this call (counts include
+    it)."""
+    caps = reserved.caps
+    left: dict[str, Any] = {}
+    if caps.hourly is not None:
+        left["actions_this_hour"] = caps.hourly - reserved.actions
+    if caps.calls >= 0:
+        left["calls_today"] = caps.calls - reserved.calls
+    if caps.spend is not None:
+        left["spend_usd_today"] = _usd(Decimal(str(caps.spend)) - Decimal(reserved.spent) / MICRO)
+    return {"cost": _usd(charge.cost), "left": left}
+
+
+def call_dispatch(call: Call, reserved: Reserved, charge: Charge, budget: dict[str, Any]) -> Ending:
+    """Dispatch (docs/architecture.md §4.7): the dispatch intent first (committed: from here on the tool may run, and
+    a rebuild counts it), then the signed dispatch, outside any transaction, while the reservation stands; the kill
+    switch can stop it in flight. Only for a registered, enabled tool. The Ending carries the intent, for
+    call_record to delete."""
+    agent, registered, tool = call.agent, call.registered, call.tool
+    assert registered is not None
+    reservation = reserved.args.reservation
+    try:
+        intent = DispatchIntent.objects.create(
+            account_id=call.account_id, agent=agent, created_at=reserved.now, tool=tool,
+            args_hash=call.digest, run_id=call.run_id[:256], policy_version=agent.policy_version,
+            risk_level=call.base["risk_level"], spend_usd=charge.cost, declared_spend_usd=charge.declared,
+            operator_price_usd=charge.price, dispatch_id=reservation, api_key_id=call.base["api_key_id"],
+            explain={"policy_version": agent.policy_version, **budget},
+        )  # fmt: skip
+    except Exception:
+        call_release(reserved)
+        raise
+    try:
+        sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=call.agent_id, args=call.args,
+                                 run_id=call.run_id, args_digest=call.digest, fence=reserved.args.now_ms,
+                                 kill_switch=dispatch.KillSwitch(agent.pk))  # fmt: skip
+    except Exception as exc:  # an undecryptable secret, a broken answer: a tool error, never a 500
+        logger.exception("dispatch of %s failed unexpectedly", tool)
+        sent = dispatch.DispatchResult(False, None, None, 0, 0, f"dispatch error: {exc.__class__.__name__}")
+    extra = {"spend_usd": charge.cost, "http_status": sent.http_status, "dispatch_id": reservation,
+             "result": sent.result}  # fmt: skip
+    ending = Ending(Outcome.EXECUTED if sent.ok else Outcome.FAILED,
+                    Reason.WITHIN_BUDGET if sent.ok else Reason.TOOL_ERROR, {**budget, **_attempts_explain(sent)},
+                    reserved.remaining, extra, intent.pk, sent)  # fmt: skip
+    # Who pressed the kill switch meanwhile: one read, on this rare path only.
+    switched = (Agent.objects.filter(pk=agent.pk).first() or agent) if sent.stopped else agent
+    if sent.stopped and not sent.attempts:
+        # Disabled while in flight, before the first attempt: no request was sent. Blocked like a call that meets
+        # the kill switch at its start: nothing charged, the reservation released by call_tidy.
+        ending.outcome, ending.reason, ending.remaining = Outcome.BLOCKED, Reason.AGENT_DISABLED, {}
+        ending.extra["spend_usd"] = Decimal(0)
+        ending.explain = _disabled_explain(switched, "in_flight_before_attempt")
+    elif sent.stopped:
+        # Disabled before a retry: the retry was not sent, but an earlier attempt reached the tool, which may have
+        # acted on it (a timeout or a dropped connection says nothing about that). Failed like a tool error: the
+        # spend and the counted action stay (else the caps could be passed by tool runs nobody paid for).
+        ending.outcome, ending.reason = Outcome.FAILED, Reason.AGENT_DISABLED
+        ending.explain = {**budget, **_disabled_explain(switched, "in_flight_after_attempt"), **_attempts_explain(sent)}
+    if sent.attempts:
+        Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
+                                                     last_dispatch_at=timezone.now())  # fmt: skip
+    return ending
+
+
+def call_record(call: Call, ending: Ending) -> CallOutcome:
+    """Record (docs/architecture.md §4.8): the decision row (with its rollup and the call's run events) in one
+    synchronous transaction; a dry run is decided, not recorded: its timeline alone shows what would have happened."""
+    agent = call.agent
+    latency = int((time.monotonic() - call.started) * 1000)
+    allowed = ending.outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP)
+    # What the rule saw (governance/explain.py words it): always the policy version, then the reason's numbers.
+    seen = {"policy_version": agent.policy_version, **ending.explain}
+    fields = dict(outcome=ending.outcome, policy_reason=ending.reason, latency_ms=latency, allowed=allowed,
+                  explain=seen, **call.base, **ending.extra)  # fmt: skip
+    timeline = None
+    if call.run_id:
+        run_id, started_at, dry_run, finishes_run = call.run_id, call.started_at, call.dry_run, call.finishes_run
+        timeline = lambda decision: _call_events(  # noqa: E731
+            decision, run_id=run_id, started_at=started_at, dry_run=dry_run, finishes_run=finishes_run
+        )
+    if call.dry_run:
+        decision = Decision(account_id=call.account_id, agent=agent, ts=timezone.now(), **fields)
+        if timeline is not None:
+            run_events.emit_many(timeline(decision))
+    else:
+        decision = _record(agent, timeline, ending.intent_id, **fields)
+    return CallOutcome(decision=decision, remaining=ending.remaining)
+
+
+def call_tidy(reserved: Reserved, ending: Ending, decision: Decision) -> None:
+    """Tidy (docs/architecture.md §4.8), after the commit: a call stopped before any attempt gives its whole
+    reservation back; a failed call its dedup entry and its `ai` unit (the spend stays charged); any other call's
+    dedup entry becomes ``decision:<id>``. A Redis error is logged: the decision is durable, and a rebuild after the
+    outage restores the same state from the decision log."""
+    keys = reserved.keys
+    try:
+        if ending.outcome == Outcome.BLOCKED:
+            # Stopped by the kill switch before any attempt: not charged, not counted, not deduplicated.
+            call_release(reserved)
+        elif ending.outcome == Outcome.FAILED:
+            # The tool failed: a retry may run again (dedup entry released); the spend stays charged, the ai quota
+            # unit is given back (it counts executed or allowed calls only).
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.delete(keys.dedup)
+            pipe.hincrby(keys.usage, usage.AI, -1)
+            pipe.hincrby(keys.usage, f"{usage.AI}:{reserved.args.day}", -1)
+            pipe.execute()
+        else:
+            get_redis().set(keys.dedup, f"decision:{decision.pk}", xx=True, keepttl=True)
+    except redis.RedisError:
+        logger.warning("decision %s recorded; Redis could not be updated after it", decision.pk, exc_info=True)
+
+
 def governed_call(
     *,
     account_id: int,
@@ -469,230 +834,47 @@ def governed_call(
     bucket and its rate and burst, ``billing.ratelimit.script_args``) takes the caller's token in the same script:
     over the limit raises ``RateLimited`` with nothing recorded.
     """
-    started = time.monotonic()
-    started_at = timezone.now()
-    agent, registered = _agent_for_call(account_id, agent_id, tool)  # agent scope first (docs/architecture.md §4.2)
-    if registered is not None:
-        # A call of `STRIPE.CHARGE` is a call of the registered `stripe.charge`: decided, recorded, counted and
-        # dispatched under that name, so the log, the rollups and top_tools show one tool (docs/api.md).
-        tool = registered.name
-    policy = agent.policy or {}
-    digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
-    if run_id is None:
-        run_id = args.get("run_id") if isinstance(args.get("run_id"), str) else ""
-    risk = (registered.risk_level if registered else "") or policies.risk_of(tool)
-    base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
-                risk_level=risk, api_key_id=api_key_id)  # fmt: skip
-
-    def finish(
-        outcome: str,
-        reason: str,
-        remaining: dict[str, Any],
-        intent_id: int | None = None,
-        explain: dict[str, Any] | None = None,
-        **extra: Any,
-    ) -> CallOutcome:
-        latency = int((time.monotonic() - started) * 1000)
-        allowed = outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP)
-        # What the rule saw (governance/explain.py words it): always the policy version, then the reason's numbers.
-        seen = {"policy_version": agent.policy_version, **(explain or {})}
-        fields = dict(outcome=outcome, policy_reason=reason, latency_ms=latency, allowed=allowed, explain=seen, **base,
-                      **extra)  # fmt: skip
-        timeline = None
-        if run_id:
-            timeline = lambda decision: _call_events(  # noqa: E731
-                decision, run_id=run_id, started_at=started_at, dry_run=dry_run, finishes_run=finishes_run
-            )
-        if dry_run:  # decided, not recorded: the timeline alone shows what would have happened
-            decision = Decision(account_id=account_id, agent=agent, ts=timezone.now(), **fields)
-            if timeline is not None:
-                run_events.emit_many(timeline(decision))
-        else:
-            decision = _record(agent, timeline, intent_id, **fields)
-        return CallOutcome(decision=decision, remaining=remaining)
-
-    if not agent.is_enabled:
-        return finish(Outcome.BLOCKED, Reason.AGENT_DISABLED, {}, explain=_disabled_explain(agent, "before_call"))
-    if (pattern := policies.matching_pattern(tool, policy.get("blocked_tools") or [])) is not None:
-        return finish(Outcome.BLOCKED, Reason.TOOL_BLOCKED, {}, explain={"pattern": pattern})
-    allow_list = policy.get("allowed_tools")
-    if allow_list is not None and not policies.matches(tool, allow_list):
-        seen = {"allowed_tools": allow_list[:EXPLAIN_LIST], "allowed_tools_count": len(allow_list)}
-        return finish(Outcome.BLOCKED, Reason.TOOL_NOT_ALLOWED, {}, explain=seen)
-
-    if registered is not None and not registered.enabled:
-        return finish(Outcome.BLOCKED, Reason.TOOL_DISABLED, {},
-                      explain={"tool_id": registered.pk, "scope_id": registered.scope_id})  # fmt: skip
-    if registered is None and agent.account.strict_mode:
-        # Unregistered, and the account refuses unregistered tools instead of permit-only decisions.
-        raise ToolNotFound(tool)
-
-    # The charge is the larger of what the request declares and the operator's price
-    # (docs/api.md §"POST /v1/ai/run — the governed call"): an agent may declare more, never less. The operator's
-    # price is the first pricing rule that names the tool (a rule of 0 prices it at zero), else the registry's price,
-    # else 0.
-    price = policies.operator_price(policy, tool)  # price_for on normalised names (docs/security.md)
-    if price is None:
-        price = registered.price_usd if registered is not None and registered.price_usd is not None else Decimal(0)
-    price = price.quantize(SIX_PLACES)
-    declared = spend_usd.quantize(SIX_PLACES) if spend_usd is not None else None
-    cost = price if declared is None else max(declared, price)
+    call = call_resolve(account_id=account_id, agent_id=agent_id, tool=tool, args=args, run_id=run_id,
+                        dry_run=dry_run, finishes_run=finishes_run, api_key_id=api_key_id)  # fmt: skip
+    stop = call_policy(call)
+    if stop is not None:
+        return call_record(call, stop)
+    charge = call_price(call, spend_usd)
     # From here on every decision (blocked by a limit, dedup, allowed, executed, failed) records both sides.
-    base.update(declared_spend_usd=declared, operator_price_usd=price)
-    now = timezone.now()
-    keys = _keys(agent, digest, now)
-    window = plan.default_ttl
-    reservation = uuid.uuid4().hex
-    spend_cap = policy.get("max_spend_usd_per_day")
-    hourly_cap, call_cap = policy.get("max_actions_per_hour"), policies.call_cap(policy, tool)
-    counted = policies.counter_name(tool)  # the per-tool counter: `SEND_EMAIL` counts as `send_email`
-    argv = [
-        int(now.timestamp() * 1000), window * 1000,
-        hourly_cap if hourly_cap is not None else -1,
-        call_cap,
-        _micro(Decimal(str(spend_cap))) if spend_cap is not None else -1,
-        _micro(cost), counted, reservation, DAY_COUNTER_SECONDS, plan.ai_limit, usage.KEEP_SECONDS, now.strftime("%d"),
-        "1" if dry_run else "0",
-    ]  # fmt: skip
-    if rate_limit is not None:
-        keys.append(rate_limit[0])
-        argv.extend(rate_limit[1])
-    client = get_redis()
-    for _ in range(3):
-        reply = lua_script(GOVERNED_CALL_LUA, TAKE_TOKEN_LUA)(keys=keys, args=argv, client=client)
-        if reply[0] == b"rebuild":
-            _rebuild(agent, keys, now, window)
-        elif reply[0] == b"rebuild_usage":
-            usage.rebuild(account_id, now)
-        else:
-            break
+    call.base.update(declared_spend_usd=charge.declared, operator_price_usd=charge.price)
+    reserved = call_reserve(call, plan, charge, rate_limit)
+    if reserved.status == "dedup":
+        return call_record(call, _dedup_ending(call, reserved))
+    if reserved.status == "blocked":
+        return call_record(call, Ending(Outcome.BLOCKED, reserved.detail, _limit_explain(call, reserved, charge),
+                                        reserved.remaining))  # fmt: skip
+    budget = _budget_explain(reserved, charge)
+    if dry_run:  # decided exactly as a real call, but the script reserved nothing: nothing to release or tidy
+        return call_record(call, Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining,
+                                        {"spend_usd": charge.cost}))  # fmt: skip
+    if call.registered is None:  # permit-only: an unregistered tool is not dispatched
+        ending = Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost})
     else:
-        raise RuntimeError("governance counters could not be rebuilt")
-
-    kind = reply[0].decode()
-    if kind == "rate_limited":
-        raise RateLimited(int(reply[1]))
-    if kind == "quota":
-        raise usage.QuotaExceeded(kind=usage.AI, plan=plan.code, usage=int(reply[1]), limit=plan.ai_limit)
-    if kind == "dedup":
-        value = reply[1].decode()
-        original = None
-        if value.startswith("decision:"):
-            original = Decision.objects.filter(pk=int(value.split(":", 1)[1]), agent=agent).first()
-        return finish(
-            Outcome.DEDUP,
-            Reason.IDEMPOTENCY_KEY_HIT,
-            {},
-            # No original id: the first call is still in flight (pending:, intent:) or its decision is gone.
-            explain={"original_decision_id": original.pk if original else None},
-            result=original.result if original else None,
-            original=original,
-        )
-    actions, calls, spent = int(reply[-3]), int(reply[-2]), int(reply[-1])
-    remaining = {"spend_usd_today": float(Decimal(spent) / MICRO), "actions_this_hour": actions, "calls_today": calls}
-    if kind == "blocked":
-        # The counts the script returns on "blocked" are the ones before this call: the numbers the limit was met at.
-        reason = reply[1].decode()
-        if reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED:
-            seen = {"limit": hourly_cap, "count": actions}
-        elif reason == Reason.TOOL_CALL_LIMIT_EXCEEDED:
-            seen = {"limit": call_cap, "count": calls, "cap_key": policies.call_cap_key(policy, tool)}
-        else:  # daily_spend_exceeded
-            seen = {"limit": _usd(Decimal(str(spend_cap))), "spent": _usd(Decimal(spent) / MICRO), "cost": _usd(cost),
-                    "declared": _usd(declared), "price": _usd(price)}  # fmt: skip
-        return finish(Outcome.BLOCKED, reason, remaining, explain=seen)
-    # Within budget: the cost, and what is left under each cap the policy sets after this call (counts include it).
-    left: dict[str, Any] = {}
-    if hourly_cap is not None:
-        left["actions_this_hour"] = hourly_cap - actions
-    if call_cap >= 0:
-        left["calls_today"] = call_cap - calls
-    if spend_cap is not None:
-        left["spend_usd_today"] = _usd(Decimal(str(spend_cap)) - Decimal(spent) / MICRO)
-    budget = {"cost": _usd(cost), "left": left}
-    decided, reason, extra = Outcome.ALLOWED, Reason.WITHIN_BUDGET, {}
-    if dry_run:
-        return finish(decided, reason, remaining, explain=budget, spend_usd=cost)
-    explain = budget
-
-    def release() -> None:
-        """Without its durable decision the reservation must not stand (the ledger is the decision log)."""
-        client.pipeline(transaction=False).zrem(keys[2], reservation).hincrby(keys[4], counted, -1).incrby(
-            keys[3], -_micro(cost)
-        ).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(keys[5], f"{usage.AI}:{now:%d}", -1).execute()
-
-    intent, charged = None, cost
-    if registered is not None:
-        # Step 7: the intent first (committed: from here on the tool may run, and a rebuild must count it), then
-        # the dispatch, outside any transaction; the reservation stands meanwhile.
-        try:
-            intent = DispatchIntent.objects.create(
-                account_id=account_id, agent=agent, created_at=now, tool=tool, args_hash=digest, run_id=run_id[:256],
-                policy_version=agent.policy_version, risk_level=risk, spend_usd=cost, declared_spend_usd=declared,
-                operator_price_usd=price, dispatch_id=reservation, api_key_id=api_key_id,
-                explain={"policy_version": agent.policy_version, **budget},
-            )  # fmt: skip
-        except Exception:
-            release()
-            raise
-        try:
-            sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=agent_id, args=args, run_id=run_id,
-                                     args_digest=digest, fence=int(now.timestamp() * 1000),
-                                     kill_switch=dispatch.KillSwitch(agent.pk))  # fmt: skip
-        except Exception as exc:  # an undecryptable secret, a broken answer: a tool error, never a 500
-            logger.exception("dispatch of %s failed unexpectedly", tool)
-            sent = dispatch.DispatchResult(False, None, None, 0, 0, f"dispatch error: {exc.__class__.__name__}")
-        extra = {"http_status": sent.http_status, "dispatch_id": reservation, "result": sent.result}
-        decided, reason = (Outcome.EXECUTED, Reason.WITHIN_BUDGET) if sent.ok else (Outcome.FAILED, Reason.TOOL_ERROR)
-        explain = {**budget, **_attempts_explain(sent)}
-        # Who pressed the kill switch meanwhile: one read, on this rare path only.
-        switched = (Agent.objects.filter(pk=agent.pk).first() or agent) if sent.stopped else agent
-        if sent.stopped and not sent.attempts:
-            # Disabled while in flight, before the first attempt: no request was sent. Blocked like a call that meets
-            # the kill switch at its start: nothing charged, the reservation released below.
-            decided, reason, remaining, charged = Outcome.BLOCKED, Reason.AGENT_DISABLED, {}, Decimal(0)
-            explain = _disabled_explain(switched, "in_flight_before_attempt")
-        elif sent.stopped:
-            # Disabled before a retry: the retry was not sent, but an earlier attempt reached the tool, which may have
-            # acted on it (a timeout or a dropped connection says nothing about that). Failed like a tool error: the
-            # spend and the counted action stay (else the caps could be passed by tool runs nobody paid for).
-            decided, reason = Outcome.FAILED, Reason.AGENT_DISABLED
-            explain = {**budget, **_disabled_explain(switched, "in_flight_after_attempt"), **_attempts_explain(sent)}
-        if sent.attempts:
-            Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
-                                                         last_dispatch_at=timezone.now())  # fmt: skip
+        ending = call_dispatch(call, reserved, charge, budget)
     try:
-        outcome = finish(decided, reason, remaining, intent.pk if intent else None, explain, spend_usd=charged, **extra)
+        outcome = call_record(call, ending)
     except IntentGone:
         # Slower than the sweeper's grace period: it recorded this dispatch (outcome_unknown) meanwhile.
-        original = Decision.objects.get(agent=agent, dispatch_id=reservation)
-        return CallOutcome(decision=original, remaining=remaining)
+        original = Decision.objects.get(agent=call.agent, dispatch_id=reserved.args.reservation)
+        return CallOutcome(decision=original, remaining=ending.remaining)
     except Exception:
-        if intent is None:
-            release()
+        if ending.intent_id is None:
+            call_release(reserved)
         # Else the tool was called and may have run: the reservation stands, and the intent row keeps it counted
         # through any Redis rebuild until the sweeper records it (dispatch_intents_record).
         raise
-    # The decision is durable: what follows only tidies Redis, and a Redis failure now must not turn a recorded (maybe
-    # executed) call into a 503 — a rebuild after the outage restores the same state from the decision log.
-    try:
-        if decided == Outcome.BLOCKED:
-            release()  # stopped by the kill switch before any attempt: not charged, not counted, not deduplicated
-        elif decided == Outcome.FAILED:
-            # The tool failed: a retry may run again (dedup entry released); the spend stays charged, the ai quota
-            # unit is given back (it counts executed or allowed calls only).
-            client.pipeline(transaction=False).delete(keys[1]).hincrby(keys[5], usage.AI, -1).hincrby(
-                keys[5], f"{usage.AI}:{now:%d}", -1
-            ).execute()
-        else:
-            client.set(keys[1], f"decision:{outcome.decision.pk}", xx=True, keepttl=True)
-    except redis.RedisError:
-        logger.warning("decision %s recorded; Redis could not be updated after it", outcome.decision.pk, exc_info=True)
-    if decided == Outcome.FAILED and reason == Reason.TOOL_ERROR:
+    call_tidy(reserved, ending, outcome.decision)
+    if ending.outcome == Outcome.FAILED and ending.reason == Reason.TOOL_ERROR and ending.sent is not None:
+        sent = ending.sent
         notify(
             account_id=account_id,
             kind="tool_error",
-            subject=f"{agent_id} → {tool} failed: {sent.error}",
+            subject=f"{agent_id} → {call.tool} failed: {sent.error}",
             body=f"Decision {outcome.decision.pk}: {sent.attempts} attempt(s), last HTTP status {sent.http_status}.",
         )
     return outcome

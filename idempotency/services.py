@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import rfc8785
@@ -26,12 +26,32 @@ from billing.models import Account
 from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
+from idempotency import sql
 from idempotency.choices import AttemptOutcome, LeaseStatus
 from idempotency.models import Lease, LeaseAttempt, LockRecord, RunEvent
-from onceonly_site.redis_client import get_redis, lua_script
+from onceonly_site.redis_client import LuaScript, get_redis
 
 CHECK_LOCK_LUA = Path(__file__).with_name("check_lock.lua")
 logger = logging.getLogger(__name__)
+
+
+class CheckLockKeys(NamedTuple):
+    lock: str
+    usage: str
+    bucket: str
+
+
+class CheckLockArgs(NamedTuple):
+    ttl_ms: int
+    value: str
+    usage_keep_seconds: int
+    make_limit: int
+    rate: int
+    burst: int
+    day: str
+
+
+CHECK_LOCK = LuaScript(CHECK_LOCK_LUA, CheckLockKeys, CheckLockArgs, preludes=(TAKE_TOKEN_LUA,))
 
 
 def effective_ttl(requested: int | None, plan: PlanLimits) -> int:
@@ -83,17 +103,6 @@ def _decode_lock(key: str, raw: bytes, pttl: int) -> LockOutcome:
     )
 
 
-_UPSERT_LOCK_SQL = """
-INSERT INTO idempotency_lockrecord (account_id, key, first_seen_at, expires_at, ttl_seconds, metadata)
-{values}
-ON CONFLICT (account_id, key) DO UPDATE SET
-    first_seen_at = excluded.first_seen_at, expires_at = excluded.expires_at,
-    ttl_seconds = excluded.ttl_seconds, metadata = excluded.metadata
-WHERE idempotency_lockrecord.expires_at <= excluded.first_seen_at
-RETURNING id
-"""
-
-
 def _record_first_seen(account_id: int, key: str, now: datetime, ttl: int, metadata_json: str) -> bool:
     """Insert (or take over an expired) first-seen record. False when the database holds a live lock.
 
@@ -104,14 +113,8 @@ def _record_first_seen(account_id: int, key: str, now: datetime, ttl: int, metad
     round trip in autocommit instead of four (BEGIN, SET LOCAL, INSERT, COMMIT) — measured in docs/benchmarks.md.
     """
     ops = connection.ops
-    postgres = connection.vendor == "postgresql"
-    sql = _UPSERT_LOCK_SQL.format(
-        values="SELECT %s, %s, %s, %s, %s, CAST(%s AS jsonb) FROM (SELECT set_config('synchronous_commit', 'off', "
-        "true)) AS async_commit"
-        if postgres
-        else "VALUES (%s, %s, %s, %s, %s, %s)"
-    )
-    params = [
+    statement = sql.UPSERT_LOCK_POSTGRESQL if connection.vendor == "postgresql" else sql.UPSERT_LOCK
+    params: list[Any] = [
         account_id,
         key,
         ops.adapt_datetimefield_value(now),
@@ -120,7 +123,7 @@ def _record_first_seen(account_id: int, key: str, now: datetime, ttl: int, metad
         metadata_json or None,
     ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(statement, params)
         return cursor.fetchone() is not None
 
 
@@ -144,17 +147,17 @@ def lock_check(
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # Redis keeps milliseconds
     metadata_json = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False) if metadata is not None else ""
     redis_key = lock_redis_key(account_id, key)
-    usage_key = usage.usage_key(account_id, now)
     client = get_redis()
-    args = [ttl * 1000, _encode_lock(int(now.timestamp() * 1000), ttl, metadata_json), usage.KEEP_SECONDS,
-            plan.make_limit, *rate[1], now.strftime("%d")]  # fmt: skip
-    keys = [redis_key, usage_key, rate[0]]
-    script = lua_script(CHECK_LOCK_LUA, TAKE_TOKEN_LUA)
+    bucket, (rate_per_second, burst) = rate
+    keys = CheckLockKeys(lock=redis_key, usage=usage.usage_key(account_id, now), bucket=bucket)
+    args = CheckLockArgs(ttl_ms=ttl * 1000, value=_encode_lock(int(now.timestamp() * 1000), ttl, metadata_json),
+                         usage_keep_seconds=usage.KEEP_SECONDS, make_limit=plan.make_limit, rate=rate_per_second,
+                         burst=burst, day=now.strftime("%d"))  # fmt: skip
     try:
-        reply = script(keys=keys, args=args, client=client)
-        if reply[0] == 3:  # the month's usage hash was lost with Redis: rebuild it from its mirror, decide again
+        reply = CHECK_LOCK(client, keys, args)
+        if reply[0] == b"rebuild_usage":  # the month's usage hash was lost with Redis: rebuild it, decide again
             usage.rebuild(account_id, now)
-            reply = script(keys=keys, args=args, client=client)
+            reply = CHECK_LOCK(client, keys, args)
     except redis.ConnectionError:
         # Redis unreachable: the database decides alone (slower, still one winner) rather than a 5xx, which the
         # SDK's fail-open would turn into "go ahead" for every caller (docs/api.md §"POST /v1/check-lock").
@@ -162,11 +165,12 @@ def lock_check(
         if _record_first_seen(account_id, key, now, ttl, metadata_json):
             return LockOutcome(locked=True, key=key, ttl=ttl)
         return _duplicate_from_record(LockRecord.objects.get(account_id=account_id, key=key), key, now)
-    if reply[0] == 0:
+    status = reply[0]
+    if status == b"duplicate":
         return _decode_lock(key, reply[1], int(reply[2]))
-    if reply[0] == 4:
+    if status == b"rate_limited":
         raise RateLimited(int(reply[1]))
-    if reply[0] == 2:
+    if status == b"quota":
         # Over quota — unless Redis merely forgot a live lock: then this is a (free) duplicate.
         record = LockRecord.objects.filter(account_id=account_id, key=key, expires_at__gt=now).first()
         if record is not None:
