@@ -245,6 +245,15 @@ def authenticate_header_value(header: str) -> ApiPrincipal:
     return principal
 
 
+def principal(request: Request) -> ApiPrincipal:
+    """The caller of an API request, as ``ApiKeyAuthentication`` put it in ``request.auth`` (DRF's stubs type that
+    ``Token | Any``). A request no key authenticated is refused as one without a key (401)."""
+    auth = request.auth
+    if not isinstance(auth, ApiPrincipal):
+        raise MissingBearer()
+    return auth
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[ApiPrincipal, ApiPrincipal]:
         principal = authenticate_header_value(request.META.get("HTTP_AUTHORIZATION", ""))

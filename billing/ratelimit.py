@@ -12,13 +12,17 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 from rest_framework.throttling import BaseThrottle
 
 from onceonly_site.api import ApiProblem
 from onceonly_site.redis_client import LuaScript, get_redis
+
+if TYPE_CHECKING:
+    from rest_framework.request import Request
+    from rest_framework.views import APIView
 
 logger = logging.getLogger(__name__)
 TAKE_TOKEN_LUA = Path(__file__).with_name("take_token.lua")
@@ -72,7 +76,7 @@ class ApiKeyRateThrottle(BaseThrottle):
     """DRF throttle for the endpoints whose work is not one Lua script (views set ``rate_limit_in_script`` and
     take the token themselves: in their script, or with ``take`` for a form of the view that has none)."""
 
-    def allow_request(self, request: Any, view: Any) -> bool:
+    def allow_request(self, request: Request, view: APIView) -> bool:
         if request.auth is not None and not getattr(view, "rate_limit_in_script", False):
             take(request.auth)
         return True

@@ -14,14 +14,14 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 from django.db import transaction
 from django.utils import timezone
 
 from onceonly_site.api import ApiProblem
-from onceonly_site.redis_client import LuaScript, get_redis
+from onceonly_site.redis_client import LuaScript, get_redis, hash_of
 
 MAKE = "make"
 AI = "ai"
@@ -107,7 +107,10 @@ def release(account_id: int, kind: str, now: datetime | None = None) -> None:
     """Give back a unit reserved for a decision that did not happen (e.g. the lease turned out to be held)."""
     now = now or timezone.now()
     key = usage_key(account_id, now)
-    get_redis().pipeline(transaction=False).hincrby(key, kind, -1).hincrby(key, f"{kind}:{now:%d}", -1).execute()
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.hincrby(key, kind, -1)
+    pipe.hincrby(key, f"{kind}:{now:%d}", -1)
+    pipe.execute()
 
 
 def count(account_id: int, field: str, daily: bool = False) -> None:
@@ -124,7 +127,7 @@ def snapshot(account_id: int, month: str | None = None) -> dict[str, int]:
 
     month = month or month_of()
     try:
-        raw = get_redis().hgetall(f"oo:{{a{account_id}}}:usage:{month}")
+        raw = hash_of(get_redis(), f"oo:{{a{account_id}}}:usage:{month}")
     except redis.RedisError:
         raw = {}
     if raw:
@@ -146,7 +149,7 @@ def day_fields(account_id: int, month: str) -> dict[str, int]:
     from billing.models import UsageMonth
 
     try:
-        raw = {k.decode(): int(v) for k, v in get_redis().hgetall(f"oo:{{a{account_id}}}:usage:{month}").items()}
+        raw = {k.decode(): int(v) for k, v in hash_of(get_redis(), f"oo:{{a{account_id}}}:usage:{month}").items()}
     except redis.RedisError:
         raw = {}
     if not raw:
@@ -168,8 +171,8 @@ def mirror_all() -> int:
     for key in client.scan_iter(match="oo:{a*}:usage:*", count=500):
         tag, _, month = key.decode().rpartition(":usage:")
         account_id = int(tag.split("{a", 1)[1].rstrip("}"))
-        raw = client.hgetall(key)
-        values: dict = {name: max(0, int(raw.get(name.encode(), 0))) for name in FIELDS}
+        raw = hash_of(client, key)
+        values: dict[str, Any] = {name: max(0, int(raw.get(name.encode(), 0))) for name in FIELDS}
         values["daily"] = {k.decode(): int(v) for k, v in raw.items() if b":" in k}
         with transaction.atomic():
             updated = UsageMonth.objects.filter(account_id=account_id, month=month).update(

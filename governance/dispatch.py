@@ -233,18 +233,19 @@ def dispatch(
             with client().stream("POST", url, content=body, headers=headers, timeout=limit,
                                  extensions=extensions) as response:  # fmt: skip
                 status = response.status_code
-                content = _read(response, time.monotonic() + limit)
+                try:
+                    content = _read(response, time.monotonic() + limit)
+                except TooLarge:
+                    if 200 <= status < 300:
+                        problem = f"response larger than {MAX_RESPONSE_BYTES // 1024} KB"
+                        return DispatchResult(False, None, status, _ms(started), attempts, problem, last_headers, "")
+                    content = b""  # an error page that big: its status is what matters
         except AgentDisabled:
             return DispatchResult(False, None, status, _ms(started), attempts - 1, "the agent was disabled",
                                   last_headers, last_text, stopped=True)  # fmt: skip
         except httpx.TimeoutException:
             status, error = None, f"timed out after {limit:.2f} s"
             continue
-        except TooLarge:
-            if 200 <= status < 300:
-                problem = f"response larger than {MAX_RESPONSE_BYTES // 1024} KB"
-                return DispatchResult(False, None, status, _ms(started), attempts, problem, last_headers, "")
-            content = b""  # an error page that big: its status is what matters
         except httpx.HTTPError as exc:
             status, error = None, f"connection failed: {exc.__class__.__name__}"
             continue
@@ -263,7 +264,7 @@ def dispatch(
     return DispatchResult(False, None, status, _ms(started), attempts, error, last_headers, last_text)
 
 
-def pinned(checked: ssrf.CheckedUrl) -> tuple[str, dict[str, str], dict[str, str]]:
+def pinned(checked: ssrf.CheckedUrl) -> tuple[str, dict[str, str], dict[str, Any]]:
     """Connect to the address the guard just approved, not to whatever DNS answers a moment later (rebinding):
     the URL gets the IP, the Host header and the TLS server name (certificate check) keep the name."""
     parts = urlsplit(checked.url)

@@ -11,6 +11,7 @@ agent bounded to that hour. The query count does not depend on the data (tests p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -124,6 +125,7 @@ def cap_lines(state: selectors.CapState) -> list[dict[str, Any]]:
 def outcome_series(account_id: int, rng: Range, now: datetime) -> dict[str, Any]:
     """Decisions per bucket and outcome over the range (one query): labels, counts per outcome, totals, start."""
     first = _floor(now, rng.step) - (rng.buckets - 1) * rng.step
+    rows: Iterable[tuple[datetime, str, int]]
     if rng.step >= HOUR:
         rows = _rollup_series(account_id, first, now)
     else:  # the last hour, from its decisions: an index range over one hour
@@ -176,14 +178,16 @@ def block_reasons(account_id: int, start: datetime, decided: int) -> dict[str, A
     }  # fmt: skip
 
 
-def _spend_charts(account_id: int, capped: list[tuple[Agent, selectors.CapState]], now: datetime) -> dict[str, Any]:
-    """Cumulative spend today (UTC) per hour of the capped agents that spent today, nearest their cap first, against
-    the cap (one query)."""
+def _spend_charts(
+    account_id: int, capped: list[tuple[Agent, selectors.CapState, Decimal]], now: datetime
+) -> dict[str, Any]:
+    """Cumulative spend today (UTC) per hour of the capped agents (each with its state and its daily cap) that spent
+    today, nearest their cap first, against the cap (one query)."""
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     hours = int((now - day_start) // HOUR) + 1
-    spending = [pair for pair in capped if pair[1].spent_today > 0]
-    chosen = sorted(spending, key=lambda pair: (-(pair[1].spend_pct or 0), pair[0].agent_id))[:CHARTED]
-    per_hour: dict[int, list[Decimal]] = {agent.pk: [Decimal(0)] * hours for agent, _ in chosen}
+    spending = [entry for entry in capped if entry[1].spent_today > 0]
+    chosen = sorted(spending, key=lambda entry: (-(entry[1].spend_pct or 0), entry[0].agent_id))[:CHARTED]
+    per_hour: dict[int, list[Decimal]] = {agent.pk: [Decimal(0)] * hours for agent, _, _ in chosen}
     if chosen:
         rows = (DecisionRollup.objects.filter(account_id=account_id, agent_id__in=list(per_hour), hour__gte=day_start,
                                               outcome__in=CHARGED_OUTCOMES)
@@ -193,13 +197,13 @@ def _spend_charts(account_id: int, capped: list[tuple[Agent, selectors.CapState]
             if 0 <= index < hours:
                 per_hour[agent_pk][index] += spent or Decimal(0)
     charts = []
-    for agent, state in chosen:
+    for agent, state, cap in chosen:
         running, cumulative = Decimal(0), []
         for spent in per_hour[agent.pk]:
             running += spent
             cumulative.append(float(running))
         line = cap_lines(state)[0]
-        charts.append({"agent": agent.agent_id, "pk": agent.pk, "cap": float(state.spend_cap), "spend": cumulative,
+        charts.append({"agent": agent.agent_id, "pk": agent.pk, "cap": float(cap), "spend": cumulative,
                        "level": line["level"], "text": line["text"],
                        "url": reverse("governance:agent-detail", args=[agent.pk])})  # fmt: skip
     labels = [(day_start + i * HOUR).strftime("%H:00") for i in range(hours)]
@@ -211,7 +215,7 @@ def _attention(account_id: int, now: datetime) -> tuple[list[dict[str, Any]], di
     agents = list(selectors.listed_agents(account_id).filter(Q(policy_version__isnull=False) | Q(is_enabled=False))
                   .order_by("agent_id", "id")[:MAX_AGENTS])  # fmt: skip
     states = selectors.cap_states(account_id, agents, now)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for agent in agents:
         state = states[agent.pk]
         lines = [line for line in cap_lines(state) if line["level"] in ("over", "near")]
@@ -221,7 +225,7 @@ def _attention(account_id: int, now: datetime) -> tuple[list[dict[str, Any]], di
         rows.append({"agent": agent, "lines": lines, "disabled": not agent.is_enabled, "level": state.level,
                      "rank": rank, "url": _decisions_url(agent="=" + agent.agent_id)})  # fmt: skip
     rows.sort(key=lambda row: (row["rank"], row["agent"].agent_id))
-    capped = [(a, states[a.pk]) for a in agents if states[a.pk].spend_cap is not None and a.is_enabled]
+    capped = [(a, states[a.pk], cap) for a in agents if (cap := states[a.pk].spend_cap) is not None and a.is_enabled]
     return rows, _spend_charts(account_id, capped, now)
 
 

@@ -64,7 +64,7 @@ def agent_logs(account_id: int, agent_id: str, *, limit: int, offset: int) -> li
     )
 
 
-def agent_metrics(account_id: int, agent_id: str, period: str, now: datetime) -> dict:
+def agent_metrics(account_id: int, agent_id: str, period: str, now: datetime) -> dict[str, Any]:
     """Totals over the last hour / 24 hours / 7 days. Whole hours come from the rollups; the partial hour at the
     start of the window from the decisions themselves (at most an hour of one agent's rows)."""
     start = now - PERIODS[period]

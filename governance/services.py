@@ -193,6 +193,8 @@ def policy_publish(
             raise StalePolicyEdit(agent.policy_version)
         if changes is not None:
             policy = policies.merge(agent.policy, changes)
+        elif policy is None:
+            raise TypeError("policy_publish takes a policy or changes")
         if agent.policy == policy and agent.policy_version is not None:
             return PolicyOutcome(agent=agent, version=agent.policy_version, warnings=_warnings(account_id, policy))
         before = agent.policy

@@ -10,12 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 import rfc8785
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -30,6 +29,9 @@ from idempotency import sql
 from idempotency.choices import AttemptOutcome, LeaseStatus
 from idempotency.models import Lease, LeaseAttempt, LockRecord, RunEvent
 from onceonly_site.redis_client import LuaScript, get_redis
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 CHECK_LOCK_LUA = Path(__file__).with_name("check_lock.lua")
 logger = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ def lock_check(
     plan: PlanLimits,
     key: str,
     ttl: int | None,
-    metadata: dict | None,
+    metadata: dict[str, Any] | None,
     rate: tuple[str, list[int]],
 ) -> LockOutcome:
     """Atomic set-if-absent of (account, key) for ``ttl`` seconds (docs/architecture.md §3.1, §3.4).
@@ -190,9 +192,9 @@ def lock_check(
     stored_json = json.dumps(record.metadata, separators=(",", ":")) if record.metadata is not None else ""
     remaining_ms = max(1, int((record.expires_at - now).total_seconds() * 1000))
     first_ms = int(record.first_seen_at.timestamp() * 1000)
-    client.pipeline(transaction=False).set(
-        redis_key, _encode_lock(first_ms, record.ttl_seconds, stored_json), px=remaining_ms
-    ).execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(redis_key, _encode_lock(first_ms, record.ttl_seconds, stored_json), px=remaining_ms)
+    pipe.execute()
     usage.release(account_id, usage.MAKE, now)
     return _duplicate_from_record(record, key, now)
 
@@ -218,7 +220,7 @@ def _forget_lock(redis_key: str) -> None:
         logger.error("could not delete a released lock from Redis", exc_info=True)
 
 
-def lock_release(*, account: Account, key: str, reason: str, actor: AbstractBaseUser) -> bool:
+def lock_release(*, account: Account, key: str, reason: str, actor: User) -> bool:
     """Operator action: free a check-lock key now (Redis and the first-seen record). Audited."""
     now = timezone.now()
     with transaction.atomic():
@@ -286,7 +288,7 @@ def lease_acquire(
     plan: PlanLimits,
     key: str,
     ttl: int | None,
-    metadata: dict | None,
+    metadata: dict[str, Any] | None,
     on_acquired: Callable[[Lease], None] | None = None,
 ) -> LeaseOutcome:
     """Acquire the lease of (account, key), or report who has it (docs/architecture.md §3.1, §3.2, §3.3, §7.5).
@@ -331,7 +333,7 @@ def _report(lease: Lease) -> LeaseOutcome:
 
 
 def _lease_acquire(
-    *, account_id: int, key: str, ttl: int, metadata: dict | None, on_acquired: Callable[[Lease], None] | None
+    *, account_id: int, key: str, ttl: int, metadata: dict[str, Any] | None, on_acquired: Callable[[Lease], None] | None
 ) -> LeaseOutcome:
     for _ in range(3):  # the row may change state between our statements; re-decide a bounded number of times
         now = timezone.now()
@@ -342,6 +344,7 @@ def _lease_acquire(
             error_hash="", metadata=metadata, updated_at=now,
         )  # fmt: skip
         acquired = False
+        lease: Lease | None
         with transaction.atomic():
             taken = Lease.objects.filter(_acquirable(now), account_id=account_id, key=key).update(
                 version=F("version") + 1, **fields
@@ -448,7 +451,7 @@ def _finish(
 
 
 def lease_complete(
-    *, account_id: int, key: str, lease_id: str, result: dict | None, result_hash: str | None
+    *, account_id: int, key: str, lease_id: str, result: dict[str, Any] | None, result_hash: str | None
 ) -> LeaseOutcome:
     """Store the result and make the key final for the retention period. A repeat with the same result by the
     same holder is answered idempotently; a different result, or completing a failed/cancelled lease, is 409."""
@@ -505,7 +508,7 @@ def lease_cancel(*, account_id: int, key: str, lease_id: str, reason: str) -> Le
     return LeaseOutcome(lease=lease, status=lease.status, key=key, holder=True)
 
 
-def lease_reset(*, account: Account, key: str, reason: str, actor: AbstractBaseUser) -> bool:
+def lease_reset(*, account: Account, key: str, reason: str, actor: User) -> bool:
     """Operator action: release a held lease or forget a completed/failed key, so the next lease acquires.
 
     The current holder's calls then get 409 lease_mismatch (its lease_id is replaced). Audited with the reason.

@@ -4,6 +4,7 @@ admins) release a lock or reset a lease with a reason. The Runs pages: keyed run
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -14,12 +15,17 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from billing.selectors import current_membership, editor_membership
+from billing.selectors import current_membership, editor_membership, operator
 from idempotency import selectors, services
 from idempotency.choices import LeaseStatus, RunStatus
 from idempotency.forms import KeyLookupForm, OperatorResetForm, RunTimelineForm
 from onceonly_site.params import whole_number
 from onceonly_site.tables import Column, Facet, Table
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from billing.models import Account
 
 PER_PAGE = 25
 TABS = {
@@ -125,7 +131,14 @@ def _back_to(key: str) -> HttpResponse:
     return redirect(f"{reverse('idempotency:locks')}?{urlencode({'key': key})}")
 
 
-def _operator_action(request: HttpRequest, action, done: str, nothing: str) -> HttpResponse:
+class OperatorAction(Protocol):
+    """``services.lock_release`` and ``services.lease_reset``: an audited operator action on one key; False when
+    there was nothing to act on."""
+
+    def __call__(self, *, account: Account, key: str, reason: str, actor: User) -> bool: ...
+
+
+def _operator_action(request: HttpRequest, action: OperatorAction, done: str, nothing: str) -> HttpResponse:
     account = editor_membership(request).account
     form = OperatorResetForm(request.POST)
     if not form.is_valid():
@@ -135,7 +148,7 @@ def _operator_action(request: HttpRequest, action, done: str, nothing: str) -> H
                 messages.error(request, str(error))  # ErrorList yields each message as a str
         return _back_to(key)
     key, reason = form.cleaned_data["key"], form.cleaned_data["reason"]
-    if action(account=account, key=key, reason=reason, actor=request.user):
+    if action(account=account, key=key, reason=reason, actor=operator(request)):
         messages.success(request, done)
     else:
         messages.info(request, nothing)

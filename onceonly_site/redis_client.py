@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 from django.conf import settings
@@ -64,6 +64,12 @@ def get_redis() -> redis.Redis:
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+
+
+def hash_of(client: redis.Redis, key: str | bytes) -> dict[bytes, bytes]:
+    """HGETALL of ``key``, typed as this client answers it. redis-py types a reply's strings ``bytes | str``, since
+    only ``decode_responses`` (left off by ``get_redis``) decides which; here they are always bytes."""
+    return cast("dict[bytes, bytes]", client.hgetall(key))
 
 
 @cache
