@@ -31,12 +31,37 @@ TARGET_MS = 150.0
 ACCOUNT = "dashboard"
 EMAIL = "dashboard@example.com"
 
-TOOLS = ["search.web", "email.send", "crm.update", "crm.lookup", "stripe.charge", "stripe.refund", "slack.post",
-         "github.issue", "calendar.book", "docs.fetch", "sql.query", "s3.put", "delete_record", "pdf.render",
-         "translate.text", "sms.send", "jira.ticket", "hubspot.contact", "zendesk.reply", "weather.get"]  # fmt: skip
+TOOLS = [
+    "search.web",
+    "email.send",
+    "crm.update",
+    "crm.lookup",
+    "stripe.charge",
+    "stripe.refund",
+    "slack.post",
+    "github.issue",
+    "calendar.book",
+    "docs.fetch",
+    "sql.query",
+    "s3.put",
+    "delete_record",
+    "pdf.render",
+    "translate.text",
+    "sms.send",
+    "jira.ticket",
+    "hubspot.contact",
+    "zendesk.reply",
+    "weather.get",
+]
 FAILING_TOOL = "crm.update"  # fails 60 % of its calls in the last two hours: the Tools/overview flag
-BLOCK_REASONS = ["tool_blocked", "tool_not_allowed", "hourly_action_limit_exceeded", "daily_spend_exceeded",
-                 "tool_call_limit_exceeded", "agent_disabled"]  # fmt: skip
+BLOCK_REASONS = [
+    "tool_blocked",
+    "tool_not_allowed",
+    "hourly_action_limit_exceeded",
+    "daily_spend_exceeded",
+    "tool_call_limit_exceeded",
+    "agent_disabled",
+]
 
 
 def _long_id(prefix: str) -> str:
@@ -49,13 +74,26 @@ def _long_id(prefix: str) -> str:
 
 
 def agent_ids() -> list[str]:
-    named = ["billing-agent", "billing-reconciler", "support-agent", "support-triage", "sales-outreach",
-             "research-bot", "crm-sync", "invoice-bot", "data-pipeline", "ops-oncall"]  # fmt: skip
+    named = [
+        "billing-agent",
+        "billing-reconciler",
+        "support-agent",
+        "support-triage",
+        "sales-outreach",
+        "research-bot",
+        "crm-sync",
+        "invoice-bot",
+        "data-pipeline",
+        "ops-oncall",
+    ]
     teams = ["growth", "finance", "support", "platform", "marketing", "legal", "hr", "security"]
     roles = ["assistant", "scheduler", "writer", "scraper", "router"]
     generated = [f"{teams[i % len(teams)]}-{roles[i % len(roles)]}-{i:02d}" for i in range(AGENTS - len(named) - 3)]
-    long = [_long_id("billing-escalations/eu-west/tenant-0042"), _long_id("customer-success-orchestrator"),
-            _long_id("x" * 40)]  # fmt: skip
+    long = [
+        _long_id("billing-escalations/eu-west/tenant-0042"),
+        _long_id("customer-success-orchestrator"),
+        _long_id("x" * 40),
+    ]
     return named + generated + long
 
 
@@ -102,34 +140,76 @@ def seed() -> dict[str, Any]:
             governance.agent_get_or_create(account_id=account.pk, agent_id=agent_id)
             continue
         cap = 1.0 if i % 10 == 3 else 4.0 if i % 10 == 8 else 500.0  # over / near / well below the daily cap
-        governance.policy_upsert(account_id=account.pk, agent_id=agent_id, actor="alice@example.com", changes={
-            "max_actions_per_hour": 40 if i % 10 == 1 else 100_000, "max_spend_usd_per_day": cap,
-            "blocked_tools": ["delete_*"],
-        })  # fmt: skip
+        governance.policy_upsert(
+            account_id=account.pk,
+            agent_id=agent_id,
+            actor="alice@example.com",
+            changes={
+                "max_actions_per_hour": 40 if i % 10 == 1 else 100_000,
+                "max_spend_usd_per_day": cap,
+                "blocked_tools": ["delete_*"],
+            },
+        )
     for agent_id in (ids[6], ids[11]):
-        governance.agent_set_enabled(account_id=account.pk, agent_id=agent_id, enabled=False,
-                                     reason="runaway loop on crm.update", actor="bob@example.com")  # fmt: skip
+        governance.agent_set_enabled(
+            account_id=account.pk,
+            agent_id=agent_id,
+            enabled=False,
+            reason="runaway loop on crm.update",
+            actor="bob@example.com",
+        )
     tools = []
     long_tool = _long_id("integrations.salesforce.opportunity.update")
     for name in [*TOOLS, long_tool]:
-        tools.append(Tool(account=account, scope_id="global", name=name, name_key=normalise_tool(name),
-                          url=f"https://tools.example.com/{name[:60]}", timeout_ms=5000, max_retries=1,
-                          risk_level="high" if name.startswith(("stripe", "delete")) else "low",
-                          price_usd="0.002", last_status=500 if name == FAILING_TOOL else 200,
-                          last_latency_ms=120))  # fmt: skip
+        tools.append(
+            Tool(
+                account=account,
+                scope_id="global",
+                name=name,
+                name_key=normalise_tool(name),
+                url=f"https://tools.example.com/{name[:60]}",
+                timeout_ms=5000,
+                max_retries=1,
+                risk_level="high" if name.startswith(("stripe", "delete")) else "low",
+                price_usd="0.002",
+                last_status=500 if name == FAILING_TOOL else 200,
+                last_latency_ms=120,
+            )
+        )
     for n, agent_id in enumerate(ids[:39]):
         name = TOOLS[n % len(TOOLS)]
-        tools.append(Tool(account=account, scope_id=f"agent:{agent_id}", name=name, name_key=normalise_tool(name),
-                          url=f"https://agents.example.com/{n}/{name}", timeout_ms=5000, max_retries=1,
-                          enabled=n % 7 != 0))  # fmt: skip
+        tools.append(
+            Tool(
+                account=account,
+                scope_id=f"agent:{agent_id}",
+                name=name,
+                name_key=normalise_tool(name),
+                url=f"https://agents.example.com/{n}/{name}",
+                timeout_ms=5000,
+                max_retries=1,
+                enabled=n % 7 != 0,
+            )
+        )
     Tool.objects.bulk_create(tools)
     timings["setup_s"] = round(time.monotonic() - started, 1)
 
     agents = list(Agent.objects.filter(account=account).order_by("id").values_list("pk", flat=True))
-    params = {"account": account.pk, "agents": agents, "n_agents": len(agents), "tools": TOOLS,
-              "n_tools": len(TOOLS), "reasons": BLOCK_REASONS, "n": DECISIONS, "failing": FAILING_TOOL,
-              "step_ms": DAYS * 86_400_000 / DECISIONS, "leases": LEASES, "events": EVENTS_PER_RUN,
-              "audit": AUDIT_ENTRIES, "locks": LOCKS, "names": ids}  # fmt: skip
+    params = {
+        "account": account.pk,
+        "agents": agents,
+        "n_agents": len(agents),
+        "tools": TOOLS,
+        "n_tools": len(TOOLS),
+        "reasons": BLOCK_REASONS,
+        "n": DECISIONS,
+        "failing": FAILING_TOOL,
+        "step_ms": DAYS * 86_400_000 / DECISIONS,
+        "leases": LEASES,
+        "events": EVENTS_PER_RUN,
+        "audit": AUDIT_ENTRIES,
+        "locks": LOCKS,
+        "names": ids,
+    }
     counts: dict[str, int] = {}
     with connection.cursor() as cursor:
         cursor.execute("SELECT setseed(0.19)")
@@ -146,24 +226,34 @@ def seed() -> dict[str, Any]:
                   FROM (SELECT g, now() - interval '5 seconds' - g * (%(step_ms)s * interval '1 millisecond') AS ts,
                                floor(power(random(), 2) * %(n_agents)s)::int AS a
                         FROM generate_series(%(n)s, 1, -1) AS g) AS raw) AS picked) AS s"""
-        counts["decisions"] = _insert(cursor, "governance_decision", {
-            "account_id": "%(account)s", "agent_id": "(%(agents)s::bigint[])[1 + a]", "ts": "ts",
-            "tool": "(%(tools)s::text[])[1 + t]", "outcome": "outcome",
-            "allowed": "outcome IN ('executed', 'allowed', 'dedup')",
-            "policy_reason": """CASE outcome WHEN 'blocked' THEN (%(reasons)s::text[])[1 + g %% 6] WHEN 'dedup' THEN
+        counts["decisions"] = _insert(
+            cursor,
+            "governance_decision",
+            {
+                "account_id": "%(account)s",
+                "agent_id": "(%(agents)s::bigint[])[1 + a]",
+                "ts": "ts",
+                "tool": "(%(tools)s::text[])[1 + t]",
+                "outcome": "outcome",
+                "allowed": "outcome IN ('executed', 'allowed', 'dedup')",
+                "policy_reason": """CASE outcome WHEN 'blocked' THEN (%(reasons)s::text[])[1 + g %% 6] WHEN 'dedup' THEN
                 'idempotency_key_hit' WHEN 'failed' THEN 'tool_error' ELSE 'within_budget' END""",
-            "risk_level": "CASE WHEN t IN (4, 5, 12) THEN 'high' WHEN t %% 3 = 0 THEN 'medium' ELSE 'low' END",
-            "spend_usd": """CASE WHEN outcome IN ('executed', 'allowed', 'failed')
+                "risk_level": "CASE WHEN t IN (4, 5, 12) THEN 'high' WHEN t %% 3 = 0 THEN 'medium' ELSE 'low' END",
+                "spend_usd": """CASE WHEN outcome IN ('executed', 'allowed', 'failed')
                 THEN round((0.001 + r * 0.02)::numeric, 6) ELSE 0 END""",
-            "declared_spend_usd": "CASE WHEN g %% 3 = 0 THEN round((0.001 + r * 0.02)::numeric, 6) END",
-            "args_hash": "md5(g::text) || md5((g + 7)::text)",
-            "run_id": "CASE WHEN g %% 5 = 0 THEN 'run-' || (g %% %(leases)s) ELSE '' END",
-            "policy_version": "1", "latency_ms": "(r * 900)::int",
-            "http_status": "CASE outcome WHEN 'executed' THEN 200 WHEN 'failed' THEN 502 END",
-            "dispatch_id": """CASE WHEN outcome IN ('executed', 'failed') THEN 'msg_' || left(md5(g::text), 24)
+                "declared_spend_usd": "CASE WHEN g %% 3 = 0 THEN round((0.001 + r * 0.02)::numeric, 6) END",
+                "args_hash": "md5(g::text) || md5((g + 7)::text)",
+                "run_id": "CASE WHEN g %% 5 = 0 THEN 'run-' || (g %% %(leases)s) ELSE '' END",
+                "policy_version": "1",
+                "latency_ms": "(r * 900)::int",
+                "http_status": "CASE outcome WHEN 'executed' THEN 200 WHEN 'failed' THEN 502 END",
+                "dispatch_id": """CASE WHEN outcome IN ('executed', 'failed') THEN 'msg_' || left(md5(g::text), 24)
                 ELSE '' END""",
-            "row_hash": "''",
-        }, source, params)  # fmt: skip
+                "row_hash": "''",
+            },
+            source,
+            params,
+        )
         cursor.execute(
             """
             INSERT INTO governance_decisionrollup (account_id, agent_id, hour, tool, outcome, count, spend_usd)
@@ -177,47 +267,105 @@ def seed() -> dict[str, Any]:
         lease_source = """(SELECT g, now() - (g * interval '14 minutes') AS t0,
                 (%(names)s::text[])[1 + (g * 7) %% %(n_agents)s] AS agent,
                 CASE WHEN g <= 30 THEN 'in_progress' WHEN g %% 10 = 0 THEN 'failed' ELSE 'completed' END AS st
-            FROM generate_series(%(leases)s, 1, -1) AS g) AS s"""  # fmt: skip
-        counts["leases"] = _insert(cursor, "idempotency_lease", {
-            "account_id": "%(account)s", "key": "'job:' || agent || ':' || g", "status": "st",
-            "lease_id": "'lease_' || md5(g::text)", "version": "1", "ttl_seconds": "300", "first_seen_at": "t0",
-            "acquired_at": "t0", "expires_at": "t0 + interval '5 minutes'",
-            "done_at": "CASE WHEN st <> 'in_progress' THEN t0 + interval '40 seconds' END",
-            "result": "CASE WHEN st = 'completed' THEN jsonb_build_object('ok', true, 'rows', g) END",
-            "result_hash": "''", "error_code": "CASE WHEN st = 'failed' THEN 'tool_error' ELSE '' END",
-            "error_hash": "''", "metadata": "jsonb_build_object('run_id', 'run-' || g, 'agent_id', agent, 'n', g)",
-            "updated_at": "t0 + interval '40 seconds'",
-        }, lease_source, params)  # fmt: skip
+            FROM generate_series(%(leases)s, 1, -1) AS g) AS s"""
+        counts["leases"] = _insert(
+            cursor,
+            "idempotency_lease",
+            {
+                "account_id": "%(account)s",
+                "key": "'job:' || agent || ':' || g",
+                "status": "st",
+                "lease_id": "'lease_' || md5(g::text)",
+                "version": "1",
+                "ttl_seconds": "300",
+                "first_seen_at": "t0",
+                "acquired_at": "t0",
+                "expires_at": "t0 + interval '5 minutes'",
+                "done_at": "CASE WHEN st <> 'in_progress' THEN t0 + interval '40 seconds' END",
+                "result": "CASE WHEN st = 'completed' THEN jsonb_build_object('ok', true, 'rows', g) END",
+                "result_hash": "''",
+                "error_code": "CASE WHEN st = 'failed' THEN 'tool_error' ELSE '' END",
+                "error_hash": "''",
+                "metadata": "jsonb_build_object('run_id', 'run-' || g, 'agent_id', agent, 'n', g)",
+                "updated_at": "t0 + interval '40 seconds'",
+            },
+            lease_source,
+            params,
+        )
         lease_rows = """(SELECT l.*, l.metadata ->> 'agent_id' AS agent, (l.metadata ->> 'n')::int AS g
             FROM idempotency_lease l WHERE l.account_id = %(account)s) AS l"""
-        counts["attempts"] = _insert(cursor, "idempotency_leaseattempt", {
-            "lease_id": "l.id", "version": "1", "holder": "l.lease_id", "acquired_at": "l.acquired_at",
-            "ended_at": "l.done_at", "outcome": "l.status", "error_code": "l.error_code", "note": "''",
-        }, lease_rows, params)  # fmt: skip
-        counts["runs"] = _insert(cursor, "idempotency_run", {
-            "account_id": "%(account)s", "lease_id": "l.id", "key": "l.key", "lease_version": "1",
-            "holder": "l.lease_id", "run_id": "'run-' || l.g", "agent_id": "l.agent",
-            "task": "(ARRAY['sync-invoices', 'triage-ticket', 'enrich-lead', 'nightly-report'])[1 + l.g %% 4]",
-            "actions": "jsonb_build_array(jsonb_build_object('tool', 'crm.update', 'args', "
-                       "jsonb_build_object('n', l.g)))",
-            "dry_run": "false",
-            "status": "CASE l.status WHEN 'in_progress' THEN 'running' ELSE l.status END", "fence": "1",
-            "claimed_by": "'worker@bench'", "claimed_until": "l.expires_at", "result": "l.result",
-            "error_code": "l.error_code",
-            "error_message": "CASE WHEN l.status = 'failed' THEN 'crm.update answered 502 after 2 attempts' "
-                             "ELSE '' END",
-            "created_at": "l.first_seen_at", "enqueued_at": "l.first_seen_at",
-            "started_at": "l.first_seen_at + interval '1 second'", "finished_at": "l.done_at",
-            "deadline_at": "l.first_seen_at + interval '10 minutes'",
-        }, lease_rows, params)  # fmt: skip
-        counts["run_events"] = _insert(cursor, "idempotency_runevent", {
-            "account_id": "%(account)s", "run_id": "'run-' || l.g", "ts": "l.first_seen_at + e * interval '5 seconds'",
-            "type": "(ARRAY['run.started', 'step', 'tool.call', 'tool.call', 'step', 'run.finished'])[1 + e]",
-            "status": "CASE WHEN e = 5 THEN l.status ELSE 'ok' END", "step": "'step ' || e",
-            "tool": "CASE WHEN e IN (2, 3) THEN 'crm.update' ELSE '' END", "message": "'seeded event ' || e",
-            "duration_ms": "e * 120", "req_id": "''", "lease_id": "l.lease_id", "agent_id": "l.agent",
-            "data": "NULL", "extra": "NULL", "decision_id": "NULL", "source": "'client'",
-        }, lease_rows + " CROSS JOIN generate_series(0, %(events)s - 1) AS e", params)  # fmt: skip
+        counts["attempts"] = _insert(
+            cursor,
+            "idempotency_leaseattempt",
+            {
+                "lease_id": "l.id",
+                "version": "1",
+                "holder": "l.lease_id",
+                "acquired_at": "l.acquired_at",
+                "ended_at": "l.done_at",
+                "outcome": "l.status",
+                "error_code": "l.error_code",
+                "note": "''",
+            },
+            lease_rows,
+            params,
+        )
+        counts["runs"] = _insert(
+            cursor,
+            "idempotency_run",
+            {
+                "account_id": "%(account)s",
+                "lease_id": "l.id",
+                "key": "l.key",
+                "lease_version": "1",
+                "holder": "l.lease_id",
+                "run_id": "'run-' || l.g",
+                "agent_id": "l.agent",
+                "task": "(ARRAY['sync-invoices', 'triage-ticket', 'enrich-lead', 'nightly-report'])[1 + l.g %% 4]",
+                "actions": "jsonb_build_array(jsonb_build_object('tool', 'crm.update', 'args', "
+                "jsonb_build_object('n', l.g)))",
+                "dry_run": "false",
+                "status": "CASE l.status WHEN 'in_progress' THEN 'running' ELSE l.status END",
+                "fence": "1",
+                "claimed_by": "'worker@bench'",
+                "claimed_until": "l.expires_at",
+                "result": "l.result",
+                "error_code": "l.error_code",
+                "error_message": "CASE WHEN l.status = 'failed' THEN 'crm.update answered 502 after 2 attempts' "
+                "ELSE '' END",
+                "created_at": "l.first_seen_at",
+                "enqueued_at": "l.first_seen_at",
+                "started_at": "l.first_seen_at + interval '1 second'",
+                "finished_at": "l.done_at",
+                "deadline_at": "l.first_seen_at + interval '10 minutes'",
+            },
+            lease_rows,
+            params,
+        )
+        counts["run_events"] = _insert(
+            cursor,
+            "idempotency_runevent",
+            {
+                "account_id": "%(account)s",
+                "run_id": "'run-' || l.g",
+                "ts": "l.first_seen_at + e * interval '5 seconds'",
+                "type": "(ARRAY['run.started', 'step', 'tool.call', 'tool.call', 'step', 'run.finished'])[1 + e]",
+                "status": "CASE WHEN e = 5 THEN l.status ELSE 'ok' END",
+                "step": "'step ' || e",
+                "tool": "CASE WHEN e IN (2, 3) THEN 'crm.update' ELSE '' END",
+                "message": "'seeded event ' || e",
+                "duration_ms": "e * 120",
+                "req_id": "''",
+                "lease_id": "l.lease_id",
+                "agent_id": "l.agent",
+                "data": "NULL",
+                "extra": "NULL",
+                "decision_id": "NULL",
+                "source": "'client'",
+            },
+            lease_rows + " CROSS JOIN generate_series(0, %(events)s - 1) AS e",
+            params,
+        )
         audit_source = """(SELECT g, now() - g * interval '518 seconds' AS t,
                 (ARRAY['governance.policy.updated', 'governance.agent.disabled', 'governance.agent.enabled',
                        'governance.tool.saved', 'governance.tool.toggled', 'billing.api_key.created',
@@ -225,23 +373,45 @@ def seed() -> dict[str, Any]:
                     AS action,
                 (ARRAY['alice@example.com', 'bob@example.com', 'ops-bot', 'carol@example.com'])[1 + g %% 4] AS actor,
                 (%(names)s::text[])[1 + g %% %(n_agents)s] AS agent
-            FROM generate_series(%(audit)s, 1, -1) AS g) AS s"""  # fmt: skip
-        counts["audit_entries"] = _insert(cursor, "billing_auditentry", {
-            "account_id": "%(account)s", "actor_id": "NULL", "actor_label": "actor", "action": "action",
-            "object_type": "split_part(action, '.', 2)", "object_id": "agent",
-            "data": """CASE WHEN action = 'governance.policy.updated' THEN jsonb_build_object('version', g, 'source',
-                'editor', 'before', jsonb_build_object('max_spend_usd_per_day', 10, 'blocked_tools',
-                jsonb_build_array('delete_*')), 'after', jsonb_build_object('max_spend_usd_per_day', 20 + g %% 5,
-                'blocked_tools', jsonb_build_array('delete_*', 'stripe.refund')))
+            FROM generate_series(%(audit)s, 1, -1) AS g) AS s"""
+        counts["audit_entries"] = _insert(
+            cursor,
+            "billing_auditentry",
+            {
+                "account_id": "%(account)s",
+                "actor_id": "NULL",
+                "actor_label": "actor",
+                "action": "action",
+                "object_type": "split_part(action, '.', 2)",
+                "object_id": "agent",
+                "data": """CASE WHEN action = 'governance.policy.updated'
+                THEN jsonb_build_object('version', g, 'source', 'editor',
+                    'before', jsonb_build_object('max_spend_usd_per_day', 10,
+                        'blocked_tools', jsonb_build_array('delete_*')),
+                    'after', jsonb_build_object('max_spend_usd_per_day', 20 + g %% 5,
+                        'blocked_tools', jsonb_build_array('delete_*', 'stripe.refund')))
                 ELSE jsonb_build_object('reason', 'seeded entry ' || g) END""",
-            "created_at": "t", "prev_hash": "''", "row_hash": "''",
-        }, audit_source, params)  # fmt: skip
-        counts["locks"] = _insert(cursor, "idempotency_lockrecord", {
-            "account_id": "%(account)s", "key": "'order:' || g || ':charge'",
-            "first_seen_at": "now() - g * interval '25 seconds'",
-            "expires_at": "now() - g * interval '25 seconds' + interval '1 day'", "ttl_seconds": "86400",
-            "metadata": "CASE WHEN g %% 4 = 0 THEN jsonb_build_object('source', 'make', 'scenario', g %% 97) END",
-        }, "generate_series(1, %(locks)s) AS g", params)  # fmt: skip
+                "created_at": "t",
+                "prev_hash": "''",
+                "row_hash": "''",
+            },
+            audit_source,
+            params,
+        )
+        counts["locks"] = _insert(
+            cursor,
+            "idempotency_lockrecord",
+            {
+                "account_id": "%(account)s",
+                "key": "'order:' || g || ':charge'",
+                "first_seen_at": "now() - g * interval '25 seconds'",
+                "expires_at": "now() - g * interval '25 seconds' + interval '1 day'",
+                "ttl_seconds": "86400",
+                "metadata": "CASE WHEN g %% 4 = 0 THEN jsonb_build_object('source', 'make', 'scenario', g %% 97) END",
+            },
+            "generate_series(1, %(locks)s) AS g",
+            params,
+        )
         timings["other_tables_s"] = round(time.monotonic() - started, 1)
         started = time.monotonic()
         # What tables that grew over months look like: vacuumed and analysed, their pages flushed.
@@ -268,8 +438,13 @@ def context(account_id: int) -> dict[str, Any]:
     agent = Agent.objects.get(account_id=account_id, agent_id="billing-agent")
     blocked = decisions.filter(agent=agent, outcome="blocked").order_by("-id").values_list("pk", flat=True).first()
     connection.close()
-    return {"account_id": account_id, "agent_pk": agent.pk, "newest_decision": newest,
-            "middle_decision": (newest + oldest) // 2, "blocked_decision": blocked}  # fmt: skip
+    return {
+        "account_id": account_id,
+        "agent_pk": agent.pk,
+        "newest_decision": newest,
+        "middle_decision": (newest + oldest) // 2,
+        "blocked_decision": blocked,
+    }
 
 
 def existing() -> dict[str, Any] | None:
@@ -382,11 +557,21 @@ def measure(base_url: str, cookie: str, urls: list[tuple[str, str]], rounds: int
                     elif metric == "db":
                         db.append(float(duration))
                         queries.add(int(count))
-            row = {"url": url, "status": statuses, "bytes": size,
-                   "client_p50_ms": _pct(client, 50), "client_p95_ms": _pct(client, 95)}  # fmt: skip
+            row = {
+                "url": url,
+                "status": statuses,
+                "bytes": size,
+                "client_p50_ms": _pct(client, 50),
+                "client_p95_ms": _pct(client, 95),
+            }
             if server:
-                row.update(p50_ms=_pct(server, 50), p95_ms=_pct(server, 95), max_ms=round(max(server), 1),
-                           db_p50_ms=_pct(db, 50), queries=sorted(queries))  # fmt: skip
+                row.update(
+                    p50_ms=_pct(server, 50),
+                    p95_ms=_pct(server, 95),
+                    max_ms=round(max(server), 1),
+                    db_p50_ms=_pct(db, 50),
+                    queries=sorted(queries),
+                )
             out[name] = row
             _log_row(name, row)
     return out
@@ -398,9 +583,11 @@ def log(message: str) -> None:
 
 def _log_row(name: str, row: dict[str, Any]) -> None:
     status = ",".join(f"{code}×{n}" for code, n in row["status"].items())
-    log(f"  {name:34} p50 {row.get('p50_ms', 0):7.1f} p95 {row.get('p95_ms', 0):7.1f} ms (db p50 "
+    log(
+        f"  {name:34} p50 {row.get('p50_ms', 0):7.1f} p95 {row.get('p95_ms', 0):7.1f} ms (db p50 "
         f"{row.get('db_p50_ms', 0):6.1f}, queries {row.get('queries')}, client p95 {row['client_p95_ms']:.1f}) "
-        f"[{status}]")  # fmt: skip
+        f"[{status}]"
+    )
 
 
 def explain_slowest(cookie: str, urls: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
@@ -441,10 +628,14 @@ def _explain_one(client, url: str) -> dict[str, Any]:
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
         plan = [line for (line,) in cursor.fetchall()]
-    return {"url": url, "status": status, "statements": len(statements),
-            "sql_ms": round(sum(s[0] for s in statements), 1),
-            "slowest": [{"ms": round(s[0], 1), "sql": s[1][:4000]} for s in statements[:3]],
-            "explain": plan}  # fmt: skip
+    return {
+        "url": url,
+        "status": status,
+        "statements": len(statements),
+        "sql_ms": round(sum(s[0] for s in statements), 1),
+        "slowest": [{"ms": round(s[0], 1), "sql": s[1][:4000]} for s in statements[:3]],
+        "explain": plan,
+    }
 
 
 def run(base_url: str, *, rounds: int = ROUNDS, reuse: bool = False) -> dict[str, Any]:
@@ -464,21 +655,37 @@ def run(base_url: str, *, rounds: int = ROUNDS, reuse: bool = False) -> dict[str
     explains = explain_slowest(cookie, slow) if slow else {}
     for name, found in explains.items():
         log(f"  slowest statement of {name} ({found['slowest'][0]['ms']} ms):\n    " + "\n    ".join(found["explain"]))
-    return {"seed": {k: v for k, v in data.items() if k in ("timings", "counts", "reused")},
-            "sizes": {"decisions": DECISIONS, "days": DAYS, "agents": AGENTS, "leases_runs": LEASES,
-                      "run_events": LEASES * EVENTS_PER_RUN, "audit_entries": AUDIT_ENTRIES, "locks": LOCKS},
-            "rounds": rounds, "target_ms": TARGET_MS, "pages": results, "explain": explains,
-            "measure_s": round(time.monotonic() - started, 1)}  # fmt: skip
+    return {
+        "seed": {k: v for k, v in data.items() if k in ("timings", "counts", "reused")},
+        "sizes": {
+            "decisions": DECISIONS,
+            "days": DAYS,
+            "agents": AGENTS,
+            "leases_runs": LEASES,
+            "run_events": LEASES * EVENTS_PER_RUN,
+            "audit_entries": AUDIT_ENTRIES,
+            "locks": LOCKS,
+        },
+        "rounds": rounds,
+        "target_ms": TARGET_MS,
+        "pages": results,
+        "explain": explains,
+        "measure_s": round(time.monotonic() - started, 1),
+    }
 
 
 def report(dashboard: dict[str, Any]) -> list[str]:
-    lines = [f"dashboard at {DECISIONS:,} decisions: server time (Server-Timing) of {dashboard['rounds']} "
-             f"sequential requests per page, target p95 ≤ {TARGET_MS:g} ms",
-             f"  {'page':34} {'p50':>7} {'p95':>7} {'max':>7} {'db p50':>7} {'queries':>9} {'status':>10}"]  # fmt: skip
+    lines = [
+        f"dashboard at {DECISIONS:,} decisions: server time (Server-Timing) of {dashboard['rounds']} "
+        f"sequential requests per page, target p95 ≤ {TARGET_MS:g} ms",
+        f"  {'page':34} {'p50':>7} {'p95':>7} {'max':>7} {'db p50':>7} {'queries':>9} {'status':>10}",
+    ]
     for name, row in dashboard["pages"].items():
         status = ",".join(f"{code}" for code in row["status"])
         queries = "/".join(str(q) for q in row.get("queries", []))
         verdict = "OK" if row.get("p95_ms", 0) <= TARGET_MS and set(row["status"]) == {200} else "MISS"
-        lines.append(f"  {name:34} {row.get('p50_ms', 0):7.1f} {row.get('p95_ms', 0):7.1f} {row.get('max_ms', 0):7.1f} "
-                     f"{row.get('db_p50_ms', 0):7.1f} {queries:>9} {status:>10}  {verdict}")  # fmt: skip
+        lines.append(
+            f"  {name:34} {row.get('p50_ms', 0):7.1f} {row.get('p95_ms', 0):7.1f} {row.get('max_ms', 0):7.1f} "
+            f"{row.get('db_p50_ms', 0):7.1f} {queries:>9} {status:>10}  {verdict}"
+        )
     return lines

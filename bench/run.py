@@ -110,19 +110,54 @@ class Stack:
 
     def _start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
         out = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115  (kept open for the process's life)
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes.append((name, process))
         return process
 
     def start(self) -> None:
-        self._start("receiver", [sys.executable, "examples/tool_receiver.py", str(self.receiver_port)],
-                    {**self.env, "TOOL_SECRET": "bench-secret-0123456789"})  # fmt: skip
-        self._start("gunicorn", [sys.executable, "-m", "gunicorn", "onceonly_site.wsgi:application", "--workers",
-                                 str(self.workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{self.port}",
-                                 "--backlog", "2048", "--log-level", "warning"], self.env)  # fmt: skip
-        self._start("celery", [sys.executable, "-m", "celery", "-A", "onceonly_site", "worker", "--loglevel",
-                               "WARNING", "--concurrency", "1"], self.env)  # fmt: skip
+        self._start(
+            "receiver",
+            [sys.executable, "examples/tool_receiver.py", str(self.receiver_port)],
+            {**self.env, "TOOL_SECRET": "bench-secret-0123456789"},
+        )
+        self._start(
+            "gunicorn",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "onceonly_site.wsgi:application",
+                "--workers",
+                str(self.workers),
+                "--worker-class",
+                "sync",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--backlog",
+                "2048",
+                "--log-level",
+                "warning",
+            ],
+            self.env,
+        )
+        self._start(
+            "celery",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "onceonly_site",
+                "worker",
+                "--loglevel",
+                "WARNING",
+                "--concurrency",
+                "1",
+            ],
+            self.env,
+        )
         for url in (f"{self.url}/healthz", f"{self.receiver_url}/_stats"):
             wait_http(url)
 
@@ -155,12 +190,23 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 def wrk(url: str, scenario: str, *, seconds: int, api_key: str, rate: float = 0, tag: str = "") -> dict[str, Any]:
     """One wrk run; returns its counts, latencies (ms) and the CPU wrk itself used (fraction of one core)."""
-    env = {**os.environ, "SCENARIO": scenario, "API_KEY": api_key, "RATE": str(int(rate)), "THREAD_COUNT": "1",
-           "RUN_TAG": tag or f"{scenario}-{time.monotonic_ns()}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SCENARIO": scenario,
+        "API_KEY": api_key,
+        "RATE": str(int(rate)),
+        "THREAD_COUNT": "1",
+        "RUN_TAG": tag or f"{scenario}-{time.monotonic_ns()}",
+    }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    result = subprocess.run(["wrk", "-t", "1", "-c", str(CONNECTIONS), "-d", f"{seconds}s", "--timeout", "5s",
-                             "-s", str(SCRIPT), url], env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(CONNECTIONS), "-d", f"{seconds}s", "--timeout", "5s", "-s", str(SCRIPT), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next(line for line in result.stdout.splitlines() if line.startswith("WRK_RESULT "))
@@ -169,11 +215,14 @@ def wrk(url: str, scenario: str, *, seconds: int, api_key: str, rate: float = 0,
     return {
         "requests": raw["requests"],
         "rps": round(raw["requests"] / seconds_run, 1),
-        "p50_ms": raw["p50_us"] / 1000, "p95_ms": raw["p95_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p95_ms": raw["p95_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
         "max_ms": raw["max_us"] / 1000,
-        "errors": sum(raw["errors"].values()), "error_detail": raw["errors"],
+        "errors": sum(raw["errors"].values()),
+        "error_detail": raw["errors"],
         "loadgen_cpu": round((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall, 2),
-    }  # fmt: skip
+    }
 
 
 def paced_runs(url: str, scenario: str, *, seconds: int, api_key: str, rate: float) -> dict[str, Any]:
@@ -184,8 +233,7 @@ def paced_runs(url: str, scenario: str, *, seconds: int, api_key: str, rate: flo
     median of three is the run-to-run typical tail; ``p99_runs_ms`` keeps the spread visible."""
     runs = [wrk(url, scenario, seconds=seconds, api_key=api_key, rate=rate) for _ in range(PACED_RUNS)]
     chosen = sorted(runs, key=lambda run: run["p99_ms"])[len(runs) // 2]
-    return {**chosen, "p99_runs_ms": [run["p99_ms"] for run in runs],
-            "errors": sum(run["errors"] for run in runs)}  # fmt: skip
+    return {**chosen, "p99_runs_ms": [run["p99_ms"] for run in runs], "errors": sum(run["errors"] for run in runs)}
 
 
 def server_cpu(pids: list[int]) -> float:
@@ -230,8 +278,11 @@ def cpu_by_component(stack: Stack) -> dict[str, float]:
 
 def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
     """Milliseconds of CPU per request, by component (2 cores = 2,000 ms of CPU per second to share)."""
-    return {name: round((after[name] - before.get(name, 0.0)) * 1000 / max(requests, 1), 3)
-            for name in sorted(after) if name != "other" or after[name] > before.get(name, 0.0)}  # fmt: skip
+    return {
+        name: round((after[name] - before.get(name, 0.0)) * 1000 / max(requests, 1), 3)
+        for name in sorted(after)
+        if name != "other" or after[name] > before.get(name, 0.0)
+    }
 
 
 def profile_start(stack: Stack, scenario: str) -> subprocess.Popen | None:
@@ -243,8 +294,21 @@ def profile_start(stack: Stack, scenario: str) -> subprocess.Popen | None:
     master = next(process.pid for name, process in stack.processes if name == "gunicorn")
     out = stack.log_dir / f"profile-{scenario}.collapsed"
     # --gil: only samples holding the GIL, i.e. Python at work (not waiting on PostgreSQL or Redis).
-    command = [spy, "record", "--pid", str(master), "--subprocesses", "--rate", "250", "--gil", "--format", "raw",
-               "--output", str(out), "--nonblocking"]  # fmt: skip
+    command = [
+        spy,
+        "record",
+        "--pid",
+        str(master),
+        "--subprocesses",
+        "--rate",
+        "250",
+        "--gil",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -271,8 +335,9 @@ def profile_summary(stack: Stack, scenario: str, spy: subprocess.Popen, top: int
     return [f"{100 * count / max(total, 1):5.1f}%  {name}" for name, count in ranked[:top]]
 
 
-def run_scenarios(stack: Stack, key: str, *, seconds: int, warmup: int, only: list[str],
-                  profile: list[str]) -> dict[str, dict[str, Any]]:  # fmt: skip
+def run_scenarios(
+    stack: Stack, key: str, *, seconds: int, warmup: int, only: list[str], profile: list[str]
+) -> dict[str, dict[str, Any]]:
     results = {}
     for scenario, title in SCENARIOS.items():
         if only and scenario != "floor" and scenario not in only:
@@ -318,13 +383,26 @@ def prepare(receiver_url: str) -> dict[str, str]:
     account, _ = account_get_or_create(name="bench", plan_code="agency")
     key = api_key_create(account=account, label="bench").raw
     operator_create(account=account, email="bench@example.com", password="bench-password-0123", role="owner")
-    governance.policy_upsert(account_id=account.pk, agent_id="bench-agent", actor="bench", changes={
-        "max_actions_per_hour": 10**9, "max_spend_usd_per_day": 10**6, "blocked_tools": ["delete_*"],
-    })  # fmt: skip
-    fields, _ = tools.clean({
-        "name": "bench.receiver", "url": f"{receiver_url}/ok", "scope_id": "global", "auth": {"type": "hmac_sha256",
-        "secret": "bench-secret-0123456789"}, "timeout_ms": 2000, "max_retries": 0,
-    })  # fmt: skip
+    governance.policy_upsert(
+        account_id=account.pk,
+        agent_id="bench-agent",
+        actor="bench",
+        changes={
+            "max_actions_per_hour": 10**9,
+            "max_spend_usd_per_day": 10**6,
+            "blocked_tools": ["delete_*"],
+        },
+    )
+    fields, _ = tools.clean(
+        {
+            "name": "bench.receiver",
+            "url": f"{receiver_url}/ok",
+            "scope_id": "global",
+            "auth": {"type": "hmac_sha256", "secret": "bench-secret-0123456789"},
+            "timeout_ms": 2000,
+            "max_retries": 0,
+        }
+    )
     tools.tool_upsert(account_id=account.pk, plan=plan_limits_for(account.pk), fields=fields, actor="bench")
     return {"key": key, "account_id": str(account.pk)}
 
@@ -400,18 +478,31 @@ def time_pages(rounds: int = 15) -> dict[str, dict[str, float]]:
                 response = client.get(url)
                 durations.append((time.perf_counter() - started) * 1000)
             assert response.status_code == 200, (url, response.status_code)
-        out[name] = {"median_ms": round(statistics.median(durations), 1), "max_ms": round(max(durations), 1),
-                     "queries": len(queries)}  # fmt: skip
+        out[name] = {
+            "median_ms": round(statistics.median(durations), 1),
+            "max_ms": round(max(durations), 1),
+            "queries": len(queries),
+        }
     connection.close()
     return out
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
-            * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "python": platform.python_version(),
-            "kernel": platform.release()}  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def report(results: dict[str, Any]) -> str:
@@ -422,10 +513,12 @@ def report(results: dict[str, Any]) -> str:
     for name, row in scen.items():
         ratio = row["peak"]["rps"] / floor
         target = TARGETS.get(name)
-        lines.append(f"{row['title'][:44]:44} {row['peak']['rps']:8.0f} {ratio:7.2f} {row['at_70']['p50_ms']:7.1f} "
-                     f"{row['at_70']['p95_ms']:7.1f} {row['at_70']['p99_ms']:7.1f} "
-                     f"{row['peak']['errors'] + row['at_70']['errors']:6d} {row['peak']['loadgen_cpu']:7.2f}"
-                     + (f"   target ≥ {target}× {'OK' if ratio >= target else 'MISS'}" if target else ""))  # fmt: skip
+        lines.append(
+            f"{row['title'][:44]:44} {row['peak']['rps']:8.0f} {ratio:7.2f} {row['at_70']['p50_ms']:7.1f} "
+            f"{row['at_70']['p95_ms']:7.1f} {row['at_70']['p99_ms']:7.1f} "
+            f"{row['peak']['errors'] + row['at_70']['errors']:6d} {row['peak']['loadgen_cpu']:7.2f}"
+            + (f"   target ≥ {target}× {'OK' if ratio >= target else 'MISS'}" if target else "")
+        )
     lines.append(
         f"(×floor against the mean of the floor measured first and last: {results['floor_runs']} req/s; "
         f"latencies in ms at 70 % of each scenario's peak, the median-p99 run of {PACED_RUNS}; "
@@ -468,8 +561,9 @@ def report_all(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def api_phase(stack: Stack, results: dict[str, Any], *, options: argparse.Namespace, only: list[str], seconds: int,
-              warmup: int) -> None:  # fmt: skip
+def api_phase(
+    stack: Stack, results: dict[str, Any], *, options: argparse.Namespace, only: list[str], seconds: int, warmup: int
+) -> None:
     """The wrk scenarios, the floor again, and (full runs) the growth phase; into ``results``."""
     data = prepare(stack.receiver_url)
     from django.db import connection
@@ -477,8 +571,13 @@ def api_phase(stack: Stack, results: dict[str, Any], *, options: argparse.Namesp
     connection.close()
     pids = [p.pid for _, p in stack.processes]
     cpu_before = server_cpu(pids)
-    results["stack"] = {"gunicorn_workers": options.workers, "worker_class": "sync", "connections": CONNECTIONS,
-                        "wrk_threads": 1, "seconds": seconds}  # fmt: skip
+    results["stack"] = {
+        "gunicorn_workers": options.workers,
+        "worker_class": "sync",
+        "connections": CONNECTIONS,
+        "wrk_threads": 1,
+        "seconds": seconds,
+    }
     results["scenarios"] = run_scenarios(
         stack, data["key"], seconds=seconds, warmup=warmup, only=only, profile=options.profile.split(",")
     )
@@ -508,14 +607,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=12, help="length of each saturation and paced run")
     parser.add_argument("--workers", type=int, default=GUNICORN_WORKERS, help="gunicorn sync workers")
     parser.add_argument("--profile", default="", help="comma-separated scenarios to sample with py-spy")
-    parser.add_argument("--only", default="", help="comma-separated scenarios (the floor always runs, except for "
-                        "`--only dashboard`); no growth phase")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios (the floor always runs, except for `--only dashboard`); no growth phase",
+    )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", DB_NAME), help="PostgreSQL database")
-    parser.add_argument("--redis-db", type=int, default=int(os.environ.get("BENCH_REDIS_DB", REDIS_DB)),
-                        help="Redis database number")  # fmt: skip
+    parser.add_argument(
+        "--redis-db", type=int, default=int(os.environ.get("BENCH_REDIS_DB", REDIS_DB)), help="Redis database number"
+    )
     parser.add_argument("--keep-db", action="store_true", help="keep the database and Redis keys at the end")
-    parser.add_argument("--reuse-db", action="store_true", help="no reset; the dashboard scenario reuses the "
-                        "seeded account of a database kept with --keep-db")  # fmt: skip
+    parser.add_argument(
+        "--reuse-db",
+        action="store_true",
+        help="no reset; the dashboard scenario reuses the seeded account of a database kept with --keep-db",
+    )
     parser.add_argument("--rounds", type=int, default=30, help="sequential requests per dashboard page")
     options = parser.parse_args()
     DB_NAME, REDIS_DB = options.db_name, options.redis_db
@@ -546,15 +652,18 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
         "ONCEONLY_EMBEDDED_REDIS_AUTOSTART": "0",
         "ONCEONLY_STATIC_FROM_FINDERS": "1",
-    }  # fmt: skip  (no collectstatic: static files are never requested, pages name them through the finders)
+    }  # (no collectstatic: static files are never requested, pages name them through the finders)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     log_dir = ROOT / "var" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(env, log_dir, options.workers)
     django_setup(env)
     started = time.monotonic()
-    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                               "stack": {"gunicorn_workers": options.workers, "worker_class": "sync"}}  # fmt: skip
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "stack": {"gunicorn_workers": options.workers, "worker_class": "sync"},
+    }
     try:
         stack.start()
         if not dashboard_only:

@@ -120,11 +120,17 @@ UsageOutput = inline_serializer(
         **_KIND_FIELDS,
     },
 )
-UsageAllOutput = inline_serializer("UsageAllOutput", {
-    "plan": serializers.CharField(), "month": serializers.CharField(), "period_start": serializers.DateTimeField(),
-    "period_end": serializers.DateTimeField(), "make": inline_serializer("UsageKind", _KIND_FIELDS),
-    "ai": inline_serializer("UsageKindAi", _KIND_FIELDS),
-})  # fmt: skip
+UsageAllOutput = inline_serializer(
+    "UsageAllOutput",
+    {
+        "plan": serializers.CharField(),
+        "month": serializers.CharField(),
+        "period_start": serializers.DateTimeField(),
+        "period_end": serializers.DateTimeField(),
+        "make": inline_serializer("UsageKind", _KIND_FIELDS),
+        "ai": inline_serializer("UsageKindAi", _KIND_FIELDS),
+    },
+)
 
 
 class UsageApi(APIView):
@@ -166,8 +172,13 @@ class UsageAllApi(APIView):
         counters = usage.snapshot(request.auth.account_id, month)
         start, end = usage.period_of(month)
         return Response(
-            {"plan": plan.code, "month": month, "period_start": start.isoformat(), "period_end": end.isoformat(),
-             "make": _kind_body(counters, usage.MAKE, plan.make_limit),
-             "ai": _kind_body(counters, usage.AI, plan.ai_limit)},
+            {
+                "plan": plan.code,
+                "month": month,
+                "period_start": start.isoformat(),
+                "period_end": end.isoformat(),
+                "make": _kind_body(counters, usage.MAKE, plan.make_limit),
+                "ai": _kind_body(counters, usage.AI, plan.ai_limit),
+            },
             headers={"X-OnceOnly-Plan": plan.code, "X-OnceOnly-Month": month},
-        )  # fmt: skip
+        )

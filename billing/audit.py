@@ -25,9 +25,12 @@ _LOCK_NAMESPACE = 0x0A0D17  # first key of the advisory lock pair; the second is
 
 
 def entry_hash(account_id: int, prev_hash: str, created_at: Any, fields: dict[str, Any]) -> str:
-    payload = {"account_id": account_id, "prev_hash": prev_hash,
-               "created_at": created_at.isoformat(timespec="microseconds"),
-               **{name: fields.get(name) for name in FIELDS}}  # fmt: skip
+    payload = {
+        "account_id": account_id,
+        "prev_hash": prev_hash,
+        "created_at": created_at.isoformat(timespec="microseconds"),
+        **{name: fields.get(name) for name in FIELDS},
+    }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -67,22 +70,39 @@ def verify(account_id: int) -> AuditVerification:
         checked += 1
         if not entry.row_hash:
             if prev is not None:
-                return AuditVerification(False, checked, unchained, entry.pk,
-                                         f"Audit entry {entry.pk} has no hash but follows chained entries: it was "
-                                         "inserted afterwards.")  # fmt: skip
+                return AuditVerification(
+                    False,
+                    checked,
+                    unchained,
+                    entry.pk,
+                    f"Audit entry {entry.pk} has no hash but follows chained entries: it was inserted afterwards.",
+                )
             unchained += 1
             continue
         expected_prev = GENESIS if prev is None else prev  # an account's first chained entry follows GENESIS
         fields = {name: getattr(entry, name) for name in FIELDS}
         if entry_hash(account_id, entry.prev_hash, entry.created_at, fields) != entry.row_hash:
-            return AuditVerification(False, checked, unchained, entry.pk,
-                                     f"Audit entry {entry.pk} does not match its hash: it was changed after it was "
-                                     "written.")  # fmt: skip
+            return AuditVerification(
+                False,
+                checked,
+                unchained,
+                entry.pk,
+                f"Audit entry {entry.pk} does not match its hash: it was changed after it was written.",
+            )
         if entry.prev_hash != expected_prev:
-            return AuditVerification(False, checked, unchained, entry.pk,
-                                     f"Audit entry {entry.pk} does not follow the entry before it: entries were "
-                                     "deleted or inserted before it.")  # fmt: skip
+            return AuditVerification(
+                False,
+                checked,
+                unchained,
+                entry.pk,
+                f"Audit entry {entry.pk} does not follow the entry before it: entries were "
+                "deleted or inserted before it.",
+            )
         prev = entry.row_hash
-    return AuditVerification(True, checked, unchained,
-                             message=f"{checked - unchained} audit entries verified"
-                             + (f" ({unchained} older entries have no hash)." if unchained else "."))  # fmt: skip
+    return AuditVerification(
+        True,
+        checked,
+        unchained,
+        message=f"{checked - unchained} audit entries verified"
+        + (f" ({unchained} older entries have no hash)." if unchained else "."),
+    )

@@ -56,8 +56,9 @@ class LoginLockoutMixin(_AuthenticationFormBase):
         if wait:
             self.locked_out = True
             minutes = math.ceil(wait / 60)
-            raise ValidationError(LOCKED_OUT, code="locked_out",
-                                  params={"minutes": minutes, "plural": "" if minutes == 1 else "s"})  # fmt: skip
+            raise ValidationError(
+                LOCKED_OUT, code="locked_out", params={"minutes": minutes, "plural": "" if minutes == 1 else "s"}
+            )
         cleaned = super().clean()  # a wrong password raises: the attempt stays counted
         login_throttle.record_success(username, address)
         return cleaned
@@ -94,9 +95,10 @@ class PlanSwitchForm(forms.Form):
 class SettingsForm(forms.Form):
     name = forms.CharField(max_length=120, label="Account name", validators=[validate_identifier])
     strict_mode = forms.BooleanField(
-        required=False, label="Strict mode",
+        required=False,
+        label="Strict mode",
         help_text="Refuse calls to unregistered tools (404 tool_not_found) instead of permit-only decisions.",
-    )  # fmt: skip
+    )
     email_notifications_enabled = forms.BooleanField(required=False, label="Email notifications")
     tool_error_notifications_enabled = forms.BooleanField(required=False, label="Tool error notifications")
     run_failure_notifications_enabled = forms.BooleanField(required=False, label="Run failure notifications")

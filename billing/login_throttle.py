@@ -59,8 +59,13 @@ def begin_attempt(email: str, address: str) -> int:
         return int(reply[1])
     if reply[1] == settings.ONCEONLY_LOGIN_MAX_FAILURES:
         email_hash = keys.email.rsplit(":", 1)[1]
-        logger.warning("dashboard sign-in locked for %s min after %s failed attempts (email hash %s, address %s)",
-                       math.ceil(window / 60), reply[1], email_hash, address)  # fmt: skip
+        logger.warning(
+            "dashboard sign-in locked for %s min after %s failed attempts (email hash %s, address %s)",
+            math.ceil(window / 60),
+            reply[1],
+            email_hash,
+            address,
+        )
     return 0
 
 

@@ -43,9 +43,10 @@ class Plan(models.Model):
         default=50, validators=[MinValueValidator(1)], help_text="Token bucket size per API key (at least 1)."
     )
     stripe_price_id = models.CharField(
-        max_length=100, blank=True,
+        max_length=100,
+        blank=True,
         help_text="Stripe price (recurring) an owner subscribes to for this plan; STRIPE_PRICE_IDS overrides it.",
-    )  # fmt: skip
+    )
 
     class Meta:
         ordering = ["sort_order", "id"]
@@ -290,8 +291,9 @@ class BillingSubscription(models.Model):
     def __str__(self) -> str:
         return f"{self.account} {self.status or 'no subscription'}"
 
-    ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
-                              "vuv", "xaf", "xof", "xpf"})  # fmt: skip
+    ZERO_DECIMAL = frozenset(
+        {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+    )
 
     @property
     def has_live_subscription(self) -> bool:
@@ -332,9 +334,11 @@ class ProviderEvent(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["provider", "event_id"], name="billing_provider_event_unique"),
-            models.CheckConstraint(condition=models.Q(status__in=["received", "processing", "succeeded", "failed",
-                                                                  "ignored"]), name="billing_provider_event_status"),
-        ]  # fmt: skip
+            models.CheckConstraint(
+                condition=models.Q(status__in=["received", "processing", "succeeded", "failed", "ignored"]),
+                name="billing_provider_event_status",
+            ),
+        ]
         indexes = [models.Index(fields=["-received_at"], name="billing_provider_event_recent")]
 
     def __str__(self) -> str:

@@ -51,19 +51,25 @@ def _send_digest(account_id: int) -> int:
         )
         if not pending:
             return 0  # nothing, or another worker is sending this account's digest
-        recipients = sorted(set(
-            Membership.objects.filter(account_id=account_id, role__in=EDITOR_ROLES)
-            .exclude(user__email="").values_list("user__email", flat=True)
-        ))  # fmt: skip
+        recipients = sorted(
+            set(
+                Membership.objects.filter(account_id=account_id, role__in=EDITOR_ROLES)
+                .exclude(user__email="")
+                .values_list("user__email", flat=True)
+            )
+        )
         account = Account.objects.get(pk=account_id)
-        lines = [f"- [{n.get_kind_display()}] {n.created_at:%Y-%m-%d %H:%M:%S} UTC — {n.subject}"
-                 for n in pending[:DIGEST_ITEMS]]  # fmt: skip
+        lines = [
+            f"- [{n.get_kind_display()}] {n.created_at:%Y-%m-%d %H:%M:%S} UTC — {n.subject}"
+            for n in pending[:DIGEST_ITEMS]
+        ]
         if len(pending) > DIGEST_ITEMS:
             lines.append(f"… and {len(pending) - DIGEST_ITEMS} more.")
         if recipients:
             subject = f"[OnceOnly] {len(pending)} new problem{'s' if len(pending) != 1 else ''} in {account.name}"
-            body = "\n".join([f"Account {account.name}:", "", *lines, "",
-                               "Change what you receive on the Settings page."])  # fmt: skip
+            body = "\n".join(
+                [f"Account {account.name}:", "", *lines, "", "Change what you receive on the Settings page."]
+            )
             # Inside the transaction on purpose: if sending fails, the rows stay unsent and the next run retries
             # (EMAIL_TIMEOUT bounds how long the rows stay locked).
             send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)

@@ -9,10 +9,21 @@ from decimal import Decimal
 HOUR, DAY = 3600, 86400
 
 FIELDS = (
-    "code", "name", "sort_order", "price_usd_month", "make_monthly_limit", "ai_monthly_limit",
-    "default_ttl_seconds", "max_ttl_seconds", "tools_limit", "has_governance", "has_allowed_tools",
-    "has_kill_switch", "rate_limit_per_second", "rate_limit_burst",
-)  # fmt: skip
+    "code",
+    "name",
+    "sort_order",
+    "price_usd_month",
+    "make_monthly_limit",
+    "ai_monthly_limit",
+    "default_ttl_seconds",
+    "max_ttl_seconds",
+    "tools_limit",
+    "has_governance",
+    "has_allowed_tools",
+    "has_kill_switch",
+    "rate_limit_per_second",
+    "rate_limit_burst",
+)
 
 PLANS = [
     # code, name, order, $/month, check-locks/month, ai/month, default ttl, max ttl, tools, policies+logs+metrics,
@@ -21,7 +32,7 @@ PLANS = [
     ("starter", "Starter", 1, Decimal("29"), 20_000, 100_000, HOUR, DAY, 0, False, False, False, 20, 60),
     ("pro", "Pro", 2, Decimal("149"), 200_000, 1_000_000, 6 * HOUR, 7 * DAY, 10, True, False, False, 100, 300),
     ("agency", "Agency", 3, Decimal("799"), 2_000_000, 10_000_000, DAY, 30 * DAY, 500, True, True, True, 500, 1000),
-]  # fmt: skip
+]
 
 
 def seed(plan_model) -> None:

@@ -55,8 +55,9 @@ def audit_record(
         prev = audit.previous_hash(account.pk)
         created_at = timezone.now()
         row_hash = audit.entry_hash(account.pk, prev, created_at, fields)
-        return AuditEntry.objects.create(account=account, actor=actor, created_at=created_at, prev_hash=prev,
-                                         row_hash=row_hash, **fields)  # fmt: skip
+        return AuditEntry.objects.create(
+            account=account, actor=actor, created_at=created_at, prev_hash=prev, row_hash=row_hash, **fields
+        )
 
 
 def _name_too_long(name: str) -> bool:
@@ -227,8 +228,9 @@ def operator_create(
         user, _ = user_model.objects.get_or_create(username=email, defaults={"email": email})
         user.set_password(password)
         user.save(update_fields=["password"])
-        membership, created = Membership.objects.get_or_create(user=user, account=account,
-                                                               defaults={"role": role or Role.OWNER})  # fmt: skip
+        membership, created = Membership.objects.get_or_create(
+            user=user, account=account, defaults={"role": role or Role.OWNER}
+        )
         role = role or membership.role
         if not created and membership.role != role:
             membership.role = role
@@ -271,8 +273,11 @@ def account_update_settings(
         raise ValidationError("An account name has 1 to 120 characters.")
     if name != account.name and Account.objects.filter(name=name).exclude(pk=account.pk).exists():
         raise ValidationError("Another account already has this name.")
-    before = {"name": account.name, "strict_mode": account.strict_mode,
-              **{f: getattr(account, f) for f in NOTIFICATION_FIELDS}}  # fmt: skip
+    before = {
+        "name": account.name,
+        "strict_mode": account.strict_mode,
+        **{f: getattr(account, f) for f in NOTIFICATION_FIELDS},
+    }
     after = {"name": name, "strict_mode": strict_mode, **notifications}
     changed = [field for field, value in after.items() if before[field] != value]
     if not changed:
@@ -285,9 +290,14 @@ def account_update_settings(
                 account.save(update_fields=changed)
         except IntegrityError:
             raise ValidationError("Another account already has this name.") from None
-        audit_record(account=account, actor=actor, action="billing.account.settings_changed", object_type="account",
-                     object_id=account.pk, data={"before": {f: before[f] for f in changed},
-                                                 "after": {f: after[f] for f in changed}})  # fmt: skip
+        audit_record(
+            account=account,
+            actor=actor,
+            action="billing.account.settings_changed",
+            object_type="account",
+            object_id=account.pk,
+            data={"before": {f: before[f] for f in changed}, "after": {f: after[f] for f in changed}},
+        )
     return changed
 
 
@@ -314,8 +324,14 @@ def membership_add(*, account: Account, email: str, role: str, actor: User) -> t
         membership, created = Membership.objects.get_or_create(user=user, account=account, defaults={"role": role})
         if not created:
             raise ValidationError(f"{email} is already a member of this account.")
-        audit_record(account=account, actor=actor, action="billing.member.added", object_type="user",
-                     object_id=user.pk, data={"email": email, "role": role})  # fmt: skip
+        audit_record(
+            account=account,
+            actor=actor,
+            action="billing.member.added",
+            object_type="user",
+            object_id=user.pk,
+            data={"email": email, "role": role},
+        )
     return membership, password
 
 
@@ -334,16 +350,26 @@ def membership_set_role(*, membership: Membership, role: str, actor: User) -> No
         before = membership.role
         membership.role = role
         membership.save(update_fields=["role"])
-        audit_record(account=membership.account, actor=actor, action="billing.member.role_changed",
-                     object_type="user", object_id=membership.user_id,
-                     data={"email": membership.user.get_username(), "before": before, "after": role})  # fmt: skip
+        audit_record(
+            account=membership.account,
+            actor=actor,
+            action="billing.member.role_changed",
+            object_type="user",
+            object_id=membership.user_id,
+            data={"email": membership.user.get_username(), "before": before, "after": role},
+        )
 
 
 def membership_remove(*, membership: Membership, actor: User) -> None:
     with transaction.atomic():
         if membership.role == Role.OWNER and not _owners_left(membership.account, membership):
             raise LastOwner("The last owner cannot be removed.")
-        audit_record(account=membership.account, actor=actor, action="billing.member.removed", object_type="user",
-                     object_id=membership.user_id, data={"email": membership.user.get_username(),
-                                                         "role": membership.role})  # fmt: skip
+        audit_record(
+            account=membership.account,
+            actor=actor,
+            action="billing.member.removed",
+            object_type="user",
+            object_id=membership.user_id,
+            data={"email": membership.user.get_username(), "role": membership.role},
+        )
         membership.delete()

@@ -46,9 +46,11 @@ def _client() -> stripe.StripeClient:
         raise RuntimeError("Stripe is called outside database transactions only (billing/stripe_client.py)")
     base: BaseAddresses | None = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
     return stripe.StripeClient(
-        settings.STRIPE_SECRET_KEY, base_addresses=base, max_network_retries=2,
+        settings.STRIPE_SECRET_KEY,
+        base_addresses=base,
+        max_network_retries=2,
         http_client=stripe.HTTPXClient(timeout=TIMEOUT_SECONDS, allow_sync_methods=True),  # httpx: already ours
-    )  # fmt: skip
+    )
 
 
 def _call(fn: Callable[..., _T], params: dict[str, Any]) -> _T:
@@ -59,9 +61,14 @@ def _call(fn: Callable[..., _T], params: dict[str, Any]) -> _T:
 
 
 def create_customer(account: Account, email: str) -> str:
-    customer = _call(_client().v1.customers.create, {
-        "name": account.name, "email": email, "metadata": {"account_id": str(account.pk)},
-    })  # fmt: skip
+    customer = _call(
+        _client().v1.customers.create,
+        {
+            "name": account.name,
+            "email": email,
+            "metadata": {"account_id": str(account.pk)},
+        },
+    )
     return customer.id
 
 
@@ -69,16 +76,19 @@ def create_checkout_session(
     *, account: Account, customer_id: str, plan: Plan, success_url: str, cancel_url: str
 ) -> Redirect:
     """A Checkout Session (mode subscription) for ``plan``; the webhooks apply the plan once Stripe confirms."""
-    session = _call(_client().v1.checkout.sessions.create, {
-        "mode": "subscription",
-        "customer": customer_id,
-        "client_reference_id": str(account.pk),
-        "line_items": [{"price": price_for(plan), "quantity": 1}],
-        "success_url": success_url,
-        "cancel_url": cancel_url,
-        "metadata": {"account_id": str(account.pk), "plan": plan.code},
-        "subscription_data": {"metadata": {"account_id": str(account.pk), "plan": plan.code}},
-    })  # fmt: skip
+    session = _call(
+        _client().v1.checkout.sessions.create,
+        {
+            "mode": "subscription",
+            "customer": customer_id,
+            "client_reference_id": str(account.pk),
+            "line_items": [{"price": price_for(plan), "quantity": 1}],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "metadata": {"account_id": str(account.pk), "plan": plan.code},
+            "subscription_data": {"metadata": {"account_id": str(account.pk), "plan": plan.code}},
+        },
+    )
     if session.url is None:  # only a session that is no longer open has none: never one created just now
         raise StripeUnavailable("Stripe created the checkout without a payment page; try again.")
     return Redirect(url=session.url, id=session.id)

@@ -67,8 +67,9 @@ class Ignored(Exception):
     another Stripe customer in place of its linked one.
     """
 
-    def __init__(self, reason: str, *, account: Account | None = None, refused: dict[str, str] | None = None,
-                 notice: str = ""):  # fmt: skip
+    def __init__(
+        self, reason: str, *, account: Account | None = None, refused: dict[str, str] | None = None, notice: str = ""
+    ):
         super().__init__(reason)
         self.account, self.refused, self.notice = account, refused, notice
 
@@ -98,9 +99,15 @@ def receive(payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]
         event = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deeper than json can parse
         raise BadWebhook("The body is not JSON.") from None
-    if not (isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]
-            and isinstance(event.get("type"), str) and isinstance(event.get("created"), int)
-            and isinstance(event.get("data"), dict) and isinstance(event["data"].get("object"), dict)):  # fmt: skip
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and event["id"]
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("created"), int)
+        and isinstance(event.get("data"), dict)
+        and isinstance(event["data"].get("object"), dict)
+    ):
         raise BadWebhook("Not a Stripe event: id, type, created and data.object are required.")
     created = _unix_time(event["created"])
     if created is None:  # Stripe's are seconds since 1970; 10**20 or true is no time (and would not store)
@@ -110,9 +117,12 @@ def receive(payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]
     try:
         with transaction.atomic():
             row = ProviderEvent.objects.create(
-                provider="stripe", event_id=event["id"][:100], type=event["type"][:100], payload=event,
+                provider="stripe",
+                event_id=event["id"][:100],
+                type=event["type"][:100],
+                payload=event,
                 created_at=created,
-            )  # fmt: skip
+            )
         return row, True
     except IntegrityError:
         return ProviderEvent.objects.get(provider="stripe", event_id=event["id"][:100]), False
@@ -196,9 +206,14 @@ def _ignore(row: ProviderEvent, ignored: Ignored) -> None:
             return
         logger.warning("Stripe event %s (%s) not applied: %s", row.event_id, row.type, ignored)
         if ignored.refused:
-            services.audit_record(account=ignored.account, action=REFUSED, actor_label="stripe",
-                                  object_type="stripe_event", object_id=row.event_id,
-                                  data={"type": row.type, **ignored.refused})  # fmt: skip
+            services.audit_record(
+                account=ignored.account,
+                action=REFUSED,
+                actor_label="stripe",
+                object_type="stripe_event",
+                object_id=row.event_id,
+                data={"type": row.type, **ignored.refused},
+            )
         if ignored.notice:
             notify(account_id=ignored.account.pk, kind=Notification.Kind.BILLING, subject=ignored.notice)
 
@@ -322,8 +337,10 @@ def _linked_account(obj: dict, what: str) -> Account:
     if named is None:
         raise Ignored(f"{what}: no account of this server is linked to customer {customer!r}")
     linked = BillingSubscription.objects.filter(account=named).values_list("customer_id", flat=True).first() or ""
-    reason = (f"{what} is for customer {customer!r}, not the Stripe customer linked to account {named.pk} "
-              f"({linked or 'none yet'}): not applied")  # fmt: skip
+    reason = (
+        f"{what} is for customer {customer!r}, not the Stripe customer linked to account {named.pk} "
+        f"({linked or 'none yet'}): not applied"
+    )
     raise Ignored(reason, account=named, refused={"customer": customer, "linked_customer": linked} if linked else None)
 
 
@@ -331,8 +348,14 @@ def checkout_session_record(*, account: Account, actor: User, plan: Plan, sessio
     """Record a Checkout Session this server created for ``account`` (the audit entry ``billing.checkout.started``:
     the plan chosen and the session id); ``checkout.session.completed`` applies only sessions recorded here. Written
     after Stripe answered and before the owner is sent there, so every session an owner can pay is recorded."""
-    return services.audit_record(account=account, actor=actor, action=CHECKOUT_STARTED, object_type="plan",
-                                 object_id=plan.code, data={"session": session_id})  # fmt: skip
+    return services.audit_record(
+        account=account,
+        actor=actor,
+        action=CHECKOUT_STARTED,
+        object_type="plan",
+        object_id=plan.code,
+        data={"session": session_id},
+    )
 
 
 def _started_plan(account: Account, session_id: str) -> str | None:
@@ -348,8 +371,9 @@ def checkout_pending(account: Account) -> str:
     still be paid: created less than CHECKOUT_OPEN_FOR ago, and no ``checkout.session.completed`` (applied or not) or
     ``checkout.session.expired`` of it stored. '' otherwise. Before creating a session, checkout closes this one
     (billing/views.py), so no older one can be open (short of two checkouts at the same instant)."""
-    started = AuditEntry.objects.filter(account=account, action=CHECKOUT_STARTED,
-                                        created_at__gte=timezone.now() - CHECKOUT_OPEN_FOR)  # fmt: skip
+    started = AuditEntry.objects.filter(
+        account=account, action=CHECKOUT_STARTED, created_at__gte=timezone.now() - CHECKOUT_OPEN_FOR
+    )
     latest = started.order_by("-created_at", "-id").first()
     if latest is None or not isinstance(latest.data, dict):
         return ""
@@ -357,9 +381,11 @@ def checkout_pending(account: Account) -> str:
     if not isinstance(session_id, str) or not session_id:
         return ""
     closed = ProviderEvent.objects.filter(
-        provider="stripe", type__in=["checkout.session.completed", "checkout.session.expired"],
-        received_at__gte=latest.created_at, payload__data__object__id=session_id,
-    )  # fmt: skip
+        provider="stripe",
+        type__in=["checkout.session.completed", "checkout.session.expired"],
+        received_at__gte=latest.created_at,
+        payload__data__object__id=session_id,
+    )
     return "" if closed.exists() else session_id
 
 
@@ -389,22 +415,29 @@ def _newer(billing: BillingSubscription, at: datetime, *, advance: bool = True) 
 
 def _flag_payment_problem(billing: BillingSubscription, problem: bool, why: str) -> None:
     if problem and not billing.payment_problem:
-        notify(account_id=billing.account_id, kind=Notification.Kind.BILLING,
-               subject=f"Payment problem: {why}; update the payment method (Usage & plan, Manage billing)")  # fmt: skip
+        notify(
+            account_id=billing.account_id,
+            kind=Notification.Kind.BILLING,
+            subject=f"Payment problem: {why}; update the payment method (Usage & plan, Manage billing)",
+        )
     billing.payment_problem = problem
 
 
 def _has_ended(account: Account, subscription: str) -> bool:
     """Whether an event of this account (applied or ignored) said ``subscription`` was deleted or had ended."""
     about = ProviderEvent.objects.filter(provider="stripe", account=account, payload__data__object__id=subscription)
-    return about.filter(Q(type="customer.subscription.deleted") | Q(
-        type__in=["customer.subscription.created", "customer.subscription.updated"],
-        payload__data__object__status__in=ENDED,
-    )).exists()  # fmt: skip
+    return about.filter(
+        Q(type="customer.subscription.deleted")
+        | Q(
+            type__in=["customer.subscription.created", "customer.subscription.updated"],
+            payload__data__object__status__in=ENDED,
+        )
+    ).exists()
 
 
-def _claim_subscription(billing: BillingSubscription, subscription: str, what: str, *, live: bool,
-                        announce: bool = False, **context: str) -> None:  # fmt: skip
+def _claim_subscription(
+    billing: BillingSubscription, subscription: str, what: str, *, live: bool, announce: bool = False, **context: str
+) -> None:
     """Let an event about ``subscription`` change the account, or raise Ignored.
 
     Only the account's linked subscription moves it; the first one seen is linked. The linked one, once ended
@@ -416,8 +449,10 @@ def _claim_subscription(billing: BillingSubscription, subscription: str, what: s
     account, linked = billing.account, billing.subscription_id
     if subscription == linked:
         if billing.status in ENDED:
-            raise Ignored(f"{what}: subscription {subscription!r} has ended ({billing.status}); a later event does "
-                          "not revive it", account=account)  # fmt: skip
+            raise Ignored(
+                f"{what}: subscription {subscription!r} has ended ({billing.status}); a later event does not revive it",
+                account=account,
+            )
         return
     if not linked and not _has_ended(account, subscription):
         billing.subscription_id = subscription
@@ -427,13 +462,17 @@ def _claim_subscription(billing: BillingSubscription, subscription: str, what: s
         billing.subscription_id, billing.state_at, billing.status, billing.price_id = subscription, None, "", ""
         billing.current_period_end, billing.cancel_at_period_end = None, False
         return
-    reason = (f"{what} is about subscription {subscription!r}, not the subscription linked to account {account.pk} "
-              f"({linked!r}, {billing.status or 'no status yet'}): not applied")  # fmt: skip
+    reason = (
+        f"{what} is about subscription {subscription!r}, not the subscription linked to account {account.pk} "
+        f"({linked!r}, {billing.status or 'no status yet'}): not applied"
+    )
     notice = ""
     told = AuditEntry.objects.filter(account=account, action=REFUSED, data__subscription=subscription)
     if announce and live and billing.has_live_subscription and not told.exists():  # once per subscription
-        notice = (f"Two subscriptions billed: {subscription} was not applied, the account follows {linked}; cancel "
-                  f"the one you do not want with Manage billing (Usage & plan)")  # fmt: skip
+        notice = (
+            f"Two subscriptions billed: {subscription} was not applied, the account follows {linked}; cancel "
+            f"the one you do not want with Manage billing (Usage & plan)"
+        )
     refused = {"customer": billing.customer_id, "subscription": subscription, "linked_subscription": linked, **context}
     raise Ignored(reason, account=account, refused=refused, notice=notice)
 
@@ -449,8 +488,9 @@ def checkout_completed(session: dict, at: datetime, event_id: str) -> Account:
     account = _linked_account(session, what)
     plan_code = _started_plan(account, session_id)
     if plan_code is None:
-        raise Ignored(f"checkout session {session_id!r} was not created by this server for account {account.pk}",
-                      account=account)  # fmt: skip
+        raise Ignored(
+            f"checkout session {session_id!r} was not created by this server for account {account.pk}", account=account
+        )
     with _about(account):
         subscription = _ref(session, "subscription", "checkout session")
         if not subscription:  # the sessions this server creates are all in mode subscription
@@ -491,8 +531,9 @@ def subscription_changed(sub: dict, at: datetime, event_id: str, *, created: boo
         status = _text(sub, "status", "subscription", longest=32)
         item = _first_item(sub, "subscription")
         price_id = _ref(item, "price", "subscription item")
-        period_end = _time(sub, "current_period_end", "subscription") or _time(item, "current_period_end",
-                                                                               "subscription item")  # fmt: skip
+        period_end = _time(sub, "current_period_end", "subscription") or _time(
+            item, "current_period_end", "subscription item"
+        )
         cancel_at_period_end = _flag(sub, "cancel_at_period_end", "subscription")
         if status in LIVE and status != "incomplete" and not price_id:
             raise Malformed("subscription", "items.data[0].price", "a price")
@@ -521,7 +562,8 @@ def subscription_deleted(sub: dict, at: datetime, event_id: str) -> Account:
     with _about(account):
         status = _text(sub, "status", "subscription", longest=32)
         period_end = _time(sub, "current_period_end", "subscription") or _time(
-            _first_item(sub, "subscription"), "current_period_end", "subscription item")  # fmt: skip
+            _first_item(sub, "subscription"), "current_period_end", "subscription item"
+        )
     billing = _billing_for(account)
     _claim_subscription(billing, subscription, what, live=False)
     if not _newer(billing, at):
@@ -572,8 +614,9 @@ def _invoice(invoice: dict, at: datetime, failed: bool, event_id: str) -> Accoun
     linked = billing.subscription_id
     if linked and subscription != linked:
         if not subscription:
-            raise Ignored(f"{what} is for no subscription (account {account.pk} follows {linked!r}): not applied",
-                          account=account)  # fmt: skip
+            raise Ignored(
+                f"{what} is for no subscription (account {account.pk} follows {linked!r}): not applied", account=account
+            )
         _claim_subscription(billing, subscription, what, live=False)  # raises: another subscription's invoice
     if billing.last_invoice_at is None or created >= billing.last_invoice_at:
         billing.last_invoice_id = invoice_id

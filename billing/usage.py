@@ -82,8 +82,10 @@ class QuotaExceeded(ApiProblem):
 
     def __init__(self, *, kind: str, plan: str, usage: int, limit: int) -> None:
         self.kind, self.plan, self.usage, self.limit = kind, plan, usage, limit
-        message = (f"The {plan} plan's monthly {kind} quota is used up ({usage}/{limit}); it resets at the start of "
-                   "the next UTC month.")  # fmt: skip
+        message = (
+            f"The {plan} plan's monthly {kind} quota is used up ({usage}/{limit}); it resets at the start of "
+            "the next UTC month."
+        )
         super().__init__(402, "usage_limit", message, kind=kind, plan=plan, usage=usage, limit=limit)
 
 

@@ -222,10 +222,15 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     _, end = usage.period_of(month)
     plans = list(Plan.objects.all())
     context = {
-        "bars": _quota_bars(account), "month": month, "period_end": end, "plans": plans,
-        "daily": usage.daily(account.pk, month), "plan": account.plan, "is_owner": membership.role == Role.OWNER,
+        "bars": _quota_bars(account),
+        "month": month,
+        "period_end": end,
+        "plans": plans,
+        "daily": usage.daily(account.pk, month),
+        "plan": account.plan,
+        "is_owner": membership.role == Role.OWNER,
         "stripe": settings.STRIPE_ENABLED,
-    }  # fmt: skip
+    }
     if settings.STRIPE_ENABLED:
         context["billing"] = BillingSubscription.objects.filter(account=account).first()
         context["for_sale"] = {p.code for p in plans if stripe_client.price_for(p)}
@@ -237,8 +242,11 @@ def usage_page(request: HttpRequest) -> HttpResponse:
 def settings_page(request: HttpRequest) -> HttpResponse:
     membership = selectors.current_membership(request)
     account = membership.account
-    initial = {"name": account.name, "strict_mode": account.strict_mode,
-               **{f: getattr(account, f) for f in services.NOTIFICATION_FIELDS}}  # fmt: skip
+    initial = {
+        "name": account.name,
+        "strict_mode": account.strict_mode,
+        **{f: getattr(account, f) for f in services.NOTIFICATION_FIELDS},
+    }
     form = SettingsForm(initial=initial)
     status = 200
     if request.method == "POST":
@@ -248,9 +256,12 @@ def settings_page(request: HttpRequest) -> HttpResponse:
             data = form.cleaned_data
             try:
                 changed = services.account_update_settings(
-                    account=account, name=data["name"], strict_mode=data["strict_mode"],
-                    notifications={f: data[f] for f in services.NOTIFICATION_FIELDS}, actor=selectors.operator(request),
-                )  # fmt: skip
+                    account=account,
+                    name=data["name"],
+                    strict_mode=data["strict_mode"],
+                    notifications={f: data[f] for f in services.NOTIFICATION_FIELDS},
+                    actor=selectors.operator(request),
+                )
             except ValidationError as exc:
                 form.add_error("name", exc.messages[0])
             else:
@@ -292,10 +303,18 @@ def team(request: HttpRequest) -> HttpResponse:
         if form.errors:
             status = 422
     page = Paginator(selectors.members_of(membership.account), KEYS_PER_PAGE).get_page(request.GET.get("page"))
-    return render(request, "billing/team.html", {
-        "page": page, "form": form, "new_password": new_password, "roles": Role.choices,
-        "is_owner": membership.role == Role.OWNER,
-    }, status=status)  # fmt: skip
+    return render(
+        request,
+        "billing/team.html",
+        {
+            "page": page,
+            "form": form,
+            "new_password": new_password,
+            "roles": Role.choices,
+            "is_owner": membership.role == Role.OWNER,
+        },
+        status=status,
+    )
 
 
 @login_required
@@ -350,14 +369,29 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"detail": {"error": "invalid_webhook", "message": str(exc)}}, status=400)
     status = stripe_webhooks.process(row.pk)
     if status == ProviderEvent.Status.PROCESSING:
-        return JsonResponse({"detail": {"error": "in_progress", "event_id": row.event_id,
-                                        "message": "Another delivery of this event is being processed; retry later."}},
-                            status=503, headers={"Retry-After": "60"})  # fmt: skip
+        return JsonResponse(
+            {
+                "detail": {
+                    "error": "in_progress",
+                    "event_id": row.event_id,
+                    "message": "Another delivery of this event is being processed; retry later.",
+                }
+            },
+            status=503,
+            headers={"Retry-After": "60"},
+        )
     if status == ProviderEvent.Status.FAILED:
         # Not the sender's fault: 503 makes Stripe deliver it again later (and the superuser page can retry it).
-        return JsonResponse({"detail": {"error": "processing_failed", "event_id": row.event_id,
-                                        "message": "The event was stored but could not be processed; it is retried."}},
-                            status=503)  # fmt: skip
+        return JsonResponse(
+            {
+                "detail": {
+                    "error": "processing_failed",
+                    "event_id": row.event_id,
+                    "message": "The event was stored but could not be processed; it is retried.",
+                }
+            },
+            status=503,
+        )
     return JsonResponse({"ok": True, "event_id": row.event_id, "status": status, "duplicate": not new})
 
 
@@ -379,8 +413,11 @@ def billing_checkout(request: HttpRequest) -> HttpResponse:
     try:
         # Only one session at a time may be payable: two paid ones would be two subscriptions, both billed.
         if pending and stripe_client.close_checkout_session(pending) == "complete":
-            messages.error(request, "A checkout of this account was paid already: its plan applies as soon as Stripe "
-                           "confirms the payment to this server; then change plans with Manage billing.")  # fmt: skip
+            messages.error(
+                request,
+                "A checkout of this account was paid already: its plan applies as soon as Stripe "
+                "confirms the payment to this server; then change plans with Manage billing.",
+            )
             return redirect("billing:usage")
         customer = billing.customer_id
         if not customer:
@@ -388,9 +425,12 @@ def billing_checkout(request: HttpRequest) -> HttpResponse:
             BillingSubscription.objects.filter(pk=billing.pk, customer_id="").update(customer_id=created)
             customer = BillingSubscription.objects.values_list("customer_id", flat=True).get(pk=billing.pk)
         session = stripe_client.create_checkout_session(
-            account=account, customer_id=customer, plan=plan, success_url=f"{done}?result=paid",
+            account=account,
+            customer_id=customer,
+            plan=plan,
+            success_url=f"{done}?result=paid",
             cancel_url=f"{done}?result=cancelled",
-        )  # fmt: skip
+        )
     except stripe_client.StripeUnavailable as exc:
         messages.error(request, f"Stripe could not start the checkout: {exc}")
         return redirect("billing:usage")
@@ -441,8 +481,9 @@ def billing_done(request: HttpRequest) -> HttpResponse:
     """Where Checkout sends the owner back: the plan itself changes when Stripe's webhook confirms the payment."""
     _stripe_or_404()
     account = selectors.current_membership(request).account
-    return render(request, "billing/checkout_done.html", {"paid": request.GET.get("result") == "paid",
-                                                          "plan": account.plan})  # fmt: skip
+    return render(
+        request, "billing/checkout_done.html", {"paid": request.GET.get("result") == "paid", "plan": account.plan}
+    )
 
 
 @login_required
@@ -458,10 +499,17 @@ def provider_events(request: HttpRequest) -> HttpResponse:
     if status in ProviderEvent.Status.values:
         rows = rows.filter(status=status)
     page = Paginator(rows, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
-    return render(request, "billing/provider_events.html", {
-        "page": page, "status": status, "statuses": ProviderEvent.Status.choices,
-        "extra": f"&status={status}" if status else "", "stale_before": stale_before,
-    })  # fmt: skip
+    return render(
+        request,
+        "billing/provider_events.html",
+        {
+            "page": page,
+            "status": status,
+            "statuses": ProviderEvent.Status.choices,
+            "extra": f"&status={status}" if status else "",
+            "stale_before": stale_before,
+        },
+    )
 
 
 @login_required

@@ -38,8 +38,11 @@ USER_AGENT = "OnceOnly-Server/0.1 (+signed tool dispatch)"
 @lru_cache(maxsize=1)
 def client() -> httpx.Client:
     # One pool per process; redirects are never followed (a tool URL that redirects is an error, not a hop).
-    return httpx.Client(follow_redirects=False, limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                        headers={"User-Agent": USER_AGENT})  # fmt: skip
+    return httpx.Client(
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": USER_AGENT},
+    )
 
 
 @dataclass
@@ -200,8 +203,10 @@ def dispatch(
     result is then ``stopped`` (``attempts`` counts the attempts that were sent before)."""
     started = time.monotonic()
     deadline = started + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
-    body = json.dumps({"agent_id": agent_id, "tool": tool.name, "args": args, "run_id": run_id or None,
-                       "decision_id": dispatch_id}, separators=(",", ":")).encode()  # fmt: skip
+    body = json.dumps(
+        {"agent_id": agent_id, "tool": tool.name, "args": args, "run_id": run_id or None, "decision_id": dispatch_id},
+        separators=(",", ":"),
+    ).encode()
     timeout = tool.timeout_ms / 1000
     status, error, attempts = None, "", 0
     last_headers: dict[str, str] | None = None
@@ -225,13 +230,18 @@ def dispatch(
         if kill_switch is not None:
             extensions = {**extensions, "trace": kill_switch.trace}
         attempts += 1
-        headers = signed_request(tool, dispatch_id=dispatch_id, body=body, idempotency_key=f"oo_{args_digest[:40]}",
-                                 fence=fence) | pin_headers  # fmt: skip
+        headers = (
+            signed_request(
+                tool, dispatch_id=dispatch_id, body=body, idempotency_key=f"oo_{args_digest[:40]}", fence=fence
+            )
+            | pin_headers
+        )
         last_headers = headers
         limit = min(timeout, remaining)
         try:
-            with client().stream("POST", url, content=body, headers=headers, timeout=limit,
-                                 extensions=extensions) as response:  # fmt: skip
+            with client().stream(
+                "POST", url, content=body, headers=headers, timeout=limit, extensions=extensions
+            ) as response:
                 status = response.status_code
                 try:
                     content = _read(response, time.monotonic() + limit)
@@ -241,8 +251,17 @@ def dispatch(
                         return DispatchResult(False, None, status, _ms(started), attempts, problem, last_headers, "")
                     content = b""  # an error page that big: its status is what matters
         except AgentDisabled:
-            return DispatchResult(False, None, status, _ms(started), attempts - 1, "the agent was disabled",
-                                  last_headers, last_text, stopped=True)  # fmt: skip
+            return DispatchResult(
+                False,
+                None,
+                status,
+                _ms(started),
+                attempts - 1,
+                "the agent was disabled",
+                last_headers,
+                last_text,
+                stopped=True,
+            )
         except httpx.TimeoutException:
             status, error = None, f"timed out after {limit:.2f} s"
             continue

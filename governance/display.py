@@ -46,8 +46,14 @@ def policy_view(policy: dict[str, Any] | None) -> dict[str, Any]:
     policy = policy or {}
     caps = policy.get("max_calls_per_tool") or {}
     rules = policy.get("pricing_rules") or []
-    known = {"allowed_tools", "blocked_tools", "max_actions_per_hour", "max_spend_usd_per_day",
-             "max_calls_per_tool", "pricing_rules"}  # fmt: skip
+    known = {
+        "allowed_tools",
+        "blocked_tools",
+        "max_actions_per_hour",
+        "max_spend_usd_per_day",
+        "max_calls_per_tool",
+        "pricing_rules",
+    }
     return {
         "empty": not policy,
         "allowed_tools": policy.get("allowed_tools"),  # None: any tool; []: none

@@ -220,10 +220,15 @@ def explain_numbers(decision: Decision) -> list[Fact]:
 def registered_tool(decision: Decision) -> Tool | None:
     """The registry entry the decision's tool resolves to (the agent's scope first, then global): one query."""
     return (
-        Tool.objects.filter(account_id=decision.account_id, name_key=normalise_tool(decision.tool),
-                            scope_id__in=[f"agent:{decision.agent.agent_id}", "global"])
-        .order_by("scope_id", "legacy_twin").only("pk", "name", "scope_id", "enabled").first()
-    )  # fmt: skip
+        Tool.objects.filter(
+            account_id=decision.account_id,
+            name_key=normalise_tool(decision.tool),
+            scope_id__in=[f"agent:{decision.agent.agent_id}", "global"],
+        )
+        .order_by("scope_id", "legacy_twin")
+        .only("pk", "name", "scope_id", "enabled")
+        .first()
+    )
 
 
 def _url(name: str, *args: Any, query: dict[str, Any] | None = None, anchor: str = "") -> str:
@@ -240,8 +245,14 @@ def explain_facts(decision: Decision, tool: Tool | None = None) -> list[Fact]:
     facts = [Fact("Agent", d.agent.agent_id, _url("governance:agent-detail", d.agent_id), mono=True)]
     if tool is not None:
         state = "" if tool.enabled else ", disabled"
-        facts.append(Fact("Tool", f"{d.tool} (registered, {tool.scope_id}{state})",
-                          _url("governance:tools", query={"q": tool.name}), mono=True))  # fmt: skip
+        facts.append(
+            Fact(
+                "Tool",
+                f"{d.tool} (registered, {tool.scope_id}{state})",
+                _url("governance:tools", query={"q": tool.name}),
+                mono=True,
+            )
+        )
     else:
         facts.append(Fact("Tool", f"{d.tool} (not registered)", mono=True))
     version = seen.get("policy_version", d.policy_version)

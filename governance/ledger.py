@@ -23,8 +23,21 @@ logger = logging.getLogger(__name__)
 GENESIS = "0" * 64
 BATCH = 5000
 SETTLE = timedelta(seconds=30)
-ROW_FIELDS = ("ts", "agent_id", "tool", "outcome", "allowed", "policy_reason", "risk_level", "spend_usd", "args_hash",
-              "run_id", "policy_version", "latency_ms", "result")  # fmt: skip
+ROW_FIELDS = (
+    "ts",
+    "agent_id",
+    "tool",
+    "outcome",
+    "allowed",
+    "policy_reason",
+    "risk_level",
+    "spend_usd",
+    "args_hash",
+    "run_id",
+    "policy_version",
+    "latency_ms",
+    "result",
+)
 # The two sides of a call's charge (what the request declared, the operator's price): hashed only when set, so rows
 # written before they existed, and decisions that ended before the call was priced, hash as they always did.
 OPTIONAL_AMOUNTS = ("declared_spend_usd", "operator_price_usd")
@@ -66,9 +79,11 @@ def checkpoint_account(account_id: int) -> DecisionCheckpoint | None:
     settled = timezone.now() - SETTLE
     # Chain by id, and stop below the first id that is not settled yet: ids and timestamps need not agree.
     first_unsettled = (
-        Decision.objects.filter(account_id=account_id, pk__gt=after, ts__gte=settled).order_by("pk")
-        .values_list("pk", flat=True).first()
-    )  # fmt: skip
+        Decision.objects.filter(account_id=account_id, pk__gt=after, ts__gte=settled)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
     pending = Decision.objects.filter(account_id=account_id, pk__gt=after)
     if first_unsettled is not None:
         pending = pending.filter(pk__lt=first_unsettled)
@@ -82,9 +97,14 @@ def checkpoint_account(account_id: int) -> DecisionCheckpoint | None:
     try:
         with transaction.atomic():
             return DecisionCheckpoint.objects.create(
-                account_id=account_id, seq=(last.seq + 1) if last else 1, first_decision_id=hashes[0][0],
-                last_decision_id=hashes[-1][0], row_count=len(hashes), prev_hash=prev, chain_hash=digest.hexdigest(),
-            )  # fmt: skip
+                account_id=account_id,
+                seq=(last.seq + 1) if last else 1,
+                first_decision_id=hashes[0][0],
+                last_decision_id=hashes[-1][0],
+                row_count=len(hashes),
+                prev_hash=prev,
+                chain_hash=digest.hexdigest(),
+            )
     except IntegrityError:
         return None  # another run wrote this checkpoint first
 
@@ -129,9 +149,12 @@ def verify(account_id: int) -> Verification:
     for checkpoint in DecisionCheckpoint.objects.filter(account_id=account_id).order_by("seq"):
         checkpoints += 1
         ids_hashes = list(
-            Decision.objects.filter(account_id=account_id, pk__gte=checkpoint.first_decision_id,
-                                    pk__lte=checkpoint.last_decision_id).order_by("pk").values_list("pk", "row_hash")
-        )  # fmt: skip
+            Decision.objects.filter(
+                account_id=account_id, pk__gte=checkpoint.first_decision_id, pk__lte=checkpoint.last_decision_id
+            )
+            .order_by("pk")
+            .values_list("pk", "row_hash")
+        )
         digest = hashlib.sha256(prev.encode())
         for _, value in ids_hashes:
             digest.update(value.encode())
@@ -167,15 +190,28 @@ def verify_all() -> list[tuple[int, Any]]:
         if not result.ok:
             failed.append((account.pk, result))
             logger.error("decision log of account %s failed verification: %s", account.pk, result.message)
-            audit_record(account=account, action="governance.ledger.verify_failed", object_type="decision",
-                         object_id=result.first_bad_decision_id or "", data={"message": result.message})  # fmt: skip
-            notify(account_id=account.pk, kind=Notification.Kind.SECURITY,
-                   subject="The decision log failed its daily verification", body=result.message)  # fmt: skip
+            audit_record(
+                account=account,
+                action="governance.ledger.verify_failed",
+                object_type="decision",
+                object_id=result.first_bad_decision_id or "",
+                data={"message": result.message},
+            )
+            notify(
+                account_id=account.pk,
+                kind=Notification.Kind.SECURITY,
+                subject="The decision log failed its daily verification",
+                body=result.message,
+            )
         checked = audit.verify(account.pk)
         if not checked.ok:
             failed.append((account.pk, checked))
             logger.error("audit log of account %s failed verification: %s", account.pk, checked.message)
             # Not audited: the entry would be chained to a log that is known to be broken.
-            notify(account_id=account.pk, kind=Notification.Kind.SECURITY,
-                   subject="The audit log failed its daily verification", body=checked.message)  # fmt: skip
+            notify(
+                account_id=account.pk,
+                kind=Notification.Kind.SECURITY,
+                subject="The audit log failed its daily verification",
+                body=checked.message,
+            )
     return failed

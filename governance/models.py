@@ -91,15 +91,24 @@ class Decision(models.Model):
     result = models.JSONField(null=True, blank=True, help_text="The tool's output (replayed on dedup).")
     row_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the row's fields (tamper evidence).")
     original = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="For dedup: the decision whose result was replayed.",
-    )  # fmt: skip
+    )
     # Which API key asked (none for keyed runs' actions and operator test calls): after a key leaks, its calls can
     # be told from the others. No index: read on one decision's page, not searched (the hot path pays per index).
     api_key = models.ForeignKey(
-        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False,
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
         help_text="The API key that made the call.",
-    )  # fmt: skip
+    )
     # What the rule saw when it decided (limit, count before, cost, matched pattern, policy version…): the decision
     # page's explanation (governance/explain.py). Null for decisions recorded before it existed. Not in the row hash
     # unless set (docs/architecture.md §3.9).
@@ -150,8 +159,9 @@ class DispatchIntent(models.Model):
     declared_spend_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     operator_price_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     dispatch_id = models.CharField(max_length=64, help_text="The webhook-id the tool received.")
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
-                                db_index=False)  # fmt: skip
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     explain = models.JSONField(null=True, blank=True)  # the call's explain, for the sweeper's outcome_unknown decision
 
     class Meta:

@@ -105,17 +105,37 @@ def cap_lines(state: selectors.CapState) -> list[dict[str, Any]]:
     lines = []
     if state.spend_cap is not None:
         level, words = _verdict(state.spent_today, state.spend_cap, "daily cap")
-        lines.append({"kind": "spend", "level": level, "pct": state.spend_pct, "tool": None,
-                      "text": f"{usd(state.spent_today)} of {usd(state.spend_cap)} today — {words}"})  # fmt: skip
+        lines.append(
+            {
+                "kind": "spend",
+                "level": level,
+                "pct": state.spend_pct,
+                "tool": None,
+                "text": f"{usd(state.spent_today)} of {usd(state.spend_cap)} today — {words}",
+            }
+        )
     if state.hourly_cap is not None:
         level, words = _verdict(state.actions_hour, state.hourly_cap, "hourly cap")
-        lines.append({"kind": "actions", "level": level, "pct": state.actions_pct, "tool": None,
-                      "text": f"{num(state.actions_hour)} of {num(state.hourly_cap)} actions in the last hour — "
-                              f"{words}"})  # fmt: skip
+        lines.append(
+            {
+                "kind": "actions",
+                "level": level,
+                "pct": state.actions_pct,
+                "tool": None,
+                "text": f"{num(state.actions_hour)} of {num(state.hourly_cap)} actions in the last hour — {words}",
+            }
+        )
     for tool, (calls, cap) in state.tool_calls.items():
         level, words = _verdict(calls, cap, f"{tool} cap")
-        lines.append({"kind": "tool", "level": level, "pct": state.tool_pct[tool], "tool": tool,
-                      "text": f"{num(calls)} of {num(cap)} {tool} calls today — {words}"})  # fmt: skip
+        lines.append(
+            {
+                "kind": "tool",
+                "level": level,
+                "pct": state.tool_pct[tool],
+                "tool": tool,
+                "text": f"{num(calls)} of {num(cap)} {tool} calls today — {words}",
+            }
+        )
     return lines
 
 
@@ -129,9 +149,13 @@ def outcome_series(account_id: int, rng: Range, now: datetime) -> dict[str, Any]
     if rng.step >= HOUR:
         rows = _rollup_series(account_id, first, now)
     else:  # the last hour, from its decisions: an index range over one hour
-        rows = (Decision.objects.filter(account_id=account_id, ts__gte=first, ts__lte=now)
-                .annotate(minute=TruncMinute("ts", tzinfo=UTC)).values_list("minute", "outcome")
-                .annotate(n=Count("id")).order_by())  # fmt: skip
+        rows = (
+            Decision.objects.filter(account_id=account_id, ts__gte=first, ts__lte=now)
+            .annotate(minute=TruncMinute("ts", tzinfo=UTC))
+            .values_list("minute", "outcome")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
     counts = {outcome: [0] * rng.buckets for outcome in Outcome.values}
     for at, outcome, n in rows:
         index = (at - first) // rng.step
@@ -152,8 +176,12 @@ def _rollup_series(account_id: int, first: datetime, now: datetime) -> list[tupl
     key = f"overview:series:{account_id}:{first.timestamp():.0f}:{current.timestamp():.0f}"
     closed = cache.get(key)
     since = first if closed is None else current
-    rows = list(DecisionRollup.objects.filter(account_id=account_id, hour__gte=since, hour__lte=now)
-                .values_list("hour", "outcome").annotate(n=Sum("count")).order_by())  # fmt: skip
+    rows = list(
+        DecisionRollup.objects.filter(account_id=account_id, hour__gte=since, hour__lte=now)
+        .values_list("hour", "outcome")
+        .annotate(n=Sum("count"))
+        .order_by()
+    )
     if closed is None:
         closed = [row for row in rows if row[0] < current]
         cache.set(key, closed, SERIES_CACHE_SECONDS)
@@ -170,12 +198,17 @@ def block_reasons(account_id: int, start: datetime, decided: int) -> dict[str, A
         rows = cursor.fetchall()
     since = _since_param(start)
     return {
-        "rows": [{"reason": reason, "count": n,
-                  "url": _decisions_url(outcome=Outcome.BLOCKED, reason="=" + reason, since=since)}
-                 for reason, n in rows],
+        "rows": [
+            {
+                "reason": reason,
+                "count": n,
+                "url": _decisions_url(outcome=Outcome.BLOCKED, reason="=" + reason, since=since),
+            }
+            for reason, n in rows
+        ],
         "sampled": decided > REASON_SAMPLE,
         "sample": REASON_SAMPLE,
-    }  # fmt: skip
+    }
 
 
 def _spend_charts(
@@ -189,9 +222,14 @@ def _spend_charts(
     chosen = sorted(spending, key=lambda entry: (-(entry[1].spend_pct or 0), entry[0].agent_id))[:CHARTED]
     per_hour: dict[int, list[Decimal]] = {agent.pk: [Decimal(0)] * hours for agent, _, _ in chosen}
     if chosen:
-        rows = (DecisionRollup.objects.filter(account_id=account_id, agent_id__in=list(per_hour), hour__gte=day_start,
-                                              outcome__in=CHARGED_OUTCOMES)
-                .values_list("agent_id", "hour").annotate(usd=Sum("spend_usd")).order_by())  # fmt: skip
+        rows = (
+            DecisionRollup.objects.filter(
+                account_id=account_id, agent_id__in=list(per_hour), hour__gte=day_start, outcome__in=CHARGED_OUTCOMES
+            )
+            .values_list("agent_id", "hour")
+            .annotate(usd=Sum("spend_usd"))
+            .order_by()
+        )
         for agent_pk, hour, spent in rows:
             index = int((hour - day_start) // HOUR)
             if 0 <= index < hours:
@@ -203,17 +241,28 @@ def _spend_charts(
             running += spent
             cumulative.append(float(running))
         line = cap_lines(state)[0]
-        charts.append({"agent": agent.agent_id, "pk": agent.pk, "cap": float(cap), "spend": cumulative,
-                       "level": line["level"], "text": line["text"],
-                       "url": reverse("governance:agent-detail", args=[agent.pk])})  # fmt: skip
+        charts.append(
+            {
+                "agent": agent.agent_id,
+                "pk": agent.pk,
+                "cap": float(cap),
+                "spend": cumulative,
+                "level": line["level"],
+                "text": line["text"],
+                "url": reverse("governance:agent-detail", args=[agent.pk]),
+            }
+        )
     labels = [(day_start + i * HOUR).strftime("%H:00") for i in range(hours)]
     return {"labels": labels, "charts": charts}
 
 
 def _attention(account_id: int, now: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Agents over or near a cap, or disabled (worst first), and the spend-vs-cap charts (four queries)."""
-    agents = list(selectors.listed_agents(account_id).filter(Q(policy_version__isnull=False) | Q(is_enabled=False))
-                  .order_by("agent_id", "id")[:MAX_AGENTS])  # fmt: skip
+    agents = list(
+        selectors.listed_agents(account_id)
+        .filter(Q(policy_version__isnull=False) | Q(is_enabled=False))
+        .order_by("agent_id", "id")[:MAX_AGENTS]
+    )
     states = selectors.cap_states(account_id, agents, now)
     rows: list[dict[str, Any]] = []
     for agent in agents:
@@ -222,8 +271,16 @@ def _attention(account_id: int, now: datetime) -> tuple[list[dict[str, Any]], di
         if agent.is_enabled and not lines:
             continue
         rank = 0 if not agent.is_enabled else 1 if state.level == "over" else 2
-        rows.append({"agent": agent, "lines": lines, "disabled": not agent.is_enabled, "level": state.level,
-                     "rank": rank, "url": _decisions_url(agent="=" + agent.agent_id)})  # fmt: skip
+        rows.append(
+            {
+                "agent": agent,
+                "lines": lines,
+                "disabled": not agent.is_enabled,
+                "level": state.level,
+                "rank": rank,
+                "url": _decisions_url(agent="=" + agent.agent_id),
+            }
+        )
     rows.sort(key=lambda row: (row["rank"], row["agent"].agent_id))
     capped = [(a, states[a.pk], cap) for a in agents if (cap := states[a.pk].spend_cap) is not None and a.is_enabled]
     return rows, _spend_charts(account_id, capped, now)
@@ -231,10 +288,15 @@ def _attention(account_id: int, now: datetime) -> tuple[list[dict[str, Any]], di
 
 def _failing_tools(account_id: int, now: datetime) -> list[dict[str, Any]]:
     since = _since_param(now - HOUR)
-    return [{"tool": tool, "health": health,
-             "url": _decisions_url(tool="=" + tool, outcome=Outcome.FAILED, since=since),
-             "all_url": _decisions_url(tool="=" + tool, since=since)}
-            for tool, health in list(selectors.failing_tools(account_id, now).items())[:SHOWN]]  # fmt: skip
+    return [
+        {
+            "tool": tool,
+            "health": health,
+            "url": _decisions_url(tool="=" + tool, outcome=Outcome.FAILED, since=since),
+            "all_url": _decisions_url(tool="=" + tool, since=since),
+        }
+        for tool, health in list(selectors.failing_tools(account_id, now).items())[:SHOWN]
+    ]
 
 
 def recent_blocked(account_id: int, start: datetime) -> list[dict[str, Any]]:
@@ -245,30 +307,53 @@ def recent_blocked(account_id: int, start: datetime) -> list[dict[str, Any]]:
     # Driven by the (small) agent table: each agent's latest blocked hour is one backward read of the rollups'
     # (agent, hour, …) index, not a read of every blocked rollup of the range (a month of them at 30 d).
     # The hour holding ``start`` counts too (its blocked decisions after ``start`` are in the range).
-    last = (DecisionRollup.objects.filter(agent=OuterRef("pk"), outcome=Outcome.BLOCKED, hour__gte=_floor(start, HOUR))
-            .order_by("-hour").values("hour")[:1])  # fmt: skip
-    latest = list(Agent.objects.filter(account_id=account_id).exclude(agent_id=OPERATOR_AGENT)
-                  .annotate(last=Subquery(last)).filter(last__isnull=False).values_list("pk", "last")
-                  .order_by("-last", "pk")[:SHOWN])  # fmt: skip
+    last = (
+        DecisionRollup.objects.filter(agent=OuterRef("pk"), outcome=Outcome.BLOCKED, hour__gte=_floor(start, HOUR))
+        .order_by("-hour")
+        .values("hour")[:1]
+    )
+    latest = list(
+        Agent.objects.filter(account_id=account_id)
+        .exclude(agent_id=OPERATOR_AGENT)
+        .annotate(last=Subquery(last))
+        .filter(last__isnull=False)
+        .values_list("pk", "last")
+        .order_by("-last", "pk")[:SHOWN]
+    )
     if not latest:
         return []
     bound = Case(*[When(pk=pk, then=Value(last + HOUR)) for pk, last in latest], output_field=DateTimeField())
-    newest = (Decision.objects.filter(account_id=account_id, agent=OuterRef("pk"), outcome=Outcome.BLOCKED,
-                                      ts__gte=start, ts__lt=OuterRef("bound"))
-              .order_by("-ts", "-id").values("pk")[:1])  # fmt: skip
-    ids = (Agent.objects.filter(account_id=account_id, pk__in=[pk for pk, _ in latest]).annotate(bound=bound)
-           .annotate(blocked=Subquery(newest)).values("blocked"))  # fmt: skip
-    decisions = (Decision.objects.filter(account_id=account_id, pk__in=ids).select_related("agent")
-                 .order_by("-ts", "-id"))  # fmt: skip
+    newest = (
+        Decision.objects.filter(
+            account_id=account_id,
+            agent=OuterRef("pk"),
+            outcome=Outcome.BLOCKED,
+            ts__gte=start,
+            ts__lt=OuterRef("bound"),
+        )
+        .order_by("-ts", "-id")
+        .values("pk")[:1]
+    )
+    ids = (
+        Agent.objects.filter(account_id=account_id, pk__in=[pk for pk, _ in latest])
+        .annotate(bound=bound)
+        .annotate(blocked=Subquery(newest))
+        .values("blocked")
+    )
+    decisions = (
+        Decision.objects.filter(account_id=account_id, pk__in=ids).select_related("agent").order_by("-ts", "-id")
+    )
     return [{"d": d, "why": explain.explain_text(d)} for d in decisions]
 
 
 def _failed_runs(account_id: int, start: datetime) -> dict[str, Any]:
     """Failed keyed runs of the range: the latest few and a count up to ``RUNS_COUNTED`` (one query, the
     (account, status, -created_at) index)."""
-    runs = list(Run.objects.filter(account_id=account_id, status=RunStatus.FAILED, created_at__gte=start)
-                .order_by("-created_at", "-id").only("run_id", "key", "task", "error_code", "created_at")
-                [: RUNS_COUNTED + 1])  # fmt: skip
+    runs = list(
+        Run.objects.filter(account_id=account_id, status=RunStatus.FAILED, created_at__gte=start)
+        .order_by("-created_at", "-id")
+        .only("run_id", "key", "task", "error_code", "created_at")[: RUNS_COUNTED + 1]
+    )
     return {"rows": runs[:5], "count": min(len(runs), RUNS_COUNTED), "more": len(runs) > RUNS_COUNTED}
 
 
@@ -278,8 +363,10 @@ def operations(account_id: int, rng: Range, now: datetime) -> dict[str, Any]:
     start = series["start"]
     attention, spend = _attention(account_id, now)
     since = _since_param(start)
-    outcome_links = [{"outcome": outcome, "count": series["totals"][outcome],
-                      "url": _decisions_url(outcome=outcome, since=since)} for outcome in Outcome.values]  # fmt: skip
+    outcome_links = [
+        {"outcome": outcome, "count": series["totals"][outcome], "url": _decisions_url(outcome=outcome, since=since)}
+        for outcome in Outcome.values
+    ]
     return {
         "range": rng,
         "ranges": list(RANGES.values()),

@@ -121,8 +121,12 @@ def called_tools(account_id: int) -> list[str] | None:
 # --- the account's event feed and daily metrics (GET /v1/events, GET /v1/metrics) --------------------------------
 
 # /v1/metrics "leases" → the per-day usage counters they come from (idempotency.services counts them).
-LEASE_COUNTERS = {"acquired": "lease_acquired", "polling": "polling_ai", "completed": "lease_completed",
-                  "failed": "lease_failed"}  # fmt: skip
+LEASE_COUNTERS = {
+    "acquired": "lease_acquired",
+    "polling": "polling_ai",
+    "completed": "lease_completed",
+    "failed": "lease_failed",
+}
 FEED_MAX_WINDOW = 5000  # offset + limit: a feed, not an export (the decision log and the audit log page further)
 
 
@@ -131,18 +135,42 @@ def _iso(value: datetime) -> str:
 
 
 def _decision_item(d: Decision) -> dict[str, Any]:
-    return {"kind": "decision", "event_id": None, "run_id": d.run_id or None, "ts": int(d.ts.timestamp()),
-            "at": _iso(d.ts), "type": "decision", "status": d.outcome, "tool": d.tool, "agent_id": d.agent.agent_id,
-            "message": d.policy_reason, "decision_id": d.pk,
-            "data": {"allowed": d.allowed, "spend_usd": float(d.spend_usd), "risk_level": d.risk_level or None,
-                     "policy_version": d.policy_version}}  # fmt: skip
+    return {
+        "kind": "decision",
+        "event_id": None,
+        "run_id": d.run_id or None,
+        "ts": int(d.ts.timestamp()),
+        "at": _iso(d.ts),
+        "type": "decision",
+        "status": d.outcome,
+        "tool": d.tool,
+        "agent_id": d.agent.agent_id,
+        "message": d.policy_reason,
+        "decision_id": d.pk,
+        "data": {
+            "allowed": d.allowed,
+            "spend_usd": float(d.spend_usd),
+            "risk_level": d.risk_level or None,
+            "policy_version": d.policy_version,
+        },
+    }
 
 
 def _audit_item(a: AuditEntry) -> dict[str, Any]:
-    return {"kind": "audit", "event_id": None, "run_id": None, "ts": int(a.created_at.timestamp()),
-            "at": _iso(a.created_at), "type": a.action, "status": None, "tool": None,
-            "agent_id": a.object_id if a.object_type == "agent" else None, "actor": a.actor_label,
-            "message": (a.data or {}).get("reason") or None, "data": a.data}  # fmt: skip
+    return {
+        "kind": "audit",
+        "event_id": None,
+        "run_id": None,
+        "ts": int(a.created_at.timestamp()),
+        "at": _iso(a.created_at),
+        "type": a.action,
+        "status": None,
+        "tool": None,
+        "agent_id": a.object_id if a.object_type == "agent" else None,
+        "actor": a.actor_label,
+        "message": (a.data or {}).get("reason") or None,
+        "data": a.data,
+    }
 
 
 def account_feed(account_id: int, *, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -150,10 +178,14 @@ def account_feed(account_id: int, *, limit: int, offset: int) -> tuple[list[dict
     policies, tools). Each source is read newest-first through its (account, time) index, at most
     ``offset + limit`` rows each, and merged; the total comes from counts (decisions from their rollups)."""
     window = offset + limit
-    run_events = [(e.ts, e.pk, {**events.as_json(e), "kind": "run_event"})  # a client's extra "kind" never wins
-                  for e in RunEvent.objects.filter(account_id=account_id).order_by("-ts", "-id")[:window]]  # fmt: skip
-    decisions = [(d.ts, d.pk, _decision_item(d)) for d in Decision.objects.filter(account_id=account_id)
-                 .select_related("agent").order_by("-ts", "-id")[:window]]  # fmt: skip
+    run_events = [
+        (e.ts, e.pk, {**events.as_json(e), "kind": "run_event"})  # a client's extra "kind" never wins
+        for e in RunEvent.objects.filter(account_id=account_id).order_by("-ts", "-id")[:window]
+    ]
+    decisions = [
+        (d.ts, d.pk, _decision_item(d))
+        for d in Decision.objects.filter(account_id=account_id).select_related("agent").order_by("-ts", "-id")[:window]
+    ]
     audits = AuditEntry.objects.filter(account_id=account_id, action__startswith="governance.")
     changes = [(a.created_at, a.pk, _audit_item(a)) for a in audits.order_by("-created_at", "-id")[:window]]
     merged = heapq.merge(run_events, decisions, changes, key=lambda item: (item[0], item[1]), reverse=True)
@@ -170,9 +202,12 @@ def daily_metrics(account_id: int, first: date, last: date) -> list[dict[str, An
     end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     decided: dict[date, dict[str, int]] = {}
     spent: dict[date, Decimal] = {}
-    rows = (DecisionRollup.objects.filter(account_id=account_id, hour__gte=start, hour__lt=end)
-            .annotate(day=TruncDate("hour", tzinfo=UTC)).values("day", "outcome")
-            .annotate(n=Sum("count"), usd=Sum("spend_usd")))  # fmt: skip
+    rows = (
+        DecisionRollup.objects.filter(account_id=account_id, hour__gte=start, hour__lt=end)
+        .annotate(day=TruncDate("hour", tzinfo=UTC))
+        .values("day", "outcome")
+        .annotate(n=Sum("count"), usd=Sum("spend_usd"))
+    )
     for row in rows:
         decided.setdefault(row["day"], {})[row["outcome"]] = row["n"]
         if row["outcome"] in CHARGED_OUTCOMES:
@@ -187,14 +222,16 @@ def daily_metrics(account_id: int, first: date, last: date) -> list[dict[str, An
         counts = months[month]
         dd = day.strftime("%d")
         outcomes = {outcome: decided.get(day, {}).get(outcome, 0) for outcome in Outcome.values}
-        result.append({
-            "day": day.isoformat(),
-            "check_locks": {"locked": counts.get(f"make:{dd}", 0), "duplicate": counts.get(f"dup:{dd}", 0)},
-            "leases": {name: counts.get(f"{field}:{dd}", 0) for name, field in LEASE_COUNTERS.items()},
-            "decisions": {**outcomes, "total": sum(outcomes.values())},
-            "ai_usage": counts.get(f"ai:{dd}", 0),
-            "spend_usd": float(spent.get(day, Decimal(0))),
-        })  # fmt: skip
+        result.append(
+            {
+                "day": day.isoformat(),
+                "check_locks": {"locked": counts.get(f"make:{dd}", 0), "duplicate": counts.get(f"dup:{dd}", 0)},
+                "leases": {name: counts.get(f"{field}:{dd}", 0) for name, field in LEASE_COUNTERS.items()},
+                "decisions": {**outcomes, "total": sum(outcomes.values())},
+                "ai_usage": counts.get(f"ai:{dd}", 0),
+                "spend_usd": float(spent.get(day, Decimal(0))),
+            }
+        )
         day += timedelta(days=1)
     return result
 
@@ -270,15 +307,28 @@ def cap_states(account_id: int, agents: list[Agent], now: datetime) -> dict[int,
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     spend: dict[int, Decimal] = {}
     calls: dict[int, Counter[str]] = {}
-    today = (DecisionRollup.objects.filter(account_id=account_id, agent_id__in=ids, hour__gte=day_start,
-                                           outcome__in=CHARGED_OUTCOMES)
-             .values_list("agent_id", "tool").annotate(n=Sum("count"), usd=Sum("spend_usd")))  # fmt: skip
+    today = (
+        DecisionRollup.objects.filter(
+            account_id=account_id, agent_id__in=ids, hour__gte=day_start, outcome__in=CHARGED_OUTCOMES
+        )
+        .values_list("agent_id", "tool")
+        .annotate(n=Sum("count"), usd=Sum("spend_usd"))
+    )
     for agent_pk, tool, n, usd in today:
         spend[agent_pk] = spend.get(agent_pk, Decimal(0)) + (usd or Decimal(0))
         calls.setdefault(agent_pk, Counter())[policies.counter_name(tool)] += n or 0
-    hour = dict(Decision.objects.filter(account_id=account_id, agent_id__in=ids, ts__gt=now - timedelta(hours=1),
-                                        ts__lte=now, outcome__in=CHARGED_OUTCOMES)
-                .values_list("agent_id").annotate(n=Count("id")).order_by())  # fmt: skip
+    hour = dict(
+        Decision.objects.filter(
+            account_id=account_id,
+            agent_id__in=ids,
+            ts__gt=now - timedelta(hours=1),
+            ts__lte=now,
+            outcome__in=CHARGED_OUTCOMES,
+        )
+        .values_list("agent_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
     states = {}
     for agent in agents:
         policy = agent.policy or {}
@@ -288,19 +338,25 @@ def cap_states(account_id: int, agents: list[Agent], now: datetime) -> dict[int,
         spent = spend.get(agent.pk, Decimal(0))
         actions = hour.get(agent.pk, 0)
         made = calls.get(agent.pk, Counter())
-        tool_calls = {tool: (made[policies.counter_name(tool)], cap)
-                      for tool, cap in sorted((policy.get("max_calls_per_tool") or {}).items())}  # fmt: skip
+        tool_calls = {
+            tool: (made[policies.counter_name(tool)], cap)
+            for tool, cap in sorted((policy.get("max_calls_per_tool") or {}).items())
+        }
         ratios = [_ratio(used, cap) for used, cap in tool_calls.values()]
         if spend_cap is not None:
             ratios.append(_ratio(spent, spend_cap))
         if hourly_cap is not None:
             ratios.append(_ratio(actions, hourly_cap))
         states[agent.pk] = CapState(
-            spent_today=spent, spend_cap=spend_cap, actions_hour=actions, hourly_cap=hourly_cap,
+            spent_today=spent,
+            spend_cap=spend_cap,
+            actions_hour=actions,
+            hourly_cap=hourly_cap,
             spend_pct=_pct(spent, spend_cap) if spend_cap is not None else None,
             actions_pct=_pct(actions, hourly_cap) if hourly_cap is not None else None,
-            tool_calls=tool_calls, level=_level(ratios),
-        )  # fmt: skip
+            tool_calls=tool_calls,
+            level=_level(ratios),
+        )
     return states
 
 
@@ -328,14 +384,24 @@ class ToolHealth:
 def tool_health(account_id: int, now: datetime) -> dict[str, ToolHealth]:
     """ToolHealth of every tool dispatched in the last hour, by tool name as the calls named it; one query, an
     index range over the account's last hour of decisions."""
-    rows = (Decision.objects.filter(account_id=account_id, ts__gt=now - timedelta(hours=1), ts__lte=now,
-                                    outcome__in=(Outcome.EXECUTED, Outcome.FAILED))
-            .values_list("tool", "outcome").annotate(n=Count("id")).order_by())  # fmt: skip
+    rows = (
+        Decision.objects.filter(
+            account_id=account_id,
+            ts__gt=now - timedelta(hours=1),
+            ts__lte=now,
+            outcome__in=(Outcome.EXECUTED, Outcome.FAILED),
+        )
+        .values_list("tool", "outcome")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
     counts: dict[str, Counter[str]] = {}
     for tool, outcome, n in rows:
         counts.setdefault(tool, Counter())[outcome] += n
-    return {tool: ToolHealth(failed=c[Outcome.FAILED], total=c[Outcome.FAILED] + c[Outcome.EXECUTED])
-            for tool, c in counts.items()}  # fmt: skip
+    return {
+        tool: ToolHealth(failed=c[Outcome.FAILED], total=c[Outcome.FAILED] + c[Outcome.EXECUTED])
+        for tool, c in counts.items()
+    }
 
 
 def failing_tools(account_id: int, now: datetime) -> dict[str, ToolHealth]:

@@ -125,11 +125,13 @@ def agent_set_enabled(*, account_id: int, agent_id: str, enabled: bool, reason: 
         agent.disabled_by = "" if enabled else actor
         agent.save(update_fields=["is_enabled", "disabled_reason", "disabled_at", "disabled_by"])
         audit_record(
-            account=agent.account, actor_label=actor,
+            account=agent.account,
+            actor_label=actor,
             action="governance.agent.enabled" if enabled else "governance.agent.disabled",
-            object_type="agent", object_id=agent_id,
+            object_type="agent",
+            object_id=agent_id,
             data={"reason": reason, "before": before, "after": {"is_enabled": enabled}},
-        )  # fmt: skip
+        )
     return agent
 
 
@@ -153,10 +155,13 @@ def _warnings(account_id: int, policy: dict[str, Any]) -> list[dict[str, str]]:
     known = {normalise_tool(name) for name in known_tools(account_id)}  # `SEND_EMAIL` names `send_email`
     unknown = sorted(name for name in policies.named_tools(policy) if normalise_tool(name) not in known)
     return [
-        {"code": "unknown_tool", "tool": name,
-         "message": f"{name!r} is not a registered tool and no agent of this account has called it yet."}
+        {
+            "code": "unknown_tool",
+            "tool": name,
+            "message": f"{name!r} is not a registered tool and no agent of this account has called it yet.",
+        }
         for name in unknown
-    ]  # fmt: skip
+    ]
 
 
 class StalePolicyEdit(Exception):
@@ -203,9 +208,13 @@ def policy_publish(
         agent.policy, agent.policy_version = policy, version
         agent.save(update_fields=["policy", "policy_version"])
         audit_record(
-            account=agent.account, actor_label=actor, action="governance.policy.updated", object_type="agent",
-            object_id=agent_id, data={"version": version, "source": source, "before": before, "after": policy},
-        )  # fmt: skip
+            account=agent.account,
+            actor_label=actor,
+            action="governance.policy.updated",
+            object_type="agent",
+            object_id=agent_id,
+            data={"version": version, "source": source, "before": before, "after": policy},
+        )
     return PolicyOutcome(agent=agent, version=version, warnings=_warnings(account_id, policy))
 
 
@@ -314,9 +323,15 @@ REBUILD = LuaScript(REBUILD_LUA, RebuildKeys, RebuildArgs, rest="pairs")
 def _keys(agent: Agent, args_digest: str, now: datetime, bucket: str | None = None) -> GovernedCallKeys:
     base = f"oo:{{a{agent.account_id}}}:gov:{agent.pk}"
     day = now.strftime("%Y%m%d")
-    return GovernedCallKeys(ready=f"{base}:ready", dedup=f"{base}:dedup:{args_digest}", hour=f"{base}:hour",
-                            spend=f"{base}:spend:{day}", calls=f"{base}:calls:{day}",
-                            usage=usage.usage_key(agent.account_id, now), bucket=bucket)  # fmt: skip
+    return GovernedCallKeys(
+        ready=f"{base}:ready",
+        dedup=f"{base}:dedup:{args_digest}",
+        hour=f"{base}:hour",
+        spend=f"{base}:spend:{day}",
+        calls=f"{base}:calls:{day}",
+        usage=usage.usage_key(agent.account_id, now),
+        bucket=bucket,
+    )
 
 
 def _micro(amount: Decimal) -> int:
@@ -342,8 +357,14 @@ def _record(
     decision = Decision(account_id=agent.account_id, agent=agent, **fields)
     ops = connection.ops
     hour = decision.ts.replace(minute=0, second=0, microsecond=0)
-    rollup = [agent.account_id, agent.pk, ops.adapt_datetimefield_value(hour), decision.tool, decision.outcome,
-              ops.adapt_decimalfield_value(decision.spend_usd, 16, 6)]  # fmt: skip
+    rollup = [
+        agent.account_id,
+        agent.pk,
+        ops.adapt_datetimefield_value(hour),
+        decision.tool,
+        decision.outcome,
+        ops.adapt_decimalfield_value(decision.spend_usd, 16, 6),
+    ]
     if events is None and connection.vendor == "postgresql" and not connection.in_atomic_block:
         # The common case as one statement (its own synchronous transaction): one round trip instead of BEGIN,
         # INSERT, upsert, COMMIT — the commit's flush is the same (docs/benchmarks.md).
@@ -416,10 +437,14 @@ def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: 
     REBUILD(
         client,
         RebuildKeys(ready=keys.ready, hour=keys.hour, spend=keys.spend, calls=keys.calls),
-        RebuildArgs(spend_today=_micro(spend), day_seconds=DAY_COUNTER_SECONDS, ready_seconds=READY_SECONDS,
-                    tool_count=len(calls)),
+        RebuildArgs(
+            spend_today=_micro(spend),
+            day_seconds=DAY_COUNTER_SECONDS,
+            ready_seconds=READY_SECONDS,
+            tool_count=len(calls),
+        ),
         pairs,
-    )  # fmt: skip
+    )
 
 
 EXPLAIN_LIST = 20  # entries of allowed_tools a tool_not_allowed decision keeps (with the list's size)
@@ -433,8 +458,12 @@ def _usd(amount: Decimal | int | float | None) -> float | None:
 
 def _disabled_explain(agent: Agent, stage: str) -> dict[str, Any]:
     """What the kill switch said when it stopped a call: who, when, why, and at which point of the call."""
-    return {"stage": stage, "disabled_by": agent.disabled_by or None, "disabled_reason": agent.disabled_reason or None,
-            "disabled_at": agent.disabled_at.isoformat() if agent.disabled_at else None}  # fmt: skip
+    return {
+        "stage": stage,
+        "disabled_by": agent.disabled_by or None,
+        "disabled_reason": agent.disabled_reason or None,
+        "disabled_at": agent.disabled_at.isoformat() if agent.disabled_at else None,
+    }
 
 
 def _attempts_explain(sent: dispatch.DispatchResult) -> dict[str, Any]:
@@ -495,8 +524,9 @@ class Caps:
 
     @classmethod
     def of(cls, policy: dict[str, Any], tool: str) -> Caps:
-        return cls(policy.get("max_actions_per_hour"), policies.call_cap(policy, tool),
-                   policy.get("max_spend_usd_per_day"))  # fmt: skip
+        return cls(
+            policy.get("max_actions_per_hour"), policies.call_cap(policy, tool), policy.get("max_spend_usd_per_day")
+        )
 
 
 @dataclass(slots=True)
@@ -516,8 +546,11 @@ class Reserved:
 
     @property
     def remaining(self) -> dict[str, Any]:
-        return {"spend_usd_today": float(Decimal(self.spent) / MICRO), "actions_this_hour": self.actions,
-                "calls_today": self.calls}  # fmt: skip
+        return {
+            "spend_usd_today": float(Decimal(self.spent) / MICRO),
+            "actions_this_hour": self.actions,
+            "calls_today": self.calls,
+        }
 
 
 @dataclass(slots=True)
@@ -559,11 +592,30 @@ def call_resolve(
         from_args = args.get("run_id")
         run_id = from_args if isinstance(from_args, str) else ""
     risk = (registered.risk_level if registered else "") or policies.risk_of(tool)
-    base = dict(tool=tool, args_hash=digest, run_id=run_id[:256], policy_version=agent.policy_version,
-                risk_level=risk, api_key_id=api_key_id)  # fmt: skip
-    return Call(account_id=account_id, agent_id=agent_id, agent=agent, registered=registered, tool=tool, args=args,
-                policy=agent.policy or {}, digest=digest, run_id=run_id, dry_run=dry_run, finishes_run=finishes_run,
-                started=started, started_at=started_at, base=base)  # fmt: skip
+    base = dict(
+        tool=tool,
+        args_hash=digest,
+        run_id=run_id[:256],
+        policy_version=agent.policy_version,
+        risk_level=risk,
+        api_key_id=api_key_id,
+    )
+    return Call(
+        account_id=account_id,
+        agent_id=agent_id,
+        agent=agent,
+        registered=registered,
+        tool=tool,
+        args=args,
+        policy=agent.policy or {},
+        digest=digest,
+        run_id=run_id,
+        dry_run=dry_run,
+        finishes_run=finishes_run,
+        started=started,
+        started_at=started_at,
+        base=base,
+    )
 
 
 def call_policy(call: Call) -> Ending | None:
@@ -621,13 +673,22 @@ def call_reserve_request(
         bucket, (rate, burst) = rate_limit
     keys = _keys(call.agent, call.digest, now, bucket)
     args = GovernedCallArgs(
-        now_ms=int(now.timestamp() * 1000), window_ms=plan.default_ttl * 1000,
-        max_actions=caps.hourly if caps.hourly is not None else -1, max_calls=caps.calls,
-        max_spend=_micro(Decimal(str(caps.spend))) if caps.spend is not None else -1, cost=_micro(charge.cost),
-        tool=policies.counter_name(call.tool), reservation=reservation, day_seconds=DAY_COUNTER_SECONDS,
-        ai_limit=plan.ai_limit, usage_keep_seconds=usage.KEEP_SECONDS, day=now.strftime("%d"),
-        dry_run="1" if call.dry_run else "0", rate=rate, burst=burst,
-    )  # fmt: skip
+        now_ms=int(now.timestamp() * 1000),
+        window_ms=plan.default_ttl * 1000,
+        max_actions=caps.hourly if caps.hourly is not None else -1,
+        max_calls=caps.calls,
+        max_spend=_micro(Decimal(str(caps.spend))) if caps.spend is not None else -1,
+        cost=_micro(charge.cost),
+        tool=policies.counter_name(call.tool),
+        reservation=reservation,
+        day_seconds=DAY_COUNTER_SECONDS,
+        ai_limit=plan.ai_limit,
+        usage_keep_seconds=usage.KEEP_SECONDS,
+        day=now.strftime("%d"),
+        dry_run="1" if call.dry_run else "0",
+        rate=rate,
+        burst=burst,
+    )
     return keys, args
 
 
@@ -681,9 +742,12 @@ def _dedup_ending(call: Call, reserved: Reserved) -> Ending:
     original = None
     if reserved.detail.startswith("decision:"):
         original = Decision.objects.filter(pk=int(reserved.detail.split(":", 1)[1]), agent=call.agent).first()
-    return Ending(Outcome.DEDUP, Reason.IDEMPOTENCY_KEY_HIT,
-                  {"original_decision_id": original.pk if original else None},
-                  extra={"result": original.result if original else None, "original": original})  # fmt: skip
+    return Ending(
+        Outcome.DEDUP,
+        Reason.IDEMPOTENCY_KEY_HIT,
+        {"original_decision_id": original.pk if original else None},
+        extra={"result": original.result if original else None, "original": original},
+    )
 
 
 def _limit_explain(call: Call, reserved: Reserved, charge: Charge) -> dict[str, Any]:
@@ -695,8 +759,13 @@ def _limit_explain(call: Call, reserved: Reserved, charge: Charge) -> dict[str, 
     if reason == Reason.TOOL_CALL_LIMIT_EXCEEDED:
         return {"limit": caps.calls, "count": reserved.calls, "cap_key": policies.call_cap_key(call.policy, call.tool)}
     # daily_spend_exceeded
-    return {"limit": _usd(Decimal(str(caps.spend))), "spent": _usd(Decimal(reserved.spent) / MICRO),
-            "cost": _usd(charge.cost), "declared": _usd(charge.declared), "price": _usd(charge.price)}  # fmt: skip
+    return {
+        "limit": _usd(Decimal(str(caps.spend))),
+        "spent": _usd(Decimal(reserved.spent) / MICRO),
+        "cost": _usd(charge.cost),
+        "declared": _usd(charge.declared),
+        "price": _usd(charge.price),
+    }
 
 
 def _budget_explain(reserved: Reserved, charge: Charge) -> dict[str, Any]:
@@ -723,27 +792,53 @@ def call_dispatch(call: Call, reserved: Reserved, charge: Charge, budget: dict[s
     reservation = reserved.args.reservation
     try:
         intent = DispatchIntent.objects.create(
-            account_id=call.account_id, agent=agent, created_at=reserved.now, tool=tool,
-            args_hash=call.digest, run_id=call.run_id[:256], policy_version=agent.policy_version,
-            risk_level=call.base["risk_level"], spend_usd=charge.cost, declared_spend_usd=charge.declared,
-            operator_price_usd=charge.price, dispatch_id=reservation, api_key_id=call.base["api_key_id"],
+            account_id=call.account_id,
+            agent=agent,
+            created_at=reserved.now,
+            tool=tool,
+            args_hash=call.digest,
+            run_id=call.run_id[:256],
+            policy_version=agent.policy_version,
+            risk_level=call.base["risk_level"],
+            spend_usd=charge.cost,
+            declared_spend_usd=charge.declared,
+            operator_price_usd=charge.price,
+            dispatch_id=reservation,
+            api_key_id=call.base["api_key_id"],
             explain={"policy_version": agent.policy_version, **budget},
-        )  # fmt: skip
+        )
     except Exception:
         call_release(reserved)
         raise
     try:
-        sent = dispatch.dispatch(registered, dispatch_id=reservation, agent_id=call.agent_id, args=call.args,
-                                 run_id=call.run_id, args_digest=call.digest, fence=reserved.args.now_ms,
-                                 kill_switch=dispatch.KillSwitch(agent.pk))  # fmt: skip
+        sent = dispatch.dispatch(
+            registered,
+            dispatch_id=reservation,
+            agent_id=call.agent_id,
+            args=call.args,
+            run_id=call.run_id,
+            args_digest=call.digest,
+            fence=reserved.args.now_ms,
+            kill_switch=dispatch.KillSwitch(agent.pk),
+        )
     except Exception as exc:  # an undecryptable secret, a broken answer: a tool error, never a 500
         logger.exception("dispatch of %s failed unexpectedly", tool)
         sent = dispatch.DispatchResult(False, None, None, 0, 0, f"dispatch error: {exc.__class__.__name__}")
-    extra = {"spend_usd": charge.cost, "http_status": sent.http_status, "dispatch_id": reservation,
-             "result": sent.result}  # fmt: skip
-    ending = Ending(Outcome.EXECUTED if sent.ok else Outcome.FAILED,
-                    Reason.WITHIN_BUDGET if sent.ok else Reason.TOOL_ERROR, {**budget, **_attempts_explain(sent)},
-                    reserved.remaining, extra, intent.pk, sent)  # fmt: skip
+    extra = {
+        "spend_usd": charge.cost,
+        "http_status": sent.http_status,
+        "dispatch_id": reservation,
+        "result": sent.result,
+    }
+    ending = Ending(
+        Outcome.EXECUTED if sent.ok else Outcome.FAILED,
+        Reason.WITHIN_BUDGET if sent.ok else Reason.TOOL_ERROR,
+        {**budget, **_attempts_explain(sent)},
+        reserved.remaining,
+        extra,
+        intent.pk,
+        sent,
+    )
     # Who pressed the kill switch meanwhile: one read, on this rare path only.
     switched = (Agent.objects.filter(pk=agent.pk).first() or agent) if sent.stopped else agent
     if sent.stopped and not sent.attempts:
@@ -759,8 +854,9 @@ def call_dispatch(call: Call, reserved: Reserved, charge: Charge, budget: dict[s
         ending.outcome, ending.reason = Outcome.FAILED, Reason.AGENT_DISABLED
         ending.explain = {**budget, **_disabled_explain(switched, "in_flight_after_attempt"), **_attempts_explain(sent)}
     if sent.attempts:
-        Tool.objects.filter(pk=registered.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
-                                                     last_dispatch_at=timezone.now())  # fmt: skip
+        Tool.objects.filter(pk=registered.pk).update(
+            last_status=sent.http_status, last_latency_ms=sent.latency_ms, last_dispatch_at=timezone.now()
+        )
     return ending
 
 
@@ -772,8 +868,15 @@ def call_record(call: Call, ending: Ending) -> CallOutcome:
     allowed = ending.outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP)
     # What the rule saw (governance/explain.py words it): always the policy version, then the reason's numbers.
     seen = {"policy_version": agent.policy_version, **ending.explain}
-    fields = dict(outcome=ending.outcome, policy_reason=ending.reason, latency_ms=latency, allowed=allowed,
-                  explain=seen, **call.base, **ending.extra)  # fmt: skip
+    fields = dict(
+        outcome=ending.outcome,
+        policy_reason=ending.reason,
+        latency_ms=latency,
+        allowed=allowed,
+        explain=seen,
+        **call.base,
+        **ending.extra,
+    )
     timeline = None
     if call.run_id:
         run_id, started_at, dry_run, finishes_run = call.run_id, call.started_at, call.dry_run, call.finishes_run
@@ -836,8 +939,16 @@ def governed_call(
     bucket and its rate and burst, ``billing.ratelimit.script_args``) takes the caller's token in the same script:
     over the limit raises ``RateLimited`` with nothing recorded.
     """
-    call = call_resolve(account_id=account_id, agent_id=agent_id, tool=tool, args=args, run_id=run_id,
-                        dry_run=dry_run, finishes_run=finishes_run, api_key_id=api_key_id)  # fmt: skip
+    call = call_resolve(
+        account_id=account_id,
+        agent_id=agent_id,
+        tool=tool,
+        args=args,
+        run_id=run_id,
+        dry_run=dry_run,
+        finishes_run=finishes_run,
+        api_key_id=api_key_id,
+    )
     stop = call_policy(call)
     if stop is not None:
         return call_record(call, stop)
@@ -848,12 +959,14 @@ def governed_call(
     if reserved.status == "dedup":
         return call_record(call, _dedup_ending(call, reserved))
     if reserved.status == "blocked":
-        return call_record(call, Ending(Outcome.BLOCKED, reserved.detail, _limit_explain(call, reserved, charge),
-                                        reserved.remaining))  # fmt: skip
+        return call_record(
+            call, Ending(Outcome.BLOCKED, reserved.detail, _limit_explain(call, reserved, charge), reserved.remaining)
+        )
     budget = _budget_explain(reserved, charge)
     if dry_run:  # decided exactly as a real call, but the script reserved nothing: nothing to release or tidy
-        return call_record(call, Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining,
-                                        {"spend_usd": charge.cost}))  # fmt: skip
+        return call_record(
+            call, Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost})
+        )
     if call.registered is None:  # permit-only: an unregistered tool is not dispatched
         ending = Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost})
     else:
@@ -898,21 +1011,55 @@ def _call_events(
     note = {"dry_run": True} if dry_run else {}
     duration = int((decision.ts - started_at).total_seconds() * 1000)
     built = [
-        run_events.build(account_id, run_id, "tool_call", ts=started_at, status="requested", tool=decision.tool,
-                         agent_id=agent_id, data={"args_hash": decision.args_hash, **note}),
-        run_events.build(account_id, run_id, "tool_result", ts=decision.ts, status=decision.outcome,
-                         tool=decision.tool, agent_id=agent_id, message=decision.policy_reason, duration_ms=duration,
-                         decision_id=decision_id, data={
-                             "allowed": decision.allowed, "decision": decision.outcome,
-                             "policy_reason": decision.policy_reason, "risk_level": decision.risk_level or None,
-                             "spend_usd": float(decision.spend_usd or 0), "http_status": decision.http_status,
-                             "result": _small(decision.result), **note}),
-    ]  # fmt: skip
+        run_events.build(
+            account_id,
+            run_id,
+            "tool_call",
+            ts=started_at,
+            status="requested",
+            tool=decision.tool,
+            agent_id=agent_id,
+            data={"args_hash": decision.args_hash, **note},
+        ),
+        run_events.build(
+            account_id,
+            run_id,
+            "tool_result",
+            ts=decision.ts,
+            status=decision.outcome,
+            tool=decision.tool,
+            agent_id=agent_id,
+            message=decision.policy_reason,
+            duration_ms=duration,
+            decision_id=decision_id,
+            data={
+                "allowed": decision.allowed,
+                "decision": decision.outcome,
+                "policy_reason": decision.policy_reason,
+                "risk_level": decision.risk_level or None,
+                "spend_usd": float(decision.spend_usd or 0),
+                "http_status": decision.http_status,
+                "result": _small(decision.result),
+                **note,
+            },
+        ),
+    ]
     if finishes_run:
         status = "completed" if decision.allowed and decision.outcome != Outcome.FAILED else "failed"
-        built.append(run_events.build(account_id, run_id, "run_finished", ts=decision.ts, status=status,
-                                      tool=decision.tool, agent_id=agent_id, message=decision.policy_reason,
-                                      duration_ms=duration, decision_id=decision_id))  # fmt: skip
+        built.append(
+            run_events.build(
+                account_id,
+                run_id,
+                "run_finished",
+                ts=decision.ts,
+                status=status,
+                tool=decision.tool,
+                agent_id=agent_id,
+                message=decision.policy_reason,
+                duration_ms=duration,
+                decision_id=decision_id,
+            )
+        )
     return built
 
 
@@ -925,21 +1072,42 @@ def tool_test_call(*, tool: Tool, args: dict[str, Any], actor: str) -> tuple[Dec
     agent = agent_get_or_create(account_id=tool.account_id, agent_id=OPERATOR_AGENT)
     digest = args_hash(agent.account.args_hash_key, OPERATOR_AGENT, tool.name, args)
     started = time.monotonic()
-    sent = dispatch.dispatch(tool, dispatch_id=uuid.uuid4().hex, agent_id=OPERATOR_AGENT, args=args, run_id="",
-                             args_digest=digest, fence=int(time.time() * 1000))  # fmt: skip
+    sent = dispatch.dispatch(
+        tool,
+        dispatch_id=uuid.uuid4().hex,
+        agent_id=OPERATOR_AGENT,
+        args=args,
+        run_id="",
+        args_digest=digest,
+        fence=int(time.time() * 1000),
+    )
     decision = _record(
-        agent, tool=tool.name, args_hash=digest, run_id="", policy_version=agent.policy_version,
+        agent,
+        tool=tool.name,
+        args_hash=digest,
+        run_id="",
+        policy_version=agent.policy_version,
         risk_level=tool.risk_level or policies.risk_of(tool.name),
-        outcome=Outcome.EXECUTED if sent.ok else Outcome.FAILED, allowed=sent.ok,
+        outcome=Outcome.EXECUTED if sent.ok else Outcome.FAILED,
+        allowed=sent.ok,
         policy_reason=Reason.WITHIN_BUDGET if sent.ok else Reason.TOOL_ERROR,
-        latency_ms=int((time.monotonic() - started) * 1000), http_status=sent.http_status, result=sent.result,
+        latency_ms=int((time.monotonic() - started) * 1000),
+        http_status=sent.http_status,
+        result=sent.result,
         dispatch_id=(sent.request_headers or {}).get("webhook-id", ""),
         explain={"policy_version": agent.policy_version, "test_call": True, "actor": actor, **_attempts_explain(sent)},
-    )  # fmt: skip
-    Tool.objects.filter(pk=tool.pk).update(last_status=sent.http_status, last_latency_ms=sent.latency_ms,
-                                           last_dispatch_at=timezone.now())  # fmt: skip
-    audit_record(account=agent.account, actor_label=actor, action="governance.tool.test_call", object_type="tool",
-                 object_id=f"{tool.scope_id}/{tool.name}", data={"decision": decision.pk, "ok": sent.ok})  # fmt: skip
+    )
+    Tool.objects.filter(pk=tool.pk).update(
+        last_status=sent.http_status, last_latency_ms=sent.latency_ms, last_dispatch_at=timezone.now()
+    )
+    audit_record(
+        account=agent.account,
+        actor_label=actor,
+        action="governance.tool.test_call",
+        object_type="tool",
+        object_id=f"{tool.scope_id}/{tool.name}",
+        data={"decision": decision.pk, "ok": sent.ok},
+    )
     return decision, sent
 
 
@@ -957,26 +1125,45 @@ def dispatch_intents_record(*, grace: timedelta | None = None, batch: int = 500)
         # others, on this run or any later one.
         try:
             _record(
-                intent.agent, None, intent.pk, ts=intent.created_at, tool=intent.tool, args_hash=intent.args_hash,
-                run_id=intent.run_id, policy_version=intent.policy_version, risk_level=intent.risk_level,
-                outcome=Outcome.FAILED, allowed=False, policy_reason=Reason.OUTCOME_UNKNOWN,
-                spend_usd=intent.spend_usd, declared_spend_usd=intent.declared_spend_usd,
-                operator_price_usd=intent.operator_price_usd, dispatch_id=intent.dispatch_id, latency_ms=0,
+                intent.agent,
+                None,
+                intent.pk,
+                ts=intent.created_at,
+                tool=intent.tool,
+                args_hash=intent.args_hash,
+                run_id=intent.run_id,
+                policy_version=intent.policy_version,
+                risk_level=intent.risk_level,
+                outcome=Outcome.FAILED,
+                allowed=False,
+                policy_reason=Reason.OUTCOME_UNKNOWN,
+                spend_usd=intent.spend_usd,
+                declared_spend_usd=intent.declared_spend_usd,
+                operator_price_usd=intent.operator_price_usd,
+                dispatch_id=intent.dispatch_id,
+                latency_ms=0,
                 api_key_id=intent.api_key_id,
                 # What the call was decided on (within budget) before the server stopped; intents written before
                 # explain existed have only their policy version.
                 explain=intent.explain or {"policy_version": intent.policy_version},
-            )  # fmt: skip
+            )
         except IntentGone:
             continue  # recorded by its own call meanwhile
         except (OperationalError, InterfaceError):
             raise  # the database is down, not this row: the task fails (and is retried) instead of logging each row
         except Exception:
             # Left in place: it still counts against the caps, and the next run tries it again.
-            logger.exception("could not record unfinished dispatch intent %s (%s); going on with the next",
-                             intent.pk, intent.dispatch_id)  # fmt: skip
+            logger.exception(
+                "could not record unfinished dispatch intent %s (%s); going on with the next",
+                intent.pk,
+                intent.dispatch_id,
+            )
             continue
         recorded += 1
-        logger.warning("recorded unfinished dispatch %s of %s → %s (outcome unknown)", intent.dispatch_id,
-                       intent.agent.agent_id, intent.tool)  # fmt: skip
+        logger.warning(
+            "recorded unfinished dispatch %s of %s → %s (outcome unknown)",
+            intent.dispatch_id,
+            intent.agent.agent_id,
+            intent.tool,
+        )
     return recorded

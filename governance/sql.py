@@ -93,9 +93,10 @@ _ROLLUP_FIELDS = [
 _ROLLUP_COUNT, _ROLLUP_SPEND = _column(DecisionRollup, "count"), _column(DecisionRollup, "spend_usd")
 # The upsert's conflict target: the unique (agent, hour, tool, outcome).
 _ROLLUP_UNIQUE = next(
-    c for c in DecisionRollup._meta.constraints
+    c
+    for c in DecisionRollup._meta.constraints
     if isinstance(c, UniqueConstraint) and c.name == "governance_rollup_unique"
-)  # fmt: skip
+)
 
 
 def _rollup_upsert(row: str) -> str:

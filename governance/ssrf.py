@@ -39,24 +39,30 @@ class CheckedUrl:
 # needs one: a tool on a public IPv4 address is registered by that address or by a name with an A record.
 # IPv4-mapped addresses (::ffff:0:0/96) are not in this list: a socket connects to the IPv4 address itself, so
 # refused_reason judges them by that address (a public one is accepted, as it is when written as IPv4).
-REFUSED_IPV6 = tuple((ipaddress.IPv6Network(net), label) for net, label in (
-    ("2002::/16", "6to4"),
-    ("2001::/32", "Teredo"),
-    ("64:ff9b::/96", "NAT64"),
-    ("64:ff9b:1::/48", "local-use NAT64"),
-    ("::ffff:0:0:0/96", "IPv4-translated"),
-    ("::/96", "IPv4-compatible"),  # also holds :: and ::1, caught as unspecified and loopback first
-    ("fec0::/10", "site-local"),
-))  # fmt: skip
+REFUSED_IPV6 = tuple(
+    (ipaddress.IPv6Network(net), label)
+    for net, label in (
+        ("2002::/16", "6to4"),
+        ("2001::/32", "Teredo"),
+        ("64:ff9b::/96", "NAT64"),
+        ("64:ff9b:1::/48", "local-use NAT64"),
+        ("::ffff:0:0:0/96", "IPv4-translated"),
+        ("::/96", "IPv4-compatible"),  # also holds :: and ::1, caught as unspecified and loopback first
+        ("fec0::/10", "site-local"),
+    )
+)
 
 
 # IPv4 ranges that some Python releases call global although no tool lives there: 192.0.0.0/24 holds IETF protocol
 # assignments and, at 192.0.0.192, the legacy instance-metadata service of Oracle Cloud; 192.88.99.0/24 was the 6to4
 # relay anycast prefix (deprecated: where it leads is a relay's choice, as for 2002::/16 above).
-REFUSED_IPV4 = tuple((ipaddress.IPv4Network(net), label) for net, label in (
-    ("192.0.0.0/24", "IETF protocol assignments (cloud metadata)"),
-    ("192.88.99.0/24", "6to4 relay"),
-))  # fmt: skip
+REFUSED_IPV4 = tuple(
+    (ipaddress.IPv4Network(net), label)
+    for net, label in (
+        ("192.0.0.0/24", "IETF protocol assignments (cloud metadata)"),
+        ("192.88.99.0/24", "6to4 relay"),
+    )
+)
 
 
 def refused_reason(address: IP) -> str | None:
@@ -72,9 +78,13 @@ def refused_reason(address: IP) -> str | None:
                 if address in network6:
                     return label
     for check, label in (
-        ("is_loopback", "loopback"), ("is_unspecified", "unspecified"), ("is_link_local", "link-local/metadata"),
-        ("is_multicast", "multicast"), ("is_private", "private"), ("is_reserved", "reserved"),
-    ):  # fmt: skip
+        ("is_loopback", "loopback"),
+        ("is_unspecified", "unspecified"),
+        ("is_link_local", "link-local/metadata"),
+        ("is_multicast", "multicast"),
+        ("is_private", "private"),
+        ("is_reserved", "reserved"),
+    ):
         if getattr(address, check):
             return label
     if not address.is_global:
@@ -129,8 +139,10 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
     if literal is not None:
         reason = refused_reason(literal)
         if reason and not allow_private:
-            raise RefusedUrl(f"{host} is not a public address ({reason}); tools must be reachable on public addresses "
-                             "(ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
+            raise RefusedUrl(
+                f"{host} is not a public address ({reason}); tools must be reachable on public addresses "
+                "(ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones)."
+            )
         _refuse_plain_http(parts.scheme, private=reason is not None)
         return CheckedUrl(url, host, port, (str(literal),))
     if not resolve:
@@ -146,7 +158,9 @@ def check(url: str, *, resolve: bool = True) -> CheckedUrl:
     for reason in reasons:
         if reason and not allow_private:
             # The address itself is not named: the answer would tell any key holder what internal names resolve to.
-            raise RefusedUrl(f"{host} resolves to a {reason} address, not a public one; tools must be reachable on "
-                             "public addresses (ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones).")  # fmt: skip
+            raise RefusedUrl(
+                f"{host} resolves to a {reason} address, not a public one; tools must be reachable on "
+                "public addresses (ONCEONLY_ALLOW_PRIVATE_TOOL_URLS=1 allows private ones)."
+            )
     _refuse_plain_http(parts.scheme, private=all(reasons))
     return CheckedUrl(url, host, port, addresses)

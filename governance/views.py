@@ -48,8 +48,14 @@ def _actor(request: HttpRequest) -> str:
     return request.user.get_username()
 
 
-AGENT_STATES = (("", "any state"), ("over", "over a cap"), ("near", "near a cap"), ("disabled", "disabled"),
-                ("ungoverned", "ungoverned"), ("failing", "calling a failing tool"))  # fmt: skip
+AGENT_STATES = (
+    ("", "any state"),
+    ("over", "over a cap"),
+    ("near", "near a cap"),
+    ("disabled", "disabled"),
+    ("ungoverned", "ungoverned"),
+    ("failing", "calling a failing tool"),
+)
 AGENTS_TABLE = Table(
     columns=[
         Column("agent", "Agent", ("agent_id",)),
@@ -141,8 +147,13 @@ def _series(agent: Agent, range_: str, now) -> dict:
         for index, key in enumerate(keys):
             running = (0.0 if key.hour == 0 else running) + spend[index]
             spend[index] = running
-    return {"labels": labels, "counts": counts, "spend": spend, "cumulative": range_ == "day",
-            "cap": (agent.policy or {}).get("max_spend_usd_per_day")}  # fmt: skip
+    return {
+        "labels": labels,
+        "counts": counts,
+        "spend": spend,
+        "cumulative": range_ == "day",
+        "cap": (agent.policy or {}).get("max_spend_usd_per_day"),
+    }
 
 
 @login_required
@@ -160,10 +171,21 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
     caps = selectors.cap_states(account.pk, [agent], now)[agent.pk]
     lines = overview.cap_lines(caps)
     worst = max(lines, key=lambda line: ({"over": 2, "near": 1}.get(line["level"], 0), line["pct"] or 0), default=None)
-    return render(request, "governance/agent_detail.html", {
-        "agent": agent, "metrics": metrics, "recent": recent, "range": range_, "chart": _series(agent, range_, now),
-        "reason_form": ReasonForm(), "caps": caps, "cap_lines": lines, "cap_worst": worst,
-    })  # fmt: skip
+    return render(
+        request,
+        "governance/agent_detail.html",
+        {
+            "agent": agent,
+            "metrics": metrics,
+            "recent": recent,
+            "range": range_,
+            "chart": _series(agent, range_, now),
+            "reason_form": ReasonForm(),
+            "caps": caps,
+            "cap_lines": lines,
+            "cap_worst": worst,
+        },
+    )
 
 
 @login_required
@@ -211,9 +233,13 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
             else:
                 try:
                     result = services.policy_publish(
-                        account_id=account.pk, agent_id=agent.agent_id, policy=policy, source="editor",
-                        actor=_actor(request), expected_version=form.cleaned_data["base_version"],
-                    )  # fmt: skip
+                        account_id=account.pk,
+                        agent_id=agent.agent_id,
+                        policy=policy,
+                        source="editor",
+                        actor=_actor(request),
+                        expected_version=form.cleaned_data["base_version"],
+                    )
                 except services.StalePolicyEdit as stale:
                     form.add_error(
                         None,
@@ -238,11 +264,20 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
         a, b = by_version.get(first), by_version.get(second)
         if a and b:
             diff = {"a": a.version, "b": b.version, "lines": display.diff_lines(a.policy, b.policy)}
-    return render(request, "governance/policy_edit.html", {
-        "agent_id": agent.agent_id, "agent": agent, "form": form, "versions": versions, "diff": diff,
-        "known_tools": sorted(services.known_tools(account.pk))[:100],
-        "templates": {name: json.dumps(body, indent=2) for name, body in policies.TEMPLATES.items()},
-    }, status=status)  # fmt: skip
+    return render(
+        request,
+        "governance/policy_edit.html",
+        {
+            "agent_id": agent.agent_id,
+            "agent": agent,
+            "form": form,
+            "versions": versions,
+            "diff": diff,
+            "known_tools": sorted(services.known_tools(account.pk))[:100],
+            "templates": {name: json.dumps(body, indent=2) for name, body in policies.TEMPLATES.items()},
+        },
+        status=status,
+    )
 
 
 @login_required
@@ -411,9 +446,11 @@ def decisions(request: HttpRequest) -> HttpResponse:
     first_page = cursor is None
     if rows:
         oldest, newest = (rows[-1], rows[0]) if descending else (rows[0], rows[-1])
-    keyset = {"older": table.url(before=oldest.pk) if rows and older else None,
-              "newer": table.url(after=newest.pk) if rows and newer else None,
-              "newest": table.url() if not first_page else None}  # fmt: skip
+    keyset = {
+        "older": table.url(before=oldest.pk) if rows and older else None,
+        "newer": table.url(after=newest.pk) if rows and newer else None,
+        "newest": table.url() if not first_page else None,
+    }
     if set(table.values) <= ROLLUP_FACETS:
         # At most DECISIONS_COUNT_CAP + 1 rollup rows summed (each counts ≥ 1 decision): any more is "10,000+".
         rollups = DecisionRollup.objects.filter(account_id=account.pk)
@@ -433,10 +470,18 @@ def decisions(request: HttpRequest) -> HttpResponse:
         total, capped = capped_count(queryset, DECISIONS_COUNT_CAP)
         table.set_total(total, capped=capped)
     live_query = table.url(sort=None)[1:]
-    return render(request, "governance/decisions.html", {
-        "table": table, "rows": rows, "keyset": keyset, "first_page": first_page and descending,
-        "newest": max((r.pk for r in rows), default=0), "query": live_query,
-    })  # fmt: skip
+    return render(
+        request,
+        "governance/decisions.html",
+        {
+            "table": table,
+            "rows": rows,
+            "keyset": keyset,
+            "first_page": first_page and descending,
+            "newest": max((r.pk for r in rows), default=0),
+            "query": live_query,
+        },
+    )
 
 
 @login_required
@@ -505,8 +550,11 @@ def verify_log(request: HttpRequest) -> HttpResponse:
     account = current_membership(request).account
     result = ledger.verify(account.pk) if request.method == "POST" else None
     audit_result = audit.verify(account.pk) if request.method == "POST" else None
-    return render(request, "governance/verify.html", {"result": result, "audit_result": audit_result,
-                                                      "timeline": reverse("governance:decisions")})  # fmt: skip
+    return render(
+        request,
+        "governance/verify.html",
+        {"result": result, "audit_result": audit_result, "timeline": reverse("governance:decisions")},
+    )
 
 
 # --- tools -----------------------------------------------------------------------------------------------------
@@ -545,11 +593,15 @@ TOOLS_TABLE = Table(
     facets=[
         Facet("scope", "Scope", lookup="scope_id__icontains", hint="contains"),
         Facet("enabled", "Status", apply=_enabled_is, choices=(("", "any"), ("yes", "enabled"), ("no", "disabled"))),
-        Facet("risk", "Risk", apply=_risk_is,
-              choices=(("", "any"), ("low", "low"), ("medium", "medium"), ("high", "high"), ("none", "by name"))),
+        Facet(
+            "risk",
+            "Risk",
+            apply=_risk_is,
+            choices=(("", "any"), ("low", "low"), ("medium", "medium"), ("high", "high"), ("none", "by name")),
+        ),
         Facet("failing", "Failing", choices=(("", "any"), ("yes", "failing now (≥ 50 % of calls, 1 h)"))),
     ],
-)  # fmt: skip
+)
 
 
 @login_required
@@ -581,9 +633,24 @@ def tool_edit(request: HttpRequest, tool_id: int | None = None) -> HttpResponse:
     membership = current_membership(request)
     account = membership.account
     tool = _tool_or_404(account.pk, tool_id) if tool_id else None
-    initial = {} if tool is None else {f: getattr(tool, f) for f in ("name", "scope_id", "url", "timeout_ms",
-                                                                   "max_retries", "enabled", "description",
-                                                                   "risk_level", "price_usd")}  # fmt: skip
+    initial = (
+        {}
+        if tool is None
+        else {
+            f: getattr(tool, f)
+            for f in (
+                "name",
+                "scope_id",
+                "url",
+                "timeout_ms",
+                "max_retries",
+                "enabled",
+                "description",
+                "risk_level",
+                "price_usd",
+            )
+        }
+    )
     form = ToolForm(initial=initial)
     status = 200
     if request.method == "POST":
@@ -602,15 +669,26 @@ def tool_edit(request: HttpRequest, tool_id: int | None = None) -> HttpResponse:
             try:
                 fields, warnings = tools.clean(body)
                 # "New tool" never replaces one (its price and secret would go): POST /v1/tools is the upsert.
-                saved, _ = tools.tool_upsert(account_id=account.pk, plan=_plan_limits(account), fields=fields,
-                                             actor=_actor(request), create_only=tool is None)  # fmt: skip
+                saved, _ = tools.tool_upsert(
+                    account_id=account.pk,
+                    plan=_plan_limits(account),
+                    fields=fields,
+                    actor=_actor(request),
+                    create_only=tool is None,
+                )
             except tools.PlanLimitReached as reached:
                 form.add_error(None, f"The {reached.plan} plan allows {reached.limit} tools.")
             except tools.ToolExists as exists:
-                form.add_error("name", format_html(
-                    'A tool named {} is already registered in scope {}: <a href="{}">edit it</a>, or choose another '
-                    "name (names that differ only in case are the same tool).", exists.tool.name,
-                    exists.tool.scope_id, reverse("governance:tool-edit", args=[exists.tool.pk])))  # fmt: skip
+                form.add_error(
+                    "name",
+                    format_html(
+                        'A tool named {} is already registered in scope {}: <a href="{}">edit it</a>, or choose '
+                        "another name (names that differ only in case are the same tool).",
+                        exists.tool.name,
+                        exists.tool.scope_id,
+                        reverse("governance:tool-edit", args=[exists.tool.pk]),
+                    ),
+                )
             except Exception as exc:  # rest_framework ValidationError: per-field messages
                 detail = getattr(exc, "detail", None)
                 if not isinstance(detail, dict):

@@ -12,8 +12,16 @@ from django.utils import timezone
 from idempotency.models import RunEvent
 
 STRING_FIELDS = ("status", "step", "tool", "req_id", "lease_id", "agent_id")
-FIELD_LIMITS = {"type": 64, "status": 64, "step": 256, "tool": 256, "req_id": 256, "lease_id": 256, "agent_id": 256,
-                "message": 4000}  # fmt: skip
+FIELD_LIMITS = {
+    "type": 64,
+    "status": 64,
+    "step": 256,
+    "tool": 256,
+    "req_id": 256,
+    "lease_id": 256,
+    "agent_id": 256,
+    "message": 4000,
+}
 
 
 def _clip(fields: dict[str, Any]) -> dict[str, Any]:

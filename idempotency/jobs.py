@@ -93,9 +93,16 @@ class ActionOutcome:
 
 class ActionExecutor(Protocol):
     def __call__(
-        self, *, account_id: int, agent_id: str, tool: str, args: dict[str, Any], spend_usd: float | None,
-        run_id: str, dry_run: bool,
-    ) -> ActionOutcome: ...  # fmt: skip
+        self,
+        *,
+        account_id: int,
+        agent_id: str,
+        tool: str,
+        args: dict[str, Any],
+        spend_usd: float | None,
+        run_id: str,
+        dry_run: bool,
+    ) -> ActionOutcome: ...
 
 
 _executor: list[ActionExecutor] = []

@@ -76,16 +76,36 @@ def run_start(
     def create_run(lease: Lease) -> None:
         now = timezone.now()
         run = Run.objects.create(
-            account_id=account_id, lease=lease, key=key, lease_version=lease.version, holder=lease.lease_id,
-            run_id=spec.run_id or key, agent_id=spec.agent_id, task=spec.task, actions=spec.actions,
-            params=spec.params, dry_run=spec.dry_run, created_at=now, enqueued_at=now,
+            account_id=account_id,
+            lease=lease,
+            key=key,
+            lease_version=lease.version,
+            holder=lease.lease_id,
+            run_id=spec.run_id or key,
+            agent_id=spec.agent_id,
+            task=spec.task,
+            actions=spec.actions,
+            params=spec.params,
+            dry_run=spec.dry_run,
+            created_at=now,
+            enqueued_at=now,
             deadline_at=now + timedelta(seconds=settings.ONCEONLY_RUN_TIMEOUT_SECONDS),
-        )  # fmt: skip
+        )
         events.emit(
-            account_id, run.run_id, "run_queued", ts=now, status="queued", agent_id=spec.agent_id,
-            data={"key": key, "attempt": lease.version, "task": spec.task or None, "actions": len(spec.actions),
-                  "dry_run": spec.dry_run},
-        )  # fmt: skip
+            account_id,
+            run.run_id,
+            "run_queued",
+            ts=now,
+            status="queued",
+            agent_id=spec.agent_id,
+            data={
+                "key": key,
+                "attempt": lease.version,
+                "task": spec.task or None,
+                "actions": len(spec.actions),
+                "dry_run": spec.dry_run,
+            },
+        )
         # robust: a broker that is down must not undo an acquisition that committed; the sweeper wakes a worker.
         transaction.on_commit(partial(enqueue, run.pk), robust=True)
 
@@ -184,17 +204,27 @@ def finish(run: Run, *, status: str, result: dict | None, error_code: str = "", 
     now = timezone.now()
     with transaction.atomic():
         done = Run.objects.filter(pk=run.pk, fence=run.fence, status=RunStatus.RUNNING).update(
-            status=status, result=result, error_code=error_code, error_message=message[:1000], finished_at=now,
+            status=status,
+            result=result,
+            error_code=error_code,
+            error_message=message[:1000],
+            finished_at=now,
             claimed_until=None,
-        )  # fmt: skip
+        )
         if not done:
             return False
         _settle_lease(run, status=status, result=result, error_code=error_code)
         events.emit(
-            run.account_id, run.run_id, "run_finished", ts=now, status=status, agent_id=run.agent_id,
-            message=message or None, duration_ms=int((now - (run.started_at or now)).total_seconds() * 1000),
+            run.account_id,
+            run.run_id,
+            "run_finished",
+            ts=now,
+            status=status,
+            agent_id=run.agent_id,
+            message=message or None,
+            duration_ms=int((now - (run.started_at or now)).total_seconds() * 1000),
             data={"key": run.key, "attempt": run.fence, "error_code": error_code or None},
-        )  # fmt: skip
+        )
     return True
 
 
@@ -207,9 +237,12 @@ def _settle_lease(run: Run, *, status: str, result: dict | None, error_code: str
                 )
             else:
                 services.lease_fail(
-                    account_id=run.account_id, key=run.key, lease_id=run.holder, error_code=error_code,
+                    account_id=run.account_id,
+                    key=run.key,
+                    lease_id=run.holder,
+                    error_code=error_code,
                     error_hash=None,
-                )  # fmt: skip
+                )
     except (services.LeaseMismatch, services.LeaseConflict):
         # The lease was reset or cancelled meanwhile: the run's own row keeps its outcome.
         logger.info("run %s finished after its lease was released", run.pk)
@@ -220,18 +253,28 @@ def fail_unfinished(run: Run, error_code: str, message: str) -> bool:
     worker's late result be refused."""
     now = timezone.now()
     with transaction.atomic():
-        done = Run.objects.filter(
-            pk=run.pk, fence=run.fence, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]
-        ).update(
-            status=RunStatus.FAILED, fence=F("fence") + 1, error_code=error_code, error_message=message[:1000],
-            finished_at=now, claimed_until=None,
-        )  # fmt: skip
+        done = Run.objects.filter(pk=run.pk, fence=run.fence, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
+            status=RunStatus.FAILED,
+            fence=F("fence") + 1,
+            error_code=error_code,
+            error_message=message[:1000],
+            finished_at=now,
+            claimed_until=None,
+        )
         if not done:
             return False
         if error_code != RunError.LEASE_LOST:
             _settle_lease(run, status=RunStatus.FAILED, result=None, error_code=error_code)
-        events.emit(run.account_id, run.run_id, "run_finished", ts=now, status="failed", agent_id=run.agent_id,
-                    message=message, data={"key": run.key, "error_code": error_code})  # fmt: skip
+        events.emit(
+            run.account_id,
+            run.run_id,
+            "run_finished",
+            ts=now,
+            status="failed",
+            agent_id=run.agent_id,
+            message=message,
+            data={"key": run.key, "error_code": error_code},
+        )
     return True
 
 
@@ -265,8 +308,9 @@ def execute(run_pk: int) -> str:
         # ours (the fence decides), else leave it to its new owner.
         fail_unfinished(run, RunError.LEASE_LOST, "The key's lease or the run's claim was lost while it ran.")
         return "claim_lost"
-    if not finish(run, status=outcome.status, result=outcome.result, error_code=outcome.error_code,
-                  message=outcome.message):  # fmt: skip
+    if not finish(
+        run, status=outcome.status, result=outcome.result, error_code=outcome.error_code, message=outcome.message
+    ):
         logger.warning("run %s: claim lost before the result was written; another worker owns it", run.pk)
         return "claim_lost"
     return outcome.status
@@ -274,9 +318,19 @@ def execute(run_pk: int) -> str:
 
 def _perform(run: Run, beat: Heartbeat) -> Outcome:
     emit = partial(events.emit, run.account_id, run.run_id, agent_id=run.agent_id)
-    emit("run_started", status="started", step=f"attempt {run.fence}",
-         data={"key": run.key, "attempt": run.fence, "worker": run.claimed_by, "task": run.task or None,
-               "actions": len(run.actions), "dry_run": run.dry_run})  # fmt: skip
+    emit(
+        "run_started",
+        status="started",
+        step=f"attempt {run.fence}",
+        data={
+            "key": run.key,
+            "attempt": run.fence,
+            "worker": run.claimed_by,
+            "task": run.task or None,
+            "actions": len(run.actions),
+            "dry_run": run.dry_run,
+        },
+    )
     summaries: list[dict[str, Any]] = []
     result: dict[str, Any] = {"actions": summaries}
     if run.dry_run:
@@ -289,20 +343,42 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
             if beat.lost:
                 return Outcome(RunStatus.FAILED, result, RunError.LEASE_LOST, "The claim was lost.")
             tool = action["tool"]
-            decided = executor(account_id=run.account_id, agent_id=run.agent_id, tool=tool,
-                               args=action.get("args") or {}, spend_usd=action.get("spend_usd"), run_id=run.run_id,
-                               dry_run=run.dry_run)  # fmt: skip
-            summaries.append({"step": index + 1, "tool": tool, "decision": decided.decision,
-                              "allowed": decided.allowed, "policy_reason": decided.policy_reason,
-                              "decision_id": decided.decision_id, "result": decided.result})  # fmt: skip
+            decided = executor(
+                account_id=run.account_id,
+                agent_id=run.agent_id,
+                tool=tool,
+                args=action.get("args") or {},
+                spend_usd=action.get("spend_usd"),
+                run_id=run.run_id,
+                dry_run=run.dry_run,
+            )
+            summaries.append(
+                {
+                    "step": index + 1,
+                    "tool": tool,
+                    "decision": decided.decision,
+                    "allowed": decided.allowed,
+                    "policy_reason": decided.policy_reason,
+                    "decision_id": decided.decision_id,
+                    "result": decided.result,
+                }
+            )
             if decided.error:
                 return Outcome(RunStatus.FAILED, result, decided.error, f"Action {index + 1} ({tool}): {decided.error}")
             if decided.decision == "blocked":
-                return Outcome(RunStatus.FAILED, result, RunError.POLICY_BLOCKED,
-                               f"Action {index + 1} ({tool}) was blocked: {decided.policy_reason}")  # fmt: skip
+                return Outcome(
+                    RunStatus.FAILED,
+                    result,
+                    RunError.POLICY_BLOCKED,
+                    f"Action {index + 1} ({tool}) was blocked: {decided.policy_reason}",
+                )
             if decided.decision == "failed":
-                return Outcome(RunStatus.FAILED, result, RunError.TOOL_ERROR,
-                               f"Action {index + 1} ({tool}) failed: {decided.policy_reason}")  # fmt: skip
+                return Outcome(
+                    RunStatus.FAILED,
+                    result,
+                    RunError.TOOL_ERROR,
+                    f"Action {index + 1} ({tool}) failed: {decided.policy_reason}",
+                )
     if not run.task:
         return Outcome(RunStatus.COMPLETED, result)
     result["task"] = run.task
@@ -310,17 +386,29 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
     if fn is None:
         result["handler"] = None
         if Account.objects.filter(pk=run.account_id, strict_mode=True).exists():
-            return Outcome(RunStatus.FAILED, result, RunError.HANDLER_NOT_FOUND,
-                           f"No job handler named {run.task!r} is registered (strict mode).")  # fmt: skip
-        emit("warning", status="handler_not_found",
-             message=f"No job handler named {run.task!r} is registered; the task is a label, nothing ran for it.",
-             data={"registered": jobs.handler_names()})  # fmt: skip
+            return Outcome(
+                RunStatus.FAILED,
+                result,
+                RunError.HANDLER_NOT_FOUND,
+                f"No job handler named {run.task!r} is registered (strict mode).",
+            )
+        emit(
+            "warning",
+            status="handler_not_found",
+            message=f"No job handler named {run.task!r} is registered; the task is a label, nothing ran for it.",
+            data={"registered": jobs.handler_names()},
+        )
         return Outcome(RunStatus.COMPLETED, result)
     result["handler"] = run.task
     context = jobs.JobContext(
-        account_id=run.account_id, key=run.key, run_id=run.run_id, params=dict(run.params or {}), attempt=run.fence,
-        emit=emit, still_holding=lambda: not beat.lost,
-    )  # fmt: skip
+        account_id=run.account_id,
+        key=run.key,
+        run_id=run.run_id,
+        params=dict(run.params or {}),
+        attempt=run.fence,
+        emit=emit,
+        still_holding=lambda: not beat.lost,
+    )
     try:
         output = fn(context)
     except Exception as exc:
@@ -334,8 +422,12 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
     except (TypeError, ValueError) as exc:
         return Outcome(RunStatus.FAILED, result, RunError.HANDLER_ERROR, f"The handler's result is not JSON: {exc}")
     if size > MAX_OUTPUT_BYTES:
-        return Outcome(RunStatus.FAILED, result, RunError.HANDLER_ERROR,
-                       f"The handler's result is {size} bytes; at most {MAX_OUTPUT_BYTES} are stored.")  # fmt: skip
+        return Outcome(
+            RunStatus.FAILED,
+            result,
+            RunError.HANDLER_ERROR,
+            f"The handler's result is {size} bytes; at most {MAX_OUTPUT_BYTES} are stored.",
+        )
     result["output"] = output
     return Outcome(RunStatus.COMPLETED, result)
 

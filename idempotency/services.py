@@ -152,9 +152,15 @@ def lock_check(
     client = get_redis()
     bucket, (rate_per_second, burst) = rate
     keys = CheckLockKeys(lock=redis_key, usage=usage.usage_key(account_id, now), bucket=bucket)
-    args = CheckLockArgs(ttl_ms=ttl * 1000, value=_encode_lock(int(now.timestamp() * 1000), ttl, metadata_json),
-                         usage_keep_seconds=usage.KEEP_SECONDS, make_limit=plan.make_limit, rate=rate_per_second,
-                         burst=burst, day=now.strftime("%d"))  # fmt: skip
+    args = CheckLockArgs(
+        ttl_ms=ttl * 1000,
+        value=_encode_lock(int(now.timestamp() * 1000), ttl, metadata_json),
+        usage_keep_seconds=usage.KEEP_SECONDS,
+        make_limit=plan.make_limit,
+        rate=rate_per_second,
+        burst=burst,
+        day=now.strftime("%d"),
+    )
     try:
         reply = CHECK_LOCK(client, keys, args)
         if reply[0] == b"rebuild_usage":  # the month's usage hash was lost with Redis: rebuild it, decide again
@@ -339,10 +345,19 @@ def _lease_acquire(
         now = timezone.now()
         lease_id = _new_lease_id()
         fields = dict(
-            status=LeaseStatus.IN_PROGRESS, lease_id=lease_id, ttl_seconds=ttl, acquired_at=now,
-            expires_at=now + timedelta(seconds=ttl), done_at=None, result=None, result_hash="", error_code="",
-            error_hash="", metadata=metadata, updated_at=now,
-        )  # fmt: skip
+            status=LeaseStatus.IN_PROGRESS,
+            lease_id=lease_id,
+            ttl_seconds=ttl,
+            acquired_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            done_at=None,
+            result=None,
+            result_hash="",
+            error_code="",
+            error_hash="",
+            metadata=metadata,
+            updated_at=now,
+        )
         acquired = False
         lease: Lease | None
         with transaction.atomic():
@@ -520,9 +535,12 @@ def lease_reset(*, account: Account, key: str, reason: str, actor: User) -> bool
             return False
         previous = {"status": lease.status, "version": lease.version}
         Lease.objects.filter(pk=lease.pk).update(
-            status=LeaseStatus.CANCELLED, lease_id=_new_lease_id(), done_at=now, updated_at=now,
+            status=LeaseStatus.CANCELLED,
+            lease_id=_new_lease_id(),
+            done_at=now,
+            updated_at=now,
             expires_at=min(lease.expires_at, now),
-        )  # fmt: skip
+        )
         LeaseAttempt.objects.filter(lease=lease, ended_at__isnull=True).update(
             ended_at=now, outcome=AttemptOutcome.RESET, note=reason[:500]
         )

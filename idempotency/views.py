@@ -121,10 +121,20 @@ def locks(request: HttpRequest) -> HttpResponse:
     title, selector = TABS[tab]
     table = LIST_TABLES[tab].bind(request)
     table.paginate(table.filter(selector(account)))
-    return render(request, "idempotency/locks.html", {
-        "form": form, "lookup": lookup, "tab": tab, "tabs": {k: v[0] for k, v in TABS.items()}, "tab_title": title,
-        "table": table, "now": now, "api_base_url": request.build_absolute_uri("/v1"),
-    })  # fmt: skip
+    return render(
+        request,
+        "idempotency/locks.html",
+        {
+            "form": form,
+            "lookup": lookup,
+            "tab": tab,
+            "tabs": {k: v[0] for k, v in TABS.items()},
+            "tab_title": title,
+            "table": table,
+            "now": now,
+            "api_base_url": request.build_absolute_uri("/v1"),
+        },
+    )
 
 
 def _back_to(key: str) -> HttpResponse:
@@ -238,8 +248,18 @@ def run_timeline(request: HttpRequest) -> HttpResponse:
         response = render(request, "idempotency/_timeline_poll.html", {"events": rows, "runs": found, "live": live})
         return response if live else _stop_polling(response)
     rows = selectors.timeline_page(account, run_id, limit=TIMELINE_PAGE)
-    return render(request, "idempotency/run_timeline.html", {
-        "form": form, "run_id": run_id, "runs": found, "events": rows, "live": live,
-        "newest": rows[-1].pk if rows else 0, "more": len(rows) == TIMELINE_PAGE, "poll_seconds": LIVE_POLL_SECONDS,
-        "poll_query": urlencode({"run_id": run_id}),
-    })  # fmt: skip
+    return render(
+        request,
+        "idempotency/run_timeline.html",
+        {
+            "form": form,
+            "run_id": run_id,
+            "runs": found,
+            "events": rows,
+            "live": live,
+            "newest": rows[-1].pk if rows else 0,
+            "more": len(rows) == TIMELINE_PAGE,
+            "poll_seconds": LIVE_POLL_SECONDS,
+            "poll_query": urlencode({"run_id": run_id}),
+        },
+    )

@@ -125,8 +125,12 @@ def tool_name_problem(name: str) -> str | None:
         bad = next((c for c in name if not "\x21" <= c <= "\x7e"), " ")
         return f"A tool name has no whitespace or control characters (found {_describe(bad)})."
     for char in name:
-        if (char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cn", "Co", "Cs", "Zs", "Zl", "Zp")
-                or INVISIBLE.match(char) or TOOL_INVISIBLE.match(char)):  # fmt: skip
+        if (
+            char.isspace()
+            or unicodedata.category(char) in ("Cc", "Cf", "Cn", "Co", "Cs", "Zs", "Zl", "Zp")
+            or INVISIBLE.match(char)
+            or TOOL_INVISIBLE.match(char)
+        ):
             return f"A tool name has no whitespace, control or invisible characters (found {_describe(char)})."
     composed = unicodedata.normalize("NFKC", name)
     for before, char in zip(" " + composed, composed, strict=False):

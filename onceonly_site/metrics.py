@@ -50,15 +50,31 @@ def _families() -> list[Family]:
             leases = Lease.objects.filter(status=LeaseStatus.IN_PROGRESS).count()
             tools = Tool.objects.values("enabled").annotate(n=Count("id")).order_by("enabled")
             families += [
-                ("onceonly_api_requests_total", "counter", "Authenticated /v1 requests (flushed by each process "
-                 "every ONCEONLY_COUNTER_FLUSH_SECONDS).", [({}, requests)]),
-                ("onceonly_decisions_total", "counter", "Governed-call decisions by outcome (executed and failed "
-                 "are dispatches to registered tools).", [({"outcome": r["outcome"]}, r["n"]) for r in decisions]),
-                ("onceonly_leases_in_progress", "gauge", "Leases held right now (keyed runs included).",
-                 [({}, leases)]),
-                ("onceonly_tools", "gauge", "Registered tools by state.",
-                 [({"enabled": "true" if r["enabled"] else "false"}, r["n"]) for r in tools]),
-            ]  # fmt: skip
+                (
+                    "onceonly_api_requests_total",
+                    "counter",
+                    "Authenticated /v1 requests (flushed by each process every ONCEONLY_COUNTER_FLUSH_SECONDS).",
+                    [({}, requests)],
+                ),
+                (
+                    "onceonly_decisions_total",
+                    "counter",
+                    "Governed-call decisions by outcome (executed and failed are dispatches to registered tools).",
+                    [({"outcome": r["outcome"]}, r["n"]) for r in decisions],
+                ),
+                (
+                    "onceonly_leases_in_progress",
+                    "gauge",
+                    "Leases held right now (keyed runs included).",
+                    [({}, leases)],
+                ),
+                (
+                    "onceonly_tools",
+                    "gauge",
+                    "Registered tools by state.",
+                    [({"enabled": "true" if r["enabled"] else "false"}, r["n"]) for r in tools],
+                ),
+            ]
         except DatabaseError:
             database_up = False
     queues: Samples = []
@@ -80,8 +96,14 @@ def _families() -> list[Family]:
     ]
     seen = worker_last_seen_seconds()
     if seen is not None:
-        families.append(("onceonly_worker_heartbeat_age_seconds", "gauge", "Seconds since a Celery worker last ran "
-                         "the heartbeat task.", [({}, round(seen, 1))]))  # fmt: skip
+        families.append(
+            (
+                "onceonly_worker_heartbeat_age_seconds",
+                "gauge",
+                "Seconds since a Celery worker last ran the heartbeat task.",
+                [({}, round(seen, 1))],
+            )
+        )
     return families
 
 
@@ -108,8 +130,11 @@ def prometheus(request: HttpRequest) -> HttpResponse:
         raise Http404("metrics are off: set ONCEONLY_METRICS_TOKEN")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        response = HttpResponse("metrics need Authorization: Bearer <ONCEONLY_METRICS_TOKEN>\n", status=401,
-                                content_type="text/plain; charset=utf-8")  # fmt: skip
+        response = HttpResponse(
+            "metrics need Authorization: Bearer <ONCEONLY_METRICS_TOKEN>\n",
+            status=401,
+            content_type="text/plain; charset=utf-8",
+        )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     seconds = settings.ONCEONLY_METRICS_CACHE_SECONDS

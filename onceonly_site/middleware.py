@@ -51,10 +51,20 @@ class RequestIdLogFilter(logging.Filter):
 # Scripts and styles only from this origin, nothing inline (no inline <script>, no on*= attributes, no style=
 # attributes: static/js/app.js does what they would); json_script data blocks are not scripts. 'unsafe-eval' is
 # absent too (htmx runs with allowEval off). No framing, no plugins, forms post only here.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'",
-    "font-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
-])  # fmt: skip
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 # Swagger UI (/api/docs/) and Django's admin set inline styles of their own; they get 'unsafe-inline' for styles
 # only — their scripts are still files from this origin.
 THIRD_PARTY_UI_PREFIXES = ("/api/docs/", "/admin/")
@@ -105,8 +115,11 @@ class ControlCharactersMiddleware:
         path_bad = UNSAFE.search(request.path_info) is not None
         query_bad: list[str] = []
         if request.META.get("QUERY_STRING"):
-            query_bad = [name for name, values in request.GET.lists()
-                         if CONTROL.search(name) or any(CONTROL.search(v) for v in values)]  # fmt: skip
+            query_bad = [
+                name
+                for name, values in request.GET.lists()
+                if CONTROL.search(name) or any(CONTROL.search(v) for v in values)
+            ]
         if not path_bad and not query_bad:
             return self.get_response(request)
         api = request.path_info == "/v1" or request.path_info.startswith("/v1/")

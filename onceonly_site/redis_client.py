@@ -99,8 +99,19 @@ class LuaScript(Generic[K, A]):
     tail of ARGV; ``preludes`` are Lua files prepended to it (``lua_script``). Declared scripts are in ``SCRIPTS``.
     """
 
-    __slots__ = ("_optional", "_optional_args", "_optional_keys", "_script", "arg_names", "args", "key_names", "keys",
-                 "path", "preludes", "rest")  # fmt: skip
+    __slots__ = (
+        "_optional",
+        "_optional_args",
+        "_optional_keys",
+        "_script",
+        "arg_names",
+        "args",
+        "key_names",
+        "keys",
+        "path",
+        "preludes",
+        "rest",
+    )
 
     def __init__(
         self, path: Path, keys: type[K], args: type[A], *, rest: str | None = None, preludes: Sequence[Path] = ()

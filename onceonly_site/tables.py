@@ -289,8 +289,10 @@ class BoundTable:
         column = self.table.by_key[self.sort_key]
         orders: list[Any] = [_flip(o) if self.descending else o for o in column.order]
         if column.nulls_last:
-            orders = [F(o.lstrip("-")).desc(nulls_last=True) if o.startswith("-") else F(o).asc(nulls_last=True)
-                      for o in orders]  # fmt: skip
+            orders = [
+                F(o.lstrip("-")).desc(nulls_last=True) if o.startswith("-") else F(o).asc(nulls_last=True)
+                for o in orders
+            ]
         tie = _flip(self.table.tiebreaker) if self.descending else self.table.tiebreaker
         return [*orders, tie]
 
@@ -371,10 +373,18 @@ class BoundTable:
         """Per facet with choices, a link to each value (quick filters) that keeps the search, the other facets and
         the sort, back on page 1; ``current`` on the value in force."""
         return {
-            facet.name: [{"value": value, "label": label, "url": self.url(**{facet.name: value or None, PAGE: None}),
-                          "current": self.state.get(facet.name, "") == value} for value, label in facet.choices]
-            for facet in self.table.facets if facet.choices
-        }  # fmt: skip
+            facet.name: [
+                {
+                    "value": value,
+                    "label": label,
+                    "url": self.url(**{facet.name: value or None, PAGE: None}),
+                    "current": self.state.get(facet.name, "") == value,
+                }
+                for value, label in facet.choices
+            ]
+            for facet in self.table.facets
+            if facet.choices
+        }
 
     @property
     def active(self) -> bool:
@@ -389,8 +399,9 @@ class BoundTable:
             if facet.name in self.values:
                 shown = self.state[facet.name]
                 label = dict(facet.choices).get(shown, shown) if facet.choices else shown
-                chips.append({"label": facet.label, "value": label,
-                              "remove": self.url(**{facet.name: None, PAGE: None})})  # fmt: skip
+                chips.append(
+                    {"label": facet.label, "value": label, "remove": self.url(**{facet.name: None, PAGE: None})}
+                )
         return chips
 
     @property

@@ -107,8 +107,15 @@ def test_the_walk_builds_a_real_path_for_every_route():
     tests below do reach each view), and it finds routes of every app, the API and the admin."""
     assert len(ROUTES) > 60
     names = {route.name for route in ROUTES}
-    assert {"v1:ai-status", "v1:ai-result", "v1:tool", "v1:run-timeline", "governance:tools", "billing:team",
-            "idempotency:locks"} <= names  # fmt: skip
+    assert {
+        "v1:ai-status",
+        "v1:ai-result",
+        "v1:tool",
+        "v1:run-timeline",
+        "governance:tools",
+        "billing:team",
+        "idempotency:locks",
+    } <= names
     assert any(name.startswith("admin:") for name in names)
     for route in ROUTES:
         match = resolve(route.path())

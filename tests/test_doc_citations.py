@@ -30,8 +30,24 @@ ROOT = Path(__file__).resolve().parent.parent
 SIGN = "\u00a7"
 
 # Which files are scanned: every tracked (or new, not ignored) text file of the repository.
-TEXT_SUFFIXES = {".py", ".lua", ".html", ".md", ".toml", ".sh", ".txt", ".cfg", ".ini", ".yml", ".yaml", ".js",
-                 ".css", ".sql", ".rst", ".j2"}  # fmt: skip
+TEXT_SUFFIXES = {
+    ".py",
+    ".lua",
+    ".html",
+    ".md",
+    ".toml",
+    ".sh",
+    ".txt",
+    ".cfg",
+    ".ini",
+    ".yml",
+    ".yaml",
+    ".js",
+    ".css",
+    ".sql",
+    ".rst",
+    ".j2",
+}
 TEXT_NAMES = {"Makefile", "Dockerfile", ".gitignore"}
 SKIPPED_PREFIXES = ("static/vendor/",)  # third-party, minified
 WALK_SKIPPED_DIRS = {".git", ".venv", "var", "node_modules", "test-artifacts", "__pycache__", ".pytest_cache"}
@@ -151,16 +167,24 @@ def problems_in_line(line: str, document=_document, here: str | None = None) -> 
 
 def scanned_files() -> list[Path]:
     try:
-        listed = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-            cwd=ROOT, capture_output=True, check=True, timeout=60,
-        ).stdout.decode().split("\0")  # fmt: skip
+        listed = (
+            subprocess.run(
+                ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                cwd=ROOT,
+                capture_output=True,
+                check=True,
+                timeout=60,
+            )
+            .stdout.decode()
+            .split("\0")
+        )
         candidates = [ROOT / name for name in listed if name]
     except (OSError, subprocess.SubprocessError):  # not a git checkout: walk the tree
         candidates = [
-            path for path in ROOT.rglob("*")
+            path
+            for path in ROOT.rglob("*")
             if not WALK_SKIPPED_DIRS & set(path.relative_to(ROOT).parts[:-1]) and "egg-info" not in str(path)
-        ]  # fmt: skip
+        ]
     files = []
     for path in candidates:
         relative = path.relative_to(ROOT).as_posix()
@@ -196,8 +220,16 @@ def test_every_citation_resolves_and_nothing_points_outside_the_repository():
 
 def test_the_scan_covers_code_docs_and_configuration():
     scanned = {path.relative_to(ROOT).as_posix() for path in scanned_files()}
-    for expected in ("README.md", "CONTRIBUTING.md", "pyproject.toml", "Makefile", "docs/api.md",
-                     "governance/governed_call.lua", "governance/services.py", "templates/base.html"):  # fmt: skip
+    for expected in (
+        "README.md",
+        "CONTRIBUTING.md",
+        "pyproject.toml",
+        "Makefile",
+        "docs/api.md",
+        "governance/governed_call.lua",
+        "governance/services.py",
+        "templates/base.html",
+    ):
         assert expected in scanned
     assert not any(name.startswith("static/vendor/") for name in scanned)
 
@@ -222,8 +254,16 @@ def _sample(doc: str) -> Headings | None:
 
 def test_a_section_resolves_by_number_by_heading_text_or_by_anchor():
     headings = headings_of(SAMPLE)
-    for section in ("3", "3.4", '"Durability"', '"3.4 durability"', '"POST /v1/check-lock"', "34-durability",
-                    "post-v1check-lock", "3-guarantees"):  # fmt: skip
+    for section in (
+        "3",
+        "3.4",
+        '"Durability"',
+        '"3.4 durability"',
+        '"POST /v1/check-lock"',
+        "34-durability",
+        "post-v1check-lock",
+        "3-guarantees",
+    ):
         assert resolves(headings, section), section
     for section in ("3.5", "4", "9", '"Durable"', "durability", '"Not a heading (inside a code block)"'):
         assert not resolves(headings, section), section

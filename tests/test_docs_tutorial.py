@@ -369,9 +369,14 @@ class Reader:
 
     def run_bash(self, block: Block, command: Command) -> str:
         process = subprocess.Popen(
-            ["bash", "-c", command.line], cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
+            ["bash", "-c", command.line],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.processes.append(process)
         if command.how == "background":
             wanted = len(block.output.text.splitlines()) if block.output else 0

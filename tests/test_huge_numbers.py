@@ -33,35 +33,56 @@ TOOL = {"name": "t", "url": "https://tools.example.com/t", "auth": {"secret": "s
 BODY_CASES: list[tuple[str, str, dict[str, Any], list[list[str]]]] = [
     ("POST /v1/ai/run", "spend_usd", {"agent_id": "x", "tool": "t", "spend_usd": N}, [["spend_usd"]]),
     ("POST /v1/ai/run", "ttl", {"key": "k1", "ttl": N}, [["ttl"]]),
-    ("POST /v1/ai/run", "metadata.actions.0.spend_usd",
-     {"key": "k1", "metadata": {"agent_id": "x", "actions": [{"tool": "t", "spend_usd": N}]}},
-     [["metadata.actions.0.spend_usd"], ["metadata"]]),
+    (
+        "POST /v1/ai/run",
+        "metadata.actions.0.spend_usd",
+        {"key": "k1", "metadata": {"agent_id": "x", "actions": [{"tool": "t", "spend_usd": N}]}},
+        [["metadata.actions.0.spend_usd"], ["metadata"]],
+    ),
     ("POST /v1/check-lock", "ttl", {"key": "k1", "ttl": N}, [["ttl"]]),
     ("POST /v1/ai/lease", "ttl", {"key": "k1", "ttl": N}, [["ttl"]]),
     ("POST /v1/ai/extend", "ttl", {"key": "k1", "lease_id": "l", "ttl": N}, [["ttl"]]),
     ("POST /v1/events", "ts", {"run_id": "r", "type": "note", "ts": N}, [["ts"]]),
     ("POST /v1/events", "duration_ms", {"run_id": "r", "type": "note", "duration_ms": N}, [["duration_ms"]]),
-    ("POST /v1/policies/{agent_id}", "max_actions_per_hour", {"max_actions_per_hour": N},
-     [["max_actions_per_hour"]]),
-    ("POST /v1/policies/{agent_id}", "max_spend_usd_per_day", {"max_spend_usd_per_day": N},
-     [["max_spend_usd_per_day"]]),
-    ("POST /v1/policies/{agent_id}", "max_calls_per_tool.*", {"max_calls_per_tool": {"x": N}},
-     [["max_calls_per_tool.x"]]),
-    ("POST /v1/policies/{agent_id}", "pricing_rules.0.price_usd", {"pricing_rules": [{"tool": "x", "price_usd": N}]},
-     [["pricing_rules.0.price_usd"]]),
+    ("POST /v1/policies/{agent_id}", "max_actions_per_hour", {"max_actions_per_hour": N}, [["max_actions_per_hour"]]),
+    (
+        "POST /v1/policies/{agent_id}",
+        "max_spend_usd_per_day",
+        {"max_spend_usd_per_day": N},
+        [["max_spend_usd_per_day"]],
+    ),
+    (
+        "POST /v1/policies/{agent_id}",
+        "max_calls_per_tool.*",
+        {"max_calls_per_tool": {"x": N}},
+        [["max_calls_per_tool.x"]],
+    ),
+    (
+        "POST /v1/policies/{agent_id}",
+        "pricing_rules.0.price_usd",
+        {"pricing_rules": [{"tool": "x", "price_usd": N}]},
+        [["pricing_rules.0.price_usd"]],
+    ),
     *[
-        ("POST /v1/policies/{agent_id}/from-template", f"overrides.{prop}",
-         {"template": "strict", "overrides": overrides}, [[field], ["overrides", field]])
+        (
+            "POST /v1/policies/{agent_id}/from-template",
+            f"overrides.{prop}",
+            {"template": "strict", "overrides": overrides},
+            [[field], ["overrides", field]],
+        )
         for prop, overrides, field in (
             ("max_actions_per_hour", {"max_actions_per_hour": N}, "max_actions_per_hour"),
             ("max_spend_usd_per_day", {"max_spend_usd_per_day": N}, "max_spend_usd_per_day"),
             ("max_calls_per_tool.*", {"max_calls_per_tool": {"x": N}}, "max_calls_per_tool.x"),
-            ("pricing_rules.0.price_usd", {"pricing_rules": [{"tool": "x", "price_usd": N}]},
-             "pricing_rules.0.price_usd"),
+            (
+                "pricing_rules.0.price_usd",
+                {"pricing_rules": [{"tool": "x", "price_usd": N}]},
+                "pricing_rules.0.price_usd",
+            ),
         )
     ],
     *[("POST /v1/tools", field, {**TOOL, field: N}, [[field]]) for field in ("timeout_ms", "max_retries", "price_usd")],
-]  # fmt: skip
+]
 
 # Query parameters: (operation, parameter, URL with N in place of the number).
 QUERY_CASES = [
@@ -104,8 +125,7 @@ def client(key_a):
 @pytest.mark.parametrize(
     ("operation", "prop", "template", "locs"), BODY_CASES, ids=[f"{c[0]} {c[1]}" for c in BODY_CASES]
 )
-def test_huge_numbers_in_bodies_are_422_at_the_field_and_write_nothing(client, operation, prop, template, locs,
-                                                                       number):  # fmt: skip
+def test_huge_numbers_in_bodies_are_422_at_the_field_and_write_nothing(client, operation, prop, template, locs, number):
     _post(client, operation, template, '"not a number"')  # warms the key's caches and rate-limit bucket up
     before = _state()
     response = _post(client, operation, template, number)

@@ -22,8 +22,27 @@ JSON = "application/json"
 RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE
 SPOOF = f"{RLO}exe.live-gnip"  # renders as "ping-evil.exe"
 # C1 controls, bidi embeddings/overrides, isolates and marks, and the separators that end a log line.
-UNSAFE = ["\x85", "\x9b", "\u202a", "\u202b", "\u202c", "\u202d", RLO, "\u2066", "\u2067", "\u2068", "\u2069",
-          "\u200e", "\u200f", "\u061c", "\u2028", "\u2029", "\x00", "\x1b", "\x7f"]  # fmt: skip
+UNSAFE = [
+    "\x85",
+    "\x9b",
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    RLO,
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\u200e",
+    "\u200f",
+    "\u061c",
+    "\u2028",
+    "\u2029",
+    "\x00",
+    "\x1b",
+    "\x7f",
+]
 
 
 @pytest.mark.parametrize("char", UNSAFE, ids=lambda c: f"U+{ord(c):04X}")
@@ -64,9 +83,13 @@ def test_governed_call_refuses_an_unsafe_run_id_in_args(key_a):
 
 @pytest.mark.parametrize(
     "path",
-    [f"/v1/policies/{quote(SPOOF)}", f"/v1/agents/{quote(SPOOF)}/disable", f"/v1/runs/{quote(SPOOF)}",
-     f"/v1/agents/bot{quote(chr(0x85))}/logs"],
-)  # fmt: skip
+    [
+        f"/v1/policies/{quote(SPOOF)}",
+        f"/v1/agents/{quote(SPOOF)}/disable",
+        f"/v1/runs/{quote(SPOOF)}",
+        f"/v1/agents/bot{quote(chr(0x85))}/logs",
+    ],
+)
 def test_an_unsafe_identifier_in_an_api_path_is_a_422_at_the_path(key_a, path):
     response = key_a.client().post(path, {}, content_type=JSON) if "disable" in path else key_a.client().get(path)
     assert response.status_code == 422, response.content
@@ -76,10 +99,12 @@ def test_an_unsafe_identifier_in_an_api_path_is_a_422_at_the_path(key_a, path):
 
 @pytest.mark.parametrize(
     ("metadata", "loc"),
-    [({"run_id": SPOOF}, "metadata.run_id"), ({"agent_id": f"a{RLO}b", "actions": [{"tool": "t"}]},
-                                              "metadata.agent_id"),
-     ({"agent_id": "bot", "actions": [{"tool": f"t{RLO}"}]}, "metadata.actions.0.tool")],
-)  # fmt: skip
+    [
+        ({"run_id": SPOOF}, "metadata.run_id"),
+        ({"agent_id": f"a{RLO}b", "actions": [{"tool": "t"}]}, "metadata.agent_id"),
+        ({"agent_id": "bot", "actions": [{"tool": f"t{RLO}"}]}, "metadata.actions.0.tool"),
+    ],
+)
 def test_keyed_run_refuses_unsafe_identifiers_in_its_metadata(key_a, metadata, loc):
     response = key_a.client().post("/v1/ai/run", {"key": "k1", "metadata": metadata}, content_type=JSON)
     assert response.status_code == 422, response.content
@@ -97,8 +122,12 @@ def test_an_event_refuses_unsafe_identifiers(key_a, field):
 
 
 def test_a_tool_scope_with_an_unsafe_agent_id_is_refused(key_a):
-    body = {"name": "send_email", "url": "https://tools.example.com/x", "scope_id": f"agent:{SPOOF}",
-            "auth": {"type": "hmac_sha256", "secret": "s3cret-0123456789"}}  # fmt: skip
+    body = {
+        "name": "send_email",
+        "url": "https://tools.example.com/x",
+        "scope_id": f"agent:{SPOOF}",
+        "auth": {"type": "hmac_sha256", "secret": "s3cret-0123456789"},
+    }
     response = key_a.client().post("/v1/tools", body, content_type=JSON)
     assert response.status_code == 422
     assert ["body", "scope_id"] in [item["loc"] for item in response.json()["detail"]]
@@ -108,10 +137,13 @@ def test_a_tool_scope_with_an_unsafe_agent_id_is_refused(key_a):
 
 @pytest.mark.parametrize(
     ("policy", "loc"),
-    [({"blocked_tools": [SPOOF]}, "blocked_tools"), ({"allowed_tools": ["ok", "x\x85"]}, "allowed_tools"),
-     ({"max_calls_per_tool": {f"send{RLO}": 5}}, "max_calls_per_tool"),
-     ({"pricing_rules": [{"tool": f"stripe.*{RLO}", "price_usd": 1}]}, "pricing_rules.0.tool")],
-)  # fmt: skip
+    [
+        ({"blocked_tools": [SPOOF]}, "blocked_tools"),
+        ({"allowed_tools": ["ok", "x\x85"]}, "allowed_tools"),
+        ({"max_calls_per_tool": {f"send{RLO}": 5}}, "max_calls_per_tool"),
+        ({"pricing_rules": [{"tool": f"stripe.*{RLO}", "price_usd": 1}]}, "pricing_rules.0.tool"),
+    ],
+)
 def test_a_policy_naming_a_tool_with_unsafe_characters_is_refused(key_a, policy, loc):
     response = key_a.client().post("/v1/policies/bot", policy, content_type=JSON)
     assert response.status_code == 422, response.content
@@ -173,10 +205,13 @@ def test_policy_editor_refuses_an_entry_with_a_bidi_character():
 
 @pytest.mark.parametrize(
     "args",
-    [["create_api_key", "--account", SPOOF], ["create_api_key", "--account", "Acme", "--label", SPOOF],
-     ["create_operator", "--account", f"ops{chr(0x85)}", "--email", "x@y.test", "--password", "long-enough-pw-1"],
-     ["create_operator", "--account", "Acme", "--email", f"eve{RLO}@acme.test", "--password", "long-enough-pw-1"]],
-)  # fmt: skip
+    [
+        ["create_api_key", "--account", SPOOF],
+        ["create_api_key", "--account", "Acme", "--label", SPOOF],
+        ["create_operator", "--account", f"ops{chr(0x85)}", "--email", "x@y.test", "--password", "long-enough-pw-1"],
+        ["create_operator", "--account", "Acme", "--email", f"eve{RLO}@acme.test", "--password", "long-enough-pw-1"],
+    ],
+)
 def test_commands_refuse_unsafe_account_names_labels_and_emails(account_a, args):
     keys, accounts = ApiKey.objects.count(), Account.objects.count()
     with pytest.raises(CommandError, match="not allowed"):

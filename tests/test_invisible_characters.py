@@ -42,8 +42,11 @@ def test_a_tool_name_with_an_invisible_character_is_refused_in_calls_and_policie
     assert [item["loc"] for item in call.json()["detail"]] == [["body", "tool"]]
     assert not Decision.objects.exists()
     versions = PolicyVersion.objects.count()
-    for field, value in [("blocked_tools", [tool]), ("max_calls_per_tool", {tool: 1}),
-                         ("pricing_rules", [{"tool": tool, "price_usd": 0}])]:  # fmt: skip
+    for field, value in [
+        ("blocked_tools", [tool]),
+        ("max_calls_per_tool", {tool: 1}),
+        ("pricing_rules", [{"tool": tool, "price_usd": 0}]),
+    ]:
         refused = post(client, "/v1/policies/bot", {field: value})
         assert refused.status_code == 422, (field, refused.content)
     assert PolicyVersion.objects.count() == versions

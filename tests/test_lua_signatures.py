@@ -18,8 +18,13 @@ from tests.support.redis_calls import count_redis_round_trips
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ("billing", "governance", "idempotency", "onceonly_site")
 # The modules that declare scripts (importing them fills SCRIPTS).
-DECLARING = ("billing.usage", "billing.ratelimit", "billing.login_throttle", "idempotency.services",
-             "governance.services")  # fmt: skip
+DECLARING = (
+    "billing.usage",
+    "billing.ratelimit",
+    "billing.login_throttle",
+    "idempotency.services",
+    "governance.services",
+)
 DECLARATION = re.compile(r"^-- (KEYS|ARGV)\[(\d+)(\.\.)?\] +([a-z_][a-z0-9_]*)(?: |$)")
 MENTION = re.compile(r"^-- (KEYS|ARGV)\[")
 SLOT = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
@@ -126,8 +131,10 @@ class EchoArgs(NamedTuple):
 @pytest.fixture
 def echo(tmp_path) -> LuaScript[EchoKeys, EchoArgs]:
     path = tmp_path / "echo.lua"
-    path.write_text("-- KEYS[1] first\n-- KEYS[2] second\n-- ARGV[1] one\n-- ARGV[2] two\n-- ARGV[3..] more\n"
-                    "return {'ok', #KEYS, #ARGV, ARGV[#ARGV]}\n")  # fmt: skip
+    path.write_text(
+        "-- KEYS[1] first\n-- KEYS[2] second\n-- ARGV[1] one\n-- ARGV[2] two\n-- ARGV[3..] more\n"
+        "return {'ok', #KEYS, #ARGV, ARGV[#ARGV]}\n"
+    )
     script = LuaScript(path, EchoKeys, EchoArgs, rest="more")
     yield script
     del SCRIPTS[path]

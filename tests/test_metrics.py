@@ -66,6 +66,11 @@ def test_a_cache_outage_does_not_fail_the_scrape(settings, key_a):
     """The scrape is what reports trouble, so the cache in front of it may fail without failing it."""
     settings.ONCEONLY_METRICS_TOKEN = TOKEN
     settings.ONCEONLY_METRICS_CACHE_SECONDS = 60
-    settings.CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0",
-                                   "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5}}}  # fmt: skip
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5},
+        }
+    }
     assert scrape()["onceonly_database_up"] == 1

@@ -143,26 +143,40 @@ def test_json_nested_absurdly_deep_is_422_json_invalid_and_writes_nothing(key_a,
 
 def _complete(client: Client, depth: int) -> Any:
     lease = post(client, "/v1/ai/lease", {"key": f"deep-{depth}"}).json()
-    return post(client, "/v1/ai/complete", {"key": f"deep-{depth}", "lease_id": lease["lease_id"],
-                                             "result": {"m": nested_list(depth)}})  # fmt: skip
+    return post(
+        client,
+        "/v1/ai/complete",
+        {"key": f"deep-{depth}", "lease_id": lease["lease_id"], "result": {"m": nested_list(depth)}},
+    )
 
 
 STORED_JSON = [
-    pytest.param(lambda c, d: post(c, "/v1/check-lock", {"key": f"deep-{d}", "metadata": {"m": nested_list(d)}}),
-                 id="check-lock metadata"),
-    pytest.param(lambda c, d: post(c, "/v1/ai/run", {"agent_id": "bot", "tool": "search",
-                                                     "args": {"m": nested_list(d)}}),
-                 id="governed call args (hashed, not stored)"),
-    pytest.param(lambda c, d: post(c, "/v1/ai/lease", {"key": f"deep-{d}", "metadata": {"m": nested_list(d)}}),
-                 id="lease metadata"),
-    pytest.param(lambda c, d: post(c, "/v1/ai/run", {"key": f"deep-{d}", "metadata": {"m": nested_list(d)}}),
-                 id="keyed run metadata"),
+    pytest.param(
+        lambda c, d: post(c, "/v1/check-lock", {"key": f"deep-{d}", "metadata": {"m": nested_list(d)}}),
+        id="check-lock metadata",
+    ),
+    pytest.param(
+        lambda c, d: post(c, "/v1/ai/run", {"agent_id": "bot", "tool": "search", "args": {"m": nested_list(d)}}),
+        id="governed call args (hashed, not stored)",
+    ),
+    pytest.param(
+        lambda c, d: post(c, "/v1/ai/lease", {"key": f"deep-{d}", "metadata": {"m": nested_list(d)}}),
+        id="lease metadata",
+    ),
+    pytest.param(
+        lambda c, d: post(c, "/v1/ai/run", {"key": f"deep-{d}", "metadata": {"m": nested_list(d)}}),
+        id="keyed run metadata",
+    ),
     pytest.param(_complete, id="complete result"),
-    pytest.param(lambda c, d: post(c, "/v1/events", {"run_id": "deep", "type": "note", "data": {"m": nested_list(d)}}),
-                 id="event data"),
-    pytest.param(lambda c, d: post(c, "/v1/events", {"run_id": "deep", "type": "note", "m": nested_list(d)}),
-                 id="event extra field"),
-]  # fmt: skip
+    pytest.param(
+        lambda c, d: post(c, "/v1/events", {"run_id": "deep", "type": "note", "data": {"m": nested_list(d)}}),
+        id="event data",
+    ),
+    pytest.param(
+        lambda c, d: post(c, "/v1/events", {"run_id": "deep", "type": "note", "m": nested_list(d)}),
+        id="event extra field",
+    ),
+]
 
 
 @pytest.mark.parametrize("send", STORED_JSON)
@@ -192,19 +206,41 @@ def test_a_body_nested_64_levels_is_read_and_65_is_422_json_invalid(key_a):
 # --- per-field byte caps: 422 at the field, nothing written --------------------------------------------------------
 
 BYTE_CAPS = [
-    pytest.param("/v1/check-lock", lambda v: {"key": "k", "metadata": v}, 2048, ["body", "metadata"],
-                 id="check-lock metadata 2048"),
-    pytest.param("/v1/ai/lease", lambda v: {"key": "k", "metadata": v}, 2048, ["body", "metadata"],
-                 id="lease metadata 2048"),
-    pytest.param("/v1/ai/run", lambda v: {"key": "k", "metadata": v}, 65_536, ["body", "metadata"],
-                 id="keyed run metadata 64 KiB"),
-    pytest.param("/v1/ai/run", lambda v: {"agent_id": "bot", "tool": "search", "args": v}, 65_536, ["body", "args"],
-                 id="governed call args 64 KiB"),
-    pytest.param("/v1/events", lambda v: {"run_id": "r", "type": "note", "data": v}, 16_384, ["body", "data"],
-                 id="event data 16 KiB"),
-    pytest.param("/v1/events", lambda v: {"run_id": "r", "type": "note", **v}, 8_192, ["body"],
-                 id="event extra fields 8 KiB"),
-]  # fmt: skip
+    pytest.param(
+        "/v1/check-lock",
+        lambda v: {"key": "k", "metadata": v},
+        2048,
+        ["body", "metadata"],
+        id="check-lock metadata 2048",
+    ),
+    pytest.param(
+        "/v1/ai/lease", lambda v: {"key": "k", "metadata": v}, 2048, ["body", "metadata"], id="lease metadata 2048"
+    ),
+    pytest.param(
+        "/v1/ai/run",
+        lambda v: {"key": "k", "metadata": v},
+        65_536,
+        ["body", "metadata"],
+        id="keyed run metadata 64 KiB",
+    ),
+    pytest.param(
+        "/v1/ai/run",
+        lambda v: {"agent_id": "bot", "tool": "search", "args": v},
+        65_536,
+        ["body", "args"],
+        id="governed call args 64 KiB",
+    ),
+    pytest.param(
+        "/v1/events",
+        lambda v: {"run_id": "r", "type": "note", "data": v},
+        16_384,
+        ["body", "data"],
+        id="event data 16 KiB",
+    ),
+    pytest.param(
+        "/v1/events", lambda v: {"run_id": "r", "type": "note", **v}, 8_192, ["body"], id="event extra fields 8 KiB"
+    ),
+]
 
 
 @pytest.mark.parametrize(("path", "body", "cap", "loc"), BYTE_CAPS)
@@ -247,54 +283,146 @@ STRING_CAPS = [
     pytest.param(lambda v: ("post", "/v1/check-lock", {"key": v}), 256, ["body", "key"], 200, id="check-lock key"),
     pytest.param(lambda v: ("post", "/v1/ai/lease", {"key": v}), 256, ["body", "key"], 200, id="lease key"),
     pytest.param(lambda v: ("get", f"/v1/ai/status?key={v}", None), 256, ["query", "key"], 200, id="status key"),
-    pytest.param(lambda v: ("post", "/v1/ai/extend", {"key": "k", "lease_id": v}), 64, ["body", "lease_id"], 409,
-                 id="extend lease_id"),
-    pytest.param(lambda v: ("post", "/v1/ai/fail", {"key": "k", "lease_id": "l", "error_code": v}), 128,
-                 ["body", "error_code"], 409, id="fail error_code"),
-    pytest.param(lambda v: ("post", "/v1/ai/cancel", {"key": "k", "lease_id": "l", "reason": v}), 500,
-                 ["body", "reason"], 409, id="cancel reason"),
-    pytest.param(lambda v: ("post", "/v1/ai/complete", {"key": "k", "lease_id": "l", "result_hash": v}), 128,
-                 ["body", "result_hash"], 409, id="complete result_hash"),
+    pytest.param(
+        lambda v: ("post", "/v1/ai/extend", {"key": "k", "lease_id": v}),
+        64,
+        ["body", "lease_id"],
+        409,
+        id="extend lease_id",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/ai/fail", {"key": "k", "lease_id": "l", "error_code": v}),
+        128,
+        ["body", "error_code"],
+        409,
+        id="fail error_code",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/ai/cancel", {"key": "k", "lease_id": "l", "reason": v}),
+        500,
+        ["body", "reason"],
+        409,
+        id="cancel reason",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/ai/complete", {"key": "k", "lease_id": "l", "result_hash": v}),
+        128,
+        ["body", "result_hash"],
+        409,
+        id="complete result_hash",
+    ),
     pytest.param(lambda v: ("post", "/v1/ai/run", {"key": v}), 256, ["body", "key"], 200, id="keyed run key"),
-    pytest.param(lambda v: ("post", "/v1/ai/run", {"key": "k", "metadata": {"run_id": v}}), 256,
-                 ["body", "metadata.run_id"], 200, id="keyed run metadata.run_id"),
-    pytest.param(lambda v: ("post", "/v1/ai/run", {"key": "k", "metadata": {"agent_id": v}}), 200,
-                 ["body", "metadata.agent_id"], 200, id="keyed run metadata.agent_id"),
-    pytest.param(lambda v: ("post", "/v1/ai/run", {"agent_id": v, "tool": "search"}), 200, ["body", "agent_id"], 200,
-                 id="governed call agent_id"),
-    pytest.param(lambda v: ("post", "/v1/ai/run", {"agent_id": "bot", "tool": v}), 200, ["body", "tool"], 200,
-                 id="governed call tool"),
-    pytest.param(lambda v: ("post", "/v1/events", {"run_id": v, "type": "note"}), 256, ["body", "run_id"], 200,
-                 id="event run_id"),
-    pytest.param(lambda v: ("post", "/v1/events", {"run_id": "r", "type": v}), 64, ["body", "type"], 200,
-                 id="event type"),
-    pytest.param(lambda v: ("post", "/v1/events", {"run_id": "r", "type": "note", "message": v}), 4000,
-                 ["body", "message"], 200, id="event message"),
-    pytest.param(lambda v: ("post", "/v1/events", {"run_id": "r", "type": "note", v: 1}), 64, ["body"], 200,
-                 id="event extra field name"),
+    pytest.param(
+        lambda v: ("post", "/v1/ai/run", {"key": "k", "metadata": {"run_id": v}}),
+        256,
+        ["body", "metadata.run_id"],
+        200,
+        id="keyed run metadata.run_id",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/ai/run", {"key": "k", "metadata": {"agent_id": v}}),
+        200,
+        ["body", "metadata.agent_id"],
+        200,
+        id="keyed run metadata.agent_id",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/ai/run", {"agent_id": v, "tool": "search"}),
+        200,
+        ["body", "agent_id"],
+        200,
+        id="governed call agent_id",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/ai/run", {"agent_id": "bot", "tool": v}),
+        200,
+        ["body", "tool"],
+        200,
+        id="governed call tool",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/events", {"run_id": v, "type": "note"}), 256, ["body", "run_id"], 200, id="event run_id"
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/events", {"run_id": "r", "type": v}), 64, ["body", "type"], 200, id="event type"
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/events", {"run_id": "r", "type": "note", "message": v}),
+        4000,
+        ["body", "message"],
+        200,
+        id="event message",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/events", {"run_id": "r", "type": "note", v: 1}),
+        64,
+        ["body"],
+        200,
+        id="event extra field name",
+    ),
     pytest.param(lambda v: ("get", f"/v1/runs/{v}", None), 256, ["path", "run_id"], 200, id="timeline run_id"),
-    pytest.param(lambda v: ("post", f"/v1/policies/{v}", {"max_actions_per_hour": 5}), 200, ["path", "agent_id"], 200,
-                 id="policy agent_id"),
-    pytest.param(lambda v: ("get", f"/v1/agents/{v}/logs", None), 200, ["path", "agent_id"], 200,
-                 id="logs agent_id"),
-    pytest.param(lambda v: ("post", "/v1/agents/bot/disable", {"reason": v}), 500, ["body", "reason"], 200,
-                 id="kill switch reason"),
-    pytest.param(lambda v: ("post", "/v1/policies/bot", {"blocked_tools": [v]}), 200, ["body", "blocked_tools"], 200,
-                 id="policy blocked_tools entry"),
-    pytest.param(lambda v: ("post", "/v1/policies/bot", {"max_calls_per_tool": {v: 1}}), 200,
-                 ["body", "max_calls_per_tool"], 200, id="policy max_calls_per_tool name"),
-    pytest.param(lambda v: ("post", "/v1/policies/bot", {"pricing_rules": [{"tool": v, "price_usd": 1}]}), 200,
-                 ["body", "pricing_rules.0.tool"], 200, id="policy pricing_rules tool"),
+    pytest.param(
+        lambda v: ("post", f"/v1/policies/{v}", {"max_actions_per_hour": 5}),
+        200,
+        ["path", "agent_id"],
+        200,
+        id="policy agent_id",
+    ),
+    pytest.param(lambda v: ("get", f"/v1/agents/{v}/logs", None), 200, ["path", "agent_id"], 200, id="logs agent_id"),
+    pytest.param(
+        lambda v: ("post", "/v1/agents/bot/disable", {"reason": v}),
+        500,
+        ["body", "reason"],
+        200,
+        id="kill switch reason",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/policies/bot", {"blocked_tools": [v]}),
+        200,
+        ["body", "blocked_tools"],
+        200,
+        id="policy blocked_tools entry",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/policies/bot", {"max_calls_per_tool": {v: 1}}),
+        200,
+        ["body", "max_calls_per_tool"],
+        200,
+        id="policy max_calls_per_tool name",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/policies/bot", {"pricing_rules": [{"tool": v, "price_usd": 1}]}),
+        200,
+        ["body", "pricing_rules.0.tool"],
+        200,
+        id="policy pricing_rules tool",
+    ),
     pytest.param(lambda v: ("post", "/v1/tools", _tool(name=v)), 200, ["body", "name"], 200, id="tool name"),
-    pytest.param(lambda v: ("post", "/v1/tools", _tool(url=TOOL_URL + v[len(TOOL_URL):])), 2000, ["body", "url"], 200,
-                 id="tool url"),
-    pytest.param(lambda v: ("post", "/v1/tools", _tool(description=v)), 512, ["body", "description"], 200,
-                 id="tool description"),
-    pytest.param(lambda v: ("post", "/v1/tools", _tool(auth={"type": "hmac_sha256", "secret": v})), 256,
-                 ["body", "auth"], 200, id="tool secret"),
-    pytest.param(lambda v: ("get", f"/v1/tools?scope_id=agent:{v}", None), 200, ["query", "scope_id"], 200,
-                 id="tools scope agent id"),
-]  # fmt: skip
+    pytest.param(
+        lambda v: ("post", "/v1/tools", _tool(url=TOOL_URL + v[len(TOOL_URL) :])),
+        2000,
+        ["body", "url"],
+        200,
+        id="tool url",
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/tools", _tool(description=v)), 512, ["body", "description"], 200, id="tool description"
+    ),
+    pytest.param(
+        lambda v: ("post", "/v1/tools", _tool(auth={"type": "hmac_sha256", "secret": v})),
+        256,
+        ["body", "auth"],
+        200,
+        id="tool secret",
+    ),
+    pytest.param(
+        lambda v: ("get", f"/v1/tools?scope_id=agent:{v}", None),
+        200,
+        ["query", "scope_id"],
+        200,
+        id="tools scope agent id",
+    ),
+]
 
 
 def _send(client: Client, method: str, path: str, data: Any) -> Any:
@@ -323,10 +451,13 @@ def test_the_longest_tool_name_in_any_scope_registers_and_is_audited_in_full(key
     assert len(entry.object_id) <= AuditEntry._meta.get_field("object_id").max_length
 
 
-@pytest.mark.parametrize(("path", "action", "start"), [
-    ("/locks/release/", "idempotency.lock.released", "/v1/check-lock"),
-    ("/locks/reset/", "idempotency.lease.reset", "/v1/ai/lease"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "action", "start"),
+    [
+        ("/locks/release/", "idempotency.lock.released", "/v1/check-lock"),
+        ("/locks/reset/", "idempotency.lease.reset", "/v1/ai/lease"),
+    ],
+)
 def test_an_operator_can_release_the_longest_key_and_the_audit_names_it(key_a, owner_a, path, action, start):
     key = "k" * 256
     assert post(key_a.client(), start, {"key": key}).status_code == 200
@@ -338,17 +469,42 @@ def test_an_operator_can_release_the_longest_key_and_the_audit_names_it(key_a, o
 
 
 COUNT_CAPS = [
-    pytest.param("/v1/policies/bot", lambda n: {"allowed_tools": [f"tool_{i}" for i in range(n)]}, 500,
-                 ["body", "allowed_tools"], id="allowed_tools 500"),
-    pytest.param("/v1/policies/bot", lambda n: {"blocked_tools": [f"tool_{i}" for i in range(n)]}, 500,
-                 ["body", "blocked_tools"], id="blocked_tools 500"),
-    pytest.param("/v1/policies/bot", lambda n: {"pricing_rules": [{"tool": f"t{i}", "price_usd": 1} for i in range(n)]},
-                 500, ["body", "pricing_rules"], id="pricing_rules 500"),
-    pytest.param("/v1/policies/bot", lambda n: {"max_calls_per_tool": {f"tool_{i}": 1 for i in range(n)}}, 500,
-                 ["body", "max_calls_per_tool"], id="max_calls_per_tool 500"),
-    pytest.param("/v1/ai/run", lambda n: {"key": "k", "metadata": {"agent_id": "bot", "actions": [{"tool": "s"}] * n}},
-                 50, ["body", "metadata.actions"], id="keyed run actions 50"),
-]  # fmt: skip
+    pytest.param(
+        "/v1/policies/bot",
+        lambda n: {"allowed_tools": [f"tool_{i}" for i in range(n)]},
+        500,
+        ["body", "allowed_tools"],
+        id="allowed_tools 500",
+    ),
+    pytest.param(
+        "/v1/policies/bot",
+        lambda n: {"blocked_tools": [f"tool_{i}" for i in range(n)]},
+        500,
+        ["body", "blocked_tools"],
+        id="blocked_tools 500",
+    ),
+    pytest.param(
+        "/v1/policies/bot",
+        lambda n: {"pricing_rules": [{"tool": f"t{i}", "price_usd": 1} for i in range(n)]},
+        500,
+        ["body", "pricing_rules"],
+        id="pricing_rules 500",
+    ),
+    pytest.param(
+        "/v1/policies/bot",
+        lambda n: {"max_calls_per_tool": {f"tool_{i}": 1 for i in range(n)}},
+        500,
+        ["body", "max_calls_per_tool"],
+        id="max_calls_per_tool 500",
+    ),
+    pytest.param(
+        "/v1/ai/run",
+        lambda n: {"key": "k", "metadata": {"agent_id": "bot", "actions": [{"tool": "s"}] * n}},
+        50,
+        ["body", "metadata.actions"],
+        id="keyed run actions 50",
+    ),
+]
 
 
 @pytest.mark.parametrize(("path", "body", "cap", "loc"), COUNT_CAPS)
@@ -388,10 +544,19 @@ def crowded(account_a) -> None:
     )
     bot = Agent.objects.create(account=account_a, agent_id="bot")
     Decision.objects.bulk_create(
-        Decision(account=account_a, agent=bot, ts=now - timedelta(seconds=i), tool="search", outcome=Outcome.ALLOWED,
-                 allowed=True, policy_reason=Reason.WITHIN_BUDGET, risk_level=RiskLevel.LOW, args_hash="0" * 64)
+        Decision(
+            account=account_a,
+            agent=bot,
+            ts=now - timedelta(seconds=i),
+            tool="search",
+            outcome=Outcome.ALLOWED,
+            allowed=True,
+            policy_reason=Reason.WITHIN_BUDGET,
+            risk_level=RiskLevel.LOW,
+            args_hash="0" * 64,
+        )
         for i in range(501)
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("path", PAGED)
@@ -417,9 +582,20 @@ def test_a_limit_over_the_maximum_is_a_422_not_a_clamp(key_a, path, value):
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("limit", "-1"), ("limit", "0"), ("limit", "abc"), ("limit", "1.5"), ("limit", ""), ("limit", "1e3"),
-     ("limit", " 5"), ("offset", "-5"), ("offset", "abc"), ("offset", "1.5"), ("offset", "max+1")],
-)  # fmt: skip
+    [
+        ("limit", "-1"),
+        ("limit", "0"),
+        ("limit", "abc"),
+        ("limit", "1.5"),
+        ("limit", ""),
+        ("limit", "1e3"),
+        ("limit", " 5"),
+        ("offset", "-5"),
+        ("offset", "abc"),
+        ("offset", "1.5"),
+        ("offset", "max+1"),
+    ],
+)
 @pytest.mark.parametrize("path", PAGED)
 def test_an_invalid_limit_or_offset_is_a_422_at_the_parameter(key_a, path, param, value):
     max_offset = PAGED[path][3]

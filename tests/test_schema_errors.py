@@ -120,8 +120,15 @@ def _case(api_schema, operation, *, headers=None, query=None, body=None, media_t
 
 def _check(case, response, status: int) -> None:
     assert response.status_code == status, (case.method, case.path, response.status_code, response.text[:300])
-    case.validate_response(response, checks=[status_code_conformance, response_schema_conformance,
-                                             response_headers_conformance, content_type_conformance])  # fmt: skip
+    case.validate_response(
+        response,
+        checks=[
+            status_code_conformance,
+            response_schema_conformance,
+            response_headers_conformance,
+            content_type_conformance,
+        ],
+    )
 
 
 def test_every_operation_answers_the_shared_errors_as_documented(api_schema, key_a, tight_key):  # noqa: F811
@@ -175,11 +182,17 @@ def test_with_redis_unreachable_every_answer_is_documented(api_schema, key_a, se
         for result in api_schema.get_all_operations():
             operation = result.ok()
             body = VALID_BODY.get(operation.definition.raw["operationId"])
-            case = _case(api_schema, operation, headers={"Authorization": f"Bearer {key_a.raw}"}, body=body,
-                         media_type="application/json")  # fmt: skip
+            case = _case(
+                api_schema,
+                operation,
+                headers={"Authorization": f"Bearer {key_a.raw}"},
+                body=body,
+                media_type="application/json",
+            )
             response = case.call()
-            case.validate_response(response, checks=[status_code_conformance, response_schema_conformance,
-                                                     response_headers_conformance])  # fmt: skip
+            case.validate_response(
+                response, checks=[status_code_conformance, response_schema_conformance, response_headers_conformance]
+            )
             statuses[operation.label] = response.status_code
     finally:
         get_redis.cache_clear()
@@ -239,6 +252,7 @@ def test_every_operation_answers_its_own_errors_as_documented(api_schema, key_a,
         assert {status for status, _, _ in requests} == OWN_ERRORS[operation.definition.raw["operationId"]]
         for status, path_value, body in requests:
             headers = exhausted if status == 402 or body == {"agent_id": "bot", "tool": "unregistered"} else key
-            case = _case(api_schema, operation, headers=headers, body=body, media_type="application/json",
-                         path_value=path_value)  # fmt: skip
+            case = _case(
+                api_schema, operation, headers=headers, body=body, media_type="application/json", path_value=path_value
+            )
             _check(case, case.call(), status)

@@ -53,21 +53,34 @@ def world(key_a, key_b, owner_a, owner_b, viewer_a) -> World:
     lease = api.post("/v1/ai/lease", {"key": "lease-key", "ttl": 300}, content_type=JSON).json()
     assert lease["status"] == "acquired"
     api.post("/v1/policies/a-bot", {"blocked_tools": [A_SECRET_NAME]}, content_type=JSON)
-    decision = api.post("/v1/ai/run", {"agent_id": "a-bot", "tool": "search", "args": {"run_id": "a-run"}},
-                        content_type=JSON).json()  # fmt: skip
+    decision = api.post(
+        "/v1/ai/run", {"agent_id": "a-bot", "tool": "search", "args": {"run_id": "a-run"}}, content_type=JSON
+    ).json()
     assert decision["decision"] == "allowed"
     api.post("/v1/events", {"run_id": "a-run", "type": "note", "message": A_SECRET_NAME}, content_type=JSON)
-    api.post("/v1/tools", {"name": A_SECRET_NAME, "url": "https://tools.example.com/x",
-                           "auth": {"type": "hmac_sha256", "secret": "s3cret-0123456789"}},
-             content_type=JSON)  # fmt: skip
+    api.post(
+        "/v1/tools",
+        {
+            "name": A_SECRET_NAME,
+            "url": "https://tools.example.com/x",
+            "auth": {"type": "hmac_sha256", "secret": "s3cret-0123456789"},
+        },
+        content_type=JSON,
+    )
     ApiKey.objects.filter(pk=key_a.api_key.pk).update(label=A_SECRET_NAME)
     return World(
-        a=key_a, b=key_b, owner_a=owner_a, owner_b=owner_b, web_b=owner_b.login(Client()),
-        lease_id=lease["lease_id"], decision_id=decision["decision_id"],
-        tool_id=Tool.objects.get(account=owner_a.account, name=A_SECRET_NAME).pk, key_id=key_a.api_key.pk,
+        a=key_a,
+        b=key_b,
+        owner_a=owner_a,
+        owner_b=owner_b,
+        web_b=owner_b.login(Client()),
+        lease_id=lease["lease_id"],
+        decision_id=decision["decision_id"],
+        tool_id=Tool.objects.get(account=owner_a.account, name=A_SECRET_NAME).pk,
+        key_id=key_a.api_key.pk,
         membership_id=Membership.objects.get(user=viewer_a.user).pk,
         agent_pk=Agent.objects.get(account=owner_a.account, agent_id="a-bot").pk,
-    )  # fmt: skip
+    )
 
 
 def hidden(response) -> None:
@@ -389,8 +402,10 @@ def test_a_new_route_without_a_case_is_caught():
 
     extra = path("agents/<int:pk>/export/", views.agent_detail, name="agent-export")
     urlconf = ModuleType("urls_with_a_new_page")
-    urlconf.urlpatterns = [path("", include(([*governance_urls.urlpatterns, extra], "governance"))),
-                           *site_urls.urlpatterns]  # fmt: skip
+    urlconf.urlpatterns = [
+        path("", include(([*governance_urls.urlpatterns, extra], "governance"))),
+        *site_urls.urlpatterns,
+    ]
     assert uncovered(route_names(urlconf)) == {"governance:agent-export"}
 
 

@@ -68,8 +68,9 @@ def test_cookies_as_sent(owner_a, settings):
     client = Client()
     client.get("/login/")
     csrf = client.cookies["csrftoken"]
-    response = client.post("/login/", {"username": owner_a.email, "password": PASSWORD,
-                                       "csrfmiddlewaretoken": csrf.value})  # fmt: skip
+    response = client.post(
+        "/login/", {"username": owner_a.email, "password": PASSWORD, "csrfmiddlewaretoken": csrf.value}
+    )
     assert response.status_code == 302
     for name in ("sessionid", "csrftoken"):
         morsel = response.cookies.get(name) or client.cookies[name]
@@ -119,8 +120,9 @@ class TestLoginLockout:
         django_user_model.objects.create_superuser("root@example.com", "root@example.com", PASSWORD)
         for _ in range(3):
             Client(REMOTE_ADDR="10.0.0.7").post("/admin/login/", {"username": "root@example.com", "password": "x"})
-        locked = Client(REMOTE_ADDR="10.0.0.7").post("/admin/login/", {"username": "root@example.com",
-                                                                        "password": PASSWORD})  # fmt: skip
+        locked = Client(REMOTE_ADDR="10.0.0.7").post(
+            "/admin/login/", {"username": "root@example.com", "password": PASSWORD}
+        )
         assert "Too many failed sign-in attempts" in locked.content.decode()
         assert "_auth_user_id" not in locked.wsgi_request.session
 
@@ -139,11 +141,20 @@ def test_secrets_never_reach_the_logs(caplog, key_a, owner_a):
     secret = "tool-secret-do-not-log-0123456789"
     caplog.set_level(logging.DEBUG)
     client = key_a.client()
-    client.post("/v1/tools", {"name": "charge", "url": "https://tools.example.invalid/charge",
-                              "auth": {"type": "hmac_sha256", "secret": secret}, "max_retries": 0,
-                              "timeout_ms": 500}, content_type="application/json")  # fmt: skip
-    failed = client.post("/v1/ai/run", {"agent_id": "bot", "tool": "charge", "args": {"card": "4242"}},
-                         content_type="application/json")  # fmt: skip
+    client.post(
+        "/v1/tools",
+        {
+            "name": "charge",
+            "url": "https://tools.example.invalid/charge",
+            "auth": {"type": "hmac_sha256", "secret": secret},
+            "max_retries": 0,
+            "timeout_ms": 500,
+        },
+        content_type="application/json",
+    )
+    failed = client.post(
+        "/v1/ai/run", {"agent_id": "bot", "tool": "charge", "args": {"card": "4242"}}, content_type="application/json"
+    )
     assert failed.json()["decision"] == "failed"
     Client(headers={"Authorization": "Bearer once_live_not-a-real-key-abcdef"}).get("/v1/me")
     Client(headers={"Authorization": f"Bearer {key_a.raw}x"}).get("/v1/me")
@@ -185,8 +196,9 @@ def test_concurrent_wrong_passwords_never_get_more_checks_than_the_limit(live_se
         with httpx.Client(base_url=live_server.url) as browser:
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', browser.get("/login/").text).group(1)
             barrier.wait()
-            answer = browser.post("/login/", data={"username": owner_a.email, "password": "wrong",
-                                                   "csrfmiddlewaretoken": token})  # fmt: skip
+            answer = browser.post(
+                "/login/", data={"username": owner_a.email, "password": "wrong", "csrfmiddlewaretoken": token}
+            )
             statuses.append(answer.status_code)
 
     threads = [threading.Thread(target=guess) for _ in range(30)]
@@ -197,5 +209,7 @@ def test_concurrent_wrong_passwords_never_get_more_checks_than_the_limit(live_se
     assert len(statuses) == 30
     assert statuses.count(200) <= 5, statuses  # 200: the form came back with "wrong password" (checked)
     assert statuses.count(429) >= 25
-    assert Client(REMOTE_ADDR="127.0.0.1").post("/login/", {"username": owner_a.email, "password": PASSWORD}
-                                                ).status_code == 429  # fmt: skip
+    assert (
+        Client(REMOTE_ADDR="127.0.0.1").post("/login/", {"username": owner_a.email, "password": PASSWORD}).status_code
+        == 429
+    )

@@ -18,8 +18,9 @@ def empty_logs(account_a, account_b):
 
 
 def write(account, n):
-    return [audit_record(account=account, action="test.change", object_id=i, data={"n": i, "t": (1, 2)})
-            for i in range(n)]  # fmt: skip
+    return [
+        audit_record(account=account, action="test.change", object_id=i, data={"n": i, "t": (1, 2)}) for i in range(n)
+    ]
 
 
 def verify_cmd(name="Acme"):

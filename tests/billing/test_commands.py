@@ -123,11 +123,29 @@ def test_a_password_reset_keeps_the_members_role(account_a, viewer_a):
     from billing.models import Membership
 
     out = io.StringIO()
-    call_command("create_operator", "--account", account_a.name, "--email", viewer_a.email,
-                 "--password", "a-brand-new-password-42", stdout=out)  # fmt: skip
+    call_command(
+        "create_operator",
+        "--account",
+        account_a.name,
+        "--email",
+        viewer_a.email,
+        "--password",
+        "a-brand-new-password-42",
+        stdout=out,
+    )
     assert Membership.objects.get(user=viewer_a.user, account=account_a).role == "viewer"
     assert "is viewer of" in out.getvalue()
     assert authenticate(username=viewer_a.email, password="a-brand-new-password-42") is not None
-    call_command("create_operator", "--account", account_a.name, "--email", viewer_a.email,
-                 "--password", "a-brand-new-password-42", "--role", "admin", stdout=out)  # fmt: skip
+    call_command(
+        "create_operator",
+        "--account",
+        account_a.name,
+        "--email",
+        viewer_a.email,
+        "--password",
+        "a-brand-new-password-42",
+        "--role",
+        "admin",
+        stdout=out,
+    )
     assert Membership.objects.get(user=viewer_a.user, account=account_a).role == "admin"

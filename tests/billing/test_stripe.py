@@ -77,8 +77,9 @@ def sign(payload: bytes, *, secret: str = SECRET, at: int | None = None) -> str:
 
 def deliver(client, data: dict | bytes, **sign_kwargs):
     payload = data if isinstance(data, bytes) else json.dumps(data).encode()
-    return client.post(WEBHOOK, payload, content_type="application/json",
-                       headers={"Stripe-Signature": sign(payload, **sign_kwargs)})  # fmt: skip
+    return client.post(
+        WEBHOOK, payload, content_type="application/json", headers={"Stripe-Signature": sign(payload, **sign_kwargs)}
+    )
 
 
 def plan_of(account: Account) -> str:
@@ -92,8 +93,11 @@ def test_checkout_completed_upgrades_and_the_sdk_gains_the_plan_at_once(stripe_o
         sdk.gov.upsert_policy({"agent_id": "bot", "max_actions_per_hour": 5})
     assert refused.value.status_code == 403  # Free: no governance
     payload = json.dumps(event("checkout.session.completed", subscriber)).encode()
-    answer = httpx.post(f"{live_server.url}{WEBHOOK}", content=payload,
-                        headers={"Stripe-Signature": sign(payload), "Content-Type": "application/json"})  # fmt: skip
+    answer = httpx.post(
+        f"{live_server.url}{WEBHOOK}",
+        content=payload,
+        headers={"Stripe-Signature": sign(payload), "Content-Type": "application/json"},
+    )
     assert answer.status_code == 200 and answer.json()["status"] == "succeeded"
     assert plan_of(subscriber) == "pro"
     assert sdk.gov.upsert_policy({"agent_id": "bot", "max_actions_per_hour": 5}).max_actions_per_hour == 5
@@ -128,9 +132,13 @@ def test_subscription_updated_follows_the_price_and_an_older_update_never_downgr
     client = Client()
     assert deliver(client, event("checkout.session.completed", subscriber)).status_code == 200
     newer = event("customer.subscription.updated", subscriber)  # price_agency_monthly, created +100 s
-    older = event("customer.subscription.updated", subscriber, id="evt_1QsUbscriptionUpdated000",
-                  created=newer["created"] - 50,
-                  object={"items": {"data": [{"price": {"id": "price_pro_monthly"}}]}})  # fmt: skip
+    older = event(
+        "customer.subscription.updated",
+        subscriber,
+        id="evt_1QsUbscriptionUpdated000",
+        created=newer["created"] - 50,
+        object={"items": {"data": [{"price": {"id": "price_pro_monthly"}}]}},
+    )
     assert deliver(client, newer).json()["status"] == "succeeded"
     assert plan_of(subscriber) == "agency"
     late = deliver(client, older)
@@ -143,9 +151,11 @@ def test_subscription_deleted_returns_to_free_at_the_period_end(stripe_on, subsc
     client = Client()
     deliver(client, event("checkout.session.completed", subscriber))
     period_end = int((timezone.now() + timedelta(days=20)).timestamp())
-    deleted = event("customer.subscription.deleted", subscriber,
-                    object={"items": {"data": [{"current_period_end": period_end,
-                                                "price": {"id": "price_pro_monthly"}}]}})  # fmt: skip
+    deleted = event(
+        "customer.subscription.deleted",
+        subscriber,
+        object={"items": {"data": [{"current_period_end": period_end, "price": {"id": "price_pro_monthly"}}]}},
+    )
     assert deliver(client, deleted).json()["status"] == "succeeded"
     billing = BillingSubscription.objects.get(account=subscriber)
     assert plan_of(subscriber) == "pro" and billing.status == "canceled"
@@ -203,8 +213,13 @@ def test_bad_signature_stale_timestamp_or_malformed_body_is_400_and_stores_nothi
 
 
 def test_unknown_types_are_stored_and_ignored(stripe_on, free_account):
-    unknown = {"id": "evt_1Unknown", "object": "event", "type": "customer.tax_id.created", "created": 1764500000,
-               "data": {"object": {"id": "txi_1"}}}  # fmt: skip
+    unknown = {
+        "id": "evt_1Unknown",
+        "object": "event",
+        "type": "customer.tax_id.created",
+        "created": 1764500000,
+        "data": {"object": {"id": "txi_1"}},
+    }
     response = deliver(Client(), unknown)
     assert response.status_code == 200 and response.json()["status"] == "ignored"
     assert ProviderEvent.objects.get().error == "customer.tax_id.created is not handled"
@@ -284,8 +299,9 @@ def test_stripe_down_is_a_message_not_a_500(stripe_on, free_account, owner_a):
 def test_unconfigured_stripe_shows_nothing_and_the_webhook_is_404(settings, free_account, owner_a):
     settings.STRIPE_ENABLED = False  # the default: no STRIPE_* variables
     payload = json.dumps(event("checkout.session.completed", free_account)).encode()
-    response = Client().post(WEBHOOK, payload, content_type="application/json",
-                             headers={"Stripe-Signature": sign(payload)})  # fmt: skip
+    response = Client().post(
+        WEBHOOK, payload, content_type="application/json", headers={"Stripe-Signature": sign(payload)}
+    )
     assert response.status_code == 404 and not ProviderEvent.objects.exists()
     client = owner_a.login(Client())
     page = client.get("/usage/").content.decode()
@@ -300,8 +316,13 @@ def test_subscription_created_stamped_before_the_checkout_still_brings_the_renew
     client = Client()
     checkout = event("checkout.session.completed", subscriber)
     item = {"price": {"id": "price_pro_monthly"}, "current_period_end": 1767178350}
-    created = event("customer.subscription.updated", subscriber, id="evt_1SubCreated",
-                    created=checkout["created"] - 1, object={"items": {"data": [item]}})  # fmt: skip
+    created = event(
+        "customer.subscription.updated",
+        subscriber,
+        id="evt_1SubCreated",
+        created=checkout["created"] - 1,
+        object={"items": {"data": [item]}},
+    )
     created["type"] = "customer.subscription.created"
     deliver(client, checkout)
     assert deliver(client, created).json()["status"] == "succeeded"
@@ -321,8 +342,12 @@ def test_a_subscription_that_ended_unpaid_drops_to_free_at_once(stripe_on, subsc
     deliver(client, event("checkout.session.completed", subscriber))
     deliver(client, event("invoice.payment_failed", subscriber))
     future = int((timezone.now() + timedelta(days=25)).timestamp())
-    deleted = event("customer.subscription.deleted", subscriber, created=1764500500,
-                    object={"items": {"data": [{"current_period_end": future}]}})  # fmt: skip
+    deleted = event(
+        "customer.subscription.deleted",
+        subscriber,
+        created=1764500500,
+        object={"items": {"data": [{"current_period_end": future}]}},
+    )
     deliver(client, deleted)
     assert plan_of(subscriber) == "free"  # the period it would run to was never paid
 
@@ -340,8 +365,17 @@ def test_no_second_subscription_while_one_is_live(stripe_on, subscriber, owner_a
 
 # --- events this server must not apply: a customer it never linked, a session it never created --------------------
 
-BILLING_FIELDS = ("customer_id", "subscription_id", "status", "price_id", "state_at", "downgrade_at",
-                  "payment_problem", "last_invoice_id", "last_invoice_status")  # fmt: skip
+BILLING_FIELDS = (
+    "customer_id",
+    "subscription_id",
+    "status",
+    "price_id",
+    "state_at",
+    "downgrade_at",
+    "payment_problem",
+    "last_invoice_id",
+    "last_invoice_status",
+)
 
 
 def billing_of(account: Account) -> dict | None:
@@ -360,9 +394,14 @@ def foreign(name: str, account: Account) -> dict:
 @pytest.mark.parametrize("linked", [True, False], ids=["linked", "never-subscribed"])
 @pytest.mark.parametrize(
     "name",
-    ["customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
-     "invoice.paid", "invoice.payment_failed"],
-)  # fmt: skip
+    [
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "invoice.paid",
+        "invoice.payment_failed",
+    ],
+)
 def test_events_for_a_customer_this_server_never_linked_change_no_account(
     stripe_on, free_account, name, linked, caplog
 ):
@@ -391,21 +430,39 @@ def test_events_for_a_customer_this_server_never_linked_change_no_account(
 
 @pytest.mark.parametrize(
     ("customer", "reference", "metadata"),
-    [(CUSTOMER, True, True), (FOREIGN, True, True), (CUSTOMER, True, False), (CUSTOMER, False, True),
-     (FOREIGN, True, False), (FOREIGN, False, True)],
-    ids=["own-customer", "foreign-customer", "reference-only", "metadata-only", "foreign-reference-only",
-         "foreign-metadata-only"],
-)  # fmt: skip
+    [
+        (CUSTOMER, True, True),
+        (FOREIGN, True, True),
+        (CUSTOMER, True, False),
+        (CUSTOMER, False, True),
+        (FOREIGN, True, False),
+        (FOREIGN, False, True),
+    ],
+    ids=[
+        "own-customer",
+        "foreign-customer",
+        "reference-only",
+        "metadata-only",
+        "foreign-reference-only",
+        "foreign-metadata-only",
+    ],
+)
 def test_checkout_completed_for_a_session_this_server_never_created_changes_no_account(
     stripe_on, free_account, customer, reference, metadata
 ):
     checkout_started(free_account, session_id="cs_test_TheOneStartedHere")  # linked to CUSTOMER, another session
     billing, changes = billing_of(free_account), AuditEntry.objects.count()
-    forged = event("checkout.session.completed", free_account, object={
-        "id": "cs_test_NeverCreatedHere", "customer": customer, "subscription": "sub_Forged0001",
-        "client_reference_id": str(free_account.pk) if reference else None,
-        "metadata": {"account_id": str(free_account.pk), "plan": "agency"} if metadata else {"plan": "agency"},
-    })  # fmt: skip
+    forged = event(
+        "checkout.session.completed",
+        free_account,
+        object={
+            "id": "cs_test_NeverCreatedHere",
+            "customer": customer,
+            "subscription": "sub_Forged0001",
+            "client_reference_id": str(free_account.pk) if reference else None,
+            "metadata": {"account_id": str(free_account.pk), "plan": "agency"} if metadata else {"plan": "agency"},
+        },
+    )
 
     response = deliver(Client(), forged)
 
@@ -437,9 +494,15 @@ def test_a_checkout_started_here_is_applied_with_the_plan_chosen_here(stripe_on,
         fake.stop()
     started = AuditEntry.objects.get(action="billing.checkout.started")
     assert (started.object_id, started.data) == ("agency", {"session": "cs_test_Fake0001"})
-    completed = event("checkout.session.completed", free_account, object={
-        "id": "cs_test_Fake0001", "customer": "cus_Fake0001", "metadata": {"account_id": str(free_account.pk)},
-    })  # fmt: skip
+    completed = event(
+        "checkout.session.completed",
+        free_account,
+        object={
+            "id": "cs_test_Fake0001",
+            "customer": "cus_Fake0001",
+            "metadata": {"account_id": str(free_account.pk)},
+        },
+    )
     assert deliver(Client(), completed).json()["status"] == "succeeded"
     assert plan_of(free_account) == "agency"  # the plan recorded when the session was created, not metadata's
     billing = BillingSubscription.objects.get(account=free_account)
@@ -508,8 +571,13 @@ def test_a_second_checkout_completed_while_the_first_subscription_is_live_is_not
         created=1764500010,
         object={"items": PRO_ITEMS},
     )
-    second = event("checkout.session.completed", free_account, id="evt_1Cs5", created=1764500020,
-                   object={"id": "cs_test_5", "subscription": "sub_D"})  # fmt: skip
+    second = event(
+        "checkout.session.completed",
+        free_account,
+        id="evt_1Cs5",
+        created=1764500020,
+        object={"id": "cs_test_5", "subscription": "sub_D"},
+    )
     assert deliver(client, first).json()["status"] == "succeeded"
     assert deliver(client, sub_c).json()["status"] == "succeeded"
 
@@ -529,8 +597,14 @@ def test_a_second_checkout_completed_while_the_first_subscription_is_live_is_not
 
     # sub_D's own events change nothing either: its deletion does not end sub_C, which is still billed
     sub_d = for_subscription("customer.subscription.updated", free_account, "sub_D", id="evt_1SubD", created=1764500030)
-    deleted_d = for_subscription("customer.subscription.deleted", free_account, "sub_D", id="evt_1SubDDeleted",
-                                 created=1764500040, object={"customer": "cus_TestCustomer0001"})  # fmt: skip
+    deleted_d = for_subscription(
+        "customer.subscription.deleted",
+        free_account,
+        "sub_D",
+        id="evt_1SubDDeleted",
+        created=1764500040,
+        object={"customer": "cus_TestCustomer0001"},
+    )
     assert deliver(client, sub_d).json()["status"] == "ignored"
     assert deliver(client, deleted_d).json()["status"] == "ignored"
     billing = BillingSubscription.objects.get(account=free_account)
@@ -541,9 +615,14 @@ def test_a_second_checkout_completed_while_the_first_subscription_is_live_is_not
 
 @pytest.mark.parametrize(
     "name",
-    ["customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
-     "invoice.paid", "invoice.payment_failed"],
-)  # fmt: skip
+    [
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "invoice.paid",
+        "invoice.payment_failed",
+    ],
+)
 def test_events_for_another_subscription_of_the_linked_customer_change_nothing(stripe_on, subscriber, name, caplog):
     client = Client()
     deliver(client, event("checkout.session.completed", subscriber))  # linked: SUB, Pro, active
@@ -589,10 +668,16 @@ def test_a_deleted_subscription_stays_deleted_whatever_arrives_later_for_it(stri
     assert plan_of(subscriber) == "free" and (billing.subscription_id, billing.status) == (SUB, "canceled")
     assert billing.downgrade_at is None and not billing.has_live_subscription
     # nor is a completed checkout of a recorded session whose subscription is that deleted one
-    stripe_webhooks.checkout_session_record(account=subscriber, actor=None, plan=Plan.objects.get(code="agency"),
-                                            session_id="cs_test_Late")  # fmt: skip
-    late_checkout = event("checkout.session.completed", subscriber, id="evt_1LateCheckout", created=1764500500,
-                          object={"id": "cs_test_Late"})  # fmt: skip
+    stripe_webhooks.checkout_session_record(
+        account=subscriber, actor=None, plan=Plan.objects.get(code="agency"), session_id="cs_test_Late"
+    )
+    late_checkout = event(
+        "checkout.session.completed",
+        subscriber,
+        id="evt_1LateCheckout",
+        created=1764500500,
+        object={"id": "cs_test_Late"},
+    )
     assert deliver(client, late_checkout).json()["status"] == "ignored" and plan_of(subscriber) == "free"
 
 
@@ -600,38 +685,63 @@ def test_a_new_subscription_replaces_one_that_has_ended_and_the_old_one_never_co
     client = Client()
     deliver(client, event("checkout.session.completed", subscriber))
     deliver(client, event("customer.subscription.deleted", subscriber))  # period over: Free
-    expired = for_subscription("customer.subscription.updated", subscriber, "sub_Expired", id="evt_1Expired",
-                               created=1764550000, object={"status": "incomplete_expired"})  # fmt: skip
+    expired = for_subscription(
+        "customer.subscription.updated",
+        subscriber,
+        "sub_Expired",
+        id="evt_1Expired",
+        created=1764550000,
+        object={"status": "incomplete_expired"},
+    )
     assert deliver(client, expired).json()["status"] == "ignored"  # not live: it takes no one's place
-    stripe_webhooks.checkout_session_record(account=subscriber, actor=None, plan=Plan.objects.get(code="agency"),
-                                            session_id="cs_test_Again")  # fmt: skip
-    again = event("checkout.session.completed", subscriber, id="evt_1Again", created=1764600000,
-                  object={"id": "cs_test_Again", "subscription": "sub_Again"})  # fmt: skip
+    stripe_webhooks.checkout_session_record(
+        account=subscriber, actor=None, plan=Plan.objects.get(code="agency"), session_id="cs_test_Again"
+    )
+    again = event(
+        "checkout.session.completed",
+        subscriber,
+        id="evt_1Again",
+        created=1764600000,
+        object={"id": "cs_test_Again", "subscription": "sub_Again"},
+    )
     assert deliver(client, again).json()["status"] == "succeeded"
     billing = BillingSubscription.objects.get(account=subscriber)
     assert plan_of(subscriber) == "agency" and (billing.subscription_id, billing.status) == ("sub_Again", "active")
 
-    old = event("customer.subscription.updated", subscriber, id="evt_1OldActive", created=1764600100,
-                object={"items": PRO_ITEMS})  # SUB again, active, Pro  # fmt: skip
+    old = event(
+        "customer.subscription.updated",
+        subscriber,
+        id="evt_1OldActive",
+        created=1764600100,
+        object={"items": PRO_ITEMS},
+    )  # SUB again, active, Pro
     assert deliver(client, old).json()["status"] == "ignored"
     assert plan_of(subscriber) == "agency"
     assert BillingSubscription.objects.get(account=subscriber).subscription_id == "sub_Again"
 
     # sub_Again ends too: no live subscription is linked, but SUB was deleted, so it cannot take the place
-    gone = for_subscription("customer.subscription.deleted", subscriber, "sub_Again", id="evt_1AgainDeleted",
-                            created=1764600200)  # fmt: skip
+    gone = for_subscription(
+        "customer.subscription.deleted", subscriber, "sub_Again", id="evt_1AgainDeleted", created=1764600200
+    )
     assert deliver(client, gone).json()["status"] == "succeeded" and plan_of(subscriber) == "free"
     older = event("customer.subscription.updated", subscriber, id="evt_1OldActive2", created=1764600300)
     assert deliver(client, older).json()["status"] == "ignored"
-    revived = for_subscription("customer.subscription.updated", subscriber, "sub_Expired", id="evt_1Revived",
-                               created=1764600350)  # incomplete_expired before: it has ended too  # fmt: skip
+    revived = for_subscription(
+        "customer.subscription.updated", subscriber, "sub_Expired", id="evt_1Revived", created=1764600350
+    )  # incomplete_expired before: it has ended too
     assert deliver(client, revived).json()["status"] == "ignored"
     billing = BillingSubscription.objects.get(account=subscriber)
     assert plan_of(subscriber) == "free" and (billing.subscription_id, billing.status) == ("sub_Again", "canceled")
 
     # a subscription created in the Stripe Dashboard for the linked customer now is applied like one from Checkout
-    new = for_subscription("customer.subscription.updated", subscriber, "sub_Dashboard", id="evt_1Dashboard",
-                           created=1764600400, object={"items": PRO_ITEMS})  # fmt: skip
+    new = for_subscription(
+        "customer.subscription.updated",
+        subscriber,
+        "sub_Dashboard",
+        id="evt_1Dashboard",
+        created=1764600400,
+        object={"items": PRO_ITEMS},
+    )
     new["type"] = "customer.subscription.created"
     assert deliver(client, new).json()["status"] == "succeeded"
     billing = BillingSubscription.objects.get(account=subscriber)
@@ -662,7 +772,10 @@ def test_a_second_checkout_first_expires_the_open_session(stripe_on, free_accoun
         other.stop()
     started = AuditEntry.objects.filter(action="billing.checkout.started").order_by("id")
     assert [(e.object_id, e.data["session"]) for e in started] == [
-        ("pro", "cs_test_Fake0001"), ("agency", "cs_test_Fake0002"), ("pro", "cs_test_Fake0002")]  # fmt: skip
+        ("pro", "cs_test_Fake0001"),
+        ("agency", "cs_test_Fake0002"),
+        ("pro", "cs_test_Fake0002"),
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -678,8 +791,11 @@ def test_no_second_checkout_while_the_first_is_paid_but_not_confirmed_yet(stripe
         assert fake.paths()[2:] == ["/v1/checkout/sessions/cs_test_Fake0001"]  # looked, expired nothing, made none
         assert AuditEntry.objects.filter(action="billing.checkout.started").count() == 1
 
-        completed = event("checkout.session.completed", free_account, object={
-            "id": "cs_test_Fake0001", "customer": "cus_Fake0001", "subscription": SUB})  # fmt: skip
+        completed = event(
+            "checkout.session.completed",
+            free_account,
+            object={"id": "cs_test_Fake0001", "customer": "cus_Fake0001", "subscription": SUB},
+        )
         assert deliver(Client(), completed).json()["status"] == "succeeded" and plan_of(free_account) == "pro"
         live = client.post("/billing/checkout/", {"plan": "agency"}, follow=True)
         assert "already has a subscription" in live.content.decode() and len(fake.paths()) == 3
@@ -716,14 +832,22 @@ def test_stripe_down_while_closing_the_open_session_starts_no_checkout(stripe_on
     "payload",
     [
         json.dumps({"id": "evt_1\u0000", "type": "invoice.paid", "created": 1764500000, "data": {"object": {}}}),
-        json.dumps({"id": "evt_1", "type": "invoice.paid", "created": 1764500000,
-                    "data": {"object": {"metadata": {"note\u0000": "x"}}}}),
+        json.dumps(
+            {
+                "id": "evt_1",
+                "type": "invoice.paid",
+                "created": 1764500000,
+                "data": {"object": {"metadata": {"note\u0000": "x"}}},
+            }
+        ),
         '{"id": "evt_1", "type": "invoice.paid", "created": 1764500000, "data": {"object": {"currency": "\\ud800"}}}',
         '{"id": "evt_1", "type": "invoice.paid", "created": 1764500000, "data": {"object": {"deep": '
-        + "[" * 100_000 + "]" * 100_000 + "}}}",
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}}}",
     ],
     ids=["nul-in-id", "nul-in-a-key", "lone-surrogate", "nested-100000-deep"],
-)  # fmt: skip
+)
 def test_an_event_the_database_cannot_keep_is_400_and_stores_nothing(stripe_on, db, payload):
     # PostgreSQL's jsonb refuses NUL characters and unpaired surrogates (a 500 before); json refuses deep nesting.
     response = deliver(Client(), payload.encode())
@@ -757,24 +881,59 @@ def test_an_invoice_with_a_field_of_the_wrong_kind_is_ignored_for_good_not_retri
         billing_of(subscriber),
         BillingSubscription.objects.values_list("last_invoice_url", flat=True).get(),
     ) == before
-    assert deliver(client, bad).json() == {"ok": True, "event_id": row.event_id, "status": "ignored",
-                                           "duplicate": True}  # fmt: skip
+    assert deliver(client, bad).json() == {"ok": True, "event_id": row.event_id, "status": "ignored", "duplicate": True}
 
 
 WRONG_TYPES = (10**20, "x", "x" * 501, "javascript:alert(1)", True, [1], {"id": 5})  # too long, a bad link too
 READ_FIELDS = {  # every field of data.object a handler reads, nested ones by path
-    "checkout.session.completed": ["id", "customer", "subscription", "payment_status", "client_reference_id",
-                                   "metadata", "metadata.account_id"],
-    "customer.subscription.updated": ["id", "customer", "status", "items", "items.data", "items.data.0",
-                                      "items.data.0.price", "items.data.0.price.id", "items.data.0.current_period_end",
-                                      "current_period_end", "cancel_at_period_end", "metadata"],
-    "customer.subscription.deleted": ["id", "customer", "status", "items", "items.data", "items.data.0",
-                                      "items.data.0.current_period_end", "current_period_end"],
-    "invoice.paid": ["id", "customer", "created", "amount_paid", "currency", "status", "hosted_invoice_url",
-                     "subscription", "parent", "parent.subscription_details",
-                     "parent.subscription_details.subscription"],
+    "checkout.session.completed": [
+        "id",
+        "customer",
+        "subscription",
+        "payment_status",
+        "client_reference_id",
+        "metadata",
+        "metadata.account_id",
+    ],
+    "customer.subscription.updated": [
+        "id",
+        "customer",
+        "status",
+        "items",
+        "items.data",
+        "items.data.0",
+        "items.data.0.price",
+        "items.data.0.price.id",
+        "items.data.0.current_period_end",
+        "current_period_end",
+        "cancel_at_period_end",
+        "metadata",
+    ],
+    "customer.subscription.deleted": [
+        "id",
+        "customer",
+        "status",
+        "items",
+        "items.data",
+        "items.data.0",
+        "items.data.0.current_period_end",
+        "current_period_end",
+    ],
+    "invoice.paid": [
+        "id",
+        "customer",
+        "created",
+        "amount_paid",
+        "currency",
+        "status",
+        "hosted_invoice_url",
+        "subscription",
+        "parent",
+        "parent.subscription_details",
+        "parent.subscription_details.subscription",
+    ],
     "invoice.payment_failed": ["id", "amount_due", "created", "currency", "parent.subscription_details.subscription"],
-}  # fmt: skip
+}
 
 
 def _put(obj: dict, path: str, value: object) -> None:
@@ -801,6 +960,10 @@ def test_no_field_of_a_wrong_type_makes_an_event_fail_or_crash(stripe_on, subscr
                 _put(data["data"]["object"], path, wrong)
                 response = deliver(client, data)
                 row = ProviderEvent.objects.get(event_id=f"evt_1WrongType{n}")
-                assert response.status_code == 200 and row.status in ("succeeded", "ignored"), (name, path, wrong,
-                                                                                                row.error)  # fmt: skip
+                assert response.status_code == 200 and row.status in ("succeeded", "ignored"), (
+                    name,
+                    path,
+                    wrong,
+                    row.error,
+                )
     assert n > 150

@@ -125,9 +125,16 @@ def left_out_of_the_build_context(path: str) -> bool:
 
 @pytest.mark.parametrize(
     "path",
-    [".venv/bin/python", "var/onceonly.sqlite3", "var/redis.sock", ".git/HEAD", ".env", "test-artifacts/page.png",
-     "billing/__pycache__/models.cpython-311.pyc"],
-)  # fmt: skip
+    [
+        ".venv/bin/python",
+        "var/onceonly.sqlite3",
+        "var/redis.sock",
+        ".git/HEAD",
+        ".env",
+        "test-artifacts/page.png",
+        "billing/__pycache__/models.cpython-311.pyc",
+    ],
+)
 def test_the_build_context_leaves_out_local_state_and_secrets(path):
     """The virtualenv (the image builds its own), the development database and Redis, git's objects, the operator's
     .env (secrets: Compose passes it at run time) and test output never go to the image build."""
@@ -189,10 +196,14 @@ def test_env_file_values_are_not_interpreted_and_the_environment_wins(tmp_path):
     good.write_text('# comment\n\nA=$(echo no)\nB="quoted value"\nC=from-file\n')
     done = subprocess.run(
         ["bash", "-c", f'. {DEPLOY / "_common.sh"}; printf "%s|%s|%s" "$A" "$B" "$C"'],
-        env={"PATH": "/usr/bin:/bin", "ONCEONLY_ENV_FILE": str(good), "ONCEONLY_SKIP_VENV_CHECK": "1",
-             "C": "from-environment"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "ONCEONLY_ENV_FILE": str(good),
+            "ONCEONLY_SKIP_VENV_CHECK": "1",
+            "C": "from-environment",
+        },
         capture_output=True,
         text=True,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "$(echo no)|quoted value|from-environment"

@@ -141,11 +141,27 @@ def edited_env_file(example: Path, values: dict[str, str]) -> str:
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
-    )  # fmt: skip
+    )
     return cert, key
 
 
@@ -202,9 +218,13 @@ class Stack:
         if name in LONG_RUNNING:
             log = open(self.logs / f"{Path(name).stem}.log", "wb")  # noqa: SIM115 (closed with the process)
             process = subprocess.Popen(
-                ["bash", "-c", line], cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                ["bash", "-c", line],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
             self.processes.append((name, process))
             return
         done = subprocess.run(
@@ -216,8 +236,9 @@ class Stack:
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes.append((name, process))
         return process
 
@@ -260,8 +281,12 @@ def running(pid: int) -> bool:
 def drop_leftover_databases(admin: psycopg.Connection) -> list[str]:
     """The databases of earlier runs that never got to drop theirs (killed, crashed): every database named by this
     test whose process is gone. One of a run still going on on this machine is left alone."""
-    names = [row[0] for row in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                             [DATABASE_PREFIX.replace("_", r"\_") + "%"])]  # fmt: skip
+    names = [
+        row[0]
+        for row in admin.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [DATABASE_PREFIX.replace("_", r"\_") + "%"]
+        )
+    ]
     dropped = []
     for name in names:
         pid = name.removeprefix(DATABASE_PREFIX)
@@ -350,9 +375,16 @@ def test_the_documented_production_deployment_serves_every_page(tmp_path, servic
         nginx_dir = tmp_path / "nginx"
         nginx_dir.mkdir()
         (nginx_dir / "nginx.conf").write_text(
-            nginx_config((checkout / "deploy/nginx/onceonly.conf").read_text(), nginx_dir, http_port, https_port,
-                         web_port, cert, key)
-        )  # fmt: skip
+            nginx_config(
+                (checkout / "deploy/nginx/onceonly.conf").read_text(),
+                nginx_dir,
+                http_port,
+                https_port,
+                web_port,
+                cert,
+                key,
+            )
+        )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         stack.start("nginx", [nginx, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir), "-g", "daemon off;"])
 
@@ -417,8 +449,9 @@ def wait_until_healthy(url: str, stack: Stack) -> None:
 def seed_data(http: httpx.Client, api_key: str, stack: Stack) -> None:
     """A policy, governed calls (one in a run), a lock, a lease and a keyed run the worker must execute."""
     auth = {"Authorization": f"Bearer {api_key}"}
-    ok = http.post("/v1/policies/deploy-agent", headers=auth, json={"max_actions_per_hour": 100,
-                                                                       "blocked_tools": ["delete_*"]})  # fmt: skip
+    ok = http.post(
+        "/v1/policies/deploy-agent", headers=auth, json={"max_actions_per_hour": 100, "blocked_tools": ["delete_*"]}
+    )
     assert ok.status_code == 200, ok.text
     for tool, args in [("send_email", {"to": "a@example.com", "run_id": "deploy-run"}), ("delete_user", {"id": 1})]:
         answer = http.post("/v1/ai/run", headers=auth, json={"agent_id": "deploy-agent", "tool": tool, "args": args})
@@ -459,9 +492,16 @@ def crawl_dashboard(origin: str, email: str, password: str) -> tuple[list[str], 
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
         context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.set_default_timeout(15_000)
@@ -537,9 +577,14 @@ for path in json.load(sys.stdin):
 print(json.dumps({"dashboard_names": names, "visited_names": sorted(set(visited))}))
 """
     done = subprocess.run(
-        ["deploy/manage.sh", "shell", "-c", script], cwd=checkout, env=stack.env, input=json.dumps(visited),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        ["deploy/manage.sh", "shell", "-c", script],
+        cwd=checkout,
+        env=stack.env,
+        input=json.dumps(visited),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

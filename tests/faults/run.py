@@ -20,10 +20,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=40.0, help="traffic per fault (default 40)")
     parser.add_argument("--only", default="", help="comma-separated faults: " + ", ".join(suite.FAULTS))
-    parser.add_argument("--held-ttl", type=int, default=None, metavar="SECONDS",
-                        help="TTL of the keys held all phase (default: the phase's length + "
-                             f"{suite.HELD_TTL_MARGIN} s); a shorter one shows how the checks judge leases a phase "
-                             "outlives")  # fmt: skip
+    parser.add_argument(
+        "--held-ttl",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="TTL of the keys held all phase (default: the phase's length + "
+        f"{suite.HELD_TTL_MARGIN} s); a shorter one shows how the checks judge leases a phase "
+        "outlives",
+    )
     options = parser.parse_args()
     faults = tuple(f for f in options.only.split(",") if f) or suite.FAULTS
     unknown = set(faults) - set(suite.FAULTS)
@@ -34,8 +39,12 @@ def main() -> int:
         print("make faults needs: " + "; ".join(missing), file=sys.stderr)
         return 2
     started = time.monotonic()
-    results = suite.run(faults, options.seconds, log=lambda m: print(f"[faults {time.strftime('%H:%M:%S')}] {m}",
-                                                                   flush=True), held_ttl=options.held_ttl)  # fmt: skip
+    results = suite.run(
+        faults,
+        options.seconds,
+        log=lambda m: print(f"[faults {time.strftime('%H:%M:%S')}] {m}", flush=True),
+        held_ttl=options.held_ttl,
+    )
     print()
     print(suite.report(results))
     violations = sum(len(r.violations) for r in results)

@@ -112,8 +112,9 @@ class PrivatePostgres:
             self.prefix = ["runuser", "-u", "postgres", "--"]
         else:
             self.prefix = []
-        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale", "C",
-                 "--no-sync")  # fmt: skip
+        self._pg(
+            "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale", "C", "--no-sync"
+        )
         self.start()
 
     def _pg(self, tool: str, *args: str) -> None:
@@ -126,8 +127,19 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-o", options, "-w",
-                 "-t", "60", "start")  # fmt: skip
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def crash(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
@@ -157,10 +169,23 @@ class PrivateRedis:
     def start(self) -> None:
         log = open(self.folder / "server.log", "a")  # noqa: SIM115  (the process owns it)
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(self.ping, 10, "redis-server did not answer")
 
     def client(self):
@@ -282,26 +307,57 @@ class Stack:
             conn.execute("CREATE DATABASE onceonly")
         self.manage("migrate", "--no-input", "-v", "0")
         self.url = f"http://127.0.0.1:{free_port()}"
-        self._spawn("web", [sys.executable, "-m", "gunicorn", "onceonly_site.wsgi:application", "--workers",
-                            str(self.WEB_WORKERS), "--bind", self.url.removeprefix("http://"), "--timeout", "30",
-                            "--graceful-timeout", "3", "--log-level", "warning"])  # fmt: skip
-        self._spawn("beat", [sys.executable, "-m", "celery", "-A", "onceonly_site", "beat", "--loglevel", "WARNING",
-                             "--schedule", str(self.folder / "celerybeat-schedule")])  # fmt: skip
+        self._spawn(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "onceonly_site.wsgi:application",
+                "--workers",
+                str(self.WEB_WORKERS),
+                "--bind",
+                self.url.removeprefix("http://"),
+                "--timeout",
+                "30",
+                "--graceful-timeout",
+                "3",
+                "--log-level",
+                "warning",
+            ],
+        )
+        self._spawn(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "onceonly_site",
+                "beat",
+                "--loglevel",
+                "WARNING",
+                "--schedule",
+                str(self.folder / "celerybeat-schedule"),
+            ],
+        )
         self.start_worker()
         self.start_worker()
         wait_until(self._healthy, 30, "the server did not become healthy")
 
     def manage(self, *args: str) -> str:
-        result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
-                                text=True)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise StackError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result.stdout
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "a")  # noqa: SIM115  (the process owns it)
-        process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes[name] = process
         return process
 
@@ -322,9 +378,26 @@ class Stack:
         kills the handler mid-run."""
         self.worker_count += 1
         name = f"worker{self.worker_count}"
-        self._spawn(name, [sys.executable, "-m", "celery", "-A", "onceonly_site", "worker", "--pool", "solo",
-                           "--loglevel", "INFO", "-n", f"{name}@faults", "--without-gossip", "--without-mingle",
-                           "--without-heartbeat"])  # fmt: skip
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "onceonly_site",
+                "worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"{name}@faults",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+        )
         wait_until(lambda: " ready." in self.log(name), 60, f"{name} did not start")
         return name
 

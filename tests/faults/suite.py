@@ -94,8 +94,9 @@ class PhaseResult:
         totals: dict[str, dict[str, int]] = {}
         for when, processes in self.usage.items():
             for process in processes:
-                group = totals.setdefault(process.group, {"rss_kb_start": 0, "rss_kb_end": 0, "fds_start": 0,
-                                                          "fds_end": 0})  # fmt: skip
+                group = totals.setdefault(
+                    process.group, {"rss_kb_start": 0, "rss_kb_end": 0, "fds_start": 0, "fds_end": 0}
+                )
                 group[f"rss_kb_{when}"] += process.rss_kb
                 group[f"fds_{when}"] += process.fds
         return totals
@@ -150,8 +151,11 @@ class Phase:
         # Caps the traffic reaches about halfway through the phase (the fault comes at a third): both the
         # reservations made around the fault and the refusals after the cap are tested.
         actions = max(10, int(2.5 * seconds))
-        self.caps = {"max_actions_per_hour": actions, "tool_calls": int(actions * 0.6),
-                     "max_spend_usd_per_day": round(actions * 0.85, 2)}  # fmt: skip
+        self.caps = {
+            "max_actions_per_hour": actions,
+            "tool_calls": int(actions * 0.6),
+            "max_spend_usd_per_day": round(actions * 0.85, 2),
+        }
         self.started = time.monotonic()
         self.ops: list[Op] = []
         self.agent = f"agent-{name}"
@@ -167,9 +171,11 @@ class Phase:
 
     def start(self) -> None:
         setup = self.client()
-        policy = {"max_actions_per_hour": self.caps["max_actions_per_hour"],
-                  "max_spend_usd_per_day": self.caps["max_spend_usd_per_day"],
-                  "max_calls_per_tool": {TOOL: self.caps["tool_calls"]}}  # fmt: skip
+        policy = {
+            "max_actions_per_hour": self.caps["max_actions_per_hour"],
+            "max_spend_usd_per_day": self.caps["max_spend_usd_per_day"],
+            "max_calls_per_tool": {TOOL: self.caps["tool_calls"]},
+        }
         answer = setup.call("setup", self.agent, "POST", f"/v1/policies/{self.agent}", policy)
         if answer.status != 200:
             raise StackError(f"policy upsert failed: {answer.status} {answer.body}")
@@ -318,8 +324,10 @@ def inject(stack: Stack, fault: str, phase: Phase, notes: list[str]) -> dict[str
             time.sleep(0.7)
         wait_until(lambda: len(stack.web_workers()) == stack.WEB_WORKERS, 30, "gunicorn did not replace its workers")
         replaced = set(stack.web_workers()) - before
-        notes.append(f"kill -9 of {len(killed)} gunicorn workers under load, 0.7 s apart; the master is back to "
-                     f"{stack.WEB_WORKERS} workers")  # fmt: skip
+        notes.append(
+            f"kill -9 of {len(killed)} gunicorn workers under load, 0.7 s apart; the master is back to "
+            f"{stack.WEB_WORKERS} workers"
+        )
         return {"killed": killed, "replaced": sorted(replaced)}
     raise ValueError(f"unknown fault {fault!r}")
 
@@ -373,8 +381,13 @@ def check(
 
     # 2. leases: one holder at a time, a completed key never acquired again, held keys never taken.
     violations += lease_violations(phase.ops, phase.held)
-    retaken = sorted({op.key for op in by_kind["lease"] if op.key in phase.held and op.answer == "acquired"
-                      and op.body["lease_id"] not in phase.held.values()})  # fmt: skip
+    retaken = sorted(
+        {
+            op.key
+            for op in by_kind["lease"]
+            if op.key in phase.held and op.answer == "acquired" and op.body["lease_id"] not in phase.held.values()
+        }
+    )
     if retaken:  # only when the phase outlived the held TTL (run.py --held-ttl); else a violation above
         notes.append(f"held keys acquired by another holder (held with a {phase.held_ttl} s TTL): {', '.join(retaken)}")
 
@@ -422,8 +435,10 @@ def check(
     if len(charged) + unrecorded > phase.caps["max_actions_per_hour"]:
         violations.append(f"governed: {len(charged)} decisions + {unrecorded} unrecorded dispatches > hourly cap")
     if dispatched > len(tool_calls) + unrecorded:
-        violations.append(f"governed: the tool ran {dispatched} times; {len(tool_calls)} charged decisions and "
-                          f"{unrecorded} unrecorded dispatches")  # fmt: skip
+        violations.append(
+            f"governed: the tool ran {dispatched} times; {len(tool_calls)} charged decisions and "
+            f"{unrecorded} unrecorded dispatches"
+        )
     by_id = {d["id"]: d for d in decisions}
     answered = Counter()
     for op in by_kind["governed"]:
@@ -431,15 +446,19 @@ def check(
             answered[op.body.get("decision")] += 1
             row = by_id.get(op.body.get("decision_id"))
             if row is None or row["outcome"] != op.body.get("decision"):
-                violations.append(f"governed {op.key}: answered {op.body.get('decision')} "
-                                  f"#{op.body.get('decision_id')}, no such decision row")  # fmt: skip
+                violations.append(
+                    f"governed {op.key}: answered {op.body.get('decision')} "
+                    f"#{op.body.get('decision_id')}, no such decision row"
+                )
     answered_charged = answered["executed"] + answered["allowed"]
     if answered_charged > phase.caps["max_actions_per_hour"]:
         violations.append(f"governed: {answered_charged} calls answered executed/allowed > hourly cap")
     doubles = Counter(d["args_hash"] for d in decisions if d["outcome"] in ("executed", "allowed"))
     violations += [f"governed: arguments {h[:12]}… executed {n} times" for h, n in doubles.items() if n > 1]
-    notes.append(f"governed answers {dict(answered)}; charged {len(charged)}, spend {spend:g}, "
-                 f"tool runs {dispatched}, dispatches awaiting their decision row {unrecorded}")  # fmt: skip
+    notes.append(
+        f"governed answers {dict(answered)}; charged {len(charged)}, spend {spend:g}, "
+        f"tool runs {dispatched}, dispatches awaiting their decision row {unrecorded}"
+    )
 
     # 5. PostgreSQL down: clear 503s while it was down, 2xx again without restarting anything.
     window = phase.pg_window
@@ -447,12 +466,16 @@ def check(
         went_down, came_back = window
         during = [op for op in phase.ops if went_down + 0.5 < op.t0 and op.t1 < came_back]
         unavailable = [op for op in during if op.status == 503]
-        notes.append(f"while PostgreSQL was down: {len(during)} requests, {len(unavailable)} answered 503, "
-                     f"{sum(1 for op in during if op.status == 200)} answered 200 (Redis alone)")  # fmt: skip
+        notes.append(
+            f"while PostgreSQL was down: {len(during)} requests, {len(unavailable)} answered 503, "
+            f"{sum(1 for op in during if op.status == 200)} answered 200 (Redis alone)"
+        )
         if not unavailable:
             violations.append("no request was answered 503 while PostgreSQL was down")
-        recovered = min((op.t1 for op in phase.ops if op.t0 > came_back and op.status == 200
-                         and op.kind in ("governed", "lease")), default=None)  # fmt: skip
+        recovered = min(
+            (op.t1 for op in phase.ops if op.t0 > came_back and op.status == 200 and op.kind in ("governed", "lease")),
+            default=None,
+        )
         if recovered is None or recovered - came_back > RECOVERY_LIMIT_SECONDS:
             violations.append("database-backed calls did not recover after PostgreSQL came back")
         else:
@@ -581,8 +604,13 @@ def prepare(stack: Stack) -> tuple[str, int]:
     """The suite's account (agency plan, quotas and rate limits out of the way), its key and the registered tool."""
     api_key = stack.manage("create_api_key", "--account", "faults", "--plan", "agency").strip()
     account_id = int(stack.manage("shell", "-c", SETUP).strip().splitlines()[-1])
-    tool = {"name": TOOL, "url": f"{stack.receiver.url}/tool", "auth": {"type": "hmac_sha256", "secret": TOOL_SECRET},
-            "timeout_ms": 2000, "max_retries": 0}  # fmt: skip
+    tool = {
+        "name": TOOL,
+        "url": f"{stack.receiver.url}/tool",
+        "auth": {"type": "hmac_sha256", "secret": TOOL_SECRET},
+        "timeout_ms": 2000,
+        "max_retries": 0,
+    }
     answer = httpx.post(f"{stack.url}/v1/tools", json=tool, headers={"Authorization": f"Bearer {api_key}"})
     if answer.status_code not in (200, 201):
         raise StackError(f"tool registration failed: {answer.status_code} {answer.text}")
@@ -626,8 +654,10 @@ def run(
     longer than the phase: held_ttl_for), to see how the checks judge leases a phase outlives."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     with Stack() as stack:
-        log(f"stack up: {stack.url} (PostgreSQL :{stack.postgres.port}, Redis :{stack.redis.port}, "
-            f"{stack.WEB_WORKERS} web workers, {len(stack.workers())} Celery workers, beat)")  # fmt: skip
+        log(
+            f"stack up: {stack.url} (PostgreSQL :{stack.postgres.port}, Redis :{stack.redis.port}, "
+            f"{stack.WEB_WORKERS} web workers, {len(stack.workers())} Celery workers, beat)"
+        )
         api_key, account_id = prepare(stack)
         return [
             run_phase(stack, api_key, account_id, fault, seconds, log, n, held_ttl) for n, fault in enumerate(faults)
@@ -637,8 +667,19 @@ def run(
 def table(results: list[PhaseResult]) -> str:
     """One row per phase: its answers, its violations, and the RSS (MB) and open files of the web processes
     (gunicorn master + workers) and of the Celery workers, each summed, at the phase's start → at its end."""
-    head = ("fault", "seconds", "ops", "2xx", "503", "no answer", "violations", "web MB", "web fds", "worker MB",
-            "worker fds")  # fmt: skip
+    head = (
+        "fault",
+        "seconds",
+        "ops",
+        "2xx",
+        "503",
+        "no answer",
+        "violations",
+        "web MB",
+        "web fds",
+        "worker MB",
+        "worker fds",
+    )
     rows = [head]
     for result in results:
         c = result.counts()
@@ -646,10 +687,22 @@ def table(results: list[PhaseResult]) -> str:
         resources = []
         for group in ("web", "worker"):
             t = totals.get(group, {"rss_kb_start": 0, "rss_kb_end": 0, "fds_start": 0, "fds_end": 0})
-            resources += [f"{t['rss_kb_start'] / 1024:.0f}→{t['rss_kb_end'] / 1024:.0f}",
-                          f"{t['fds_start']}→{t['fds_end']}"]  # fmt: skip
-        rows.append((result.fault, f"{result.seconds:.0f}", str(c["ops"]), str(c["2xx"]), str(c["503"]),
-                     str(c["no_answer"]), str(c["violations"]), *resources))  # fmt: skip
+            resources += [
+                f"{t['rss_kb_start'] / 1024:.0f}→{t['rss_kb_end'] / 1024:.0f}",
+                f"{t['fds_start']}→{t['fds_end']}",
+            ]
+        rows.append(
+            (
+                result.fault,
+                f"{result.seconds:.0f}",
+                str(c["ops"]),
+                str(c["2xx"]),
+                str(c["503"]),
+                str(c["no_answer"]),
+                str(c["violations"]),
+                *resources,
+            )
+        )
     total = [sum(r.counts()[k] for r in results) for k in ("ops", "2xx", "503", "no_answer", "violations")]
     rows.append(("total", f"{sum(r.seconds for r in results):.0f}", *map(str, total), "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]

@@ -43,8 +43,9 @@ class LeaseMachine(RuleBasedStateMachine):
     @rule(target=leases, key=st.sampled_from(KEYS))
     def acquire(self, key):
         entry = self.model[key]
-        out = services.lease_acquire(account_id=self.account_id, plan=self.plan, key=self.k(key), ttl=3600,
-                                     metadata=None)  # fmt: skip
+        out = services.lease_acquire(
+            account_id=self.account_id, plan=self.plan, key=self.k(key), ttl=3600, metadata=None
+        )
         if entry["state"] in ("free", "failed", "cancelled"):
             assert out.status == "acquired" and out.holder
             assert out.lease.version == entry["version"] + 1
@@ -96,8 +97,9 @@ class LeaseMachine(RuleBasedStateMachine):
         key, lease_id = pair
         entry = self.model[key]
         try:
-            out = services.lease_extend(account_id=self.account_id, plan=self.plan, key=self.k(key),
-                                        lease_id=lease_id, ttl=600)  # fmt: skip
+            out = services.lease_extend(
+                account_id=self.account_id, plan=self.plan, key=self.k(key), lease_id=lease_id, ttl=600
+            )
         except services.LeaseMismatch:
             assert self.holder_of(key) != lease_id
             return

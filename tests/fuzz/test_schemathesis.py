@@ -76,8 +76,9 @@ TOOL_URL = "http://127.0.0.1:9/fuzz"
 
 
 def fuzz(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                    derandomize=True)  # fmt: skip
+    return settings(
+        max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True
+    )
 
 
 @pytest.fixture
@@ -143,8 +144,10 @@ def _unstatable(case) -> bool:
         return True
     body = case.body if isinstance(case.body, dict) else {}
     names = _tool_names(case)
-    if any(identifier_problem(name) or not name.strip() or len(name) > 200 or tool_name_problem(name.strip())
-           for name in names):  # fmt: skip
+    if any(
+        identifier_problem(name) or not name.strip() or len(name) > 200 or tool_name_problem(name.strip())
+        for name in names
+    ):
         return True
     for policy in (body, body.get("overrides") if isinstance(body.get("overrides"), dict) else {}):
         caps = list(policy.get("max_calls_per_tool") or {})
@@ -219,8 +222,13 @@ def test_fuzzed_cases_conform_to_the_schema(api_schema, auth, mode):
 @pytest.mark.parametrize("authorization", ["Bearer once_live_not-a-key", "Basic Zm9vOmJhcg==", "Bearer ", None])
 def test_invalid_keys_are_documented_401_and_403(api_schema, authorization):
     headers = {"Authorization": authorization} if authorization is not None else {}
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-              response_headers_conformance]  # fmt: skip
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        response_headers_conformance,
+    ]
 
     @fuzz(40)
     @given(case=api_schema.as_strategy())

@@ -30,6 +30,16 @@ def test_each_metrics_endpoint_documents_its_own_answer(client):
     assert answer("/v1/agents/{agent_id}/metrics") == "#/components/schemas/AgentMetricsOutput"
     assert answer("/v1/metrics") == "#/components/schemas/MetricsOutput"
     assert set(schema["components"]["schemas"]["AgentMetricsOutput"]["properties"]) == {
-        "agent_id", "period", "total_actions", "blocked_actions", "total_spend_usd", "top_tools"}  # fmt: skip
+        "agent_id",
+        "period",
+        "total_actions",
+        "blocked_actions",
+        "total_spend_usd",
+        "top_tools",
+    }
     assert set(schema["components"]["schemas"]["MetricsOutput"]["properties"]) == {
-        "from_day", "to_day", "days", "totals"}  # fmt: skip
+        "from_day",
+        "to_day",
+        "days",
+        "totals",
+    }

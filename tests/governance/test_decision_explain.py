@@ -136,8 +136,14 @@ def test_daily_spend_records_the_cap_the_spend_before_and_the_cost(client):
     assert body["explain"]["left"] == {"spend_usd_today": 0.2}
     body = run(client, args={"n": 2}, spend_usd=0.1)
     assert body["policy_reason"] == "daily_spend_exceeded"
-    assert body["explain"] == {"policy_version": 1, "limit": 10.0, "spent": 9.8, "cost": 0.5, "declared": 0.1,
-                               "price": 0.5}  # fmt: skip
+    assert body["explain"] == {
+        "policy_version": 1,
+        "limit": 10.0,
+        "spent": 9.8,
+        "cost": 0.5,
+        "declared": 0.1,
+        "price": 0.5,
+    }
     recorded(body)
     assert body["explanation"] == (
         "stripe.charge: daily spend $9.80 + $0.50 would exceed $10.00 (declared $0.10, operator price $0.50) "
@@ -151,8 +157,11 @@ def test_daily_spend_records_the_cap_the_spend_before_and_the_cost(client):
 def test_within_budget_records_the_cost_and_what_is_left(client):
     set_policy(client, AGENT, max_spend_usd_per_day=10, max_actions_per_hour=30, max_calls_per_tool={"x": 1})
     body = run(client, args={"n": 1}, spend_usd=0.5)
-    assert body["explain"] == {"policy_version": 1, "cost": 0.5,
-                               "left": {"actions_this_hour": 29, "spend_usd_today": 9.5}}  # fmt: skip
+    assert body["explain"] == {
+        "policy_version": 1,
+        "cost": 0.5,
+        "left": {"actions_this_hour": 29, "spend_usd_today": 9.5},
+    }
     recorded(body)
     assert body["explanation"] == (
         "stripe.charge: allowed (permit-only) within budget — cost $0.50; left: $9.50 of spend today, "
@@ -203,8 +212,13 @@ def test_disabled_in_flight_records_who_pressed_the_switch(key_a, endpoint, monk
     original = services.dispatch.dispatch
 
     def disable_first(*args, **kwargs):
-        services.agent_set_enabled(account_id=key_a.api_key.account_id, agent_id=AGENT, enabled=False,
-                                   reason="refund storm", actor="alice@acme.test")  # fmt: skip
+        services.agent_set_enabled(
+            account_id=key_a.api_key.account_id,
+            agent_id=AGENT,
+            enabled=False,
+            reason="refund storm",
+            actor="alice@acme.test",
+        )
         return original(*args, **kwargs)
 
     monkeypatch.setattr(services.dispatch, "dispatch", disable_first)
@@ -236,9 +250,18 @@ def test_an_unrecorded_dispatch_keeps_what_its_call_was_decided_on(client, endpo
     assert executed["explain"] == {**seen_by_intent[0], "attempts": 1, "http_status": 200}
 
     agent = Agent.objects.get(agent_id=AGENT)
-    DispatchIntent.objects.create(account_id=agent.account_id, agent=agent, tool="stripe.refund", args_hash="a" * 64,
-                                  created_at=timezone.now() - timedelta(hours=1), risk_level="high", spend_usd="1",
-                                  dispatch_id="stale", policy_version=1, explain=seen_by_intent[0])  # fmt: skip
+    DispatchIntent.objects.create(
+        account_id=agent.account_id,
+        agent=agent,
+        tool="stripe.refund",
+        args_hash="a" * 64,
+        created_at=timezone.now() - timedelta(hours=1),
+        risk_level="high",
+        spend_usd="1",
+        dispatch_id="stale",
+        policy_version=1,
+        explain=seen_by_intent[0],
+    )
     assert services.dispatch_intents_record() == 1
     decision = Decision.objects.get(policy_reason="outcome_unknown")
     assert decision.explain == seen_by_intent[0]
@@ -253,8 +276,13 @@ def test_operator_test_call_is_explained_as_such(key_a, endpoint):
     client = key_a.client()
     assert register_tool(client, "send_email", endpoint.base + "/ok").status_code == 200
     decision, _ = services.tool_test_call(tool=Tool.objects.get(), args={"to": "x"}, actor="alice@acme.test")
-    assert decision.explain == {"policy_version": None, "test_call": True, "actor": "alice@acme.test",
-                                "attempts": 1, "http_status": 200}  # fmt: skip
+    assert decision.explain == {
+        "policy_version": None,
+        "test_call": True,
+        "actor": "alice@acme.test",
+        "attempts": 1,
+        "http_status": 200,
+    }
     assert explain_text(decision) == (
         "send_email: operator test call by alice@acme.test — executed (1 attempt, last HTTP 200) "
         "(no policy: ungoverned)"
@@ -266,8 +294,15 @@ def test_dry_run_actions_are_explained_without_being_recorded(key_a, client):
 
     set_policy(client, AGENT, max_calls_per_tool={"stripe.charge": 1})
     account_id = key_a.api_key.account_id
-    outcome = services.governed_call(account_id=account_id, plan=plan_limits_for(account_id), agent_id=AGENT,
-                                     tool="stripe.charge", args={}, spend_usd=None, dry_run=True)  # fmt: skip
+    outcome = services.governed_call(
+        account_id=account_id,
+        plan=plan_limits_for(account_id),
+        agent_id=AGENT,
+        tool="stripe.charge",
+        args={},
+        spend_usd=None,
+        dry_run=True,
+    )
     assert outcome.decision.explain == {"policy_version": 1, "cost": 0.0, "left": {"calls_today": 0}}
     assert not Decision.objects.exists()
 
@@ -290,11 +325,26 @@ def test_explain_is_under_the_row_hash_and_older_rows_still_verify(client, key_a
     blocked = run(client, args={"n": 2})
     # A row written before explain existed: hashed without it (explain NULL), as migration 0010 leaves old rows.
     agent = Agent.objects.get(agent_id=AGENT)
-    fields = dict(ts=timezone.now(), tool="old_tool", outcome="blocked", allowed=False, policy_reason="tool_blocked",
-                  risk_level="low", spend_usd=Decimal(0), args_hash="b" * 64, run_id="", policy_version=1,
-                  latency_ms=1, result=None)  # fmt: skip
-    old = Decision.objects.create(account_id=account_id, agent=agent, row_hash=ledger.row_hash(account_id, {
-        **fields, "agent_id": AGENT}), **fields)  # fmt: skip
+    fields = dict(
+        ts=timezone.now(),
+        tool="old_tool",
+        outcome="blocked",
+        allowed=False,
+        policy_reason="tool_blocked",
+        risk_level="low",
+        spend_usd=Decimal(0),
+        args_hash="b" * 64,
+        run_id="",
+        policy_version=1,
+        latency_ms=1,
+        result=None,
+    )
+    old = Decision.objects.create(
+        account_id=account_id,
+        agent=agent,
+        row_hash=ledger.row_hash(account_id, {**fields, "agent_id": AGENT}),
+        **fields,
+    )
     assert old.explain is None
     assert ledger.verify(account_id).ok
     assert explain_text(old) == "old_tool: blocked — the tool is in blocked_tools (policy v1)"
@@ -334,8 +384,15 @@ def test_explain_is_under_the_row_hash_and_older_rows_still_verify(client, key_a
     ],
 )
 def test_decisions_recorded_before_explain_get_a_sentence_from_their_fields(reason, outcome, extra, sentence):
-    decision = Decision(tool="t", outcome=outcome, policy_reason=reason, policy_version=3, explain=None,
-                        ts=datetime(2026, 12, 6, 7, 10, tzinfo=UTC), **extra)  # fmt: skip
+    decision = Decision(
+        tool="t",
+        outcome=outcome,
+        policy_reason=reason,
+        policy_version=3,
+        explain=None,
+        ts=datetime(2026, 12, 6, 7, 10, tzinfo=UTC),
+        **extra,
+    )
     assert explain_text(decision) == sentence
 
 
@@ -358,10 +415,21 @@ def test_sentences_count_in_the_singular_and_name_prices_only_when_set(client):
 
 def test_a_malformed_explain_falls_back_to_words_without_numbers(account_a):
     agent = Agent.objects.create(account=account_a, agent_id="odd")
-    for reason, seen in [("daily_spend_exceeded", {"limit": 3}), ("hourly_action_limit_exceeded", {"limit": 3}),
-                         ("tool_call_limit_exceeded", {"limit": 3, "cap_key": "t"})]:  # fmt: skip
-        d = Decision.objects.create(account=account_a, agent=agent, tool="t", outcome="blocked", allowed=False,
-                                    policy_reason=reason, risk_level="low", args_hash="x" * 64,
-                                    explain=seen)  # fmt: skip
+    for reason, seen in [
+        ("daily_spend_exceeded", {"limit": 3}),
+        ("hourly_action_limit_exceeded", {"limit": 3}),
+        ("tool_call_limit_exceeded", {"limit": 3, "cap_key": "t"}),
+    ]:
+        d = Decision.objects.create(
+            account=account_a,
+            agent=agent,
+            tool="t",
+            outcome="blocked",
+            allowed=False,
+            policy_reason=reason,
+            risk_level="low",
+            args_hash="x" * 64,
+            explain=seen,
+        )
         assert explain_text(d).startswith("t: blocked — "), explain_text(d)
         explain_numbers(d)  # no KeyError

@@ -104,8 +104,11 @@ def test_decisions_written_in_one_statement_verify_and_roll_up(key_a):
 
     client = key_a.client()
     for n in range(4):
-        client.post("/v1/ai/run", {"agent_id": "bot", "tool": "t", "args": {"n": n % 3}, "spend_usd": 0.25},
-                    content_type="application/json")  # fmt: skip
+        client.post(
+            "/v1/ai/run",
+            {"agent_id": "bot", "tool": "t", "args": {"n": n % 3}, "spend_usd": 0.25},
+            content_type="application/json",
+        )
     assert Decision.objects.count() == 4
     rollup = DecisionRollup.objects.get(tool="t", outcome="allowed")
     assert rollup.count == 3 and float(rollup.spend_usd) == 0.75  # the fourth call was a dedup (no charge)
@@ -158,8 +161,9 @@ def test_a_decision_names_the_key_that_asked_and_the_hash_covers_it(key_a, owner
 
     other = make_key(key_a.api_key.account)
     for key in (key_a, other):
-        key.client().post("/v1/ai/run", {"agent_id": "bot", "tool": "t", "args": {"k": key.raw[-4:]}},
-                          content_type="application/json")  # fmt: skip
+        key.client().post(
+            "/v1/ai/run", {"agent_id": "bot", "tool": "t", "args": {"k": key.raw[-4:]}}, content_type="application/json"
+        )
     first, second = Decision.objects.order_by("pk")
     assert (first.api_key_id, second.api_key_id) == (key_a.api_key.pk, other.api_key.pk)
     page = owner_a.login(Client()).get(f"/decisions/{first.pk}/")

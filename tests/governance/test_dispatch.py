@@ -20,9 +20,12 @@ SECRET = "example_secret_123"
 def receiver(settings):
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True  # the receiver is on loopback
     port = free_port()
-    process = subprocess.Popen([sys.executable, "examples/tool_receiver.py", str(port)], cwd=ROOT,
-                               env={"PATH": "/usr/bin:/bin", "TOOL_SECRET": SECRET, "SLOW_SECONDS": "1.5"},
-                               stdout=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "examples/tool_receiver.py", str(port)],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "TOOL_SECRET": SECRET, "SLOW_SECONDS": "1.5"},
+        stdout=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/_stats", process=process)
     yield base
@@ -136,8 +139,9 @@ def test_run_tool_through_the_sdk(live_server, key_a, receiver):
     from onceonly import OnceOnly
 
     with OnceOnly(api_key=key_a.raw, base_url=f"{live_server.url}/v1", fail_open=False) as sdk:
-        sdk.gov.create_tool({"name": "stripe.charge", "url": f"{receiver}/ok",
-                             "auth": {"type": "hmac_sha256", "secret": SECRET}})  # fmt: skip
+        sdk.gov.create_tool(
+            {"name": "stripe.charge", "url": f"{receiver}/ok", "auth": {"type": "hmac_sha256", "secret": SECRET}}
+        )
         result = sdk.ai.run_tool(agent_id="billing-agent", tool="stripe.charge", args={"amount": 9999}, spend_usd=0.5)
     assert result.allowed and result.decision == "executed"
     assert result.result["received"] == {"amount": 9999}

@@ -29,17 +29,25 @@ def tool(settings, key_a):
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
     endpoint = ToolEndpoint()
     client = key_a.client()
-    registered = client.post("/v1/tools", {"name": TOOL, "url": endpoint.base + "/refund", "max_retries": 0,
-                                               "auth": {"type": "hmac_sha256", "secret": "refund-secret-123"}},
-                             content_type="application/json")  # fmt: skip
+    registered = client.post(
+        "/v1/tools",
+        {
+            "name": TOOL,
+            "url": endpoint.base + "/refund",
+            "max_retries": 0,
+            "auth": {"type": "hmac_sha256", "secret": "refund-secret-123"},
+        },
+        content_type="application/json",
+    )
     assert registered.status_code == 200, registered.json()
     yield endpoint
     endpoint.stop()
 
 
 def call(client, **args):
-    return client.post("/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": args, "spend_usd": 2},
-                       content_type="application/json")  # fmt: skip
+    return client.post(
+        "/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": args, "spend_usd": 2}, content_type="application/json"
+    )
 
 
 def cap_actions(client, n: int) -> None:
@@ -61,13 +69,28 @@ def test_a_dispatch_leaves_no_intent_and_records_the_webhook_id(key_a, tool):
 def test_an_intent_recorded_already_is_not_recorded_twice(key_a, tool):
     agent = Agent.objects.get_or_create(account_id=key_a.api_key.account_id, agent_id=AGENT)[0]
     intent = DispatchIntent.objects.create(
-        account_id=agent.account_id, agent=agent, created_at=timezone.now(), tool=TOOL, args_hash="b" * 64,
-        risk_level="high", dispatch_id="d",
-    )  # fmt: skip
+        account_id=agent.account_id,
+        agent=agent,
+        created_at=timezone.now(),
+        tool=TOOL,
+        args_hash="b" * 64,
+        risk_level="high",
+        dispatch_id="d",
+    )
     DispatchIntent.objects.filter(pk=intent.pk).delete()  # the sweeper got there first
     with pytest.raises(services.IntentGone):
-        services._record(agent, None, intent.pk, tool=TOOL, args_hash="b" * 64, risk_level="high",
-                         outcome="executed", allowed=True, policy_reason="within_budget", dispatch_id="d")  # fmt: skip
+        services._record(
+            agent,
+            None,
+            intent.pk,
+            tool=TOOL,
+            args_hash="b" * 64,
+            risk_level="high",
+            outcome="executed",
+            allowed=True,
+            policy_reason="within_budget",
+            dispatch_id="d",
+        )
     assert not Decision.objects.exists() and not DecisionRollup.objects.exists()
 
 
@@ -76,8 +99,16 @@ def test_an_intent_left_behind_counts_against_the_caps_after_a_redis_loss(key_a,
     client = key_a.client()
     cap_actions(client, 1)
     agent = Agent.objects.get(agent_id=AGENT)
-    DispatchIntent.objects.create(account_id=agent.account_id, agent=agent, created_at=timezone.now(), tool=TOOL,
-                                  args_hash="0" * 64, risk_level="high", spend_usd=2, dispatch_id="lost")  # fmt: skip
+    DispatchIntent.objects.create(
+        account_id=agent.account_id,
+        agent=agent,
+        created_at=timezone.now(),
+        tool=TOOL,
+        args_hash="0" * 64,
+        risk_level="high",
+        spend_usd=2,
+        dispatch_id="lost",
+    )
     get_redis().flushdb()
     body = call(client, order=2).json()
     assert (body["decision"], body["policy_reason"]) == ("blocked", "hourly_action_limit_exceeded")
@@ -89,9 +120,17 @@ def test_the_sweeper_records_stale_intents_once_and_leaves_live_ones(key_a, tool
     dispatched_at = timezone.now() - timedelta(minutes=5)
 
     def intent(created_at, dispatch_id):
-        return DispatchIntent.objects.create(account_id=agent.account_id, agent=agent, created_at=created_at,
-                                             tool=TOOL, args_hash="a" * 64, run_id="run-7", risk_level="high",
-                                             spend_usd="1.5", dispatch_id=dispatch_id)  # fmt: skip
+        return DispatchIntent.objects.create(
+            account_id=agent.account_id,
+            agent=agent,
+            created_at=created_at,
+            tool=TOOL,
+            args_hash="a" * 64,
+            run_id="run-7",
+            risk_level="high",
+            spend_usd="1.5",
+            dispatch_id=dispatch_id,
+        )
 
     intent(dispatched_at, "stale")
     live = intent(timezone.now(), "live")

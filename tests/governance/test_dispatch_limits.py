@@ -17,8 +17,13 @@ TOOL = "slow.tool"
 def endpoint(settings, key_a):
     settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
     tool = ToolEndpoint()
-    body = {"name": TOOL, "url": tool.base + "/t", "timeout_ms": 1000, "max_retries": 0,
-            "auth": {"type": "hmac_sha256", "secret": "slow-secret-123"}}  # fmt: skip
+    body = {
+        "name": TOOL,
+        "url": tool.base + "/t",
+        "timeout_ms": 1000,
+        "max_retries": 0,
+        "auth": {"type": "hmac_sha256", "secret": "slow-secret-123"},
+    }
     assert key_a.client().post("/v1/tools", body, content_type="application/json").status_code == 200
     yield tool
     tool.stop()
@@ -26,8 +31,15 @@ def endpoint(settings, key_a):
 
 def call(key_a):
     started = time.monotonic()
-    body = key_a.client().post("/v1/ai/run", {"agent_id": "bot", "tool": TOOL, "args": {"n": str(time.time_ns())}},
-                               content_type="application/json").json()  # fmt: skip
+    body = (
+        key_a.client()
+        .post(
+            "/v1/ai/run",
+            {"agent_id": "bot", "tool": TOOL, "args": {"n": str(time.time_ns())}},
+            content_type="application/json",
+        )
+        .json()
+    )
     return body, time.monotonic() - started
 
 

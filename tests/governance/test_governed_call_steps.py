@@ -38,10 +38,22 @@ def make_call(
     """A call as call_resolve would hand it on, from unsaved rows: no query is needed to build it."""
     account = Account(pk=3, strict_mode=strict, args_hash_key="k")
     agent = Agent(pk=7, account=account, agent_id="bot", policy=policy, policy_version=4, **agent_fields)
-    return services.Call(account_id=3, agent_id="bot", agent=agent, registered=registered,
-                         tool=registered.name if registered else tool, args={}, policy=policy or {}, digest=digest,
-                         run_id="", dry_run=dry_run, finishes_run=True, started=time.monotonic(), started_at=NOW,
-                         base={})  # fmt: skip
+    return services.Call(
+        account_id=3,
+        agent_id="bot",
+        agent=agent,
+        registered=registered,
+        tool=registered.name if registered else tool,
+        args={},
+        policy=policy or {},
+        digest=digest,
+        run_id="",
+        dry_run=dry_run,
+        finishes_run=True,
+        started=time.monotonic(),
+        started_at=NOW,
+        base={},
+    )
 
 
 def tool(**fields: Any) -> Tool:
@@ -69,21 +81,41 @@ DISABLED_AT = datetime(2026, 5, 1, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("call", "reason", "explain"),
     [
-        (make_call(is_enabled=False, disabled_by="ops", disabled_reason="loop", disabled_at=DISABLED_AT,
-                   policy={"blocked_tools": ["send_*"]}),
-         Reason.AGENT_DISABLED,
-         {"stage": "before_call", "disabled_by": "ops", "disabled_reason": "loop",
-          "disabled_at": DISABLED_AT.isoformat()}),
-        (make_call("DELETE_USER", {"blocked_tools": ["stripe.*", "delete_*"], "allowed_tools": ["delete_*"]}),
-         Reason.TOOL_BLOCKED, {"pattern": "delete_*"}),  # normalised names; blocked wins over allowed
-        (make_call(policy={"allowed_tools": [f"read_{i}" for i in range(25)]}),
-         Reason.TOOL_NOT_ALLOWED, {"allowed_tools": [f"read_{i}" for i in range(20)], "allowed_tools_count": 25}),
-        (make_call(policy={"allowed_tools": []}), Reason.TOOL_NOT_ALLOWED,
-         {"allowed_tools": [], "allowed_tools_count": 0}),
+        (
+            make_call(
+                is_enabled=False,
+                disabled_by="ops",
+                disabled_reason="loop",
+                disabled_at=DISABLED_AT,
+                policy={"blocked_tools": ["send_*"]},
+            ),
+            Reason.AGENT_DISABLED,
+            {
+                "stage": "before_call",
+                "disabled_by": "ops",
+                "disabled_reason": "loop",
+                "disabled_at": DISABLED_AT.isoformat(),
+            },
+        ),
+        (
+            make_call("DELETE_USER", {"blocked_tools": ["stripe.*", "delete_*"], "allowed_tools": ["delete_*"]}),
+            Reason.TOOL_BLOCKED,
+            {"pattern": "delete_*"},
+        ),  # normalised names; blocked wins over allowed
+        (
+            make_call(policy={"allowed_tools": [f"read_{i}" for i in range(25)]}),
+            Reason.TOOL_NOT_ALLOWED,
+            {"allowed_tools": [f"read_{i}" for i in range(20)], "allowed_tools_count": 25},
+        ),
+        (
+            make_call(policy={"allowed_tools": []}),
+            Reason.TOOL_NOT_ALLOWED,
+            {"allowed_tools": [], "allowed_tools_count": 0},
+        ),
         (make_call(registered=tool(enabled=False)), Reason.TOOL_DISABLED, {"tool_id": 5, "scope_id": "global"}),
     ],
     ids=["agent_disabled", "tool_blocked", "tool_not_allowed", "empty_allow_list", "tool_disabled"],
-)  # fmt: skip
+)
 def test_the_policy_step_blocks_from_what_was_resolved_without_a_query_or_redis(call, reason, explain):
     with count_redis_round_trips() as trips:
         ending = services.call_policy(call)
@@ -112,11 +144,15 @@ def test_the_policy_step_lets_a_call_on_and_strict_mode_refuses_an_unregistered_
         ({}, tool(price_usd=Decimal("0.5")), Decimal("0.2"), (Decimal("0.5"), Decimal("0.2"), Decimal("0.5"))),
         ({}, tool(price_usd=Decimal("0.5")), Decimal("0.9"), (Decimal("0.5"), Decimal("0.9"), Decimal("0.9"))),
         # The policy's rule comes before the registry's price, and a rule of 0 prices the tool at zero.
-        ({"pricing_rules": [{"tool": "stripe.*", "price_usd": 0}]}, tool(price_usd=Decimal("0.5")), None,
-         (Decimal(0), None, Decimal(0))),
+        (
+            {"pricing_rules": [{"tool": "stripe.*", "price_usd": 0}]},
+            tool(price_usd=Decimal("0.5")),
+            None,
+            (Decimal(0), None, Decimal(0)),
+        ),
         ({}, None, Decimal("0.12345678"), (Decimal(0), Decimal("0.123457"), Decimal("0.123457"))),
     ],
-)  # fmt: skip
+)
 def test_the_charge_is_the_larger_of_the_declared_spend_and_the_operator_price(policy, registered, declared, expected):
     charge = services.call_price(make_call(policy=policy, registered=registered), declared)
     assert (charge.price, charge.declared, charge.cost) == expected
@@ -132,16 +168,31 @@ def test_the_reserve_request_names_every_key_and_argument():
     keys, args = services.call_reserve_request(call, PLAN, charge, caps, NOW, "res-1")
     base = "oo:{a3}:gov:7"
     assert keys._asdict() == {
-        "ready": f"{base}:ready", "dedup": f"{base}:dedup:{'d' * 64}", "hour": f"{base}:hour",
-        "spend": f"{base}:spend:20260514", "calls": f"{base}:calls:20260514", "usage": "oo:{a3}:usage:2026-05",
+        "ready": f"{base}:ready",
+        "dedup": f"{base}:dedup:{'d' * 64}",
+        "hour": f"{base}:hour",
+        "spend": f"{base}:spend:20260514",
+        "calls": f"{base}:calls:20260514",
+        "usage": "oo:{a3}:usage:2026-05",
         "bucket": None,
-    }  # fmt: skip
+    }
     assert args._asdict() == {
-        "now_ms": int(NOW.timestamp() * 1000), "window_ms": 3_600_000, "max_actions": -1, "max_calls": 3,
-        "max_spend": 2_500_000, "cost": 250_000, "tool": "send_email", "reservation": "res-1",
-        "day_seconds": services.DAY_COUNTER_SECONDS, "ai_limit": 100, "usage_keep_seconds": 62 * 86400, "day": "14",
-        "dry_run": "0", "rate": None, "burst": None,
-    }  # fmt: skip
+        "now_ms": int(NOW.timestamp() * 1000),
+        "window_ms": 3_600_000,
+        "max_actions": -1,
+        "max_calls": 3,
+        "max_spend": 2_500_000,
+        "cost": 250_000,
+        "tool": "send_email",
+        "reservation": "res-1",
+        "day_seconds": services.DAY_COUNTER_SECONDS,
+        "ai_limit": 100,
+        "usage_keep_seconds": 62 * 86400,
+        "day": "14",
+        "dry_run": "0",
+        "rate": None,
+        "burst": None,
+    }
     # With the caller's bucket the token is taken in the same script: the optional KEYS[7], ARGV[14] and ARGV[15].
     keys, args = services.call_reserve_request(call, PLAN, charge, caps, NOW, "res-1", ("oo:{a3}:rl:9", [10, 50]))
     assert (keys.bucket, args.rate, args.burst) == ("oo:{a3}:rl:9", 10, 50)
@@ -206,8 +257,13 @@ def test_each_limit_explains_the_numbers_it_met():
     calls = reserved_with(call, "blocked", Reason.TOOL_CALL_LIMIT_EXCEEDED, 3, 2, 0)
     assert services._limit_explain(call, calls, charge) == {"limit": 2, "count": 2, "cap_key": "SEND_EMAIL"}
     spend = reserved_with(call, "blocked", Reason.DAILY_SPEND_EXCEEDED, 3, 1, 4_000_000)
-    assert services._limit_explain(call, spend, charge) == {"limit": 5.0, "spent": 4.0, "cost": 1.5, "declared": 1.5,
-                                                            "price": 0.4}  # fmt: skip
+    assert services._limit_explain(call, spend, charge) == {
+        "limit": 5.0,
+        "spent": 4.0,
+        "cost": 1.5,
+        "declared": 1.5,
+        "price": 0.4,
+    }
 
 
 def test_an_allowed_call_explains_its_cost_and_what_is_left_under_each_cap():
@@ -215,8 +271,9 @@ def test_an_allowed_call_explains_its_cost_and_what_is_left_under_each_cap():
     charge = services.Charge(price=Decimal("0.4"), declared=None, cost=Decimal("0.4"))
     reserved = reserved_with(make_call(policy=policy), "ok", "", 4, 2, 1_200_000)  # counts include this call
     assert services._budget_explain(reserved, charge) == {
-        "cost": 0.4, "left": {"actions_this_hour": 6, "calls_today": 0, "spend_usd_today": 3.8}
-    }  # fmt: skip
+        "cost": 0.4,
+        "left": {"actions_this_hour": 6, "calls_today": 0, "spend_usd_today": 3.8},
+    }
     assert services._budget_explain(reserved_with(make_call(), "ok", "", 1, 1, 0), charge) == {"cost": 0.4, "left": {}}
 
 
@@ -244,13 +301,27 @@ def test_tidy_points_the_dedup_entry_at_the_decision_or_gives_a_failed_call_its_
 @pytest.mark.django_db
 def test_resolve_registers_the_agent_and_a_dry_run_is_recorded_nowhere(account_a):
     args = {"to": "a@example.test"}
-    call = services.call_resolve(account_id=account_a.pk, agent_id="new-bot", tool="SEND_EMAIL", args=args,
-                                 run_id=None, dry_run=True, finishes_run=True, api_key_id=None)  # fmt: skip
+    call = services.call_resolve(
+        account_id=account_a.pk,
+        agent_id="new-bot",
+        tool="SEND_EMAIL",
+        args=args,
+        run_id=None,
+        dry_run=True,
+        finishes_run=True,
+        api_key_id=None,
+    )
     assert Agent.objects.filter(account=account_a, agent_id="new-bot").exists()
     assert (call.tool, call.registered, call.run_id, call.policy) == ("SEND_EMAIL", None, "", {})
     assert call.digest == services.args_hash(account_a.args_hash_key, "new-bot", "SEND_EMAIL", args)
-    assert call.base == {"tool": "SEND_EMAIL", "args_hash": call.digest, "run_id": "", "policy_version": None,
-                         "risk_level": "medium", "api_key_id": None}  # fmt: skip
+    assert call.base == {
+        "tool": "SEND_EMAIL",
+        "args_hash": call.digest,
+        "run_id": "",
+        "policy_version": None,
+        "risk_level": "medium",
+        "api_key_id": None,
+    }
     outcome = services.call_record(call, services.Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, {"cost": 0.0}))
     assert outcome.decision.pk is None and not Decision.objects.exists()
     assert outcome.decision.explain == {"policy_version": None, "cost": 0.0} and outcome.decision.allowed

@@ -47,11 +47,18 @@ def counters(account_id: int) -> tuple[int, Decimal]:
     from the Redis counters, rebuilt from the decision log first if Redis lost them — and writes nothing; it needs the
     agent enabled, so the agent is enabled first if the test disabled it."""
     if not Agent.objects.get(account_id=account_id, agent_id=AGENT).is_enabled:
-        services.agent_set_enabled(account_id=account_id, agent_id=AGENT, enabled=True, reason="reading the counters",
-                                   actor="test")  # fmt: skip
-    outcome = services.governed_call(account_id=account_id, plan=plan_limits_for(account_id), agent_id=AGENT,
-                                     tool=TOOL, args={"probe": uuid.uuid4().hex}, spend_usd=None,
-                                     dry_run=True)  # fmt: skip
+        services.agent_set_enabled(
+            account_id=account_id, agent_id=AGENT, enabled=True, reason="reading the counters", actor="test"
+        )
+    outcome = services.governed_call(
+        account_id=account_id,
+        plan=plan_limits_for(account_id),
+        agent_id=AGENT,
+        tool=TOOL,
+        args={"probe": uuid.uuid4().hex},
+        spend_usd=None,
+        dry_run=True,
+    )
     assert outcome.decision.policy_reason == "within_budget", outcome.decision.policy_reason
     remaining = outcome.remaining
     return remaining["calls_today"] - 1, Decimal(str(remaining["spend_usd_today"])) - PRICE
@@ -71,15 +78,19 @@ def test_a_retry_after_the_disable_is_not_sent_and_the_attempt_stays_charged(key
 
     def disable_then_drop_the_connection() -> None:
         endpoint.on_call = None
-        services.agent_set_enabled(account_id=key_a.api_key.account_id, agent_id=AGENT, enabled=False,
-                                   reason="runaway", actor="test")  # fmt: skip
+        services.agent_set_enabled(
+            account_id=key_a.api_key.account_id, agent_id=AGENT, enabled=False, reason="runaway", actor="test"
+        )
         connection.close()  # this thread's own connection
         raise ConnectionAbortedError("the tool fell over")  # no answer: the server retries
 
     endpoint.on_call = disable_then_drop_the_connection
     try:
-        body = client.post("/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": {"order": 1}, "spend_usd": 2},
-                           content_type="application/json").json()  # fmt: skip
+        body = client.post(
+            "/v1/ai/run",
+            {"agent_id": AGENT, "tool": TOOL, "args": {"order": 1}, "spend_usd": 2},
+            content_type="application/json",
+        ).json()
     finally:
         endpoint.stop()
     assert len(endpoint.calls) == 1  # the retry never left
@@ -108,14 +119,16 @@ def test_a_call_disabled_before_its_first_attempt_is_blocked_and_not_charged(key
     original = services.dispatch.dispatch
 
     def disable_first(*args, **kwargs):
-        services.agent_set_enabled(account_id=key_a.api_key.account_id, agent_id=AGENT, enabled=False,
-                                   reason="runaway", actor="test")  # fmt: skip
+        services.agent_set_enabled(
+            account_id=key_a.api_key.account_id, agent_id=AGENT, enabled=False, reason="runaway", actor="test"
+        )
         return original(*args, **kwargs)
 
     monkeypatch.setattr(services.dispatch, "dispatch", disable_first)  # only to time the (real) disable
     try:
-        body = client.post("/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": {"order": 2}},
-                           content_type="application/json").json()  # fmt: skip
+        body = client.post(
+            "/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": {"order": 2}}, content_type="application/json"
+        ).json()
     finally:
         endpoint.stop()
     assert endpoint.calls == []
@@ -150,16 +163,22 @@ def test_no_tool_request_is_received_after_the_disable_answered(key_a, settings)
         stop = threading.Event()
         answers: list[tuple[int, dict]] = []
 
-        http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key_a.raw}"}, timeout=30,
-                            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))  # fmt: skip
+        http = httpx.Client(
+            base_url=server.url,
+            headers={"Authorization": f"Bearer {key_a.raw}"},
+            timeout=30,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+        )
 
         def agent_loop(index: int) -> None:
             n = 0
             while not stop.is_set():
                 n += 1
                 try:
-                    response = http.post("/v1/ai/run", json={"agent_id": AGENT, "tool": TOOL, "spend_usd": 0,
-                                                             "args": {"order": f"{index}-{n}"}})  # fmt: skip
+                    response = http.post(
+                        "/v1/ai/run",
+                        json={"agent_id": AGENT, "tool": TOOL, "spend_usd": 0, "args": {"order": f"{index}-{n}"}},
+                    )
                     answers.append((response.status_code, response.json()))
                 except Exception as exc:  # reported by the assertion on the answers below
                     answers.append((0, {"error": repr(exc)}))
@@ -172,8 +191,9 @@ def test_no_tool_request_is_received_after_the_disable_answered(key_a, settings)
         while len(log(base)) < 60 and time.monotonic() < deadline:  # calls and retries in flight
             time.sleep(0.05)
         # Through the API in this process: it answers as soon as it has committed, not after the gunicorn queue.
-        disabled = key_a.client().post(f"/v1/agents/{AGENT}/disable", {"reason": "runaway loop"},
-                                       content_type="application/json")  # fmt: skip
+        disabled = key_a.client().post(
+            f"/v1/agents/{AGENT}/disable", {"reason": "runaway loop"}, content_type="application/json"
+        )
         answered_at = time.time_ns()  # the receiver's stamps are CLOCK_REALTIME too
         assert disabled.status_code == 200 and disabled.json()["is_enabled"] is False
         time.sleep(0.5)  # the load goes on against the disabled agent
@@ -199,8 +219,10 @@ def test_no_tool_request_is_received_after_the_disable_answered(key_a, settings)
         f"{sorted((stamp - answered_at) / 1e6 for stamp, _, _ in late)} ms"
     )
     before = [entry[0] for entry in received]
-    print(f"{len(received)} tool requests, the last received {(answered_at - max(before)) / 1e6:.3f} ms before the "
-          "disable answered")  # fmt: skip
+    print(
+        f"{len(received)} tool requests, the last received {(answered_at - max(before)) / 1e6:.3f} ms before the "
+        "disable answered"
+    )
     assert sum(1 for entry in received if entry[2] == 200) > 0  # retries did happen before the switch
     assert answers and all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
 
@@ -233,8 +255,9 @@ def test_each_attempt_rechecks_the_agent_once(key_a, settings):
     endpoint.on_call = fail_once
     try:
         with CaptureQueriesContext(connection) as queries:
-            body = client.post("/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": {"order": 2}},
-                               content_type="application/json").json()  # fmt: skip
+            body = client.post(
+                "/v1/ai/run", {"agent_id": AGENT, "tool": TOOL, "args": {"order": 2}}, content_type="application/json"
+            ).json()
     finally:
         endpoint.stop()
     assert body["decision"] == "executed" and len(endpoint.calls) == 2

@@ -109,8 +109,9 @@ def test_a_pricing_rule_prices_lookalikes_of_the_tool(client):
 
 
 def test_a_policy_cannot_cap_one_tool_twice_under_two_spellings(client):
-    response = client.post(f"/v1/policies/{AGENT}", {"max_calls_per_tool": {"send_email": 5, "SEND_EMAIL": 50}},
-                           content_type=JSON)  # fmt: skip
+    response = client.post(
+        f"/v1/policies/{AGENT}", {"max_calls_per_tool": {"send_email": 5, "SEND_EMAIL": 50}}, content_type=JSON
+    )
     assert response.status_code == 422
     assert "name the same tool" in response.json()["detail"][0]["msg"]
 

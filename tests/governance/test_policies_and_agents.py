@@ -73,8 +73,10 @@ def test_invalid_policies_are_422_and_save_nothing(client, payload, field):
 
 
 def test_amounts_are_kept_to_six_decimals_and_zero_stays_possible(client):
-    body = {"max_spend_usd_per_day": 0.000001, "pricing_rules": [{"tool": "x", "price_usd": 0}, {"tool": "y",
-            "price_usd": 0.0000014}]}  # fmt: skip
+    body = {
+        "max_spend_usd_per_day": 0.000001,
+        "pricing_rules": [{"tool": "x", "price_usd": 0}, {"tool": "y", "price_usd": 0.0000014}],
+    }
     policy = post(client, "policies/a1", body).json()["policy"]
     assert policy["max_spend_usd_per_day"] == 0.000001
     assert [rule["price_usd"] for rule in policy["pricing_rules"]] == [0, 0.000001]

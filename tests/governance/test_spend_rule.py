@@ -131,10 +131,17 @@ def test_the_row_hash_covers_both_prices(client):
 def test_an_unfinished_dispatch_is_recorded_with_both_prices(key_a):
     agent = Agent.objects.get_or_create(account_id=key_a.api_key.account_id, agent_id=AGENT)[0]
     DispatchIntent.objects.create(
-        account_id=agent.account_id, agent=agent, created_at=timezone.now() - timedelta(minutes=5), tool="t",
-        args_hash="a" * 64, risk_level="low", spend_usd=Decimal(1), declared_spend_usd=Decimal(0),
-        operator_price_usd=Decimal(1), dispatch_id="lost",
-    )  # fmt: skip
+        account_id=agent.account_id,
+        agent=agent,
+        created_at=timezone.now() - timedelta(minutes=5),
+        tool="t",
+        args_hash="a" * 64,
+        risk_level="low",
+        spend_usd=Decimal(1),
+        declared_spend_usd=Decimal(0),
+        operator_price_usd=Decimal(1),
+        dispatch_id="lost",
+    )
     assert services.dispatch_intents_record() == 1
     decision = Decision.objects.get()
     assert decision.policy_reason == "outcome_unknown" and prices(decision) == (0.0, 1.0, 1.0)

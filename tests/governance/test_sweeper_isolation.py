@@ -40,9 +40,15 @@ def test_a_poisoned_intent_is_logged_and_the_others_are_recorded(key_a, poisoned
     long_ago = timezone.now() - timedelta(minutes=5)
     for dispatch_id in ("first", "poison", "last"):
         DispatchIntent.objects.create(
-            account_id=agent.account_id, agent=agent, created_at=long_ago, tool="t", args_hash="a" * 64,
-            risk_level="low", spend_usd=1, dispatch_id=dispatch_id,
-        )  # fmt: skip
+            account_id=agent.account_id,
+            agent=agent,
+            created_at=long_ago,
+            tool="t",
+            args_hash="a" * 64,
+            risk_level="low",
+            spend_usd=1,
+            dispatch_id=dispatch_id,
+        )
     with caplog.at_level(logging.ERROR, logger="governance.services"):
         assert services.dispatch_intents_record() == 2
     assert sorted(Decision.objects.values_list("dispatch_id", flat=True)) == ["first", "last"]

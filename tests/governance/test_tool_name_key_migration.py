@@ -35,12 +35,17 @@ def before_name_key(transactional_db):
 def test_tools_differing_only_in_case_are_kept_and_resolved_oldest_first(before_name_key, key_a):
     account_id = key_a.api_key.account_id
     OldTool = before_name_key.get_model("governance", "Tool")
-    for scope, name, risk in [("global", "send_email", "low"), ("global", "Send_Email", "medium"),
-                              ("global", "SEND_EMAIL", "high"), ("agent:bot", "Send_Email", "medium"),
-                              ("global", "stripe.charge", "")]:  # fmt: skip
+    for scope, name, risk in [
+        ("global", "send_email", "low"),
+        ("global", "Send_Email", "medium"),
+        ("global", "SEND_EMAIL", "high"),
+        ("agent:bot", "Send_Email", "medium"),
+        ("global", "stripe.charge", ""),
+    ]:
         # Disabled: a call is blocked tool_disabled with the risk level of the tool it resolved to, nothing sent.
-        OldTool.objects.create(account_id=account_id, scope_id=scope, name=name, url=URL, enabled=False,
-                               risk_level=risk)  # fmt: skip
+        OldTool.objects.create(
+            account_id=account_id, scope_id=scope, name=name, url=URL, enabled=False, risk_level=risk
+        )
 
     migrate()
 

@@ -66,8 +66,9 @@ def test_a_variant_of_a_disabled_tool_is_blocked_tool_disabled(client, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
 def test_a_variant_of_a_registered_tool_is_dispatched_to_it_and_charged_its_price(client, key_a, receiver, variant):  # noqa: F811
-    register(client, url=f"{receiver}/ok", auth={"type": "hmac_sha256", "secret": SECRET}, price_usd=1,
-             risk_level="low")  # fmt: skip
+    register(
+        client, url=f"{receiver}/ok", auth={"type": "hmac_sha256", "secret": SECRET}, price_usd=1, risk_level="low"
+    )
     set_policy(client, AGENT, max_spend_usd_per_day=2)
     first = call(client, variant, args={"n": 1}, spend_usd=0)
     assert (first["decision"], first["policy_reason"], first["risk_level"]) == ("executed", "within_budget", "low")
@@ -123,8 +124,9 @@ def test_the_same_args_under_a_variant_name_are_a_dedup(client, variant):
 def test_keyed_run_actions_resolve_a_variant_to_the_registered_tool(client):
     register(client, enabled=False, price_usd=1)
     actions = [{"tool": "STRIPE.CHARGE", "args": {"amount": 1}, "spend_usd": 0}]
-    response = client.post("/v1/ai/run", {"key": "run-1", "metadata": {"agent_id": AGENT, "actions": actions}},
-                           content_type=JSON)  # fmt: skip
+    response = client.post(
+        "/v1/ai/run", {"key": "run-1", "metadata": {"agent_id": AGENT, "actions": actions}}, content_type=JSON
+    )
     assert response.status_code == 200, response.content
     runs.execute(Run.objects.get().pk)
     run = Run.objects.get()
@@ -161,8 +163,16 @@ def test_the_database_refuses_a_second_tool_whose_name_differs_only_in_case(clie
 
 
 def test_a_tool_registered_on_the_dashboard_is_found_by_a_variant_and_not_registered_twice(client, owner_a):
-    form = {"name": "stripe.charge", "scope_id": "global", "url": "https://tools.example.com/charge", "secret": SECRET,
-            "timeout_ms": "1000", "max_retries": "0", "description": "", "risk_level": ""}  # fmt: skip
+    form = {
+        "name": "stripe.charge",
+        "scope_id": "global",
+        "url": "https://tools.example.com/charge",
+        "secret": SECRET,
+        "timeout_ms": "1000",
+        "max_retries": "0",
+        "description": "",
+        "risk_level": "",
+    }
     dashboard = owner_a.login(Client())
     assert dashboard.post("/tools/new/", form).status_code == 302  # saved disabled: "enabled" not ticked
     assert call(client, "STRIPE.CHARGE")["policy_reason"] == "tool_disabled"

@@ -212,9 +212,14 @@ def test_agent_scope_wins_over_global(client):
 
 def test_sdk_tool_methods(live_server, key_a):
     with OnceOnly(api_key=key_a.raw, base_url=f"{live_server.url}/v1", fail_open=False) as sdk:
-        created = sdk.gov.create_tool({"name": "send_email", "scope_id": "global",
-                                       "url": "https://example.com/tools/send_email",
-                                       "auth": {"type": "hmac_sha256", "secret": SECRET}})  # fmt: skip
+        created = sdk.gov.create_tool(
+            {
+                "name": "send_email",
+                "scope_id": "global",
+                "url": "https://example.com/tools/send_email",
+                "auth": {"type": "hmac_sha256", "secret": SECRET},
+            }
+        )
         assert created["has_secret"] is True and "secret" not in created
         assert [t["name"] for t in sdk.gov.list_tools()] == ["send_email"]
         assert sdk.gov.get_tool("send_email")["url"] == "https://example.com/tools/send_email"

@@ -40,8 +40,18 @@ def test_bad_events_are_422_and_store_nothing(key_a, body, field):
 def test_event_fields_and_extra_keys_come_back_in_order(key_a):
     later = int(datetime(2026, 1, 2, tzinfo=UTC).timestamp())
     earlier = later - 60
-    fields = {"status": "ok", "step": "2", "tool": "t", "req_id": "q", "lease_id": "l", "agent_id": "bot",
-              "message": "second", "duration_ms": 12, "data": {"k": [1]}, "team": "ops"}  # fmt: skip
+    fields = {
+        "status": "ok",
+        "step": "2",
+        "tool": "t",
+        "req_id": "q",
+        "lease_id": "l",
+        "agent_id": "bot",
+        "message": "second",
+        "duration_ms": 12,
+        "data": {"k": [1]},
+        "team": "ops",
+    }
     a = post_event(key_a, run_id="r/1", type="note", ts=later, **fields)
     b = post_event(key_a, run_id="r/1", type="note", ts=earlier, message="first")
     assert a.status_code == b.status_code == 200
@@ -56,10 +66,15 @@ def test_event_fields_and_extra_keys_come_back_in_order(key_a):
 
 def test_timeline_pages_and_counts_with_a_fixed_number_of_queries(key_a, django_assert_num_queries):
     RunEvent.objects.bulk_create(
-        RunEvent(account_id=key_a.api_key.account_id, run_id="big", type="note", message=str(i),
-                 ts=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i))
+        RunEvent(
+            account_id=key_a.api_key.account_id,
+            run_id="big",
+            type="note",
+            message=str(i),
+            ts=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i),
+        )
         for i in range(30)
-    )  # fmt: skip
+    )
     client = key_a.client()
     client.get("/v1/runs/big")  # warm the key cache
     with django_assert_num_queries(2):  # the page, the count
@@ -74,8 +89,9 @@ def test_timeline_pages_and_counts_with_a_fixed_number_of_queries(key_a, django_
 
 def test_feed_merges_run_events_decisions_and_kill_switch_newest_first(key_a, key_b, account_a):
     post_event(key_a, run_id="r", type="note", message="hello", kind="spoofed")  # an extra key cannot pose as a kind
-    governance.agent_set_enabled(account_id=account_a.pk, agent_id="bot", enabled=False, reason="runaway",
-                                 actor="ops@acme")  # fmt: skip
+    governance.agent_set_enabled(
+        account_id=account_a.pk, agent_id="bot", enabled=False, reason="runaway", actor="ops@acme"
+    )
     key_a.client().post("/v1/ai/run", {"agent_id": "bot", "tool": "send_email"}, content_type="application/json")
     feed = key_a.client().get("/v1/events", {"limit": 2}).json()
     assert feed["total"] == 3 and len(feed["data"]) == 2
@@ -99,8 +115,9 @@ def test_feed_query_count_does_not_grow(key_a, django_assert_num_queries):
 def test_runs_and_events_are_tenant_scoped(key_a, key_b):
     post_event(key_a, run_id="shared-name", type="note", message="A's")
     assert key_b.client().get("/v1/runs/shared-name").json()["total"] == 0
-    key_a.client().post("/v1/ai/run", {"key": "same-key", "metadata": {"task": "demo.echo"}},
-                        content_type="application/json")  # fmt: skip
+    key_a.client().post(
+        "/v1/ai/run", {"key": "same-key", "metadata": {"task": "demo.echo"}}, content_type="application/json"
+    )
     other = key_b.client().post("/v1/ai/run", {"key": "same-key"}, content_type="application/json").json()
     assert other["status"] == "acquired"  # an independent keyspace
     assert key_b.client().get("/v1/runs/same-key").json()["total"] == 1  # only B's own run_queued
@@ -127,6 +144,12 @@ def test_bad_metric_days_are_422(key_a, params, field):
 def test_metrics_cover_each_day_of_the_range(key_a):
     body = key_a.client().get("/v1/metrics", {"from_day": "2026-02-27", "to_day": "2026-03-02"}).json()
     assert [d["day"] for d in body["days"]] == ["2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"]
-    assert body["days"][0]["decisions"] == {"executed": 0, "allowed": 0, "blocked": 0, "dedup": 0, "failed": 0,
-                                            "total": 0}  # fmt: skip
+    assert body["days"][0]["decisions"] == {
+        "executed": 0,
+        "allowed": 0,
+        "blocked": 0,
+        "dedup": 0,
+        "failed": 0,
+        "total": 0,
+    }
     assert body["totals"]["spend_usd"] == 0

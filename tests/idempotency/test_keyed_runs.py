@@ -128,10 +128,13 @@ def test_handler_exception_fails_the_run_and_the_next_run_acquires_again(client)
 
 
 def test_actions_one_allowed_one_blocked_fail_with_policy_blocked(client, account_a):
-    governance.policy_upsert(account_id=account_a.pk, agent_id="billing-agent",
-                             changes={"blocked_tools": ["delete_user"]}, actor="test")  # fmt: skip
-    actions = [{"tool": "send_email", "args": {"to": "a@b.c"}, "spend_usd": 0.25},
-               {"tool": "delete_user", "args": {"id": 7}}]  # fmt: skip
+    governance.policy_upsert(
+        account_id=account_a.pk, agent_id="billing-agent", changes={"blocked_tools": ["delete_user"]}, actor="test"
+    )
+    actions = [
+        {"tool": "send_email", "args": {"to": "a@b.c"}, "spend_usd": 0.25},
+        {"tool": "delete_user", "args": {"id": 7}},
+    ]
     start(client, key="acts", metadata={"agent_id": "billing-agent", "actions": actions, "run_id": "run-acts"})
     runs.execute(Run.objects.get().pk)
     failed = status(client, "acts")
@@ -154,11 +157,14 @@ def test_actions_one_allowed_one_blocked_fail_with_policy_blocked(client, accoun
 
 
 def test_dry_run_decides_without_charging_or_recording(client, account_a, key_a):
-    governance.policy_upsert(account_id=account_a.pk, agent_id="bot",
-                             changes={"max_spend_usd_per_day": 1.0}, actor="test")  # fmt: skip
+    governance.policy_upsert(
+        account_id=account_a.pk, agent_id="bot", changes={"max_spend_usd_per_day": 1.0}, actor="test"
+    )
     before = usage.current(account_a.pk, usage.AI)
-    actions = [{"tool": "stripe.charge", "args": {"amount": 1}, "spend_usd": 0.75},
-               {"tool": "stripe.charge", "args": {"amount": 2}, "spend_usd": 0.75}]  # fmt: skip
+    actions = [
+        {"tool": "stripe.charge", "args": {"amount": 1}, "spend_usd": 0.75},
+        {"tool": "stripe.charge", "args": {"amount": 2}, "spend_usd": 0.75},
+    ]
     start(client, key="dry", metadata={"agent_id": "bot", "actions": actions, "dry_run": True})
     runs.execute(Run.objects.get().pk)
     run = Run.objects.get()
@@ -168,8 +174,14 @@ def test_dry_run_decides_without_charging_or_recording(client, account_a, key_a)
     assert not Decision.objects.exists()
     assert usage.current(account_a.pk, usage.AI) == before + 1  # the run's acquisition; dry actions cost nothing
     # A real call afterwards still has the whole budget.
-    real = governance.governed_call(account_id=account_a.pk, plan=key_a_plan(key_a), agent_id="bot",
-                                    tool="stripe.charge", args={"amount": 3}, spend_usd=None)  # fmt: skip
+    real = governance.governed_call(
+        account_id=account_a.pk,
+        plan=key_a_plan(key_a),
+        agent_id="bot",
+        tool="stripe.charge",
+        args={"amount": 3},
+        spend_usd=None,
+    )
     assert real.remaining["spend_usd_today"] == 0.0
     dry_events = [e for e in timeline(client, "dry")["events"] if e["type"] == "tool_result"]
     assert len(dry_events) == 2 and all(e["data"]["dry_run"] for e in dry_events)
@@ -188,8 +200,10 @@ def key_a_plan(key_a):
         ({"key": "x", "metadata": {"actions": "send_email"}}, "metadata.actions"),
         ({"key": "x", "metadata": {"agent_id": "a", "actions": [{"tool": "t"}] * 51}}, "metadata.actions"),
         ({"key": "x", "metadata": {"agent_id": "a", "actions": [{"args": {}}]}}, "metadata.actions.0.tool"),
-        ({"key": "x", "metadata": {"agent_id": "a", "actions": [{"tool": "t", "spend_usd": -1}]}},
-         "metadata.actions.0.spend_usd"),
+        (
+            {"key": "x", "metadata": {"agent_id": "a", "actions": [{"tool": "t", "spend_usd": -1}]}},
+            "metadata.actions.0.spend_usd",
+        ),
         ({"key": "x", "metadata": {"actions": [{"tool": "t"}]}}, "metadata.agent_id"),
         ({"key": "x", "metadata": {"task": "no spaces allowed"}}, "metadata.task"),
         ({"key": "x", "metadata": {"task": "demo.echo\n"}}, "metadata.task"),  # `$` let a final newline pass
@@ -199,7 +213,7 @@ def key_a_plan(key_a):
         ({"key": "x", "agent_id": "a", "tool": "t"}, "agent_id"),
         ({"key": "", "metadata": {}}, "key"),
     ],
-)  # fmt: skip
+)
 def test_bad_run_input_is_422_and_writes_nothing(client, body, field):
     response = client.post("/v1/ai/run", body, content_type="application/json")
     assert response.status_code == 422, response.content

@@ -30,8 +30,9 @@ BEGIN SELECT RAISE(ABORT, 'poisoned run'); END;
 
 
 def start(client, key):
-    response = client.post("/v1/ai/run", {"key": key, "metadata": {"task": "demo.echo"}},
-                           content_type="application/json")  # fmt: skip
+    response = client.post(
+        "/v1/ai/run", {"key": key, "metadata": {"task": "demo.echo"}}, content_type="application/json"
+    )
     assert response.status_code == 200, response.content
 
 

@@ -12,10 +12,15 @@ from tests.conftest import make_key
 
 
 def test_governance_example_flow(sdk):
-    policy = sdk.gov.upsert_policy({
-        "agent_id": "billing-agent", "max_actions_per_hour": 200, "max_spend_usd_per_day": 50.0,
-        "allowed_tools": ["stripe.charge", "send_email", "stripe.refund"], "blocked_tools": ["delete_user"],
-    })  # fmt: skip
+    policy = sdk.gov.upsert_policy(
+        {
+            "agent_id": "billing-agent",
+            "max_actions_per_hour": 200,
+            "max_spend_usd_per_day": 50.0,
+            "allowed_tools": ["stripe.charge", "send_email", "stripe.refund"],
+            "blocked_tools": ["delete_user"],
+        }
+    )
     assert policy.agent_id == "billing-agent" and policy.max_actions_per_hour == 200
     assert policy.blocked_tools == ["delete_user"]
 
@@ -71,8 +76,9 @@ def test_concurrent_calls_never_overshoot_a_cap(gunicorn_server, account_a, poli
     url = f"{gunicorn_server.url}/v1"
     with OnceOnly(api_key=key.raw, base_url=url, fail_open=False) as admin:
         admin.gov.upsert_policy({"agent_id": "racer", **policy})
-    results = _race(url, key.raw, n, lambda c, i: c.ai.run_tool(
-        agent_id="racer", tool=tool, args={"call": i}, spend_usd=spend))  # fmt: skip
+    results = _race(
+        url, key.raw, n, lambda c, i: c.ai.run_tool(agent_id="racer", tool=tool, args={"call": i}, spend_usd=spend)
+    )
     assert sum(r.allowed for r in results) == allowed
     assert [r.policy_reason for r in results if not r.allowed] == [reason] * (n - allowed)
     assert Decision.objects.filter(outcome="allowed").count() == allowed

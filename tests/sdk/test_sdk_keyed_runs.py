@@ -49,16 +49,27 @@ def event_types(sdk, run_id: str) -> list[str]:
 
 def test_run_and_wait_returns_the_handler_result_and_a_second_call_does_not_run_it_again(sdk, workers):
     workers("w1")
-    first = sdk.ai.run_and_wait(key="job:count:1", ttl=60, metadata={"task": "test.count", "params": {"n": 7}},
-                                timeout=30, poll_min=0.2, poll_max=0.5)  # fmt: skip
+    first = sdk.ai.run_and_wait(
+        key="job:count:1",
+        ttl=60,
+        metadata={"task": "test.count", "params": {"n": 7}},
+        timeout=30,
+        poll_min=0.2,
+        poll_max=0.5,
+    )
     assert first.status == "completed", first
     assert first.result["output"] == {"execution": 1, "params": {"n": 7}, "attempt": 1}
     second = sdk.ai.run_and_wait(key="job:count:1", ttl=60, metadata={"task": "test.count"}, timeout=10)
     assert second.status == "completed" and second.result == first.result
     assert executions("job:count:1") == 1 and Run.objects.filter(key="job:count:1").count() == 1
 
-    echo = sdk.ai.run_and_wait(key="job:echo", metadata={"task": "demo.echo", "params": {"hello": "world"}},
-                               timeout=30, poll_min=0.2, poll_max=0.5)  # fmt: skip
+    echo = sdk.ai.run_and_wait(
+        key="job:echo",
+        metadata={"task": "demo.echo", "params": {"hello": "world"}},
+        timeout=30,
+        poll_min=0.2,
+        poll_max=0.5,
+    )
     assert echo.status == "completed" and echo.result["output"] == {"echo": {"hello": "world"}, "key": "job:echo"}
 
 
@@ -84,8 +95,14 @@ def test_worker_killed_mid_run_is_replaced_and_the_result_is_written_once(sdk, w
     outcome: dict = {}
 
     def client_side():  # the agent: run_and_wait heart-beats the lease and polls while the workers come and go
-        outcome["result"] = sdk.ai.run_and_wait(key="job:crash", ttl=60, timeout=60, poll_min=0.3, poll_max=0.5,
-                                                metadata={"task": "demo.sleep", "params": {"seconds": 3}})  # fmt: skip
+        outcome["result"] = sdk.ai.run_and_wait(
+            key="job:crash",
+            ttl=60,
+            timeout=60,
+            poll_min=0.3,
+            poll_max=0.5,
+            metadata={"task": "demo.sleep", "params": {"seconds": 3}},
+        )
 
     agent = threading.Thread(target=client_side)
     agent.start()
@@ -109,12 +126,21 @@ def test_worker_killed_mid_run_is_replaced_and_the_result_is_written_once(sdk, w
 
 def test_actions_with_a_blocked_tool_fail_the_run_and_dry_runs_charge_nothing(sdk, workers):
     workers("w1")
-    sdk.gov.upsert_policy({"agent_id": "billing-agent", "blocked_tools": ["delete_user"],
-                           "max_spend_usd_per_day": 10.0})  # fmt: skip
-    actions = [{"tool": "send_email", "args": {"to": "a@example.com"}, "spend_usd": 0.5},
-               {"tool": "delete_user", "args": {"id": 42}}]  # fmt: skip
-    failed = sdk.ai.run_and_wait(key="job:acts", run_id="run-acts", timeout=30, poll_min=0.2, poll_max=0.5,
-                                 metadata={"agent_id": "billing-agent", "actions": actions})  # fmt: skip
+    sdk.gov.upsert_policy(
+        {"agent_id": "billing-agent", "blocked_tools": ["delete_user"], "max_spend_usd_per_day": 10.0}
+    )
+    actions = [
+        {"tool": "send_email", "args": {"to": "a@example.com"}, "spend_usd": 0.5},
+        {"tool": "delete_user", "args": {"id": 42}},
+    ]
+    failed = sdk.ai.run_and_wait(
+        key="job:acts",
+        run_id="run-acts",
+        timeout=30,
+        poll_min=0.2,
+        poll_max=0.5,
+        metadata={"agent_id": "billing-agent", "actions": actions},
+    )
     assert failed.status == "failed" and failed.error_code == "policy_blocked"
     events = sdk.get_run_timeline("run-acts")["events"]
     decided = [(e["tool"], e["status"]) for e in events if e["type"] == "tool_result"]
@@ -124,8 +150,11 @@ def test_actions_with_a_blocked_tool_fail_the_run_and_dry_runs_charge_nothing(sd
 
     decisions_before = Decision.objects.count()
     spend_before = sdk.gov.agent_metrics("billing-agent", period="day").total_spend_usd
-    dry_meta = {"agent_id": "billing-agent", "dry_run": True,
-                "actions": [{"tool": "send_email", "args": {"n": 2}, "spend_usd": 5}]}  # fmt: skip
+    dry_meta = {
+        "agent_id": "billing-agent",
+        "dry_run": True,
+        "actions": [{"tool": "send_email", "args": {"n": 2}, "spend_usd": 5}],
+    }
     dry = sdk.ai.run_and_wait(key="job:dry", timeout=30, poll_min=0.2, poll_max=0.5, metadata=dry_meta)
     assert dry.status == "completed" and dry.result["actions"][0]["decision"] == "allowed"
     assert Decision.objects.count() == decisions_before
@@ -135,8 +164,9 @@ def test_actions_with_a_blocked_tool_fail_the_run_and_dry_runs_charge_nothing(sd
 
 def test_post_event_and_timeline_with_a_slash_and_a_space_in_the_run_id(sdk):
     run_id = "team/a nightly run"
-    posted = sdk.post_event(run_id=run_id, type="note", status="start", message="hello", data={"step": 1},
-                            custom_field="kept")  # fmt: skip
+    posted = sdk.post_event(
+        run_id=run_id, type="note", status="start", message="hello", data={"step": 1}, custom_field="kept"
+    )
     assert posted["ok"] is True and posted["run_id"] == run_id and isinstance(posted["event_id"], int)
     sdk.post_event(run_id=run_id, type="note", status="done", ts=int(time.time()) + 1)
     timeline = sdk.get_run_timeline(run_id)
@@ -144,8 +174,13 @@ def test_post_event_and_timeline_with_a_slash_and_a_space_in_the_run_id(sdk):
     first = timeline["events"][0]
     assert (first["type"], first["status"], first["message"], first["data"]) == ("note", "start", "hello", {"step": 1})
     assert first["custom_field"] == "kept"
-    assert sdk.get_run_timeline("never-seen") == {"run_id": "never-seen", "total": 0, "limit": 200, "offset": 0,
-                                                  "events": []}  # fmt: skip
+    assert sdk.get_run_timeline("never-seen") == {
+        "run_id": "never-seen",
+        "total": 0,
+        "limit": 200,
+        "offset": 0,
+        "events": [],
+    }
     feed = sdk.events(limit=10)
     assert feed["total"] >= 2 and {e["run_id"] for e in feed["data"]} == {run_id}
 
@@ -155,8 +190,13 @@ def test_timeline_example_flow_shows_the_workers_events(sdk, workers, capsys):
     workers("w1")
     run_id = f"run_demo_{int(time.time())}"
     key = f"ai:job:debug:{run_id}"
-    posted = sdk.post_event(run_id=run_id, type="sdk_debug", status="start", message="run debug demo started from sdk",
-                            data={"source": "test"})  # fmt: skip
+    posted = sdk.post_event(
+        run_id=run_id,
+        type="sdk_debug",
+        status="start",
+        message="run debug demo started from sdk",
+        data={"source": "test"},
+    )
     print("post_event:", posted)
     run = sdk.ai_run(key=key, ttl=300, metadata={"task": "debug_timeline_demo", "agent_id": "default"}, run_id=run_id)
     assert run.status == "acquired"
@@ -168,8 +208,10 @@ def test_timeline_example_flow_shows_the_workers_events(sdk, workers, capsys):
         if total > 1 and last == "completed":
             break
     for ev in sdk.get_run_timeline(run_id, limit=100)["events"]:
-        print(f"- ts={ev['ts']} type={ev['type']} status={ev['status']} step={ev['step']} tool={ev['tool']} "
-              f"message={ev['message']}")  # fmt: skip
+        print(
+            f"- ts={ev['ts']} type={ev['type']} status={ev['status']} step={ev['step']} tool={ev['tool']} "
+            f"message={ev['message']}"
+        )
     printed = capsys.readouterr().out
     assert "type=run_started" in printed and "type=run_finished status=completed" in printed
     assert last == "completed" and total > 1

@@ -10,11 +10,17 @@ from urllib.parse import parse_qs
 
 ANSWERS = {
     "/v1/customers": {"id": "cus_Fake0001", "object": "customer"},
-    "/v1/checkout/sessions": {"id": "cs_test_Fake0001", "object": "checkout.session",
-                              "url": "https://checkout.stripe.com/c/pay/cs_test_Fake0001"},
-    "/v1/billing_portal/sessions": {"id": "bps_Fake0001", "object": "billing_portal.session",
-                                    "url": "https://billing.stripe.com/p/session/test_Fake0001"},
-}  # fmt: skip
+    "/v1/checkout/sessions": {
+        "id": "cs_test_Fake0001",
+        "object": "checkout.session",
+        "url": "https://checkout.stripe.com/c/pay/cs_test_Fake0001",
+    },
+    "/v1/billing_portal/sessions": {
+        "id": "bps_Fake0001",
+        "object": "billing_portal.session",
+        "url": "https://billing.stripe.com/p/session/test_Fake0001",
+    },
+}
 
 
 class FakeStripe:
@@ -32,8 +38,10 @@ class FakeStripe:
         self.sessions: dict[str, str] = {}  # Checkout Session id → status
         self.fail_with = fail_with
         self.fail_on = "/v1/"  # fail_with answers the paths starting with this
-        self.answers = {path: {**answer, "url": (urls or {}).get(path, answer["url"])} if "url" in answer else answer
-                        for path, answer in ANSWERS.items()}  # fmt: skip
+        self.answers = {
+            path: {**answer, "url": (urls or {}).get(path, answer["url"])} if "url" in answer else answer
+            for path, answer in ANSWERS.items()
+        }
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,14 +78,24 @@ class FakeStripe:
     def new_session(self, answer: dict) -> dict:
         session_id = f"cs_test_Fake{len(self.sessions) + 1:04d}"
         self.sessions[session_id] = "open"
-        return {**answer, "id": session_id, "status": "open",
-                "url": answer["url"].replace("cs_test_Fake0001", session_id)}  # fmt: skip
+        return {
+            **answer,
+            "id": session_id,
+            "status": "open",
+            "url": answer["url"].replace("cs_test_Fake0001", session_id),
+        }
 
     def session(self, method: str, rest: str) -> tuple[int, dict]:
         session_id, _, action = rest.partition("/")
         if session_id not in self.sessions:
-            return 404, {"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "session",
-                                   "message": f"No such checkout.session: '{session_id}'"}}  # fmt: skip
+            return 404, {
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "resource_missing",
+                    "param": "session",
+                    "message": f"No such checkout.session: '{session_id}'",
+                }
+            }
         if method == "POST" and action == "expire":
             if self.sessions[session_id] != "open":
                 message = f'Only Checkout Sessions with a status in ["open"] can be expired ({session_id}).'

@@ -31,12 +31,20 @@ def seed_long_identifiers(key, owner) -> None:
     a run with events, a lock and a lease, a long key label and member email, the longest account name."""
     api = key.client()
     Account.objects.filter(pk=owner.account.pk).update(name=ACCOUNT)
-    tool = {"name": TOOL, "url": "https://tools.example.com/x", "description": "d" * 300,
-            "auth": {"type": "hmac_sha256", "secret": "s3cret-0123456789"}}  # fmt: skip
+    tool = {
+        "name": TOOL,
+        "url": "https://tools.example.com/x",
+        "description": "d" * 300,
+        "auth": {"type": "hmac_sha256", "secret": "s3cret-0123456789"},
+    }
     assert api.post("/v1/tools", tool, content_type=JSON).status_code == 200
-    policy = {"blocked_tools": [TOOL.upper(), "x" * 200], "max_calls_per_tool": {"c" * 200: 5},
-              "max_actions_per_hour": 1000, "max_spend_usd_per_day": 10,
-              "pricing_rules": [{"tool": "p" * 200, "price_usd": 1}]}  # fmt: skip
+    policy = {
+        "blocked_tools": [TOOL.upper(), "x" * 200],
+        "max_calls_per_tool": {"c" * 200: 5},
+        "max_actions_per_hour": 1000,
+        "max_spend_usd_per_day": 10,
+        "pricing_rules": [{"tool": "p" * 200, "price_usd": 1}],
+    }
     assert api.post(f"/v1/policies/{AGENT}", policy, content_type=JSON).status_code == 200
     # A second version, so the policy page has a history to compare and the audit log a before/after.
     policy["max_actions_per_hour"] = 2000
@@ -44,15 +52,19 @@ def seed_long_identifiers(key, owner) -> None:
     for tool_name in (TOOL, "u" * 200):
         body = {"agent_id": AGENT, "tool": tool_name, "args": {"run_id": RUN}}
         assert api.post("/v1/ai/run", body, content_type=JSON).status_code == 200
-    api.post("/v1/events", {"run_id": RUN, "type": "note", "message": "m" * 400, "step": "s" * 250},
-             content_type=JSON)  # fmt: skip
+    api.post("/v1/events", {"run_id": RUN, "type": "note", "message": "m" * 400, "step": "s" * 250}, content_type=JSON)
     assert api.post("/v1/check-lock", {"key": KEY}, content_type=JSON).status_code == 200
     assert api.post("/v1/ai/lease", {"key": KEY, "ttl": 300}, content_type=JSON).status_code == 200
-    assert api.post("/v1/ai/run", {"key": "run:" + "q" * 200, "metadata": {"run_id": RUN + "2"}},
-                    content_type=JSON).status_code == 200  # fmt: skip
+    assert (
+        api.post(
+            "/v1/ai/run", {"key": "run:" + "q" * 200, "metadata": {"run_id": RUN + "2"}}, content_type=JSON
+        ).status_code
+        == 200
+    )
     ApiKey.objects.filter(pk=key.api_key.pk).update(label="L" * 100)
-    membership_add(account=owner.account, email=("e" * 60) + "@" + ("d" * 60) + ".test", role="viewer",
-                   actor=owner.user)  # fmt: skip
+    membership_add(
+        account=owner.account, email=("e" * 60) + "@" + ("d" * 60) + ".test", role="viewer", actor=owner.user
+    )
     assert Agent.objects.filter(agent_id=AGENT).exists()
 
 

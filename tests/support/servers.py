@@ -111,9 +111,23 @@ class CeleryWorker:
         self.name = name
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"worker-{name}-{os.getpid()}.log"
-        command = [sys.executable, "-m", "celery", "-A", "onceonly_site", "worker", "--pool", "solo",
-                   "--loglevel", "INFO", "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
-                   "--without-heartbeat"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "onceonly_site",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"{name}-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         if beat:
             command += ["--beat", "--schedule", str(log_dir / f"beat-{name}-{os.getpid()}")]
         defaults = {
@@ -123,9 +137,13 @@ class CeleryWorker:
         }
         self._log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop/kill)
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=server_env(**{**defaults, **env}), stdout=self._log, stderr=subprocess.STDOUT,
+            command,
+            cwd=ROOT,
+            env=server_env(**{**defaults, **env}),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30.0) -> None:

@@ -88,8 +88,13 @@ def agents(owner_a):
     ids = list(dict.fromkeys([BASE, *tricky_ids(base.pk)]))
     for n, agent_id in enumerate(ids):
         for version in (1, 2):  # two versions: the editor offers a rollback to v1
-            services.policy_publish(account_id=account, agent_id=agent_id, source="api", actor="test",
-                                    policy={"max_actions_per_hour": 1000 * version + n})  # fmt: skip
+            services.policy_publish(
+                account_id=account,
+                agent_id=agent_id,
+                source="api",
+                actor="test",
+                policy={"max_actions_per_hour": 1000 * version + n},
+            )
     assert Agent.objects.filter(account_id=account).count() == len(set(ids)) == len(ids)
     return ids
 

@@ -20,12 +20,14 @@ def blocked_among_many(key, newer: int = 30) -> int:
     client = key.client()
     set_policy(client, "billing-agent", max_calls_per_tool={"stripe.refund": 3})
     for n in range(4):
-        body = client.post("/v1/ai/run", {"agent_id": "billing-agent", "tool": "stripe.refund", "args": {"n": n}},
-                           content_type=JSON).json()  # fmt: skip
+        body = client.post(
+            "/v1/ai/run", {"agent_id": "billing-agent", "tool": "stripe.refund", "args": {"n": n}}, content_type=JSON
+        ).json()
     assert body["explanation"] == SENTENCE
     for n in range(newer):
-        client.post("/v1/ai/run", {"agent_id": "billing-agent", "tool": "send_email", "args": {"n": n}},
-                    content_type=JSON)  # fmt: skip
+        client.post(
+            "/v1/ai/run", {"agent_id": "billing-agent", "tool": "send_email", "args": {"n": n}}, content_type=JSON
+        )
     return body["decision_id"]
 
 

@@ -18,12 +18,32 @@ pytestmark = pytest.mark.browser
 STATIC = Path(__file__).resolve().parents[2] / "static"
 # The section of each first path segment; a page under a segment not listed fails the test until it is placed.
 SECTION = {
-    "": "Overview", "agents": "Agents", "decisions": "Decisions", "tools": "Tools", "runs": "Runs",
-    "locks": "Locks & leases", "keys": "API keys", "audit": "Audit log", "usage": "Usage & plan",
-    "billing": "Usage & plan", "team": "Team", "settings": "Settings",
-}  # fmt: skip
-SECTIONS = ["Overview", "Agents", "Decisions", "Tools", "Runs", "Locks & leases", "API keys", "Audit log",
-            "Usage & plan", "Team", "Settings"]  # fmt: skip
+    "": "Overview",
+    "agents": "Agents",
+    "decisions": "Decisions",
+    "tools": "Tools",
+    "runs": "Runs",
+    "locks": "Locks & leases",
+    "keys": "API keys",
+    "audit": "Audit log",
+    "usage": "Usage & plan",
+    "billing": "Usage & plan",
+    "team": "Team",
+    "settings": "Settings",
+}
+SECTIONS = [
+    "Overview",
+    "Agents",
+    "Decisions",
+    "Tools",
+    "Runs",
+    "Locks & leases",
+    "API keys",
+    "Audit log",
+    "Usage & plan",
+    "Team",
+    "Settings",
+]
 MARKED = """() => [...document.querySelectorAll('nav[aria-label="Main"] a[aria-current]')].map(a => {
   const s = getComputedStyle(a);
   return {label: a.textContent.trim(), value: a.getAttribute('aria-current'), weight: s.fontWeight,

@@ -19,8 +19,11 @@ def worker(transactional_db):
 
 
 def test_slow_run_timeline_updates_live_until_completed(page, live_server, viewer_a, key_a, worker):
-    body = {"key": "report:nightly", "ttl": 60,
-            "metadata": {"run_id": "nightly/report 1", "task": "demo.sleep", "params": {"seconds": 4}}}  # fmt: skip
+    body = {
+        "key": "report:nightly",
+        "ttl": 60,
+        "metadata": {"run_id": "nightly/report 1", "task": "demo.sleep", "params": {"seconds": 4}},
+    }
     response = key_a.client().post("/v1/ai/run", body, content_type="application/json")
     assert response.json()["status"] == "acquired"
     login(page, live_server, viewer_a)

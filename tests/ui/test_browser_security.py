@@ -10,16 +10,33 @@ from tests.ui.test_browser_keys import login
 
 pytestmark = pytest.mark.browser
 
-PAGES = ["/", "/keys/", "/usage/", "/team/", "/settings/", "/agents/", "/agents/{bot}/", "/agents/{bot}/policy/",
-         "/decisions/", "/audit/", "/tools/", "/locks/", "/runs/", "/runs/timeline/?run_id=r1",
-         "/api/docs/"]  # fmt: skip
+PAGES = [
+    "/",
+    "/keys/",
+    "/usage/",
+    "/team/",
+    "/settings/",
+    "/agents/",
+    "/agents/{bot}/",
+    "/agents/{bot}/policy/",
+    "/decisions/",
+    "/audit/",
+    "/tools/",
+    "/locks/",
+    "/runs/",
+    "/runs/timeline/?run_id=r1",
+    "/api/docs/",
+]
 
 
 def test_every_page_renders_under_the_policy(page, live_server, owner_a, key_a):
     client = key_a.client()
     client.post("/v1/check-lock", {"key": "k1"}, content_type="application/json")
-    decided = client.post("/v1/ai/run", {"agent_id": "bot", "tool": "search", "args": {"run_id": "r1"}, "spend_usd": 1},
-                          content_type="application/json").json()  # fmt: skip
+    decided = client.post(
+        "/v1/ai/run",
+        {"agent_id": "bot", "tool": "search", "args": {"run_id": "r1"}, "spend_usd": 1},
+        content_type="application/json",
+    ).json()
     login(page, live_server, owner_a)
     header = None
     bot = Agent.objects.get(agent_id="bot").pk  # dashboard URLs name agents by their row (governance/urls.py)

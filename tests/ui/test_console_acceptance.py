@@ -31,8 +31,13 @@ def seed_console(key) -> Agent:
     a research agent without a policy; newer calls of other agents after the block; and, straight into the log, a
     tool that failed most of its calls in the last hour. Returns billing-agent."""
     api = key.client()
-    set_policy(api, "billing-agent", max_calls_per_tool={"stripe.refund": 3}, max_spend_usd_per_day=50,
-               max_actions_per_hour=200)  # fmt: skip
+    set_policy(
+        api,
+        "billing-agent",
+        max_calls_per_tool={"stripe.refund": 3},
+        max_spend_usd_per_day=50,
+        max_actions_per_hour=200,
+    )
     set_policy(api, "support-bot", max_spend_usd_per_day=10, max_actions_per_hour=100)
     for n in range(6):
         assert governed_call(api, "billing-agent", "stripe.charge", args={"n": n}, spend_usd=1.25).status_code == 200
@@ -61,8 +66,9 @@ def charts_drawn(page, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize(("width", "height"), SIZES)
-def test_why_was_the_last_call_blocked_in_two_clicks_from_the_overview(page, live_server, owner_a, key_a, width,
-                                                                       height):  # fmt: skip
+def test_why_was_the_last_call_blocked_in_two_clicks_from_the_overview(
+    page, live_server, owner_a, key_a, width, height
+):
     billing = seed_console(key_a)
     page.set_viewport_size({"width": width, "height": height})
     login(page, live_server, owner_a)
@@ -95,8 +101,10 @@ def test_overview_charts_draw_and_the_live_refresh_brings_new_data(page, live_se
     mode = "Chart.getChart(document.querySelector('canvas[data-ops-outcomes]')).options.interaction.mode"
     assert page.evaluate(mode) == "index"  # the tooltip lists every outcome of a bucket
     assert page.evaluate("document.querySelectorAll('canvas[data-spend-chart]').length") == 2  # billing, support
-    assert "support-bot" in ops.locator("section", has=page.get_by_role("heading", name="Agents needing attention")
-                                        ).inner_text()  # fmt: skip
+    assert (
+        "support-bot"
+        in ops.locator("section", has=page.get_by_role("heading", name="Agents needing attention")).inner_text()
+    )
     failing = ops.locator("section", has=page.get_by_role("heading", name="Failing tools")).inner_text()
     assert "crm.update" in failing and "5 of 7 calls failed (71%)" in failing
     assert "onceonly-operator" not in ops.inner_text()

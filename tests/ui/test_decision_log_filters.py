@@ -22,8 +22,14 @@ def log(account_a):
     now = timezone.now()
     billing = agent(account_a, "billing-agent", {"max_spend_usd_per_day": 1})
     support = agent(account_a, "support-bot")
-    decide(billing, tool="Stripe.Charge", outcome="blocked", reason="daily_spend_exceeded", n=2,
-           ts=now - timedelta(minutes=5))  # fmt: skip
+    decide(
+        billing,
+        tool="Stripe.Charge",
+        outcome="blocked",
+        reason="daily_spend_exceeded",
+        n=2,
+        ts=now - timedelta(minutes=5),
+    )
     decide(billing, tool="crm.update", outcome="failed", ts=now - timedelta(days=2))
     decide(support, tool="crm.lookup", n=3, ts=now - timedelta(hours=3))
     decide(support, tool="send_email", outcome="blocked", reason="tool_blocked", ts=now - timedelta(minutes=1))
@@ -41,9 +47,15 @@ def shown(client: Client, **params) -> tuple[str, int]:
 
 @pytest.mark.parametrize(
     "params",
-    [{"reason": "daily_spend_exceeded"}, {"reason": "nothing-like-it"}, {"run": "run-1"},
-     {"since": "2026-01-01T00:00"}, {"until": "2099-01-01 00:00"}, {"reason": "DAILY", "outcome": "blocked"}],
-)  # fmt: skip
+    [
+        {"reason": "daily_spend_exceeded"},
+        {"reason": "nothing-like-it"},
+        {"run": "run-1"},
+        {"since": "2026-01-01T00:00"},
+        {"until": "2099-01-01 00:00"},
+        {"reason": "DAILY", "outcome": "blocked"},
+    ],
+)
 def test_facets_the_rollups_cannot_total_answer(owner_a, log, params):
     """Reason, run and time filters are totalled by a capped COUNT of the decisions (the rollups hold none of
     them): that path answered 500 for every one of them."""

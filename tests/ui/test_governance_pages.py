@@ -143,8 +143,12 @@ def test_editor_amounts_are_plain_decimals_that_do_not_round_to_zero(owner_a, ke
 def test_editor_amounts_round_trip_at_six_decimals(owner_a, key_a):
     set_policy(key_a, max_actions_per_hour=5)
     client = owner_a.login(Client())
-    form = {"max_actions_per_hour": "5", "max_spend_usd_per_day": "0.000001", "pricing_rules": "send_email: 0.00001",
-            "base_version": "1"}  # fmt: skip
+    form = {
+        "max_actions_per_hour": "5",
+        "max_spend_usd_per_day": "0.000001",
+        "pricing_rules": "send_email: 0.00001",
+        "base_version": "1",
+    }
     assert client.post(at("bot", "policy/"), form).status_code == 302
     policy = Agent.objects.get().policy
     assert policy["max_spend_usd_per_day"] == 0.000001 and policy["pricing_rules"][0]["price_usd"] == 0.00001
@@ -163,8 +167,10 @@ def test_editor_splits_entries_on_newlines_only(owner_a, key_a, separator):
     for field in ("blocked_tools", "max_calls_per_tool", "pricing_rules"):
         value = f"delete_user{separator}drop_db" + (": 1" if field != "blocked_tools" else "")
         _refused(client, {"max_actions_per_hour": "5", field: value})
-    saved = client.post(at("bot", "policy/"), {"max_actions_per_hour": "5", "base_version": "1",
-                                               "blocked_tools": "delete_user\r\ndrop_db\n"})  # fmt: skip
+    saved = client.post(
+        at("bot", "policy/"),
+        {"max_actions_per_hour": "5", "base_version": "1", "blocked_tools": "delete_user\r\ndrop_db\n"},
+    )
     assert saved.status_code == 302
     assert Agent.objects.get().policy["blocked_tools"] == ["delete_user", "drop_db"]
 
@@ -174,8 +180,12 @@ def test_editor_takes_a_comma_as_part_of_the_entry(owner_a, key_a):
     turns "delete_user,drop_db" into two entries behind the operator's back."""
     set_policy(key_a, max_actions_per_hour=5)
     client = owner_a.login(Client())
-    form = {"max_actions_per_hour": "5", "base_version": "1", "blocked_tools": "delete_user,drop_db",
-            "max_calls_per_tool": "send,email: 3"}  # fmt: skip
+    form = {
+        "max_actions_per_hour": "5",
+        "base_version": "1",
+        "blocked_tools": "delete_user,drop_db",
+        "max_calls_per_tool": "send,email: 3",
+    }
     assert client.post(at("bot", "policy/"), form).status_code == 302
     policy = Agent.objects.get().policy
     assert policy["blocked_tools"] == ["delete_user,drop_db"] and policy["max_calls_per_tool"] == {"send,email": 3}

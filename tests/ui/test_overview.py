@@ -45,24 +45,53 @@ def seed(account, *, agents: int = 1, per_agent: int = 1, prefix: str = "") -> N
     decide(spender, tool="stripe.charge", spend="10.155", n=2, ts=now - timedelta(minutes=30))
     mailer = agent(account, f"{prefix}mailer", {"max_calls_per_tool": {"send_email": 3}})
     decide(mailer, tool="send_email", n=3, ts=now - timedelta(minutes=20))
-    decide(mailer, tool="send_email", outcome="blocked", ts=now - timedelta(minutes=2),
-           explain={"limit": 3, "count": 3, "cap_key": "send_email", "policy_version": 1})  # fmt: skip
+    decide(
+        mailer,
+        tool="send_email",
+        outcome="blocked",
+        ts=now - timedelta(minutes=2),
+        explain={"limit": 3, "count": 3, "cap_key": "send_email", "policy_version": 1},
+    )
     decide(spender, tool="flaky.api", outcome="failed", n=3, ts=now - timedelta(minutes=5))
     decide(spender, tool="flaky.api", n=1, ts=now - timedelta(minutes=5))
     operator = Agent.objects.get_or_create(account=account, agent_id=OPERATOR_AGENT)[0]
-    decide(operator, tool="webhook.test", outcome="failed", ts=now - timedelta(minutes=1),
-           explain={"test_call": True, "actor": "alice@acme.test"})  # fmt: skip
+    decide(
+        operator,
+        tool="webhook.test",
+        outcome="failed",
+        ts=now - timedelta(minutes=1),
+        explain={"test_call": True, "actor": "alice@acme.test"},
+    )
     for i in range(agents):
         a = agent(account, f"{prefix}worker-{i:03d}", {"max_spend_usd_per_day": 100, "max_actions_per_hour": 10_000})
         decide(a, tool=f"tool-{i % 7}", spend="0.001", n=per_agent, ts=now - timedelta(minutes=10 + i % 40))
         decide(a, tool=f"tool-{i % 7}", outcome="blocked", reason="daily_spend_exceeded", ts=now - timedelta(hours=3))
         decide(a, tool=f"tool-{i % 7}", n=per_agent, ts=now - timedelta(days=3 + i % 20))
-    lease = Lease.objects.create(account=account, key=f"{prefix}k", status="failed", lease_id="l", ttl_seconds=60,
-                                 first_seen_at=now, acquired_at=now, expires_at=now, updated_at=now)  # fmt: skip
+    lease = Lease.objects.create(
+        account=account,
+        key=f"{prefix}k",
+        status="failed",
+        lease_id="l",
+        ttl_seconds=60,
+        first_seen_at=now,
+        acquired_at=now,
+        expires_at=now,
+        updated_at=now,
+    )
     for i in range(agents):
-        Run.objects.create(account=account, lease=lease, key=f"{prefix}k", lease_version=i + 1, holder="h",
-                           run_id=f"{prefix}run-{i}", status="failed", error_code="timeout",
-                           created_at=now - timedelta(minutes=i), enqueued_at=now, deadline_at=now)  # fmt: skip
+        Run.objects.create(
+            account=account,
+            lease=lease,
+            key=f"{prefix}k",
+            lease_version=i + 1,
+            holder="h",
+            run_id=f"{prefix}run-{i}",
+            status="failed",
+            error_code="timeout",
+            created_at=now - timedelta(minutes=i),
+            enqueued_at=now,
+            deadline_at=now,
+        )
 
 
 # --- what the panel says, and where its numbers lead ----------------------------------------------------------------

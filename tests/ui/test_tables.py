@@ -746,10 +746,16 @@ def test_agents_quick_filters(client, owner_a):
     assert rows_of(get(client, spec, {"state": "near", "sort": "-agent"}), spec) == ["tool-near-agent", "near-agent"]
     # The quick filters keep the search and the sort (and go back to page 1).
     html = get(client, spec, {"state": "near", "q": "agent", "sort": "-agent", "page": "1"})
-    quick = dict(re.findall(r'<a href="([^"]*)"(?: aria-current="true")?>([^<]+)</a>', html.split("quick-filters")[1]
-                            .split("</nav>")[0]))  # fmt: skip
+    quick = dict(
+        re.findall(
+            r'<a href="([^"]*)"(?: aria-current="true")?>([^<]+)</a>', html.split("quick-filters")[1].split("</nav>")[0]
+        )
+    )
     assert {label: query(unescape(href)) for href, label in quick.items()}["Disabled"] == {
-        "q": "agent", "state": "disabled", "sort": "-agent"}  # fmt: skip
+        "q": "agent",
+        "state": "disabled",
+        "sort": "-agent",
+    }
 
 
 def test_the_lists_of_locks_and_leases_are_no_empty_key_lookup(client, owner_a):
@@ -897,8 +903,9 @@ def test_agents_quick_filters_keep_a_fixed_query_count(client, owner_a):
     def seed(n):
         Agent.objects.filter(account=owner_a.account).delete()
         for i in range(n):
-            over = Agent.objects.create(account=owner_a.account, agent_id=f"over-{i:03d}", policy_version=1,
-                                        policy={"max_actions_per_hour": 1})  # fmt: skip
+            over = Agent.objects.create(
+                account=owner_a.account, agent_id=f"over-{i:03d}", policy_version=1, policy={"max_actions_per_hour": 1}
+            )
             decide(over, tool="flaky", outcome="failed", n=2)  # over its cap, and calling a failing tool
             Agent.objects.create(account=owner_a.account, agent_id=f"off-{i:03d}", is_enabled=False)
 
@@ -916,8 +923,17 @@ def test_agents_quick_filters_keep_a_fixed_query_count(client, owner_a):
     # Over / near: the capped agents and their cap state (3) before the count and the page; failing: the failing
     # tools (1); disabled, ungoverned: a condition on the agent. A page of rows adds its cap states (2); no agent
     # in the state (near): not even a count.
-    assert counts() == few == {"over": (True, 10), "near": (False, 6), "disabled": (True, 7),
-                               "ungoverned": (True, 7), "failing": (True, 8)}  # fmt: skip
+    assert (
+        counts()
+        == few
+        == {
+            "over": (True, 10),
+            "near": (False, 6),
+            "disabled": (True, 7),
+            "ungoverned": (True, 7),
+            "failing": (True, 8),
+        }
+    )
 
 
 def test_a_contains_facet_written_with_equals_matches_exactly(client, owner_a):

@@ -24,8 +24,13 @@ from tests.ui.test_browser_keys import login
 # (a POST because it reads the whole log).
 READ_POSTS = {"billing:logout", "billing:account-switch", "governance:verify"}
 # Views only an owner may POST to (billing/views.py): an admin must not be offered them either.
-OWNER_ONLY = {"billing:team", "billing:member-change", "billing:usage", "billing:billing-checkout",
-              "billing:billing-portal"}  # fmt: skip
+OWNER_ONLY = {
+    "billing:team",
+    "billing:member-change",
+    "billing:usage",
+    "billing:billing-checkout",
+    "billing:billing-portal",
+}
 
 # Every form on the page that is not a GET form, and every htmx attribute that sends a write; each with the action
 # it posts to (the page itself for an empty action) and its enabled controls other than hidden ones.
@@ -113,12 +118,24 @@ def test_an_owner_gets_the_forms_a_viewer_does_not(page, live_server, owner_a, v
     settings, locks and leases."""
     found = survey(page, live_server, owner_a)
     expected = {
-        "governance:tool-toggle", "governance:tool-edit", "governance:tool-new", "governance:tool-test",
-        "governance:tool-delete", "governance:agent-kill-switch", "governance:policy-edit",
-        "governance:policy-rollback", "governance:policy-template", "billing:api-keys", "billing:api-key-revoke",
-        "billing:team", "billing:member-change", "billing:settings", "billing:usage", "idempotency:lock-release",
+        "governance:tool-toggle",
+        "governance:tool-edit",
+        "governance:tool-new",
+        "governance:tool-test",
+        "governance:tool-delete",
+        "governance:agent-kill-switch",
+        "governance:policy-edit",
+        "governance:policy-rollback",
+        "governance:policy-template",
+        "billing:api-keys",
+        "billing:api-key-revoke",
+        "billing:team",
+        "billing:member-change",
+        "billing:settings",
+        "billing:usage",
+        "idempotency:lock-release",
         "idempotency:lease-reset",
-    }  # fmt: skip
+    }
     assert expected <= set(found["writes"]), expected - set(found["writes"])
     assert found["loose"], "an owner's forms have editable fields"
     assert not found["refused"], found["refused"]

@@ -13,8 +13,12 @@ class Command(BaseCommand):
         parser.add_argument("--account", required=True, help="Account name; created (Free plan) if missing.")
         parser.add_argument("--email", required=True)
         parser.add_argument("--password", required=True)
-        parser.add_argument("--role", default=None, choices=Role.values,
-                            help="Default: owner for a new member; an existing member keeps its role.")  # fmt: skip
+        parser.add_argument(
+            "--role",
+            default=None,
+            choices=Role.values,
+            help="Default: owner for a new member; an existing member keeps its role.",
+        )
 
     def handle(self, *args, account: str, email: str, password: str, role: str, **options) -> None:
         try:
