@@ -409,13 +409,13 @@ def _decision_suggestions(account_id: int, tools: list[str]) -> dict[str, list[s
 @login_required
 @require_GET
 @vary_on_headers("HX-Request")  # ?after=<id> is the live poll's rows with it, the "Newer" page without
-def decisions(request: HttpRequest) -> HttpResponse:
+def decisions(request: HtmxHttpRequest) -> HttpResponse:
     """The decision log, keyset-paginated by (ts, id) at any depth: ?before=<id> for older rows, ?after=<id> for
     newer; htmx's live polling (HX-Request) of the first page asks ?after=<newest id> for the rows written since.
     Totals stop at 10,000 ("10,000+"): at most 10,001 hourly rollups added up when the filters are ones they hold
     (agent, tool, outcome, search), else a COUNT of at most 10,001 decisions."""
     account = current_membership(request).account
-    live = request.GET.get("after") and request.headers.get("HX-Request") == "true"
+    live = request.GET.get("after") and request.htmx
     names = set(request.GET) & {"q", "tool"}
     tools = selectors.called_tools(account.pk) if not live or names else []
     table = DECISIONS_TABLE.bind(request, suggestions={} if live else _decision_suggestions(account.pk, tools or []))
@@ -425,7 +425,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
         if condition is not None:
             queryset = queryset.filter(condition)
     after = whole_number(request.GET.get("after", ""))
-    if after is not None and request.headers.get("HX-Request") == "true":  # live: rows newer than the newest shown
+    if after is not None and request.htmx:  # live: rows newer than the newest shown
         rows = list(queryset.filter(pk__gt=after).order_by("-id")[:TIMELINE_PAGE])
         return render(request, "governance/_decision_rows.html", {"rows": rows, "live": True})
     before = whole_number(request.GET.get("before", ""))
