@@ -3,59 +3,32 @@
 
 from __future__ import annotations
 
-import re
-from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import (
-    OpenApiParameter,
-    PolymorphicProxySerializer,
-    extend_schema,
-    extend_schema_field,
-    inline_serializer,
-)
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit
+from billing.entitlements import RequiresFeature
 from governance import explain, policies, selectors, services, tools
 from governance.choices import Outcome
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
-from onceonly_site.api import (
-    ApiProblem,
-    BodyCheck,
-    PathValidationError,
-    QueryValidationError,
-    StrictSerializer,
-    body,
-    page_params,
-)
-from onceonly_site.identifiers import identifier_problem, tool_name_problem
-from onceonly_site.openapi import (
-    DAY_PATTERN,
-    IDENTIFIER_PATTERN,
-    POLICY_TOOL_PATTERN,
-    REGISTERED_NAME_PATTERN,
-    SCOPE_PATTERN,
-    TOOL_NAME_RULES,
-    UNSAFE_CHAR_PATTERN,
-    URL_PATTERN,
-    errors,
-    identifier_field,
-    page_parameters,
-    pattern,
-    text_field,
-    tool_name_field,
-)
-from onceonly_site.params import MAX_USD, json_number
+from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, QueryValidationError, body, page_params
+from onceonly_site.bodies import AgentId, Body, Boolean, Choice, Day, Ignored, JsonObject, Text, ToolName, Usd
+from onceonly_site.identifiers import identifier_problem
+from onceonly_site.openapi import UNSAFE_CHAR_PATTERN, errors, page_parameters
 
-MAX_AGENT_ID = 200
+MAX_AGENT_ID = AgentId.MAX_LENGTH
 MAX_ARGS_BYTES = 64 * 1024
+GOVERNANCE = [IsAuthenticated, RequiresFeature("governance")]  # the views' permission_classes
+TOOLS = [IsAuthenticated, RequiresFeature("tools")]
 
 
 RESERVED_AGENT = (
@@ -64,11 +37,15 @@ RESERVED_AGENT = (
 )
 
 
+AGENT_ID = AgentId()
+
+
 def _agent_id(raw: str, *, write: bool = False) -> str:
-    """Any id (`:` `.` `-` `_`, percent-decoded by the router) except blank, > 200 chars, or control and bidi
-    formatting characters (onceonly_site/identifiers.py; the middleware refuses them in every path already); and, to
-    change an agent (``write``), not the dashboard's test-call agent (readable, never writable through the API)."""
-    if not raw.strip() or len(raw) > MAX_AGENT_ID or identifier_problem(raw):
+    """Any id (`:` `.` `-` `_`, percent-decoded by the router) that is an ``AgentId`` (not blank, at most 200
+    characters, no control, bidirectional formatting or invisible character; the middleware refuses controls in
+    every path already); and, to change an agent (``write``), not the dashboard's test-call agent (readable, never
+    writable through the API)."""
+    if not AGENT_ID.valid(raw):
         raise PathValidationError(
             {"agent_id": [serializers.ErrorDetail(
                 identifier_problem(raw) or f"An agent id is 1–{MAX_AGENT_ID} printable characters.",
@@ -86,21 +63,35 @@ def _actor(request: Request) -> str:
 # --- the governed call ------------------------------------------------------------------------------------------
 
 
-@extend_schema_field({
-    "type": "object", "nullable": True, "additionalProperties": {},
-    "description": "The tool's arguments, at most 64 KB, integers within ±(2^53−1). Never stored. A string `run_id` "
-    "names the run's timeline: no control or bidirectional formatting character.",
-    "properties": {"run_id": {"not": {"type": "string", "pattern": UNSAFE_CHAR_PATTERN}}},
-})  # fmt: skip
-class ArgsField(serializers.DictField):
-    pass
+class ToolArgs(JsonObject):
+    """A governed call's ``args``: a JSON object the decision hashes (RFC 8785), never stored; a string ``run_id``
+    in it names the run's timeline, an identifier the timeline shows (problems at ``args.run_id``)."""
+
+    def clean(self, check: BodyCheck, loc: str, value: Any) -> dict[str, Any] | None:
+        args = super().clean(check, loc, value)
+        run_id = (args or {}).get("run_id")
+        if isinstance(run_id, str) and (problem := identifier_problem(run_id)):
+            check.fail(f"{loc}.run_id", problem, "string_pattern_mismatch")
+        return args
+
+    def openapi(self) -> dict[str, Any]:
+        return {**super().openapi(), "properties": {"run_id": {"not": {"type": "string",
+                                                                         "pattern": UNSAFE_CHAR_PATTERN}}}}  # fmt: skip
 
 
-class GovernedCallInput(StrictSerializer):
-    agent_id = identifier_field(MAX_AGENT_ID)
-    tool = tool_name_field()
-    args = ArgsField(required=False, allow_null=True)
-    spend_usd = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=MAX_USD)
+class GovernedCallInput(Body):
+    agent_id = AgentId()
+    tool = ToolName()
+    args = ToolArgs(MAX_ARGS_BYTES, canonical=True, description="The tool's arguments, at most 64 KB, integers within "
+                    "±(2^53−1). Never stored. A string `run_id` names the run's timeline: no control or bidirectional "
+                    "formatting character.")  # fmt: skip
+    spend_usd = Usd()
+
+    def clean_agent_id(self, check: BodyCheck, loc: str, agent_id: str) -> str | None:
+        if agent_id == services.OPERATOR_AGENT:
+            check.fail(loc, RESERVED_AGENT, "value_error")
+            return None
+        return agent_id
 
 
 class GovernedCallOutput(serializers.Serializer):
@@ -122,15 +113,17 @@ class GovernedCallOutput(serializers.Serializer):
 
 
 class AiRunApi(APIView):
-    """`/v1/ai/run`: with `agent_id` + `tool` the governed call; with `key` the keyed run (Keyed runs issue)."""
+    """`/v1/ai/run`: with `agent_id` + `tool` the governed call; with `key` the keyed run, which
+    ``idempotency.api.KeyedRunApi`` answers."""
 
-    rate_limit_in_script = True  # the governed call takes its token in governed_call.lua; the key form calls take()
+    # The governed call takes its token in governed_call.lua; the key form with ratelimit.take (KeyedRunApi).
+    rate_limit_in_script = True
 
     @extend_schema(
         operation_id="ai_run",
         request=PolymorphicProxySerializer(
             component_name="AiRunInput",
-            serializers=[GovernedCallInput, idempotency_api.KeyedRunInput],
+            serializers=[GovernedCallInput.serializer, idempotency_api.KeyedRunInput.serializer],
             resource_type_field_name=None,
         ),
         responses={
@@ -150,37 +143,19 @@ class AiRunApi(APIView):
     def post(self, request: Request) -> Response:
         data = body(request)
         if isinstance(data, dict) and "key" in data:
-            mixed = sorted({"agent_id", "tool", "args", "spend_usd"} & set(data))
-            if mixed:
-                check = BodyCheck(data, {"key", "ttl", "metadata"})  # reports the mixed fields as unknown
-                check.fail("key", f"The key form of /v1/ai/run cannot be combined with {', '.join(mixed)}.",
-                           "value_error")  # fmt: skip
-                check.done()
-            ratelimit.take(request.auth)
-            return idempotency_api.keyed_run(request, data)
-        check = BodyCheck(data, {"agent_id", "tool", "args", "spend_usd"})
-        agent_id = check.identifier("agent_id", max_length=MAX_AGENT_ID)
-        if agent_id == services.OPERATOR_AGENT:
-            check.fail("agent_id", RESERVED_AGENT, "value_error")
-        tool = check.key("tool", max_length=200)
-        if tool and (problem := tool_name_problem(tool)):  # whitespace, invisible characters, mixed scripts
-            check.fail("tool", problem, "string_pattern_mismatch")
-        args = check.json_object("args", MAX_ARGS_BYTES, canonical=True) or {}
-        run_id = args.get("run_id")
-        if isinstance(run_id, str) and (problem := identifier_problem(run_id)):
-            check.fail("args.run_id", problem, "string_pattern_mismatch")
-        spend = check.data.get("spend_usd")
-        if spend is not None and json_number(spend, 0, policies.MAX_USD) is None:
-            check.fail("spend_usd", f"Must be a number from 0 to {policies.MAX_USD:,}.", "float_type")
-        check.done()
+            self._refuse_both_forms(data)
+            return idempotency_api.KeyedRunApi().post(request)
+        call = GovernedCallInput.parse(data)
+        # Not a permission class: a 422 comes before the plan's 403 here (and the key form needs no governance).
         entitlements.require(request.auth.plan, "governance")
+        agent_id, tool, spend = call.agent_id, call.tool, call.spend_usd
         try:
             outcome = services.governed_call(
                 account_id=request.auth.account_id,
                 plan=request.auth.plan,
                 agent_id=agent_id,
                 tool=tool,
-                args=args,
+                args=call.args or {},
                 spend_usd=Decimal(str(spend)) if spend is not None else None,
                 rate_limit=ratelimit.script_args(request.auth),
                 api_key_id=request.auth.key_id,
@@ -199,6 +174,16 @@ class AiRunApi(APIView):
             "remaining": outcome.remaining, "explain": d.explain, "explanation": explain.explain_text(d),
         })  # fmt: skip
 
+    @staticmethod
+    def _refuse_both_forms(data: dict[str, Any]) -> None:
+        """A key-form body with a governed call's fields: a 422 naming them (as unknown to the key form) and why."""
+        mixed = sorted(set(GovernedCallInput.fields) & set(data))
+        if mixed:
+            check = BodyCheck(data, set(idempotency_api.KeyedRunInput.fields))  # reports the mixed fields as unknown
+            check.fail("key", f"The key form of /v1/ai/run cannot be combined with {', '.join(mixed)}.",
+                       "value_error")  # fmt: skip
+            check.done()
+
 
 # --- policies ---------------------------------------------------------------------------------------------------
 
@@ -210,81 +195,37 @@ def _policy_body(agent: Agent, warnings: list | None = None) -> dict[str, Any]:
     return data
 
 
-def _clean_policy(request: Request, data: Any, agent_id: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        BodyCheck(data, set())  # raises the "must be a JSON object" 422
-    fields = {k: v for k, v in data.items() if k != "agent_id"}  # the SDK sends agent_id in the body too
-    changes = policies.clean_fields(fields)
+def _clean_policy(request: Request, data: Any) -> dict[str, Any]:
+    """Policy fields (policies.PolicyInput; the SDK's agent_id in the body is ignored); allowed_tools is a feature."""
+    changes = policies.clean_fields(data)
     if changes.get("allowed_tools") is not None:
         entitlements.require(request.auth.plan, "allowed_tools")
     return changes
 
 
-def _policy_tool() -> serializers.CharField:
-    """A tool name or glob of a policy (trimmed): governance.policies._tool_list."""
-    return serializers.CharField(max_length=policies.MAX_TOOL_NAME, trim_whitespace=False,
-                                 validators=[pattern(POLICY_TOOL_PATTERN)], help_text=TOOL_NAME_RULES)  # fmt: skip
+IGNORED_AGENT_ID = "Ignored (the SDK sends the path's agent id in the body too)."
 
 
-@extend_schema_field({
-    "type": "object", "nullable": True, "maxProperties": policies.MAX_LIST,
-    "additionalProperties": {"type": "integer", "minimum": 0, "maximum": policies.MAX_NUMBER},
-    "description": "{tool: calls per day}. Each key a tool name as in allowed_tools, and no two naming the same tool "
-    "(matching ignores case and Unicode compatibility forms).",
-})  # fmt: skip
-class CallCapsField(serializers.DictField):
-    pass
-
-
-@extend_schema_field({"description": "Ignored (the SDK sends the path's agent id in the body too)."})
-class IgnoredField(serializers.Field):
-    pass
-
-
-AMOUNT_RULE = "Kept to 6 decimals: a non-zero amount that rounds to 0 (1e-9) is refused."
-
-
-class PricingRuleInput(StrictSerializer):
-    tool = _policy_tool()
-    price_usd = serializers.FloatField(min_value=0, max_value=MAX_USD, help_text=AMOUNT_RULE)
-
-
-class PolicyInput(StrictSerializer):
-    agent_id = IgnoredField(required=False)
-    allowed_tools = serializers.ListField(
-        child=_policy_tool(),
-        required=False,
-        allow_null=True,
-        max_length=policies.MAX_LIST,
-        help_text="Glob patterns; set (even empty) = only these. Agency plan.",
+class TemplateInput(Body):
+    agent_id = Ignored(description=IGNORED_AGENT_ID)
+    template = Choice(
+        policies.TEMPLATES,
+        required=True,
+        max_length=64,
+        unknown=lambda name: f"Unknown template {name!r}; valid: {', '.join(policies.TEMPLATES)}.",
     )
-    blocked_tools = serializers.ListField(
-        child=_policy_tool(), required=False, allow_null=True, max_length=policies.MAX_LIST
-    )
-    max_actions_per_hour = serializers.IntegerField(
-        min_value=0, max_value=policies.MAX_NUMBER, required=False, allow_null=True
-    )
-    max_spend_usd_per_day = serializers.FloatField(min_value=0, max_value=MAX_USD, required=False, allow_null=True,
-                                                   help_text=AMOUNT_RULE)  # fmt: skip
-    max_calls_per_tool = CallCapsField(required=False, allow_null=True)
-    pricing_rules = serializers.ListField(
-        child=PricingRuleInput(), required=False, allow_null=True, max_length=policies.MAX_LIST
-    )
+    # Checked as policy fields after the body (their problems are reported at the fields' own names).
+    overrides = JsonObject(shape=policies.PolicyInput, invalid=("Must be a JSON object of policy fields.", "dict_type"),
+                           description="Policy fields applied over the template.")  # fmt: skip
 
 
-class TemplateInput(StrictSerializer):
-    agent_id = IgnoredField(required=False)
-    template = serializers.ChoiceField(choices=list(policies.TEMPLATES))
-    overrides = PolicyInput(required=False, allow_null=True, help_text="Policy fields applied over the template.")
-
-
-class ReasonInput(StrictSerializer):
-    agent_id = IgnoredField(required=False)
-    reason = text_field(500, non_blank=True, help_text="Not blank when sent; stored with the change.")
+class ReasonInput(Body):
+    agent_id = Ignored(description=IGNORED_AGENT_ID)
+    reason = Text(500, non_blank=True, description="Not blank when sent; stored with the change.")
 
 
 AGENT_ID_PARAM = OpenApiParameter(
-    "agent_id", {"type": "string", "maxLength": MAX_AGENT_ID, "pattern": IDENTIFIER_PATTERN}, OpenApiParameter.PATH,
+    "agent_id", AGENT_ID.openapi(), OpenApiParameter.PATH,
     description="Not blank, no control or bidirectional formatting character (percent-encode `/`).",
 )  # fmt: skip
 
@@ -322,6 +263,8 @@ PolicyOutput = inline_serializer("PolicyOutput", {
 
 
 class PolicyListApi(APIView):
+    permission_classes = GOVERNANCE
+
     @extend_schema(
         operation_id="policies_list",
         responses=inline_serializer(
@@ -337,7 +280,6 @@ class PolicyListApi(APIView):
         summary="Agents with a policy, by agent id ({items, total, limit, offset})",
     )
     def get(self, request: Request) -> Response:
-        entitlements.require(request.auth.plan, "governance")
         limit, offset = page_params(request, default=100)
         agents = selectors.governed_agents(request.auth.account_id)
         return Response(
@@ -351,10 +293,11 @@ class PolicyListApi(APIView):
 
 
 class PolicyApi(APIView):
+    permission_classes = GOVERNANCE
+
     @extend_schema(operation_id="policy_get", parameters=[AGENT_ID_PARAM], request=None,
                    responses={200: PolicyOutput, **errors(404)}, summary="An agent's current policy")  # fmt: skip
     def get(self, request: Request, agent_id: str) -> Response:
-        entitlements.require(request.auth.plan, "governance")
         agent = selectors.agent_for_account(request.auth.account_id, _agent_id(agent_id))
         if agent is None or agent.policy_version is None:
             raise ApiProblem(404, "policy_not_found", f"Agent {agent_id!r} has no policy (it is ungoverned).")
@@ -363,14 +306,13 @@ class PolicyApi(APIView):
     @extend_schema(
         operation_id="policy_upsert",
         parameters=[AGENT_ID_PARAM],
-        request=PolicyInput,
+        request=policies.PolicyInput.serializer,
         responses={200: PolicyOutput, **errors(404)},  # an empty agent id: no route takes /v1/policies/
         summary="Merge upsert: fields sent replace, explicit null clears; a new version per change",
     )
     def post(self, request: Request, agent_id: str) -> Response:
-        entitlements.require(request.auth.plan, "governance")
         agent_id = _agent_id(agent_id, write=True)
-        changes = _clean_policy(request, body(request), agent_id)
+        changes = _clean_policy(request, body(request))
         result = services.policy_upsert(
             account_id=request.auth.account_id, agent_id=agent_id, changes=changes, actor=_actor(request)
         )
@@ -378,28 +320,21 @@ class PolicyApi(APIView):
 
 
 class PolicyTemplateApi(APIView):
+    permission_classes = GOVERNANCE
+
     @extend_schema(
         operation_id="policy_from_template",
         parameters=[AGENT_ID_PARAM],
-        request=TemplateInput,
+        request=TemplateInput.serializer,
         responses=PolicyOutput,
         summary=f"Apply a template ({', '.join(policies.TEMPLATES)}) with overrides",
     )
     def post(self, request: Request, agent_id: str) -> Response:
-        entitlements.require(request.auth.plan, "governance")
         agent_id = _agent_id(agent_id, write=True)
-        check = BodyCheck(body(request), {"agent_id", "template", "overrides"})
-        template = check.text("template", required=True, max_length=64)
-        overrides = check.data.get("overrides")
-        if overrides is None:  # absent or null; false, 0, "" and [] are not "no overrides"
-            overrides = {}
-        if template is not None and template not in policies.TEMPLATES:
-            check.fail("template", f"Unknown template {template!r}; valid: {', '.join(policies.TEMPLATES)}.", "enum")
-        if not isinstance(overrides, dict):
-            check.fail("overrides", "Must be a JSON object of policy fields.", "dict_type")
-            overrides = {}
-        check.done()
-        changes = _clean_policy(request, overrides, agent_id)
+        applied = TemplateInput.parse(body(request))
+        template = applied.template
+        # Absent or null: no overrides (false, 0, "" and [] are refused, not read as none).
+        changes = _clean_policy(request, applied.overrides or {})
         if policies.TEMPLATES[template].get("allowed_tools") is not None and "allowed_tools" not in changes:
             entitlements.require(request.auth.plan, "allowed_tools")
         result = services.policy_from_template(
@@ -429,10 +364,10 @@ class _KillSwitchApi(APIView):
 
     def post(self, request: Request, agent_id: str) -> Response:
         agent_id = _agent_id(agent_id, write=True)
-        check = BodyCheck(body(request), {"reason", "agent_id"})
-        reason = check.text("reason", required=False, max_length=500, non_blank=True) or ""
-        check.done()
-        if not self.enabled:  # re-enabling stays possible after a downgrade: no agent is left stuck
+        reason = ReasonInput.parse(body(request)).reason or ""
+        # Not a permission class: the path and the body are checked first (a 422 before the plan's 403), and
+        # re-enabling stays possible after a downgrade (no agent is left stuck).
+        if not self.enabled:
             entitlements.require(request.auth.plan, "kill_switch")
         agent = services.agent_set_enabled(
             account_id=request.auth.account_id,
@@ -457,7 +392,7 @@ class AgentDisableApi(_KillSwitchApi):
     @extend_schema(
         operation_id="agent_disable",
         parameters=[AGENT_ID_PARAM],
-        request=ReasonInput,
+        request=ReasonInput.serializer,
         responses={200: AgentStatusOutput, **errors(404)},  # an empty agent id: no route takes it
         summary="Kill switch: block the agent's governed calls from the next call on",
     )
@@ -471,7 +406,7 @@ class AgentEnableApi(_KillSwitchApi):
     @extend_schema(
         operation_id="agent_enable",
         parameters=[AGENT_ID_PARAM],
-        request=ReasonInput,
+        request=ReasonInput.serializer,
         responses={200: AgentStatusOutput, **errors(404)},
         summary="Release the kill switch",
     )
@@ -484,6 +419,8 @@ def _amount(value: Decimal | None) -> float | None:
 
 
 class AgentLogsApi(APIView):
+    permission_classes = GOVERNANCE
+
     @extend_schema(
         operation_id="agent_logs",
         responses={200: LogsOutput, **errors(404)},
@@ -491,7 +428,6 @@ class AgentLogsApi(APIView):
         parameters=[AGENT_ID_PARAM, *page_parameters(default=100)],
     )
     def get(self, request: Request, agent_id: str) -> Response:
-        entitlements.require(request.auth.plan, "governance")
         agent_id = _agent_id(agent_id)
         limit, offset = page_params(request, default=100)
         rows = selectors.agent_logs(request.auth.account_id, agent_id, limit=limit, offset=offset)
@@ -506,6 +442,8 @@ class AgentLogsApi(APIView):
 
 
 class AgentMetricsApi(APIView):
+    permission_classes = GOVERNANCE
+
     @extend_schema(
         operation_id="agent_metrics",
         responses={200: AgentMetricsOutput, **errors(404)},
@@ -513,7 +451,6 @@ class AgentMetricsApi(APIView):
         parameters=[AGENT_ID_PARAM, OpenApiParameter("period", str, enum=list(selectors.PERIODS), default="day")],
     )
     def get(self, request: Request, agent_id: str) -> Response:
-        entitlements.require(request.auth.plan, "governance")
         agent_id = _agent_id(agent_id)
         period = request.query_params.get("period", "day")
         if period not in selectors.PERIODS:
@@ -525,7 +462,7 @@ class AgentMetricsApi(APIView):
 # --- tools registry ----------------------------------------------------------------------------------------------
 
 
-def _tool_body(tool, warnings: list[str] | None = None) -> dict[str, Any]:
+def _tool_body(tool: Tool, warnings: list[str] | None = None) -> dict[str, Any]:
     data = {
         "name": tool.name, "scope_id": tool.scope_id, "url": tool.url, "timeout_ms": tool.timeout_ms,
         "max_retries": tool.max_retries, "enabled": tool.enabled, "description": tool.description,
@@ -541,11 +478,8 @@ def _tool_body(tool, warnings: list[str] | None = None) -> dict[str, Any]:
 
 
 def _scope(request: Request) -> str:
-    scope_id = request.query_params.get("scope_id", "global")
-    if not tools.valid_scope(scope_id):
-        raise QueryValidationError({"scope_id": [serializers.ErrorDetail(
-            'Either "global" or "agent:<agent id>".', code="string_pattern_mismatch")]})  # fmt: skip
-    return scope_id
+    query = request.query_params
+    return tools.ScopeQuery.parse({"scope_id": query["scope_id"]} if "scope_id" in query else {}, query=True).scope_id
 
 
 def _tool_or_404(request: Request, name: str) -> Tool:
@@ -561,39 +495,13 @@ ToolOutput = inline_serializer("ToolOutput", {
     "enabled": serializers.BooleanField(), "description": serializers.CharField(),
     "has_secret": serializers.BooleanField(), "secret_mask": serializers.CharField(allow_null=True),
 })  # fmt: skip
-SCOPE_SCHEMA = {"type": "string", "maxLength": 206, "pattern": SCOPE_PATTERN, "default": "global"}
-SCOPE_PARAM = OpenApiParameter("scope_id", SCOPE_SCHEMA, description='"global" (default) or "agent:<agent id>"')
-TOOL_NAME_PARAM = OpenApiParameter(
-    "name", {"type": "string", "maxLength": 200, "pattern": REGISTERED_NAME_PATTERN}, OpenApiParameter.PATH
-)
-
-
-class ToolAuthInput(StrictSerializer):
-    type = serializers.ChoiceField(choices=["hmac_sha256"], required=False)
-    secret = serializers.CharField(min_length=8, max_length=256, trim_whitespace=False)
-
-
-class ToolInput(StrictSerializer):
-    name = serializers.RegexField(REGISTERED_NAME_PATTERN, max_length=200)
-    url = serializers.CharField(
-        max_length=2000,
-        validators=[pattern(URL_PATTERN)],
-        help_text="http(s), no credentials. It must not point at a private, loopback or link-local address (by "
-        "name or literal) unless the operator allows them, and http:// needs ONCEONLY_ALLOW_HTTP_TOOL_URLS or a "
-        "private address (docs/security.md).",
-    )
-    scope_id = serializers.CharField(required=False, max_length=206, validators=[pattern(SCOPE_PATTERN)],
-                                     help_text='"global" (default) or "agent:<agent id>"')  # fmt: skip
-    auth = ToolAuthInput(required=False, allow_null=True)
-    timeout_ms = serializers.IntegerField(required=False, min_value=250, max_value=120000)
-    max_retries = serializers.IntegerField(required=False, min_value=0, max_value=10)
-    enabled = serializers.BooleanField(required=False)
-    description = serializers.CharField(required=False, max_length=512, allow_blank=True, trim_whitespace=False)
-    risk_level = serializers.ChoiceField(required=False, allow_null=True, choices=["low", "medium", "high"])
-    price_usd = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=MAX_USD)
+SCOPE_PARAM = tools.ScopeQuery.parameters()[0]
+TOOL_NAME_PARAM = OpenApiParameter("name", tools.ToolInput.name.openapi(), OpenApiParameter.PATH)
 
 
 class ToolsApi(APIView):
+    permission_classes = TOOLS
+
     @extend_schema(
         operation_id="tools_list",
         parameters=[SCOPE_PARAM],
@@ -601,18 +509,16 @@ class ToolsApi(APIView):
         summary="Registered tools of a scope (a bare array)",
     )
     def get(self, request: Request) -> Response:
-        entitlements.require(request.auth.plan, "tools")
         rows = Tool.objects.filter(account_id=request.auth.account_id, scope_id=_scope(request)).order_by("name")
         return Response([_tool_body(t) for t in rows[:1000]])
 
     @extend_schema(
         operation_id="tools_upsert",
-        request=ToolInput,
+        request=tools.ToolInput.serializer,
         responses={200: ToolOutput, **errors(402)},
         summary="Register or update a tool (upsert on scope + name); the secret is never returned",
     )
     def post(self, request: Request) -> Response:
-        entitlements.require(request.auth.plan, "tools")
         fields, warnings = tools.clean(body(request))
         try:
             tool, _ = tools.tool_upsert(
@@ -630,10 +536,11 @@ class ToolsApi(APIView):
 
 
 class ToolApi(APIView):
+    permission_classes = TOOLS
+
     @extend_schema(operation_id="tool_get", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
                    responses={200: ToolOutput, **errors(404)}, summary="One tool")  # fmt: skip
     def get(self, request: Request, name: str) -> Response:
-        entitlements.require(request.auth.plan, "tools")
         return Response(_tool_body(_tool_or_404(request, name)))
 
     @extend_schema(operation_id="tool_delete", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
@@ -642,31 +549,27 @@ class ToolApi(APIView):
                               **errors(404)},
                    summary="Delete a tool")  # fmt: skip
     def delete(self, request: Request, name: str) -> Response:
-        entitlements.require(request.auth.plan, "tools")
         tool = _tool_or_404(request, name)
         tools.tool_delete(tool=tool, actor=_actor(request))
         return Response({"ok": True, "deleted": tool.name})
 
 
-class ToolToggleInput(StrictSerializer):
-    enabled = serializers.BooleanField()
+class ToolToggleInput(Body):
+    enabled = Boolean(required=True, invalid=("Required: true or false.", "bool_type"))
 
 
 class ToolToggleApi(APIView):
+    permission_classes = TOOLS
+
     @extend_schema(
         operation_id="tool_toggle",
         parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
         responses={200: ToolOutput, **errors(404)},
-        request=ToolToggleInput,
+        request=ToolToggleInput.serializer,
         summary="Enable or disable a tool (a disabled tool blocks calls with tool_disabled)",
     )
     def post(self, request: Request, name: str) -> Response:
-        entitlements.require(request.auth.plan, "tools")
-        check = BodyCheck(body(request), {"enabled"})
-        enabled = check.data.get("enabled")
-        if not isinstance(enabled, bool):
-            check.fail("enabled", "Required: true or false.", "bool_type")
-        check.done()
+        enabled = bool(ToolToggleInput.parse(body(request)).enabled)
         tool = tools.tool_toggle(tool=_tool_or_404(request, name), enabled=enabled, actor=_actor(request))
         return Response(_tool_body(tool))
 
@@ -698,7 +601,7 @@ class EventsApi(APIView):
 
     @extend_schema(
         operation_id="events_post",
-        request=idempotency_api.EventInput,
+        request=idempotency_api.EventInput.serializer,
         responses=idempotency_api.EventCreatedOutput,
         summary="Add an event to a run's timeline (unknown top-level keys are kept)",
     )
@@ -707,7 +610,23 @@ class EventsApi(APIView):
 
 
 MAX_METRICS_DAYS = 366
-DAY_SCHEMA = {"type": "string", "format": "date", "pattern": DAY_PATTERN}
+DAY_REQUIRED = ("Required: a day as YYYY-MM-DD (UTC).", "missing")
+
+
+class MetricsQuery(Body):
+    """``?from_day=&to_day=`` of /v1/metrics (other query parameters are ignored)."""
+
+    strict = False
+    from_day = Day(required=True, missing=DAY_REQUIRED, description="YYYY-MM-DD (UTC), inclusive")
+    to_day = Day(required=True, missing=DAY_REQUIRED, description=f"YYYY-MM-DD (UTC), inclusive; not before from_day, "
+                 f"at most {MAX_METRICS_DAYS} days in all")  # fmt: skip
+
+    def clean(self, check: BodyCheck, prefix: str) -> None:
+        first, last = self.from_day, self.to_day
+        if first and last and last < first:
+            check.fail("to_day", "to_day is before from_day.", "value_error")
+        elif first and last and (last - first).days + 1 > MAX_METRICS_DAYS:
+            check.fail("to_day", f"At most {MAX_METRICS_DAYS} days per request.", "value_error")
 
 
 class MetricsOutput(serializers.Serializer):
@@ -721,37 +640,17 @@ class MetricsOutput(serializers.Serializer):
     totals = serializers.DictField()
 
 
-def _day(check: BodyCheck, name: str) -> date | None:
-    raw = check.data.get(name)
-    if raw is None or raw == "":
-        check.fail(name, "Required: a day as YYYY-MM-DD (UTC).", "missing")
-        return None
-    try:
-        # fullmatch first: Python 3.11's fromisoformat also reads ISO week dates ("2026-W01-1").
-        return date.fromisoformat(raw) if re.fullmatch(DAY_PATTERN, raw) else date.fromisoformat("invalid")
-    except ValueError:
-        check.fail(name, f"Not a day: {raw[:40]!r}; expected YYYY-MM-DD.", "date_from_datetime_parsing")
-        return None
-
-
 class MetricsApi(APIView):
     @extend_schema(
         operation_id="metrics",
-        parameters=[OpenApiParameter("from_day", DAY_SCHEMA, required=True, description="YYYY-MM-DD (UTC), inclusive"),
-                    OpenApiParameter("to_day", DAY_SCHEMA, required=True,
-                                     description=f"YYYY-MM-DD (UTC), inclusive; not before from_day, at most "
-                                     f"{MAX_METRICS_DAYS} days in all")],
+        parameters=MetricsQuery.parameters(),
         responses=MetricsOutput,
         summary=f"Daily counts (check-locks, leases, decisions by outcome) and spend; at most {MAX_METRICS_DAYS} days",
     )  # fmt: skip
     def get(self, request: Request) -> Response:
-        check = BodyCheck(dict(request.query_params.items()), set(request.query_params), query=True)
-        first, last = _day(check, "from_day"), _day(check, "to_day")
-        if first and last and last < first:
-            check.fail("to_day", "to_day is before from_day.", "value_error")
-        elif first and last and (last - first).days + 1 > MAX_METRICS_DAYS:
-            check.fail("to_day", f"At most {MAX_METRICS_DAYS} days per request.", "value_error")
-        check.done()
+        query = MetricsQuery.parse(dict(request.query_params.items()), query=True)
+        first, last = query.from_day, query.to_day
+        assert first is not None and last is not None  # required: parse has refused a query without them
         days = selectors.daily_metrics(request.auth.account_id, first, last)
         totals: dict[str, Any] = {}
         for day in days:

@@ -1,4 +1,6 @@
-"""Dashboard forms of governance. They turn text inputs into policy fields; policies.clean_fields validates."""
+"""Dashboard forms of governance. They turn text inputs into the API's bodies, which validate them: policy fields
+(policies.clean_fields), a tool (tools.clean), a test call's args; the limits of the tool form's inputs are those
+bodies' declarations."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from django import forms
 from rest_framework import exceptions, serializers
 
 from governance import policies
-from governance.api import MAX_ARGS_BYTES
-from onceonly_site.api import BodyCheck, parse_json_body
-from onceonly_site.params import whole_number
+from governance.api import GovernedCallInput
+from governance.tools import ToolAuthInput, ToolInput
+from onceonly_site.api import parse_json_body
+from onceonly_site.bodies import Invalid
+from onceonly_site.params import MAX_USD, whole_number
 
 
 def _split(text: str) -> list[str]:
@@ -43,7 +47,7 @@ def _pairs(text: str, field: str) -> list[tuple[str, str]]:
 COUNT_RULE = (f"Must be a whole number from 0 to {policies.MAX_NUMBER:,}. Write it in ASCII digits 0–9, without "
               "separators or signs.")  # fmt: skip
 AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]{1,6})?", re.ASCII)
-AMOUNT_RULE = (f"Must be a number from 0 to {policies.MAX_USD:,}. Write it in ASCII digits 0–9 with at most 6 "
+AMOUNT_RULE = (f"Must be a number from 0 to {MAX_USD:,}. Write it in ASCII digits 0–9 with at most 6 "
                "decimals after a point (12.50), without separators, signs or exponent.")  # fmt: skip
 
 
@@ -198,22 +202,27 @@ class ReasonForm(forms.Form):
 class ToolForm(forms.Form):
     """Create/edit a registered tool. The secret is write-only: empty on edit keeps the stored one."""
 
-    name = forms.CharField(max_length=200, help_text="Letters, digits and _ . : - (e.g. stripe.charge).")
+    name = forms.CharField(max_length=ToolInput.name.max_length, help_text="Letters, digits and _ . : - (e.g. "
+                           "stripe.charge).")  # fmt: skip
     scope_id = forms.CharField(
         max_length=210, initial="global", label="Scope", help_text='"global", or "agent:<agent id>" for one agent only.'
     )
-    url = forms.CharField(max_length=2000, label="URL", help_text="http(s); calls are POSTed here, signed.")
+    url = forms.CharField(max_length=ToolInput.url.max_length, label="URL",
+                          help_text="http(s); calls are POSTed here, signed.")  # fmt: skip
     secret = forms.CharField(
         required=False,
-        max_length=256,
+        max_length=ToolAuthInput.secret.max_length,
         widget=forms.PasswordInput(render_value=False),
         label="Signing secret",
-        help_text="8–256 characters. Leave empty to keep the current one.",
+        help_text=f"{ToolAuthInput.secret.min_length}–{ToolAuthInput.secret.max_length} characters. Leave empty to "
+        "keep the current one.",
     )
-    timeout_ms = forms.IntegerField(initial=15000, label="Timeout (ms)", min_value=250, max_value=120000)
-    max_retries = forms.IntegerField(initial=2, label="Retries", min_value=0, max_value=10)
+    timeout_ms = forms.IntegerField(initial=15000, label="Timeout (ms)", min_value=ToolInput.timeout_ms.low,
+                                    max_value=ToolInput.timeout_ms.high)  # fmt: skip
+    max_retries = forms.IntegerField(initial=2, label="Retries", min_value=ToolInput.max_retries.low,
+                                     max_value=ToolInput.max_retries.high)  # fmt: skip
     enabled = forms.BooleanField(required=False, initial=True)
-    description = forms.CharField(required=False, max_length=512)
+    description = forms.CharField(required=False, max_length=ToolInput.description.max_length)
     risk_level = forms.ChoiceField(
         required=False, choices=[("", "by name"), ("low", "low"), ("medium", "medium"), ("high", "high")]
     )
@@ -254,10 +263,10 @@ class TestCallForm(forms.Form):
             ) from None
         if not isinstance(value, dict):
             raise forms.ValidationError("Must be a JSON object.")
-        check = BodyCheck({"args": value}, {"args"})
-        check.json_object("args", MAX_ARGS_BYTES, canonical=True)
-        if check.errors:
-            raise forms.ValidationError(str(_first_message(check.errors)))
+        try:
+            GovernedCallInput.args.parse(value)  # the object's checks (the run_id in it is not looked at here)
+        except Invalid as problem:
+            raise forms.ValidationError(problem.message) from None
         return value
 
 

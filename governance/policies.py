@@ -1,5 +1,5 @@
-"""Policy fields: validation, the merge of an upsert, templates, glob matching (docs/architecture.md §7.7;
-docs/api.md §"Policies")."""
+"""Policy fields: their declaration (validation and schema), the merge of an upsert, templates, glob matching
+(docs/architecture.md §7.7; docs/api.md §"Policies")."""
 
 from __future__ import annotations
 
@@ -9,19 +9,13 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from rest_framework import exceptions, serializers
+from rest_framework import serializers
 
+from onceonly_site.api import BodyCheck
+from onceonly_site.bodies import Body, Field, Ignored, Integer, Invalid, String, Usd
 from onceonly_site.identifiers import identifier_problem, normalise_tool, tool_name_problem
-from onceonly_site.params import MAX_USD, is_whole, json_number
+from onceonly_site.openapi import POLICY_TOOL_PATTERN, TOOL_NAME_RULES
 
-FIELDS = (
-    "allowed_tools",
-    "blocked_tools",
-    "max_actions_per_hour",
-    "max_spend_usd_per_day",
-    "max_calls_per_tool",
-    "pricing_rules",
-)
 MAX_LIST = 500
 MAX_TOOL_NAME = 200
 
@@ -59,121 +53,176 @@ TEMPLATES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _err(errors: dict[str, list], field: str, message: str, code: str = "invalid") -> None:
-    errors.setdefault(field, []).append(serializers.ErrorDetail(message, code=code))
+# --- the policy fields: one declaration for the API's validation, its schema and the dashboard's editor -----------
 
 
-def _tool_list(value: Any, field: str, errors: dict[str, list]) -> list[str] | None:
-    if not isinstance(value, list):
-        _err(errors, field, "Must be a list of tool names or glob patterns.", "list_type")
-        return None
-    if len(value) > MAX_LIST:
-        _err(errors, field, f"At most {MAX_LIST} entries.", "too_long")
-        return None
-    out: list[str] = []
-    for item in value:
-        if not isinstance(item, str) or not item.strip() or len(item) > MAX_TOOL_NAME:
-            _err(errors, field, f"Each entry must be a non-empty string of at most {MAX_TOOL_NAME} characters.")
-            return None
-        if problem := identifier_problem(item) or tool_name_problem(item.strip()):
-            _err(errors, field, f"{item.strip()!r}: {problem}", "string_pattern_mismatch")
-            return None
-        if item.strip() not in out:
-            out.append(item.strip())
-    return out
+def _policy_tool_problem(value: str) -> str | None:
+    return identifier_problem(value) or tool_name_problem(value.strip())
+
+
+class PolicyTool(String[str]):
+    """A tool name or glob in a policy, trimmed: a tool name's rules (identifiers.tool_name_problem), with
+    whitespace around it allowed."""
+
+    rules = (_policy_tool_problem,)
+    pattern = POLICY_TOOL_PATTERN
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("description", TOOL_NAME_RULES)
+        super().__init__(MAX_TOOL_NAME, **kwargs)
+
+    def parse(self, value: Any) -> str:
+        return super().parse(value).strip()
+
+    def problem(self, value: Any, shape: str) -> Invalid | None:
+        """None, or ``value``'s problem in a policy's words: ``shape`` for a value that is no non-blank string of
+        at most MAX_TOOL_NAME characters, else the rule's message."""
+        if self.shape(value):
+            return Invalid(shape, "invalid")
+        refused = self.refusal(value)
+        return Invalid(*refused) if refused else None
+
+
+class ToolPatterns(Field[list[str] | None]):
+    """``allowed_tools``, ``blocked_tools``: a list of tool names or globs (trimmed, duplicates dropped)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entry = PolicyTool()
+
+    def parse(self, value: Any) -> list[str]:
+        if not isinstance(value, list):
+            raise Invalid("Must be a list of tool names or glob patterns.", "list_type")
+        if len(value) > MAX_LIST:
+            raise Invalid(f"At most {MAX_LIST} entries.", "too_long")
+        out: list[str] = []
+        for item in value:
+            problem = self.entry.problem(item, f"Each entry must be a non-empty string of at most {MAX_TOOL_NAME} "
+                                         "characters.")  # fmt: skip
+            if problem is not None:
+                raise problem if problem.code == "invalid" else Invalid(f"{item.strip()!r}: {problem.message}",
+                                                                         problem.code)  # fmt: skip
+            if item.strip() not in out:
+                out.append(item.strip())
+        return out
+
+    def openapi(self) -> dict[str, Any]:
+        return {"type": "array", "items": self.entry.schema(), "maxItems": MAX_LIST}
 
 
 MAX_NUMBER = 1_000_000_000  # counts above a billion are typos
+COUNT_RULE = (f"Must be a whole number from 0 to {MAX_NUMBER:,}.", "int_type")
 
 
-# Bounds are compared before int()/float()/round() convert a number (onceonly_site/params.py): float(10**400) raises.
-def _non_negative_int(value: Any, field: str, errors: dict[str, list]) -> int | None:
-    if not is_whole(value) or json_number(value, 0, MAX_NUMBER) is None:
-        _err(errors, field, f"Must be a whole number from 0 to {MAX_NUMBER:,}.", "int_type")
-        return None
-    return int(value)
+def _count(*, nullable: bool = True) -> Integer:
+    """A count of calls or actions (``5.0`` is 5)."""
+    return Integer(0, MAX_NUMBER, whole_floats=True, invalid=COUNT_RULE, nullable=nullable)
 
 
-def _non_negative_number(value: Any, field: str, errors: dict[str, list]) -> float | None:
-    if json_number(value, 0, MAX_USD) is None:
-        _err(errors, field, f"Must be a number from 0 to {MAX_USD:,}.", "float_type")
-        return None
-    amount = round(float(value), 6)  # amounts are stored to the millionth of a dollar
-    if amount == 0 and value != 0:
-        # 1e-9 would be stored as 0: a spend cap of 0 blocks every charged call, a price of 0 makes the tool free.
-        _err(errors, field, "Rounds to 0 (amounts are kept to 6 decimals): write 0, or at least 0.000001.",
-             "greater_than_equal")  # fmt: skip
-        return None
-    return amount
+class CallCaps(Field[dict[str, int] | None]):
+    """``max_calls_per_tool``: {tool: calls per day}, no two keys naming the same tool once normalised. Every key's
+    problem is reported (at the field; a cap's at ``max_calls_per_tool.<tool>``)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tool, self.cap = PolicyTool(), _count(nullable=False)
 
-def clean_fields(data: dict[str, Any], *, partial: bool = True) -> dict[str, Any]:
-    """Validate policy fields. Returns {field: value or None}; None means "clear this field". Raises 422."""
-    errors: dict[str, list] = {}
-    out: dict[str, Any] = {}
-    for field, value in data.items():
-        if field not in FIELDS:
-            _err(errors, field, f"Unknown field. Policy fields: {', '.join(FIELDS)}.", "extra_forbidden")
-            continue
-        if value is None:
-            out[field] = None
-        elif field in ("allowed_tools", "blocked_tools"):
-            out[field] = _tool_list(value, field, errors)
-        elif field == "max_actions_per_hour":
-            out[field] = _non_negative_int(value, field, errors)
-        elif field == "max_spend_usd_per_day":
-            out[field] = _non_negative_number(value, field, errors)
-        elif field == "max_calls_per_tool":
-            if not isinstance(value, dict):
-                _err(errors, field, "Must be an object {tool: calls per day}.", "dict_type")
+    def clean(self, check: BodyCheck, loc: str, value: Any) -> dict[str, int] | None:
+        if not isinstance(value, dict):
+            check.fail(loc, "Must be an object {tool: calls per day}.", "dict_type")
+            return None
+        if len(value) > MAX_LIST:
+            check.fail(loc, f"At most {MAX_LIST} tools.", "too_long")
+            return None
+        caps: dict[str, int] = {}
+        seen: dict[str, str] = {}  # normalised name → the key that has it
+        for tool, cap in value.items():
+            problem = self.tool.problem(tool, f"Tool names must be non-empty strings of at most {MAX_TOOL_NAME} "
+                                        "characters.")  # fmt: skip
+            if problem is not None:
+                message = problem.message if problem.code == "invalid" else f"{tool.strip()!r}: {problem.message}"
+                check.fail(loc, message, problem.code)
                 continue
-            if len(value) > MAX_LIST:
-                _err(errors, field, f"At most {MAX_LIST} tools.", "too_long")
+            twin = seen.setdefault(normalise_tool(tool), tool.strip())
+            if twin != tool.strip():  # one cap per tool: both keys would apply to the same calls
+                check.fail(loc, f"{twin!r} and {tool.strip()!r} name the same tool (matching ignores case and Unicode "
+                           "compatibility forms).", "value_error")  # fmt: skip
                 continue
-            caps: dict[str, int] = {}
-            seen: dict[str, str] = {}  # normalised name → the key that has it
-            for tool, cap in value.items():
-                if not tool.strip() or len(tool) > MAX_TOOL_NAME:
-                    _err(errors, field, f"Tool names must be non-empty strings of at most {MAX_TOOL_NAME} characters.")
-                    continue
-                if problem := identifier_problem(tool) or tool_name_problem(tool.strip()):
-                    _err(errors, field, f"{tool.strip()!r}: {problem}", "string_pattern_mismatch")
-                    continue
-                twin = seen.setdefault(normalise_tool(tool), tool.strip())
-                if twin != tool.strip():  # one cap per tool: both keys would apply to the same calls
-                    _err(errors, field, f"{twin!r} and {tool.strip()!r} name the same tool (matching ignores case "
-                         "and Unicode compatibility forms).", "value_error")  # fmt: skip
-                    continue
-                number = _non_negative_int(cap, f"{field}.{tool}", errors)
-                if number is not None:
-                    caps[tool.strip()] = number
-            out[field] = caps
-        elif field == "pricing_rules":
-            if not isinstance(value, list) or len(value) > MAX_LIST:
-                _err(errors, field, f"Must be a list of at most {MAX_LIST} {{tool, price_usd}} objects.", "list_type")
+            number = self.cap.clean(check, f"{loc}.{tool}", cap)
+            if number is not None:
+                caps[tool.strip()] = number
+        return caps
+
+    def openapi(self) -> dict[str, Any]:
+        return {"type": "object", "maxProperties": MAX_LIST, "additionalProperties": self.cap.openapi()}
+
+
+class PricingRuleInput(Body):
+    """``{"tool": <name or glob>, "price_usd": <amount>}``: the price of a call of the tools it matches."""
+
+    tool = PolicyTool()
+    price_usd = Usd(rounded=True, required=True)
+
+
+class PricingRules(Field[list[dict[str, Any]] | None]):
+    """``pricing_rules``: a list of ``PricingRuleInput`` (problems at ``pricing_rules.<index>…``)."""
+
+    def clean(self, check: BodyCheck, loc: str, value: Any) -> list[dict[str, Any]] | None:
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            check.fail(loc, f"Must be a list of at most {MAX_LIST} {{tool, price_usd}} objects.", "list_type")
+            return None
+        rules = []
+        for index, rule in enumerate(value):
+            where = f"{loc}.{index}"
+            if not isinstance(rule, dict) or set(rule) != set(PricingRuleInput.fields):
+                check.fail(where, 'Each rule is exactly {"tool": str, "price_usd": number}.', "invalid")
                 continue
-            rules = []
-            for index, rule in enumerate(value):
-                if not isinstance(rule, dict) or set(rule) != {"tool", "price_usd"}:
-                    _err(errors, f"{field}.{index}", 'Each rule is exactly {"tool": str, "price_usd": number}.')
-                    continue
-                if not isinstance(rule["tool"], str) or not rule["tool"].strip() or len(rule["tool"]) > MAX_TOOL_NAME:
-                    _err(
-                        errors,
-                        f"{field}.{index}.tool",
-                        f"Must be a non-empty string of at most {MAX_TOOL_NAME} characters.",
-                    )
-                    continue
-                if problem := identifier_problem(rule["tool"]) or tool_name_problem(rule["tool"].strip()):
-                    _err(errors, f"{field}.{index}.tool", problem, "string_pattern_mismatch")
-                    continue
-                price = _non_negative_number(rule["price_usd"], f"{field}.{index}.price_usd", errors)
-                if price is not None:
-                    rules.append({"tool": rule["tool"].strip(), "price_usd": price})
-            out[field] = rules
-    if errors:
-        raise exceptions.ValidationError(errors)
-    return out
+            problem = PricingRuleInput.tool.problem(rule["tool"], f"Must be a non-empty string of at most "
+                                                    f"{MAX_TOOL_NAME} characters.")  # fmt: skip
+            if problem is not None:
+                check.fail(f"{where}.tool", problem.message, problem.code)
+                continue
+            try:
+                price = PricingRuleInput.price_usd.parse(rule["price_usd"])
+            except Invalid as refused:
+                check.fail(f"{where}.price_usd", refused.message, refused.code)
+                continue
+            rules.append({"tool": rule["tool"].strip(), "price_usd": price})
+        return rules
+
+    def serializer_field(self) -> serializers.Field:
+        return serializers.ListField(child=PricingRuleInput.serializer(), required=False, allow_null=True,
+                                     max_length=MAX_LIST, help_text=self.description)  # fmt: skip
+
+
+class PolicyInput(Body):
+    """A policy upsert (and a template's overrides): the fields sent replace, an explicit null clears. Checked in
+    the order sent, an unknown field where it stands; the dashboard's editor checks its policy here too."""
+
+    partial = True
+    agent_id = Ignored(description="Ignored (the SDK sends the path's agent id in the body too).")
+    allowed_tools = ToolPatterns(description="Glob patterns; set (even empty) = only these. Agency plan.")
+    blocked_tools = ToolPatterns()
+    max_actions_per_hour = _count()
+    max_spend_usd_per_day = Usd(rounded=True)
+    max_calls_per_tool = CallCaps(description="{tool: calls per day}. Each key a tool name as in allowed_tools, and "
+                                  "no two naming the same tool (matching ignores case and Unicode compatibility "
+                                  "forms).")  # fmt: skip
+    pricing_rules = PricingRules()
+
+    @classmethod
+    def refuse_unknown(cls, check: BodyCheck, loc: str, names: list[str]) -> None:
+        for name in names:
+            check.fail(name, f"Unknown field. Policy fields: {', '.join(FIELDS)}.", "extra_forbidden")
+
+
+FIELDS = tuple(name for name, field in PolicyInput.fields.items() if not isinstance(field, Ignored))
+
+
+def clean_fields(data: Any) -> dict[str, Any]:
+    """Validate policy fields. Returns {field: value or None} in the order sent; None means "clear this field".
+    Raises 422."""
+    return PolicyInput.parse(data).changes()
 
 
 def merge(current: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The tools registry (docs/api.md §"Tools registry"): validation, upsert with the plan's tool limit, lookup for
-governed calls."""
+"""The tools registry (docs/api.md §"Tools registry"): the body of a tool (its validation and schema), upsert with the
+plan's tool limit, lookup for governed calls."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from billing.models import Account
 from billing.services import audit_record
 from governance import secrets, ssrf
 from governance.models import Tool
-from governance.policies import MAX_USD
-from onceonly_site.identifiers import REGISTERED_NAME, identifier_problem, normalise_tool
+from onceonly_site.api import BodyCheck
+from onceonly_site.bodies import AgentId, Body, Boolean, Choice, Integer, Nested, RegisteredName, String, Text, Usd
+from onceonly_site.identifiers import REGISTERED_NAME, normalise_tool
+from onceonly_site.openapi import SCOPE_PATTERN, URL_PATTERN
+from onceonly_site.params import MAX_USD
 
 # 1–200 ASCII letters, digits and `_ . : -`: no whitespace, control or look-alike character, no final newline.
 NAME = REGISTERED_NAME
-FIELDS = {"name", "url", "scope_id", "auth", "timeout_ms", "max_retries", "enabled", "description", "risk_level",
-          "price_usd"}  # fmt: skip
 
 
 class PlanLimitReached(Exception):
@@ -38,93 +39,101 @@ class ToolExists(Exception):
         self.tool = tool
 
 
+AGENT_ID = AgentId()
+SCOPE_PREFIX = "agent:"
+
+
 def valid_scope(scope_id: str) -> bool:
+    """``global``, or ``agent:`` and an agent id without whitespace around it."""
     if scope_id == "global":
         return True
-    agent = scope_id.removeprefix("agent:")
-    return (scope_id.startswith("agent:") and 0 < len(agent) <= 200 and agent.strip() == agent
-            and identifier_problem(agent) is None)  # fmt: skip
+    agent = scope_id.removeprefix(SCOPE_PREFIX)
+    return scope_id.startswith(SCOPE_PREFIX) and agent.strip() == agent and AGENT_ID.valid(agent)
 
 
-def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
-    """Validate a tool body; returns (fields, warnings) or raises a 422 naming every bad field."""
-    errors: dict[str, list] = {}
+def _scope_problem(scope_id: str) -> str | None:
+    return None if valid_scope(scope_id) else "not a scope"
 
-    def fail(field: str, message: str, code: str = "invalid") -> None:
-        errors.setdefault(field, []).append(serializers.ErrorDetail(message, code=code))
 
-    if not isinstance(data, dict):
-        raise exceptions.ValidationError({"non_field_errors": ["The request body must be a JSON object."]})
-    out: dict[str, Any] = {}
-    warnings: list[str] = []
-    for field in sorted(set(data) - FIELDS):
-        fail(field, "Unknown field.", "extra_forbidden")
-    name = data.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
-        fail("name", "Required: 1–200 characters of letters, digits, _ . : -", "string_pattern_mismatch")
-    else:
-        out["name"] = name
-    scope_id = data.get("scope_id", "global")
-    if not isinstance(scope_id, str) or not valid_scope(scope_id):
-        fail("scope_id", 'Either "global" or "agent:<agent id>".', "string_pattern_mismatch")
-    else:
-        out["scope_id"] = scope_id
-    url = data.get("url")
-    if not isinstance(url, str) or not url or len(url) > 2000:
-        fail("url", "Required: an http(s) URL of at most 2000 characters.", "url_type")
-    else:
+SCOPE_RULE = ('Either "global" or "agent:<agent id>".', "string_pattern_mismatch")
+
+
+class Scope(String[str]):
+    """A registry scope: "global" (the default) or "agent:<agent id>" (in a tool's body and the ``scope_id`` query
+    parameter alike)."""
+
+    rules = (_scope_problem,)
+    pattern = SCOPE_PATTERN
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(len(SCOPE_PREFIX) + AgentId.MAX_LENGTH, required=False, nullable=False, default="global",
+                         invalid=SCOPE_RULE, refused=SCOPE_RULE, description='"global" (default) or "agent:<agent id>"',
+                         **kwargs)  # fmt: skip
+
+
+class ScopeQuery(Body):
+    """``?scope_id=`` of the registry's endpoints."""
+
+    strict = False
+    scope_id = Scope()
+
+
+class ToolAuthInput(Body):
+    type = Choice(["hmac_sha256"], nullable=False)
+    secret = String(256, min_length=8, blank=True)
+
+
+NAME_RULE = ("Required: 1–200 characters of letters, digits, _ . : -", "string_pattern_mismatch")
+URL_HELP = ("http(s), no credentials. It must not point at a private, loopback or link-local address (by name or "
+            "literal) unless the operator allows them, and http:// needs ONCEONLY_ALLOW_HTTP_TOOL_URLS or a private "
+            "address (docs/security.md).")  # fmt: skip
+RISK_LEVELS = ["low", "medium", "high"]
+
+
+class ToolInput(Body):
+    """A tool as the API and the dashboard's editor register it (``clean``)."""
+
+    not_object = ("The request body must be a JSON object.", "invalid")
+    name = RegisteredName(invalid=NAME_RULE, refused=NAME_RULE)
+    scope_id = Scope()
+    url = String(2000, min_length=1, blank=True, pattern=URL_PATTERN, description=URL_HELP,
+                 invalid=("Required: an http(s) URL of at most 2000 characters.", "url_type"))  # fmt: skip
+    auth = Nested(ToolAuthInput, invalid=('{"type": "hmac_sha256", "secret": 8–256 characters}.', "invalid"))
+    timeout_ms = Integer(250, 120_000, nullable=False)
+    max_retries = Integer(0, 10, nullable=False)
+    enabled = Boolean(nullable=False, default=True, invalid=("true or false.", "bool_type"))
+    description = Text(512, nullable=False, default="", invalid=("At most 512 characters.", "string_too_long"))
+    risk_level = Choice(RISK_LEVELS, invalid=("low, medium or high.", "enum"))
+    price_usd = Usd(invalid=(f"A number from 0 to {MAX_USD:,}.", "float_type"))
+
+    url_warning: str | None = None
+
+    def clean_url(self, check: BodyCheck, loc: str, url: str) -> str | None:
+        """Where the URL may point (governance/ssrf.py): refused, or allowed with a warning."""
         try:
             checked = ssrf.check(url)
         except ssrf.RefusedUrl as refused:
-            fail("url", str(refused), "url_refused")
-        else:
-            out["url"] = url
-            if checked.warning:
-                warnings.append(checked.warning)
-    auth = data.get("auth")
-    if auth is not None:
-        secret = auth.get("secret") if isinstance(auth, dict) else None
-        if (not isinstance(auth, dict) or set(auth) - {"type", "secret"}
-                or auth.get("type", "hmac_sha256") != "hmac_sha256"
-                or not isinstance(secret, str) or not 8 <= len(secret) <= 256):  # fmt: skip
-            fail("auth", '{"type": "hmac_sha256", "secret": 8–256 characters}.', "invalid")
-        else:
-            out["secret"] = auth["secret"]
-    for field, low, high in (("timeout_ms", 250, 120_000), ("max_retries", 0, 10)):
-        if field not in data:
-            continue  # omitted: a new tool gets the default, an existing one keeps its value
-        value = data[field]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            fail(field, f"A whole number from {low} to {high}.", "int_type")
-        else:
-            out[field] = value
-    enabled = data.get("enabled", True)
-    if not isinstance(enabled, bool):
-        fail("enabled", "true or false.", "bool_type")
-    elif "enabled" in data:
-        out["enabled"] = enabled
-    description = data.get("description", "")
-    if not isinstance(description, str) or len(description) > 512:
-        fail("description", "At most 512 characters.", "string_too_long")
-    elif "description" in data:
-        out["description"] = description
-    risk = data.get("risk_level")
-    if "risk_level" not in data:
-        pass
-    elif risk is not None and risk not in ("low", "medium", "high"):
-        fail("risk_level", "low, medium or high.", "enum")
-    else:
-        out["risk_level"] = risk or ""
-    price = data.get("price_usd")
-    if price is not None and (
-        isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price <= MAX_USD
-    ):
-        fail("price_usd", f"A number from 0 to {MAX_USD:,}.", "float_type")
-    elif "price_usd" in data:
-        out["price_usd"] = None if price is None else Decimal(str(price))
-    if errors:
-        raise exceptions.ValidationError(errors)
-    return out, warnings
+            check.fail(loc, str(refused), "url_refused")
+            return None
+        self.url_warning = checked.warning
+        return url
+
+
+def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
+    """Validate a tool body; returns (fields, warnings) or raises a 422 naming every bad field. The fields: name,
+    scope_id and url always, the secret when ``auth`` is sent, the others when they are sent (a new tool gets the
+    defaults, an existing one keeps its values)."""
+    tool = ToolInput.parse(data)
+    out: dict[str, Any] = {"name": tool.name, "scope_id": tool.scope_id, "url": tool.url}
+    if tool.auth is not None:
+        out["secret"] = tool.auth.secret
+    out.update((name, getattr(tool, name)) for name in ("timeout_ms", "max_retries", "enabled", "description")
+               if name in tool.sent)  # fmt: skip
+    if "risk_level" in tool.sent:
+        out["risk_level"] = tool.risk_level or ""
+    if "price_usd" in tool.sent:
+        out["price_usd"] = None if tool.price_usd is None else Decimal(str(tool.price_usd))
+    return out, [tool.url_warning] if tool.url_warning else []
 
 
 def tool_upsert(

@@ -1,13 +1,15 @@
-"""`/v1/check-lock` and the lease endpoints `/v1/ai/*` (docs/api.md §"POST /v1/check-lock", §"Leases: /v1/ai/*").
+"""`/v1/check-lock`, the lease endpoints `/v1/ai/*`, the key form of `/v1/ai/run` and run events (docs/api.md
+§"POST /v1/check-lock", §"Leases: /v1/ai/*", §"Keyed runs", §"Run events and timelines").
 
-Input is validated by hand on these hot paths (a serializer costs more than the Redis round trip it guards);
-the serializers below document the shapes in the OpenAPI schema. Errors are 422 in the list form of the error
-contract; a stale or wrong lease_id is 409 ``lease_mismatch``.
+Each body is declared once (onceonly_site/bodies.py): the declaration validates it — by hand, as these hot paths
+need (a serializer costs more than the Redis round trip it guards) — and is the OpenAPI schema's component. Errors
+are 422 in the list form of the error contract; a stale or wrong lease_id is 409 ``lease_mismatch``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,35 +23,31 @@ from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit, usage
 from billing.auth import authenticate_header_value
-from idempotency import events, jobs, runs, selectors, services
+from idempotency import events, runs, selectors, services
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
-from onceonly_site.api import (
-    ApiProblem,
-    BodyCheck,
-    PathValidationError,
-    StrictSerializer,
-    body,
-    page_params,
-    parse_json_body,
+from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, body, page_params, parse_json_body
+from onceonly_site.bodies import (
+    AgentId,
+    Body,
+    Boolean,
+    Integer,
+    JsonObject,
+    Key,
+    ListOf,
+    Nested,
+    RegisteredName,
+    RunId,
+    Text,
+    ToolName,
+    Ttl,
+    Usd,
 )
 from onceonly_site.identifiers import identifier_problem, tool_name_problem
-from onceonly_site.openapi import (
-    IDENTIFIER_PATTERN,
-    KEY_PATTERN,
-    REGISTERED_NAME_PATTERN,
-    UNSAFE_FREE_PATTERN,
-    errors,
-    identifier_field,
-    key_field,
-    page_parameters,
-    pattern,
-    text_field,
-    tool_name_field,
-)
-from onceonly_site.params import MAX_SAFE_INTEGER, MAX_USD, json_number
+from onceonly_site.openapi import UNSAFE_FREE_PATTERN, errors, page_parameters
+from onceonly_site.params import MAX_SAFE_INTEGER
 
-MAX_KEY_LENGTH = 256  # also enforced by BodyCheck.key
+MAX_KEY_LENGTH = 256
 MAX_METADATA_BYTES = 2048
 MAX_RESULT_BYTES = 256 * 1024
 
@@ -60,27 +58,25 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class LeaseKeyQuery(Body):
+    """``?key=`` of /v1/ai/status and /v1/ai/result."""
+
+    strict = False  # the other query parameters are ignored
+    key = Key(MAX_KEY_LENGTH, description="The lease key: not blank, no control character.")
+
+
 def _query_key(request: Request) -> str:
-    check = BodyCheck({"key": request.query_params.get("key")}, {"key"}, query=True)
-    key = check.key()
-    check.done()
-    return key
+    return LeaseKeyQuery.parse({"key": request.query_params.get("key")}, query=True).key
 
 
 # --- check-lock -----------------------------------------------------------------------------------------------
 
 
-class CheckLockInput(StrictSerializer):
-    key = key_field(MAX_KEY_LENGTH, help_text="1–256 characters, not blank, no control character; `:` and any other "
-                    "text allowed.")  # fmt: skip
-    ttl = serializers.IntegerField(
-        required=False,
-        allow_null=True,
-        min_value=1,
-        max_value=MAX_SAFE_INTEGER,
-        help_text="Seconds. Omitted or null: the plan's default. Above the plan max: clamped.",
-    )
-    metadata = serializers.DictField(required=False, allow_null=True, help_text="A JSON object of at most 2048 bytes.")
+class CheckLockInput(Body):
+    key = Key(MAX_KEY_LENGTH, description=f"1–{MAX_KEY_LENGTH} characters, not blank, no control character; `:` and "
+              "any other text allowed.")  # fmt: skip
+    ttl = Ttl(description="Seconds. Omitted or null: the plan's default. Above the plan max: clamped.")
+    metadata = JsonObject(MAX_METADATA_BYTES, description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes.")
 
 
 class CheckLockOutput(serializers.Serializer):
@@ -124,7 +120,7 @@ class CheckLockApi(APIView):
 
     @extend_schema(
         operation_id="check_lock",
-        request=CheckLockInput,
+        request=CheckLockInput.serializer,
         responses={200: CheckLockOutput, **errors(402)},
         summary="Lock a key exactly once per TTL window (duplicates answer 200 with status duplicate)",
     )
@@ -133,15 +129,14 @@ class CheckLockApi(APIView):
         return Response(answer, headers={"X-OnceOnly-Status": answer["status"]})
 
     def _check_lock(self, principal: Any, data: Any) -> dict[str, Any]:
-        check = BodyCheck(data, {"key", "ttl", "metadata"})
-        key, ttl, metadata = check.key(), check.ttl(), check.json_object("metadata", MAX_METADATA_BYTES)
-        check.done()
+        lock = CheckLockInput.parse(data)
+        key = lock.key
         outcome = services.lock_check(
             account_id=principal.account_id,
             plan=principal.plan,
             key=key,
-            ttl=ttl,
-            metadata=metadata,
+            ttl=lock.ttl,
+            metadata=lock.metadata,
             rate=ratelimit.script_args(principal),
         )
         if outcome.locked:
@@ -255,7 +250,7 @@ def _mismatch() -> ApiProblem:
     )
 
 
-def _holder_call(request: Request, action) -> Response:
+def _holder_call(request: Request, action: Callable[[], services.LeaseOutcome]) -> Response:
     try:
         outcome = action()
     except services.LeaseMismatch:
@@ -265,137 +260,115 @@ def _holder_call(request: Request, action) -> Response:
     return _lease_response(request, outcome)
 
 
-class LeaseInput(StrictSerializer):
-    key = key_field(MAX_KEY_LENGTH)
-    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_SAFE_INTEGER)
-    metadata = serializers.DictField(required=False, allow_null=True, help_text="A JSON object of at most 2048 bytes.")
+class LeaseInput(Body):
+    key = Key(MAX_KEY_LENGTH)
+    ttl = Ttl()
+    metadata = JsonObject(MAX_METADATA_BYTES, description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes.")
 
 
 class LeaseApi(APIView):
     @extend_schema(
         operation_id="ai_lease",
-        request=LeaseInput,
+        request=LeaseInput.serializer,
         responses={200: LeaseRecordOutput, **errors(402)},
         summary="Acquire the lease of a key, or learn who has it (polling) or how it ended",
     )
     def post(self, request: Request) -> Response:
-        check = BodyCheck(body(request), {"key", "ttl", "metadata"})
-        key, ttl, metadata = check.key(), check.ttl(), check.json_object("metadata", MAX_METADATA_BYTES)
-        check.done()
-        outcome = services.lease_acquire(
-            account_id=request.auth.account_id, plan=request.auth.plan, key=key, ttl=ttl, metadata=metadata
-        )
+        lease = LeaseInput.parse(body(request))
+        outcome = services.lease_acquire(account_id=request.auth.account_id, plan=request.auth.plan, key=lease.key,
+                                         ttl=lease.ttl, metadata=lease.metadata)  # fmt: skip
         return _lease_response(request, outcome)
 
 
-def lease_id_field() -> serializers.CharField:
-    return text_field(64, non_blank=True, required=True, help_text="The lease_id the lease answer gave the holder.")
+def _lease_id() -> Text:
+    """The ``lease_id`` a holder sends back (the lease endpoints' bodies)."""
+    return Text(64, required=True, description="The lease_id the lease answer gave the holder.")
 
 
-class LeaseExtendInput(StrictSerializer):
-    key = key_field(MAX_KEY_LENGTH)
-    lease_id = lease_id_field()
-    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_SAFE_INTEGER)
+class LeaseExtendInput(Body):
+    key = Key(MAX_KEY_LENGTH)
+    lease_id = _lease_id()
+    ttl = Ttl()
 
 
 class LeaseExtendApi(APIView):
     @extend_schema(
         operation_id="ai_extend",
-        request=LeaseExtendInput,
+        request=LeaseExtendInput.serializer,
         responses={200: LeaseRecordOutput, **errors(409)},
         summary="Heartbeat: reset the holder's expiry to now + ttl",
     )
     def post(self, request: Request) -> Response:
-        check = BodyCheck(body(request), {"key", "lease_id", "ttl"})
-        key, lease_id, ttl = check.key(), check.text("lease_id", required=True, max_length=64), check.ttl()
-        check.done()
+        extend = LeaseExtendInput.parse(body(request))
         return _holder_call(request, lambda: services.lease_extend(
-            account_id=request.auth.account_id, plan=request.auth.plan, key=key, lease_id=lease_id, ttl=ttl
+            account_id=request.auth.account_id, plan=request.auth.plan, key=extend.key, lease_id=extend.lease_id,
+            ttl=extend.ttl,
         ))  # fmt: skip
 
 
-class LeaseCompleteInput(StrictSerializer):
-    key = key_field(MAX_KEY_LENGTH)
-    lease_id = lease_id_field()
-    result = serializers.DictField(
-        required=False,
-        allow_null=True,
-        help_text="JSON object, at most 256 KB; integers within ±(2^53−1) (it is hashed as RFC 8785 JSON).",
-    )
-    result_hash = text_field(128, help_text="Default: SHA-256 of RFC 8785 canonical JSON.")
+class LeaseCompleteInput(Body):
+    key = Key(MAX_KEY_LENGTH)
+    lease_id = _lease_id()
+    result = JsonObject(MAX_RESULT_BYTES, canonical=True, description="JSON object, at most 256 KB; integers within "
+                        "±(2^53−1) (it is hashed as RFC 8785 JSON).")  # fmt: skip
+    result_hash = Text(128, description="Default: SHA-256 of RFC 8785 canonical JSON.")
 
 
 class LeaseCompleteApi(APIView):
     @extend_schema(
         operation_id="ai_complete",
-        request=LeaseCompleteInput,
+        request=LeaseCompleteInput.serializer,
         responses={200: LeaseRecordOutput, **errors(409)},
         summary="Store the result; the key is final for the retention period",
     )
     def post(self, request: Request) -> Response:
-        check = BodyCheck(body(request), {"key", "lease_id", "result", "result_hash"})
-        key, lease_id = check.key(), check.text("lease_id", required=True, max_length=64)
-        result = check.json_object("result", MAX_RESULT_BYTES, canonical=True)
-        result_hash = check.text("result_hash", required=False, max_length=128)
-        check.done()
+        complete = LeaseCompleteInput.parse(body(request))
         return _holder_call(request, lambda: services.lease_complete(
-            account_id=request.auth.account_id, key=key, lease_id=lease_id, result=result, result_hash=result_hash
+            account_id=request.auth.account_id, key=complete.key, lease_id=complete.lease_id, result=complete.result,
+            result_hash=complete.result_hash,
         ))  # fmt: skip
 
 
-class LeaseFailInput(StrictSerializer):
-    key = key_field(MAX_KEY_LENGTH)
-    lease_id = lease_id_field()
-    error_code = text_field(128, non_blank=True, required=True)
-    error_hash = text_field(128)
+class LeaseFailInput(Body):
+    key = Key(MAX_KEY_LENGTH)
+    lease_id = _lease_id()
+    error_code = Text(128, required=True)
+    error_hash = Text(128)
 
 
 class LeaseFailApi(APIView):
     @extend_schema(
         operation_id="ai_fail",
-        request=LeaseFailInput,
+        request=LeaseFailInput.serializer,
         responses={200: LeaseRecordOutput, **errors(409)},
         summary="Record a failed attempt; the next lease acquires again",
     )
     def post(self, request: Request) -> Response:
-        check = BodyCheck(body(request), {"key", "lease_id", "error_code", "error_hash"})
-        key, lease_id = check.key(), check.text("lease_id", required=True, max_length=64)
-        error_code = check.text("error_code", required=True, max_length=128)
-        error_hash = check.text("error_hash", required=False, max_length=128)
-        check.done()
+        fail = LeaseFailInput.parse(body(request))
         return _holder_call(request, lambda: services.lease_fail(
-            account_id=request.auth.account_id, key=key, lease_id=lease_id, error_code=error_code,
-            error_hash=error_hash,
+            account_id=request.auth.account_id, key=fail.key, lease_id=fail.lease_id, error_code=fail.error_code,
+            error_hash=fail.error_hash,
         ))  # fmt: skip
 
 
-class LeaseCancelInput(StrictSerializer):
-    key = key_field(MAX_KEY_LENGTH)
-    lease_id = lease_id_field()
-    reason = text_field(500, non_blank=True, help_text="Not blank when sent.")
+class LeaseCancelInput(Body):
+    key = Key(MAX_KEY_LENGTH)
+    lease_id = _lease_id()
+    reason = Text(500, non_blank=True, description="Not blank when sent.")
 
 
 class LeaseCancelApi(APIView):
     @extend_schema(
         operation_id="ai_cancel",
-        request=LeaseCancelInput,
+        request=LeaseCancelInput.serializer,
         responses={200: LeaseRecordOutput, **errors(409)},
         summary="Give the key back without a result (status cancelled)",
     )
     def post(self, request: Request) -> Response:
-        check = BodyCheck(body(request), {"key", "lease_id", "reason"})
-        key, lease_id = check.key(), check.text("lease_id", required=True, max_length=64)
-        reason = check.text("reason", required=False, max_length=500, non_blank=True) or ""
-        check.done()
+        cancel = LeaseCancelInput.parse(body(request))
         return _holder_call(request, lambda: services.lease_cancel(
-            account_id=request.auth.account_id, key=key, lease_id=lease_id, reason=reason
+            account_id=request.auth.account_id, key=cancel.key, lease_id=cancel.lease_id, reason=cancel.reason or ""
         ))  # fmt: skip
-
-
-KEY_PARAM = OpenApiParameter(
-    "key", {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN}, required=True,
-    description="The lease key: not blank, no control character.",
-)  # fmt: skip
 
 
 def _not_found(key: str) -> Response:
@@ -405,7 +378,7 @@ def _not_found(key: str) -> Response:
 class LeaseStatusApi(APIView):
     @extend_schema(
         operation_id="ai_status",
-        parameters=[KEY_PARAM],
+        parameters=LeaseKeyQuery.parameters(),
         responses=LeaseStateOutput,
         summary="Where a key stands (in_progress while held); free of charge",
     )
@@ -425,7 +398,7 @@ class LeaseStatusApi(APIView):
 class LeaseResultApi(APIView):
     @extend_schema(
         operation_id="ai_result",
-        parameters=[KEY_PARAM],
+        parameters=LeaseKeyQuery.parameters(),
         responses=LeaseResultOutput,
         summary="The stored result (completed) or error_code (failed); repeatable",
     )
@@ -443,174 +416,159 @@ class LeaseResultApi(APIView):
 # --- keyed runs (key form of /v1/ai/run; the combined view is governance.api.AiRunApi) ---------------------------
 
 MAX_RUN_METADATA_BYTES = 64 * 1024
-RUN_METADATA_KEYS = {"run_id", "agent_id", "actions", "dry_run", "task", "params"}
+# A keyed run's metadata answers in its own words (one message per key, whatever is wrong with it).
+RUN_ID_RULE = (f"A non-blank string of at most {RunId.MAX_LENGTH} characters without control or bidirectional "
+               "formatting characters.", "string_type")  # fmt: skip
+AGENT_ID_RULE = (f"A non-blank string of at most {AgentId.MAX_LENGTH} characters without control or bidirectional "
+                 "formatting characters.", "string_type")  # fmt: skip
+TASK_RULE = ("A job handler name: 1–200 letters, digits or _ . : -", "string_pattern_mismatch")
 
 
-def _run_spec(check: BodyCheck, metadata: dict[str, Any] | None) -> runs.RunSpec:
-    """The meaningful keys of a run's metadata, validated (other keys are kept in the lease's metadata only)."""
-    meta = metadata or {}
-    spec: dict[str, Any] = {}
-    run_id = meta.get("run_id")
-    if run_id is not None:
-        if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > 256 or identifier_problem(run_id):
-            check.fail("metadata.run_id", "A non-blank string of at most 256 characters without control or "
-                       "bidirectional formatting characters.", "string_type")  # fmt: skip
-        else:
-            spec["run_id"] = run_id
-    agent_id = meta.get("agent_id")
-    if agent_id is not None:
-        if not isinstance(agent_id, str) or not agent_id.strip() or len(agent_id) > 200 or identifier_problem(agent_id):
-            check.fail("metadata.agent_id", "A non-blank string of at most 200 characters without control or "
-                       "bidirectional formatting characters.", "string_type")  # fmt: skip
-        else:
-            spec["agent_id"] = agent_id
-    task = meta.get("task")
-    if task is not None:
-        if not isinstance(task, str) or not jobs.NAME.match(task):
-            check.fail(
-                "metadata.task", "A job handler name: 1–200 letters, digits or _ . : -", "string_pattern_mismatch"
-            )
-        else:
-            spec["task"] = task
-    for name in ("dry_run",):
-        if meta.get(name) is not None and not isinstance(meta[name], bool):
-            check.fail(f"metadata.{name}", "Must be true or false.", "bool_type")
-        elif meta.get(name):
-            spec[name] = True
-    params = meta.get("params")
-    if params is not None:
-        if not isinstance(params, dict):
-            check.fail("metadata.params", "Must be a JSON object (the job handler's input).", "dict_type")
-        else:
-            spec["params"] = params
-    actions = meta.get("actions")
-    if actions is not None:
-        spec["actions"] = _actions(check, actions)
-        if spec["actions"] and "agent_id" not in spec and agent_id is None:
-            check.fail("metadata.agent_id", "Required with metadata.actions: the agent whose policy governs them.",
-                       "missing")  # fmt: skip
-    return runs.RunSpec(**spec)
+class RunActionInput(Body):
+    """One of ``metadata.actions``: run through the governed call as ``metadata.agent_id``."""
+
+    not_object = ("Must be an object {tool, args, spend_usd}.", "dict_type")
+    # The tool name rules of the governed call (governance/api.py), in this body's words for the shape.
+    tool = ToolName(invalid=("A non-blank tool name of at most 200 characters.", "string_type"),
+                    rules=[tool_name_problem])  # fmt: skip
+    args = JsonObject()
+    spend_usd = Usd()
+
+    @classmethod
+    def refuse_unknown(cls, check: BodyCheck, loc: str, names: list[str]) -> None:
+        check.fail(loc, f"Unknown field(s): {', '.join(names)}.", "extra_forbidden")
+
+    def action(self) -> dict[str, Any]:
+        """The action as a run keeps it (``runs.RunSpec.actions``)."""
+        item: dict[str, Any] = {"tool": self.tool, "args": self.args or {}}
+        if self.spend_usd is not None:
+            item["spend_usd"] = self.spend_usd
+        return item
 
 
-def _actions(check: BodyCheck, actions: Any) -> list[dict[str, Any]]:
-    if not isinstance(actions, list):
-        check.fail("metadata.actions", "Must be a list of {tool, args, spend_usd} objects.", "list_type")
-        return []
-    if len(actions) > runs.MAX_ACTIONS:
-        check.fail("metadata.actions", f"At most {runs.MAX_ACTIONS} actions per run (got {len(actions)}).",
-                   "too_long")  # fmt: skip
-        return []
-    cleaned = []
-    for index, action in enumerate(actions):
-        where = f"metadata.actions.{index}"
-        if not isinstance(action, dict):
-            check.fail(where, "Must be an object {tool, args, spend_usd}.", "dict_type")
-            continue
-        unknown = sorted(set(action) - {"tool", "args", "spend_usd"})
-        if unknown:
-            check.fail(where, f"Unknown field(s): {', '.join(unknown)}.", "extra_forbidden")
-        tool, args, spend = action.get("tool"), action.get("args"), action.get("spend_usd")
-        if not isinstance(tool, str) or not tool.strip() or len(tool) > 200:
-            check.fail(f"{where}.tool", "A non-blank tool name of at most 200 characters.", "string_type")
-        elif problem := tool_name_problem(tool):  # as the governed call refuses it (governance/api.py)
-            check.fail(f"{where}.tool", problem, "string_pattern_mismatch")
-        if args is not None and not isinstance(args, dict):
-            check.fail(f"{where}.args", "Must be a JSON object.", "dict_type")
-        if spend is not None and json_number(spend, 0, MAX_USD) is None:
-            check.fail(f"{where}.spend_usd", f"Must be a number from 0 to {MAX_USD:,}.", "float_type")
-        item: dict[str, Any] = {"tool": tool, "args": args or {}}
-        if spend is not None:
-            item["spend_usd"] = spend
-        cleaned.append(item)
-    return cleaned
+class RunMetadataInput(Body):
+    """The keys of a keyed run's metadata that mean something; any other key is kept in the lease's metadata."""
 
-
-class RunActionInput(StrictSerializer):
-    tool = tool_name_field()
-    args = serializers.DictField(required=False, allow_null=True)
-    spend_usd = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=MAX_USD)
-
-
-class RunMetadataInput(serializers.Serializer):
-    """The keys of a keyed run's metadata that mean something (``_run_spec``); any other key is kept as is."""
-
+    strict = False
+    not_object = ("Must be a JSON object.", "dict_type")
+    schema_description = "The keys of a keyed run's metadata that mean something; any other key is kept as is."
     openapi_extra = {
         "additionalProperties": {},
         # agent_id is required with actions: the agent whose policy governs them.
         "anyOf": [{"properties": {"actions": {"maxItems": 0}}}, {"required": ["agent_id"],
                                                                "properties": {"agent_id": {"type": "string"}}}],
     }  # fmt: skip
-    run_id = identifier_field(256, required=False, allow_null=True, help_text="The timeline's id (default: the key).")
-    agent_id = identifier_field(200, required=False, allow_null=True, help_text="Required with actions.")
-    actions = serializers.ListField(
-        child=RunActionInput(), required=False, allow_null=True, max_length=runs.MAX_ACTIONS
+    run_id = RunId(required=False, invalid=RUN_ID_RULE, refused=RUN_ID_RULE,
+                   description="The timeline's id (default: the key).")  # fmt: skip
+    agent_id = AgentId(required=False, invalid=AGENT_ID_RULE, refused=AGENT_ID_RULE,
+                       description="Required with actions.")  # fmt: skip
+    task = RegisteredName(required=False, invalid=TASK_RULE, refused=TASK_RULE, description="A registered job handler.")
+    dry_run = Boolean()
+    params = JsonObject(invalid=("Must be a JSON object (the job handler's input).", "dict_type"),
+                        description="The job handler's input.")  # fmt: skip
+    actions = ListOf(
+        RunActionInput,
+        max_items=runs.MAX_ACTIONS,
+        not_list=("Must be a list of {tool, args, spend_usd} objects.", "list_type"),
+        too_long=lambda got: (f"At most {runs.MAX_ACTIONS} actions per run (got {got}).", "too_long"),
     )
-    dry_run = serializers.BooleanField(required=False, allow_null=True)
-    task = serializers.CharField(
-        required=False,
-        allow_null=True,
-        max_length=200,
-        validators=[pattern(REGISTERED_NAME_PATTERN)],
-        help_text="A registered job handler.",
-    )
-    params = serializers.DictField(required=False, allow_null=True, help_text="The job handler's input.")
+
+    def clean(self, check: BodyCheck, prefix: str) -> None:
+        if self.actions and self.raw.get("agent_id") is None:  # an invalid one is reported already
+            check.fail(f"{prefix}agent_id", "Required with metadata.actions: the agent whose policy governs them.",
+                       "missing")  # fmt: skip
+
+    def spec(self) -> runs.RunSpec:
+        """What the run does (the keys that are not valid are refused before a run exists)."""
+        return runs.RunSpec(
+            run_id=self.run_id,
+            agent_id=self.agent_id or "",
+            actions=[action.action() for action in self.actions or ()],
+            dry_run=bool(self.dry_run),
+            task=self.task or "",
+            params=self.params,
+        )
 
 
-class KeyedRunInput(StrictSerializer):
-    key = key_field(MAX_KEY_LENGTH, help_text="The run's idempotency key.")
-    ttl = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_SAFE_INTEGER,
-                                   help_text="Lease TTL in seconds.")  # fmt: skip
-    metadata = RunMetadataInput(
-        required=False,
-        allow_null=True,
-        help_text="At most 64 KB, integers within ±(2^53−1). Meaningful keys: run_id (timeline id, default the key), "
+class KeyedRunInput(Body):
+    key = Key(MAX_KEY_LENGTH, description="The run's idempotency key.")
+    ttl = Ttl(description="Lease TTL in seconds.")
+    metadata = Nested(
+        RunMetadataInput,
+        MAX_RUN_METADATA_BYTES,
+        canonical=True,
+        description="At most 64 KB, integers within ±(2^53−1). Meaningful keys: run_id (timeline id, default the key), "
         "agent_id, actions (≤ 50 {tool, args, spend_usd}, run through the governed call as agent_id), dry_run, task "
         "(a registered job handler), params (the handler's input).",
     )
 
 
-def keyed_run(request: Request, data: Any) -> Response:
+class KeyedRunApi(APIView):
     """``POST /v1/ai/run`` with ``key``: the lease answer (``/ai/lease`` shape, never ``allowed``/``decision``); on
-    ``acquired`` a worker runs the actions and the task and completes or fails the key."""
-    check = BodyCheck(data, {"key", "ttl", "metadata"})
-    key, ttl = check.key(), check.ttl()
-    metadata = check.json_object("metadata", MAX_RUN_METADATA_BYTES, canonical=True)
-    spec = _run_spec(check, metadata)
-    check.done()
-    if spec.actions:
-        entitlements.require(request.auth.plan, "governance")
-    outcome = runs.run_start(
-        account_id=request.auth.account_id, plan=request.auth.plan, key=key, ttl=ttl, metadata=metadata, spec=spec
-    )
-    return _lease_response(request, outcome)
+    ``acquired`` a worker runs the actions and the task and completes or fails the key. Not routed itself: the path
+    is governance.api.AiRunApi's (one path, two forms), which hands it the requests with a ``key`` — idempotency
+    does not import governance."""
+
+    rate_limit_in_script = True  # not the DRF throttle: the token is taken with ratelimit.take below
+
+    def post(self, request: Request) -> Response:
+        ratelimit.take(request.auth)  # before the fields are checked, like the DRF throttle of other endpoints
+        run = KeyedRunInput.parse(body(request))
+        spec = run.metadata.spec() if run.metadata is not None else runs.RunSpec()
+        if spec.actions:  # after validation: a 422 comes first
+            entitlements.require(request.auth.plan, "governance")
+        outcome = runs.run_start(
+            account_id=request.auth.account_id,
+            plan=request.auth.plan,
+            key=run.key,
+            ttl=run.ttl,
+            metadata=run.metadata.raw if run.metadata is not None else None,
+            spec=spec,
+        )
+        return _lease_response(request, outcome)
 
 
 # --- run events and timelines ---------------------------------------------------------------------------------
 
-EVENT_FIELDS = {"run_id", "type", "ts", "status", "duration_ms", "step", "tool", "req_id", "lease_id", "agent_id",
-                "message", "data"}  # fmt: skip
 MAX_EVENT_DATA_BYTES = 16 * 1024
 MAX_EVENT_EXTRA_BYTES = 8 * 1024
 MAX_TS = 253402300799  # 9999-12-31T23:59:59Z
+LIMITS = events.FIELD_LIMITS  # the lengths the timeline keeps
 
 
-class EventInput(serializers.Serializer):
-    """Not strict: unknown top-level keys are kept with the event (names of at most 64 characters, 8 KB in all)."""
+class EventInput(Body):
+    """One timeline event; unknown top-level keys are kept with it."""
 
+    strict = False
+    schema_description = ("Not strict: unknown top-level keys are kept with the event (names of at most 64 "
+                          "characters, 8 KB in all).")  # fmt: skip
     openapi_extra = {"additionalProperties": {}}
-    run_id = identifier_field(256, help_text="The timeline the event belongs to (non-blank).")
-    type = key_field(64, help_text="e.g. note, sdk_debug, tool_call (non-blank).")
-    ts = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_TS,
-                                  help_text="Unix seconds; default now.")  # fmt: skip
-    status = text_field(64)
-    duration_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SAFE_INTEGER)
-    step = text_field(256)
-    tool = text_field(256, validators=[pattern(UNSAFE_FREE_PATTERN)])
-    req_id = text_field(256)
-    lease_id = text_field(256)
-    agent_id = text_field(256, validators=[pattern(UNSAFE_FREE_PATTERN)])
-    message = text_field(4000)
-    data = serializers.DictField(required=False, allow_null=True, help_text="A JSON object, at most 16 KB.")
+    run_id = RunId(description="The timeline the event belongs to (non-blank).")
+    type = Key(LIMITS["type"], description="e.g. note, sdk_debug, tool_call (non-blank).")
+    status = Text(LIMITS["status"])
+    step = Text(LIMITS["step"])
+    # Identifiers the timeline shows: no control or bidirectional formatting character.
+    tool = Text(LIMITS["tool"], rules=[identifier_problem], pattern=UNSAFE_FREE_PATTERN)
+    req_id = Text(LIMITS["req_id"])
+    lease_id = Text(LIMITS["lease_id"])
+    agent_id = Text(LIMITS["agent_id"], rules=[identifier_problem], pattern=UNSAFE_FREE_PATTERN)
+    message = Text(LIMITS["message"])
+    ts = Integer(0, MAX_TS, description="Unix seconds; default now.")
+    duration_ms = Integer(0, MAX_SAFE_INTEGER)
+    data = JsonObject(MAX_EVENT_DATA_BYTES, canonical=True, description="A JSON object, at most 16 KB.")
+
+    def clean(self, check: BodyCheck, prefix: str) -> None:
+        if not self.extra:
+            return
+        if any(len(name) > 64 for name in self.extra):
+            check.fail("non_field_errors", "Extra keys are at most 64 characters long.", "string_too_long")
+        size = len(json.dumps(self.extra, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_EVENT_EXTRA_BYTES:
+            check.fail("non_field_errors", f"Extra keys: at most {MAX_EVENT_EXTRA_BYTES} bytes of JSON (got {size}).",
+                       "too_long")  # fmt: skip
+
+
+EVENT_FIELDS = set(EventInput.fields)
 
 
 class EventCreatedOutput(serializers.Serializer):
@@ -622,36 +580,10 @@ class EventCreatedOutput(serializers.Serializer):
 def post_event(request: Request) -> Response:
     """``POST /v1/events``: one timeline event; unknown top-level keys are kept
     (docs/api.md §"Run events and timelines")."""
-    data = body(request)
-    check = BodyCheck(data, set(data) if isinstance(data, dict) else set())
-    fields: dict[str, Any] = {"run_id": check.identifier("run_id"), "type": check.key("type", max_length=64)}
-    for name, limit in events.FIELD_LIMITS.items():
-        if name != "type" and check.text(name, required=False, max_length=limit) is not None:
-            if name in ("agent_id", "tool") and (problem := identifier_problem(data[name])):
-                check.fail(name, problem, "string_pattern_mismatch")  # identifiers the timeline shows
-            fields[name] = data[name]
-    for name, maximum in (("ts", MAX_TS), ("duration_ms", MAX_SAFE_INTEGER)):
-        value = data.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-            check.fail(name, f"A whole number from 0 to {maximum}.", "int_type")
-        else:
-            fields[name] = value
-    event_data = check.json_object("data", MAX_EVENT_DATA_BYTES, canonical=True)
-    if event_data is not None:
-        fields["data"] = event_data
-    extra = {name: value for name, value in data.items() if name not in EVENT_FIELDS}
-    if extra:
-        if any(len(name) > 64 for name in extra):
-            check.fail("non_field_errors", "Extra keys are at most 64 characters long.", "string_too_long")
-        size = len(json.dumps(extra, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > MAX_EVENT_EXTRA_BYTES:
-            check.fail("non_field_errors", f"Extra keys: at most {MAX_EVENT_EXTRA_BYTES} bytes of JSON (got {size}).",
-                       "too_long")  # fmt: skip
-    check.done()
-    event = events.record_client_event(request.auth.account_id, fields, extra)
-    return Response({"ok": True, "event_id": event.pk, "run_id": event.run_id})
+    event = EventInput.parse(body(request))
+    fields = {name: value for name, value in event.changes().items() if value is not None}
+    record = events.record_client_event(request.auth.account_id, fields, event.extra)
+    return Response({"ok": True, "event_id": record.pk, "run_id": record.run_id})
 
 
 class TimelineOutput(serializers.Serializer):
@@ -662,10 +594,8 @@ class TimelineOutput(serializers.Serializer):
     events = serializers.ListField(child=serializers.DictField(), help_text="Chronological.")
 
 
-RUN_ID_PARAM = OpenApiParameter(
-    "run_id", {"type": "string", "maxLength": 256, "pattern": IDENTIFIER_PATTERN}, OpenApiParameter.PATH,
-    description="Not blank, no control or bidirectional formatting character.",
-)  # fmt: skip
+RUN_ID = RunId(description="Not blank, no control or bidirectional formatting character.")
+RUN_ID_PARAM = OpenApiParameter("run_id", RUN_ID.openapi(), OpenApiParameter.PATH, description=RUN_ID.description)
 
 
 class RunTimelineApi(APIView):
@@ -677,8 +607,9 @@ class RunTimelineApi(APIView):
     )
     def get(self, request: Request, run_id: str) -> Response:
         run_id = run_id.strip()
-        if not run_id or len(run_id) > 256 or identifier_problem(run_id):
-            raise PathValidationError({"run_id": [identifier_problem(run_id) or "A run id of 1–256 characters."]})
+        if not RUN_ID.valid(run_id):
+            raise PathValidationError({"run_id": [identifier_problem(run_id) or
+                                                  f"A run id of 1–{RunId.MAX_LENGTH} characters."]})  # fmt: skip
         limit, offset = page_params(request, default=200, maximum=2000)
         rows, total = selectors.run_timeline(request.auth.account_id, run_id, limit=limit, offset=offset)
         return Response({"run_id": run_id, "total": total, "limit": limit, "offset": offset,

@@ -8,13 +8,15 @@
   ``responses={200: LeaseRecordOutput, **errors(409)}``. ``tests/test_schema_errors.py`` holds every operation to
   the statuses it can produce, and ``tests/fuzz/test_schemathesis.py`` checks every answer against them.
 * **What a string may hold, in JSON Schema.** The patterns below are built from the character classes of
-  ``onceonly_site/identifiers.py`` (the one definition), so the schema says what the validators refuse: keys and
-  text are non-blank and free of control characters, identifiers also of bidirectional formatting characters, tool
-  names of any whitespace, control or invisible character. What no pattern can say (a tool name's letters from one
-  script, unassigned code points) is in the field's description.
+  ``onceonly_site/identifiers.py`` (the one definition), and the field types of ``onceonly_site/bodies.py`` state
+  the pattern of the rules they check, so the schema says what the validators refuse: keys and text are non-blank
+  and free of control characters, identifiers also of bidirectional formatting characters, tool names of any
+  whitespace, control or invisible character. What no pattern can say (a tool name's letters from one script,
+  unassigned code points) is in the field's description.
 * **Bodies are closed.** A ``StrictSerializer`` (onceonly_site/api.py) refuses unknown fields, and every ``/v1``
-  body serializer is one, so its schema says ``additionalProperties: false``; ``openapi_extra`` on a serializer
-  class adds keywords a serializer cannot express (``minProperties``, ``anyOf``).
+  body serializer is one — the ones generated from a declared body (onceonly_site/bodies.py) unless the body keeps
+  unknown fields — so its schema says ``additionalProperties: false``; ``openapi_extra`` on a serializer class adds
+  keywords a serializer cannot express (``minProperties``, ``anyOf``).
 """
 
 from __future__ import annotations
@@ -22,11 +24,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.core.validators import RegexValidator
 from drf_spectacular import openapi
 from drf_spectacular.plumbing import ResolvedComponent, get_doc
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer
-from rest_framework import serializers
 
 from onceonly_site.identifiers import CONTROL, INVISIBLE, REGISTERED_NAME_CHARS, TOOL_INVISIBLE, UNSAFE
 
@@ -63,9 +63,9 @@ def _non_blank(refused: str) -> str:
     return rf"^[^{refused}]*[^{refused}{WHITESPACE}][^{refused}]*$"
 
 
-# An idempotency key, an event type, a lease key in a query: non-blank, no control character (BodyCheck.key).
+# An idempotency key, an event type, a lease key in a query: non-blank, no control character (bodies.Key).
 KEY_PATTERN = _non_blank(_CONTROL)
-# An agent id, a run id: non-blank, no control or bidirectional formatting character (BodyCheck.identifier).
+# An agent id, a run id: non-blank, no control or bidirectional formatting character (bodies.Identifier).
 IDENTIFIER_PATTERN = _non_blank(_UNSAFE)
 # One character identifier_problem refuses.
 UNSAFE_CHAR_PATTERN = f"[{_UNSAFE}]"
@@ -94,33 +94,6 @@ URL_PATTERN = (
     rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:[^{WHITESPACE}{_CONTROL}/?#@\[\]:]+|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?"
     rf"(?:[/?#][^{WHITESPACE}{_CONTROL}]*)?$"
 )
-
-
-def pattern(regex: str) -> RegexValidator:
-    """A validator that only documents: the API validates by hand (BodyCheck) with the same rules."""
-    return RegexValidator(regex)
-
-
-def key_field(max_length: int = 256, **kwargs: Any) -> serializers.CharField:
-    return serializers.CharField(max_length=max_length, validators=[pattern(KEY_PATTERN)], **kwargs)
-
-
-def identifier_field(max_length: int, **kwargs: Any) -> serializers.CharField:
-    return serializers.CharField(max_length=max_length, validators=[pattern(IDENTIFIER_PATTERN)], **kwargs)
-
-
-def tool_name_field(**kwargs: Any) -> serializers.CharField:
-    kwargs.setdefault("help_text", TOOL_NAME_RULES)
-    return serializers.CharField(max_length=200, validators=[pattern(TOOL_NAME_PATTERN)], **kwargs)
-
-
-def text_field(max_length: int, *, non_blank: bool = False, **kwargs: Any) -> serializers.CharField:
-    """Free text of at most ``max_length`` characters (optional ones may be null: BodyCheck reads null as absent)."""
-    kwargs.setdefault("required", False)
-    kwargs.setdefault("allow_null", not kwargs["required"])
-    validators = [*kwargs.pop("validators", []), *([pattern(rf"^[\s\S]*[^{WHITESPACE}][\s\S]*$")] if non_blank else [])]
-    return serializers.CharField(max_length=max_length, allow_blank=not non_blank, trim_whitespace=False,
-                                 validators=validators, **kwargs)  # fmt: skip
 
 
 def page_parameters(*, default: int, maximum: int = 500, max_offset: int = 1_000_000) -> list[OpenApiParameter]:
