@@ -32,11 +32,13 @@ def require(plan: PlanLimits, feature: str) -> None:
     lookup = {flag: True} if flag.startswith("has_") else {f"{flag}__gt": 0}
     with_it = ", ".join(Plan.objects.filter(**lookup).order_by("sort_order").values_list("name", flat=True))
     raise ApiProblem(
-        403, "feature_not_available",
+        403,
+        "feature_not_available",
         f"{what} {'is' if not what.endswith('s') else 'are'} not on the {plan.code} plan"
         + (f"; available on: {with_it}." if with_it else "."),
-        feature=feature, plan=plan.code,
-    )  # fmt: skip
+        feature=feature,
+        plan=plan.code,
+    )
 
 
 class RequiresFeature(BasePermission):

@@ -47,10 +47,15 @@ def _agent_id(raw: str, *, write: bool = False) -> str:
     writable through the API)."""
     if not AGENT_ID.valid(raw):
         raise PathValidationError(
-            {"agent_id": [serializers.ErrorDetail(
-                identifier_problem(raw) or f"An agent id is 1–{MAX_AGENT_ID} printable characters.",
-                code="string_pattern_mismatch")]}
-        )  # fmt: skip
+            {
+                "agent_id": [
+                    serializers.ErrorDetail(
+                        identifier_problem(raw) or f"An agent id is 1–{MAX_AGENT_ID} printable characters.",
+                        code="string_pattern_mismatch",
+                    )
+                ]
+            }
+        )
     if write and raw == services.OPERATOR_AGENT:
         raise PathValidationError({"agent_id": [serializers.ErrorDetail(RESERVED_AGENT, code="value_error")]})
     return raw
@@ -75,16 +80,22 @@ class ToolArgs(JsonObject):
         return args
 
     def openapi(self) -> dict[str, Any]:
-        return {**super().openapi(), "properties": {"run_id": {"not": {"type": "string",
-                                                                         "pattern": UNSAFE_CHAR_PATTERN}}}}  # fmt: skip
+        return {
+            **super().openapi(),
+            "properties": {"run_id": {"not": {"type": "string", "pattern": UNSAFE_CHAR_PATTERN}}},
+        }
 
 
 class GovernedCallInput(Body):
     agent_id = AgentId()
     tool = ToolName()
-    args = ToolArgs(MAX_ARGS_BYTES, canonical=True, description="The tool's arguments, at most 64 KB, integers within "
-                    "±(2^53−1). Never stored. A string `run_id` names the run's timeline: no control or bidirectional "
-                    "formatting character.")  # fmt: skip
+    args = ToolArgs(
+        MAX_ARGS_BYTES,
+        canonical=True,
+        description="The tool's arguments, at most 64 KB, integers within "
+        "±(2^53−1). Never stored. A string `run_id` names the run's timeline: no control or bidirectional "
+        "formatting character.",
+    )
     spend_usd = Usd()
 
     def clean_agent_id(self, check: BodyCheck, loc: str, agent_id: str) -> str | None:
@@ -168,11 +179,21 @@ class AiRunApi(APIView):
                 tool=tool,
             ) from None
         d = outcome.decision
-        return Response({
-            "ok": d.allowed, "allowed": d.allowed, "decision": d.outcome, "policy_reason": d.policy_reason,
-            "risk_level": d.risk_level, "result": d.result, "decision_id": d.pk, "policy_version": d.policy_version,
-            "remaining": outcome.remaining, "explain": d.explain, "explanation": explain.explain_text(d),
-        })  # fmt: skip
+        return Response(
+            {
+                "ok": d.allowed,
+                "allowed": d.allowed,
+                "decision": d.outcome,
+                "policy_reason": d.policy_reason,
+                "risk_level": d.risk_level,
+                "result": d.result,
+                "decision_id": d.pk,
+                "policy_version": d.policy_version,
+                "remaining": outcome.remaining,
+                "explain": d.explain,
+                "explanation": explain.explain_text(d),
+            }
+        )
 
     @staticmethod
     def _refuse_both_forms(data: dict[str, Any]) -> None:
@@ -180,8 +201,7 @@ class AiRunApi(APIView):
         mixed = sorted(set(GovernedCallInput.fields) & set(data))
         if mixed:
             check = BodyCheck(data, set(idempotency_api.KeyedRunInput.fields))  # reports the mixed fields as unknown
-            check.fail("key", f"The key form of /v1/ai/run cannot be combined with {', '.join(mixed)}.",
-                       "value_error")  # fmt: skip
+            check.fail("key", f"The key form of /v1/ai/run cannot be combined with {', '.join(mixed)}.", "value_error")
             check.done()
 
 
@@ -215,8 +235,11 @@ class TemplateInput(Body):
         unknown=lambda name: f"Unknown template {name!r}; valid: {', '.join(policies.TEMPLATES)}.",
     )
     # Checked as policy fields after the body (their problems are reported at the fields' own names).
-    overrides = JsonObject(shape=policies.PolicyInput, invalid=("Must be a JSON object of policy fields.", "dict_type"),
-                           description="Policy fields applied over the template.")  # fmt: skip
+    overrides = JsonObject(
+        shape=policies.PolicyInput,
+        invalid=("Must be a JSON object of policy fields.", "dict_type"),
+        description="Policy fields applied over the template.",
+    )
 
 
 class ReasonInput(Body):
@@ -225,24 +248,38 @@ class ReasonInput(Body):
 
 
 AGENT_ID_PARAM = OpenApiParameter(
-    "agent_id", AGENT_ID.openapi(), OpenApiParameter.PATH,
+    "agent_id",
+    AGENT_ID.openapi(),
+    OpenApiParameter.PATH,
     description="Not blank, no control or bidirectional formatting character (percent-encode `/`).",
-)  # fmt: skip
+)
 
 
-LogItem = inline_serializer("AgentLogItem", {
-    "ts": serializers.IntegerField(), "agent_id": serializers.CharField(), "tool": serializers.CharField(),
-    "allowed": serializers.BooleanField(), "decision": serializers.ChoiceField(choices=Outcome.values),
-    "policy_reason": serializers.CharField(), "reason": serializers.CharField(), "args_hash": serializers.CharField(),
-    "risk_level": serializers.CharField(), "spend_usd": serializers.FloatField(),
-    "declared_spend_usd": serializers.FloatField(allow_null=True),
-    "operator_price_usd": serializers.FloatField(allow_null=True), "run_id": serializers.CharField(allow_null=True),
-    "decision_id": serializers.IntegerField(), "policy_version": serializers.IntegerField(allow_null=True),
-    "latency_ms": serializers.IntegerField(),
-    "explain": serializers.DictField(allow_null=True, help_text="What the rule saw (null for decisions recorded "
-                                     "before it was kept)."),
-    "explanation": serializers.CharField(help_text="The decision in one sentence, with its numbers."),
-})  # fmt: skip
+LogItem = inline_serializer(
+    "AgentLogItem",
+    {
+        "ts": serializers.IntegerField(),
+        "agent_id": serializers.CharField(),
+        "tool": serializers.CharField(),
+        "allowed": serializers.BooleanField(),
+        "decision": serializers.ChoiceField(choices=Outcome.values),
+        "policy_reason": serializers.CharField(),
+        "reason": serializers.CharField(),
+        "args_hash": serializers.CharField(),
+        "risk_level": serializers.CharField(),
+        "spend_usd": serializers.FloatField(),
+        "declared_spend_usd": serializers.FloatField(allow_null=True),
+        "operator_price_usd": serializers.FloatField(allow_null=True),
+        "run_id": serializers.CharField(allow_null=True),
+        "decision_id": serializers.IntegerField(),
+        "policy_version": serializers.IntegerField(allow_null=True),
+        "latency_ms": serializers.IntegerField(),
+        "explain": serializers.DictField(
+            allow_null=True, help_text="What the rule saw (null for decisions recorded before it was kept)."
+        ),
+        "explanation": serializers.CharField(help_text="The decision in one sentence, with its numbers."),
+    },
+)
 LogsOutput = inline_serializer(
     "AgentLogsOutput",
     {
@@ -251,15 +288,26 @@ LogsOutput = inline_serializer(
         "offset": serializers.IntegerField(),
     },
 )
-AgentMetricsOutput = inline_serializer("AgentMetricsOutput", {
-    "agent_id": serializers.CharField(), "period": serializers.CharField(),
-    "total_actions": serializers.IntegerField(), "blocked_actions": serializers.IntegerField(),
-    "total_spend_usd": serializers.FloatField(), "top_tools": serializers.ListField(child=serializers.DictField()),
-})  # fmt: skip
-PolicyOutput = inline_serializer("PolicyOutput", {
-    "agent_id": serializers.CharField(), "policy": serializers.DictField(),
-    "version": serializers.IntegerField(allow_null=True), "warnings": serializers.ListField(required=False),
-})  # fmt: skip
+AgentMetricsOutput = inline_serializer(
+    "AgentMetricsOutput",
+    {
+        "agent_id": serializers.CharField(),
+        "period": serializers.CharField(),
+        "total_actions": serializers.IntegerField(),
+        "blocked_actions": serializers.IntegerField(),
+        "total_spend_usd": serializers.FloatField(),
+        "top_tools": serializers.ListField(child=serializers.DictField()),
+    },
+)
+PolicyOutput = inline_serializer(
+    "PolicyOutput",
+    {
+        "agent_id": serializers.CharField(),
+        "policy": serializers.DictField(),
+        "version": serializers.IntegerField(allow_null=True),
+        "warnings": serializers.ListField(required=False),
+    },
+)
 
 
 class PolicyListApi(APIView):
@@ -295,8 +343,13 @@ class PolicyListApi(APIView):
 class PolicyApi(APIView):
     permission_classes = GOVERNANCE
 
-    @extend_schema(operation_id="policy_get", parameters=[AGENT_ID_PARAM], request=None,
-                   responses={200: PolicyOutput, **errors(404)}, summary="An agent's current policy")  # fmt: skip
+    @extend_schema(
+        operation_id="policy_get",
+        parameters=[AGENT_ID_PARAM],
+        request=None,
+        responses={200: PolicyOutput, **errors(404)},
+        summary="An agent's current policy",
+    )
     def get(self, request: Request, agent_id: str) -> Response:
         agent = selectors.agent_for_account(request.auth.account_id, _agent_id(agent_id))
         if agent is None or agent.policy_version is None:
@@ -379,11 +432,15 @@ class _KillSwitchApi(APIView):
         return Response(_agent_status(agent))
 
 
-AgentStatusOutput = inline_serializer("AgentStatusOutput", {
-    "agent_id": serializers.CharField(), "is_enabled": serializers.BooleanField(),
-    "disabled_reason": serializers.CharField(allow_null=True),
-    "disabled_at": serializers.DateTimeField(allow_null=True),
-})  # fmt: skip
+AgentStatusOutput = inline_serializer(
+    "AgentStatusOutput",
+    {
+        "agent_id": serializers.CharField(),
+        "is_enabled": serializers.BooleanField(),
+        "disabled_reason": serializers.CharField(allow_null=True),
+        "disabled_at": serializers.DateTimeField(allow_null=True),
+    },
+)
 
 
 class AgentDisableApi(_KillSwitchApi):
@@ -431,14 +488,35 @@ class AgentLogsApi(APIView):
         agent_id = _agent_id(agent_id)
         limit, offset = page_params(request, default=100)
         rows = selectors.agent_logs(request.auth.account_id, agent_id, limit=limit, offset=offset)
-        return Response({"items": [{
-            "ts": int(d.ts.timestamp()), "agent_id": agent_id, "tool": d.tool, "allowed": d.allowed,
-            "decision": d.outcome, "policy_reason": d.policy_reason, "reason": d.policy_reason,
-            "args_hash": d.args_hash, "risk_level": d.risk_level, "spend_usd": float(d.spend_usd),
-            "declared_spend_usd": _amount(d.declared_spend_usd), "operator_price_usd": _amount(d.operator_price_usd),
-            "run_id": d.run_id or None, "decision_id": d.pk, "policy_version": d.policy_version,
-            "latency_ms": d.latency_ms, "explain": d.explain, "explanation": explain.explain_text(d),
-        } for d in rows], "limit": limit, "offset": offset})  # fmt: skip
+        return Response(
+            {
+                "items": [
+                    {
+                        "ts": int(d.ts.timestamp()),
+                        "agent_id": agent_id,
+                        "tool": d.tool,
+                        "allowed": d.allowed,
+                        "decision": d.outcome,
+                        "policy_reason": d.policy_reason,
+                        "reason": d.policy_reason,
+                        "args_hash": d.args_hash,
+                        "risk_level": d.risk_level,
+                        "spend_usd": float(d.spend_usd),
+                        "declared_spend_usd": _amount(d.declared_spend_usd),
+                        "operator_price_usd": _amount(d.operator_price_usd),
+                        "run_id": d.run_id or None,
+                        "decision_id": d.pk,
+                        "policy_version": d.policy_version,
+                        "latency_ms": d.latency_ms,
+                        "explain": d.explain,
+                        "explanation": explain.explain_text(d),
+                    }
+                    for d in rows
+                ],
+                "limit": limit,
+                "offset": offset,
+            }
+        )
 
 
 class AgentMetricsApi(APIView):
@@ -454,8 +532,9 @@ class AgentMetricsApi(APIView):
         agent_id = _agent_id(agent_id)
         period = request.query_params.get("period", "day")
         if period not in selectors.PERIODS:
-            raise QueryValidationError({"period": [serializers.ErrorDetail(
-                f"One of: {', '.join(selectors.PERIODS)}.", code="enum")]})  # fmt: skip
+            raise QueryValidationError(
+                {"period": [serializers.ErrorDetail(f"One of: {', '.join(selectors.PERIODS)}.", code="enum")]}
+            )
         return Response(selectors.agent_metrics(request.auth.account_id, agent_id, period, timezone.now()))
 
 
@@ -464,14 +543,22 @@ class AgentMetricsApi(APIView):
 
 def _tool_body(tool: Tool, warnings: list[str] | None = None) -> dict[str, Any]:
     data = {
-        "name": tool.name, "scope_id": tool.scope_id, "url": tool.url, "timeout_ms": tool.timeout_ms,
-        "max_retries": tool.max_retries, "enabled": tool.enabled, "description": tool.description,
+        "name": tool.name,
+        "scope_id": tool.scope_id,
+        "url": tool.url,
+        "timeout_ms": tool.timeout_ms,
+        "max_retries": tool.max_retries,
+        "enabled": tool.enabled,
+        "description": tool.description,
         "risk_level": tool.risk_level or None,
         "price_usd": float(tool.price_usd) if tool.price_usd is not None else None,
-        "has_secret": bool(tool.secret_encrypted), "secret_mask": tool.secret_mask or None,
-        "last_status": tool.last_status, "last_latency_ms": tool.last_latency_ms,
-        "created_at": tool.created_at.isoformat(), "updated_at": tool.updated_at.isoformat(),
-    }  # fmt: skip
+        "has_secret": bool(tool.secret_encrypted),
+        "secret_mask": tool.secret_mask or None,
+        "last_status": tool.last_status,
+        "last_latency_ms": tool.last_latency_ms,
+        "created_at": tool.created_at.isoformat(),
+        "updated_at": tool.updated_at.isoformat(),
+    }
     if warnings is not None:
         data["warnings"] = warnings
     return data
@@ -489,12 +576,20 @@ def _tool_or_404(request: Request, name: str) -> Tool:
     return tool
 
 
-ToolOutput = inline_serializer("ToolOutput", {
-    "name": serializers.CharField(), "scope_id": serializers.CharField(), "url": serializers.CharField(),
-    "timeout_ms": serializers.IntegerField(), "max_retries": serializers.IntegerField(),
-    "enabled": serializers.BooleanField(), "description": serializers.CharField(),
-    "has_secret": serializers.BooleanField(), "secret_mask": serializers.CharField(allow_null=True),
-})  # fmt: skip
+ToolOutput = inline_serializer(
+    "ToolOutput",
+    {
+        "name": serializers.CharField(),
+        "scope_id": serializers.CharField(),
+        "url": serializers.CharField(),
+        "timeout_ms": serializers.IntegerField(),
+        "max_retries": serializers.IntegerField(),
+        "enabled": serializers.BooleanField(),
+        "description": serializers.CharField(),
+        "has_secret": serializers.BooleanField(),
+        "secret_mask": serializers.CharField(allow_null=True),
+    },
+)
 SCOPE_PARAM = tools.ScopeQuery.parameters()[0]
 TOOL_NAME_PARAM = OpenApiParameter("name", tools.ToolInput.name.openapi(), OpenApiParameter.PATH)
 
@@ -538,16 +633,26 @@ class ToolsApi(APIView):
 class ToolApi(APIView):
     permission_classes = TOOLS
 
-    @extend_schema(operation_id="tool_get", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
-                   responses={200: ToolOutput, **errors(404)}, summary="One tool")  # fmt: skip
+    @extend_schema(
+        operation_id="tool_get",
+        parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
+        responses={200: ToolOutput, **errors(404)},
+        summary="One tool",
+    )
     def get(self, request: Request, name: str) -> Response:
         return Response(_tool_body(_tool_or_404(request, name)))
 
-    @extend_schema(operation_id="tool_delete", parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
-                   responses={200: inline_serializer("ToolDeleted", {"ok": serializers.BooleanField(),
-                                                                     "deleted": serializers.CharField()}),
-                              **errors(404)},
-                   summary="Delete a tool")  # fmt: skip
+    @extend_schema(
+        operation_id="tool_delete",
+        parameters=[TOOL_NAME_PARAM, SCOPE_PARAM],
+        responses={
+            200: inline_serializer(
+                "ToolDeleted", {"ok": serializers.BooleanField(), "deleted": serializers.CharField()}
+            ),
+            **errors(404),
+        },
+        summary="Delete a tool",
+    )
     def delete(self, request: Request, name: str) -> Response:
         tool = _tool_or_404(request, name)
         tools.tool_delete(tool=tool, actor=_actor(request))
@@ -593,7 +698,7 @@ class EventsApi(APIView):
         parameters=page_parameters(default=50, maximum=200, max_offset=selectors.FEED_MAX_WINDOW - 200),
         responses=FeedOutput,
         summary="The account's recent events: run events, decisions, kill-switch and policy changes",
-    )  # fmt: skip
+    )
     def get(self, request: Request) -> Response:
         limit, offset = page_params(request, default=50, maximum=200, max_offset=selectors.FEED_MAX_WINDOW - 200)
         data, total = selectors.account_feed(request.auth.account_id, limit=limit, offset=offset)
@@ -618,8 +723,11 @@ class MetricsQuery(Body):
 
     strict = False
     from_day = Day(required=True, missing=DAY_REQUIRED, description="YYYY-MM-DD (UTC), inclusive")
-    to_day = Day(required=True, missing=DAY_REQUIRED, description=f"YYYY-MM-DD (UTC), inclusive; not before from_day, "
-                 f"at most {MAX_METRICS_DAYS} days in all")  # fmt: skip
+    to_day = Day(
+        required=True,
+        missing=DAY_REQUIRED,
+        description=f"YYYY-MM-DD (UTC), inclusive; not before from_day, at most {MAX_METRICS_DAYS} days in all",
+    )
 
     def clean(self, check: BodyCheck, prefix: str) -> None:
         first, last = self.from_day, self.to_day
@@ -646,7 +754,7 @@ class MetricsApi(APIView):
         parameters=MetricsQuery.parameters(),
         responses=MetricsOutput,
         summary=f"Daily counts (check-locks, leases, decisions by outcome) and spend; at most {MAX_METRICS_DAYS} days",
-    )  # fmt: skip
+    )
     def get(self, request: Request) -> Response:
         query = MetricsQuery.parse(dict(request.query_params.items()), query=True)
         first, last = query.from_day, query.to_day

@@ -44,11 +44,15 @@ def _pairs(text: str, field: str) -> list[tuple[str, str]]:
 
 # What the editor's number fields accept: ASCII digits only. int() and float() also read "1_000" and other scripts'
 # digits ("١٢" is 12), float() exponents ("1.0e-9"), infinities and long runs of digits.
-COUNT_RULE = (f"Must be a whole number from 0 to {policies.MAX_NUMBER:,}. Write it in ASCII digits 0–9, without "
-              "separators or signs.")  # fmt: skip
+COUNT_RULE = (
+    f"Must be a whole number from 0 to {policies.MAX_NUMBER:,}. Write it in ASCII digits 0–9, without "
+    "separators or signs."
+)
 AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]{1,6})?", re.ASCII)
-AMOUNT_RULE = (f"Must be a number from 0 to {MAX_USD:,}. Write it in ASCII digits 0–9 with at most 6 "
-               "decimals after a point (12.50), without separators, signs or exponent.")  # fmt: skip
+AMOUNT_RULE = (
+    f"Must be a number from 0 to {MAX_USD:,}. Write it in ASCII digits 0–9 with at most 6 "
+    "decimals after a point (12.50), without separators, signs or exponent."
+)
 
 
 def _count(text: str) -> int:
@@ -108,33 +112,44 @@ class PolicyForm(forms.Form):
     @classmethod
     def from_policy(cls, policy: dict[str, Any] | None, version: int | None) -> PolicyForm:
         policy = policy or {}
-        return cls(initial={
-            "restrict_tools": policy.get("allowed_tools") is not None,
-            "allowed_tools": "\n".join(policy.get("allowed_tools") or []),
-            "blocked_tools": "\n".join(policy.get("blocked_tools") or []),
-            "max_actions_per_hour": policy.get("max_actions_per_hour", ""),
-            "max_spend_usd_per_day": _amount_text(policy.get("max_spend_usd_per_day", "")),
-            "max_calls_per_tool": "\n".join(f"{k}: {v}" for k, v in (policy.get("max_calls_per_tool") or {}).items()),
-            "pricing_rules": "\n".join(f"{r['tool']}: {_amount_text(r['price_usd'])}"
-                                       for r in policy.get("pricing_rules") or []),
-            "base_version": version,
-        })  # fmt: skip
+        return cls(
+            initial={
+                "restrict_tools": policy.get("allowed_tools") is not None,
+                "allowed_tools": "\n".join(policy.get("allowed_tools") or []),
+                "blocked_tools": "\n".join(policy.get("blocked_tools") or []),
+                "max_actions_per_hour": policy.get("max_actions_per_hour", ""),
+                "max_spend_usd_per_day": _amount_text(policy.get("max_spend_usd_per_day", "")),
+                "max_calls_per_tool": "\n".join(
+                    f"{k}: {v}" for k, v in (policy.get("max_calls_per_tool") or {}).items()
+                ),
+                "pricing_rules": "\n".join(
+                    f"{r['tool']}: {_amount_text(r['price_usd'])}" for r in policy.get("pricing_rules") or []
+                ),
+                "base_version": version,
+            }
+        )
 
     def normalised_entries(self) -> list[dict[str, str]]:
         """The tool entries whose normalised form — the one calls are matched against (policies.matches) — differs
         from what was typed, e.g. DELETE_USER → delete_user: shown under the editor's fields."""
         source = self.data if self.is_bound else self.initial
-        text = {name: str(source.get(name) or "") for name in ("allowed_tools", "blocked_tools", "max_calls_per_tool",
-                                                                "pricing_rules")}  # fmt: skip
-        policy: dict[str, Any] = {"allowed_tools": _lines(text["allowed_tools"]),
-                                  "blocked_tools": _lines(text["blocked_tools"])}  # fmt: skip
+        text = {
+            name: str(source.get(name) or "")
+            for name in ("allowed_tools", "blocked_tools", "max_calls_per_tool", "pricing_rules")
+        }
+        policy: dict[str, Any] = {
+            "allowed_tools": _lines(text["allowed_tools"]),
+            "blocked_tools": _lines(text["blocked_tools"]),
+        }
         try:
             policy["max_calls_per_tool"] = dict(_pairs(text["max_calls_per_tool"], "calls"))
             policy["pricing_rules"] = [{"tool": t} for t, _ in _pairs(text["pricing_rules"], "pricing")]
         except forms.ValidationError:
             pass  # the form reports the malformed line; the names of the lists are still shown
-        return [{"field": self.fields[field].label, "entry": entry, "normalised": normalised}
-                for field, entry, normalised in policies.normalised_entries(policy)]  # fmt: skip
+        return [
+            {"field": self.fields[field].label, "entry": entry, "normalised": normalised}
+            for field, entry, normalised in policies.normalised_entries(policy)
+        ]
 
     def _calls(self, text: str) -> dict[str, int]:
         caps: dict[str, int] = {}
@@ -165,8 +180,12 @@ class PolicyForm(forms.Form):
             raw["allowed_tools"] = _lines(data.get("allowed_tools", ""))
         if _lines(data.get("blocked_tools", "")):
             raw["blocked_tools"] = _lines(data["blocked_tools"])
-        parsers = {"max_actions_per_hour": _count, "max_spend_usd_per_day": _amount,
-                   "max_calls_per_tool": self._calls, "pricing_rules": self._pricing}  # fmt: skip
+        parsers = {
+            "max_actions_per_hour": _count,
+            "max_spend_usd_per_day": _amount,
+            "max_calls_per_tool": self._calls,
+            "pricing_rules": self._pricing,
+        }
         for name, parse in parsers.items():
             text = str(data.get(name) or "").strip()
             if text:
@@ -202,13 +221,15 @@ class ReasonForm(forms.Form):
 class ToolForm(forms.Form):
     """Create/edit a registered tool. The secret is write-only: empty on edit keeps the stored one."""
 
-    name = forms.CharField(max_length=ToolInput.name.max_length, help_text="Letters, digits and _ . : - (e.g. "
-                           "stripe.charge).")  # fmt: skip
+    name = forms.CharField(
+        max_length=ToolInput.name.max_length, help_text="Letters, digits and _ . : - (e.g. stripe.charge)."
+    )
     scope_id = forms.CharField(
         max_length=210, initial="global", label="Scope", help_text='"global", or "agent:<agent id>" for one agent only.'
     )
-    url = forms.CharField(max_length=ToolInput.url.max_length, label="URL",
-                          help_text="http(s); calls are POSTed here, signed.")  # fmt: skip
+    url = forms.CharField(
+        max_length=ToolInput.url.max_length, label="URL", help_text="http(s); calls are POSTed here, signed."
+    )
     secret = forms.CharField(
         required=False,
         max_length=ToolAuthInput.secret.max_length,
@@ -217,10 +238,12 @@ class ToolForm(forms.Form):
         help_text=f"{ToolAuthInput.secret.min_length}–{ToolAuthInput.secret.max_length} characters. Leave empty to "
         "keep the current one.",
     )
-    timeout_ms = forms.IntegerField(initial=15000, label="Timeout (ms)", min_value=ToolInput.timeout_ms.low,
-                                    max_value=ToolInput.timeout_ms.high)  # fmt: skip
-    max_retries = forms.IntegerField(initial=2, label="Retries", min_value=ToolInput.max_retries.low,
-                                     max_value=ToolInput.max_retries.high)  # fmt: skip
+    timeout_ms = forms.IntegerField(
+        initial=15000, label="Timeout (ms)", min_value=ToolInput.timeout_ms.low, max_value=ToolInput.timeout_ms.high
+    )
+    max_retries = forms.IntegerField(
+        initial=2, label="Retries", min_value=ToolInput.max_retries.low, max_value=ToolInput.max_retries.high
+    )
     enabled = forms.BooleanField(required=False, initial=True)
     description = forms.CharField(required=False, max_length=ToolInput.description.max_length)
     risk_level = forms.ChoiceField(

@@ -42,15 +42,20 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         "max_spend_usd_per_day": 5.0,
     },
     "support_bot": {
-        "allowed_tools": ["send_email", "create_ticket", "read_knowledge_base", "read_customer_data",
-                          "read_order_history"],
+        "allowed_tools": [
+            "send_email",
+            "create_ticket",
+            "read_knowledge_base",
+            "read_customer_data",
+            "read_order_history",
+        ],
         "blocked_tools": ["delete_customer", "delete_ticket", "process_refund", "update_customer_data"],
         "max_actions_per_hour": 150,
         "max_spend_usd_per_day": 50.0,
         "max_calls_per_tool": {"send_email": 50, "create_ticket": 100},
         "pricing_rules": [{"tool": "send_email", "price_usd": 0.001}, {"tool": "create_ticket", "price_usd": 0.01}],
     },
-}  # fmt: skip
+}
 
 
 # --- the policy fields: one declaration for the API's validation, its schema and the dashboard's editor -----------
@@ -97,11 +102,15 @@ class ToolPatterns(Field[list[str] | None]):
             raise Invalid(f"At most {MAX_LIST} entries.", "too_long")
         out: list[str] = []
         for item in value:
-            problem = self.entry.problem(item, f"Each entry must be a non-empty string of at most {MAX_TOOL_NAME} "
-                                         "characters.")  # fmt: skip
+            problem = self.entry.problem(
+                item, f"Each entry must be a non-empty string of at most {MAX_TOOL_NAME} characters."
+            )
             if problem is not None:
-                raise problem if problem.code == "invalid" else Invalid(f"{item.strip()!r}: {problem.message}",
-                                                                         problem.code)  # fmt: skip
+                raise (
+                    problem
+                    if problem.code == "invalid"
+                    else Invalid(f"{item.strip()!r}: {problem.message}", problem.code)
+                )
             if item.strip() not in out:
                 out.append(item.strip())
         return out
@@ -137,16 +146,21 @@ class CallCaps(Field[dict[str, int] | None]):
         caps: dict[str, int] = {}
         seen: dict[str, str] = {}  # normalised name → the key that has it
         for tool, cap in value.items():
-            problem = self.tool.problem(tool, f"Tool names must be non-empty strings of at most {MAX_TOOL_NAME} "
-                                        "characters.")  # fmt: skip
+            problem = self.tool.problem(
+                tool, f"Tool names must be non-empty strings of at most {MAX_TOOL_NAME} characters."
+            )
             if problem is not None:
                 message = problem.message if problem.code == "invalid" else f"{tool.strip()!r}: {problem.message}"
                 check.fail(loc, message, problem.code)
                 continue
             twin = seen.setdefault(normalise_tool(tool), tool.strip())
             if twin != tool.strip():  # one cap per tool: both keys would apply to the same calls
-                check.fail(loc, f"{twin!r} and {tool.strip()!r} name the same tool (matching ignores case and Unicode "
-                           "compatibility forms).", "value_error")  # fmt: skip
+                check.fail(
+                    loc,
+                    f"{twin!r} and {tool.strip()!r} name the same tool (matching ignores case and Unicode "
+                    "compatibility forms).",
+                    "value_error",
+                )
                 continue
             number = self.cap.clean(check, f"{loc}.{tool}", cap)
             if number is not None:
@@ -177,8 +191,9 @@ class PricingRules(Field[list[dict[str, Any]] | None]):
             if not isinstance(rule, dict) or set(rule) != set(PricingRuleInput.fields):
                 check.fail(where, 'Each rule is exactly {"tool": str, "price_usd": number}.', "invalid")
                 continue
-            problem = PricingRuleInput.tool.problem(rule["tool"], f"Must be a non-empty string of at most "
-                                                    f"{MAX_TOOL_NAME} characters.")  # fmt: skip
+            problem = PricingRuleInput.tool.problem(
+                rule["tool"], f"Must be a non-empty string of at most {MAX_TOOL_NAME} characters."
+            )
             if problem is not None:
                 check.fail(f"{where}.tool", problem.message, problem.code)
                 continue
@@ -191,8 +206,13 @@ class PricingRules(Field[list[dict[str, Any]] | None]):
         return rules
 
     def serializer_field(self) -> serializers.Field:
-        return serializers.ListField(child=PricingRuleInput.serializer(), required=False, allow_null=True,
-                                     max_length=MAX_LIST, help_text=self.description)  # fmt: skip
+        return serializers.ListField(
+            child=PricingRuleInput.serializer(),
+            required=False,
+            allow_null=True,
+            max_length=MAX_LIST,
+            help_text=self.description,
+        )
 
 
 class PolicyInput(Body):
@@ -205,9 +225,11 @@ class PolicyInput(Body):
     blocked_tools = ToolPatterns()
     max_actions_per_hour = _count()
     max_spend_usd_per_day = Usd(rounded=True)
-    max_calls_per_tool = CallCaps(description="{tool: calls per day}. Each key a tool name as in allowed_tools, and "
-                                  "no two naming the same tool (matching ignores case and Unicode compatibility "
-                                  "forms).")  # fmt: skip
+    max_calls_per_tool = CallCaps(
+        description="{tool: calls per day}. Each key a tool name as in allowed_tools, and "
+        "no two naming the same tool (matching ignores case and Unicode compatibility "
+        "forms)."
+    )
     pricing_rules = PricingRules()
 
     @classmethod

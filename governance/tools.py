@@ -66,9 +66,16 @@ class Scope(String[str]):
     pattern = SCOPE_PATTERN
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(len(SCOPE_PREFIX) + AgentId.MAX_LENGTH, required=False, nullable=False, default="global",
-                         invalid=SCOPE_RULE, refused=SCOPE_RULE, description='"global" (default) or "agent:<agent id>"',
-                         **kwargs)  # fmt: skip
+        super().__init__(
+            len(SCOPE_PREFIX) + AgentId.MAX_LENGTH,
+            required=False,
+            nullable=False,
+            default="global",
+            invalid=SCOPE_RULE,
+            refused=SCOPE_RULE,
+            description='"global" (default) or "agent:<agent id>"',
+            **kwargs,
+        )
 
 
 class ScopeQuery(Body):
@@ -84,9 +91,11 @@ class ToolAuthInput(Body):
 
 
 NAME_RULE = ("Required: 1–200 characters of letters, digits, _ . : -", "string_pattern_mismatch")
-URL_HELP = ("http(s), no credentials. It must not point at a private, loopback or link-local address (by name or "
-            "literal) unless the operator allows them, and http:// needs ONCEONLY_ALLOW_HTTP_TOOL_URLS or a private "
-            "address (docs/security.md).")  # fmt: skip
+URL_HELP = (
+    "http(s), no credentials. It must not point at a private, loopback or link-local address (by name or "
+    "literal) unless the operator allows them, and http:// needs ONCEONLY_ALLOW_HTTP_TOOL_URLS or a private "
+    "address (docs/security.md)."
+)
 RISK_LEVELS = ["low", "medium", "high"]
 
 
@@ -96,8 +105,14 @@ class ToolInput(Body):
     not_object = ("The request body must be a JSON object.", "invalid")
     name = RegisteredName(invalid=NAME_RULE, refused=NAME_RULE)
     scope_id = Scope()
-    url = String(2000, min_length=1, blank=True, pattern=URL_PATTERN, description=URL_HELP,
-                 invalid=("Required: an http(s) URL of at most 2000 characters.", "url_type"))  # fmt: skip
+    url = String(
+        2000,
+        min_length=1,
+        blank=True,
+        pattern=URL_PATTERN,
+        description=URL_HELP,
+        invalid=("Required: an http(s) URL of at most 2000 characters.", "url_type"),
+    )
     auth = Nested(ToolAuthInput, invalid=('{"type": "hmac_sha256", "secret": 8–256 characters}.', "invalid"))
     timeout_ms = Integer(250, 120_000, nullable=False)
     max_retries = Integer(0, 10, nullable=False)
@@ -127,8 +142,11 @@ def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
     out: dict[str, Any] = {"name": tool.name, "scope_id": tool.scope_id, "url": tool.url}
     if tool.auth is not None:
         out["secret"] = tool.auth.secret
-    out.update((name, getattr(tool, name)) for name in ("timeout_ms", "max_retries", "enabled", "description")
-               if name in tool.sent)  # fmt: skip
+    out.update(
+        (name, getattr(tool, name))
+        for name in ("timeout_ms", "max_retries", "enabled", "description")
+        if name in tool.sent
+    )
     if "risk_level" in tool.sent:
         out["risk_level"] = tool.risk_level or ""
     if "price_usd" in tool.sent:
@@ -157,9 +175,11 @@ def tool_upsert(
             raise ToolExists(tool or namesakes[0])
         created = tool is None
         if created and namesakes:
-            message = (f"A tool named {namesakes[0].name!r} is registered in this scope: names that differ only in "
-                       "case are refused (policies and governed calls match tool names "
-                       "case-insensitively).")  # fmt: skip
+            message = (
+                f"A tool named {namesakes[0].name!r} is registered in this scope: names that differ only in "
+                "case are refused (policies and governed calls match tool names "
+                "case-insensitively)."
+            )
             raise exceptions.ValidationError({"name": [serializers.ErrorDetail(message, code="name_conflict")]})
         if created:
             if Tool.objects.filter(account=account).count() >= plan.tools_limit:
@@ -174,10 +194,14 @@ def tool_upsert(
             tool.secret_encrypted, tool.secret_mask = secrets.encrypt(secret), secrets.mask(secret)
         tool.updated_at = timezone.now()
         tool.save()
-        audit_record(account=account, actor_label=actor, action="governance.tool.saved", object_type="tool",
-                     object_id=f"{tool.scope_id}/{tool.name}",
-                     data={"created": created, "url": tool.url, "enabled": tool.enabled,
-                           "secret_replaced": bool(secret)})  # fmt: skip
+        audit_record(
+            account=account,
+            actor_label=actor,
+            action="governance.tool.saved",
+            object_type="tool",
+            object_id=f"{tool.scope_id}/{tool.name}",
+            data={"created": created, "url": tool.url, "enabled": tool.enabled, "secret_replaced": bool(secret)},
+        )
     return tool, created
 
 
@@ -185,13 +209,25 @@ def tool_toggle(*, tool: Tool, enabled: bool, actor: str) -> Tool:
     with transaction.atomic():
         tool.enabled, tool.updated_at = enabled, timezone.now()
         tool.save(update_fields=["enabled", "updated_at"])
-        audit_record(account=tool.account, actor_label=actor, action="governance.tool.toggled", object_type="tool",
-                     object_id=f"{tool.scope_id}/{tool.name}", data={"enabled": enabled})  # fmt: skip
+        audit_record(
+            account=tool.account,
+            actor_label=actor,
+            action="governance.tool.toggled",
+            object_type="tool",
+            object_id=f"{tool.scope_id}/{tool.name}",
+            data={"enabled": enabled},
+        )
     return tool
 
 
 def tool_delete(*, tool: Tool, actor: str) -> None:
     with transaction.atomic():
-        audit_record(account=tool.account, actor_label=actor, action="governance.tool.deleted", object_type="tool",
-                     object_id=f"{tool.scope_id}/{tool.name}", data={"url": tool.url})  # fmt: skip
+        audit_record(
+            account=tool.account,
+            actor_label=actor,
+            action="governance.tool.deleted",
+            object_type="tool",
+            object_id=f"{tool.scope_id}/{tool.name}",
+            data={"url": tool.url},
+        )
         tool.delete()

@@ -1,5 +1,6 @@
-"""`/v1/check-lock`, the lease endpoints `/v1/ai/*`, the key form of `/v1/ai/run` and run events (docs/api.md
-§"POST /v1/check-lock", §"Leases: /v1/ai/*", §"Keyed runs", §"Run events and timelines").
+"""`/v1/check-lock`, the lease endpoints `/v1/ai/*`, the key form of `/v1/ai/run` and run events:
+docs/api.md §"POST /v1/check-lock", docs/api.md §"Leases: /v1/ai/*",
+docs/api.md §"Keyed runs: the key form of `POST /v1/ai/run`" and docs/api.md §"Run events and timelines".
 
 Each body is declared once (onceonly_site/bodies.py): the declaration validates it — by hand, as these hot paths
 need (a serializer costs more than the Redis round trip it guards) — and is the OpenAPI schema's component. Errors
@@ -73,8 +74,10 @@ def _query_key(request: Request) -> str:
 
 
 class CheckLockInput(Body):
-    key = Key(MAX_KEY_LENGTH, description=f"1–{MAX_KEY_LENGTH} characters, not blank, no control character; `:` and "
-              "any other text allowed.")  # fmt: skip
+    key = Key(
+        MAX_KEY_LENGTH,
+        description=f"1–{MAX_KEY_LENGTH} characters, not blank, no control character; `:` and any other text allowed.",
+    )
     ttl = Ttl(description="Seconds. Omitted or null: the plan's default. Above the plan max: clamped.")
     metadata = JsonObject(MAX_METADATA_BYTES, description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes.")
 
@@ -158,8 +161,17 @@ class CheckLockApi(APIView):
 # --- leases ---------------------------------------------------------------------------------------------------
 
 
-LEASE_STATUSES = ["acquired", "polling", "extended", "in_progress", "completed", "failed", "cancelled", "expired",
-                  "not_found"]  # fmt: skip
+LEASE_STATUSES = [
+    "acquired",
+    "polling",
+    "extended",
+    "in_progress",
+    "completed",
+    "failed",
+    "cancelled",
+    "expired",
+    "not_found",
+]
 
 
 class LeaseRecordOutput(serializers.Serializer):
@@ -275,8 +287,13 @@ class LeaseApi(APIView):
     )
     def post(self, request: Request) -> Response:
         lease = LeaseInput.parse(body(request))
-        outcome = services.lease_acquire(account_id=request.auth.account_id, plan=request.auth.plan, key=lease.key,
-                                         ttl=lease.ttl, metadata=lease.metadata)  # fmt: skip
+        outcome = services.lease_acquire(
+            account_id=request.auth.account_id,
+            plan=request.auth.plan,
+            key=lease.key,
+            ttl=lease.ttl,
+            metadata=lease.metadata,
+        )
         return _lease_response(request, outcome)
 
 
@@ -300,17 +317,26 @@ class LeaseExtendApi(APIView):
     )
     def post(self, request: Request) -> Response:
         extend = LeaseExtendInput.parse(body(request))
-        return _holder_call(request, lambda: services.lease_extend(
-            account_id=request.auth.account_id, plan=request.auth.plan, key=extend.key, lease_id=extend.lease_id,
-            ttl=extend.ttl,
-        ))  # fmt: skip
+        return _holder_call(
+            request,
+            lambda: services.lease_extend(
+                account_id=request.auth.account_id,
+                plan=request.auth.plan,
+                key=extend.key,
+                lease_id=extend.lease_id,
+                ttl=extend.ttl,
+            ),
+        )
 
 
 class LeaseCompleteInput(Body):
     key = Key(MAX_KEY_LENGTH)
     lease_id = _lease_id()
-    result = JsonObject(MAX_RESULT_BYTES, canonical=True, description="JSON object, at most 256 KB; integers within "
-                        "±(2^53−1) (it is hashed as RFC 8785 JSON).")  # fmt: skip
+    result = JsonObject(
+        MAX_RESULT_BYTES,
+        canonical=True,
+        description="JSON object, at most 256 KB; integers within ±(2^53−1) (it is hashed as RFC 8785 JSON).",
+    )
     result_hash = Text(128, description="Default: SHA-256 of RFC 8785 canonical JSON.")
 
 
@@ -323,10 +349,16 @@ class LeaseCompleteApi(APIView):
     )
     def post(self, request: Request) -> Response:
         complete = LeaseCompleteInput.parse(body(request))
-        return _holder_call(request, lambda: services.lease_complete(
-            account_id=request.auth.account_id, key=complete.key, lease_id=complete.lease_id, result=complete.result,
-            result_hash=complete.result_hash,
-        ))  # fmt: skip
+        return _holder_call(
+            request,
+            lambda: services.lease_complete(
+                account_id=request.auth.account_id,
+                key=complete.key,
+                lease_id=complete.lease_id,
+                result=complete.result,
+                result_hash=complete.result_hash,
+            ),
+        )
 
 
 class LeaseFailInput(Body):
@@ -345,10 +377,16 @@ class LeaseFailApi(APIView):
     )
     def post(self, request: Request) -> Response:
         fail = LeaseFailInput.parse(body(request))
-        return _holder_call(request, lambda: services.lease_fail(
-            account_id=request.auth.account_id, key=fail.key, lease_id=fail.lease_id, error_code=fail.error_code,
-            error_hash=fail.error_hash,
-        ))  # fmt: skip
+        return _holder_call(
+            request,
+            lambda: services.lease_fail(
+                account_id=request.auth.account_id,
+                key=fail.key,
+                lease_id=fail.lease_id,
+                error_code=fail.error_code,
+                error_hash=fail.error_hash,
+            ),
+        )
 
 
 class LeaseCancelInput(Body):
@@ -366,9 +404,12 @@ class LeaseCancelApi(APIView):
     )
     def post(self, request: Request) -> Response:
         cancel = LeaseCancelInput.parse(body(request))
-        return _holder_call(request, lambda: services.lease_cancel(
-            account_id=request.auth.account_id, key=cancel.key, lease_id=cancel.lease_id, reason=cancel.reason or ""
-        ))  # fmt: skip
+        return _holder_call(
+            request,
+            lambda: services.lease_cancel(
+                account_id=request.auth.account_id, key=cancel.key, lease_id=cancel.lease_id, reason=cancel.reason or ""
+            ),
+        )
 
 
 def _not_found(key: str) -> Response:
@@ -417,10 +458,16 @@ class LeaseResultApi(APIView):
 
 MAX_RUN_METADATA_BYTES = 64 * 1024
 # A keyed run's metadata answers in its own words (one message per key, whatever is wrong with it).
-RUN_ID_RULE = (f"A non-blank string of at most {RunId.MAX_LENGTH} characters without control or bidirectional "
-               "formatting characters.", "string_type")  # fmt: skip
-AGENT_ID_RULE = (f"A non-blank string of at most {AgentId.MAX_LENGTH} characters without control or bidirectional "
-                 "formatting characters.", "string_type")  # fmt: skip
+RUN_ID_RULE = (
+    f"A non-blank string of at most {RunId.MAX_LENGTH} characters without control or bidirectional "
+    "formatting characters.",
+    "string_type",
+)
+AGENT_ID_RULE = (
+    f"A non-blank string of at most {AgentId.MAX_LENGTH} characters without control or bidirectional "
+    "formatting characters.",
+    "string_type",
+)
 TASK_RULE = ("A job handler name: 1–200 letters, digits or _ . : -", "string_pattern_mismatch")
 
 
@@ -429,8 +476,9 @@ class RunActionInput(Body):
 
     not_object = ("Must be an object {tool, args, spend_usd}.", "dict_type")
     # The tool name rules of the governed call (governance/api.py), in this body's words for the shape.
-    tool = ToolName(invalid=("A non-blank tool name of at most 200 characters.", "string_type"),
-                    rules=[tool_name_problem])  # fmt: skip
+    tool = ToolName(
+        invalid=("A non-blank tool name of at most 200 characters.", "string_type"), rules=[tool_name_problem]
+    )
     args = JsonObject()
     spend_usd = Usd()
 
@@ -455,17 +503,23 @@ class RunMetadataInput(Body):
     openapi_extra = {
         "additionalProperties": {},
         # agent_id is required with actions: the agent whose policy governs them.
-        "anyOf": [{"properties": {"actions": {"maxItems": 0}}}, {"required": ["agent_id"],
-                                                               "properties": {"agent_id": {"type": "string"}}}],
-    }  # fmt: skip
-    run_id = RunId(required=False, invalid=RUN_ID_RULE, refused=RUN_ID_RULE,
-                   description="The timeline's id (default: the key).")  # fmt: skip
-    agent_id = AgentId(required=False, invalid=AGENT_ID_RULE, refused=AGENT_ID_RULE,
-                       description="Required with actions.")  # fmt: skip
+        "anyOf": [
+            {"properties": {"actions": {"maxItems": 0}}},
+            {"required": ["agent_id"], "properties": {"agent_id": {"type": "string"}}},
+        ],
+    }
+    run_id = RunId(
+        required=False, invalid=RUN_ID_RULE, refused=RUN_ID_RULE, description="The timeline's id (default: the key)."
+    )
+    agent_id = AgentId(
+        required=False, invalid=AGENT_ID_RULE, refused=AGENT_ID_RULE, description="Required with actions."
+    )
     task = RegisteredName(required=False, invalid=TASK_RULE, refused=TASK_RULE, description="A registered job handler.")
     dry_run = Boolean()
-    params = JsonObject(invalid=("Must be a JSON object (the job handler's input).", "dict_type"),
-                        description="The job handler's input.")  # fmt: skip
+    params = JsonObject(
+        invalid=("Must be a JSON object (the job handler's input).", "dict_type"),
+        description="The job handler's input.",
+    )
     actions = ListOf(
         RunActionInput,
         max_items=runs.MAX_ACTIONS,
@@ -475,8 +529,9 @@ class RunMetadataInput(Body):
 
     def clean(self, check: BodyCheck, prefix: str) -> None:
         if self.actions and self.raw.get("agent_id") is None:  # an invalid one is reported already
-            check.fail(f"{prefix}agent_id", "Required with metadata.actions: the agent whose policy governs them.",
-                       "missing")  # fmt: skip
+            check.fail(
+                f"{prefix}agent_id", "Required with metadata.actions: the agent whose policy governs them.", "missing"
+            )
 
     def spec(self) -> runs.RunSpec:
         """What the run does (the keys that are not valid are refused before a run exists)."""
@@ -540,8 +595,9 @@ class EventInput(Body):
     """One timeline event; unknown top-level keys are kept with it."""
 
     strict = False
-    schema_description = ("Not strict: unknown top-level keys are kept with the event (names of at most 64 "
-                          "characters, 8 KB in all).")  # fmt: skip
+    schema_description = (
+        "Not strict: unknown top-level keys are kept with the event (names of at most 64 characters, 8 KB in all)."
+    )
     openapi_extra = {"additionalProperties": {}}
     run_id = RunId(description="The timeline the event belongs to (non-blank).")
     type = Key(LIMITS["type"], description="e.g. note, sdk_debug, tool_call (non-blank).")
@@ -564,8 +620,11 @@ class EventInput(Body):
             check.fail("non_field_errors", "Extra keys are at most 64 characters long.", "string_too_long")
         size = len(json.dumps(self.extra, separators=(",", ":"), ensure_ascii=False).encode())
         if size > MAX_EVENT_EXTRA_BYTES:
-            check.fail("non_field_errors", f"Extra keys: at most {MAX_EVENT_EXTRA_BYTES} bytes of JSON (got {size}).",
-                       "too_long")  # fmt: skip
+            check.fail(
+                "non_field_errors",
+                f"Extra keys: at most {MAX_EVENT_EXTRA_BYTES} bytes of JSON (got {size}).",
+                "too_long",
+            )
 
 
 EVENT_FIELDS = set(EventInput.fields)
@@ -608,9 +667,17 @@ class RunTimelineApi(APIView):
     def get(self, request: Request, run_id: str) -> Response:
         run_id = run_id.strip()
         if not RUN_ID.valid(run_id):
-            raise PathValidationError({"run_id": [identifier_problem(run_id) or
-                                                  f"A run id of 1–{RunId.MAX_LENGTH} characters."]})  # fmt: skip
+            raise PathValidationError(
+                {"run_id": [identifier_problem(run_id) or f"A run id of 1–{RunId.MAX_LENGTH} characters."]}
+            )
         limit, offset = page_params(request, default=200, maximum=2000)
         rows, total = selectors.run_timeline(request.auth.account_id, run_id, limit=limit, offset=offset)
-        return Response({"run_id": run_id, "total": total, "limit": limit, "offset": offset,
-                         "events": [events.as_json(e) for e in rows]})  # fmt: skip
+        return Response(
+            {
+                "run_id": run_id,
+                "total": total,
+                "limit": limit,
+                "offset": offset,
+                "events": [events.as_json(e) for e in rows],
+            }
+        )

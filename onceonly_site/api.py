@@ -140,8 +140,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         # maxmemory reached with the noeviction policy (docs/operations.md, "Redis: persistence and memory").
         logger.error("Redis is out of memory", exc_info=exc)
         message = "Redis is out of memory (maxmemory reached); an operator must free memory or raise maxmemory."
-        return Response({"detail": {"error": "service_unavailable", "message": message}}, status=503,
-                        headers={"Retry-After": "2"})  # fmt: skip
+        return Response(
+            {"detail": {"error": "service_unavailable", "message": message}}, status=503, headers={"Retry-After": "2"}
+        )
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         logger.error("Redis unavailable", exc_info=exc)
         return Response(

@@ -376,8 +376,10 @@ class Ttl(Field[int | None]):
         if value < 1:
             raise Invalid("Must be at least 1 second.", "greater_than_equal")
         if value > MAX_SAFE_INTEGER:
-            raise Invalid(f"At most {MAX_SAFE_INTEGER} seconds (2^53-1); a TTL above the plan's maximum is clamped "
-                          "to it.", "less_than_equal")  # fmt: skip
+            raise Invalid(
+                f"At most {MAX_SAFE_INTEGER} seconds (2^53-1); a TTL above the plan's maximum is clamped to it.",
+                "less_than_equal",
+            )
         return int(value)
 
     def openapi(self) -> dict[str, Any]:
@@ -425,8 +427,9 @@ class Usd(Field[float | None]):
             return value  # type: ignore[no-any-return]  # an int or a float, as sent
         amount = round(float(value), 6)  # amounts are stored to the millionth of a dollar
         if amount == 0 and value != 0:
-            raise Invalid("Rounds to 0 (amounts are kept to 6 decimals): write 0, or at least 0.000001.",
-                          "greater_than_equal")  # fmt: skip
+            raise Invalid(
+                "Rounds to 0 (amounts are kept to 6 decimals): write 0, or at least 0.000001.", "greater_than_equal"
+            )
         return amount
 
     def openapi(self) -> dict[str, Any]:
@@ -475,8 +478,9 @@ class Choice(Field[str | None]):
         return {"type": "string", "enum": list(self.choices)}
 
     def serializer_field(self) -> serializers.Field:
-        return serializers.ChoiceField(choices=self.choices, required=self.required, allow_null=self.nullable,
-                                       help_text=self.description)  # fmt: skip
+        return serializers.ChoiceField(
+            choices=self.choices, required=self.required, allow_null=self.nullable, help_text=self.description
+        )
 
 
 class Day(Field[date | None]):
@@ -503,8 +507,9 @@ class JsonObject(Field[dict[str, Any] | None]):
     it is hashed later (a result's or the args' hash), so what RFC 8785 cannot encode is refused here.
     ``shape``: the body that documents its keys in the schema, when they are checked elsewhere."""
 
-    CANONICAL = ("Numbers must fit JSON's safe range (integers up to ±2^53-1, finite floats); send bigger ones as "
-                 "strings.")  # fmt: skip
+    CANONICAL = (
+        "Numbers must fit JSON's safe range (integers up to ±2^53-1, finite floats); send bigger ones as strings."
+    )
 
     def __init__(
         self,
@@ -551,8 +556,13 @@ class Nested(Field[B | None]):
     def __init__(self, body: type[B], max_bytes: int | None = None, *, canonical: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.body = body
-        self.object = JsonObject(max_bytes, canonical=canonical, invalid=self.invalid or body.not_object,
-                                 required=self.required, nullable=self.nullable)  # fmt: skip
+        self.object = JsonObject(
+            max_bytes,
+            canonical=canonical,
+            invalid=self.invalid or body.not_object,
+            required=self.required,
+            nullable=self.nullable,
+        )
 
     def clean(self, check: BodyCheck, loc: str, value: Any) -> B | None:
         data = self.object.clean(check, loc, value)
@@ -622,8 +632,13 @@ class ListOf(Field[list[B] | None]):
         return {"type": "array", "maxItems": self.max_items}
 
     def serializer_field(self) -> serializers.Field:
-        return serializers.ListField(child=self.body.serializer(), required=self.required, allow_null=self.nullable,
-                                     max_length=self.max_items, help_text=self.description)  # fmt: skip
+        return serializers.ListField(
+            child=self.body.serializer(),
+            required=self.required,
+            allow_null=self.nullable,
+            max_length=self.max_items,
+            help_text=self.description,
+        )
 
 
 class Ignored(Field[None]):
@@ -652,8 +667,10 @@ def _ecma_escapes(schema: Any) -> Any:
     r"""A copy of ``schema`` whose patterns write ``\xHH`` as ``\u00HH``, as drf-spectacular writes the pattern of
     a serializer field's RegexValidator (both dialects read either)."""
     if isinstance(schema, dict):
-        return {key: value.replace(r"\x", r"\u00") if key == "pattern" and isinstance(value, str)
-                else _ecma_escapes(value) for key, value in schema.items()}  # fmt: skip
+        return {
+            key: value.replace(r"\x", r"\u00") if key == "pattern" and isinstance(value, str) else _ecma_escapes(value)
+            for key, value in schema.items()
+        }
     if isinstance(schema, list):
         return [_ecma_escapes(item) for item in schema]
     return schema

@@ -99,11 +99,17 @@ URL_PATTERN = (
 def page_parameters(*, default: int, maximum: int = 500, max_offset: int = 1_000_000) -> list[OpenApiParameter]:
     """``?limit=&offset=`` as onceonly_site.api.page_params reads them."""
     return [
-        OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
-                         description=f"1–{maximum:,}, default {default}."),
-        OpenApiParameter("offset", {"type": "integer", "minimum": 0, "maximum": max_offset, "default": 0},
-                         description=f"0–{max_offset:,}."),
-    ]  # fmt: skip
+        OpenApiParameter(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+            description=f"1–{maximum:,}, default {default}.",
+        ),
+        OpenApiParameter(
+            "offset",
+            {"type": "integer", "minimum": 0, "maximum": max_offset, "default": 0},
+            description=f"0–{max_offset:,}.",
+        ),
+    ]
 
 
 # --- the error answers ----------------------------------------------------------------------------------------
@@ -154,33 +160,82 @@ def _problem(*codes: str, required: tuple[str, ...] = ("error", "message"), **pr
 
 # status: (component name, description, schema of `detail`, headers)
 ERRORS: dict[int, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
-    400: ("BadRequest", "The request could not be read (a Host not allowed, too many query parameters).",
-          _problem("bad_request"), {}),
-    401: ("Unauthorized", "No `Authorization: Bearer` key, another scheme, or an empty token.", {"type": "string"},
-          {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}),
-    402: ("PaymentRequired", "The month's quota is used up (`usage_limit`), or the plan's number of tools is reached "
-          "(`plan_limit`).",
-          _problem("usage_limit", "plan_limit", required=("error", "message", "plan", "limit"),
-                   kind={"type": "string", "enum": ["make", "ai"]}, plan={"type": "string"},
-                   usage={"type": "integer"}, limit={"type": "integer"}), {}),
-    403: ("Forbidden", 'An unknown, revoked or malformed key (`"Invalid API key"`), or a feature the plan does not '
-          "include (`feature_not_available`).", _TEXT_OR_PROBLEM, {}),
-    404: ("NotFound", 'No route takes the path (`"Not Found"`), or the named object does not exist '
-          "(`policy_not_found`, `tool_not_found`).", _TEXT_OR_PROBLEM, {}),
+    400: (
+        "BadRequest",
+        "The request could not be read (a Host not allowed, too many query parameters).",
+        _problem("bad_request"),
+        {},
+    ),
+    401: (
+        "Unauthorized",
+        "No `Authorization: Bearer` key, another scheme, or an empty token.",
+        {"type": "string"},
+        {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+    ),
+    402: (
+        "PaymentRequired",
+        "The month's quota is used up (`usage_limit`), or the plan's number of tools is reached (`plan_limit`).",
+        _problem(
+            "usage_limit",
+            "plan_limit",
+            required=("error", "message", "plan", "limit"),
+            kind={"type": "string", "enum": ["make", "ai"]},
+            plan={"type": "string"},
+            usage={"type": "integer"},
+            limit={"type": "integer"},
+        ),
+        {},
+    ),
+    403: (
+        "Forbidden",
+        'An unknown, revoked or malformed key (`"Invalid API key"`), or a feature the plan does not '
+        "include (`feature_not_available`).",
+        _TEXT_OR_PROBLEM,
+        {},
+    ),
+    404: (
+        "NotFound",
+        'No route takes the path (`"Not Found"`), or the named object does not exist '
+        "(`policy_not_found`, `tool_not_found`).",
+        _TEXT_OR_PROBLEM,
+        {},
+    ),
     406: ("NotAcceptable", "The `Accept` header excludes JSON.", {"type": "string"}, {}),
-    409: ("Conflict", "The `lease_id` does not hold the key (`lease_mismatch`), or the lease's state does not allow "
-          "the transition (`lease_conflict`).", _problem("lease_mismatch", "lease_conflict"), {}),
+    409: (
+        "Conflict",
+        "The `lease_id` does not hold the key (`lease_mismatch`), or the lease's state does not allow "
+        "the transition (`lease_conflict`).",
+        _problem("lease_mismatch", "lease_conflict"),
+        {},
+    ),
     413: ("PayloadTooLarge", "The body is larger than 2.5 MiB.", _problem("payload_too_large"), {}),
-    415: ("UnsupportedMediaType", "A body sent with a `Content-Type` other than `application/json`.",
-          {"type": "string"}, {}),
-    422: ("ValidationFailed", "The request's fields, query parameters or path are not valid; nothing was done.",
-          _VALIDATION, {}),
-    429: ("RateLimited", "The API key's rate limit is used up; nothing was done.",
-          _problem("rate_limited", required=("error", "message", "retry_after"),
-                   retry_after={"type": "integer", "minimum": 1}), _RETRY_AFTER),
-    503: ("ServiceUnavailable", "The database or Redis is unavailable (or out of memory); nothing was done.",
-          _problem("service_unavailable"), _RETRY_AFTER),
-}  # fmt: skip
+    415: (
+        "UnsupportedMediaType",
+        "A body sent with a `Content-Type` other than `application/json`.",
+        {"type": "string"},
+        {},
+    ),
+    422: (
+        "ValidationFailed",
+        "The request's fields, query parameters or path are not valid; nothing was done.",
+        _VALIDATION,
+        {},
+    ),
+    429: (
+        "RateLimited",
+        "The API key's rate limit is used up; nothing was done.",
+        _problem(
+            "rate_limited", required=("error", "message", "retry_after"), retry_after={"type": "integer", "minimum": 1}
+        ),
+        _RETRY_AFTER,
+    ),
+    503: (
+        "ServiceUnavailable",
+        "The database or Redis is unavailable (or out of memory); nothing was done.",
+        _problem("service_unavailable"),
+        _RETRY_AFTER,
+    ),
+}
 # What any /v1 request can meet, whatever the operation: a request Django cannot read, authentication, content
 # negotiation, the middleware's refusal of control characters in any query value, the rate limit, and a store down.
 COMMON_ERRORS = (400, 401, 403, 406, 422, 429, 503)

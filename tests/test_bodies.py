@@ -116,8 +116,13 @@ def test_one_declaration_of_an_agent_id_and_of_a_dollar_amount():
     assert isinstance(KeyedRunInput.metadata.body.agent_id, AgentId)
     assert tools.valid_scope("agent:" + "a" * AgentId.MAX_LENGTH)
     assert not tools.valid_scope("agent:" + "a" * (AgentId.MAX_LENGTH + 1))
-    amounts = [GovernedCallInput.spend_usd, RunActionInput.spend_usd, tools.ToolInput.price_usd,
-               policies.PolicyInput.max_spend_usd_per_day, policies.PricingRuleInput.price_usd]  # fmt: skip
+    amounts = [
+        GovernedCallInput.spend_usd,
+        RunActionInput.spend_usd,
+        tools.ToolInput.price_usd,
+        policies.PolicyInput.max_spend_usd_per_day,
+        policies.PricingRuleInput.price_usd,
+    ]
     assert all(isinstance(amount, Usd) for amount in amounts)
     assert {(amount.openapi()["minimum"], amount.openapi()["maximum"]) for amount in amounts} == {(0, MAX_USD)}
 
@@ -134,8 +139,11 @@ def test_the_schema_is_generated_from_the_declarations():
                 assert schema["properties"][name]["maxLength"] == field.max_length, (body, name)
     tool = components["ToolInputRequest"]["properties"]
     assert (tool["url"]["maxLength"], tool["price_usd"]["maximum"]) == (2000, MAX_USD)
-    assert components["ToolAuthInputRequest"]["properties"]["secret"] == {"type": "string", "minLength": 8,
-                                                                          "maxLength": 256}  # fmt: skip
+    assert components["ToolAuthInputRequest"]["properties"]["secret"] == {
+        "type": "string",
+        "minLength": 8,
+        "maxLength": 256,
+    }
 
 
 # --- where the plan's feature is checked --------------------------------------------------------------------------
