@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import counters, selectors, services, usage
+from billing.auth import principal
 from billing.selectors import account_for_api
 from onceonly_site.api import QueryValidationError, StrictBooleanField, StrictSerializer, body, validate
 
@@ -31,7 +32,8 @@ class MeOutput(serializers.Serializer):
 class MeApi(APIView):
     @extend_schema(operation_id="me", responses=MeOutput, summary="The calling key's account and plan")
     def get(self, request: Request) -> Response:
-        account = account_for_api(request.auth.account_id)
+        caller = principal(request)
+        account = account_for_api(caller.account_id)
         return Response(
             MeOutput(
                 {
@@ -40,7 +42,7 @@ class MeApi(APIView):
                     "is_active": account.is_active,
                     "account": account.name,
                     "account_id": account.pk,
-                    "key_preview": request.auth.key_preview,
+                    "key_preview": caller.key_preview,
                     "current_period_end": account.current_period_end(),
                     "requests_total_all_time": account.requests_total_all_time + counters.pending(account.pk),
                     "blocked_total_all_time": selectors.blocked_total_all_time(account.pk),
@@ -80,10 +82,9 @@ class MeNotificationsApi(APIView):
     )
     def post(self, request: Request) -> Response:
         changes = validate(NotificationsInput, body(request))
-        account = account_for_api(request.auth.account_id)
-        services.notifications_update(
-            account=account, changes=changes, actor_label=f"api key {request.auth.key_preview}"
-        )
+        caller = principal(request)
+        account = account_for_api(caller.account_id)
+        services.notifications_update(account=account, changes=changes, actor_label=f"api key {caller.key_preview}")
         return Response({name: getattr(account, name) for name in services.NOTIFICATION_FIELDS})
 
 
@@ -98,7 +99,7 @@ def _kind_body(counters: dict[str, int], kind: str, limit: int) -> dict[str, int
     }
 
 
-_KIND_FIELDS = {
+_KIND_FIELDS: dict[str, serializers.Field] = {
     name: serializers.IntegerField()
     for name in (
         "usage",
@@ -144,11 +145,12 @@ class UsageApi(APIView):
         kind = request.query_params.get("kind", usage.MAKE)
         if kind not in usage.KINDS:
             raise QueryValidationError({"kind": [serializers.ErrorDetail("One of: make, ai.", code="enum")]})
-        plan = request.auth.plan
+        caller = principal(request)
+        plan = caller.plan
         month = usage.month_of()
         start, end = usage.period_of(month)
         body = _kind_body(
-            usage.snapshot(request.auth.account_id, month),
+            usage.snapshot(caller.account_id, month),
             kind,
             plan.make_limit if kind == usage.MAKE else plan.ai_limit,
         )
@@ -167,9 +169,10 @@ class UsageApi(APIView):
 class UsageAllApi(APIView):
     @extend_schema(operation_id="usage_all", responses=UsageAllOutput, summary="This month's usage of both kinds")
     def get(self, request: Request) -> Response:
-        plan = request.auth.plan
+        caller = principal(request)
+        plan = caller.plan
         month = usage.month_of()
-        counters = usage.snapshot(request.auth.account_id, month)
+        counters = usage.snapshot(caller.account_id, month)
         start, end = usage.period_of(month)
         return Response(
             {

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import redis
 from rest_framework.throttling import BaseThrottle
 
+from billing.auth import ApiPrincipal
 from onceonly_site.api import ApiProblem
 from onceonly_site.redis_client import LuaScript, get_redis
 
@@ -42,7 +43,7 @@ def bucket_key(account_id: int, key_id: int) -> str:
     return f"oo:{{a{account_id}}}:rl:{key_id}"
 
 
-def script_args(principal: Any) -> tuple[str, list[int]]:
+def script_args(principal: ApiPrincipal) -> tuple[str, list[int]]:
     """The bucket KEY and (rate, burst) ARGV for scripts that take their token themselves."""
     plan = principal.plan
     return bucket_key(principal.account_id, principal.key_id), [plan.rate_per_second, plan.rate_burst]
@@ -60,7 +61,7 @@ class RateLimitArgs(NamedTuple):
 RATE_LIMIT = LuaScript(RATE_LIMIT_LUA, RateLimitKeys, RateLimitArgs, preludes=(TAKE_TOKEN_LUA,))
 
 
-def take(principal: Any) -> None:
+def take(principal: ApiPrincipal) -> None:
     """Take one token from the caller's bucket, or raise RateLimited. Without Redis, no limit is applied."""
     key, (rate, burst) = script_args(principal)
     try:
@@ -77,6 +78,7 @@ class ApiKeyRateThrottle(BaseThrottle):
     take the token themselves: in their script, or with ``take`` for a form of the view that has none)."""
 
     def allow_request(self, request: Request, view: APIView) -> bool:
-        if request.auth is not None and not getattr(view, "rate_limit_in_script", False):
-            take(request.auth)
+        auth = request.auth  # an ApiPrincipal, or None without a key (ApiKeyAuthentication is the only one)
+        if isinstance(auth, ApiPrincipal) and not getattr(view, "rate_limit_in_script", False):
+            take(auth)
         return True

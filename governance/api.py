@@ -3,18 +3,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit
+from billing.auth import principal
 from billing.entitlements import RequiresFeature
 from governance import explain, policies, selectors, services, tools
 from governance.choices import Outcome
@@ -27,8 +29,16 @@ from onceonly_site.openapi import UNSAFE_CHAR_PATTERN, errors, page_parameters
 
 MAX_AGENT_ID = AgentId.MAX_LENGTH
 MAX_ARGS_BYTES = 64 * 1024
-GOVERNANCE = [IsAuthenticated, RequiresFeature("governance")]  # the views' permission_classes
-TOOLS = [IsAuthenticated, RequiresFeature("tools")]
+
+
+def _requires(feature: str) -> Sequence[type[BasePermission]]:
+    """The ``permission_classes`` of a view of ``feature``: a key, then the plan's feature."""
+    # RequiresFeature(feature) is an instance that DRF's call of each entry gives back (entitlements.py).
+    return [IsAuthenticated, RequiresFeature(feature)]  # type: ignore[list-item]  # DRF's stubs take classes only
+
+
+GOVERNANCE = _requires("governance")
+TOOLS = _requires("tools")
 
 
 RESERVED_AGENT = (
@@ -62,7 +72,7 @@ def _agent_id(raw: str, *, write: bool = False) -> str:
 
 
 def _actor(request: Request) -> str:
-    return f"api key {request.auth.key_preview}"
+    return f"api key {principal(request).key_preview}"
 
 
 # --- the governed call ------------------------------------------------------------------------------------------
@@ -158,18 +168,19 @@ class AiRunApi(APIView):
             return idempotency_api.KeyedRunApi().post(request)
         call = GovernedCallInput.parse(data)
         # Not a permission class: a 422 comes before the plan's 403 here (and the key form needs no governance).
-        entitlements.require(request.auth.plan, "governance")
+        caller = principal(request)
+        entitlements.require(caller.plan, "governance")
         agent_id, tool, spend = call.agent_id, call.tool, call.spend_usd
         try:
             outcome = services.governed_call(
-                account_id=request.auth.account_id,
-                plan=request.auth.plan,
+                account_id=caller.account_id,
+                plan=caller.plan,
                 agent_id=agent_id,
                 tool=tool,
                 args=call.args or {},
                 spend_usd=Decimal(str(spend)) if spend is not None else None,
-                rate_limit=ratelimit.script_args(request.auth),
-                api_key_id=request.auth.key_id,
+                rate_limit=ratelimit.script_args(caller),
+                api_key_id=caller.key_id,
             )
         except services.ToolNotFound:
             raise ApiProblem(
@@ -219,7 +230,7 @@ def _clean_policy(request: Request, data: Any) -> dict[str, Any]:
     """Policy fields (policies.PolicyInput; the SDK's agent_id in the body is ignored); allowed_tools is a feature."""
     changes = policies.clean_fields(data)
     if changes.get("allowed_tools") is not None:
-        entitlements.require(request.auth.plan, "allowed_tools")
+        entitlements.require(principal(request).plan, "allowed_tools")
     return changes
 
 
@@ -329,7 +340,7 @@ class PolicyListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         limit, offset = page_params(request, default=100)
-        agents = selectors.governed_agents(request.auth.account_id)
+        agents = selectors.governed_agents(principal(request).account_id)
         return Response(
             {
                 "items": [_policy_body(a) for a in agents[offset : offset + limit]],
@@ -351,7 +362,7 @@ class PolicyApi(APIView):
         summary="An agent's current policy",
     )
     def get(self, request: Request, agent_id: str) -> Response:
-        agent = selectors.agent_for_account(request.auth.account_id, _agent_id(agent_id))
+        agent = selectors.agent_for_account(principal(request).account_id, _agent_id(agent_id))
         if agent is None or agent.policy_version is None:
             raise ApiProblem(404, "policy_not_found", f"Agent {agent_id!r} has no policy (it is ungoverned).")
         return Response(_policy_body(agent))
@@ -367,7 +378,7 @@ class PolicyApi(APIView):
         agent_id = _agent_id(agent_id, write=True)
         changes = _clean_policy(request, body(request))
         result = services.policy_upsert(
-            account_id=request.auth.account_id, agent_id=agent_id, changes=changes, actor=_actor(request)
+            account_id=principal(request).account_id, agent_id=agent_id, changes=changes, actor=_actor(request)
         )
         return Response(_policy_body(result.agent, result.warnings))
 
@@ -388,10 +399,11 @@ class PolicyTemplateApi(APIView):
         template = applied.template
         # Absent or null: no overrides (false, 0, "" and [] are refused, not read as none).
         changes = _clean_policy(request, applied.overrides or {})
+        caller = principal(request)
         if policies.TEMPLATES[template].get("allowed_tools") is not None and "allowed_tools" not in changes:
-            entitlements.require(request.auth.plan, "allowed_tools")
+            entitlements.require(caller.plan, "allowed_tools")
         result = services.policy_from_template(
-            account_id=request.auth.account_id,
+            account_id=caller.account_id,
             agent_id=agent_id,
             template=template,
             overrides=changes,
@@ -420,10 +432,11 @@ class _KillSwitchApi(APIView):
         reason = ReasonInput.parse(body(request)).reason or ""
         # Not a permission class: the path and the body are checked first (a 422 before the plan's 403), and
         # re-enabling stays possible after a downgrade (no agent is left stuck).
+        caller = principal(request)
         if not self.enabled:
-            entitlements.require(request.auth.plan, "kill_switch")
+            entitlements.require(caller.plan, "kill_switch")
         agent = services.agent_set_enabled(
-            account_id=request.auth.account_id,
+            account_id=caller.account_id,
             agent_id=agent_id,
             enabled=self.enabled,
             reason=reason,
@@ -487,7 +500,7 @@ class AgentLogsApi(APIView):
     def get(self, request: Request, agent_id: str) -> Response:
         agent_id = _agent_id(agent_id)
         limit, offset = page_params(request, default=100)
-        rows = selectors.agent_logs(request.auth.account_id, agent_id, limit=limit, offset=offset)
+        rows = selectors.agent_logs(principal(request).account_id, agent_id, limit=limit, offset=offset)
         return Response(
             {
                 "items": [
@@ -535,7 +548,7 @@ class AgentMetricsApi(APIView):
             raise QueryValidationError(
                 {"period": [serializers.ErrorDetail(f"One of: {', '.join(selectors.PERIODS)}.", code="enum")]}
             )
-        return Response(selectors.agent_metrics(request.auth.account_id, agent_id, period, timezone.now()))
+        return Response(selectors.agent_metrics(principal(request).account_id, agent_id, period, timezone.now()))
 
 
 # --- tools registry ----------------------------------------------------------------------------------------------
@@ -570,7 +583,7 @@ def _scope(request: Request) -> str:
 
 
 def _tool_or_404(request: Request, name: str) -> Tool:
-    tool = selectors.tool_for_account(request.auth.account_id, _scope(request), name)  # `SEND_EMAIL` too
+    tool = selectors.tool_for_account(principal(request).account_id, _scope(request), name)  # `SEND_EMAIL` too
     if tool is None:
         raise ApiProblem(404, "tool_not_found", f"No tool {name!r} in scope {_scope(request)!r}.")
     return tool
@@ -604,7 +617,7 @@ class ToolsApi(APIView):
         summary="Registered tools of a scope (a bare array)",
     )
     def get(self, request: Request) -> Response:
-        rows = Tool.objects.filter(account_id=request.auth.account_id, scope_id=_scope(request)).order_by("name")
+        rows = Tool.objects.filter(account_id=principal(request).account_id, scope_id=_scope(request)).order_by("name")
         return Response([_tool_body(t) for t in rows[:1000]])
 
     @extend_schema(
@@ -615,9 +628,10 @@ class ToolsApi(APIView):
     )
     def post(self, request: Request) -> Response:
         fields, warnings = tools.clean(body(request))
+        caller = principal(request)
         try:
             tool, _ = tools.tool_upsert(
-                account_id=request.auth.account_id, plan=request.auth.plan, fields=fields, actor=_actor(request)
+                account_id=caller.account_id, plan=caller.plan, fields=fields, actor=_actor(request)
             )
         except tools.PlanLimitReached as reached:
             raise ApiProblem(
@@ -682,14 +696,19 @@ class ToolToggleApi(APIView):
 # --- the account's events feed and daily metrics (they read idempotency and governance data) --------------------
 
 
-class FeedOutput(serializers.Serializer):
-    data = serializers.ListField(
-        child=serializers.DictField(),
-        help_text="Newest first. `kind`: run_event, decision or audit (kill switch, policy and tool changes).",
-    )
-    total = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    offset = serializers.IntegerField()
+# Inline: a field named ``data`` in a class body would stand in for Serializer.data (the property).
+FeedOutput = inline_serializer(
+    "FeedOutput",
+    {
+        "data": serializers.ListField(
+            child=serializers.DictField(),
+            help_text="Newest first. `kind`: run_event, decision or audit (kill switch, policy and tool changes).",
+        ),
+        "total": serializers.IntegerField(),
+        "limit": serializers.IntegerField(),
+        "offset": serializers.IntegerField(),
+    },
+)
 
 
 class EventsApi(APIView):
@@ -701,7 +720,7 @@ class EventsApi(APIView):
     )
     def get(self, request: Request) -> Response:
         limit, offset = page_params(request, default=50, maximum=200, max_offset=selectors.FEED_MAX_WINDOW - 200)
-        data, total = selectors.account_feed(request.auth.account_id, limit=limit, offset=offset)
+        data, total = selectors.account_feed(principal(request).account_id, limit=limit, offset=offset)
         return Response({"data": data, "total": total, "limit": limit, "offset": offset})
 
     @extend_schema(
@@ -759,7 +778,7 @@ class MetricsApi(APIView):
         query = MetricsQuery.parse(dict(request.query_params.items()), query=True)
         first, last = query.from_day, query.to_day
         assert first is not None and last is not None  # required: parse has refused a query without them
-        days = selectors.daily_metrics(request.auth.account_id, first, last)
+        days = selectors.daily_metrics(principal(request).account_id, first, last)
         totals: dict[str, Any] = {}
         for day in days:
             for name, value in day.items():

@@ -147,7 +147,7 @@ class PolicyForm(forms.Form):
         except forms.ValidationError:
             pass  # the form reports the malformed line; the names of the lists are still shown
         return [
-            {"field": self.fields[field].label, "entry": entry, "normalised": normalised}
+            {"field": str(self.fields[field].label), "entry": entry, "normalised": normalised}
             for field, entry, normalised in policies.normalised_entries(policy)
         ]
 
@@ -172,7 +172,8 @@ class PolicyForm(forms.Form):
         return rules
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data  # what Form.clean returns (its stubs allow None)
         if self.has_error("base_version"):  # a hidden field: its error would not be shown
             self.add_error(None, "This page's policy version is not a version number: reload the page.")
         raw: dict[str, Any] = {}

@@ -288,7 +288,11 @@ def matching_pattern(tool: str, patterns: list[str]) -> str | None:
     if not matches(tool, patterns):
         return None
     name = normalise_tool(tool)
-    return next((pattern for pattern in patterns if _glob((pattern,)).match(name)), None)
+    for pattern in patterns:
+        glob = _glob((pattern,))  # one pattern: never None
+        if glob is not None and glob.match(name):
+            return pattern
+    return None
 
 
 @lru_cache(maxsize=4096)

@@ -87,7 +87,7 @@ class ScopeQuery(Body):
 
 class ToolAuthInput(Body):
     type = Choice(["hmac_sha256"], nullable=False)
-    secret = String(256, min_length=8, blank=True)
+    secret: String[str] = String(256, min_length=8, blank=True)
 
 
 NAME_RULE = ("Required: 1–200 characters of letters, digits, _ . : -", "string_pattern_mismatch")
@@ -103,9 +103,9 @@ class ToolInput(Body):
     """A tool as the API and the dashboard's editor register it (``clean``)."""
 
     not_object = ("The request body must be a JSON object.", "invalid")
-    name = RegisteredName(invalid=NAME_RULE, refused=NAME_RULE)
+    name: RegisteredName[str] = RegisteredName(invalid=NAME_RULE, refused=NAME_RULE)
     scope_id = Scope()
-    url = String(
+    url: String[str] = String(
         2000,
         min_length=1,
         blank=True,
@@ -181,7 +181,7 @@ def tool_upsert(
                 "case-insensitively)."
             )
             raise exceptions.ValidationError({"name": [serializers.ErrorDetail(message, code="name_conflict")]})
-        if created:
+        if tool is None:  # created
             if Tool.objects.filter(account=account).count() >= plan.tools_limit:
                 raise PlanLimitReached(plan.tools_limit, plan.code)
             if secret is None:

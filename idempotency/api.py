@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -23,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit, usage
-from billing.auth import authenticate_header_value
+from billing.auth import ApiPrincipal, authenticate_header_value, principal
 from idempotency import events, runs, selectors, services
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
@@ -95,7 +96,7 @@ class CheckLockOutput(serializers.Serializer):
 class CheckLockApi(APIView):
     rate_limit_in_script = True  # the token is taken inside check_lock.lua: one Redis round trip
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         """The duplicate retry is the API's hottest call. Its usual form — POST, a JSON body, a bearer key — skips
         DRF's request wrapping, content negotiation and rendering (about a fifth of its server time, measured in
         docs/benchmarks.md). Anything else takes DRF's full path before any work is done; an error raised on the
@@ -108,10 +109,10 @@ class CheckLockApi(APIView):
             return super().dispatch(request, *args, **kwargs)
         self.args, self.kwargs, self.headers = args, kwargs, self.default_response_headers
         try:
-            principal = authenticate_header_value(request.META["HTTP_AUTHORIZATION"])
+            caller = authenticate_header_value(request.META["HTTP_AUTHORIZATION"])
             data = parse_json_body(request.body)
             data = {} if data is None else data
-            answer = self._check_lock(principal, data)
+            answer = self._check_lock(caller, data)
         except Exception as exc:
             self.request = self.initialize_request(request, *args, **kwargs)
             return self.finalize_response(self.request, self.handle_exception(exc), *args, **kwargs)
@@ -128,19 +129,19 @@ class CheckLockApi(APIView):
         summary="Lock a key exactly once per TTL window (duplicates answer 200 with status duplicate)",
     )
     def post(self, request: Request) -> Response:
-        answer = self._check_lock(request.auth, body(request))
+        answer = self._check_lock(principal(request), body(request))
         return Response(answer, headers={"X-OnceOnly-Status": answer["status"]})
 
-    def _check_lock(self, principal: Any, data: Any) -> dict[str, Any]:
+    def _check_lock(self, caller: ApiPrincipal, data: Any) -> dict[str, Any]:
         lock = CheckLockInput.parse(data)
         key = lock.key
         outcome = services.lock_check(
-            account_id=principal.account_id,
-            plan=principal.plan,
+            account_id=caller.account_id,
+            plan=caller.plan,
             key=key,
             ttl=lock.ttl,
             metadata=lock.metadata,
-            rate=ratelimit.script_args(principal),
+            rate=ratelimit.script_args(caller),
         )
         if outcome.locked:
             data = {"success": True, "status": "locked", "key": key, "ttl": outcome.ttl, "first_seen_at": None}
@@ -247,11 +248,13 @@ def _record(lease: Lease, *, status: str, holder: bool, now: datetime) -> dict[s
 
 
 def _lease_response(request: Request, outcome: services.LeaseOutcome) -> Response:
+    assert outcome.lease is not None  # every outcome of a lease call carries the record
+    caller = principal(request)
     data = _record(outcome.lease, status=outcome.status, holder=outcome.holder, now=timezone.now())
     data.update(
         charged=outcome.charged,
-        usage=outcome.usage if outcome.usage is not None else usage.current(request.auth.account_id, usage.AI),
-        limit=request.auth.plan.ai_limit,
+        usage=outcome.usage if outcome.usage is not None else usage.current(caller.account_id, usage.AI),
+        limit=caller.plan.ai_limit,
     )
     return Response(data)
 
@@ -287,9 +290,10 @@ class LeaseApi(APIView):
     )
     def post(self, request: Request) -> Response:
         lease = LeaseInput.parse(body(request))
+        caller = principal(request)
         outcome = services.lease_acquire(
-            account_id=request.auth.account_id,
-            plan=request.auth.plan,
+            account_id=caller.account_id,
+            plan=caller.plan,
             key=lease.key,
             ttl=lease.ttl,
             metadata=lease.metadata,
@@ -297,7 +301,7 @@ class LeaseApi(APIView):
         return _lease_response(request, outcome)
 
 
-def _lease_id() -> Text:
+def _lease_id() -> Text[str]:
     """The ``lease_id`` a holder sends back (the lease endpoints' bodies)."""
     return Text(64, required=True, description="The lease_id the lease answer gave the holder.")
 
@@ -317,11 +321,12 @@ class LeaseExtendApi(APIView):
     )
     def post(self, request: Request) -> Response:
         extend = LeaseExtendInput.parse(body(request))
+        caller = principal(request)
         return _holder_call(
             request,
             lambda: services.lease_extend(
-                account_id=request.auth.account_id,
-                plan=request.auth.plan,
+                account_id=caller.account_id,
+                plan=caller.plan,
                 key=extend.key,
                 lease_id=extend.lease_id,
                 ttl=extend.ttl,
@@ -349,10 +354,11 @@ class LeaseCompleteApi(APIView):
     )
     def post(self, request: Request) -> Response:
         complete = LeaseCompleteInput.parse(body(request))
+        caller = principal(request)
         return _holder_call(
             request,
             lambda: services.lease_complete(
-                account_id=request.auth.account_id,
+                account_id=caller.account_id,
                 key=complete.key,
                 lease_id=complete.lease_id,
                 result=complete.result,
@@ -377,10 +383,11 @@ class LeaseFailApi(APIView):
     )
     def post(self, request: Request) -> Response:
         fail = LeaseFailInput.parse(body(request))
+        caller = principal(request)
         return _holder_call(
             request,
             lambda: services.lease_fail(
-                account_id=request.auth.account_id,
+                account_id=caller.account_id,
                 key=fail.key,
                 lease_id=fail.lease_id,
                 error_code=fail.error_code,
@@ -404,10 +411,11 @@ class LeaseCancelApi(APIView):
     )
     def post(self, request: Request) -> Response:
         cancel = LeaseCancelInput.parse(body(request))
+        caller = principal(request)
         return _holder_call(
             request,
             lambda: services.lease_cancel(
-                account_id=request.auth.account_id, key=cancel.key, lease_id=cancel.lease_id, reason=cancel.reason or ""
+                account_id=caller.account_id, key=cancel.key, lease_id=cancel.lease_id, reason=cancel.reason or ""
             ),
         )
 
@@ -425,7 +433,7 @@ class LeaseStatusApi(APIView):
     )
     def get(self, request: Request) -> Response:
         key = _query_key(request)
-        lease = Lease.objects.filter(account_id=request.auth.account_id, key=key).first()
+        lease = Lease.objects.filter(account_id=principal(request).account_id, key=key).first()
         if lease is None:
             return _not_found(key)
         now = timezone.now()
@@ -445,7 +453,7 @@ class LeaseResultApi(APIView):
     )
     def get(self, request: Request) -> Response:
         key = _query_key(request)
-        lease = Lease.objects.filter(account_id=request.auth.account_id, key=key).first()
+        lease = Lease.objects.filter(account_id=principal(request).account_id, key=key).first()
         if lease is None:
             return _not_found(key)
         now = timezone.now()
@@ -514,7 +522,9 @@ class RunMetadataInput(Body):
     agent_id = AgentId(
         required=False, invalid=AGENT_ID_RULE, refused=AGENT_ID_RULE, description="Required with actions."
     )
-    task = RegisteredName(required=False, invalid=TASK_RULE, refused=TASK_RULE, description="A registered job handler.")
+    task: RegisteredName[str | None] = RegisteredName(
+        required=False, invalid=TASK_RULE, refused=TASK_RULE, description="A registered job handler."
+    )
     dry_run = Boolean()
     params = JsonObject(
         invalid=("Must be a JSON object (the job handler's input).", "dict_type"),
@@ -567,14 +577,15 @@ class KeyedRunApi(APIView):
     rate_limit_in_script = True  # not the DRF throttle: the token is taken with ratelimit.take below
 
     def post(self, request: Request) -> Response:
-        ratelimit.take(request.auth)  # before the fields are checked, like the DRF throttle of other endpoints
+        caller = principal(request)
+        ratelimit.take(caller)  # before the fields are checked, like the DRF throttle of other endpoints
         run = KeyedRunInput.parse(body(request))
         spec = run.metadata.spec() if run.metadata is not None else runs.RunSpec()
         if spec.actions:  # after validation: a 422 comes first
-            entitlements.require(request.auth.plan, "governance")
+            entitlements.require(caller.plan, "governance")
         outcome = runs.run_start(
-            account_id=request.auth.account_id,
-            plan=request.auth.plan,
+            account_id=caller.account_id,
+            plan=caller.plan,
             key=run.key,
             ttl=run.ttl,
             metadata=run.metadata.raw if run.metadata is not None else None,
@@ -641,7 +652,7 @@ def post_event(request: Request) -> Response:
     (docs/api.md §"Run events and timelines")."""
     event = EventInput.parse(body(request))
     fields = {name: value for name, value in event.changes().items() if value is not None}
-    record = events.record_client_event(request.auth.account_id, fields, event.extra)
+    record = events.record_client_event(principal(request).account_id, fields, event.extra)
     return Response({"ok": True, "event_id": record.pk, "run_id": record.run_id})
 
 
@@ -654,7 +665,7 @@ class TimelineOutput(serializers.Serializer):
 
 
 RUN_ID = RunId(description="Not blank, no control or bidirectional formatting character.")
-RUN_ID_PARAM = OpenApiParameter("run_id", RUN_ID.openapi(), OpenApiParameter.PATH, description=RUN_ID.description)
+RUN_ID_PARAM = OpenApiParameter("run_id", RUN_ID.openapi(), OpenApiParameter.PATH, description=RUN_ID.description or "")
 
 
 class RunTimelineApi(APIView):
@@ -671,7 +682,7 @@ class RunTimelineApi(APIView):
                 {"run_id": [identifier_problem(run_id) or f"A run id of 1–{RunId.MAX_LENGTH} characters."]}
             )
         limit, offset = page_params(request, default=200, maximum=2000)
-        rows, total = selectors.run_timeline(request.auth.account_id, run_id, limit=limit, offset=offset)
+        rows, total = selectors.run_timeline(principal(request).account_id, run_id, limit=limit, offset=offset)
         return Response(
             {
                 "run_id": run_id,

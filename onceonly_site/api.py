@@ -112,7 +112,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, ApiProblem):
         return Response({"detail": exc.problem}, status=exc.status_code, headers=exc.headers)
     if isinstance(exc, exceptions.Throttled):  # DRF's throttle: the same body as the script's RateLimited
-        wait = max(1, math.ceil(exc.wait or 1))
+        wait = max(1, math.ceil(getattr(exc, "wait", None) or 1))  # DRF sets .wait; its stubs leave it out
         return Response(
             {
                 "detail": {
@@ -360,7 +360,9 @@ class BodyCheck:
             self.fail("limit", f"A whole number from 1 to {maximum}.", "int_type")
         if offset is None:
             self.fail("offset", f"A whole number from 0 to {max_offset:,}.", "int_type")
-        return (limit, offset) if not self.errors else (0, 0)
+        if limit is None or offset is None or self.errors:  # a missing number is among the errors
+            return 0, 0
+        return limit, offset
 
     def done(self) -> None:
         if self.errors:

@@ -42,7 +42,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
-from typing import Any, ClassVar, Generic, Self, TypeVar, overload
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, overload
 
 import rfc8785
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
@@ -65,6 +65,7 @@ from onceonly_site.params import MAX_SAFE_INTEGER, MAX_USD, is_whole, json_numbe
 T = TypeVar("T")
 Message = tuple[str, str]  # (msg, type code) of one item of a 422
 Rule = Callable[[str], str | None]  # None, or why a string is refused
+ParameterLocation = Literal["query", "path", "header", "cookie"]  # where an OpenAPI parameter is sent
 
 
 class _Missing:
@@ -204,7 +205,8 @@ class String(Field[T]):
         super().__init__(required=required, **kwargs)
         self.max_length, self.min_length, self.blank = max_length, min_length, blank
         if rules is not None:
-            self.rules = self.accept = tuple(rules)
+            self.rules = tuple(rules)
+            self.accept = self.rules
         elif not self.accept:
             self.accept = self.rules
         if pattern is not None:
@@ -261,7 +263,7 @@ class String(Field[T]):
 
     def parse(self, value: Any) -> T:
         if self.accepts(value):
-            return value  # type: ignore[no-any-return]
+            return value
         problem = self.shape(value) or self.refusal(value)
         assert problem is not None  # the same checks as ``accepts``: one of them failed
         raise Invalid(*problem)
@@ -281,8 +283,8 @@ class Key(String[str]):
     """A non-blank string of at most ``max_length`` characters without control characters: an idempotency key, an
     event type. Control characters would make the key unreadable back: ``/v1/ai/status?key=`` refuses them."""
 
-    rules = (control_problem,)
-    accept = (CONTROL.search,)
+    rules: tuple[Rule, ...] = (control_problem,)
+    accept: tuple[Callable[[str], object], ...] = (CONTROL.search,)
     pattern = KEY_PATTERN
 
     def __init__(self, max_length: int = 256, **kwargs: Any) -> None:
@@ -345,12 +347,26 @@ class RegisteredName(String[T]):
         super().__init__(200, **kwargs)
 
 
-class Text(String[str | None]):
+class Text(String[T]):
     """Free text of at most ``max_length`` characters. Not blank when required or ``non_blank`` (then it may be
-    absent or null, but one that is sent says something)."""
+    absent or null, but one that is sent says something). A required one is a ``Text[str]``, any other a
+    ``Text[str | None]`` (the overloads tell mypy which)."""
 
     NON_BLANK = rf"^[\s\S]*[^{WHITESPACE}][\s\S]*$"
 
+    @overload
+    def __init__(
+        self: Text[str], max_length: int, *, required: Literal[True], non_blank: bool = False, **kwargs: Any
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Text[str | None],
+        max_length: int,
+        *,
+        required: Literal[False] = False,
+        non_blank: bool = False,
+        **kwargs: Any,
+    ) -> None: ...
     def __init__(self, max_length: int, *, required: bool = False, non_blank: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("blank", not (required or non_blank))
         if not kwargs["blank"] and "pattern" not in kwargs:
@@ -366,7 +382,7 @@ class Ttl(Field[int | None]):
 
     def clean(self, check: BodyCheck, loc: str, value: Any) -> int | None:
         if value.__class__ is int and 1 <= value <= MAX_SAFE_INTEGER:  # the usual TTL, without a call more
-            return value  # type: ignore[no-any-return]
+            return value
         return super().clean(check, loc, value)
 
     def parse(self, value: Any) -> int:
@@ -424,7 +440,7 @@ class Usd(Field[float | None]):
         if json_number(value, 0, MAX_USD) is None:
             raise self.fail(f"Must be a number from 0 to {MAX_USD:,}.", "float_type")
         if not self.rounded:
-            return value  # type: ignore[no-any-return]  # an int or a float, as sent
+            return value  # an int or a float, as sent
         amount = round(float(value), 6)  # amounts are stored to the millionth of a dollar
         if amount == 0 and value != 0:
             raise Invalid(
@@ -448,11 +464,32 @@ class Boolean(Field[bool | None]):
         return {"type": "boolean"}
 
 
-class Choice(Field[str | None]):
+class Choice(Field[T]):
     """One of ``choices``. With ``max_length`` the value is first checked as ``Text`` (a required string of at most
     that many characters), and ``unknown`` words the refusal of another string. In the schema: drf-spectacular's
-    enum component (``TemplateEnum``, ``RiskLevelEnum``…)."""
+    enum component (``TemplateEnum``, ``RiskLevelEnum``…). A required one is a ``Choice[str]``, any other a
+    ``Choice[str | None]``."""
 
+    @overload
+    def __init__(
+        self: Choice[str],
+        choices: Iterable[str],
+        *,
+        required: Literal[True],
+        max_length: int | None = None,
+        unknown: Callable[[Any], str] | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Choice[str | None],
+        choices: Iterable[str],
+        *,
+        required: Literal[False] = False,
+        max_length: int | None = None,
+        unknown: Callable[[Any], str] | None = None,
+        **kwargs: Any,
+    ) -> None: ...
     def __init__(
         self,
         choices: Iterable[str],
@@ -466,13 +503,13 @@ class Choice(Field[str | None]):
         self.text = Text(max_length, required=True) if max_length is not None else None
         self.unknown = unknown
 
-    def parse(self, value: Any) -> str:
+    def parse(self, value: Any) -> T:
         if self.text is not None:
             value = self.text.parse(value)
         if value not in self.choices:
             message = self.unknown(value) if self.unknown else f"One of: {', '.join(self.choices)}."
             raise self.fail(message, "enum")
-        return value  # type: ignore[no-any-return]  # one of the choices
+        return value  # one of the choices
 
     def openapi(self) -> dict[str, Any]:
         return {"type": "string", "enum": list(self.choices)}
@@ -683,7 +720,7 @@ class SchemaFieldExtension(OpenApiSerializerFieldExtension):
     target_class = SchemaField
 
     def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
-        return _ecma_escapes(self.target.openapi)  # type: ignore[no-any-return]
+        return _ecma_escapes(self.target.openapi)
 
 
 # --- bodies ---------------------------------------------------------------------------------------------------------
@@ -813,7 +850,7 @@ class Body:
         return {name: value for name, value in self.__dict__.items() if name in sent}
 
     @classmethod
-    def parameters(cls, location: str = OpenApiParameter.QUERY) -> list[OpenApiParameter]:
+    def parameters(cls, location: ParameterLocation = OpenApiParameter.QUERY) -> list[OpenApiParameter]:
         """The fields as OpenAPI parameters (a query string declared as a body)."""
         out = []
         for name, field in cls.fields.items():

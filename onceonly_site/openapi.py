@@ -26,7 +26,7 @@ from typing import Any
 
 from drf_spectacular import openapi
 from drf_spectacular.plumbing import ResolvedComponent, get_doc
-from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer
+from drf_spectacular.utils import Direction, OpenApiParameter, PolymorphicProxySerializer
 
 from onceonly_site.identifiers import CONTROL, INVISIBLE, REGISTERED_NAME_CHARS, TOOL_INVISIBLE, UNSAFE
 
@@ -264,7 +264,7 @@ class AutoSchema(openapi.AutoSchema):
             statuses.update(BODY_ERRORS)
         return statuses
 
-    def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
+    def _get_response_bodies(self, direction: Direction = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
         if self.path.startswith("/v1/"):
             for status in sorted(self.expected_errors()):
