@@ -1,18 +1,19 @@
 """Feature gating from the caller's plan row, in one place (docs/architecture.md §7.1).
 
 Refusal: 403 feature_not_available. A view whose every request needs a feature says so at its edge —
-``permission_classes = [IsAuthenticated, RequiresFeature("tools")]`` — where DRF checks it before the view's code,
-so before the body is read; a view that checks the body first, or needs the feature only for some requests (the
+``class ToolsApi(FeatureGatedView): required_feature = "tools"`` — and it is checked before the view's code, so
+before the body is read; a view that checks the body first, or needs the feature only for some requests (the
 governed call after its 422s, a keyed run with actions, ``allowed_tools`` in a policy), calls ``require``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
-from billing.auth import PlanLimits
+from billing.auth import PlanLimits, principal
 from billing.models import Plan
 from onceonly_site.api import ApiProblem
 
@@ -41,20 +42,25 @@ def require(plan: PlanLimits, feature: str) -> None:
     )
 
 
-class RequiresFeature(BasePermission):
-    """A DRF permission: the caller's plan has ``feature`` (else ``require``'s 403). Listed as an instance,
-    ``RequiresFeature("governance")``, which DRF's call of each entry of ``permission_classes`` gives back; put it
-    after ``IsAuthenticated``, which makes sure there is a plan to read. DRF checks permissions before throttles:
-    a refused request takes no rate-limit token."""
+class FeatureGatedView(APIView):
+    """An API view whose every request needs the plan's ``required_feature`` (else ``require``'s 403).
 
-    def __init__(self, feature: str) -> None:
+    Checked where DRF's ``initial`` ends — after the API key, the permissions and the rate-limit token, before the
+    handler reads anything of the request — which is where a ``require`` in the handler's first line stood: a plan
+    without the feature still spends a token per request (its refusals cost a query, so they stay rate limited), and
+    an over-limit caller gets its 429 first. Requests no handler serves (OPTIONS, a 405) are not gated.
+    """
+
+    required_feature: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        feature = getattr(cls, "required_feature", None)
         if feature not in FEATURES:
-            raise ValueError(f"unknown feature {feature!r}")
-        self.feature = feature
+            raise ValueError(f"{cls.__name__}: required_feature {feature!r} is not one of {', '.join(FEATURES)}")
 
-    def __call__(self) -> RequiresFeature:
-        return self
-
-    def has_permission(self, request: Any, view: Any) -> bool:
-        require(request.auth.plan, self.feature)
-        return True
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        method = (request.method or "").lower()
+        if method != "options" and hasattr(self, method):
+            require(principal(request).plan, self.required_feature)

@@ -3,21 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit
 from billing.auth import principal
-from billing.entitlements import RequiresFeature
+from billing.entitlements import FeatureGatedView
 from governance import explain, policies, selectors, services, tools
 from governance.choices import Outcome
 from governance.models import Agent, Tool
@@ -29,16 +27,6 @@ from onceonly_site.openapi import UNSAFE_CHAR_PATTERN, errors, page_parameters
 
 MAX_AGENT_ID = AgentId.MAX_LENGTH
 MAX_ARGS_BYTES = 64 * 1024
-
-
-def _requires(feature: str) -> Sequence[type[BasePermission]]:
-    """The ``permission_classes`` of a view of ``feature``: a key, then the plan's feature."""
-    # RequiresFeature(feature) is an instance that DRF's call of each entry gives back (entitlements.py).
-    return [IsAuthenticated, RequiresFeature(feature)]  # type: ignore[list-item]  # DRF's stubs take classes only
-
-
-GOVERNANCE = _requires("governance")
-TOOLS = _requires("tools")
 
 
 RESERVED_AGENT = (
@@ -321,8 +309,8 @@ PolicyOutput = inline_serializer(
 )
 
 
-class PolicyListApi(APIView):
-    permission_classes = GOVERNANCE
+class PolicyListApi(FeatureGatedView):
+    required_feature = "governance"
 
     @extend_schema(
         operation_id="policies_list",
@@ -351,8 +339,8 @@ class PolicyListApi(APIView):
         )
 
 
-class PolicyApi(APIView):
-    permission_classes = GOVERNANCE
+class PolicyApi(FeatureGatedView):
+    required_feature = "governance"
 
     @extend_schema(
         operation_id="policy_get",
@@ -383,8 +371,8 @@ class PolicyApi(APIView):
         return Response(_policy_body(result.agent, result.warnings))
 
 
-class PolicyTemplateApi(APIView):
-    permission_classes = GOVERNANCE
+class PolicyTemplateApi(FeatureGatedView):
+    required_feature = "governance"
 
     @extend_schema(
         operation_id="policy_from_template",
@@ -488,8 +476,8 @@ def _amount(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
-class AgentLogsApi(APIView):
-    permission_classes = GOVERNANCE
+class AgentLogsApi(FeatureGatedView):
+    required_feature = "governance"
 
     @extend_schema(
         operation_id="agent_logs",
@@ -532,8 +520,8 @@ class AgentLogsApi(APIView):
         )
 
 
-class AgentMetricsApi(APIView):
-    permission_classes = GOVERNANCE
+class AgentMetricsApi(FeatureGatedView):
+    required_feature = "governance"
 
     @extend_schema(
         operation_id="agent_metrics",
@@ -607,8 +595,8 @@ SCOPE_PARAM = tools.ScopeQuery.parameters()[0]
 TOOL_NAME_PARAM = OpenApiParameter("name", tools.ToolInput.name.openapi(), OpenApiParameter.PATH)
 
 
-class ToolsApi(APIView):
-    permission_classes = TOOLS
+class ToolsApi(FeatureGatedView):
+    required_feature = "tools"
 
     @extend_schema(
         operation_id="tools_list",
@@ -644,8 +632,8 @@ class ToolsApi(APIView):
         return Response(_tool_body(tool, warnings))
 
 
-class ToolApi(APIView):
-    permission_classes = TOOLS
+class ToolApi(FeatureGatedView):
+    required_feature = "tools"
 
     @extend_schema(
         operation_id="tool_get",
@@ -677,8 +665,8 @@ class ToolToggleInput(Body):
     enabled = Boolean(required=True, invalid=("Required: true or false.", "bool_type"))
 
 
-class ToolToggleApi(APIView):
-    permission_classes = TOOLS
+class ToolToggleApi(FeatureGatedView):
+    required_feature = "tools"
 
     @extend_schema(
         operation_id="tool_toggle",

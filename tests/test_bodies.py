@@ -13,6 +13,7 @@ import yaml
 from django.test import Client
 from rest_framework import exceptions
 
+from billing.models import Plan
 from billing.services import account_set_plan
 from governance import policies, tools
 from governance.api import GovernedCallInput, TemplateInput
@@ -152,7 +153,7 @@ def test_the_schema_is_generated_from_the_declarations():
 @pytest.mark.parametrize(
     ("plan", "method", "path", "data", "status"),
     [
-        # A permission class: the feature before anything in the request is looked at.
+        # Declared on the view (FeatureGatedView): the feature before anything in the request is looked at.
         ("starter", "post", "/v1/tools", {"name": ""}, 403),
         ("starter", "post", "/v1/tools/x/toggle", {"enabled": 1}, 403),
         ("starter", "post", "/v1/policies/%20", {"max_actions_per_hour": -1}, 403),
@@ -172,3 +173,20 @@ def test_where_the_feature_is_checked(account_a, plans, plan, method, path, data
     assert response.status_code == status, response.content
     if status == 403:
         assert response.json()["detail"]["error"] == "feature_not_available"
+
+
+def test_a_plan_without_the_feature_is_still_rate_limited(account_a, plans):
+    """The feature is checked after the rate-limit token (where the handler's first line checked it): refusals,
+    which cost a query, stay rate limited, and an over-limit caller hears 429 first."""
+    Plan.objects.filter(code="starter").update(rate_limit_per_second=1, rate_limit_burst=2)
+    account_set_plan(account=account_a, plan=Plan.objects.get(code="starter"))
+    client = make_key(account_a).client()
+    statuses = [client.get("/v1/tools").status_code for _ in range(3)]
+    assert statuses == [403, 403, 429]
+
+
+def test_requests_no_handler_serves_are_not_gated(account_a, plans):
+    account_set_plan(account=account_a, plan=plans["starter"])
+    client = make_key(account_a).client()
+    assert client.put("/v1/tools", {}, content_type="application/json").status_code == 405
+    assert client.options("/v1/tools").status_code == 200
