@@ -19,6 +19,23 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PASSWORD = "correct-horse-battery-staple"
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, and no leftover: before it is dropped, end the PostgreSQL sessions other threads
+    of the run left open (a thread's connection lives until it is garbage collected), which made DROP DATABASE fail
+    with "is being accessed by other users" and left the test database behind."""
+    yield
+    with django_db_blocker.unblock():
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+
 @pytest.fixture(autouse=True)
 def _clean_redis():
     """Tests own their Redis database (ONCEONLY_TEST_REDIS_DB): flush it, and per-process caches, per test."""
