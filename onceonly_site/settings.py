@@ -251,8 +251,25 @@ ONCEONLY_LOGIN_LOCKOUT_SECONDS = env_int("ONCEONLY_LOGIN_LOCKOUT_SECONDS", 900, 
 ONCEONLY_TRUSTED_PROXIES = env_int("ONCEONLY_TRUSTED_PROXIES", 0, minimum=0, maximum=10)
 # Completed/failed leases stay final, and expired lock records are kept, this long; the sweeper deletes them after.
 ONCEONLY_RETENTION_DAYS = env_int("ONCEONLY_RETENTION_DAYS", 7, minimum=1)
-# A governed call's dispatch (all attempts) ends within this many seconds; the SDK's client timeout is 5 s.
+# A governed call's dispatch (all attempts) ends within this many seconds of the request's arrival (X-Request-Start
+# from the proxy, else when this process began reading it); the SDK's client timeout is 5 s.
 ONCEONLY_DISPATCH_DEADLINE_SECONDS = env_float("ONCEONLY_DISPATCH_DEADLINE_SECONDS", 4.0, minimum=0.5)
+# Bulkheads (docs/operations.md §"Slow tools and bulkheads"): dispatches in flight at once, per account (the plan's
+# dispatch_slots wins when set), per registered tool, and per web process. WEB_THREADS is the gunicorn threads per
+# process (deploy/web.sh); a process lets at most half of them wait on tools and a quarter wait on keyed runs, so a
+# quarter always serves everything else.
+ONCEONLY_WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1, maximum=1000)
+ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT = env_int("ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT", 8, minimum=1)
+ONCEONLY_DISPATCH_SLOTS_PER_TOOL = env_int("ONCEONLY_DISPATCH_SLOTS_PER_TOOL", 4, minimum=1)
+ONCEONLY_DISPATCH_SLOTS_PER_PROCESS = env_int(
+    "ONCEONLY_DISPATCH_SLOTS_PER_PROCESS", max(1, ONCEONLY_WEB_THREADS // 2), minimum=1
+)
+# /v1/ai/status, /v1/ai/result and the key form of /v1/ai/run wait up to this long for an unfinished keyed run
+# (woken by Redis, not by polling); at most ONCEONLY_RUN_WAITERS_PER_PROCESS requests of a process wait at once.
+ONCEONLY_RUN_WAIT_SECONDS = min(4.0, env_float("ONCEONLY_RUN_WAIT_SECONDS", 2.0, minimum=0))  # under the SDK's 5 s
+ONCEONLY_RUN_WAITERS_PER_PROCESS = env_int(
+    "ONCEONLY_RUN_WAITERS_PER_PROCESS", max(1, ONCEONLY_WEB_THREADS // 4), minimum=0
+)
 # Keyed runs (docs/architecture.md §3.3): a worker's claim on a run lasts this long and is renewed every third of
 # it; a worker that dies is replaced once its claim lapses (the sweeper wakes another one every
 # ONCEONLY_RUN_SWEEP_SECONDS).
