@@ -51,6 +51,7 @@ class PlanLimits:
     rate_per_second: int = 10
     rate_burst: int = 50
     tools_limit: int = 0
+    dispatch_slots: int | None = None  # None: ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT
 
 
 _PLAN_FIELDS = {
@@ -65,6 +66,7 @@ _PLAN_FIELDS = {
     "rate_per_second": "account__plan__rate_limit_per_second",
     "rate_burst": "account__plan__rate_limit_burst",
     "tools_limit": "account__plan__tools_limit",
+    "dispatch_slots": "account__plan__dispatch_slots",
 }
 
 

@@ -32,6 +32,12 @@ class Plan(models.Model):
     default_ttl_seconds = models.PositiveIntegerField()
     max_ttl_seconds = models.PositiveIntegerField()
     tools_limit = models.PositiveIntegerField(default=0, help_text="Registered tools; 0 = registry not available.")
+    dispatch_slots = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Governed calls of an account waiting on its tools at once (blank: the server's setting).",
+    )
     has_governance = models.BooleanField(default=False, help_text="Policies, agent logs and metrics.")
     has_allowed_tools = models.BooleanField(default=False, help_text="`allowed_tools` in policies.")
     has_kill_switch = models.BooleanField(default=False)

@@ -20,6 +20,7 @@ from governance import explain, policies, selectors, services, tools
 from governance.choices import Outcome
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
+from onceonly_site import clock
 from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, QueryValidationError, body, page_params
 from onceonly_site.bodies import AgentId, Body, Boolean, Choice, Day, Ignored, JsonObject, Text, ToolName, Usd
 from onceonly_site.identifiers import identifier_problem
@@ -169,6 +170,7 @@ class AiRunApi(APIView):
                 spend_usd=Decimal(str(spend)) if spend is not None else None,
                 rate_limit=ratelimit.script_args(caller),
                 api_key_id=caller.key_id,
+                arrived=clock.arrived(request),
             )
         except services.ToolNotFound:
             raise ApiProblem(

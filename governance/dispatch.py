@@ -32,6 +32,7 @@ from governance import secrets, sql, ssrf
 from governance.models import Tool
 
 MAX_RESPONSE_BYTES = 256 * 1024
+MIN_ATTEMPT_SECONDS = 0.05  # an attempt is not started with less of the deadline left (governance/slots.py too)
 USER_AGENT = "OnceOnly-Server/0.1 (+signed tool dispatch)"
 
 
@@ -56,6 +57,7 @@ class DispatchResult:
     request_headers: dict[str, str] | None = None  # of the last attempt (the "Send test call" page shows them)
     response_text: str = ""
     stopped: bool = False  # the kill switch was on before an attempt: that attempt, and any later one, was not sent
+    deadline_hit: bool = False  # the deadline ended it: an attempt timed out on it, or none more could start
 
 
 class AgentDisabled(Exception):
@@ -198,11 +200,16 @@ def dispatch(
     args_digest: str,
     fence: int,
     kill_switch: KillSwitch | None = None,
+    deadline: float | None = None,
 ) -> DispatchResult:
     """Call the tool (with retries). With ``kill_switch``, an attempt is not sent once the agent is disabled: the
-    result is then ``stopped`` (``attempts`` counts the attempts that were sent before)."""
+    result is then ``stopped`` (``attempts`` counts the attempts that were sent before). Every attempt ends by
+    ``deadline`` (time.monotonic(); default: ONCEONLY_DISPATCH_DEADLINE_SECONDS from now), and none starts that
+    could not: the governed call passes its request's arrival plus the deadline, so queueing counts too."""
     started = time.monotonic()
-    deadline = started + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
+    if deadline is None:
+        deadline = started + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
+    deadline_hit = False
     body = json.dumps(
         {"agent_id": agent_id, "tool": tool.name, "args": args, "run_id": run_id or None, "decision_id": dispatch_id},
         separators=(",", ":"),
@@ -215,10 +222,12 @@ def dispatch(
         if attempt:
             backoff = min(2.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random())
             if time.monotonic() + backoff >= deadline:
+                deadline_hit = True
                 break
             time.sleep(backoff)
         remaining = deadline - time.monotonic()
-        if remaining <= 0.05:
+        if remaining <= MIN_ATTEMPT_SECONDS:
+            deadline_hit = True
             break  # an attempt that cannot finish inside the deadline is not started
         try:
             checked = ssrf.check(tool.url)  # again at dispatch: DNS may have changed since registration
@@ -264,6 +273,7 @@ def dispatch(
             )
         except httpx.TimeoutException:
             status, error = None, f"timed out after {limit:.2f} s"
+            deadline_hit = deadline_hit or limit < timeout  # the deadline, not the tool's own timeout, cut it
             continue
         except httpx.HTTPError as exc:
             status, error = None, f"connection failed: {exc.__class__.__name__}"
@@ -280,7 +290,11 @@ def dispatch(
         error = f"HTTP {status}"
         if status < 500:
             break  # the tool refused this call: retrying cannot help
-    return DispatchResult(False, None, status, _ms(started), attempts, error, last_headers, last_text)
+    if deadline_hit and not error:
+        error = "the dispatch deadline passed before an attempt could start"
+    result = DispatchResult(False, None, status, _ms(started), attempts, error, last_headers, last_text)
+    result.deadline_hit = deadline_hit
+    return result
 
 
 def pinned(checked: ssrf.CheckedUrl) -> tuple[str, dict[str, str], dict[str, Any]]:

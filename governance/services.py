@@ -29,7 +29,7 @@ from billing.models import Account
 from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
-from governance import dispatch, ledger, policies, sql
+from governance import dispatch, ledger, policies, slots, sql
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, DispatchIntent, PolicyVersion, Tool
 from idempotency import events as run_events
@@ -654,6 +654,21 @@ def call_price(call: Call, spend_usd: Decimal | None) -> Charge:
     return Charge(price=price, declared=declared, cost=price if declared is None else max(declared, price))
 
 
+def call_slots(call: Call, plan: PlanLimits, deadline: float) -> slots.Slots | None:
+    """Bulkheads (docs/operations.md §"Slow tools and bulkheads"): a call that will be dispatched takes a slot of its
+    web process, its account and its tool before anything is reserved, or is refused (``DispatchBusy``, 429) with
+    nothing reserved or recorded. A dry run or a call of an unregistered tool waits on no tool: no slot."""
+    if call.registered is None or call.dry_run:
+        return None
+    return slots.take(
+        account_id=call.account_id,
+        tool=policies.counter_name(call.tool),
+        plan_slots=plan.dispatch_slots,
+        member=uuid.uuid4().hex,
+        deadline=deadline,
+    )
+
+
 def call_reserve_request(
     call: Call,
     plan: PlanLimits,
@@ -782,11 +797,14 @@ def _budget_explain(reserved: Reserved, charge: Charge) -> dict[str, Any]:
     return {"cost": _usd(charge.cost), "left": left}
 
 
-def call_dispatch(call: Call, reserved: Reserved, charge: Charge, budget: dict[str, Any]) -> Ending:
+def call_dispatch(
+    call: Call, reserved: Reserved, charge: Charge, budget: dict[str, Any], deadline: float | None = None
+) -> Ending:
     """Dispatch (docs/architecture.md §4.7): the dispatch intent first (committed: from here on the tool may run, and
     a rebuild counts it), then the signed dispatch, outside any transaction, while the reservation stands; the kill
     switch can stop it in flight. Only for a registered, enabled tool. The Ending carries the intent, for
-    call_record to delete."""
+    call_record to delete. ``deadline`` (time.monotonic()): when the dispatch must have ended, counted from the
+    request's arrival (default: the dispatch deadline from now)."""
     agent, registered, tool = call.agent, call.registered, call.tool
     assert registered is not None
     reservation = reserved.args.reservation
@@ -820,6 +838,7 @@ def call_dispatch(call: Call, reserved: Reserved, charge: Charge, budget: dict[s
             args_digest=call.digest,
             fence=reserved.args.now_ms,
             kill_switch=dispatch.KillSwitch(agent.pk),
+            deadline=deadline,
         )
     except Exception as exc:  # an undecryptable secret, a broken answer: a tool error, never a 500
         logger.exception("dispatch of %s failed unexpectedly", tool)
@@ -853,6 +872,8 @@ def call_dispatch(call: Call, reserved: Reserved, charge: Charge, budget: dict[s
         # spend and the counted action stay (else the caps could be passed by tool runs nobody paid for).
         ending.outcome, ending.reason = Outcome.FAILED, Reason.AGENT_DISABLED
         ending.explain = {**budget, **_disabled_explain(switched, "in_flight_after_attempt"), **_attempts_explain(sent)}
+    if sent.deadline_hit:
+        slots.flag_deadline(call.account_id, policies.counter_name(tool))
     if sent.attempts:
         Tool.objects.filter(pk=registered.pk).update(
             last_status=sent.http_status, last_latency_ms=sent.latency_ms, last_dispatch_at=timezone.now()
@@ -929,6 +950,7 @@ def governed_call(
     finishes_run: bool = True,
     rate_limit: tuple[str, list[int]] | None = None,
     api_key_id: int | None = None,
+    arrived: float | None = None,
 ) -> CallOutcome:
     """Decide a tool call before it runs (docs/architecture.md §4). Every ending is a durable decision row.
 
@@ -938,6 +960,11 @@ def governed_call(
     dispatches, charges and records nothing (keyed runs with ``metadata.dry_run``). ``rate_limit`` (the API key's
     bucket and its rate and burst, ``billing.ratelimit.script_args``) takes the caller's token in the same script:
     over the limit raises ``RateLimited`` with nothing recorded.
+
+    ``arrived`` (time.monotonic(), ``onceonly_site.clock``): a web request's arrival. Its dispatch must end within
+    the dispatch deadline of it, and it takes the bulkheads' slots first (``call_slots``: over a limit raises
+    ``DispatchBusy`` with nothing reserved or recorded). Without it (a keyed run's action, run by a worker whose
+    concurrency bounds it) the deadline counts from now and no slot is taken.
     """
     call = call_resolve(
         account_id=account_id,
@@ -955,22 +982,32 @@ def governed_call(
     charge = call_price(call, spend_usd)
     # From here on every decision (blocked by a limit, dedup, allowed, executed, failed) records both sides.
     call.base.update(declared_spend_usd=charge.declared, operator_price_usd=charge.price)
-    reserved = call_reserve(call, plan, charge, rate_limit)
-    if reserved.status == "dedup":
-        return call_record(call, _dedup_ending(call, reserved))
-    if reserved.status == "blocked":
-        return call_record(
-            call, Ending(Outcome.BLOCKED, reserved.detail, _limit_explain(call, reserved, charge), reserved.remaining)
-        )
-    budget = _budget_explain(reserved, charge)
-    if dry_run:  # decided exactly as a real call, but the script reserved nothing: nothing to release or tidy
-        return call_record(
-            call, Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost})
-        )
-    if call.registered is None:  # permit-only: an unregistered tool is not dispatched
-        ending = Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost})
-    else:
-        ending = call_dispatch(call, reserved, charge, budget)
+    deadline = (call.started if arrived is None else arrived) + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
+    held = call_slots(call, plan, deadline) if arrived is not None else None
+    try:
+        reserved = call_reserve(call, plan, charge, rate_limit)
+        if reserved.status == "dedup":
+            return call_record(call, _dedup_ending(call, reserved))
+        if reserved.status == "blocked":
+            ending = Ending(
+                Outcome.BLOCKED, reserved.detail, _limit_explain(call, reserved, charge), reserved.remaining
+            )
+            return call_record(call, ending)
+        budget = _budget_explain(reserved, charge)
+        if dry_run:  # decided exactly as a real call, but the script reserved nothing: nothing to release or tidy
+            ending = Ending(
+                Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost}
+            )
+            return call_record(call, ending)
+        if call.registered is None:  # permit-only: an unregistered tool is not dispatched
+            ending = Ending(
+                Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost}
+            )
+        else:
+            ending = call_dispatch(call, reserved, charge, budget, deadline)
+    finally:
+        if held is not None:
+            held.release()  # the dispatch is over (or never started): the next call may have the slot
     try:
         outcome = call_record(call, ending)
     except IntentGone:

@@ -83,6 +83,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "onceonly_site.clock.RequestClockMiddleware",  # first: a deadline counts from the arrival (onceonly_site/clock.py)
     "onceonly_site.middleware.RequestIdMiddleware",
     "onceonly_site.middleware.SecurityHeadersMiddleware",
     "onceonly_site.middleware.ControlCharactersMiddleware",  # before any view: docs/security.md

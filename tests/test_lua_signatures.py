@@ -24,6 +24,7 @@ DECLARING = (
     "billing.login_throttle",
     "idempotency.services",
     "governance.services",
+    "governance.slots",
 )
 DECLARATION = re.compile(r"^-- (KEYS|ARGV)\[(\d+)(\.\.)?\] +([a-z_][a-z0-9_]*)(?: |$)")
 MENTION = re.compile(r"^-- (KEYS|ARGV)\[")

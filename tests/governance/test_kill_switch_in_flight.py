@@ -159,7 +159,14 @@ def test_no_tool_request_is_received_after_the_disable_answered(key_a, settings)
     try:
         wait_http(f"{base}/_log", process=receiver)
         register(key_a.client(), f"{base}/refund", max_retries=3, timeout_ms=2000)
-        server = GunicornServer(workers=2, GUNICORN_CMD_ARGS="--threads 8", ONCEONLY_ALLOW_PRIVATE_TOOL_URLS="1")
+        # Bulkheads wide open: this test wants every thread in flight to one tool when the switch is pressed.
+        server = GunicornServer(
+            workers=2,
+            GUNICORN_CMD_ARGS="--threads 8",
+            ONCEONLY_ALLOW_PRIVATE_TOOL_URLS="1",
+            ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT="1000",
+            ONCEONLY_DISPATCH_SLOTS_PER_TOOL="1000",
+        )
         stop = threading.Event()
         answers: list[tuple[int, dict]] = []
 

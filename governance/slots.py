@@ -1,0 +1,234 @@
+"""Bulkheads: how many governed calls may wait on registered tools at once (docs/operations.md §"Slow tools and
+bulkheads").
+
+A dispatched call holds a web thread for as long as its tool takes. Three limits keep one slow tool (or one account
+with many slow calls) from taking the threads everyone else needs:
+
+- **per web process** (``ONCEONLY_DISPATCH_SLOTS_PER_PROCESS``, half the process's threads by default): a
+  semaphore, so at least half of every process's threads are always free for calls that do not wait on a tool;
+- **per account** (the plan's ``dispatch_slots``, else ``ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT``) and **per tool**
+  (``ONCEONLY_DISPATCH_SLOTS_PER_TOOL``): leased slots in Redis, taken atomically by dispatch_slots.lua across every
+  process and node. A slot lapses on its own at the call's deadline plus ``MARGIN_SECONDS`` (a process killed in
+  the middle frees it by then), and a live call gives it back the moment its dispatch ends.
+
+A call over a limit is refused at once with ``429 dispatch_busy`` and a ``Retry-After`` (when the first slot in
+use should be free), before anything is reserved or charged, and without a decision: like a rate limit, it is the
+server declining to start, not a decision about the call. The SDK raises ``RateLimitError`` for it (with
+``retry_after_sec``) and retries it by itself when built with ``max_retries_429``.
+
+The same 429 answers a call whose deadline (counted from the request's arrival, ``onceonly_site.clock``) has
+passed before its dispatch could start: it waited in a queue for too long, and starting an attempt that cannot
+finish in time would only send the tool a request nobody will hear the answer of.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import redis
+from django.conf import settings
+
+from governance.dispatch import MIN_ATTEMPT_SECONDS
+from onceonly_site.api import ApiProblem
+from onceonly_site.redis_client import LuaScript, get_redis
+
+# A slot outlives its call's deadline by this much before it lapses on its own (a process that died holding it).
+MARGIN_SECONDS = 5.0
+# The flags of the Tools page ("hit its limit", "hit the deadline") are kept this long after the last hit.
+FLAGS_KEEP_SECONDS = 86400
+
+
+class DispatchSlotsKeys(NamedTuple):
+    """KEYS of governance/dispatch_slots.lua (its header says what each holds)."""
+
+    account: str
+    tool: str
+    stats: str
+
+
+class DispatchSlotsArgs(NamedTuple):
+    """ARGV of governance/dispatch_slots.lua."""
+
+    now_ms: int
+    lapse_ms: int
+    member: str
+    account_limit: int
+    tool_limit: int
+    tool: str
+    keep_ms: int
+    flags_keep_ms: int
+
+
+DISPATCH_SLOTS = LuaScript(Path(__file__).with_name("dispatch_slots.lua"), DispatchSlotsKeys, DispatchSlotsArgs)
+
+
+def account_key(account_id: int) -> str:
+    return f"oo:{{a{account_id}}}:slots"
+
+
+def tool_key(account_id: int, tool: str) -> str:
+    return f"oo:{{a{account_id}}}:slots:t:{tool}"
+
+
+def stats_key(account_id: int) -> str:
+    return f"oo:{{a{account_id}}}:slots:stats"
+
+
+class DispatchBusy(ApiProblem):
+    """429 dispatch_busy: a bulkhead is full (``scope``: process, account or tool), or the call's deadline passed
+    while it waited to start (``scope``: deadline). Nothing was reserved, charged or recorded."""
+
+    def __init__(self, scope: str, message: str, retry_after: int, **extra: Any) -> None:
+        self.scope = scope
+        super().__init__(
+            429,
+            "dispatch_busy",
+            message,
+            headers={"Retry-After": str(retry_after)},
+            scope=scope,
+            retry_after=retry_after,
+            **extra,
+        )
+
+
+_process_lock = threading.Lock()
+_process_slots: threading.BoundedSemaphore | None = None
+_process_size = 0
+_process_in_use = 0
+
+
+def _process_semaphore() -> threading.BoundedSemaphore:
+    """The process's semaphore, sized from the setting (made again when a test overrides it)."""
+    global _process_slots, _process_size
+    size = settings.ONCEONLY_DISPATCH_SLOTS_PER_PROCESS
+    with _process_lock:
+        if _process_slots is None or _process_size != size:
+            _process_slots, _process_size = threading.BoundedSemaphore(size), size
+        return _process_slots
+
+
+def process_in_use() -> int:
+    """Dispatches of this process waiting on tools right now."""
+    return _process_in_use
+
+
+@dataclass(slots=True)
+class Slots:
+    """The slots one dispatch holds; ``release`` gives them back (once)."""
+
+    account_id: int
+    tool: str
+    member: str
+    semaphore: threading.BoundedSemaphore | None
+    released: bool = False
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        try:
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.zrem(account_key(self.account_id), self.member)
+            pipe.zrem(tool_key(self.account_id, self.tool), self.member)
+            pipe.execute()
+        except redis.RedisError:
+            pass  # the slots lapse on their own at the deadline plus the margin
+        finally:
+            _give_back(self.semaphore)
+
+
+def _give_back(semaphore: threading.BoundedSemaphore | None) -> None:
+    global _process_in_use
+    if semaphore is not None:
+        with _process_lock:
+            _process_in_use -= 1
+        semaphore.release()
+
+
+def account_limit(plan_slots: int | None) -> int:
+    return plan_slots if plan_slots else settings.ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT
+
+
+def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, deadline: float) -> Slots:
+    """The slots of one dispatch (``tool``: the tool's counter name; ``deadline``: time.monotonic() by which the
+    dispatch must end), or DispatchBusy with nothing taken."""
+    global _process_in_use
+    now_mono = time.monotonic()
+    left = deadline - now_mono
+    if left <= MIN_ATTEMPT_SECONDS:
+        budget = settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
+        raise DispatchBusy(
+            "deadline",
+            f"The server could not start this call's dispatch within its {budget:g} s deadline (it waited "
+            f"{budget - left:.2f} s to be served); nothing was reserved. Retry it.",
+            1,
+        )
+    semaphore = _process_semaphore()
+    if not semaphore.acquire(blocking=False):
+        size = settings.ONCEONLY_DISPATCH_SLOTS_PER_PROCESS
+        raise DispatchBusy(
+            "process",
+            f"This server process already has {size} calls waiting on tools (its limit); nothing was reserved. "
+            "Retry shortly.",
+            1,
+            in_flight=size,
+            limit=size,
+        )
+    with _process_lock:
+        _process_in_use += 1
+    slots = Slots(account_id, tool, member, semaphore)
+    now_ms = int(time.time() * 1000)
+    limit = account_limit(plan_slots)
+    try:
+        reply = DISPATCH_SLOTS(
+            get_redis(),
+            DispatchSlotsKeys(account_key(account_id), tool_key(account_id, tool), stats_key(account_id)),
+            DispatchSlotsArgs(
+                now_ms=now_ms,
+                lapse_ms=now_ms + int((left + MARGIN_SECONDS) * 1000),
+                member=member,
+                account_limit=limit,
+                tool_limit=settings.ONCEONLY_DISPATCH_SLOTS_PER_TOOL,
+                tool=tool,
+                keep_ms=int((settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS + MARGIN_SECONDS) * 1000) + 60_000,
+                flags_keep_ms=FLAGS_KEEP_SECONDS * 1000,
+            ),
+        )
+    except BaseException:
+        slots.release()  # whether or not the script ran: removing a member it did not add is harmless
+        raise
+    if reply[0] == b"ok":
+        return slots
+    slots.released = True
+    _give_back(semaphore)  # the script took nothing
+    scope, in_flight, cap = reply[1].decode(), int(reply[2]), int(reply[3])
+    first_lapse = float(reply[4])
+    free_in = (first_lapse - MARGIN_SECONDS * 1000 - now_ms) / 1000
+    retry = max(1, min(math.ceil(settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS), math.ceil(free_in)))
+    what = "this account" if scope == "account" else f"the tool {tool!r}"
+    raise DispatchBusy(
+        scope,
+        f"{in_flight} calls to {what} are already waiting on tools (its limit is {cap}); nothing was reserved. "
+        f"Retry in {retry} s.",
+        retry,
+        in_flight=in_flight,
+        limit=cap,
+    )
+
+
+def flag_deadline(account_id: int, tool: str) -> None:
+    """Note that a dispatch of ``tool`` ended because the call's deadline ran out (the Tools page flags it)."""
+    now_ms = int(time.time() * 1000)
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.hincrby(stats_key(account_id), f"deadline:{tool}", 1)
+        pipe.hset(stats_key(account_id), f"deadline_at:{tool}", now_ms)
+        pipe.pexpire(stats_key(account_id), FLAGS_KEEP_SECONDS * 1000)
+        pipe.execute()
+    except redis.RedisError:
+        pass
