@@ -79,12 +79,28 @@ def stats_key(account_id: int) -> str:
     return f"oo:{{a{account_id}}}:slots:stats"
 
 
+# Server-wide counters for /metrics (a hash: refused:<scope>, deadline), across processes and nodes.
+TOTALS_KEY = "oo:dispatch:totals"
+
+
+def _count(field: str) -> None:
+    try:
+        get_redis().hincrby(TOTALS_KEY, field, 1)
+    except redis.RedisError:
+        pass
+
+
+def totals() -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in get_redis().hgetall(TOTALS_KEY).items()}
+
+
 class DispatchBusy(ApiProblem):
     """429 dispatch_busy: a bulkhead is full (``scope``: process, account or tool), or the call's deadline passed
     while it waited to start (``scope``: deadline). Nothing was reserved, charged or recorded."""
 
     def __init__(self, scope: str, message: str, retry_after: int, **extra: Any) -> None:
         self.scope = scope
+        _count(f"refused:{scope}")
         super().__init__(
             429,
             "dispatch_busy",
@@ -224,6 +240,7 @@ def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, dea
 def flag_deadline(account_id: int, tool: str) -> None:
     """Note that a dispatch of ``tool`` ended because the call's deadline ran out (the Tools page flags it)."""
     now_ms = int(time.time() * 1000)
+    _count("deadline")
     try:
         pipe = get_redis().pipeline(transaction=False)
         pipe.hincrby(stats_key(account_id), f"deadline:{tool}", 1)
@@ -232,3 +249,88 @@ def flag_deadline(account_id: int, tool: str) -> None:
         pipe.execute()
     except redis.RedisError:
         pass
+
+
+# --- what the Tools page and /metrics show ------------------------------------------------------------------------
+
+# A tool that hit its limit or the deadline within this long is flagged on the Tools page.
+FLAG_RECENT_SECONDS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSlots:
+    """One tool's dispatches in flight now, and when it last hit its limit or the deadline (epoch ms, 0: never)."""
+
+    in_flight: int
+    limit: int
+    busy: int = 0  # calls refused because the tool's (or its account's) slots were full, since the flags' start
+    busy_at: int = 0
+    deadline: int = 0  # dispatches the deadline cut short
+    deadline_at: int = 0
+
+    def _recent(self, at: int, now_ms: int) -> bool:
+        return bool(at) and now_ms - at <= FLAG_RECENT_SECONDS * 1000
+
+    def busy_recently(self, now_ms: int) -> bool:
+        return self._recent(self.busy_at, now_ms)
+
+    def deadline_recently(self, now_ms: int) -> bool:
+        return self._recent(self.deadline_at, now_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSlots:
+    in_flight: int
+    limit: int
+    per_tool: int
+    tools: dict[str, ToolSlots]
+
+
+def usage(account_id: int, plan_slots: int | None, tools: list[str]) -> AccountSlots | None:
+    """The account's slots in use and ``tools``' (counter names), with their flags: one Redis round trip. None when
+    Redis does not answer (the page shows the rest)."""
+    now_ms = int(time.time() * 1000)
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.zcount(account_key(account_id), f"({now_ms}", "+inf")
+        pipe.hgetall(stats_key(account_id))
+        for tool in tools:
+            pipe.zcount(tool_key(account_id, tool), f"({now_ms}", "+inf")
+        replies = pipe.execute()
+    except redis.RedisError:
+        return None
+    stats = {k.decode(): int(v) for k, v in replies[1].items()}
+    per_tool = settings.ONCEONLY_DISPATCH_SLOTS_PER_TOOL
+    return AccountSlots(
+        in_flight=int(replies[0]),
+        limit=account_limit(plan_slots),
+        per_tool=per_tool,
+        tools={
+            tool: ToolSlots(
+                in_flight=int(count),
+                limit=per_tool,
+                busy=stats.get(f"busy:{tool}", 0),
+                busy_at=stats.get(f"busy_at:{tool}", 0),
+                deadline=stats.get(f"deadline:{tool}", 0),
+                deadline_at=stats.get(f"deadline_at:{tool}", 0),
+            )
+            for tool, count in zip(tools, replies[2:], strict=True)
+        },
+    )
+
+
+def in_flight_everywhere(limit: int = 1000) -> list[tuple[int, str, int]]:
+    """(account id, tool, dispatches in flight) of every tool with a slot in use, for /metrics: a SCAN of the slot
+    sets (each lapses on its own, so there are only as many as tools recently called)."""
+    client = get_redis()
+    now_ms = int(time.time() * 1000)
+    found: list[tuple[int, str, int]] = []
+    keys = [key.decode() for key in client.scan_iter(match="oo:{a*}:slots:t:*", count=500)]
+    pipe = client.pipeline(transaction=False)
+    for key in keys[:limit]:
+        pipe.zcount(key, f"({now_ms}", "+inf")
+    for key, count in zip(keys[:limit], pipe.execute(), strict=True):
+        account, _, tool = key.removeprefix("oo:{a").partition("}:slots:t:")
+        if count and account.isdigit():
+            found.append((int(account), tool, int(count)))
+    return sorted(found)

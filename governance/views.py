@@ -4,6 +4,7 @@ timeline (filters, live updates), operator audit log, decision-log verification.
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from django.views.decorators.vary import vary_on_headers
 from billing import audit
 from billing.models import AuditEntry
 from billing.selectors import current_membership, editor_membership
-from governance import display, explain, ledger, overview, panels, policies, selectors, services, tools
+from governance import display, explain, ledger, overview, panels, policies, selectors, services, slots, tools
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.forms import PolicyForm, ReasonForm, TestCallForm, ToolForm
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
@@ -584,6 +585,7 @@ TOOLS_TABLE = Table(
         Column("risk", "Risk", ("risk_level",)),
         Column("price", "Price", ("price_usd",), nulls_last=True),
         Column("calls", "Calls (1 h)"),
+        Column("slots", "In flight"),
         Column("last", "Last call", ("last_dispatch_at",), first="desc", nulls_last=True),
     ],
     default_sort="tool",
@@ -623,8 +625,27 @@ def tools_list(request: HttpRequest) -> HttpResponse:
     queryset = table.filter(tools_qs)
     if table.values.get("failing") == "yes":
         queryset = queryset.filter(name_key__in=[key for key, h in health.items() if h.flagged])
-    rows = [{"tool": tool, "health": health.get(tool.name_key)} for tool in table.paginate(queryset)]
-    return render(request, "governance/tools.html", {"table": table, "rows": rows, "limit": account.plan.tools_limit})
+    page = list(table.paginate(queryset))
+    # Dispatches in flight now and the bulkhead/deadline flags (docs/operations.md §"Slow tools and bulkheads").
+    in_flight = slots.usage(account.pk, account.plan.dispatch_slots, sorted({tool.name_key for tool in page}))
+    now_ms = int(time.time() * 1000)
+    rows = []
+    for tool in page:
+        held = in_flight.tools.get(tool.name_key) if in_flight else None
+        rows.append(
+            {
+                "tool": tool,
+                "health": health.get(tool.name_key),
+                "slots": held,
+                "busy": held is not None and held.busy_recently(now_ms),
+                "deadline": held is not None and held.deadline_recently(now_ms),
+            }
+        )
+    return render(
+        request,
+        "governance/tools.html",
+        {"table": table, "rows": rows, "limit": account.plan.tools_limit, "in_flight": in_flight},
+    )
 
 
 @login_required

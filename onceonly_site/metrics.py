@@ -89,6 +89,11 @@ def _families() -> list[Family]:
             queues = [({"queue": name}, length) for name, length in zip(names, pipe.execute(), strict=True)]
         except redis.RedisError:
             redis_up = False
+    if redis_up:
+        try:
+            families += _dispatch_families()
+        except redis.RedisError:
+            redis_up = False
     families += [
         ("onceonly_database_up", "gauge", "1 when the database answered this scrape.", [({}, int(database_up))]),
         ("onceonly_redis_up", "gauge", "1 when Redis answered this scrape.", [({}, int(redis_up))]),
@@ -105,6 +110,35 @@ def _families() -> list[Family]:
             )
         )
     return families
+
+
+def _dispatch_families() -> list[Family]:
+    """The bulkheads (docs/operations.md §"Slow tools and bulkheads"): dispatches in flight by account and tool, and
+    the calls refused (by scope) or cut short by the deadline, server-wide."""
+    from governance import slots
+
+    totals = slots.totals()
+    scopes = ("process", "account", "tool", "deadline")
+    return [
+        (
+            "onceonly_dispatch_in_flight",
+            "gauge",
+            "Governed calls waiting on a registered tool right now, by account id and tool.",
+            [({"account": str(a), "tool": t}, n) for a, t, n in slots.in_flight_everywhere()],
+        ),
+        (
+            "onceonly_dispatch_refused_total",
+            "counter",
+            "Governed calls refused with 429 dispatch_busy, by the limit that was full (deadline: queued too long).",
+            [({"scope": scope}, totals.get(f"refused:{scope}", 0)) for scope in scopes],
+        ),
+        (
+            "onceonly_dispatch_deadline_total",
+            "counter",
+            "Dispatches the deadline cut short (an attempt timed out on it, or no retry could start).",
+            [({}, totals.get("deadline", 0))],
+        ),
+    ]
 
 
 def _labels(labels: dict[str, str]) -> str:

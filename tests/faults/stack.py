@@ -255,6 +255,7 @@ class Stack:
     """Everything the fault suite runs against. Use as a context manager: every process is stopped at exit."""
 
     WEB_WORKERS = 3
+    WEB_THREADS = 16
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="onceonly-faults-"))
@@ -294,6 +295,7 @@ class Stack:
             # A dead worker's run is picked up within seconds, not the production 30 s.
             ONCEONLY_RUN_CLAIM_SECONDS="2",
             ONCEONLY_RUN_SWEEP_SECONDS="0.5",
+            WEB_THREADS=str(self.WEB_THREADS),
         )
         return env
 
@@ -316,6 +318,13 @@ class Stack:
                 "onceonly_site.wsgi:application",
                 "--workers",
                 str(self.WEB_WORKERS),
+                # The production worker model (deploy/web.sh): threads, WEB_THREADS of them (env above).
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(self.WEB_THREADS),
+                "--keep-alive",
+                "75",
                 "--bind",
                 self.url.removeprefix("http://"),
                 "--timeout",

@@ -162,10 +162,11 @@ def test_no_tool_request_is_received_after_the_disable_answered(key_a, settings)
         # Bulkheads wide open: this test wants every thread in flight to one tool when the switch is pressed.
         server = GunicornServer(
             workers=2,
-            GUNICORN_CMD_ARGS="--threads 8",
+            threads=8,
             ONCEONLY_ALLOW_PRIVATE_TOOL_URLS="1",
             ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT="1000",
             ONCEONLY_DISPATCH_SLOTS_PER_TOOL="1000",
+            ONCEONLY_DISPATCH_SLOTS_PER_PROCESS="8",
         )
         stop = threading.Event()
         answers: list[tuple[int, dict]] = []

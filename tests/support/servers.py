@@ -65,9 +65,10 @@ def wait_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None 
 
 
 class GunicornServer:
-    """``gunicorn`` with several worker processes: what production runs, so caches are really per process."""
+    """``gunicorn`` with several worker processes and threads (gthread, as deploy/web.sh runs it): what production
+    runs, so caches are really per process."""
 
-    def __init__(self, workers: int = 2, **env: str) -> None:
+    def __init__(self, workers: int = 2, threads: int = 4, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -78,6 +79,12 @@ class GunicornServer:
                 "onceonly_site.wsgi:application",
                 "--workers",
                 str(workers),
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(threads),
+                "--keep-alive",
+                "75",  # as deploy/web.sh: clients' idle connections are not closed under them
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--log-level",
@@ -86,7 +93,7 @@ class GunicornServer:
                 "3",
             ],
             cwd=ROOT,
-            env=server_env(**env),
+            env=server_env(**{"WEB_THREADS": str(threads), **env}),
         )
         wait_http(self.url + "/login/", process=self.process)
 
