@@ -1,5 +1,6 @@
-"""Bulkheads: how many governed calls may wait on registered tools at once (docs/operations.md §"Slow tools and
-bulkheads").
+"""Bulkheads: how many governed calls may wait on registered tools at once.
+
+docs/operations.md §"Slow tools and bulkheads" has the operator's side.
 
 A dispatched call holds a web thread for as long as its tool takes. Three limits keep one slow tool (or one account
 with many slow calls) from taking the threads everyone else needs:

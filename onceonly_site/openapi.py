@@ -223,9 +223,17 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     ),
     429: (
         "RateLimited",
-        "The API key's rate limit is used up; nothing was done.",
+        "The API key's rate limit is used up (`rate_limited`), or a governed call to a registered tool found its "
+        "dispatch slots full or its deadline passed in a queue (`dispatch_busy`, `POST /v1/ai/run` only); nothing "
+        "was done.",
         _problem(
-            "rate_limited", required=("error", "message", "retry_after"), retry_after={"type": "integer", "minimum": 1}
+            "rate_limited",
+            "dispatch_busy",
+            required=("error", "message", "retry_after"),
+            retry_after={"type": "integer", "minimum": 1},
+            scope={"type": "string", "enum": ["process", "account", "tool", "deadline"]},
+            in_flight={"type": "integer"},
+            limit={"type": "integer"},
         ),
         _RETRY_AFTER,
     ),
