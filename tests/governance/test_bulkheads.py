@@ -80,7 +80,9 @@ def wait_in_tool(endpoint: ToolEndpoint, count: int) -> None:
         time.sleep(0.01)
 
 
-def test_a_call_over_the_tool_limit_is_refused_at_once_and_reserves_nothing(live_server, key_a, endpoint, settings):
+def test_a_call_over_the_tool_limit_is_refused_at_once_and_reserves_nothing(
+    live_server, key_a, owner_a, endpoint, settings, client
+):
     settings.ONCEONLY_DISPATCH_SLOTS_PER_TOOL = 2
     _register(key_a, endpoint, "stripe.refund")
     caller = Caller(live_server, key_a)
@@ -107,6 +109,12 @@ def test_a_call_over_the_tool_limit_is_refused_at_once_and_reserves_nothing(live
     assert get_redis().zcard(hour_key) == reserved == 2
     assert (Decision.objects.count(), DispatchIntent.objects.count()) == (decisions, intents)
     assert len(endpoint.calls) == 2
+
+    # The Tools page shows the slots in use and flags the tool.
+    page = owner_a.login(client).get("/tools/").content.decode()
+    assert "Calls waiting on tools now: <strong>2 of 8</strong>" in page
+    row = page[page.index(">stripe.refund<") :]
+    assert "2 of 2" in row[: row.index("</tr>")] and "hit its limit" in row[: row.index("</tr>")]
 
     endpoint.gate.set()
     caller.join()
