@@ -1,19 +1,34 @@
 """`make bench`: the production stack on this machine under load, every scenario against the floor (docs/benchmarks.md).
 
-Stack: gunicorn (sync workers), PostgreSQL, Redis, a Celery worker, the example tool receiver — each its own
+Stack: gunicorn with the workers of deploy/web.sh (3 processes, gthread, 16 threads each; ``--workers``,
+``--worker-class``, ``--threads``), PostgreSQL, Redis, a Celery worker, the example tool receiver — each its own
 process — and wrk as the load generator (C, one thread, Lua-scripted bodies and open-loop pacing; its own CPU is
 measured and printed so it is visibly not the bottleneck). A fresh database (``onceonly_bench``, ``--db-name``) and
 Redis database (12, ``--redis-db``) are used, and dropped and flushed at the end unless ``--keep-db``.
 
-For each scenario: a warm-up, a saturation run (requests/s at peak) and a paced run at 70 % of that peak
-(p50/p95/p99, errors). Then 1,000,000 decisions and 1,000,000 lock records are bulk-inserted and the governed call
-and check-lock are paced again at the same rates, and the overview, agent detail and decision timeline pages are
-timed in-process with their query counts. Last, the dashboard scenario (bench/dashboard.py): another account with
-1,000,000 decisions over 30 days and the other tables filled, and every dashboard table page and the overview timed
-through gunicorn (server time from a bench-only Server-Timing header).
+The CPU-bound wrk scenarios (floor, check-lock, lease, governed calls, agent metrics) run with both worker models,
+each against its own floor (measured first and last): first the other model (sync when the stack is gthread, and
+the reverse; ``--no-compare`` skips it) — a 2 s warm-up and a saturation run of half ``--seconds`` per scenario,
+no paced runs — then gunicorn alone is restarted with the stack's model, which gets the full treatment: a warm-up,
+a saturation run (requests/s at peak) and three paced runs at 70 % of that peak (p50/p95/p99 of the median-p99 run,
+errors). The report puts both models' req/s and ×floor side by side, with gthread/sync.
 
-    make bench                       # about 13 minutes
-    python -m bench.run --quick      # shorter runs, no growth or dashboard phase (a smoke test of the harness)
+With each model too, right after its CPU scenarios, the noisy neighbour (bench/contention.py): account A fires 50
+concurrent governed calls at a registered tool that answers after 3.5 s (threads that call again at once, or after
+the Retry-After of a 429) while account B's check-locks and permit-only governed calls are paced by wrk at 50
+req/s — B's p50/p99/max and errors alone and beside A, and A's answers (executed, 429 dispatch_busy by scope,
+other). Then, with the stack's model, the keyed run round trip: the official SDK's ``ai.run_and_wait`` 20 times in
+sequence (p50/p99 end to end). Then 1,000,000 decisions and 1,000,000 lock records are bulk-inserted and the
+governed call and check-lock are paced again at the same rates, and the overview, agent detail and decision
+timeline pages are timed in-process with their query counts. Last, the dashboard scenario (bench/dashboard.py):
+another account with 1,000,000 decisions over 30 days and the other tables filled, and every dashboard table page
+and the overview timed through gunicorn (server time from a bench-only Server-Timing header).
+
+    make bench                       # about 15 minutes
+    python -m bench.run --quick      # 3 s runs, short noisy neighbour, 5 round trips, no growth or dashboard phase
+    make bench BENCH_ARGS="--only noisy_neighbour"         # one scenario (the floor runs with any CPU scenario)
+    make bench BENCH_ARGS="--only keyed_run_round_trip --worker-class sync"
+    make bench BENCH_ARGS="--only gov_permit --no-compare" # the stack's worker model only
     make bench BENCH_ARGS="--only dashboard"               # the dashboard scenario alone (no wrk), ~5 minutes
     make bench BENCH_ARGS="--only dashboard --keep-db"     # … and keep the seeded database for reruns:
     make bench BENCH_ARGS="--only dashboard --reuse-db"    # … which skip the reset and the seeding
@@ -33,16 +48,21 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench import contention
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "scenario.lua"
 RESULTS = ROOT / "bench" / "results"
 DB_NAME = "onceonly_bench"
 REDIS_DB = 12
-GUNICORN_WORKERS = 3  # sync workers on 2 cores: docs/benchmarks.md has the runs with 2, 3, 4 and 6
+GUNICORN_WORKERS = 3  # as deploy/web.sh (WEB_CONCURRENCY); docs/benchmarks.md has sync runs with 2, 3, 4 and 6
+WORKER_CLASSES = ("gthread", "sync")  # deploy/web.sh's model first: the default
+WEB_THREADS = 16  # gthread threads per process, as deploy/web.sh (WEB_THREADS; the settings size the slots by it)
 CONNECTIONS = 16
 PACED_RUNS = 3  # paced runs per scenario at 70 % (median p99 reported)
 SEED_ROWS = 1_000_000
@@ -56,10 +76,14 @@ SCENARIOS = {
     "agent_metrics": "GET /v1/agents/{id}/metrics",
 }
 DASHBOARD = "dashboard"  # not a wrk scenario: bench/dashboard.py
+NOISY = "noisy_neighbour"  # bench/contention.py, with both worker models
+ROUND_TRIP = "keyed_run_round_trip"  # bench/contention.py, with the stack's worker model
+OTHER_WARMUP = 2  # the comparison model's warm-up (s); its saturation runs are half --seconds, not paced
 TARGETS = {"lock_dup": 0.8, "lock_new": 0.6, "gov_permit": 0.5}  # × floor requests/s
 P99_TARGET_MS = 25.0
 GROWTH_TARGET = 1.2
 PAGE_TARGET_MS = 150.0
+ROUND_TRIP_TARGET_MS = 200.0  # keyed run round trip p50, once /v1/ai/status and /v1/ai/result long-poll
 
 
 def log(message: str) -> None:
@@ -100,47 +124,30 @@ def reset_services(admin_url: str, redis_url: str, *, create: bool = True) -> No
 
 
 class Stack:
-    """The processes under test, each in its own process group (stopped together at the end)."""
+    """The processes under test, each in its own process group (stopped together at the end). gunicorn alone can be
+    restarted with another worker model (``start_web``/``stop_web``), on the same port."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, workers: int) -> None:
-        self.env, self.log_dir, self.processes, self.workers = env, log_dir, [], workers
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int, threads: int) -> None:
+        self.env, self.log_dir, self.processes, self.workers, self.threads = env, log_dir, [], workers, threads
+        self.worker_class = ""
         self.port, self.receiver_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.receiver_url = f"http://127.0.0.1:{self.receiver_port}"
 
-    def _start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-        out = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115  (kept open for the process's life)
+    def _start(self, name: str, command: list[str], env: dict[str, str], log_name: str = "") -> subprocess.Popen:
+        out = open(self.log_dir / f"{log_name or name}.log", "w")  # noqa: SIM115  (kept open for the process's life)
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.processes.append((name, process))
         return process
 
-    def start(self) -> None:
+    def start(self, worker_class: str) -> None:
         self._start(
             "receiver",
             [sys.executable, "examples/tool_receiver.py", str(self.receiver_port)],
-            {**self.env, "TOOL_SECRET": "bench-secret-0123456789"},
-        )
-        self._start(
-            "gunicorn",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "onceonly_site.wsgi:application",
-                "--workers",
-                str(self.workers),
-                "--worker-class",
-                "sync",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--backlog",
-                "2048",
-                "--log-level",
-                "warning",
-            ],
-            self.env,
+            # /slow answers after SLOW_SECONDS: the noisy neighbour's tool.
+            {**self.env, "TOOL_SECRET": "bench-secret-0123456789", "SLOW_SECONDS": str(contention.SLOW_SECONDS)},
         )
         self._start(
             "celery",
@@ -158,16 +165,62 @@ class Stack:
             ],
             self.env,
         )
-        for url in (f"{self.url}/healthz", f"{self.receiver_url}/_stats"):
-            wait_http(url)
+        wait_http(f"{self.receiver_url}/_stats")
+        self.start_web(worker_class)
+
+    def start_web(self, worker_class: str) -> None:
+        """gunicorn with ``worker_class``: gthread with ``threads`` threads per process (deploy/web.sh), or sync (one
+        request per process at a time; gunicorn would turn sync with --threads > 1 into gthread)."""
+        threads = self.threads if worker_class == "gthread" else 1
+        self._start(
+            "gunicorn",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "onceonly_site.wsgi:application",
+                "--workers",
+                str(self.workers),
+                "--worker-class",
+                worker_class,
+                "--threads",
+                str(threads),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--backlog",
+                "2048",
+                "--graceful-timeout",
+                "10",
+                "--log-level",
+                "warning",
+            ],
+            {**self.env, "WEB_THREADS": str(threads)},  # the settings size the dispatch slots by it
+            log_name=f"gunicorn-{worker_class}",
+        )
+        self.worker_class = worker_class
+        wait_http(f"{self.url}/healthz")
+
+    def stop_web(self) -> None:
+        web = [(name, process) for name, process in self.processes if name == "gunicorn"]
+        self._stop(web)
+        self.processes = [entry for entry in self.processes if entry[0] != "gunicorn"]
+
+    def restart_web(self, worker_class: str) -> None:
+        log(f"restarting gunicorn: {self.workers} {worker_class} workers")
+        self.stop_web()
+        self.start_web(worker_class)
 
     def stop(self) -> None:
-        for _, process in self.processes:
+        self._stop(self.processes)
+
+    @staticmethod
+    def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
+        for _, process in processes:
             try:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        for name, process in self.processes:
+        for name, process in processes:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -188,8 +241,23 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     raise SystemExit(f"{url} did not answer within {timeout} s")
 
 
-def wrk(url: str, scenario: str, *, seconds: int, api_key: str, rate: float = 0, tag: str = "") -> dict[str, Any]:
-    """One wrk run; returns its counts, latencies (ms) and the CPU wrk itself used (fraction of one core)."""
+def connections_for(scenario: str) -> int:
+    """wrk's connections: CONNECTIONS, but no more dispatched calls at once than the per-tool bulkhead admits
+    (ONCEONLY_DISPATCH_SLOTS_PER_TOOL, 4): one more concurrent call to the one tool is a cheap 429 dispatch_busy,
+    and the scenario's req/s would count refusals instead of dispatches (gthread workers would serve 16 at once)."""
+    if scenario != "gov_dispatch":
+        return CONNECTIONS
+    from django.conf import settings
+
+    return min(CONNECTIONS, settings.ONCEONLY_DISPATCH_SLOTS_PER_TOOL)
+
+
+def wrk(
+    url: str, scenario: str, *, seconds: int, api_key: str, rate: float = 0, tag: str = "", timeout: int = 5
+) -> dict[str, Any]:
+    """One wrk run; returns its counts, latencies (ms) and the CPU wrk itself used (fraction of one core). A request
+    unanswered after ``timeout`` seconds is a timeout error (and has no latency); one still unanswered when the run
+    ends is not counted at all."""
     env = {
         **os.environ,
         "SCENARIO": scenario,
@@ -201,7 +269,20 @@ def wrk(url: str, scenario: str, *, seconds: int, api_key: str, rate: float = 0,
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     result = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(CONNECTIONS), "-d", f"{seconds}s", "--timeout", "5s", "-s", str(SCRIPT), url],
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections_for(scenario)),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            f"{timeout}s",
+            "-s",
+            str(SCRIPT),
+            url,
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -222,6 +303,7 @@ def wrk(url: str, scenario: str, *, seconds: int, api_key: str, rate: float = 0,
         "errors": sum(raw["errors"].values()),
         "error_detail": raw["errors"],
         "loadgen_cpu": round((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall, 2),
+        "connections": connections_for(scenario),
     }
 
 
@@ -336,13 +418,13 @@ def profile_summary(stack: Stack, scenario: str, spy: subprocess.Popen, top: int
 
 
 def run_scenarios(
-    stack: Stack, key: str, *, seconds: int, warmup: int, only: list[str], profile: list[str]
+    stack: Stack, key: str, *, seconds: int, warmup: int, names: list[str], profile: list[str], paced: bool = True
 ) -> dict[str, dict[str, Any]]:
+    """The wrk scenarios ``names`` with the stack's current worker model; ``paced=False``: saturation only."""
     results = {}
-    for scenario, title in SCENARIOS.items():
-        if only and scenario != "floor" and scenario not in only:
-            continue
-        log(f"{title}: warm-up {warmup} s, saturation {seconds} s")
+    for scenario in names:
+        title = SCENARIOS[scenario]
+        log(f"[{stack.worker_class}] {title}: warm-up {warmup} s, saturation {seconds} s")
         wrk(stack.url, scenario, seconds=warmup, api_key=key, tag=f"warm-{scenario}")
         spy = profile_start(stack, scenario) if scenario in profile else None
         cpu_before = cpu_by_component(stack)
@@ -351,14 +433,71 @@ def run_scenarios(
         if spy is not None:
             peak["profile"] = profile_summary(stack, scenario, spy)
             log("  profile (inclusive share of gunicorn samples):\n    " + "\n    ".join(peak["profile"]))
-        paced = paced_runs(stack.url, scenario, seconds=seconds, api_key=key, rate=0.7 * peak["rps"])
-        results[scenario] = {"title": title, "peak": peak, "at_70": paced, "rate_70": round(0.7 * peak["rps"], 1)}
         cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in peak["cpu_ms_per_request"].items())
+        if not paced:
+            results[scenario] = {"title": title, "peak": peak}
+            log(f"  peak {peak['rps']:.0f} req/s (CPU ms per request: {cpu}), errors {peak['errors']}")
+            continue
+        at_70 = paced_runs(stack.url, scenario, seconds=seconds, api_key=key, rate=0.7 * peak["rps"])
+        results[scenario] = {"title": title, "peak": peak, "at_70": at_70, "rate_70": round(0.7 * peak["rps"], 1)}
         log(
             f"  peak {peak['rps']:.0f} req/s (CPU ms per request: {cpu}), at 70 %: "
-            f"p50 {paced['p50_ms']:.1f} ms p99 {paced['p99_ms']:.1f} ms, errors {peak['errors'] + paced['errors']}"
+            f"p50 {at_70['p50_ms']:.1f} ms p99 {at_70['p99_ms']:.1f} ms, errors {peak['errors'] + at_70['errors']}"
         )
     return results
+
+
+def measure_model(
+    stack: Stack, key: str, *, names: list[str], seconds: int, warmup: int, paced: bool, profile: list[str]
+) -> dict[str, Any]:
+    """The CPU scenarios with the stack's worker model, the floor measured again last (the machine's speed drifts:
+    2 shared cores, so each model's ratios use the mean of its first and last floor)."""
+    pids = [p.pid for _, p in stack.processes]
+    cpu_before = server_cpu(pids)
+    scenarios = run_scenarios(stack, key, seconds=seconds, warmup=warmup, names=names, profile=profile, paced=paced)
+    floor_end = wrk(stack.url, "floor", seconds=seconds, api_key=key)["rps"]
+    floor_runs = [scenarios["floor"]["peak"]["rps"], floor_end]
+    return {
+        "worker_class": stack.worker_class,
+        "threads": stack.threads if stack.worker_class == "gthread" else 1,
+        "seconds": seconds,
+        "warmup": warmup,
+        "paced": paced,
+        "scenarios": scenarios,
+        "floor_runs": floor_runs,
+        "floor_rps": round(statistics.mean(floor_runs), 1),
+        "server_cpu_s": round(server_cpu(pids) - cpu_before, 1),
+    }
+
+
+def noisy_neighbour(stack: Stack, *, b_key: str, a_key: str, baseline: int, seconds: int, warm: int) -> dict[str, Any]:
+    """Account B paced by wrk alone, then beside account A's calls to its slow tool (bench/contention.py)."""
+    rate, timeout = contention.B_RATE, int(contention.CLIENT_TIMEOUT)
+    log(f"[{stack.worker_class}] noisy neighbour: B alone {baseline} s at {rate} req/s")
+    wrk(stack.url, "noisy_b", seconds=1, api_key=b_key, rate=rate, tag="warm-noisy-b")
+    alone = wrk(stack.url, "noisy_b", seconds=baseline, api_key=b_key, rate=rate, timeout=timeout)
+    log(f"  B alone: p50 {alone['p50_ms']:.1f} ms p99 {alone['p99_ms']:.1f} ms max {alone['max_ms']:.1f} ms")
+    log(f"  A: {contention.A_THREADS} threads calling a {contention.SLOW_SECONDS:g} s tool; B beside it {seconds} s")
+    neighbour = contention.Neighbour(stack.url, a_key)
+    neighbour.start()
+    try:
+        time.sleep(warm)  # A's calls fill the slots (or the workers) first
+        beside = wrk(stack.url, "noisy_b", seconds=seconds, api_key=b_key, rate=rate, timeout=timeout)
+    finally:
+        a = neighbour.stop()
+    log(
+        f"  B beside A: p50 {beside['p50_ms']:.1f} ms p99 {beside['p99_ms']:.1f} ms max {beside['max_ms']:.1f} ms, "
+        f"errors {beside['errors']}; A: {a['executed']} executed, {a['dispatch_busy']} dispatch_busy "
+        f"{a['dispatch_busy_by_scope']}, other {a['other']}, max {a['max_ms']:.0f} ms"
+    )
+    return {
+        "worker_class": stack.worker_class,
+        "b_rate": rate,
+        "b_scheduled": {"alone": rate * baseline, "beside_a": rate * seconds},
+        "b_alone": alone,
+        "b_beside_a": beside,
+        "a": a,
+    }
 
 
 def django_setup(env: dict[str, str]) -> None:
@@ -506,9 +645,11 @@ def machine() -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    scen, floor = results["scenarios"], results["floor_rps"]
+    scen, floor, stack = results["scenarios"], results["floor_rps"], results["stack"]
+    threads = f", {stack['threads']} threads each" if stack["worker_class"] == "gthread" else ""
     lines = [
-        f"{'scenario':44} {'req/s':>8} {'×floor':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'errors':>6} {'wrk CPU':>7}"
+        f"CPU scenarios: {stack['gunicorn_workers']} {stack['worker_class']} workers{threads}",
+        f"{'scenario':44} {'req/s':>8} {'×floor':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'errors':>6} {'wrk CPU':>7}",
     ]
     for name, row in scen.items():
         ratio = row["peak"]["rps"] / floor
@@ -552,8 +693,74 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_models(results: dict[str, Any]) -> list[str]:
+    """The CPU scenarios side by side: each worker model's peak and ×(its own floor), and gthread/sync."""
+    other = results["comparison"]
+    lines = [
+        f"worker models: peak req/s and × each model's own floor (floors: {results['stack']['worker_class']} "
+        f"{results['floor_runs']}, {other['worker_class']} {other['floor_runs']} req/s first and last; "
+        f"{other['worker_class']}: {other['seconds']} s saturation after {other['warmup']} s warm-up, not paced)",
+        f"{'scenario':44} {'gthread':>8} {'×floor':>7} {'sync':>8} {'×floor':>7} {'gthread/sync':>12} {'(×floor)':>8}",
+    ]
+    for name, row in results["worker_models"].items():
+        if "gthread_over_sync" not in row:
+            continue
+        g, s, r = row["gthread"], row["sync"], row["gthread_over_sync"]
+        lines.append(
+            f"{SCENARIOS[name][:44]:44} {g['rps']:8.0f} {g['x_floor']:7.2f} {s['rps']:8.0f} {s['x_floor']:7.2f} "
+            f"{r['rps']:12.2f} {r['x_floor']:8.2f}"
+        )
+    return lines
+
+
+def report_noisy(noisy: dict[str, dict[str, Any]]) -> list[str]:
+    first = next(iter(noisy.values()))
+    lines = [
+        f"noisy neighbour: account A, {contention.A_THREADS} threads calling a {contention.SLOW_SECONDS:g} s tool "
+        f"(429 → sleep Retry-After); account B, check-lock + permit-only call paced at {first['b_rate']} req/s "
+        "(latencies in ms)",
+        f"{'model':8} {'B alone p50/p99/max':>22} {'B beside A p50/p99/max':>26} {'B errors':>8} {'B answered':>10} "
+        f"{'A executed':>10} {'A 429 busy':>10} {'A other':>8} {'A max ms':>8}",
+    ]
+    for model, row in noisy.items():
+        alone, beside, a = row["b_alone"], row["b_beside_a"], row["a"]
+        answered = f"{beside['requests']}/{row['b_scheduled']['beside_a']}"
+        lines.append(
+            f"{model:8} {alone['p50_ms']:7.1f}/{alone['p99_ms']:6.1f}/{alone['max_ms']:7.1f} "
+            f"{beside['p50_ms']:9.1f}/{beside['p99_ms']:7.1f}/{beside['max_ms']:8.1f} "
+            f"{beside['errors']:8d} {answered:>10} {a['executed']:10d} {a['dispatch_busy']:10d} "
+            f"{sum(a['other'].values()):8d} {a['max_ms']:8.0f}"
+        )
+    for model, row in noisy.items():
+        a = row["a"]
+        other = ", ".join(f"{kind} {count}" for kind, count in a["other"].items()) or "none"
+        lines.append(
+            f"  {model}: A's 429 by scope {a['dispatch_busy_by_scope'] or '{}'} (p50 {a['busy_p50_ms']:.0f} ms); "
+            f"executed p50 {a['executed_p50_ms']:.0f} ms max {a['executed_max_ms']:.0f} ms; other: {other}; "
+            f"B's errors beside A {row['b_beside_a']['error_detail']}, alone {row['b_alone']['errors']}"
+        )
+    return lines
+
+
+def report_round_trip(trip: dict[str, Any]) -> list[str]:
+    failures = ", ".join(f"{kind} {count}" for kind, count in trip["failures"].items())
+    return [
+        f"keyed run round trip ({trip['sdk']}, ai.run_and_wait × {trip['runs']} in sequence, "
+        f"{trip['worker_class']} workers): p50 {trip['p50_ms']:.0f} ms, p99 {trip['p99_ms']:.0f} ms "
+        f"(min {trip['min_ms']:.0f}, max {trip['max_ms']:.0f}); completed {trip['completed']}/{trip['runs']}"
+        + (f" ({failures})" if failures else "")
+        + f"; target p50 ≤ {ROUND_TRIP_TARGET_MS:g} ms {'OK' if trip['p50_ms'] <= ROUND_TRIP_TARGET_MS else 'MISS'}"
+    ]
+
+
 def report_all(results: dict[str, Any]) -> str:
     lines = [report(results)] if "scenarios" in results else []
+    if "worker_models" in results:
+        lines += report_models(results)
+    if NOISY in results:
+        lines += report_noisy(results[NOISY])
+    if ROUND_TRIP in results:
+        lines += report_round_trip(results[ROUND_TRIP])
     if "dashboard" in results:
         from bench import dashboard
 
@@ -561,32 +768,112 @@ def report_all(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Phases:
+    """What a run measures, from ``--only``, ``--quick`` and ``--no-compare``."""
+
+    cpu: list[str]  # wrk CPU scenarios, the floor first (empty: none)
+    noisy: bool
+    round_trip: bool
+    growth: bool
+    dashboard: bool
+    models: list[str]  # worker models in the order measured; the stack's own (``--worker-class``) last
+
+    @classmethod
+    def of(cls, options: argparse.Namespace, only: list[str]) -> Phases:
+        picked = [name for name in SCENARIOS if name != "floor" and (not only or name in only)]
+        cpu = ["floor", *picked] if not only or set(only) & set(SCENARIOS) else []
+        noisy = not only or NOISY in only
+        other = next(model for model in WORKER_CLASSES if model != options.worker_class)
+        compare = not options.no_compare and bool(cpu or noisy)
+        return cls(
+            cpu=cpu,
+            noisy=noisy,
+            round_trip=not only or ROUND_TRIP in only,
+            growth=not options.quick and not only,
+            dashboard=not options.quick and (not only or DASHBOARD in only),
+            models=[other, options.worker_class] if compare else [options.worker_class],
+        )
+
+    @property
+    def api(self) -> bool:
+        return bool(self.cpu) or self.noisy or self.round_trip
+
+
+def side_by_side(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per CPU scenario, each worker model's peak req/s and its ratio to that model's own floor, and gthread/sync."""
+    rows: dict[str, dict[str, Any]] = {}
+    for scenario in SCENARIOS:
+        row: dict[str, Any] = {}
+        for model, measured in models.items():
+            if scenario in measured["scenarios"]:
+                rps = measured["scenarios"][scenario]["peak"]["rps"]
+                row[model] = {"rps": rps, "x_floor": round(rps / measured["floor_rps"], 3)}
+        if len(row) == len(WORKER_CLASSES):
+            gthread, sync = row["gthread"], row["sync"]
+            row["gthread_over_sync"] = {
+                "rps": round(gthread["rps"] / max(sync["rps"], 0.1), 2),
+                "x_floor": round(gthread["x_floor"] / max(sync["x_floor"], 0.001), 2),
+            }
+        if row:
+            rows[scenario] = row
+    return rows
+
+
 def api_phase(
-    stack: Stack, results: dict[str, Any], *, options: argparse.Namespace, only: list[str], seconds: int, warmup: int
+    stack: Stack,
+    results: dict[str, Any],
+    *,
+    options: argparse.Namespace,
+    phases: Phases,
+    seconds: int,
+    warmup: int,
 ) -> None:
-    """The wrk scenarios, the floor again, and (full runs) the growth phase; into ``results``."""
+    """The wrk scenarios with each worker model (the stack's own last, at full length, then nothing restarts it),
+    the noisy neighbour with each, the keyed run round trip, and (full runs) the growth phase; into ``results``."""
     data = prepare(stack.receiver_url)
+    neighbour = contention.prepare(stack.receiver_url) if phases.noisy else None
     from django.db import connection
 
     connection.close()
-    pids = [p.pid for _, p in stack.processes]
-    cpu_before = server_cpu(pids)
-    results["stack"] = {
-        "gunicorn_workers": options.workers,
-        "worker_class": "sync",
-        "connections": CONNECTIONS,
-        "wrk_threads": 1,
-        "seconds": seconds,
-    }
-    results["scenarios"] = run_scenarios(
-        stack, data["key"], seconds=seconds, warmup=warmup, only=only, profile=options.profile.split(",")
-    )
-    # The floor again, last: the machine's speed drifts (2 shared cores), so ratios use the mean of both.
-    floor_end = wrk(stack.url, "floor", seconds=seconds, api_key=data["key"])["rps"]
-    results["floor_runs"] = [results["scenarios"]["floor"]["peak"]["rps"], floor_end]
-    results["floor_rps"] = round(statistics.mean(results["floor_runs"]), 1)
-    results["server_cpu_s"] = round(server_cpu(pids) - cpu_before, 1)
-    if not options.quick and not only:
+    primary = options.worker_class
+    noisy_lengths = (3, 6, 2) if options.quick else (8, 20, 3)  # B alone, B beside A, A's head start (s)
+    measured: dict[str, dict[str, Any]] = {}
+    for model in phases.models:
+        if stack.worker_class != model:
+            stack.restart_web(model)
+        own = model == primary
+        if phases.cpu:
+            measured[model] = measure_model(
+                stack,
+                data["key"],
+                names=phases.cpu,
+                seconds=seconds if own else max(3, seconds // 2),
+                warmup=warmup if own else min(warmup, OTHER_WARMUP),
+                paced=own,
+                profile=options.profile.split(",") if own else [],
+            )
+        if neighbour is not None:
+            baseline, beside, warm = noisy_lengths
+            results.setdefault(NOISY, {})[model] = noisy_neighbour(
+                stack, b_key=data["key"], a_key=neighbour["key"], baseline=baseline, seconds=beside, warm=warm
+            )
+    if phases.cpu:
+        mine = measured[primary]
+        results["scenarios"] = mine["scenarios"]
+        results["floor_runs"], results["floor_rps"] = mine["floor_runs"], mine["floor_rps"]
+        results["server_cpu_s"] = mine["server_cpu_s"]
+        if len(measured) > 1:
+            other = next(model for model in measured if model != primary)
+            results["comparison"] = measured[other]  # saturation only, shorter: see its seconds and warmup
+            results["worker_models"] = side_by_side(measured)
+    if phases.round_trip:
+        runs = options.round_trips or (5 if options.quick else contention.ROUND_TRIPS)
+        log(f"[{stack.worker_class}] keyed run round trip: SDK run_and_wait × {runs}, in sequence")
+        trips = contention.round_trips(stack.url, data["key"], runs)
+        results[ROUND_TRIP] = {"worker_class": stack.worker_class, **trips}
+        log(f"  p50 {trips['p50_ms']:.0f} ms p99 {trips['p99_ms']:.0f} ms, {trips['completed']}/{runs} completed")
+    if phases.growth:
         pages_0 = time_pages()
         log(f"seeding {SEED_ROWS:,} decisions and {SEED_ROWS:,} lock records")
         seeded = seed(int(data["account_id"]))
@@ -602,15 +889,39 @@ def api_phase(
 
 def main() -> None:
     global DB_NAME, REDIS_DB  # --db-name, --redis-db
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 s runs, no growth phase")
+    known = [*SCENARIOS, NOISY, ROUND_TRIP, DASHBOARD]
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="3 s runs, a shorter noisy neighbour, 5 round trips, no growth phase"
+    )
     parser.add_argument("--seconds", type=int, default=12, help="length of each saturation and paced run")
-    parser.add_argument("--workers", type=int, default=GUNICORN_WORKERS, help="gunicorn sync workers")
+    parser.add_argument("--workers", type=int, default=GUNICORN_WORKERS, help="gunicorn worker processes")
+    parser.add_argument(
+        "--worker-class",
+        choices=WORKER_CLASSES,
+        default=WORKER_CLASSES[0],
+        help="the stack's worker model (default gthread, as deploy/web.sh); the other one is measured first for "
+        "comparison",
+    )
+    parser.add_argument("--threads", type=int, default=WEB_THREADS, help="threads per gthread worker (WEB_THREADS)")
+    parser.add_argument(
+        "--no-compare", action="store_true", help="measure with --worker-class only (no second worker model)"
+    )
+    parser.add_argument(
+        "--round-trips",
+        type=int,
+        default=0,
+        help=f"keyed run round trips (default {contention.ROUND_TRIPS}; 5 --quick)",
+    )
     parser.add_argument("--profile", default="", help="comma-separated scenarios to sample with py-spy")
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated scenarios (the floor always runs, except for `--only dashboard`); no growth phase",
+        help=f"comma-separated scenarios of {', '.join(known)} (the floor runs with any CPU scenario); no growth phase",
     )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", DB_NAME), help="PostgreSQL database")
     parser.add_argument(
@@ -627,11 +938,12 @@ def main() -> None:
     DB_NAME, REDIS_DB = options.db_name, options.redis_db
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack (finally below) when terminated
     only = [name for name in options.only.split(",") if name]
-    unknown = set(only) - set(SCENARIOS) - {DASHBOARD}
+    unknown = set(only) - set(known)
     if unknown:
-        sys.exit(f"unknown scenarios: {', '.join(sorted(unknown))} (known: {', '.join([*SCENARIOS, DASHBOARD])})")
+        sys.exit(f"unknown scenarios: {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+    phases = Phases.of(options, only)
     dashboard_only = only == [DASHBOARD]
-    if shutil.which("wrk") is None and not dashboard_only:
+    if shutil.which("wrk") is None and (phases.cpu or phases.noisy):
         sys.exit("wrk is missing: apt-get install -y wrk")
     seconds, warmup = (3, 1) if options.quick else (options.seconds, 3)
     admin_url, db_url, redis_url = service_urls()
@@ -656,19 +968,27 @@ def main() -> None:
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     log_dir = ROOT / "var" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(env, log_dir, options.workers)
+    stack = Stack(env, log_dir, options.workers, options.threads)
     django_setup(env)
     started = time.monotonic()
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "stack": {"gunicorn_workers": options.workers, "worker_class": "sync"},
+        "stack": {
+            "gunicorn_workers": options.workers,
+            "worker_class": options.worker_class,
+            "threads": options.threads if options.worker_class == "gthread" else 1,
+            "models": phases.models,
+            "connections": CONNECTIONS,
+            "wrk_threads": 1,
+            "seconds": seconds,
+        },
     }
     try:
-        stack.start()
-        if not dashboard_only:
-            api_phase(stack, results, options=options, only=only, seconds=seconds, warmup=warmup)
-        if not options.quick and (not only or DASHBOARD in only):
+        stack.start(phases.models[0])
+        if phases.api:
+            api_phase(stack, results, options=options, phases=phases, seconds=seconds, warmup=warmup)
+        if phases.dashboard:
             from bench import dashboard
 
             results["dashboard"] = dashboard.run(stack.url, rounds=options.rounds, reuse=options.reuse_db)
@@ -681,7 +1001,13 @@ def main() -> None:
     table = report_all(results)
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    partial = options.quick or only or options.workers != GUNICORN_WORKERS
+    partial = (
+        options.quick
+        or only
+        or options.no_compare
+        or (options.workers, options.worker_class, options.threads)
+        != (GUNICORN_WORKERS, WORKER_CLASSES[0], WEB_THREADS)
+    )
     suffix = "-dashboard" if dashboard_only else "-partial" if partial else ""
     out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
     out.write_text(json.dumps({**results, "table": table.splitlines()}, indent=2) + "\n")

@@ -1,5 +1,6 @@
 -- One Lua script for every wrk scenario of bench/run.py (LuaJIT, wrk 4.1).
--- Environment: SCENARIO (floor | lock_new | lock_dup | lease | gov_permit | gov_dispatch | agent_metrics),
+-- Environment: SCENARIO (floor | lock_new | lock_dup | lease | gov_permit | gov_dispatch | agent_metrics | noisy_b:
+-- the noisy neighbour's account B, check-locks with new keys and permit-only governed calls in turn),
 -- API_KEY, RATE (total requests/s; 0 = as fast as possible), THREAD_COUNT, DUP_KEYS (lock_dup key count).
 -- RATE paces requests on a schedule (t0 + i / rate per thread), open loop: a slow answer does not slow the
 -- schedule down, so the latencies include queueing (no coordinated omission within the connections available).
@@ -69,6 +70,12 @@ function request()
   elseif scenario == "gov_dispatch" then
     return wrk.format("POST", "/v1/ai/run", auth,
       '{"agent_id":"bench-agent","tool":"bench.receiver","args":{"n":"' .. id .. '"}}')
+  elseif scenario == "noisy_b" then
+    if n % 2 == 0 then
+      return wrk.format("POST", "/v1/check-lock", auth, '{"key":"b:' .. id .. '","ttl":3600}')
+    end
+    return wrk.format("POST", "/v1/ai/run", auth,
+      '{"agent_id":"bench-agent","tool":"search.web","args":{"q":"b:' .. id .. '"}}')
   elseif scenario == "agent_metrics" then
     return wrk.format("GET", "/v1/agents/bench-agent/metrics?period=day", auth)
   end
