@@ -60,6 +60,7 @@ _CONFIG_NAMES = frozenset(
         "REDIS_URL",
         "SECRET_KEY",
         "SESSION_COOKIE_AGE",
+        "WEB_THREADS",
     }
 )
 _CONFIG_PREFIXES = ("ONCEONLY_", "STRIPE_", "EMAIL_")

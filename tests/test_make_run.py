@@ -65,6 +65,7 @@ def processes_mentioning(marker: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.backend_free  # new_user_env(): no DATABASE_URL, REDIS_URL or ONCEONLY_*
 @pytest.mark.timeout(240)
 def test_make_run_serves_prints_working_commands_and_ctrl_c_leaves_nothing_behind(tmp_path):
     var_dir = tmp_path / "var"
@@ -164,6 +165,7 @@ SHOW_SETTINGS = (
 
 
 @pytest.mark.slow
+@pytest.mark.backend_free
 def test_make_manage_runs_manage_py_with_the_environment_make_run_recorded(tmp_path):
     var_dir = tmp_path / "var"
     # No `make run` yet in this var dir: make run's defaults (DEBUG on, SQLite and the embedded Redis under it).

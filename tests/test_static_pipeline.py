@@ -15,6 +15,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.servers import ROOT
 
 VENDOR = ROOT / "static" / "vendor"
@@ -49,6 +51,7 @@ def test_every_source_map_reference_names_a_shipped_file():
             assert (path.parent / target.decode()).is_file(), f"{path.relative_to(ROOT)} names a missing {target!r}"
 
 
+@pytest.mark.backend_free
 def test_collectstatic_with_the_production_storage_writes_a_manifest(tmp_path):
     env = {
         key: value

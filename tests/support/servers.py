@@ -46,6 +46,7 @@ def server_env(**extra: str) -> dict[str, str]:
         SECRET_KEY=settings.SECRET_KEY,
         ONCEONLY_STATIC_FROM_FINDERS="1",
         DEBUG="0",
+        PGOPTIONS="-c synchronous_commit=off",  # as the tests' own connections (onceonly_site/settings_test.py)
     )
     env.update(extra)
     return env
