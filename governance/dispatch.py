@@ -292,9 +292,9 @@ def dispatch(
             break  # the tool refused this call: retrying cannot help
     if deadline_hit and not error:
         error = "the dispatch deadline passed before an attempt could start"
-    result = DispatchResult(False, None, status, _ms(started), attempts, error, last_headers, last_text)
-    result.deadline_hit = deadline_hit
-    return result
+    ended = DispatchResult(False, None, status, _ms(started), attempts, error, last_headers, last_text)
+    ended.deadline_hit = deadline_hit
+    return ended
 
 
 def pinned(checked: ssrf.CheckedUrl) -> tuple[str, dict[str, str], dict[str, Any]]:

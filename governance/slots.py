@@ -92,7 +92,8 @@ def _count(field: str) -> None:
 
 
 def totals() -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in get_redis().hgetall(TOTALS_KEY).items()}
+    counts: dict[bytes, bytes] = get_redis().hgetall(TOTALS_KEY)  # type: ignore[assignment]  # bytes: no decoding
+    return {k.decode(): int(v) for k, v in counts.items()}
 
 
 class DispatchBusy(ApiProblem):

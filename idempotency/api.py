@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit, usage
 from billing.auth import ApiPrincipal, authenticate_header_value, principal
-from idempotency import events, runs, selectors, services
+from idempotency import events, runs, selectors, services, waiting
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
 from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, body, page_params, parse_json_body
@@ -175,6 +175,17 @@ LEASE_STATUSES = [
 ]
 
 
+RETRY_AFTER_HELP = (
+    "Polling hint while the key is held (`polling`, `in_progress`): whole seconds, 1 for a fresh acquisition, "
+    "growing with its age to at most 5, never past the lease's expiry; else null."
+)
+RUN_WAIT_NOTE = (
+    "While a keyed run holds the key (queued or running in a worker), the request waits up to "
+    "ONCEONLY_RUN_WAIT_SECONDS (default 2 s) for it to finish and answers the moment it does; a key held by a plain "
+    "lease, or a process whose waiting slots are all taken, is answered at once."
+)
+
+
 class LeaseRecordOutput(serializers.Serializer):
     ok = serializers.BooleanField()
     status = serializers.ChoiceField(choices=LEASE_STATUSES)
@@ -188,7 +199,7 @@ class LeaseRecordOutput(serializers.Serializer):
     result = serializers.DictField(allow_null=True)
     result_hash = serializers.CharField(allow_null=True)
     error_code = serializers.CharField(allow_null=True)
-    retry_after_sec = serializers.IntegerField(allow_null=True, help_text="Polling hint for waiters.")
+    retry_after_sec = serializers.IntegerField(allow_null=True, help_text=RETRY_AFTER_HELP)
     charged = serializers.IntegerField(help_text="1 when this call acquired (counted as `ai` usage).")
     usage = serializers.IntegerField(help_text="`ai` usage this month after this call.")
     limit = serializers.IntegerField(help_text="The plan's monthly `ai` limit.")
@@ -210,7 +221,7 @@ class LeaseStateOutput(serializers.Serializer):
     result = serializers.DictField(allow_null=True, required=False)
     result_hash = serializers.CharField(allow_null=True, required=False)
     error_code = serializers.CharField(allow_null=True, required=False)
-    retry_after_sec = serializers.IntegerField(allow_null=True, required=False)
+    retry_after_sec = serializers.IntegerField(allow_null=True, required=False, help_text=RETRY_AFTER_HELP)
 
 
 class LeaseResultOutput(serializers.Serializer):
@@ -243,7 +254,7 @@ def _record(lease: Lease, *, status: str, holder: bool, now: datetime) -> dict[s
         "result": lease.result if completed else None,
         "result_hash": (lease.result_hash or None) if completed else None,
         "error_code": (lease.error_code or None) if lease.status == LeaseStatus.FAILED else None,
-        "retry_after_sec": max(1, min(5, lease.ttl_left(now))) if status == "polling" else None,
+        "retry_after_sec": waiting.retry_after(lease, now) if status in ("polling", "in_progress") else None,
     }
 
 
@@ -424,24 +435,28 @@ def _not_found(key: str) -> Response:
     return Response({"ok": False, "status": "not_found", "key": key})
 
 
+def _settled_lease(account_id: int, key: str) -> Lease | None:
+    """The key's lease record; while a keyed run holds it, once the run finished or the wait's bound passed
+    (docs/runs.md §"Waiting for a run")."""
+    lease = Lease.objects.filter(account_id=account_id, key=key).first()
+    return lease if lease is None else waiting.wait_for_run(account_id, key, lease)
+
+
 class LeaseStatusApi(APIView):
     @extend_schema(
         operation_id="ai_status",
         parameters=LeaseKeyQuery.parameters(),
         responses=LeaseStateOutput,
         summary="Where a key stands (in_progress while held); free of charge",
+        description=RUN_WAIT_NOTE,
     )
     def get(self, request: Request) -> Response:
         key = _query_key(request)
-        lease = Lease.objects.filter(account_id=principal(request).account_id, key=key).first()
+        lease = _settled_lease(principal(request).account_id, key)
         if lease is None:
             return _not_found(key)
         now = timezone.now()
-        status = lease.visible_status(now)
-        data = _record(lease, status=status, holder=False, now=now)
-        if status == "in_progress":
-            data["retry_after_sec"] = max(1, min(5, lease.ttl_left(now)))
-        return Response(data)
+        return Response(_record(lease, status=lease.visible_status(now), holder=False, now=now))
 
 
 class LeaseResultApi(APIView):
@@ -450,10 +465,11 @@ class LeaseResultApi(APIView):
         parameters=LeaseKeyQuery.parameters(),
         responses=LeaseResultOutput,
         summary="The stored result (completed) or error_code (failed); repeatable",
+        description=RUN_WAIT_NOTE,
     )
     def get(self, request: Request) -> Response:
         key = _query_key(request)
-        lease = Lease.objects.filter(account_id=principal(request).account_id, key=key).first()
+        lease = _settled_lease(principal(request).account_id, key)
         if lease is None:
             return _not_found(key)
         now = timezone.now()
@@ -570,7 +586,8 @@ class KeyedRunInput(Body):
 
 class KeyedRunApi(APIView):
     """``POST /v1/ai/run`` with ``key``: the lease answer (``/ai/lease`` shape, never ``allowed``/``decision``); on
-    ``acquired`` a worker runs the actions and the task and completes or fails the key. Not routed itself: the path
+    ``acquired`` a worker runs the actions and the task and completes or fails the key. The answer waits for the
+    key's run up to ONCEONLY_RUN_WAIT_SECONDS (``_after_run_wait``). Not routed itself: the path
     is governance.api.AiRunApi's (one path, two forms), which hands it the requests with a ``key`` — idempotency
     does not import governance."""
 
@@ -591,7 +608,29 @@ class KeyedRunApi(APIView):
             metadata=run.metadata.raw if run.metadata is not None else None,
             spec=spec,
         )
-        return _lease_response(request, outcome)
+        return _lease_response(request, _after_run_wait(caller.account_id, outcome))
+
+
+def _after_run_wait(account_id: int, outcome: services.LeaseOutcome) -> services.LeaseOutcome:
+    """The key form's answer once the key's run finished (``completed``, ``failed``, ``cancelled``: what the key
+    holds now, still with this call's ``charged``, and the holder's ``lease_id`` if this call acquired), or as it
+    was (``acquired``, ``polling``, refreshed) when the wait ended first (docs/runs.md §"Waiting for a run")."""
+    lease = outcome.lease
+    if lease is None or outcome.status not in ("acquired", "polling"):
+        return outcome
+    fresh = waiting.wait_for_run(account_id, outcome.key, lease, run_known=outcome.status == "acquired")
+    if fresh is None or fresh.version != lease.version:
+        return outcome  # deleted, or acquired again by another call meanwhile: this call's answer stands
+    same_holder = fresh.lease_id == lease.lease_id
+    status = outcome.status if fresh.status == LeaseStatus.IN_PROGRESS else fresh.status
+    return services.LeaseOutcome(
+        lease=fresh,
+        status=status,
+        key=outcome.key,
+        holder=outcome.holder and same_holder,
+        charged=outcome.charged,
+        usage=outcome.usage,
+    )
 
 
 # --- run events and timelines ---------------------------------------------------------------------------------

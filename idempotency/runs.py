@@ -9,7 +9,8 @@ The lifecycle of one run (one acquisition of a key's lease):
    no-ops. While it works, a heartbeat thread renews the claim (and keeps the key's lease alive).
 3. The worker runs the actions (through governance) and the job handler, then ``finish`` writes the result with
    a conditional UPDATE on its own fence — a worker that lost its claim cannot write — and completes or fails the
-   lease in the same transaction, so ``/v1/ai/status`` flips exactly when the run's result is stored.
+   lease in the same transaction, so ``/v1/ai/status`` flips exactly when the run's result is stored; after the
+   commit a Redis wake-up answers the requests waiting for it (``waiting``).
 4. ``sweep`` (beat) wakes a worker for runs whose claim lapsed (the worker died) or whose wake-up was lost, and
    fails runs that passed their deadline with ``timeout``.
 """
@@ -35,7 +36,7 @@ from django.utils import timezone
 
 from billing.auth import PlanLimits
 from billing.models import Account
-from idempotency import events, jobs, services
+from idempotency import events, jobs, services, waiting
 from idempotency.choices import LeaseStatus, RunError, RunStatus
 from idempotency.models import Lease, Run
 
@@ -213,7 +214,8 @@ def finish(run: Run, *, status: str, result: dict | None, error_code: str = "", 
         )
         if not done:
             return False
-        _settle_lease(run, status=status, result=result, error_code=error_code)
+        if not _settle_lease(run, status=status, result=result, error_code=error_code):
+            waiting.wake(run.account_id, run.key)  # settling the lease wakes its waiters itself
         events.emit(
             run.account_id,
             run.run_id,
@@ -228,7 +230,8 @@ def finish(run: Run, *, status: str, result: dict | None, error_code: str = "", 
     return True
 
 
-def _settle_lease(run: Run, *, status: str, result: dict | None, error_code: str) -> None:
+def _settle_lease(run: Run, *, status: str, result: dict | None, error_code: str) -> bool:
+    """Complete or fail the key's lease with the run's outcome; False when the lease no longer belongs to the run."""
     try:
         with transaction.atomic():
             if status == RunStatus.COMPLETED:
@@ -246,6 +249,8 @@ def _settle_lease(run: Run, *, status: str, result: dict | None, error_code: str
     except (services.LeaseMismatch, services.LeaseConflict):
         # The lease was reset or cancelled meanwhile: the run's own row keeps its outcome.
         logger.info("run %s finished after its lease was released", run.pk)
+        return False
+    return True
 
 
 def fail_unfinished(run: Run, error_code: str, message: str) -> bool:
@@ -263,8 +268,11 @@ def fail_unfinished(run: Run, error_code: str, message: str) -> bool:
         )
         if not done:
             return False
-        if error_code != RunError.LEASE_LOST:
-            _settle_lease(run, status=RunStatus.FAILED, result=None, error_code=error_code)
+        settled = error_code != RunError.LEASE_LOST and _settle_lease(
+            run, status=RunStatus.FAILED, result=None, error_code=error_code
+        )
+        if not settled:
+            waiting.wake(run.account_id, run.key)
         events.emit(
             run.account_id,
             run.run_id,

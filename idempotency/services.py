@@ -25,7 +25,7 @@ from billing.models import Account
 from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
-from idempotency import sql
+from idempotency import sql, waiting
 from idempotency.choices import AttemptOutcome, LeaseStatus
 from idempotency.models import Lease, LeaseAttempt, LockRecord, RunEvent
 from onceonly_site.redis_client import LuaScript, get_redis
@@ -455,6 +455,7 @@ def _finish(
             LeaseAttempt.objects.filter(lease=lease, version=lease.version).update(
                 ended_at=now, outcome=outcome, error_code=changes.get("error_code", ""), note=note[:500]
             )
+            waiting.wake(account_id, key)  # requests waiting for the key's keyed run (after the commit)
             if on_done is not None:
                 on_done()
     lease.refresh_from_db()
@@ -544,6 +545,7 @@ def lease_reset(*, account: Account, key: str, reason: str, actor: User) -> bool
         LeaseAttempt.objects.filter(lease=lease, ended_at__isnull=True).update(
             ended_at=now, outcome=AttemptOutcome.RESET, note=reason[:500]
         )
+        waiting.wake(account.pk, key)
         audit_record(
             account=account,
             actor=actor,
