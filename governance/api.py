@@ -146,9 +146,12 @@ class AiRunApi(APIView):
         },
         summary="Governed tool call (agent_id + tool), or keyed run executed once by a worker (key)",
         description="With `agent_id` and `tool`: the governed call — decided before the tool runs, answered with "
-        "`allowed` and `decision`. With `key`: the keyed run — the `/v1/ai/lease` answer (never `allowed` or "
-        "`decision`); on `acquired` a worker runs `metadata.actions` and `metadata.task` and completes or fails "
-        "the key (`/v1/ai/status`, `/v1/ai/result`, the run's timeline at `/v1/runs/{run_id}`).",
+        "`allowed` and `decision`; a call to a registered tool whose dispatch slots are full is refused at once "
+        "with 429 `dispatch_busy` and `Retry-After`, nothing reserved. With `key`: the keyed run — the "
+        "`/v1/ai/lease` answer (never `allowed` or `decision`); on `acquired` a worker runs `metadata.actions` and "
+        "`metadata.task` and completes or fails the key (`/v1/ai/status`, `/v1/ai/result`, the run's timeline at "
+        "`/v1/runs/{run_id}`). The answer waits up to ONCEONLY_RUN_WAIT_SECONDS (2 s) for the run: a run that "
+        "finishes in time is answered `completed` (or `failed`) with `charged: 1`.",
     )
     def post(self, request: Request) -> Response:
         data = body(request)
