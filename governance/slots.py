@@ -25,6 +25,7 @@ finish in time would only send the tool a request nobody will hear the answer of
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -174,69 +175,73 @@ def account_limit(plan_slots: int | None) -> int:
 
 def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, deadline: float) -> Slots:
     """The slots of one dispatch (``tool``: the tool's counter name; ``deadline``: time.monotonic() by which the
-    dispatch must end), or DispatchBusy with nothing taken."""
+    dispatch must end), or DispatchBusy with nothing taken. The account's and the tool's slots first (the limits
+    every process shares), then the process's: a call refused by the former never holds the latter, so "process"
+    is only ever the answer when this process's threads are what is short."""
     global _process_in_use
-    now_mono = time.monotonic()
-    left = deadline - now_mono
+    left = deadline - time.monotonic()
+    budget = settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
     if left <= MIN_ATTEMPT_SECONDS:
-        budget = settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
         raise DispatchBusy(
             "deadline",
             f"The server could not start this call's dispatch within its {budget:g} s deadline (it waited "
             f"{budget - left:.2f} s to be served); nothing was reserved. Retry it.",
             1,
         )
+    now_ms = int(time.time() * 1000)
+    reply = DISPATCH_SLOTS(
+        get_redis(),
+        DispatchSlotsKeys(account_key(account_id), tool_key(account_id, tool), stats_key(account_id)),
+        DispatchSlotsArgs(
+            now_ms=now_ms,
+            lapse_ms=now_ms + int((left + MARGIN_SECONDS) * 1000),
+            member=member,
+            account_limit=account_limit(plan_slots),
+            tool_limit=settings.ONCEONLY_DISPATCH_SLOTS_PER_TOOL,
+            tool=tool,
+            keep_ms=int((budget + MARGIN_SECONDS) * 1000) + 60_000,
+            flags_keep_ms=FLAGS_KEEP_SECONDS * 1000,
+        ),
+    )
+    if reply[0] != b"ok":
+        scope, in_flight, cap = reply[1].decode(), int(reply[2]), int(reply[3])
+        free_in = (float(reply[4]) - MARGIN_SECONDS * 1000 - now_ms) / 1000
+        retry = _retry_after(free_in, budget)
+        what = "this account" if scope == "account" else f"the tool {tool!r}"
+        raise DispatchBusy(
+            scope,
+            f"{in_flight} calls to {what} are already waiting on tools (its limit is {cap}); nothing was reserved. "
+            f"Retry in {retry} s.",
+            retry,
+            in_flight=in_flight,
+            limit=cap,
+        )
     semaphore = _process_semaphore()
+    slots = Slots(account_id, tool, member, None)
     if not semaphore.acquire(blocking=False):
+        slots.release()  # the account's and the tool's slots just taken
         size = settings.ONCEONLY_DISPATCH_SLOTS_PER_PROCESS
         raise DispatchBusy(
             "process",
             f"This server process already has {size} calls waiting on tools (its limit); nothing was reserved. "
             "Retry shortly.",
-            1,
+            _retry_after(0, budget),
             in_flight=size,
             limit=size,
         )
     with _process_lock:
         _process_in_use += 1
-    slots = Slots(account_id, tool, member, semaphore)
-    now_ms = int(time.time() * 1000)
-    limit = account_limit(plan_slots)
-    try:
-        reply = DISPATCH_SLOTS(
-            get_redis(),
-            DispatchSlotsKeys(account_key(account_id), tool_key(account_id, tool), stats_key(account_id)),
-            DispatchSlotsArgs(
-                now_ms=now_ms,
-                lapse_ms=now_ms + int((left + MARGIN_SECONDS) * 1000),
-                member=member,
-                account_limit=limit,
-                tool_limit=settings.ONCEONLY_DISPATCH_SLOTS_PER_TOOL,
-                tool=tool,
-                keep_ms=int((settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS + MARGIN_SECONDS) * 1000) + 60_000,
-                flags_keep_ms=FLAGS_KEEP_SECONDS * 1000,
-            ),
-        )
-    except BaseException:
-        slots.release()  # whether or not the script ran: removing a member it did not add is harmless
-        raise
-    if reply[0] == b"ok":
-        return slots
-    slots.released = True
-    _give_back(semaphore)  # the script took nothing
-    scope, in_flight, cap = reply[1].decode(), int(reply[2]), int(reply[3])
-    first_lapse = float(reply[4])
-    free_in = (first_lapse - MARGIN_SECONDS * 1000 - now_ms) / 1000
-    retry = max(1, min(math.ceil(settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS), math.ceil(free_in)))
-    what = "this account" if scope == "account" else f"the tool {tool!r}"
-    raise DispatchBusy(
-        scope,
-        f"{in_flight} calls to {what} are already waiting on tools (its limit is {cap}); nothing was reserved. "
-        f"Retry in {retry} s.",
-        retry,
-        in_flight=in_flight,
-        limit=cap,
-    )
+    slots.semaphore = semaphore
+    return slots
+
+
+def _retry_after(free_in: float, budget: float) -> int:
+    """Whole seconds to wait: at random between when a slot should be free (``free_in``) and the deadline, so that
+    calls refused together do not all come back in the same instant (each refusal costs about a check-lock; twenty
+    of them arriving at once are a CPU spike every other caller of the process feels)."""
+    low = max(1, math.ceil(free_in))
+    high = max(low, math.ceil(budget))
+    return random.randint(low, high)
 
 
 def flag_deadline(account_id: int, tool: str) -> None:
