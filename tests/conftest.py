@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS
 from django.test import Client
 
 from billing import auth, counters, plan_catalogue
@@ -22,10 +23,19 @@ PASSWORD = "correct-horse-battery-staple"
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
-    """pytest-django's test database, and no leftover: before it is dropped, end the PostgreSQL sessions other threads
-    of the run left open (a thread's connection lives until it is garbage collected), which made DROP DATABASE fail
-    with "is being accessed by other users" and left the test database behind."""
+    """pytest-django's test database with the plan catalogue seeded once (``plans`` below), and no leftover: before
+    it is dropped, end the PostgreSQL sessions other threads of the run left open (a thread's connection lives until
+    it is garbage collected), which made DROP DATABASE fail with "is being accessed by other users" and left the test
+    database behind."""
+    from django.db.models.signals import post_migrate
+
+    with django_db_blocker.unblock():
+        plan_catalogue.seed(Plan)
+    # A transactional test ends with a flush of every table, which then emits post_migrate (as it does to recreate
+    # content types): seed the catalogue again there, committed, so the tests after it find it without re-seeding.
+    post_migrate.connect(_reseed_after_flush, dispatch_uid=_RESEED_UID)
     yield
+    post_migrate.disconnect(dispatch_uid=_RESEED_UID)
     with django_db_blocker.unblock():
         from django.db import connection
 
@@ -79,11 +89,44 @@ class Key:
         return Client(headers={"Authorization": f"Bearer {self.raw}"})
 
 
+_RESEED_UID = "tests.conftest.reseed_plans_after_flush"
+_CATALOGUE = {row[0]: row for row in plan_catalogue.PLANS}
+
+
+def _seed_catalogue() -> None:
+    """``plan_catalogue.seed``, as one INSERT when the table is empty (as a flush leaves it)."""
+    if Plan.objects.exists():
+        plan_catalogue.seed(Plan)
+    else:
+        Plan.objects.bulk_create(
+            Plan(**dict(zip(plan_catalogue.FIELDS, row, strict=True))) for row in plan_catalogue.PLANS
+        )
+
+
+def _reseed_after_flush(sender, using=DEFAULT_DB_ALIAS, **kwargs) -> None:
+    if sender.label == "billing" and using == DEFAULT_DB_ALIAS:
+        _seed_catalogue()
+
+
+def _catalogue_intact() -> bool:
+    """Are the catalogue's plans in the table with the catalogue's values? One query (an update_or_create per plan,
+    ~10 ms, was most of the setup of the ~2,000 tests that use accounts)."""
+    rows = Plan.objects.filter(code__in=_CATALOGUE).values_list(*plan_catalogue.FIELDS)
+    return sorted(rows) == sorted(_CATALOGUE.values())
+
+
+def seeded_plans() -> dict[str, Plan]:
+    """The plans, the catalogue's as it lists them. Seeded once per session (django_db_setup above) and again after
+    each transactional test's flush (post_migrate); anything else that emptied or changed them (a flush without
+    post_migrate: serialized_rollback, available_apps) is caught here and they are seeded again, in this transaction."""
+    if not _catalogue_intact():
+        _seed_catalogue()
+    return {plan.code: plan for plan in Plan.objects.all()}
+
+
 @pytest.fixture
 def plans(db) -> dict[str, Plan]:
-    # Seeded by a data migration; transactional tests flush the tables, so make sure they are there.
-    plan_catalogue.seed(Plan)
-    return {plan.code: plan for plan in Plan.objects.all()}
+    return seeded_plans()
 
 
 @pytest.fixture

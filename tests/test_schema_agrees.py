@@ -27,6 +27,9 @@ import pytest
 import yaml
 from django.test import Client
 
+from billing.services import account_get_or_create
+from tests.conftest import make_key, seeded_plans
+from tests.support.module_data import Shared, shared_per_module
 from tests.support.schema_boundaries import (
     EMPTY_SEGMENT,
     FIELD_RULE,
@@ -88,9 +91,22 @@ class _Api:
         return self.generic("POST", url, json.dumps(body), content_type="application/json")
 
 
+def _build_key() -> str:
+    seeded_plans()
+    return make_key(account_get_or_create(name="Acme", plan_code="agency")[0], "agent A").raw
+
+
+@pytest.fixture(scope="module")
+def _key(django_db_setup, django_db_blocker):
+    """Account A and its API key once for the module's ~740 cases (~25 ms a case when each built them), shared the
+    way tests/support/module_data.py describes: each case still runs in its own rolled-back transaction."""
+    with shared_per_module(django_db_blocker, _build_key) as shared:
+        yield shared
+
+
 @pytest.fixture
-def api(_handler, key_a) -> _Api:
-    return _Api(_handler, key_a.raw)
+def api(db, _handler, _key: Shared[str]) -> _Api:
+    return _Api(_handler, _key.for_test())
 
 
 @pytest.fixture(autouse=True)

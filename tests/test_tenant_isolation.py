@@ -15,10 +15,13 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from billing.choices import Role
 from billing.models import ApiKey, Membership
+from billing.services import account_get_or_create
 from governance.models import Agent, Decision, Tool
 from idempotency.models import Lease
-from tests.conftest import Key, Persona
+from tests.conftest import Key, Persona, _persona, make_key, seeded_plans
+from tests.support.module_data import Shared, shared_per_module
 from tests.support.routes import walk_routes
 
 JSON = "application/json"
@@ -46,11 +49,19 @@ class World:
         return self.b.client()
 
 
-@pytest.fixture
-def world(key_a, key_b, owner_a, owner_b, viewer_a) -> World:
+def _build_world() -> dict[str, Any]:
+    """A's objects of every kind (and B's key and owner), the same for every case: built once for the module."""
+    seeded_plans()
+    account_a = account_get_or_create(name="Acme", plan_code="agency")[0]
+    account_b = account_get_or_create(name="Globex", plan_code="agency")[0]
+    key_a, key_b = make_key(account_a, "agent A"), make_key(account_b, "agent B")
+    owner_a = _persona(account_a, Role.OWNER, "alice@acme.test")
+    owner_b = _persona(account_b, Role.OWNER, "bob@globex.test")
+    viewer_a = _persona(account_a, Role.VIEWER, "victor@acme.test")
     api = key_a.client()
     assert api.post("/v1/check-lock", {"key": "shared-key"}, content_type=JSON).json()["status"] == "locked"
-    lease = api.post("/v1/ai/lease", {"key": "lease-key", "ttl": 300}, content_type=JSON).json()
+    # An hour: the lease outlives the module's run, however slow the machine (its cases see it held).
+    lease = api.post("/v1/ai/lease", {"key": "lease-key", "ttl": 3600}, content_type=JSON).json()
     assert lease["status"] == "acquired"
     api.post("/v1/policies/a-bot", {"blocked_tools": [A_SECRET_NAME]}, content_type=JSON)
     decision = api.post(
@@ -68,19 +79,38 @@ def world(key_a, key_b, owner_a, owner_b, viewer_a) -> World:
         content_type=JSON,
     )
     ApiKey.objects.filter(pk=key_a.api_key.pk).update(label=A_SECRET_NAME)
-    return World(
-        a=key_a,
-        b=key_b,
-        owner_a=owner_a,
-        owner_b=owner_b,
-        web_b=owner_b.login(Client()),
-        lease_id=lease["lease_id"],
-        decision_id=decision["decision_id"],
-        tool_id=Tool.objects.get(account=owner_a.account, name=A_SECRET_NAME).pk,
-        key_id=key_a.api_key.pk,
-        membership_id=Membership.objects.get(user=viewer_a.user).pk,
-        agent_pk=Agent.objects.get(account=owner_a.account, agent_id="a-bot").pk,
-    )
+    return {
+        "a": key_a,
+        "b": key_b,
+        "owner_a": owner_a,
+        "owner_b": owner_b,
+        "b_cookies": owner_b.login(Client()).cookies,  # B's dashboard session
+        "lease_id": lease["lease_id"],
+        "decision_id": decision["decision_id"],
+        "tool_id": Tool.objects.get(account=account_a, name=A_SECRET_NAME).pk,
+        "key_id": key_a.api_key.pk,
+        "membership_id": Membership.objects.get(user=viewer_a.user).pk,
+        "agent_pk": Agent.objects.get(account=account_a, agent_id="a-bot").pk,
+    }
+
+
+@pytest.fixture(scope="module")
+def _world(django_db_setup, django_db_blocker):
+    """The world once per module (~50 ms a case when each built it): tests/support/module_data.py."""
+    with shared_per_module(django_db_blocker, _build_world) as shared:
+        yield shared
+
+
+@pytest.fixture
+def world(db, _world: Shared[dict[str, Any]]) -> World:
+    """The module's world as built, for one case: its rows inside the case's own (rolled back) transaction, Redis
+    as the build left it, and B's dashboard session in a client of the case's own."""
+    built = _world.for_test()
+    web_b = Client()
+    web_b.cookies = built.pop("b_cookies")
+    # Still B's session: a page that redirected B to the login would pass ``hidden`` without showing anything.
+    assert web_b.session.get("_auth_user_id") == str(built["owner_b"].user.pk)
+    return World(web_b=web_b, **built)
 
 
 def hidden(response) -> None:
