@@ -1,9 +1,13 @@
 """Every dashboard page, for the browser tests that judge them all: a crawl from the overview (so a new page is
-covered without being listed), data with long identifiers on every page, axe-core, and the page-width check.
+covered without being listed), data with long identifiers on every page, axe-core, the page-width check, and
+`judge_every_page`, which runs any number of checks (`PageCheck`) on each page of one crawl.
 
-Used by tests/ui/test_browser_long_identifiers.py (width at 1280 and 390 px, no Python repr), tests/ui/
-test_browser_accessibility.py (axe), tests/ui/test_viewer_read_only.py (the viewer's pages) and tests/ui/
-test_browser_navigation.py (the current section)."""
+tests/ui/test_browser_every_page.py crawls once per (persona, width) and runs on every page the checks defined next
+to the tests that prove they can fail:
+- page width and long identifiers, no Python repr: tests/ui/test_browser_long_identifiers.py;
+- axe: tests/ui/test_browser_accessibility.py;
+- the current section of the main navigation: tests/ui/test_browser_navigation.py;
+- the write forms and 403 links a role must not be shown: tests/ui/test_viewer_read_only.py."""
 
 from __future__ import annotations
 
@@ -90,7 +94,7 @@ def crawl(page, base: str, extra: list[str] | tuple[str, ...] = ()):
             continue
         seen.add(path)
         response = page.goto(base + url)
-        assert response is not None and response.status < 500, url
+        assert response is not None and response.status < 500, f"{url} answered {response and response.status}"
         if not page.locator("main").count():
             continue  # an htmx fragment (the decision detail), shown inside a page, not on its own
         yield url
@@ -99,8 +103,42 @@ def crawl(page, base: str, extra: list[str] | tuple[str, ...] = ()):
                 queue.append(href)
     for url in extra:
         response = page.goto(base + url)
-        assert response is not None and response.status < 500, url
+        assert response is not None and response.status < 500, f"{url} answered {response and response.status}"
         yield url
+
+
+class PageCheck:
+    """One guarantee judged on every page of a crawl (a subclass per guarantee). `visit` looks at the loaded page and
+    records what is wrong with it; after the crawl, `problems` returns what failed, one line each, naming the page
+    and what was found there. A check that changes the page (opens its <details>…) sets `changes_page`: it runs
+    after the others on each page, so they see the page as served."""
+
+    title = "a check"  # what it proves: the heading of its findings in the failure message
+    changes_page = False
+
+    def visit(self, page, url: str) -> None:
+        raise NotImplementedError
+
+    def problems(self, page, base: str, visited: list[str]) -> list[str]:
+        """What failed, after the crawl (`page` is still logged in, on the last page visited)."""
+        raise NotImplementedError
+
+
+def judge_every_page(page, base: str, checks: list[PageCheck], extra: list[str] | tuple[str, ...] = ()):
+    """Crawl once (see `crawl`) and run every check on every page. Returns the URLs visited and one failure message
+    per check that found something: its title, then its findings, one line each."""
+    ordered = sorted(checks, key=lambda check: check.changes_page)  # stable: the others keep their order
+    visited = []
+    for url in crawl(page, base, extra):
+        visited.append(url)
+        for check in ordered:
+            check.visit(page, url)
+    failures = []
+    for check in checks:
+        found = check.problems(page, base, visited)
+        if found:
+            failures.append(f"{check.title} ({type(check).__name__}, {len(found)}):\n  " + "\n  ".join(found))
+    return visited, failures
 
 
 # What a Python repr of stored data looks like in a page's text (str() of a dict, a list of strings, a Decimal or a
@@ -125,6 +163,14 @@ def page_width(page) -> tuple[int, int]:
     """(document scroll width, window width) of the loaded page."""
     size = page.evaluate(WIDTH)
     return size["doc"], size["win"]
+
+
+def preload_axe(page) -> None:
+    """Evaluate the vendored axe-core in every document the page loads from now on, before the document's own scripts
+    (Playwright's init script, through the DevTools protocol like `axe_violations`: no <script>, no change to the
+    Content-Security-Policy). A crawl that runs axe on each page spares sending the script over each time (~0.1 s a
+    page)."""
+    page.add_init_script(AXE.read_text(encoding="utf-8"))
 
 
 def axe_violations(page, impacts: tuple[str, ...] = ("serious", "critical")) -> list[dict]:

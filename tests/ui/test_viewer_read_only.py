@@ -1,7 +1,9 @@
 """A viewer's dashboard is read-only: on every page a viewer can reach (the crawl of tests/support/pages.py, on data
 with long identifiers, a policy with history, locks and leases), no form or htmx call writes, no enabled field
 takes an edit, and nothing a viewer sees leads to "Not allowed" (403). The same detector finds the write forms on
-an owner's pages (so the check can fail), and an admin, who edits, is shown no owner-only form (team, plan).
+an owner's pages (so the check can fail), and an admin, who edits, is shown no owner-only form (team, plan). The
+check (`WritesShown`) runs in the one crawl per persona and width of tests/ui/test_browser_every_page.py; this
+module proves it can fail.
 
 Plans gate writes as roles do: an owner on a plan without the kill switch, policies or the tools registry (after a
 downgrade) sees those read-only, not a form that answers "Not allowed"."""
@@ -17,7 +19,7 @@ from django.urls import Resolver404, resolve
 
 from billing.models import Account
 from governance.models import Agent, Tool
-from tests.support.pages import AGENT, TOOL, crawl, extra_urls, seed_long_identifiers
+from tests.support.pages import AGENT, TOOL, PageCheck, seed_long_identifiers
 from tests.ui.test_browser_keys import login
 
 # POSTs that change nothing in the account, allowed to every member: the session's own, and the log verification
@@ -31,6 +33,29 @@ OWNER_ONLY = {
     "billing:billing-checkout",
     "billing:billing-portal",
 }
+
+# The write forms an owner is offered (on some page): tools, keys, policies, the team, settings, locks and leases.
+OWNER_WRITES = {
+    "governance:tool-toggle",
+    "governance:tool-edit",
+    "governance:tool-new",
+    "governance:tool-test",
+    "governance:tool-delete",
+    "governance:agent-kill-switch",
+    "governance:policy-edit",
+    "governance:policy-rollback",
+    "governance:policy-template",
+    "billing:api-keys",
+    "billing:api-key-revoke",
+    "billing:team",
+    "billing:member-change",
+    "billing:settings",
+    "billing:usage",
+    "idempotency:lock-release",
+    "idempotency:lease-reset",
+}
+# …and an admin: policies and keys.
+ADMIN_WRITES = {"governance:policy-edit", "billing:api-keys"}
 
 # Every form on the page that is not a GET form, and every htmx attribute that sends a write; each with the action
 # it posts to (the page itself for an empty action) and its enabled controls other than hidden ones.
@@ -56,12 +81,8 @@ LOOSE_FIELDS = """() => [...document.querySelectorAll('input, select, textarea')
     && !(c.form && (c.form.getAttribute('method') || 'get').toLowerCase() === 'get'))
   .map(c => c.outerHTML.slice(0, 120))"""
 HREFS = "() => [...new Set([...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')))]"
+NAVIGATION_STATUS = "() => performance.getEntriesByType('navigation')[0].responseStatus"
 NOT_FOLLOWED = ("/logout/", "/static/", "/api/", "/v1/", "#", "?", "mailto:", "http:", "https:")
-
-
-@pytest.fixture
-def seeded(key_a, owner_a):
-    seed_long_identifiers(key_a, owner_a)
 
 
 def url_name(page_url: str, action: str) -> str:
@@ -72,82 +93,105 @@ def url_name(page_url: str, action: str) -> str:
         return f"unresolved {path}"
 
 
-def survey(page, live_server, persona) -> dict:
-    """Crawl every page as `persona`: the write forms found (view name → pages), loose editable fields, pages and
-    links that answered 403 or showed "Not allowed"."""
-    login(page, live_server, persona)
-    writes, loose, refused, links, visited = {}, [], [], set(), []
-    for url in crawl(page, live_server.url, extra_urls()):
-        visited.append(url)
+class WritesShown(PageCheck):
+    """What a role is offered on every page it can reach: the write forms and htmx calls (by the view they post to),
+    the editable fields outside GET forms, and pages or links that answer 403 or show "Not allowed" — every link
+    shown, also the ones the crawl does not follow (/billing/…, /admin/) or visits once per path. Judged by role:
+
+    - viewer: no write but READ_POSTS, no editable field, nothing refused; the log verification it keeps is offered
+      and answers (not "Not allowed");
+    - owner: the write forms where they are (OWNER_WRITES: so the detector finds them), editable fields, nothing
+      refused;
+    - admin: edits policies and keys, is offered no OWNER_ONLY form, nothing refused."""
+
+    def __init__(self, role: str) -> None:
+        assert role in ("owner", "admin", "viewer"), role
+        self.role = role
+        self.title = f"what a{'n' if role != 'viewer' else ''} {role} is offered"
+        self.writes: dict[str, list[tuple[str, dict]]] = {}  # view name → (page, form or htmx element)
+        self.loose: list[str] = []
+        self.refused: list[str] = []
+        self.links: set[str] = set()
+        self.answered: dict[str, int] = {}  # page visited → the HTTP status of its document
+
+    def visit(self, page, url: str) -> None:
+        status = self.answered[url] = page.evaluate(NAVIGATION_STATUS)
         if page.locator("h1", has_text="Not allowed").count():
-            refused.append(url)
+            self.refused.append(f"{url}: the page (HTTP {status}) shows 'Not allowed'")
+        elif status == 403:
+            self.refused.append(f"{url}: the page answered 403")
         for write in page.evaluate(WRITES):
-            writes.setdefault(url_name(live_server.url + url, write["action"]), []).append((url, write))
-        loose += [(url, field) for field in page.evaluate(LOOSE_FIELDS)]
-        links.update(urljoin(url, href) for href in page.evaluate(HREFS) if not href.startswith(NOT_FOLLOWED))
-    # Every link shown, also the ones the crawl does not follow (/billing/…, /admin/) or visits once per path.
-    for link in sorted(links):
-        if link.startswith(NOT_FOLLOWED):
-            continue
-        response = page.request.get(live_server.url + link, max_redirects=0)
-        if response.status == 403:
-            refused.append(link)
-    return {"writes": writes, "loose": loose, "refused": refused, "visited": visited, "links": links}
+            self.writes.setdefault(url_name(page.url, write["action"]), []).append((url, write))
+        self.loose += [f"{url}: {field}" for field in page.evaluate(LOOSE_FIELDS)]
+        self.links.update(urljoin(url, href) for href in page.evaluate(HREFS) if not href.startswith(NOT_FOLLOWED))
+
+    def problems(self, page, base: str, visited: list[str]) -> list[str]:
+        found = list(self.refused)
+        for link in sorted(self.links):
+            if link.startswith(NOT_FOLLOWED) or self.answered.get(link):  # a page visited was judged in `visit`
+                continue
+            if page.request.get(base + link, max_redirects=0).status == 403:
+                found.append(f"{link}: a link shown answers 403 'Not allowed'")
+        offered = set(self.writes)
+        if self.role == "viewer":
+            found += [
+                f"{url}: a {write['kind']} that writes ({name}, action {write['action']!r}) shown to a viewer: "
+                f"{write['controls']}"
+                for name, where in self.writes.items()
+                if name not in READ_POSTS
+                for url, write in where
+            ]
+            found += [f"{field} (an editable field shown to a viewer)" for field in self.loose]
+            if "governance:verify" not in offered:
+                found.append("the log verification (governance:verify) is offered to a viewer on no page")
+            found += verify_the_log(page, base)
+        elif self.role == "owner":
+            if OWNER_WRITES - offered:
+                found.append(f"write forms an owner is offered on no page: {sorted(OWNER_WRITES - offered)}")
+            if not self.loose:
+                found.append("no editable field on any of an owner's pages (an owner's forms have them)")
+        else:
+            if ADMIN_WRITES - offered:
+                found.append(f"write forms an admin is offered on no page: {sorted(ADMIN_WRITES - offered)}")
+            found += [
+                f"{url}: an owner-only {write['kind']} ({name}) shown to an admin"
+                for name, where in self.writes.items()
+                if name in OWNER_ONLY
+                for url, write in where
+            ]
+        return found
 
 
-@pytest.mark.browser
-def test_a_viewer_sees_read_only_pages_and_nothing_that_is_not_allowed(page, live_server, owner_a, viewer_a, seeded):
-    found = survey(page, live_server, viewer_a)
-    assert len(found["visited"]) >= 12, found["visited"]
-    writes = {name: where for name, where in found["writes"].items() if name not in READ_POSTS}
-    assert not writes, f"forms or htmx calls that write, shown to a viewer: {writes}"
-    assert not found["loose"], f"editable fields shown to a viewer: {found['loose']}"
-    assert not found["refused"], f"pages or links a viewer is shown that answer 'Not allowed': {found['refused']}"
-    # The POSTs a viewer keeps are really allowed: verifying the log answers, not "Not allowed".
-    assert "governance:verify" in found["writes"]
-    page.goto(f"{live_server.url}/audit/verify/")
+def verify_the_log(page, base: str) -> list[str]:
+    """The POST a viewer keeps is really allowed: verifying the audit log answers, not "Not allowed"."""
+    page.goto(f"{base}/audit/verify/")
     page.get_by_role("button", name="Verify now").click()
     page.wait_for_load_state()
-    assert not page.locator("h1", has_text="Not allowed").count()
-    assert "Audit log OK" in page.get_by_role("status", name="Audit log").inner_text()
+    if page.locator("h1", has_text="Not allowed").count():
+        return ["/audit/verify/: 'Verify now' answers 'Not allowed'"]
+    status = page.get_by_role("status", name="Audit log").inner_text()
+    return [] if "Audit log OK" in status else [f"/audit/verify/: 'Verify now' answers {status!r}, not 'Audit log OK'"]
 
 
 @pytest.mark.browser
-def test_an_owner_gets_the_forms_a_viewer_does_not(page, live_server, owner_a, viewer_a, seeded):
-    """The detector above finds the write forms where they are: an owner edits tools, keys, policies, the team,
-    settings, locks and leases."""
-    found = survey(page, live_server, owner_a)
-    expected = {
-        "governance:tool-toggle",
-        "governance:tool-edit",
-        "governance:tool-new",
-        "governance:tool-test",
-        "governance:tool-delete",
-        "governance:agent-kill-switch",
-        "governance:policy-edit",
-        "governance:policy-rollback",
-        "governance:policy-template",
-        "billing:api-keys",
-        "billing:api-key-revoke",
-        "billing:team",
-        "billing:member-change",
-        "billing:settings",
-        "billing:usage",
-        "idempotency:lock-release",
-        "idempotency:lease-reset",
-    }
-    assert expected <= set(found["writes"]), expected - set(found["writes"])
-    assert found["loose"], "an owner's forms have editable fields"
-    assert not found["refused"], found["refused"]
-
-
-@pytest.mark.browser
-def test_an_admin_is_not_offered_what_only_an_owner_may_do(page, live_server, owner_a, admin_a, seeded):
-    found = survey(page, live_server, admin_a)
-    assert "governance:policy-edit" in found["writes"] and "billing:api-keys" in found["writes"]
-    owner_only = {name: where for name, where in found["writes"].items() if name in OWNER_ONLY}
-    assert not owner_only, f"owner-only forms shown to an admin: {owner_only}"
-    assert not found["refused"], f"pages or links an admin is shown that answer 'Not allowed': {found['refused']}"
+def test_the_write_detector_finds_forms_fields_and_refusals(page, live_server, owner_a):
+    """The check can fail: judged as a viewer's, the owner's tools page has write forms and editable fields, and a
+    page that shows "Not allowed" is found; as an admin's, an owner-only form is found."""
+    login(page, live_server, owner_a)
+    viewer, admin = WritesShown("viewer"), WritesShown("admin")
+    for check in (viewer, admin):
+        page.goto(f"{live_server.url}/tools/new/")
+        check.visit(page, "/tools/new/")
+        page.goto(f"{live_server.url}/team/")
+        check.visit(page, "/team/")
+    page.set_content("<main><h1>Not allowed</h1></main>")
+    viewer.visit(page, "/refused/")
+    found = viewer.problems(page, live_server.url, [])
+    assert any(line.startswith("/tools/new/: a form that writes (governance:tool-new") for line in found), found
+    assert any(line.startswith("/tools/new/: <input") and "editable field" in line for line in found), found
+    assert any(line.startswith("/refused/: the page (HTTP ") and "shows 'Not allowed'" in line for line in found), found
+    found = admin.problems(page, live_server.url, [])
+    assert any(line.startswith("/team/: an owner-only form (billing:team)") for line in found), found
 
 
 def post_actions(html: str) -> list[str]:
