@@ -41,6 +41,8 @@ from onceonly_site.redis_client import LuaScript, get_redis
 
 # A slot outlives its call's deadline by this much before it lapses on its own (a process that died holding it).
 MARGIN_SECONDS = 5.0
+# The longest Retry-After a refusal suggests (when many callers wait for few slots).
+MAX_RETRY_AFTER = 30
 # The flags of the Tools page ("hit its limit", "hit the deadline") are kept this long after the last hit.
 FLAGS_KEEP_SECONDS = 86400
 
@@ -51,6 +53,7 @@ class DispatchSlotsKeys(NamedTuple):
     account: str
     tool: str
     stats: str
+    refused: str
 
 
 class DispatchSlotsArgs(NamedTuple):
@@ -64,6 +67,7 @@ class DispatchSlotsArgs(NamedTuple):
     tool: str
     keep_ms: int
     flags_keep_ms: int
+    refused_keep_ms: int
 
 
 DISPATCH_SLOTS = LuaScript(Path(__file__).with_name("dispatch_slots.lua"), DispatchSlotsKeys, DispatchSlotsArgs)
@@ -191,7 +195,12 @@ def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, dea
     now_ms = int(time.time() * 1000)
     reply = DISPATCH_SLOTS(
         get_redis(),
-        DispatchSlotsKeys(account_key(account_id), tool_key(account_id, tool), stats_key(account_id)),
+        DispatchSlotsKeys(
+            account_key(account_id),
+            tool_key(account_id, tool),
+            stats_key(account_id),
+            f"oo:{{a{account_id}}}:slots:r:{tool}",
+        ),
         DispatchSlotsArgs(
             now_ms=now_ms,
             lapse_ms=now_ms + int((left + MARGIN_SECONDS) * 1000),
@@ -201,12 +210,16 @@ def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, dea
             tool=tool,
             keep_ms=int((budget + MARGIN_SECONDS) * 1000) + 60_000,
             flags_keep_ms=FLAGS_KEEP_SECONDS * 1000,
+            refused_keep_ms=int(budget * 1000),
         ),
     )
     if reply[0] != b"ok":
         scope, in_flight, cap = reply[1].decode(), int(reply[2]), int(reply[3])
         free_in = (float(reply[4]) - MARGIN_SECONDS * 1000 - now_ms) / 1000
-        retry = _retry_after(free_in, budget)
+        # Callers waiting for one of ``cap`` slots, each held up to the deadline: the last of them is served after
+        # about waiting / cap deadlines (refused_lately counts refusals since the last quiet deadline: roughly them).
+        queue = int(reply[5]) / cap * budget
+        retry = _retry_after(free_in, max(budget, queue))
         what = "this account" if scope == "account" else f"the tool {tool!r}"
         raise DispatchBusy(
             scope,
@@ -235,12 +248,14 @@ def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, dea
     return slots
 
 
-def _retry_after(free_in: float, budget: float) -> int:
-    """Whole seconds to wait: at random between when a slot should be free (``free_in``) and the deadline, so that
-    calls refused together do not all come back in the same instant (each refusal costs about a check-lock; twenty
-    of them arriving at once are a CPU spike every other caller of the process feels)."""
+def _retry_after(free_in: float, spread: float) -> int:
+    """Whole seconds to wait: at random between when a slot should be free (``free_in``) and ``spread`` (the
+    deadline, or longer when many callers wait for few slots: the time the last of them should be served, at most
+    MAX_RETRY_AFTER), so that calls refused together do not come back in the same instant, nor keep asking faster
+    than slots free up (a refusal costs about a permit-only call; twenty arriving at once are a CPU spike every
+    other caller of the process feels)."""
     low = max(1, math.ceil(free_in))
-    high = max(low, math.ceil(budget))
+    high = max(low, min(MAX_RETRY_AFTER, math.ceil(spread)))
     return random.randint(low, high)
 
 
