@@ -30,6 +30,7 @@ from standardwebhooks.webhooks import Webhook
 
 from governance import secrets, sql, ssrf
 from governance.models import Tool
+from onceonly_site import runner
 
 MAX_RESPONSE_BYTES = 256 * 1024
 MIN_ATTEMPT_SECONDS = 0.05  # an attempt is not started with less of the deadline left (governance/slots.py too)
@@ -190,6 +191,7 @@ def _result_of(content: bytes) -> tuple[dict[str, Any] | None, str]:
     return (value if isinstance(value, dict) else {"value": value}), ""
 
 
+@runner.steps_aside  # while it waits on the tool, another request of this process runs (onceonly_site/runner.py)
 def dispatch(
     tool: Tool,
     *,

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from idempotency.choices import LeaseStatus, RunStatus
 from idempotency.models import Lease, Run
-from onceonly_site import wakeups
+from onceonly_site import runner, wakeups
 
 UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
 # retry_after_sec grows by one second for every RETRY_AFTER_STEP seconds of the run's (the acquisition's) age, from
@@ -107,5 +107,6 @@ def wait_for_run(account_id: int, key: str, lease: Lease, *, run_known: bool = F
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return lease
-                event.wait(min(remaining, (lease.expires_at - now).total_seconds()))
+                with runner.stepped_aside():  # another request of this process may run meanwhile
+                    event.wait(min(remaining, (lease.expires_at - now).total_seconds()))
                 event.clear()  # before the re-read: a wake-up after it is seen by the next wait

@@ -84,6 +84,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "onceonly_site.clock.RequestClockMiddleware",  # first: a deadline counts from the arrival (onceonly_site/clock.py)
+    "onceonly_site.runner.RunnerMiddleware",  # one request runs Python at a time per process (onceonly_site/runner.py)
     "onceonly_site.middleware.RequestIdMiddleware",
     "onceonly_site.middleware.SecurityHeadersMiddleware",
     "onceonly_site.middleware.ControlCharactersMiddleware",  # before any view: docs/security.md
@@ -260,6 +261,9 @@ ONCEONLY_DISPATCH_DEADLINE_SECONDS = env_float("ONCEONLY_DISPATCH_DEADLINE_SECON
 # process (deploy/web.sh); a process lets at most half of them wait on tools and a quarter wait on keyed runs, so a
 # quarter always serves everything else.
 ONCEONLY_WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1, maximum=1000)
+# Requests of one web process that run Python at once (onceonly_site/runner.py): the others wait their turn, and
+# requests waiting on a tool or a keyed run step aside. 0: no limit (every thread runs, contending for the GIL).
+ONCEONLY_WEB_RUNNERS_PER_PROCESS = env_int("ONCEONLY_WEB_RUNNERS_PER_PROCESS", 1, minimum=0)
 ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT = env_int("ONCEONLY_DISPATCH_SLOTS_PER_ACCOUNT", 8, minimum=1)
 ONCEONLY_DISPATCH_SLOTS_PER_TOOL = env_int("ONCEONLY_DISPATCH_SLOTS_PER_TOOL", 4, minimum=1)
 ONCEONLY_DISPATCH_SLOTS_PER_PROCESS = env_int(
