@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import redis
 from django.conf import settings
 
 from governance.dispatch import MIN_ATTEMPT_SECONDS
+from onceonly_site import wakeups
 from onceonly_site.api import ApiProblem
 from onceonly_site.redis_client import LuaScript, get_redis
 
@@ -119,25 +119,13 @@ class DispatchBusy(ApiProblem):
         )
 
 
-_process_lock = threading.Lock()
-_process_slots: threading.BoundedSemaphore | None = None
-_process_size = 0
-_process_in_use = 0
-
-
-def _process_semaphore() -> threading.BoundedSemaphore:
-    """The process's semaphore, sized from the setting (made again when a test overrides it)."""
-    global _process_slots, _process_size
-    size = settings.ONCEONLY_DISPATCH_SLOTS_PER_PROCESS
-    with _process_lock:
-        if _process_slots is None or _process_size != size:
-            _process_slots, _process_size = threading.BoundedSemaphore(size), size
-        return _process_slots
+# The process's own limit: a non-blocking count sized from the setting at each take (tests override it).
+_process = wakeups.Slots(lambda: settings.ONCEONLY_DISPATCH_SLOTS_PER_PROCESS)
 
 
 def process_in_use() -> int:
     """Dispatches of this process waiting on tools right now."""
-    return _process_in_use
+    return _process.taken
 
 
 @dataclass(slots=True)
@@ -147,7 +135,7 @@ class Slots:
     account_id: int
     tool: str
     member: str
-    semaphore: threading.BoundedSemaphore | None
+    holds_process: bool = False
     released: bool = False
 
     def release(self) -> None:
@@ -162,15 +150,8 @@ class Slots:
         except redis.RedisError:
             pass  # the slots lapse on their own at the deadline plus the margin
         finally:
-            _give_back(self.semaphore)
-
-
-def _give_back(semaphore: threading.BoundedSemaphore | None) -> None:
-    global _process_in_use
-    if semaphore is not None:
-        with _process_lock:
-            _process_in_use -= 1
-        semaphore.release()
+            if self.holds_process:
+                _process.give()
 
 
 def account_limit(plan_slots: int | None) -> int:
@@ -182,7 +163,6 @@ def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, dea
     dispatch must end), or DispatchBusy with nothing taken. The account's and the tool's slots first (the limits
     every process shares), then the process's: a call refused by the former never holds the latter, so "process"
     is only ever the answer when this process's threads are what is short."""
-    global _process_in_use
     left = deadline - time.monotonic()
     budget = settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
     if left <= MIN_ATTEMPT_SECONDS:
@@ -229,9 +209,8 @@ def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, dea
             in_flight=in_flight,
             limit=cap,
         )
-    semaphore = _process_semaphore()
-    slots = Slots(account_id, tool, member, None)
-    if not semaphore.acquire(blocking=False):
+    slots = Slots(account_id, tool, member)
+    if not _process.try_take():
         slots.release()  # the account's and the tool's slots just taken
         size = settings.ONCEONLY_DISPATCH_SLOTS_PER_PROCESS
         raise DispatchBusy(
@@ -242,9 +221,7 @@ def take(*, account_id: int, tool: str, plan_slots: int | None, member: str, dea
             in_flight=size,
             limit=size,
         )
-    with _process_lock:
-        _process_in_use += 1
-    slots.semaphore = semaphore
+    slots.holds_process = True
     return slots
 
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from tests.support.timestamping_receiver import ANCILLARY, SO_TIMESTAMPNS, kernel_stamp
+from tests.support.timestamping_receiver import SO_TIMESTAMPNS, read_request
 
 
 class SlowTool:
@@ -67,38 +67,6 @@ class SlowTool:
                     return
                 if close:
                     return
-
-
-def read_request(
-    connection: socket.socket, pending: bytes
-) -> tuple[int | None, str, dict[str, str], bytes, bytes] | None:
-    """The next request on the connection: (kernel receive time of its first byte, method, headers, body, bytes
-    left over), or None when the client closed the connection."""
-    try:
-        if pending:  # pipelined after the previous request: no segment of its own to stamp
-            received_ns, buffer = None, pending
-        else:
-            first, ancillary, _, _ = connection.recvmsg(1, ANCILLARY)
-            if not first:
-                return None
-            received_ns, buffer = kernel_stamp(ancillary), first
-        while b"\r\n\r\n" not in buffer:
-            chunk = connection.recv(65536)
-            if not chunk:
-                return None
-            buffer += chunk
-        head, _, rest = buffer.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
-        length = int(headers.get("content-length", "0"))
-        while len(rest) < length:
-            chunk = connection.recv(65536)
-            if not chunk:
-                return None
-            rest += chunk
-    except (ConnectionError, OSError, ValueError):
-        return None
-    return received_ns, lines[0].split(" ", 1)[0], headers, rest[:length], rest[length:]
 
 
 if __name__ == "__main__":

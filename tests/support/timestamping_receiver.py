@@ -55,7 +55,7 @@ class Receiver:
                 request = read_request(connection, pending)
                 if request is None:
                     return
-                received_ns, method, headers, pending = request
+                received_ns, method, headers, _, pending = request
                 if method == "GET":
                     with self.lock:
                         body = json.dumps(self.log).encode()
@@ -91,9 +91,11 @@ def kernel_stamp(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
-def read_request(connection: socket.socket, pending: bytes) -> tuple[int | None, str, dict[str, str], bytes] | None:
-    """The next request on the connection: (kernel receive time of its first byte, method, headers, bytes left
-    over), or None when the client closed the connection."""
+def read_request(
+    connection: socket.socket, pending: bytes
+) -> tuple[int | None, str, dict[str, str], bytes, bytes] | None:
+    """The next request on the connection: (kernel receive time of its first byte, method, headers, body, bytes
+    left over), or None when the client closed the connection (or sent what is not HTTP)."""
     try:
         if pending:  # pipelined after the previous request: no segment of its own to stamp (HTTP clients wait)
             received_ns, buffer = None, pending
@@ -116,9 +118,9 @@ def read_request(connection: socket.socket, pending: bytes) -> tuple[int | None,
             if not chunk:
                 return None
             rest += chunk
-    except (ConnectionError, OSError):
+    except (ConnectionError, OSError, ValueError):
         return None
-    return received_ns, lines[0].split(" ", 1)[0], headers, rest[length:]
+    return received_ns, lines[0].split(" ", 1)[0], headers, rest[:length], rest[length:]
 
 
 if __name__ == "__main__":
