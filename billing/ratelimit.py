@@ -63,7 +63,13 @@ RATE_LIMIT = LuaScript(RATE_LIMIT_LUA, RateLimitKeys, RateLimitArgs, preludes=(T
 
 def take(principal: ApiPrincipal) -> None:
     """Take one token from the caller's bucket, or raise RateLimited. Without Redis, no limit is applied."""
-    key, (rate, burst) = script_args(principal)
+    take_bucket(*script_args(principal))
+
+
+def take_bucket(key: str, limits: list[int]) -> None:
+    """``take`` on a bucket named as ``script_args`` names it (for a script-taking path that ended before its
+    script)."""
+    rate, burst = limits
     try:
         reply = RATE_LIMIT(get_redis(), RateLimitKeys(bucket=key), RateLimitArgs(rate=rate, burst=burst))
     except (redis.ConnectionError, redis.TimeoutError):

@@ -17,7 +17,7 @@ from billing import entitlements, ratelimit
 from billing.auth import principal
 from billing.entitlements import FeatureGatedView
 from governance import explain, policies, selectors, services, tools
-from governance.choices import Outcome
+from governance.choices import Outcome, Reason
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
 from onceonly_site import clock
@@ -183,8 +183,13 @@ class AiRunApi(APIView):
                 tool=tool,
             ) from None
         d = outcome.decision
+        waiting: dict[str, Any] = {}
+        if d.policy_reason in (Reason.APPROVAL_REQUIRED, Reason.APPROVAL_DENIED) and isinstance(d.result, dict):
+            # Also at the top level for clients that read the whole answer (docs/approvals.md).
+            waiting = {name: d.result.get(name) for name in ("approval_id", "approval_url", "expires_at")}
         return Response(
             {
+                **waiting,
                 "ok": d.allowed,
                 "allowed": d.allowed,
                 "decision": d.outcome,

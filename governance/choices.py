@@ -27,6 +27,9 @@ class Reason(models.TextChoices):
     # The server called the tool but stopped (or lost its database) before recording the answer: the sweeper
     # records the dispatch from its intent row, charged, as failed with this reason (docs/operations.md).
     OUTCOME_UNKNOWN = "outcome_unknown"
+    # The policy's require_approval names the call: a person must approve this exact call first (docs/approvals.md).
+    APPROVAL_REQUIRED = "approval_required"
+    APPROVAL_DENIED = "approval_denied"
 
 
 class RiskLevel(models.TextChoices):

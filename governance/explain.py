@@ -88,6 +88,24 @@ def _attempts(seen: dict[str, Any]) -> str:
     return text
 
 
+def _approval(seen: dict[str, Any], reason: str) -> str:
+    """ "needs a person's approval (require_approval "stripe.*" over $50.00; this call costs $75.00) — apr_… pending
+    until 14:05 UTC", or "denied by alice@example.com: …"."""
+    rule = seen.get("rule") or {}
+    over = rule.get("over_usd")
+    named = f"require_approval {_quoted(rule.get('tool', '?'))}" + (f" over {usd(over)}" if over is not None else "")
+    cost = f"; this call costs {usd(seen['cost'])}" if over is not None and "cost" in seen else ""
+    approval = seen.get("approval_id")
+    if reason == Reason.APPROVAL_DENIED:
+        by = seen.get("decided_by") or "an approver"
+        why = f": {_quoted(seen['reason'])}" if seen.get("reason") else ""
+        return f"blocked — approval {approval} denied by {by}{why} ({named})"
+    if not approval:
+        return f"blocked — needs a person's approval ({named}{cost}); a dry run asks for none"
+    until = f" until {_when(seen['expires_at'])}" if seen.get("expires_at") else ""
+    return f"blocked — needs a person's approval ({named}{cost}): approval {approval} pending{until}"
+
+
 def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
     reason, known = d.policy_reason, bool(seen)
     if seen.get("test_call"):
@@ -157,6 +175,8 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
             "outcome unknown — the server called the tool but stopped before recording its answer; recorded "
             f"as failed and charged {usd(d.spend_usd)}"
         )
+    if reason in (Reason.APPROVAL_REQUIRED, Reason.APPROVAL_DENIED):
+        return _approval(seen, reason)
     if reason == Reason.WITHIN_BUDGET:
         verbs: dict[str, str] = {Outcome.EXECUTED: "executed", Outcome.ALLOWED: "allowed (permit-only)"}
         verb = verbs.get(d.outcome, d.outcome)

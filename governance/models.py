@@ -274,3 +274,65 @@ class Tool(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope_id}/{self.name}"
+
+
+class Approval(models.Model):
+    """A person's approval of one exact governed call (docs/approvals.md): bound to the account, the agent, the tool,
+    the args digest and the policy version it was asked under, single-use and expiring. Created when a call that the
+    policy's ``require_approval`` names arrives without one; the agent's identical retry consumes it once approved.
+    The call's args are kept encrypted for the approvers' preview only while it is pending."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        DENIED = "denied", "Denied"
+        CONSUMED = "consumed", "Used"  # approved, then its call went through (once)
+        EXPIRED = "expired", "Expired"
+        SUPERSEDED = "superseded", "Superseded"  # the agent's policy changed while it was open
+
+    public_id = models.CharField(max_length=40, editable=False)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="approvals", db_index=False)
+    tool = models.CharField(max_length=200)
+    args_hash = models.CharField(max_length=64)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    rule = models.JSONField(help_text='The require_approval entry that matched: {"tool": <glob>, "over_usd": …}.')
+    risk_level = models.CharField(max_length=8, choices=RiskLevel.choices)
+    spend_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0, help_text="The call's cost.")
+    run_id = models.CharField(max_length=256, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(max_length=1000, blank=True, help_text="The approver's reason (required to deny).")
+    consumed_at = models.DateTimeField(null=True, blank=True)
+    args_encrypted = models.TextField(blank=True, help_text="Fernet token of the call's args; emptied once decided.")
+    requested_by = models.ForeignKey(
+        Decision, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    consumed_by = models.ForeignKey(
+        Decision, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["public_id"], name="governance_approval_unique_public_id"),
+            # One open request per exact call: concurrent first calls race, the loser reads the winner's.
+            models.UniqueConstraint(
+                fields=["agent", "tool", "args_hash"],
+                condition=models.Q(status="pending"),
+                name="governance_approval_one_pending",
+            ),
+        ]
+        indexes = [
+            # The governed call's lookup of the exact call's approvals.
+            models.Index(fields=["agent", "args_hash"], name="governance_approval_call"),
+            # The queue (by status) and the sweep of expired ones.
+            models.Index(fields=["account", "status", "-created_at"], name="governance_approval_queue"),
+            models.Index(fields=["status", "expires_at"], name="governance_approval_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.agent} {self.tool} {self.status}"

@@ -215,6 +215,61 @@ class PricingRules(Field[list[dict[str, Any]] | None]):
         )
 
 
+APPROVAL_TTL_DEFAULT = 3600  # an approval request's lifetime when the policy sets no approval_ttl_seconds
+APPROVAL_TTL_MAX = 7 * 24 * 3600
+
+
+class ApprovalRules(Field[list[Any] | None]):
+    """``require_approval``: tool names or globs whose calls a person must approve first, each a string
+    (``"stripe.refund"``) or ``{"tool": <name or glob>, "over_usd": <amount>}`` (only calls costing more than it)
+    (docs/approvals.md). Problems at ``require_approval.<index>…``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tool, self.over = PolicyTool(), Usd(rounded=True)
+
+    def clean(self, check: BodyCheck, loc: str, value: Any) -> list[Any] | None:
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            check.fail(
+                loc, f"Must be a list of at most {MAX_LIST} tool names, globs or {{tool, over_usd}}.", "list_type"
+            )
+            return None
+        rules: list[Any] = []
+        for index, entry in enumerate(value):
+            where = f"{loc}.{index}"
+            if isinstance(entry, dict):
+                if "tool" not in entry or not set(entry) <= {"tool", "over_usd"}:
+                    check.fail(where, 'Each object is {"tool": str} or {"tool": str, "over_usd": number}.', "invalid")
+                    continue
+                name = entry["tool"]
+                where = f"{where}.tool"
+            else:
+                name = entry
+            problem = self.tool.problem(name, f"Must be a non-empty string of at most {MAX_TOOL_NAME} characters.")
+            if problem is not None:
+                check.fail(where, problem.message, problem.code)
+                continue
+            if not isinstance(entry, dict) or entry.get("over_usd") is None:
+                rules.append(name.strip())
+                continue
+            try:
+                over = self.over.parse(entry["over_usd"])
+            except Invalid as refused:
+                check.fail(f"{loc}.{index}.over_usd", refused.message, refused.code)
+                continue
+            rules.append({"tool": name.strip(), "over_usd": over})
+        return rules
+
+    def openapi(self) -> dict[str, Any]:
+        entry = {
+            "type": "object",
+            "properties": {"tool": self.tool.schema(), "over_usd": self.over.openapi()},
+            "required": ["tool"],
+            "additionalProperties": False,
+        }
+        return {"type": "array", "maxItems": MAX_LIST, "items": {"oneOf": [self.tool.schema(), entry]}}
+
+
 class PolicyInput(Body):
     """A policy upsert (and a template's overrides): the fields sent replace, an explicit null clears. Checked in
     the order sent, an unknown field where it stands; the dashboard's editor checks its policy here too."""
@@ -231,6 +286,16 @@ class PolicyInput(Body):
         "forms)."
     )
     pricing_rules = PricingRules()
+    require_approval = ApprovalRules(
+        description='Tool names or globs whose calls a person must approve first: "stripe.refund", or '
+        '{"tool": "stripe.*", "over_usd": 50} for calls costing more than 50 USD.'
+    )
+    approval_ttl_seconds = Integer(
+        60,
+        APPROVAL_TTL_MAX,
+        whole_floats=True,
+        description=f"Seconds an approval request stays open, and an approval usable (default {APPROVAL_TTL_DEFAULT}).",
+    )
 
     @classmethod
     def refuse_unknown(cls, check: BodyCheck, loc: str, names: list[str]) -> None:
@@ -339,6 +404,7 @@ def normalised_entries(policy: dict[str, Any]) -> list[tuple[str, str, str]]:
         out += [(field, entry, normalise_tool(entry)) for entry in policy.get(field) or ()]
     out += [("max_calls_per_tool", tool, normalise_tool(tool)) for tool in policy.get("max_calls_per_tool") or {}]
     out += [("pricing_rules", rule["tool"], normalise_tool(rule["tool"])) for rule in policy.get("pricing_rules") or ()]
+    out += [("require_approval", pattern, normalise_tool(pattern)) for pattern, _ in approval_entries(policy)]
     return [row for row in out if row[1] != row[2]]
 
 
@@ -351,11 +417,33 @@ def price_for(policy: dict[str, Any], tool: str) -> Decimal | None:
     return None
 
 
+def approval_entries(policy: dict[str, Any]) -> list[tuple[str, float | None]]:
+    """``require_approval`` as (tool or glob, over_usd or None) pairs."""
+    return [
+        (entry, None) if isinstance(entry, str) else (entry["tool"], entry.get("over_usd"))
+        for entry in policy.get("require_approval") or ()
+    ]
+
+
+def approval_rule(policy: dict[str, Any], tool: str, cost: Decimal) -> dict[str, Any] | None:
+    """The first ``require_approval`` entry naming ``tool`` (as ``matches`` compares names) whose threshold, if any,
+    ``cost`` exceeds, as ``{"tool": …, "over_usd": …}``; None: the call needs no approval."""
+    for pattern, over in approval_entries(policy):
+        if matches(tool, [pattern]) and (over is None or cost > Decimal(str(over))):
+            return {"tool": pattern, "over_usd": over}
+    return None
+
+
+def approval_ttl(policy: dict[str, Any]) -> int:
+    return int(policy.get("approval_ttl_seconds") or APPROVAL_TTL_DEFAULT)
+
+
 def named_tools(policy: dict[str, Any]) -> set[str]:
     """The exact (non-glob) tool names a policy mentions, for the unknown-tool warnings."""
     names = set(policy.get("allowed_tools") or ()) | set(policy.get("blocked_tools") or ())
     names |= set(policy.get("max_calls_per_tool") or {})
     names |= {rule["tool"] for rule in policy.get("pricing_rules") or ()}
+    names |= {pattern for pattern, _ in approval_entries(policy)}
     return {name for name in names if not any(ch in name for ch in "*?[")}
 
 

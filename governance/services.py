@@ -27,9 +27,9 @@ from billing import usage
 from billing.auth import PlanLimits
 from billing.models import Account
 from billing.notifications import notify
-from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
+from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited, take_bucket
 from billing.services import audit_record
-from governance import dispatch, ledger, policies, slots, sql
+from governance import approvals, dispatch, ledger, policies, slots, sql
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, DispatchIntent, PolicyVersion, Tool
 from idempotency import events as run_events
@@ -207,6 +207,7 @@ def policy_publish(
         PolicyVersion.objects.create(agent=agent, version=version, policy=policy, source=source, created_by=actor)
         agent.policy, agent.policy_version = policy, version
         agent.save(update_fields=["policy", "policy_version"])
+        approvals.supersede(agent)  # an approval binds the policy version it was asked under (docs/approvals.md)
         audit_record(
             account=agent.account,
             actor_label=actor,
@@ -654,6 +655,43 @@ def call_price(call: Call, spend_usd: Decimal | None) -> Charge:
     return Charge(price=price, declared=declared, cost=price if declared is None else max(declared, price))
 
 
+def call_approval(call: Call, charge: Charge, *, fresh: bool = False) -> approvals.Gate | None:
+    """Approval (docs/approvals.md): None when the policy's require_approval does not name the call; else the gate
+    — "proceed" (approved: the call goes on and uses the approval once reserved), or the blocking state, with the
+    pending approval created for a first call. ``fresh``: the call's approval was used by another call, so only a
+    new request (or a pending or denied one) can answer it."""
+    if not call.policy.get("require_approval"):
+        return None
+    return approvals.gate(
+        agent=call.agent,
+        tool=call.tool,
+        digest=call.digest,
+        policy=call.policy,
+        cost=charge.cost,
+        args=call.args,
+        run_id=call.run_id,
+        risk_level=call.base["risk_level"],
+        dry_run=call.dry_run,
+        fresh=fresh,
+    )
+
+
+def call_record_approval(call: Call, gate: approvals.Gate, charge: Charge) -> CallOutcome:
+    """The blocked decision of a call waiting for (or denied) its approval: nothing reserved or charged; ``result``
+    carries the approval (the SDK keeps ``result``)."""
+    denied = gate.state == "denied"
+    ending = Ending(
+        Outcome.BLOCKED,
+        Reason.APPROVAL_DENIED if denied else Reason.APPROVAL_REQUIRED,
+        approvals.explain_of(gate, charge.cost),
+        extra={"result": approvals.answer(gate.approval, gate.state)},
+    )
+    outcome = call_record(call, ending)
+    if gate.approval is not None and not call.dry_run:
+        approvals.link(gate.approval, outcome.decision, consumed=False)
+    return outcome
+
+
 def call_slots(call: Call, plan: PlanLimits, deadline: float) -> slots.Slots | None:
     """Bulkheads (docs/operations.md §"Slow tools and bulkheads"): a call that will be dispatched takes a slot of its
     web process, its account and its tool before anything is reserved, or is refused (``DispatchBusy``, 429) with
@@ -982,6 +1020,11 @@ def governed_call(
     charge = call_price(call, spend_usd)
     # From here on every decision (blocked by a limit, dedup, allowed, executed, failed) records both sides.
     call.base.update(declared_spend_usd=charge.declared, operator_price_usd=charge.price)
+    gate = call_approval(call, charge)
+    if gate is not None and gate.state != "proceed":
+        if rate_limit is not None:
+            take_bucket(*rate_limit)  # an approval request writes rows: it counts against the caller's rate
+        return call_record_approval(call, gate, charge)
     deadline = (call.started if arrived is None else arrived) + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
     held = call_slots(call, plan, deadline) if arrived is not None else None
     try:
@@ -999,6 +1042,10 @@ def governed_call(
                 Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost}
             )
             return call_record(call, ending)
+        if gate is not None and gate.approval is not None and not approvals.claim(gate.approval):
+            # Used by another call meanwhile (or expired): this call needs an approval of its own.
+            call_release(reserved)
+            return call_record_approval(call, call_approval(call, charge, fresh=True) or gate, charge)
         if call.registered is None:  # permit-only: an unregistered tool is not dispatched
             ending = Ending(
                 Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost}
@@ -1021,6 +1068,14 @@ def governed_call(
         # through any Redis rebuild until the sweeper records it (dispatch_intents_record).
         raise
     call_tidy(reserved, ending, outcome.decision)
+    if gate is not None and gate.approval is not None:
+        if ending.outcome in (Outcome.FAILED, Outcome.BLOCKED) and ending.reason in (
+            Reason.TOOL_ERROR,
+            Reason.AGENT_DISABLED,
+        ):
+            approvals.unclaim(gate.approval)  # the tool did not do the work: a retry may still use the approval
+        else:
+            approvals.link(gate.approval, outcome.decision, consumed=True)
     if ending.outcome == Outcome.FAILED and ending.reason == Reason.TOOL_ERROR and ending.sent is not None:
         sent = ending.sent
         notify(

@@ -2,7 +2,7 @@ import logging
 
 from celery import shared_task
 
-from governance import ledger, services
+from governance import approvals, ledger, services
 
 logger = logging.getLogger(__name__)
 
@@ -29,3 +29,11 @@ def verify_decision_logs() -> None:
     failed = ledger.verify_all()
     if failed:
         logger.error("%s decision or audit logs failed verification", len(failed))
+
+
+@shared_task(name="governance.expire_approvals", ignore_result=True)
+def expire_approvals() -> None:
+    """Beat: open approvals past their time become expired (their args preview deleted)."""
+    expired = approvals.expire_due()
+    if expired:
+        logger.info("expired %s approval requests", expired)

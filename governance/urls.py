@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from governance import api, views
+from governance import api, approval_views, views
 
 app_name = "governance"
 
@@ -26,6 +26,8 @@ urlpatterns = [
     path("tools/<int:tool_id>/test/", views.tool_test, name="tool-test"),
     path("audit/", views.audit_log, name="audit"),
     path("audit/verify/", views.verify_log, name="verify"),
+    path("approvals/", approval_views.queue, name="approvals"),
+    path("approvals/<str:public_id>/", approval_views.detail, name="approval"),
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py. Agent ids may contain `:` `.` `-` `_` and, percent-encoded, `/`:

@@ -38,6 +38,8 @@ app.conf.beat_schedule = {
     # Durability of dispatches (docs/architecture.md §3.4, §4.11): a tool called by a server that stopped before
     # recording the answer gets its decision from the intent row written before the call (failed, outcome_unknown).
     "governance-record-unfinished-dispatches": {"task": "governance.record_unfinished_dispatches", "schedule": 60.0},
+    # Approval requests past their time expire and lose their args preview (docs/approvals.md).
+    "governance-expire-approvals": {"task": "governance.expire_approvals", "schedule": 30.0},
 }
 
 

@@ -245,6 +245,9 @@ ONCEONLY_COUNTER_FLUSH_SECONDS = env_float("ONCEONLY_COUNTER_FLUSH_SECONDS", 5.0
 # GET /metrics (Prometheus): off unless a token is set; scrapers send it as a bearer token.
 ONCEONLY_METRICS_TOKEN = env_str("ONCEONLY_METRICS_TOKEN") or ""
 ONCEONLY_METRICS_CACHE_SECONDS = env_int("ONCEONLY_METRICS_CACHE_SECONDS", 10, minimum=0)
+# The dashboard's public address (https://onceonly.example.com): links that leave the server — an approval's URL in
+# the API's answer and in notifications — are absolute with it. Unset, they are paths (docs/approvals.md).
+ONCEONLY_PUBLIC_URL = (env_str("ONCEONLY_PUBLIC_URL") or "").strip().rstrip("/")
 # Dashboard sign-in: this many wrong passwords for one email (ten times as many from one address) lock sign-in
 # for the window (billing/login_throttle.py).
 ONCEONLY_LOGIN_MAX_FAILURES = env_int("ONCEONLY_LOGIN_MAX_FAILURES", 5, minimum=1)

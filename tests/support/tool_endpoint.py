@@ -17,6 +17,7 @@ class ToolEndpoint:
         self.on_call: Callable[[], None] | None = None
         self.answer: Callable[[], Iterator[bytes]] = lambda: iter([b'{"refunded": true}'])
         self.headers: dict[str, str] = {}
+        self.status = 200  # the HTTP status every call is answered with
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,7 +29,7 @@ class ToolEndpoint:
                 endpoint.calls.append({"webhook_id": self.headers["webhook-id"], **body})
                 if endpoint.on_call is not None:
                     endpoint.on_call()
-                self.send_response(200)
+                self.send_response(endpoint.status)
                 self.send_header("Content-Type", "application/json")
                 for name, value in endpoint.headers.items():
                     self.send_header(name, value)
