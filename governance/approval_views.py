@@ -11,3 +11,7 @@ def queue(request: HttpRequest) -> HttpResponse:
 
 def detail(request: HttpRequest, public_id: str) -> HttpResponse:
     return HttpResponseNotFound("Approval page: not built yet.")
+
+
+def decide(request: HttpRequest, public_id: str) -> HttpResponse:
+    return HttpResponseNotFound("Not built yet.")

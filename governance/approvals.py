@@ -21,7 +21,9 @@ expires the ones past their time (``expire_due``); the gate never matches an exp
 from __future__ import annotations
 
 import json
+import logging
 import secrets as random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -37,9 +39,32 @@ from governance import policies
 from governance import secrets as sealed
 from governance.models import Agent, Approval, Decision
 
+logger = logging.getLogger(__name__)
+
 Status = Approval.Status
 OPEN = (Status.PENDING, Status.APPROVED)
 PUBLIC_PREFIX = "apr_"
+
+# Who is told, after the commit: a request was created (notification channels), or an approval left "pending" —
+# approved, denied, expired or superseded (keyed runs waiting for it). Each gets the Approval; an error is logged.
+REQUESTED: list[Callable[[Approval], None]] = []
+SETTLED: list[Callable[[Approval], None]] = []
+
+
+def _tell(listeners: list[Callable[[Approval], None]], approval_ids: list[int]) -> None:
+    """Call each listener with each approval after the current transaction commits (at once outside one)."""
+    if not listeners or not approval_ids:
+        return
+
+    def run() -> None:
+        for approval in Approval.objects.filter(pk__in=approval_ids).select_related("agent"):
+            for listener in listeners:
+                try:
+                    listener(approval)
+                except Exception:
+                    logger.exception("approval listener %s failed for %s", listener, approval.public_id)
+
+    transaction.on_commit(run)
 
 
 def new_public_id() -> str:
@@ -128,7 +153,7 @@ def _request(
     """The pending approval of this exact call: created, or the one a concurrent first call created."""
     try:
         with transaction.atomic():
-            return Approval.objects.create(
+            created = Approval.objects.create(
                 public_id=new_public_id(),
                 account_id=agent.account_id,
                 agent=agent,
@@ -143,6 +168,8 @@ def _request(
                 expires_at=now + timedelta(seconds=policies.approval_ttl(policy)),
                 args_encrypted=sealed.encrypt(json.dumps(args, sort_keys=True, ensure_ascii=False)),
             )
+        _tell(REQUESTED, [created.pk])
+        return created
     except IntegrityError:  # governance_approval_one_pending: a concurrent identical call asked first
         pending = Approval.objects.get(agent=agent, tool=tool, args_hash=digest, status=Status.PENDING)
         if pending.expires_at > now:
@@ -238,6 +265,7 @@ def decide(*, account_id: int, public_id: str, approve: bool, reason: str, actor
                 approval.refresh_from_db()
             raise NotPending(approval)
         approval.refresh_from_db()
+        _tell(SETTLED, [approval.pk])
         audit_record(
             account=approval.agent.account,
             actor_label=actor,
@@ -268,9 +296,14 @@ def args_preview(approval: Approval) -> dict[str, Any] | None:
 def supersede(agent: Agent) -> int:
     """A new policy version: the agent's open approvals no longer match (called inside policy_publish's
     transaction)."""
-    return Approval.objects.filter(agent=agent, status__in=OPEN).update(
+    ids = list(Approval.objects.filter(agent=agent, status__in=OPEN).values_list("pk", flat=True))
+    if not ids:
+        return 0
+    changed = Approval.objects.filter(pk__in=ids, status__in=OPEN).update(
         status=Status.SUPERSEDED, decided_at=timezone.now(), args_encrypted=""
     )
+    _tell(SETTLED, ids)
+    return changed
 
 
 def expire_due(*, batch: int = 1000) -> int:
@@ -283,6 +316,12 @@ def expire_due(*, batch: int = 1000) -> int:
     )
     if not ids:
         return 0
-    return Approval.objects.filter(pk__in=ids, status__in=OPEN, expires_at__lte=now).update(
-        status=Status.EXPIRED, args_encrypted=""
-    )
+    with transaction.atomic():
+        expired = list(
+            Approval.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=ids, status__in=OPEN, expires_at__lte=now)
+            .values_list("pk", flat=True)
+        )
+        Approval.objects.filter(pk__in=expired).update(status=Status.EXPIRED, args_encrypted="")
+        _tell(SETTLED, expired)
+    return len(expired)

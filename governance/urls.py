@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from governance import api, approval_views, views
+from governance import api, approval_api, approval_views, channel_urls, views
 
 app_name = "governance"
 
@@ -28,6 +28,8 @@ urlpatterns = [
     path("audit/verify/", views.verify_log, name="verify"),
     path("approvals/", approval_views.queue, name="approvals"),
     path("approvals/<str:public_id>/", approval_views.detail, name="approval"),
+    path("approvals/<str:public_id>/decide/", approval_views.decide, name="approval-decide"),
+    *channel_urls.urlpatterns,
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py. Agent ids may contain `:` `.` `-` `_` and, percent-encoded, `/`:
@@ -38,6 +40,14 @@ api_urlpatterns = [
     path("metrics", api.MetricsApi.as_view(), name="metrics"),
     path("policies", api.PolicyListApi.as_view(), name="policies"),
     path("tools", api.ToolsApi.as_view(), name="tools"),
+    path("approvals", approval_api.ApprovalListApi.as_view(), name="approvals"),
+    path("approvals/<str:public_id>", approval_api.ApprovalApi.as_view(), name="approval"),
+    path(
+        "approvals/<str:public_id>/approve",
+        approval_api.ApprovalDecideApi.as_view(action="approve"),
+        name="approval-approve",
+    ),
+    path("approvals/<str:public_id>/deny", approval_api.ApprovalDecideApi.as_view(action="deny"), name="approval-deny"),
     path("tools/<str:name>/toggle", api.ToolToggleApi.as_view(), name="tool-toggle"),
     path("tools/<str:name>", api.ToolApi.as_view(), name="tool"),
     re_path(r"^policies/(?P<agent_id>.+)/from-template$", api.PolicyTemplateApi.as_view(), name="policy-template"),

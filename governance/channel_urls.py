@@ -1,0 +1,3 @@
+"""Dashboard routes of the notification channels (docs/approvals.md)."""
+
+urlpatterns: list = []
