@@ -120,6 +120,11 @@ class GovernedCallOutput(serializers.Serializer):
         'before the call, spent, cost, pattern, left…; docs/api.md §"Explained decisions").',
     )
     explanation = serializers.CharField(help_text="The decision in one sentence, with its numbers.")
+    approval_id = serializers.CharField(
+        required=False, help_text="approval_required / approval_denied only: the approval (docs/approvals.md)."
+    )
+    approval_url = serializers.CharField(required=False, help_text="Its dashboard page.")
+    expires_at = serializers.DateTimeField(required=False, help_text="When the approval request expires.")
 
 
 class AiRunApi(APIView):

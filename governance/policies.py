@@ -30,11 +30,14 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         "blocked_tools": ["delete_*", "*.delete*", "drop_*"],
         "max_actions_per_hour": 100,
         "max_spend_usd_per_day": 25.0,
+        # Money leaving the account waits for a person (docs/approvals.md).
+        "require_approval": ["*refund*", "transfer*", "*.transfer*", "*payout*"],
     },
     "permissive": {
         "blocked_tools": ["drop_*"],
         "max_actions_per_hour": 1000,
         "max_spend_usd_per_day": 200.0,
+        "require_approval": [{"tool": "*", "over_usd": 100.0}],
     },
     "read_only": {
         "allowed_tools": ["get_*", "list_*", "search_*", "read_*", "*.get*", "*.list*", "*.search*", "*.read*"],
