@@ -1016,6 +1016,8 @@ def governed_call(
     )
     stop = call_policy(call)
     if stop is not None:
+        if rate_limit is not None:
+            take_bucket(*rate_limit)  # no script runs for it, and it writes a decision: the caller's rate applies
         return call_record(call, stop)
     charge = call_price(call, spend_usd)
     # From here on every decision (blocked by a limit, dedup, allowed, executed, failed) records both sides.

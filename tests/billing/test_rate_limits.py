@@ -19,9 +19,21 @@ def slow_key(account_a, plans):
     return make_key(account_a)
 
 
-@pytest.mark.parametrize("call", ["me", "check-lock", "governed call", "keyed run"])
+@pytest.mark.parametrize(
+    "call", ["me", "check-lock", "governed call", "keyed run", "blocked governed call", "call needing approval"]
+)
 def test_burst_past_the_bucket_is_429_and_retry_after_is_honest(slow_key, call):
     client = slow_key.client()
+    if call in ("blocked governed call", "call needing approval"):
+        # Calls that end before the governed call's script (blocked by the policy's tool lists, or waiting for an
+        # approval) still write a decision: they take a token like every request. The policy is set in the
+        # database, not through the API, to leave the bucket full.
+        from governance.services import policy_publish
+
+        field = "blocked_tools" if call == "blocked governed call" else "require_approval"
+        policy_publish(
+            account_id=slow_key.api_key.account_id, agent_id="bot", policy={field: ["search.*"]}, source="t", actor="t"
+        )
 
     def hit(n):
         if call == "me":
