@@ -172,6 +172,7 @@ LEASE_STATUSES = [
     "cancelled",
     "expired",
     "not_found",
+    "waiting_approval",
 ]
 
 
@@ -182,7 +183,8 @@ RETRY_AFTER_HELP = (
 RUN_WAIT_NOTE = (
     "While a keyed run holds the key (queued or running in a worker), the request waits up to "
     "ONCEONLY_RUN_WAIT_SECONDS (default 2 s) for it to finish and answers the moment it does; a key held by a plain "
-    "lease, or a process whose waiting slots are all taken, is answered at once."
+    "lease, or a process whose waiting slots are all taken, is answered at once. A key whose run waits for a "
+    "person's approval is `waiting_approval` (at once), with the approval in `result`."
 )
 
 
@@ -435,6 +437,20 @@ def _not_found(key: str) -> Response:
     return Response({"ok": False, "status": "not_found", "key": key})
 
 
+def _key_state(lease: Lease, now: datetime) -> dict[str, Any]:
+    """What status and result say of a key: the lease's record, and ``waiting_approval`` with the approval in
+    ``result`` while its keyed run waits for one (docs/runs.md §"Runs that wait for an approval")."""
+    record = _record(lease, status=lease.visible_status(now), holder=False, now=now)
+    if record["status"] == "in_progress":
+        parked = runs.waiting_run(lease)
+        if parked is not None:
+            # A person decides in minutes, not seconds: poll at the longest interval the SDK honours.
+            record.update(
+                status="waiting_approval", result=runs.waiting_answer(parked), retry_after_sec=waiting.MAX_RETRY_AFTER
+            )
+    return record
+
+
 def _settled_lease(account_id: int, key: str) -> Lease | None:
     """The key's lease record; while a keyed run holds it, once the run finished or the wait's bound passed
     (docs/runs.md §"Waiting for a run")."""
@@ -455,8 +471,7 @@ class LeaseStatusApi(APIView):
         lease = _settled_lease(principal(request).account_id, key)
         if lease is None:
             return _not_found(key)
-        now = timezone.now()
-        return Response(_record(lease, status=lease.visible_status(now), holder=False, now=now))
+        return Response(_key_state(lease, timezone.now()))
 
 
 class LeaseResultApi(APIView):
@@ -472,8 +487,7 @@ class LeaseResultApi(APIView):
         lease = _settled_lease(principal(request).account_id, key)
         if lease is None:
             return _not_found(key)
-        now = timezone.now()
-        record = _record(lease, status=lease.visible_status(now), holder=False, now=now)
+        record = _key_state(lease, timezone.now())
         fields = ("ok", "status", "key", "result", "result_hash", "error_code", "done_at", "version")
         return Response({name: record[name] for name in fields})
 

@@ -20,10 +20,12 @@ class AttemptOutcome(models.TextChoices):
 
 
 class RunStatus(models.TextChoices):
-    """A keyed run (key form of /v1/ai/run): queued until a worker claims it, running while claimed."""
+    """A keyed run (key form of /v1/ai/run): queued until a worker claims it, running while claimed, waiting for an
+    approval when an action needs one (no worker holds it then; docs/runs.md §"Runs that wait for an approval")."""
 
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
+    WAITING_APPROVAL = "waiting_approval", "Waiting for approval"
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
 
@@ -40,3 +42,5 @@ class RunError(models.TextChoices):
     TIMEOUT = "timeout", "The run did not finish before its deadline"
     LEASE_LOST = "lease_lost", "The key's lease was reset or taken over before the run finished"
     FEATURE_NOT_AVAILABLE = "feature_not_available", "The account's plan no longer includes governance"
+    APPROVAL_DENIED = "approval_denied", "A person denied the approval an action needed"
+    APPROVAL_EXPIRED = "approval_expired", "An action's approval expired (or its policy changed) before it was approved"

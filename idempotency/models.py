@@ -152,6 +152,13 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(help_text="Not finished by then: failed with timeout.")
+    # Waiting for an approval (docs/runs.md §"Runs that wait for an approval"): the approval's public id (a plain
+    # string: idempotency does not import governance) and its expiry; emptied when the run goes on.
+    waiting_for = models.CharField(max_length=64, blank=True)
+    waiting_until = models.DateTimeField(null=True, blank=True)
+    actions_done = models.PositiveIntegerField(
+        default=0, help_text="Actions decided before the run last waited: it goes on from the next (result.actions)."
+    )
 
     class Meta:
         constraints = [
@@ -167,6 +174,12 @@ class Run(models.Model):
             # The sweeper: unfinished runs whose claim or deadline passed.
             models.Index(fields=["status", "claimed_until"], name="idempotency_run_sweep"),
             models.Index(fields=["account", "run_id"], name="idempotency_run_by_run_id"),
+            # The runs waiting for an approval that was just decided, expired or superseded (few rows: partial).
+            models.Index(
+                fields=["waiting_for"],
+                condition=models.Q(status="waiting_approval"),
+                name="idempotency_run_waiting_for",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -178,6 +191,10 @@ class Run(models.Model):
             return None
         end = self.finished_at or timezone.now()
         return max(0, int((end - self.started_at).total_seconds() * 1000))
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.status == RunStatus.WAITING_APPROVAL
 
     @property
     def is_finished(self) -> bool:

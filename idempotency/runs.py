@@ -13,6 +13,11 @@ The lifecycle of one run (one acquisition of a key's lease):
    commit a Redis wake-up answers the requests waiting for it (``waiting``).
 4. ``sweep`` (beat) wakes a worker for runs whose claim lapsed (the worker died) or whose wake-up was lost, and
    fails runs that passed their deadline with ``timeout``.
+
+An action that needs a person's approval parks the run (``park``: ``waiting_approval``, no worker holds it, the key's
+lease held past the approval's expiry); governance tells ``approval_settled`` what became of the approval, and the
+run is queued again (approved: it goes on from that action) or fails (``approval_denied``, ``approval_expired``)
+(docs/runs.md §"Runs that wait for an approval").
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -31,7 +37,7 @@ import rfc8785
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import DateTimeField, F, Q, Value
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from billing.auth import PlanLimits
@@ -44,6 +50,12 @@ logger = logging.getLogger(__name__)
 MAX_ACTIONS = 50
 MAX_OUTPUT_BYTES = 256 * 1024
 SWEEP_BATCH = 500
+# A run waiting for an approval holds its key this long past the approval's expiry (the beat that expires approvals
+# and tells the run runs every 30 s); past its expiry by WAIT_GRACE with no news, the sweeper fails it itself.
+WAIT_GRACE = timedelta(minutes=5)
+# The policy reasons of the governed call's approval gate (governance.choices.Reason: not imported here).
+APPROVAL_REQUIRED = "approval_required"
+APPROVAL_DENIED = "approval_denied"
 
 
 @dataclass(frozen=True)
@@ -253,21 +265,39 @@ def _settle_lease(run: Run, *, status: str, result: dict | None, error_code: str
     return True
 
 
-def fail_unfinished(run: Run, error_code: str, message: str) -> bool:
-    """Fail a queued or running run from outside its worker (deadline, lost lease); raising the fence makes a live
-    worker's late result be refused."""
+def fail_unfinished(
+    run: Run,
+    error_code: str,
+    message: str,
+    *,
+    waiting_for: str | None = None,
+    event: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    """Fail a queued, running or waiting run from outside its worker (deadline, lost lease, its approval); raising
+    the fence makes a live worker's late result be refused. ``waiting_for``: only while the run still waits for that
+    approval (news of it must not fail a run that went on meanwhile). ``event`` is written before ``run_finished``;
+    ``result`` replaces the run's (a waiting run's: what it did so far)."""
     now = timezone.now()
+    unfinished = Q(status__in=[RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING_APPROVAL])
+    if waiting_for is not None:
+        unfinished = Q(status=RunStatus.WAITING_APPROVAL, waiting_for=waiting_for)
+    changes: dict[str, Any] = {} if result is None else {"result": result}
     with transaction.atomic():
-        done = Run.objects.filter(pk=run.pk, fence=run.fence, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
+        done = Run.objects.filter(unfinished, pk=run.pk, fence=run.fence).update(
             status=RunStatus.FAILED,
             fence=F("fence") + 1,
             error_code=error_code,
             error_message=message[:1000],
             finished_at=now,
             claimed_until=None,
+            waiting_for="",
+            **changes,
         )
         if not done:
             return False
+        if event is not None:
+            events.emit(run.account_id, run.run_id, ts=now, agent_id=run.agent_id, **event)
         settled = error_code != RunError.LEASE_LOST and _settle_lease(
             run, status=RunStatus.FAILED, result=None, error_code=error_code
         )
@@ -289,12 +319,36 @@ def fail_unfinished(run: Run, error_code: str, message: str) -> bool:
 # --- execute --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """An action that needs a person's approval: the run waits for it (``park``)."""
+
+    approval_id: str
+    approval_url: str | None
+    expires_at: datetime
+    step: int  # 1, 2, … (the action's place in metadata.actions)
+    tool: str
+    decision_id: int | None
+
+    def answer(self, status: str = "pending") -> dict[str, Any]:
+        """The approval as the run's result and /v1/ai/status and /v1/ai/result show it while the run waits."""
+        return {
+            "approval_id": self.approval_id,
+            "approval_url": self.approval_url,
+            "expires_at": self.expires_at.isoformat().replace("+00:00", "Z"),
+            "status": status,
+            "step": self.step,
+            "tool": self.tool,
+        }
+
+
 @dataclass
 class Outcome:
     status: str
     result: dict[str, Any]
     error_code: str = ""
     message: str = ""
+    waiting: Waiting | None = None
 
 
 def execute(run_pk: int) -> str:
@@ -316,6 +370,16 @@ def execute(run_pk: int) -> str:
         # ours (the fence decides), else leave it to its new owner.
         fail_unfinished(run, RunError.LEASE_LOST, "The key's lease or the run's claim was lost while it ran.")
         return "claim_lost"
+    if outcome.waiting is not None:
+        parked = park(run, outcome.result, outcome.waiting)
+        if parked == "lease_lost":
+            fail_unfinished(
+                run, RunError.LEASE_LOST, "The key's lease was lost before the run could wait for approval."
+            )
+        elif parked == "waiting":
+            # Decided between the action and the park (the news found no run waiting then): ask again now.
+            recheck([(run.account_id, outcome.waiting.approval_id)])
+        return parked
     if not finish(
         run, status=outcome.status, result=outcome.result, error_code=outcome.error_code, message=outcome.message
     ):
@@ -337,17 +401,21 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
             "task": run.task or None,
             "actions": len(run.actions),
             "dry_run": run.dry_run,
+            **({"from_step": run.actions_done + 1} if run.actions_done else {}),
         },
     )
-    summaries: list[dict[str, Any]] = []
+    # A run that waited for an approval goes on from the action that needed it: the ones before were decided
+    # (and are in its result), whatever the dedup window says by now.
+    done = run.actions_done
+    summaries: list[dict[str, Any]] = list((run.result or {}).get("actions") or [])[:done] if done else []
     result: dict[str, Any] = {"actions": summaries}
     if run.dry_run:
         result["dry_run"] = True
-    if run.actions:
+    if run.actions[done:]:
         executor = jobs.action_executor()
         if executor is None:
             return Outcome(RunStatus.FAILED, result, RunError.FEATURE_NOT_AVAILABLE, "Governance is not installed.")
-        for index, action in enumerate(run.actions):
+        for index, action in enumerate(run.actions[done:], start=done):
             if beat.lost:
                 return Outcome(RunStatus.FAILED, result, RunError.LEASE_LOST, "The claim was lost.")
             tool = action["tool"]
@@ -373,6 +441,18 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
             )
             if decided.error:
                 return Outcome(RunStatus.FAILED, result, decided.error, f"Action {index + 1} ({tool}): {decided.error}")
+            if decided.decision == "blocked" and decided.policy_reason == APPROVAL_REQUIRED and not run.dry_run:
+                wait = _waiting_of(decided, index + 1, tool)
+                if wait is not None:
+                    summaries.pop()  # decided again when the run goes on
+                    return Outcome(RunStatus.WAITING_APPROVAL, {**result, "approval": wait.answer()}, waiting=wait)
+            if decided.decision == "blocked" and decided.policy_reason == APPROVAL_DENIED:
+                return Outcome(
+                    RunStatus.FAILED,
+                    result,
+                    RunError.APPROVAL_DENIED,
+                    f"Action {index + 1} ({tool}) was denied: {_denial(decided.result)}",
+                )
             if decided.decision == "blocked":
                 return Outcome(
                     RunStatus.FAILED,
@@ -440,6 +520,28 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
     return Outcome(RunStatus.COMPLETED, result)
 
 
+def _waiting_of(decided: jobs.ActionOutcome, step: int, tool: str) -> Waiting | None:
+    """The approval a blocked ``approval_required`` action waits for (from the decision's ``result``); None when the
+    answer does not name one."""
+    answer = decided.result if isinstance(decided.result, dict) else {}
+    approval_id, expires_at = answer.get("approval_id"), answer.get("expires_at")
+    if not isinstance(approval_id, str) or not approval_id or not isinstance(expires_at, str):
+        return None
+    try:
+        expiry = datetime.fromisoformat(expires_at)
+    except ValueError:
+        return None
+    url = answer.get("approval_url")
+    return Waiting(approval_id, url if isinstance(url, str) else None, expiry, step, tool, decided.decision_id)
+
+
+def _denial(answer: Any) -> str:
+    """Who denied an action's approval and why, from the blocked decision's ``result``."""
+    answer = answer if isinstance(answer, dict) else {}
+    by, reason = answer.get("decided_by") or "an approver", answer.get("reason") or ""
+    return f"by {by}: {reason}" if reason else f"by {by}"
+
+
 def _storable(outcome: Outcome) -> Outcome:
     """The result is stored with its RFC 8785 hash: refuse what cannot be hashed (integers beyond ±2^53, NaN) as a
     handler error now, rather than fail while writing it and leave the run to time out."""
@@ -451,11 +553,268 @@ def _storable(outcome: Outcome) -> Outcome:
     return outcome
 
 
+# --- waiting for an approval ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalNews:
+    """What became of an approval, as governance tells it (idempotency does not import governance): ``status`` is
+    the approval's — pending, approved, consumed, denied, expired, superseded — or "gone" (no such approval)."""
+
+    account_id: int
+    approval_id: str
+    status: str
+    decided_by: str = ""
+    reason: str = ""
+
+
+GOES_ON = ("approved", "consumed")
+ApprovalReader = Callable[[int, list[str]], list[ApprovalNews]]
+# Governance registers how to read approvals (governance.runs.connect_approvals, from GovernanceConfig.ready()).
+_approval_reader: list[ApprovalReader] = []
+
+
+def set_approval_reader(reader: ApprovalReader) -> None:
+    _approval_reader[:] = [reader]
+
+
+def park(run: Run, result: dict[str, Any], wait: Waiting) -> str:
+    """The worker's run waits for an approval: ``waiting_approval``, unclaimed, its result what it did so far, and
+    the key's lease held past the approval's expiry (``_hold_lease``: neither swept as crashed nor acquired by
+    another caller meanwhile). "waiting"; "claim_lost" (another worker owns the run: nothing written) or
+    "lease_lost" (the lease is no longer the run's: nothing written, the caller fails the run)."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not _hold_lease(run, wait.expires_at, now):
+            return "lease_lost"
+        parked = Run.objects.filter(pk=run.pk, fence=run.fence, status=RunStatus.RUNNING).update(
+            status=RunStatus.WAITING_APPROVAL,
+            result=result,
+            actions_done=wait.step - 1,
+            waiting_for=wait.approval_id,
+            waiting_until=wait.expires_at,
+            claimed_until=None,
+            enqueued_at=now,
+        )
+        if not parked:
+            transaction.set_rollback(True)  # the lease's hold too: the run's new owner keeps it
+            return "claim_lost"
+        events.emit(
+            run.account_id,
+            run.run_id,
+            "waiting_approval",
+            ts=now,
+            status="pending",
+            step=f"action {wait.step}",
+            tool=wait.tool,
+            agent_id=run.agent_id,
+            message=f"Action {wait.step} ({wait.tool}) waits for a person's approval until "
+            f"{wait.answer()['expires_at']}.",
+            decision_id=wait.decision_id,
+            data=wait.answer(),
+        )
+        waiting.wake(run.account_id, run.key)
+    return "waiting"
+
+
+def _hold_lease(run: Run, until: datetime, now: datetime) -> bool:
+    """Keep the key's lease held by the waiting run past ``until`` (its approval's expiry) + 2 × WAIT_GRACE, never
+    shortening it. False when the lease is no longer the run's."""
+    held = Lease.objects.filter(
+        account_id=run.account_id, key=run.key, lease_id=run.holder, status=LeaseStatus.IN_PROGRESS
+    ).update(expires_at=Greatest(F("expires_at"), Value(until + 2 * WAIT_GRACE)), updated_at=now)
+    return bool(held)
+
+
+def waiting_run(lease: Lease) -> Run | None:
+    """The keyed run holding this acquisition of the key while it waits for an approval (for /v1/ai/status)."""
+    return Run.objects.filter(
+        lease_id=lease.pk, lease_version=lease.version, holder=lease.lease_id, status=RunStatus.WAITING_APPROVAL
+    ).first()
+
+
+def waiting_answer(run: Run) -> dict[str, Any] | None:
+    """The approval a waiting run waits for, as /v1/ai/status and /v1/ai/result show it in ``result``."""
+    approval = (run.result or {}).get("approval")
+    return approval if isinstance(approval, dict) else None
+
+
+def approval_settled(news: ApprovalNews) -> int:
+    """The runs waiting for this approval go on (approved, or already used) or fail (denied → ``approval_denied``;
+    expired, superseded or gone → ``approval_expired``). Idempotent: each run moves once, by a conditional UPDATE on
+    what it waits for. Returns how many runs moved."""
+    if news.status == "pending":
+        return 0
+    moved = 0
+    runs = Run.objects.filter(
+        account_id=news.account_id, status=RunStatus.WAITING_APPROVAL, waiting_for=news.approval_id
+    )
+    for run in list(runs[:SWEEP_BATCH]):
+        try:
+            moved += _resume(run, news) if news.status in GOES_ON else _refuse(run, news)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:
+            logger.exception("run %s: could not act on approval %s (%s)", run.pk, news.approval_id, news.status)
+    return moved
+
+
+def _waited(run: Run) -> tuple[int, str, dict[str, Any]]:
+    """The step, the tool and the approval answer of what a waiting run waits for."""
+    step = run.actions_done + 1
+    action = run.actions[run.actions_done] if run.actions_done < len(run.actions) else {}
+    return step, str(action.get("tool") or ""), dict(waiting_answer(run) or {"approval_id": run.waiting_for})
+
+
+def _news_data(news: ApprovalNews) -> dict[str, Any]:
+    return {
+        "approval_id": news.approval_id,
+        "status": news.status,
+        "decided_by": news.decided_by or None,
+        "reason": news.reason or None,
+    }
+
+
+def _resume(run: Run, news: ApprovalNews) -> bool:
+    """Approved: the run is queued again (a fresh deadline) and a worker woken after the commit; it goes on from the
+    action that waited, whose identical call now uses the approval. The key's lease stays held (its hold runs past
+    the approval's expiry; the worker's claim keeps it from then on)."""
+    step, tool, answer = _waited(run)
+    now = timezone.now()
+    with transaction.atomic():
+        moved = Run.objects.filter(pk=run.pk, status=RunStatus.WAITING_APPROVAL, waiting_for=news.approval_id).update(
+            status=RunStatus.QUEUED,
+            waiting_for="",
+            waiting_until=None,
+            result={**(run.result or {}), "approval": {**answer, "status": news.status}},
+            enqueued_at=now,
+            deadline_at=now + timedelta(seconds=settings.ONCEONLY_RUN_TIMEOUT_SECONDS),
+        )
+        if not moved:
+            return False
+        by = f" by {news.decided_by}" if news.decided_by else ""
+        events.emit(
+            run.account_id,
+            run.run_id,
+            "approved",
+            ts=now,
+            status="approved",
+            step=f"action {step}",
+            tool=tool,
+            agent_id=run.agent_id,
+            message=f"Action {step} ({tool}) was approved{by}" + (f": {news.reason}" if news.reason else "."),
+            data=_news_data(news),
+        )
+        transaction.on_commit(partial(enqueue, run.pk), robust=True)  # the sweeper re-sends a lost wake-up
+    return True
+
+
+def _refuse(run: Run, news: ApprovalNews) -> bool:
+    """Denied, expired, superseded or gone: the run fails and its key's lease with it."""
+    step, tool, answer = _waited(run)
+    action = f"Action {step} ({tool})"
+    if news.status == "denied":
+        code, kind = RunError.APPROVAL_DENIED, "approval_denied"
+        by = news.decided_by or "an approver"
+        message = f"{action} was denied by {by}" + (f": {news.reason}" if news.reason else ".")
+    else:
+        code, kind = RunError.APPROVAL_EXPIRED, "approval_expired"
+        of = f"The approval of action {step} ({tool})"
+        message = {
+            "expired": f"{of} expired before it was approved.",
+            "superseded": f"{of} was superseded: the agent's policy changed before it was decided.",
+        }.get(news.status, f"{of} is gone (its agent was deleted).")
+    event = {"type": kind, "status": news.status, "step": f"action {step}", "tool": tool, "message": message}
+    result = {**(run.result or {}), "approval": {**answer, "status": news.status}}
+    return fail_unfinished(
+        run, code, message, waiting_for=news.approval_id, event={**event, "data": _news_data(news)}, result=result
+    )
+
+
+def recheck(pairs: list[tuple[int, str]]) -> int:
+    """Ask governance what became of these approvals (account id, approval id) and act on the news: a decision
+    taken while the run was being parked, or news lost with the process that should have told it."""
+    if not pairs or not _approval_reader:
+        return 0
+    reader = _approval_reader[0]
+    by_account: dict[int, set[str]] = {}
+    for account_id, approval_id in pairs:
+        by_account.setdefault(account_id, set()).add(approval_id)
+    moved = 0
+    for account_id, ids in by_account.items():
+        found = {news.approval_id: news for news in reader(account_id, sorted(ids))}
+        for approval_id in sorted(ids):
+            moved += approval_settled(found.get(approval_id) or ApprovalNews(account_id, approval_id, "gone"))
+    return moved
+
+
+def sweep_waiting(now: datetime) -> dict[str, int]:
+    """The sweeper's part for runs waiting for an approval (never timed out nor woken as crashed):
+
+    - a run whose lease is no longer its own (reset, cancelled, completed or failed by its holder) fails with
+      ``lease_lost``; one whose lease was shortened (the holder's extend) is held again past the approval's expiry;
+    - every claim length, each run's approval is read again (``recheck``): news lost between a decision's commit and
+      its listener is acted on;
+    - a run WAIT_GRACE past its approval's expiry with no news (governance not told, the approval gone) fails with
+      ``approval_expired``.
+    """
+    parked = Run.objects.filter(status=RunStatus.WAITING_APPROVAL)
+    lost = 0
+    not_held = parked.exclude(lease__lease_id=F("holder"), lease__status=LeaseStatus.IN_PROGRESS)
+    for run in list(not_held[:SWEEP_BATCH]):
+        lost += _swept(
+            run,
+            lambda run: fail_unfinished(
+                run,
+                RunError.LEASE_LOST,
+                "The key's lease was reset, cancelled or finished while the run waited for an approval.",
+                waiting_for=run.waiting_for,
+            ),
+        )
+    held = 0
+    short = parked.filter(
+        lease__lease_id=F("holder"),
+        lease__status=LeaseStatus.IN_PROGRESS,
+        lease__expires_at__lt=F("waiting_until") + WAIT_GRACE,
+    )
+    for run in list(short[:SWEEP_BATCH]):
+        held += _swept(run, lambda run: _hold_lease(run, run.waiting_until or now, now))
+    quiet = parked.filter(enqueued_at__lt=now - claim_seconds())
+    pairs = []
+    for pk, account_id, approval_id in list(quiet.values_list("pk", "account_id", "waiting_for")[:SWEEP_BATCH]):
+        if quiet.filter(pk=pk).update(enqueued_at=now):
+            pairs.append((account_id, approval_id))
+    settled = 0
+    try:
+        settled = recheck(pairs)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        logger.exception("could not read the approvals of waiting runs; going on")
+    expired = 0
+    for run in list(parked.filter(waiting_until__lte=now - WAIT_GRACE)[:SWEEP_BATCH]):
+        expired += _swept(run, lambda run: _refuse(run, ApprovalNews(run.account_id, run.waiting_for, "expired")))
+    return {"lease_lost": lost, "held": held, "settled": settled, "approval_expired": expired}
+
+
+def _swept(run: Run, act: Callable[[Run], bool]) -> int:
+    """One run's step of the sweep, in its own transaction: one that fails must not stop the others."""
+    try:
+        with transaction.atomic():
+            return int(bool(act(run)))
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        logger.exception("could not sweep waiting run %s; going on with the next", run.pk)
+        return 0
+
+
 # --- sweep ----------------------------------------------------------------------------------------------------
 
 
 def sweep() -> dict[str, int]:
-    """Beat: fail runs past their deadline; wake a worker for runs whose claim lapsed or whose wake-up was lost.
+    """Beat: fail runs past their deadline; wake a worker for runs whose claim lapsed or whose wake-up was lost;
+    look after the runs waiting for an approval (``sweep_waiting``: its counts are added when any is not 0).
 
     Re-enqueueing is harmless when a worker does hold the run (its claim decides), and rate-limited per run by
     ``enqueued_at`` so a long queue is not flooded.
@@ -487,4 +846,6 @@ def sweep() -> dict[str, int]:
         if marked:
             enqueue(pk)
             woken += 1
-    return {"timed_out": timed_out, "woken": woken}
+    swept = {"timed_out": timed_out, "woken": woken}
+    swept.update((name, count) for name, count in sweep_waiting(now).items() if count)
+    return swept
