@@ -470,7 +470,8 @@ def pages(ctx: dict[str, Any]) -> list[tuple[str, str]]:
         ("overview range=30d", "/?range=30d"),
         ("agents", "/agents/"),
         ("agents q=billing", "/agents/?q=billing"),
-        ("agents sort=-spent", "/agents/?sort=-spent"),
+        ("agents sort=-spend", "/agents/?sort=-spend"),  # spend today, counted per agent in the page's query
+        ("agents sort=-actions", "/agents/?sort=-actions"),
         ("agents state=over", "/agents/?state=over"),
         ("agents state=near", "/agents/?state=near"),
         ("agents page=2", "/agents/?page=2"),
@@ -481,7 +482,7 @@ def pages(ctx: dict[str, Any]) -> list[tuple[str, str]]:
         ("decisions outcome=blocked", "/decisions/?outcome=blocked"),
         ("decisions reason=daily_spend", "/decisions/?reason=daily_spend_exceeded"),
         ("decisions tool+outcome", "/decisions/?tool=crm.update&outcome=failed"),
-        ("decisions sort=tool", "/decisions/?sort=tool"),
+        ("decisions sort=time", "/decisions/?sort=time"),  # oldest first: the only other order it has (time only)
         ("decisions before=<middle>", f"/decisions/?before={middle}"),
         ("decisions agent=billing older", f"/decisions/?agent=billing&before={middle}"),
         ("decision detail", f"/decisions/{blocked}/"),

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import time
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, DecimalField, IntegerField, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -62,8 +64,8 @@ AGENTS_TABLE = Table(
         Column("agent", "Agent", ("agent_id",)),
         Column("status", "Status", ("is_enabled",)),
         Column("policy", "Policy", ("policy_version",), nulls_last=True),
-        Column("spend", "Spend today"),
-        Column("actions", "Charged actions (1 h)"),
+        Column("spend", "Spend today", ("spent_today",), first="desc"),  # annotated by _with_usage
+        Column("actions", "Charged actions (1 h)", ("actions_hour",), first="desc"),
         Column("last", "Last decision", ("last_ts",), first="desc", nulls_last=True),
     ],
     default_sort="agent",
@@ -91,6 +93,44 @@ def _agents_in_state(account_id: int, queryset, state: str, now):
     return queryset.filter(pk__in=[pk for pk, s in states.items() if s.level == state])
 
 
+USAGE_SORTS = ("spend", "actions")  # the Agents columns sorted by _with_usage's annotations
+
+
+def _with_usage(account_id: int, queryset, now):
+    """The agents with ``spent_today`` and ``actions_hour`` to sort by, counted as selectors.cap_states counts what
+    the page shows: today's hourly rollups of charged outcomes (the rollup's (agent, hour, …) unique index) and the
+    charged decisions of the rolling hour (the (account, agent, -ts) index); none is 0. Two correlated subqueries
+    in the page's own query (and its count): the query count stays the same whatever the number of agents."""
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    spent = (
+        DecisionRollup.objects.filter(
+            account_id=account_id, agent=OuterRef("pk"), hour__gte=day_start, outcome__in=CHARGED_OUTCOMES
+        )
+        .order_by()
+        .values("agent")
+        .annotate(usd=Sum("spend_usd"))
+        .values("usd")
+    )
+    actions = (
+        Decision.objects.filter(
+            account_id=account_id,
+            agent=OuterRef("pk"),
+            ts__gt=now - timedelta(hours=1),
+            ts__lte=now,
+            outcome__in=CHARGED_OUTCOMES,
+        )
+        .order_by()
+        .values("agent")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    usd = DecimalField(max_digits=16, decimal_places=6)
+    return queryset.annotate(
+        spent_today=Coalesce(Subquery(spent, output_field=usd), Value(Decimal(0)), output_field=usd),
+        actions_hour=Coalesce(Subquery(actions, output_field=IntegerField()), Value(0)),
+    )
+
+
 @login_required
 @require_GET
 def agents(request: HttpRequest) -> HttpResponse:
@@ -106,6 +146,8 @@ def agents(request: HttpRequest) -> HttpResponse:
     )
     if "state" in table.values:
         queryset = _agents_in_state(account.pk, queryset, table.values["state"], now)
+    if table.sort_key in USAGE_SORTS:  # only then: the default page does not count every agent's usage
+        queryset = _with_usage(account.pk, queryset, now)
     page = table.paginate(queryset)
     states = selectors.cap_states(account.pk, page, now)
     rows = [{"agent": agent, "cap": states.get(agent.pk), "why": _worst_cap(states.get(agent.pk))} for agent in page]
@@ -324,6 +366,10 @@ def policy_template(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 OUTCOMES = (("", "any"), *((o, o) for o in Outcome.values))
+# Time only sorts, by design: the log is read through the (account, -ts) index (and its per-agent and per-reason
+# twins), newest or oldest first, at any depth. An order by tool, agent or spend over a million decisions needs an
+# index per column, written on every governed call (the hot path) — so the other columns are facets instead
+# (docs/operations.md §"Dashboard tables").
 DECISIONS_TABLE = Table(
     columns=[
         Column("time", "Time", ("ts",), first="desc"),
@@ -335,6 +381,10 @@ DECISIONS_TABLE = Table(
         Column("run", "Run"),
     ],
     default_sort="-time",
+    sort_note=(
+        "the decision log sorts by time only, newest or oldest first (the Time header); "
+        "narrow it by agent, tool, outcome or reason with the filters."
+    ),
     noun=("decision", "decisions"),
     search_hint="agent or tool",
     facets=[

@@ -137,6 +137,7 @@ class Table:
         tiebreaker: str = "id",
         per_page: int = 25,
         keep: Sequence[str] = (),
+        sort_note: str = "",
     ):
         self.columns = list(columns)
         self.by_key = {c.key: c for c in self.columns if c.sortable}
@@ -149,6 +150,9 @@ class Table:
         self.tiebreaker = tiebreaker
         self.per_page = per_page
         self.keep = list(keep)  # other parameters of the page that links keep (a tab)
+        # Why only some columns sort, when that is by design (the decision log: time only): shown with the toolbar
+        # and in the notice of an unknown sort.
+        self.sort_note = sort_note
 
     def bind(self, request: HttpRequest, *, suggestions: Mapping[str, Iterable[str]] | None = None) -> BoundTable:
         return BoundTable(self, request.GET, suggestions or {})
@@ -225,7 +229,7 @@ class BoundTable:
                 self.sort_key, self.descending = self._sort(sort)
                 self.state[SORT] = sort
             else:
-                self.errors.append("Unknown sort ignored: choose a column header.")
+                self.errors.append(f"Unknown sort ignored: {table.sort_note or 'choose a column header.'}")
         self.page_number = 1
         page = params.get(PAGE, "")
         if page:

@@ -1,11 +1,15 @@
-"""Governance pages: roles, tenant scoping, the editor's validation/concurrency/rollback, pinned query counts."""
+"""Governance pages: roles, tenant scoping, the editor's validation/concurrency/rollback, pinned query counts, the
+verification page's link to the first bad decision, policies as a table and audit changes as a diff."""
+
+import re
+from decimal import Decimal
 
 import pytest
 from django.test import Client
 from django.utils.html import escape
 
 from billing.models import AuditEntry
-from governance.models import Agent, PolicyVersion
+from governance.models import Agent, Decision, PolicyVersion
 
 
 def call(key, agent="bot", tool="send_email", **body):
@@ -267,6 +271,81 @@ def test_verify_page(owner_a, key_a):
     first = AuditEntry.objects.filter(account=owner_a.account).order_by("id").first()
     AuditEntry.objects.filter(pk=first.pk).update(action="edited")
     assert "Audit log tampering detected" in client.post("/audit/verify/").content.decode()
+
+
+def test_verify_page_links_the_first_tampered_decision(owner_a, key_a):
+    """A decision changed after it was written (its spend lowered in the database): verification names it and links
+    to it — /decisions/<id>/, opened in the drawer — and the link opens that decision."""
+    for i in range(3):
+        call(key_a, args={"n": i}, spend_usd=0.5)
+    first, tampered, _ = Decision.objects.order_by("pk")
+    Decision.objects.filter(pk=tampered.pk).update(spend_usd=Decimal("0.01"))
+    client = owner_a.login(Client())
+    html = client.post("/audit/verify/").content.decode()
+    assert "Tampering detected" in html and f"Decision {tampered.pk} does not match its hash" in html
+    link = f'<a href="/decisions/{tampered.pk}/" data-drawer>Decision {tampered.pk}</a>'
+    assert link in html and f'href="/decisions/{first.pk}/"' not in html
+    assert "Audit log OK" in html  # the audit log is checked on its own, and was not touched
+    page = client.get(f"/decisions/{tampered.pk}/")
+    assert page.status_code == 200 and f"#{tampered.pk}" in page.content.decode()
+    # Untouched, there is no such link.
+    Decision.objects.filter(pk=tampered.pk).update(spend_usd=tampered.spend_usd)
+    html = client.post("/audit/verify/").content.decode()
+    assert "OK — 3 decisions" in html and "data-drawer>Decision" not in html
+
+
+PYTHON_REPR = re.compile(r"\{&#x27;|&#x27;: |\[&#x27;|\bTrue\b|Decimal\(")  # {'a': …}, ['a'], True, Decimal('1')
+
+
+def test_policy_page_shows_the_policy_as_a_table_with_yaml_and_json(owner_a, key_a):
+    set_policy(
+        key_a,
+        blocked_tools=["delete_*"],
+        max_actions_per_hour=1200,
+        max_spend_usd_per_day=10,
+        max_calls_per_tool={"send_email": 50},
+        pricing_rules=[{"tool": "stripe.*", "price_usd": 0.25}],
+    )
+    html = owner_a.login(Client()).get(at("bot", "policy/")).content.decode()
+    table = html.split('<table class="table policy-table">')[1].split("</table></div>")[0]
+    rows = {}  # row heading → the row's text (nested tables' rows have no row heading)
+    for row in table.split('<tr><th scope="row">')[1:]:
+        heading, cell = row.split("</th>", 1)
+        rows[re.sub(r"<[^>]+>", "", heading).strip()] = " ".join(re.sub(r"<[^>]+>", " ", cell).split())
+    assert rows["Blocked tools"] == "delete_*"
+    assert rows["Calls per hour"] == "1,200 calls per rolling hour"
+    assert rows["Spend per day"] == "$10.00 per UTC day"
+    assert rows["Calls per tool"].endswith("send_email 50") and rows["Pricing rules"].endswith("stripe.* $0.25")
+    assert rows["Allowed tools"] == "Any tool not blocked (no allow-list)"
+    # The same policy as YAML and as JSON, each behind its toggle.
+    yaml_block = re.search(
+        r"<details><summary>Show as YAML</summary><pre><code>(.*?)</code></pre></details>", html, re.S
+    )
+    json_block = re.search(
+        r"<details><summary>Show as JSON</summary><pre><code>(.*?)</code></pre></details>", html, re.S
+    )
+    assert yaml_block and "max_actions_per_hour: 1200" in yaml_block.group(1) and "- delete_*" in yaml_block.group(1)
+    assert json_block and "&quot;max_actions_per_hour&quot;: 1200" in json_block.group(1)
+    assert not PYTHON_REPR.search(html), PYTHON_REPR.search(html)
+
+
+def test_audit_log_shows_a_policy_change_as_the_policy_pages_coloured_diff(owner_a, key_a):
+    set_policy(key_a, max_actions_per_hour=5)
+    client = owner_a.login(Client())
+    saved = client.post(
+        at("bot", "policy/"), {"max_actions_per_hour": "7", "blocked_tools": "delete_*", "base_version": "1"}
+    )
+    assert saved.status_code == 302
+    html = client.get("/audit/", {"action": "governance.policy.updated", "actor": "alice"}).content.decode()
+    assert "<summary>before / after</summary>" in html and "Before → after" in html
+    diff = re.search(r'<pre class="diff"><code>.*?</code></pre>', html, re.S).group(0)
+    assert '<span class="del">-  &quot;max_actions_per_hour&quot;: 5</span>' in diff
+    assert '<span class="add">+  &quot;max_actions_per_hour&quot;: 7</span>' in diff
+    assert '<span class="add">+  &quot;blocked_tools&quot;: [</span>' in diff
+    assert not PYTHON_REPR.search(html), PYTHON_REPR.search(html)
+    # The policy page's history diff of the same two versions is the same coloured diff, line for line.
+    page = client.get(at("bot", "policy/"), {"a": 1, "b": 2}).content.decode()
+    assert re.search(r'<pre class="diff"><code>.*?</code></pre>', page, re.S).group(0) == diff
 
 
 def test_dashboard_respects_plan_gating(owner_a, key_a, plans):

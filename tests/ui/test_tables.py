@@ -125,6 +125,12 @@ _n = count()
 
 
 def seed_agents(account, n):
+    """Agents with known statuses, policies, last decisions, spend today and charged actions in the last hour (what
+    the Spend today and Charged actions columns show and sort by: charged outcomes only — a blocked call's spend and
+    count are not). Decisions are written minutes before the seeding, never before today's 00:00 UTC, so each one is
+    both today's and the rolling hour's, whenever the test runs."""
+    now = timezone.now().replace(microsecond=0)
+    day_start = now.replace(hour=0, minute=0, second=0)
     rows = []
     for i in range(n):
         governed = i % 4 != 0
@@ -135,10 +141,14 @@ def seed_agents(account, n):
             policy={"max_actions_per_hour": 1000} if governed else None,
             policy_version=i % 5 + 1 if governed else None,
         )
-        agent.last = None
+        agent.last, agent.spent, agent.actions = None, Decimal(0), 0
         if i % 2 == 0:
-            agent.last = NOW - timedelta(minutes=i * 7 % 50)
-            decide(agent, ts=agent.last)
+            agent.last = max(now - timedelta(minutes=i * 7 % 50), day_start)
+            calls, price = i % 3 + 1, Decimal(i * 3 % 7) / 4  # ties included (0, and repeated values)
+            decide(agent, ts=agent.last, n=calls, spend=str(price), outcome=("executed", "failed")[i % 4 // 2])
+            agent.spent, agent.actions = calls * price, calls
+            if i % 4 == 2:
+                decide(agent, ts=agent.last, outcome="blocked", spend="5")  # not charged: counted in neither
         rows.append(agent)
     return rows
 
@@ -287,6 +297,8 @@ SPECS = {
             "agent": lambda a: a.agent_id,
             "status": lambda a: a.is_enabled,
             "policy": lambda a: a.policy_version,
+            "spend": lambda a: a.spent,
+            "actions": lambda a: a.actions,
             "last": lambda a: a.last,
         },
         "agent",
@@ -705,6 +717,57 @@ def test_the_tools_failing_facet(client, owner_a, key_a):
     assert everything(client, SPECS["tools"], {"failing": "yes"}) == [tools[1].name]
 
 
+# --- filter suggestions ----------------------------------------------------------------------------------------
+
+
+def suggestions(html: str, facet: str) -> list[str]:
+    """The values of a text facet's <datalist> (_table_toolbar.html), in order; the input must point at it."""
+    assert f'name="{facet}"' in html and f'list="table-{facet}-list"' in html, f"{facet}: no datalist on its input"
+    found = re.search(rf'<datalist id="table-{facet}-list">(.*?)</datalist>', html, re.S)
+    return [unescape(v) for v in re.findall(r'<option value="([^"]*)">', found.group(1))]
+
+
+def test_facets_suggest_the_seeded_values(client, owner_a):
+    """Each text facet with suggestions lists the values the account has: agents (not the operator's test-call
+    agent), tools called and the reasons on Decisions; actors and actions on the Audit log; scopes on Tools; run
+    agents on Runs. Each value once."""
+    from governance.choices import Reason
+    from governance.services import OPERATOR_AGENT
+
+    account = owner_a.account
+    seed_decisions(account, 6)
+    decide(Agent.objects.create(account=account, agent_id=OPERATOR_AGENT), tool="tool-000")  # a Tools page test call
+    seed_audit(account, 8)
+    seed_tools(account, 6)
+    seed_runs(account, 6)
+    cases = {
+        "decisions": {
+            "agent": ["billing-agent", "support-bot"],
+            "tool": sorted({*TOOLS, "tool-000"}, key=str.casefold),
+            "reason": list(Reason.values),
+        },
+        "audit": {
+            "actor": [f"user{i}@acme.test" for i in range(4)],
+            "action": ["billing.api_key.created", "governance.policy.published", "governance.tool.saved"],
+        },
+        "tools": {"scope": ["billing-agent", "global", "ops"]},
+        "runs": {"agent": ["billing-agent", "support-bot"]},
+    }
+    for name, facets in cases.items():
+        html = get(client, SPECS[name])
+        for facet, wanted in facets.items():
+            listed = suggestions(html, facet)
+            assert len(listed) == len(set(listed)), (name, facet, listed)
+            if facet == "tool":  # in the database's collation: compared as a set
+                assert set(listed) == set(wanted), (name, facet, listed)
+            else:
+                assert listed == wanted, (name, facet, listed)
+    # A facet with a list of values is a <select>, not suggestions; the date facets are date inputs.
+    html = get(client, SPECS["decisions"])
+    assert 'list="table-outcome-list"' not in html and '<select id="table-outcome" name="outcome">' in html
+    assert '<input type="datetime-local" id="table-since" name="since"' in html
+
+
 # --- the Agents quick filters -----------------------------------------------------------------------------------
 
 
@@ -887,6 +950,63 @@ def test_query_count_is_pinned_and_does_not_grow_with_rows(client, owner_a, name
     spec.seed(owner_a.account, 60)
     many = counts()
     assert few == many == [QUERIES[name], FILTERED_QUERIES.get(name, QUERIES[name])]
+
+
+USAGE_SORTS = ("spend", "-spend", "actions", "-actions")
+
+
+def test_agents_sorted_by_spend_or_actions_keep_a_fixed_query_count(client, owner_a):
+    """Spend today and charged actions in the last hour sort in the page's own query (a correlated subquery each,
+    governance.views._with_usage), over every agent the search and the quick filter keep: no query per agent, and
+    the sorted page is the one the columns show (its cap states)."""
+    spec = SPECS["agents"]
+
+    def counts(params):
+        out = {}
+        for sort in USAGE_SORTS:
+            with CaptureQueriesContext(connection) as queries:
+                html = get(client, spec, {**params, "sort": sort})
+            assert rows_of(html, spec) and not notices(html), sort
+            out[sort] = len(queries)
+        return out
+
+    seed_agents(owner_a.account, 3)
+    few = counts({"q": "ag"}), counts({"state": "ungoverned"})
+    Agent.objects.filter(account=owner_a.account).delete()
+    rows = seed_agents(owner_a.account, 60)
+    many = counts({"q": "ag"}), counts({"state": "ungoverned"})
+    assert few == many == (dict.fromkeys(USAGE_SORTS, QUERIES["agents"]), dict.fromkeys(USAGE_SORTS, 7))
+    # The top spender first, with the amount its Spend today cell shows.
+    top = max(rows, key=lambda a: (a.spent, a.pk))
+    html = get(client, spec, {"sort": "-spend"})
+    first = _Rows("agents")
+    first.feed(html)
+    assert first.rows[0][1][0].strip() == top.agent_id and f"${top.spent:,.2f}" in first.rows[0][1][3], first.rows[0]
+
+
+def test_the_decision_log_sorts_by_time_only_and_says_so(client, owner_a):
+    """By design (docs/operations.md §"Dashboard tables"): only Time sorts — newest or oldest first — and the other
+    headers are plain text, not links; the page says why, and a sort by another column is ignored saying so."""
+    spec = SPECS["decisions"]
+    rows = seed_decisions(owner_a.account, 6)
+    html = get(client, spec)
+    head = html.split('<table class="table" id="timeline">')[1].split("</thead>")[0]
+    assert list(header_links(head)) == ["Time"]
+    for label in ("Agent", "Tool", "Decision", "Reason", "Spend", "Run"):
+        assert f'<th scope="col">{label}</th>' in head, label  # no link, no arrow, no aria-sort
+    assert head.count("aria-sort=") == 1
+    note = "The decision log sorts by time only, newest or oldest first"
+    assert f'<p class="help table-sort-note">{note}' in html
+    newest = [str(d.pk) for d in sorted(rows, key=lambda d: (d.ts, d.pk), reverse=True)]
+    assert rows_of(html, spec) == newest
+    assert rows_of(get(client, spec, {"sort": "time"}), spec) == newest[::-1]  # oldest first
+    for sort in ("tool", "-agent", "spend", "-reason", "outcome", "run"):
+        html = get(client, spec, {"sort": sort})
+        assert notices(html) == [
+            f"Unknown sort ignored: {note[0].lower()}{note[1:]} (the Time header); narrow it "
+            "by agent, tool, outcome or reason with the filters."
+        ], sort
+        assert rows_of(html, spec) == newest, sort
 
 
 def test_like_wildcards_are_plain_characters(client, owner_a):

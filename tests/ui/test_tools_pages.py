@@ -1,12 +1,21 @@
-"""Tools pages: register with a write-only secret, toggle, delete with confirmation, send a signed test call."""
+"""Tools pages: register with a write-only secret, toggle, delete with confirmation, send a signed test call (its
+decision linked and explained), the failing-tool flag."""
+
+import re
+from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 from django.utils.html import escape
 
 from billing.models import AuditEntry
-from governance.models import Decision, Tool
+from governance import explain
+from governance.models import Agent, Decision, Tool
+from onceonly_site.identifiers import normalise_tool
 from tests.governance.test_dispatch import SECRET, receiver, stats  # noqa: F401 - the receiver fixture
+from tests.support.decisions import decide
 
 FORM = {
     "name": "send_email",
@@ -68,6 +77,78 @@ def test_send_test_call_shows_headers_and_response(owner_a, receiver):  # noqa: 
     decision = Decision.objects.get()
     assert decision.agent.agent_id == "onceonly-operator" and decision.outcome == "executed"
     assert stats(receiver)["rejected"] == 0
+
+
+DECISION_LINE = re.compile(
+    r'<p>Decision <a href="(?P<href>[^"]*)" data-drawer>#(?P<id>\d+)</a>: '
+    r"<span data-explanation>(?P<text>[^<]*)</span></p>"
+)
+
+
+@pytest.mark.parametrize(("path", "outcome"), [("/ok", "executed"), ("/error400", "failed")])
+def test_send_test_call_links_its_decision_and_explains_it(owner_a, receiver, path, outcome):  # noqa: F811
+    """The result names the decision the call was recorded as: a link to /decisions/<id>/ that opens in the drawer
+    (data-drawer), and the explanation in words — the same sentence the decision's own page gives."""
+    client = owner_a.login(Client())
+    client.post("/tools/new/", {**FORM, "url": f"{receiver}{path}"})
+    tool = Tool.objects.get()
+    html = client.post(f"/tools/{tool.pk}/test/", {"args": '{"to": "ops@acme.test"}'}).content.decode()
+    decision = Decision.objects.get()
+    assert decision.outcome == outcome
+    line = DECISION_LINE.search(html)
+    assert line is not None, html
+    text = explain.explain_text(decision)
+    assert text.startswith("send_email: ") and len(text) > len("send_email: ")
+    assert (line["href"], line["id"], unescape(line["text"])) == (f"/decisions/{decision.pk}/", str(decision.pk), text)
+    page = client.get(line["href"])  # the link works on its own too: the decision's page, with the same words
+    assert page.status_code == 200 and escape(text) in page.content.decode()
+
+
+def _tool(account, name):
+    return Tool.objects.create(
+        account=account,
+        scope_id="global",
+        name=name,
+        name_key=normalise_tool(name),
+        url=f"https://t.example.com/{name}",
+    )
+
+
+def _tool_rows(html):
+    """Tool name → (row flagged failing, its Last-hour cell's text, the cell's HTML) on the Tools page."""
+    body = html.split('<table class="table" id="tools">')[1].split("</tbody>")[0]
+    rows = {}
+    for attrs, cells in re.findall(r"<tr([^>]*)>(.*?)</tr>", body.split("<tbody>")[1], re.S):
+        tds = re.findall(r"<td[^>]*>(.*?)</td>", cells, re.S)
+        name = re.sub(r"<[^>]+>", "", tds[0]).strip()
+        rows[name] = ('class="row-failing"' in attrs, " ".join(re.sub(r"<[^>]+>", " ", tds[6]).split()), tds[6])
+    return rows
+
+
+def test_tools_page_flags_a_tool_failing_half_its_calls_in_the_last_hour(owner_a):
+    """A tool is flagged (a "failing" badge, the row marked row-failing) from 4 dispatched calls in the last hour of
+    which half or more failed; a healthy tool, one with fewer calls, or failures older than an hour are not."""
+    account = owner_a.account
+    bot = Agent.objects.create(account=account, agent_id="billing-agent")
+    for name in ("flaky", "half", "steady", "few", "old", "idle"):
+        _tool(account, name)
+    decide(bot, tool="flaky", outcome="failed", n=3)
+    decide(bot, tool="flaky", outcome="executed")
+    decide(bot, tool="half", outcome="failed", n=2)
+    decide(bot, tool="half", outcome="executed", n=2)
+    decide(bot, tool="steady", outcome="failed")
+    decide(bot, tool="steady", outcome="executed", n=4)
+    decide(bot, tool="few", outcome="failed", n=3)  # all failed, but under 4 calls
+    decide(bot, tool="old", outcome="failed", n=5, ts=timezone.now() - timedelta(hours=2))
+    decide(bot, tool="old", outcome="executed")
+    decide(bot, tool="steady", outcome="blocked", n=9)  # never dispatched: not a call of the tool
+    rows = _tool_rows(owner_a.login(Client()).get("/tools/").content.decode())
+    badge = '<span class="badge badge-failed">failing</span>'
+    assert rows["flaky"][:2] == (True, "3 of 4 failed failing") and badge in rows["flaky"][2]
+    assert rows["half"][:2] == (True, "2 of 4 failed failing") and badge in rows["half"][2]
+    for name, shown in (("steady", "1 of 5 failed"), ("few", "3 of 3 failed"), ("old", "0 of 1 failed"), ("idle", "—")):
+        assert rows[name][:2] == (False, shown), (name, rows[name])
+        assert badge not in rows[name][2], name
 
 
 @pytest.mark.parametrize("name", ["paid_tool", "paid_tool\n", " paid_tool ", "PAID_TOOL"])
