@@ -258,28 +258,29 @@ def decide(*, account_id: int, public_id: str, approve: bool, reason: str, actor
         changed = Approval.objects.filter(pk=approval.pk, status=Status.PENDING, expires_at__gt=now).update(
             status=status, decided_at=now, decided_by=actor[:200], reason=reason[:1000], args_encrypted=""
         )
-        if not changed:
+        if changed:
             approval.refresh_from_db()
-            if approval.status == Status.PENDING:  # past its time, not yet swept
-                expire_due()
-                approval.refresh_from_db()
-            raise NotPending(approval)
+            _tell(SETTLED, [approval.pk])
+            audit_record(
+                account=approval.agent.account,
+                actor_label=actor,
+                action=f"governance.approval.{'approved' if approve else 'denied'}",
+                object_type="approval",
+                object_id=approval.public_id,
+                data={
+                    "agent_id": approval.agent.agent_id,
+                    "tool": approval.tool,
+                    "args_hash": approval.args_hash,
+                    "policy_version": approval.policy_version,
+                    "reason": approval.reason,
+                },
+            )
+    if not changed:
         approval.refresh_from_db()
-        _tell(SETTLED, [approval.pk])
-        audit_record(
-            account=approval.agent.account,
-            actor_label=actor,
-            action=f"governance.approval.{'approved' if approve else 'denied'}",
-            object_type="approval",
-            object_id=approval.public_id,
-            data={
-                "agent_id": approval.agent.agent_id,
-                "tool": approval.tool,
-                "args_hash": approval.args_hash,
-                "policy_version": approval.policy_version,
-                "reason": approval.reason,
-            },
-        )
+        if approval.status == Status.PENDING:  # past its time, not yet swept: expire it now (committed)
+            expire_due()
+            approval.refresh_from_db()
+        raise NotPending(approval)
     return approval
 
 

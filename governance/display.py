@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from governance import policies
+
 
 def dumps(value: Any) -> str:
     """Indented JSON with sorted keys (what the diff compares, and the JSON view)."""
@@ -53,7 +55,10 @@ def policy_view(policy: dict[str, Any] | None) -> dict[str, Any]:
         "max_spend_usd_per_day",
         "max_calls_per_tool",
         "pricing_rules",
+        "require_approval",
+        "approval_ttl_seconds",
     }
+    approval = policies.approval_entries(policy) if isinstance(policy.get("require_approval"), list) else []
     return {
         "empty": not policy,
         "allowed_tools": policy.get("allowed_tools"),  # None: any tool; []: none
@@ -62,6 +67,11 @@ def policy_view(policy: dict[str, Any] | None) -> dict[str, Any]:
         "max_spend_usd_per_day": policy.get("max_spend_usd_per_day"),
         "tool_caps": sorted(caps.items(), key=lambda item: item[0].casefold()),
         "pricing_rules": [(r.get("tool", ""), r.get("price_usd")) for r in rules if isinstance(r, dict)],
+        # (tool or glob, over_usd or None): "stripe.* — over $50.00", "stripe.refund — every call".
+        "require_approval": approval,
+        "approval_ttl_seconds": policy.get("approval_ttl_seconds")
+        or (policies.APPROVAL_TTL_DEFAULT if approval else None),
+        "approval_ttl_default": bool(approval) and not policy.get("approval_ttl_seconds"),
         # Fields a later version may add: text, or indented JSON for an object or a list (never a Python repr).
         "other": {k: _text(v) if _scalar(v) else dumps(v) for k, v in policy.items() if k not in known},
         "yaml": to_yaml(policy) if policy else "{}\n",

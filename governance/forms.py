@@ -62,6 +62,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _ttl(text: str) -> int:
+    """Seconds an approval stays open: what PolicyInput.approval_ttl_seconds takes, said in the editor's words."""
+    field = policies.PolicyInput.approval_ttl_seconds
+    value = whole_number(text, field.high)
+    if value is None or value < field.low:
+        raise forms.ValidationError(
+            f"Must be a whole number of seconds from {field.low} to {field.high:,} (7 days). Write it in ASCII "
+            "digits 0–9, without separators or signs."
+        )
+    return value
+
+
 def _amount(text: str) -> float:
     """At most 6 decimals: amounts are kept to the millionth of a dollar, so "0.0000001" would be 0. A long run of
     digits is infinity for float(), which clean_fields refuses."""
@@ -73,6 +85,40 @@ def _amount(text: str) -> float:
 def _amount_text(value: Any) -> str:
     """A stored amount as the editor accepts it back: 1e-06 is written 0.000001."""
     return format(Decimal(str(value)), "f") if isinstance(value, float) else str(value)
+
+
+# A line of "Require approval for": a tool name or glob, or one with a threshold, "stripe.* > 50" (spaces around
+# ">": a tool name has no whitespace, but may hold ">"). "over" reads as well as ">", and "$50" as "50".
+APPROVAL_LINE = re.compile(r"(?P<tool>\S+)\s+(?:>|over)\s+\$?(?P<amount>\S+)", re.ASCII)
+APPROVAL_RULE = (
+    "Write one tool name or glob per line, or “tool > amount” (with spaces around >) to ask only for calls "
+    "costing more than that many USD."
+)
+SQUEEZED_THRESHOLD = re.compile(r"\S*[^\s>]>\$?[0-9.]+|\S+>", re.ASCII)
+
+
+def _approval_lines(text: str) -> list[Any]:
+    """The "Require approval for" text as policy entries: "stripe.refund" or {"tool": "stripe.*", "over_usd": 50}."""
+    entries: list[Any] = []
+    for line in _lines(text):
+        threshold = APPROVAL_LINE.fullmatch(line)
+        if threshold is not None:
+            try:
+                entries.append({"tool": threshold["tool"], "over_usd": _amount(threshold["amount"])})
+            except forms.ValidationError as exc:
+                raise forms.ValidationError(f"{threshold['tool']}: {exc.messages[0]}") from None
+        elif len(line.split()) != 1 or SQUEEZED_THRESHOLD.fullmatch(line):
+            raise forms.ValidationError(f"“{line}”: {APPROVAL_RULE}")
+        else:
+            entries.append(line)
+    return entries
+
+
+def _approval_text(entries: list[Any]) -> str:
+    return "\n".join(
+        pattern if over is None else f"{pattern} > {_amount_text(over)}"
+        for pattern, over in policies.approval_entries({"require_approval": entries})
+    )
 
 
 class PolicyForm(forms.Form):
@@ -107,6 +153,21 @@ class PolicyForm(forms.Form):
         label="Pricing rules",
         help_text="“stripe.*: 0.25” per line (USD per call).",
     )
+    require_approval = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        label="Require approval for",
+        help_text="A person approves each call of these tools first (on the Approvals page); the agent's identical "
+        "retry then runs once. One tool name or glob per line (stripe.refund, *delete*), or “stripe.* > 50” for "
+        "only the calls costing more than 50 USD. Matched ignoring case.",
+    )
+    approval_ttl_seconds = forms.CharField(
+        required=False,
+        label="Approval expires after (seconds)",
+        help_text=f"How long a request waits for a person, and an approval stays usable: "
+        f"{policies.PolicyInput.approval_ttl_seconds.low} to {policies.APPROVAL_TTL_MAX:,} seconds (7 days); "
+        f"empty = {policies.APPROVAL_TTL_DEFAULT:,} (1 hour).",
+    )
     base_version = forms.IntegerField(required=False, widget=forms.HiddenInput)
 
     @classmethod
@@ -125,6 +186,8 @@ class PolicyForm(forms.Form):
                 "pricing_rules": "\n".join(
                     f"{r['tool']}: {_amount_text(r['price_usd'])}" for r in policy.get("pricing_rules") or []
                 ),
+                "require_approval": _approval_text(policy.get("require_approval") or []),
+                "approval_ttl_seconds": policy.get("approval_ttl_seconds", ""),
                 "base_version": version,
             }
         )
@@ -135,7 +198,7 @@ class PolicyForm(forms.Form):
         source = self.data if self.is_bound else self.initial
         text = {
             name: str(source.get(name) or "")
-            for name in ("allowed_tools", "blocked_tools", "max_calls_per_tool", "pricing_rules")
+            for name in ("allowed_tools", "blocked_tools", "max_calls_per_tool", "pricing_rules", "require_approval")
         }
         policy: dict[str, Any] = {
             "allowed_tools": _lines(text["allowed_tools"]),
@@ -144,6 +207,10 @@ class PolicyForm(forms.Form):
         try:
             policy["max_calls_per_tool"] = dict(_pairs(text["max_calls_per_tool"], "calls"))
             policy["pricing_rules"] = [{"tool": t} for t, _ in _pairs(text["pricing_rules"], "pricing")]
+            policy["require_approval"] = [
+                entry if isinstance(entry, str) else {"tool": entry["tool"]}
+                for entry in _approval_lines(text["require_approval"])
+            ]
         except forms.ValidationError:
             pass  # the form reports the malformed line; the names of the lists are still shown
         return [
@@ -186,6 +253,8 @@ class PolicyForm(forms.Form):
             "max_spend_usd_per_day": _amount,
             "max_calls_per_tool": self._calls,
             "pricing_rules": self._pricing,
+            "require_approval": _approval_lines,
+            "approval_ttl_seconds": _ttl,
         }
         for name, parse in parsers.items():
             text = str(data.get(name) or "").strip()
@@ -217,6 +286,27 @@ class ReasonForm(forms.Form):
         label="I understand this takes effect on the agent's very next call",
         error_messages={"required": "Tick the confirmation box."},
     )
+
+
+class ApprovalDecisionForm(forms.Form):
+    """Approve or deny a pending approval (governance/approval_views.py): a reason is optional to approve and
+    required to deny (the agent is answered it, and it is audited)."""
+
+    action = forms.ChoiceField(choices=[("approve", "Approve"), ("deny", "Deny")])
+    reason = forms.CharField(
+        required=False,
+        max_length=1000,
+        label="Reason (recorded in the audit log)",
+        error_messages={"max_length": "At most 1,000 characters."},
+    )
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        data["reason"] = (data.get("reason") or "").strip()
+        if data.get("action") == "deny" and not data["reason"]:
+            self.add_error("reason", "Say why it is denied: the agent is answered this reason, and it is audited.")
+        return data
 
 
 class ToolForm(forms.Form):

@@ -2,10 +2,14 @@
 (/agents/5/policy/ → Agents, /audit/verify/ → Audit log), so the nav shows where an operator is on every page.
 
 A context processor (settings TEMPLATES) rather than template logic: the template language has no "starts with".
-Imports Django only."""
+A section may show a badge (Approvals: how many are pending) from a function an app registers in ``BADGES`` (this
+module imports Django only); it is called once per request and must not query the database — every page's query
+count is pinned.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest
@@ -16,6 +20,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Overview", "billing:overview", ()),
     ("Agents", "governance:agents", ()),
     ("Decisions", "governance:decisions", ()),
+    ("Approvals", "governance:approvals", ()),
     ("Tools", "governance:tools", ()),
     ("Runs", "idempotency:runs", ()),
     ("Locks & leases", "idempotency:locks", ()),
@@ -25,6 +30,11 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Team", "billing:team", ()),
     ("Settings", "billing:settings", ()),
 )
+
+
+# URL name of a section → a function of the request giving its badge's text (None: no badge). Registered by the app
+# that owns the section (governance.approval_selectors.register).
+BADGES: dict[str, Callable[[HttpRequest], str | None]] = {}
 
 
 def _current(path: str, url: str, prefixes: tuple[str, ...]) -> str:
@@ -44,5 +54,6 @@ def main_nav(request: HttpRequest) -> dict[str, Any]:
             url = reverse(name)
         except NoReverseMatch:  # a deployment without one of the apps
             continue
-        items.append({"label": label, "url": url, "current": _current(request.path, url, prefixes)})
+        badge = BADGES[name](request) if name in BADGES else None
+        items.append({"label": label, "url": url, "current": _current(request.path, url, prefixes), "badge": badge})
     return {"nav_items": items}

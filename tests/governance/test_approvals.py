@@ -188,3 +188,12 @@ def test_require_approval_is_validated(client):
     assert not Decision.objects.exists()
     response = client.post("/v1/policies/bot", {"approval_ttl_seconds": 30}, content_type="application/json")
     assert response.status_code == 422
+
+
+def test_deciding_a_request_past_its_time_expires_it(client, key_a, gated):
+    approval_id = run(client)["result"]["approval_id"]
+    Approval.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # not swept yet
+    with pytest.raises(approvals.NotPending) as refused:
+        decide(key_a, approval_id)
+    assert refused.value.approval.status == Status.EXPIRED
+    assert Approval.objects.get().status == Status.EXPIRED and Approval.objects.get().args_encrypted == ""

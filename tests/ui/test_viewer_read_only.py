@@ -45,6 +45,7 @@ OWNER_WRITES = {
     "governance:policy-edit",
     "governance:policy-rollback",
     "governance:policy-template",
+    "governance:approval-decide",
     "billing:api-keys",
     "billing:api-key-revoke",
     "billing:team",
@@ -54,8 +55,8 @@ OWNER_WRITES = {
     "idempotency:lock-release",
     "idempotency:lease-reset",
 }
-# …and an admin: policies and keys.
-ADMIN_WRITES = {"governance:policy-edit", "billing:api-keys"}
+# …and an admin: policies, approvals and keys.
+ADMIN_WRITES = {"governance:policy-edit", "governance:approval-decide", "billing:api-keys"}
 
 # Every form on the page that is not a GET form, and every htmx attribute that sends a write; each with the action
 # it posts to (the page itself for an empty action) and its enabled controls other than hidden ones.
