@@ -65,6 +65,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = [
         "account",
         "label",
+        "scope",
         "prefix",
         "last4",
         "created_at",

@@ -7,6 +7,14 @@ class Role(models.TextChoices):
     VIEWER = "viewer", "Viewer"
 
 
+class ApiKeyScope(models.TextChoices):
+    """What an API key may do: an agent's key calls the API; an admin key may also decide approvals
+    (docs/security.md §"API keys (exists)")."""
+
+    AGENT = "agent", "Agent"
+    ADMIN = "admin", "Admin (may also decide approvals)"
+
+
 class PlanCode(models.TextChoices):
     FREE = "free", "Free"
     STARTER = "starter", "Starter"

@@ -7,7 +7,7 @@ from django.contrib.auth.forms import AuthenticationForm, UsernameField
 from django.core.exceptions import ValidationError
 
 from billing import login_throttle
-from billing.choices import Role
+from billing.choices import ApiKeyScope, Role
 from onceonly_site.identifiers import validate_identifier
 from onceonly_site.proxies import client_address
 
@@ -19,6 +19,15 @@ class ApiKeyCreateForm(forms.Form):
         validators=[validate_identifier],
         help_text="What the key is for, e.g. “billing-agent prod”. Shown in this list only.",
     )
+    scope = forms.ChoiceField(
+        choices=ApiKeyScope.choices,
+        initial=ApiKeyScope.AGENT,
+        required=False,
+        help_text="Admin keys can also approve or deny approval requests — never give one to an agent.",
+    )
+
+    def clean_scope(self) -> str:
+        return self.cleaned_data.get("scope") or ApiKeyScope.AGENT  # not sent: an agent's key, as before
 
 
 class AccountSwitchForm(forms.Form):

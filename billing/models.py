@@ -11,7 +11,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from billing.choices import Role
+from billing.choices import ApiKeyScope, Role
 
 
 class Plan(models.Model):
@@ -135,6 +135,12 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, help_text="First characters of the key, to recognise it.")
     last4 = models.CharField(max_length=4)
     key_hash = models.CharField(max_length=64, help_text="SHA-256 hex of the raw key.")
+    scope = models.CharField(
+        max_length=8,
+        choices=ApiKeyScope.choices,
+        default=ApiKeyScope.AGENT,
+        help_text="agent: calls the API; admin: may also approve or deny approval requests.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -151,6 +157,7 @@ class ApiKey(models.Model):
             # Authentication looks keys up by hash (billing.auth); unique also guards against a (theoretical)
             # collision of two generated keys.
             models.UniqueConstraint(fields=["key_hash"], name="billing_apikey_unique_hash"),
+            models.CheckConstraint(condition=models.Q(scope__in=["agent", "admin"]), name="billing_apikey_scope"),
         ]
         indexes = [
             # The API keys page: an account's keys, newest first.
@@ -242,9 +249,10 @@ class Notification(models.Model):
         RUN_FAILURE = "run_failure", "Run failure"
         BILLING = "billing", "Billing"
         SECURITY = "security", "Security"  # e.g. the decision log failed its verification
+        APPROVAL_REQUESTED = "approval_requested", "Approval requested"  # a governed call waits for a person
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="notifications")
-    kind = models.CharField(max_length=16, choices=Kind.choices)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
     subject = models.CharField(max_length=200)
     body = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)

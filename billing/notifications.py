@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -20,8 +21,18 @@ PREFERENCE: dict[str, str] = {
 }
 
 
+# Told of every notice, whether or not email is on (the governance app's notification channels): each is called with
+# account_id, kind, subject and body; an error is logged, never raised into the caller.
+LISTENERS: list[Callable[..., None]] = []
+
+
 def notify(*, account_id: int, kind: str, subject: str, body: str = "") -> None:
     """Queue a notification if the account wants this kind (/v1/me/notifications, the Settings page)."""
+    for listener in LISTENERS:
+        try:
+            listener(account_id=account_id, kind=kind, subject=subject, body=body)
+        except Exception:
+            logger.exception("notification listener %s failed", listener)
     # Payment problems (billing) and security findings have no switch of their own: sent whenever email is on.
     preference = {PREFERENCE[kind]: True} if kind in PREFERENCE else {}
     wanted = Account.objects.filter(pk=account_id, email_notifications_enabled=True, **preference)

@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import audit, auth
-from billing.choices import Role
+from billing.choices import ApiKeyScope, Role
 from billing.models import Account, ApiKey, AuditEntry, Membership, Plan
 from onceonly_site.identifiers import validate_identifier
 
@@ -160,9 +160,14 @@ class NewApiKey:
     raw: str  # shown to the user exactly once, never stored
 
 
-def api_key_create(*, account: Account, label: str = "", actor: User | None = None) -> NewApiKey:
-    """Create a key ``once_live_`` + 32 random bytes (url-safe base64). Only its SHA-256 is stored."""
+def api_key_create(
+    *, account: Account, label: str = "", actor: User | None = None, scope: str = ApiKeyScope.AGENT
+) -> NewApiKey:
+    """Create a key ``once_live_`` + 32 random bytes (url-safe base64). Only its SHA-256 is stored. ``scope``: an
+    agent's key, or an admin key that may also decide approvals (billing.choices.ApiKeyScope)."""
     validate_identifier(label)
+    if scope not in ApiKeyScope.values:
+        raise ValidationError(f"Unknown key scope {scope!r}; valid: {', '.join(ApiKeyScope.values)}.")
     raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         api_key = ApiKey.objects.create(
@@ -171,6 +176,7 @@ def api_key_create(*, account: Account, label: str = "", actor: User | None = No
             prefix=raw[: len(API_KEY_PREFIX) + 4],
             last4=raw[-4:],
             key_hash=auth.hash_key(raw),
+            scope=scope,
             created_by=actor,
         )
         audit_record(
@@ -179,7 +185,7 @@ def api_key_create(*, account: Account, label: str = "", actor: User | None = No
             action="billing.api_key.created",
             object_type="api_key",
             object_id=api_key.pk,
-            data={"label": api_key.label, "key": api_key.preview},
+            data={"label": api_key.label, "key": api_key.preview, "scope": api_key.scope},
         )
     return NewApiKey(api_key=api_key, raw=raw)
 

@@ -112,7 +112,10 @@ def api_keys(request: HttpRequest) -> HttpResponse:
         form = ApiKeyCreateForm(request.POST)
         if form.is_valid():
             new = services.api_key_create(
-                account=membership.account, label=form.cleaned_data["label"], actor=selectors.operator(request)
+                account=membership.account,
+                label=form.cleaned_data["label"],
+                scope=form.cleaned_data["scope"],
+                actor=selectors.operator(request),
             )
             token = secrets.token_urlsafe(16)
             get_redis().set(_new_key_slot(request, token), new.raw, ex=NEW_KEY_CACHE_SECONDS)

@@ -6,13 +6,25 @@ class GovernanceConfig(AppConfig):
     verbose_name = "Governance: agents, policies, tools and decisions"
 
     def ready(self) -> None:
-        from billing import panels
+        from billing import notifications, panels
+        from governance import approval_selectors, approvals, channels
         from governance.panels import operations_panel
-        from governance.runs import execute_action
+        from governance.runs import connect_approvals, execute_action
         from idempotency import jobs
 
         panels.register(operations_panel, with_request=True, first=True)
         jobs.set_action_executor(execute_action)
+        approval_selectors.register()  # the navigation's pending count, kept by every process that changes one
+        connect_approvals()  # keyed runs waiting for an approval hear of its decision (docs/runs.md)
+        # Notification channels and email hear of approval requests and decisions (docs/notifications.md).
+        for listeners, listener in (
+            (approvals.REQUESTED, channels.on_approval_requested),
+            (approvals.SETTLED, channels.on_approval_settled),
+        ):
+            if listener not in listeners:  # ready() may run more than once (tests that reload apps)
+                listeners.append(listener)
+        if channels.on_notice not in notifications.LISTENERS:  # tool errors and failed runs
+            notifications.LISTENERS.append(channels.on_notice)
 
     def warm(self) -> None:
         """At a web process's boot (onceonly_site/wsgi.py): the pooled HTTP client of signed dispatch, built once

@@ -145,15 +145,23 @@ class KillSwitch:
                 cursor.execute(sql.LOCK_EXCLUSIVE, [KILL_SWITCH_LOCK, int(agent_pk) & 0x7FFFFFFF])
 
 
+def standard_webhook_headers(key: str | bytes, *, msg_id: str, body: bytes, now: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers of one message: the one signing implementation, of tool dispatch and of the
+    notification channels' webhooks (governance/channels.py). ``key``: the secret's bytes (a tool's secret, as
+    typed) or a ``whsec_`` + base64 string (a channel's)."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(key).sign(msg_id, now, body.decode()),
+    }
+
+
 def signed_request(tool: Tool, *, dispatch_id: str, body: bytes, idempotency_key: str, fence: int) -> dict[str, str]:
     secret = secrets.decrypt(tool.secret_encrypted)
     now = datetime.now(tz=UTC)
-    signature = Webhook(secret.encode()).sign(dispatch_id, now, body.decode())
     return {
         "Content-Type": "application/json",
-        "webhook-id": dispatch_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": signature,
+        **standard_webhook_headers(secret.encode(), msg_id=dispatch_id, body=body, now=now),
         "X-OnceOnly-Timestamp": str(int(now.timestamp())),
         "X-OnceOnly-Signature": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
         "X-OnceOnly-Signature-Alg": "hmac_sha256",

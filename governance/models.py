@@ -336,3 +336,94 @@ class Approval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_id} {self.agent} {self.tool} {self.status}"
+
+
+class NotificationChannel(models.Model):
+    """Where an account's events go besides email (docs/notifications.md): a Slack incoming webhook, or a generic
+    webhook signed with Standard Webhooks (its ``whsec_`` secret generated at creation, shown once, kept encrypted
+    like tool secrets). The URL passes the tools' SSRF guard when saved and again at every delivery."""
+
+    class Kind(models.TextChoices):
+        SLACK = "slack", "Slack incoming webhook"
+        WEBHOOK = "webhook", "Webhook (Standard Webhooks)"
+
+    class Event(models.TextChoices):
+        APPROVAL_REQUESTED = "approval_requested", "Approval requested"
+        APPROVAL_DECIDED = "approval_decided", "Approval decided"
+        TOOL_ERROR = "tool_error", "Tool error"
+        RUN_FAILURE = "run_failure", "Run failure"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    label = models.CharField(max_length=100)
+    # A Slack webhook's URL is its credential, and a webhook's may carry a token: the URL is kept encrypted like tool
+    # secrets, with the part pages may show beside it.
+    url_encrypted = models.TextField(help_text="Fernet token of the URL.")
+    url_shown = models.CharField(max_length=2000, help_text="The URL as pages show it (a Slack path masked).")
+    secret_encrypted = models.TextField(blank=True, help_text="Fernet token of the webhook's whsec_ secret.")
+    events = models.JSONField(default=list, help_text="The event kinds it receives.")
+    enabled = models.BooleanField(default=True)
+    last_delivery_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="HTTP status of the last attempt.")
+    last_error = models.CharField(max_length=500, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["label", "id"]
+        constraints = [
+            # Also the index of an account's channels (publish, the settings page).
+            models.UniqueConstraint(fields=["account", "label"], name="governance_channel_unique_label"),
+            models.CheckConstraint(condition=models.Q(kind__in=["slack", "webhook"]), name="governance_channel_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.kind})"
+
+    @property
+    def url(self) -> str:
+        from governance import secrets
+
+        return secrets.decrypt(self.url_encrypted)
+
+
+class ChannelDelivery(models.Model):
+    """One event for one channel: POSTed by a Celery task, retried with backoff until delivered or out of attempts.
+    The payload never holds a call's args (an approval's digest at most)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    channel = models.ForeignKey(
+        NotificationChannel, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
+    event = models.CharField(max_length=32)
+    message_id = models.CharField(max_length=40, help_text="webhook-id: the same on every attempt, for dedupe.")
+    payload = models.JSONField()
+    text = models.TextField(blank=True, help_text="The message for people (Slack's text).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["message_id"], name="governance_delivery_unique_message_id"),
+        ]
+        indexes = [
+            # A channel's recent deliveries (its page), and the pruning of old ones.
+            models.Index(fields=["channel", "-created_at"], name="governance_delivery_channel"),
+            # The sweep of deliveries due (a lost wake-up, a retry): the pending ones only.
+            models.Index(
+                fields=["next_attempt_at"], name="governance_delivery_due", condition=models.Q(status="pending")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.channel_id} {self.status}"

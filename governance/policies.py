@@ -252,7 +252,7 @@ class ApprovalRules(Field[list[Any] | None]):
             if problem is not None:
                 check.fail(where, problem.message, problem.code)
                 continue
-            if not isinstance(entry, dict) or entry.get("over_usd") is None:
+            if not isinstance(entry, dict) or "over_usd" not in entry:
                 rules.append(name.strip())
                 continue
             try:

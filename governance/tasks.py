@@ -2,7 +2,7 @@ import logging
 
 from celery import shared_task
 
-from governance import approvals, ledger, services
+from governance import approvals, channels, ledger, services
 
 logger = logging.getLogger(__name__)
 
@@ -37,3 +37,17 @@ def expire_approvals() -> None:
     expired = approvals.expire_due()
     if expired:
         logger.info("expired %s approval requests", expired)
+
+
+@shared_task(name="governance.deliver_channel_message", ignore_result=True)
+def deliver_channel_message(delivery_id: int) -> None:
+    """Send one notification-channel delivery (governance/channels.py): a no-op unless it is pending and due."""
+    channels.deliver(delivery_id)
+
+
+@shared_task(name="governance.deliver_due_channel_messages", ignore_result=True)
+def deliver_due_channel_messages() -> None:
+    """Beat: wake channel deliveries whose wake-up was lost; delete finished ones past the retention period."""
+    woken = channels.deliver_due()
+    if woken:
+        logger.info("woke %s channel deliveries that were due", woken)

@@ -41,13 +41,15 @@ api_urlpatterns = [
     path("policies", api.PolicyListApi.as_view(), name="policies"),
     path("tools", api.ToolsApi.as_view(), name="tools"),
     path("approvals", approval_api.ApprovalListApi.as_view(), name="approvals"),
-    path("approvals/<str:public_id>", approval_api.ApprovalApi.as_view(), name="approval"),
+    path("approvals/<str:approval_id>", approval_api.ApprovalApi.as_view(), name="approval"),
     path(
-        "approvals/<str:public_id>/approve",
+        "approvals/<str:approval_id>/approve",
         approval_api.ApprovalDecideApi.as_view(action="approve"),
         name="approval-approve",
     ),
-    path("approvals/<str:public_id>/deny", approval_api.ApprovalDecideApi.as_view(action="deny"), name="approval-deny"),
+    path(
+        "approvals/<str:approval_id>/deny", approval_api.ApprovalDecideApi.as_view(action="deny"), name="approval-deny"
+    ),
     path("tools/<str:name>/toggle", api.ToolToggleApi.as_view(), name="tool-toggle"),
     path("tools/<str:name>", api.ToolApi.as_view(), name="tool"),
     re_path(r"^policies/(?P<agent_id>.+)/from-template$", api.PolicyTemplateApi.as_view(), name="policy-template"),

@@ -40,6 +40,8 @@ app.conf.beat_schedule = {
     "governance-record-unfinished-dispatches": {"task": "governance.record_unfinished_dispatches", "schedule": 60.0},
     # Approval requests past their time expire and lose their args preview (docs/approvals.md).
     "governance-expire-approvals": {"task": "governance.expire_approvals", "schedule": 30.0},
+    # Channel deliveries due (a retry, a lost wake-up); old ones pruned (docs/notifications.md).
+    "governance-deliver-due-channel-messages": {"task": "governance.deliver_due_channel_messages", "schedule": 30.0},
 }
 
 

@@ -188,24 +188,30 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     ),
     403: (
         "Forbidden",
-        'An unknown, revoked or malformed key (`"Invalid API key"`), or a feature the plan does not '
-        "include (`feature_not_available`).",
+        'An unknown, revoked or malformed key (`"Invalid API key"`), a feature the plan does not '
+        "include (`feature_not_available`), or a decision that needs an admin-scoped key (`admin_key_required`).",
         _TEXT_OR_PROBLEM,
         {},
     ),
     404: (
         "NotFound",
         'No route takes the path (`"Not Found"`), or the named object does not exist '
-        "(`policy_not_found`, `tool_not_found`).",
+        "(`policy_not_found`, `tool_not_found`, `approval_not_found`).",
         _TEXT_OR_PROBLEM,
         {},
     ),
     406: ("NotAcceptable", "The `Accept` header excludes JSON.", {"type": "string"}, {}),
     409: (
         "Conflict",
-        "The `lease_id` does not hold the key (`lease_mismatch`), or the lease's state does not allow "
-        "the transition (`lease_conflict`).",
-        _problem("lease_mismatch", "lease_conflict"),
+        "The `lease_id` does not hold the key (`lease_mismatch`), the lease's state does not allow "
+        "the transition (`lease_conflict`), or the approval is no longer pending (`approval_not_pending`, with its "
+        "`status`).",
+        _problem(
+            "lease_mismatch",
+            "lease_conflict",
+            "approval_not_pending",
+            status={"type": "string", "description": "The lease's or the approval's status now."},
+        ),
         {},
     ),
     413: ("PayloadTooLarge", "The body is larger than 2.5 MiB.", _problem("payload_too_large"), {}),

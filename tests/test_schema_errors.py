@@ -59,6 +59,10 @@ OWN_ERRORS: dict[str, set[int]] = {
     "tool_get": {404},  # tool_not_found
     "tool_delete": {404},
     "tool_toggle": {404},
+    "approvals_list": set(),
+    "approval_get": {404},  # approval_not_found
+    "approval_approve": {404, 409},  # approval_not_found; approval_not_pending (admin key)
+    "approval_deny": {404, 409},
 }
 # Bodies that get past validation where the rate limit is taken after it (docs/api.md §"Rate limits").
 VALID_BODY = {"check_lock": {"key": "k"}, "ai_lease": {"key": "k"}, "ai_run": {"key": "k"}}
@@ -221,7 +225,30 @@ OWN_ERROR_REQUESTS: dict[str, list[tuple[int, str, dict | None]]] = {
     "tool_get": [(404, "x", None)],
     "tool_delete": [(404, "x", None)],
     "tool_toggle": [(404, "x", {"enabled": True})],
+    "approval_get": [(404, "apr_x", None)],
+    "approval_approve": [(404, "apr_x", {}), (409, "apr_decided", {})],
+    "approval_deny": [(404, "apr_x", {"reason": "r"}), (409, "apr_decided", {"reason": "r"})],
 }
+# Operations whose own errors need an admin-scoped key (the others refuse with 403 admin_key_required first).
+ADMIN_OPERATIONS = {"approval_approve", "approval_deny"}
+
+
+@pytest.fixture
+def admin_key(account_a):
+    """An admin-scoped key of account A, whose approval `apr_decided` is already approved."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.services import api_key_create
+    from governance.models import Agent, Approval
+
+    agent = Agent.objects.create(account=account_a, agent_id="bot")
+    Approval.objects.create(
+        public_id="apr_decided", account=account_a, agent=agent, tool="t", args_hash="0" * 64, rule={"tool": "t"},
+        risk_level="low", status=Approval.Status.APPROVED, expires_at=timezone.now() + timedelta(hours=1),
+    )  # fmt: skip
+    return api_key_create(account=account_a, scope="admin").raw
 
 
 @pytest.fixture
@@ -242,9 +269,10 @@ def exhausted_key(plans):
     return make_key(account).raw
 
 
-def test_every_operation_answers_its_own_errors_as_documented(api_schema, key_a, exhausted_key):  # noqa: F811
+def test_every_operation_answers_its_own_errors_as_documented(api_schema, key_a, exhausted_key, admin_key):  # noqa: F811
     assert {op for op, statuses in OWN_ERRORS.items() if statuses} == set(OWN_ERROR_REQUESTS)
     key, exhausted = {"Authorization": f"Bearer {key_a.raw}"}, {"Authorization": f"Bearer {exhausted_key}"}
+    admin = {"Authorization": f"Bearer {admin_key}"}
     api_schema["/v1/ai/lease"]["POST"].Case(headers=key, body={"key": "k409"}, media_type="application/json").call()
     for result in api_schema.get_all_operations():
         operation = result.ok()
@@ -252,6 +280,8 @@ def test_every_operation_answers_its_own_errors_as_documented(api_schema, key_a,
         assert {status for status, _, _ in requests} == OWN_ERRORS[operation.definition.raw["operationId"]]
         for status, path_value, body in requests:
             headers = exhausted if status == 402 or body == {"agent_id": "bot", "tool": "unregistered"} else key
+            if operation.definition.raw["operationId"] in ADMIN_OPERATIONS:
+                headers = admin
             case = _case(
                 api_schema, operation, headers=headers, body=body, media_type="application/json", path_value=path_value
             )

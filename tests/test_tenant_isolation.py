@@ -17,8 +17,9 @@ from django.utils import timezone
 
 from billing.choices import Role
 from billing.models import ApiKey, Membership
-from billing.services import account_get_or_create
-from governance.models import Agent, Decision, Tool
+from billing.services import account_get_or_create, api_key_create
+from governance import channels
+from governance.models import Agent, Approval, Decision, NotificationChannel, Tool
 from idempotency.models import Lease
 from tests.conftest import Key, Persona, _persona, make_key, seeded_plans
 from tests.support.module_data import Shared, shared_per_module
@@ -41,6 +42,8 @@ class World:
     key_id: int
     membership_id: int
     agent_pk: int  # dashboard URLs name an agent by its row (governance/urls.py)
+    approval_id: str  # a pending approval of A's, whose args preview holds A_SECRET_NAME
+    channel_id: int
 
     def api_a(self) -> Client:
         return self.a.client()
@@ -63,7 +66,20 @@ def _build_world() -> dict[str, Any]:
     # An hour: the lease outlives the module's run, however slow the machine (its cases see it held).
     lease = api.post("/v1/ai/lease", {"key": "lease-key", "ttl": 3600}, content_type=JSON).json()
     assert lease["status"] == "acquired"
-    api.post("/v1/policies/a-bot", {"blocked_tools": [A_SECRET_NAME]}, content_type=JSON)
+    policy = {"blocked_tools": [A_SECRET_NAME], "require_approval": ["wire.transfer"]}
+    api.post("/v1/policies/a-bot", policy, content_type=JSON)
+    waiting = api.post(
+        "/v1/ai/run", {"agent_id": "a-bot", "tool": "wire.transfer", "args": {"memo": A_SECRET_NAME}}, content_type=JSON
+    ).json()
+    assert waiting["policy_reason"] == "approval_required"
+    channel, _ = channels.channel_create(
+        account=account_a,
+        kind="webhook",
+        label=A_SECRET_NAME,
+        url="https://hooks.example.com/a",
+        events=["tool_error"],
+        actor="alice@acme.test",
+    )
     decision = api.post(
         "/v1/ai/run", {"agent_id": "a-bot", "tool": "search", "args": {"run_id": "a-run"}}, content_type=JSON
     ).json()
@@ -91,6 +107,8 @@ def _build_world() -> dict[str, Any]:
         "key_id": key_a.api_key.pk,
         "membership_id": Membership.objects.get(user=viewer_a.user).pk,
         "agent_pk": Agent.objects.get(account=account_a, agent_id="a-bot").pk,
+        "approval_id": waiting["approval_id"],
+        "channel_id": channel.pk,
     }
 
 
@@ -129,10 +147,39 @@ def a_still_intact(w: World) -> None:
     agent = Agent.objects.get(account=w.owner_a.account, agent_id="a-bot")
     assert agent.is_enabled and agent.policy["blocked_tools"] == [A_SECRET_NAME]
     assert Membership.objects.filter(pk=w.membership_id).exists()
-    assert Decision.objects.filter(account=w.owner_a.account).count() == 1
+    assert Decision.objects.filter(account=w.owner_a.account).count() == 2  # the allowed call, the one waiting
+    assert Approval.objects.get(public_id=w.approval_id).status == Approval.Status.PENDING
+    assert NotificationChannel.objects.filter(pk=w.channel_id, enabled=True).exists()
 
 
 # --- the /v1 API, with B's key --------------------------------------------------------------------------------
+
+
+def api_approvals(w):
+    response = w.api_b().get("/v1/approvals")
+    hidden(response)
+    assert response.json()["total"] == 0
+
+
+def api_approval(w):
+    response = w.api_b().get(f"/v1/approvals/{w.approval_id}")
+    assert response.status_code == 404 and A_SECRET_NAME not in response.content.decode()
+
+
+def _api_approval_decide(action):
+    """With an admin-scoped key of B's (one that may decide B's own approvals): 404, A's approval still pending."""
+
+    def case(w):
+        admin_b = Key(*_admin_key(w))
+        response = admin_b.client().post(f"/v1/approvals/{w.approval_id}/{action}", {"reason": "B"}, content_type=JSON)
+        assert response.status_code == 404, response.content
+
+    return case
+
+
+def _admin_key(w):
+    created = api_key_create(account=w.owner_b.account, label="admin B", scope="admin")
+    return created.raw, created.api_key
 
 
 def api_me(w):
@@ -314,6 +361,13 @@ def web_account_switch(w):
     hidden(w.web_b.get("/"))  # still B's overview
 
 
+def web_approval_confirm(w):
+    """B's owner with a genuine one-click link to A's approval (as a channel of A's would carry): 404 both ways."""
+    link = channels.one_click_url(Approval.objects.get(public_id=w.approval_id), "approve")
+    assert w.web_b.get(link).status_code == 404
+    assert w.web_b.post(link, {"reason": "by B"}).status_code == 404
+
+
 def web_settings(w):
     w.web_b.post("/settings/", {"name": "renamed by B"})
     assert w.owner_a.account.__class__.objects.get(pk=w.owner_a.account.pk).name != "renamed by B"
@@ -347,6 +401,10 @@ CASES: dict[str, Any] = {
     "v1:agent-enable": api_agent_enable,
     "v1:agent-logs": api_agent_logs,
     "v1:agent-metrics": api_agent_metrics,
+    "v1:approvals": api_approvals,
+    "v1:approval": api_approval,
+    "v1:approval-approve": _api_approval_decide("approve"),
+    "v1:approval-deny": _api_approval_decide("deny"),
     "governance:agents": page("/agents/"),
     "governance:agent-kill-switch": web_agent(
         "kill-switch/", {"action": "disable", "reason": "not yours", "confirm": "on"}
@@ -366,6 +424,18 @@ CASES: dict[str, Any] = {
     "governance:tool-test": not_found("post", lambda w: f"/tools/{w.tool_id}/test/", {"args": "{}"}),
     "governance:audit": page("/audit/"),
     "governance:verify": page("/audit/verify/"),
+    "governance:approvals": page("/approvals/"),
+    "governance:approval": not_found("get", lambda w: f"/approvals/{w.approval_id}/"),
+    "governance:approval-decide": not_found(
+        "post", lambda w: f"/approvals/{w.approval_id}/decide/", {"action": "approve"}
+    ),
+    "governance:approval-confirm": web_approval_confirm,
+    "governance:channels": page("/settings/channels/"),
+    "governance:channel-new": page("/settings/channels/new/"),
+    "governance:channel-edit": not_found("get", lambda w: f"/settings/channels/{w.channel_id}/"),
+    "governance:channel-toggle": not_found("post", lambda w: f"/settings/channels/{w.channel_id}/toggle/"),
+    "governance:channel-test": not_found("post", lambda w: f"/settings/channels/{w.channel_id}/test/"),
+    "governance:channel-delete": not_found("post", lambda w: f"/settings/channels/{w.channel_id}/delete/"),
     "idempotency:locks": page("/locks/?key=shared-key"),
     "idempotency:lock-release": web_lock_action("/locks/release/"),
     "idempotency:lease-reset": web_lock_action("/locks/reset/"),
@@ -455,4 +525,6 @@ def test_the_same_requests_do_show_a_its_own_data(world):
     assert "a-bot" in web_a.get(f"/decisions/{world.decision_id}/").content.decode()
     assert A_SECRET_NAME in world.api_a().get("/v1/tools").content.decode()
     assert "a-bot" in web_a.get("/agents/").content.decode()
+    assert A_SECRET_NAME in web_a.get(f"/approvals/{world.approval_id}/").content.decode()  # the args preview
+    assert A_SECRET_NAME in web_a.get("/settings/channels/").content.decode()
     assert world.api_a().get("/v1/ai/status", {"key": "lease-key"}).json()["status"] == "in_progress"

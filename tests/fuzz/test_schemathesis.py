@@ -118,6 +118,8 @@ def _tool_names(case) -> list:
             names += (policy.get("allowed_tools") or []) + (policy.get("blocked_tools") or [])
             names += [rule.get("tool") for rule in policy.get("pricing_rules") or []]
             names += list(policy.get("max_calls_per_tool") or {})
+            approvals = policy.get("require_approval") or []
+            names += [entry.get("tool") if isinstance(entry, dict) else entry for entry in approvals]
     return [name for name in names if isinstance(name, str)]
 
 
@@ -154,7 +156,12 @@ def _unstatable(case) -> bool:
         if len({normalise_tool(name) for name in caps}) < len(caps):
             return True
         rules = [rule for rule in policy.get("pricing_rules") or [] if isinstance(rule, dict)]
-        amounts = [policy.get("max_spend_usd_per_day"), *(rule.get("price_usd") for rule in rules)]
+        gates = [entry for entry in policy.get("require_approval") or [] if isinstance(entry, dict)]
+        amounts = [
+            policy.get("max_spend_usd_per_day"),
+            *(rule.get("price_usd") for rule in rules),
+            *(entry.get("over_usd") for entry in gates),
+        ]
         if any(isinstance(amount, float) and amount != 0 and round(amount, 6) == 0 for amount in amounts):
             return True
     if case.path == "/v1/events" and case.method == "POST":

@@ -17,7 +17,8 @@ from urllib.parse import quote, urlsplit
 
 from billing.models import Account, ApiKey
 from billing.services import membership_add
-from governance.models import Agent
+from governance import approvals
+from governance.models import Agent, Approval
 
 JSON = "application/json"
 AGENT = "agent-" + "a" * 194  # 200 characters, no break opportunity
@@ -25,6 +26,8 @@ TOOL = "tool." + "t" * 195
 RUN = "run-" + "r" * 196
 KEY = "key:" + "k" * 252  # 256
 ACCOUNT = "Acme" + "N" * 116  # 120, the longest account name
+APPROVED_TOOL = "v" * 200  # require_approval names it; "w…" needs approval over $10.00
+OVER_TOOL = "w" * 200
 SKIP = ("/logout/", "/admin/", "/api/", "/v1/", "/static/", "/billing/", "/login/")
 MAX_PAGES = 60
 AXE = Path(__file__).resolve().parents[2] / "static" / "vendor" / "axe.min.js"
@@ -48,11 +51,15 @@ def seed_long_identifiers(key, owner) -> None:
         "max_actions_per_hour": 1000,
         "max_spend_usd_per_day": 10,
         "pricing_rules": [{"tool": "p" * 200, "price_usd": 1}],
+        "require_approval": [APPROVED_TOOL, {"tool": "w*", "over_usd": 10}],
+        "approval_ttl_seconds": 7200,
     }
     assert api.post(f"/v1/policies/{AGENT}", policy, content_type=JSON).status_code == 200
+    approval_of(api, APPROVED_TOOL, {"n": 0})  # superseded by the next version
     # A second version, so the policy page has a history to compare and the audit log a before/after.
     policy["max_actions_per_hour"] = 2000
     assert api.post(f"/v1/policies/{AGENT}", policy, content_type=JSON).status_code == 200
+    seed_approvals(api, owner)
     for tool_name in (TOOL, "u" * 200):
         body = {"agent_id": AGENT, "tool": tool_name, "args": {"run_id": RUN}}
         assert api.post("/v1/ai/run", body, content_type=JSON).status_code == 200
@@ -70,16 +77,92 @@ def seed_long_identifiers(key, owner) -> None:
         account=owner.account, email=("e" * 60) + "@" + ("d" * 60) + ".test", role="viewer", actor=owner.user
     )
     assert Agent.objects.filter(agent_id=AGENT).exists()
+    seed_channels(owner)
+
+
+def approval_of(api, tool: str, args: dict, spend: float = 0) -> str:
+    """A governed call of AGENT that needs approval: the id of its approval (pending)."""
+    body = {"agent_id": AGENT, "tool": tool, "args": args, "spend_usd": spend}
+    response = api.post("/v1/ai/run", body, content_type=JSON)
+    assert response.status_code == 200 and response.json()["policy_reason"] == "approval_required", response.content
+    return response.json()["result"]["approval_id"]
+
+
+def seed_approvals(api, owner) -> None:
+    """Approvals in every state but expired, with long identifiers: one pending (its args shown), one denied with a
+    long reason, one approved and used by the agent's retry (and the superseded one seed_long_identifiers made)."""
+    approval_of(api, OVER_TOOL, {"run_id": RUN, "note": "n" * 300}, spend=12.5)
+
+    def decide(approval_id: str, approve: bool, reason: str) -> None:
+        approvals.decide(
+            account_id=owner.account.pk, public_id=approval_id, approve=approve, reason=reason, actor=owner.email
+        )
+
+    decide(approval_of(api, APPROVED_TOOL, {"n": 2}), False, "Not this one: " + "r" * 300)
+    used = {"n": 3}
+    decide(approval_of(api, APPROVED_TOOL, used), True, "")
+    retry = api.post("/v1/ai/run", {"agent_id": AGENT, "tool": APPROVED_TOOL, "args": used}, content_type=JSON)
+    assert retry.json()["allowed"], retry.content
 
 
 def extra_urls() -> list[str]:
-    """Pages (or states of a page) no plain link leads to: a lock lookup, a run's timeline, a policy diff."""
+    """Pages (or states of a page) no plain link leads to: a lock lookup, a run's timeline, a policy diff, the
+    Approvals tabs (the crawl visits a path once) and the approvals that are not pending."""
     agent = Agent.objects.get(agent_id=AGENT)
+    closed = Approval.objects.filter(agent=agent).exclude(status=Approval.Status.PENDING).order_by("pk")
     return [
         f"/locks/?key={quote(KEY, safe='')}",
         f"/runs/timeline/?run_id={quote(RUN, safe='')}",
         f"/agents/{agent.pk}/policy/?a=1&b=2",
+        "/approvals/?tab=decided",
+        "/approvals/?tab=closed",
+        *(f"/approvals/{approval.public_id}/" for approval in closed),
+        *channel_urls(agent),
     ]
+
+
+# --- notification channels (Settings → Notification channels) and the one-click approval links -----------------
+CHANNEL = "channel-" + "c" * 92  # 100 characters: the longest label
+
+
+def seed_channels(owner) -> None:
+    """A webhook channel with the longest label, a long URL and a failing delivery, and a Slack channel."""
+    from django.utils import timezone
+
+    from governance import channels
+    from governance.models import ChannelDelivery, NotificationChannel
+
+    events = ["approval_requested", "approval_decided", "tool_error", "run_failure"]
+    url = "https://hooks.example.com/" + "w" * 300
+    hook, _ = channels.channel_create(
+        account=owner.account, kind="webhook", label=CHANNEL, url=url, events=events, actor=owner.email
+    )
+    slack_url = "https://hooks.slack.com/services/T0/B0/" + "s" * 24
+    channels.channel_create(
+        account=owner.account, kind="slack", label="slack", url=slack_url, events=events[:1], actor=owner.email
+    )
+    error = "HTTP 500: " + "e" * 400
+    ChannelDelivery.objects.create(
+        channel=hook,
+        event="tool_error",
+        message_id="msg_seeded",
+        payload={"subject": "s"},
+        status="failed",
+        attempts=6,
+        last_status=500,
+        last_error=error,
+    )
+    NotificationChannel.objects.filter(pk=hook.pk).update(
+        consecutive_failures=6, last_status=500, last_error=error, last_delivery_at=timezone.now()
+    )
+
+
+def channel_urls(agent) -> list[str]:
+    """The confirm pages a pending approval's one-click links open (no link of the dashboard leads there)."""
+    from governance import channels
+
+    pending = Approval.objects.filter(agent=agent, status=Approval.Status.PENDING).first()
+    return [channels.one_click_url(pending, action) for action in channels.ACTIONS] if pending else []
 
 
 def crawl(page, base: str, extra: list[str] | tuple[str, ...] = ()):

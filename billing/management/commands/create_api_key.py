@@ -2,6 +2,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing import services
+from billing.choices import ApiKeyScope
 from billing.models import Plan
 from onceonly_site.identifiers import validate_identifier
 
@@ -13,8 +14,15 @@ class Command(BaseCommand):
         parser.add_argument("--account", required=True, help="Account name; created if missing.")
         parser.add_argument("--plan", help="Set the account's plan (free, starter, pro, agency or another code).")
         parser.add_argument("--label", default="", help="A label for the key.")
+        parser.add_argument(
+            "--scope",
+            choices=ApiKeyScope.values,
+            default=ApiKeyScope.AGENT,
+            help="agent (default): an agent's key; admin: may also approve or deny approval requests — never give "
+            "one to an agent.",
+        )
 
-    def handle(self, *args, account: str, plan: str | None, label: str, **options) -> None:
+    def handle(self, *args, account: str, plan: str | None, label: str, scope: str, **options) -> None:
         if plan and not Plan.objects.filter(code=plan).exists():
             codes = ", ".join(Plan.objects.values_list("code", flat=True))
             raise CommandError(f"Unknown plan {plan!r}; known plans: {codes}.")
@@ -25,5 +33,5 @@ class Command(BaseCommand):
             raise CommandError("; ".join(exc.messages)) from None
         if created:
             self.stderr.write(f"Created account {acct.name!r} on plan {acct.plan.code}.")
-        new = services.api_key_create(account=acct, label=label)
+        new = services.api_key_create(account=acct, label=label, scope=scope)
         self.stdout.write(new.raw)
