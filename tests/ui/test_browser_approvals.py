@@ -7,6 +7,7 @@ from onceonly import OnceOnly
 from playwright.sync_api import expect
 
 from governance.models import Approval
+from tests.support.tool_endpoint import ToolEndpoint
 from tests.ui.test_browser_keys import login
 
 pytestmark = pytest.mark.browser
@@ -24,7 +25,22 @@ def gate(key, live_server):
         client.gov.upsert_policy({"agent_id": "billing-agent", "require_approval": ["stripe.refund"]})
 
 
-def test_an_admin_approves_and_the_identical_retry_runs(page, live_server, admin_a, key_a):
+@pytest.fixture
+def receiver(settings, key_a):
+    """stripe.refund registered, dispatched to a receiver on 127.0.0.1 that records its calls."""
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
+    endpoint = ToolEndpoint()
+    tool = {
+        "name": "stripe.refund",
+        "url": endpoint.base + "/refund",
+        "auth": {"type": "hmac_sha256", "secret": "s" * 24},
+    }
+    assert key_a.client().post("/v1/tools", tool, content_type="application/json").status_code == 200
+    yield endpoint
+    endpoint.stop()
+
+
+def test_an_admin_approves_and_the_identical_retry_runs(page, live_server, admin_a, key_a, receiver):
     gate(key_a, live_server)
     first = run_tool(key_a, live_server, spend_usd=12.5)
     assert (first.allowed, first.decision, first.policy_reason) == (False, "blocked", "approval_required")
@@ -46,8 +62,15 @@ def test_an_admin_approves_and_the_identical_retry_runs(page, live_server, admin
     expect(page.locator(".status-line .badge")).to_have_text("approved")
     expect(page.locator("pre.args-preview")).to_have_count(0)  # deleted with the decision
 
+    assert receiver.calls == []
     retry = run_tool(key_a, live_server, spend_usd=12.5)
-    assert (retry.allowed, retry.policy_reason) == (True, "within_budget")
+    assert (retry.allowed, retry.decision, retry.policy_reason) == (True, "executed", "within_budget")
+    assert len(receiver.calls) == 1
+    again = run_tool(key_a, live_server, spend_usd=12.5)
+    assert again.decision == "dedup" and len(receiver.calls) == 1
+    other = run_tool(key_a, live_server, args={**ARGS, "amount": 7501}, spend_usd=12.5)
+    assert other.policy_reason == "approval_required" and other.result["approval_id"] != approval_id
+    assert len(receiver.calls) == 1
     approval = Approval.objects.get(public_id=approval_id)
     assert approval.status == Approval.Status.CONSUMED and approval.decided_by == admin_a.email
     page.reload()
