@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from governance import api, approval_api, approval_views, channel_urls, views
+from governance import api, approval_api, approval_views, channel_urls, policy_code_api, policy_code_urls, views
 
 app_name = "governance"
 
@@ -30,6 +30,7 @@ urlpatterns = [
     path("approvals/<str:public_id>/", approval_views.detail, name="approval"),
     path("approvals/<str:public_id>/decide/", approval_views.decide, name="approval-decide"),
     *channel_urls.urlpatterns,
+    *policy_code_urls.urlpatterns,
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py. Agent ids may contain `:` `.` `-` `_` and, percent-encoded, `/`:
@@ -52,6 +53,9 @@ api_urlpatterns = [
     ),
     path("tools/<str:name>/toggle", api.ToolToggleApi.as_view(), name="tool-toggle"),
     path("tools/<str:name>", api.ToolApi.as_view(), name="tool"),
+    # Before the agent-id catch-all: GET /v1/policies/export and POST /v1/policies/apply (policies as code).
+    path("policies/export", policy_code_api.PolicyExportApi.as_view(), name="policies-export"),
+    path("policies/apply", policy_code_api.PolicyApplyApi.as_view(), name="policies-apply"),
     re_path(r"^policies/(?P<agent_id>.+)/from-template$", api.PolicyTemplateApi.as_view(), name="policy-template"),
     re_path(r"^policies/(?P<agent_id>.+)$", api.PolicyApi.as_view(), name="policy"),
     re_path(r"^agents/(?P<agent_id>.+)/disable$", api.AgentDisableApi.as_view(), name="agent-disable"),
