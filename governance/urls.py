@@ -1,6 +1,15 @@
 from django.urls import path, re_path
 
-from governance import api, approval_api, approval_views, channel_urls, policy_code_api, policy_code_urls, views
+from governance import (
+    api,
+    approval_api,
+    approval_views,
+    channel_urls,
+    policy_code_api,
+    policy_code_urls,
+    replay_urls,
+    views,
+)
 
 app_name = "governance"
 
@@ -31,6 +40,7 @@ urlpatterns = [
     path("approvals/<str:public_id>/decide/", approval_views.decide, name="approval-decide"),
     *channel_urls.urlpatterns,
     *policy_code_urls.urlpatterns,
+    *replay_urls.urlpatterns,
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py. Agent ids may contain `:` `.` `-` `_` and, percent-encoded, `/`:
