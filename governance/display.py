@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from governance import policies
+from onceonly_site import formatting
 
 
 def dumps(value: Any) -> str:
@@ -109,3 +110,83 @@ def _text(value: Any) -> str:
 
 def _field(value: Any) -> dict[str, Any]:
     return {"text": _text(value), "json": None} if _scalar(value) else {"text": "", "json": dumps(value)}
+
+
+# --- the semantic diff of two policies: what a change does, field by field -------------------------------------
+
+_LISTS = ("allowed_tools", "blocked_tools", "require_approval")
+
+
+def _shown(field: str, value: Any) -> str:
+    """One field's value in words: amounts in dollars, counts with separators, durations in units, lists as names."""
+    if value is None:
+        return "not set"
+    if field == "max_spend_usd_per_day":
+        return formatting.usd(value)
+    if field == "approval_ttl_seconds":
+        return formatting.seconds(value)
+    if field in ("max_actions_per_hour",):
+        return formatting.num(value)
+    if isinstance(value, list):
+        if not value:
+            return "[] — no tool is allowed" if field == "allowed_tools" else "[] (empty)"
+        return ", ".join(_entry(field, item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {formatting.num(v)}" for k, v in value.items()) if value else "{} (empty)"
+    return _text(value)
+
+
+def _entry(field: str, item: Any) -> str:
+    if field == "require_approval" and isinstance(item, dict):
+        over = item.get("over_usd")
+        return f"{item.get('tool')} over {formatting.usd(over)}" if over is not None else str(item.get("tool"))
+    if field == "pricing_rules" and isinstance(item, dict):
+        return f"{item.get('tool')} at {formatting.usd(item.get('price_usd'))}"
+    return str(item)
+
+
+def policy_changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """What changing ``before`` into ``after`` does, one entry per changed field in the policy's field order:
+    ``{"field", "change": "set" | "cleared" | "changed", "before", "after", "added", "removed", "text"}`` —
+    list entries added and removed (names, globs, rules, tool caps) rather than the whole list, numbers in their
+    units. The editor's confirm step, policies as code and the audit log say a change in these words; the coloured
+    line diff (``diff_lines``) shows the same change as text."""
+    before, after = before or {}, after or {}
+    changes: list[dict[str, Any]] = []
+    names = [*policies.FIELDS, *sorted((set(before) | set(after)) - set(policies.FIELDS))]
+    for field in names:
+        old, new = before.get(field), after.get(field)
+        if old == new:
+            continue
+        change: dict[str, Any] = {"field": field, "before": old, "after": new, "added": [], "removed": []}
+        if old is None:
+            change["change"], text = "set", f"set to {_shown(field, new)}"
+        elif new is None:
+            change["change"], text = "cleared", f"cleared (was {_shown(field, old)})"
+        elif isinstance(old, list) and isinstance(new, list):
+            change["change"] = "changed"
+            change["added"] = [item for item in new if item not in old]
+            change["removed"] = [item for item in old if item not in new]
+            parts = [f"+ {_entry(field, item)}" for item in change["added"]]
+            parts += [f"− {_entry(field, item)}" for item in change["removed"]]
+            text = "; ".join(parts) if parts else "reordered"
+            if field == "allowed_tools" and not new:
+                text += " — now empty: no tool is allowed"
+        elif isinstance(old, dict) and isinstance(new, dict):
+            change["change"] = "changed"
+            parts = []
+            for key in [*old, *(k for k in new if k not in old)]:
+                if key not in new:
+                    parts.append(f"− {key} (was {formatting.num(old[key])})")
+                    change["removed"].append(key)
+                elif key not in old:
+                    parts.append(f"+ {key}: {formatting.num(new[key])}")
+                    change["added"].append(key)
+                elif old[key] != new[key]:
+                    parts.append(f"{key}: {formatting.num(old[key])} → {formatting.num(new[key])}")
+            text = "; ".join(parts)
+        else:
+            change["change"], text = "changed", f"{_shown(field, old)} → {_shown(field, new)}"
+        change["text"] = f"{field}: {text}"
+        changes.append(change)
+    return changes

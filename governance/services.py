@@ -29,7 +29,7 @@ from billing.models import Account
 from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited, take_bucket
 from billing.services import audit_record
-from governance import approvals, dispatch, ledger, policies, slots, sql
+from governance import approvals, dispatch, display, ledger, policies, slots, sql
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, DispatchIntent, PolicyVersion, Tool
 from idempotency import events as run_events
@@ -214,7 +214,13 @@ def policy_publish(
             action="governance.policy.updated",
             object_type="agent",
             object_id=agent_id,
-            data={"version": version, "source": source, "before": before, "after": policy},
+            data={
+                "version": version,
+                "source": source,
+                "before": before,
+                "after": policy,
+                "changes": [change["text"] for change in display.policy_changes(before, policy)],
+            },
         )
     return PolicyOutcome(agent=agent, version=version, warnings=_warnings(account_id, policy))
 
