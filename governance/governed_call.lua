@@ -6,7 +6,11 @@
 -- KEYS[4] spend                spend today      oo:{a<acct>}:gov:<agent>:spend:<YYYYMMDD>   (integer micro-dollars)
 -- KEYS[5] calls                calls today      oo:{a<acct>}:gov:<agent>:calls:<YYYYMMDD>   (hash tool → count)
 -- KEYS[6] usage                the account's usage hash oo:{a<acct>}:usage:<YYYY-MM>
--- KEYS[7] bucket               (optional, with ARGV[14] and ARGV[15]) the caller's API-key rate-limit bucket: the
+-- KEYS[7] shadow_dedup         the shadow candidate's dedup entry of these args (shadow mode: shadow_decide.lua)
+-- KEYS[8] shadow_hour          the candidate's hourly actions
+-- KEYS[9] shadow_spend         the candidate's spend today
+-- KEYS[10] shadow_calls        the candidate's calls today
+-- KEYS[11] bucket              (optional, with ARGV[19] and ARGV[20]) the caller's API-key rate-limit bucket: the
 --                              token is taken here (billing/take_token.lua is prepended), so the governed call is
 --                              one Redis round trip before its decision
 -- ARGV[1] now_ms               now (ms)
@@ -23,25 +27,40 @@
 -- ARGV[12] day                 day of the month "DD" (UTC) for the daily usage field ai:DD
 -- ARGV[13] dry_run             "1" for a dry run: decide exactly as a real call would, but write nothing (no
 --                              reservation, no usage)
--- ARGV[14] rate                (optional, with KEYS[7]) the bucket's tokens per second
--- ARGV[15] burst               (optional, with KEYS[7]) the bucket's size
+-- ARGV[14] shadow              "1": the agent has a shadow candidate whose tool lists pass this call — its caps
+--                              are decided too, on its own counters, and its reason ends every recorded reply
+--                              ("" otherwise)
+-- ARGV[15] shadow_max_actions  the candidate's max actions/hour (-1 = none)
+-- ARGV[16] shadow_max_calls    its max calls of this tool today (-1 = none)
+-- ARGV[17] shadow_max_spend    its max spend today (micro-$, -1 = none)
+-- ARGV[18] shadow_cost         this call's cost under the candidate (micro-$)
+-- ARGV[19] rate                (optional, with KEYS[11]) the bucket's tokens per second
+-- ARGV[20] burst               (optional, with KEYS[11]) the bucket's size
 -- An allowed call also consumes one unit of the monthly `ai` quota, in this same atomic step.
--- Returns {"rebuild"} | {"rebuild_usage"} | {"rate_limited", wait_ms} | {"dedup", value}
---       | {"blocked", reason, actions, calls, spend} | {"quota", usage}
---       | {"ok", actions, calls, spend} (counts after this call's reservation)
+-- Returns {"rebuild"} | {"rebuild_usage"} | {"rate_limited", wait_ms} | {"dedup", value, shadow}
+--       | {"blocked", reason, actions, calls, spend, shadow} | {"quota", usage}
+--       | {"ok", actions, calls, spend, shadow} (counts after this call's reservation)
+-- (shadow: the candidate's reason, "" without one; decided only for the answers that are recorded)
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'rebuild'}
 end
 if redis.call('EXISTS', KEYS[6]) == 0 then
   return {'rebuild_usage'}
 end
-if KEYS[7] then
-  local wait = take_token(KEYS[7], ARGV[14], ARGV[15])
+if KEYS[11] then
+  local wait = take_token(KEYS[11], ARGV[19], ARGV[20])
   if wait > 0 then
     return {'rate_limited', wait}
   end
 end
 local dry = ARGV[13] == '1'
+local function shadow()
+  if ARGV[14] ~= '1' then
+    return ''
+  end
+  return shadow_decide(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[1], ARGV[2], ARGV[15], ARGV[16], ARGV[17],
+                       ARGV[18], ARGV[7], ARGV[8], ARGV[9])
+end
 if not dry then
   redis.call('HINCRBY', KEYS[6], 'requests_ai', 1)
 end
@@ -49,7 +68,7 @@ local window = tonumber(ARGV[2])
 if window > 0 then
   local seen = redis.call('GET', KEYS[2])
   if seen then
-    return {'dedup', seen}
+    return {'dedup', seen, shadow()}
   end
 end
 local now = tonumber(ARGV[1])
@@ -59,13 +78,13 @@ local calls = tonumber(redis.call('HGET', KEYS[5], ARGV[7]) or '0')
 local spend = tonumber(redis.call('GET', KEYS[4]) or '0')
 local cost = tonumber(ARGV[6])
 if tonumber(ARGV[3]) >= 0 and actions >= tonumber(ARGV[3]) then
-  return {'blocked', 'hourly_action_limit_exceeded', actions, calls, spend}
+  return {'blocked', 'hourly_action_limit_exceeded', actions, calls, spend, shadow()}
 end
 if tonumber(ARGV[4]) >= 0 and calls >= tonumber(ARGV[4]) then
-  return {'blocked', 'tool_call_limit_exceeded', actions, calls, spend}
+  return {'blocked', 'tool_call_limit_exceeded', actions, calls, spend, shadow()}
 end
 if tonumber(ARGV[5]) >= 0 and spend + cost > tonumber(ARGV[5]) then
-  return {'blocked', 'daily_spend_exceeded', actions, calls, spend}
+  return {'blocked', 'daily_spend_exceeded', actions, calls, spend, shadow()}
 end
 local used = tonumber(redis.call('HGET', KEYS[6], 'ai') or '0')
 if tonumber(ARGV[10]) >= 0 and used >= tonumber(ARGV[10]) then
@@ -75,7 +94,7 @@ if tonumber(ARGV[10]) >= 0 and used >= tonumber(ARGV[10]) then
   return {'quota', used}
 end
 if dry then
-  return {'ok', actions + 1, calls + 1, spend + cost}
+  return {'ok', actions + 1, calls + 1, spend + cost, ''}
 end
 redis.call('HINCRBY', KEYS[6], 'ai', 1)
 redis.call('HINCRBY', KEYS[6], 'ai:' .. ARGV[12], 1)
@@ -89,4 +108,4 @@ redis.call('EXPIRE', KEYS[4], ARGV[9])
 if window > 0 then
   redis.call('SET', KEYS[2], 'pending:' .. ARGV[8], 'PX', window)
 end
-return {'ok', actions + 1, calls, spend}
+return {'ok', actions + 1, calls, spend, shadow()}

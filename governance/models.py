@@ -22,6 +22,15 @@ class Agent(models.Model):
     # None = no policy: the agent is ungoverned (no limits), which the dashboard flags.
     policy = models.JSONField(null=True, blank=True)
     policy_version = models.PositiveIntegerField(null=True, blank=True)
+    # Shadow mode (docs/policy-changes.md §"Shadow mode"): a candidate policy every governed call is also decided
+    # against, on its own counters, recorded in the decision's explain — never enforced until promoted.
+    shadow_policy = models.JSONField(null=True, blank=True)
+    shadow_id = models.CharField(max_length=40, blank=True, help_text="Names this candidate's run (its counters).")
+    shadow_started_at = models.DateTimeField(null=True, blank=True)
+    shadow_by = models.CharField(max_length=200, blank=True)
+    shadow_base_version = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The enforced version when the candidate started."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -427,3 +436,26 @@ class ChannelDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} → {self.channel_id} {self.status}"
+
+
+class PolicyFile(models.Model):
+    """A policies file applied to an account (docs/policies-as-code.md): the policy it gave each agent it names, so
+    that the drift view can say which agents' live policies differ from the last file applied since."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
+    filename = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64, help_text="SHA-256 of the file's text (UTF-8).")
+    applied_at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=200, help_text="Who applied it (a login, an API key, a CLI user).")
+    policies = models.JSONField(help_text="{agent id: the policy the file gave it}, every agent the file names.")
+    versions = models.JSONField(help_text="{agent id: its policy version right after the apply}.")
+
+    class Meta:
+        ordering = ["-applied_at", "-id"]
+        indexes = [
+            # The last file applied to an account (the drift view), and its history.
+            models.Index(fields=["account", "-applied_at"], name="governance_policyfile_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.sha256[:12]}) at {self.applied_at:%Y-%m-%d %H:%M}"

@@ -39,6 +39,8 @@ from onceonly_site.identifiers import normalise_tool
 from onceonly_site.redis_client import LuaScript, get_redis
 
 GOVERNED_CALL_LUA = Path(__file__).with_name("governed_call.lua")
+SHADOW_CALL_LUA = Path(__file__).with_name("shadow_call.lua")
+SHADOW_DECIDE_LUA = Path(__file__).with_name("shadow_decide.lua")
 logger = logging.getLogger(__name__)
 REBUILD_LUA = Path(__file__).with_name("rebuild_counters.lua")
 MICRO = Decimal(1_000_000)
@@ -280,6 +282,10 @@ class GovernedCallKeys(NamedTuple):
     spend: str
     calls: str
     usage: str
+    shadow_dedup: str  # the shadow candidate's counters (docs/policy-changes.md §"Shadow mode")
+    shadow_hour: str
+    shadow_spend: str
+    shadow_calls: str
     bucket: str | None = None  # with ``rate`` and ``burst``: the caller's rate-limit token is taken in the script
 
 
@@ -299,11 +305,44 @@ class GovernedCallArgs(NamedTuple):
     usage_keep_seconds: int
     day: str
     dry_run: str
+    shadow: str  # "1": decide the shadow candidate's caps too
+    shadow_max_actions: int
+    shadow_max_calls: int
+    shadow_max_spend: int
+    shadow_cost: int
     rate: int | None = None
     burst: int | None = None
 
 
-GOVERNED_CALL = LuaScript(GOVERNED_CALL_LUA, GovernedCallKeys, GovernedCallArgs, preludes=(TAKE_TOKEN_LUA,))
+GOVERNED_CALL = LuaScript(
+    GOVERNED_CALL_LUA, GovernedCallKeys, GovernedCallArgs, preludes=(TAKE_TOKEN_LUA, SHADOW_DECIDE_LUA)
+)
+
+
+class ShadowCallKeys(NamedTuple):
+    """KEYS of governance/shadow_call.lua: the candidate's counters, as in GovernedCallKeys."""
+
+    dedup: str
+    hour: str
+    spend: str
+    calls: str
+
+
+class ShadowCallArgs(NamedTuple):
+    """ARGV of governance/shadow_call.lua."""
+
+    now_ms: int
+    window_ms: int
+    max_actions: int
+    max_calls: int
+    max_spend: int
+    cost: int
+    tool: str
+    member: str
+    day_seconds: int
+
+
+SHADOW_CALL = LuaScript(SHADOW_CALL_LUA, ShadowCallKeys, ShadowCallArgs, preludes=(SHADOW_DECIDE_LUA,))
 
 
 class RebuildKeys(NamedTuple):
@@ -330,6 +369,7 @@ REBUILD = LuaScript(REBUILD_LUA, RebuildKeys, RebuildArgs, rest="pairs")
 def _keys(agent: Agent, args_digest: str, now: datetime, bucket: str | None = None) -> GovernedCallKeys:
     base = f"oo:{{a{agent.account_id}}}:gov:{agent.pk}"
     day = now.strftime("%Y%m%d")
+    shadow = _shadow_keys(agent, args_digest, day)
     return GovernedCallKeys(
         ready=f"{base}:ready",
         dedup=f"{base}:dedup:{args_digest}",
@@ -337,7 +377,22 @@ def _keys(agent: Agent, args_digest: str, now: datetime, bucket: str | None = No
         spend=f"{base}:spend:{day}",
         calls=f"{base}:calls:{day}",
         usage=usage.usage_key(agent.account_id, now),
+        shadow_dedup=shadow.dedup,
+        shadow_hour=shadow.hour,
+        shadow_spend=shadow.spend,
+        shadow_calls=shadow.calls,
         bucket=bucket,
+    )
+
+
+def _shadow_keys(agent: Agent, args_digest: str, day: str) -> ShadowCallKeys:
+    """The shadow candidate's counters: its own, named by the candidate (a new candidate starts from zero)."""
+    base = f"oo:{{a{agent.account_id}}}:gov:{agent.pk}:sh:{agent.shadow_id or '-'}"
+    return ShadowCallKeys(
+        dedup=f"{base}:dedup:{args_digest}",
+        hour=f"{base}:hour",
+        spend=f"{base}:spend:{day}",
+        calls=f"{base}:calls:{day}",
     )
 
 
@@ -510,6 +565,19 @@ class Call:
     started: float  # time.monotonic() at the start, for the decision's latency
     started_at: datetime
     base: dict[str, Any]
+    shadow: Shadow | None = None  # the agent's shadow candidate, when it has one (call_shadow)
+
+
+@dataclass(slots=True)
+class Shadow:
+    """The agent's shadow candidate as this call meets it (docs/policy-changes.md §"Shadow mode"): its caps and its
+    price of the call, and what it decides (``reason``: "" until decided — by its tool lists here, else by its caps
+    on its own counters in the same Lua step as the enforced policy's)."""
+
+    id: str
+    caps: Caps
+    cost: Decimal
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +693,75 @@ def call_resolve(
     )
 
 
+def call_shadow(call: Call, spend_usd: Decimal | None) -> Shadow | None:
+    """Shadow mode (docs/policy-changes.md §"Shadow mode"): the agent's candidate policy, decided beside the enforced
+    one — its tool lists, registry and approval rules here (no query, no Redis), its caps later on its own counters.
+    None without a candidate, and for a dry run (nothing of it is recorded)."""
+    candidate = call.agent.shadow_policy
+    if candidate is None or call.dry_run:
+        return None
+    price = policies.operator_price(candidate, call.tool)
+    if price is None:
+        registered = call.registered
+        price = registered.price_usd if registered is not None and registered.price_usd is not None else Decimal(0)
+    declared = spend_usd.quantize(SIX_PLACES) if spend_usd is not None else None
+    cost = price.quantize(SIX_PLACES) if declared is None else max(declared, price.quantize(SIX_PLACES))
+    shadow = Shadow(call.agent.shadow_id, Caps.of(candidate, call.tool), cost)
+    agent, tool, registered = call.agent, call.tool, call.registered
+    if not agent.is_enabled:
+        shadow.reason = Reason.AGENT_DISABLED
+    elif policies.matching_pattern(tool, candidate.get("blocked_tools") or []) is not None:
+        shadow.reason = Reason.TOOL_BLOCKED
+    elif candidate.get("allowed_tools") is not None and not policies.matches(tool, candidate["allowed_tools"]):
+        shadow.reason = Reason.TOOL_NOT_ALLOWED
+    elif registered is not None and not registered.enabled:
+        shadow.reason = Reason.TOOL_DISABLED
+    elif policies.approval_rule(candidate, tool, cost) is not None:
+        shadow.reason = Reason.APPROVAL_REQUIRED  # the candidate's approvals are not asked for: it would wait
+    return shadow
+
+
+def _shadow_args(call: Call) -> tuple[str, int, int, int, int]:
+    """ARGV shadow, shadow_max_actions, shadow_max_calls, shadow_max_spend, shadow_cost of the Lua steps."""
+    shadow = call.shadow
+    if shadow is None or shadow.reason:
+        return "0", -1, -1, -1, 0
+    caps = shadow.caps
+    spend = _micro(Decimal(str(caps.spend))) if caps.spend is not None else -1
+    return "1", caps.hourly if caps.hourly is not None else -1, caps.calls, spend, _micro(shadow.cost)
+
+
+def call_shadow_alone(call: Call, plan: PlanLimits) -> None:
+    """The candidate's caps for a call the enforced policy ended before its atomic step (its tool lists, the
+    registry, an approval): one shadow_call.lua round trip, only when the agent has a candidate that lets the call
+    through its own lists. A Redis error leaves the shadow outcome unrecorded, never fails the call."""
+    shadow = call.shadow
+    if shadow is None or shadow.reason:
+        return
+    now = timezone.now()
+    _, max_actions, max_calls, max_spend, cost = _shadow_args(call)
+    try:
+        reply = SHADOW_CALL(
+            get_redis(),
+            _shadow_keys(call.agent, call.digest, now.strftime("%Y%m%d")),
+            ShadowCallArgs(
+                now_ms=int(now.timestamp() * 1000),
+                window_ms=plan.default_ttl * 1000,
+                max_actions=max_actions,
+                max_calls=max_calls,
+                max_spend=max_spend,
+                cost=cost,
+                tool=policies.counter_name(call.tool),
+                member=uuid.uuid4().hex,
+                day_seconds=DAY_COUNTER_SECONDS,
+            ),
+        )
+    except redis.RedisError:
+        logger.warning("shadow candidate of agent %s not decided: Redis unreachable", call.agent.pk, exc_info=True)
+        return
+    shadow.reason = reply[1].decode()
+
+
 def call_policy(call: Call) -> Ending | None:
     """Policy (docs/architecture.md §4.2–§4.4): the kill switch, the policy's tool lists and the registry, from what
     ``call_resolve`` read (no query, no Redis): the blocking Ending, or None when the call goes on. Strict mode and no
@@ -731,6 +868,7 @@ def call_reserve_request(
     if rate_limit is not None:
         bucket, (rate, burst) = rate_limit
     keys = _keys(call.agent, call.digest, now, bucket)
+    shadow_on, shadow_actions, shadow_calls, shadow_spend, shadow_cost = _shadow_args(call)
     args = GovernedCallArgs(
         now_ms=int(now.timestamp() * 1000),
         window_ms=plan.default_ttl * 1000,
@@ -745,6 +883,11 @@ def call_reserve_request(
         usage_keep_seconds=usage.KEEP_SECONDS,
         day=now.strftime("%d"),
         dry_run="1" if call.dry_run else "0",
+        shadow=shadow_on,
+        shadow_max_actions=shadow_actions,
+        shadow_max_calls=shadow_calls,
+        shadow_max_spend=shadow_spend,
+        shadow_cost=shadow_cost,
         rate=rate,
         burst=burst,
     )
@@ -775,10 +918,12 @@ def call_reserve(
         raise RateLimited(int(reply[1]))
     if status == "quota":
         raise usage.QuotaExceeded(kind=usage.AI, plan=plan.code, usage=int(reply[1]), limit=plan.ai_limit)
+    if call.shadow is not None and args.shadow == "1":  # the candidate's caps, decided in the same step
+        call.shadow.reason = reply[-1].decode()
     if status == "dedup":
         return Reserved(status, reply[1].decode(), 0, 0, 0, caps, now, keys, args)
     detail = reply[1].decode() if status == "blocked" else ""
-    return Reserved(status, detail, int(reply[-3]), int(reply[-2]), int(reply[-1]), caps, now, keys, args)
+    return Reserved(status, detail, int(reply[-4]), int(reply[-3]), int(reply[-2]), caps, now, keys, args)
 
 
 def call_release(reserved: Reserved) -> None:
@@ -933,6 +1078,8 @@ def call_record(call: Call, ending: Ending) -> CallOutcome:
     allowed = ending.outcome in (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.DEDUP)
     # What the rule saw (governance/explain.py words it): always the policy version, then the reason's numbers.
     seen = {"policy_version": agent.policy_version, **ending.explain}
+    if call.shadow is not None and call.shadow.reason:  # what the shadow candidate decided (no decision of its own)
+        seen["shadow"] = {"id": call.shadow.id, "reason": call.shadow.reason}
     fields = dict(
         outcome=ending.outcome,
         policy_reason=ending.reason,
@@ -1020,10 +1167,12 @@ def governed_call(
         finishes_run=finishes_run,
         api_key_id=api_key_id,
     )
+    call.shadow = call_shadow(call, spend_usd)
     stop = call_policy(call)
     if stop is not None:
         if rate_limit is not None:
             take_bucket(*rate_limit)  # no script runs for it, and it writes a decision: the caller's rate applies
+        call_shadow_alone(call, plan)
         return call_record(call, stop)
     charge = call_price(call, spend_usd)
     # From here on every decision (blocked by a limit, dedup, allowed, executed, failed) records both sides.
@@ -1032,6 +1181,7 @@ def governed_call(
     if gate is not None and gate.state != "proceed":
         if rate_limit is not None:
             take_bucket(*rate_limit)  # an approval request writes rows: it counts against the caller's rate
+        call_shadow_alone(call, plan)
         return call_record_approval(call, gate, charge)
     deadline = (call.started if arrived is None else arrived) + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
     held = call_slots(call, plan, deadline) if arrived is not None else None

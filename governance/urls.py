@@ -8,6 +8,7 @@ from governance import (
     policy_code_api,
     policy_code_urls,
     replay_urls,
+    shadow_api,
     views,
 )
 
@@ -67,6 +68,12 @@ api_urlpatterns = [
     path("policies/export", policy_code_api.PolicyExportApi.as_view(), name="policies-export"),
     path("policies/apply", policy_code_api.PolicyApplyApi.as_view(), name="policies-apply"),
     re_path(r"^policies/(?P<agent_id>.+)/from-template$", api.PolicyTemplateApi.as_view(), name="policy-template"),
+    re_path(
+        r"^policies/(?P<agent_id>.+)/shadow/promote$",
+        shadow_api.ShadowPromoteApi.as_view(),
+        name="policy-shadow-promote",
+    ),
+    re_path(r"^policies/(?P<agent_id>.+)/shadow$", shadow_api.ShadowApi.as_view(), name="policy-shadow"),
     re_path(r"^policies/(?P<agent_id>.+)$", api.PolicyApi.as_view(), name="policy"),
     re_path(r"^agents/(?P<agent_id>.+)/disable$", api.AgentDisableApi.as_view(), name="agent-disable"),
     re_path(r"^agents/(?P<agent_id>.+)/enable$", api.AgentEnableApi.as_view(), name="agent-enable"),

@@ -63,6 +63,10 @@ OWN_ERRORS: dict[str, set[int]] = {
     "approval_get": {404},  # approval_not_found
     "approval_approve": {404, 409},  # approval_not_found; approval_not_pending (admin key)
     "approval_deny": {404, 409},
+    "policy_shadow_get": {404},  # agent_not_found
+    "policy_shadow_start": set(),  # (registers the agent on first sight, as the policy upsert does)
+    "policy_shadow_stop": {404},  # shadow_not_found
+    "policy_shadow_promote": {404, 409},  # shadow_not_found; policy_changed
 }
 # Bodies that get past validation where the rate limit is taken after it (docs/api.md §"Rate limits").
 VALID_BODY = {"check_lock": {"key": "k"}, "ai_lease": {"key": "k"}, "ai_run": {"key": "k"}}
@@ -228,6 +232,12 @@ OWN_ERROR_REQUESTS: dict[str, list[tuple[int, str, dict | None]]] = {
     "approval_get": [(404, "apr_x", None)],
     "approval_approve": [(404, "apr_x", {}), (409, "apr_decided", {})],
     "approval_deny": [(404, "apr_x", {"reason": "r"}), (409, "apr_decided", {"reason": "r"})],
+    "policy_shadow_get": [(404, "nobody", None)],
+    "policy_shadow_stop": [(404, "nobody", None)],
+    "policy_shadow_promote": [
+        (404, "nobody", {"shadow_id": "s1"}),
+        (409, "bot", {"shadow_id": "s1", "expected_version": 5}),  # bot's candidate, against no version
+    ],
 }
 # Operations whose own errors need an admin-scoped key (the others refuse with 403 admin_key_required first).
 ADMIN_OPERATIONS = {"approval_approve", "approval_deny"}
@@ -243,7 +253,8 @@ def admin_key(account_a):
     from billing.services import api_key_create
     from governance.models import Agent, Approval
 
-    agent = Agent.objects.create(account=account_a, agent_id="bot")
+    # (bot also carries a shadow candidate "s1": promoting it against a version it does not have is a 409.)
+    agent = Agent.objects.create(account=account_a, agent_id="bot", shadow_policy={}, shadow_id="s1")
     Approval.objects.create(
         public_id="apr_decided", account=account_a, agent=agent, tool="t", args_hash="0" * 64, rule={"tool": "t"},
         risk_level="low", status=Approval.Status.APPROVED, expires_at=timezone.now() + timedelta(hours=1),

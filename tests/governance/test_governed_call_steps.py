@@ -174,6 +174,11 @@ def test_the_reserve_request_names_every_key_and_argument():
         "spend": f"{base}:spend:20260514",
         "calls": f"{base}:calls:20260514",
         "usage": "oo:{a3}:usage:2026-05",
+        # No shadow candidate: its keys are named all the same (the script reads them only with shadow "1").
+        "shadow_dedup": f"{base}:sh:-:dedup:{'d' * 64}",
+        "shadow_hour": f"{base}:sh:-:hour",
+        "shadow_spend": f"{base}:sh:-:spend:20260514",
+        "shadow_calls": f"{base}:sh:-:calls:20260514",
         "bucket": None,
     }
     assert args._asdict() == {
@@ -190,10 +195,15 @@ def test_the_reserve_request_names_every_key_and_argument():
         "usage_keep_seconds": 62 * 86400,
         "day": "14",
         "dry_run": "0",
+        "shadow": "0",
+        "shadow_max_actions": -1,
+        "shadow_max_calls": -1,
+        "shadow_max_spend": -1,
+        "shadow_cost": 0,
         "rate": None,
         "burst": None,
     }
-    # With the caller's bucket the token is taken in the same script: the optional KEYS[7], ARGV[14] and ARGV[15].
+    # With the caller's bucket the token is taken in the same script: the optional KEYS[11], ARGV[19] and ARGV[20].
     keys, args = services.call_reserve_request(call, PLAN, charge, caps, NOW, "res-1", ("oo:{a3}:rl:9", [10, 50]))
     assert (keys.bucket, args.rate, args.burst) == ("oo:{a3}:rl:9", 10, 50)
 
@@ -325,3 +335,20 @@ def test_resolve_registers_the_agent_and_a_dry_run_is_recorded_nowhere(account_a
     outcome = services.call_record(call, services.Ending(Outcome.ALLOWED, Reason.WITHIN_BUDGET, {"cost": 0.0}))
     assert outcome.decision.pk is None and not Decision.objects.exists()
     assert outcome.decision.explain == {"policy_version": None, "cost": 0.0} and outcome.decision.allowed
+
+
+def test_the_shadow_candidate_is_decided_by_its_lists_without_a_query():
+    """(This module's tests have no database: a query would raise.)"""
+    candidate = {"blocked_tools": ["send_*"], "max_calls_per_tool": {"search": 2}, "pricing_rules": []}
+    blocked = services.call_shadow(make_call(shadow_policy=candidate, shadow_id="s1"), None)
+    passing = services.call_shadow(make_call("search", shadow_policy=candidate, shadow_id="s1"), Decimal("0.5"))
+    none = services.call_shadow(make_call(), None)
+    assert blocked is not None and blocked.reason == "tool_blocked"
+    assert passing is not None and (passing.reason, passing.caps.calls, passing.cost) == ("", 2, Decimal("0.5"))
+    assert none is None
+    call = make_call("search", shadow_policy=candidate, shadow_id="s1")
+    call.shadow = passing
+    charge = services.Charge(price=Decimal(0), declared=Decimal("0.5"), cost=Decimal("0.5"))
+    keys, args = services.call_reserve_request(call, PLAN, charge, services.Caps.of({}, "search"), NOW, "r")
+    assert (args.shadow, args.shadow_max_calls, args.shadow_cost) == ("1", 2, 500_000)
+    assert keys.shadow_calls == "oo:{a3}:gov:7:sh:s1:calls:20260514"
