@@ -77,7 +77,11 @@ def _send_digest(account_id: int) -> int:
         if len(pending) > DIGEST_ITEMS:
             lines.append(f"… and {len(pending) - DIGEST_ITEMS} more.")
         if recipients:
-            subject = f"[OnceOnly] {len(pending)} new problem{'s' if len(pending) != 1 else ''} in {account.name}"
+            asks = sum(1 for n in pending if n.kind == Notification.Kind.APPROVAL_REQUESTED)
+            problems = len(pending) - asks
+            parts = [f"{problems} new problem{'s' if problems != 1 else ''}"] if problems else []
+            parts += [f"{asks} approval request{'s' if asks != 1 else ''}"] if asks else []
+            subject = f"[OnceOnly] {' and '.join(parts)} in {account.name}"
             body = "\n".join(
                 [f"Account {account.name}:", "", *lines, "", "Change what you receive on the Settings page."]
             )

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from billing import entitlements, ratelimit
 from billing.auth import principal
 from billing.entitlements import FeatureGatedView
-from governance import explain, policies, selectors, services, tools
+from governance import approval_api_selectors, approvals, explain, policies, selectors, services, tools
 from governance.choices import Outcome, Reason
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
@@ -229,6 +229,20 @@ def _policy_body(agent: Agent, warnings: list | None = None) -> dict[str, Any]:
     return data
 
 
+def require_gate_kept(request: Request, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    """An agent's key may tighten its approval gate, never loosen it: a change that drops a require_approval entry,
+    raises its over_usd or lengthens approval_ttl_seconds needs an admin-scoped key (403 ``admin_key_required``;
+    docs/approvals.md §"Who may change the gate")."""
+    taken = approvals.loosening(before, after)
+    if taken and not approval_api_selectors.is_admin_key(principal(request).key_id):
+        raise ApiProblem(
+            403,
+            "admin_key_required",
+            f"This change loosens the agent's approval gate ({'; '.join(taken)}): it needs an admin-scoped API key "
+            "(an agent's key may tighten its gate, never loosen it). Nothing was changed.",
+        )
+
+
 def _clean_policy(request: Request, data: Any) -> dict[str, Any]:
     """Policy fields (policies.PolicyInput; the SDK's agent_id in the body is ignored); allowed_tools is a feature."""
     changes = policies.clean_fields(data)
@@ -380,6 +394,9 @@ class PolicyApi(FeatureGatedView):
     def post(self, request: Request, agent_id: str) -> Response:
         agent_id = _agent_id(agent_id, write=True)
         changes = _clean_policy(request, body(request))
+        current = selectors.agent_for_account(principal(request).account_id, agent_id)
+        if current is not None:
+            require_gate_kept(request, current.policy, policies.merge(current.policy, changes))
         result = services.policy_upsert(
             account_id=principal(request).account_id, agent_id=agent_id, changes=changes, actor=_actor(request)
         )
@@ -405,6 +422,9 @@ class PolicyTemplateApi(FeatureGatedView):
         caller = principal(request)
         if policies.TEMPLATES[template].get("allowed_tools") is not None and "allowed_tools" not in changes:
             entitlements.require(caller.plan, "allowed_tools")
+        current = selectors.agent_for_account(caller.account_id, agent_id)
+        if current is not None:
+            require_gate_kept(request, current.policy, policies.merge(policies.TEMPLATES[template], changes))
         result = services.policy_from_template(
             account_id=caller.account_id,
             agent_id=agent_id,

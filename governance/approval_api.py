@@ -22,8 +22,8 @@ from governance.choices import RiskLevel
 from governance.models import Approval
 from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, body
 from onceonly_site.bodies import AgentId, Body, Choice, Identifier, Key, Text
-from onceonly_site.identifiers import identifier_problem
-from onceonly_site.openapi import AutoSchema, errors, page_parameters
+from onceonly_site.identifiers import control_problem, identifier_problem
+from onceonly_site.openapi import IDENTIFIER_PATTERN, UNSAFE_FREE_PATTERN, AutoSchema, errors, page_parameters
 
 Status = Approval.Status
 MAX_PUBLIC_ID: int = Approval._meta.get_field("public_id").max_length or 40
@@ -125,15 +125,29 @@ class ApprovalsQuery(Body):
     tool = Key(200, required=False, description="Only approvals of calls to this tool, named exactly as called.")
 
 
+# A reason reaches the agent, Slack, webhooks and the audit log: one line, no control, bidirectional formatting or
+# invisible character (identifier_problem), as an identifier shown to operators.
+REASON_RULES = (control_problem, identifier_problem)
+
+
 class ApproveInput(Body):
-    reason = Text(MAX_REASON, description="Optional; kept with the approval and in the audit log.")
+    reason = Text(
+        MAX_REASON,
+        rules=REASON_RULES,
+        pattern=UNSAFE_FREE_PATTERN,
+        description="Optional; kept with the approval and in the audit log. One line: no control, bidirectional "
+        "formatting or invisible character.",
+    )
 
 
 class DenyInput(Body):
     reason = Text(
         MAX_REASON,
         required=True,
-        description="Required, not blank: the agent's blocked call carries it (`result.reason`).",
+        rules=REASON_RULES,
+        pattern=IDENTIFIER_PATTERN,
+        description="Required, not blank: the agent's blocked call carries it (`result.reason`). One line: no "
+        "control, bidirectional formatting or invisible character.",
     )
 
 

@@ -38,6 +38,7 @@ from billing.services import audit_record
 from governance import policies
 from governance import secrets as sealed
 from governance.models import Agent, Approval, Decision
+from onceonly_site.identifiers import normalise_tool
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,9 @@ def gate(
     for state, statuses in (("proceed", (Status.APPROVED, Status.CONSUMED)), ("pending", (Status.PENDING,))):
         if fresh and state == "proceed":
             continue
-        match = next((a for a in found if a.status in statuses), None)
+        # An approval covers the cost it was asked for: a retry that would cost more (a higher declared spend) is
+        # another call to a person, and asks again.
+        match = next((a for a in found if a.status in statuses and (state != "proceed" or cost <= a.spend_usd)), None)
         if match is not None:
             return Gate(state, rule, match)
     denied = next((a for a in found if a.status == Status.DENIED), None)
@@ -135,7 +138,8 @@ def gate(
         return Gate("denied", rule, denied)
     if dry_run:
         return Gate("required", rule, None)
-    return Gate("pending", rule, _request(agent, tool, digest, policy, cost, args, run_id, risk_level, rule, now))
+    requested = _request(agent, tool, digest, policy, cost, args, run_id, risk_level, rule, now)
+    return Gate("pending", rule, requested) if requested is not None else Gate("full", rule, None)
 
 
 def _request(
@@ -149,8 +153,13 @@ def _request(
     risk_level: str,
     rule: dict[str, Any],
     now: datetime,
-) -> Approval:
-    """The pending approval of this exact call: created, or the one a concurrent first call created."""
+) -> Approval | None:
+    """The pending approval of this exact call: created, or the one a concurrent first call created. None when the
+    agent already has ONCEONLY_APPROVALS_OPEN_PER_AGENT requests open: no row, nobody told (an agent looping over
+    distinct args must not flood the approvers' channels or the database)."""
+    open_now = Approval.objects.filter(agent=agent, status=Status.PENDING, expires_at__gt=now)
+    if open_now.count() >= settings.ONCEONLY_APPROVALS_OPEN_PER_AGENT:
+        return None
     try:
         with transaction.atomic():
             created = Approval.objects.create(
@@ -171,10 +180,12 @@ def _request(
         _tell(REQUESTED, [created.pk])
         return created
     except IntegrityError:  # governance_approval_one_pending: a concurrent identical call asked first
-        pending = Approval.objects.get(agent=agent, tool=tool, args_hash=digest, status=Status.PENDING)
-        if pending.expires_at > now:
+        pending = Approval.objects.filter(agent=agent, tool=tool, args_hash=digest, status=Status.PENDING).first()
+        if pending is not None and pending.expires_at > now:
             return pending
-        expire_due()  # past its time, not yet swept: it no longer blocks a new request
+        if pending is not None:
+            _expire([pending.pk])  # past its time, not yet swept: it no longer blocks a new request
+        # (else decided in between): ask again, once more
         return _request(agent, tool, digest, policy, cost, args, run_id, risk_level, rule, now)
 
 
@@ -207,8 +218,9 @@ def link(approval: Approval, decision: Decision, *, consumed: bool) -> None:
 
 def answer(approval: Approval | None, state: str) -> dict[str, Any]:
     """What a blocked call's ``result`` says of its approval (the SDK keeps ``result``)."""
-    if approval is None:
-        return {"approval_id": None, "approval_url": None, "expires_at": None, "status": "required"}
+    if approval is None:  # a dry run ("required"), or the agent's open requests are at their limit ("queue_full")
+        status = "queue_full" if state == "full" else "required"
+        return {"approval_id": None, "approval_url": None, "expires_at": None, "status": status}
     body: dict[str, Any] = {
         "approval_id": approval.public_id,
         "approval_url": approval_url(approval),
@@ -224,6 +236,8 @@ def answer(approval: Approval | None, state: str) -> dict[str, Any]:
 def explain_of(gate_: Gate, cost: Decimal) -> dict[str, Any]:
     """What the gate saw, for the decision's explanation."""
     seen: dict[str, Any] = {"rule": gate_.rule, "cost": float(cost)}
+    if gate_.state == "full":
+        seen["queue_full"] = settings.ONCEONLY_APPROVALS_OPEN_PER_AGENT
     approval = gate_.approval
     if approval is not None:
         seen.update(approval_id=approval.public_id, expires_at=iso(approval.expires_at), status=approval.status)
@@ -278,7 +292,7 @@ def decide(*, account_id: int, public_id: str, approve: bool, reason: str, actor
     if not changed:
         approval.refresh_from_db()
         if approval.status == Status.PENDING:  # past its time, not yet swept: expire it now (committed)
-            expire_due()
+            _expire([approval.pk])
             approval.refresh_from_db()
         raise NotPending(approval)
     return approval
@@ -317,6 +331,12 @@ def expire_due(*, batch: int = 1000) -> int:
     )
     if not ids:
         return 0
+    return _expire(ids)
+
+
+def _expire(ids: list[int]) -> int:
+    """These approvals, if still open and past their time, become expired (args preview deleted; listeners told)."""
+    now = timezone.now()
     with transaction.atomic():
         expired = list(
             Approval.objects.select_for_update(skip_locked=True)
@@ -326,3 +346,21 @@ def expire_due(*, batch: int = 1000) -> int:
         Approval.objects.filter(pk__in=expired).update(status=Status.EXPIRED, args_encrypted="")
         _tell(SETTLED, expired)
     return len(expired)
+
+
+def loosening(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:
+    """What changing ``before`` into ``after`` takes away from its approval gate, in words (empty: nothing): an entry
+    of require_approval dropped, its over_usd raised or removed, a longer approval_ttl_seconds. An agent's own key
+    may tighten its gate but not loosen it (docs/approvals.md §"Who may change the gate")."""
+    before, after = before or {}, after or {}
+    kept = {normalise_tool(pattern): over for pattern, over in policies.approval_entries(after)}
+    found: list[str] = []
+    for pattern, over in policies.approval_entries(before):
+        key = normalise_tool(pattern)
+        if key not in kept:
+            found.append(f"require_approval entry {pattern!r} removed")
+        elif kept[key] is not None and (over is None or kept[key] > over):
+            found.append(f"require_approval entry {pattern!r}: its over_usd raised")
+    if before.get("require_approval") and policies.approval_ttl(after) > policies.approval_ttl(before):
+        found.append("approval_ttl_seconds lengthened")
+    return found

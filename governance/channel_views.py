@@ -186,7 +186,10 @@ def channel_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 class DenyForm(forms.Form):
     reason = forms.CharField(
-        max_length=1000, widget=forms.Textarea(attrs={"rows": 3}), help_text="Required: the agent is told why."
+        validators=[validate_identifier],
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Required: the agent is told why.",
     )
 
 
@@ -214,9 +217,11 @@ def approval_confirm(request: HttpRequest, public_id: str, token: str) -> HttpRe
     )
     if approval is None:  # none, or in an account this login is not a member of: the same answer
         raise Http404("No such approval in your accounts.")
-    may_decide = memberships[approval.account_id].role in EDITOR_ROLES
+    membership = memberships[approval.account_id]
+    # As on the approval's page: an owner or admin, on a plan with governance.
+    may_decide = membership.role in EDITOR_ROLES and membership.account.plan.has_governance
     if request.method == "POST" and not may_decide:
-        raise PermissionDenied("Only an owner or admin of the account approves or denies calls.")
+        raise PermissionDenied("Only an owner or admin of the account, on a plan with governance, decides calls.")
     if link.expired:
         return _refused(request, "This link has expired", "The approval request it was sent for has expired.", 403)
     approve = link.action == "approve"

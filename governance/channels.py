@@ -81,7 +81,16 @@ def check_url(url: str) -> str:
     try:
         return ssrf.check(url).warning
     except ssrf.RefusedUrl as refused:
-        raise ChannelProblem(str(refused).replace("Tool URLs", "Channel URLs"), "url") from None
+        raise ChannelProblem(_channel_words(str(refused)), "url") from None
+
+
+def _channel_words(message: str) -> str:
+    """The SSRF guard's refusal, said of a channel rather than a tool."""
+    return (
+        message.replace("Tool URLs", "Channel URLs")
+        .replace("tools must be reachable", "channels must be reachable")
+        .replace("use the tool's signing secret", "a webhook channel is signed with its own secret")
+    )
 
 
 def shown_url(channel: NotificationChannel) -> str:
@@ -284,7 +293,7 @@ def _attempt(channel: NotificationChannel, delivery: ChannelDelivery) -> Attempt
     try:
         checked = ssrf.check(channel.url)  # again at each delivery: DNS may have changed since it was saved
     except ssrf.RefusedUrl as refused:
-        return Attempt(None, str(refused).replace("Tool URLs", "Channel URLs"), retry=False)
+        return Attempt(None, _channel_words(str(refused)), retry=False)
     if checked.warning:  # does not resolve now: never let the HTTP client resolve it again unchecked
         return Attempt(None, checked.warning, retry=True)
     url, pin_headers, extensions = dispatch.pinned(checked)
@@ -384,7 +393,11 @@ def deliver_due(*, batch: int = SWEEP_BATCH) -> int:
 def request_of(channel: NotificationChannel, delivery: ChannelDelivery) -> tuple[bytes, dict[str, str]]:
     """The body and headers of an attempt. ValueError: the webhook's secret cannot be decrypted."""
     if channel.kind == Kind.SLACK:
-        body = _json({"text": delivery.text, "blocks": slack_blocks(delivery.event, delivery.payload, delivery.text)})
+        # The top-level text is what notifications and mobile pushes show: escaped like the blocks (an agent id of
+        # "<!channel>" must not mention anyone).
+        body = _json(
+            {"text": _mrkdwn(delivery.text), "blocks": slack_blocks(delivery.event, delivery.payload, delivery.text)}
+        )
         return body, {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     envelope = {"type": delivery.event, "timestamp": approvals.iso(delivery.created_at), "data": delivery.payload}
     body = _json(envelope)
@@ -576,7 +589,14 @@ SETTLED_WORDS: dict[str, str] = {
 
 
 def on_approval_settled(approval: Approval) -> None:
-    """Listener (approvals.SETTLED, after the commit): approval_decided, with who decided and why."""
+    """Listener (approvals.SETTLED, after the commit): approval_decided, with who decided and why. The request's
+    line not yet emailed is dropped from the digest: nobody needs to act on it any more."""
+    Notification.objects.filter(
+        account_id=approval.account_id,
+        kind=Notification.Kind.APPROVAL_REQUESTED,
+        sent_at__isnull=True,
+        subject__contains=approval.public_id,
+    ).delete()
     payload = approval_payload(approval) | {
         "decided_by": approval.decided_by or None,
         "decided_at": approvals.iso(approval.decided_at),

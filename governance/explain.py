@@ -100,6 +100,11 @@ def _approval(seen: dict[str, Any], reason: str) -> str:
         by = seen.get("decided_by") or "an approver"
         why = f": {_quoted(seen['reason'])}" if seen.get("reason") else ""
         return f"blocked — approval {approval} denied by {by}{why} ({named})"
+    if not approval and seen.get("queue_full"):
+        return (
+            f"blocked — needs a person's approval ({named}{cost}), but the agent already has "
+            f"{num(seen['queue_full'])} requests open: none was made (decide or let them expire first)"
+        )
     if not approval:
         return f"blocked — needs a person's approval ({named}{cost}); a dry run asks for none"
     until = f" until {_when(seen['expires_at'])}" if seen.get("expires_at") else ""
@@ -194,7 +199,12 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
 def explain_text(decision: Decision) -> str:
     """One sentence with the numbers: "stripe.refund: per-tool cap reached — 3 of 3 today (policy v4)"."""
     seen = decision.explain or {}
-    return f"{decision.tool}: {_reason_text(decision, seen)} ({_policy(decision, seen)})"
+    approved = seen.get("approval") if isinstance(seen.get("approval"), dict) else None
+    by = ""
+    if approved and approved.get("approval_id"):
+        who = f" by {approved['decided_by']}" if approved.get("decided_by") else ""
+        by = f"; approved{who} ({approved['approval_id']})"
+    return f"{decision.tool}: {_reason_text(decision, seen)}{by} ({_policy(decision, seen)})"
 
 
 _NUMBERS = (

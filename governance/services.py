@@ -1210,6 +1210,9 @@ def governed_call(
             )
         else:
             ending = call_dispatch(call, reserved, charge, budget, deadline)
+        if gate is not None and gate.approval is not None:  # the decision says whose approval let it through
+            approved = gate.approval
+            ending.explain["approval"] = {"approval_id": approved.public_id, "decided_by": approved.decided_by}
     finally:
         if held is not None:
             held.release()  # the dispatch is over (or never started): the next call may have the slot
@@ -1227,12 +1230,11 @@ def governed_call(
         raise
     call_tidy(reserved, ending, outcome.decision)
     if gate is not None and gate.approval is not None:
-        if ending.outcome in (Outcome.FAILED, Outcome.BLOCKED) and ending.reason in (
-            Reason.TOOL_ERROR,
-            Reason.AGENT_DISABLED,
-        ):
-            approvals.unclaim(gate.approval)  # the tool did not do the work: a retry may still use the approval
+        if ending.sent is not None and not ending.sent.attempts:
+            # Stopped before any request reached the tool (the kill switch in flight): the approval was not used.
+            approvals.unclaim(gate.approval)
         else:
+            # Used, even when the tool then failed: it may have acted, and a retry is another call to a person.
             approvals.link(gate.approval, outcome.decision, consumed=True)
     if ending.outcome == Outcome.FAILED and ending.reason == Reason.TOOL_ERROR and ending.sent is not None:
         sent = ending.sent

@@ -20,6 +20,7 @@ from governance.api import (
     _agent_id,
     _clean_policy,
     _policy_body,
+    require_gate_kept,
 )
 from governance.models import Agent
 from onceonly_site.api import ApiProblem, body
@@ -147,6 +148,8 @@ class ShadowPromoteApi(FeatureGatedView):
     def post(self, request: Request, agent_id: str) -> Response:
         agent_id = _agent_id(agent_id, write=True)
         sent = PromoteInput.parse(body(request))
+        current = _agent_or_404(request, agent_id)
+        require_gate_kept(request, current.policy, current.shadow_policy)
         try:
             outcome = shadow.shadow_promote(
                 account_id=principal(request).account_id,

@@ -489,6 +489,7 @@ def lease_complete(
 
 def lease_fail(*, account_id: int, key: str, lease_id: str, error_code: str, error_hash: str | None) -> LeaseOutcome:
     """Record a failed attempt; the next lease on the key acquires again (version+1)."""
+    error_code = str(error_code)  # a RunError member reads as its value in the notice, never as RunError.X
     lease = _finish(
         account_id=account_id,
         key=key,

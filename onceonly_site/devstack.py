@@ -258,6 +258,8 @@ class Stack:
         self.host = self.env.get("HOST", "127.0.0.1")
         self.port = int(self.env.get("PORT", "8000"))
         self.base_url = f"http://{self.host}:{self.port}"
+        # Links that leave the server (an approval's URL in API answers and notifications) point at this stack.
+        self.env.setdefault("ONCEONLY_PUBLIC_URL", self.base_url)
         self.redis: EmbeddedRedis | None = None
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.relays: list[threading.Thread] = []

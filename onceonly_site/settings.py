@@ -248,6 +248,9 @@ ONCEONLY_METRICS_CACHE_SECONDS = env_int("ONCEONLY_METRICS_CACHE_SECONDS", 10, m
 # The dashboard's public address (https://onceonly.example.com): links that leave the server — an approval's URL in
 # the API's answer and in notifications — are absolute with it. Unset, they are paths (docs/approvals.md).
 ONCEONLY_PUBLIC_URL = (env_str("ONCEONLY_PUBLIC_URL") or "").strip().rstrip("/")
+# At most this many approval requests open per agent: a further call needing a new one is blocked without a request
+# (docs/approvals.md), so an agent looping over distinct args cannot flood the approvers.
+ONCEONLY_APPROVALS_OPEN_PER_AGENT = env_int("ONCEONLY_APPROVALS_OPEN_PER_AGENT", 100, minimum=1)
 # Dashboard sign-in: this many wrong passwords for one email (ten times as many from one address) lock sign-in
 # for the window (billing/login_throttle.py).
 ONCEONLY_LOGIN_MAX_FAILURES = env_int("ONCEONLY_LOGIN_MAX_FAILURES", 5, minimum=1)

@@ -142,21 +142,83 @@ def test_caps_are_checked_at_the_retry_and_a_blocked_retry_keeps_the_approval(cl
     assert Approval.objects.get().status == Status.APPROVED
 
 
-def test_a_failed_dispatch_gives_the_approval_back(client, gated, endpoint):
+def test_a_failed_dispatch_uses_the_approval_all_the_same(client, gated, endpoint):
+    """The tool may have acted before it failed: the retry after a failure is another call for a person."""
     endpoint.status = 500
     auth = {"type": "hmac_sha256", "secret": "tool-secret-for-the-test"}
     tool = {"name": "stripe.refund", "url": endpoint.base + "/refund", "auth": auth, "max_retries": 0}
     assert client.post("/v1/tools", tool, content_type="application/json").status_code == 200
-    decide_approval = run(client)["result"]["approval_id"]
+    approval_id = run(client)["result"]["approval_id"]
     approvals.decide(
-        account_id=Approval.objects.get().account_id, public_id=decide_approval, approve=True, reason="", actor="a"
+        account_id=Approval.objects.get().account_id, public_id=approval_id, approve=True, reason="", actor="a"
     )
     failed = run(client)
     assert (failed["decision"], failed["policy_reason"]) == ("failed", "tool_error")
-    assert Approval.objects.get().status == Status.APPROVED
+    assert Approval.objects.get().status == Status.CONSUMED and len(endpoint.calls) == 1
     endpoint.status = 200
-    assert run(client)["decision"] == "executed"
-    assert Approval.objects.get().status == Status.CONSUMED and len(endpoint.calls) == 2
+    again = run(client)
+    assert again["policy_reason"] == "approval_required" and again["result"]["approval_id"] != approval_id
+    assert len(endpoint.calls) == 1
+
+
+def test_the_approved_retry_says_whose_approval_let_it_through(client, key_a, gated):
+    approval_id = run(client)["result"]["approval_id"]
+    decide(key_a, approval_id, actor="alice@example.com")
+    retry = run(client)
+    assert retry["explain"]["approval"] == {"approval_id": approval_id, "decided_by": "alice@example.com"}
+    assert f"approved by alice@example.com ({approval_id})" in retry["explanation"]
+
+
+def test_an_approval_covers_the_cost_it_was_asked_for(client, key_a, gated):
+    approval_id = run(client, tool="stripe.charge", spend_usd=60)["result"]["approval_id"]
+    decide(key_a, approval_id)
+    dearer = run(client, tool="stripe.charge", spend_usd=99999)
+    assert dearer["policy_reason"] == "approval_required" and dearer["result"]["approval_id"] != approval_id
+    assert run(client, tool="stripe.charge", spend_usd=60)["decision"] == "allowed"  # the approved call itself
+
+
+def test_open_requests_per_agent_are_bounded(client, gated, settings):
+    settings.ONCEONLY_APPROVALS_OPEN_PER_AGENT = 2
+    ids = [run(client, args={"n": n})["result"]["approval_id"] for n in range(2)]
+    full = run(client, args={"n": 3})
+    assert (full["policy_reason"], full["result"]["approval_id"], full["result"]["status"]) == (
+        "approval_required",
+        None,
+        "queue_full",
+    )
+    assert "already has 2 requests open" in full["explanation"]
+    assert Approval.objects.count() == 2 and all(ids)
+    assert run(client, args={"n": 0})["result"]["approval_id"] == ids[0]  # an open one is still answered
+
+
+def test_an_agents_key_may_tighten_its_gate_never_loosen_it(client, key_a, gated):
+    for loosening in (
+        {"require_approval": None},
+        {"require_approval": []},
+        {"require_approval": ["stripe.refund", {"tool": "stripe.charge", "over_usd": 500}]},
+        {"approval_ttl_seconds": 86400},
+    ):
+        response = client.post("/v1/policies/billing-agent", loosening, content_type="application/json")
+        assert response.status_code == 403, loosening
+        assert response.json()["detail"]["error"] == "admin_key_required"
+    template = client.post(
+        "/v1/policies/billing-agent/from-template", {"template": "strict"}, content_type="application/json"
+    )
+    assert template.status_code == 403
+    tighter = {"require_approval": ["stripe.refund", {"tool": "stripe.charge", "over_usd": 5}, "wire.*"]}
+    assert client.post("/v1/policies/billing-agent", tighter, content_type="application/json").status_code == 200
+    shorter = client.post("/v1/policies/billing-agent", {"approval_ttl_seconds": 600}, content_type="application/json")
+    assert shorter.status_code == 200
+    from billing.services import api_key_create
+
+    admin = api_key_create(account=key_a.api_key.account, scope="admin").raw
+    response = client.post(
+        "/v1/policies/billing-agent",
+        {"require_approval": None},
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert response.status_code == 200 and "require_approval" not in response.json()["policy"]
 
 
 def test_a_dry_run_creates_no_approval(client, gated):
