@@ -20,9 +20,10 @@ req/s — B's p50/p99/max and errors alone and beside A, and A's answers (execut
 other). Then, with the stack's model, the keyed run round trip: the official SDK's ``ai.run_and_wait`` 20 times in
 sequence (p50/p99 end to end). Then 1,000,000 decisions and 1,000,000 lock records are bulk-inserted and the
 governed call and check-lock are paced again at the same rates, and the overview, agent detail and decision
-timeline pages are timed in-process with their query counts. Last, the dashboard scenario (bench/dashboard.py):
+timeline pages are timed in-process with their query counts. Then the dashboard scenario (bench/dashboard.py):
 another account with 1,000,000 decisions over 30 days and the other tables filled, and every dashboard table page
-and the overview timed through gunicorn (server time from a bench-only Server-Timing header).
+and the overview timed through gunicorn (server time from a bench-only Server-Timing header). Last, the replay
+scenario (bench/replay.py): a draft policy's impact preview over 100,000 decisions of one agent, in-process.
 
     make bench                       # about 15 minutes
     python -m bench.run --quick      # 3 s runs, short noisy neighbour, 5 round trips, no growth or dashboard phase
@@ -32,6 +33,7 @@ and the overview timed through gunicorn (server time from a bench-only Server-Ti
     make bench BENCH_ARGS="--only dashboard"               # the dashboard scenario alone (no wrk), ~5 minutes
     make bench BENCH_ARGS="--only dashboard --keep-db"     # … and keep the seeded database for reruns:
     make bench BENCH_ARGS="--only dashboard --reuse-db"    # … which skip the reset and the seeding
+    make bench BENCH_ARGS="--only replay"                  # the impact preview alone (no stack started), ~1 minute
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ SCENARIOS = {
     "agent_metrics": "GET /v1/agents/{id}/metrics",
 }
 DASHBOARD = "dashboard"  # not a wrk scenario: bench/dashboard.py
+REPLAY = "replay"  # not a wrk scenario: bench/replay.py, in-process (no stack)
 NOISY = "noisy_neighbour"  # bench/contention.py, with both worker models
 ROUND_TRIP = "keyed_run_round_trip"  # bench/contention.py, with the stack's worker model
 OTHER_WARMUP = 2  # the comparison model's warm-up (s); its saturation runs are half --seconds, not paced
@@ -765,6 +768,10 @@ def report_all(results: dict[str, Any]) -> str:
         from bench import dashboard
 
         lines += dashboard.report(results["dashboard"])
+    if REPLAY in results:
+        from bench import replay
+
+        lines += replay.report(results[REPLAY])
     return "\n".join(lines)
 
 
@@ -777,6 +784,7 @@ class Phases:
     round_trip: bool
     growth: bool
     dashboard: bool
+    replay: bool
     models: list[str]  # worker models in the order measured; the stack's own (``--worker-class``) last
 
     @classmethod
@@ -792,6 +800,7 @@ class Phases:
             round_trip=not only or ROUND_TRIP in only,
             growth=not options.quick and not only,
             dashboard=not options.quick and (not only or DASHBOARD in only),
+            replay=REPLAY in only or (not only and not options.quick),
             models=[other, options.worker_class] if compare else [options.worker_class],
         )
 
@@ -889,7 +898,7 @@ def api_phase(
 
 def main() -> None:
     global DB_NAME, REDIS_DB  # --db-name, --redis-db
-    known = [*SCENARIOS, NOISY, ROUND_TRIP, DASHBOARD]
+    known = [*SCENARIOS, NOISY, ROUND_TRIP, DASHBOARD, REPLAY]
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -985,13 +994,18 @@ def main() -> None:
         },
     }
     try:
-        stack.start(phases.models[0])
+        if phases.api or phases.dashboard:  # the replay scenario runs in this process and needs no stack
+            stack.start(phases.models[0])
         if phases.api:
             api_phase(stack, results, options=options, phases=phases, seconds=seconds, warmup=warmup)
         if phases.dashboard:
             from bench import dashboard
 
             results["dashboard"] = dashboard.run(stack.url, rounds=options.rounds, reuse=options.reuse_db)
+        if phases.replay:
+            from bench import replay
+
+            results[REPLAY] = replay.run()
     finally:
         stack.stop()
         if not options.keep_db:

@@ -359,7 +359,9 @@ def loosening(before: dict[str, Any] | None, after: dict[str, Any] | None) -> li
         key = normalise_tool(pattern)
         if key not in kept:
             found.append(f"require_approval entry {pattern!r} removed")
-        elif kept[key] is not None and (over is None or kept[key] > over):
+            continue
+        now_over = kept[key]
+        if now_over is not None and (over is None or now_over > over):
             found.append(f"require_approval entry {pattern!r}: its over_usd raised")
     if before.get("require_approval") and policies.approval_ttl(after) > policies.approval_ttl(before):
         found.append("approval_ttl_seconds lengthened")

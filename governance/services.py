@@ -1170,6 +1170,8 @@ def governed_call(
     call.shadow = call_shadow(call, spend_usd)
     stop = call_policy(call)
     if stop is not None:
+        # Not priced (it ends here), but what it declared is recorded: a replay of the log reads it (replay.py).
+        call.base["declared_spend_usd"] = spend_usd.quantize(SIX_PLACES) if spend_usd is not None else None
         if rate_limit is not None:
             take_bucket(*rate_limit)  # no script runs for it, and it writes a decision: the caller's rate applies
         call_shadow_alone(call, plan)

@@ -34,7 +34,12 @@ def verify_decision_logs() -> None:
 @shared_task(name="governance.expire_approvals", ignore_result=True)
 def expire_approvals() -> None:
     """Beat: open approvals past their time become expired (their args preview deleted)."""
-    expired = approvals.expire_due()
+    expired, batch = 0, 1000
+    for _ in range(100):  # up to 100,000 a run: a backlog is worked off, not left for the next run
+        done = approvals.expire_due(batch=batch)
+        expired += done
+        if done < batch:
+            break
     if expired:
         logger.info("expired %s approval requests", expired)
 
@@ -51,3 +56,12 @@ def deliver_due_channel_messages() -> None:
     woken = channels.deliver_due()
     if woken:
         logger.info("woke %s channel deliveries that were due", woken)
+
+
+@shared_task(name="governance.replay_policy_impact", ignore_result=True)
+def replay_policy_impact(account_id: int, job_id: str) -> None:
+    """A policy's impact preview (governance/replay.py): replay the agent's recorded decisions through the draft,
+    with progress and the result in the job's Redis state. Reads the database, writes nothing to it."""
+    from governance import replay
+
+    replay.run_job(account_id, job_id)
