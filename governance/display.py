@@ -85,11 +85,15 @@ def _scalar(value: Any) -> bool:
 
 
 def audit_view(data: Any) -> dict[str, Any]:
-    """An audit entry's data: the `before`/`after` pair (when there is one) as a line diff, every other field as a
-    labelled value (scalars as text, objects and lists as indented JSON)."""
+    """An audit entry's data: a policy change's ``changes`` (display.policy_changes' sentences) as a list, the
+    `before`/`after` pair (when there is one) as a line diff, every other field as a labelled value (scalars as
+    text, objects and lists as indented JSON)."""
     if not isinstance(data, dict):
-        return {"fields": [("value", _field(data))], "diff": None}
-    fields = [(key, _field(value)) for key, value in data.items() if key not in ("before", "after")]
+        return {"fields": [("value", _field(data))], "diff": None, "changes": []}
+    changes = data.get("changes")
+    readable = isinstance(changes, list) and all(isinstance(change, str) for change in changes)
+    skipped = ("before", "after", "changes") if readable else ("before", "after")
+    fields = [(key, _field(value)) for key, value in data.items() if key not in skipped]
     diff = None
     if "before" in data or "after" in data:
         before, after = data.get("before"), data.get("after")
@@ -97,7 +101,7 @@ def audit_view(data: Any) -> dict[str, Any]:
             fields.append(("change", {"text": f"{_text(before)} → {_text(after)}", "json": None}))
         else:
             diff = diff_rows(diff_lines(before, after))
-    return {"fields": fields, "diff": diff}
+    return {"fields": fields, "diff": diff, "changes": changes if readable else []}
 
 
 def _text(value: Any) -> str:

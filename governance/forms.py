@@ -16,7 +16,10 @@ from governance.api import GovernedCallInput
 from governance.tools import ToolAuthInput, ToolInput
 from onceonly_site.api import parse_json_body
 from onceonly_site.bodies import Invalid
+from onceonly_site.identifiers import validate_identifier
 from onceonly_site.params import MAX_USD, whole_number
+
+MAX_VERSION = 2_147_483_647  # a policy version number (a positive integer column)
 
 
 def _split(text: str) -> list[str]:
@@ -121,25 +124,53 @@ def _approval_text(entries: list[Any]) -> str:
     )
 
 
+# An empty allow-list is a policy that blocks every call: never saved by accident (issue 20), only by this choice.
+DENY_ALL_LABEL = "Block every tool (deny all)"
+DENY_ALL_REFUSAL = (
+    "The allow-list is empty: with “Only allow the tools listed below” ticked, this agent could call no tool at "
+    f"all. List the tools to allow, untick “Only allow the tools listed below”, or tick “{DENY_ALL_LABEL}” if "
+    "that is what you mean."
+)
+DENY_ALL_CONFLICT = f"“{DENY_ALL_LABEL}” is ticked but tools are listed as allowed: untick it, or empty the list."
+
+
+def _number(low: int | float, high: int | float, step: str) -> forms.NumberInput:
+    """A real number input whose bounds are the policy field's (policies.PolicyInput); the server checks them
+    again — the page is submitted without the browser's validation, so its own messages are shown."""
+    return forms.NumberInput(attrs={"min": low, "max": high, "step": step})
+
+
 class PolicyForm(forms.Form):
     restrict_tools = forms.BooleanField(required=False, label="Only allow the tools listed below")
     allowed_tools = forms.CharField(
         required=False,
-        widget=forms.Textarea(attrs={"rows": 4}),
+        widget=forms.Textarea(attrs={"rows": 4, "data-tool-list": "allowed_tools"}),
         label="Allowed tools",
         help_text="One per line; globs like stripe.* allowed. Matched ignoring case (DELETE_USER is delete_user).",
     )
+    deny_all = forms.BooleanField(
+        required=False,
+        label=DENY_ALL_LABEL,
+        help_text="Every call of this agent is refused (an empty allow-list), whatever the lists say. Only with "
+        "this box ticked is an empty allow-list saved.",
+    )
     blocked_tools = forms.CharField(
         required=False,
-        widget=forms.Textarea(attrs={"rows": 4}),
+        widget=forms.Textarea(attrs={"rows": 4, "data-tool-list": "blocked_tools"}),
         label="Blocked tools",
         help_text="One per line; blocked wins over allowed. Matched ignoring case (DELETE_USER is delete_user).",
     )
     max_actions_per_hour = forms.CharField(
-        required=False, label="Max actions per hour", help_text="Rolling 60 minutes; empty = no limit."
+        required=False,
+        widget=_number(0, policies.MAX_NUMBER, "1"),
+        label="Max actions per hour",
+        help_text=f"Rolling 60 minutes, a whole number from 0 to {policies.MAX_NUMBER:,}; empty = no limit.",
     )
     max_spend_usd_per_day = forms.CharField(
-        required=False, label="Max spend per day (USD)", help_text="UTC day; empty = no limit."
+        required=False,
+        widget=_number(0, MAX_USD, "0.000001"),
+        label="Max spend per day (USD)",
+        help_text=f"UTC day, from 0 to {MAX_USD:,} with at most 6 decimals; empty = no limit.",
     )
     max_calls_per_tool = forms.CharField(
         required=False,
@@ -155,7 +186,7 @@ class PolicyForm(forms.Form):
     )
     require_approval = forms.CharField(
         required=False,
-        widget=forms.Textarea(attrs={"rows": 3}),
+        widget=forms.Textarea(attrs={"rows": 3, "data-tool-list": "require_approval"}),
         label="Require approval for",
         help_text="A person approves each call of these tools first (on the Approvals page); the agent's identical "
         "retry then runs once. One tool name or glob per line (stripe.refund, *delete*), or “stripe.* > 50” for "
@@ -163,12 +194,13 @@ class PolicyForm(forms.Form):
     )
     approval_ttl_seconds = forms.CharField(
         required=False,
+        widget=_number(policies.PolicyInput.approval_ttl_seconds.low, policies.APPROVAL_TTL_MAX, "1"),
         label="Approval expires after (seconds)",
         help_text=f"How long a request waits for a person, and an approval stays usable: "
         f"{policies.PolicyInput.approval_ttl_seconds.low} to {policies.APPROVAL_TTL_MAX:,} seconds (7 days); "
         f"empty = {policies.APPROVAL_TTL_DEFAULT:,} (1 hour).",
     )
-    base_version = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    base_version = forms.IntegerField(required=False, min_value=1, max_value=MAX_VERSION, widget=forms.HiddenInput)
 
     @classmethod
     def from_policy(cls, policy: dict[str, Any] | None, version: int | None) -> PolicyForm:
@@ -176,6 +208,7 @@ class PolicyForm(forms.Form):
         return cls(
             initial={
                 "restrict_tools": policy.get("allowed_tools") is not None,
+                "deny_all": policy.get("allowed_tools") == [],
                 "allowed_tools": "\n".join(policy.get("allowed_tools") or []),
                 "blocked_tools": "\n".join(policy.get("blocked_tools") or []),
                 "max_actions_per_hour": policy.get("max_actions_per_hour", ""),
@@ -191,6 +224,26 @@ class PolicyForm(forms.Form):
                 "base_version": version,
             }
         )
+
+    def carried(self) -> list[tuple[str, str]]:
+        """The submitted fields as the confirm step posts them back (hidden), less ``deny_all``, which the confirm
+        step asks for itself."""
+        return [
+            (name, str(self.data.get(name, ""))) for name in self.fields if name != "deny_all" and name in self.data
+        ]
+
+    def tool_lists(self) -> dict[str, list[tuple[str, str]]]:
+        """The three tool lists as typed — (tool or glob, line) each, at most policies.MAX_LIST — for the chips
+        under their fields, read leniently: a line the form refuses is still shown."""
+        source = self.data if self.is_bound else self.initial
+        lists: dict[str, list[tuple[str, str]]] = {}
+        for name in ("allowed_tools", "blocked_tools", "require_approval"):
+            lines = _lines(str(source.get(name) or ""))[: policies.MAX_LIST]
+            if name == "require_approval":
+                lists[name] = [(m["tool"] if (m := APPROVAL_LINE.fullmatch(line)) else line, line) for line in lines]
+            else:
+                lists[name] = [(line, line) for line in lines]
+        return lists
 
     def normalised_entries(self) -> list[dict[str, str]]:
         """The tool entries whose normalised form — the one calls are matched against (policies.matches) — differs
@@ -244,8 +297,15 @@ class PolicyForm(forms.Form):
         if self.has_error("base_version"):  # a hidden field: its error would not be shown
             self.add_error(None, "This page's policy version is not a version number: reload the page.")
         raw: dict[str, Any] = {}
-        if data.get("restrict_tools"):
-            raw["allowed_tools"] = _lines(data.get("allowed_tools", ""))
+        allowed = _lines(data.get("allowed_tools", ""))
+        if data.get("deny_all"):  # the explicit choice, whether "Only allow…" is ticked or not
+            if allowed:
+                self.add_error("deny_all", DENY_ALL_CONFLICT)
+            raw["allowed_tools"] = []
+        elif data.get("restrict_tools"):
+            if not allowed:
+                self.add_error("allowed_tools", DENY_ALL_REFUSAL)
+            raw["allowed_tools"] = allowed
         if _lines(data.get("blocked_tools", "")):
             raw["blocked_tools"] = _lines(data["blocked_tools"])
         parsers = {
@@ -294,6 +354,7 @@ class ApprovalDecisionForm(forms.Form):
 
     action = forms.ChoiceField(choices=[("approve", "Approve"), ("deny", "Deny")])
     reason = forms.CharField(
+        validators=[validate_identifier],
         required=False,
         max_length=1000,
         label="Reason (recorded in the audit log)",

@@ -7,8 +7,9 @@ import json
 import time
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -26,9 +27,21 @@ from django.views.decorators.vary import vary_on_headers
 from billing import audit
 from billing.models import AuditEntry
 from billing.selectors import current_membership, editor_membership
-from governance import display, explain, ledger, overview, panels, policies, selectors, services, slots, tools
+from governance import (
+    display,
+    explain,
+    ledger,
+    overview,
+    panels,
+    policies,
+    policy_review,
+    selectors,
+    services,
+    slots,
+    tools,
+)
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
-from governance.forms import PolicyForm, ReasonForm, TestCallForm, ToolForm
+from governance.forms import DENY_ALL_LABEL, MAX_VERSION, PolicyForm, ReasonForm, TestCallForm, ToolForm
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
 from onceonly_site.identifiers import normalise_tool
 from onceonly_site.params import whole_number
@@ -256,44 +269,122 @@ def agent_kill_switch(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("governance:agent-detail", pk=agent.pk)
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    membership = current_membership(request)
-    account = membership.account
-    agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
-    form = PolicyForm.from_policy(agent.policy, agent.policy_version)
-    status = 200
-    if request.method == "POST":
-        editor_membership(request)
-        if not account.plan.has_governance:
-            raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
-        form = PolicyForm(request.POST)
-        if form.is_valid():
-            policy = form.cleaned_data["policy"]
-            if policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
-                form.add_error("allowed_tools", f"allowed_tools needs the Agency plan (this account: {account.plan}).")
-            else:
-                try:
-                    result = services.policy_publish(
-                        account_id=account.pk,
-                        agent_id=agent.agent_id,
-                        policy=policy,
-                        source="editor",
-                        actor=_actor(request),
-                        expected_version=form.cleaned_data["base_version"],
-                    )
-                except services.StalePolicyEdit as stale:
-                    form.add_error(
-                        None,
-                        f"Someone saved this policy meanwhile (now version {stale.current}). "
-                        "Reload to see it, then apply your change again; nothing was saved.",
-                    )
-                else:
-                    note = "".join(f" Warning: {w['message']}" for w in result.warnings[:3])
-                    messages.success(request, f"Policy saved as version {result.version}.{note}")
-                    return redirect("governance:policy-edit", pk=agent.pk)
-        status = 422
+# --- the policy editor: every change (save, template, rollback) is reviewed, then confirmed ----------------------
+# The first POST of a change validates it and shows the review (governance/policy_review.py: the semantic diff, the
+# coloured line diff, the tool lists checked, warnings); nothing is published. Only a second POST with confirm=1
+# and the live version that review was computed against publishes, through services.policy_publish's optimistic
+# check: a change made meanwhile shows the review again, against the new live policy (docs/operations.md
+# §"Governance pages").
+
+_STALE = object()  # a confirm whose version is missing or not a version number: shown again, never published
+
+
+def _policy_agent(request: HttpRequest, pk: int) -> tuple[Any, Agent]:
+    """The account and the agent of a policy change: an editor's, on a plan with policies (else 403)."""
+    account = editor_membership(request).account
+    agent = selectors.get_agent_for_account(account.pk, pk)
+    if not account.plan.has_governance:
+        raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
+    return account, agent
+
+
+def _confirmed_against(request: HttpRequest) -> int | object | None:
+    """The live version a confirm's review was computed against ("" for an ungoverned agent), or _STALE."""
+    raw = request.POST.get("expected_version")
+    if raw is None:
+        return _STALE
+    if raw == "":
+        return None
+    version = whole_number(raw, MAX_VERSION)
+    return _STALE if version is None else version
+
+
+def _deny_all_chosen(request: HttpRequest) -> bool:
+    return forms.BooleanField(required=False).clean(request.POST.get("deny_all"))
+
+
+class _Change:
+    """One change path's two steps: the review, then the confirmed publish."""
+
+    def __init__(self, request: HttpRequest, account: Any, agent: Agent, policy: dict[str, Any], source: str):
+        self.request, self.account, self.agent, self.policy, self.source = request, account, agent, policy, source
+        self.tools: set[str] | None = None  # the account's known tools, read once per request
+
+    def known(self) -> set[str]:
+        if self.tools is None:
+            self.tools = services.known_tools(self.account.pk)
+        return self.tools
+
+    def review(self, *, stale: str = "", error: str = "") -> dict[str, Any]:
+        known = policy_review.known_names(self.account.pk, self.known())
+        review = policy_review.review(self.account.pk, self.agent, self.policy, known=known)
+        review.update(stale=stale, error=error)
+        return review
+
+    def run(self, render: Any, *, success: str) -> HttpResponse:
+        """Review, or publish a confirmed change (``success`` said with ``{version}`` of the new version).
+        ``render(agent, review, status)`` shows the path's review page."""
+        request, agent = self.request, self.agent
+        if agent.policy_version is not None and (agent.policy or {}) == self.policy:
+            messages.info(
+                request, f"No change: version {agent.policy_version} is already this policy. Nothing was published."
+            )
+            return redirect("governance:policy-edit", pk=agent.pk)
+        if request.POST.get("confirm") != "1":
+            return render(agent, self.review(), 200)
+        expected = _confirmed_against(request)
+        if expected is _STALE or expected != agent.policy_version:
+            return render(agent, self.review(stale=_stale_note(agent)), 409)
+        if self.policy.get("allowed_tools") == [] and not _deny_all_chosen(request):
+            return render(agent, self.review(error=DENY_ALL_NEEDED), 422)
+        try:
+            result = services.policy_publish(
+                account_id=self.account.pk,
+                agent_id=agent.agent_id,
+                policy=self.policy,
+                source=self.source,
+                actor=_actor(request),
+                expected_version=expected,
+            )
+        except services.StalePolicyEdit:
+            self.agent = selectors.get_agent_for_account(self.account.pk, agent.pk)
+            return render(self.agent, self.review(stale=_stale_note(self.agent)), 409)
+        messages.success(request, success.format(version=result.version))
+        for warning in result.warnings[:5]:  # said apart from the success: an unknown tool is no success
+            messages.warning(request, f"Warning: {warning['message']}")
+        return redirect("governance:policy-edit", pk=agent.pk)
+
+
+DENY_ALL_NEEDED = (
+    f"This policy allows no tool: every call of the agent would be refused. Tick “{DENY_ALL_LABEL}” to publish it "
+    "anyway."
+)
+
+
+def _stale_note(agent: Agent) -> str:
+    return (
+        f"The policy changed meanwhile: it is now version {agent.policy_version or 'none'}. Nothing was published. "
+        "The review below is against the policy as it is now: check it, then confirm again."
+    )
+
+
+def _editor_context(account: Any, agent: Agent, form: PolicyForm, tools: set[str] | None = None) -> dict[str, Any]:
+    tools = services.known_tools(account.pk) if tools is None else tools
+    known = policy_review.known_names(account.pk, tools)
+    lists = form.tool_lists()
+    chips = {name: policy_review.chips(entries, known) for name, entries in lists.items()}
+    return {
+        "agent_id": agent.agent_id,
+        "agent": agent,
+        "form": form,
+        "fields": [(field, chips.get(field.name)) for field in form.visible_fields()],
+        "known_tools": sorted(tools, key=str.casefold)[:100],
+        "known_json": sorted(known.values(), key=str.casefold),
+        "templates": {name: json.dumps(body, indent=2) for name, body in policies.TEMPLATES.items()},
+    }
+
+
+def _history(request: HttpRequest, agent: Agent) -> dict[str, Any]:
     versions = list(PolicyVersion.objects.filter(agent=agent).order_by("-version")[:50])
     diff = None
     first, second = whole_number(request.GET.get("a", "")), whole_number(request.GET.get("b", ""))
@@ -307,29 +398,85 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
         a, b = by_version.get(first), by_version.get(second)
         if a and b:
             diff = {"a": a.version, "b": b.version, "lines": display.diff_lines(a.policy, b.policy)}
-    return render(
-        request,
-        "governance/policy_edit.html",
-        {
-            "agent_id": agent.agent_id,
-            "agent": agent,
-            "form": form,
-            "versions": versions,
-            "diff": diff,
-            "known_tools": sorted(services.known_tools(account.pk))[:100],
-            "templates": {name: json.dumps(body, indent=2) for name, body in policies.TEMPLATES.items()},
-        },
-        status=status,
-    )
+    return {"versions": versions, "diff": diff}
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """The policy page: the policy, the editor (editors on a plan with policies), templates, history. A save is
+    reviewed first (the review shown above the form, which stays editable), then confirmed."""
+    account = current_membership(request).account
+    agent = selectors.get_agent_for_account(account.pk, pk)
+    if request.method != "POST":
+        form = PolicyForm.from_policy(agent.policy, agent.policy_version)
+        return _editor_page(request, account, agent, form, None, 200)
+    account, agent = _policy_agent(request, pk)
+    form = PolicyForm(request.POST)
+    if form.is_valid():
+        policy = form.cleaned_data["policy"]
+        if policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
+            form.add_error("allowed_tools", f"allowed_tools needs the Agency plan (this account: {account.plan}).")
+        else:
+
+            def page(current: Agent, review: dict[str, Any], status: int) -> HttpResponse:
+                return _editor_page(request, account, current, form, review, status, change.known())
+
+            change = _Change(request, account, agent, policy, "editor")
+            return change.run(page, success="Policy saved as version {version}.")
+    return _editor_page(request, account, agent, form, None, 422)
+
+
+def _editor_page(
+    request: HttpRequest,
+    account: Any,
+    agent: Agent,
+    form: PolicyForm,
+    review: dict[str, Any] | None,
+    status: int,
+    tools: set[str] | None = None,
+) -> HttpResponse:
+    context = {**_editor_context(account, agent, form, tools), **_history(request, agent)}
+    if review is not None:
+        first_step = request.POST.get("confirm") != "1"
+        if first_step and form.cleaned_data.get("base_version") != agent.policy_version:
+            review["stale"] = (
+                f"This policy changed since the editor was opened: it is now version "
+                f"{agent.policy_version or 'none'}. The review below is against it — your form would undo "
+                "whatever of that change it does not keep."
+            )
+        context["review"] = review
+        context["confirm"] = {
+            "action": reverse("governance:policy-edit", args=[agent.pk]),
+            "fields": form.carried(),
+            "label": f"Confirm: publish version {review['next_version']}",
+            "deny_all": bool(form.cleaned_data.get("deny_all")),
+            "cancel": reverse("governance:policy-edit", args=[agent.pk]),
+        }
+    return render(request, "governance/policy_edit.html", context, status=status)
+
+
+def _confirm_page(request: HttpRequest, agent: Agent, title: str, action: str, fields: list[tuple[str, str]]) -> Any:
+    """The review page of a template or a rollback (templates/governance/policy_confirm.html)."""
+
+    def page(current: Agent, review: dict[str, Any], status: int) -> HttpResponse:
+        confirm = {
+            "action": action,
+            "fields": fields,
+            "label": f"Confirm: publish version {review['next_version']}",
+            "cancel": reverse("governance:policy-edit", args=[current.pk]),
+        }
+        context = {"agent": current, "agent_id": current.agent_id, "title": title, "review": review, "confirm": confirm}
+        return render(request, "governance/policy_confirm.html", context, status=status)
+
+    return page
 
 
 @login_required
 @require_POST
 def policy_rollback(request: HttpRequest, pk: int) -> HttpResponse:
-    account = editor_membership(request).account
-    agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
-    if not account.plan.has_governance:
-        raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
+    """Roll back to an earlier version (as a new version, source rollback:N): reviewed, then confirmed."""
+    account, agent = _policy_agent(request, pk)
     requested = whole_number(request.POST.get("version", ""))
     old = PolicyVersion.objects.filter(agent=agent, version=requested).first() if requested is not None else None
     if old is None:
@@ -338,31 +485,38 @@ def policy_rollback(request: HttpRequest, pk: int) -> HttpResponse:
     if old.policy.get("allowed_tools") is not None and not account.plan.has_allowed_tools:
         messages.error(request, "That version sets allowed_tools, which needs the Agency plan.")
         return redirect("governance:policy-edit", pk=agent.pk)
-    result = services.policy_rollback(
-        account_id=account.pk, agent_id=agent.agent_id, version=old.version, actor=_actor(request)
+    page = _confirm_page(
+        request,
+        agent,
+        f"Roll back to version {old.version}",
+        reverse("governance:policy-rollback", args=[agent.pk]),
+        [("version", str(old.version))],
     )
-    messages.success(request, f"Rolled back to version {old.version}: now version {result.version}.")
-    return redirect("governance:policy-edit", pk=agent.pk)
+    change = _Change(request, account, agent, old.policy, f"rollback:{old.version}")
+    return change.run(page, success=f"Rolled back to version {old.version}: now version {{version}}.")
 
 
 @login_required
 @require_POST
 def policy_template(request: HttpRequest, pk: int) -> HttpResponse:
-    account = editor_membership(request).account
-    if not account.plan.has_governance:
-        raise PermissionDenied(f"Policies are not on the {account.plan.name} plan (Usage & plan).")
-    agent = selectors.get_agent_for_account(current_membership(request).account_id, pk)
+    """Apply a built-in template (the whole policy replaced, source template:<name>): reviewed, then confirmed."""
+    account, agent = _policy_agent(request, pk)
     name = request.POST.get("template", "")
     if name not in policies.TEMPLATES:
         messages.error(request, f"Unknown template; choose one of {', '.join(policies.TEMPLATES)}.")
-    elif policies.TEMPLATES[name].get("allowed_tools") is not None and not account.plan.has_allowed_tools:
+        return redirect("governance:policy-edit", pk=agent.pk)
+    if policies.TEMPLATES[name].get("allowed_tools") is not None and not account.plan.has_allowed_tools:
         messages.error(request, f"The {name} template sets allowed_tools, which needs the Agency plan.")
-    else:
-        result = services.policy_from_template(
-            account_id=account.pk, agent_id=agent.agent_id, template=name, overrides={}, actor=_actor(request)
-        )
-        messages.success(request, f"Template {name} applied as version {result.version}.")
-    return redirect("governance:policy-edit", pk=agent.pk)
+        return redirect("governance:policy-edit", pk=agent.pk)
+    page = _confirm_page(
+        request,
+        agent,
+        f"Apply the {name} template",
+        reverse("governance:policy-template", args=[agent.pk]),
+        [("template", name)],
+    )
+    change = _Change(request, account, agent, policies.merge(policies.TEMPLATES[name], {}), f"template:{name}")
+    return change.run(page, success=f"Template {name} applied as version {{version}}.")
 
 
 OUTCOMES = (("", "any"), *((o, o) for o in Outcome.values))

@@ -15,6 +15,7 @@ from django.urls import resolve
 
 from governance import services
 from governance.models import Agent, PolicyVersion
+from tests.support.policy_confirm import confirm
 from tests.support.routes import walk_routes
 
 BASE = "bot"
@@ -131,6 +132,9 @@ def test_every_agent_page_shows_and_changes_only_its_own_agent(owner_a, agents):
                 data["max_actions_per_hour"] = "7"
             before = state()
             response = client.post(form["action"], data)
+            if name != "agent-kill-switch":  # a policy change is reviewed first: nothing changes until confirmed
+                assert response.status_code == 200 and state() == before, (agent_id, name, response.status_code)
+                response = confirm(client, response)
             assert response.status_code == 302, (agent_id, name, response.status_code)
             after = state()
             changed = {a for a in after if after[a] != before[a]}

@@ -1,5 +1,6 @@
-"""Governance in headless Chromium: edit a policy (invalid, valid, diff, rollback), kill an agent from its page and
-see the next SDK call blocked, watch the timeline update live, and a viewer who cannot edit."""
+"""Governance in headless Chromium: edit a policy (invalid, valid — each save reviewed, then confirmed —, diff,
+rollback), kill an agent from its page and see the next SDK call blocked, watch the timeline update live, and a viewer
+who cannot edit."""
 
 import pytest
 from onceonly import OnceOnly
@@ -24,16 +25,18 @@ def test_policy_editor_invalid_then_valid_then_diff_and_rollback(page, live_serv
     page.get_by_role("link", name="Set a policy").click()
     assert page.url == f"{live_server.url}/agents/{Agent.objects.get(agent_id='billing-agent').pk}/policy/"
     page.get_by_label("Max actions per hour").fill("-5")
-    page.get_by_role("button", name="Save as a new version").click()
+    page.get_by_role("button", name="Review changes").click()
     expect(page.get_by_text("Must be a whole number from 0 to 1,000,000,000.")).to_be_visible()
     assert not PolicyVersion.objects.exists()
 
     page.get_by_label("Max actions per hour").fill("100")
     page.get_by_label("Max spend per day (USD)").fill("50")
-    page.get_by_role("button", name="Save as a new version").click()
+    page.get_by_role("button", name="Review changes").click()
+    page.get_by_role("button", name="Confirm: publish version 1").click()
     page.get_by_text("Policy saved as version 1").wait_for()
     page.get_by_label("Max actions per hour").fill("20")
-    page.get_by_role("button", name="Save as a new version").click()
+    page.get_by_role("button", name="Review changes").click()
+    page.get_by_role("button", name="Confirm: publish version 2").click()
     page.get_by_text("Policy saved as version 2").wait_for()
 
     page.get_by_label("Compare version").select_option("1")
@@ -42,6 +45,7 @@ def test_policy_editor_invalid_then_valid_then_diff_and_rollback(page, live_serv
     assert page.locator("pre.diff .del").first.inner_text().strip() == '-  "max_actions_per_hour": 100,'
     assert page.locator("pre.diff .add").first.inner_text().strip() == '+  "max_actions_per_hour": 20,'
     page.get_by_role("button", name="Roll back to v1").click()
+    page.get_by_role("button", name="Confirm: publish version 3").click()
     page.get_by_text("now version 3").wait_for()
     assert Agent.objects.get().policy == {"max_actions_per_hour": 100, "max_spend_usd_per_day": 50.0}
 
@@ -77,6 +81,6 @@ def test_viewer_cannot_edit_a_policy(page, live_server, viewer_a, key_a):
     login(page, live_server, viewer_a)
     bot = Agent.objects.get(agent_id="bot").pk
     page.goto(f"{live_server.url}/agents/{bot}/policy/")
-    assert page.get_by_role("button", name="Save as a new version").count() == 0
+    assert page.get_by_role("button", name="Review changes").count() == 0
     page.goto(f"{live_server.url}/agents/{bot}/")
     assert page.get_by_role("button", name="Disable agent (kill switch)").count() == 0

@@ -10,6 +10,7 @@ from django.utils.html import escape
 
 from billing.models import AuditEntry
 from governance.models import Agent, Decision, PolicyVersion
+from tests.support.policy_confirm import change
 
 
 def call(key, agent="bot", tool="send_email", **body):
@@ -43,7 +44,7 @@ def test_viewer_sees_but_cannot_change(viewer_a, key_a):
     for url in ("/agents/", at("bot"), at("bot", "policy/"), "/decisions/", "/audit/"):
         assert client.get(url).status_code == 200, url
     html = client.get(at("bot", "policy/")).content.decode()
-    assert "Save as a new version" not in html and "Roll back" not in html
+    assert "Review changes" not in html and "Roll back" not in html and "Apply strict" not in html
     assert client.post(at("bot", "policy/"), {"max_actions_per_hour": "1", "base_version": "1"}).status_code == 403
     assert client.post(at("bot", "kill-switch/"), {"reason": "x", "confirm": "on"}).status_code == 403
     assert client.post(at("bot", "policy/rollback/"), {"version": "1"}).status_code == 403
@@ -89,18 +90,19 @@ def test_editor_invalid_value_shows_an_error_and_saves_nothing(owner_a, key_a):
     assert PolicyVersion.objects.count() == 1
 
 
-def test_editor_saves_a_new_version_and_refuses_a_stale_edit(owner_a, key_a):
+def test_editor_saves_a_new_version_and_reviews_a_stale_edit_against_the_live_policy(owner_a, key_a):
     set_policy(key_a, max_actions_per_hour=5)
     client = owner_a.login(Client())
-    saved = client.post(
-        at("bot", "policy/"),
-        {"max_actions_per_hour": "7", "blocked_tools": "delete_*\nrefund", "base_version": "1"},
-        follow=True,
-    )
-    assert "Policy saved as version 2" in saved.content.decode()
+    form = {"max_actions_per_hour": "7", "blocked_tools": "delete_*\nrefund", "base_version": "1"}
+    saved = change(client, at("bot", "policy/"), form)
+    assert saved.status_code == 302
+    assert "Policy saved as version 2" in client.get(saved["Location"]).content.decode()
     assert Agent.objects.get().policy == {"blocked_tools": ["delete_*", "refund"], "max_actions_per_hour": 7}
+    # A form loaded at version 1 is reviewed against version 2, saying so; nothing is published by it.
     stale = client.post(at("bot", "policy/"), {"max_actions_per_hour": "9", "base_version": "1"})
-    assert stale.status_code == 422 and "saved this policy meanwhile" in stale.content.decode()
+    html = stale.content.decode()
+    assert stale.status_code == 200 and "changed since the editor was opened: it is now version 2" in html
+    assert "blocked_tools: cleared (was delete_*, refund)" in html
     assert Agent.objects.get().policy_version == 2
 
 
@@ -153,12 +155,12 @@ def test_editor_amounts_round_trip_at_six_decimals(owner_a, key_a):
         "pricing_rules": "send_email: 0.00001",
         "base_version": "1",
     }
-    assert client.post(at("bot", "policy/"), form).status_code == 302
+    assert change(client, at("bot", "policy/"), form).status_code == 302
     policy = Agent.objects.get().policy
     assert policy["max_spend_usd_per_day"] == 0.000001 and policy["pricing_rules"][0]["price_usd"] == 0.00001
     html = client.get(at("bot", "policy/")).content.decode()
     assert 'value="0.000001"' in html and "send_email: 0.00001</textarea>" in html  # not 1e-06, 1e-05
-    again = client.post(at("bot", "policy/"), {**form, "base_version": "2", "max_actions_per_hour": "6"})
+    again = change(client, at("bot", "policy/"), {**form, "base_version": "2", "max_actions_per_hour": "6"})
     assert again.status_code == 302 and Agent.objects.get().policy_version == 3
 
 
@@ -171,7 +173,8 @@ def test_editor_splits_entries_on_newlines_only(owner_a, key_a, separator):
     for field in ("blocked_tools", "max_calls_per_tool", "pricing_rules"):
         value = f"delete_user{separator}drop_db" + (": 1" if field != "blocked_tools" else "")
         _refused(client, {"max_actions_per_hour": "5", field: value})
-    saved = client.post(
+    saved = change(
+        client,
         at("bot", "policy/"),
         {"max_actions_per_hour": "5", "base_version": "1", "blocked_tools": "delete_user\r\ndrop_db\n"},
     )
@@ -190,7 +193,7 @@ def test_editor_takes_a_comma_as_part_of_the_entry(owner_a, key_a):
         "blocked_tools": "delete_user,drop_db",
         "max_calls_per_tool": "send,email: 3",
     }
-    assert client.post(at("bot", "policy/"), form).status_code == 302
+    assert change(client, at("bot", "policy/"), form).status_code == 302
     policy = Agent.objects.get().policy
     assert policy["blocked_tools"] == ["delete_user,drop_db"] and policy["max_calls_per_tool"] == {"send,email": 3}
 
@@ -201,7 +204,10 @@ def test_diff_and_rollback(owner_a, key_a):
     client = owner_a.login(Client())
     html = client.get(at("bot", "policy/"), {"a": 1, "b": 2}).content.decode()
     assert "-  &quot;max_actions_per_hour&quot;: 5" in html and "+  &quot;max_actions_per_hour&quot;: 9" in html
-    client.post(at("bot", "policy/rollback/"), {"version": "1"})
+    review = client.post(at("bot", "policy/rollback/"), {"version": "1"})
+    assert review.status_code == 200 and Agent.objects.get().policy_version == 2  # reviewed, not published
+    assert "max_actions_per_hour: 9 → 5" in review.content.decode()
+    change(client, at("bot", "policy/rollback/"), {"version": "1"})
     agent = Agent.objects.get()
     assert agent.policy_version == 3 and agent.policy == {"max_actions_per_hour": 5}
     assert PolicyVersion.objects.get(version=3).source == "rollback:1"
@@ -332,8 +338,8 @@ def test_policy_page_shows_the_policy_as_a_table_with_yaml_and_json(owner_a, key
 def test_audit_log_shows_a_policy_change_as_the_policy_pages_coloured_diff(owner_a, key_a):
     set_policy(key_a, max_actions_per_hour=5)
     client = owner_a.login(Client())
-    saved = client.post(
-        at("bot", "policy/"), {"max_actions_per_hour": "7", "blocked_tools": "delete_*", "base_version": "1"}
+    saved = change(
+        client, at("bot", "policy/"), {"max_actions_per_hour": "7", "blocked_tools": "delete_*", "base_version": "1"}
     )
     assert saved.status_code == 302
     html = client.get("/audit/", {"action": "governance.policy.updated", "actor": "alice"}).content.decode()

@@ -13,6 +13,7 @@ from django.test import Client
 from governance import display
 from governance.forms import PolicyForm
 from governance.models import Agent, PolicyVersion
+from tests.support.policy_confirm import change
 
 JSON = "application/json"
 
@@ -29,8 +30,9 @@ def editor(agent):
 
 
 def save(client, agent, **fields):
+    """A save reviewed and confirmed (the first POST's answer when it is refused)."""
     data = {"base_version": str(agent.policy_version), "max_actions_per_hour": "10", **fields}
-    return client.post(editor(agent), data)
+    return change(client, editor(agent), data)
 
 
 def test_saving_require_approval_and_its_ttl(owner_a, agent):
