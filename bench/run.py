@@ -74,6 +74,7 @@ SCENARIOS = {
     "lock_new": "check-lock, new keys",
     "lease": "lease acquire + complete",
     "gov_permit": "governed call, permit-only",
+    "gov_shadow": "governed call, permit-only, with a shadow candidate",
     "gov_dispatch": "governed call, dispatched to a local tool",
     "agent_metrics": "GET /v1/agents/{id}/metrics",
 }
@@ -517,7 +518,7 @@ def prepare(receiver_url: str) -> dict[str, str]:
     from billing.models import Plan
     from billing.services import account_get_or_create, api_key_create, operator_create
     from governance import services as governance
-    from governance import tools
+    from governance import shadow, tools
 
     Plan.objects.filter(code="agency").update(
         make_monthly_limit=10**12, ai_monthly_limit=10**12, rate_limit_per_second=10**6, rate_limit_burst=10**6
@@ -533,6 +534,25 @@ def prepare(receiver_url: str) -> dict[str, str]:
             "max_actions_per_hour": 10**9,
             "max_spend_usd_per_day": 10**6,
             "blocked_tools": ["delete_*"],
+        },
+    )
+    # gov_shadow's agent: the same policy, and a shadow candidate whose caps are decided on every call (its own
+    # counters, in the same Lua step): what shadow mode costs the governed call (docs/policy-changes.md).
+    governance.policy_upsert(
+        account_id=account.pk,
+        agent_id="bench-shadow",
+        actor="bench",
+        changes={"max_actions_per_hour": 10**9, "max_spend_usd_per_day": 10**6, "blocked_tools": ["delete_*"]},
+    )
+    shadow.shadow_start(
+        account_id=account.pk,
+        agent_id="bench-shadow",
+        actor="bench",
+        policy={
+            "max_actions_per_hour": 10**9,
+            "max_spend_usd_per_day": 10**6,
+            "max_calls_per_tool": {"search.web": 10**9},
+            "blocked_tools": ["delete_*", "drop_*"],
         },
     )
     fields, _ = tools.clean(

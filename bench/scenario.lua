@@ -1,5 +1,5 @@
 -- One Lua script for every wrk scenario of bench/run.py (LuaJIT, wrk 4.1).
--- Environment: SCENARIO (floor | lock_new | lock_dup | lease | gov_permit | gov_dispatch | agent_metrics | noisy_b:
+-- Environment: SCENARIO (floor | lock_new | lock_dup | lease | gov_permit | gov_shadow | gov_dispatch | agent_metrics | noisy_b:
 -- the noisy neighbour's account B, check-locks with new keys and permit-only governed calls in turn),
 -- API_KEY, RATE (total requests/s; 0 = as fast as possible), THREAD_COUNT, DUP_KEYS (lock_dup key count).
 -- RATE paces requests on a schedule (t0 + i / rate per thread), open loop: a slow answer does not slow the
@@ -67,6 +67,9 @@ function request()
   elseif scenario == "gov_permit" then
     return wrk.format("POST", "/v1/ai/run", auth,
       '{"agent_id":"bench-agent","tool":"search.web","args":{"q":"' .. id .. '"}}')
+  elseif scenario == "gov_shadow" then
+    return wrk.format("POST", "/v1/ai/run", auth,
+      '{"agent_id":"bench-shadow","tool":"search.web","args":{"q":"' .. id .. '"}}')
   elseif scenario == "gov_dispatch" then
     return wrk.format("POST", "/v1/ai/run", auth,
       '{"agent_id":"bench-agent","tool":"bench.receiver","args":{"n":"' .. id .. '"}}')

@@ -184,3 +184,21 @@ def divergence(agent: Agent) -> Divergence:
             .values_list("id", flat=True)[:EXAMPLES]
         )
     return result
+
+
+def panel(agent: Agent) -> dict[str, Any] | None:
+    """What the policy page shows of the agent's candidate: None without one."""
+    if agent.shadow_policy is None:
+        return None
+    seen = divergence(agent)
+    return {
+        "id": agent.shadow_id,
+        "started_at": agent.shadow_started_at,
+        "started_by": agent.shadow_by,
+        "base_version": agent.shadow_base_version,
+        "changes": display.policy_changes(agent.policy, agent.shadow_policy),
+        "policy": agent.shadow_policy,
+        "seen": seen,
+        "would_block": sorted(seen.would_block.items(), key=lambda item: -item[1]),
+        "would_allow": sorted(seen.would_allow.items(), key=lambda item: -item[1]),
+    }

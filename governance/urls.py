@@ -9,6 +9,7 @@ from governance import (
     policy_code_urls,
     replay_urls,
     shadow_api,
+    shadow_views,
     views,
 )
 
@@ -26,6 +27,7 @@ urlpatterns = [
     path("agents/<int:pk>/policy/", views.policy_edit, name="policy-edit"),
     path("agents/<int:pk>/policy/rollback/", views.policy_rollback, name="policy-rollback"),
     path("agents/<int:pk>/policy/template/", views.policy_template, name="policy-template"),
+    path("agents/<int:pk>/policy/shadow/", shadow_views.policy_shadow, name="policy-shadow"),
     path("decisions/", views.decisions, name="decisions"),
     path("decisions/<int:decision_id>/", views.decision_detail, name="decision-detail"),
     path("tools/", views.tools_list, name="tools"),

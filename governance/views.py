@@ -37,6 +37,7 @@ from governance import (
     policy_review,
     selectors,
     services,
+    shadow,
     slots,
     tools,
 )
@@ -437,6 +438,7 @@ def _editor_page(
     tools: set[str] | None = None,
 ) -> HttpResponse:
     context = {**_editor_context(account, agent, form, tools), **_history(request, agent)}
+    context["shadow"] = shadow.panel(agent)
     if review is not None:
         first_step = request.POST.get("confirm") != "1"
         if first_step and form.cleaned_data.get("base_version") != agent.policy_version:

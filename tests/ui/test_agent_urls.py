@@ -100,7 +100,18 @@ def agents(owner_a):
     return ids
 
 
-def test_every_agent_page_shows_and_changes_only_its_own_agent(owner_a, agents):
+@pytest.fixture
+def eager():
+    """The impact preview's Celery task runs inline (it finishes before the page is asked for its job)."""
+    from onceonly_site.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+def test_every_agent_page_shows_and_changes_only_its_own_agent(owner_a, agents, eager):
     client = owner_a.login(Client())
     got, posted = set(), set()
     for agent_id in agents:
@@ -139,6 +150,28 @@ def test_every_agent_page_shows_and_changes_only_its_own_agent(owner_a, agents):
             after = state()
             changed = {a for a in after if after[a] != before[a]}
             assert changed == {agent_id}, f"{name} of {agent_id!r} ({form['action']}) changed {sorted(changed)}"
+        # The editor's other buttons post its form elsewhere (formaction): the impact preview (a replay: changes
+        # nothing; its job's fragment is what the page polls) and a shadow candidate (this agent's only).
+        editor_html = client.get(editor_url).content.decode()
+        [edit_form] = [f for f in editor.forms if route_of(f["action"]) == "policy-edit"]
+        fields = dict(edit_form["fields"])  # its hidden base_version: an empty policy, as a draft or a candidate
+        for target in sorted(set(re.findall(r'formaction="([^"]+)"', editor_html))):
+            name = route_of(target)
+            before = state()
+            if name == "policy-impact":
+                started = client.post(target, {**fields, "days": "1"})
+                assert started.status_code == 302 and state() == before, (agent_id, started.status_code)
+                posted.add(name)
+                job = started["Location"].rpartition("job=")[2]
+                fragment = f"{urlsplit(target).path}{job}/"
+                assert route_of(fragment) == "policy-impact-job" and client.get(fragment).status_code == 200
+                got.add("policy-impact-job")
+            elif name == "policy-shadow":
+                assert client.post(target, {**fields, "action": "start"}).status_code == 302
+                shadows = {a.agent_id for a in Agent.objects.exclude(shadow_policy=None)}
+                assert shadows == {agent_id} and state() == before, (agent_id, shadows)
+                client.post(target, {"action": "stop"})
+                posted.add(name)
     assert got | posted == set(agent_routes()), "an agent page the dashboard does not link to, or not exercised"
     assert PolicyVersion.objects.filter(source="template:strict").count() == len(agents)
     assert PolicyVersion.objects.filter(source="rollback:1").count() == len(agents)
