@@ -28,6 +28,20 @@ NUMBERS = {
 }
 TOOL = {"name": "t", "url": "https://tools.example.com/t", "auth": {"secret": "s" * 8}}
 
+# (schema property, policy fields with N in place of the number, the location the error names).
+POLICY_NUMBERS: list[tuple[str, dict[str, Any], str]] = [
+    ("max_actions_per_hour", {"max_actions_per_hour": N}, "max_actions_per_hour"),
+    ("max_spend_usd_per_day", {"max_spend_usd_per_day": N}, "max_spend_usd_per_day"),
+    ("max_calls_per_tool.*", {"max_calls_per_tool": {"x": N}}, "max_calls_per_tool.x"),
+    ("pricing_rules.0.price_usd", {"pricing_rules": [{"tool": "x", "price_usd": N}]}, "pricing_rules.0.price_usd"),
+    ("approval_ttl_seconds", {"approval_ttl_seconds": N}, "approval_ttl_seconds"),
+    (
+        "require_approval.0.over_usd",
+        {"require_approval": [{"tool": "x", "over_usd": N}]},
+        "require_approval.0.over_usd",
+    ),
+]
+
 # (operation, schema property, body with N in place of the number, the locations the error may name). A number
 # inside an object that is hashed as RFC 8785 JSON (a keyed run's metadata) may be refused as the whole object.
 BODY_CASES: list[tuple[str, str, dict[str, Any], list[list[str]]]] = [
@@ -44,43 +58,27 @@ BODY_CASES: list[tuple[str, str, dict[str, Any], list[list[str]]]] = [
     ("POST /v1/ai/extend", "ttl", {"key": "k1", "lease_id": "l", "ttl": N}, [["ttl"]]),
     ("POST /v1/events", "ts", {"run_id": "r", "type": "note", "ts": N}, [["ts"]]),
     ("POST /v1/events", "duration_ms", {"run_id": "r", "type": "note", "duration_ms": N}, [["duration_ms"]]),
-    ("POST /v1/policies/{agent_id}", "max_actions_per_hour", {"max_actions_per_hour": N}, [["max_actions_per_hour"]]),
-    (
-        "POST /v1/policies/{agent_id}",
-        "max_spend_usd_per_day",
-        {"max_spend_usd_per_day": N},
-        [["max_spend_usd_per_day"]],
-    ),
-    (
-        "POST /v1/policies/{agent_id}",
-        "max_calls_per_tool.*",
-        {"max_calls_per_tool": {"x": N}},
-        [["max_calls_per_tool.x"]],
-    ),
-    (
-        "POST /v1/policies/{agent_id}",
-        "pricing_rules.0.price_usd",
-        {"pricing_rules": [{"tool": "x", "price_usd": N}]},
-        [["pricing_rules.0.price_usd"]],
-    ),
+    # Every policy field, where a policy is sent: an upsert, a shadow candidate, a template's overrides.
+    *[
+        (f"POST /v1/policies/{{agent_id}}{suffix}", prop, fields, [[loc]])
+        for suffix in ("", "/shadow")
+        for prop, fields, loc in POLICY_NUMBERS
+    ],
     *[
         (
             "POST /v1/policies/{agent_id}/from-template",
             f"overrides.{prop}",
-            {"template": "strict", "overrides": overrides},
-            [[field], ["overrides", field]],
+            {"template": "strict", "overrides": fields},
+            [[loc], ["overrides", loc]],
         )
-        for prop, overrides, field in (
-            ("max_actions_per_hour", {"max_actions_per_hour": N}, "max_actions_per_hour"),
-            ("max_spend_usd_per_day", {"max_spend_usd_per_day": N}, "max_spend_usd_per_day"),
-            ("max_calls_per_tool.*", {"max_calls_per_tool": {"x": N}}, "max_calls_per_tool.x"),
-            (
-                "pricing_rules.0.price_usd",
-                {"pricing_rules": [{"tool": "x", "price_usd": N}]},
-                "pricing_rules.0.price_usd",
-            ),
-        )
+        for prop, fields, loc in POLICY_NUMBERS
     ],
+    (
+        "POST /v1/policies/{agent_id}/shadow/promote",
+        "expected_version",
+        {"shadow_id": "s1", "expected_version": N},
+        [["expected_version"]],
+    ),
     *[("POST /v1/tools", field, {**TOOL, field: N}, [[field]]) for field in ("timeout_ms", "max_retries", "price_usd")],
 ]
 
@@ -94,6 +92,8 @@ QUERY_CASES = [
     ("GET /v1/policies", "offset", f"/v1/policies?offset={N}"),
     ("GET /v1/runs/{run_id}", "limit", f"/v1/runs/r?limit={N}"),
     ("GET /v1/runs/{run_id}", "offset", f"/v1/runs/r?offset={N}"),
+    ("GET /v1/approvals", "limit", f"/v1/approvals?limit={N}"),
+    ("GET /v1/approvals", "offset", f"/v1/approvals?offset={N}"),
 ]
 
 _STATE_MODELS = [m for app in ("billing", "idempotency", "governance") for m in apps.get_app_config(app).get_models()]
