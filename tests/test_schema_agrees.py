@@ -48,7 +48,9 @@ from tests.support.schema_boundaries import (
 
 OVERRIDES = Overrides(
     # A new tool needs its signing secret: whether the tool is new is state, so the schema says `auth` is optional.
-    bodies={"tools_upsert": {"auth": {"secret": "schema-secret"}}},
+    # A policies file is YAML that JSON Schema cannot describe: a file naming no agent, whose comment the string
+    # probes pad (policy_code.read; docs/policies-as-code.md).
+    bodies={"tools_upsert": {"auth": {"secret": "schema-secret"}}, "policies_apply": {"yaml": "agents: {} #"}},
     # A run's actions need metadata.agent_id (the schema's anyOf): the metadata probes keep one.
     nested={("ai_run[KeyedRunInput]", ("metadata",)): {"agent_id": "schema-ok"}},
 )

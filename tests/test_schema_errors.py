@@ -50,6 +50,8 @@ OWN_ERRORS: dict[str, set[int]] = {
     "policy_get": {404},  # policy_not_found
     "policy_upsert": {404},
     "policy_from_template": set(),
+    "policies_export": set(),
+    "policies_apply": set(),  # a file's problems are 422s (in the shared set)
     "agent_disable": {404},
     "agent_enable": {404},
     "agent_logs": {404},

@@ -7,19 +7,21 @@ without a case (or an explicit exemption with its reason)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 
 from billing.choices import Role
 from billing.models import ApiKey, Membership
 from billing.services import account_get_or_create, api_key_create
-from governance import channels
-from governance.models import Agent, Approval, Decision, NotificationChannel, Tool
+from governance import channels, policy_code
+from governance.models import Agent, Approval, Decision, NotificationChannel, PolicyFile, Tool
 from idempotency.models import Lease
 from tests.conftest import Key, Persona, _persona, make_key, seeded_plans
 from tests.support.module_data import Shared, shared_per_module
@@ -44,6 +46,8 @@ class World:
     agent_pk: int  # dashboard URLs name an agent by its row (governance/urls.py)
     approval_id: str  # a pending approval of A's, whose args preview holds A_SECRET_NAME
     channel_id: int
+    policy_preview: str  # the SHA-256 of a policies file A's owner uploaded (waiting for its Confirm)
+    policy_fingerprint: str  # …and the fingerprint its Confirm posts
 
     def api_a(self) -> Client:
         return self.a.client()
@@ -95,6 +99,14 @@ def _build_world() -> dict[str, Any]:
         content_type=JSON,
     )
     ApiKey.objects.filter(pk=key_a.api_key.pk).update(label=A_SECRET_NAME)
+    # Policies as code: a file applied (a-bot's policy as it is: no new version) and one uploaded, not confirmed.
+    applied = f"agents:\n  a-bot:\n    blocked_tools: [{A_SECRET_NAME}]\n    require_approval: [wire.transfer]\n"
+    assert api.post("/v1/policies/apply", {"yaml": applied}, content_type=JSON).json()["counts"]["unchanged"] == 1
+    uploaded = applied.replace("require_approval", "max_actions_per_hour: 1\n    require_approval")
+    web_a = owner_a.login(Client())
+    file = SimpleUploadedFile("a.yaml", uploaded.encode())
+    preview = web_a.post("/agents/policies/upload/", {"file": file})["Location"]
+    fingerprint = re.search(r'name="fingerprint" value="(\w+)"', web_a.get(preview).content.decode()).group(1)
     return {
         "a": key_a,
         "b": key_b,
@@ -109,6 +121,8 @@ def _build_world() -> dict[str, Any]:
         "agent_pk": Agent.objects.get(account=account_a, agent_id="a-bot").pk,
         "approval_id": waiting["approval_id"],
         "channel_id": channel.pk,
+        "policy_preview": policy_code.sha256_of(uploaded),
+        "policy_fingerprint": fingerprint,
     }
 
 
@@ -296,6 +310,22 @@ def api_policy_template(w):
     w.api_b().post("/v1/policies/a-bot/from-template", {"template": "strict"}, content_type=JSON)
 
 
+def api_policies_export(w):
+    response = w.api_b().get("/v1/policies/export")
+    hidden(response)
+    assert "a-bot" in w.api_a().get("/v1/policies/export").content.decode()  # A's export has it to leak
+
+
+def api_policies_apply(w):
+    """B's file naming A's agent id creates B's own agent; A's stays as it was (a_still_intact)."""
+    text = "agents:\n  a-bot: {max_actions_per_hour: 1}\n"
+    response = w.api_b().post("/v1/policies/apply", {"yaml": text}, content_type=JSON)
+    assert response.status_code == 200 and A_SECRET_NAME not in response.content.decode()
+    assert response.json()["agents"][0]["action"] == "create"  # B had no a-bot: A's policy was not compared
+    assert Agent.objects.get(account=w.owner_b.account, agent_id="a-bot").policy == {"max_actions_per_hour": 1}
+    assert PolicyFile.objects.filter(account=w.owner_a.account).count() == 1
+
+
 def api_agent_disable(w):
     w.api_b().post("/v1/agents/a-bot/disable", {"reason": "B's own agent"}, content_type=JSON)
 
@@ -368,6 +398,29 @@ def web_approval_confirm(w):
     assert w.web_b.post(link, {"reason": "by B"}).status_code == 404
 
 
+def web_policy_code_upload(w):
+    """B's upload naming A's agent id previews B's own agent (a create), nothing of A's."""
+    file = SimpleUploadedFile("b.yaml", b"agents:\n  a-bot: {max_actions_per_hour: 1}\n")
+    preview = w.web_b.get(w.web_b.post("/agents/policies/upload/", {"file": file})["Location"])
+    assert preview.status_code == 200 and A_SECRET_NAME not in preview.content.decode()
+    assert "a first policy: version 1" in preview.content.decode()
+
+
+def web_policy_code_preview(w):
+    """A's upload under B's session: not found (a redirect saying it expired), nothing of A's shown."""
+    response = w.web_b.get(f"/agents/policies/preview/{w.policy_preview}/", follow=True)
+    hidden(response)
+    assert "That preview has expired" in response.content.decode()
+
+
+def web_policy_code_apply(w):
+    """B confirming A's upload, with the very fingerprint A's page holds: nothing applied anywhere."""
+    path = f"/agents/policies/preview/{w.policy_preview}/apply/"
+    assert w.web_b.post(path, {"fingerprint": w.policy_fingerprint}).status_code == 302
+    assert not PolicyFile.objects.filter(account=w.owner_b.account).exists()
+    assert PolicyFile.objects.filter(account=w.owner_a.account).count() == 1
+
+
 def web_settings(w):
     w.web_b.post("/settings/", {"name": "renamed by B"})
     assert w.owner_a.account.__class__.objects.get(pk=w.owner_a.account.pk).name != "renamed by B"
@@ -397,6 +450,8 @@ CASES: dict[str, Any] = {
     "v1:tool-toggle": api_tool_toggle,
     "v1:policy": api_policy,
     "v1:policy-template": api_policy_template,
+    "v1:policies-export": api_policies_export,
+    "v1:policies-apply": api_policies_apply,
     "v1:agent-disable": api_agent_disable,
     "v1:agent-enable": api_agent_enable,
     "v1:agent-logs": api_agent_logs,
@@ -430,6 +485,11 @@ CASES: dict[str, Any] = {
         "post", lambda w: f"/approvals/{w.approval_id}/decide/", {"action": "approve"}
     ),
     "governance:approval-confirm": web_approval_confirm,
+    "governance:policy-code": page("/agents/policies/"),
+    "governance:policy-code-export": page("/agents/policies/export/"),
+    "governance:policy-code-upload": web_policy_code_upload,
+    "governance:policy-code-preview": web_policy_code_preview,
+    "governance:policy-code-apply": web_policy_code_apply,
     "governance:channels": page("/settings/channels/"),
     "governance:channel-new": page("/settings/channels/new/"),
     "governance:channel-edit": not_found("get", lambda w: f"/settings/channels/{w.channel_id}/"),

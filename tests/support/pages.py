@@ -78,6 +78,7 @@ def seed_long_identifiers(key, owner) -> None:
     )
     assert Agent.objects.filter(agent_id=AGENT).exists()
     seed_channels(owner)
+    seed_policy_files(owner)
 
 
 def approval_of(api, tool: str, args: dict, spend: float = 0) -> str:
@@ -118,6 +119,7 @@ def extra_urls() -> list[str]:
         "/approvals/?tab=closed",
         *(f"/approvals/{approval.public_id}/" for approval in closed),
         *channel_urls(agent),
+        *policy_code_urls(),
     ]
 
 
@@ -272,3 +274,40 @@ def axe_violations(page, impacts: tuple[str, ...] = ("serious", "critical")) -> 
         }"""
     )
     return [v for v in result if v["impact"] in impacts]
+
+
+# --- policies as code (Agents → Policies as code): a file applied, drift since, two uploads waiting ----------------
+DRIFT_AGENT = "drift-" + "d" * 194
+NEW_AGENT = "new-" + "n" * 196
+POLICY_FILE = "f" * 120 + ".yaml"
+POLICY_PREVIEWS = (
+    # A change (the drifted agent, long tool names in its diff) and a create.
+    f"agents:\n  {DRIFT_AGENT}:\n    blocked_tools: [{'b' * 200}, {'c' * 200}]\n    max_calls_per_tool: "
+    f"{{{'m' * 200}: 5}}\n  {NEW_AGENT}: {{max_actions_per_hour: 5}}\n",
+    # Problems, each with its line: shown, with no Confirm.
+    f"agents:\n  {NEW_AGENT}:\n    max_budget: 5\n    blocked_tools: ['{'x' * 190} y']\n",
+)
+
+
+def seed_policy_files(owner) -> None:
+    """A file with a 120-character name applied (creating an agent of 200 characters), that agent's policy changed
+    since (the drift), and two uploads waiting for their Confirm (POLICY_PREVIEWS). The long-identifier agent's
+    policy is left as it is: its pending approval stays pending."""
+    from governance import policy_code, policy_code_views, services
+
+    account_id = owner.account.pk
+    applied = f"agents:\n  {DRIFT_AGENT}:\n    blocked_tools: [{'a' * 200}]\n"
+    policy_code.apply(account_id, policy_code.plan(account_id, applied, POLICY_FILE), owner.email)
+    changed = {"blocked_tools": ["e" * 200], "max_actions_per_hour": 7}
+    services.policy_publish(
+        account_id=account_id, agent_id=DRIFT_AGENT, policy=changed, source="editor", actor=owner.email
+    )
+    for text in POLICY_PREVIEWS:
+        policy_code_views.store_preview(account_id, POLICY_FILE, text)
+
+
+def policy_code_urls() -> list[str]:
+    """The previews of the uploads seed_policy_files left (an upload's redirect is the only way there)."""
+    from governance import policy_code
+
+    return [f"/agents/policies/preview/{policy_code.sha256_of(text)}/" for text in POLICY_PREVIEWS]
