@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from billing.auth import principal
 from billing.entitlements import FeatureGatedView
 from governance import policy_code
+from governance.api import require_gate_kept
 from onceonly_site.api import ApiProblem, QueryValidationError, body
 from onceonly_site.bodies import Body, Boolean, Identifier, SchemaField, Text
 
@@ -232,6 +233,8 @@ class PolicyApplyApi(FeatureGatedView):
                 return Response({"detail": [problem.item(plan.filename) for problem in plan.errors]}, status=422)
             if sent.dry_run:
                 return Response(plan_body(plan, None))
+            for agent in plan.agents:  # an agent's key may tighten an approval gate, never loosen it
+                require_gate_kept(request, agent.before, agent.policy)
             try:
                 applied = policy_code.apply(account_id, plan, _actor(request))
             except policy_code.PlanStale:

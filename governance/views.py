@@ -274,8 +274,8 @@ def agent_kill_switch(request: HttpRequest, pk: int) -> HttpResponse:
 # The first POST of a change validates it and shows the review (governance/policy_review.py: the semantic diff, the
 # coloured line diff, the tool lists checked, warnings); nothing is published. Only a second POST with confirm=1
 # and the live version that review was computed against publishes, through services.policy_publish's optimistic
-# check: a change made meanwhile shows the review again, against the new live policy (docs/operations.md
-# §"Governance pages").
+# check: a change made meanwhile shows the review again, against the new live policy
+# (docs/operations.md §"Governance pages").
 
 _STALE = object()  # a confirm whose version is missing or not a version number: shown again, never published
 

@@ -259,7 +259,7 @@ def test_the_readme_quick_start_and_feature_list_point_at_the_docs():
     items = [line for line in features.splitlines() if line.startswith("- ")]
     assert len(items) >= 30
     for item in items:  # one line each, with the section that explains it
-        assert re.search(r"\]\(docs/\w+\.md#[\w-]+\)$", item), item
+        assert re.search(r"\]\(docs/[\w-]+\.md#[\w-]+\)$", item), item
 
 
 # --- Every block is accounted for ------------------------------------------------------------------------------

@@ -169,6 +169,21 @@ def a_still_intact(w: World) -> None:
 # --- the /v1 API, with B's key --------------------------------------------------------------------------------
 
 
+def api_policy_shadow(w):
+    """B's key on A's agent id: B's own namesake (registered on first sight by the start), never A's agent."""
+    assert w.api_b().get("/v1/policies/a-bot/shadow").status_code == 404
+    started = w.api_b().post("/v1/policies/a-bot/shadow", {"max_actions_per_hour": 1}, content_type=JSON)
+    assert started.status_code == 200 and A_SECRET_NAME not in started.content.decode()
+    assert started.json()["enforced_version"] is None  # B's namesake has no policy; A's has version 1
+    assert Agent.objects.get(account=w.owner_a.account, agent_id="a-bot").shadow_policy is None
+    assert w.api_b().delete("/v1/policies/a-bot/shadow").status_code in (200, 404)
+
+
+def api_policy_shadow_promote(w):
+    response = w.api_b().post("/v1/policies/a-bot/shadow/promote", {"shadow_id": "s1"}, content_type=JSON)
+    assert response.status_code == 404
+
+
 def api_approvals(w):
     response = w.api_b().get("/v1/approvals")
     hidden(response)
@@ -456,6 +471,8 @@ CASES: dict[str, Any] = {
     "v1:agent-enable": api_agent_enable,
     "v1:agent-logs": api_agent_logs,
     "v1:agent-metrics": api_agent_metrics,
+    "v1:policy-shadow": api_policy_shadow,
+    "v1:policy-shadow-promote": api_policy_shadow_promote,
     "v1:approvals": api_approvals,
     "v1:approval": api_approval,
     "v1:approval-approve": _api_approval_decide("approve"),
@@ -466,6 +483,9 @@ CASES: dict[str, Any] = {
     ),
     "governance:policy-rollback": web_agent("policy/rollback/", {"version": "1"}),
     "governance:policy-template": web_agent("policy/template/", {"template": "strict"}),
+    "governance:policy-shadow": web_agent("policy/shadow/", {"action": "start", "base_version": "1"}),
+    "governance:policy-impact": web_agent("policy/impact/", {"version": "1", "days": "7"}, ("get", "post")),
+    "governance:policy-impact-job": not_found("get", lambda w: f"/agents/{w.agent_pk}/policy/impact/{'0' * 32}/"),
     "governance:policy-edit": web_agent("policy/", {"max_actions_per_hour": "1"}, ("get", "post")),
     "governance:agent-detail": web_agent("", {}, ("get",)),
     "governance:decisions": page("/decisions/"),

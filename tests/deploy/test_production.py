@@ -75,6 +75,16 @@ NOT_CRAWLED = {
     "favicon": "a redirect to the icon, asked for by the browser itself",
     "prometheus": "off without ONCEONLY_METRICS_TOKEN",
     "schema": "the OpenAPI document (JSON), fetched directly",
+    "approval-decide": "POST only",
+    "approval-confirm": "a one-click link from a notification (signed, per approval)",
+    "channel-toggle": "POST only",
+    "channel-test": "POST only",
+    "policy-shadow": "POST only",
+    "policy-impact-job": "the fragment the impact page polls while a preview runs",
+    "policy-code-export": "a download, not a page",
+    "policy-code-upload": "POST only",
+    "policy-code-preview": "reached only by an upload's redirect",
+    "policy-code-apply": "POST only",
 }
 
 ASKED_FOR = os.environ.get("ONCEONLY_DEPLOY_TEST") == "1"

@@ -259,3 +259,12 @@ def test_deciding_a_request_past_its_time_expires_it(client, key_a, gated):
         decide(key_a, approval_id)
     assert refused.value.approval.status == Status.EXPIRED
     assert Approval.objects.get().status == Status.EXPIRED and Approval.objects.get().args_encrypted == ""
+
+
+def test_a_policies_file_may_not_loosen_the_gate_with_an_agents_key(client, key_a, gated):
+    loosened = "agents:\n  billing-agent:\n    max_actions_per_hour: 5\n"
+    body = {"yaml": loosened, "filename": "p.yaml", "dry_run": False}
+    response = client.post("/v1/policies/apply", body, content_type="application/json")
+    assert response.status_code == 403 and response.json()["detail"]["error"] == "admin_key_required"
+    assert Approval.objects.count() == 0  # nothing changed: the gate stands
+    assert run(client)["policy_reason"] == "approval_required"
