@@ -85,6 +85,8 @@ NOT_CRAWLED = {
     "policy-code-upload": "POST only",
     "policy-code-preview": "reached only by an upload's redirect",
     "policy-code-apply": "POST only",
+    "channel-edit": "needs a notification channel, made on the dashboard only (crawled by test_browser_every_page)",
+    "channel-delete": "needs a notification channel, made on the dashboard only (crawled by test_browser_every_page)",
 }
 
 ASKED_FOR = os.environ.get("ONCEONLY_DEPLOY_TEST") == "1"
@@ -457,12 +459,19 @@ def wait_until_healthy(url: str, stack: Stack) -> None:
 
 
 def seed_data(http: httpx.Client, api_key: str, stack: Stack) -> None:
-    """A policy, governed calls (one in a run), a lock, a lease and a keyed run the worker must execute."""
+    """A policy, governed calls (one in a run, one waiting for an approval), a lock, a lease and a keyed run the
+    worker must execute."""
     auth = {"Authorization": f"Bearer {api_key}"}
     ok = http.post(
         "/v1/policies/deploy-agent", headers=auth, json={"max_actions_per_hour": 100, "blocked_tools": ["delete_*"]}
     )
     assert ok.status_code == 200, ok.text
+    gated = http.post("/v1/policies/deploy-approver", headers=auth, json={"require_approval": ["wire.*"]})
+    assert gated.status_code == 200, gated.text
+    waiting = http.post(
+        "/v1/ai/run", headers=auth, json={"agent_id": "deploy-approver", "tool": "wire.transfer", "args": {"n": 1}}
+    )
+    assert waiting.json()["policy_reason"] == "approval_required", waiting.text  # the Approvals page lists it
     for tool, args in [("send_email", {"to": "a@example.com", "run_id": "deploy-run"}), ("delete_user", {"id": 1})]:
         answer = http.post("/v1/ai/run", headers=auth, json={"agent_id": "deploy-agent", "tool": tool, "args": args})
         assert answer.status_code == 200, answer.text
