@@ -91,10 +91,13 @@ def test_no_price_and_no_declaration_costs_nothing(client):
     assert prices(decision) == (None, 0.0, 0.0)
 
 
-def test_blocked_before_pricing_records_no_prices(client):
+def test_blocked_before_pricing_records_what_it_declared_and_no_price(client):
+    """Not priced and not charged; what the agent declared is kept (a replay of the log decides with it)."""
     set_policy(client, AGENT, blocked_tools=["delete_*"])
     decision = Decision.objects.get(pk=run(client, "delete_user", 1, spend_usd=4)["decision_id"])
-    assert (decision.declared_spend_usd, decision.operator_price_usd, decision.spend_usd) == (None, None, 0)
+    assert (decision.declared_spend_usd, decision.operator_price_usd, decision.spend_usd) == (4, None, 0)
+    undeclared = Decision.objects.get(pk=run(client, "delete_user", 2)["decision_id"])
+    assert undeclared.declared_spend_usd is None
 
 
 def test_a_keyed_run_action_cannot_under_report_either(client, key_a):

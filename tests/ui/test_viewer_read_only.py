@@ -24,7 +24,9 @@ from tests.ui.test_browser_keys import login
 
 # POSTs that change nothing in the account, allowed to every member: the session's own, and the log verification
 # (a POST because it reads the whole log).
-READ_POSTS = {"billing:logout", "billing:account-switch", "governance:verify"}
+# POSTs that change nothing of the account: signing out, switching accounts, verifying the log, and the impact
+# preview (a replay of recorded calls through a draft: it reads the decision log, writes no row).
+READ_POSTS = {"billing:logout", "billing:account-switch", "governance:verify", "governance:policy-impact"}
 # Views only an owner may POST to (billing/views.py): an admin must not be offered them either.
 OWNER_ONLY = {
     "billing:team",
@@ -80,7 +82,7 @@ WRITES = """() => {
 LOOSE_FIELDS = """() => [...document.querySelectorAll('input, select, textarea')].filter(c =>
     !c.disabled && !c.readOnly && c.type !== 'hidden'
     && !(c.form && (c.form.getAttribute('method') || 'get').toLowerCase() === 'get'))
-  .map(c => c.outerHTML.slice(0, 120))"""
+  .map(c => ({html: c.outerHTML.slice(0, 120), action: c.form ? (c.form.getAttribute('action') || '') : null}))"""
 HREFS = "() => [...new Set([...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')))]"
 NAVIGATION_STATUS = "() => performance.getEntriesByType('navigation')[0].responseStatus"
 NOT_FOLLOWED = ("/logout/", "/static/", "/api/", "/v1/", "#", "?", "mailto:", "http:", "https:")
@@ -123,7 +125,12 @@ class WritesShown(PageCheck):
             self.refused.append(f"{url}: the page answered 403")
         for write in page.evaluate(WRITES):
             self.writes.setdefault(url_name(page.url, write["action"]), []).append((url, write))
-        self.loose += [f"{url}: {field}" for field in page.evaluate(LOOSE_FIELDS)]
+        self.loose += [
+            f"{url}: {field['html']}"
+            for field in page.evaluate(LOOSE_FIELDS)
+            # a field of a form that only reads (READ_POSTS) is no write offered
+            if field["action"] is None or url_name(page.url, field["action"]) not in READ_POSTS
+        ]
         self.links.update(urljoin(url, href) for href in page.evaluate(HREFS) if not href.startswith(NOT_FOLLOWED))
 
     def problems(self, page, base: str, visited: list[str]) -> list[str]:
