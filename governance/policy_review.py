@@ -170,6 +170,7 @@ def review(
     before = (agent.policy or {}) if live else {}
     known = known_names(account_id) if known is None else known
     warnings = unknown_warnings(after, known) + cap_warnings(account_id, agent, before, after, now)
+    warnings += [{**w, "level": "warn"} for w in services.unpriced_thresholds(account_id, after)]
     return {
         "agent_id": agent.agent_id,
         "after": after,

@@ -163,7 +163,44 @@ def _warnings(account_id: int, policy: dict[str, Any]) -> list[dict[str, str]]:
             "message": f"{name!r} is not a registered tool and no agent of this account has called it yet.",
         }
         for name in unknown
-    ]
+    ] + unpriced_thresholds(account_id, policy)
+
+
+def unpriced_thresholds(account_id: int, policy: dict[str, Any]) -> list[dict[str, str]]:
+    """A require_approval entry with ``over_usd`` compares a call's cost, the larger of the agent's declared
+    spend_usd and the operator's price: for a known tool it covers that has no price (no pricing rule, no registry
+    price), the agent alone decides whether its call crosses the threshold (docs/approvals.md §"The policy").
+    One warning per such entry, naming the tools (one query, only for a policy with such an entry)."""
+    entries = [(pattern, over) for pattern, over in policies.approval_entries(policy) if over is not None]
+    if not entries:
+        return []
+    priced = {
+        normalise_tool(name): price
+        for name, price in Tool.objects.filter(account_id=account_id).values_list("name", "price_usd")
+    }
+    names = {normalise_tool(name): name for name in known_tools(account_id)}
+    found = []
+    for pattern, over in entries:
+        unpriced = sorted(
+            name
+            for key, name in names.items()
+            if policies.matches(name, [pattern])
+            and policies.operator_price(policy, name) is None
+            and priced.get(key) is None
+        )
+        if unpriced:
+            shown = ", ".join(unpriced[:5]) + (f" and {len(unpriced) - 5} more" if len(unpriced) > 5 else "")
+            found.append(
+                {
+                    "code": "unpriced_threshold",
+                    "tool": pattern,
+                    "message": f"require_approval {pattern!r} over ${over:,.2f}: {shown} "
+                    f"{'has' if len(unpriced) == 1 else 'have'} no price (no pricing rule, no registry price), so "
+                    "the agent's own spend_usd decides whether a call crosses the threshold: give "
+                    f"{'it' if len(unpriced) == 1 else 'them'} a price.",
+                }
+            )
+    return found
 
 
 class StalePolicyEdit(Exception):

@@ -268,3 +268,13 @@ def test_a_policies_file_may_not_loosen_the_gate_with_an_agents_key(client, key_
     assert response.status_code == 403 and response.json()["detail"]["error"] == "admin_key_required"
     assert Approval.objects.count() == 0  # nothing changed: the gate stands
     assert run(client)["policy_reason"] == "approval_required"
+
+
+def test_a_threshold_on_an_unpriced_tool_is_a_warning(client, key_a):
+    """over_usd compares the cost: with no operator price the agent's own declaration decides, so say so."""
+    run(client, tool="stripe.refund", args={"seen": 1})  # stripe.refund is a known tool now, with no price
+    body = set_policy(client, require_approval=[{"tool": "stripe.*", "over_usd": 50}])
+    [warning] = [w for w in body["warnings"] if w["code"] == "unpriced_threshold"]
+    assert warning["tool"] == "stripe.*" and "stripe.refund has no price" in warning["message"]
+    priced = set_policy(client, pricing_rules=[{"tool": "stripe.refund", "price_usd": 75}])
+    assert not [w for w in priced["warnings"] if w["code"] == "unpriced_threshold"]

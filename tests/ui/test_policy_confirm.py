@@ -444,3 +444,11 @@ def test_an_ungoverned_agent_gets_its_first_version_through_the_review(client, k
     assert fields["expected_version"] == ""  # no live version
     assert confirm(client, review).status_code == 302
     assert Agent.objects.get(agent_id="fresh").policy == {"max_actions_per_hour": 5}
+
+
+def test_a_threshold_on_an_unpriced_tool_is_a_warning_in_the_review(client, bot, key_a):
+    call(key_a, tool="stripe.refund", args={"n": 1})  # a known tool without a price
+    review = client.post(url(), {**EDIT, "max_actions_per_hour": "20", "require_approval": "stripe.* > 50"})
+    assert review.status_code == 200, text(review)[:400]
+    [found] = [w for w in warnings(review) if w.startswith("unpriced_threshold")]
+    assert "stripe.refund has no price" in found and "over $50.00" in found
