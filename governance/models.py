@@ -236,6 +236,34 @@ class DecisionCheckpoint(models.Model):
         return f"checkpoint {self.seq} of account {self.account_id}"
 
 
+class McpServer(models.Model):
+    """An upstream MCP server (Streamable HTTP) whose tools the gateway governs (docs/mcp.md): its tools are
+    discovered with ``tools/list`` and registered as tools named ``<server>.<tool>`` (``Tool.kind`` "mcp"); a governed
+    call to one is forwarded as ``tools/call``. The auth header's value is kept encrypted, like tool secrets."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="mcp_servers")
+    name = models.CharField(max_length=64, help_text="Lowercase letters, digits, '-' and '_': its tools' prefix.")
+    url = models.URLField(max_length=2000)
+    auth_header_name = models.CharField(max_length=100, blank=True, default="Authorization")
+    auth_header_encrypted = models.TextField(blank=True, help_text="Fernet token of the header's value.")
+    auth_header_mask = models.CharField(max_length=16, blank=True)
+    timeout_ms = models.PositiveIntegerField(default=15000)
+    enabled = models.BooleanField(default=True)
+    last_discovered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=512, blank=True, help_text="Why the last discovery failed, if it did.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "name"], name="governance_mcpserver_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Tool(models.Model):
     """A registered tool: where approved calls are dispatched, signed with its secret (docs/architecture.md §5)."""
 
@@ -264,6 +292,12 @@ class Tool(models.Model):
     last_status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="HTTP status of the last call.")
     last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
     last_dispatch_at = models.DateTimeField(null=True, blank=True)
+    # "webhook": a signed POST to url (docs/tools.md); "mcp": a tool of an upstream MCP server, discovered from it and
+    # called with tools/call (docs/mcp.md) — name is "<server>.<remote_name>", url the server's.
+    kind = models.CharField(max_length=8, default="webhook", choices=[("webhook", "Webhook"), ("mcp", "MCP")])
+    mcp_server = models.ForeignKey(McpServer, on_delete=models.CASCADE, null=True, blank=True, related_name="tools")
+    remote_name = models.CharField(max_length=128, blank=True, help_text="The tool's name on its MCP server.")
+    input_schema = models.JSONField(null=True, blank=True, help_text="An MCP tool's inputSchema, as discovered.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
