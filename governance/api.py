@@ -127,6 +127,30 @@ class GovernedCallOutput(serializers.Serializer):
     expires_at = serializers.DateTimeField(required=False, help_text="When the approval request expires.")
 
 
+def call_answer(outcome: services.CallOutcome) -> dict[str, Any]:
+    """A governed call's answer (``GovernedCallOutput``), as /v1/ai/run sends it and the MCP gateway's results carry
+    it (docs/mcp.md)."""
+    d = outcome.decision
+    waiting: dict[str, Any] = {}
+    if d.policy_reason in (Reason.APPROVAL_REQUIRED, Reason.APPROVAL_DENIED) and isinstance(d.result, dict):
+        # Also at the top level for clients that read the whole answer (docs/approvals.md).
+        waiting = {name: d.result.get(name) for name in ("approval_id", "approval_url", "expires_at")}
+    return {
+        **waiting,
+        "ok": d.allowed,
+        "allowed": d.allowed,
+        "decision": d.outcome,
+        "policy_reason": d.policy_reason,
+        "risk_level": d.risk_level,
+        "result": d.result,
+        "decision_id": d.pk,
+        "policy_version": d.policy_version,
+        "remaining": outcome.remaining,
+        "explain": d.explain,
+        "explanation": explain.explain_text(d),
+    }
+
+
 class AiRunApi(APIView):
     """`/v1/ai/run`: with `agent_id` + `tool` the governed call; with `key` the keyed run, which
     ``idempotency.api.KeyedRunApi`` answers."""
@@ -187,27 +211,7 @@ class AiRunApi(APIView):
                 f"No registered tool {tool!r}, and this account is in strict mode (unregistered tools are refused).",
                 tool=tool,
             ) from None
-        d = outcome.decision
-        waiting: dict[str, Any] = {}
-        if d.policy_reason in (Reason.APPROVAL_REQUIRED, Reason.APPROVAL_DENIED) and isinstance(d.result, dict):
-            # Also at the top level for clients that read the whole answer (docs/approvals.md).
-            waiting = {name: d.result.get(name) for name in ("approval_id", "approval_url", "expires_at")}
-        return Response(
-            {
-                **waiting,
-                "ok": d.allowed,
-                "allowed": d.allowed,
-                "decision": d.outcome,
-                "policy_reason": d.policy_reason,
-                "risk_level": d.risk_level,
-                "result": d.result,
-                "decision_id": d.pk,
-                "policy_version": d.policy_version,
-                "remaining": outcome.remaining,
-                "explain": d.explain,
-                "explanation": explain.explain_text(d),
-            }
-        )
+        return Response(call_answer(outcome))
 
     @staticmethod
     def _refuse_both_forms(data: dict[str, Any]) -> None:

@@ -689,6 +689,7 @@ def call_resolve(
     dry_run: bool,
     finishes_run: bool,
     api_key_id: int | None,
+    dedup_key: str | None = None,
 ) -> Call:
     """Resolve (docs/architecture.md §4.2, §4.4): the agent (registered on first sight) and the registered tool it
     would use, in one query (two with a tool); the call's args hash, run id and risk level."""
@@ -699,7 +700,10 @@ def call_resolve(
         # A call of `STRIPE.CHARGE` is a call of the registered `stripe.charge`: decided, recorded, counted and
         # dispatched under that name, so the log, the rollups and top_tools show one tool (docs/api.md).
         tool = registered.name
-    digest = args_hash(agent.account.args_hash_key, agent_id, tool, args)
+    # An idempotency key of the caller's (an MCP call's _meta, docs/mcp.md §"Exactly once") names the call in place
+    # of its args: the same key with other args is the same call, and the log's args_hash is over the key.
+    hashed = args if dedup_key is None else {"idempotency_key": dedup_key}
+    digest = args_hash(agent.account.args_hash_key, agent_id, tool, hashed)
     if run_id is None:
         from_args = args.get("run_id")
         run_id = from_args if isinstance(from_args, str) else ""
@@ -981,12 +985,20 @@ def _dedup_ending(call: Call, reserved: Reserved) -> Ending:
     """A repeat within the dedup window (docs/architecture.md §4.5) points at the original decision and replays its
     result once the original is recorded; while it is still in flight (pending:, intent:) or gone, neither."""
     original = None
-    if reserved.detail.startswith("decision:"):
-        original = Decision.objects.filter(pk=int(reserved.detail.split(":", 1)[1]), agent=call.agent).first()
+    seen: dict[str, Any] = {}
+    kind, _, ref = reserved.detail.partition(":")
+    if kind == "decision":
+        original = Decision.objects.filter(pk=int(ref), agent=call.agent).first()
+    elif kind == "pending":  # in flight: its dispatch id names the decision it will be (the MCP gateway waits for it)
+        seen["original_dispatch_id"] = ref
+    elif kind == "intent" and ref.isdigit():
+        seen["original_dispatch_id"] = (
+            DispatchIntent.objects.filter(pk=int(ref), agent=call.agent).values_list("dispatch_id", flat=True).first()
+        )
     return Ending(
         Outcome.DEDUP,
         Reason.IDEMPOTENCY_KEY_HIT,
-        {"original_decision_id": original.pk if original else None},
+        {"original_decision_id": original.pk if original else None, **seen},
         extra={"result": original.result if original else None, "original": original},
     )
 
@@ -1179,6 +1191,7 @@ def governed_call(
     rate_limit: tuple[str, list[int]] | None = None,
     api_key_id: int | None = None,
     arrived: float | None = None,
+    dedup_key: str | None = None,
 ) -> CallOutcome:
     """Decide a tool call before it runs (docs/architecture.md §4). Every ending is a durable decision row.
 
@@ -1203,6 +1216,7 @@ def governed_call(
         dry_run=dry_run,
         finishes_run=finishes_run,
         api_key_id=api_key_id,
+        dedup_key=dedup_key,
     )
     call.shadow = call_shadow(call, spend_usd)
     stop = call_policy(call)

@@ -5,6 +5,9 @@ from governance import (
     approval_api,
     approval_views,
     channel_urls,
+    mcp_api,
+    mcp_gateway,
+    mcp_urls,
     policy_code_api,
     policy_code_urls,
     replay_urls,
@@ -41,6 +44,7 @@ urlpatterns = [
     path("approvals/", approval_views.queue, name="approvals"),
     path("approvals/<str:public_id>/", approval_views.detail, name="approval"),
     path("approvals/<str:public_id>/decide/", approval_views.decide, name="approval-decide"),
+    *mcp_urls.urlpatterns,
     *channel_urls.urlpatterns,
     *policy_code_urls.urlpatterns,
     *replay_urls.urlpatterns,
@@ -66,6 +70,9 @@ api_urlpatterns = [
     ),
     path("tools/<str:name>/toggle", api.ToolToggleApi.as_view(), name="tool-toggle"),
     path("tools/<str:name>", api.ToolApi.as_view(), name="tool"),
+    path("mcp/servers", mcp_api.McpServersApi.as_view(), name="mcp-servers"),
+    path("mcp/servers/<str:name>/discover", mcp_api.McpServerDiscoverApi.as_view(), name="mcp-server-discover"),
+    path("mcp/servers/<str:name>", mcp_api.McpServerApi.as_view(), name="mcp-server"),
     # Before the agent-id catch-all: GET /v1/policies/export and POST /v1/policies/apply (policies as code).
     path("policies/export", policy_code_api.PolicyExportApi.as_view(), name="policies-export"),
     path("policies/apply", policy_code_api.PolicyApplyApi.as_view(), name="policies-apply"),
@@ -81,4 +88,13 @@ api_urlpatterns = [
     re_path(r"^agents/(?P<agent_id>.+)/enable$", api.AgentEnableApi.as_view(), name="agent-enable"),
     re_path(r"^agents/(?P<agent_id>.+)/logs$", api.AgentLogsApi.as_view(), name="agent-logs"),
     re_path(r"^agents/(?P<agent_id>.+)/metrics$", api.AgentMetricsApi.as_view(), name="agent-metrics"),
+]
+
+
+# Mounted at the root by onceonly_site/urls.py: the MCP gateway (docs/mcp.md). `/mcp` and `/mcp/` both answer (an
+# APPEND_SLASH redirect of a POST would lose its body); the agent id after `/mcp/` is decoded, so `a%2Fb` is `a/b`.
+mcp_urlpatterns = [
+    path("mcp", mcp_gateway.endpoint, name="mcp"),
+    path("mcp/", mcp_gateway.endpoint, name="mcp-root"),
+    re_path(r"^mcp/(?P<agent_id>.+)$", mcp_gateway.endpoint, name="mcp-agent"),
 ]

@@ -248,6 +248,9 @@ ONCEONLY_METRICS_CACHE_SECONDS = env_int("ONCEONLY_METRICS_CACHE_SECONDS", 10, m
 # The dashboard's public address (https://onceonly.example.com): links that leave the server — an approval's URL in
 # the API's answer and in notifications — are absolute with it. Unset, they are paths (docs/approvals.md).
 ONCEONLY_PUBLIC_URL = (env_str("ONCEONLY_PUBLIC_URL") or "").strip().rstrip("/")
+# The MCP gateway (docs/mcp.md) refuses a browser's request whose Origin is another site's (DNS rebinding), unless it
+# is listed here (comma-separated, e.g. https://inspector.example.com). Clients outside a browser send no Origin.
+ONCEONLY_MCP_ALLOWED_ORIGINS = env_list("ONCEONLY_MCP_ALLOWED_ORIGINS", [])
 # At most this many approval requests open per agent: a further call needing a new one is blocked without a request
 # (docs/approvals.md), so an agent looping over distinct args cannot flood the approvers.
 ONCEONLY_APPROVALS_OPEN_PER_AGENT = env_int("ONCEONLY_APPROVALS_OPEN_PER_AGENT", 100, minimum=1)

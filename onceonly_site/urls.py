@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from billing.urls import api_urlpatterns as billing_api
 from governance.urls import api_urlpatterns as governance_api
+from governance.urls import mcp_urlpatterns
 from idempotency.urls import api_urlpatterns as idempotency_api
 from onceonly_site import api, health, metrics
 
@@ -32,6 +33,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("favicon.ico", favicon, name="favicon"),
     path("metrics", metrics.prometheus, name="prometheus"),
+    *mcp_urlpatterns,
     path("admin/", admin.site.urls),
     path("", include("governance.urls")),
     path("", include("idempotency.urls")),
