@@ -219,6 +219,16 @@ def dispatch(
     started = time.monotonic()
     if deadline is None:
         deadline = started + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
+    if tool.kind == "mcp":  # a tool of an upstream MCP server: forwarded as tools/call (docs/mcp.md)
+        from governance import mcp_upstream  # it builds on this module
+
+        meta = {
+            "onceonly/dispatch_id": dispatch_id,
+            "onceonly/agent_id": agent_id,
+            "onceonly/run_id": run_id or None,
+            "onceonly/idempotency_key": f"oo_{args_digest[:40]}",  # the webhook's Idempotency-Key
+        }
+        return mcp_upstream.call_tool(tool, arguments=args, meta=meta, kill_switch=kill_switch, deadline=deadline)
     deadline_hit = False
     body = json.dumps(
         {"agent_id": agent_id, "tool": tool.name, "args": args, "run_id": run_id or None, "decision_id": dispatch_id},

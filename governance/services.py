@@ -891,6 +891,14 @@ def call_slots(call: Call, plan: PlanLimits, deadline: float) -> slots.Slots | N
     )
 
 
+def _dedup_entry_stands(call: Call) -> bool:
+    """Whether the call's dedup entry exists (one EXISTS; the script decides for real): see ``governed_call``."""
+    try:
+        return bool(get_redis().exists(f"oo:{{a{call.account_id}}}:gov:{call.agent.pk}:dedup:{call.digest}"))
+    except redis.RedisError:
+        return False
+
+
 def call_reserve_request(
     call: Call,
     plan: PlanLimits,
@@ -1237,7 +1245,10 @@ def governed_call(
         call_shadow_alone(call, plan)
         return call_record_approval(call, gate, charge)
     deadline = (call.started if arrived is None else arrived) + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS
-    held = call_slots(call, plan, deadline) if arrived is not None else None
+    # A repeat of a call whose dedup entry stands (in flight or done) will not be dispatched: it takes no slot, so
+    # twins get the first call's answer even while the tool's slots are full (the MCP gateway's concurrent twins).
+    twin = arrived is not None and call.registered is not None and not dry_run and _dedup_entry_stands(call)
+    held = call_slots(call, plan, deadline) if arrived is not None and not twin else None
     try:
         reserved = call_reserve(call, plan, charge, rate_limit)
         if reserved.status == "dedup":
@@ -1253,6 +1264,12 @@ def governed_call(
                 Outcome.ALLOWED, Reason.WITHIN_BUDGET, budget, reserved.remaining, {"spend_usd": charge.cost}
             )
             return call_record(call, ending)
+        if twin:  # the entry lapsed before the script ran: this call is dispatched after all, with its slots
+            try:
+                held = call_slots(call, plan, deadline)
+            except slots.DispatchBusy:
+                call_release(reserved)
+                raise
         if gate is not None and gate.approval is not None and not approvals.claim(gate.approval):
             # Used by another call meanwhile (or expired): this call needs an approval of its own.
             call_release(reserved)
