@@ -146,6 +146,8 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
         shown = ", ".join(entries[:3]) + (", …" if count > 3 else "")
         return f"blocked — not in allowed_tools ({num(count)} entr{'y' if count == 1 else 'ies'}: {shown})"
     if reason == Reason.TOOL_DISABLED:
+        if seen.get("mcp_server"):
+            return f"blocked — its MCP server {_quoted(seen['mcp_server'])} is disabled in the registry"
         scope = f" (scope {seen['scope_id']})" if seen.get("scope_id") else ""
         return f"blocked — the tool is disabled in the registry{scope}"
     if reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED:

@@ -108,7 +108,7 @@ def _agent_for_call(account_id: int, agent_id: str, tool: str) -> tuple[Agent, T
     account = Account.from_db(connection.alias, list(sql.CALL_ACCOUNT_FIELDS), values[split:])
     Agent.account.field.set_cached_value(agent, account)
     registered_pk = row[-1]
-    return agent, Tool.objects.filter(pk=registered_pk).first() if registered_pk else None
+    return agent, Tool.objects.select_related("mcp_server").filter(pk=registered_pk).first() if registered_pk else None
 
 
 def agent_set_enabled(*, account_id: int, agent_id: str, enabled: bool, reason: str, actor: str) -> Agent:
@@ -818,6 +818,10 @@ def call_policy(call: Call) -> Ending | None:
         return Ending(Outcome.BLOCKED, Reason.TOOL_NOT_ALLOWED, seen)
     if registered is not None and not registered.enabled:
         seen = {"tool_id": registered.pk, "scope_id": registered.scope_id}
+        return Ending(Outcome.BLOCKED, Reason.TOOL_DISABLED, seen)
+    server = registered.mcp_server if registered is not None else None
+    if server is not None and not server.enabled:  # an upstream MCP server switched off: all its tools are
+        seen = {"tool_id": registered.pk, "scope_id": registered.scope_id, "mcp_server": server.name}
         return Ending(Outcome.BLOCKED, Reason.TOOL_DISABLED, seen)
     if registered is None and agent.account.strict_mode:
         # Unregistered, and the account refuses unregistered tools instead of permit-only decisions.

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from django.test import Client
 
-from governance.models import Decision
+from governance.models import Decision, McpServer
 from tests.governance.test_mcp_gateway import mcp
 from tests.support.mcp_upstream import McpUpstream
 
@@ -172,3 +172,19 @@ def test_no_upstream_call_after_the_kill_switch_answers(stack, key_a, upstream):
     assert set(busy) <= {"dispatch_busy"}
     refused = [r for r in decided if r["_meta"]["onceonly/decision"]["policy_reason"] == "agent_disabled"]
     assert refused and all(r["isError"] for r in refused)
+
+
+def test_a_disabled_upstream_server_is_not_offered_and_its_tools_are_blocked(live_server, key_a, upstream, settings):
+    settings.ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = True
+    api = httpx.Client(base_url=f"{live_server.url}/v1", headers={"Authorization": f"Bearer {key_a.raw}"}, timeout=30)
+    register_upstream(api, upstream, {})
+    McpServer.objects.update(enabled=False)
+
+    async def steps(client):
+        return await client.list_tools(), await client.call_tool("pay.echo", {"text": "hi"})
+
+    listed, called = mcp(f"{live_server.url}/mcp/buyer", key_a.raw, steps)
+    assert [tool.name for tool in listed.tools] == []
+    assert called.is_error and "its MCP server 'pay' is disabled" in called.content[0].text
+    assert called.meta["onceonly/decision"]["policy_reason"] == "tool_disabled"
+    assert upstream.journal_lines() == []

@@ -14,7 +14,7 @@ import pytest
 from governance.models import Decision
 from idempotency.models import RunEvent
 from tests.governance.test_dispatch import SECRET, stats
-from tests.governance.test_dispatch import receiver as receiver  # noqa: F401  (the fixture)
+from tests.governance.test_dispatch import receiver as receiver
 
 
 def mcp(url: str, key: str, steps, *, mode: str = "legacy", headers: dict[str, str] | None = None) -> Any:
@@ -38,7 +38,7 @@ def register(client, base, name, path="/ok", **extra):
 
 
 @pytest.fixture
-def gateway(live_server, key_a, receiver):  # noqa: F811
+def gateway(live_server, key_a, receiver):
     client = key_a.client()
     register(client, receiver, "send_email", description="Send an email")
     register(client, receiver, "delete_user")
@@ -52,7 +52,7 @@ def gateway(live_server, key_a, receiver):  # noqa: F811
 
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28", "auto"])
-def test_list_and_call_in_each_era(gateway, key_a, receiver, mode):  # noqa: F811
+def test_list_and_call_in_each_era(gateway, key_a, receiver, mode):
     async def steps(client):
         listed = await client.list_tools()
         first = await client.call_tool("send_email", {"to": "a@x.test"}, meta={"onceonly/idempotency_key": "k1"})
@@ -74,7 +74,7 @@ def test_list_and_call_in_each_era(gateway, key_a, receiver, mode):  # noqa: F81
     assert outcomes == [("send_email", "executed"), ("send_email", "dedup"), ("delete_user", "blocked")]
 
 
-def test_a_session_is_a_run_and_closing_it_finishes_the_run(gateway, key_a, receiver):  # noqa: F811
+def test_a_session_is_a_run_and_closing_it_finishes_the_run(gateway, key_a, receiver):
     async def steps(client):
         await client.call_tool("send_email", {"to": "b@x.test"})
         await client.call_tool("delete_user", {"id": 2})
@@ -87,7 +87,7 @@ def test_a_session_is_a_run_and_closing_it_finishes_the_run(gateway, key_a, rece
     assert kinds == ["tool_call", "tool_result", "tool_call", "tool_result", "run_finished"]
 
 
-def test_the_daily_spend_cap_blocks_with_its_numbers(gateway, key_a, receiver):  # noqa: F811
+def test_the_daily_spend_cap_blocks_with_its_numbers(gateway, key_a, receiver):
     async def steps(client):
         meta = {"onceonly/spend_usd": 0.6}
         return [await client.call_tool("send_email", {"n": n}, meta=meta) for n in range(2)]
@@ -134,7 +134,7 @@ def test_protocol_errors_are_json_rpc_errors_and_write_nothing(gateway, key_a, k
     assert not Decision.objects.exists()
 
 
-def test_idempotency_key_with_other_arguments_is_a_conflict(gateway, key_a, receiver):  # noqa: F811
+def test_idempotency_key_with_other_arguments_is_a_conflict(gateway, key_a, receiver):
     def call(args, key="same"):
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
         body["params"] = {"name": "send_email", "arguments": args, "idempotencyKey": key}
