@@ -31,6 +31,7 @@ from governance import (
     display,
     explain,
     ledger,
+    mcp_views,
     overview,
     panels,
     policies,
@@ -816,7 +817,8 @@ TOOLS_TABLE = Table(
 @require_GET
 def tools_list(request: HttpRequest) -> HttpResponse:
     """The Tools table: search, facets (scope, status, risk, failing now), sort, pages; each tool's calls in the
-    last hour from governance.selectors.tool_health (one query), flagged when failing."""
+    last hour from governance.selectors.tool_health (one query), flagged when failing. Above it, a page of the
+    account's upstream MCP servers (one query); their tools are rows of the table, badged MCP."""
     account = current_membership(request).account
     now = timezone.now()
     tools_qs = Tool.objects.filter(account=account)
@@ -847,11 +849,14 @@ def tools_list(request: HttpRequest) -> HttpResponse:
                 "deadline": held is not None and held.deadline_recently(now_ms),
             }
         )
-    return render(
-        request,
-        "governance/tools.html",
-        {"table": table, "rows": rows, "limit": account.plan.tools_limit, "in_flight": in_flight},
-    )
+    context = {
+        "table": table,
+        "rows": rows,
+        "limit": account.plan.tools_limit,
+        "in_flight": in_flight,
+        "servers": mcp_views.servers_section(request, account.pk),  # docs/mcp.md §"Upstream MCP servers"
+    }
+    return render(request, "governance/tools.html", context)
 
 
 @login_required
@@ -860,6 +865,8 @@ def tool_edit(request: HttpRequest, tool_id: int | None = None) -> HttpResponse:
     membership = current_membership(request)
     account = membership.account
     tool = _tool_or_404(account.pk, tool_id) if tool_id else None
+    if tool is not None and tool.kind == "mcp":  # its URL, name and schema are its server's: fewer settings
+        return mcp_views.tool_edit(request, tool)
     initial = (
         {}
         if tool is None

@@ -61,6 +61,12 @@ OWN_ERRORS: dict[str, set[int]] = {
     "tool_get": {404},  # tool_not_found
     "tool_delete": {404},
     "tool_toggle": {404},
+    "mcp_servers_list": set(),
+    "mcp_server_register": set(),  # a failed discovery is answered in the 201's body (docs/api.md)
+    "mcp_server_get": {404},  # mcp_server_not_found
+    "mcp_server_update": {404},
+    "mcp_server_delete": {404},
+    "mcp_server_discover": {404},
     "approvals_list": set(),
     "approval_get": {404},  # approval_not_found
     "approval_approve": {404, 409},  # approval_not_found; approval_not_pending (admin key)
@@ -231,6 +237,10 @@ OWN_ERROR_REQUESTS: dict[str, list[tuple[int, str, dict | None]]] = {
     "tool_get": [(404, "x", None)],
     "tool_delete": [(404, "x", None)],
     "tool_toggle": [(404, "x", {"enabled": True})],
+    "mcp_server_get": [(404, "x", None)],
+    "mcp_server_update": [(404, "x", {})],
+    "mcp_server_delete": [(404, "x", None)],
+    "mcp_server_discover": [(404, "x", {})],
     "approval_get": [(404, "apr_x", None)],
     "approval_approve": [(404, "apr_x", {}), (409, "apr_decided", {})],
     "approval_deny": [(404, "apr_x", {"reason": "r"}), (409, "apr_decided", {"reason": "r"})],

@@ -21,7 +21,7 @@ from billing.choices import Role
 from billing.models import ApiKey, Membership
 from billing.services import account_get_or_create, api_key_create
 from governance import channels, policy_code
-from governance.models import Agent, Approval, Decision, NotificationChannel, PolicyFile, Tool
+from governance.models import Agent, Approval, Decision, McpServer, NotificationChannel, PolicyFile, Tool
 from idempotency.models import Lease
 from tests.conftest import Key, Persona, _persona, make_key, seeded_plans
 from tests.support.module_data import Shared, shared_per_module
@@ -48,6 +48,7 @@ class World:
     channel_id: int
     policy_preview: str  # the SHA-256 of a policies file A's owner uploaded (waiting for its Confirm)
     policy_fingerprint: str  # …and the fingerprint its Confirm posts
+    mcp_server_id: int  # A's upstream MCP server `a-mcp`, with one tool (its last_error holds A_SECRET_NAME)
 
     def api_a(self) -> Client:
         return self.a.client()
@@ -99,6 +100,20 @@ def _build_world() -> dict[str, Any]:
         content_type=JSON,
     )
     ApiKey.objects.filter(pk=key_a.api_key.pk).update(label=A_SECRET_NAME)
+    # An upstream MCP server (made directly: registering would ask a server for its tools) and one of its tools.
+    server = McpServer.objects.create(
+        account=account_a, name="a-mcp", url="https://mcp.example.com/mcp", last_error=A_SECRET_NAME
+    )
+    Tool.objects.create(
+        account=account_a,
+        name=f"a-mcp.{A_SECRET_NAME}",
+        name_key=f"a-mcp.{A_SECRET_NAME}",
+        url=server.url,
+        kind="mcp",
+        mcp_server=server,
+        remote_name=A_SECRET_NAME,
+        enabled=False,  # not offered by A's MCP endpoint: the gateway's cases see A's tools as they were
+    )
     # Policies as code: a file applied (a-bot's policy as it is: no new version) and one uploaded, not confirmed.
     applied = f"agents:\n  a-bot:\n    blocked_tools: [{A_SECRET_NAME}]\n    require_approval: [wire.transfer]\n"
     assert api.post("/v1/policies/apply", {"yaml": applied}, content_type=JSON).json()["counts"]["unchanged"] == 1
@@ -123,6 +138,7 @@ def _build_world() -> dict[str, Any]:
         "channel_id": channel.pk,
         "policy_preview": policy_code.sha256_of(uploaded),
         "policy_fingerprint": fingerprint,
+        "mcp_server_id": server.pk,
     }
 
 
@@ -164,6 +180,8 @@ def a_still_intact(w: World) -> None:
     assert Decision.objects.filter(account=w.owner_a.account).count() == 2  # the allowed call, the one waiting
     assert Approval.objects.get(public_id=w.approval_id).status == Approval.Status.PENDING
     assert NotificationChannel.objects.filter(pk=w.channel_id, enabled=True).exists()
+    assert McpServer.objects.filter(pk=w.mcp_server_id, enabled=True, url="https://mcp.example.com/mcp").exists()
+    assert Tool.objects.filter(mcp_server_id=w.mcp_server_id).count() == 1
 
 
 # --- the /v1 API, with B's key --------------------------------------------------------------------------------
@@ -311,6 +329,55 @@ def api_tool(w):
     assert w.api_b().delete(f"/v1/tools/{A_SECRET_NAME}").status_code == 404
 
 
+def api_mcp_servers(w):
+    hidden(w.api_b().get("/v1/mcp/servers"))
+    assert w.api_b().get("/v1/mcp/servers").json()["total"] == 0
+
+
+def api_mcp_server(w):
+    b = w.api_b()
+    assert b.get("/v1/mcp/servers/a-mcp").status_code == 404
+    assert b.patch("/v1/mcp/servers/a-mcp", {"enabled": False}, content_type=JSON).status_code == 404
+    assert b.delete("/v1/mcp/servers/a-mcp").status_code == 404
+
+
+def api_mcp_server_discover(w):
+    assert w.api_b().post("/v1/mcp/servers/a-mcp/discover", {}, content_type=JSON).status_code == 404
+
+
+def web_mcp_server(w):
+    """B's owner on A's MCP server's page, by its row: 404 to read and to change."""
+    path = f"/tools/mcp/{w.mcp_server_id}/"
+    assert w.web_b.get(path).status_code == 404
+    change = {"url": "https://evil.example.com/mcp", "auth_header_name": "Authorization", "timeout_ms": "1000"}
+    assert w.web_b.post(path, change).status_code == 404
+
+
+def _mcp(client: Client, path: str, method: str, params: dict[str, Any], **headers: str):
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    return client.post(path, body, content_type=JSON, headers=headers)
+
+
+def _mcp_gateway(path: str, **headers: str):
+    """B's key at A's agent id: B's namesake agent, which sees B's tools only; A's tool is unknown to it, and A's
+    session (its run) is not found with B's key."""
+
+    def case(w):
+        listed = _mcp(w.api_b(), path, "tools/list", {}, **headers)
+        hidden(listed)
+        assert listed.json()["result"]["tools"] == []
+        called = _mcp(w.api_b(), path, "tools/call", {"name": A_SECRET_NAME, "arguments": {}}, **headers)
+        # The name B sent comes back in the error, as any name no tool of B's has does: nothing of A's.
+        assert called.json()["error"] == {"code": -32602, "message": f"Unknown tool: {A_SECRET_NAME}"}
+        opened = _mcp(w.api_a(), path, "initialize", {"protocolVersion": "2025-11-25"}, **headers)
+        session = opened["Mcp-Session-Id"]
+        stolen = _mcp(w.api_b(), path, "tools/list", {}, **headers, **{"Mcp-Session-Id": session})
+        assert stolen.status_code == 404 and A_SECRET_NAME not in stolen.content.decode()
+        assert _mcp(w.api_a(), path, "tools/list", {}, **headers, **{"Mcp-Session-Id": session}).status_code == 200
+
+    return case
+
+
 def api_tool_toggle(w):
     response = w.api_b().post(f"/v1/tools/{A_SECRET_NAME}/toggle", {"enabled": False}, content_type=JSON)
     assert response.status_code == 404
@@ -443,6 +510,13 @@ def web_settings(w):
 
 
 CASES: dict[str, Any] = {
+    "v1:mcp-servers": api_mcp_servers,
+    "v1:mcp-server": api_mcp_server,
+    "v1:mcp-server-discover": api_mcp_server_discover,
+    "governance:mcp-server-new": page("/tools/mcp/new/"),
+    "governance:mcp-server": web_mcp_server,
+    "governance:mcp-server-discover": not_found("post", lambda w: f"/tools/mcp/{w.mcp_server_id}/discover/"),
+    "governance:mcp-server-delete": not_found("post", lambda w: f"/tools/mcp/{w.mcp_server_id}/delete/"),
     "v1:me": api_me,
     "v1:me-notifications": api_me_notifications,
     "v1:usage": api_usage,
@@ -527,6 +601,9 @@ CASES: dict[str, Any] = {
     "billing:account-switch": web_account_switch,
     "billing:usage": page("/usage/"),
     "billing:settings": web_settings,
+    "mcp": _mcp_gateway("/mcp", **{"OnceOnly-Agent-Id": "a-bot"}),
+    "mcp-root": _mcp_gateway("/mcp/", **{"OnceOnly-Agent-Id": "a-bot"}),
+    "mcp-agent": _mcp_gateway("/mcp/a-bot"),
     "billing:team": page("/team/"),
     "billing:member-change": not_found("post", lambda w: f"/team/{w.membership_id}/", {"action": "remove"}),
 }

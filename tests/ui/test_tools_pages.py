@@ -215,8 +215,8 @@ def test_tools_page_query_count(owner_a, django_assert_num_queries):
     client = owner_a.login(Client())
     for n in range(5):
         client.post("/tools/new/", {**FORM, "name": f"t{n}"})
-    # session, user, membership, scope suggestions, calls of the last hour (health), count, page
-    with django_assert_num_queries(7):
+    # session, user, membership, scope suggestions, calls of the last hour (health), count, page, MCP servers
+    with django_assert_num_queries(8):
         assert client.get("/tools/").status_code == 200
 
 
