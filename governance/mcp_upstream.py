@@ -397,7 +397,11 @@ def _headers(server: McpServer, session: _Session | None, *, reveal: bool = True
             headers[server.auth_header_name] = server.auth_header_mask or "***"
             return headers
         try:
-            headers[server.auth_header_name] = secrets.decrypt(server.auth_header_encrypted)
+            value = secrets.decrypt(server.auth_header_encrypted)
+            value.encode("ascii")  # HTTP header values: a "…" pasted from an example could not be sent
+            headers[server.auth_header_name] = value
+        except UnicodeEncodeError:
+            raise UpstreamError("the server's auth header value is not plain ASCII: set it again") from None
         except ValueError as exc:
             raise UpstreamError(f"the server's auth header cannot be used: {exc}") from None
     return headers
