@@ -4,7 +4,6 @@ real upstream MCP server."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
