@@ -408,9 +408,6 @@ def _call(
         raise RpcError(INVALID_PARAMS, "params._meta must be an object.")
     key = _idempotency_key(params, meta)
     run_id = _run_id(meta, session)
-    tool = mcp_selectors.registered_tool(caller.account_id, agent_id, name)
-    if tool is None:
-        raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
     data: dict[str, Any] = {"agent_id": agent_id, "tool": name, "args": arguments}
     if SPEND_META in meta:
         data["spend_usd"] = meta[SPEND_META]
@@ -420,7 +417,11 @@ def _call(
         raise RpcError(INVALID_PARAMS, "Invalid arguments.", data={"detail": validation_detail(invalid)}) from None
     args = call.args or {}
     if key is not None:
-        _claim_key(caller, agent_id, tool.name, key, args)
+        # Checked before the key is remembered (one query, on this path only): an unknown tool writes nothing.
+        known = mcp_selectors.registered_tool(caller.account_id, agent_id, name)
+        if known is None:
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
+        _claim_key(caller, agent_id, known.name, key, args)
     try:
         outcome = services.governed_call(
             account_id=caller.account_id,
@@ -435,12 +436,13 @@ def _call(
             api_key_id=caller.key_id,
             arrived=clock.arrived(request),
             dedup_key=key,
+            registered_only=True,  # a name no tool of the account has: -32602, nothing decided
         )
     except services.ToolNotFound:
         raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}") from None
     except ApiProblem as refused:  # rate limited, the month's quota, dispatch slots full: nothing was decided
         return _refusal(refused)
-    return _result(outcome, tool, arrived=clock.arrived(request))
+    return _result(outcome, arrived=clock.arrived(request))
 
 
 def _idempotency_key(params: dict[str, Any], meta: dict[str, Any]) -> str | None:
@@ -491,7 +493,7 @@ def _refusal(problem: ApiProblem) -> dict[str, Any]:
     }
 
 
-def _result(outcome: services.CallOutcome, tool: Tool, *, arrived: float) -> dict[str, Any]:
+def _result(outcome: services.CallOutcome, *, arrived: float) -> dict[str, Any]:
     """The decision as an MCP tool result: what the tool answered (an upstream MCP tool's own result; a webhook
     tool's JSON as text and structuredContent), else an error result whose text is the decision's explanation.
     A twin of a call still in flight waits for that call's decision (within the dispatch deadline) and answers its
@@ -511,7 +513,9 @@ def _result(outcome: services.CallOutcome, tool: Tool, *, arrived: float) -> dic
         shown.outcome == Outcome.DEDUP and result is not None
     )
     failed = shown.outcome == Outcome.FAILED
-    if ran and isinstance(result, dict) and tool.kind == "mcp" and isinstance(result.get("content"), list):
+    tool = outcome.registered
+    mcp_tool = tool is not None and tool.kind == "mcp"
+    if ran and isinstance(result, dict) and mcp_tool and isinstance(result.get("content"), list):
         body = {name: result[name] for name in ("content", "structuredContent", "isError") if name in result}
         body["isError"] = bool(result.get("isError")) or failed
         return {**body, "_meta": meta}

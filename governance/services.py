@@ -299,6 +299,7 @@ class ToolNotFound(Exception):
 class CallOutcome:
     decision: Decision
     remaining: dict[str, Any]
+    registered: Tool | None = None  # the registered tool the call used (governed_call sets it)
 
 
 def args_hash(key: str, agent_id: str, tool: str, args: dict[str, Any]) -> str:
@@ -820,7 +821,7 @@ def call_policy(call: Call) -> Ending | None:
         seen = {"tool_id": registered.pk, "scope_id": registered.scope_id}
         return Ending(Outcome.BLOCKED, Reason.TOOL_DISABLED, seen)
     server = registered.mcp_server if registered is not None else None
-    if server is not None and not server.enabled:  # an upstream MCP server switched off: all its tools are
+    if registered is not None and server is not None and not server.enabled:  # all the server's tools are off
         seen = {"tool_id": registered.pk, "scope_id": registered.scope_id, "mcp_server": server.name}
         return Ending(Outcome.BLOCKED, Reason.TOOL_DISABLED, seen)
     if registered is None and agent.account.strict_mode:
@@ -1204,6 +1205,7 @@ def governed_call(
     api_key_id: int | None = None,
     arrived: float | None = None,
     dedup_key: str | None = None,
+    registered_only: bool = False,
 ) -> CallOutcome:
     """Decide a tool call before it runs (docs/architecture.md §4). Every ending is a durable decision row.
 
@@ -1230,6 +1232,21 @@ def governed_call(
         api_key_id=api_key_id,
         dedup_key=dedup_key,
     )
+    if registered_only and call.registered is None:
+        raise ToolNotFound(tool)  # the MCP gateway: a name no tool of the account has is not a call to decide
+    outcome = _governed_call(call, plan, spend_usd, rate_limit, arrived)
+    outcome.registered = call.registered
+    return outcome
+
+
+def _governed_call(
+    call: Call,
+    plan: PlanLimits,
+    spend_usd: Decimal | None,
+    rate_limit: tuple[str, list[int]] | None,
+    arrived: float | None,
+) -> CallOutcome:
+    account_id, agent_id, dry_run = call.account_id, call.agent_id, call.dry_run
     call.shadow = call_shadow(call, spend_usd)
     stop = call_policy(call)
     if stop is not None:
