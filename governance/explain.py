@@ -170,8 +170,9 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
         return text
     if reason == Reason.IDEMPOTENCY_KEY_HIT:
         original = seen.get("original_decision_id", d.original_id)
+        same = "idempotency key" if seen.get("idempotency_key") else "arguments"
         if original:
-            return f"deduplicated — same arguments as decision #{original}, whose result was replayed (not charged)"
+            return f"deduplicated — same {same} as decision #{original}, whose result was replayed (not charged)"
         return "deduplicated — the same call is in flight or its decision is gone; nothing replayed (not charged)"
     if reason == Reason.TOOL_ERROR:
         detail = _attempts(seen) if known else (f"HTTP {d.http_status}" if d.http_status else "")

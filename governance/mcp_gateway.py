@@ -34,7 +34,7 @@ from rest_framework import exceptions
 
 from billing import entitlements, ratelimit
 from billing.auth import ApiPrincipal, authenticate_header_value
-from governance import mcp_selectors, services
+from governance import mcp_selectors, policies, services
 from governance.api import GovernedCallInput, call_answer
 from governance.choices import Outcome
 from governance.models import Decision, Tool
@@ -382,7 +382,7 @@ def _tool_entry(tool: Tool) -> dict[str, Any]:
     if tool.description:
         entry["description"] = tool.description
     annotations: dict[str, Any] = {}
-    if tool.risk_level == "high":
+    if (tool.risk_level or policies.risk_of(tool.name)) == "high":  # the risk decisions record, set or by name
         annotations["destructiveHint"] = True
     if annotations:
         entry["annotations"] = annotations

@@ -604,6 +604,7 @@ class Call:
     started_at: datetime
     base: dict[str, Any]
     shadow: Shadow | None = None  # the agent's shadow candidate, when it has one (call_shadow)
+    keyed: bool = False  # named by the caller's idempotency key, not its args (call_resolve's dedup_key)
 
 
 @dataclass(slots=True)
@@ -732,6 +733,7 @@ def call_resolve(
         started=started,
         started_at=started_at,
         base=base,
+        keyed=dedup_key is not None,
     )
 
 
@@ -1008,6 +1010,8 @@ def _dedup_ending(call: Call, reserved: Reserved) -> Ending:
         seen["original_dispatch_id"] = (
             DispatchIntent.objects.filter(pk=int(ref), agent=call.agent).values_list("dispatch_id", flat=True).first()
         )
+    if call.keyed:  # the caller's idempotency key matched, whatever the args (docs/mcp.md §"Exactly once")
+        seen["idempotency_key"] = True
     return Ending(
         Outcome.DEDUP,
         Reason.IDEMPOTENCY_KEY_HIT,

@@ -53,4 +53,5 @@ def test_the_curl_registers_an_upstream_and_the_python_example_calls_it(live_ser
     assert run.returncode == 0, run.stderr
     assert "False" in run.stdout and "executed within budget" in run.stdout  # is_error, the decision's explanation
     assert [line["arguments"] for line in upstream.journal_lines()] == [{"amount": 700, "customer": "cus_1"}]
-    assert Decision.objects.get().tool == f"{server.name}.charge"
+    decision = Decision.objects.get()
+    assert (decision.tool, decision.run_id) == (f"{server.name}.charge", "order-1234")
