@@ -1,17 +1,20 @@
 """`make bench`: the production stack on this machine under load, every scenario against the floor (docs/benchmarks.md).
 
 Stack: gunicorn with the workers of deploy/web.sh (3 processes, gthread, 16 threads each; ``--workers``,
-``--worker-class``, ``--threads``), PostgreSQL, Redis, a Celery worker, the example tool receiver — each its own
-process — and wrk as the load generator (C, one thread, Lua-scripted bodies and open-loop pacing; its own CPU is
-measured and printed so it is visibly not the bottleneck). A fresh database (``onceonly_bench``, ``--db-name``) and
-Redis database (12, ``--redis-db``) are used, and dropped and flushed at the end unless ``--keep-db``.
+``--worker-class``, ``--threads``), PostgreSQL, Redis, a Celery worker, the example tool receiver, an upstream MCP
+server (tests/support/mcp_upstream.py, for the MCP scenarios: bench/mcp.py) — each its own process — and wrk as
+the load generator (C, one thread, Lua-scripted bodies and open-loop pacing; its own CPU is measured and printed so
+it is visibly not the bottleneck). A fresh database (``onceonly_bench``, ``--db-name``) and Redis database (12,
+``--redis-db``) are used, and dropped and flushed at the end unless ``--keep-db``.
 
-The CPU-bound wrk scenarios (floor, check-lock, lease, governed calls, agent metrics) run with both worker models,
-each against its own floor (measured first and last): first the other model (sync when the stack is gthread, and
-the reverse; ``--no-compare`` skips it) — a 2 s warm-up and a saturation run of half ``--seconds`` per scenario,
-no paced runs — then gunicorn alone is restarted with the stack's model, which gets the full treatment: a warm-up,
-a saturation run (requests/s at peak) and three paced runs at 70 % of that peak (p50/p95/p99 of the median-p99 run,
-errors). The report puts both models' req/s and ×floor side by side, with gthread/sync.
+The CPU-bound wrk scenarios (floor, check-lock, lease, governed calls, MCP calls, agent metrics) run with both
+worker models, each against its own floor (measured first and last): first the other model (sync when the stack is
+gthread, and the reverse; ``--no-compare`` skips it) — a 2 s warm-up and a saturation run of half ``--seconds`` per
+scenario, no paced runs — then gunicorn alone is restarted with the stack's model, which gets the full treatment: a
+warm-up, a saturation run (requests/s at peak) and three paced runs at 70 % of that peak (p50/p95/p99 of the
+median-p99 run, errors). The report puts both models' req/s and ×floor side by side, with gthread/sync. With the
+stack's model, after them, ``mcp_direct``: the MCP call sent straight to the upstream (saturation, then paced at
+``mcp_call``'s rate), and the gateway's overhead over it.
 
 With each model too, right after its CPU scenarios, the noisy neighbour (bench/contention.py): account A fires 50
 concurrent governed calls at a registered tool that answers after 3.5 s (threads that call again at once, or after
@@ -30,6 +33,7 @@ scenario (bench/replay.py): a draft policy's impact preview over 100,000 decisio
     make bench BENCH_ARGS="--only noisy_neighbour"         # one scenario (the floor runs with any CPU scenario)
     make bench BENCH_ARGS="--only keyed_run_round_trip --worker-class sync"
     make bench BENCH_ARGS="--only gov_permit --no-compare" # the stack's worker model only
+    make bench BENCH_ARGS="--only mcp_call --quick"        # the MCP call, its direct twin and the overhead
     make bench BENCH_ARGS="--only dashboard"               # the dashboard scenario alone (no wrk), ~5 minutes
     make bench BENCH_ARGS="--only dashboard --keep-db"     # … and keep the seeded database for reruns:
     make bench BENCH_ARGS="--only dashboard --reuse-db"    # … which skip the reset and the seeding
@@ -55,7 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import contention
+from bench import contention, mcp
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "scenario.lua"
@@ -76,6 +80,8 @@ SCENARIOS = {
     "gov_permit": "governed call, permit-only",
     "gov_shadow": "governed call, permit-only, with a shadow candidate",
     "gov_dispatch": "governed call, dispatched to a local tool",
+    "mcp_call": "MCP tools/call, governed, forwarded upstream",
+    "mcp_dedup": "MCP tools/call, a repeat (dedup hit)",
     "agent_metrics": "GET /v1/agents/{id}/metrics",
 }
 DASHBOARD = "dashboard"  # not a wrk scenario: bench/dashboard.py
@@ -134,9 +140,10 @@ class Stack:
     def __init__(self, env: dict[str, str], log_dir: Path, workers: int, threads: int) -> None:
         self.env, self.log_dir, self.processes, self.workers, self.threads = env, log_dir, [], workers, threads
         self.worker_class = ""
-        self.port, self.receiver_port = free_port(), free_port()
+        self.port, self.receiver_port, self.mcp_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.receiver_url = f"http://127.0.0.1:{self.receiver_port}"
+        self.mcp_url = f"http://127.0.0.1:{self.mcp_port}{mcp.PATH}"
 
     def _start(self, name: str, command: list[str], env: dict[str, str], log_name: str = "") -> subprocess.Popen:
         out = open(self.log_dir / f"{log_name or name}.log", "w")  # noqa: SIM115  (kept open for the process's life)
@@ -153,6 +160,9 @@ class Stack:
             # /slow answers after SLOW_SECONDS: the noisy neighbour's tool.
             {**self.env, "TOOL_SECRET": "bench-secret-0123456789", "SLOW_SECONDS": str(contention.SLOW_SECONDS)},
         )
+        journal = self.log_dir / "mcp-upstream-journal.jsonl"
+        journal.write_text("")  # the upstream's calls of this run (one line each)
+        self._start("mcp_upstream", mcp.command(self.mcp_port, journal), self.env)
         self._start(
             "celery",
             [
@@ -170,6 +180,7 @@ class Stack:
             self.env,
         )
         wait_http(f"{self.receiver_url}/_stats")
+        wait_http(f"http://127.0.0.1:{self.mcp_port}/")  # any answer: the upstream is up
         self.start_web(worker_class)
 
     def start_web(self, worker_class: str) -> None:
@@ -248,8 +259,10 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 def connections_for(scenario: str) -> int:
     """wrk's connections: CONNECTIONS, but no more dispatched calls at once than the per-tool bulkhead admits
     (ONCEONLY_DISPATCH_SLOTS_PER_TOOL, 4): one more concurrent call to the one tool is a cheap 429 dispatch_busy,
-    and the scenario's req/s would count refusals instead of dispatches (gthread workers would serve 16 at once)."""
-    if scenario != "gov_dispatch":
+    and the scenario's req/s would count refusals instead of dispatches (gthread workers would serve 16 at once).
+    The MCP call sent straight to the upstream gets as many as the governed one: the same concurrency at the
+    upstream. (A dedup hit is not dispatched and takes no slot: ``mcp_dedup`` has all of them.)"""
+    if scenario not in ("gov_dispatch", "mcp_call", mcp.DIRECT):
         return CONNECTIONS
     from django.conf import settings
 
@@ -257,13 +270,23 @@ def connections_for(scenario: str) -> int:
 
 
 def wrk(
-    url: str, scenario: str, *, seconds: int, api_key: str, rate: float = 0, tag: str = "", timeout: int = 5
+    url: str,
+    scenario: str,
+    *,
+    seconds: int,
+    api_key: str,
+    rate: float = 0,
+    tag: str = "",
+    timeout: int = 5,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One wrk run; returns its counts, latencies (ms) and the CPU wrk itself used (fraction of one core). A request
     unanswered after ``timeout`` seconds is a timeout error (and has no latency); one still unanswered when the run
-    ends is not counted at all."""
+    ends is not counted at all. An MCP answer that is an error (JSON-RPC, or a tool error: a refused call) is
+    answered 200 but counted as an error (``mcp`` in ``error_detail``)."""
     env = {
         **os.environ,
+        **(extra_env or {}),
         "SCENARIO": scenario,
         "API_KEY": api_key,
         "RATE": str(int(rate)),
@@ -297,6 +320,7 @@ def wrk(
     line = next(line for line in result.stdout.splitlines() if line.startswith("WRK_RESULT "))
     raw = json.loads(line.removeprefix("WRK_RESULT "))
     seconds_run = raw["duration_us"] / 1e6
+    said = {"mcp_error": raw["mcp_error"]} if raw.get("mcp_error") else {}  # the first MCP error's text
     return {
         "requests": raw["requests"],
         "rps": round(raw["requests"] / seconds_run, 1),
@@ -308,18 +332,29 @@ def wrk(
         "error_detail": raw["errors"],
         "loadgen_cpu": round((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall, 2),
         "connections": connections_for(scenario),
+        **said,
     }
 
 
-def paced_runs(url: str, scenario: str, *, seconds: int, api_key: str, rate: float) -> dict[str, Any]:
+def paced_runs(
+    url: str, scenario: str, *, seconds: int, api_key: str, rate: float, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """PACED_RUNS paced runs; the one with the median p99 is reported, with every run's p99 beside it.
 
     One 12-second run's p99 rests on its slowest ~100 requests, and on two shared cores a checkpoint, an autovacuum
     or a Celery beat task landing in that run moves it by 3-5× (seen: 11 ms and 50 ms for the same code). The
     median of three is the run-to-run typical tail; ``p99_runs_ms`` keeps the spread visible."""
-    runs = [wrk(url, scenario, seconds=seconds, api_key=api_key, rate=rate) for _ in range(PACED_RUNS)]
+    runs = [
+        wrk(url, scenario, seconds=seconds, api_key=api_key, rate=rate, extra_env=extra_env) for _ in range(PACED_RUNS)
+    ]
     chosen = sorted(runs, key=lambda run: run["p99_ms"])[len(runs) // 2]
-    return {**chosen, "p99_runs_ms": [run["p99_ms"] for run in runs], "errors": sum(run["errors"] for run in runs)}
+    said = next(({"mcp_error": run["mcp_error"]} for run in runs if "mcp_error" in run), {})  # of any run
+    return {
+        **chosen,
+        **said,
+        "p99_runs_ms": [run["p99_ms"] for run in runs],
+        "errors": sum(run["errors"] for run in runs),
+    }
 
 
 def server_cpu(pids: list[int]) -> float:
@@ -474,6 +509,25 @@ def measure_model(
     }
 
 
+def mcp_direct(stack: Stack, call: dict[str, Any], *, seconds: int, warmup: int) -> dict[str, Any]:
+    """The MCP call sent straight to the upstream, in one session (bench/mcp.py): a warm-up, a saturation run, then
+    paced runs at ``mcp_call``'s paced rate — the latencies at the same load — and the gateway's overhead."""
+    session = {"MCP_SESSION": mcp.open_session(stack.mcp_url)}
+    base = stack.mcp_url.removesuffix(mcp.PATH)
+    rate = call["rate_70"]
+    log(f"[upstream] MCP tools/call straight to the upstream: warm-up {warmup} s, saturation {seconds} s")
+    wrk(base, mcp.DIRECT, seconds=warmup, api_key="", tag="warm-mcp-direct", extra_env=session)
+    cpu_before = cpu_by_component(stack)
+    peak = wrk(base, mcp.DIRECT, seconds=seconds, api_key="", extra_env=session)
+    peak["cpu_ms_per_request"] = cpu_per_request(cpu_before, cpu_by_component(stack), peak["requests"])
+    same = paced_runs(base, mcp.DIRECT, seconds=seconds, api_key="", rate=rate, extra_env=session)
+    direct = {"title": "MCP tools/call straight to the upstream", "peak": peak, "rate": rate, "at_call_rate": same}
+    direct["overhead"] = mcp.overhead(call, direct)
+    for line in mcp.report(direct, call):
+        log(line)
+    return direct
+
+
 def noisy_neighbour(stack: Stack, *, b_key: str, a_key: str, baseline: int, seconds: int, warm: int) -> dict[str, Any]:
     """Account B paced by wrk alone, then beside account A's calls to its slow tool (bench/contention.py)."""
     rate, timeout = contention.B_RATE, int(contention.CLIENT_TIMEOUT)
@@ -511,9 +565,9 @@ def django_setup(env: dict[str, str]) -> None:
     django.setup()
 
 
-def prepare(receiver_url: str) -> dict[str, str]:
+def prepare(receiver_url: str, mcp_url: str) -> dict[str, str]:
     """The bench account (agency, limits raised so quotas and rate limits never interfere), its key, an operator
-    login, the bench agent's policy and the registered local tool."""
+    login, the bench agent's policy, the registered local tool and the registered upstream MCP server."""
     from billing.auth import plan_limits_for
     from billing.models import Plan
     from billing.services import account_get_or_create, api_key_create, operator_create
@@ -566,6 +620,7 @@ def prepare(receiver_url: str) -> dict[str, str]:
         }
     )
     tools.tool_upsert(account_id=account.pk, plan=plan_limits_for(account.pk), fields=fields, actor="bench")
+    mcp.register(account, mcp_url)
     return {"key": key, "account_id": str(account.pk)}
 
 
@@ -780,6 +835,8 @@ def report_all(results: dict[str, Any]) -> str:
     lines = [report(results)] if "scenarios" in results else []
     if "worker_models" in results:
         lines += report_models(results)
+    if mcp.DIRECT in results:
+        lines += mcp.report(results[mcp.DIRECT], results["scenarios"]["mcp_call"])
     if NOISY in results:
         lines += report_noisy(results[NOISY])
     if ROUND_TRIP in results:
@@ -860,7 +917,7 @@ def api_phase(
 ) -> None:
     """The wrk scenarios with each worker model (the stack's own last, at full length, then nothing restarts it),
     the noisy neighbour with each, the keyed run round trip, and (full runs) the growth phase; into ``results``."""
-    data = prepare(stack.receiver_url)
+    data = prepare(stack.receiver_url, stack.mcp_url)
     neighbour = contention.prepare(stack.receiver_url) if phases.noisy else None
     from django.db import connection
 
@@ -882,6 +939,9 @@ def api_phase(
                 paced=own,
                 profile=options.profile.split(",") if own else [],
             )
+            if own and "mcp_call" in phases.cpu:
+                call = measured[model]["scenarios"]["mcp_call"]
+                results[mcp.DIRECT] = mcp_direct(stack, call, seconds=seconds, warmup=warmup)
         if neighbour is not None:
             baseline, beside, warm = noisy_lengths
             results.setdefault(NOISY, {})[model] = noisy_neighbour(
