@@ -4,6 +4,7 @@ bodies' declarations."""
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 from typing import Any
@@ -415,6 +416,29 @@ class ToolForm(forms.Form):
         if data.get("price_usd") is not None:
             body["price_usd"] = float(data["price_usd"])
         return body
+
+
+SAMPLES = {"string": "example", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
+
+
+def sample_args(schema: Any) -> str:
+    """A test call's starting args: for a tool with an input schema (an MCP tool's), its properties — the required
+    ones, else all — with a value of their type (their first enum value, or default, when they have one)."""
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict) or not properties:
+        return '{"example": true}'
+    required = [name for name in schema.get("required") or [] if name in properties] or list(properties)
+    sample: dict[str, Any] = {}
+    for name in required[:20]:
+        spec = properties[name] if isinstance(properties[name], dict) else {}
+        kind = spec.get("type")
+        if "default" in spec:
+            sample[name] = spec["default"]
+        elif isinstance(spec.get("enum"), list) and spec["enum"]:
+            sample[name] = spec["enum"][0]
+        else:
+            sample[name] = SAMPLES.get(kind if isinstance(kind, str) else "string", "example")
+    return json.dumps(sample)
 
 
 class TestCallForm(forms.Form):

@@ -43,7 +43,15 @@ from governance import (
     tools,
 )
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
-from governance.forms import DENY_ALL_LABEL, MAX_VERSION, PolicyForm, ReasonForm, TestCallForm, ToolForm
+from governance.forms import (
+    DENY_ALL_LABEL,
+    MAX_VERSION,
+    PolicyForm,
+    ReasonForm,
+    TestCallForm,
+    ToolForm,
+    sample_args,
+)
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
 from onceonly_site.identifiers import normalise_tool
 from onceonly_site.params import whole_number
@@ -980,7 +988,7 @@ def tool_delete(request: HttpRequest, tool_id: int) -> HttpResponse:
 def tool_test(request: HttpRequest, tool_id: int) -> HttpResponse:
     membership = current_membership(request)
     tool = _tool_or_404(membership.account_id, tool_id)
-    form = TestCallForm()
+    form = TestCallForm(initial={"args": sample_args(tool.input_schema)})
     outcome = None
     if request.method == "POST":
         editor_membership(request)

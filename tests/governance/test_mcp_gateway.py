@@ -145,3 +145,21 @@ def test_idempotency_key_with_other_arguments_is_a_conflict(gateway, key_a, rece
     conflict = call({"to": "someone-else@x.test"})
     assert conflict["error"]["data"] == {"type": "idempotency_key_conflict", "idempotencyKey": "same"}
     assert Decision.objects.count() == 1
+
+
+def test_a_test_call_starts_from_the_tools_input_schema():
+    from governance.forms import sample_args
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "amount": {"type": "integer"},
+            "currency": {"type": "string", "enum": ["eur", "usd"]},
+            "note": {"type": "string"},
+            "capture": {"type": "boolean", "default": False},
+        },
+        "required": ["amount", "currency", "capture"],
+    }
+    assert json.loads(sample_args(schema)) == {"amount": 1, "currency": "eur", "capture": False}
+    assert json.loads(sample_args({"properties": {"q": {}}})) == {"q": "example"}
+    assert sample_args(None) == sample_args({"type": "object"}) == '{"example": true}'
