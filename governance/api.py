@@ -696,6 +696,9 @@ class ToolApi(FeatureGatedView):
     )
     def delete(self, request: Request, name: str) -> Response:
         tool = _tool_or_404(request, name)
+        if tool.kind == "mcp":  # its server's next discovery would register it again (docs/api.md §"Tools registry")
+            detail = serializers.ErrorDetail(tools.mcp_tool_refused(tool, deleting=True), code="mcp_tool")
+            raise PathValidationError({"name": [detail]})
         tools.tool_delete(tool=tool, actor=_actor(request))
         return Response({"ok": True, "deleted": tool.name})
 

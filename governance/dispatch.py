@@ -31,6 +31,7 @@ from standardwebhooks.webhooks import Webhook
 from governance import secrets, sql, ssrf
 from governance.models import Tool
 from onceonly_site import runner
+from onceonly_site.api import storable_text
 
 MAX_RESPONSE_BYTES = 256 * 1024
 MIN_ATTEMPT_SECONDS = 0.05  # an attempt is not started with less of the deadline left (governance/slots.py too)
@@ -194,8 +195,10 @@ def _result_of(content: bytes) -> tuple[dict[str, Any] | None, str]:
         return {}, ""
     try:
         value = json.loads(content)
-    except ValueError:
-        return None, "response is not JSON"
+    except (ValueError, RecursionError):
+        return None, "response is not JSON (or nested too deeply)"
+    if not storable_text(value):
+        return None, "response holds text no database can store (U+0000 or an unpaired surrogate)"
     return (value if isinstance(value, dict) else {"value": value}), ""
 
 

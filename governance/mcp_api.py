@@ -1,6 +1,7 @@
 """Upstream MCP servers in the /v1 API (docs/api.md §"Upstream MCP servers"): list and register, read, change,
-delete, and discover again. Writes go through governance.mcp_servers; the auth header's value is never answered,
-only its mask. Any API key of the account may use them, as the tools registry's writes (same ``tools`` feature)."""
+delete, and discover again; change one of a server's tools (what an operator owns on it: price, risk, timeout,
+enabled). Writes go through governance.mcp_servers; the auth header's value is never answered, only its mask. Any
+API key of the account may use them, as the tools registry's writes (same ``tools`` feature)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from governance import mcp_servers, mcp_upstream
 from governance.models import McpServer, Tool
 from onceonly_site.api import ApiProblem, PathValidationError, body, page_params
 from onceonly_site.bodies import Body
-from onceonly_site.openapi import errors, page_parameters
+from onceonly_site.identifiers import REGISTERED_NAME
+from onceonly_site.openapi import REGISTERED_NAME_PATTERN, errors, page_parameters
 
 DEFAULT_PAGE = 50
 TOOLS_SHOWN = 1000  # a server's tools in its answer (discovery takes at most mcp_upstream.MAX_TOOLS)
@@ -86,6 +88,27 @@ def _server_or_404(request: Request, name: str) -> McpServer:
     return server
 
 
+TOOL_RULE = (
+    f"Required: the tool's name on its server (its remote_name): 1–{mcp_servers.REMOTE_NAME_MAX} characters of "
+    "letters, digits, _ . : -",
+    "string_pattern_mismatch",
+)
+
+
+def _tool_or_404(request: Request, name: str, remote_name: str) -> Tool:
+    """The server's tool whose ``remote_name`` is exactly ``remote_name``. Both path parameters are checked before
+    either is looked up: a malformed one is a 422 whether the other exists or not."""
+    _name(name)
+    if len(remote_name) > mcp_servers.REMOTE_NAME_MAX or not REGISTERED_NAME.match(remote_name):
+        raise PathValidationError({"tool": [serializers.ErrorDetail(TOOL_RULE[0], code=TOOL_RULE[1])]})
+    server = _server_or_404(request, name)
+    tool = Tool.objects.select_related("account").filter(mcp_server=server, remote_name=remote_name).first()
+    if tool is None:
+        raise ApiProblem(404, "mcp_tool_not_found", f"The MCP server {server.name!r} has no tool {remote_name!r}.")
+    tool.mcp_server = server  # the audit entry names it: no second query
+    return tool
+
+
 ToolOutput = inline_serializer(
     "McpToolOutput",
     {
@@ -99,7 +122,7 @@ ToolOutput = inline_serializer(
         "input_schema": serializers.DictField(allow_null=True),
     },
 )
-_SERVER_FIELDS = {
+_SERVER_FIELDS: dict[str, serializers.Field] = {
     "name": serializers.CharField(),
     "url": serializers.CharField(),
     "auth_header_name": serializers.CharField(allow_null=True),
@@ -146,10 +169,18 @@ NAME_PARAM = OpenApiParameter(
 )
 
 
-def _exists(exc: mcp_servers.ServerExists) -> serializers.ValidationError:
-    """A 422 on the name, as the tools registry's ``name_conflict``: nothing was done."""
-    return serializers.ValidationError(
-        {"name": [serializers.ErrorDetail(f"{exc} Choose another name, or delete it first.", code="name_conflict")]}
+TOOL_PARAM = OpenApiParameter(
+    "tool",
+    {"type": "string", "minLength": 1, "maxLength": mcp_servers.REMOTE_NAME_MAX, "pattern": REGISTERED_NAME_PATTERN},
+    OpenApiParameter.PATH,
+    description="The tool's name on its server (remote_name: `create_issue`, not `github.create_issue`).",
+)
+
+
+def _exists(exc: mcp_servers.ServerExists) -> ApiProblem:
+    """409 ``mcp_server_exists``: the name is taken (a state of the registry, not a bad body); nothing was done."""
+    return ApiProblem(
+        409, "mcp_server_exists", f"{exc} Choose another name, or change it with PATCH.", name=exc.server.name
     )
 
 
@@ -186,7 +217,7 @@ class McpServersApi(FeatureGatedView):
     @extend_schema(
         operation_id="mcp_server_register",
         request=mcp_servers.ServerInput.serializer,
-        responses={201: ServerDiscovered},
+        responses={201: ServerDiscovered, **errors(409)},
         summary="Register an MCP server and discover its tools (201 even when the discovery fails: see discovery)",
     )
     def post(self, request: Request) -> Response:
@@ -271,3 +302,20 @@ class McpServerDiscoverApi(FeatureGatedView):
         except mcp_upstream.UpstreamError:
             discovery = mcp_servers.Discovery(error=server.last_error)
         return Response(_with_tools(server, discovery=discovery.as_dict()))
+
+
+class McpServerToolApi(FeatureGatedView):
+    required_feature = "tools"
+
+    @extend_schema(
+        operation_id="mcp_server_tool_update",
+        parameters=[NAME_PARAM, TOOL_PARAM],
+        request=mcp_servers.McpToolInput.serializer,
+        responses={200: ToolOutput, **errors(404)},
+        summary="Change a tool of an MCP server: its price, risk level, timeout or state (the rest is the server's)",
+    )
+    def patch(self, request: Request, name: str, tool: str) -> Response:
+        # Checked first, as every /v1 body: a bad one is refused whatever the names.
+        changes = mcp_servers.McpToolInput.parse(body(request))
+        found = _tool_or_404(request, name, tool)
+        return Response(tool_body(mcp_servers.mcp_tool_update(found, changes, _actor(request))))

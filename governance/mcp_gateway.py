@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from idempotency import events as run_events
 from idempotency.services import canonical_json
 from onceonly_site import clock, runner
 from onceonly_site.api import ApiProblem, InvalidApiKey, MissingBearer, parse_json_body, validation_detail
+from onceonly_site.api import exception_handler as api_exception_handler
 from onceonly_site.identifiers import identifier_problem
 from onceonly_site.redis_client import get_redis
 
@@ -51,6 +53,10 @@ MODERN_VERSION = "2026-07-28"
 HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")  # newest first: what initialize answers by default
 SUPPORTED_VERSIONS = (MODERN_VERSION, *HANDSHAKE_VERSIONS)
 SESSION_TTL_SECONDS = 24 * 3600
+# Open sessions per API key: the oldest beyond it are ended (its client gets 404 and opens a new one), so a client
+# that initializes in a loop cannot fill Redis with day-long sessions.
+MAX_SESSIONS_PER_KEY = 1000
+SESSIONS_DOWN = "Sessions are unavailable (Redis); retry shortly."
 # The caller's fields in a tools/call (docs/mcp.md §"Exactly once"). `idempotencyKey` in params is the field the
 # MCP request-idempotency proposal (SEP-3182) names; the _meta form is ours, for clients that can only set _meta.
 IDEMPOTENCY_META = "onceonly/idempotency_key"
@@ -89,6 +95,7 @@ class Session:
 def endpoint(request: HttpRequest, agent_id: str | None = None) -> HttpResponse:
     """``/mcp/`` (the agent in the ``OnceOnly-Agent-Id`` header) and ``/mcp/<agent id>``."""
     request_id: Any = None
+    caller: ApiPrincipal | None = None
     try:
         if request.method not in ("POST", "DELETE"):
             # No server-initiated stream: the specification's answer to GET is 405 (clients then do without it).
@@ -97,10 +104,12 @@ def endpoint(request: HttpRequest, agent_id: str | None = None) -> HttpResponse:
         caller = _authenticate(request)
         agent = _agent_id(request, agent_id)
         if request.method == "DELETE":
+            _take_token(request, caller)
             return _end_session(request, caller, agent)
         message = _message(request)
         request_id = message.get("id")
         if "method" not in message or "id" not in message:
+            _take_token(request, caller)
             return HttpResponse(status=202)  # a notification or a response: accepted, nothing to answer
         method = message["method"]
         version = _version(request, method, message.get("params"))
@@ -113,16 +122,40 @@ def endpoint(request: HttpRequest, agent_id: str | None = None) -> HttpResponse:
             response["Mcp-Session-Id"] = result.pop("_session_id", "")
             response.content = json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}).encode()
         return response
-    except RpcError as error:
-        body: dict[str, Any] = {"code": error.code, "message": error.message}
-        if error.data is not None:
-            body["data"] = error.data
-        response = JsonResponse({"jsonrpc": "2.0", "id": request_id, "error": body}, status=error.status)
-        for name, value in error.headers.items():
-            response[name] = value
-        if error.status == 405:
-            response["Allow"] = "POST, DELETE"
-        return response
+    except RpcError as refused:
+        error = refused
+        if caller is not None and error.status not in (401, 403, 429) and not getattr(request, TOKEN_TAKEN, False):
+            # Ended before the governed call, which takes its own: every answered request costs a token.
+            try:
+                _take_token(request, caller)
+            except RpcError as limited:
+                error = limited
+        return _error_response(error, request_id)
+    except Exception as exc:  # Redis or the database down (503), or a bug: a JSON-RPC answer, never an HTML page
+        problem = api_exception_handler(exc, {"view": None})
+        assert problem is not None
+        detail = problem.data.get("detail") if isinstance(problem.data, dict) else None
+        text = detail.get("message") if isinstance(detail, dict) else None
+        error = RpcError(
+            INTERNAL_ERROR,
+            text or "The server failed to handle this request.",
+            status=problem.status_code,
+            data=detail,
+            headers={name: problem[name] for name in ("Retry-After",) if problem.has_header(name)},
+        )
+        return _error_response(error, request_id)
+
+
+def _error_response(error: RpcError, request_id: Any) -> JsonResponse:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.data is not None:
+        body["data"] = error.data
+    response = JsonResponse({"jsonrpc": "2.0", "id": request_id, "error": body}, status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    if error.status == 405:
+        response["Allow"] = "POST, DELETE"
+    return response
 
 
 def _check_origin(request: HttpRequest) -> None:
@@ -230,6 +263,10 @@ def _session_key(caller: ApiPrincipal, id_hash: str) -> str:
     return f"oo:{{a{caller.account_id}}}:mcp:s:{id_hash}"
 
 
+def _opened_key(caller: ApiPrincipal) -> str:
+    return f"oo:{{a{caller.account_id}}}:mcp:opened:{caller.key_id}"
+
+
 def _hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()[:40]
 
@@ -239,10 +276,20 @@ def _open_session(caller: ApiPrincipal, agent_id: str, version: str) -> tuple[st
     id_hash = _hash(session_id)
     session = Session(id_hash, caller.key_id, agent_id, version, f"mcp-{id_hash[:16]}")
     fields = {"key_id": caller.key_id, "agent_id": agent_id, "version": version, "run_id": session.run_id}
+    opened = _opened_key(caller)
     try:
-        get_redis().set(_session_key(caller, id_hash), json.dumps(fields), ex=SESSION_TTL_SECONDS)
+        client = get_redis()
+        pipe = client.pipeline(transaction=False)
+        pipe.set(_session_key(caller, id_hash), json.dumps(fields), ex=SESSION_TTL_SECONDS)
+        pipe.zadd(opened, {id_hash: time.time()})
+        pipe.expire(opened, SESSION_TTL_SECONDS)
+        pipe.zcard(opened)
+        count = pipe.execute()[-1]
+        if count > MAX_SESSIONS_PER_KEY:
+            popped: list[tuple[bytes, float]] = client.zpopmin(opened, count - MAX_SESSIONS_PER_KEY)  # type: ignore[assignment]
+            client.delete(*(_session_key(caller, member.decode()) for member, _ in popped))
     except redis.RedisError:
-        raise RpcError(INTERNAL_ERROR, "Sessions are unavailable (Redis); retry shortly.", status=503) from None
+        raise RpcError(INTERNAL_ERROR, SESSIONS_DOWN, status=503, headers={"Retry-After": "2"}) from None
     return session_id, session
 
 
@@ -260,7 +307,7 @@ def _session(request: HttpRequest, caller: ApiPrincipal, agent_id: str) -> Sessi
         pipe.expire(key, SESSION_TTL_SECONDS)
         raw, _ = pipe.execute()
     except redis.RedisError:
-        raise RpcError(INTERNAL_ERROR, "Sessions are unavailable (Redis); retry shortly.", status=503) from None
+        raise RpcError(INTERNAL_ERROR, SESSIONS_DOWN, status=503, headers={"Retry-After": "2"}) from None
     fields = json.loads(raw) if raw else None
     if not fields or fields["key_id"] != caller.key_id or fields["agent_id"] != agent_id:
         raise RpcError(SESSION_NOT_FOUND, "Session not found: initialize a new one.", status=404)
@@ -272,7 +319,10 @@ def _end_session(request: HttpRequest, caller: ApiPrincipal, agent_id: str) -> H
     session = _session(request, caller, agent_id)
     if session is None:
         raise RpcError(INVALID_REQUEST, "DELETE ends a session: send its Mcp-Session-Id.", status=400)
-    get_redis().delete(_session_key(caller, session.id_hash))
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.delete(_session_key(caller, session.id_hash))
+    pipe.zrem(_opened_key(caller), session.id_hash)
+    pipe.execute()
     if Decision.objects.filter(account_id=caller.account_id, run_id=session.run_id).exists():
         run_events.emit(
             caller.account_id,
@@ -302,7 +352,7 @@ def _handle(
     params = params or {}
     if method == "tools/call":
         return _call(request, caller, agent_id, params, session)
-    _take_token(caller)  # a governed call takes its token in its own script
+    _take_token(request, caller)  # a governed call takes its token in its own script
     if method == "initialize" and version != MODERN_VERSION:
         return _initialize(caller, agent_id, params)
     if method == "server/discover":
@@ -314,7 +364,11 @@ def _handle(
     raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}", status=404 if version == MODERN_VERSION else 200)
 
 
-def _take_token(caller: ApiPrincipal) -> None:
+TOKEN_TAKEN = "_onceonly_mcp_token"
+
+
+def _take_token(request: HttpRequest, caller: ApiPrincipal) -> None:
+    setattr(request, TOKEN_TAKEN, True)
     try:
         ratelimit.take(caller)
     except ratelimit.RateLimited as limited:
@@ -363,7 +417,7 @@ def _list(caller: ApiPrincipal, agent_id: str, params: dict[str, Any], *, modern
     cursor = params.get("cursor")
     start = 0
     if cursor is not None:
-        if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 9:
+        if not isinstance(cursor, str) or not re.fullmatch(r"[0-9]{1,9}", cursor):
             raise RpcError(INVALID_PARAMS, "Invalid cursor: pass the nextCursor of the previous page.")
         start = int(cursor)
     tools = mcp_selectors.visible_tools(caller.account_id, agent_id)
@@ -422,6 +476,7 @@ def _call(
         if known is None:
             raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
         _claim_key(caller, agent_id, known.name, key, args)
+    setattr(request, TOKEN_TAKEN, True)  # the governed call takes the caller's token in its own script
     try:
         outcome = services.governed_call(
             account_id=caller.account_id,
@@ -439,6 +494,7 @@ def _call(
             registered_only=True,  # a name no tool of the account has: -32602, nothing decided
         )
     except services.ToolNotFound:
+        _take_token(request, caller)  # refused before the script that takes it
         raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}") from None
     except ApiProblem as refused:  # rate limited, the month's quota, dispatch slots full: nothing was decided
         return _refusal(refused)
@@ -446,7 +502,9 @@ def _call(
 
 
 def _idempotency_key(params: dict[str, Any], meta: dict[str, Any]) -> str | None:
-    key = params.get("idempotencyKey", meta.get(IDEMPOTENCY_META))
+    key = params.get("idempotencyKey")
+    if key is None:  # absent or null: the _meta form, if any
+        key = meta.get(IDEMPOTENCY_META)
     if key is None:
         return None
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
@@ -550,6 +608,9 @@ def _await_original(decision: Decision, arrived: float) -> Decision | None:
 
 
 def _message_of(problem: exceptions.APIException) -> str:
+    if isinstance(problem, exceptions.ValidationError):
+        items = validation_detail(problem)
+        return str(items[0]["msg"]) if items else "Invalid."
     detail = problem.detail
     if isinstance(detail, dict):
         return str(detail.get("message") or detail.get("error") or detail)

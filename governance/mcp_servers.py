@@ -11,10 +11,12 @@ refer to it by name. Each write is audited (billing.services.audit_record), as t
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.utils import timezone
@@ -29,6 +31,8 @@ from onceonly_site.bodies import Body, Boolean, Choice, Integer, String, Usd
 from onceonly_site.identifiers import REGISTERED_NAME, control_problem, normalise_tool
 from onceonly_site.openapi import URL_PATTERN
 from onceonly_site.params import MAX_USD
+
+logger = logging.getLogger(__name__)
 
 NAME_MAX = 64
 NAME_RE = re.compile(rf"[a-z0-9_-]{{1,{NAME_MAX}}}\Z")
@@ -55,9 +59,9 @@ RESERVED_HEADERS = frozenset(
     }
 )
 MAX_HEADER_VALUE = 4096
-REMOTE_NAME_MAX = Tool._meta.get_field("remote_name").max_length
+REMOTE_NAME_MAX: int = Tool._meta.get_field("remote_name").max_length or 128
 DESCRIPTION_MAX = Tool._meta.get_field("description").max_length
-LAST_ERROR_MAX = McpServer._meta.get_field("last_error").max_length
+LAST_ERROR_MAX: int = McpServer._meta.get_field("last_error").max_length or 512
 AUDIT_NAMES = 50  # tool names listed in a discovery's audit entry (the counts are always whole)
 URL_HELP = (
     "The server's Streamable HTTP endpoint (e.g. https://mcp.example.com/mcp): http(s), no credentials, not a "
@@ -115,13 +119,20 @@ def _header_name() -> String:
     )
 
 
+def _ascii_problem(value: str) -> str | None:
+    """An HTTP header value is sent as bytes: printable ASCII only (a "…" pasted from an example could not be)."""
+    if value.isascii():
+        return None
+    return "Printable ASCII only: an HTTP header cannot carry this text (was it pasted with a placeholder like …?)."
+
+
 def _header_value() -> String:
     return String(
         MAX_HEADER_VALUE,
         required=False,
         nullable=False,
         blank=True,
-        rules=(control_problem,),
+        rules=(control_problem, _ascii_problem),
         description='Its value, e.g. "Bearer …": write-only, stored encrypted, shown masked. Empty: no auth header.',
     )
 
@@ -171,6 +182,11 @@ class McpToolInput(Body):
     enabled = Boolean(nullable=False, invalid=("true or false.", "bool_type"))
     risk_level = Choice(["low", "medium", "high"], invalid=("low, medium or high.", "enum"))
     price_usd = Usd(invalid=(f"A number from 0 to {MAX_USD:,}.", "float_type"))
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
 
 
 def _validation(field_name: str, message: str, code: str) -> exceptions.ValidationError:
@@ -231,7 +247,11 @@ def server_discover(server: McpServer, actor: str) -> Discovery:
     the tools stay as they were."""
     try:
         remote = mcp_upstream.discover(server)
-    except mcp_upstream.UpstreamError as exc:
+    except Exception as caught:
+        exc = caught
+        if not isinstance(exc, mcp_upstream.UpstreamError):  # an answer nothing foresaw: its error, never a 500
+            logger.exception("discovery of MCP server %s failed unexpectedly", server.pk)
+            exc = mcp_upstream.UpstreamError(f"the server's answer could not be read ({caught.__class__.__name__})")
         message = str(exc)[:LAST_ERROR_MAX]
         with transaction.atomic():
             server.last_error = message
@@ -244,7 +264,7 @@ def server_discover(server: McpServer, actor: str) -> Discovery:
                 object_id=server.name,
                 data={"ok": False, "error": message},
             )
-        raise
+        raise exc from None
     return _sync(server, remote, actor)
 
 
@@ -422,11 +442,20 @@ def server_update(server: McpServer, changes: Any, actor: str) -> tuple[McpServe
     its own). Any change starts a new upstream session (``updated_at``). No discovery: ask for one."""
     data = changes if isinstance(changes, ServerUpdateInput) else ServerUpdateInput.parse(changes)
     sent = data.sent - {name for name in data.sent if getattr(data, name) is None}
+    moved = "url" in sent and _origin(data.url) != _origin(server.url)
+    if moved and server.auth_header_encrypted and "auth_header_value" not in data.sent:
+        # Else any key of the account could point the server elsewhere and receive its credential with the next
+        # discovery or call.
+        raise _validation(
+            "auth_header_value",
+            'A new address (scheme, host or port) needs the credential again: send auth_header_value ("" for none).',
+            "missing",
+        )
     with transaction.atomic():
         before = {"url": server.url, "enabled": server.enabled, "timeout_ms": server.timeout_ms}
         if "url" in sent:
             server.url = data.url
-        if "timeout_ms" in sent:
+        if "timeout_ms" in sent and data.timeout_ms is not None:  # not nullable: sent means a number
             server.timeout_ms = data.timeout_ms
         if "enabled" in sent:
             server.enabled = bool(data.enabled)
@@ -484,10 +513,11 @@ def server_delete(server: McpServer, actor: str) -> list[str]:
 
 def mcp_tool_update(tool: Tool, changes: Any, actor: str) -> Tool:
     """Set what an operator owns on a tool of an MCP server: timeout, enabled, risk, price (null clears the last
-    two). A 422 for bad values; its name, URL, description and schema come from the server."""
+    two); ``changes`` a body or a parsed McpToolInput. A 422 for bad values; its name, URL, description and schema
+    come from the server."""
     if tool.kind != "mcp":
         raise _validation("name", f"{tool.name!r} is not a tool of an MCP server.", "invalid")
-    data = McpToolInput.parse(changes)
+    data = changes if isinstance(changes, McpToolInput) else McpToolInput.parse(changes)
     sent = data.sent
     with transaction.atomic():
         if "timeout_ms" in sent and data.timeout_ms is not None:

@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from governance.dispatch import (
 )
 from governance.models import McpServer, Tool
 from onceonly_site import runner
+from onceonly_site.api import storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ CLIENT_INFO = {"name": "onceonly-gateway", "version": "0.1"}
 MAX_LIST_PAGES = 50  # tools/list pages followed (nextCursor) in one discovery
 MAX_TOOLS = 1000  # tools one server may list
 MAX_LIST_PAGE_BYTES = 1024 * 1024  # a page of tool definitions with their schemas is larger than a tool's answer
+SESSION_ID = re.compile(r"[\x21-\x7e]{1,256}")  # Mcp-Session-Id: visible ASCII (the specification)
 ERROR_TEXT_CHARS = 300  # of an upstream's own words quoted in an error message
 
 _ids = itertools.count(1)  # JSON-RPC request ids of this process (next() on a count is atomic)
@@ -149,6 +152,8 @@ def _remote_tool(entry: Any, position: int) -> RemoteTool:
         raise UpstreamError(f"the tool {entry['name'][:128]!r} has an inputSchema that is not a JSON object")
     description = entry.get("description")
     annotations = entry.get("annotations")
+    if not storable_text([entry["name"], description, schema, annotations]):
+        raise UpstreamError(f"the tool #{position + 1} of its tools/list holds text no database can store")
     return RemoteTool(
         name=entry["name"],
         description=description if isinstance(description, str) else "",
@@ -296,6 +301,8 @@ def _call_result(value: Any) -> tuple[dict[str, Any] | None, str]:
     """The CallToolResult's parts we pass on, and the error when the tool reported one (``isError``)."""
     if not isinstance(value, dict) or not isinstance(value.get("content", []), list):
         return None, "not an MCP server: its tools/call answer is not a CallToolResult"
+    if not storable_text(value):
+        return None, "the tool's answer holds text no database can store (U+0000 or an unpaired surrogate)"
     is_error = value.get("isError") is True
     result: dict[str, Any] = {"content": value.get("content", []), "isError": is_error}
     if isinstance(value.get("structuredContent"), dict):
@@ -351,7 +358,10 @@ def _initialize(server: McpServer, *, timeout: float, deadline: float) -> _Sessi
             f"the server speaks MCP protocol version {str(version)[:40]!r}; the gateway speaks "
             + ", ".join(ACCEPTED_VERSIONS)
         )
-    session = _Session(id=headers.get("mcp-session-id", ""), protocol_version=version)
+    session_id = headers.get("mcp-session-id", "")
+    if session_id and not SESSION_ID.fullmatch(session_id):  # the specification: visible ASCII only
+        raise UpstreamError("not an MCP server: its Mcp-Session-Id is not visible ASCII")
+    session = _Session(id=session_id, protocol_version=version)
     _send(
         server,
         session,
@@ -475,7 +485,7 @@ def _refusal(response: httpx.Response, session: _Session | None, until: float) -
         text = _body(response, until, 4096).decode(errors="replace")
         try:
             said = _rpc_error_text(json.loads(text)["error"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             said = " ".join(text.split())[:ERROR_TEXT_CHARS]
     except (UpstreamError, httpx.HTTPError):
         pass  # the status is what matters
@@ -502,7 +512,7 @@ def _body(response: httpx.Response, until: float, max_bytes: int) -> bytes:
 def _from_json(content: bytes, request_id: int) -> dict[str, Any]:
     try:
         value = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamError("not an MCP server: its answer is not JSON") from None
     for item in value if isinstance(value, list) else [value]:  # a batch (2025-03-26) holds ours among others
         if _is_response_to(item, request_id):
@@ -544,7 +554,7 @@ def _event(data: list[bytes], request_id: int) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(b"\n".join(data))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamError("not an MCP server: an event of its stream is not JSON") from None
     return value if _is_response_to(value, request_id) else None
 

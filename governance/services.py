@@ -702,9 +702,10 @@ def call_resolve(
         # A call of `STRIPE.CHARGE` is a call of the registered `stripe.charge`: decided, recorded, counted and
         # dispatched under that name, so the log, the rollups and top_tools show one tool (docs/api.md).
         tool = registered.name
-    # An idempotency key of the caller's (an MCP call's _meta, docs/mcp.md §"Exactly once") names the call in place
-    # of its args: the same key with other args is the same call, and the log's args_hash is over the key.
-    hashed = args if dedup_key is None else {"idempotency_key": dedup_key}
+    # An idempotency key of the caller's (an MCP call's, docs/mcp.md §"Exactly once") names the call with its args:
+    # the same args under two keys are two calls. A list: no args object (a JSON object) can hash the same; and the
+    # args stay in it, so an approval, bound to this digest, never covers other args under the same key.
+    hashed: Any = args if dedup_key is None else ["onceonly-idempotency-key", dedup_key, args]
     digest = args_hash(agent.account.args_hash_key, agent_id, tool, hashed)
     if run_id is None:
         from_args = args.get("run_id")
@@ -1097,7 +1098,8 @@ def call_dispatch(
         )
     except Exception as exc:  # an undecryptable secret, a broken answer: a tool error, never a 500
         logger.exception("dispatch of %s failed unexpectedly", tool)
-        sent = dispatch.DispatchResult(False, None, None, 0, 0, f"dispatch error: {exc.__class__.__name__}")
+        # Counted as an attempt: the request may have been sent before it broke (the approval, if any, is used).
+        sent = dispatch.DispatchResult(False, None, None, 0, 1, f"dispatch error: {exc.__class__.__name__}")
     extra = {
         "spend_usd": charge.cost,
         "http_status": sent.http_status,
@@ -1325,7 +1327,7 @@ def _governed_call(
         raise
     call_tidy(reserved, ending, outcome.decision)
     if gate is not None and gate.approval is not None:
-        if ending.sent is not None and not ending.sent.attempts:
+        if ending.sent is not None and ending.sent.stopped and not ending.sent.attempts:
             # Stopped before any request reached the tool (the kill switch in flight): the approval was not used.
             approvals.unclaim(gate.approval)
         else:

@@ -154,11 +154,30 @@ def clean(data: Any) -> tuple[dict[str, Any], list[str]]:
     return out, [tool.url_warning] if tool.url_warning else []
 
 
+def mcp_tool_refused(tool: Tool, *, deleting: bool = False) -> str:
+    """Why a tool of an upstream MCP server is not replaced (or deleted) as a webhook tool is: its URL, description
+    and schema are its server's and it is never retried (governance/mcp_servers.py); a deleted one comes back at the
+    next discovery. The message names the server and the endpoints that do change it."""
+    server = tool.mcp_server.name if tool.mcp_server is not None else tool.name.partition(".")[0]
+    endpoint = f"/v1/mcp/servers/{server}/tools/{tool.remote_name}"
+    if deleting:
+        return (
+            f"{tool.name!r} is a tool of the MCP server {server!r}: its next discovery would register it again. "
+            f"Disable it (POST /v1/tools/{tool.name}/toggle or PATCH {endpoint}), or delete the server "
+            f"(DELETE /v1/mcp/servers/{server})."
+        )
+    return (
+        f"{tool.name!r} is a tool of the MCP server {server!r}: its URL, description and schema are the server's "
+        f"and it is never retried. Set its price, risk level, timeout or state with PATCH {endpoint}."
+    )
+
+
 def tool_upsert(
     *, account_id: int, plan: PlanLimits, fields: dict[str, Any], actor: str, create_only: bool = False
 ) -> tuple[Tool, bool]:
     """Create or update (scope_id, name). A new tool counts against the plan's tool limit (402 plan_limit).
-    ``create_only`` (the dashboard's "New tool") raises ToolExists instead of replacing a tool of that name."""
+    ``create_only`` (the dashboard's "New tool") raises ToolExists instead of replacing a tool of that name. A tool
+    of an upstream MCP server is refused (422 ``mcp_tool``: ``mcp_tool_refused``), its server owns it."""
     secret = fields.pop("secret", None)
     with transaction.atomic():
         # Lock the account row: concurrent creates must not slip past the limit together.
@@ -173,6 +192,9 @@ def tool_upsert(
         tool = next((t for t in namesakes if t.name == fields["name"]), None)
         if create_only and namesakes:  # decided under the account row lock: no create can slip in between
             raise ToolExists(tool or namesakes[0])
+        if tool is not None and tool.kind == "mcp":  # not the API's to replace: nothing is written
+            message = mcp_tool_refused(tool)
+            raise exceptions.ValidationError({"name": [serializers.ErrorDetail(message, code="mcp_tool")]})
         created = tool is None
         if created and namesakes:
             message = (

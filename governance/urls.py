@@ -72,6 +72,7 @@ api_urlpatterns = [
     path("tools/<str:name>", api.ToolApi.as_view(), name="tool"),
     path("mcp/servers", mcp_api.McpServersApi.as_view(), name="mcp-servers"),
     path("mcp/servers/<str:name>/discover", mcp_api.McpServerDiscoverApi.as_view(), name="mcp-server-discover"),
+    path("mcp/servers/<str:name>/tools/<str:tool>", mcp_api.McpServerToolApi.as_view(), name="mcp-server-tool"),
     path("mcp/servers/<str:name>", mcp_api.McpServerApi.as_view(), name="mcp-server"),
     # Before the agent-id catch-all: GET /v1/policies/export and POST /v1/policies/apply (policies as code).
     path("policies/export", policy_code_api.PolicyExportApi.as_view(), name="policies-export"),

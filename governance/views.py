@@ -976,6 +976,9 @@ def tool_toggle(request: HttpRequest, tool_id: int) -> HttpResponse:
 def tool_delete(request: HttpRequest, tool_id: int) -> HttpResponse:
     account = editor_membership(request).account
     tool = _tool_or_404(account.pk, tool_id)
+    if tool.kind == "mcp":  # its server's next discovery would register it again: disable it, or delete the server
+        messages.error(request, tools.mcp_tool_refused(tool, deleting=True))
+        return redirect("governance:tools")
     if request.method == "POST":
         tools.tool_delete(tool=tool, actor=_actor(request))
         messages.success(request, f"Tool {tool.name} deleted.")

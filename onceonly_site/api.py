@@ -239,7 +239,7 @@ MAX_JSON_DEPTH = 64  # nesting of a request body: deeper documents are refused (
 UNSTORABLE_TEXT = "JSON parse error - strings may not contain U+0000 or unpaired surrogates (\\ud800–\\udfff)."
 
 
-def _storable_text(value: Any) -> bool:
+def storable_text(value: Any) -> bool:
     """No string (key or value) anywhere in ``value`` holds U+0000 or an unpaired surrogate: PostgreSQL's text and
     jsonb cannot store them, and UTF-8 cannot encode a lone surrogate — accepting one would be a 500 later."""
     stack = [value]
@@ -288,11 +288,11 @@ def parse_json_body(raw: bytes) -> Any:
     if data is None and raw:  # a literal null: only an empty body stands for {}
         problem = serializers.ErrorDetail("The request body must be a JSON object.", code="type_error")
         raise exceptions.ValidationError({"non_field_errors": [problem]})
-    if b"\\u" in raw and not _storable_text(data):
+    if b"\\u" in raw and not storable_text(data):
         # Point at the field when one holds it (a 422 with loc ["body", field]); else at the body.
         if isinstance(data, dict):
             for name, value in data.items():
-                if _storable_text(name) and not _storable_text(value):
+                if storable_text(name) and not storable_text(value):
                     message = "Text may not contain U+0000 or unpaired surrogates (no database can store them)."
                     raise exceptions.ValidationError({name: [serializers.ErrorDetail(message, code="string_type")]})
         raise exceptions.ParseError(UNSTORABLE_TEXT)

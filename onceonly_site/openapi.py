@@ -196,7 +196,8 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     404: (
         "NotFound",
         'No route takes the path (`"Not Found"`), or the named object does not exist '
-        "(`policy_not_found`, `tool_not_found`, `approval_not_found`, `agent_not_found`, `shadow_not_found`).",
+        "(`policy_not_found`, `tool_not_found`, `approval_not_found`, `agent_not_found`, `shadow_not_found`, "
+        "`mcp_server_not_found`, `mcp_tool_not_found`).",
         _TEXT_OR_PROBLEM,
         {},
     ),
@@ -205,12 +206,14 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "Conflict",
         "The `lease_id` does not hold the key (`lease_mismatch`), the lease's state does not allow "
         "the transition (`lease_conflict`), the approval is no longer pending (`approval_not_pending`, with its "
-        "`status`), or the enforced policy changed since the caller read it (`policy_changed`, with its `version`).",
+        "`status`), the enforced policy changed since the caller read it (`policy_changed`, with its `version`), or "
+        "the MCP server's name is taken (`mcp_server_exists`).",
         _problem(
             "lease_mismatch",
             "lease_conflict",
             "approval_not_pending",
             "policy_changed",
+            "mcp_server_exists",
             status={"type": "string", "description": "The lease's or the approval's status now."},
             version={"type": "integer", "nullable": True, "description": "The enforced policy version now."},
         ),

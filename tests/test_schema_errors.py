@@ -62,11 +62,12 @@ OWN_ERRORS: dict[str, set[int]] = {
     "tool_delete": {404},
     "tool_toggle": {404},
     "mcp_servers_list": set(),
-    "mcp_server_register": set(),  # a failed discovery is answered in the 201's body (docs/api.md)
+    "mcp_server_register": {409},  # mcp_server_exists; a failed discovery is answered in the 201's body
     "mcp_server_get": {404},  # mcp_server_not_found
     "mcp_server_update": {404},
     "mcp_server_delete": {404},
     "mcp_server_discover": {404},
+    "mcp_server_tool_update": {404},  # mcp_server_not_found, mcp_tool_not_found
     "approvals_list": set(),
     "approval_get": {404},  # approval_not_found
     "approval_approve": {404, 409},  # approval_not_found; approval_not_pending (admin key)
@@ -237,10 +238,12 @@ OWN_ERROR_REQUESTS: dict[str, list[tuple[int, str, dict | None]]] = {
     "tool_get": [(404, "x", None)],
     "tool_delete": [(404, "x", None)],
     "tool_toggle": [(404, "x", {"enabled": True})],
+    "mcp_server_register": [(409, "", {"name": "taken", "url": "https://8.8.8.8/mcp"})],
     "mcp_server_get": [(404, "x", None)],
     "mcp_server_update": [(404, "x", {})],
     "mcp_server_delete": [(404, "x", None)],
     "mcp_server_discover": [(404, "x", {})],
+    "mcp_server_tool_update": [(404, "x", {})],
     "approval_get": [(404, "apr_x", None)],
     "approval_approve": [(404, "apr_x", {}), (409, "apr_decided", {})],
     "approval_deny": [(404, "apr_x", {"reason": "r"}), (409, "apr_decided", {"reason": "r"})],
@@ -263,7 +266,7 @@ def admin_key(account_a):
     from django.utils import timezone
 
     from billing.services import api_key_create
-    from governance.models import Agent, Approval
+    from governance.models import Agent, Approval, McpServer
 
     # (bot also carries a shadow candidate "s1": promoting it against a version it does not have is a 409.)
     agent = Agent.objects.create(account=account_a, agent_id="bot", shadow_policy={}, shadow_id="s1")
@@ -271,6 +274,7 @@ def admin_key(account_a):
         public_id="apr_decided", account=account_a, agent=agent, tool="t", args_hash="0" * 64, rule={"tool": "t"},
         risk_level="low", status=Approval.Status.APPROVED, expires_at=timezone.now() + timedelta(hours=1),
     )  # fmt: skip
+    McpServer.objects.create(account=account_a, name="taken", url="https://8.8.8.8/mcp")  # registering it: 409
     return api_key_create(account=account_a, scope="admin").raw
 
 

@@ -345,6 +345,17 @@ def api_mcp_server_discover(w):
     assert w.api_b().post("/v1/mcp/servers/a-mcp/discover", {}, content_type=JSON).status_code == 404
 
 
+def api_mcp_server_tool(w):
+    """B's key on A's server's tool (by its remote name, which holds A_SECRET_NAME): 404, and the tool unchanged."""
+    change = {"enabled": True, "price_usd": 9, "risk_level": "low", "timeout_ms": 1000}
+    response = w.api_b().patch(f"/v1/mcp/servers/a-mcp/tools/{A_SECRET_NAME}", change, content_type=JSON)
+    assert response.status_code == 404 and response.json()["detail"]["error"] == "mcp_server_not_found"
+    hidden(response)
+    tool = Tool.objects.get(mcp_server_id=w.mcp_server_id)
+    assert (tool.enabled, tool.price_usd, tool.risk_level) == (False, None, "")
+    assert tool.timeout_ms == Tool._meta.get_field("timeout_ms").default
+
+
 def web_mcp_server(w):
     """B's owner on A's MCP server's page, by its row: 404 to read and to change."""
     path = f"/tools/mcp/{w.mcp_server_id}/"
@@ -513,6 +524,7 @@ CASES: dict[str, Any] = {
     "v1:mcp-servers": api_mcp_servers,
     "v1:mcp-server": api_mcp_server,
     "v1:mcp-server-discover": api_mcp_server_discover,
+    "v1:mcp-server-tool": api_mcp_server_tool,
     "governance:mcp-server-new": page("/tools/mcp/new/"),
     "governance:mcp-server": web_mcp_server,
     "governance:mcp-server-discover": not_found("post", lambda w: f"/tools/mcp/{w.mcp_server_id}/discover/"),

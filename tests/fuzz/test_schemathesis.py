@@ -192,6 +192,8 @@ def send(case, auth: dict[str, str]) -> bool:
     if case.meta.generation.mode.is_positive:
         if _unstatable(case):
             return False
+        if case.path.startswith("/v1/mcp/servers") and isinstance(case.body, dict) and "url" in case.body:
+            case.body["url"] = TOOL_URL  # a discovery must reach nothing but loopback, like a dispatch
         if case.method == "POST" and case.path == "/v1/tools" and isinstance(case.body, dict):
             case.body["url"] = TOOL_URL
             if case.body.get("auth") is None:  # a new tool needs its signing secret; whether it is new is state

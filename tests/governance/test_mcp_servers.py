@@ -266,10 +266,15 @@ def test_api_bad_input_is_a_structured_422(client, settings, body, loc):
     assert not McpServer.objects.exists()
 
 
-def test_api_duplicate_name_and_bad_patch_are_422(client, upstream):
+def test_api_duplicate_name_is_409_and_bad_patch_422(client, upstream):
     assert client.post("/v1/mcp/servers", {"name": "up", "url": upstream.url}, content_type=JSON).status_code == 201
     again = client.post("/v1/mcp/servers", {"name": "up", "url": upstream.url}, content_type=JSON)
-    assert again.status_code == 422 and again.json()["detail"][0]["type"] == "name_conflict"
+    assert again.status_code == 409 and again.json()["detail"]["error"] == "mcp_server_exists"
+    assert McpServer.objects.count() == 1
+    pasted = client.post(
+        "/v1/mcp/servers", {"name": "p", "url": upstream.url, "auth_header_value": "Bearer ghp_…"}, content_type=JSON
+    )
+    assert pasted.status_code == 422 and pasted.json()["detail"][0]["loc"] == ["body", "auth_header_value"]
     for patch in ({"enabled": "yes"}, {"url": None}, {"name": "other"}, {"auth_header_name": "Host"}):
         response = client.patch("/v1/mcp/servers/up", patch, content_type=JSON)
         assert response.status_code == 422, (patch, response.content)
@@ -290,3 +295,126 @@ def test_api_is_scoped_to_the_account(client, key_b, upstream):
         assert response.status_code == 404, (method, path)
         assert response.json()["detail"]["error"] == "mcp_server_not_found"
     assert McpServer.objects.get().enabled and Tool.objects.count() == 4
+
+
+# --- a server's tools: PATCH …/tools/{tool} here, not POST /v1/tools --------------------------------------------
+
+
+def _tool_state(name):
+    return Tool.objects.filter(name=name).values("url", "max_retries", "secret_encrypted", "enabled", "timeout_ms")
+
+
+def test_api_patch_a_tool_by_its_remote_name(client, upstream):
+    assert client.post("/v1/mcp/servers", {"name": "up", "url": upstream.url}, content_type=JSON).status_code == 201
+    body = {"price_usd": 0.25, "risk_level": "high", "timeout_ms": 9000, "enabled": False}
+    response = client.patch("/v1/mcp/servers/up/tools/charge", body, content_type=JSON)
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert (answer["name"], answer["remote_name"], answer["enabled"]) == ("up.charge", "charge", False)
+    assert (answer["price_usd"], answer["risk_level"], answer["timeout_ms"]) == (0.25, "high", 9000)
+    assert answer["input_schema"]["type"] == "object"
+    tool = Tool.objects.get(name="up.charge")
+    assert (float(tool.price_usd), tool.risk_level, tool.timeout_ms, tool.enabled) == (0.25, "high", 9000, False)
+    assert (tool.max_retries, tool.url) == (0, upstream.url)  # the server's: untouched
+    entry = AuditEntry.objects.filter(action="governance.tool.saved").get()
+    assert entry.object_id == "global/up.charge" and entry.data["mcp_server"] == "up"
+    assert entry.actor_label.startswith("api key ")
+    # Only what is sent changes; null clears price and risk.
+    cleared = client.patch(
+        "/v1/mcp/servers/up/tools/charge", {"price_usd": None, "risk_level": None}, content_type=JSON
+    )
+    assert cleared.status_code == 200
+    assert (cleared.json()["price_usd"], cleared.json()["risk_level"], cleared.json()["timeout_ms"]) == (
+        None,
+        None,
+        9000,
+    )
+    assert client.get("/v1/mcp/servers/up").json()["tools"][0]["enabled"] is False  # up.charge, first by name
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "loc_or_error"),
+    [
+        ("up/tools/charge", {"timeout_ms": 10}, 422, ["body", "timeout_ms"]),
+        ("up/tools/charge", {"risk_level": "extreme"}, 422, ["body", "risk_level"]),
+        ("up/tools/charge", {"price_usd": -1}, 422, ["body", "price_usd"]),
+        ("up/tools/charge", {"enabled": "no"}, 422, ["body", "enabled"]),
+        ("up/tools/charge", {"url": "https://evil.example.com/"}, 422, ["body", "url"]),
+        ("up/tools/charge", {"max_retries": 3}, 422, ["body", "max_retries"]),
+        ("up/tools/charge", [1], 422, ["body"]),
+        ("up/tools/nope", {"timeout_ms": 10}, 422, ["body", "timeout_ms"]),  # the body first, whatever the names
+        ("up/tools/a%20b", {}, 422, ["path", "tool"]),
+        ("up/tools/" + "x" * 129, {}, 422, ["path", "tool"]),
+        ("Up/tools/charge", {}, 422, ["path", "name"]),
+        ("up/tools/up.charge", {}, 404, "mcp_tool_not_found"),  # the remote name, not the registry's
+        ("up/tools/Charge", {}, 404, "mcp_tool_not_found"),  # exactly
+        ("up/tools/nope", {}, 404, "mcp_tool_not_found"),
+        ("other/tools/charge", {}, 404, "mcp_server_not_found"),
+    ],
+)
+def test_api_patch_a_tool_refusals(client, upstream, path, body, status, loc_or_error):
+    assert client.post("/v1/mcp/servers", {"name": "up", "url": upstream.url}, content_type=JSON).status_code == 201
+    before = list(_tool_state("up.charge"))
+    response = client.patch(f"/v1/mcp/servers/{path}", body, content_type=JSON)
+    assert response.status_code == status, response.content
+    if status == 422:
+        assert loc_or_error in [item["loc"] for item in response.json()["detail"]]
+    else:
+        assert response.json()["detail"]["error"] == loc_or_error
+    assert list(_tool_state("up.charge")) == before
+    assert not AuditEntry.objects.filter(action="governance.tool.saved").exists()
+
+
+def test_api_patch_a_webhook_tool_is_not_found(client, upstream):
+    """A webhook tool named like a server's tool is not the server's."""
+    assert client.post("/v1/mcp/servers", {"name": "up", "url": upstream.url}, content_type=JSON).status_code == 201
+    secret = {"type": "hmac_sha256", "secret": "s" * 8}
+    webhook = {"name": "up.other", "url": "https://tools.example.com/x", "auth": secret}
+    assert client.post("/v1/tools", webhook, content_type=JSON).status_code == 200
+    response = client.patch("/v1/mcp/servers/up/tools/other", {"enabled": False}, content_type=JSON)
+    assert response.status_code == 404 and response.json()["detail"]["error"] == "mcp_tool_not_found"
+    assert Tool.objects.get(name="up.other").enabled
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "up.echo", "url": "https://evil.example.com/mcp"},
+        {"name": "up.echo", "url": "https://evil.example.com/mcp", "auth": {"secret": "s" * 8}, "max_retries": 3},
+        {"name": "up.echo", "url": "https://evil.example.com/mcp", "scope_id": "global", "enabled": False},
+    ],
+)
+def test_api_tools_upsert_refuses_an_mcp_tool(client, upstream, body):
+    """POST /v1/tools would replace its URL, give it a secret and retries: a 422 naming the server and the endpoint
+    that changes it; nothing is written."""
+    assert client.post("/v1/mcp/servers", {"name": "up", "url": upstream.url}, content_type=JSON).status_code == 201
+    before = list(_tool_state("up.echo"))
+    audited = AuditEntry.objects.count()
+    response = client.post("/v1/tools", body, content_type=JSON)
+    assert response.status_code == 422, response.content
+    [item] = response.json()["detail"]
+    assert (item["type"], item["loc"]) == ("mcp_tool", ["body", "name"])
+    assert "MCP server 'up'" in item["msg"] and "PATCH /v1/mcp/servers/up/tools/echo" in item["msg"]
+    assert list(_tool_state("up.echo")) == before and AuditEntry.objects.count() == audited
+    tool = Tool.objects.get(name="up.echo")
+    assert (tool.kind, tool.max_retries, tool.secret_encrypted) == ("mcp", 0, "")
+
+
+def test_api_tools_toggle_works_on_an_mcp_tool(client, upstream):
+    """Enabling and disabling is the operator's on any tool: /v1/tools/{name}/toggle changes an MCP tool too."""
+    assert client.post("/v1/mcp/servers", {"name": "up", "url": upstream.url}, content_type=JSON).status_code == 201
+    response = client.post("/v1/tools/up.echo/toggle", {"enabled": False}, content_type=JSON)
+    assert response.status_code == 200 and response.json()["enabled"] is False
+    tool = Tool.objects.get(name="up.echo")
+    assert (tool.enabled, tool.kind, tool.url, tool.max_retries) == (False, "mcp", upstream.url, 0)
+
+
+def test_api_tools_delete_refuses_an_mcp_tool(client, upstream):
+    assert client.post("/v1/mcp/servers", {"name": "up", "url": upstream.url}, content_type=JSON).status_code == 201
+    response = client.delete("/v1/tools/up.echo")
+    assert response.status_code == 422, response.content
+    [item] = response.json()["detail"]
+    assert (item["type"], item["loc"]) == ("mcp_tool", ["path", "name"])
+    assert "DELETE /v1/mcp/servers/up" in item["msg"] and "PATCH /v1/mcp/servers/up/tools/echo" in item["msg"]
+    assert Tool.objects.filter(name="up.echo").exists()
+    assert not AuditEntry.objects.filter(action="governance.tool.deleted").exists()
