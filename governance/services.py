@@ -1421,9 +1421,10 @@ def tool_test_call(*, tool: Tool, args: dict[str, Any], actor: str) -> tuple[Dec
     agent = agent_get_or_create(account_id=tool.account_id, agent_id=OPERATOR_AGENT)
     digest = args_hash(agent.account.args_hash_key, OPERATOR_AGENT, tool.name, args)
     started = time.monotonic()
+    dispatch_id = uuid.uuid4().hex
     sent = dispatch.dispatch(
         tool,
-        dispatch_id=uuid.uuid4().hex,
+        dispatch_id=dispatch_id,
         agent_id=OPERATOR_AGENT,
         args=args,
         run_id="",
@@ -1443,7 +1444,8 @@ def tool_test_call(*, tool: Tool, args: dict[str, Any], actor: str) -> tuple[Dec
         latency_ms=int((time.monotonic() - started) * 1000),
         http_status=sent.http_status,
         result=sent.result,
-        dispatch_id=(sent.request_headers or {}).get("webhook-id", ""),
+        # A webhook's message id; an MCP tool's tools/call carries the dispatch id in its _meta (no such header).
+        dispatch_id=(sent.request_headers or {}).get("webhook-id", dispatch_id if sent.attempts else ""),
         explain={"policy_version": agent.policy_version, "test_call": True, "actor": actor, **_attempts_explain(sent)},
     )
     Tool.objects.filter(pk=tool.pk).update(
