@@ -5,7 +5,8 @@
 advisory lock held to the end of the writing transaction), so concurrent writers cannot fork the chain. ``verify``
 walks an account's entries in id order and names the first that does not match: an edited entry fails its own
 hash, a deleted or inserted one breaks the next entry's link. (Deleting the newest entries leaves no trace inside
-the database: compare the newest ``row_hash`` with a copy kept elsewhere.)
+the database: compare the newest ``row_hash`` with a copy kept elsewhere.) ``checkpoint_account`` records the chain's
+head in a signed ``AuditCheckpoint`` (beat, with the decision-log checkpoints), which is such a copy.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
-from billing.models import AuditEntry
+from billing.models import AuditCheckpoint, AuditEntry
+from onceonly_site import checkpoint_signing
 
 GENESIS = "0" * 64
 FIELDS = ("actor_label", "action", "object_type", "object_id", "data")
@@ -51,6 +54,37 @@ def lock_chain(account_id: int) -> None:
 def previous_hash(account_id: int) -> str:
     last = AuditEntry.objects.filter(account_id=account_id).order_by("-id").values_list("row_hash", flat=True).first()
     return last or GENESIS
+
+
+def checkpoint_account(account_id: int) -> AuditCheckpoint | None:
+    """Record the account's newest chained entry as a new checkpoint (signed when a key is configured), if there
+    are entries since the last one. No settling wait, unlike the decision log: entries are chained under the
+    account's lock, so an entry cannot commit after one with a higher id."""
+    last = AuditCheckpoint.objects.filter(account_id=account_id).order_by("-seq").first()
+    after = last.last_entry_id if last else 0
+    chained = AuditEntry.objects.filter(account_id=account_id, pk__gt=after).exclude(row_hash="")
+    head = chained.order_by("-id").values_list("pk", "row_hash").first()
+    if head is None:
+        return None
+    covered = chained.filter(pk__lte=head[0])
+    first = covered.order_by("id").values_list("pk", flat=True).first()
+    checkpoint = AuditCheckpoint(
+        account_id=account_id,
+        seq=(last.seq + 1) if last else 1,
+        first_entry_id=first if first is not None else head[0],
+        last_entry_id=head[0],
+        row_count=covered.count(),
+        prev_hash=last.chain_hash if last else GENESIS,
+        chain_hash=head[1],
+        created_at=timezone.now(),
+    )
+    checkpoint_signing.sign("audit", checkpoint)
+    try:
+        with transaction.atomic():
+            checkpoint.save(force_insert=True)
+    except IntegrityError:
+        return None  # another run wrote this checkpoint first
+    return checkpoint
 
 
 @dataclass

@@ -210,6 +210,36 @@ class AuditEntry(models.Model):
         return f"{self.action} by {self.actor_label}"
 
 
+class AuditCheckpoint(models.Model):
+    """A signed copy of an account's audit-log chain head (billing.audit.checkpoint_account), written by beat.
+
+    The entries already chain each other; a checkpoint records the newest entry's ``row_hash`` (``chain_hash``), the
+    entries since the previous checkpoint and, when a key is configured, an Ed25519 signature over them
+    (onceonly_site/checkpoint_signing.py), so a rewritten chain is caught outside the database.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveIntegerField()
+    first_entry_id = models.BigIntegerField()
+    last_entry_id = models.BigIntegerField()
+    row_count = models.PositiveIntegerField(help_text="Chained entries in (previous last_entry_id, last_entry_id].")
+    prev_hash = models.CharField(max_length=64, help_text="The previous checkpoint's chain_hash (64 zeros first).")
+    chain_hash = models.CharField(max_length=64, help_text="row_hash of the entry last_entry_id.")
+    created_at = models.DateTimeField(default=timezone.now)
+    signature = models.CharField(max_length=100, blank=True)
+    key_id = models.CharField(max_length=64, blank=True, help_text="RFC 7638 thumbprint of the signing key.")
+    signed_at = models.DateTimeField(null=True, blank=True, help_text="Later than created_at when backfilled.")
+
+    class Meta:
+        ordering = ["account", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "seq"], name="billing_auditcheckpoint_unique_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"audit checkpoint {self.seq} of account {self.account_id}"
+
+
 class UsageMonth(models.Model):
     """The database mirror of an account's monthly usage counters (Redis holds the live ones;
     docs/architecture.md §7.10).

@@ -17,6 +17,7 @@ from billing.notifications import notify
 from billing.services import audit_record
 from governance.models import Decision, DecisionCheckpoint
 from idempotency.services import canonical_json
+from onceonly_site import checkpoint_signing
 
 logger = logging.getLogger(__name__)
 
@@ -94,26 +95,34 @@ def checkpoint_account(account_id: int) -> DecisionCheckpoint | None:
     digest = hashlib.sha256(prev.encode())
     for _, value in hashes:
         digest.update(value.encode())
+    checkpoint = DecisionCheckpoint(
+        account_id=account_id,
+        seq=(last.seq + 1) if last else 1,
+        first_decision_id=hashes[0][0],
+        last_decision_id=hashes[-1][0],
+        row_count=len(hashes),
+        prev_hash=prev,
+        chain_hash=digest.hexdigest(),
+        created_at=timezone.now(),
+    )
+    # Signed before it is written, in the same insert (docs/operations.md §"Signed checkpoints").
+    checkpoint_signing.sign("decisions", checkpoint)
     try:
         with transaction.atomic():
-            return DecisionCheckpoint.objects.create(
-                account_id=account_id,
-                seq=(last.seq + 1) if last else 1,
-                first_decision_id=hashes[0][0],
-                last_decision_id=hashes[-1][0],
-                row_count=len(hashes),
-                prev_hash=prev,
-                chain_hash=digest.hexdigest(),
-            )
+            checkpoint.save(force_insert=True)
     except IntegrityError:
         return None  # another run wrote this checkpoint first
+    return checkpoint
 
 
 def checkpoint_all() -> int:
-    """Beat: checkpoint every account with new decisions. Returns the number of checkpoints written."""
+    """Beat: checkpoint every account with new decisions, and its audit log's head when it has new entries.
+    Returns the number of checkpoints written (of both logs)."""
     written = 0
     for account_id in Account.objects.values_list("pk", flat=True):
         while checkpoint_account(account_id) is not None:  # catch up in batches
+            written += 1
+        if audit.checkpoint_account(account_id) is not None:
             written += 1
     return written
 

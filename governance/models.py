@@ -214,6 +214,8 @@ class DecisionCheckpoint(models.Model):
 
     ``chain_hash`` = SHA-256(previous checkpoint's chain_hash ‖ row_hash of every decision in (first..last], in id
     order). Recomputing it detects edited, deleted or inserted rows; ``verify_decision_log`` names the first.
+    Signed with the server's Ed25519 key when one is configured (onceonly_site/checkpoint_signing.py), so a rewrite
+    by someone who can only write the database is caught outside it (``tools/verify_checkpoints.py``).
     """
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
@@ -224,6 +226,10 @@ class DecisionCheckpoint(models.Model):
     prev_hash = models.CharField(max_length=64)
     chain_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField(default=timezone.now)
+    # Ed25519 over checkpoint_signing.message (base64url); empty when no signing key was configured.
+    signature = models.CharField(max_length=100, blank=True)
+    key_id = models.CharField(max_length=64, blank=True, help_text="RFC 7638 thumbprint of the signing key.")
+    signed_at = models.DateTimeField(null=True, blank=True, help_text="Later than created_at when backfilled.")
 
     class Meta:
         ordering = ["account", "seq"]

@@ -9,10 +9,11 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name="governance.checkpoint_decisions", ignore_result=True)
 def checkpoint_decisions() -> None:
-    """Beat: extend every account's decision-log hash chain with the decisions written since the last run."""
+    """Beat: extend every account's decision-log hash chain with the decisions written since the last run, and
+    checkpoint its audit log's head; both signed when a key is configured (docs/operations.md §"Signed checkpoints")."""
     written = ledger.checkpoint_all()
     if written:
-        logger.info("wrote %s decision-log checkpoints", written)
+        logger.info("wrote %s decision-log and audit-log checkpoints", written)
 
 
 @shared_task(name="governance.record_unfinished_dispatches", ignore_result=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from onceonly_site import embedded_redis
+from onceonly_site import checkpoint_signing, embedded_redis
 from onceonly_site.env import (
     celery_url_from_redis,
     database_from_url,
@@ -297,6 +297,15 @@ ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", 
 # Tools on public addresses must use https:// unless this is on (private ones, when allowed, may use http://).
 ONCEONLY_ALLOW_HTTP_TOOL_URLS = env_bool("ONCEONLY_ALLOW_HTTP_TOOL_URLS", False)
 ONCEONLY_FIELD_ENCRYPTION_KEY = env_str("ONCEONLY_FIELD_ENCRYPTION_KEY") or ""
+# Signed checkpoints (docs/operations.md §"Signed checkpoints"): the Ed25519 key that signs the decision-log and
+# audit-log checkpoints, and the public keys of earlier signing keys, still published for their signatures. Unset:
+# checkpoints are not signed — except in DEBUG, where a key generated once is kept under var/ (as the secret key is).
+ONCEONLY_CHECKPOINT_SIGNING_KEY = (env_str("ONCEONLY_CHECKPOINT_SIGNING_KEY") or "").strip()
+if not ONCEONLY_CHECKPOINT_SIGNING_KEY and DEBUG:
+    ONCEONLY_CHECKPOINT_SIGNING_KEY = checkpoint_signing.dev_key(VAR_DIR / "dev-checkpoint-signing-key")
+ONCEONLY_CHECKPOINT_PUBLIC_KEYS = env_list("ONCEONLY_CHECKPOINT_PUBLIC_KEYS", [])
+# A malformed key stops every process at start-up, not the beat task at its first checkpoint.
+checkpoint_signing.validate(ONCEONLY_CHECKPOINT_SIGNING_KEY, ONCEONLY_CHECKPOINT_PUBLIC_KEYS)
 
 # Paid plans through Stripe (docs/billing.md). Unset: nothing of it is visible, plans are switched freely.
 STRIPE_SECRET_KEY = (env_str("STRIPE_SECRET_KEY") or "").strip()

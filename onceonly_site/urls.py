@@ -8,7 +8,7 @@ from billing.urls import api_urlpatterns as billing_api
 from governance.urls import api_urlpatterns as governance_api
 from governance.urls import mcp_urlpatterns
 from idempotency.urls import api_urlpatterns as idempotency_api
-from onceonly_site import api, health, metrics
+from onceonly_site import api, health, metrics, well_known
 
 # The /v1 API (docs/api.md). Paths have no trailing slash, as the SDKs send them. The last pattern answers any
 # unknown /v1 route with a JSON 404 instead of an HTML page.
@@ -33,6 +33,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("favicon.ico", favicon, name="favicon"),
     path("metrics", metrics.prometheus, name="prometheus"),
+    path(".well-known/onceonly-checkpoint-keys.json", well_known.checkpoint_keys, name="checkpoint-keys"),
     *mcp_urlpatterns,
     path("admin/", admin.site.urls),
     path("", include("governance.urls")),

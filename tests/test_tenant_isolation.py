@@ -627,6 +627,7 @@ EXEMPT = {
     "api-docs": "Swagger UI (no account data)",
     "healthz": "liveness (no account data; tests/test_health.py)",
     "favicon": "a redirect to the static icon (no account data)",
+    "checkpoint-keys": "the public checkpoint-signing keys, no login (no account data; test_signed_checkpoints.py)",
     "prometheus": "operator-wide totals behind ONCEONLY_METRICS_TOKEN, not an account's key (tests/test_metrics.py)",
     "billing:login": "before any account (the lockout tests: tests/test_web_hardening.py)",
     "billing:logout": "ends the caller's own session",

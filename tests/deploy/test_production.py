@@ -73,6 +73,7 @@ NOT_CRAWLED = {
     "provider-event-retry": "POST only, superusers",
     "healthz": "checked directly, not a page",
     "favicon": "a redirect to the icon, asked for by the browser itself",
+    "checkpoint-keys": "the public checkpoint-signing keys (JSON), fetched directly by auditors",
     "prometheus": "off without ONCEONLY_METRICS_TOKEN",
     "schema": "the OpenAPI document (JSON), fetched directly",
     "approval-decide": "POST only",
@@ -87,6 +88,12 @@ NOT_CRAWLED = {
     "policy-code-apply": "POST only",
     "channel-edit": "needs a notification channel, made on the dashboard only (crawled by test_browser_every_page)",
     "channel-delete": "needs a notification channel, made on the dashboard only (crawled by test_browser_every_page)",
+    "mcp": "the MCP gateway (JSON-RPC over POST), not a page: tests/governance/test_mcp_acceptance.py",
+    "mcp-root": "the MCP gateway (JSON-RPC over POST), not a page: tests/governance/test_mcp_acceptance.py",
+    "mcp-agent": "the MCP gateway (JSON-RPC over POST), not a page: tests/governance/test_mcp_acceptance.py",
+    "mcp-server": "needs a registered MCP server, which needs a live upstream (tests/ui/test_mcp_servers_pages.py)",
+    "mcp-server-discover": "POST only",
+    "mcp-server-delete": "needs a registered MCP server (tests/ui/test_mcp_servers_pages.py)",
 }
 
 ASKED_FOR = os.environ.get("ONCEONLY_DEPLOY_TEST") == "1"
