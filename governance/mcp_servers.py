@@ -133,6 +133,7 @@ def _header_value() -> String:
         nullable=False,
         blank=True,
         rules=(control_problem, _ascii_problem),
+        pattern="^[ -~]*$",  # printable ASCII, as _ascii_problem and control_problem check it
         description='Its value, e.g. "Bearer …": write-only, stored encrypted, shown masked. Empty: no auth header.',
     )
 

@@ -15,7 +15,7 @@ import yaml
 from django.apps import apps
 from django.test import Client
 
-from governance.models import Agent, Decision, PolicyVersion
+from governance.models import Agent, Decision, McpServer, PolicyVersion, Tool
 from onceonly_site.redis_client import get_redis
 
 N = "__N__"  # where the number's text goes in a body
@@ -80,6 +80,17 @@ BODY_CASES: list[tuple[str, str, dict[str, Any], list[list[str]]]] = [
         [["expected_version"]],
     ),
     *[("POST /v1/tools", field, {**TOOL, field: N}, [[field]]) for field in ("timeout_ms", "max_retries", "price_usd")],
+    (
+        "POST /v1/mcp/servers",
+        "timeout_ms",
+        {"name": "s", "url": "https://mcp.example.com/mcp", "timeout_ms": N},
+        [["timeout_ms"]],
+    ),
+    ("PATCH /v1/mcp/servers/{name}", "timeout_ms", {"timeout_ms": N}, [["timeout_ms"]]),
+    *[
+        ("PATCH /v1/mcp/servers/{name}/tools/{tool}", field, {field: N}, [[field]])
+        for field in ("timeout_ms", "price_usd")
+    ],
 ]
 
 # Query parameters: (operation, parameter, URL with N in place of the number).
@@ -94,6 +105,8 @@ QUERY_CASES = [
     ("GET /v1/runs/{run_id}", "offset", f"/v1/runs/r?offset={N}"),
     ("GET /v1/approvals", "limit", f"/v1/approvals?limit={N}"),
     ("GET /v1/approvals", "offset", f"/v1/approvals?offset={N}"),
+    ("GET /v1/mcp/servers", "limit", f"/v1/mcp/servers?limit={N}"),
+    ("GET /v1/mcp/servers", "offset", f"/v1/mcp/servers?offset={N}"),
 ]
 
 _STATE_MODELS = [m for app in ("billing", "idempotency", "governance") for m in apps.get_app_config(app).get_models()]
@@ -112,12 +125,19 @@ def _raw(body: dict[str, Any], number: str) -> str:
 
 
 def _post(client: Client, operation: str, body: dict[str, Any], number: str):
-    path = operation.split(" ", 1)[1].replace("{agent_id}", "bi")
-    return client.post(path, _raw(body, number), content_type="application/json")
+    method, path = operation.split(" ", 1)
+    path = path.replace("{agent_id}", "bi").replace("{name}", "x").replace("{tool}", "y")
+    return client.generic(method, path, _raw(body, number), content_type="application/json")
 
 
 @pytest.fixture
 def client(key_a):
+    # An MCP server "x" with its tool "y" (x.y): the PATCH cases' paths name them.
+    server = McpServer.objects.create(account_id=key_a.api_key.account_id, name="x", url="https://mcp.example.com/m")
+    Tool.objects.create(
+        account_id=key_a.api_key.account_id, name="x.y", name_key="x.y", url=server.url, kind="mcp",
+        mcp_server=server, remote_name="y",
+    )  # fmt: skip
     return key_a.client()
 
 

@@ -5,6 +5,7 @@ example receiver, a real process), deduplication by idempotency key, refusals as
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -28,7 +29,9 @@ def mcp(url: str, key: str, steps, *, mode: str = "legacy", headers: dict[str, s
         async with http, Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client:
             return await steps(client)
 
-    return anyio.run(main)
+    # In a thread of its own: the browser tests' Playwright keeps an event loop running in the test thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(anyio.run, main).result()
 
 
 def register(client, base, name, path="/ok", **extra):

@@ -907,7 +907,7 @@ def test_bad_dates_keep_the_good_filters(client, owner_a):
 # --- queries ----------------------------------------------------------------------------------------------------
 
 
-QUERIES = {"agents": 7, "decisions": 7, "audit": 7, "tools": 7, "runs": 6, "locks": 5, "active": 5, "finished": 5}
+QUERIES = {"agents": 7, "decisions": 7, "audit": 7, "tools": 8, "runs": 6, "locks": 5, "active": 5, "finished": 5}
 # Each: session, user, membership; then agents: count, page, cap states (today's rollups, the last hour's
 # decisions) · decisions: suggestions (agents, tools of the week), page, total (the rollups) · audit: suggestions
 # (actors, actions), count, page · tools: scope suggestions, the last hour's calls, count, page · runs: agent
