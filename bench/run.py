@@ -26,7 +26,9 @@ governed call and check-lock are paced again at the same rates, and the overview
 timeline pages are timed in-process with their query counts. Then the dashboard scenario (bench/dashboard.py):
 another account with 1,000,000 decisions over 30 days and the other tables filled, and every dashboard table page
 and the overview timed through gunicorn (server time from a bench-only Server-Timing header). Last, the replay
-scenario (bench/replay.py): a draft policy's impact preview over 100,000 decisions of one agent, in-process.
+scenario (bench/replay.py): a draft policy's impact preview over 100,000 decisions of one agent, in-process. Then
+the export scenario (bench/export.py): 1,000,000 decisions exported as CSV and JSON Lines, each by a child process
+whose peak RSS is measured.
 
     make bench                       # about 15 minutes
     python -m bench.run --quick      # 3 s runs, short noisy neighbour, 5 round trips, no growth or dashboard phase
@@ -38,6 +40,7 @@ scenario (bench/replay.py): a draft policy's impact preview over 100,000 decisio
     make bench BENCH_ARGS="--only dashboard --keep-db"     # … and keep the seeded database for reruns:
     make bench BENCH_ARGS="--only dashboard --reuse-db"    # … which skip the reset and the seeding
     make bench BENCH_ARGS="--only replay"                  # the impact preview alone (no stack started), ~1 minute
+    make bench BENCH_ARGS="--only export"                  # 1M decisions exported, peak RSS (no stack), ~3 minutes
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ SCENARIOS = {
 }
 DASHBOARD = "dashboard"  # not a wrk scenario: bench/dashboard.py
 REPLAY = "replay"  # not a wrk scenario: bench/replay.py, in-process (no stack)
+EXPORT = "export"  # not a wrk scenario: bench/export.py, 1M decisions exported in a child process (no stack)
 NOISY = "noisy_neighbour"  # bench/contention.py, with both worker models
 ROUND_TRIP = "keyed_run_round_trip"  # bench/contention.py, with the stack's worker model
 OTHER_WARMUP = 2  # the comparison model's warm-up (s); its saturation runs are half --seconds, not paced
@@ -849,6 +853,10 @@ def report_all(results: dict[str, Any]) -> str:
         from bench import replay
 
         lines += replay.report(results[REPLAY])
+    if EXPORT in results:
+        from bench import export
+
+        lines += export.report(results[EXPORT])
     return "\n".join(lines)
 
 
@@ -862,6 +870,7 @@ class Phases:
     growth: bool
     dashboard: bool
     replay: bool
+    export: bool
     models: list[str]  # worker models in the order measured; the stack's own (``--worker-class``) last
 
     @classmethod
@@ -878,6 +887,7 @@ class Phases:
             growth=not options.quick and not only,
             dashboard=not options.quick and (not only or DASHBOARD in only),
             replay=REPLAY in only or (not only and not options.quick),
+            export=EXPORT in only or (not only and not options.quick),
             models=[other, options.worker_class] if compare else [options.worker_class],
         )
 
@@ -978,7 +988,7 @@ def api_phase(
 
 def main() -> None:
     global DB_NAME, REDIS_DB  # --db-name, --redis-db
-    known = [*SCENARIOS, NOISY, ROUND_TRIP, DASHBOARD, REPLAY]
+    known = [*SCENARIOS, NOISY, ROUND_TRIP, DASHBOARD, REPLAY, EXPORT]
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -1086,6 +1096,10 @@ def main() -> None:
             from bench import replay
 
             results[REPLAY] = replay.run()
+        if phases.export:
+            from bench import export
+
+            results[EXPORT] = export.run(reuse=options.reuse_db)
     finally:
         stack.stop()
         if not options.keep_db:
@@ -1102,7 +1116,7 @@ def main() -> None:
         or (options.workers, options.worker_class, options.threads)
         != (GUNICORN_WORKERS, WORKER_CLASSES[0], WEB_THREADS)
     )
-    suffix = "-dashboard" if dashboard_only else "-partial" if partial else ""
+    suffix = "-dashboard" if dashboard_only else "-export" if only == [EXPORT] else "-partial" if partial else ""
     out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
     out.write_text(json.dumps({**results, "table": table.splitlines()}, indent=2) + "\n")
     log(f"wrote {out.relative_to(ROOT)} ({results['wall_s']} s)")

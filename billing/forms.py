@@ -6,7 +6,7 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm, UsernameField
 from django.core.exceptions import ValidationError
 
-from billing import login_throttle
+from billing import login_throttle, sso
 from billing.choices import ApiKeyScope, Role
 from onceonly_site.identifiers import validate_identifier
 from onceonly_site.proxies import client_address
@@ -41,6 +41,8 @@ LOCKED_OUT = (
     "(manage.py create_operator)."
 )
 
+PASSWORD_LOGIN_OFF = "Password sign-in is turned off on this server: sign in with SSO."
+
 
 if TYPE_CHECKING:
     # What the mixin is mixed into (its cleaned_data, request and the clean() it extends), for the type checker only.
@@ -56,6 +58,8 @@ class LoginLockoutMixin(_AuthenticationFormBase):
     locked_out = False
 
     def clean(self) -> dict[str, Any]:
+        if not sso.password_login_enabled():  # ONCEONLY_PASSWORD_LOGIN=0: single sign-on only (billing/sso.py)
+            raise ValidationError(PASSWORD_LOGIN_OFF, code="password_login_disabled")
         username = (self.cleaned_data.get("username") or "").strip().lower()
         address = client_address(self.request) if self.request else ""
         # Counted as a failure before the password is looked at (taken back on success): concurrent guesses cannot

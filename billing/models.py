@@ -53,6 +53,14 @@ class Plan(models.Model):
         blank=True,
         help_text="Stripe price (recurring) an owner subscribes to for this plan; STRIPE_PRICE_IDS overrides it.",
     )
+    # How long the account's history (finished lease records with their keyed runs, expired lock records, run
+    # events) is kept before the retention sweep deletes it (docs/operations.md §"Retention").
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Days of history kept (blank: ONCEONLY_RETENTION_DAYS); an account may override it.",
+    )
 
     class Meta:
         ordering = ["sort_order", "id"]
@@ -62,6 +70,10 @@ class Plan(models.Model):
                 condition=models.Q(default_ttl_seconds__gte=1)
                 & models.Q(default_ttl_seconds__lte=models.F("max_ttl_seconds")),
                 name="billing_plan_default_ttl_within_max",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(retention_days__isnull=True) | models.Q(retention_days__gte=1),
+                name="billing_plan_retention_days_positive",
             ),
         ]
 
@@ -93,9 +105,26 @@ class Account(models.Model):
     # across tenants and low-entropy arguments cannot be brute-forced from the log without it.
     args_hash_key = models.CharField(max_length=64, default=new_args_hash_key, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
+    # Retention (docs/operations.md §"Retention"): this account's override of its plan's retention_days (blank: the
+    # plan's, else ONCEONLY_RETENTION_DAYS). A legal hold keeps all of its history past retention; set and cleared
+    # by an owner or an admin key with a reason, audited (governance/holds.py) — never edited in /admin/.
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Days of history kept for this account (blank: its plan's).",
+    )
+    legal_hold_since = models.DateTimeField(null=True, blank=True, editable=False)
+    legal_hold_reason = models.CharField(max_length=1000, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(retention_days__isnull=True) | models.Q(retention_days__gte=1),
+                name="billing_account_retention_days_positive",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

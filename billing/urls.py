@@ -1,7 +1,6 @@
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from billing import api, views
+from billing import api, sso_views, views
 from billing.forms import EmailAuthenticationForm
 
 app_name = "billing"
@@ -10,7 +9,11 @@ urlpatterns = [
     path("", views.overview, name="overview"),
     # A GET while signed in redirects to the overview; a POST always signs in anew (billing.views.LoginView).
     path("login/", views.LoginView.as_view(authentication_form=EmailAuthenticationForm), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # After a single sign-on, sign-out continues at the provider's end_session_endpoint (billing/sso_views.py).
+    path("logout/", sso_views.LogoutView.as_view(), name="logout"),
+    # Single sign-on with OpenID Connect: 404 unless ONCEONLY_OIDC_ISSUER is set (billing/sso.py).
+    path("oidc/authenticate/", sso_views.SsoStartView.as_view(), name="oidc-authenticate"),
+    path("oidc/callback/", sso_views.SsoCallbackView.as_view(), name="oidc-callback"),
     path("keys/", views.api_keys, name="api-keys"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("account/switch/", views.account_switch, name="account-switch"),

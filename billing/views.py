@@ -24,7 +24,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from billing import panels, selectors, services, stripe_client, stripe_webhooks, usage
+from billing import panels, selectors, services, sso, stripe_client, stripe_webhooks, usage
 from billing.choices import Role
 from billing.forms import (
     AccountSwitchForm,
@@ -71,6 +71,19 @@ class LoginView(auth_views.LoginView):
         if getattr(form, "locked_out", False):
             response.status_code = 429
         return response
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not sso.password_login_enabled():
+            # ONCEONLY_PASSWORD_LOGIN=0: nothing submitted is looked at (nor counted by the lockout).
+            context = self.get_context_data(password_refused=True)
+            return self.render_to_response(context, status=403)
+        return super().post(request, *args, **kwargs)
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        # The page offers "Sign in with SSO" when it is configured, and the password form unless it is turned off.
+        return super().get_context_data(
+            sso_enabled=sso.config().enabled, password_login=sso.password_login_enabled(), **kwargs
+        )
 
 
 def _new_key_slot(request: HttpRequest, token: str) -> str:

@@ -15,6 +15,11 @@ class GovernanceConfig(AppConfig):
         panels.register(operations_panel, with_request=True, first=True)
         jobs.set_action_executor(execute_action)
         approval_selectors.register()  # the navigation's pending count, kept by every process that changes one
+        # The retention sweep keeps the history of agents on legal hold (docs/operations.md §"Retention").
+        from governance.holds import held_agents
+        from idempotency.services import set_held_agents_reader
+
+        set_held_agents_reader(held_agents)
         connect_approvals()  # keyed runs waiting for an approval hear of its decision (docs/runs.md)
         # Notification channels and email hear of approval requests and decisions (docs/notifications.md).
         for listeners, listener in (
@@ -28,7 +33,13 @@ class GovernanceConfig(AppConfig):
 
     def warm(self) -> None:
         """At a web process's boot (onceonly_site/wsgi.py): the pooled HTTP client of signed dispatch, built once
-        rather than by several of the process's first requests at once (each with a TLS context of its own)."""
+        rather than by several of the process's first requests at once (each with a TLS context of its own); and,
+        when export is on, the OpenTelemetry exporter and its thread (else the first call would import the SDK)."""
         from governance import dispatch
+        from onceonly_site import telemetry
 
         dispatch.client()
+        try:
+            telemetry.tracer()
+        except Exception:  # a process without export still serves: the first span tries again
+            telemetry.logger.warning("OpenTelemetry export could not be set up", exc_info=True)

@@ -31,6 +31,10 @@ class Agent(models.Model):
     shadow_base_version = models.PositiveIntegerField(
         null=True, blank=True, help_text="The enforced version when the candidate started."
     )
+    # A legal hold keeps the agent's runs and run events past retention (docs/operations.md §"Retention"); set and
+    # cleared with a reason, audited (governance/holds.py).
+    legal_hold_since = models.DateTimeField(null=True, blank=True)
+    legal_hold_reason = models.CharField(max_length=1000, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -29,7 +29,7 @@ from billing.models import Account
 from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited, take_bucket
 from billing.services import audit_record
-from governance import approvals, dispatch, display, ledger, policies, slots, sql
+from governance import approvals, dispatch, display, ledger, policies, slots, sql, telemetry
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, DispatchIntent, PolicyVersion, Tool
 from idempotency import events as run_events
@@ -1169,6 +1169,7 @@ def call_record(call: Call, ending: Ending) -> CallOutcome:
             run_events.emit_many(timeline(decision))
     else:
         decision = _record(agent, timeline, ending.intent_id, **fields)
+        telemetry.export_call(agent_id=call.agent_id, started_at=call.started_at, decision=decision)
     return CallOutcome(decision=decision, remaining=ending.remaining)
 
 

@@ -15,7 +15,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, DecimalField, IntegerField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -53,9 +53,10 @@ from governance.forms import (
     sample_args,
 )
 from governance.models import Agent, Decision, DecisionRollup, PolicyVersion, Tool
+from onceonly_site import export
 from onceonly_site.identifiers import normalise_tool
 from onceonly_site.params import whole_number
-from onceonly_site.tables import Column, Facet, Table, capped_count, exact, keyset_page
+from onceonly_site.tables import BoundTable, Column, Facet, Table, capped_count, exact, keyset_page
 
 if TYPE_CHECKING:
     from django_htmx.middleware import HtmxDetails
@@ -622,6 +623,56 @@ def _decision_suggestions(account_id: int, tools: list[str]) -> dict[str, list[s
     }
 
 
+def _filtered_decisions(account_id: int, table, tools: list[str] | None) -> tuple[Any, Q | None, Q | None]:
+    """The account's decisions narrowed by the table's filters (the page and its export read the same rows), and
+    the agent/tool and search conditions the rollup totals reuse."""
+    queryset = table.filter(Decision.objects.filter(account_id=account_id), search=False)
+    held_q, search_q, reason_q = _decision_filters(account_id, table, tools)
+    for condition in (held_q, search_q, reason_q):
+        if condition is not None:
+            queryset = queryset.filter(condition)
+    return queryset, held_q, search_q
+
+
+# The decision log's export (docs/api.md §"Exports"): what a reader of the log relies on, the row hash included (a
+# file can be checked against the ledger); never the call's args (only their HMAC, args_hash), nor the tool's
+# output or the rule's explanation (on the decision's page).
+DECISION_EXPORT_COLUMNS = [
+    export.Column("id", "id"),
+    export.Column("ts", "ts"),
+    export.Column("agent_id", "agent__agent_id"),
+    export.Column("tool", "tool"),
+    export.Column("outcome", "outcome"),
+    export.Column("allowed", "allowed"),
+    export.Column("policy_reason", "policy_reason"),
+    export.Column("risk_level", "risk_level"),
+    export.Column("spend_usd", "spend_usd"),
+    export.Column("declared_spend_usd", "declared_spend_usd"),
+    export.Column("operator_price_usd", "operator_price_usd"),
+    export.Column("args_hash", "args_hash"),
+    export.Column("run_id", "run_id"),
+    export.Column("policy_version", "policy_version"),
+    export.Column("latency_ms", "latency_ms"),
+    export.Column("http_status", "http_status"),
+    export.Column("dispatch_id", "dispatch_id"),
+    export.Column("dedup_of", "original_id"),
+    export.Column("api_key_id", "api_key_id"),
+    export.Column("row_hash", "row_hash"),
+]
+
+
+def decisions_export_source(account_id: int, params: QueryDict) -> export.Source:
+    """The decision log's rows for an export, with the timeline's filters (search, facets, the time sort's
+    direction) read from ``params`` as the page reads them; values the page would ignore are in ``errors``."""
+    table = BoundTable(DECISIONS_TABLE, params, {})
+    wants_tools = bool(table.q or "tool" in table.values)
+    tools = selectors.called_tools(account_id) if wants_tools else []
+    queryset, _, _ = _filtered_decisions(account_id, table, tools)
+    return export.Source(
+        "decisions", queryset, DECISION_EXPORT_COLUMNS, ("ts", "id"), table.descending, errors=table.errors
+    )
+
+
 @login_required
 @require_GET
 @vary_on_headers("HX-Request")  # ?after=<id> is the live poll's rows with it, the "Newer" page without
@@ -635,11 +686,8 @@ def decisions(request: HtmxHttpRequest) -> HttpResponse:
     names = set(request.GET) & {"q", "tool"}
     tools = selectors.called_tools(account.pk) if not live or names else []
     table = DECISIONS_TABLE.bind(request, suggestions={} if live else _decision_suggestions(account.pk, tools or []))
-    queryset = table.filter(Decision.objects.filter(account_id=account.pk), search=False).select_related("agent")
-    held_q, search_q, reason_q = _decision_filters(account.pk, table, tools)
-    for condition in (held_q, search_q, reason_q):
-        if condition is not None:
-            queryset = queryset.filter(condition)
+    queryset, held_q, search_q = _filtered_decisions(account.pk, table, tools)
+    queryset = queryset.select_related("agent")
     after = whole_number(request.GET.get("after", ""))
     if after is not None and request.htmx:  # live: rows newer than the newest shown
         rows = list(queryset.filter(pk__gt=after).order_by("-id")[:TIMELINE_PAGE])
@@ -696,6 +744,7 @@ def decisions(request: HtmxHttpRequest) -> HttpResponse:
             "first_page": first_page and descending,
             "newest": max((r.pk for r in rows), default=0),
             "query": live_query,
+            "export_url": reverse("governance:decisions-export"),
         },
     )
 
@@ -757,7 +806,55 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     }
     table = AUDIT_TABLE.bind(request, suggestions=suggestions)
     table.paginate(table.filter(entries))
-    return render(request, "governance/audit.html", {"table": table})
+    return render(request, "governance/audit.html", {"table": table, "export_url": reverse("governance:audit-export")})
+
+
+AUDIT_EXPORT_COLUMNS = [
+    export.Column("id", "id"),
+    export.Column("created_at", "created_at"),
+    export.Column("actor", "actor_label"),
+    export.Column("action", "action"),
+    export.Column("object_type", "object_type"),
+    export.Column("object_id", "object_id"),
+    export.Column("data", "data"),
+    export.Column("prev_hash", "prev_hash"),
+    export.Column("row_hash", "row_hash"),
+]
+
+
+def audit_export_source(account_id: int, params: QueryDict) -> export.Source:
+    """The operator audit log's entries for an export, with the audit page's search and filters, in time order
+    (the When column's direction; other sorts are not kept by an export)."""
+    table = BoundTable(AUDIT_TABLE, params, {})
+    entries = table.filter(AuditEntry.objects.filter(account_id=account_id))
+    descending = table.descending if table.sort_key == "when" else True
+    return export.Source("audit", entries, AUDIT_EXPORT_COLUMNS, ("created_at", "id"), descending, table.errors)
+
+
+def export_format(request: HttpRequest) -> str:
+    """``?format=csv|jsonl`` of a dashboard export link (another value: 404, as an unknown page)."""
+    fmt = request.GET.get("format", "csv")
+    if fmt not in export.FORMATS:
+        raise Http404("Export formats: csv, jsonl.")
+    return fmt
+
+
+@login_required
+@require_GET
+def decisions_export(request: HttpRequest) -> StreamingHttpResponse:
+    """The Export button of the decision timeline: the rows its filters show, streamed (any role: viewers read the
+    log too)."""
+    account = current_membership(request).account
+    fmt = export_format(request)
+    return export.stream(decisions_export_source(account.pk, request.GET), account_id=account.pk, fmt=fmt)
+
+
+@login_required
+@require_GET
+def audit_export(request: HttpRequest) -> StreamingHttpResponse:
+    account = current_membership(request).account
+    fmt = export_format(request)
+    return export.stream(audit_export_source(account.pk, request.GET), account_id=account.pk, fmt=fmt)
 
 
 @login_required

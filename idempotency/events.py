@@ -9,6 +9,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from idempotency import telemetry
 from idempotency.models import RunEvent
 
 STRING_FIELDS = ("status", "step", "tool", "req_id", "lease_id", "agent_id")
@@ -42,12 +43,14 @@ def build(account_id: int, run_id: str, type: str, **fields: Any) -> RunEvent:
 def emit(account_id: int, run_id: str, type: str, **fields: Any) -> RunEvent:
     event = build(account_id, run_id, type, **fields)
     event.save()
+    telemetry.runs_finished([event])
     return event
 
 
 def emit_many(events: list[RunEvent]) -> None:
     if events:
         RunEvent.objects.bulk_create(events)
+        telemetry.runs_finished(events)
 
 
 def record_client_event(account_id: int, fields: dict[str, Any], extra: dict[str, Any]) -> RunEvent:

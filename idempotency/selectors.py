@@ -71,6 +71,11 @@ def timeline_page(account: Account, run_id: str, *, after: int = 0, limit: int) 
     return list(RunEvent.objects.filter(account=account, run_id=run_id, pk__gt=after).order_by("id")[:limit])
 
 
+def timeline_events(account: Account, run_id: str) -> QuerySet[RunEvent]:
+    """Every event of a timeline (its export orders and pages them)."""
+    return RunEvent.objects.filter(account=account, run_id=run_id)
+
+
 def runs_in_progress(account: Account, limit: int) -> list[Run]:
     return list(
         Run.objects.filter(account=account, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).order_by(

@@ -16,7 +16,8 @@ import redis
 import rfc8785
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, IntegerField, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing import usage
@@ -27,7 +28,7 @@ from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited
 from billing.services import audit_record
 from idempotency import sql, waiting
 from idempotency.choices import AttemptOutcome, LeaseStatus
-from idempotency.models import Lease, LeaseAttempt, LockRecord, RunEvent
+from idempotency.models import Lease, LeaseAttempt, LockRecord, Run, RunEvent
 from onceonly_site.redis_client import LuaScript, get_redis
 
 if TYPE_CHECKING:
@@ -561,28 +562,69 @@ def lease_reset(*, account: Account, key: str, reason: str, actor: User) -> bool
 # --- retention -------------------------------------------------------------------------------------------------
 
 
+# The legal holds on agents, {account id: agent ids}: governance's (governance/holds.py), registered at start-up by
+# governance/apps.py — this app does not import governance. None registered: no agent is held.
+HeldAgents = Callable[[], dict[int, list[str]]]
+_held_agents: list[HeldAgents] = []
+
+
+def set_held_agents_reader(reader: HeldAgents) -> None:
+    _held_agents[:] = [reader]
+
+
+def accounts_by_retention() -> QuerySet[Any]:  # Account rows, annotated (django-stubs types them as Any)
+    """Accounts annotated with ``retention``: the days their history is kept — the account's override, else its
+    plan's, else ONCEONLY_RETENTION_DAYS (docs/operations.md §"Retention"), computed in the database."""
+    return Account.objects.annotate(
+        retention=Coalesce(
+            F("retention_days"),
+            F("plan__retention_days"),
+            Value(settings.ONCEONLY_RETENTION_DAYS),
+            output_field=IntegerField(),
+        )
+    )
+
+
 def retention_sweep(*, batch_size: int = 1000, max_batches: int = 100) -> int:
-    """Delete lease records final for longer than the retention period (with their keyed runs), lock records expired
-    as long, and run events older than it.
+    """Delete, per account and its retention (accounts_by_retention), lease records final for longer than it (with
+    their keyed runs), lock records expired as long, and run events older than it. Accounts on legal hold are
+    skipped; so are the runs (with their leases) and run events of agents on legal hold.
+
+    A lease record is kept at least ONCEONLY_RETENTION_DAYS whatever the account's retention: a completed lease is
+    final that long (its result is replayed), everywhere the same. Accounts are taken in groups of one retention
+    (the distinct values of their overrides and plans: a handful), each a subquery, never a list of ids.
 
     In batches of primary keys; each delete re-checks the condition, so a row that changed state since it was
     selected (a key re-acquired meanwhile) is left alone. Returns the number of rows deleted.
     """
-    cutoff = timezone.now() - retention()
-    stale_leases = Q(
-        status__in=[LeaseStatus.COMPLETED, LeaseStatus.FAILED, LeaseStatus.CANCELLED], updated_at__lt=cutoff
-    ) | Q(status=LeaseStatus.IN_PROGRESS, expires_at__lt=cutoff)
+    now = timezone.now()
+    unheld = accounts_by_retention().filter(legal_hold_since__isnull=True)
+    held = _held_agents[0]() if _held_agents else {}
+    kept = Q()  # no exception: everything of the group's accounts past its retention
+    kept_leases = Q()
+    if held:
+        held_q = Q()
+        for account_id, agent_ids in held.items():
+            held_q |= Q(account_id=account_id, agent_id__in=agent_ids)
+        kept, kept_leases = ~held_q, ~Q(pk__in=Run.objects.filter(held_q).values("lease_id"))
     deleted = 0
-    # A lease takes its keyed runs with it (cascade); timelines are kept as long as the records they describe.
-    for model, condition in (
-        (Lease, stale_leases),
-        (LockRecord, Q(expires_at__lt=cutoff)),
-        (RunEvent, Q(ts__lt=cutoff)),
-    ):
-        for _ in range(max_batches):
-            ids = list(model.objects.filter(condition).values_list("pk", flat=True)[:batch_size])
-            if not ids:
-                break
-            count, _ = model.objects.filter(condition, pk__in=ids).delete()
-            deleted += count
+    for days in sorted(unheld.order_by().values_list("retention", flat=True).distinct()):
+        accounts = Q(account_id__in=unheld.filter(retention=days).values("pk"))
+        cutoff = now - timedelta(days=days)
+        final_until = now - max(timedelta(days=days), retention())
+        stale_leases = Q(
+            status__in=[LeaseStatus.COMPLETED, LeaseStatus.FAILED, LeaseStatus.CANCELLED], updated_at__lt=final_until
+        ) | Q(status=LeaseStatus.IN_PROGRESS, expires_at__lt=final_until)
+        # A lease takes its keyed runs with it (cascade); timelines are kept as long as the records they describe.
+        for model, condition in (
+            (Lease, accounts & stale_leases & kept_leases),
+            (LockRecord, accounts & Q(expires_at__lt=cutoff)),
+            (RunEvent, accounts & Q(ts__lt=cutoff) & kept),
+        ):
+            for _ in range(max_batches):
+                ids = list(model.objects.filter(condition).values_list("pk", flat=True)[:batch_size])
+                if not ids:
+                    break
+                count, _ = model.objects.filter(condition, pk__in=ids).delete()
+                deleted += count
     return deleted

@@ -10,6 +10,8 @@ urlpatterns = [
     path("locks/reset/", views.lease_reset, name="lease-reset"),
     path("runs/", views.runs, name="runs"),
     path("runs/timeline/", views.run_timeline, name="run-timeline"),
+    path("runs/export/", views.runs_export, name="runs-export"),
+    path("runs/timeline/export/", views.run_timeline_export, name="run-timeline-export"),
 ]
 
 # Mounted under /v1/ by onceonly_site/urls.py (paths exactly as the SDKs send them, no trailing slash).

@@ -9,7 +9,8 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -19,8 +20,9 @@ from billing.selectors import current_membership, editor_membership, operator
 from idempotency import selectors, services
 from idempotency.choices import LeaseStatus, RunStatus
 from idempotency.forms import KeyLookupForm, OperatorResetForm, RunTimelineForm
+from onceonly_site import export
 from onceonly_site.params import whole_number
-from onceonly_site.tables import Column, Facet, Table
+from onceonly_site.tables import BoundTable, Column, Facet, Table
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -222,7 +224,87 @@ def runs(request: HttpRequest) -> HttpResponse:
     account = current_membership(request).account
     table = RUNS_TABLE.bind(request, suggestions={"agent": selectors.recent_run_agents(account)})
     table.paginate(table.filter(selectors.runs_for_account(account)))
-    return render(request, "idempotency/runs.html", {"table": table})
+    return render(request, "idempotency/runs.html", {"table": table, "export_url": reverse("idempotency:runs-export")})
+
+
+# A run's export (docs/api.md §"Exports"): what the Runs table shows, never its params or actions (they carry the
+# job's and tools' arguments) nor its result.
+RUN_EXPORT_COLUMNS = [
+    export.Column("run_id", "run_id"),
+    export.Column("key", "key"),
+    export.Column("lease_version", "lease_version"),
+    export.Column("status", "status"),
+    export.Column("agent_id", "agent_id"),
+    export.Column("task", "task"),
+    export.Column("dry_run", "dry_run"),
+    export.Column("created_at", "created_at"),
+    export.Column("started_at", "started_at"),
+    export.Column("finished_at", "finished_at"),
+    export.Column("actions_done", "actions_done"),
+    export.Column("error_code", "error_code"),
+    export.Column("error_message", "error_message"),
+]
+# A timeline's events, without their data and extra (a client's free-form JSON, which may hold arguments) and the
+# lease id (the holder's credential).
+RUN_EVENT_EXPORT_COLUMNS = [
+    export.Column("id", "id"),
+    export.Column("run_id", "run_id"),
+    export.Column("ts", "ts"),
+    export.Column("type", "type"),
+    export.Column("status", "status"),
+    export.Column("step", "step"),
+    export.Column("tool", "tool"),
+    export.Column("message", "message"),
+    export.Column("duration_ms", "duration_ms"),
+    export.Column("req_id", "req_id"),
+    export.Column("agent_id", "agent_id"),
+    export.Column("decision_id", "decision_id"),
+    export.Column("source", "source"),
+]
+
+
+def runs_export_source(account: Account, params: QueryDict) -> export.Source:
+    """The Runs table's rows for an export, with its search and filters, in start order (the Started column's
+    direction; other sorts are not kept by an export)."""
+    table = BoundTable(RUNS_TABLE, params, {})
+    queryset = table.filter(selectors.runs_for_account(account))
+    descending = table.descending if table.sort_key == "started" else True
+    return export.Source("runs", queryset, RUN_EXPORT_COLUMNS, ("created_at", "id"), descending, table.errors)
+
+
+def run_events_export_source(account: Account, run_id: str) -> export.Source:
+    """One timeline's events in the order they were written, as the timeline page shows them."""
+    events = selectors.timeline_events(account, run_id)
+    return export.Source("run-events", events, RUN_EVENT_EXPORT_COLUMNS, ("id",), descending=False)
+
+
+def _export_format(request: HttpRequest) -> str:
+    fmt = request.GET.get("format", "csv")
+    if fmt not in export.FORMATS:
+        raise Http404("Export formats: csv, jsonl.")
+    return fmt
+
+
+@login_required
+@require_GET
+def runs_export(request: HttpRequest) -> StreamingHttpResponse:
+    """The Runs page's Export button: the runs its filters show, streamed (any role)."""
+    account = current_membership(request).account
+    fmt = _export_format(request)
+    return export.stream(runs_export_source(account, request.GET), account_id=account.pk, fmt=fmt)
+
+
+@login_required
+@require_GET
+def run_timeline_export(request: HttpRequest) -> HttpResponseBase:
+    """The timeline page's Export button: its events (an invalid run id: the timeline page's 400)."""
+    account = current_membership(request).account
+    fmt = _export_format(request)
+    form = RunTimelineForm(request.GET)
+    if not form.is_valid():
+        return render(request, "idempotency/run_timeline.html", {"form": form}, status=400)
+    source = run_events_export_source(account, form.cleaned_data["run_id"])
+    return export.stream(source, account_id=account.pk, fmt=fmt)
 
 
 def _stop_polling(response: HttpResponse) -> HttpResponse:
@@ -261,5 +343,7 @@ def run_timeline(request: HttpRequest) -> HttpResponse:
             "more": len(rows) == TIMELINE_PAGE,
             "poll_seconds": LIVE_POLL_SECONDS,
             "poll_query": urlencode({"run_id": run_id}),
+            "export_url": reverse("idempotency:run-timeline-export"),
+            "export_params": [("run_id", run_id)],
         },
     )

@@ -23,6 +23,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from django_redis.exceptions import ConnectionInterrupted
 
+from onceonly_site import telemetry
 from onceonly_site.health import service_checks, worker_last_seen_seconds
 from onceonly_site.redis_client import get_redis
 
@@ -91,7 +92,7 @@ def _families() -> list[Family]:
             redis_up = False
     if redis_up:
         try:
-            families += _dispatch_families()
+            families += _dispatch_families() + _otel_families()
         except redis.RedisError:
             redis_up = False
     families += [
@@ -137,6 +138,32 @@ def _dispatch_families() -> list[Family]:
             "counter",
             "Dispatches the deadline cut short (an attempt timed out on it, or no retry could start).",
             [({}, totals.get("deadline", 0))],
+        ),
+    ]
+
+
+def _otel_families() -> list[Family]:
+    """The OpenTelemetry export (docs/operations.md §"OpenTelemetry export"), server-wide: what every process sent,
+    and lost (a full queue, a receiver down or refusing)."""
+    counts = telemetry.counters()
+    return [
+        (
+            "onceonly_otel_spans_exported_total",
+            "counter",
+            "Spans the OTLP receiver accepted.",
+            [({}, counts["exported"])],
+        ),
+        (
+            "onceonly_otel_spans_dropped_total",
+            "counter",
+            "Spans dropped: the export queue was full, or their batch failed to export.",
+            [({}, counts["dropped"])],
+        ),
+        (
+            "onceonly_otel_export_failures_total",
+            "counter",
+            "Batches the OTLP receiver did not accept (down, timed out, or an error answer); their spans are dropped.",
+            [({}, counts["export_failures"])],
         ),
     ]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from onceonly_site import checkpoint_signing, embedded_redis
+from onceonly_site import checkpoint_signing, embedded_redis, sso_settings
 from onceonly_site.env import (
     celery_url_from_redis,
     database_from_url,
@@ -180,6 +180,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Single sign-on with OpenID Connect, off unless ONCEONLY_OIDC_ISSUER is set, and ONCEONLY_PASSWORD_LOGIN: the
+# ONCEONLY_OIDC_*, OIDC_* (mozilla-django-oidc's) and AUTHENTICATION_BACKENDS settings (onceonly_site/sso_settings.py).
+globals().update(sso_settings.from_env())
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -245,6 +248,10 @@ ONCEONLY_COUNTER_FLUSH_SECONDS = env_float("ONCEONLY_COUNTER_FLUSH_SECONDS", 5.0
 # GET /metrics (Prometheus): off unless a token is set; scrapers send it as a bearer token.
 ONCEONLY_METRICS_TOKEN = env_str("ONCEONLY_METRICS_TOKEN") or ""
 ONCEONLY_METRICS_CACHE_SECONDS = env_int("ONCEONLY_METRICS_CACHE_SECONDS", 10, minimum=0)
+# OpenTelemetry export of governed calls and runs over OTLP/HTTP: off unless the standard endpoint variable is set
+# (the SDK reads the other OTEL_* variables itself). docs/operations.md §"OpenTelemetry export"
+OTEL_EXPORTER_OTLP_ENDPOINT = (env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME") or "onceonly-server"
 # The dashboard's public address (https://onceonly.example.com): links that leave the server — an approval's URL in
 # the API's answer and in notifications — are absolute with it. Unset, they are paths (docs/approvals.md).
 ONCEONLY_PUBLIC_URL = (env_str("ONCEONLY_PUBLIC_URL") or "").strip().rstrip("/")

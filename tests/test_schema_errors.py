@@ -76,6 +76,12 @@ OWN_ERRORS: dict[str, set[int]] = {
     "policy_shadow_start": set(),  # (registers the agent on first sight, as the policy upsert does)
     "policy_shadow_stop": {404},  # shadow_not_found
     "policy_shadow_promote": {404, 409},  # shadow_not_found; policy_changed
+    "export_decisions": set(),  # bad filters are 422s (in the shared set)
+    "export_runs": set(),
+    "export_run_events": set(),  # an unknown run id is an empty file
+    "export_audit": set(),
+    "legal_hold_get": set(),
+    "legal_hold_set": {404},  # agent_not_found (admin key)
 }
 # Bodies that get past validation where the rate limit is taken after it (docs/api.md §"Rate limits").
 VALID_BODY = {"check_lock": {"key": "k"}, "ai_lease": {"key": "k"}, "ai_run": {"key": "k"}}
@@ -249,13 +255,14 @@ OWN_ERROR_REQUESTS: dict[str, list[tuple[int, str, dict | None]]] = {
     "approval_deny": [(404, "apr_x", {"reason": "r"}), (409, "apr_decided", {"reason": "r"})],
     "policy_shadow_get": [(404, "nobody", None)],
     "policy_shadow_stop": [(404, "nobody", None)],
+    "legal_hold_set": [(404, "", {"held": True, "reason": "r", "agent_id": "nobody"})],
     "policy_shadow_promote": [
         (404, "nobody", {"shadow_id": "s1"}),
         (409, "bot", {"shadow_id": "s1", "expected_version": 5}),  # bot's candidate, against no version
     ],
 }
 # Operations whose own errors need an admin-scoped key (the others refuse with 403 admin_key_required first).
-ADMIN_OPERATIONS = {"approval_approve", "approval_deny"}
+ADMIN_OPERATIONS = {"approval_approve", "approval_deny", "legal_hold_set"}
 
 
 @pytest.fixture

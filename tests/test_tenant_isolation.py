@@ -520,7 +520,61 @@ def web_settings(w):
     hidden(w.web_b.get("/settings/"))
 
 
+def streamed_hidden(w: World, response) -> None:
+    """``hidden`` for a streamed export (its body read to the end): "a-bot" only as B's own namesake agent."""
+    assert response.status_code == 200, response.status_code
+    text = b"".join(response.streaming_content).decode()
+    assert A_SECRET_NAME not in text, "account A's data reached account B"
+    if "a-bot" in text:
+        assert Agent.objects.filter(account=w.owner_b.account, agent_id="a-bot").exists(), "A's agent reached B"
+
+
+def api_export(path):
+    def case(w):
+        streamed_hidden(w, w.api_b().get(path))
+
+    return case
+
+
+def api_export_decisions(w):
+    streamed_hidden(w, w.api_b().get("/v1/export/decisions?format=jsonl"))
+    assert b"a-bot" in b"".join(w.api_a().get("/v1/export/decisions?format=jsonl").streaming_content)  # the control
+
+
+def web_export(path):
+    def case(w):
+        streamed_hidden(w, w.web_b.get(path))
+
+    return case
+
+
+def api_legal_hold(w):
+    """B's admin key holding "a-bot" holds B's namesake (or finds none): A's agent and account stay unheld."""
+    hidden(w.api_b().get("/v1/legal-hold"))
+    admin_b = Key(*_admin_key(w)).client()
+    admin_b.post("/v1/legal-hold", {"held": True, "reason": "B", "agent_id": "a-bot"}, content_type=JSON)
+    assert Agent.objects.get(account=w.owner_a.account, agent_id="a-bot").legal_hold_since is None
+    admin_b.post("/v1/legal-hold", {"held": False, "reason": "B", "agent_id": "a-bot"}, content_type=JSON)
+
+
+def web_account_legal_hold(w):
+    w.web_b.post("/settings/legal-hold/", {"action": "set", "reason": "by B"})
+    assert w.owner_a.account.__class__.objects.get(pk=w.owner_a.account.pk).legal_hold_since is None
+    w.web_b.post("/settings/legal-hold/", {"action": "clear", "reason": "by B"})
+
+
 CASES: dict[str, Any] = {
+    "v1:export-decisions": api_export_decisions,
+    "v1:export-runs": api_export("/v1/export/runs"),
+    "v1:export-run-events": api_export("/v1/export/run-events?run_id=a-run"),
+    "v1:export-audit": api_export("/v1/export/audit?format=jsonl"),
+    "v1:legal-hold": api_legal_hold,
+    "governance:decisions-export": web_export("/decisions/export/?format=jsonl"),
+    "governance:audit-export": web_export("/audit/export/?format=jsonl"),
+    "governance:account-legal-hold": web_account_legal_hold,
+    "governance:agent-legal-hold": web_agent("legal-hold/", {"action": "set", "reason": "by B"}),
+    "idempotency:runs-export": web_export("/runs/export/?format=jsonl"),
+    "idempotency:run-timeline-export": web_export("/runs/timeline/export/?run_id=a-run&format=jsonl"),
     "v1:mcp-servers": api_mcp_servers,
     "v1:mcp-server": api_mcp_server,
     "v1:mcp-server-discover": api_mcp_server_discover,
@@ -631,6 +685,8 @@ EXEMPT = {
     "prometheus": "operator-wide totals behind ONCEONLY_METRICS_TOKEN, not an account's key (tests/test_metrics.py)",
     "billing:login": "before any account (the lockout tests: tests/test_web_hardening.py)",
     "billing:logout": "ends the caller's own session",
+    "billing:oidc-authenticate": "before any account: a redirect to the SSO provider (tests/ui/test_browser_sso.py)",
+    "billing:oidc-callback": "before any account: the SSO provider's redirect back (tests/ui/test_browser_sso.py)",
     "billing:stripe-webhook": "Stripe's signed calls, 404 without Stripe; tests/billing/test_stripe.py",
     "billing:billing-checkout": "404 without Stripe; the caller's own account only (tests/billing/test_stripe.py)",
     "billing:billing-portal": "404 without Stripe; the caller's own account only (tests/billing/test_stripe.py)",

@@ -54,6 +54,8 @@ CHROMIUM = "/usr/bin/chromium"
 NOT_CRAWLED = {
     "logout": "POST only (signs out)",
     "login": "loaded before signing in",
+    "oidc-authenticate": "single sign-on, not configured here (404; tests/ui/test_browser_sso.py)",
+    "oidc-callback": "the SSO provider's redirect back, not configured here (404; tests/ui/test_browser_sso.py)",
     "account-switch": "POST only",
     "api-key-revoke": "POST only",
     "member-change": "POST only",
@@ -94,6 +96,12 @@ NOT_CRAWLED = {
     "mcp-server": "needs a registered MCP server, which needs a live upstream (tests/ui/test_mcp_servers_pages.py)",
     "mcp-server-discover": "POST only",
     "mcp-server-delete": "needs a registered MCP server (tests/ui/test_mcp_servers_pages.py)",
+    "decisions-export": "a download (the Export buttons, a GET form), not a page: tests/ui/test_export_buttons.py",
+    "audit-export": "a download (the Export buttons, a GET form), not a page: tests/ui/test_export_buttons.py",
+    "runs-export": "a download (the Export buttons, a GET form), not a page: tests/ui/test_export_buttons.py",
+    "run-timeline-export": "a download (the Export buttons, a GET form), not a page: tests/ui/test_export_buttons.py",
+    "account-legal-hold": "POST only",
+    "agent-legal-hold": "POST only",
 }
 
 ASKED_FOR = os.environ.get("ONCEONLY_DEPLOY_TEST") == "1"

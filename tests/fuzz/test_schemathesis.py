@@ -138,8 +138,9 @@ def _unstatable(case) -> bool:
     being a tool name at all (OpenAPI 3.0 has no propertyNames) and two keys naming one tool, a non-zero policy
     amount that rounds to 0 at 6 decimals, integers beyond ±(2^53−1) in what is hashed as RFC 8785 JSON, an event's
     extra keys (names of at most 64 characters, 8 KB in all: no propertyNames either), the metrics range (to_day
-    from from_day, at most 366 days), and the invisible characters beyond U+FFFF that identifiers refuse (no pattern
-    can name them in both regex dialects: onceonly_site/openapi.py), wherever they are."""
+    from from_day, at most 366 days), an export's since/until on the calendar, and the invisible characters beyond
+    U+FFFF that identifiers refuse (no pattern can name them in both regex dialects: onceonly_site/openapi.py),
+    wherever they are."""
     sent = _strings([case.path_parameters, case.query, case.body])
     if any(
         ord(char) > 0xFFFF and (INVISIBLE.match(char) or TOOL_INVISIBLE.match(char)) for text in sent for char in text
@@ -187,6 +188,11 @@ def _unstatable(case) -> bool:
     if case.path == "/v1/metrics":
         first, last = (date.fromisoformat(case.query[name]) for name in ("from_day", "to_day"))
         return not 0 <= (last - first).days < MAX_METRICS_DAYS
+    if case.path == "/v1/export/decisions":  # since/until: a time the calendar has (its pattern says the rest)
+        from onceonly_site.tables import _parse_datetime
+
+        times = [(case.query or {}).get(name) for name in ("since", "until")]
+        return any(value is not None and _parse_datetime(str(value)) is None for value in times)
     return False
 
 

@@ -78,8 +78,11 @@ def route_of(url: str) -> str:
     return resolve(urlsplit(url).path).url_name
 
 
+DIRECT = {"agent-kill-switch", "agent-legal-hold"}  # forms that change the agent at once (with a reason)
+
+
 def state() -> dict[str, tuple]:
-    return {a.agent_id: (a.is_enabled, a.policy_version, a.policy) for a in Agent.objects.all()}
+    return {a.agent_id: (a.is_enabled, a.policy_version, a.policy, a.legal_hold_since) for a in Agent.objects.all()}
 
 
 @pytest.fixture
@@ -137,13 +140,13 @@ def test_every_agent_page_shows_and_changes_only_its_own_agent(owner_a, agents, 
                 continue  # the layout's forms (log out, account switcher)
             posted.add(name)
             data = dict(form["fields"])
-            if name == "agent-kill-switch":
+            if name in DIRECT:
                 data.update(reason="checking the URL", confirm="on")
             elif name == "policy-edit":
                 data["max_actions_per_hour"] = "7"
             before = state()
             response = client.post(form["action"], data)
-            if name != "agent-kill-switch":  # a policy change is reviewed first: nothing changes until confirmed
+            if name not in DIRECT:  # a policy change is reviewed first: nothing changes until confirmed
                 assert response.status_code == 200 and state() == before, (agent_id, name, response.status_code)
                 response = confirm(client, response)
             assert response.status_code == 302, (agent_id, name, response.status_code)
