@@ -63,7 +63,7 @@ _CONFIG_NAMES = frozenset(
         "WEB_THREADS",
     }
 )
-_CONFIG_PREFIXES = ("ONCEONLY_", "STRIPE_", "EMAIL_")
+_CONFIG_PREFIXES = ("ONCEONLY_", "STRIPE_", "EMAIL_", "OTEL_")
 # Not part of it: make run starts its embedded Redis itself, and make manage must be free to connect to it, or to
 # start one for the command's duration when the stack is stopped. The tests' Redis database is the tests' own.
 NOT_RECORDED = frozenset({"ONCEONLY_EMBEDDED_REDIS_AUTOSTART", "ONCEONLY_TEST_REDIS_DB"})
