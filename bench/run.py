@@ -82,6 +82,8 @@ SCENARIOS = {
     "lease": "lease acquire + complete",
     "gov_permit": "governed call, permit-only",
     "gov_shadow": "governed call, permit-only, with a shadow candidate",
+    "gov_det_off": "governed call, permit-only, detectors off",
+    "gov_det_on": "governed call, permit-only, all detectors on",
     "gov_dispatch": "governed call, dispatched to a local tool",
     "mcp_call": "MCP tools/call, governed, forwarded upstream",
     "mcp_dedup": "MCP tools/call, a repeat (dedup hit)",
@@ -613,6 +615,30 @@ def prepare(receiver_url: str, mcp_url: str) -> dict[str, str]:
             "blocked_tools": ["delete_*", "drop_*"],
         },
     )
+    # gov_det_off / gov_det_on (docs/governance.md §"Containment detectors"): the same policy with every detector off,
+    # and with every one on in alert mode, thresholds out of reach — what observing each decision costs the call.
+    every = ("call_loop", "deny_spike", "spend_velocity", "first_high_risk_tool")
+    watched = {
+        "call_loop": {"mode": "alert", "count": 100_000},
+        "deny_spike": {"mode": "alert", "min_calls": 100_000},
+        "spend_velocity": {"mode": "alert", "min_spend_usd": 1_000_000},
+        "first_high_risk_tool": {"mode": "alert"},
+    }
+    for agent_id, detectors in (
+        ("bench-det-off", {name: {"mode": "off"} for name in every}),
+        ("bench-det-on", watched),
+    ):
+        governance.policy_upsert(
+            account_id=account.pk,
+            agent_id=agent_id,
+            actor="bench",
+            changes={
+                "max_actions_per_hour": 10**9,
+                "max_spend_usd_per_day": 10**6,
+                "blocked_tools": ["delete_*"],
+                "detectors": detectors,
+            },
+        )
     fields, _ = tools.clean(
         {
             "name": "bench.receiver",
@@ -775,6 +801,53 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+STACK_CPU = ("gunicorn", "postgresql", "redis", "celery")  # what serves a governed call (not wrk, not "other")
+DETECTORS_AB = "detectors_ab"
+DETECTOR_TARGET = 0.10  # issue #22: all detectors on cost the governed call ≤ 10 % more than all off
+
+
+def detectors_ab(stack: Stack, key: str, *, seconds: int, rounds: int = 3) -> dict[str, Any]:
+    """The detectors' same-run A/B: saturation runs of ``gov_det_off`` and ``gov_det_on`` in turn (off, on, off, on…
+    — the machine's drift lands on both sides), each with the stack's CPU per call (gunicorn, PostgreSQL, Redis,
+    Celery: not the load generator, not other processes); the medians and the cost of "on" over "off"."""
+    runs: dict[str, list[dict[str, float]]] = {"gov_det_off": [], "gov_det_on": []}
+    log(f"[{stack.worker_class}] detectors A/B: {rounds} × (off, on), {seconds} s saturation each")
+    for _ in range(rounds):
+        for name in runs:
+            before = cpu_by_component(stack)
+            peak = wrk(stack.url, name, seconds=seconds, api_key=key)
+            cpu = cpu_per_request(before, cpu_by_component(stack), peak["requests"])
+            stack_ms = round(sum(cpu.get(part, 0.0) for part in STACK_CPU), 3)
+            runs[name].append({"rps": peak["rps"], "stack_cpu_ms": stack_ms, "errors": peak["errors"]})
+            log(f"  {name}: {peak['rps']:.0f} req/s, {stack_ms:.2f} ms of stack CPU per call")
+    medians = {
+        name: {field: statistics.median(run[field] for run in done) for field in ("rps", "stack_cpu_ms")}
+        for name, done in runs.items()
+    }
+    off, on = medians["gov_det_off"], medians["gov_det_on"]
+    return {
+        "runs": runs,
+        "median": medians,
+        "throughput_cost": round(off["rps"] / max(on["rps"], 0.1) - 1, 4),
+        "cpu_cost": round(on["stack_cpu_ms"] / max(off["stack_cpu_ms"], 0.001) - 1, 4),
+    }
+
+
+def report_detectors(results: dict[str, Any]) -> list[str]:
+    """The detectors' A/B: median req/s and stack CPU per call with every detector off and on."""
+    ab = results.get(DETECTORS_AB)
+    if not ab:
+        return []
+    off, on = ab["median"]["gov_det_off"], ab["median"]["gov_det_on"]
+    ok = ab["cpu_cost"] <= DETECTOR_TARGET
+    return [
+        f"detectors A/B ({len(ab['runs']['gov_det_off'])} × off/on in turn, medians): off {off['rps']:.0f} req/s, "
+        f"{off['stack_cpu_ms']:.2f} ms of stack CPU per call; on {on['rps']:.0f} req/s, {on['stack_cpu_ms']:.2f} ms: "
+        f"CPU {ab['cpu_cost']:+.1%}, throughput {ab['throughput_cost']:+.1%} "
+        f"(target ≤ +{DETECTOR_TARGET:.0%} CPU: {'OK' if ok else 'MISS'})"
+    ]
+
+
 def report_models(results: dict[str, Any]) -> list[str]:
     """The CPU scenarios side by side: each worker model's peak and ×(its own floor), and gthread/sync."""
     other = results["comparison"]
@@ -837,6 +910,7 @@ def report_round_trip(trip: dict[str, Any]) -> list[str]:
 
 def report_all(results: dict[str, Any]) -> str:
     lines = [report(results)] if "scenarios" in results else []
+    lines += report_detectors(results)
     if "worker_models" in results:
         lines += report_models(results)
     if mcp.DIRECT in results:
@@ -952,6 +1026,8 @@ def api_phase(
             if own and "mcp_call" in phases.cpu:
                 call = measured[model]["scenarios"]["mcp_call"]
                 results[mcp.DIRECT] = mcp_direct(stack, call, seconds=seconds, warmup=warmup)
+            if own and {"gov_det_off", "gov_det_on"} <= set(phases.cpu):
+                results[DETECTORS_AB] = detectors_ab(stack, data["key"], seconds=seconds)
         if neighbour is not None:
             baseline, beside, warm = noisy_lengths
             results.setdefault(NOISY, {})[model] = noisy_neighbour(

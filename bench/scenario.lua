@@ -1,8 +1,9 @@
 -- One Lua script for every wrk scenario of bench/run.py (LuaJIT, wrk 4.1).
--- Environment: SCENARIO (floor | lock_new | lock_dup | lease | gov_permit | gov_shadow | gov_dispatch | mcp_call |
--- mcp_dedup | mcp_direct | agent_metrics | noisy_b: the noisy neighbour's account B, check-locks with new keys and
--- permit-only governed calls in turn), API_KEY, RATE (total requests/s; 0 = as fast as possible), THREAD_COUNT,
--- DUP_KEYS (lock_dup key count), MCP_SESSION (mcp_direct: the upstream session bench/mcp.py opened).
+-- Environment: SCENARIO (floor | lock_new | lock_dup | lease | gov_permit | gov_shadow | gov_det_off | gov_det_on |
+-- gov_dispatch | mcp_call | mcp_dedup | mcp_direct | agent_metrics | noisy_b: the noisy neighbour's account B,
+-- check-locks with new keys and permit-only governed calls in turn), API_KEY, RATE (total requests/s; 0 = as fast
+-- as possible), THREAD_COUNT, DUP_KEYS (lock_dup key count), MCP_SESSION (mcp_direct: the upstream session
+-- bench/mcp.py opened).
 -- An MCP answer is HTTP 200 even when it is an error (a JSON-RPC error, or a tool error: a call the gateway refused
 -- or the tool failed): those are counted apart and reported as errors ("mcp").
 -- RATE paces requests on a schedule (t0 + i / rate per thread), open loop: a slow answer does not slow the
@@ -86,6 +87,12 @@ function request()
   elseif scenario == "gov_shadow" then
     return wrk.format("POST", "/v1/ai/run", auth,
       '{"agent_id":"bench-shadow","tool":"search.web","args":{"q":"' .. id .. '"}}')
+  elseif scenario == "gov_det_off" then
+    return wrk.format("POST", "/v1/ai/run", auth,
+      '{"agent_id":"bench-det-off","tool":"search.web","spend_usd":0.01,"args":{"q":"' .. id .. '"}}')
+  elseif scenario == "gov_det_on" then
+    return wrk.format("POST", "/v1/ai/run", auth,
+      '{"agent_id":"bench-det-on","tool":"search.web","spend_usd":0.01,"args":{"q":"' .. id .. '"}}')
   elseif scenario == "gov_dispatch" then
     return wrk.format("POST", "/v1/ai/run", auth,
       '{"agent_id":"bench-agent","tool":"bench.receiver","args":{"n":"' .. id .. '"}}')

@@ -12,6 +12,8 @@ about a minute) are the only thing such a loss can forget.
 from __future__ import annotations
 
 import calendar
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +24,8 @@ from django.utils import timezone
 
 from onceonly_site.api import ApiProblem
 from onceonly_site.redis_client import LuaScript, get_redis, hash_of
+
+logger = logging.getLogger(__name__)
 
 MAKE = "make"
 AI = "ai"
@@ -87,6 +91,22 @@ class QuotaExceeded(ApiProblem):
             "the next UTC month."
         )
         super().__init__(402, "usage_limit", message, kind=kind, plan=plan, usage=usage, limit=limit)
+
+
+QuotaListener = Callable[[int, str, int, int], Any]
+# Told of each monthly quota unit counted outside a governed call — (account id, kind, the month's usage after it, the
+# plan's limit) — by check-lock and leases: governance's budget alerts register here from their AppConfig.ready()
+# (billing imports no app; docs/governance.md §"Budget alerts").
+QUOTA_LISTENERS: list[QuotaListener] = []
+
+
+def counted(account_id: int, kind: str, used: int, limit: int) -> None:
+    """A quota unit was counted: tell the listeners (a listener's error is logged, never the caller's)."""
+    for listener in QUOTA_LISTENERS:
+        try:
+            listener(account_id, kind, used, limit)
+        except Exception:
+            logger.exception("a quota listener failed for account %s", account_id)
 
 
 def reserve(account_id: int, kind: str, limit: int, also: str = "", daily: bool = False) -> tuple[bool, int]:

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from billing import entitlements, ratelimit
 from billing.auth import principal
 from billing.entitlements import FeatureGatedView
-from governance import approval_api_selectors, approvals, explain, policies, selectors, services, tools
+from governance import approval_api_selectors, approvals, detectors, explain, policies, selectors, services, tools
 from governance.choices import Outcome, Reason
 from governance.models import Agent, Tool
 from idempotency import api as idempotency_api
@@ -237,13 +237,15 @@ def require_gate_kept(request: Request, before: dict[str, Any] | None, after: di
     """An agent's key may tighten its approval gate, never loosen it: a change that drops a require_approval entry,
     raises its over_usd or lengthens approval_ttl_seconds needs an admin-scoped key (403 ``admin_key_required``;
     docs/approvals.md §"Who may change the gate")."""
-    taken = approvals.loosening(before, after)
-    if taken and not approval_api_selectors.is_admin_key(principal(request).key_id):
+    gate = approvals.loosening(before, after)
+    guards = policies.guard_loosening(before, after)
+    if (gate or guards) and not approval_api_selectors.is_admin_key(principal(request).key_id):
+        what = "approval gate" if not guards else "runaway guards" if not gate else "approval gate and runaway guards"
         raise ApiProblem(
             403,
             "admin_key_required",
-            f"This change loosens the agent's approval gate ({'; '.join(taken)}): it needs an admin-scoped API key "
-            "(an agent's key may tighten its gate, never loosen it). Nothing was changed.",
+            f"This change loosens the agent's {what} ({'; '.join(gate + guards)}): it needs an admin-scoped API key "
+            "(an agent's key may tighten them, never loosen them). Nothing was changed.",
         )
 
 
@@ -462,13 +464,30 @@ class _KillSwitchApi(APIView):
         caller = principal(request)
         if not self.enabled:
             entitlements.require(caller.plan, "kill_switch")
-        agent = services.agent_set_enabled(
-            account_id=caller.account_id,
-            agent_id=agent_id,
-            enabled=self.enabled,
-            reason=reason,
-            actor=_actor(request),
-        )
+        try:
+            agent = services.agent_set_enabled(
+                account_id=caller.account_id,
+                agent_id=agent_id,
+                enabled=self.enabled,
+                reason=reason,
+                actor=_actor(request),
+            )
+        except services.AgentContained:
+            # Contained by a detector: enabling it releases it (docs/governance.md §"Containment detectors"), which
+            # an agent's own key may not do — else a runaway agent could undo its containment.
+            if not approval_api_selectors.is_admin_key(caller.key_id):
+                raise ApiProblem(
+                    403,
+                    "admin_key_required",
+                    "The agent was contained by a detector: enabling it releases it, which needs an admin-scoped API "
+                    "key (an agent's key may not release itself). Nothing was changed.",
+                ) from None
+            try:
+                agent = detectors.release(
+                    account_id=caller.account_id, agent_id=agent_id, actor=_actor(request), reason=reason
+                )
+            except detectors.NotContained:  # released meanwhile by someone else: it is enabled
+                agent = Agent.objects.get(account_id=caller.account_id, agent_id=agent_id)
         return Response(_agent_status(agent))
 
 

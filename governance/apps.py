@@ -21,6 +21,14 @@ class GovernanceConfig(AppConfig):
 
         set_held_agents_reader(held_agents)
         connect_approvals()  # keyed runs waiting for an approval hear of its decision (docs/runs.md)
+        from governance.run_caps import connect_pauses
+
+        connect_pauses()  # a keyed run paused at a per-run cap: an alert and the channels (docs/runs.md)
+        from billing import usage
+        from governance.alerts import after_quota
+
+        if after_quota not in usage.QUOTA_LISTENERS:  # check-lock's and leases' quota alerts (docs/governance.md)
+            usage.QUOTA_LISTENERS.append(after_quota)
         # Notification channels and email hear of approval requests and decisions (docs/notifications.md).
         for listeners, listener in (
             (approvals.REQUESTED, channels.on_approval_requested),

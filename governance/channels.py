@@ -449,6 +449,8 @@ def slack_blocks(event: str, payload: dict[str, Any], text: str) -> list[dict[st
             buttons.append(_button(label, payload[key], style))
     if _absolute(payload.get("approval_url")):
         buttons.append(_button("Open in OnceOnly", payload["approval_url"], None))
+    if event == Event.BUDGET_ALERT and _absolute(payload.get("alerts_url")):  # docs/governance.md §"Budget alerts"
+        buttons.append(_button("Open alerts", payload["alerts_url"], None))
     if buttons:
         blocks.append({"type": "actions", "elements": buttons})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"OnceOnly · {_mrkdwn(event, 100)}"}]})

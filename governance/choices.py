@@ -30,6 +30,11 @@ class Reason(models.TextChoices):
     # The policy's require_approval names the call: a person must approve this exact call first (docs/approvals.md).
     APPROVAL_REQUIRED = "approval_required"
     APPROVAL_DENIED = "approval_denied"
+    # Per-run caps (docs/governance.md §"Per-run caps"): the policy's max_*_per_run for calls of one run id.
+    RUN_ACTION_LIMIT_EXCEEDED = "run_action_limit_exceeded"
+    RUN_SPEND_EXCEEDED = "run_spend_exceeded"
+    RUN_TOOL_CALL_LIMIT_EXCEEDED = "run_tool_call_limit_exceeded"
+    RUN_TIME_EXCEEDED = "run_time_exceeded"
 
 
 class RiskLevel(models.TextChoices):
@@ -41,3 +46,27 @@ class RiskLevel(models.TextChoices):
 # Outcomes that consumed budget (spend, hourly actions, per-tool calls): the ledger the Redis counters are rebuilt
 # from. A failed dispatch keeps its spend (docs/architecture.md §7.3).
 CHARGED_OUTCOMES = (Outcome.EXECUTED, Outcome.ALLOWED, Outcome.FAILED)
+
+
+# The per-run caps' reasons: a keyed run that meets one pauses instead of failing (idempotency/runs.py).
+RUN_CAP_REASONS = (
+    Reason.RUN_ACTION_LIMIT_EXCEEDED,
+    Reason.RUN_SPEND_EXCEEDED,
+    Reason.RUN_TOOL_CALL_LIMIT_EXCEEDED,
+    Reason.RUN_TIME_EXCEEDED,
+)
+
+
+class AlertKind(models.TextChoices):
+    """What raised an alert (docs/governance.md §"Budget alerts", §"Containment detectors")."""
+
+    BUDGET = "budget", "Budget threshold"
+    DETECTOR = "detector", "Detector"
+    RUN_PAUSED = "run_paused", "Run paused at a cap"
+
+
+class AlertMode(models.TextChoices):
+    """What a detector (or a threshold) does when it fires: tell (alert), or tell and stop the agent (contain)."""
+
+    ALERT = "alert", "Alert"
+    CONTAIN = "contain", "Contain"

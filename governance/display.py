@@ -58,6 +58,9 @@ def policy_view(policy: dict[str, Any] | None) -> dict[str, Any]:
         "pricing_rules",
         "require_approval",
         "approval_ttl_seconds",
+        *policies.RUN_CAP_FIELDS,
+        "alert_thresholds",
+        "detectors",
     }
     approval = policies.approval_entries(policy) if isinstance(policy.get("require_approval"), list) else []
     return {
@@ -73,11 +76,47 @@ def policy_view(policy: dict[str, Any] | None) -> dict[str, Any]:
         "approval_ttl_seconds": policy.get("approval_ttl_seconds")
         or (policies.APPROVAL_TTL_DEFAULT if approval else None),
         "approval_ttl_default": bool(approval) and not policy.get("approval_ttl_seconds"),
+        # Per-run caps, budget alerts and detectors (docs/governance.md): the detectors with their defaults, which
+        # apply when the policy sets none.
+        "run_caps": [
+            (label, policy.get(field), kind)
+            for field, label, kind in (
+                ("max_actions_per_run", "Actions per run", "num"),
+                ("max_spend_usd_per_run", "Spend per run", "usd"),
+                ("max_calls_per_tool_per_run", "Calls of a tool per run", "num"),
+                ("max_run_seconds", "Run time", "seconds"),
+            )
+        ],
+        "alert_thresholds": policies.alert_thresholds(policy) if _valid_thresholds(policy) else [],
+        "alert_thresholds_default": policy.get("alert_thresholds") is None,
+        "detectors": [
+            (name, settings["mode"], ", ".join(f"{k} {v}" for k, v in settings.items() if k != "mode"))
+            for name, settings in policies.detector_settings(policy).items()
+        ]
+        if _valid_detectors(policy)
+        else [],
+        "detectors_default": not policy.get("detectors"),
         # Fields a later version may add: text, or indented JSON for an object or a list (never a Python repr).
         "other": {k: _text(v) if _scalar(v) else dumps(v) for k, v in policy.items() if k not in known},
         "yaml": to_yaml(policy) if policy else "{}\n",
         "json": dumps(policy),
     }
+
+
+def _valid_thresholds(policy: dict[str, Any]) -> bool:
+    value = policy.get("alert_thresholds")
+    return value is None or (isinstance(value, list) and all(isinstance(n, int) for n in value))
+
+
+def _valid_detectors(policy: dict[str, Any]) -> bool:
+    """A stored ``detectors`` as the policy field keeps it (a draft shown before validation may be anything)."""
+    value = policy.get("detectors")
+    if value is None:
+        return True
+    return isinstance(value, dict) and all(
+        name in policies.DETECTORS and isinstance(settings, dict) and set(settings) <= set(policies.DETECTORS[name])
+        for name, settings in value.items()
+    )
 
 
 def _scalar(value: Any) -> bool:
@@ -125,12 +164,22 @@ def _shown(field: str, value: Any) -> str:
     """One field's value in words: amounts in dollars, counts with separators, durations in units, lists as names."""
     if value is None:
         return "not set"
-    if field == "max_spend_usd_per_day":
+    if field in ("max_spend_usd_per_day", "max_spend_usd_per_run"):
         return formatting.usd(value)
-    if field == "approval_ttl_seconds":
+    if field in ("approval_ttl_seconds", "max_run_seconds"):
         return formatting.seconds(value)
-    if field in ("max_actions_per_hour",):
+    if field in ("max_actions_per_hour", "max_actions_per_run", "max_calls_per_tool_per_run"):
         return formatting.num(value)
+    if field == "alert_thresholds" and isinstance(value, list):
+        return ", ".join(f"{n}%" for n in value) if value else "[] — no budget alerts"
+    if field == "detectors" and isinstance(value, dict):
+        return (
+            "; ".join(
+                f"{name}: " + ", ".join(f"{k} {v}" for k, v in settings.items()) if isinstance(settings, dict) else name
+                for name, settings in value.items()
+            )
+            or "{} (the defaults)"
+        )
     if isinstance(value, list):
         if not value:
             return "[] — no tool is allowed" if field == "allowed_tools" else "[] (empty)"

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from django.urls import reverse
 
-from governance.choices import Outcome, Reason
+from governance.choices import RUN_CAP_REASONS, Outcome, Reason
 from governance.models import Decision, Tool
 from onceonly_site.formatting import num, usd
 from onceonly_site.identifiers import normalise_tool
@@ -72,6 +72,12 @@ def _left(left: dict[str, Any]) -> str:
         words.append(f"{_count(left['actions_this_hour'], 'action')} this hour")
     if "calls_today" in left:
         words.append(f"{_count(left['calls_today'], 'call')} of this tool today")
+    if "run_actions" in left:
+        words.append(f"{_count(left['run_actions'], 'action')} in this run")
+    if "run_calls" in left:
+        words.append(f"{_count(left['run_calls'], 'call')} of this tool in this run")
+    if "run_spend_usd" in left:
+        words.append(f"{usd(left['run_spend_usd'])} of spend in this run")
     return ", ".join(words)
 
 
@@ -168,6 +174,8 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
         if declared is not None and price and declared != price:  # both known: the call costs the larger
             text += f" (declared {usd(declared)}, operator price {usd(price)})"
         return text
+    if reason in RUN_CAP_REASONS:
+        return _run_cap(reason, seen)
     if reason == Reason.IDEMPOTENCY_KEY_HIT:
         original = seen.get("original_decision_id", d.original_id)
         same = "idempotency key" if seen.get("idempotency_key") else "arguments"
@@ -199,6 +207,29 @@ def _reason_text(d: Decision, seen: dict[str, Any]) -> str:
     return f"{d.outcome} — {reason}"
 
 
+def _run_cap(reason: str, seen: dict[str, Any]) -> str:
+    """A per-run cap (docs/governance.md §"Per-run caps"): "run action cap reached — 3 of 3 actions in run r-7"."""
+    run = f" in run {_quoted(seen['run_id'], 80)}" if seen.get("run_id") else ""
+    raised = " (its raised caps)" if seen.get("run_caps") == "raised" else ""
+    if reason == Reason.RUN_TIME_EXCEEDED:
+        if "limit_seconds" not in seen:
+            return "blocked — the run's time cap was reached"
+        return (
+            f"run time cap reached — {num(seen.get('elapsed_seconds'))} s since the run's first action, "
+            f"limit {num(seen['limit_seconds'])} s{run}{raised}"
+        )
+    if reason == Reason.RUN_SPEND_EXCEEDED:
+        if not {"limit", "spent", "cost"} <= seen.keys():
+            return "blocked — this call would exceed the run's spend cap"
+        return f"run spend {usd(seen['spent'])} + {usd(seen['cost'])} would exceed {usd(seen['limit'])}{run}{raised}"
+    actions = reason == Reason.RUN_ACTION_LIMIT_EXCEEDED
+    what = "run action cap" if actions else "run per-tool cap"
+    if "limit" not in seen or "count" not in seen:
+        return f"blocked — {what} reached"
+    noun = "actions" if actions else "calls of this tool"
+    return f"{what} reached — {num(seen['count'])} of {num(seen['limit'])} {noun}{run}{raised}"
+
+
 def explain_text(decision: Decision) -> str:
     """One sentence with the numbers: "stripe.refund: per-tool cap reached — 3 of 3 today (policy v4)"."""
     seen = decision.explain or {}
@@ -218,6 +249,11 @@ _NUMBERS = (
     ("left", "spend_usd_today", "Spend left today", usd),
     ("left", "actions_this_hour", "Actions left this hour", num),
     ("left", "calls_today", "Calls of this tool left today", num),
+    ("left", "run_actions", "Actions left in this run", num),
+    ("left", "run_calls", "Calls of this tool left in this run", num),
+    ("left", "run_spend_usd", "Spend left in this run", usd),
+    ("seen", "limit_seconds", "Run time limit (s)", num),
+    ("seen", "elapsed_seconds", "Since the run's first action (s)", num),
     ("seen", "attempts", "Attempts", num),
 )
 
@@ -226,16 +262,18 @@ def explain_numbers(decision: Decision) -> list[Fact]:
     """The numbers the rule compared, for the page's headline: limit, count before, spend before, cost, left."""
     seen = decision.explain or {}
     reason, out = decision.policy_reason, []
-    money = reason == Reason.DAILY_SPEND_EXCEEDED
+    money = reason in (Reason.DAILY_SPEND_EXCEEDED, Reason.RUN_SPEND_EXCEEDED)
     if "limit" in seen:
         out.append(Fact("Limit", usd(seen["limit"]) if money else num(seen["limit"])))
     if "count" in seen:
         hourly = reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED
-        counted = (
-            f"{_count(seen['count'], 'action')} in the last hour"
-            if hourly
-            else f"{_count(seen['count'], 'call')} today"
-        )
+        if reason in RUN_CAP_REASONS:
+            noun = "action" if reason == Reason.RUN_ACTION_LIMIT_EXCEEDED else "call"
+            counted = f"{_count(seen['count'], noun)} in this run"
+        elif hourly:
+            counted = f"{_count(seen['count'], 'action')} in the last hour"
+        else:
+            counted = f"{_count(seen['count'], 'call')} today"
         out.append(Fact("Count before this call", counted))
     # (where, key, label, format): each shown when recorded (a None amount is "not recorded").
     left = seen.get("left") or {}

@@ -78,6 +78,43 @@ def _ttl(text: str) -> int:
     return value
 
 
+def _run_seconds(text: str) -> int:
+    value = whole_number(text, policies.RUN_SECONDS_MAX)
+    if value is None or value < 1:
+        raise forms.ValidationError(
+            f"Must be a whole number of seconds from 1 to {policies.RUN_SECONDS_MAX:,} (30 days), in ASCII digits."
+        )
+    return value
+
+
+def _thresholds(text: str) -> list[Any]:
+    """ "50, 80, 95" → [50, 80, 95]; "none" → [] (no alerts). The policy field checks the numbers."""
+    if text.strip().lower() in ("none", "off", "[]"):
+        return []
+    out: list[Any] = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip().rstrip("%").strip()
+        if part:
+            number = whole_number(part, 100)
+            out.append(number if number is not None else part)
+    return out
+
+
+def _thresholds_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return ", ".join(str(n) for n in value) if value else "none"
+
+
+def _detectors(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise forms.ValidationError(
+            'Must be a JSON object, e.g. {"call_loop": {"mode": "alert"}} (double quotes around names).'
+        ) from None
+
+
 def _amount(text: str) -> float:
     """At most 6 decimals: amounts are kept to the millionth of a dollar, so "0.0000001" would be 0. A long run of
     digits is infinity for float(), which clean_fields refuses."""
@@ -201,6 +238,45 @@ class PolicyForm(forms.Form):
         f"{policies.PolicyInput.approval_ttl_seconds.low} to {policies.APPROVAL_TTL_MAX:,} seconds (7 days); "
         f"empty = {policies.APPROVAL_TTL_DEFAULT:,} (1 hour).",
     )
+    max_actions_per_run = forms.CharField(
+        required=False,
+        widget=_number(0, policies.MAX_NUMBER, "1"),
+        label="Max actions per run",
+        help_text="Charged calls carrying one run id (args.run_id, a keyed run's actions); a keyed run pauses at it "
+        "until raised and resumed. Empty = no limit.",
+    )
+    max_spend_usd_per_run = forms.CharField(
+        required=False,
+        widget=_number(0, MAX_USD, "0.000001"),
+        label="Max spend per run (USD)",
+        help_text="Spend of one run id, at most 6 decimals; empty = no limit.",
+    )
+    max_calls_per_tool_per_run = forms.CharField(
+        required=False,
+        widget=_number(0, policies.MAX_NUMBER, "1"),
+        label="Max calls of any one tool per run",
+        help_text="Empty = no limit.",
+    )
+    max_run_seconds = forms.CharField(
+        required=False,
+        widget=_number(1, policies.RUN_SECONDS_MAX, "1"),
+        label="Max run seconds",
+        help_text=f"From a run id's first action, 1 to {policies.RUN_SECONDS_MAX:,} (30 days); empty = no limit.",
+    )
+    alert_thresholds = forms.CharField(
+        required=False,
+        label="Budget alert thresholds (%)",
+        help_text="Percentages of each cap at which an alert fires, once per period, e.g. “50, 80, 95, 100”; empty "
+        "= those defaults; “none” = no budget alerts.",
+    )
+    detectors = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
+        label="Containment detectors (JSON)",
+        help_text='Only what differs from the defaults, e.g. {"call_loop": {"mode": "alert"}, "deny_spike": '
+        '{"mode": "contain", "share": 0.8}}. Detectors: call_loop, deny_spike, spend_velocity, '
+        "first_high_risk_tool; modes off, alert, contain. Empty = the defaults.",
+    )
     base_version = forms.IntegerField(required=False, min_value=1, max_value=MAX_VERSION, widget=forms.HiddenInput)
 
     @classmethod
@@ -222,6 +298,12 @@ class PolicyForm(forms.Form):
                 ),
                 "require_approval": _approval_text(policy.get("require_approval") or []),
                 "approval_ttl_seconds": policy.get("approval_ttl_seconds", ""),
+                "max_actions_per_run": policy.get("max_actions_per_run", ""),
+                "max_spend_usd_per_run": _amount_text(policy.get("max_spend_usd_per_run", "")),
+                "max_calls_per_tool_per_run": policy.get("max_calls_per_tool_per_run", ""),
+                "max_run_seconds": policy.get("max_run_seconds", ""),
+                "alert_thresholds": _thresholds_text(policy.get("alert_thresholds")),
+                "detectors": json.dumps(policy["detectors"]) if policy.get("detectors") else "",
                 "base_version": version,
             }
         )
@@ -316,6 +398,12 @@ class PolicyForm(forms.Form):
             "pricing_rules": self._pricing,
             "require_approval": _approval_lines,
             "approval_ttl_seconds": _ttl,
+            "max_actions_per_run": _count,
+            "max_spend_usd_per_run": _amount,
+            "max_calls_per_tool_per_run": _count,
+            "max_run_seconds": _run_seconds,
+            "alert_thresholds": _thresholds,
+            "detectors": _detectors,
         }
         for name, parse in parsers.items():
             text = str(data.get(name) or "").strip()

@@ -6,7 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from billing.models import Account, ApiKey
-from governance.choices import Outcome, Reason, RiskLevel
+from governance.choices import AlertKind, AlertMode, Outcome, Reason, RiskLevel
 
 
 class Agent(models.Model):
@@ -405,6 +405,11 @@ class NotificationChannel(models.Model):
         APPROVAL_DECIDED = "approval_decided", "Approval decided"
         TOOL_ERROR = "tool_error", "Tool error"
         RUN_FAILURE = "run_failure", "Run failure"
+        # docs/governance.md: a budget threshold crossed; a detector that fired (alert, or contain: the agent was
+        # stopped); a keyed run paused at a per-run cap.
+        BUDGET_ALERT = "budget_alert", "Budget alert"
+        DETECTOR = "detector", "Detector fired / agent contained"
+        RUN_PAUSED = "run_paused", "Run paused at a cap"
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -503,3 +508,36 @@ class PolicyFile(models.Model):
 
     def __str__(self) -> str:
         return f"{self.filename} ({self.sha256[:12]}) at {self.applied_at:%Y-%m-%d %H:%M}"
+
+
+class Alert(models.Model):
+    """One notification of the alerts feed (docs/governance.md §"Budget alerts", §"Containment detectors"): a budget
+    threshold crossed, a detector that fired (alert or contain), a keyed run paused at a per-run cap. ``once`` is
+    what makes it fire once: a threshold per period, a detector per window — the unique constraint decides between
+    processes (a second insert of the same ``once`` is a no-op)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="alerts")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="alerts", null=True, blank=True)
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    code = models.CharField(max_length=40, help_text="The metric (daily_spend …) or the detector (call_loop …).")
+    mode = models.CharField(max_length=16, choices=AlertMode.choices, default=AlertMode.ALERT)
+    once = models.CharField(max_length=300, help_text="Fires once per this key (the metric, period and threshold).")
+    message = models.CharField(max_length=1000, help_text="What happened, with its numbers.")
+    data = models.JSONField(default=dict, blank=True, help_text="The numbers: value, cap, threshold, window, …")
+    created_at = models.DateTimeField(default=timezone.now)
+    # A containment's one-click release (audited): who let the agent go again, and when.
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "once"], name="governance_alert_fires_once"),
+        ]
+        indexes = [
+            models.Index(fields=["account", "-created_at", "-id"], name="governance_alert_feed"),
+            models.Index(fields=["agent", "-created_at"], name="governance_alert_of_agent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.code} {self.message[:60]}"

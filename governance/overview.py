@@ -24,7 +24,7 @@ from django.db.models.functions import TruncMinute
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from governance import explain, selectors, sql
+from governance import alert_selectors, explain, selectors, sql
 from governance.choices import CHARGED_OUTCOMES, Outcome
 from governance.models import Agent, Decision, DecisionRollup
 from governance.services import OPERATOR_AGENT
@@ -358,7 +358,7 @@ def _failed_runs(account_id: int, start: datetime) -> dict[str, Any]:
 
 
 def operations(account_id: int, rng: Range, now: datetime) -> dict[str, Any]:
-    """Everything the overview panel shows, in a fixed number of queries (eleven; tests pin it)."""
+    """Everything the overview panel shows, in a fixed number of queries (twelve; tests pin it)."""
     series = outcome_series(account_id, rng, now)
     start = series["start"]
     attention, spend = _attention(account_id, now)
@@ -386,5 +386,6 @@ def operations(account_id: int, rng: Range, now: datetime) -> dict[str, Any]:
         "failing": _failing_tools(account_id, now),
         "blocked": recent_blocked(account_id, start),
         "runs": _failed_runs(account_id, start),
+        "alerts": alert_selectors.latest(account_id),  # the newest few, whatever the range (one query)
         "now": now,
     }

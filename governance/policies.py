@@ -126,9 +126,9 @@ MAX_NUMBER = 1_000_000_000  # counts above a billion are typos
 COUNT_RULE = (f"Must be a whole number from 0 to {MAX_NUMBER:,}.", "int_type")
 
 
-def _count(*, nullable: bool = True) -> Integer:
+def _count(*, nullable: bool = True, description: str | None = None) -> Integer:
     """A count of calls or actions (``5.0`` is 5)."""
-    return Integer(0, MAX_NUMBER, whole_floats=True, invalid=COUNT_RULE, nullable=nullable)
+    return Integer(0, MAX_NUMBER, whole_floats=True, invalid=COUNT_RULE, nullable=nullable, description=description)
 
 
 class CallCaps(Field[dict[str, int] | None]):
@@ -273,6 +273,126 @@ class ApprovalRules(Field[list[Any] | None]):
         return {"type": "array", "maxItems": MAX_LIST, "items": {"oneOf": [self.tool.schema(), entry]}}
 
 
+RUN_SECONDS_MAX = 30 * 86400
+ALERT_THRESHOLDS_DEFAULT = [50, 80, 95, 100]  # percent of a cap (docs/governance.md §"Budget alerts")
+DETECTOR_MODES = ("off", "alert", "contain")
+
+# The containment detectors and their defaults (docs/governance.md §"Containment detectors"); a policy's
+# ``detectors`` sets some of them (each the fields it sends), the rest keep these. Each param: (low, high, integer).
+DETECTORS: dict[str, dict[str, Any]] = {
+    # The same args digest blocked or deduplicated more than `count` times within `window_minutes`.
+    "call_loop": {"mode": "contain", "count": 50, "window_minutes": 10},
+    # Blocked calls at least `share` of the calls of the last `window_minutes`, once at least `min_calls` were made.
+    "deny_spike": {"mode": "alert", "share": 0.5, "min_calls": 20, "window_minutes": 10},
+    # Spend of the last `window_minutes` above `factor` × the agent's trailing 24-hour average for such a window,
+    # once it is at least `min_spend_usd`.
+    "spend_velocity": {"mode": "alert", "factor": 5.0, "min_spend_usd": 5.0, "window_minutes": 10},
+    # The agent's first call of a high-risk tool (registry risk level, else the name heuristic).
+    "first_high_risk_tool": {"mode": "alert"},
+}
+DETECTOR_PARAMS: dict[str, tuple[float, float, bool]] = {
+    "count": (2, 100_000, True),
+    "window_minutes": (1, 60, True),
+    "share": (0.01, 1.0, False),
+    "min_calls": (1, 100_000, True),
+    "factor": (1.0, 1000.0, False),
+    "min_spend_usd": (0.0, 1_000_000.0, False),
+}
+
+
+class Thresholds(Field[list[int] | None]):
+    """``alert_thresholds``: the percentages of each cap at which a budget alert fires (each once per period),
+    1–100, at most 10, kept sorted; ``[]`` turns budget alerts off."""
+
+    def parse(self, value: Any) -> list[int]:
+        if not isinstance(value, list) or len(value) > 10:
+            raise Invalid("Must be a list of at most 10 whole percentages from 1 to 100.", "list_type")
+        out: set[int] = set()
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, int | float) or not 1 <= item <= 100 or item != int(item):
+                raise Invalid(f"{item!r}: each threshold is a whole percentage from 1 to 100.", "int_type")
+            out.add(int(item))
+        return sorted(out)
+
+    def openapi(self) -> dict[str, Any]:
+        return {
+            "type": "array",
+            "maxItems": 10,
+            "items": {"type": "integer", "minimum": 1, "maximum": 100},
+            "default": ALERT_THRESHOLDS_DEFAULT,
+        }
+
+
+class Detectors(Field[dict[str, Any] | None]):
+    """``detectors``: {detector: {"mode": "off" | "alert" | "contain", <its params>}} — only what differs from the
+    defaults (``DETECTORS``) needs sending; problems at ``detectors.<name>.<param>``."""
+
+    def clean(self, check: BodyCheck, loc: str, value: Any) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            check.fail(
+                loc, f"Must be an object {{detector: {{mode, …}}}}; detectors: {', '.join(DETECTORS)}.", "dict_type"
+            )
+            return None
+        out: dict[str, Any] = {}
+        for name, settings in value.items():
+            where = f"{loc}.{name}"
+            if name not in DETECTORS:
+                check.fail(where, f"Unknown detector. Detectors: {', '.join(DETECTORS)}.", "extra_forbidden")
+                continue
+            if not isinstance(settings, dict):
+                check.fail(where, 'Must be an object, e.g. {"mode": "alert"}.', "dict_type")
+                continue
+            known = DETECTORS[name]
+            kept: dict[str, Any] = {}
+            for param, given in settings.items():
+                if param not in known:
+                    check.fail(f"{where}.{param}", f"Unknown setting. {name}: {', '.join(known)}.", "extra_forbidden")
+                elif param == "mode":
+                    if given not in DETECTOR_MODES:
+                        check.fail(f"{where}.mode", f"One of: {', '.join(DETECTOR_MODES)}.", "enum")
+                    else:
+                        kept["mode"] = given
+                else:
+                    low, high, whole = DETECTOR_PARAMS[param]
+                    number = given if isinstance(given, int | float) and not isinstance(given, bool) else None
+                    if (
+                        number is None
+                        or number != number
+                        or not low <= number <= high
+                        or (whole and number != int(number))
+                    ):
+                        kind = "a whole number" if whole else "a number"
+                        check.fail(
+                            f"{where}.{param}",
+                            f"Must be {kind} from {low:g} to {high:g}.",
+                            "int_type" if whole else "float_type",
+                        )
+                    else:
+                        kept[param] = int(number) if whole else round(float(number), 6)
+            out[name] = kept
+        return out
+
+    def openapi(self) -> dict[str, Any]:
+        properties = {}
+        for name, defaults in DETECTORS.items():
+            fields: dict[str, Any] = {
+                "mode": {"type": "string", "enum": list(DETECTOR_MODES), "default": defaults["mode"]}
+            }
+            for param in defaults:
+                if param != "mode":
+                    low, high, whole = DETECTOR_PARAMS[param]
+                    fields[param] = {
+                        "type": "integer" if whole else "number",
+                        "minimum": low,
+                        "maximum": high,
+                        "default": defaults[param],
+                    }
+            properties[name] = {"type": "object", "properties": fields, "additionalProperties": False}
+        return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
 class PolicyInput(Body):
     """A policy upsert (and a template's overrides): the fields sent replace, an explicit null clears. Checked in
     the order sent, an unknown field where it stands; the dashboard's editor checks its policy here too."""
@@ -298,6 +418,23 @@ class PolicyInput(Body):
         APPROVAL_TTL_MAX,
         whole_floats=True,
         description=f"Seconds an approval request stays open, and an approval usable (default {APPROVAL_TTL_DEFAULT}).",
+    )
+    max_actions_per_run = _count(description="Actions (charged calls) per run id; a keyed run pauses at it.")
+    max_spend_usd_per_run = Usd(rounded=True, description="Spend per run id (USD); a keyed run pauses at it.")
+    max_calls_per_tool_per_run = _count(description="Calls of any one tool per run id; a keyed run pauses at it.")
+    max_run_seconds = Integer(
+        1,
+        RUN_SECONDS_MAX,
+        whole_floats=True,
+        description="Seconds from a run id's first action after which its calls are blocked (a keyed run pauses).",
+    )
+    alert_thresholds = Thresholds(
+        description="Percentages of each cap at which a budget alert fires, once per period (default "
+        f"{ALERT_THRESHOLDS_DEFAULT}; [] = none)."
+    )
+    detectors = Detectors(
+        description="Containment detectors: call_loop, deny_spike, spend_velocity, first_high_risk_tool, each "
+        '{"mode": "off" | "alert" | "contain", …its settings}; unset ones keep their defaults.'
     )
 
     @classmethod
@@ -435,6 +572,61 @@ def approval_rule(policy: dict[str, Any], tool: str, cost: Decimal) -> dict[str,
         if matches(tool, [pattern]) and (over is None or cost > Decimal(str(over))):
             return {"tool": pattern, "over_usd": over}
     return None
+
+
+def alert_thresholds(policy: dict[str, Any]) -> list[int]:
+    """The percentages of a cap at which the policy's budget alerts fire (the default when it sets none)."""
+    thresholds = policy.get("alert_thresholds")
+    return ALERT_THRESHOLDS_DEFAULT if thresholds is None else thresholds
+
+
+def detector_settings(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every detector's settings under ``policy``: its defaults with what the policy sets replacing them."""
+    chosen = policy.get("detectors") or {}
+    return {name: {**defaults, **chosen.get(name, {})} for name, defaults in DETECTORS.items()}
+
+
+def run_tool_cap(policy: dict[str, Any]) -> int:
+    """``max_calls_per_tool_per_run``, or -1 when the policy sets none."""
+    cap = policy.get("max_calls_per_tool_per_run")
+    return -1 if cap is None else int(cap)
+
+
+RUN_CAP_FIELDS = ("max_actions_per_run", "max_spend_usd_per_run", "max_calls_per_tool_per_run", "max_run_seconds")
+
+
+_STRICTER_WHEN_LOWER = ("count", "share", "min_calls", "factor", "min_spend_usd")  # a detector fires sooner
+MODE_RANK = {"off": 0, "alert": 1, "contain": 2}
+
+
+def guard_loosening(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:
+    """What changing ``before`` into ``after`` takes away from the agent's runaway guards, in words (empty: nothing):
+    a per-run cap raised or removed, a budget-alert threshold dropped, a detector's mode lowered or its setting moved
+    so it fires later (a higher count, share, minimum or factor; a shorter window). Like the approval gate, an
+    agent's own key may tighten them, not loosen them (docs/governance.md §"Who may loosen the guards")."""
+    before, after = before or {}, after or {}
+    found: list[str] = []
+    for field in RUN_CAP_FIELDS:
+        old, new = before.get(field), after.get(field)
+        if old is not None and (new is None or new > old):
+            found.append(f"{field} {'removed' if new is None else 'raised'}")
+    dropped = sorted(set(alert_thresholds(before)) - set(alert_thresholds(after)))
+    if dropped:
+        found.append(f"alert_thresholds {', '.join(f'{n}%' for n in dropped)} removed")
+    old_detectors, new_detectors = detector_settings(before), detector_settings(after)
+    for name, old in old_detectors.items():
+        new = new_detectors[name]
+        if MODE_RANK[new["mode"]] < MODE_RANK[old["mode"]]:
+            found.append(f"detectors.{name} mode {old['mode']} → {new['mode']}")
+            continue
+        if old["mode"] == "off":
+            continue  # an off detector's settings guard nothing
+        for param in _STRICTER_WHEN_LOWER:
+            if param in old and new[param] > old[param]:
+                found.append(f"detectors.{name}.{param} raised")
+        if "window_minutes" in old and new["window_minutes"] < old["window_minutes"]:
+            found.append(f"detectors.{name}.window_minutes shortened")
+    return found
 
 
 def approval_ttl(policy: dict[str, Any]) -> int:

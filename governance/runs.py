@@ -27,6 +27,7 @@ def execute_action(
     spend_usd: float | None,
     run_id: str,
     dry_run: bool,
+    run_caps: dict[str, Any] | None = None,
 ) -> ActionOutcome:
     plan = plan_limits_for(account_id)  # read per action: a plan change applies to the next action of a run
     if not plan.has_governance:
@@ -42,13 +43,14 @@ def execute_action(
             run_id=run_id,
             dry_run=dry_run,
             finishes_run=False,
+            run_caps=run_caps,
         )
     except usage.QuotaExceeded:
         return ActionOutcome("blocked", False, None, None, error="usage_limit")
     except services.ToolNotFound:
         return ActionOutcome("blocked", False, None, None, error="tool_not_found")
     d = outcome.decision
-    return ActionOutcome(d.outcome, d.allowed, d.policy_reason, d.pk, d.result)
+    return ActionOutcome(d.outcome, d.allowed, d.policy_reason, d.pk, d.result, explain=d.explain)
 
 
 def news_of(approval: Approval) -> runs.ApprovalNews:

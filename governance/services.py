@@ -29,7 +29,7 @@ from billing.models import Account
 from billing.notifications import notify
 from billing.ratelimit import TAKE_TOKEN_LUA, RateLimited, take_bucket
 from billing.services import audit_record
-from governance import approvals, dispatch, display, ledger, policies, slots, sql, telemetry
+from governance import alerts, approvals, detectors, dispatch, display, ledger, policies, slots, sql, telemetry
 from governance.choices import CHARGED_OUTCOMES, Outcome, Reason
 from governance.models import Agent, Decision, DecisionRollup, DispatchIntent, PolicyVersion, Tool
 from idempotency import events as run_events
@@ -111,13 +111,28 @@ def _agent_for_call(account_id: int, agent_id: str, tool: str) -> tuple[Agent, T
     return agent, Tool.objects.select_related("mcp_server").filter(pk=registered_pk).first() if registered_pk else None
 
 
-def agent_set_enabled(*, account_id: int, agent_id: str, enabled: bool, reason: str, actor: str) -> Agent:
+class AgentContained(Exception):
+    """Enabling an agent a detector contained is its release (detectors.release), not the kill switch's toggle."""
+
+
+def agent_set_enabled(
+    *, account_id: int, agent_id: str, enabled: bool, reason: str, actor: str, release: bool = False
+) -> Agent:
     """The kill switch. Takes effect on the very next governed call in every process (calls read the agent row),
     and on dispatches in flight: each attempt re-reads the row right before its request is written, and a disable
     commits (and answers) only after the requests already past that check have been written (dispatch.KillSwitch)."""
     agent = agent_get_or_create(account_id=account_id, agent_id=agent_id)
     now = timezone.now()
     with transaction.atomic():
+        # Decided on the locked row: a contained agent (disabled by a detector) stays contained until released —
+        # disabling it again changes nothing (so its detector's reason and release stay), and enabling it is the
+        # release's alone (``release``), or an agent's key could disable and re-enable itself out of containment.
+        agent = Agent.objects.select_for_update().select_related("account").get(pk=agent.pk)
+        if not agent.is_enabled and agent.disabled_by == detectors.AUTO:
+            if not enabled:
+                return agent
+            if not release:
+                raise AgentContained(agent_id)
         if not enabled:
             dispatch.KillSwitch.wait_for_requests_being_written(agent.pk)
         before = {"is_enabled": agent.is_enabled, "disabled_reason": agent.disabled_reason}
@@ -324,6 +339,7 @@ class GovernedCallKeys(NamedTuple):
     shadow_hour: str
     shadow_spend: str
     shadow_calls: str
+    run: str  # the run's counters (per-run caps; a placeholder never read without them)
     bucket: str | None = None  # with ``rate`` and ``burst``: the caller's rate-limit token is taken in the script
 
 
@@ -348,6 +364,11 @@ class GovernedCallArgs(NamedTuple):
     shadow_max_calls: int
     shadow_max_spend: int
     shadow_cost: int
+    run: str  # "1": decide the per-run caps on the run's counters
+    run_max_actions: int
+    run_max_spend: int
+    run_max_calls: int
+    run_max_ms: int
     rate: int | None = None
     burst: int | None = None
 
@@ -404,7 +425,16 @@ class RebuildArgs(NamedTuple):
 REBUILD = LuaScript(REBUILD_LUA, RebuildKeys, RebuildArgs, rest="pairs")
 
 
-def _keys(agent: Agent, args_digest: str, now: datetime, bucket: str | None = None) -> GovernedCallKeys:
+def run_key(agent: Agent, run_id: str) -> str:
+    """The Redis hash of a run's counters (per-run caps): by a digest of the run id, which may be long."""
+    # The run id as decisions record it (its first 256 characters): the rebuild after a Redis loss names the same hash.
+    digest = hashlib.sha256(run_id[:256].encode()).hexdigest()[:32] if run_id else "-"
+    return f"oo:{{a{agent.account_id}}}:gov:{agent.pk}:run:{digest}"
+
+
+def _keys(
+    agent: Agent, args_digest: str, now: datetime, bucket: str | None = None, run_id: str = ""
+) -> GovernedCallKeys:
     base = f"oo:{{a{agent.account_id}}}:gov:{agent.pk}"
     day = now.strftime("%Y%m%d")
     shadow = _shadow_keys(agent, args_digest, day)
@@ -419,6 +449,7 @@ def _keys(agent: Agent, args_digest: str, now: datetime, bucket: str | None = No
         shadow_hour=shadow.hour,
         shadow_spend=shadow.spend,
         shadow_calls=shadow.calls,
+        run=run_key(agent, run_id),
         bucket=bucket,
     )
 
@@ -529,6 +560,7 @@ def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: 
                 if left_ms > 0:
                     pipe.set(f"{base}:{digest}", f"{marker}:{pk}", px=left_ms, nx=True)
         pipe.execute()
+    _rebuild_runs(agent, now, client)
     pairs: list[Any] = []
     for tool, count in calls.items():
         pairs += [tool, count]
@@ -545,6 +577,41 @@ def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: 
         ),
         pairs,
     )
+
+
+def _rebuild_runs(agent: Agent, now: datetime, client: redis.Redis) -> None:
+    """The counters of the agent's runs with charged calls in the day counters' span, for those Redis no longer has
+    (docs/governance.md §"Per-run caps"): calls wait for the ready marker meanwhile, so none counts in between."""
+    since = now - timedelta(seconds=DAY_COUNTER_SECONDS)
+    runs: dict[str, dict[str, Any]] = {}
+    charged = Decision.objects.filter(
+        account_id=agent.account_id, agent=agent, ts__gt=since, outcome__in=CHARGED_OUTCOMES
+    ).exclude(run_id="")
+    unrecorded = DispatchIntent.objects.filter(agent=agent, created_at__gt=since).exclude(run_id="")
+    rows = [*charged.values_list("run_id", "tool", "spend_usd", "ts")]
+    rows += unrecorded.values_list("run_id", "tool", "spend_usd", "created_at")
+    for run_id, tool, cost, ts in rows:
+        run = runs.setdefault(run_id, {"a": 0, "s": 0, "t0": ts})
+        run["a"] += 1
+        run["s"] += _micro(cost or Decimal(0))
+        run["t0"] = min(run["t0"], ts)
+        field = f"t:{policies.counter_name(tool)}"
+        run[field] = run.get(field, 0) + 1
+    if not runs:
+        return
+    ids = list(runs)
+    exists = client.pipeline(transaction=False)
+    for run_id in ids:
+        exists.exists(run_key(agent, run_id))
+    pipe = client.pipeline(transaction=False)
+    for run_id, present in zip(ids, exists.execute(), strict=True):
+        if present:
+            continue
+        counts = runs[run_id]
+        counts["t0"] = int(counts["t0"].timestamp() * 1000)
+        pipe.hset(run_key(agent, run_id), mapping=counts)
+        pipe.expire(run_key(agent, run_id), DAY_COUNTER_SECONDS)
+    pipe.execute()
 
 
 EXPLAIN_LIST = 20  # entries of allowed_tools a tool_not_allowed decision keeps (with the list's size)
@@ -605,6 +672,7 @@ class Call:
     base: dict[str, Any]
     shadow: Shadow | None = None  # the agent's shadow candidate, when it has one (call_shadow)
     keyed: bool = False  # named by the caller's idempotency key, not its args (call_resolve's dedup_key)
+    run_caps: dict[str, Any] | None = None  # a keyed run's own per-run caps (Raise & resume), over the policy's
 
 
 @dataclass(slots=True)
@@ -635,12 +703,31 @@ class Caps:
     hourly: int | None
     calls: int
     spend: float | int | None  # USD per day, as the policy holds it
+    # Per-run caps (docs/governance.md §"Per-run caps"), None when unset: the policy's, or a keyed run's own after a
+    # Raise & resume (``overrides``).
+    run_actions: int | None = None
+    run_spend: float | int | None = None
+    run_calls: int | None = None
+    run_seconds: int | None = None
 
     @classmethod
-    def of(cls, policy: dict[str, Any], tool: str) -> Caps:
+    def of(cls, policy: dict[str, Any], tool: str, overrides: dict[str, Any] | None = None) -> Caps:
+        run = {field: policy.get(field) for field in policies.RUN_CAP_FIELDS}
+        if overrides:
+            run.update({field: value for field, value in overrides.items() if field in run})
         return cls(
-            policy.get("max_actions_per_hour"), policies.call_cap(policy, tool), policy.get("max_spend_usd_per_day")
+            policy.get("max_actions_per_hour"),
+            policies.call_cap(policy, tool),
+            policy.get("max_spend_usd_per_day"),
+            run["max_actions_per_run"],
+            run["max_spend_usd_per_run"],
+            run["max_calls_per_tool_per_run"],
+            run["max_run_seconds"],
         )
+
+    @property
+    def per_run(self) -> bool:
+        return any(cap is not None for cap in (self.run_actions, self.run_spend, self.run_calls, self.run_seconds))
 
 
 @dataclass(slots=True)
@@ -657,14 +744,26 @@ class Reserved:
     now: datetime
     keys: GovernedCallKeys
     args: GovernedCallArgs
+    ai_used: int = 0  # the month's `ai` units (after this call's when ok)
+    run_actions: int = 0  # the run's counts (per-run caps only): before the call when blocked, after it when ok
+    run_calls: int = 0
+    run_spent: int = 0  # micro-dollars
+    run_ms: int = 0  # since the run's first action
 
     @property
     def remaining(self) -> dict[str, Any]:
-        return {
+        left = {
             "spend_usd_today": float(Decimal(self.spent) / MICRO),
             "actions_this_hour": self.actions,
             "calls_today": self.calls,
         }
+        if self.args.run == "1":
+            left.update(
+                run_actions=self.run_actions,
+                run_calls=self.run_calls,
+                run_spend_usd=float(Decimal(self.run_spent) / MICRO),
+            )
+        return left
 
 
 @dataclass(slots=True)
@@ -924,8 +1023,9 @@ def call_reserve_request(
     burst: int | None = None
     if rate_limit is not None:
         bucket, (rate, burst) = rate_limit
-    keys = _keys(call.agent, call.digest, now, bucket)
+    keys = _keys(call.agent, call.digest, now, bucket, call.run_id)
     shadow_on, shadow_actions, shadow_calls, shadow_spend, shadow_cost = _shadow_args(call)
+    per_run = bool(call.run_id) and caps.per_run
     args = GovernedCallArgs(
         now_ms=int(now.timestamp() * 1000),
         window_ms=plan.default_ttl * 1000,
@@ -945,10 +1045,19 @@ def call_reserve_request(
         shadow_max_calls=shadow_calls,
         shadow_max_spend=shadow_spend,
         shadow_cost=shadow_cost,
+        run="1" if per_run else "0",
+        run_max_actions=_cap(caps.run_actions),
+        run_max_spend=_micro(Decimal(str(caps.run_spend))) if caps.run_spend is not None else -1,
+        run_max_calls=_cap(caps.run_calls),
+        run_max_ms=caps.run_seconds * 1000 if caps.run_seconds is not None else -1,
         rate=rate,
         burst=burst,
     )
     return keys, args
+
+
+def _cap(value: int | None) -> int:
+    return -1 if value is None else int(value)
 
 
 def call_reserve(
@@ -957,7 +1066,7 @@ def call_reserve(
     """Reserve (docs/architecture.md §4.5, §4.6): the atomic step, one governed_call.lua round trip (the counters or
     the usage hash rebuilt first when Redis lost them). Raises RateLimited (429) and QuotaExceeded (402): nothing
     recorded."""
-    now, caps = timezone.now(), Caps.of(call.policy, call.tool)
+    now, caps = timezone.now(), Caps.of(call.policy, call.tool, call.run_caps)
     keys, args = call_reserve_request(call, plan, charge, caps, now, uuid.uuid4().hex, rate_limit)
     client = get_redis()
     for _ in range(3):
@@ -979,8 +1088,23 @@ def call_reserve(
         call.shadow.reason = reply[-1].decode()
     if status == "dedup":
         return Reserved(status, reply[1].decode(), 0, 0, 0, caps, now, keys, args)
-    detail = reply[1].decode() if status == "blocked" else ""
-    return Reserved(status, detail, int(reply[-4]), int(reply[-3]), int(reply[-2]), caps, now, keys, args)
+    actions, calls, spent, ai_used, run_actions, run_calls, run_spent, run_ms = (int(n) for n in reply[2:10])
+    return Reserved(
+        status,
+        reply[1].decode(),
+        actions,
+        calls,
+        spent,
+        caps,
+        now,
+        keys,
+        args,
+        ai_used,
+        run_actions,
+        run_calls,
+        run_spent,
+        run_ms,
+    )
 
 
 def call_release(reserved: Reserved) -> None:
@@ -994,6 +1118,10 @@ def call_release(reserved: Reserved) -> None:
     pipe.delete(keys.dedup)
     pipe.hincrby(keys.usage, usage.AI, -1)
     pipe.hincrby(keys.usage, f"{usage.AI}:{args.day}", -1)
+    if args.run == "1":
+        pipe.hincrby(keys.run, "a", -1)
+        pipe.hincrby(keys.run, f"t:{args.tool}", -1)
+        pipe.hincrby(keys.run, "s", -args.cost)
     pipe.execute()
 
 
@@ -1025,6 +1153,31 @@ def _limit_explain(call: Call, reserved: Reserved, charge: Charge) -> dict[str, 
     """What a limit saw when it blocked the call: the limit and the counts before the call (the ones the script
     returns with "blocked"), and for the spend cap the spend so far, the cost and both sides of the charge."""
     caps, reason = reserved.caps, reserved.detail
+    run: dict[str, Any] = {
+        "run_id": call.run_id[:256],
+        # The run's counts before this call, every one: a resume checks all its caps against them (run_caps.py).
+        "run": {
+            "actions": reserved.run_actions,
+            "tool_calls": reserved.run_calls,
+            "spent": _usd(Decimal(reserved.run_spent) / MICRO),
+            "elapsed_seconds": round(reserved.run_ms / 1000, 3),
+            "cost": _usd(charge.cost),  # this call's
+        },
+        **({"run_caps": "raised"} if call.run_caps else {}),
+    }
+    if reason == Reason.RUN_ACTION_LIMIT_EXCEEDED:
+        return {"limit": caps.run_actions, "count": reserved.run_actions, **run}
+    if reason == Reason.RUN_TOOL_CALL_LIMIT_EXCEEDED:
+        return {"limit": caps.run_calls, "count": reserved.run_calls, **run}
+    if reason == Reason.RUN_TIME_EXCEEDED:
+        return {"limit_seconds": caps.run_seconds, "elapsed_seconds": round(reserved.run_ms / 1000, 3), **run}
+    if reason == Reason.RUN_SPEND_EXCEEDED:
+        return {
+            "limit": _usd(Decimal(str(caps.run_spend))),
+            "spent": _usd(Decimal(reserved.run_spent) / MICRO),
+            "cost": _usd(charge.cost),
+            **run,
+        }
     if reason == Reason.HOURLY_ACTION_LIMIT_EXCEEDED:
         return {"limit": caps.hourly, "count": reserved.actions}
     if reason == Reason.TOOL_CALL_LIMIT_EXCEEDED:
@@ -1050,6 +1203,13 @@ def _budget_explain(reserved: Reserved, charge: Charge) -> dict[str, Any]:
         left["calls_today"] = caps.calls - reserved.calls
     if caps.spend is not None:
         left["spend_usd_today"] = _usd(Decimal(str(caps.spend)) - Decimal(reserved.spent) / MICRO)
+    if reserved.args.run == "1":
+        if caps.run_actions is not None:
+            left["run_actions"] = caps.run_actions - reserved.run_actions
+        if caps.run_calls is not None:
+            left["run_calls"] = caps.run_calls - reserved.run_calls
+        if caps.run_spend is not None:
+            left["run_spend_usd"] = _usd(Decimal(str(caps.run_spend)) - Decimal(reserved.run_spent) / MICRO)
     return {"cost": _usd(charge.cost), "left": left}
 
 
@@ -1170,6 +1330,7 @@ def call_record(call: Call, ending: Ending) -> CallOutcome:
     else:
         decision = _record(agent, timeline, ending.intent_id, **fields)
         telemetry.export_call(agent_id=call.agent_id, started_at=call.started_at, decision=decision)
+        detectors.observe(call, decision)  # docs/governance.md §"Containment detectors" (never raises)
     return CallOutcome(decision=decision, remaining=ending.remaining)
 
 
@@ -1213,6 +1374,7 @@ def governed_call(
     arrived: float | None = None,
     dedup_key: str | None = None,
     registered_only: bool = False,
+    run_caps: dict[str, Any] | None = None,
 ) -> CallOutcome:
     """Decide a tool call before it runs (docs/architecture.md §4). Every ending is a durable decision row.
 
@@ -1227,6 +1389,9 @@ def governed_call(
     the dispatch deadline of it, and it takes the bulkheads' slots first (``call_slots``: over a limit raises
     ``DispatchBusy`` with nothing reserved or recorded). Without it (a keyed run's action, run by a worker whose
     concurrency bounds it) the deadline counts from now and no slot is taken.
+
+    ``run_caps``: a keyed run's own per-run caps (Raise & resume, docs/runs.md §"Runs that pause at a cap") over its
+    policy's.
     """
     call = call_resolve(
         account_id=account_id,
@@ -1241,6 +1406,7 @@ def governed_call(
     )
     if registered_only and call.registered is None:
         raise ToolNotFound(tool)  # the MCP gateway: a name no tool of the account has is not a call to decide
+    call.run_caps = run_caps
     outcome = _governed_call(call, plan, spend_usd, rate_limit, arrived)
     outcome.registered = call.registered
     return outcome
@@ -1327,6 +1493,7 @@ def _governed_call(
         # through any Redis rebuild until the sweeper records it (dispatch_intents_record).
         raise
     call_tidy(reserved, ending, outcome.decision)
+    alerts.after_call(call, reserved, plan, ending.outcome)  # docs/governance.md §"Budget alerts"
     if gate is not None and gate.approval is not None:
         if ending.sent is not None and ending.sent.stopped and not ending.sent.attempts:
             # Stopped before any request reached the tool (the kill switch in flight): the approval was not used.

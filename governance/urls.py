@@ -1,10 +1,14 @@
 from django.urls import path, re_path
 
 from governance import (
+    alert_api,
+    alert_views,
     api,
     approval_api,
     approval_views,
     channel_urls,
+    detector_api,
+    detector_views,
     export_api,
     hold_views,
     mcp_api,
@@ -13,6 +17,8 @@ from governance import (
     policy_code_api,
     policy_code_urls,
     replay_urls,
+    run_caps_api,
+    run_caps_views,
     shadow_api,
     shadow_views,
     views,
@@ -29,6 +35,7 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     path("agents/<int:pk>/", views.agent_detail, name="agent-detail"),
     path("agents/<int:pk>/kill-switch/", views.agent_kill_switch, name="agent-kill-switch"),
+    path("agents/<int:pk>/release/", detector_views.release, name="agent-release"),
     path("agents/<int:pk>/policy/", views.policy_edit, name="policy-edit"),
     path("agents/<int:pk>/policy/rollback/", views.policy_rollback, name="policy-rollback"),
     path("agents/<int:pk>/policy/template/", views.policy_template, name="policy-template"),
@@ -42,11 +49,13 @@ urlpatterns = [
     path("tools/<int:tool_id>/toggle/", views.tool_toggle, name="tool-toggle"),
     path("tools/<int:tool_id>/delete/", views.tool_delete, name="tool-delete"),
     path("tools/<int:tool_id>/test/", views.tool_test, name="tool-test"),
+    path("runs/resume/<int:pk>/", run_caps_views.resume, name="run-resume"),
     path("audit/", views.audit_log, name="audit"),
     path("audit/export/", views.audit_export, name="audit-export"),
     path("settings/legal-hold/", hold_views.account_hold, name="account-legal-hold"),
     path("agents/<int:pk>/legal-hold/", hold_views.agent_hold, name="agent-legal-hold"),
     path("audit/verify/", views.verify_log, name="verify"),
+    path("alerts/", alert_views.feed, name="alerts"),
     path("approvals/", approval_views.queue, name="approvals"),
     path("approvals/<str:public_id>/", approval_views.detail, name="approval"),
     path("approvals/<str:public_id>/decide/", approval_views.decide, name="approval-decide"),
@@ -56,8 +65,14 @@ urlpatterns = [
     *replay_urls.urlpatterns,
 ]
 
+# Mounted under /v1/ before idempotency's routes (whose `runs/<run id>` timeline takes any suffix).
+run_api_urlpatterns = [
+    re_path(r"^runs/(?P<run_id>[\s\S]+)/resume$", run_caps_api.RunResumeApi.as_view(), name="run-resume"),
+]
+
 # Mounted under /v1/ by onceonly_site/urls.py. Agent ids may contain `:` `.` `-` `_` and, percent-encoded, `/`:
 # the router sees the decoded path, so the suffixed routes are matched first and the id is a catch-all.
+# [\s\S]: any character, a newline included (a control character in an id is the view's 422, never a 404).
 api_urlpatterns = [
     path("ai/run", api.AiRunApi.as_view(), name="ai-run"),
     path("events", api.EventsApi.as_view(), name="events"),
@@ -65,6 +80,7 @@ api_urlpatterns = [
     path("policies", api.PolicyListApi.as_view(), name="policies"),
     path("tools", api.ToolsApi.as_view(), name="tools"),
     path("approvals", approval_api.ApprovalListApi.as_view(), name="approvals"),
+    path("alerts", alert_api.AlertListApi.as_view(), name="alerts"),
     path("export/decisions", export_api.DecisionsExportApi.as_view(), name="export-decisions"),
     path("export/runs", export_api.RunsExportApi.as_view(), name="export-runs"),
     path("export/run-events", export_api.RunEventsExportApi.as_view(), name="export-run-events"),
@@ -88,18 +104,19 @@ api_urlpatterns = [
     # Before the agent-id catch-all: GET /v1/policies/export and POST /v1/policies/apply (policies as code).
     path("policies/export", policy_code_api.PolicyExportApi.as_view(), name="policies-export"),
     path("policies/apply", policy_code_api.PolicyApplyApi.as_view(), name="policies-apply"),
-    re_path(r"^policies/(?P<agent_id>.+)/from-template$", api.PolicyTemplateApi.as_view(), name="policy-template"),
+    re_path(r"^policies/(?P<agent_id>[\s\S]+)/from-template$", api.PolicyTemplateApi.as_view(), name="policy-template"),
     re_path(
-        r"^policies/(?P<agent_id>.+)/shadow/promote$",
+        r"^policies/(?P<agent_id>[\s\S]+)/shadow/promote$",
         shadow_api.ShadowPromoteApi.as_view(),
         name="policy-shadow-promote",
     ),
-    re_path(r"^policies/(?P<agent_id>.+)/shadow$", shadow_api.ShadowApi.as_view(), name="policy-shadow"),
-    re_path(r"^policies/(?P<agent_id>.+)$", api.PolicyApi.as_view(), name="policy"),
-    re_path(r"^agents/(?P<agent_id>.+)/disable$", api.AgentDisableApi.as_view(), name="agent-disable"),
-    re_path(r"^agents/(?P<agent_id>.+)/enable$", api.AgentEnableApi.as_view(), name="agent-enable"),
-    re_path(r"^agents/(?P<agent_id>.+)/logs$", api.AgentLogsApi.as_view(), name="agent-logs"),
-    re_path(r"^agents/(?P<agent_id>.+)/metrics$", api.AgentMetricsApi.as_view(), name="agent-metrics"),
+    re_path(r"^policies/(?P<agent_id>[\s\S]+)/shadow$", shadow_api.ShadowApi.as_view(), name="policy-shadow"),
+    re_path(r"^policies/(?P<agent_id>[\s\S]+)$", api.PolicyApi.as_view(), name="policy"),
+    re_path(r"^agents/(?P<agent_id>[\s\S]+)/disable$", api.AgentDisableApi.as_view(), name="agent-disable"),
+    re_path(r"^agents/(?P<agent_id>[\s\S]+)/enable$", api.AgentEnableApi.as_view(), name="agent-enable"),
+    re_path(r"^agents/(?P<agent_id>[\s\S]+)/release$", detector_api.AgentReleaseApi.as_view(), name="agent-release"),
+    re_path(r"^agents/(?P<agent_id>[\s\S]+)/logs$", api.AgentLogsApi.as_view(), name="agent-logs"),
+    re_path(r"^agents/(?P<agent_id>[\s\S]+)/metrics$", api.AgentMetricsApi.as_view(), name="agent-metrics"),
 ]
 
 
@@ -108,5 +125,5 @@ api_urlpatterns = [
 mcp_urlpatterns = [
     path("mcp", mcp_gateway.endpoint, name="mcp"),
     path("mcp/", mcp_gateway.endpoint, name="mcp-root"),
-    re_path(r"^mcp/(?P<agent_id>.+)$", mcp_gateway.endpoint, name="mcp-agent"),
+    re_path(r"^mcp/(?P<agent_id>[\s\S]+)$", mcp_gateway.endpoint, name="mcp-agent"),
 ]

@@ -28,6 +28,7 @@ from billing import audit
 from billing.models import AuditEntry
 from billing.selectors import current_membership, editor_membership
 from governance import (
+    detectors,
     display,
     explain,
     ledger,
@@ -243,6 +244,7 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "governance/agent_detail.html",
         {
             "agent": agent,
+            "containment": detectors.containment_of(agent),  # a query only when a detector stopped it
             "metrics": metrics,
             "recent": recent,
             "range": range_,
@@ -269,13 +271,25 @@ def agent_kill_switch(request: HttpRequest, pk: int) -> HttpResponse:
             for error in errors:
                 messages.error(request, str(error))  # ErrorList yields each message as a str
     else:
-        services.agent_set_enabled(
-            account_id=account.pk,
-            agent_id=agent.agent_id,
-            enabled=enable,
-            reason=form.cleaned_data["reason"],
-            actor=_actor(request),
-        )
+        try:
+            services.agent_set_enabled(
+                account_id=account.pk,
+                agent_id=agent.agent_id,
+                enabled=enable,
+                reason=form.cleaned_data["reason"],
+                actor=_actor(request),
+            )
+        except services.AgentContained:
+            # Contained by a detector: enabling it is its release (alerts marked, counters reset, audited).
+            try:
+                detectors.release(
+                    account_id=account.pk,
+                    agent_id=agent.agent_id,
+                    actor=_actor(request),
+                    reason=form.cleaned_data["reason"],
+                )
+            except detectors.NotContained:
+                pass  # released meanwhile: it is enabled
         messages.success(request, f"{agent.agent_id} {'enabled' if enable else 'disabled: its next call is blocked'}.")
     return redirect("governance:agent-detail", pk=agent.pk)
 

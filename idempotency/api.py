@@ -173,6 +173,7 @@ LEASE_STATUSES = [
     "expired",
     "not_found",
     "waiting_approval",
+    "paused",
 ]
 
 
@@ -184,7 +185,8 @@ RUN_WAIT_NOTE = (
     "While a keyed run holds the key (queued or running in a worker), the request waits up to "
     "ONCEONLY_RUN_WAIT_SECONDS (default 2 s) for it to finish and answers the moment it does; a key held by a plain "
     "lease, or a process whose waiting slots are all taken, is answered at once. A key whose run waits for a "
-    "person's approval is `waiting_approval` (at once), with the approval in `result`."
+    "person's approval is `waiting_approval` (at once), with the approval in `result`; one whose run is paused at a "
+    "per-run cap is `paused`, with the cap's numbers in `result`."
 )
 
 
@@ -439,14 +441,17 @@ def _not_found(key: str) -> Response:
 
 def _key_state(lease: Lease, now: datetime) -> dict[str, Any]:
     """What status and result say of a key: the lease's record, and ``waiting_approval`` with the approval in
-    ``result`` while its keyed run waits for one (docs/runs.md §"Runs that wait for an approval")."""
+    ``result`` while its keyed run waits for one (docs/runs.md §"Runs that wait for an approval"), ``paused`` with
+    the cap it met while it is paused (docs/runs.md §"Runs that pause at a cap")."""
     record = _record(lease, status=lease.visible_status(now), holder=False, now=now)
     if record["status"] == "in_progress":
         parked = runs.waiting_run(lease)
         if parked is not None:
-            # A person decides in minutes, not seconds: poll at the longest interval the SDK honours.
+            # A person decides (or raises a cap) in minutes, not seconds: poll at the longest interval the SDK honours.
             record.update(
-                status="waiting_approval", result=runs.waiting_answer(parked), retry_after_sec=waiting.MAX_RETRY_AFTER
+                status="paused" if parked.is_paused else "waiting_approval",
+                result=runs.waiting_answer(parked),
+                retry_after_sec=waiting.MAX_RETRY_AFTER,
             )
     return record
 

@@ -26,6 +26,9 @@ class RunStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     WAITING_APPROVAL = "waiting_approval", "Waiting for approval"
+    # An action met a per-run cap: no worker holds the run until an operator raises the cap and resumes it
+    # (docs/runs.md §"Runs that pause at a cap").
+    PAUSED = "paused", "Paused at a cap"
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
 
@@ -44,3 +47,4 @@ class RunError(models.TextChoices):
     FEATURE_NOT_AVAILABLE = "feature_not_available", "The account's plan no longer includes governance"
     APPROVAL_DENIED = "approval_denied", "A person denied the approval an action needed"
     APPROVAL_EXPIRED = "approval_expired", "An action's approval expired (or its policy changed) before it was approved"
+    RUN_CAP_EXCEEDED = "run_cap_exceeded", "The run paused at a per-run cap and was not resumed in time"

@@ -89,6 +89,7 @@ class ActionOutcome:
     decision_id: int | None
     result: Any = None
     error: str = ""  # usage_limit | tool_not_found when the call was refused before a decision
+    explain: dict[str, Any] | None = None  # what the rule saw (a per-run cap's numbers)
 
 
 class ActionExecutor(Protocol):
@@ -102,6 +103,7 @@ class ActionExecutor(Protocol):
         spend_usd: float | None,
         run_id: str,
         dry_run: bool,
+        run_caps: dict[str, Any] | None = None,
     ) -> ActionOutcome: ...
 
 

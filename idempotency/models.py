@@ -159,6 +159,9 @@ class Run(models.Model):
     actions_done = models.PositiveIntegerField(
         default=0, help_text="Actions decided before the run last waited: it goes on from the next (result.actions)."
     )
+    # Raise & resume (docs/runs.md §"Runs that pause at a cap"): the per-run caps this run has instead of its agent's
+    # policy's ({"max_actions_per_run": 10, …}); None: the policy's.
+    cap_overrides = models.JSONField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -195,6 +198,10 @@ class Run(models.Model):
     @property
     def is_waiting(self) -> bool:
         return self.status == RunStatus.WAITING_APPROVAL
+
+    @property
+    def is_paused(self) -> bool:
+        return self.status == RunStatus.PAUSED
 
     @property
     def is_finished(self) -> bool:

@@ -14,6 +14,11 @@ The lifecycle of one run (one acquisition of a key's lease):
 4. ``sweep`` (beat) wakes a worker for runs whose claim lapsed (the worker died) or whose wake-up was lost, and
    fails runs that passed their deadline with ``timeout``.
 
+An action that meets a per-run cap pauses the run (``pause``: ``paused``, no worker holds it, the key's lease held past
+the pause's end) until an operator raises the cap and resumes it (``resume_paused``: queued again, going on from that
+action with the run's own caps), or fails it ``run_cap_exceeded`` when the pause ends
+(docs/runs.md §"Runs that pause at a cap").
+
 An action that needs a person's approval parks the run (``park``: ``waiting_approval``, no worker holds it, the key's
 lease held past the approval's expiry); governance tells ``approval_settled`` what became of the approval, and the
 run is queued again (approved: it goes on from that action) or fails (``approval_denied``, ``approval_expired``)
@@ -56,6 +61,13 @@ WAIT_GRACE = timedelta(minutes=5)
 # The policy reasons of the governed call's approval gate (governance.choices.Reason: not imported here).
 APPROVAL_REQUIRED = "approval_required"
 APPROVAL_DENIED = "approval_denied"
+# The per-run caps' reasons (governance.choices.RUN_CAP_REASONS): the run pauses instead of failing.
+RUN_CAP_REASONS = (
+    "run_action_limit_exceeded",
+    "run_spend_exceeded",
+    "run_tool_call_limit_exceeded",
+    "run_time_exceeded",
+)
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,7 @@ def fail_unfinished(
     message: str,
     *,
     waiting_for: str | None = None,
+    paused: bool = False,
     event: dict[str, Any] | None = None,
     result: dict[str, Any] | None = None,
 ) -> bool:
@@ -279,9 +292,11 @@ def fail_unfinished(
     approval (news of it must not fail a run that went on meanwhile). ``event`` is written before ``run_finished``;
     ``result`` replaces the run's (a waiting run's: what it did so far)."""
     now = timezone.now()
-    unfinished = Q(status__in=[RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING_APPROVAL])
+    unfinished = Q(status__in=[RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING_APPROVAL, RunStatus.PAUSED])
     if waiting_for is not None:
         unfinished = Q(status=RunStatus.WAITING_APPROVAL, waiting_for=waiting_for)
+    elif paused:  # only while it is still paused: a resume that won the race must not be failed by a stale sweep
+        unfinished = Q(status=RunStatus.PAUSED)
     changes: dict[str, Any] = {} if result is None else {"result": result}
     with transaction.atomic():
         done = Run.objects.filter(unfinished, pk=run.pk, fence=run.fence).update(
@@ -342,6 +357,31 @@ class Waiting:
         }
 
 
+@dataclass(frozen=True)
+class Pause:
+    """An action that met a per-run cap: the run pauses (``pause``) until it is resumed or the pause ends."""
+
+    step: int
+    tool: str
+    reason: str  # one of RUN_CAP_REASONS
+    explain: dict[str, Any]  # the cap's numbers, as the blocked decision records them
+    decision_id: int | None
+    until: datetime
+
+    def answer(self) -> dict[str, Any]:
+        """The pause as the run's result (``paused``) and /v1/ai/status show it."""
+        numbers = {k: v for k, v in self.explain.items() if k not in ("policy_version", "run_id", "shadow")}
+        return {
+            "status": "paused",
+            "reason": self.reason,
+            "step": self.step,
+            "tool": self.tool,
+            "decision_id": self.decision_id,
+            "paused_until": self.until.isoformat().replace("+00:00", "Z"),
+            **numbers,
+        }
+
+
 @dataclass
 class Outcome:
     status: str
@@ -349,6 +389,7 @@ class Outcome:
     error_code: str = ""
     message: str = ""
     waiting: Waiting | None = None
+    pause: Pause | None = None
 
 
 def execute(run_pk: int) -> str:
@@ -370,6 +411,11 @@ def execute(run_pk: int) -> str:
         # ours (the fence decides), else leave it to its new owner.
         fail_unfinished(run, RunError.LEASE_LOST, "The key's lease or the run's claim was lost while it ran.")
         return "claim_lost"
+    if outcome.pause is not None:
+        paused = pause(run, outcome.result, outcome.pause)
+        if paused == "lease_lost":
+            fail_unfinished(run, RunError.LEASE_LOST, "The key's lease was lost before the run could pause.")
+        return paused
     if outcome.waiting is not None:
         parked = park(run, outcome.result, outcome.waiting)
         if parked == "lease_lost":
@@ -427,6 +473,7 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
                 spend_usd=action.get("spend_usd"),
                 run_id=run.run_id,
                 dry_run=run.dry_run,
+                run_caps=run.cap_overrides or None,
             )
             summaries.append(
                 {
@@ -446,6 +493,13 @@ def _perform(run: Run, beat: Heartbeat) -> Outcome:
                 if wait is not None:
                     summaries.pop()  # decided again when the run goes on
                     return Outcome(RunStatus.WAITING_APPROVAL, {**result, "approval": wait.answer()}, waiting=wait)
+            if decided.decision == "blocked" and decided.policy_reason in RUN_CAP_REASONS and not run.dry_run:
+                summaries.pop()  # decided again when the run is resumed
+                until = timezone.now() + timedelta(seconds=settings.ONCEONLY_RUN_PAUSE_SECONDS)
+                paused = Pause(
+                    index + 1, tool, decided.policy_reason or "", decided.explain or {}, decided.decision_id, until
+                )
+                return Outcome(RunStatus.PAUSED, {**result, "paused": paused.answer()}, pause=paused)
             if decided.decision == "blocked" and decided.policy_reason == APPROVAL_DENIED:
                 return Outcome(
                     RunStatus.FAILED,
@@ -627,15 +681,20 @@ def _hold_lease(run: Run, until: datetime, now: datetime) -> bool:
 
 
 def waiting_run(lease: Lease) -> Run | None:
-    """The keyed run holding this acquisition of the key while it waits for an approval (for /v1/ai/status)."""
+    """The keyed run holding this acquisition of the key while it waits for an approval or is paused at a cap (for
+    /v1/ai/status)."""
     return Run.objects.filter(
-        lease_id=lease.pk, lease_version=lease.version, holder=lease.lease_id, status=RunStatus.WAITING_APPROVAL
+        lease_id=lease.pk,
+        lease_version=lease.version,
+        holder=lease.lease_id,
+        status__in=[RunStatus.WAITING_APPROVAL, RunStatus.PAUSED],
     ).first()
 
 
 def waiting_answer(run: Run) -> dict[str, Any] | None:
-    """The approval a waiting run waits for, as /v1/ai/status and /v1/ai/result show it in ``result``."""
-    approval = (run.result or {}).get("approval")
+    """What a waiting run waits for — its approval, or (paused) the cap it met — as /v1/ai/status and /v1/ai/result
+    show it in ``result``."""
+    approval = (run.result or {}).get("paused" if run.status == RunStatus.PAUSED else "approval")
     return approval if isinstance(approval, dict) else None
 
 
@@ -809,6 +868,139 @@ def _swept(run: Run, act: Callable[[Run], bool]) -> int:
         return 0
 
 
+# --- paused at a per-run cap ----------------------------------------------------------------------------------
+
+PauseListener = Callable[[Run, Pause], None]
+# Governance registers what a pause tells (an alert, the notification channels): run_caps.connect_pauses.
+PAUSED_LISTENERS: list[PauseListener] = []
+
+
+def pause(run: Run, result: dict[str, Any], paused: Pause) -> str:
+    """The worker's run pauses at a per-run cap: ``paused``, unclaimed, its result what it did so far, the key's lease
+    held past the pause's end. "paused"; "claim_lost" or "lease_lost" as ``park`` answers them."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not _hold_lease(run, paused.until, now):
+            return "lease_lost"
+        moved = Run.objects.filter(pk=run.pk, fence=run.fence, status=RunStatus.RUNNING).update(
+            status=RunStatus.PAUSED,
+            result=result,
+            actions_done=paused.step - 1,
+            waiting_for=paused.reason,
+            waiting_until=paused.until,
+            claimed_until=None,
+            enqueued_at=now,
+        )
+        if not moved:
+            transaction.set_rollback(True)
+            return "claim_lost"
+        events.emit(
+            run.account_id,
+            run.run_id,
+            "paused",
+            ts=now,
+            status="paused",
+            step=f"action {paused.step}",
+            tool=paused.tool,
+            agent_id=run.agent_id,
+            message=f"Action {paused.step} ({paused.tool}) met {paused.reason}: the run is paused until "
+            f"{paused.answer()['paused_until']} — raise the cap and resume it, or it fails run_cap_exceeded.",
+            decision_id=paused.decision_id,
+            data=paused.answer(),
+        )
+        waiting.wake(run.account_id, run.key)
+        transaction.on_commit(partial(_tell_paused, run, paused), robust=True)
+    return "paused"
+
+
+def _tell_paused(run: Run, paused: Pause) -> None:
+    for listener in PAUSED_LISTENERS:
+        try:
+            listener(run, paused)
+        except Exception:
+            logger.exception("run %s: a pause listener failed", run.pk)
+
+
+class NotPaused(Exception):
+    """No paused keyed run of that run id (it went on, finished, or never paused)."""
+
+
+def paused_run(account_id: int, run_id: str) -> Run | None:
+    """The account's newest keyed run of this run id that is paused at a cap."""
+    return (
+        Run.objects.filter(account_id=account_id, run_id=run_id, status=RunStatus.PAUSED)
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+def resume_paused(run: Run, caps: dict[str, Any], actor: str) -> Run:
+    """Raise & resume: the paused run is queued again with ``caps`` over its earlier ones (its own per-run caps,
+    ``cap_overrides``), a fresh deadline, and a worker woken after the commit; it goes on from the action that paused,
+    exactly once (the actions before it are in its result; the one that paused was blocked, so nothing of it ran).
+    Raises NotPaused when the run is no longer paused (resumed by someone else, failed)."""
+    now = timezone.now()
+    overrides = {**(run.cap_overrides or {}), **caps}
+    paused = (run.result or {}).get("paused") or {}
+    with transaction.atomic():
+        moved = Run.objects.filter(pk=run.pk, fence=run.fence, status=RunStatus.PAUSED).update(
+            status=RunStatus.QUEUED,
+            cap_overrides=overrides or None,
+            waiting_for="",
+            waiting_until=None,
+            result={**(run.result or {}), "paused": {**paused, "status": "resumed", "resumed_by": actor}},
+            enqueued_at=now,
+            deadline_at=now + timedelta(seconds=settings.ONCEONLY_RUN_TIMEOUT_SECONDS),
+        )
+        if not moved:
+            raise NotPaused(run.run_id)
+        raised = ", ".join(f"{name} {value}" for name, value in caps.items()) or "the caps as they are now"
+        events.emit(
+            run.account_id,
+            run.run_id,
+            "resumed",
+            ts=now,
+            status="resumed",
+            step=f"action {run.actions_done + 1}",
+            tool=str(paused.get("tool") or ""),
+            agent_id=run.agent_id,
+            message=f"Resumed by {actor} with {raised}: the run goes on from action {run.actions_done + 1}.",
+            data={"caps": overrides, "resumed_by": actor},
+        )
+        transaction.on_commit(partial(enqueue, run.pk), robust=True)  # the sweeper re-sends a lost wake-up
+    run.refresh_from_db()
+    return run
+
+
+def _end_pause(run: Run, *, message: str, event: dict[str, Any]) -> bool:
+    return fail_unfinished(run, RunError.RUN_CAP_EXCEEDED, message, paused=True, event=event)
+
+
+def sweep_paused(now: datetime) -> dict[str, int]:
+    """The sweeper's part for paused runs: one whose lease is no longer its own fails ``lease_lost``; one whose pause
+    ended fails ``run_cap_exceeded``."""
+    paused = Run.objects.filter(status=RunStatus.PAUSED)
+    lost = 0
+    not_held = paused.exclude(lease__lease_id=F("holder"), lease__status=LeaseStatus.IN_PROGRESS)
+    for run in list(not_held[:SWEEP_BATCH]):
+        lost += _swept(
+            run,
+            lambda run: fail_unfinished(
+                run,
+                RunError.LEASE_LOST,
+                "The key's lease was reset, cancelled or finished while the run was paused.",
+                paused=True,
+            ),
+        )
+    ended = 0
+    for run in list(paused.filter(waiting_until__lte=now)[:SWEEP_BATCH]):
+        step, reason = run.actions_done + 1, run.waiting_for
+        message = f"Action {step} met {reason} and the run was not resumed before its pause ended."
+        event = {"type": "run_cap_exceeded", "status": "failed", "step": f"action {step}", "message": message}
+        ended += _swept(run, partial(_end_pause, message=message, event=event))
+    return {"paused_lease_lost": lost, "run_cap_exceeded": ended}
+
+
 # --- sweep ----------------------------------------------------------------------------------------------------
 
 
@@ -848,4 +1040,5 @@ def sweep() -> dict[str, int]:
             woken += 1
     swept = {"timed_out": timed_out, "woken": woken}
     swept.update((name, count) for name, count in sweep_waiting(now).items() if count)
+    swept.update((name, count) for name, count in sweep_paused(now).items() if count)
     return swept

@@ -193,6 +193,7 @@ def lock_check(
         usage.release(account_id, usage.MAKE, now)
         raise
     if fresh:
+        usage.counted(account_id, usage.MAKE, int(reply[1]), plan.make_limit)  # budget alerts (docs/governance.md)
         return LockOutcome(locked=True, key=key, ttl=ttl)
     # Redis had forgotten a live lock: the database decides, and Redis gets the original back.
     record = LockRecord.objects.get(account_id=account_id, key=key)
@@ -330,6 +331,7 @@ def lease_acquire(
         usage.count(account_id, "polling_ai", daily=True)
     elif outcome.charged:
         usage.count(account_id, "lease_acquired", daily=True)
+        usage.counted(account_id, usage.AI, used, plan.ai_limit)  # budget alerts (docs/governance.md)
     return outcome
 
 

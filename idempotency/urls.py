@@ -25,5 +25,5 @@ api_urlpatterns = [
     path("ai/status", api.LeaseStatusApi.as_view(), name="ai-status"),
     path("ai/result", api.LeaseResultApi.as_view(), name="ai-result"),
     # Run ids may contain "/" (percent-encoded by the SDKs; the router sees it decoded): a catch-all.
-    re_path(r"^runs/(?P<run_id>.+)$", api.RunTimelineApi.as_view(), name="run-timeline"),
+    re_path(r"^runs/(?P<run_id>[\s\S]+)$", api.RunTimelineApi.as_view(), name="run-timeline"),
 ]

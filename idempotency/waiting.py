@@ -92,6 +92,7 @@ def wait_for_run(account_id: int, key: str, lease: Lease, *, run_known: bool = F
             if event is None:
                 return lease
             seen = (lease.version, lease.lease_id)
+            woken = False
             while True:
                 # Registered before this read: a finish committed after it wakes the event.
                 fresh = Lease.objects.filter(account_id=account_id, key=key).first()
@@ -104,9 +105,14 @@ def wait_for_run(account_id: int, key: str, lease: Lease, *, run_known: bool = F
                     if not _run_unfinished(lease):
                         return lease
                     seen = (lease.version, lease.lease_id)
+                elif woken and not _run_unfinished(lease):
+                    # Woken, the key still held: its run parked or paused (the key stays held while it waits for a
+                    # person), which answers now rather than at the wait's bound.
+                    return lease
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return lease
                 with runner.stepped_aside():  # another request of this process may run meanwhile
                     event.wait(min(remaining, (lease.expires_at - now).total_seconds()))
+                woken = event.is_set()
                 event.clear()  # before the re-read: a wake-up after it is seen by the next wait

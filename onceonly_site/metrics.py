@@ -76,6 +76,7 @@ def _families() -> list[Family]:
                     [({"enabled": "true" if r["enabled"] else "false"}, r["n"]) for r in tools],
                 ),
             ]
+            families += _detector_families()
         except DatabaseError:
             database_up = False
     queues: Samples = []
@@ -92,7 +93,7 @@ def _families() -> list[Family]:
             redis_up = False
     if redis_up:
         try:
-            families += _dispatch_families() + _otel_families()
+            families += _dispatch_families() + _otel_families() + _alert_families()
         except redis.RedisError:
             redis_up = False
     families += [
@@ -111,6 +112,27 @@ def _families() -> list[Family]:
             )
         )
     return families
+
+
+def _detector_families() -> list[Family]:
+    """The containment detectors (docs/governance.md §"Metrics"), server-wide: from the alert rows, by detector."""
+    from governance import detectors
+
+    fired, contained = detectors.totals()
+    return [
+        (
+            "onceonly_detector_alerts_total",
+            "counter",
+            "Containment detectors that fired (alert or contain mode), by detector.",
+            [({"detector": name}, n) for name, n in fired.items()],
+        ),
+        (
+            "onceonly_containments_total",
+            "counter",
+            "Agents a detector contained (its kill switch turned on, disabled_by auto), by detector.",
+            [({"detector": name}, n) for name, n in contained.items()],
+        ),
+    ]
 
 
 def _dispatch_families() -> list[Family]:
@@ -165,6 +187,21 @@ def _otel_families() -> list[Family]:
             "Batches the OTLP receiver did not accept (down, timed out, or an error answer); their spans are dropped.",
             [({}, counts["export_failures"])],
         ),
+    ]
+
+
+def _alert_families() -> list[Family]:
+    """Budget alerts fired (docs/governance.md §"Budget alerts"), server-wide, by the metric whose threshold was
+    crossed (counted from the alert rows)."""
+    from governance import alerts
+
+    return [
+        (
+            "onceonly_budget_alerts_fired_total",
+            "counter",
+            "Budget alerts fired (each threshold of a cap once per period), by metric.",
+            [({"metric": metric}, n) for metric, n in alerts.fired_counts().items()],
+        )
     ]
 
 

@@ -21,6 +21,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Agents", "governance:agents", ()),
     ("Decisions", "governance:decisions", ()),
     ("Approvals", "governance:approvals", ()),
+    ("Alerts", "governance:alerts", ()),
     ("Tools", "governance:tools", ()),
     ("Runs", "idempotency:runs", ()),
     ("Locks & leases", "idempotency:locks", ()),

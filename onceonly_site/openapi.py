@@ -197,7 +197,7 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "NotFound",
         'No route takes the path (`"Not Found"`), or the named object does not exist '
         "(`policy_not_found`, `tool_not_found`, `approval_not_found`, `agent_not_found`, `shadow_not_found`, "
-        "`mcp_server_not_found`, `mcp_tool_not_found`).",
+        "`mcp_server_not_found`, `mcp_tool_not_found`, `run_not_found`).",
         _TEXT_OR_PROBLEM,
         {},
     ),
@@ -207,13 +207,16 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "The `lease_id` does not hold the key (`lease_mismatch`), the lease's state does not allow "
         "the transition (`lease_conflict`), the approval is no longer pending (`approval_not_pending`, with its "
         "`status`), the enforced policy changed since the caller read it (`policy_changed`, with its `version`), or "
-        "the MCP server's name is taken (`mcp_server_exists`).",
+        "the MCP server's name is taken (`mcp_server_exists`), or the agent is not contained by a detector "
+        "(`agent_not_contained`: nothing to release), or no keyed run of the run id is paused (`run_not_paused`).",
         _problem(
             "lease_mismatch",
             "lease_conflict",
             "approval_not_pending",
             "policy_changed",
             "mcp_server_exists",
+            "agent_not_contained",
+            "run_not_paused",
             status={"type": "string", "description": "The lease's or the approval's status now."},
             version={"type": "integer", "nullable": True, "description": "The enforced policy version now."},
         ),

@@ -298,6 +298,8 @@ ONCEONLY_RUN_CLAIM_SECONDS = env_float("ONCEONLY_RUN_CLAIM_SECONDS", 30.0, minim
 ONCEONLY_RUN_SWEEP_SECONDS = env_float("ONCEONLY_RUN_SWEEP_SECONDS", 10.0, minimum=0.2)
 # A run not finished this long after it was queued fails with error_code timeout.
 ONCEONLY_RUN_TIMEOUT_SECONDS = env_int("ONCEONLY_RUN_TIMEOUT_SECONDS", 900, minimum=1)
+# A keyed run paused at a per-run cap waits this long for Raise & resume, then fails run_cap_exceeded.
+ONCEONLY_RUN_PAUSE_SECONDS = env_int("ONCEONLY_RUN_PAUSE_SECONDS", 86400, minimum=1)
 # Python modules that register the project's own job handlers (@idempotency.jobs.handler) when the app starts.
 ONCEONLY_JOB_HANDLER_MODULES = env_list("ONCEONLY_JOB_HANDLER_MODULES", [])
 ONCEONLY_ALLOW_PRIVATE_TOOL_URLS = env_bool("ONCEONLY_ALLOW_PRIVATE_TOOL_URLS", False)

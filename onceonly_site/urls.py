@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from billing.urls import api_urlpatterns as billing_api
 from governance.urls import api_urlpatterns as governance_api
 from governance.urls import mcp_urlpatterns
+from governance.urls import run_api_urlpatterns as governance_run_api
 from idempotency.urls import api_urlpatterns as idempotency_api
 from onceonly_site import api, health, metrics, well_known
 
@@ -14,9 +15,10 @@ from onceonly_site import api, health, metrics, well_known
 # unknown /v1 route with a JSON 404 instead of an HTML page.
 v1_patterns = [
     *billing_api,
+    *governance_run_api,  # /v1/runs/<run id>/resume, before the timeline's catch-all
     *idempotency_api,
     *governance_api,
-    re_path(r"^.*$", api.api_not_found),
+    re_path(r"^[\s\S]*$", api.api_not_found),
 ]
 
 

@@ -35,6 +35,20 @@ POLICY_NUMBERS: list[tuple[str, dict[str, Any], str]] = [
     ("max_calls_per_tool.*", {"max_calls_per_tool": {"x": N}}, "max_calls_per_tool.x"),
     ("pricing_rules.0.price_usd", {"pricing_rules": [{"tool": "x", "price_usd": N}]}, "pricing_rules.0.price_usd"),
     ("approval_ttl_seconds", {"approval_ttl_seconds": N}, "approval_ttl_seconds"),
+    ("max_actions_per_run", {"max_actions_per_run": N}, "max_actions_per_run"),
+    ("max_spend_usd_per_run", {"max_spend_usd_per_run": N}, "max_spend_usd_per_run"),
+    ("max_calls_per_tool_per_run", {"max_calls_per_tool_per_run": N}, "max_calls_per_tool_per_run"),
+    ("max_run_seconds", {"max_run_seconds": N}, "max_run_seconds"),
+    ("alert_thresholds.0", {"alert_thresholds": [N]}, "alert_thresholds"),
+    *[
+        (f"detectors.{name}.{param}", {"detectors": {name: {param: N}}}, f"detectors.{name}.{param}")
+        for name, params in (
+            ("call_loop", ("count", "window_minutes")),
+            ("deny_spike", ("share", "min_calls", "window_minutes")),
+            ("spend_velocity", ("factor", "min_spend_usd", "window_minutes")),
+        )
+        for param in params
+    ],
     (
         "require_approval.0.over_usd",
         {"require_approval": [{"tool": "x", "over_usd": N}]},
@@ -88,6 +102,10 @@ BODY_CASES: list[tuple[str, str, dict[str, Any], list[list[str]]]] = [
     ),
     ("PATCH /v1/mcp/servers/{name}", "timeout_ms", {"timeout_ms": N}, [["timeout_ms"]]),
     *[
+        ("POST /v1/runs/{run_id}/resume", field, {field: N}, [[field]])
+        for field in ("max_actions_per_run", "max_spend_usd_per_run", "max_calls_per_tool_per_run", "max_run_seconds")
+    ],
+    *[
         ("PATCH /v1/mcp/servers/{name}/tools/{tool}", field, {field: N}, [[field]])
         for field in ("timeout_ms", "price_usd")
     ],
@@ -105,6 +123,8 @@ QUERY_CASES = [
     ("GET /v1/runs/{run_id}", "offset", f"/v1/runs/r?offset={N}"),
     ("GET /v1/approvals", "limit", f"/v1/approvals?limit={N}"),
     ("GET /v1/approvals", "offset", f"/v1/approvals?offset={N}"),
+    ("GET /v1/alerts", "limit", f"/v1/alerts?limit={N}"),
+    ("GET /v1/alerts", "offset", f"/v1/alerts?offset={N}"),
     ("GET /v1/mcp/servers", "limit", f"/v1/mcp/servers?limit={N}"),
     ("GET /v1/mcp/servers", "offset", f"/v1/mcp/servers?offset={N}"),
 ]
@@ -126,7 +146,7 @@ def _raw(body: dict[str, Any], number: str) -> str:
 
 def _post(client: Client, operation: str, body: dict[str, Any], number: str):
     method, path = operation.split(" ", 1)
-    path = path.replace("{agent_id}", "bi").replace("{name}", "x").replace("{tool}", "y")
+    path = path.replace("{agent_id}", "bi").replace("{name}", "x").replace("{tool}", "y").replace("{run_id}", "r")
     return client.generic(method, path, _raw(body, number), content_type="application/json")
 
 

@@ -43,6 +43,7 @@ OWN_ERRORS: dict[str, set[int]] = {
     "ai_result": set(),
     "ai_run": {402, 404},  # the ai quota (both forms); an unregistered tool in strict mode
     "run_timeline": {404},  # an empty run id: no route takes /v1/runs/ (nor /v1/agents//logs… below)
+    "run_resume": {404, 409},  # run_not_found; run_not_paused (admin key)
     "events_list": set(),
     "events_post": set(),
     "metrics": set(),
@@ -54,6 +55,7 @@ OWN_ERRORS: dict[str, set[int]] = {
     "policies_apply": set(),  # a file's problems are 422s (in the shared set)
     "agent_disable": {404},
     "agent_enable": {404},
+    "agent_release": {404, 409},  # agent_not_contained
     "agent_logs": {404},
     "agent_metrics": {404},
     "tools_list": set(),
@@ -69,6 +71,7 @@ OWN_ERRORS: dict[str, set[int]] = {
     "mcp_server_discover": {404},
     "mcp_server_tool_update": {404},  # mcp_server_not_found, mcp_tool_not_found
     "approvals_list": set(),
+    "alerts_list": set(),
     "approval_get": {404},  # approval_not_found
     "approval_approve": {404, 409},  # approval_not_found; approval_not_pending (admin key)
     "approval_deny": {404, 409},
@@ -235,10 +238,12 @@ OWN_ERROR_REQUESTS: dict[str, list[tuple[int, str, dict | None]]] = {
     "ai_fail": [(409, "", {**LEASE, "error_code": "e"})],
     "ai_cancel": [(409, "", LEASE)],
     "run_timeline": [(404, "", None)],
+    "run_resume": [(404, "nobody", {}), (409, "done-run", {})],
     "policy_get": [(404, "x", None)],
     "policy_upsert": [(404, "", {})],
     "agent_disable": [(404, "", {})],
     "agent_enable": [(404, "", {})],
+    "agent_release": [(404, "", None), (409, "nobody", None)],
     "agent_logs": [(404, "", None)],
     "agent_metrics": [(404, "", None)],
     "tool_get": [(404, "x", None)],
@@ -262,7 +267,7 @@ OWN_ERROR_REQUESTS: dict[str, list[tuple[int, str, dict | None]]] = {
     ],
 }
 # Operations whose own errors need an admin-scoped key (the others refuse with 403 admin_key_required first).
-ADMIN_OPERATIONS = {"approval_approve", "approval_deny", "legal_hold_set"}
+ADMIN_OPERATIONS = {"approval_approve", "approval_deny", "legal_hold_set", "agent_release", "run_resume"}
 
 
 @pytest.fixture
@@ -282,6 +287,18 @@ def admin_key(account_a):
         risk_level="low", status=Approval.Status.APPROVED, expires_at=timezone.now() + timedelta(hours=1),
     )  # fmt: skip
     McpServer.objects.create(account=account_a, name="taken", url="https://8.8.8.8/mcp")  # registering it: 409
+    # A keyed run of "done-run" that finished: resuming it is a 409 (not paused).
+    from idempotency.models import Lease, Run
+
+    now = timezone.now()
+    lease = Lease.objects.create(
+        account=account_a, key="done-run", status="completed", lease_id="l1", ttl_seconds=60, first_seen_at=now,
+        acquired_at=now, expires_at=now, updated_at=now,
+    )  # fmt: skip
+    Run.objects.create(
+        account=account_a, lease=lease, key="done-run", lease_version=1, holder="l1", run_id="done-run",
+        status="completed", created_at=now, enqueued_at=now, deadline_at=now,
+    )  # fmt: skip
     return api_key_create(account=account_a, scope="admin").raw
 
 

@@ -85,6 +85,9 @@ def _build_world() -> dict[str, Any]:
         events=["tool_error"],
         actor="alice@acme.test",
     )
+    from governance.models import Alert  # the alerts feed (docs/governance.md §"Budget alerts")
+
+    Alert.objects.create(account=account_a, kind="budget", code="daily_spend", once="world", message=A_SECRET_NAME)
     decision = api.post(
         "/v1/ai/run", {"agent_id": "a-bot", "tool": "search", "args": {"run_id": "a-run"}}, content_type=JSON
     ).json()
@@ -200,6 +203,12 @@ def api_policy_shadow(w):
 def api_policy_shadow_promote(w):
     response = w.api_b().post("/v1/policies/a-bot/shadow/promote", {"shadow_id": "s1"}, content_type=JSON)
     assert response.status_code == 404
+
+
+def api_alerts(w):
+    response = w.api_b().get("/v1/alerts")
+    hidden(response)
+    assert response.json()["total"] == 0
 
 
 def api_approvals(w):
@@ -427,6 +436,12 @@ def api_agent_enable(w):
     w.api_b().post("/v1/agents/a-bot/enable", {"reason": "B's own agent"}, content_type=JSON)
 
 
+def api_agent_release(w):
+    """B has no contained a-bot: nothing to release (A's agent is not B's to release)."""
+    response = w.api_b().post("/v1/agents/a-bot/release", {}, content_type=JSON)
+    assert response.status_code in (403, 409), response.content
+
+
 def api_agent_logs(w):
     response = w.api_b().get("/v1/agents/a-bot/logs")
     hidden(response)
@@ -563,7 +578,42 @@ def web_account_legal_hold(w):
     w.web_b.post("/settings/legal-hold/", {"action": "clear", "reason": "by B"})
 
 
+def _paused_run_of_a(w):
+    """A keyed run of account A paused at a per-run cap (run id "a-paused")."""
+    from django.utils import timezone
+
+    from idempotency.models import Lease, Run
+
+    now = timezone.now()
+    lease = Lease.objects.create(
+        account=w.owner_a.account, key="a-paused", status="in_progress", lease_id="la", ttl_seconds=60,
+        first_seen_at=now, acquired_at=now, expires_at=now, updated_at=now,
+    )  # fmt: skip
+    return Run.objects.create(
+        account=w.owner_a.account, lease=lease, key="a-paused", lease_version=1, holder="la", run_id="a-paused",
+        status="paused", waiting_for="run_action_limit_exceeded", created_at=now, enqueued_at=now, deadline_at=now,
+    )  # fmt: skip
+
+
+def api_run_resume(w):
+    """B's admin key resuming A's paused run: 404 run_not_found (not 409: A's run is not B's to know of)."""
+    run = _paused_run_of_a(w)
+    response = Key(*_admin_key(w)).client().post("/v1/runs/a-paused/resume", {}, content_type=JSON)
+    assert response.status_code == 404 and response.json()["detail"]["error"] == "run_not_found", response.content
+    run.refresh_from_db()
+    assert run.status == "paused"
+
+
+def web_run_resume(w):
+    run = _paused_run_of_a(w)
+    assert w.web_b.post(f"/runs/resume/{run.pk}/", {"max_actions_per_run": "9"}).status_code == 404
+    run.refresh_from_db()
+    assert run.status == "paused"
+
+
 CASES: dict[str, Any] = {
+    "v1:run-resume": api_run_resume,
+    "governance:run-resume": web_run_resume,
     "v1:export-decisions": api_export_decisions,
     "v1:export-runs": api_export("/v1/export/runs"),
     "v1:export-run-events": api_export("/v1/export/run-events?run_id=a-run"),
@@ -609,11 +659,13 @@ CASES: dict[str, Any] = {
     "v1:policies-apply": api_policies_apply,
     "v1:agent-disable": api_agent_disable,
     "v1:agent-enable": api_agent_enable,
+    "v1:agent-release": api_agent_release,
     "v1:agent-logs": api_agent_logs,
     "v1:agent-metrics": api_agent_metrics,
     "v1:policy-shadow": api_policy_shadow,
     "v1:policy-shadow-promote": api_policy_shadow_promote,
     "v1:approvals": api_approvals,
+    "v1:alerts": api_alerts,
     "v1:approval": api_approval,
     "v1:approval-approve": _api_approval_decide("approve"),
     "v1:approval-deny": _api_approval_decide("deny"),
@@ -621,6 +673,7 @@ CASES: dict[str, Any] = {
     "governance:agent-kill-switch": web_agent(
         "kill-switch/", {"action": "disable", "reason": "not yours", "confirm": "on"}
     ),
+    "governance:agent-release": web_agent("release/", {}),
     "governance:policy-rollback": web_agent("policy/rollback/", {"version": "1"}),
     "governance:policy-template": web_agent("policy/template/", {"template": "strict"}),
     "governance:policy-shadow": web_agent("policy/shadow/", {"action": "start", "base_version": "1"}),
@@ -640,6 +693,7 @@ CASES: dict[str, Any] = {
     "governance:audit": page("/audit/"),
     "governance:verify": page("/audit/verify/"),
     "governance:approvals": page("/approvals/"),
+    "governance:alerts": page("/alerts/"),
     "governance:approval": not_found("get", lambda w: f"/approvals/{w.approval_id}/"),
     "governance:approval-decide": not_found(
         "post", lambda w: f"/approvals/{w.approval_id}/decide/", {"action": "approve"}
@@ -753,4 +807,6 @@ def test_the_same_requests_do_show_a_its_own_data(world):
     assert "a-bot" in web_a.get("/agents/").content.decode()
     assert A_SECRET_NAME in web_a.get(f"/approvals/{world.approval_id}/").content.decode()  # the args preview
     assert A_SECRET_NAME in web_a.get("/settings/channels/").content.decode()
+    assert A_SECRET_NAME in web_a.get("/alerts/").content.decode()
+    assert A_SECRET_NAME in world.api_a().get("/v1/alerts").content.decode()
     assert world.api_a().get("/v1/ai/status", {"key": "lease-key"}).json()["status"] == "in_progress"

@@ -60,6 +60,7 @@ NOT_CRAWLED = {
     "api-key-revoke": "POST only",
     "member-change": "POST only",
     "agent-kill-switch": "POST only",
+    "agent-release": "POST only",
     "policy-rollback": "POST only",
     "policy-template": "POST only",
     "tool-toggle": "POST only",

@@ -161,6 +161,7 @@ def _unstatable(case) -> bool:
         gates = [entry for entry in policy.get("require_approval") or [] if isinstance(entry, dict)]
         amounts = [
             policy.get("max_spend_usd_per_day"),
+            policy.get("max_spend_usd_per_run"),  # a policy's, or a paused run's resume
             *(rule.get("price_usd") for rule in rules),
             *(entry.get("over_usd") for entry in gates),
         ]

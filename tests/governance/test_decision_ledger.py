@@ -120,7 +120,7 @@ def test_decisions_written_in_one_statement_verify_and_roll_up(key_a):
 def test_a_governed_call_is_two_statements_in_production(key_a, django_assert_num_queries):
     """Outside a transaction, an allowed permit-only call reads its agent, account and tool in one statement and
     writes its decision (with the rollup) in one more on PostgreSQL; SQLite writes them in one transaction. Redis:
-    two round trips (docs/benchmarks.md)."""
+    three round trips (docs/benchmarks.md)."""
     from django.db import connection
 
     client = key_a.client()
@@ -131,7 +131,9 @@ def test_a_governed_call_is_two_statements_in_production(key_a, django_assert_nu
     )  # SQLite: the select, then BEGIN IMMEDIATE, decision, rollup…
     with django_assert_num_queries(expected, connection=connection), count_redis_round_trips() as trips:
         response = client.post("/v1/ai/run", {**first, "args": {"n": 1}}, content_type="application/json")
-    assert trips.count == 2  # the decision script (rate token included), then the dedup entry's decision id
+    # The decision script (rate token included), the containment detectors' script (the default policy watches
+    # every call: docs/governance.md §"Containment detectors"), then the dedup entry's decision id.
+    assert trips.count == 3
     assert response.json()["decision"] == "allowed"
     assert Decision.objects.count() == 2
 

@@ -179,6 +179,8 @@ def test_the_reserve_request_names_every_key_and_argument():
         "shadow_hour": f"{base}:sh:-:hour",
         "shadow_spend": f"{base}:sh:-:spend:20260514",
         "shadow_calls": f"{base}:sh:-:calls:20260514",
+        # No run id: the run's counters are named all the same (read only with run "1").
+        "run": f"{base}:run:-",
         "bucket": None,
     }
     assert args._asdict() == {
@@ -200,6 +202,11 @@ def test_the_reserve_request_names_every_key_and_argument():
         "shadow_max_calls": -1,
         "shadow_max_spend": -1,
         "shadow_cost": 0,
+        "run": "0",
+        "run_max_actions": -1,
+        "run_max_spend": -1,
+        "run_max_calls": -1,
+        "run_max_ms": -1,
         "rate": None,
         "burst": None,
     }

@@ -332,7 +332,8 @@ agents:
   fine: {max_actions_per_hour: 1}
 """
     fields = "allowed_tools, blocked_tools, max_actions_per_hour, max_spend_usd_per_day, max_calls_per_tool, "
-    fields += "pricing_rules, require_approval, approval_ttl_seconds"
+    fields += "pricing_rules, require_approval, approval_ttl_seconds, max_actions_per_run, max_spend_usd_per_run, "
+    fields += "max_calls_per_tool_per_run, max_run_seconds, alert_thresholds, detectors"
     assert problems(account_a, text) == [
         f"f.yaml:3: bot: max_budget: Unknown field. Policy fields: {fields}.",
         f"f.yaml:4: bot: agent_id: Unknown field. Policy fields: {fields}.",

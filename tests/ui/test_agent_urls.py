@@ -14,7 +14,7 @@ from django.test import Client
 from django.urls import resolve
 
 from governance import services
-from governance.models import Agent, PolicyVersion
+from governance.models import Agent, Alert, PolicyVersion
 from tests.support.policy_confirm import confirm
 from tests.support.routes import walk_routes
 
@@ -175,6 +175,23 @@ def test_every_agent_page_shows_and_changes_only_its_own_agent(owner_a, agents, 
                 assert shadows == {agent_id} and state() == before, (agent_id, shadows)
                 client.post(target, {"action": "stop"})
                 posted.add(name)
+    # A detector's containment (docs/governance.md §"Containment detectors"): the Release form of a contained agent's
+    # page releases that agent, no other.
+    for agent_id in agents:
+        agent = Agent.objects.get(account=owner_a.account, agent_id=agent_id)
+        Agent.objects.filter(pk=agent.pk).update(is_enabled=False, disabled_by="auto", disabled_reason="call_loop")
+        Alert.objects.create(
+            account=owner_a.account, agent=agent, kind="detector", code="call_loop", mode="contain",
+            once=f"test:{agent.pk}", message="call_loop: looped",
+        )  # fmt: skip
+        [detail_url] = anchors(client, agent_id)
+        detail = parse(client.get(detail_url), detail_url)
+        [release] = [f for f in detail.forms if route_of(f["action"]) == "agent-release"]
+        before = state()
+        assert client.post(release["action"], dict(release["fields"])).status_code == 302
+        after = state()
+        assert {a for a in after if after[a] != before[a]} == {agent_id}, (agent_id, release["action"])
+        posted.add("agent-release")
     assert got | posted == set(agent_routes()), "an agent page the dashboard does not link to, or not exercised"
     assert PolicyVersion.objects.filter(source="template:strict").count() == len(agents)
     assert PolicyVersion.objects.filter(source="rollback:1").count() == len(agents)

@@ -130,9 +130,9 @@ def test_keys_page_query_count_does_not_grow_with_keys(owner_a, count, django_as
 def test_overview_query_count(owner_a, key_a, django_assert_num_queries):
     client = owner_a.login(Client())
     # session, user, memberships, active keys, usage mirror (no live hash yet), operations panel without agents
-    # (series, block reasons, agents, failing tools, blocked agents, failed runs; tests/ui/test_overview.py pins it
-    # with data), keyed-runs panel (in progress, recent failures)
-    with django_assert_num_queries(13):
+    # (series, block reasons, agents, failing tools, blocked agents, failed runs, alerts; tests/ui/test_overview.py
+    # pins it with data), keyed-runs panel (in progress, recent failures)
+    with django_assert_num_queries(14):
         response = client.get("/")
     assert response.status_code == 200
     assert "1 active API key" in response.content.decode()

@@ -193,7 +193,7 @@ def test_an_unknown_range_shows_24_hours_and_says_so(owner_a, url):
 # --- bounded reads ---------------------------------------------------------------------------------------------------
 
 
-QUERIES_PAGE = 17
+QUERIES_PAGE = 18
 
 
 @pytest.mark.parametrize("range_", ["1h", "24h", "30d"])
@@ -204,8 +204,8 @@ def test_overview_query_count_does_not_depend_on_the_data(owner_a, account_a, ra
     client = owner_a.login(Client())
     client.get("/")  # warm the session's caches
     # session, user, memberships, active keys, usage mirror; operations: series, block reasons, agents needing
-    # attention, their cap states (2), the spend charts, failing tools, recent blocked (2), failed runs; keyed-runs
-    # panel (2)
+    # attention, their cap states (2), the spend charts, failing tools, recent blocked (2), failed runs, alerts;
+    # keyed-runs panel (2)
     with django_assert_num_queries(QUERIES_PAGE):
         assert client.get(f"/?range={range_}").status_code == 200
     seed_more(account_a)

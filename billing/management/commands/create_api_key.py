@@ -18,8 +18,8 @@ class Command(BaseCommand):
             "--scope",
             choices=ApiKeyScope.values,
             default=ApiKeyScope.AGENT,
-            help="agent (default): an agent's key; admin: may also approve or deny approval requests — never give "
-            "one to an agent.",
+            help="agent (default): an agent's key; admin: may also approve or deny approval requests, loosen an "
+            "agent's guards, resume paused runs and release contained agents — never give one to an agent.",
         )
 
     def handle(self, *args, account: str, plan: str | None, label: str, scope: str, **options) -> None:
