@@ -608,8 +608,9 @@ def _rebuild_runs(agent: Agent, now: datetime, client: redis.Redis) -> None:
         if present:
             continue
         counts = runs[run_id]
-        counts["t0"] = int(counts["t0"].timestamp() * 1000)
-        pipe.hset(run_key(agent, run_id), mapping=counts)
+        fields = {str(name): value for name, value in counts.items() if name != "t0"}
+        fields["t0"] = int(counts["t0"].timestamp() * 1000)
+        pipe.hset(run_key(agent, run_id), mapping=fields)  # type: ignore[arg-type]  # (redis-py's Mapping is invariant)
         pipe.expire(run_key(agent, run_id), DAY_COUNTER_SECONDS)
     pipe.execute()
 
