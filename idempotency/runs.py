@@ -637,38 +637,54 @@ def park(run: Run, result: dict[str, Any], wait: Waiting) -> str:
     the key's lease held past the approval's expiry (``_hold_lease``: neither swept as crashed nor acquired by
     another caller meanwhile). "waiting"; "claim_lost" (another worker owns the run: nothing written) or
     "lease_lost" (the lease is no longer the run's: nothing written, the caller fails the run)."""
+    event = {
+        "type": "waiting_approval",
+        "status": "pending",
+        "step": f"action {wait.step}",
+        "tool": wait.tool,
+        "message": f"Action {wait.step} ({wait.tool}) waits for a person's approval until "
+        f"{wait.answer()['expires_at']}.",
+        "decision_id": wait.decision_id,
+        "data": wait.answer(),
+    }
+    stopped = _stop_for_a_person(
+        run, result, RunStatus.WAITING_APPROVAL, wait.step, wait.approval_id, wait.expires_at, event
+    )
+    return stopped or "waiting"
+
+
+def _stop_for_a_person(
+    run: Run,
+    result: dict[str, Any],
+    status: str,
+    step: int,
+    waiting_for: str,
+    until: datetime,
+    event: dict[str, Any],
+) -> str | None:
+    """The worker's run stops until a person acts (an approval, a raised cap): ``status``, unclaimed, its result
+    what it did so far, the actions before ``step`` done, the key's lease held past ``until``, ``event`` on its
+    timeline and the key's waiters woken — one transaction. None when done; "claim_lost" (another worker owns the
+    run: nothing written) or "lease_lost" (the lease is no longer the run's: nothing written)."""
     now = timezone.now()
     with transaction.atomic():
-        if not _hold_lease(run, wait.expires_at, now):
+        if not _hold_lease(run, until, now):
             return "lease_lost"
-        parked = Run.objects.filter(pk=run.pk, fence=run.fence, status=RunStatus.RUNNING).update(
-            status=RunStatus.WAITING_APPROVAL,
+        stopped = Run.objects.filter(pk=run.pk, fence=run.fence, status=RunStatus.RUNNING).update(
+            status=status,
             result=result,
-            actions_done=wait.step - 1,
-            waiting_for=wait.approval_id,
-            waiting_until=wait.expires_at,
+            actions_done=step - 1,
+            waiting_for=waiting_for,
+            waiting_until=until,
             claimed_until=None,
             enqueued_at=now,
         )
-        if not parked:
+        if not stopped:
             transaction.set_rollback(True)  # the lease's hold too: the run's new owner keeps it
             return "claim_lost"
-        events.emit(
-            run.account_id,
-            run.run_id,
-            "waiting_approval",
-            ts=now,
-            status="pending",
-            step=f"action {wait.step}",
-            tool=wait.tool,
-            agent_id=run.agent_id,
-            message=f"Action {wait.step} ({wait.tool}) waits for a person's approval until "
-            f"{wait.answer()['expires_at']}.",
-            decision_id=wait.decision_id,
-            data=wait.answer(),
-        )
+        events.emit(run.account_id, run.run_id, ts=now, agent_id=run.agent_id, **event)
         waiting.wake(run.account_id, run.key)
-    return "waiting"
+    return None
 
 
 def _hold_lease(run: Run, until: datetime, now: datetime) -> bool:
@@ -877,39 +893,22 @@ PAUSED_LISTENERS: list[PauseListener] = []
 
 def pause(run: Run, result: dict[str, Any], paused: Pause) -> str:
     """The worker's run pauses at a per-run cap: ``paused``, unclaimed, its result what it did so far, the key's lease
-    held past the pause's end. "paused"; "claim_lost" or "lease_lost" as ``park`` answers them."""
-    now = timezone.now()
-    with transaction.atomic():
-        if not _hold_lease(run, paused.until, now):
-            return "lease_lost"
-        moved = Run.objects.filter(pk=run.pk, fence=run.fence, status=RunStatus.RUNNING).update(
-            status=RunStatus.PAUSED,
-            result=result,
-            actions_done=paused.step - 1,
-            waiting_for=paused.reason,
-            waiting_until=paused.until,
-            claimed_until=None,
-            enqueued_at=now,
-        )
-        if not moved:
-            transaction.set_rollback(True)
-            return "claim_lost"
-        events.emit(
-            run.account_id,
-            run.run_id,
-            "paused",
-            ts=now,
-            status="paused",
-            step=f"action {paused.step}",
-            tool=paused.tool,
-            agent_id=run.agent_id,
-            message=f"Action {paused.step} ({paused.tool}) met {paused.reason}: the run is paused until "
-            f"{paused.answer()['paused_until']} — raise the cap and resume it, or it fails run_cap_exceeded.",
-            decision_id=paused.decision_id,
-            data=paused.answer(),
-        )
-        waiting.wake(run.account_id, run.key)
-        transaction.on_commit(partial(_tell_paused, run, paused), robust=True)
+    held past the pause's end; the pause listeners are told after the commit. "paused"; "claim_lost" or
+    "lease_lost" as ``park`` answers them."""
+    event = {
+        "type": "paused",
+        "status": "paused",
+        "step": f"action {paused.step}",
+        "tool": paused.tool,
+        "message": f"Action {paused.step} ({paused.tool}) met {paused.reason}: the run is paused until "
+        f"{paused.answer()['paused_until']} — raise the cap and resume it, or it fails run_cap_exceeded.",
+        "decision_id": paused.decision_id,
+        "data": paused.answer(),
+    }
+    stopped = _stop_for_a_person(run, result, RunStatus.PAUSED, paused.step, paused.reason, paused.until, event)
+    if stopped is not None:
+        return stopped
+    transaction.on_commit(partial(_tell_paused, run, paused), robust=True)  # the alert and the channels
     return "paused"
 
 

@@ -79,6 +79,9 @@ def _split(regex: str) -> list[str | tuple[str, str]]:
         elif regex.startswith(".*", i) or regex.startswith(".+", i):
             parts += [literal, (f"<{regex[i : i + 2]}>", regex[i : i + 2])]  # a catch-all: a parameter without a name
             literal, i = "", i + 2
+        elif regex.startswith((r"[\s\S]*", r"[\s\S]+"), i):  # the same, a newline included
+            parts += [literal, (f"<{regex[i : i + 7]}>", regex[i : i + 7])]
+            literal, i = "", i + 7
         elif regex[i] == "\\":
             literal += regex[i + 1]
             i += 2
