@@ -61,6 +61,7 @@ NOT_CRAWLED = {
     "member-change": "POST only",
     "agent-kill-switch": "POST only",
     "agent-release": "POST only",
+    "run-resume": "POST only (a paused run's Raise & resume form)",
     "policy-rollback": "POST only",
     "policy-template": "POST only",
     "tool-toggle": "POST only",
