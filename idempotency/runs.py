@@ -834,18 +834,7 @@ def sweep_waiting(now: datetime) -> dict[str, int]:
       ``approval_expired``.
     """
     parked = Run.objects.filter(status=RunStatus.WAITING_APPROVAL)
-    lost = 0
-    not_held = parked.exclude(lease__lease_id=F("holder"), lease__status=LeaseStatus.IN_PROGRESS)
-    for run in list(not_held[:SWEEP_BATCH]):
-        lost += _swept(
-            run,
-            lambda run: fail_unfinished(
-                run,
-                RunError.LEASE_LOST,
-                "The key's lease was reset, cancelled or finished while the run waited for an approval.",
-                waiting_for=run.waiting_for,
-            ),
-        )
+    lost = _fail_unheld(parked, "waited for an approval", lambda run: {"waiting_for": run.waiting_for})
     held = 0
     short = parked.filter(
         lease__lease_id=F("holder"),
@@ -870,6 +859,17 @@ def sweep_waiting(now: datetime) -> dict[str, int]:
     for run in list(parked.filter(waiting_until__lte=now - WAIT_GRACE)[:SWEEP_BATCH]):
         expired += _swept(run, lambda run: _refuse(run, ApprovalNews(run.account_id, run.waiting_for, "expired")))
     return {"lease_lost": lost, "held": held, "settled": settled, "approval_expired": expired}
+
+
+def _fail_unheld(waiting_runs: Any, what: str, guard: Callable[[Run], dict[str, Any]]) -> int:
+    """Fail with ``lease_lost`` the runs of ``waiting_runs`` (waiting for a person: no worker holds them) whose key's
+    lease is no longer theirs; ``guard``: fail_unfinished's condition that the run is still waiting as it was."""
+    lost = 0
+    not_held = waiting_runs.exclude(lease__lease_id=F("holder"), lease__status=LeaseStatus.IN_PROGRESS)
+    message = f"The key's lease was reset, cancelled or finished while the run {what}."
+    for run in list(not_held[:SWEEP_BATCH]):
+        lost += _swept(run, lambda run: fail_unfinished(run, RunError.LEASE_LOST, message, **guard(run)))
+    return lost
 
 
 def _swept(run: Run, act: Callable[[Run], bool]) -> int:
@@ -979,18 +979,7 @@ def sweep_paused(now: datetime) -> dict[str, int]:
     """The sweeper's part for paused runs: one whose lease is no longer its own fails ``lease_lost``; one whose pause
     ended fails ``run_cap_exceeded``."""
     paused = Run.objects.filter(status=RunStatus.PAUSED)
-    lost = 0
-    not_held = paused.exclude(lease__lease_id=F("holder"), lease__status=LeaseStatus.IN_PROGRESS)
-    for run in list(not_held[:SWEEP_BATCH]):
-        lost += _swept(
-            run,
-            lambda run: fail_unfinished(
-                run,
-                RunError.LEASE_LOST,
-                "The key's lease was reset, cancelled or finished while the run was paused.",
-                paused=True,
-            ),
-        )
+    lost = _fail_unheld(paused, "was paused", lambda run: {"paused": True})
     ended = 0
     for run in list(paused.filter(waiting_until__lte=now)[:SWEEP_BATCH]):
         step, reason = run.actions_done + 1, run.waiting_for
