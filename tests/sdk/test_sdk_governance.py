@@ -69,6 +69,9 @@ def _race(url: str, raw_key: str, n: int, call):
         ({"max_spend_usd_per_day": 50}, 200, 1.0, "stripe.charge", 50, "daily_spend_exceeded"),
         ({"max_actions_per_hour": 10}, 40, None, "stripe.charge", 10, "hourly_action_limit_exceeded"),
         ({"max_calls_per_tool": {"send_email": 3}}, 40, None, "send_email", 3, "tool_call_limit_exceeded"),
+        # Per-run caps (docs/governance.md §"Per-run caps"): every call carries the same args.run_id.
+        ({"max_actions_per_run": 5}, 40, None, "crm.note", 5, "run_action_limit_exceeded"),
+        ({"max_spend_usd_per_run": 3}, 40, 1.0, "crm.note", 3, "run_spend_exceeded"),
     ],
 )
 def test_concurrent_calls_never_overshoot_a_cap(gunicorn_server, account_a, policy, n, spend, tool, allowed, reason):
@@ -76,8 +79,12 @@ def test_concurrent_calls_never_overshoot_a_cap(gunicorn_server, account_a, poli
     url = f"{gunicorn_server.url}/v1"
     with OnceOnly(api_key=key.raw, base_url=url, fail_open=False) as admin:
         admin.gov.upsert_policy({"agent_id": "racer", **policy})
+    run = {"run_id": "race-run"} if reason.startswith("run_") else {}
     results = _race(
-        url, key.raw, n, lambda c, i: c.ai.run_tool(agent_id="racer", tool=tool, args={"call": i}, spend_usd=spend)
+        url,
+        key.raw,
+        n,
+        lambda c, i: c.ai.run_tool(agent_id="racer", tool=tool, args={"call": i, **run}, spend_usd=spend),
     )
     assert sum(r.allowed for r in results) == allowed
     assert [r.policy_reason for r in results if not r.allowed] == [reason] * (n - allowed)
