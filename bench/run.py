@@ -21,8 +21,9 @@ concurrent governed calls at a registered tool that answers after 3.5 s (threads
 the Retry-After of a 429) while account B's check-locks and permit-only governed calls are paced by wrk at 50
 req/s — B's p50/p99/max and errors alone and beside A, and A's answers (executed, 429 dispatch_busy by scope,
 other). Then, with the stack's model, the keyed run round trip: the official SDK's ``ai.run_and_wait`` 20 times in
-sequence (p50/p99 end to end). Then 1,000,000 decisions and 1,000,000 lock records are bulk-inserted and the
-governed call and check-lock are paced again at the same rates, and the overview, agent detail and decision
+sequence (p50/p99 end to end). Then the growth phase: the governed call and check-lock paced at 0, then
+1,000,000 decisions and 1,000,000 lock records (``--growth``, e.g. 10M) bulk-inserted and the same paced again at the
+same rates, and the overview, agent detail and decision
 timeline pages are timed in-process with their query counts. Then the dashboard scenario (bench/dashboard.py):
 another account with 1,000,000 decisions over 30 days and the other tables filled, and every dashboard table page
 and the overview timed through gunicorn (server time from a bench-only Server-Timing header). Last, the replay
@@ -41,6 +42,7 @@ whose peak RSS is measured.
     make bench BENCH_ARGS="--only dashboard --reuse-db"    # … which skip the reset and the seeding
     make bench BENCH_ARGS="--only replay"                  # the impact preview alone (no stack started), ~1 minute
     make bench BENCH_ARGS="--only export"                  # 1M decisions exported, peak RSS (no stack), ~3 minutes
+    make bench BENCH_ARGS="--only growth --growth 10M"     # the growth phase alone, at 10,000,000 rows
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ WORKER_CLASSES = ("gthread", "sync")  # deploy/web.sh's model first: the default
 WEB_THREADS = 16  # gthread threads per process, as deploy/web.sh (WEB_THREADS; the settings size the slots by it)
 CONNECTIONS = 16
 PACED_RUNS = 3  # paced runs per scenario at 70 % (median p99 reported)
-SEED_ROWS = 1_000_000
+SEED_ROWS = 1_000_000  # the growth phase's default (--growth), and the export scenario's
+GROWTH = "growth"
+GROWTH_SCENARIOS = ("gov_permit", "lock_new", "lock_dup")  # paced at 0 and after the seeding
 SCENARIOS = {
     "floor": "Floor: one Redis SET NX, no auth (bench only)",
     "lock_dup": "check-lock, duplicates",
@@ -654,8 +658,8 @@ def prepare(receiver_url: str, mcp_url: str) -> dict[str, str]:
     return {"key": key, "account_id": str(account.pk)}
 
 
-def seed(account_id: int) -> dict[str, float]:
-    """1,000,000 decisions (with their hourly rollups) and 1,000,000 lock records, bulk-inserted in SQL."""
+def seed(account_id: int, rows: int = SEED_ROWS) -> dict[str, float]:
+    """``rows`` decisions (with their hourly rollups) and ``rows`` lock records, bulk-inserted in SQL."""
     from django.db import connection
 
     from governance.models import Agent
@@ -673,7 +677,7 @@ def seed(account_id: int) -> dict[str, float]:
                 CASE WHEN g %% 10 = 0 THEN 'tool_blocked' ELSE 'within_budget' END, 'low', 0.01,
                 md5(g::text) || md5((g + 1)::text), '', 1, 1, '', ''
             FROM generate_series(1, %s) AS g""",
-            [account_id, agent_id, SEED_ROWS],
+            [account_id, agent_id, rows],
         )
         cursor.execute(
             """
@@ -692,13 +696,15 @@ def seed(account_id: int) -> dict[str, float]:
             INSERT INTO idempotency_lockrecord (account_id, key, first_seen_at, expires_at, ttl_seconds, metadata)
             SELECT %s, 'seed:' || g, now() - interval '1 hour', now() + interval '1 day', 86400, NULL
             FROM generate_series(1, %s) AS g""",
-            [account_id, SEED_ROWS],
+            [account_id, rows],
         )
         timings["locks_s"] = round(time.monotonic() - started, 1)
+        started = time.monotonic()
         # What a table that grew over months looks like: vacuumed and analysed, its pages flushed — not an
         # autovacuum and a checkpoint of 2M fresh rows running during the measurement.
         cursor.execute("VACUUM (ANALYZE) governance_decision, governance_decisionrollup, idempotency_lockrecord")
         cursor.execute("CHECKPOINT")
+        timings["vacuum_s"] = round(time.monotonic() - started, 1)
     connection.close()
     return timings
 
@@ -778,26 +784,6 @@ def report(results: dict[str, Any]) -> str:
             ok = row["at_70"]["p99_ms"] <= P99_TARGET_MS
             runs = "/".join(f"{v:.1f}" for v in row["at_70"].get("p99_runs_ms", []))
             lines.append(f"  p99 {name:14} {row['at_70']['p99_ms']:6.1f} ms  {'OK' if ok else 'MISS'}   (runs: {runs})")
-    growth = results.get("growth")
-    if growth:
-        lines.append(
-            f"growth: {SEED_ROWS:,} decisions and {SEED_ROWS:,} lock records (seeded in "
-            f"{growth['seed']['decisions_s']} s + {growth['seed']['locks_s']} s)"
-        )
-        for name, row in growth["latency"].items():
-            for pct in ("p50_ms", "p99_ms"):
-                ratio = row["at_1m"][pct] / max(row["at_0"][pct], 0.001)
-                lines.append(
-                    f"  {name:14} {pct[:3]} at 0: {row['at_0'][pct]:6.1f} ms  at 1M: {row['at_1m'][pct]:6.1f}"
-                    f" ms  ratio {ratio:4.2f}  target ≤ {GROWTH_TARGET}  {'OK' if ratio <= GROWTH_TARGET else 'MISS'}"
-                )
-        for name, page in growth["pages_1m"].items():
-            before = growth["pages_0"][name]
-            ok = page["median_ms"] <= PAGE_TARGET_MS and page["queries"] == before["queries"]
-            lines.append(
-                f"  page {name:18} {page['median_ms']:6.1f} ms at 1M ({before['median_ms']:.1f} ms at 0), "
-                f"queries {page['queries']} ({before['queries']} at 0)  {'OK' if ok else 'MISS'}"
-            )
     return "\n".join(lines)
 
 
@@ -831,6 +817,88 @@ def detectors_ab(stack: Stack, key: str, *, seconds: int, rounds: int = 3) -> di
         "throughput_cost": round(off["rps"] / max(on["rps"], 0.1) - 1, 4),
         "cpu_cost": round(on["stack_cpu_ms"] / max(off["stack_cpu_ms"], 0.001) - 1, 4),
     }
+
+
+def rows_label(rows: int) -> str:
+    """1000000 → "1M", 250000 → "250k" (the --growth notation)."""
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if rows >= size and rows % size == 0:
+            return f"{rows // size:,}{unit}"
+    return f"{rows:,}"
+
+
+def parse_rows(text: str) -> int:
+    """``--growth``: "10M", "250k" or a plain number of rows."""
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if scale > 1 else text
+    try:
+        rows = int(digits.replace("_", "").replace(",", "")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows (e.g. 1M, 250k, 10000000)") from None
+    if rows < 1_000:
+        raise argparse.ArgumentTypeError("the growth phase seeds at least 1k rows")
+    return rows
+
+
+def report_growth(growth: dict[str, Any]) -> list[str]:
+    at = rows_label(growth["rows"])
+    lines = [
+        f"growth: {growth['rows']:,} decisions and {growth['rows']:,} lock records (seeded in "
+        f"{growth['seed']['decisions_s']} s + {growth['seed']['locks_s']} s); at 0 measured in the same phase, "
+        "just before the seeding"
+    ]
+    for name, row in growth["latency"].items():
+        for pct in ("p50_ms", "p99_ms"):
+            ratio = row["at_n"][pct] / max(row["at_0"][pct], 0.001)
+            lines.append(
+                f"  {name:14} {pct[:3]} at 0: {row['at_0'][pct]:6.1f} ms  at {at}: {row['at_n'][pct]:6.1f}"
+                f" ms  ratio {ratio:4.2f}  target ≤ {GROWTH_TARGET}  {'OK' if ratio <= GROWTH_TARGET else 'MISS'}"
+            )
+    for name, page in growth["pages_n"].items():
+        before = growth["pages_0"][name]
+        ok = page["median_ms"] <= PAGE_TARGET_MS and page["queries"] == before["queries"]
+        lines.append(
+            f"  page {name:18} {page['median_ms']:6.1f} ms at {at} ({before['median_ms']:.1f} ms at 0), "
+            f"queries {page['queries']} ({before['queries']} at 0)  {'OK' if ok else 'MISS'}"
+        )
+    return lines
+
+
+def growth_phase(
+    stack: Stack, data: dict[str, str], *, rows: int, seconds: int, warmup: int, measured: dict[str, Any]
+) -> dict[str, Any]:
+    """The governed call and both check-lock scenarios paced at 0 and again after ``rows`` decisions and lock records
+    were seeded, at the same rates (70 % of the peak the CPU scenarios measured, else of a saturation run made here),
+    with the heavy pages timed at both points. Both points are measured in this phase, minutes apart: a ratio of
+    runs measured phases apart would carry the machine's drift (seen: check-lock duplicates 2.66× slower with the
+    decision table untouched)."""
+    key = data["key"]
+    rates = {}
+    for name in GROWTH_SCENARIOS:
+        if name in measured:
+            rates[name] = measured[name]["rate_70"]
+            continue
+        log(f"[{stack.worker_class}] growth: {name} saturation {seconds} s for its rate")
+        wrk(stack.url, name, seconds=warmup, api_key=key, tag=f"warm-growth-{name}")
+        rates[name] = round(0.7 * wrk(stack.url, name, seconds=seconds, api_key=key)["rps"], 1)
+
+    def paced(point: str) -> dict[str, Any]:
+        out = {}
+        for name in GROWTH_SCENARIOS:
+            wrk(stack.url, name, seconds=warmup, api_key=key, rate=rates[name], tag=f"warm-{point}-{name}")
+            out[name] = paced_runs(stack.url, name, seconds=seconds, api_key=key, rate=rates[name])
+            log(f"  {name} at {point}: p50 {out[name]['p50_ms']:.1f} ms p99 {out[name]['p99_ms']:.1f} ms")
+        return out
+
+    pages_0 = time_pages()
+    at_0 = paced("0")
+    log(f"seeding {rows:,} decisions and {rows:,} lock records")
+    seeded = seed(int(data["account_id"]), rows)
+    log(f"  seeded in {seeded['decisions_s']} s + {seeded['locks_s']} s (+ vacuum {seeded['vacuum_s']} s)")
+    pages_n = time_pages()
+    at_n = paced(rows_label(rows))
+    latency = {name: {"rate": rates[name], "at_0": at_0[name], "at_n": at_n[name]} for name in GROWTH_SCENARIOS}
+    return {"rows": rows, "seed": seeded, "latency": latency, "pages_0": pages_0, "pages_n": pages_n}
 
 
 def report_detectors(results: dict[str, Any]) -> list[str]:
@@ -919,6 +987,8 @@ def report_all(results: dict[str, Any]) -> str:
         lines += report_noisy(results[NOISY])
     if ROUND_TRIP in results:
         lines += report_round_trip(results[ROUND_TRIP])
+    if GROWTH in results:
+        lines += report_growth(results[GROWTH])
     if "dashboard" in results:
         from bench import dashboard
 
@@ -958,7 +1028,7 @@ class Phases:
             cpu=cpu,
             noisy=noisy,
             round_trip=not only or ROUND_TRIP in only,
-            growth=not options.quick and not only,
+            growth=GROWTH in only or (not options.quick and not only),
             dashboard=not options.quick and (not only or DASHBOARD in only),
             replay=REPLAY in only or (not only and not options.quick),
             export=EXPORT in only or (not only and not options.quick),
@@ -967,7 +1037,7 @@ class Phases:
 
     @property
     def api(self) -> bool:
-        return bool(self.cpu) or self.noisy or self.round_trip
+        return bool(self.cpu) or self.noisy or self.round_trip or self.growth
 
 
 def side_by_side(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -1049,22 +1119,15 @@ def api_phase(
         results[ROUND_TRIP] = {"worker_class": stack.worker_class, **trips}
         log(f"  p50 {trips['p50_ms']:.0f} ms p99 {trips['p99_ms']:.0f} ms, {trips['completed']}/{runs} completed")
     if phases.growth:
-        pages_0 = time_pages()
-        log(f"seeding {SEED_ROWS:,} decisions and {SEED_ROWS:,} lock records")
-        seeded = seed(int(data["account_id"]))
-        pages_1m = time_pages()
-        latency = {}
-        for name in ("gov_permit", "lock_new", "lock_dup"):
-            rate = results["scenarios"][name]["rate_70"]
-            wrk(stack.url, name, seconds=warmup, api_key=data["key"], rate=rate, tag=f"warm-1m-{name}")
-            at_1m = paced_runs(stack.url, name, seconds=seconds, api_key=data["key"], rate=rate)
-            latency[name] = {"rate": rate, "at_0": results["scenarios"][name]["at_70"], "at_1m": at_1m}
-        results["growth"] = {"seed": seeded, "latency": latency, "pages_0": pages_0, "pages_1m": pages_1m}
+        measured_here = results.get("scenarios", {})
+        results[GROWTH] = growth_phase(
+            stack, data, rows=options.growth, seconds=seconds, warmup=warmup, measured=measured_here
+        )
 
 
 def main() -> None:
     global DB_NAME, REDIS_DB  # --db-name, --redis-db
-    known = [*SCENARIOS, NOISY, ROUND_TRIP, DASHBOARD, REPLAY, EXPORT]
+    known = [*SCENARIOS, NOISY, ROUND_TRIP, GROWTH, DASHBOARD, REPLAY, EXPORT]
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -1096,7 +1159,13 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help=f"comma-separated scenarios of {', '.join(known)} (the floor runs with any CPU scenario); no growth phase",
+        help=f"comma-separated scenarios of {', '.join(known)} (the floor runs with any CPU scenario)",
+    )
+    parser.add_argument(
+        "--growth",
+        type=parse_rows,
+        default=SEED_ROWS,
+        help=f"decisions and lock records the growth phase seeds (default {rows_label(SEED_ROWS)}; e.g. 10M)",
     )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", DB_NAME), help="PostgreSQL database")
     parser.add_argument(

@@ -600,8 +600,15 @@ def _await_original(decision: Decision, arrived: float) -> Decision | None:
     if not dispatch_id:
         return None
     until = arrived + settings.ONCEONLY_DISPATCH_DEADLINE_SECONDS + 1.0
+    # The first call was in flight when this twin was decided: its decision is recorded after this one's ts.
+    recent = Decision.objects.filter(
+        account_id=decision.account_id,
+        agent_id=decision.agent_id,
+        dispatch_id=dispatch_id,
+        ts__gte=decision.ts - services.RECORDED_AFTER_MARGIN,
+    )
     while True:
-        original = Decision.objects.filter(agent_id=decision.agent_id, dispatch_id=dispatch_id).first()
+        original = recent.first()
         if original is not None or time.monotonic() >= until:
             return original
         time.sleep(TWIN_POLL_SECONDS)

@@ -131,13 +131,15 @@ class Decision(models.Model):
 
     class Meta:
         ordering = ["-ts", "-id"]
+        # Every index leads with the account and ends with the time (tests/test_indexes.py): a new decision lands at
+        # the right edge of each, so writing one costs about the same at 10M rows as at none, and each read names the
+        # account and a time range. No index on a hash: a random key's leaf is anywhere in a large index, so every
+        # write reads and dirties another page (docs/benchmarks.md, *Growth*).
         indexes = [
             # Agent logs, agent detail and the rebuild of an agent's counters: an agent's decisions by time.
             models.Index(fields=["account", "agent", "-ts"], name="governance_decision_agent_ts"),
             # The decision timeline: an account's decisions by time (time-range queries, partition-friendly).
             models.Index(fields=["account", "-ts"], name="governance_decision_account_ts"),
-            # Dedup lookups after Redis lost its entries.
-            models.Index(fields=["agent", "args_hash"], name="governance_decision_args"),
             # The decision log filtered by reason (a block reason is a few % of the decisions): its pages and its
             # capped total read this instead of walking the (account, -ts) index over most of the account. Partial:
             # most calls are within budget (that filter finds its rows at once in the time index), and they pay

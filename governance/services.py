@@ -47,6 +47,9 @@ MICRO = Decimal(1_000_000)
 SIX_PLACES = Decimal("0.000001")  # amounts are kept to 6 decimal places (micro-dollars in Redis)
 DAY_COUNTER_SECONDS = 2 * 86400
 READY_SECONDS = 86400
+# A call's decision, recorded later, is looked up from this long before the call started (or the twin arrived):
+# bounded in time like every read of the decision log, with room for clocks of several nodes that disagree.
+RECORDED_AFTER_MARGIN = timedelta(minutes=5)
 
 
 # --- agents ----------------------------------------------------------------------------------------------------
@@ -525,7 +528,9 @@ def _record(
 def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: int) -> None:
     """Counters and dedup entries from the database ledger (the decision log), after Redis lost them."""
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    charged = Decision.objects.filter(agent=agent, outcome__in=CHARGED_OUTCOMES)
+    # Every read of the decision log here names the account and a time range, as the hot path's indexes (and
+    # partitions) are laid out: (account, agent, ts) answers each one with the rows of its range only.
+    charged = Decision.objects.filter(account_id=agent.account_id, agent=agent, outcome__in=CHARGED_OUTCOMES)
     today = charged.filter(ts__gte=day_start)
     spend = today.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
     calls: dict[str, int] = {}
@@ -548,7 +553,10 @@ def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: 
         # Dedup entries first: calls wait for the ready marker, so none can slip between the two steps.
         pipe = client.pipeline(transaction=False)
         seen = Decision.objects.filter(
-            agent=agent, outcome__in=[Outcome.EXECUTED, Outcome.ALLOWED], ts__gt=now - timedelta(seconds=dedup_window)
+            account_id=agent.account_id,
+            agent=agent,
+            outcome__in=[Outcome.EXECUTED, Outcome.ALLOWED],
+            ts__gt=now - timedelta(seconds=dedup_window),
         ).values_list("id", "args_hash", "ts")
         base = keys.dedup.rsplit(":", 1)[0]
         unrecorded = DispatchIntent.objects.filter(
@@ -1485,7 +1493,12 @@ def _governed_call(
         outcome = call_record(call, ending)
     except IntentGone:
         # Slower than the sweeper's grace period: it recorded this dispatch (outcome_unknown) meanwhile.
-        original = Decision.objects.get(agent=call.agent, dispatch_id=reserved.args.reservation)
+        original = Decision.objects.get(
+            account_id=call.account_id,
+            agent=call.agent,
+            dispatch_id=reserved.args.reservation,
+            ts__gte=call.started_at - RECORDED_AFTER_MARGIN,  # the sweeper's decision has the intent's time
+        )
         return CallOutcome(decision=original, remaining=ending.remaining)
     except Exception:
         if ending.intent_id is None:
