@@ -43,6 +43,7 @@ whose peak RSS is measured.
     make bench BENCH_ARGS="--only replay"                  # the impact preview alone (no stack started), ~1 minute
     make bench BENCH_ARGS="--only export"                  # 1M decisions exported, peak RSS (no stack), ~3 minutes
     make bench BENCH_ARGS="--only growth --growth 10M"     # the growth phase alone, at 10,000,000 rows
+    make bench BENCH_ARGS="--only verify --growth 10M"     # the log's verification at 10M decisions (no stack)
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ SCENARIOS = {
 DASHBOARD = "dashboard"  # not a wrk scenario: bench/dashboard.py
 REPLAY = "replay"  # not a wrk scenario: bench/replay.py, in-process (no stack)
 EXPORT = "export"  # not a wrk scenario: bench/export.py, 1M decisions exported in a child process (no stack)
+VERIFY = "verify"  # not a wrk scenario: bench/verify.py, the log's verification at --growth rows (no stack); named only
 NOISY = "noisy_neighbour"  # bench/contention.py, with both worker models
 ROUND_TRIP = "keyed_run_round_trip"  # bench/contention.py, with the stack's worker model
 OTHER_WARMUP = 2  # the comparison model's warm-up (s); its saturation runs are half --seconds, not paced
@@ -1001,6 +1003,10 @@ def report_all(results: dict[str, Any]) -> str:
         from bench import export
 
         lines += export.report(results[EXPORT])
+    if VERIFY in results:
+        from bench import verify
+
+        lines += verify.report(results[VERIFY])
     return "\n".join(lines)
 
 
@@ -1015,6 +1021,7 @@ class Phases:
     dashboard: bool
     replay: bool
     export: bool
+    verify: bool
     models: list[str]  # worker models in the order measured; the stack's own (``--worker-class``) last
 
     @classmethod
@@ -1032,6 +1039,7 @@ class Phases:
             dashboard=not options.quick and (not only or DASHBOARD in only),
             replay=REPLAY in only or (not only and not options.quick),
             export=EXPORT in only or (not only and not options.quick),
+            verify=VERIFY in only,
             models=[other, options.worker_class] if compare else [options.worker_class],
         )
 
@@ -1127,7 +1135,7 @@ def api_phase(
 
 def main() -> None:
     global DB_NAME, REDIS_DB  # --db-name, --redis-db
-    known = [*SCENARIOS, NOISY, ROUND_TRIP, GROWTH, DASHBOARD, REPLAY, EXPORT]
+    known = [*SCENARIOS, NOISY, ROUND_TRIP, GROWTH, DASHBOARD, REPLAY, EXPORT, VERIFY]
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -1165,7 +1173,8 @@ def main() -> None:
         "--growth",
         type=parse_rows,
         default=SEED_ROWS,
-        help=f"decisions and lock records the growth phase seeds (default {rows_label(SEED_ROWS)}; e.g. 10M)",
+        help=f"rows the growth phase (decisions, lock records) and the verify scenario seed (default "
+        f"{rows_label(SEED_ROWS)}; e.g. 10M)",
     )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", DB_NAME), help="PostgreSQL database")
     parser.add_argument(
@@ -1186,7 +1195,6 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown scenarios: {', '.join(sorted(unknown))} (known: {', '.join(known)})")
     phases = Phases.of(options, only)
-    dashboard_only = only == [DASHBOARD]
     if shutil.which("wrk") is None and (phases.cpu or phases.noisy):
         sys.exit("wrk is missing: apt-get install -y wrk")
     seconds, warmup = (3, 1) if options.quick else (options.seconds, 3)
@@ -1245,6 +1253,10 @@ def main() -> None:
             from bench import export
 
             results[EXPORT] = export.run(reuse=options.reuse_db)
+        if phases.verify:
+            from bench import verify
+
+            results[VERIFY] = verify.run(options.growth)
     finally:
         stack.stop()
         if not options.keep_db:
@@ -1261,7 +1273,9 @@ def main() -> None:
         or (options.workers, options.worker_class, options.threads)
         != (GUNICORN_WORKERS, WORKER_CLASSES[0], WEB_THREADS)
     )
-    suffix = "-dashboard" if dashboard_only else "-export" if only == [EXPORT] else "-partial" if partial else ""
+    alone = {DASHBOARD: "-dashboard", EXPORT: "-export", GROWTH: "-growth", VERIFY: "-verify"}
+    named = alone.get(only[0]) if len(only) == 1 and (only == [DASHBOARD] or not options.quick) else None
+    suffix = named or ("-partial" if partial else "")
     out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
     out.write_text(json.dumps({**results, "table": table.splitlines()}, indent=2) + "\n")
     log(f"wrote {out.relative_to(ROOT)} ({results['wall_s']} s)")

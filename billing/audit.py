@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,14 +95,32 @@ class AuditVerification:
     unchained: int  # entries written before the chain existed (no hash), all older than the first chained one
     first_bad_entry_id: int | None = None
     message: str = ""
+    # Where a walk that passed ended: its last chained entry and that entry's hash (the next walk's ``prev``).
+    last_entry_id: int = 0
+    last_hash: str | None = None
 
 
-def verify(account_id: int) -> AuditVerification:
+def verify(
+    account_id: int,
+    *,
+    after_id: int = 0,
+    prev: str | None = None,
+    upto_id: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    every: int = 20_000,
+) -> AuditVerification:
+    """Walk the account's entries in id order and name the first that does not match: from the first entry, or
+    after ``after_id`` whose hash was ``prev`` (an incremental or partial walk), up to ``upto_id``. ``progress`` is
+    told the entries checked so far, every ``every`` entries."""
     checked = unchained = 0
-    prev: str | None = None  # None until the first chained entry
-    rows = AuditEntry.objects.filter(account_id=account_id).order_by("id").iterator(chunk_size=2000)
-    for entry in rows:
+    last_id = after_id
+    rows = AuditEntry.objects.filter(account_id=account_id, pk__gt=after_id)
+    if upto_id is not None:
+        rows = rows.filter(pk__lte=upto_id)
+    for entry in rows.order_by("id").iterator(chunk_size=2000):
         checked += 1
+        if progress is not None and checked % every == 0:
+            progress(checked)
         if not entry.row_hash:
             if prev is not None:
                 return AuditVerification(
@@ -132,11 +151,15 @@ def verify(account_id: int) -> AuditVerification:
                 f"Audit entry {entry.pk} does not follow the entry before it: entries were "
                 "deleted or inserted before it.",
             )
-        prev = entry.row_hash
+        prev, last_id = entry.row_hash, entry.pk
+    if progress is not None:
+        progress(checked)
     return AuditVerification(
         True,
         checked,
         unchained,
         message=f"{checked - unchained} audit entries verified"
         + (f" ({unchained} older entries have no hash)." if unchained else "."),
+        last_entry_id=last_id,
+        last_hash=prev,
     )

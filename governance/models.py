@@ -248,6 +248,39 @@ class DecisionCheckpoint(models.Model):
         return f"checkpoint {self.seq} of account {self.account_id}"
 
 
+class LogVerification(models.Model):
+    """Where the hourly verification of one of an account's two tamper-evident logs stands (governance/ledger.py
+    ``verify_recent``; docs/operations.md §"Decision-log tamper evidence"): the anchor it verified up to, and the
+    position of the rolling re-verification of what came before it."""
+
+    class Log(models.TextChoices):
+        DECISIONS = "decisions", "Decision log"
+        AUDIT = "audit", "Audit log"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
+    log = models.CharField(max_length=16, choices=Log.choices)
+    # The anchor: decisions — the newest checkpoint verified (seq), its last decision id and chain hash; audit — the
+    # last entry verified and its row hash. 0 / 64 zeros: nothing verified yet.
+    anchor_seq = models.PositiveIntegerField(default=0)
+    anchor_id = models.BigIntegerField(default=0)
+    anchor_hash = models.CharField(max_length=64, default="0" * 64)
+    # The re-verification: the checkpoint (decisions) or audit checkpoint after which its next slice starts.
+    sweep_seq = models.PositiveIntegerField(default=0)
+    full_pass_at = models.DateTimeField(null=True, blank=True, help_text="When the last full re-verification ended.")
+    checked_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField(default=True)
+    message = models.TextField(blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True, help_text="When a failure was last notified.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "log"], name="governance_logverification_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.log} of account {self.account_id}: {'ok' if self.ok else 'failed'}"
+
+
 class McpServer(models.Model):
     """An upstream MCP server (Streamable HTTP) whose tools the gateway governs (docs/mcp.md): its tools are
     discovered with ``tools/list`` and registered as tools named ``<server>.<tool>`` (``Tool.kind`` "mcp"); a governed

@@ -11,8 +11,8 @@ the price, ``require_approval``, dedup, the hourly cap, the per-tool day cap, th
 know from the log it approximates, each approximation written down in docs/policy-changes.md §"Approximations".
 
 A preview runs as a Celery task (``governance.tasks.replay_policy_impact``): ``replay_start`` (the service) keeps
-the job's state in Redis under a job id for an hour — queued, running with processed/total, done with the result,
-or failed — and ``replay_job`` (the selector) reads it back. Nothing else is written anywhere.
+the job's state in Redis under a job id for an hour (onceonly_site/jobs.py) — queued, running with processed/total,
+done with the result, or failed — and ``replay_job`` (the selector) reads it back. Nothing else is written anywhere.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -35,8 +34,8 @@ from governance import policies
 from governance.choices import Outcome, Reason
 from governance.models import Agent, Decision, PolicyVersion, Tool
 from governance.services import MICRO, OPERATOR_AGENT, SIX_PLACES
+from onceonly_site import jobs
 from onceonly_site.identifiers import normalise_tool
-from onceonly_site.redis_client import get_redis, hash_of
 
 logger = logging.getLogger(__name__)
 
@@ -378,15 +377,9 @@ def replay(
     return replay_rows(agent, draft, rows, dedup_window_s=window, total=total, progress=progress, every=chunk)
 
 
-# --- the job: its state in Redis (service, selector, and what the task runs) ----------------------------------------
+# --- the job: its state in Redis (onceonly_site/jobs.py; service, selector, and what the task runs) ---------------
 
-
-def _job_key(account_id: int, job_id: str) -> str:
-    return f"oo:{{a{account_id}}}:replay:{job_id}"
-
-
-def _running_key(account_id: int) -> str:
-    return f"oo:{{a{account_id}}}:replay:running"
+JOBS = jobs.Jobs("replay", max_running=MAX_RUNNING, stale_ms=RUNNING_STALE_MS, ttl=JOB_TTL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,93 +418,59 @@ def replay_start(*, agent: Agent, policy: dict[str, Any], days: int, label: str)
         raise ReplayRefused(f"A preview looks back {', '.join(map(str, RANGES))} days, not {days}.")
     if agent.agent_id == OPERATOR_AGENT:
         raise ReplayRefused("The operator's test calls are not an agent's calls: there is nothing to preview.")
-    account_id, job_id = agent.account_id, uuid.uuid4().hex
-    now_ms = int(time.time() * 1000)
-    client = get_redis()
-    pipe = client.pipeline(transaction=True)
-    pipe.zremrangebyscore(_running_key(account_id), "-inf", now_ms - RUNNING_STALE_MS)
-    pipe.zadd(_running_key(account_id), {job_id: now_ms})
-    pipe.zcard(_running_key(account_id))
-    pipe.pexpire(_running_key(account_id), RUNNING_STALE_MS)
-    running = pipe.execute()[2]
-    if running > MAX_RUNNING:
-        client.zrem(_running_key(account_id), job_id)
-        raise ReplayBusy(f"{MAX_RUNNING} previews of this account are running: try again when one has finished.")
-    client.hset(
-        _job_key(account_id, job_id),
-        mapping={
-            "state": "queued",
-            "agent": agent.pk,
-            "days": days,
-            "label": label,
-            "policy": json.dumps(policy),
-            "processed": 0,
-            "total": 0,
-            "created": time.time(),
-        },
-    )
-    client.expire(_job_key(account_id, job_id), JOB_TTL)
+    account_id = agent.account_id
+    fields: dict[FieldT, EncodableT] = {"agent": agent.pk, "days": days, "label": label, "policy": json.dumps(policy)}
     try:
-        replay_policy_impact.delay(account_id, job_id)
-    except Exception as exc:  # the broker is down: say so rather than leave a job that never starts
-        logger.exception("could not queue policy impact preview %s", job_id)
-        _finish(account_id, job_id, {"state": "failed", "error": "The task queue is unreachable: try again later."})
+        return JOBS.start(account_id, fields, lambda job_id: replay_policy_impact.delay(account_id, job_id))
+    except jobs.JobBusy:
+        raise ReplayBusy(
+            f"{MAX_RUNNING} previews of this account are running: try again when one has finished."
+        ) from None
+    except jobs.JobUnavailable as exc:
         raise ReplayUnavailable(str(exc)) from exc
-    return job_id
+
+
+def _replay_job(job: jobs.Job) -> ReplayJob:
+    return ReplayJob(
+        job_id=job.job_id,
+        state=job.state,
+        agent_pk=int(job.fields.get("agent", 0)),
+        days=int(job.fields.get("days", 0)),
+        label=job.fields.get("label", ""),
+        policy=json.loads(job.fields.get("policy", "{}")),
+        processed=job.processed,
+        total=job.total,
+        created=job.created,
+        result=job.result,
+        error=job.error,
+    )
 
 
 def replay_job(account_id: int, job_id: str) -> ReplayJob | None:
     """Selector: the preview ``job_id`` of that account, or None (unknown, another account's, or past its hour)."""
-    raw = hash_of(get_redis(), _job_key(account_id, job_id))
-    if not raw:
-        return None
-    got = {key.decode(): value.decode() for key, value in raw.items()}
-    return ReplayJob(
-        job_id=job_id,
-        state=got.get("state", "failed"),
-        agent_pk=int(got.get("agent", 0)),
-        days=int(got.get("days", 0)),
-        label=got.get("label", ""),
-        policy=json.loads(got.get("policy", "{}")),
-        processed=int(got.get("processed", 0)),
-        total=int(got.get("total", 0)),
-        created=float(got.get("created", 0)),
-        result=json.loads(got["result"]) if "result" in got else None,
-        error=got.get("error", ""),
-    )
-
-
-def _finish(account_id: int, job_id: str, fields: Mapping[FieldT, EncodableT]) -> None:
-    client = get_redis()
-    pipe = client.pipeline(transaction=False)
-    pipe.hset(_job_key(account_id, job_id), mapping=fields)
-    pipe.expire(_job_key(account_id, job_id), JOB_TTL)
-    pipe.zrem(_running_key(account_id), job_id)
-    pipe.execute()
+    job = JOBS.get(account_id, job_id)
+    return _replay_job(job) if job is not None else None
 
 
 def run_job(account_id: int, job_id: str) -> None:
     """What the Celery task runs: the replay of a queued job, its progress (processed/total after every chunk) and its
     result written to the job's state. An error marks the job failed (logged), never raised to the worker."""
-    job = replay_job(account_id, job_id)
-    if job is None or job.state != "queued":
+    taken = JOBS.take(account_id, job_id)
+    if taken is None:
         return  # expired before a worker took it, or taken already
-    key = _job_key(account_id, job_id)
-    client = get_redis()
+    job = _replay_job(taken)
 
     def progress(processed: int, total: int) -> None:
-        client.hset(key, mapping={"processed": processed, "total": total})
+        JOBS.progress(account_id, job_id, processed, total)
 
     started = time.monotonic()
     try:
         agent = Agent.objects.select_related("account__plan").get(account_id=account_id, pk=job.agent_pk)
-        client.hset(key, mapping={"state": "running"})
         result = replay(agent, job.policy, job.days, progress=progress)
     except Exception as exc:
         logger.exception("policy impact preview %s failed", job_id)
-        message = str(exc) if isinstance(exc, ReplayRefused) else "The preview failed: try again."
-        _finish(account_id, job_id, {"state": "failed", "error": message})
+        JOBS.fail(account_id, job_id, str(exc) if isinstance(exc, ReplayRefused) else "The preview failed: try again.")
         return
     out = result.as_dict()
     out["elapsed_ms"] = int((time.monotonic() - started) * 1000)
-    _finish(account_id, job_id, {"state": "done", "result": json.dumps(out), "processed": result.total})
+    JOBS.done(account_id, job_id, out, processed=result.total)

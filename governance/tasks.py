@@ -26,10 +26,20 @@ def record_unfinished_dispatches() -> None:
 
 @shared_task(name="governance.verify_decision_logs", ignore_result=True)
 def verify_decision_logs() -> None:
-    """Beat (daily): recompute every account's decision-log and audit-log hashes; failures notify the owners."""
+    """Beat (hourly): verify what every account's decision log and audit log gained since the last run, and the next
+    slice of their rolling re-verification (governance/ledger.py ``verify_recent``); failures notify the owners."""
     failed = ledger.verify_all()
     if failed:
         logger.error("%s decision or audit logs failed verification", len(failed))
+
+
+@shared_task(name="governance.verify_logs_now", ignore_result=True)
+def verify_logs_now(account_id: int, job_id: str) -> None:
+    """The Verification page's check of an account's whole decision and audit logs (governance/verify_jobs.py), with
+    progress and the result in the job's Redis state. Reads the database, writes nothing to it."""
+    from governance import verify_jobs
+
+    verify_jobs.run_job(account_id, job_id)
 
 
 @shared_task(name="governance.expire_approvals", ignore_result=True)

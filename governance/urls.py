@@ -21,6 +21,7 @@ from governance import (
     run_caps_views,
     shadow_api,
     shadow_views,
+    verify_views,
     views,
 )
 
@@ -54,7 +55,8 @@ urlpatterns = [
     path("audit/export/", views.audit_export, name="audit-export"),
     path("settings/legal-hold/", hold_views.account_hold, name="account-legal-hold"),
     path("agents/<int:pk>/legal-hold/", hold_views.agent_hold, name="agent-legal-hold"),
-    path("audit/verify/", views.verify_log, name="verify"),
+    path("audit/verify/", verify_views.verify_log, name="verify"),
+    path("audit/verify/<str:job_id>/", verify_views.verify_log_job, name="verify-job"),
     path("alerts/", alert_views.feed, name="alerts"),
     path("approvals/", approval_views.queue, name="approvals"),
     path("approvals/<str:public_id>/", approval_views.detail, name="approval"),

@@ -24,14 +24,12 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from billing import audit
 from billing.models import AuditEntry
 from billing.selectors import current_membership, editor_membership
 from governance import (
     detectors,
     display,
     explain,
-    ledger,
     mcp_views,
     overview,
     panels,
@@ -869,19 +867,6 @@ def audit_export(request: HttpRequest) -> StreamingHttpResponse:
     account = current_membership(request).account
     fmt = export_format(request)
     return export.stream(audit_export_source(account.pk, request.GET), account_id=account.pk, fmt=fmt)
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def verify_log(request: HttpRequest) -> HttpResponse:
-    account = current_membership(request).account
-    result = ledger.verify(account.pk) if request.method == "POST" else None
-    audit_result = audit.verify(account.pk) if request.method == "POST" else None
-    return render(
-        request,
-        "governance/verify.html",
-        {"result": result, "audit_result": audit_result, "timeline": reverse("governance:decisions")},
-    )
 
 
 # --- tools -----------------------------------------------------------------------------------------------------

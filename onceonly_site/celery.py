@@ -34,7 +34,7 @@ app.conf.beat_schedule = {
     # Tamper evidence (docs/architecture.md §3.9): chain new decisions into hash checkpoints per account.
     "governance-checkpoint-decisions": {"task": "governance.checkpoint_decisions", "schedule": 300.0},
     # …and recompute every chain once a day, so tampering is reported without anyone opening the verify page.
-    "governance-verify-decision-logs": {"task": "governance.verify_decision_logs", "schedule": 86400.0},
+    "governance-verify-decision-logs": {"task": "governance.verify_decision_logs", "schedule": 3600.0},
     # Durability of dispatches (docs/architecture.md §3.4, §4.11): a tool called by a server that stopped before
     # recording the answer gets its decision from the intent row written before the call (failed, outcome_unknown).
     "governance-record-unfinished-dispatches": {"task": "governance.record_unfinished_dispatches", "schedule": 60.0},

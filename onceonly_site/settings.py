@@ -269,6 +269,9 @@ ONCEONLY_LOGIN_LOCKOUT_SECONDS = env_int("ONCEONLY_LOGIN_LOCKOUT_SECONDS", 900, 
 ONCEONLY_TRUSTED_PROXIES = env_int("ONCEONLY_TRUSTED_PROXIES", 0, minimum=0, maximum=10)
 # Completed/failed leases stay final, and expired lock records are kept, this long; the sweeper deletes them after.
 ONCEONLY_RETENTION_DAYS = env_int("ONCEONLY_RETENTION_DAYS", 7, minimum=1)
+# The hourly verification of the decision and audit logs re-verifies the whole of each log over this many days, a
+# slice per run, besides what was written since its last run (docs/operations.md §"Decision-log tamper evidence").
+ONCEONLY_VERIFY_SWEEP_DAYS = env_int("ONCEONLY_VERIFY_SWEEP_DAYS", 7, minimum=1, maximum=3650)
 # A governed call's dispatch (all attempts) ends within this many seconds of the request's arrival (X-Request-Start
 # from the proxy, else when this process began reading it); the SDK's client timeout is 5 s.
 ONCEONLY_DISPATCH_DEADLINE_SECONDS = env_float("ONCEONLY_DISPATCH_DEADLINE_SECONDS", 4.0, minimum=0.5)

@@ -59,6 +59,18 @@ def _clean_redis():
     counters._requests.clear()
 
 
+@pytest.fixture
+def celery_eager():
+    """Celery tasks run inline, in the process (and thread) that sends them: a page that queues a job shows its result
+    on the redirect. Jobs that need a real worker's process use one (tests/sdk)."""
+    from onceonly_site.celery import app as celery_app
+
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = before
+
+
 @pytest.fixture(autouse=True)
 def _no_counter_flush_mid_test(settings):
     """The request counters reach the database when a request arrives ONCEONLY_COUNTER_FLUSH_SECONDS after the last

@@ -458,6 +458,20 @@ def api_agent_metrics(w):
 # --- the dashboard, as B's owner ------------------------------------------------------------------------------
 
 
+def web_verify_job(w):
+    """A's "Verify now" check (its result names A's decisions) is not B's to read: B's page says it does not exist."""
+    from governance import verify_jobs
+
+    job_id = verify_jobs.JOBS.start(w.owner_a.account.pk, {}, lambda job_id: None)
+    result = {"decisions": {"ok": True, "message": "a-verified-1234"}, "audit": {}}
+    verify_jobs.JOBS.done(w.owner_a.account.pk, job_id, result)
+    response = w.web_b.get(f"/audit/verify/{job_id}/")
+    hidden(response)
+    assert "does not exist" in response.content.decode() and "a-verified-1234" not in response.content.decode()
+    mine = w.owner_a.login(Client()).get(f"/audit/verify/{job_id}/").content.decode()
+    assert "a-verified-1234" in mine  # A's own page shows it: the check can fail
+
+
 def page(path):
     def case(w):
         hidden(w.web_b.get(path))
@@ -692,6 +706,7 @@ CASES: dict[str, Any] = {
     "governance:tool-test": not_found("post", lambda w: f"/tools/{w.tool_id}/test/", {"args": "{}"}),
     "governance:audit": page("/audit/"),
     "governance:verify": page("/audit/verify/"),
+    "governance:verify-job": web_verify_job,
     "governance:approvals": page("/approvals/"),
     "governance:alerts": page("/alerts/"),
     "governance:approval": not_found("get", lambda w: f"/approvals/{w.approval_id}/"),

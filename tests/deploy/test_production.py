@@ -86,6 +86,7 @@ NOT_CRAWLED = {
     "channel-test": "POST only",
     "policy-shadow": "POST only",
     "policy-impact-job": "the fragment the impact page polls while a preview runs",
+    "verify-job": "the fragment the verification page polls while a check runs",
     "policy-code-export": "a download, not a page",
     "policy-code-upload": "POST only",
     "policy-code-preview": "reached only by an upload's redirect",

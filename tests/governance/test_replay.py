@@ -22,6 +22,7 @@ from governance import replay, services
 from governance.choices import Outcome, Reason
 from governance.models import Agent, Decision, PolicyVersion
 from governance.tasks import replay_policy_impact
+from onceonly_site import jobs
 from onceonly_site.celery import app as celery_app
 from onceonly_site.redis_client import get_redis
 from tests.conftest import make_key
@@ -458,7 +459,7 @@ def test_a_job_runs_in_the_task_with_progress_and_its_result_kept_for_an_hour(ag
 
     monkeypatch.setattr(replay, "replay", spy)
     job_id = "0" * 32
-    monkeypatch.setattr(replay.uuid, "uuid4", lambda: type("U", (), {"hex": job_id})())
+    monkeypatch.setattr(jobs.uuid, "uuid4", lambda: type("U", (), {"hex": job_id})())
     assert replay.replay_start(agent=agent, policy={"max_actions_per_hour": 5}, days=1, label="draft") == job_id
     assert [(s.state, s.processed, s.total) for s in states] == [
         ("running", 3, 7),

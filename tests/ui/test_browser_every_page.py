@@ -37,7 +37,7 @@ MIN_PAGES = {"owner": 15, "admin": 12, "viewer": 12}
 @pytest.mark.parametrize(
     ("role", "width"), [("owner", 1280), ("admin", 1280), ("viewer", 1280), ("owner", 390), ("viewer", 390)]
 )
-def test_every_page(page, live_server, key_a, owner_a, admin_a, viewer_a, role, width):
+def test_every_page(page, live_server, key_a, owner_a, admin_a, viewer_a, role, width, celery_eager):
     seed_long_identifiers(key_a, owner_a)
     page.set_viewport_size(WINDOW[width])
     login(page, live_server, {"owner": owner_a, "admin": admin_a, "viewer": viewer_a}[role])

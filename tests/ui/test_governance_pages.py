@@ -268,18 +268,18 @@ def test_query_counts_are_pinned_and_do_not_grow_with_decisions(owner_a, key_a):
     assert counts() == few == {"/agents/": 7, detail: 10, "/decisions/": 7, "/audit/": 7}
 
 
-def test_verify_page(owner_a, key_a):
+def test_verify_page(owner_a, key_a, celery_eager):
     call(key_a)
     client = owner_a.login(Client())
-    html = client.post("/audit/verify/").content.decode()
+    html = client.post("/audit/verify/", follow=True).content.decode()
     assert "OK" in html and "1 decisions" in html
     assert "Audit log OK" in html and "audit entries verified" in html
     first = AuditEntry.objects.filter(account=owner_a.account).order_by("id").first()
     AuditEntry.objects.filter(pk=first.pk).update(action="edited")
-    assert "Audit log tampering detected" in client.post("/audit/verify/").content.decode()
+    assert "Audit log tampering detected" in client.post("/audit/verify/", follow=True).content.decode()
 
 
-def test_verify_page_links_the_first_tampered_decision(owner_a, key_a):
+def test_verify_page_links_the_first_tampered_decision(owner_a, key_a, celery_eager):
     """A decision changed after it was written (its spend lowered in the database): verification names it and links
     to it — /decisions/<id>/, opened in the drawer — and the link opens that decision."""
     for i in range(3):
@@ -287,7 +287,7 @@ def test_verify_page_links_the_first_tampered_decision(owner_a, key_a):
     first, tampered, _ = Decision.objects.order_by("pk")
     Decision.objects.filter(pk=tampered.pk).update(spend_usd=Decimal("0.01"))
     client = owner_a.login(Client())
-    html = client.post("/audit/verify/").content.decode()
+    html = client.post("/audit/verify/", follow=True).content.decode()
     assert "Tampering detected" in html and f"Decision {tampered.pk} does not match its hash" in html
     link = f'<a href="/decisions/{tampered.pk}/" data-drawer>Decision {tampered.pk}</a>'
     assert link in html and f'href="/decisions/{first.pk}/"' not in html
@@ -296,7 +296,7 @@ def test_verify_page_links_the_first_tampered_decision(owner_a, key_a):
     assert page.status_code == 200 and f"#{tampered.pk}" in page.content.decode()
     # Untouched, there is no such link.
     Decision.objects.filter(pk=tampered.pk).update(spend_usd=tampered.spend_usd)
-    html = client.post("/audit/verify/").content.decode()
+    html = client.post("/audit/verify/", follow=True).content.decode()
     assert "OK — 3 decisions" in html and "data-drawer>Decision" not in html
 
 

@@ -182,7 +182,7 @@ def verify_the_log(page, base: str) -> list[str]:
 
 
 @pytest.mark.browser
-def test_the_write_detector_finds_forms_fields_and_refusals(page, live_server, owner_a):
+def test_the_write_detector_finds_forms_fields_and_refusals(page, live_server, owner_a, celery_eager):
     """The check can fail: judged as a viewer's, the owner's tools page has write forms and editable fields, and a
     page that shows "Not allowed" is found; as an admin's, an owner-only form is found."""
     login(page, live_server, owner_a)
