@@ -6,6 +6,7 @@
 -- ARGV[1] window         the window in seconds, started by the first attempt counted (later ones do not extend it)
 -- ARGV[2] email_limit    the limit of KEYS[1]
 -- ARGV[3] address_limit  the limit of KEYS[2] (the loops below pair KEYS[i] with ARGV[i + 1])
+-- Both keys carry the hash tag {login}, so that on a Redis Cluster they are in one slot.
 -- Returns {"ok", count per key…} when the attempt may go on (counted), {"locked_out", seconds to wait} when it is
 -- locked out.
 local wait = 0

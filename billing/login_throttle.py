@@ -40,7 +40,9 @@ ATTEMPT = LuaScript(ATTEMPT_LUA, AttemptKeys, AttemptArgs)
 
 def _keys(email: str, address: str) -> AttemptKeys:
     digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]  # no email in Redis or logs
-    return AttemptKeys(email=f"oo:login-fail:email:{digest}", address=f"oo:login-fail:ip:{address}")
+    # One hash tag for both: login_attempt.lua touches the two in one step, which a Redis Cluster runs only on keys
+    # of one slot (sign-ins are few; every email and address sharing one slot costs nothing).
+    return AttemptKeys(email=f"oo:{{login}}:fail:email:{digest}", address=f"oo:{{login}}:fail:ip:{address}")
 
 
 def begin_attempt(email: str, address: str) -> int:

@@ -36,7 +36,7 @@ from idempotency import events as run_events
 from idempotency.models import RunEvent
 from idempotency.services import canonical_json
 from onceonly_site.identifiers import normalise_tool
-from onceonly_site.redis_client import LuaScript, get_redis
+from onceonly_site.redis_client import LuaScript, RedisClient, get_redis
 
 GOVERNED_CALL_LUA = Path(__file__).with_name("governed_call.lua")
 SHADOW_CALL_LUA = Path(__file__).with_name("shadow_call.lua")
@@ -587,7 +587,7 @@ def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: 
     )
 
 
-def _rebuild_runs(agent: Agent, now: datetime, client: redis.Redis) -> None:
+def _rebuild_runs(agent: Agent, now: datetime, client: RedisClient) -> None:
     """The counters of the agent's runs with charged calls in the day counters' span, for those Redis no longer has
     (docs/governance.md §"Per-run caps"): calls wait for the ready marker meanwhile, so none counts in between."""
     since = now - timedelta(seconds=DAY_COUNTER_SECONDS)

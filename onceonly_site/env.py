@@ -7,6 +7,7 @@ message naming the variable, instead of surfacing later as a confusing runtime e
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -133,13 +134,61 @@ def redis_url_with_db(url: str, db: int) -> str:
         netloc = parts.netloc
         rest = f"?{parts.query}" if parts.query else ""
         return f"{parts.scheme}://{netloc}/{db}{rest}"
+    if parts.scheme in CLUSTER_SCHEMES:
+        if db != 0:
+            raise ImproperlyConfigured(f"a Redis Cluster has database 0 only, not {db}")
+        return url
     raise ImproperlyConfigured(
         f"REDIS_URL scheme {parts.scheme!r} is not supported; use redis://, rediss:// or unix://"
     )
 
 
+# A Redis Cluster: ``redis+cluster://[user:password@]host:port,host:port[/0]`` (``rediss+cluster://`` for TLS).
+CLUSTER_SCHEMES = {"redis+cluster", "rediss+cluster"}
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    nodes: tuple[tuple[str, int], ...]  # the startup nodes: any reachable one tells the client the others
+    username: str | None
+    password: str | None
+    ssl: bool
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def cluster_url_parts(url: str) -> ClusterUrl:
+    """The parts of a cluster URL; ValueError saying what is wrong with one that is malformed."""
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError("its scheme is not redis+cluster:// or rediss+cluster://")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = []
+    for node in hosts.split(","):
+        host, _, port = node.strip().rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [::1]:7000
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{node.strip() or '(empty)'!r} is not host:port (every node needs its port)")
+        nodes.append((host, int(port)))
+    if parts.path.strip("/") not in {"", "0"}:
+        raise ValueError("a Redis Cluster has database 0 only (end the URL with /0 or nothing)")
+    if parts.query or parts.fragment:
+        raise ValueError("a cluster URL takes no ?options")
+    return ClusterUrl(
+        nodes=tuple(nodes),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        ssl=parts.scheme == "rediss+cluster",
+    )
+
+
 def redis_db_of(url: str) -> int:
     parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return 0
     if parts.scheme == "unix":
         return int(parse_qs(parts.query).get("db", ["0"])[-1])
     path = parts.path.strip("/")
@@ -154,14 +203,25 @@ def celery_url_from_redis(url: str) -> str:
     return url
 
 
-def validate_redis_url(url: str) -> str:
+def validate_redis_url(url: str, *, name: str = "REDIS_URL", cluster: bool = True) -> str:
     parts = urlsplit(url)
+    if cluster and parts.scheme in CLUSTER_SCHEMES:
+        try:
+            cluster_url_parts(url)
+        except ValueError as error:
+            raise ImproperlyConfigured(
+                f"{name} {url!r} is not a Redis Cluster URL: {error}; "
+                "use redis+cluster://host1:6379,host2:6379,host3:6379 (or rediss+cluster:// for TLS)"
+            ) from None
+        return url
     if parts.scheme not in {"redis", "rediss", "unix"}:
+        cluster_form = ", redis+cluster://host1:6379,host2:6379" if cluster else ""
         raise ImproperlyConfigured(
-            f"REDIS_URL {url!r} is not supported; use redis://host:6379/0, rediss://… or unix:///path.sock?db=0"
+            f"{name} {url!r} is not supported; use redis://host:6379/0, rediss://…{cluster_form} or "
+            "unix:///path.sock?db=0"
         )
     try:
         redis_db_of(url)
     except ValueError:
-        raise ImproperlyConfigured(f"REDIS_URL {url!r} has a database number that is not an integer") from None
+        raise ImproperlyConfigured(f"{name} {url!r} has a database number that is not an integer") from None
     return url

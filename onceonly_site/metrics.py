@@ -25,7 +25,7 @@ from django_redis.exceptions import ConnectionInterrupted
 
 from onceonly_site import telemetry
 from onceonly_site.health import service_checks, worker_last_seen_seconds
-from onceonly_site.redis_client import get_redis
+from onceonly_site.redis_client import get_broker_redis
 
 CACHE_KEY = "metrics:v1"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -81,11 +81,11 @@ def _families() -> list[Family]:
             database_up = False
     queues: Samples = []
     if redis_up:
-        # The broker is this same Redis database (settings: one server for everything); Celery's Redis transport
-        # keeps a queue's waiting tasks in a list named after the queue.
+        # The broker is REDIS_URL's database, or the single Redis CELERY_BROKER_URL names (always with a cluster);
+        # Celery's Redis transport keeps a queue's waiting tasks in a list named after the queue.
         names = sorted({"celery", app.conf.task_default_queue})
         try:
-            pipe = get_redis().pipeline(transaction=False)
+            pipe = get_broker_redis().pipeline(transaction=False)
             for name in names:
                 pipe.llen(name)
             queues = [({"queue": name}, length) for name, length in zip(names, pipe.execute(), strict=True)]

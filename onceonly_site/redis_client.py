@@ -1,8 +1,19 @@
 """One Redis client per process for the fast path (auth cache, Lua scripts, counters), and how Lua scripts are
 declared and called.
 
-The same code path serves the embedded server (unix socket) and a real Redis (tcp): only REDIS_URL differs.
-redis-py's pool notices a fork and reconnects, so gunicorn/Celery prefork children get their own connections.
+The same code path serves the embedded server (unix socket), a real Redis (tcp) and a Redis Cluster
+(``redis+cluster://host:port,host:port``, docs/operations.md §"Redis Cluster"): only REDIS_URL differs, and
+``RedisClient`` is the type of either client. redis-py's pools notice a fork and reconnect, so gunicorn/Celery
+prefork children get their own connections.
+
+**On a cluster.** Every Lua script's keys share one hash tag (an account's ``{a<id>}``, the sign-in throttle's
+``{login}``), so each script runs on one node. A cluster that cannot run a command — no node reachable, a slot
+without a primary during a failover, ``CLUSTERDOWN``, ``TRYAGAIN`` — raises ``ClusterUnavailable``, a
+``redis.ConnectionError``: every fallback written for "Redis unreachable" (check-lock's database decision, the
+best-effort counters, the 503 of the API) applies to a cluster as it is. redis-py would raise some of these as
+``RedisClusterException``, which is not even a ``redis.RedisError``. A script a node does not know (a replica
+promoted since the script was loaded) is sent once with EVAL, which runs it where its keys live and leaves it
+loaded there.
 
 **KEYS and ARGV by name.** Every Lua script (one file per atomic operation, next to the module that calls it) is a
 ``LuaScript``: its KEYS and its ARGV are two ``typing.NamedTuple`` classes whose fields are the names the script's
@@ -42,12 +53,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import redis
 from django.conf import settings
+from django_redis.client import DefaultClient
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.retry import Retry
+
+from onceonly_site.env import cluster_url_parts, is_cluster_url
 
 K = TypeVar("K", bound=tuple[Any, ...])
 A = TypeVar("A", bound=tuple[Any, ...])
@@ -56,17 +79,112 @@ A = TypeVar("A", bound=tuple[Any, ...])
 SCRIPTS: dict[Path, LuaScript[Any, Any]] = {}
 
 
-@lru_cache(maxsize=1)
-def get_redis() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.REDIS_URL,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
+# What a cluster raises when it could not run a command at all (redis-py has retried it meanwhile).
+_CLUSTER_UNAVAILABLE = (ClusterDownError, TryAgainError, SlotNotCoveredError, RedisClusterUnreachableError)
+SOCKET_TIMEOUT_SECONDS = 5
+# How often a cluster command is tried again after a connection error, CLUSTERDOWN or a slot without a node (each
+# after a topology refresh, 0.25 s and a backoff of at most 0.5 s): redis-py's default, 10, held a web thread for
+# seconds per command while a slot had no node; a failover longer than the retries is Redis unreachable anyway.
+CLUSTER_RETRIES = 3
+
+
+class ClusterUnavailable(redis.ConnectionError):
+    """A Redis Cluster could not run a command (no node reachable, a slot without a primary, CLUSTERDOWN,
+    TRYAGAIN): for the code that called it, Redis is unreachable. The cluster's own error is the cause."""
+
+
+class Cluster(RedisCluster):
+    """``RedisCluster`` whose outages are ``ClusterUnavailable`` (module docstring), for commands and pipelines."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except _CLUSTER_UNAVAILABLE as error:
+            raise ClusterUnavailable(f"Redis Cluster unavailable: {error}") from error
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        pipe = super().pipeline(transaction, shard_hint)
+        # The same object, its execute() translated: redis-py builds the pipeline from many private parts of the
+        # client, which a subclass's own constructor call would have to copy.
+        pipe.__class__ = _ClusterPipeline
+        return pipe
+
+
+class _ClusterPipeline(ClusterPipeline):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            return super().execute(raise_on_error)
+        except _CLUSTER_UNAVAILABLE as error:
+            raise ClusterUnavailable(f"Redis Cluster unavailable: {error}") from error
+
+
+RedisClient: TypeAlias = redis.Redis | RedisCluster
+
+
+def connect(url: str) -> RedisClient:
+    """A client of ``url``: a ``Cluster`` from the nodes a ``redis+cluster://`` URL names, else a ``redis.Redis``;
+    the same timeouts either way."""
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+            health_check_interval=30,
+        )
+    parts = cluster_url_parts(url)
+    # No health_check_interval: RedisCluster drops it (a node's connection that broke is replaced on its error).
+    return Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in parts.nodes],
+        username=parts.username,
+        password=parts.password,
+        ssl=parts.ssl,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=CLUSTER_RETRIES),
     )
 
 
-def hash_of(client: redis.Redis, key: str | bytes) -> dict[bytes, bytes]:
+@lru_cache(maxsize=1)
+def get_redis() -> RedisClient:
+    return connect(settings.REDIS_URL)
+
+
+def get_broker_redis() -> redis.Redis:
+    """The Celery broker's Redis (its queues are lists there): ``CELERY_BROKER_URL`` when it names another server
+    than REDIS_URL (always with a cluster: settings), else ``get_redis()``."""
+    url = settings.BROKER_REDIS_URL
+    client = get_redis() if url == settings.REDIS_URL else _broker_client(url)
+    if not isinstance(client, redis.Redis):  # settings refuse a cluster as the broker
+        raise TypeError("the Celery broker is a single Redis, not a cluster")
+    return client
+
+
+@lru_cache(maxsize=2)
+def _broker_client(url: str) -> RedisClient:
+    return connect(url)
+
+
+def redis_database(client: RedisClient) -> int:
+    """The database number ``client`` uses (always 0 on a cluster)."""
+    if isinstance(client, RedisCluster):
+        return 0
+    return int(client.connection_pool.connection_kwargs.get("db") or 0)
+
+
+class ClusterCacheClient(DefaultClient):
+    """django-redis's client for a Redis Cluster (django-redis 7 has none): the process's ``get_redis()`` cluster
+    client. The cache holds a few aggregates (``/metrics``, the Overview's closed hours) read and written by key,
+    which RedisCluster routes; LOCATION is ``[REDIS_URL]`` (a list, so django-redis does not split its commas into
+    primary and replicas)."""
+
+    def connect(self, index: int = 0) -> Any:
+        return get_redis()
+
+    def disconnect(self, index: int = 0, client: Any = None) -> None:
+        """The shared client stays connected (django-redis closes only with DJANGO_REDIS_CLOSE_CONNECTION)."""
+
+
+def hash_of(client: RedisClient, key: str | bytes) -> dict[bytes, bytes]:
     """HGETALL of ``key``, typed as this client answers it. redis-py types a reply's strings ``bytes | str``, since
     only ``decode_responses`` (left off by ``get_redis``) decides which; here they are always bytes."""
     return cast("dict[bytes, bytes]", client.hgetall(key))
@@ -127,9 +245,10 @@ class LuaScript(Generic[K, A]):
         self._script: Script | None = None
         SCRIPTS[path] = self
 
-    def __call__(self, client: redis.Redis, keys: K, args: A, rest: Sequence[Any] = ()) -> Any:
+    def __call__(self, client: RedisClient, keys: K, args: A, rest: Sequence[Any] = ()) -> Any:
         """EVALSHA of the script with ``keys`` and ``args`` (then ``rest``) on ``client`` (a client, not a
-        pipeline); after a Redis restart or flush, which forgets loaded scripts, the script is loaded again."""
+        pipeline). A server that does not know the script (restarted, flushed, a cluster's replica promoted since
+        it was loaded) gets it with EVAL: one round trip, on the node of the keys, which keeps it loaded."""
         if type(keys) is not self.keys or type(args) is not self.args:
             raise TypeError(f"{self.path.name} takes {self.keys.__name__} and {self.args.__name__}")
         script = self._script
@@ -146,8 +265,8 @@ class LuaScript(Generic[K, A]):
         try:
             return client.evalsha(script.sha, len(sent_keys), *sent_keys, *sent_args)
         except NoScriptError:
-            script.sha = client.script_load(script.script)
-            return client.evalsha(script.sha, len(sent_keys), *sent_keys, *sent_args)
+            text = cast("str", script.script)  # lua_script registers text
+            return client.eval(text, len(sent_keys), *sent_keys, *sent_args)
 
     def _without_absent_group(self, keys: K, args: A) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """KEYS and ARGV without their optional group when it is absent; refused when only part of it is given."""

@@ -19,6 +19,7 @@ from onceonly_site.env import (
     env_int,
     env_list,
     env_str,
+    is_cluster_url,
     sqlite_database,
     validate_redis_url,
 )
@@ -131,7 +132,8 @@ DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Redis: locks, leases, counters, cache and the Celery broker all use this one server ---------------------
+# --- Redis: locks, leases, counters, cache and the Celery broker all use this one server (or a cluster, and a
+# single Redis for the broker: docs/operations.md §"Redis Cluster") -------------------------------------------
 REDIS_URL = env_str("REDIS_URL") or ""
 EMBEDDED_REDIS = not REDIS_URL
 if EMBEDDED_REDIS:
@@ -141,24 +143,39 @@ if EMBEDDED_REDIS:
 validate_redis_url(REDIS_URL)
 
 
-def redis_dependent_settings(url: str) -> dict[str, object]:
-    """Everything derived from REDIS_URL, so the test settings can re-derive it for their own database."""
-    celery_url = celery_url_from_redis(url)
+def redis_dependent_settings(url: str, broker_url: str | None = None) -> dict[str, object]:
+    """Everything derived from REDIS_URL, so the test settings can re-derive it for their own database.
+
+    The Celery broker is REDIS_URL unless CELERY_BROKER_URL (``broker_url``) names another single Redis; a cluster
+    cannot be the broker (Kombu's Redis transport runs multi-key commands on keys of its own naming)."""
+    broker = (env_str("CELERY_BROKER_URL") or "") if broker_url is None else broker_url
+    cluster = is_cluster_url(url)
+    if cluster and not broker:
+        raise ImproperlyConfigured(
+            f"REDIS_URL {url!r} names a Redis Cluster, which cannot be the Celery broker: set CELERY_BROKER_URL "
+            "to a single Redis (redis://host:6379/0), docs/operations.md"
+        )
+    if broker:
+        validate_redis_url(broker, name="CELERY_BROKER_URL", cluster=False)
+    client = "onceonly_site.redis_client.ClusterCacheClient" if cluster else "django_redis.client.DefaultClient"
     return {
         "CACHES": {
             "default": {
                 "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": url,
+                # A list: django-redis would split a cluster URL's commas into a primary and its replicas.
+                "LOCATION": [url],
                 "KEY_PREFIX": "oo:cache",
-                "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+                "OPTIONS": {"CLIENT_CLASS": client},
             }
         },
-        "CELERY_BROKER_URL": celery_url,
+        "BROKER_REDIS_URL": broker or url,  # the broker's queues, as redis-py reads them (the metrics' gauge)
+        "CELERY_BROKER_URL": celery_url_from_redis(broker or url),
         "CELERY_RESULT_BACKEND": None,
     }
 
 
 globals().update(redis_dependent_settings(REDIS_URL))
+BROKER_REDIS_URL: str  # set by the line above (declared for the type checker)
 
 # --- Celery ----------------------------------------------------------------------------------------------
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)

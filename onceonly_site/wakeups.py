@@ -6,7 +6,9 @@ and is woken the moment it does — no polling of the database.
   channel carries the Redis database of ``REDIS_URL``: two deployments (or test sessions) that share a server on
   different databases do not wake each other. A notification carries no data: it only says "look again", and the
   woken request reads the database itself, with its own tenant scoping. A stray wake-up (a hash collision, another
-  deployment) therefore costs one read and never changes an answer.
+  deployment) therefore costs one read and never changes an answer. On a Redis Cluster (database 0 only) a
+  PUBLISH reaches every node, so the listener's one subscription, on whichever node serves its pattern's slot,
+  hears them all; when that node fails the listener subscribes again, on the node that took over.
 - **Publishing.** ``notify_on_commit(channel)``, by whoever finishes the thing, inside the transaction that does
   it: the PUBLISH is sent after the commit, so a woken reader always sees the change. Best effort: with Redis
   unreachable it is logged and dropped, and the waiters answer at their bound, as they would without waking.
@@ -37,7 +39,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
-from onceonly_site.redis_client import get_redis
+from onceonly_site.redis_client import get_redis, redis_database
 
 logger = logging.getLogger(__name__)
 PREFIX = "oo:wake:"
@@ -49,7 +51,7 @@ BACKOFF_SECONDS = (0.1, 2.0)
 
 
 def _database() -> int:
-    return int(get_redis().connection_pool.connection_kwargs.get("db") or 0)
+    return redis_database(get_redis())
 
 
 def channel(scope: str, name: str) -> str:
