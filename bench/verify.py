@@ -84,6 +84,8 @@ def write_decisions(account_id: int, agent_pk: int, agent_id: str, n: int, start
             buffer.seek(0)
             with cursor.cursor.copy(f"COPY governance_decision ({columns}) FROM STDIN") as copy:
                 copy.write(buffer.getvalue())
+        if n >= COPY_CHUNK:
+            cursor.execute("ANALYZE governance_decision")  # the statistics autovacuum would have by now
     settle, ledger.SETTLE = ledger.SETTLE, timedelta(0)
     try:
         while ledger.checkpoint_account(account_id):

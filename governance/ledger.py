@@ -83,13 +83,12 @@ def checkpoint_account(account_id: int) -> DecisionCheckpoint | None:
     # Only decisions older than SETTLE: on PostgreSQL a lower id can commit after a higher one, and a chain that
     # skipped it would never include it (or would later look tampered with).
     settled = timezone.now() - SETTLE
-    # Chain by id, and stop below the first id that is not settled yet: ids and timestamps need not agree.
-    first_unsettled = (
-        Decision.objects.filter(account_id=account_id, pk__gt=after, ts__gte=settled)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-        .first()
-    )
+    # Chain by id, and stop below the first id that is not settled yet: ids and timestamps need not agree. The
+    # unsettled decisions are the account's last SETTLE of them, read as a range of its time index (ORDER BY -ts):
+    # "the lowest id after ``after`` with a recent ts" ordered by id would walk the id index over the whole backlog
+    # when there is none (an idle account, or a catch-up after beat was down).
+    recent = Decision.objects.filter(account_id=account_id, ts__gte=settled, pk__gt=after).order_by("-ts")
+    first_unsettled = min(recent.values_list("pk", flat=True), default=None)
     pending = Decision.objects.filter(account_id=account_id, pk__gt=after)
     if first_unsettled is not None:
         pending = pending.filter(pk__lt=first_unsettled)

@@ -383,7 +383,7 @@ JOBS = jobs.Jobs("replay", max_running=MAX_RUNNING, stale_ms=RUNNING_STALE_MS, t
 
 
 @dataclass(frozen=True, slots=True)
-class ReplayJob:
+class ReplayJob(jobs.Progress):
     """A preview as the page shows it: ``state`` queued, running, done or failed."""
 
     job_id: str
@@ -397,14 +397,6 @@ class ReplayJob:
     created: float  # epoch seconds
     result: dict[str, Any] | None
     error: str
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed")
-
-    @property
-    def percent(self) -> int:
-        return 100 if self.state == "done" else int(100 * self.processed / self.total) if self.total else 0
 
 
 def replay_start(*, agent: Agent, policy: dict[str, Any], days: int, label: str) -> str:

@@ -33,7 +33,9 @@ app.conf.beat_schedule = {
     "billing-scheduled-downgrades": {"task": "billing.apply_scheduled_downgrades", "schedule": 60.0},
     # Tamper evidence (docs/architecture.md §3.9): chain new decisions into hash checkpoints per account.
     "governance-checkpoint-decisions": {"task": "governance.checkpoint_decisions", "schedule": 300.0},
-    # …and recompute every chain once a day, so tampering is reported without anyone opening the verify page.
+    # …and verify what each account's decision and audit logs gained since the last run, plus a slice of a rolling
+    # re-verification of the rest (the whole log every ONCEONLY_VERIFY_SWEEP_DAYS), so tampering is reported without
+    # anyone opening the verify page, at a cost that does not grow with history (governance/ledger.py).
     "governance-verify-decision-logs": {"task": "governance.verify_decision_logs", "schedule": 3600.0},
     # Durability of dispatches (docs/architecture.md §3.4, §4.11): a tool called by a server that stopped before
     # recording the answer gets its decision from the intent row written before the call (failed, outcome_unknown).

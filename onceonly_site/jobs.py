@@ -36,8 +36,25 @@ class JobUnavailable(Exception):
     """The task could not be queued (the broker is unreachable): nothing runs, the job is marked failed."""
 
 
+class Progress:
+    """What a page shows of a job's progress, from its ``state``, ``processed`` and ``total``."""
+
+    __slots__ = ()
+    state: str
+    processed: int
+    total: int
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.state == "done" else int(100 * self.processed / self.total) if self.total else 0
+
+
 @dataclass(frozen=True, slots=True)
-class Job:
+class Job(Progress):
     """A job as its page shows it."""
 
     job_id: str
@@ -48,14 +65,6 @@ class Job:
     result: dict[str, Any] | None
     error: str
     fields: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed")
-
-    @property
-    def percent(self) -> int:
-        return 100 if self.state == "done" else int(100 * self.processed / self.total) if self.total else 0
 
 
 class Jobs:

@@ -12,9 +12,7 @@ CI=true, where their absence fails.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -32,6 +30,7 @@ from onceonly_site.redis_client import Cluster, get_redis, lua_script
 from tests.cluster.stack import ClusterStack, missing_tools
 from tests.conftest import ARTIFACTS, make_key
 from tests.faults.stack import wait_until
+from tests.support.sdk_race import race
 from tests.support.servers import CeleryWorker, GunicornServer
 
 METRICS_TOKEN = "cluster-metrics-token-0123456789"
@@ -85,19 +84,6 @@ def in_process_cluster(settings, stack, cluster):
     get_redis().close()
     settings.REDIS_URL = shared
     get_redis.cache_clear()
-
-
-def race(url: str, raw_key: str, n: int, call):
-    """``call(client, i)`` from n threads at once, each with its own SDK client (its own connection)."""
-    barrier = threading.Barrier(n)
-
-    def one(i):
-        with OnceOnly(api_key=raw_key, base_url=url, fail_open=False, timeout=60) as client:
-            barrier.wait(30)
-            return call(client, i)
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
 
 
 def test_the_server_uses_the_cluster(server, cluster, transactional_db, account_a):

@@ -10,6 +10,7 @@ from onceonly import OnceOnly, idempotent, idempotent_ai
 
 from idempotency.models import Lease, LeaseAttempt, LockRecord
 from tests.conftest import make_key
+from tests.support.sdk_race import race
 
 
 def run_async(coroutine):
@@ -187,22 +188,10 @@ def test_langchain_idempotent_tool(sdk):
 # --- one winner under real concurrency, across server processes ----------------------------------------------
 
 
-def _race(url: str, raw_key: str, call, n: int = 50):
-    barrier = threading.Barrier(n)
-
-    def one(_):
-        with OnceOnly(api_key=raw_key, base_url=url, fail_open=False, timeout=30) as client:
-            barrier.wait(10)
-            return call(client)
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
-
-
 @pytest.mark.slow
 def test_fifty_concurrent_check_locks_have_exactly_one_winner(gunicorn_server, account_a):
     key = make_key(account_a)
-    results = _race(f"{gunicorn_server.url}/v1", key.raw, lambda c: c.check_lock(key="race:lock", ttl=60))
+    results = race(f"{gunicorn_server.url}/v1", key.raw, 50, lambda c, _: c.check_lock(key="race:lock", ttl=60))
     assert sum(r.locked for r in results) == 1
     assert sum(r.duplicate for r in results) == 49
     assert LockRecord.objects.count() == 1
@@ -211,7 +200,7 @@ def test_fifty_concurrent_check_locks_have_exactly_one_winner(gunicorn_server, a
 @pytest.mark.slow
 def test_fifty_concurrent_leases_have_exactly_one_holder(gunicorn_server, account_a):
     key = make_key(account_a)
-    results = _race(f"{gunicorn_server.url}/v1", key.raw, lambda c: c.ai.lease(key="race:lease", ttl=60))
+    results = race(f"{gunicorn_server.url}/v1", key.raw, 50, lambda c, _: c.ai.lease(key="race:lease", ttl=60))
     statuses = [r["status"] for r in results]
     assert statuses.count("acquired") == 1, statuses
     assert statuses.count("polling") == 49

@@ -1,14 +1,12 @@
 """Governance through the real onceonly-sdk: policies, templates, kill switch, logs, metrics — and caps that never
 overshoot under real concurrency against a multi-process server."""
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 from onceonly import OnceOnly
 
 from governance.models import Decision
 from tests.conftest import make_key
+from tests.support.sdk_race import race
 
 
 def test_governance_example_flow(sdk):
@@ -50,18 +48,6 @@ def test_templates_and_reads(sdk):
     assert [p.agent_id for p in sdk.gov.list_policies()] == ["support-bot"]
 
 
-def _race(url: str, raw_key: str, n: int, call):
-    barrier = threading.Barrier(n)
-
-    def one(i):
-        with OnceOnly(api_key=raw_key, base_url=url, fail_open=False, timeout=60) as client:
-            barrier.wait(30)
-            return call(client, i)
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("policy", "n", "spend", "tool", "allowed", "reason"),
@@ -80,7 +66,7 @@ def test_concurrent_calls_never_overshoot_a_cap(gunicorn_server, account_a, poli
     with OnceOnly(api_key=key.raw, base_url=url, fail_open=False) as admin:
         admin.gov.upsert_policy({"agent_id": "racer", **policy})
     run = {"run_id": "race-run"} if reason.startswith("run_") else {}
-    results = _race(
+    results = race(
         url,
         key.raw,
         n,
