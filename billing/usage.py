@@ -185,7 +185,9 @@ def current(account_id: int, kind: str) -> int:
 
 
 def mirror_all() -> int:
-    """Beat: copy every live month hash into its UsageMonth row. Returns the number of rows written."""
+    """Beat: copy every live month hash into its UsageMonth row (written only when it changed). Returns the number of
+    hashes mirrored. Its cost is one probe per live hash (an account's months that counted in the last KEEP_SECONDS)
+    plus a SCAN of the Redis keyspace, never the UsageMonth history."""
     from billing.models import UsageMonth
 
     client = get_redis()
@@ -196,11 +198,11 @@ def mirror_all() -> int:
         raw = hash_of(client, key)
         values: dict[str, Any] = {name: max(0, int(raw.get(name.encode(), 0))) for name in FIELDS}
         values["daily"] = {k.decode(): int(v) for k, v in raw.items() if b":" in k}
+        row = UsageMonth.objects.filter(account_id=account_id, month=month)
         with transaction.atomic():
-            updated = UsageMonth.objects.filter(account_id=account_id, month=month).update(
-                updated_at=timezone.now(), **values
-            )
-            if not updated:
+            # Written only when it changed: a month with no new counts costs a probe of the unique index, no write.
+            updated = row.exclude(**values).update(updated_at=timezone.now(), **values)
+            if not updated and not row.exists():
                 from billing.models import Account
 
                 if Account.objects.filter(pk=account_id).exists():

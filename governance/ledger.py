@@ -225,16 +225,9 @@ def _walk(
             failure = close() or open_next()
             if failure:
                 return failure
-        if checkpoint is not None:
-            if pk < checkpoint.first_decision_id:  # between two checkpoints' ranges: never chained
-                return Verification(
-                    False,
-                    rows,
-                    checks,
-                    pk,
-                    f"Decision {pk} is outside the checkpoint chain although checkpoints after it cover later "
-                    "decisions: it was inserted afterwards.",
-                )
+        if checkpoint is not None and pk >= checkpoint.first_decision_id:
+            # A decision between two checkpoints' ranges is in none: its row hash is checked, as the rows after the
+            # last checkpoint are (one committed after a later id was chained lands there).
             digest.update(stored.encode())
             in_range += 1
             first_in_range = pk if first_in_range is None else first_in_range
@@ -306,14 +299,13 @@ def _decisions_anchor_moved(state: LogVerification) -> Verification | None:
     )
     if found == (state.anchor_hash, state.anchor_id):
         return None
-    when = f"{state.checked_at:%Y-%m-%d %H:%M} UTC" if state.checked_at else "earlier"
     return Verification(
         False,
         0,
         0,
         state.anchor_id,
-        f"Checkpoint {state.anchor_seq}, verified {when}, was changed or removed (with the newest checkpoints, "
-        "or to hide a rewrite).",
+        f"Checkpoint {state.anchor_seq}, verified by an earlier hourly run, was changed or removed (with the newest "
+        "checkpoints, or to hide a rewrite).",
     )
 
 
@@ -423,10 +415,22 @@ def sweep_audit(state: LogVerification, days: int, now: Any) -> AuditVerificatio
         if before is None:
             return AuditVerification(False, 0, 0, None, f"Audit checkpoint {start} was removed.")
         prev, after = before
-    upto = covered.filter(seq=end).values_list("last_entry_id", flat=True).first()
-    if upto is None:
+    head = covered.filter(seq=end).values_list("last_entry_id", "chain_hash").first()
+    if head is None:
         return AuditVerification(False, 0, 0, None, f"Audit checkpoint {end} was removed.")
+    upto, end_hash = head
     result = audit.verify(state.account_id, after_id=after, prev=prev, upto_id=upto)
+    if result.ok and (result.last_entry_id, result.last_hash) != (upto, end_hash):
+        # The walk passed but does not end on the entry and hash the checkpoint recorded: entries at the end of its
+        # range were deleted, or re-hashed up to it, or left without hashes (then the walk has no chained entry).
+        return AuditVerification(
+            False,
+            result.entries_checked,
+            result.unchained,
+            upto,
+            f"Audit checkpoint {end} (entries up to {upto}) does not match the entries now in its range: entries "
+            "were deleted, edited or re-hashed before it.",
+        )
     if result.ok:
         if end >= total:
             state.sweep_seq, state.full_pass_at = 0, now
@@ -520,5 +524,8 @@ def verify_all() -> list[tuple[int, LogCheck]]:
     """Beat (hourly): ``verify_recent`` for every account. Returns the failures."""
     failed: list[tuple[int, LogCheck]] = []
     for account in Account.objects.order_by("pk"):
-        failed += [(account.pk, outcome) for outcome in verify_recent(account) if not outcome.ok]
+        try:
+            failed += [(account.pk, outcome) for outcome in verify_recent(account) if not outcome.ok]
+        except Exception:  # one account's error (a statement timeout…) must not stop the others' checks
+            logger.exception("the hourly verification of account %s could not run", account.pk)
     return failed

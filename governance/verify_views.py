@@ -9,6 +9,7 @@ import re
 import time
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -39,6 +40,17 @@ def _job_context(job: jobs.Job | None) -> dict[str, Any]:
     return context
 
 
+def _job_or_none(account_id: int, job_id: str) -> jobs.Job | None:
+    """The account's check ``job_id``; None when unknown, expired, another account's — or Redis is unreachable (the
+    page then says the check cannot be shown rather than failing)."""
+    if not JOB_ID.fullmatch(job_id):
+        return None
+    try:
+        return verify_jobs.verify_job(account_id, job_id)
+    except redis.RedisError:
+        return None
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def verify_log(request: HttpRequest) -> HttpResponse:
@@ -49,14 +61,16 @@ def verify_log(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
             job_id = verify_jobs.verify_start(account_id)
-        except (jobs.JobUnavailable, jobs.JobBusy):
+        except jobs.JobBusy:
+            problems = ["Another verification of this account is starting: try again in a moment."]
+        except (jobs.JobUnavailable, redis.RedisError):
             problems = ["The verification could not be queued (the task queue is unreachable): try again later."]
         else:
             return HttpResponseRedirect(f"{reverse('governance:verify')}?job={job_id}")
     job, expired = None, False
     wanted = request.GET.get("job", "")
     if wanted:
-        job = verify_jobs.verify_job(account_id, wanted) if JOB_ID.fullmatch(wanted) else None
+        job = _job_or_none(account_id, wanted)
         expired = job is None
     context = _job_context(job)
     context.update(
@@ -76,5 +90,5 @@ def verify_log(request: HttpRequest) -> HttpResponse:
 def verify_log_job(request: HttpRequest, job_id: str) -> HttpResponse:
     """The check's fragment alone: what the page polls every second until it is done or failed."""
     account_id = current_membership(request).account_id
-    job = verify_jobs.verify_job(account_id, job_id) if JOB_ID.fullmatch(job_id) else None
+    job = _job_or_none(account_id, job_id)
     return render(request, "governance/verify_job.html", {**_job_context(job), "expired": job is None})

@@ -167,9 +167,10 @@ def lock_check(
         if reply[0] == b"rebuild_usage":  # the month's usage hash was lost with Redis: rebuild it, decide again
             usage.rebuild(account_id, now)
             reply = CHECK_LOCK(client, keys, args)
-    except redis.ConnectionError:
-        # Redis unreachable: the database decides alone (slower, still one winner) rather than a 5xx, which the
-        # SDK's fail-open would turn into "go ahead" for every caller (docs/api.md §"POST /v1/check-lock").
+    except (redis.ConnectionError, redis.TimeoutError):
+        # Redis unreachable (or not answering): the database decides alone (slower, still one winner) rather than
+        # a 5xx, which the SDK's fail-open would turn into "go ahead" for every caller
+        # (docs/api.md §"POST /v1/check-lock").
         logger.warning("Redis unreachable: check-lock decided by the database alone")
         if _record_first_seen(account_id, key, now, ttl, metadata_json):
             return LockOutcome(locked=True, key=key, ttl=ttl)
@@ -614,9 +615,12 @@ def retention_sweep(*, batch_size: int = 1000, max_batches: int = 100) -> int:
         accounts = Q(account_id__in=unheld.filter(retention=days).values("pk"))
         cutoff = now - timedelta(days=days)
         final_until = now - max(timedelta(days=days), retention())
-        stale_leases = Q(
-            status__in=[LeaseStatus.COMPLETED, LeaseStatus.FAILED, LeaseStatus.CANCELLED], updated_at__lt=final_until
-        ) | Q(status=LeaseStatus.IN_PROGRESS, expires_at__lt=final_until)
+        # updated_at bounds both branches (every write of a held lease sets expires_at ≥ updated_at): the statement is
+        # a range of the updated_at index, the rows past retention, never a walk over the leases by status.
+        stale_leases = Q(updated_at__lt=final_until) & (
+            Q(status__in=[LeaseStatus.COMPLETED, LeaseStatus.FAILED, LeaseStatus.CANCELLED])
+            | Q(status=LeaseStatus.IN_PROGRESS, expires_at__lt=final_until)
+        )
         # A lease takes its keyed runs with it (cascade); timelines are kept as long as the records they describe.
         for model, condition in (
             (Lease, accounts & stale_leases & kept_leases),

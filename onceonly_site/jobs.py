@@ -132,18 +132,24 @@ class Jobs:
 
     def take(self, account_id: int, job_id: str) -> Job | None:
         """The task's first step: the job, now running, if it is still queued (else None: expired before a worker
-        took it, or taken already by an earlier delivery)."""
+        took it, or taken already by an earlier delivery — two deliveries at once: one takes it, by SET NX)."""
         job = self.get(account_id, job_id)
         if job is None or job.state != "queued":
             return None
-        get_redis().hset(self.key(account_id, job_id), mapping={"state": "running"})
+        client = get_redis()
+        if not client.set(f"{self.key(account_id, job_id)}:taken", 1, nx=True, ex=self.ttl):
+            return None
+        client.hset(self.key(account_id, job_id), mapping={"state": "running"})
         return job
 
     def progress(self, account_id: int, job_id: str, processed: int, total: int | None = None) -> None:
         mapping: dict[FieldT, EncodableT] = {"processed": processed}
         if total is not None:
             mapping["total"] = total
-        get_redis().hset(self.key(account_id, job_id), mapping=mapping)
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.hset(self.key(account_id, job_id), mapping=mapping)
+        pipe.expire(self.key(account_id, job_id), self.ttl)  # a job running longer than its ttl keeps its state
+        pipe.execute()
 
     def done(self, account_id: int, job_id: str, result: dict[str, Any], processed: int | None = None) -> None:
         fields: dict[FieldT, EncodableT] = {"state": "done", "result": json.dumps(result)}

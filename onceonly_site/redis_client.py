@@ -50,6 +50,7 @@ script.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from functools import cache, lru_cache
 from pathlib import Path
@@ -64,6 +65,7 @@ from redis.commands.core import Script
 from redis.exceptions import (
     ClusterDownError,
     NoScriptError,
+    RedisClusterException,
     RedisClusterUnreachableError,
     SlotNotCoveredError,
     TryAgainError,
@@ -133,19 +135,51 @@ def connect(url: str) -> RedisClient:
         )
     parts = cluster_url_parts(url)
     # No health_check_interval: RedisCluster drops it (a node's connection that broke is replaced on its error).
-    return Cluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in parts.nodes],
-        username=parts.username,
-        password=parts.password,
-        ssl=parts.ssl,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=CLUSTER_RETRIES),
-    )
+    try:
+        return Cluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in parts.nodes],
+            username=parts.username,
+            password=parts.password,
+            ssl=parts.ssl,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=CLUSTER_RETRIES),
+        )
+    except (RedisClusterException, *_CLUSTER_UNAVAILABLE) as error:
+        # The constructor asks the startup nodes for the slots: none answering is "Redis unreachable" too (else a
+        # process started during an outage would answer 500 where the fallbacks apply). Not cached: the next call
+        # tries again.
+        raise ClusterUnavailable(f"Redis Cluster unavailable: {error}") from error
+
+
+class LazyCluster:
+    """The process's cluster client, built at its first command: ``RedisCluster`` asks the startup nodes for the
+    slots as it is built, and a process started while none answers must meet "Redis unreachable"
+    (``ClusterUnavailable``) at a command, where every fallback is written, not in ``get_redis()``. Until it is
+    built, each command tries again; every attribute is the built client's."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: RedisClient | None = None
+        self._lock = threading.Lock()
+
+    def connected(self) -> RedisClient:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.url)
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connected(), name)
 
 
 @lru_cache(maxsize=1)
 def get_redis() -> RedisClient:
+    if is_cluster_url(settings.REDIS_URL):
+        return cast("RedisClient", LazyCluster(settings.REDIS_URL))
     return connect(settings.REDIS_URL)
 
 
@@ -166,7 +200,7 @@ def _broker_client(url: str) -> RedisClient:
 
 def redis_database(client: RedisClient) -> int:
     """The database number ``client`` uses (always 0 on a cluster)."""
-    if isinstance(client, RedisCluster):
+    if isinstance(client, (RedisCluster, LazyCluster)):
         return 0
     return int(client.connection_pool.connection_kwargs.get("db") or 0)
 

@@ -125,8 +125,9 @@ class Listener(threading.Thread):
     def run(self) -> None:
         backoff = BACKOFF_SECONDS[0]
         while not self._stop.is_set():
-            pubsub = get_redis().pubsub(ignore_subscribe_messages=False)
+            pubsub = None
             try:
+                pubsub = get_redis().pubsub(ignore_subscribe_messages=False)  # a cluster may be unreachable here
                 pubsub.psubscribe(self.pattern)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
@@ -151,7 +152,8 @@ class Listener(threading.Thread):
             finally:
                 self.subscribed.clear()
                 try:
-                    pubsub.close()
+                    if pubsub is not None:
+                        pubsub.close()
                 except Exception:  # closing a broken connection
                     logger.debug("closing the wake-up subscription failed", exc_info=True)
             self._stop.wait(backoff)

@@ -72,3 +72,27 @@ def test_start_up_stops_on_a_cluster_without_a_broker(tmp_path):
         CELERY_BROKER_URL="redis://broker:6379/0",
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.django_db
+def test_a_cluster_unreachable_from_the_start_is_redis_unreachable(settings, key_a):
+    """A process that starts while no node answers (its client is built at the first call) falls back as with a
+    single Redis that is down: check-lock decided by the database (one winner), /healthz a 503 naming Redis."""
+    from django.test import Client
+
+    from onceonly_site.redis_client import get_redis
+
+    shared = settings.REDIS_URL
+    settings.REDIS_URL = "redis+cluster://127.0.0.1:1,127.0.0.1:2"  # nothing listens there
+    get_redis.cache_clear()
+    try:
+        client = key_a.client()
+        first = client.post("/v1/check-lock", {"key": "boot", "ttl": 60}, content_type="application/json")
+        again = client.post("/v1/check-lock", {"key": "boot", "ttl": 60}, content_type="application/json")
+        assert (first.status_code, first.json()["status"]) == (200, "locked"), first.content
+        assert (again.status_code, again.json()["status"]) == (200, "duplicate"), again.content
+        health = Client().get("/healthz")
+        assert health.status_code == 503 and health.json()["redis"] != "ok", health.content
+    finally:
+        settings.REDIS_URL = shared
+        get_redis.cache_clear()

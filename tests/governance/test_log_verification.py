@@ -164,3 +164,57 @@ def test_a_changed_audit_anchor_is_found(account_a):
     assert not audit_log.ok and f"Audit entry {entries[-1].pk}, verified earlier, was changed or removed" in (
         audit_log.message
     )
+
+
+def rehash_audit(account, first_pk: int, last_pk: int) -> None:
+    """What a database writer who has the code does: recompute the entries' hashes from ``first_pk`` to ``last_pk``."""
+    from billing import audit
+
+    prev = (
+        AuditEntry.objects.filter(account=account, pk__lt=first_pk).order_by("-id").values_list("row_hash", flat=True)
+    ).first() or audit.GENESIS
+    for entry in AuditEntry.objects.filter(account=account, pk__gte=first_pk, pk__lte=last_pk).order_by("id"):
+        fields = {name: getattr(entry, name) for name in audit.FIELDS}
+        digest = audit.entry_hash(account.pk, prev, entry.created_at, fields)
+        AuditEntry.objects.filter(pk=entry.pk).update(prev_hash=prev, row_hash=digest)
+        prev = digest
+
+
+def audit_checkpoints(account, checkpoints: int = 6, per: int = 5) -> None:
+    from billing import audit
+
+    for _ in range(checkpoints):
+        audit_entries(account, per)
+        assert audit.checkpoint_account(account.pk)
+
+
+@pytest.mark.parametrize("attack", ["delete the end of a range", "edit, re-hashed to the range's end", "blank hashes"])
+def test_the_audit_re_verification_checks_each_slice_against_its_checkpoint(account_a, attack):
+    """Found by a review: a slice walked to its checkpoint's last entry without comparing the walk's end with the
+    hash the checkpoint recorded, so these passed every hourly run for ever; each is found within one full pass."""
+    audit_checkpoints(account_a)
+    assert ledger.verify_recent(account_a, days=1)[1].ok
+    cp2, cp3 = (AuditCheckpoint.objects.get(account=account_a, seq=seq) for seq in (2, 3))
+    if attack == "delete the end of a range":
+        AuditEntry.objects.filter(account=account_a, pk__gt=cp3.last_entry_id - 2, pk__lte=cp3.last_entry_id).delete()
+    elif attack == "edit, re-hashed to the range's end":
+        victim = cp2.last_entry_id + 2
+        AuditEntry.objects.filter(pk=victim).update(data={"i": "forged"}, actor_label="nobody")
+        rehash_audit(account_a, victim, cp3.last_entry_id)
+    else:
+        first = AuditCheckpoint.objects.get(account=account_a, seq=1)
+        AuditEntry.objects.filter(account=account_a, pk__lte=first.last_entry_id).update(
+            row_hash="", prev_hash="", data={"forged": True}
+        )
+    runs = [ledger.verify_recent(account_a, days=1)[1] for _ in range(AuditCheckpoint.objects.count())]
+    assert any(not found.ok for found in runs), [found.message for found in runs]
+
+
+def test_a_changed_anchor_is_notified_once_not_every_hour(account_a):
+    write(account_a, 3 * PER_CHECKPOINT)
+    assert run(account_a).ok
+    newest = DecisionCheckpoint.objects.filter(account=account_a).order_by("-seq").first()
+    Decision.objects.filter(account=account_a, pk__gte=newest.first_decision_id).delete()
+    newest.delete()
+    assert [run(account_a).ok for _ in range(3)] == [False, False, False]
+    assert Notification.objects.filter(account=account_a).count() == 1

@@ -44,14 +44,13 @@ def test_progress_is_polled_until_the_result_shows(owner_a, key_a, monkeypatch):
     # A second "Verify now" while it waits names the same check: one at a time.
     assert client.post("/audit/verify/")["Location"].endswith(job_id) and len(sent) == 1
     # Running: the fragment shows the rows checked of about how many, and still polls.
-    verify_jobs.JOBS.take(owner_a.account.pk, job_id)
+    from onceonly_site.redis_client import get_redis
+
+    get_redis().hset(verify_jobs.JOBS.key(owner_a.account.pk, job_id), "state", "running")
     verify_jobs.JOBS.progress(owner_a.account.pk, job_id, 2, 5)
     fragment = text(client.get(poll))
     assert fragment.startswith('<section id="verify-job"') and 'hx-trigger="every 1s"' in fragment
     assert '<progress max="5" value="2"' in fragment and "2 of about 5 decisions and audit entries" in fragment
-    verify_jobs.JOBS.get(owner_a.account.pk, job_id)  # still there
-    from onceonly_site.redis_client import get_redis
-
     get_redis().hset(verify_jobs.JOBS.key(owner_a.account.pk, job_id), "state", "queued")
     verify_logs_now(*sent[0])  # the worker runs it
     fragment = text(client.get(poll))
@@ -120,3 +119,11 @@ def test_the_page_shows_the_result_when_the_worker_is_done(page, live_server, ow
     status.wait_for(timeout=10_000)
     assert "OK — 2 decisions" in status.inner_text()
     assert "Audit log OK" in page.get_by_role("status", name="Audit log").inner_text()
+
+
+def test_a_redelivered_task_does_not_take_the_check_again(owner_a, monkeypatch):
+    sent = []
+    monkeypatch.setattr(verify_logs_now, "delay", lambda *args: sent.append(args))
+    job_id = verify_jobs.verify_start(owner_a.account.pk)
+    assert verify_jobs.JOBS.take(owner_a.account.pk, job_id) is not None  # the first delivery takes it
+    assert verify_jobs.JOBS.take(owner_a.account.pk, job_id) is None  # a second one (acks_late, a redelivery) does not
