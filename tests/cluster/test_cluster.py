@@ -22,7 +22,6 @@ from redis.exceptions import RedisClusterException
 from billing import login_throttle, usage
 from billing.models import UsageMonth
 from billing.services import account_get_or_create
-from governance.models import Decision
 from idempotency.models import Lease, LockRecord, Run
 from idempotency.services import CHECK_LOCK, lock_redis_key
 from onceonly_site import wakeups
@@ -30,7 +29,7 @@ from onceonly_site.redis_client import Cluster, get_redis, lua_script
 from tests.cluster.stack import ClusterStack, missing_tools
 from tests.conftest import ARTIFACTS, make_key
 from tests.faults.stack import wait_until
-from tests.support.sdk_race import race
+from tests.support.sdk_race import assert_caps_hold, race
 from tests.support.servers import CeleryWorker, GunicornServer
 
 METRICS_TOKEN = "cluster-metrics-token-0123456789"
@@ -132,19 +131,7 @@ def test_concurrent_governed_calls_never_overshoot_a_cap(
     server, cluster, transactional_db, account_a, policy, n, spend, allowed, reason
 ):
     key = make_key(account_a)
-    url = f"{server.url}/v1"
-    with OnceOnly(api_key=key.raw, base_url=url, fail_open=False) as admin:
-        admin.gov.upsert_policy({"agent_id": "racer", **policy})
-    run = {"run_id": "race-run"} if reason.startswith("run_") else {}
-    results = race(
-        url,
-        key.raw,
-        n,
-        lambda c, i: c.ai.run_tool(agent_id="racer", tool="crm.note", args={"call": i, **run}, spend_usd=spend),
-    )
-    assert sum(r.allowed for r in results) == allowed
-    assert [r.policy_reason for r in results if not r.allowed] == [reason] * (n - allowed)
-    assert Decision.objects.filter(outcome="allowed").count() == allowed
+    assert_caps_hold(f"{server.url}/v1", key.raw, policy, n, spend, "crm.note", allowed, reason)
 
 
 def test_dedup_replays_and_counts_once(server, cluster, transactional_db, account_a):

@@ -6,7 +6,7 @@ from onceonly import OnceOnly
 
 from governance.models import Decision
 from tests.conftest import make_key
-from tests.support.sdk_race import race
+from tests.support.sdk_race import assert_caps_hold
 
 
 def test_governance_example_flow(sdk):
@@ -62,19 +62,7 @@ def test_templates_and_reads(sdk):
 )
 def test_concurrent_calls_never_overshoot_a_cap(gunicorn_server, account_a, policy, n, spend, tool, allowed, reason):
     key = make_key(account_a)
-    url = f"{gunicorn_server.url}/v1"
-    with OnceOnly(api_key=key.raw, base_url=url, fail_open=False) as admin:
-        admin.gov.upsert_policy({"agent_id": "racer", **policy})
-    run = {"run_id": "race-run"} if reason.startswith("run_") else {}
-    results = race(
-        url,
-        key.raw,
-        n,
-        lambda c, i: c.ai.run_tool(agent_id="racer", tool=tool, args={"call": i, **run}, spend_usd=spend),
-    )
-    assert sum(r.allowed for r in results) == allowed
-    assert [r.policy_reason for r in results if not r.allowed] == [reason] * (n - allowed)
-    assert Decision.objects.filter(outcome="allowed").count() == allowed
+    assert_caps_hold(f"{gunicorn_server.url}/v1", key.raw, policy, n, spend, tool, allowed, reason)
     assert Decision.objects.count() == n  # every call has its durable decision
 
 

@@ -22,3 +22,26 @@ def race(url: str, raw_key: str, n: int, call: Callable[[OnceOnly, int], Any], *
 
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(one, range(n)))
+
+
+def assert_caps_hold(
+    url: str, raw_key: str, policy: dict[str, Any], n: int, spend: float | None, tool: str, allowed: int, reason: str
+) -> list[Any]:
+    """``n`` concurrent governed calls of one agent (each with new args; one run id when the cap is per run) under
+    ``policy``: exactly ``allowed`` pass, the others are refused for ``reason``, and as many allowed decisions are
+    recorded (the caps never overshoot). Returns the answers."""
+    from governance.models import Decision
+
+    with OnceOnly(api_key=raw_key, base_url=url, fail_open=False) as admin:
+        admin.gov.upsert_policy({"agent_id": "racer", **policy})
+    run = {"run_id": "race-run"} if reason.startswith("run_") else {}
+    results = race(
+        url,
+        raw_key,
+        n,
+        lambda c, i: c.ai.run_tool(agent_id="racer", tool=tool, args={"call": i, **run}, spend_usd=spend),
+    )
+    assert sum(r.allowed for r in results) == allowed
+    assert [r.policy_reason for r in results if not r.allowed] == [reason] * (n - allowed)
+    assert Decision.objects.filter(outcome="allowed").count() == allowed
+    return results
