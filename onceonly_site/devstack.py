@@ -49,6 +49,7 @@ DEMO_EMAIL = "demo@onceonly.local"
 _CONFIG_NAMES = frozenset(
     {
         "ALLOWED_HOSTS",
+        "CELERY_BROKER_URL",
         "CELERY_TASK_ALWAYS_EAGER",
         "CSRF_TRUSTED_ORIGINS",
         "DATABASE_URL",
