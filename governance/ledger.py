@@ -150,6 +150,7 @@ _HASHED = (*ROW_FIELDS, *OPTIONAL_AMOUNTS, "api_key_id", "explain")
 _READ = ("pk", "row_hash", "agent__agent_id", *(name for name in _HASHED if name != "agent_id"))
 WALK_CHUNK = 2000  # decisions read at a time
 PROGRESS_EVERY = 20_000  # decisions between two progress reports
+TAIL_COUNTED = 1_000_000  # decisions after the last checkpoint counted for the progress bar's total, at most
 
 
 def _walk(
@@ -259,7 +260,7 @@ def rows_to_verify(account_id: int) -> int:
     chained = DecisionCheckpoint.objects.filter(account_id=account_id).aggregate(
         rows=Sum("row_count"), last=Max("last_decision_id")
     )
-    tail = Decision.objects.filter(account_id=account_id, pk__gt=chained["last"] or 0)[:PROGRESS_EVERY].count()
+    tail = Decision.objects.filter(account_id=account_id, pk__gt=chained["last"] or 0)[:TAIL_COUNTED].count()
     return (chained["rows"] or 0) + tail
 
 

@@ -169,8 +169,10 @@ def cluster_url_parts(url: str) -> ClusterUrl:
     nodes = []
     for node in hosts.split(","):
         host, _, port = node.strip().rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")  # [::1]:7000
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        bracketed = host.startswith("[") and host.endswith("]")
+        host = host[1:-1] if bracketed else host  # [::1]:7000
+        well_formed = host and not any(c.isspace() for c in host) and (bracketed or ":" not in host)
+        if not well_formed or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(f"{node.strip() or '(empty)'!r} is not host:port (every node needs its port)")
         nodes.append((host, int(port)))
     if parts.path.strip("/") not in {"", "0"}:
@@ -204,7 +206,12 @@ def celery_url_from_redis(url: str) -> str:
 
 
 def validate_redis_url(url: str, *, name: str = "REDIS_URL", cluster: bool = True) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        # A port that is not a number from 0 to 65535 is a ValueError here (a cluster's nodes: cluster_url_parts).
+        port = None if parts.scheme in CLUSTER_SCHEMES else parts.port
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} {url!r} is not a valid URL: {error}") from None
     if cluster and parts.scheme in CLUSTER_SCHEMES:
         try:
             cluster_url_parts(url)
@@ -214,6 +221,8 @@ def validate_redis_url(url: str, *, name: str = "REDIS_URL", cluster: bool = Tru
                 "use redis+cluster://host1:6379,host2:6379,host3:6379 (or rediss+cluster:// for TLS)"
             ) from None
         return url
+    if parts.scheme in {"redis", "rediss"} and (not parts.hostname or port == 0):
+        raise ImproperlyConfigured(f"{name} {url!r} names no host (or port 0); use redis://host:6379/0")
     if parts.scheme not in {"redis", "rediss", "unix"}:
         cluster_form = ", redis+cluster://host1:6379,host2:6379" if cluster else ""
         raise ImproperlyConfigured(

@@ -28,6 +28,9 @@ def test_a_cluster_url_names_its_nodes_and_credentials():
         ("redis+cluster://h1:99999", "'h1:99999' is not host:port"),
         ("redis+cluster://h1:7000/3", "database 0 only"),
         ("redis+cluster://h1:7000?ssl_cert_reqs=none", "takes no ?options"),
+        ("redis+cluster://h:1:2", "'h:1:2' is not host:port"),  # a host with a colon needs brackets: [::1]:7000
+        ("redis+cluster://h :7000", "'h :7000' is not host:port"),
+        ("redis+cluster://h:７０００", "is not host:port"),  # full-width digits are not a port
     ],
 )
 def test_a_malformed_cluster_url_is_refused_saying_why(url, says):
@@ -96,3 +99,20 @@ def test_a_cluster_unreachable_from_the_start_is_redis_unreachable(settings, key
     finally:
         settings.REDIS_URL = shared
         get_redis.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://[::1", "is not a valid URL: Invalid IPv6 URL"),
+        ("redis://[::1", "is not a valid URL: Invalid IPv6 URL"),
+        ("redis://h:abc/0", "is not a valid URL: Port could not be cast"),
+        ("redis://h:99999/0", "is not a valid URL: Port out of range"),
+        ("redis://", "names no host"),
+    ],
+)
+def test_a_url_that_does_not_parse_is_refused_at_start_up_not_at_first_use(url, says):
+    """Found by a review: these gave a raw traceback at start-up, or passed and then failed every connection."""
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL") as refused:
+        env.validate_redis_url(url)
+    assert says in str(refused.value)
