@@ -448,33 +448,35 @@ def verify_recent(account: Account, *, days: int | None = None) -> list[LogCheck
     days = days or settings.ONCEONLY_VERIFY_SWEEP_DAYS
     now = timezone.now()
     outcomes = []
-    for log in (LogVerification.Log.DECISIONS, LogVerification.Log.AUDIT):
+    for log, new_part, next_slice, noun in _LOGS:
         state = _state(account.pk, log)
-        if log == LogVerification.Log.DECISIONS:
-            new = verify_new_decisions(state)
-            swept = sweep_decisions(state, days, now) if new.ok else None
-            failed = new if not new.ok else swept if swept is not None and not swept.ok else None
-            rows = new.rows_checked + (swept.rows_checked if swept else 0)
-            outcome = (
-                LogCheck(False, failed.message, failed.first_bad_decision_id, rows)
-                if failed
-                else LogCheck(True, f"{rows} decisions verified.", rows=rows)
-            )
-        else:
-            entries = verify_new_audit(state)
-            swept_audit = sweep_audit(state, days, now) if entries.ok else None
-            broken = (
-                entries if not entries.ok else swept_audit if swept_audit is not None and not swept_audit.ok else None
-            )
-            rows = entries.entries_checked + (swept_audit.entries_checked if swept_audit else 0)
-            outcome = (
-                LogCheck(False, broken.message, broken.first_bad_entry_id, rows)
-                if broken
-                else LogCheck(True, f"{rows} audit entries verified.", rows=rows)
-            )
+        new = new_part(state)
+        swept = next_slice(state, days, now) if new.ok else None
+        rows = _rows(new) + (_rows(swept) if swept is not None else 0)
+        failed = next((result for result in (new, swept) if result is not None and not result.ok), None)
+        outcome = (
+            LogCheck(False, failed.message, _first_bad(failed), rows)
+            if failed is not None
+            else LogCheck(True, f"{rows} {noun} verified.", rows=rows)
+        )
         _report(account, state, outcome, now)
         outcomes.append(outcome)
     return outcomes
+
+
+def _rows(result: Verification | AuditVerification) -> int:
+    return result.rows_checked if isinstance(result, Verification) else result.entries_checked
+
+
+def _first_bad(result: Verification | AuditVerification) -> int | None:
+    return result.first_bad_decision_id if isinstance(result, Verification) else result.first_bad_entry_id
+
+
+# Per log: what is new since its anchor, the next slice of its re-verification, and what its rows are called.
+_LOGS: tuple[tuple[str, Callable[..., Any], Callable[..., Any], str], ...] = (
+    (LogVerification.Log.DECISIONS, verify_new_decisions, sweep_decisions, "decisions"),
+    (LogVerification.Log.AUDIT, verify_new_audit, sweep_audit, "audit entries"),
+)
 
 
 def _report(account: Account, state: LogVerification, outcome: LogCheck, now: Any) -> None:
