@@ -197,3 +197,24 @@ def test_redis_lost_after_the_decision_is_written_still_answers_executed(key_a, 
     private_redis.start()  # empty: rebuilt from the decision log on the next call
     again = call(key_a.client(), order=8).json()
     assert again["decision"] == "dedup" and again["result"] == {"refunded": True} and len(tool.calls) == 1
+
+
+def test_a_call_slower_than_the_sweeper_answers_with_the_sweepers_decision(key_a, tool, monkeypatch):
+    """The sweeper recorded the dispatch (outcome_unknown) before the call could: the call's own write finds its intent
+    gone (IntentGone) and answers with the decision the sweeper wrote, looked up by its dispatch id within a bounded
+    time range of the decision log — one decision for the call, never two."""
+    real = services.call_record
+
+    def sweeper_first(call_, ending):
+        DispatchIntent.objects.update(created_at=timezone.now() - timedelta(minutes=2))  # past the sweeper's grace
+        assert services.dispatch_intents_record() == 1
+        return real(call_, ending)
+
+    monkeypatch.setattr(services, "call_record", sweeper_first)
+    body = call(key_a.client(), order=7).json()
+    [decision] = Decision.objects.all()
+    assert body["decision_id"] == decision.pk and (decision.outcome, decision.policy_reason) == (
+        "failed",
+        "outcome_unknown",
+    )
+    assert not DispatchIntent.objects.exists()
