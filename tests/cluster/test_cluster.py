@@ -246,6 +246,9 @@ def test_wake_ups_cross_the_cluster(in_process_cluster):
     """A PUBLISH on a cluster reaches every node: the listener hears it whichever node it subscribed on."""
     name = wakeups.channel("a1", "some key")
     try:
+        # The first subscription discovers the cluster's nodes: on a loaded machine longer than the 0.5 s a waiter
+        # gives a starting listener (it then waits without a wake-up, by design). Let it subscribe first.
+        assert wakeups.listener().subscribed.wait(15), "the listener did not subscribe to the cluster"
         with wakeups.listen(name) as event:
             assert event is not None, "the listener did not subscribe"
             time.sleep(0.2)  # the wake-up of every waiter that follows a subscription
