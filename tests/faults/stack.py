@@ -1,6 +1,10 @@
 """The fault suite's stack: a private PostgreSQL cluster and a private Redis server (so they can be crashed,
 restarted and flushed without touching the machine's shared services), gunicorn, Celery workers and beat, and a
-tool receiver that journals every dispatch it receives — each a real process except the receiver."""
+tool receiver that journals every dispatch it receives — each a real process except the receiver.
+
+Two topologies: ``single`` (one web node, one Redis) and ``scale_out`` (docs/scaling.md): two web nodes (a
+gunicorn master with its workers each, on its own port), two Celery worker nodes, a private Redis Cluster of three
+primaries with a replica each for ``REDIS_URL``, and the private single Redis as the Celery broker."""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ class ProcessUsage:
     """One process's resident memory and open files (``/proc/<pid>/status`` VmRSS, ``/proc/<pid>/fd``)."""
 
     group: str  # "web" (the gunicorn master and its workers) or "worker" (a Celery worker)
-    name: str  # "gunicorn master", "gunicorn worker", "worker1"…
+    name: str  # "web master", "web worker" (or "web-a master"… in the scale-out topology), "worker1"…
     pid: int
     rss_kb: int
     fds: int
@@ -251,13 +255,23 @@ def children_of(parent: int) -> list[int]:
     return children
 
 
+TOPOLOGIES = ("single", "scale_out")
+
+
 class Stack:
     """Everything the fault suite runs against. Use as a context manager: every process is stopped at exit."""
 
-    WEB_WORKERS = 3
     WEB_THREADS = 16
 
-    def __init__(self) -> None:
+    def __init__(self, topology: str = "single") -> None:
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {topology!r}")
+        self.topology = topology
+        # Web nodes: a gunicorn master each (its own port and process group), with WEB_WORKERS workers.
+        self.web_nodes = ["web"] if topology == "single" else ["web-a", "web-b"]
+        self.WEB_WORKERS = 3 if topology == "single" else 2
+        self.urls: dict[str, str] = {}
+        self.cluster = None  # tests.cluster.stack.PrivateCluster in the scale-out topology
         self.folder = Path(tempfile.mkdtemp(prefix="onceonly-faults-"))
         os.chmod(self.folder, 0o755)  # the postgres user must reach its data folder
         self.journal = self.folder / "handler-journal.log"
@@ -285,7 +299,9 @@ class Stack:
         env.update(
             DJANGO_SETTINGS_MODULE="onceonly_site.settings",
             DATABASE_URL=self.postgres.url("onceonly"),
-            REDIS_URL=self.redis.url,
+            REDIS_URL=self.redis.url if self.cluster is None else self.cluster.url,
+            # A cluster cannot be the Celery broker (docs/scaling.md): the single Redis is, in the scale-out topology.
+            CELERY_BROKER_URL=self.redis.url,
             SECRET_KEY=SECRET_KEY,
             DEBUG="0",
             ONCEONLY_STATIC_FROM_FINDERS="1",
@@ -302,39 +318,20 @@ class Stack:
     def start(self) -> None:
         self.postgres = PrivatePostgres(self.folder)
         self.redis = PrivateRedis(self.folder)
+        if self.topology == "scale_out":
+            from tests.cluster.stack import PrivateCluster  # that module builds on this one
+
+            self.cluster = PrivateCluster(self.folder)
         self.receiver = Receiver()
         import psycopg
 
         with psycopg.connect(self.postgres.url(), autocommit=True) as conn:
             conn.execute("CREATE DATABASE onceonly")
         self.manage("migrate", "--no-input", "-v", "0")
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self._spawn(
-            "web",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "onceonly_site.wsgi:application",
-                "--workers",
-                str(self.WEB_WORKERS),
-                # The production worker model (deploy/web.sh): threads, WEB_THREADS of them (env above).
-                "--worker-class",
-                "gthread",
-                "--threads",
-                str(self.WEB_THREADS),
-                "--keep-alive",
-                "75",
-                "--bind",
-                self.url.removeprefix("http://"),
-                "--timeout",
-                "30",
-                "--graceful-timeout",
-                "3",
-                "--log-level",
-                "warning",
-            ],
-        )
+        for node in self.web_nodes:
+            self.urls[node] = f"http://127.0.0.1:{free_port()}"
+            self.start_web(node)
+        self.url = self.urls[self.web_nodes[0]]
         self._spawn(
             "beat",
             [
@@ -352,7 +349,37 @@ class Stack:
         )
         self.start_worker()
         self.start_worker()
-        wait_until(self._healthy, 30, "the server did not become healthy")
+        for node in self.web_nodes:
+            wait_until(lambda node=node: self._healthy(node), 30, f"{node} did not become healthy")
+
+    def start_web(self, node: str) -> None:
+        """The web node ``node``: a gunicorn master and its workers, on the node's port."""
+        self._spawn(
+            node,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "onceonly_site.wsgi:application",
+                "--workers",
+                str(self.WEB_WORKERS),
+                # The production worker model (deploy/web.sh): threads, WEB_THREADS of them (env above).
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(self.WEB_THREADS),
+                "--keep-alive",
+                "75",
+                "--bind",
+                self.urls[node].removeprefix("http://"),
+                "--timeout",
+                "30",
+                "--graceful-timeout",
+                "3",
+                "--log-level",
+                "warning",
+            ],
+        )
 
     def manage(self, *args: str) -> str:
         result = subprocess.run(
@@ -370,9 +397,9 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def _healthy(self) -> bool:
+    def _healthy(self, node: str) -> bool:
         try:
-            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+            return httpx.get(self.urls[node] + "/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -423,16 +450,32 @@ class Stack:
 
     # --- gunicorn workers -----------------------------------------------------------------------------------
 
-    def web_workers(self) -> list[int]:
-        return children_of(self.processes["web"].pid)
+    def web_workers(self, node: str | None = None) -> list[int]:
+        """The gunicorn workers of ``node``, else of every live web node."""
+        nodes = [node] if node else [n for n in self.web_nodes if self.processes[n].poll() is None]
+        return [pid for n in nodes for pid in children_of(self.processes[n].pid)]
+
+    def kill_web_node(self, node: str) -> list[int]:
+        """kill -9 of the node's gunicorn master and workers at once (its process group): the node is gone, as when
+        its machine fails. Returns the pids killed."""
+        victims = [self.processes[node].pid, *self.web_workers(node)]
+        self.kill(node)
+        return victims
+
+    def restart_web_node(self, node: str) -> None:
+        self.start_web(node)
+        wait_until(lambda: self._healthy(node), 30, f"{node} did not become healthy again")
 
     # --- resources ------------------------------------------------------------------------------------------
 
     def process_usage(self) -> list[ProcessUsage]:
         """Memory and open files of the web processes (the gunicorn master and its workers) and of the live Celery
         workers (with any children they have: none with the solo pool)."""
-        wanted = [("web", "gunicorn master", self.processes["web"].pid)]
-        wanted += [("web", "gunicorn worker", pid) for pid in self.web_workers()]
+        wanted = []
+        for node in self.web_nodes:
+            if self.processes[node].poll() is None:
+                wanted.append(("web", f"{node} master", self.processes[node].pid))
+                wanted += [("web", f"{node} worker", pid) for pid in self.web_workers(node)]
         for name, process in self.workers().items():
             wanted.append(("worker", name, process.pid))
             wanted += [("worker", f"{name} child", pid) for pid in children_of(process.pid)]
@@ -457,6 +500,8 @@ class Stack:
             self.receiver.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.postgres is not None:
             try:
                 self.postgres.stop()

@@ -32,6 +32,11 @@ import httpx
 from tests.faults.stack import TOOL_SECRET, ProcessUsage, Stack, StackError, wait_until
 
 FAULTS = ("none", "redis_flushall", "redis_restart", "postgres_restart", "celery_kill", "web_kill")
+# The scale-out topology's faults (Stack("scale_out"), docs/scaling.md): a Redis Cluster primary killed (its replica
+# takes over), a whole web node killed (its master and workers; the clients' balancer sends to the other node until
+# it is back), a whole worker node killed mid-run (the other node finishes its run).
+SCALE_OUT_FAULTS = ("none", "redis_primary_kill", "web_node_kill", "worker_node_kill")
+WEB_FAULTS = ("web_kill", "web_node_kill")  # the faults that may leave a request without an answer
 GOVERNED_PAUSE = 0.25  # per governed-call thread: about 8 calls/s in all, 5-6 of them charged
 TOOL = "faults.tool"  # registered: dispatched to the receiver
 PERMIT = "faults.permit"  # unregistered: permit-only decisions
@@ -45,6 +50,7 @@ FD_GROWTH_LIMIT = 1000  # open files a process group may gain in one phase befor
 RUN_SECONDS = 0.6  # how long the job handler works
 RUN_SETTLE_SECONDS = 90
 RECOVERY_LIMIT_SECONDS = 15
+NODE_DOWN_SECONDS = 3  # web_node_kill: how long the killed node stays down before it is started again
 
 
 @dataclass
@@ -89,6 +95,22 @@ class PhaseResult:
             "violations": len(self.violations),
         }
 
+    def summary(self) -> dict[str, Any]:
+        """What the phase showed, as JSON (``python -m tests.faults.run --json``)."""
+        answered = [op for op in self.ops if op.status == 200]
+        return {
+            "fault": self.fault,
+            "seconds": round(self.seconds, 1),
+            "counts": self.counts(),
+            "violations": self.violations,
+            "leaks": self.leaks(),
+            "notes": self.notes,
+            "evidence": self.evidence,
+            "answered_kinds": sorted({op.kind for op in answered}),
+            "answered_by_nodes": sorted({str(op.extra.get("node")) for op in answered}),
+            "governed_blocked": sum(1 for op in self.ops if op.kind == "governed" and op.answer == "blocked"),
+        }
+
     def usage_totals(self) -> dict[str, dict[str, int]]:
         """Per group ("web", "worker"): RSS (kB) and open files summed over its processes, at start and at end."""
         totals: dict[str, dict[str, int]] = {}
@@ -117,36 +139,61 @@ def held_ttl_for(seconds: float) -> int:
 
 
 class Client:
-    """One HTTP client per load thread; every call is recorded as an Op."""
+    """One HTTP client per load thread; every call is recorded as an Op (``extra["node"]``: the web node that
+    answered).
 
-    def __init__(self, base_url: str, api_key: str, ops: list[Op]) -> None:
-        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=15)
+    With several web nodes it balances as a load balancer with passive health checks does (nginx's
+    ``proxy_next_upstream error``): each call goes to the next node in turn, and a call whose connection is refused
+    goes to the next node at once (nothing reached the refused one). A call cut off after it was sent is not
+    retried: the node may have acted on it, and the client sees no answer."""
+
+    def __init__(self, urls: dict[str, str], api_key: str, ops: list[Op]) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"}
+        self.nodes = [(node, httpx.Client(base_url=url, headers=headers, timeout=15)) for node, url in urls.items()]
+        self.turn = random.randrange(len(self.nodes))
         self.ops = ops
 
     def call(self, kind: str, key: str, method: str, path: str, body: dict | None = None, **extra: Any) -> Op:
         t0 = time.time()
-        try:
-            response = self.http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            op = Op(kind, key, t0, time.time(), None, error=type(exc).__name__, extra=extra)
-        else:
+        self.turn += 1
+        for attempt in range(len(self.nodes)):
+            node, http = self.nodes[(self.turn + attempt) % len(self.nodes)]
             try:
-                parsed = response.json()
-            except ValueError:
-                parsed = response.text[:200]
-            op = Op(kind, key, t0, time.time(), response.status_code, parsed, extra=extra)
+                response = http.request(method, path, json=body)
+            except httpx.ConnectError as exc:
+                if attempt + 1 < len(self.nodes):
+                    continue
+                op = Op(kind, key, t0, time.time(), None, error=type(exc).__name__, extra={**extra, "node": node})
+            except httpx.HTTPError as exc:
+                op = Op(kind, key, t0, time.time(), None, error=type(exc).__name__, extra={**extra, "node": node})
+            else:
+                try:
+                    parsed = response.json()
+                except ValueError:
+                    parsed = response.text[:200]
+                op = Op(kind, key, t0, time.time(), response.status_code, parsed, extra={**extra, "node": node})
+            break
         self.ops.append(op)
         return op
 
     def close(self) -> None:
-        self.http.close()
+        for _, http in self.nodes:
+            http.close()
 
 
 class Phase:
     """The traffic of one phase; ``stop`` ends it."""
 
-    def __init__(self, stack: Stack, api_key: str, name: str, seconds: float, held_ttl: int | None = None) -> None:
-        self.stack, self.api_key, self.name = stack, api_key, name
+    def __init__(
+        self,
+        stack: Stack,
+        api_key: str,
+        name: str,
+        seconds: float,
+        held_ttl: int | None = None,
+        account_id: int = 0,
+    ) -> None:
+        self.stack, self.api_key, self.name, self.account_id = stack, api_key, name, account_id
         self.held_ttl = held_ttl if held_ttl is not None else held_ttl_for(seconds)
         # Caps the traffic reaches about halfway through the phase (the fault comes at a third): both the
         # reservations made around the fault and the refusals after the cap are tested.
@@ -165,9 +212,10 @@ class Phase:
         self.held: dict[str, str] = {}
         self.counter = itertools.count()
         self.pg_window: tuple[float, float] | None = None
+        self.node_window: tuple[str, float, float] | None = None  # web_node_kill: (node, killed at, back at)
 
     def client(self) -> Client:
-        return Client(self.stack.url, self.api_key, self.ops)
+        return Client(self.stack.urls, self.api_key, self.ops)
 
     def start(self) -> None:
         setup = self.client()
@@ -333,7 +381,78 @@ def inject(stack: Stack, fault: str, phase: Phase, notes: list[str]) -> dict[str
             f"{stack.WEB_WORKERS} workers"
         )
         return {"killed": killed, "replaced": sorted(replaced)}
+    elif fault == "redis_primary_kill":
+        return kill_redis_primary(stack, phase, notes)
+    elif fault == "web_node_kill":
+        node = stack.web_nodes[-1]
+        killed = stack.kill_web_node(node)
+        went_down = time.time()
+        time.sleep(NODE_DOWN_SECONDS)
+        stack.restart_web_node(node)
+        came_back = time.time()
+        phase.node_window = (node, went_down, came_back)
+        notes.append(
+            f"kill -9 of web node {node} (its master and {len(killed) - 1} workers) under load, restarted after "
+            f"{came_back - went_down:.1f} s"
+        )
+        return {"node": node, "killed": killed, "down_seconds": came_back - went_down}
+    elif fault == "worker_node_kill":
+        victim, key = running_handler_worker(stack)
+        victim_pid = stack.processes[victim].pid
+        stack.kill(victim)
+        # The surviving node takes the run over once its claim lapses (ONCEONLY_RUN_CLAIM_SECONDS): no replacement
+        # is started until it has, so the run is the other node's to finish.
+        taken_over: list[int] = []
+
+        def restarted() -> bool:
+            taken_over[:] = [
+                int(pid)
+                for _, what, run_key, _, pid in (line.split() for line in stack.journal.read_text().splitlines())
+                if what == "start" and run_key == key and int(pid) != victim_pid
+            ]
+            return bool(taken_over)
+
+        wait_until(restarted, 30, f"no other worker node took {key} over")
+        survivor = {process.pid: name for name, process in stack.workers().items()}.get(taken_over[0], "?")
+        replacement = stack.start_worker()
+        notes.append(
+            f"kill -9 of worker node {victim} while its handler ran {key}; {survivor} took the run over; "
+            f"{replacement} started afterwards"
+        )
+        return {"killed_mid_run": key, "killed_node": victim, "taken_over_by": survivor}
     raise ValueError(f"unknown fault {fault!r}")
+
+
+def kill_redis_primary(stack: Stack, phase: Phase, notes: list[str]) -> dict[str, Any]:
+    """kill -9 of the Redis Cluster primary that holds the phase's account (every key of an account carries its
+    hash tag, so one primary holds them all); its replica is promoted, and the killed node, started again, rejoins
+    as a replica of it."""
+    cluster = stack.cluster
+    account_key = f"oo:{{a{phase.account_id}}}:faults"
+    victim = cluster.port_of_key(account_key)
+    keys = int(cluster.cli(victim, "dbsize") or 0)
+    cluster.kill(victim)
+    killed_at = time.monotonic()
+    wait_until(
+        lambda: cluster.port_of_key(account_key) not in (None, victim), 30, "no replica took over the killed primary"
+    )
+    successor = cluster.port_of_key(account_key)
+    failover = time.monotonic() - killed_at
+    time.sleep(2)  # the traffic runs on the promoted replica alone a while
+    cluster.start_node(victim)
+    wait_until(cluster.healthy, 60, "the killed primary did not rejoin the cluster")
+    rejoined = "replica" if "role:slave" in cluster.cli(victim, "info", "replication") else "primary"
+    notes.append(
+        f"kill -9 of the Redis primary :{victim} holding the account ({keys} keys); its replica :{successor} was "
+        f"promoted after {failover:.1f} s; :{victim} started again and rejoined as a {rejoined}"
+    )
+    return {
+        "killed_primary": victim,
+        "successor": successor,
+        "failover_seconds": failover,
+        "keys_on_killed": keys,
+        "rejoined_as": rejoined,
+    }
 
 
 def running_handler_worker(stack: Stack) -> tuple[str, str]:
@@ -377,7 +496,7 @@ def check(
             detail = op.body.get("detail") if isinstance(op.body, dict) else None
             if op.status != 503 or not isinstance(detail, dict) or detail.get("error") != "service_unavailable":
                 violations.append(f"{op.kind} {op.key}: HTTP {op.status} {str(op.body)[:200]}")
-        if op.status is None and fault != "web_kill":
+        if op.status is None and fault not in WEB_FAULTS:
             violations.append(f"{op.kind} {op.key}: no answer ({op.error}) without a web-process fault")
 
     # 1. check-lock: one `locked` per key per TTL window.
@@ -463,6 +582,20 @@ def check(
         f"governed answers {dict(answered)}; charged {len(charged)}, spend {spend:g}, "
         f"tool runs {dispatched}, dispatches awaiting their decision row {unrecorded}"
     )
+
+    # A web node down: the other node answered meanwhile, and the node answers again once it is back.
+    if phase.node_window is not None:
+        node, went_down, came_back = phase.node_window
+        others = sum(1 for op in phase.ops if went_down < op.t0 < came_back and op.status == 200)
+        again = sum(1 for op in phase.ops if op.t0 > came_back and op.status == 200 and op.extra.get("node") == node)
+        lost = sum(1 for op in phase.ops if op.status is None)
+        evidence.update(answered_while_down=others, answered_by_it_after=again, cut_off=lost)
+        notes.append(
+            f"while {node} was down: {others} calls answered 200 by the other node; {node} answered {again} "
+            f"after its restart; {lost} calls cut off by the kill (no answer)"
+        )
+        if not others:
+            violations.append(f"no call was answered while {node} was down")
 
     # 5. PostgreSQL down: clear 503s while it was down, 2xx again without restarting anything.
     window = phase.pg_window
@@ -632,7 +765,7 @@ def run_phase(
     held_ttl: int | None = None,
 ) -> PhaseResult:
     # Its own keys and agent, also when a fault repeats.
-    phase = Phase(stack, api_key, f"{fault}-{n}", seconds, held_ttl=held_ttl)
+    phase = Phase(stack, api_key, f"{fault}-{n}", seconds, held_ttl=held_ttl, account_id=account_id)
     notes: list[str] = []
     usage_at_start = stack.process_usage()
     started = time.monotonic()
@@ -658,15 +791,24 @@ def run_phase(
 
 
 def run(
-    faults: tuple[str, ...] = FAULTS, seconds: float = 15.0, log=print, held_ttl: int | None = None
+    faults: tuple[str, ...] = FAULTS,
+    seconds: float = 15.0,
+    log=print,
+    held_ttl: int | None = None,
+    topology: str = "single",
 ) -> list[PhaseResult]:
-    """Every phase of ``faults``, ``seconds`` of traffic each; ``held_ttl`` overrides the held keys' TTL (by default
-    longer than the phase: held_ttl_for), to see how the checks judge leases a phase outlives."""
+    """Every phase of ``faults``, ``seconds`` of traffic each, on a stack of ``topology`` (tests/faults/stack.py);
+    ``held_ttl`` overrides the held keys' TTL (by default longer than the phase: held_ttl_for), to see how the
+    checks judge leases a phase outlives."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    with Stack() as stack:
+    with Stack(topology) as stack:
+        redis = f"Redis :{stack.redis.port}"
+        if stack.cluster is not None:
+            redis = f"Redis Cluster :{','.join(map(str, stack.cluster.ports))}, broker {redis}"
         log(
-            f"stack up: {stack.url} (PostgreSQL :{stack.postgres.port}, Redis :{stack.redis.port}, "
-            f"{stack.WEB_WORKERS} web workers, {len(stack.workers())} Celery workers, beat)"
+            f"stack up: {', '.join(stack.urls.values())} (PostgreSQL :{stack.postgres.port}, {redis}, "
+            f"{len(stack.web_nodes)} web node(s) of {stack.WEB_WORKERS} workers, {len(stack.workers())} Celery "
+            "workers, beat)"
         )
         api_key, account_id = prepare(stack)
         return [
