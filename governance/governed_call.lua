@@ -1,6 +1,8 @@
 -- governed_call.lua — dedup, limit check and reservation of one governed tool call, as one atomic step
 -- (docs/architecture.md §3.5, §4.5, §4.6: "never overshoot"). Concurrent calls of one agent serialise here.
--- KEYS[1] ready                ready marker     oo:{a<acct>}:gov:<agent>:ready   (absent → rebuild the counters first)
+-- KEYS[1] ready                ready marker     oo:{a<acct>}:gov:<agent>:ready   (the replication id of the server
+--                              that rebuilt the counters, replication_id.lua: absent or stamped by another server's
+--                              replication history → rebuild the counters first)
 -- KEYS[2] dedup                dedup entry      oo:{a<acct>}:gov:<agent>:dedup:<args_hash>
 -- KEYS[3] hour                 hourly actions   oo:{a<acct>}:gov:<agent>:hour   (zset: member = reservation, score ms)
 -- KEYS[4] spend                spend today      oo:{a<acct>}:gov:<agent>:spend:<YYYYMMDD>   (integer micro-dollars)
@@ -53,7 +55,7 @@
 --         (blocked: the counts before this call; ok: after its reservation; ai: the month's `ai` units, run_*: the
 --         run's counts and ms since its first action, 0 without per-run caps)
 -- (shadow: the candidate's reason, "" without one; decided only for the answers that are recorded)
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('GET', KEYS[1]) ~= replication_id() then
   return {'rebuild'}
 end
 if redis.call('EXISTS', KEYS[6]) == 0 then

@@ -36,13 +36,14 @@ from idempotency import events as run_events
 from idempotency.models import RunEvent
 from idempotency.services import canonical_json
 from onceonly_site.identifiers import normalise_tool
-from onceonly_site.redis_client import LuaScript, RedisClient, get_redis
+from onceonly_site.redis_client import LuaScript, get_redis
 
 GOVERNED_CALL_LUA = Path(__file__).with_name("governed_call.lua")
 SHADOW_CALL_LUA = Path(__file__).with_name("shadow_call.lua")
 SHADOW_DECIDE_LUA = Path(__file__).with_name("shadow_decide.lua")
 logger = logging.getLogger(__name__)
 REBUILD_LUA = Path(__file__).with_name("rebuild_counters.lua")
+REPLICATION_ID_LUA = Path(__file__).with_name("replication_id.lua")  # the ready marker's stamp
 MICRO = Decimal(1_000_000)
 SIX_PLACES = Decimal("0.000001")  # amounts are kept to 6 decimal places (micro-dollars in Redis)
 DAY_COUNTER_SECONDS = 2 * 86400
@@ -377,7 +378,10 @@ class GovernedCallArgs(NamedTuple):
 
 
 GOVERNED_CALL = LuaScript(
-    GOVERNED_CALL_LUA, GovernedCallKeys, GovernedCallArgs, preludes=(TAKE_TOKEN_LUA, SHADOW_DECIDE_LUA)
+    GOVERNED_CALL_LUA,
+    GovernedCallKeys,
+    GovernedCallArgs,
+    preludes=(TAKE_TOKEN_LUA, SHADOW_DECIDE_LUA, REPLICATION_ID_LUA),
 )
 
 
@@ -408,7 +412,7 @@ SHADOW_CALL = LuaScript(SHADOW_CALL_LUA, ShadowCallKeys, ShadowCallArgs, prelude
 
 
 class RebuildKeys(NamedTuple):
-    """KEYS of governance/rebuild_counters.lua: the agent's counters, as in GovernedCallKeys."""
+    """KEYS of governance/rebuild_counters.lua, before its ``runs``: the agent's counters, as in GovernedCallKeys."""
 
     ready: str
     hour: str
@@ -425,7 +429,9 @@ class RebuildArgs(NamedTuple):
     tool_count: int
 
 
-REBUILD = LuaScript(REBUILD_LUA, RebuildKeys, RebuildArgs, rest="pairs")
+REBUILD = LuaScript(
+    REBUILD_LUA, RebuildKeys, RebuildArgs, rest="pairs", rest_keys="runs", preludes=(REPLICATION_ID_LUA,)
+)
 
 
 def run_key(agent: Agent, run_id: str) -> str:
@@ -568,10 +574,15 @@ def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: 
                 if left_ms > 0:
                     pipe.set(f"{base}:{digest}", f"{marker}:{pk}", px=left_ms, nx=True)
         pipe.execute()
-    _rebuild_runs(agent, now, client)
+    runs = _rebuild_runs(agent, now)
     pairs: list[Any] = []
     for tool, count in calls.items():
         pairs += [tool, count]
+    for counts in runs.values():  # in the order of the run keys below
+        fields = [(name, value) for name, value in counts.items() if name != "t0"]
+        pairs += [int(counts["t0"].timestamp() * 1000), len(fields)]
+        for name, value in fields:
+            pairs += [name, value]
     for member, ts in hour:
         pairs += [int(ts.timestamp() * 1000), member]
     REBUILD(
@@ -584,12 +595,15 @@ def _rebuild(agent: Agent, keys: GovernedCallKeys, now: datetime, dedup_window: 
             tool_count=len(calls),
         ),
         pairs,
+        list(runs),  # under the account's hash tag, as the agent's keys (one slot on a Redis Cluster)
     )
 
 
-def _rebuild_runs(agent: Agent, now: datetime, client: RedisClient) -> None:
-    """The counters of the agent's runs with charged calls in the day counters' span, for those Redis no longer has
-    (docs/governance.md §"Per-run caps"): calls wait for the ready marker meanwhile, so none counts in between."""
+def _rebuild_runs(agent: Agent, now: datetime) -> dict[str, dict[str, Any]]:
+    """The counts of the agent's runs with charged calls in the day counters' span, by their hash (``run_key``), from
+    the decision log (docs/governance.md §"Per-run caps"): a, s, t:<tool> and t0 (the first one's time).
+    rebuild_counters.lua raises each hash to them in the step that sets the ready marker, and only when the marker
+    is stale: a concurrent rebuild or a call admitted since is never overwritten."""
     since = now - timedelta(seconds=DAY_COUNTER_SECONDS)
     runs: dict[str, dict[str, Any]] = {}
     charged = Decision.objects.filter(
@@ -599,28 +613,13 @@ def _rebuild_runs(agent: Agent, now: datetime, client: RedisClient) -> None:
     rows = [*charged.values_list("run_id", "tool", "spend_usd", "ts")]
     rows += unrecorded.values_list("run_id", "tool", "spend_usd", "created_at")
     for run_id, tool, cost, ts in rows:
-        run = runs.setdefault(run_id, {"a": 0, "s": 0, "t0": ts})
+        run = runs.setdefault(run_key(agent, run_id), {"a": 0, "s": 0, "t0": ts})
         run["a"] += 1
         run["s"] += _micro(cost or Decimal(0))
         run["t0"] = min(run["t0"], ts)
         field = f"t:{policies.counter_name(tool)}"
         run[field] = run.get(field, 0) + 1
-    if not runs:
-        return
-    ids = list(runs)
-    exists = client.pipeline(transaction=False)
-    for run_id in ids:
-        exists.exists(run_key(agent, run_id))
-    pipe = client.pipeline(transaction=False)
-    for run_id, present in zip(ids, exists.execute(), strict=True):
-        if present:
-            continue
-        counts = runs[run_id]
-        fields = {str(name): value for name, value in counts.items() if name != "t0"}
-        fields["t0"] = int(counts["t0"].timestamp() * 1000)
-        pipe.hset(run_key(agent, run_id), mapping=fields)  # type: ignore[arg-type]  # (redis-py's Mapping is invariant)
-        pipe.expire(run_key(agent, run_id), DAY_COUNTER_SECONDS)
-    pipe.execute()
+    return runs
 
 
 EXPLAIN_LIST = 20  # entries of allowed_tools a tool_not_allowed decision keeps (with the list's size)

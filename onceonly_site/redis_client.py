@@ -37,9 +37,12 @@ is the hot path).
 
 **Header convention.** The script's first comment lines declare each key and each argument on a line of its own,
 in order: ``-- KEYS[<n>] <name>  <what it is>``, ``-- ARGV[<n>] <name>  <what it is>``. A variable-length tail of
-ARGV is ``-- ARGV[<n>..] <name>  …`` (``LuaScript(rest=<name>)``, passed as ``rest=`` at call time). Trailing
-fields of a NamedTuple whose default is ``None`` are an optional group: given all together or not at all, and left
-out of KEYS/ARGV when absent (``KEYS[n]`` is nil in the script).
+ARGV is ``-- ARGV[<n>..] <name>  …`` (``LuaScript(rest=<name>)``, passed as ``rest=`` at call time); one of KEYS is
+``-- KEYS[<n>..] <name>  …`` (``LuaScript(rest_keys=<name>)``, passed as ``rest_keys=``), after the declared keys
+and before ARGV[1]. Each tail is the last line of its kind, and a call passing one the script does not declare is
+refused. Trailing fields of a NamedTuple whose default is ``None`` are an optional group: given all together or not
+at all, and left out of KEYS/ARGV when absent (``KEYS[n]`` is nil in the script); a KEYS tail follows no optional
+keys (it would begin where an absent group was).
 
 **Reply convention.** A script answers an array whose first element is a status word — ``ok`` when it did what it
 was asked, else what stopped it (``rate_limited``, ``quota``, ``duplicate``, ``rebuild_usage``, …) — followed by
@@ -248,7 +251,8 @@ class LuaScript(Generic[K, A]):
     """A Lua script with its KEYS and ARGV declared by name (the module docstring has the conventions).
 
     ``keys`` and ``args`` are NamedTuple classes, fields in the header's order; ``rest`` names a variable-length
-    tail of ARGV; ``preludes`` are Lua files prepended to it (``lua_script``). Declared scripts are in ``SCRIPTS``.
+    tail of ARGV and ``rest_keys`` one of KEYS; ``preludes`` are Lua files prepended to it (``lua_script``).
+    Declared scripts are in ``SCRIPTS``.
     """
 
     __slots__ = (
@@ -263,26 +267,40 @@ class LuaScript(Generic[K, A]):
         "path",
         "preludes",
         "rest",
+        "rest_keys",
     )
 
     def __init__(
-        self, path: Path, keys: type[K], args: type[A], *, rest: str | None = None, preludes: Sequence[Path] = ()
+        self,
+        path: Path,
+        keys: type[K],
+        args: type[A],
+        *,
+        rest: str | None = None,
+        rest_keys: str | None = None,
+        preludes: Sequence[Path] = (),
     ) -> None:
         key_names, arg_names = getattr(keys, "_fields", None), getattr(args, "_fields", None)
         if not isinstance(key_names, tuple) or not isinstance(arg_names, tuple):
             raise TypeError(f"{path.name}: KEYS and ARGV are declared as NamedTuple classes")
         self.path, self.keys, self.args, self.rest, self.preludes = path, keys, args, rest, tuple(preludes)
+        self.rest_keys = rest_keys
         self.key_names: tuple[str, ...] = key_names
         self.arg_names: tuple[str, ...] = arg_names
         self._optional_keys, self._optional_args = _optional_group(keys), _optional_group(args)
+        if rest_keys is not None and self._optional_keys:  # the tail would start where the absent group was
+            raise TypeError(f"{path.name}: a variable-length KEYS tail follows no optional keys")
         self._optional = bool(self._optional_keys or self._optional_args)
         self._script: Script | None = None
         SCRIPTS[path] = self
 
-    def __call__(self, client: RedisClient, keys: K, args: A, rest: Sequence[Any] = ()) -> Any:
-        """EVALSHA of the script with ``keys`` and ``args`` (then ``rest``) on ``client`` (a client, not a
-        pipeline). A server that does not know the script (restarted, flushed, a cluster's replica promoted since
-        it was loaded) gets it with EVAL: one round trip, on the node of the keys, which keeps it loaded."""
+    def __call__(
+        self, client: RedisClient, keys: K, args: A, rest: Sequence[Any] = (), rest_keys: Sequence[str] = ()
+    ) -> Any:
+        """EVALSHA of the script with ``keys`` (then ``rest_keys``) and ``args`` (then ``rest``) on ``client`` (a
+        client, not a pipeline). A server that does not know the script (restarted, flushed, a cluster's replica
+        promoted since it was loaded) gets it with EVAL: one round trip, on the node of the keys, which keeps it
+        loaded."""
         if type(keys) is not self.keys or type(args) is not self.args:
             raise TypeError(f"{self.path.name} takes {self.keys.__name__} and {self.args.__name__}")
         script = self._script
@@ -296,6 +314,10 @@ class LuaScript(Generic[K, A]):
             if self.rest is None:
                 raise TypeError(f"{self.path.name} declares no variable-length ARGV")
             sent_args = (*sent_args, *rest)
+        if rest_keys:
+            if self.rest_keys is None:
+                raise TypeError(f"{self.path.name} declares no variable-length KEYS")
+            sent_keys = (*sent_keys, *rest_keys)
         try:
             return client.evalsha(script.sha, len(sent_keys), *sent_keys, *sent_args)
         except NoScriptError:

@@ -52,28 +52,33 @@ def body(path: Path) -> list[str]:
     return path.read_text().splitlines()[len(header(path)) :]
 
 
-def header_names(path: Path) -> tuple[list[str], list[str], str | None]:
-    """The KEYS and ARGV names the header declares, in order (their numbers checked to run 1, 2, 3…), and the name of
-    a variable-length ARGV tail (``ARGV[n..]``), if any."""
+def header_names(path: Path) -> tuple[list[str], list[str], str | None, str | None]:
+    """The KEYS and ARGV names the header declares, in order (KEYS first, their numbers checked to run 1, 2, 3…), and
+    the names of a variable-length ARGV tail (``ARGV[n..]``) and of a variable-length KEYS tail (``KEYS[n..]``), if
+    any: each the last line of its kind."""
     found: dict[str, list[str]] = {"KEYS": [], "ARGV": []}
-    rest = None
+    tails: dict[str, str] = {}
     for line in header(path):
         if not MENTION.match(line):
             continue
         match = DECLARATION.match(line)
         assert match, f"{path.name}: a KEYS/ARGV line of the header declares no name: {line!r}"
         kind, number, tail, name = match.groups()
-        assert rest is None, f"{path.name}: {line!r} follows the variable-length ARGV"
+        assert kind not in tails, f"{path.name}: {line!r} follows the variable-length {kind}"
+        assert kind == "ARGV" or not (found["ARGV"] or "ARGV" in tails), f"{path.name}: {line!r} follows ARGV"
         assert int(number) == len(found[kind]) + 1, f"{path.name}: {kind}[{number}] is out of order"
         if tail:
-            assert kind == "ARGV", f"{path.name}: only ARGV may end in a variable-length tail"
-            rest = name
+            tails[kind] = name
         else:
             found[kind].append(name)
-    return found["KEYS"], found["ARGV"], rest
+    return found["KEYS"], found["ARGV"], tails.get("ARGV"), tails.get("KEYS")
 
 
-PRELUDES = {ROOT / "billing" / "take_token.lua", ROOT / "governance" / "shadow_decide.lua"}
+PRELUDES = {
+    ROOT / "billing" / "take_token.lua",
+    ROOT / "governance" / "shadow_decide.lua",
+    ROOT / "governance" / "replication_id.lua",
+}
 PATHS = [path for path in lua_files() if path not in PRELUDES]
 
 
@@ -89,10 +94,11 @@ def test_every_lua_file_is_a_declared_script_or_a_prelude_of_one():
 @pytest.mark.parametrize("path", PATHS, ids=[path.name for path in PATHS])
 def test_the_header_documents_keys_and_argv_in_the_declared_order(path):
     script = declared()[path]
-    keys, args, rest = header_names(path)
+    keys, args, rest, rest_keys = header_names(path)
     assert keys == list(script.key_names)
     assert args == list(script.arg_names)
     assert rest == script.rest
+    assert rest_keys == script.rest_keys
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[path.name for path in PATHS])
@@ -101,7 +107,8 @@ def test_the_body_uses_no_undeclared_slot(path):
     for line in body(path):
         for kind, number in SLOT.findall(line):
             count = len(script.key_names if kind == "KEYS" else script.arg_names)
-            assert int(number) <= count or (kind == "ARGV" and script.rest), f"{path.name}: {kind}[{number}]"
+            tail = script.rest if kind == "ARGV" else script.rest_keys
+            assert int(number) <= count or tail, f"{path.name}: {kind}[{number}]"
 
 
 def outside_local_functions(lines: list[str]) -> list[str]:
@@ -157,9 +164,34 @@ def echo(tmp_path) -> LuaScript[EchoKeys, EchoArgs]:
 
 
 def test_keys_and_argv_are_built_by_name_and_sent_in_the_declared_order(echo):
-    assert header_names(echo.path) == (["first", "second"], ["one", "two"], "more")
+    assert header_names(echo.path) == (["first", "second"], ["one", "two"], "more", None)
     reply = echo(get_redis(), EchoKeys(first="a", second="b"), EchoArgs(one=1, two=2), ["last"])
     assert reply == [b"ok", 2, 3, b"last"]
+
+
+class TailKeys(NamedTuple):
+    first: str
+
+
+def test_a_variable_length_keys_tail_follows_the_declared_keys(tmp_path, echo):
+    path = tmp_path / "tail.lua"
+    path.write_text("-- KEYS[1] first\n-- KEYS[2..] others\n-- ARGV[1] one\nreturn {'ok', #KEYS, KEYS[#KEYS], #ARGV}\n")
+    script = LuaScript(path, TailKeys, EchoArgs, rest_keys="others")
+    try:
+        assert header_names(path) == (["first"], ["one"], None, "others")
+        assert script(get_redis(), TailKeys(first="a"), EchoArgs(one=1), rest_keys=["b", "c"]) == [b"ok", 3, b"c", 1]
+        assert script(get_redis(), TailKeys(first="a"), EchoArgs(one=1)) == [b"ok", 1, b"a", 1]
+    finally:
+        del SCRIPTS[path]
+    with pytest.raises(TypeError, match="declares no variable-length KEYS"):
+        echo(get_redis(), EchoKeys(first="a", second="b"), EchoArgs(one=1, two=2), rest_keys=["c"])
+    with pytest.raises(TypeError, match="follows no optional keys"):  # the tail would take an absent key's place
+        LuaScript(tmp_path / "z.lua", EchoKeys, EchoArgs, rest_keys="others")
+    assert tmp_path / "z.lua" not in SCRIPTS
+    for bad in ("-- KEYS[1] first\n-- KEYS[2..] others\n-- KEYS[3] late\n", "-- ARGV[1] one\n-- KEYS[1] first\n"):
+        path.write_text(f"{bad}return {{'ok'}}\n")
+        with pytest.raises(AssertionError, match="follows"):
+            header_names(path)
 
 
 def test_an_absent_optional_group_is_left_out_and_a_partial_one_refused(echo):

@@ -2,14 +2,19 @@
 durability, no raw args."""
 
 import json
+import secrets
+from typing import NamedTuple
 
 import pytest
+from django.utils import timezone
 
 from billing import usage
 from billing.services import account_set_plan
+from governance import services
 from governance.models import Agent, Decision, DecisionRollup
+from onceonly_site.redis_client import get_redis
 from tests.conftest import make_key
-from tests.support.redis_calls import lose_redis_state
+from tests.support.redis_calls import lose_redis_state, replication_id
 
 
 def run(client, agent="billing-agent", tool="stripe.charge", args=None, **extra):
@@ -150,6 +155,70 @@ def test_hourly_window_survives_a_redis_flush(client):
     run(client, args={"n": 1})
     lose_redis_state()
     assert run(client, args={"n": 2})["policy_reason"] == "hourly_action_limit_exceeded"
+
+
+class Stale(NamedTuple):
+    keys: services.GovernedCallKeys
+    rebuilds: list[int]
+
+
+@pytest.fixture
+def stale(monkeypatch, key_a):
+    """Makes the agent's counters in Redis miss its last call, as a replica promoted by a failover can (replication
+    is asynchronous); counts the rebuilds from the decision log."""
+    rebuilds: list[int] = []
+    rebuild = services._rebuild
+
+    def counting(agent, keys, now, dedup_window):
+        rebuilds.append(agent.pk)
+        rebuild(agent, keys, now, dedup_window)
+
+    monkeypatch.setattr(services, "_rebuild", counting)
+
+    def make(marker: str) -> Stale:
+        agent = Agent.objects.get(account_id=key_a.api_key.account_id, agent_id="billing-agent")
+        keys = services._keys(agent, "-", timezone.now())
+        redis = get_redis()
+        redis.set(keys.ready, marker, ex=services.READY_SECONDS)
+        redis.set(keys.spend, 0)
+        redis.delete(keys.hour, keys.calls, *redis.keys(keys.dedup.replace(":dedup:-", ":dedup:*")))
+        rebuilds.clear()
+        return Stale(keys, rebuilds)
+
+    return make
+
+
+def test_a_marker_of_another_replication_history_rebuilds_the_counters(client, stale):
+    """A promoted replica holds the ready marker (replicated long before) but can miss the last reservations and
+    dedup entries: the marker carries the replication id of the server that wrote it, and a promoted replica (or a
+    restarted server) has a new one, so the next call rebuilds from the decision log and the cap holds."""
+    policy(client, max_spend_usd_per_day=5)
+    first = run(client, args={"n": 1}, spend_usd=3)
+    assert first["decision"] == "allowed"
+    other = "".join(secrets.choice("0123456789abcdef") for _ in range(40))
+    assert other != replication_id()
+    lost = stale(other)  # on these counters the calls below would be a new call, then within the cap
+    repeat = run(client, args={"n": 1}, spend_usd=3)
+    assert repeat["decision"] == "dedup" and repeat["decision_id"] != first["decision_id"]
+    assert Decision.objects.get(pk=repeat["decision_id"]).original_id == first["decision_id"]
+    again = run(client, args={"n": 2}, spend_usd=3)
+    assert again["decision"] == "blocked" and again["policy_reason"] == "daily_spend_exceeded"
+    assert again["remaining"] == {"spend_usd_today": 3.0, "actions_this_hour": 1, "calls_today": 1}
+    assert len(lost.rebuilds) == 1  # once, then the marker carries this server's id
+    assert get_redis().get(lost.keys.ready) == replication_id().encode()
+
+
+def test_a_marker_of_this_server_is_trusted_and_nothing_is_rebuilt(client, stale):
+    """The converse: under a marker stamped with this server's replication id the counters in Redis are the ones
+    decided on (here set by hand below what the log says, so it shows), and no call rebuilds them."""
+    policy(client, max_spend_usd_per_day=5)
+    assert run(client, args={"n": 1}, spend_usd=3)["decision"] == "allowed"
+    kept = stale(replication_id())
+    again = run(client, args={"n": 2}, spend_usd=3)
+    assert again["decision"] == "allowed"  # the hand-set counters: a rebuild would have blocked it
+    assert again["remaining"] == {"spend_usd_today": 3.0, "actions_this_hour": 1, "calls_today": 1}
+    assert run(client, args={"n": 3}, spend_usd=1)["remaining"]["spend_usd_today"] == 4.0  # the log says 7
+    assert kept.rebuilds == []
 
 
 def test_every_decision_is_rolled_up(client):

@@ -20,7 +20,7 @@ from governance import services
 from governance.choices import Outcome, Reason
 from governance.models import Agent, Decision, Tool
 from onceonly_site.redis_client import get_redis
-from tests.support.redis_calls import count_redis_round_trips
+from tests.support.redis_calls import count_redis_round_trips, replication_id
 
 NOW = datetime(2026, 5, 14, 12, 30, tzinfo=UTC)
 PLAN = PlanLimits(code="agency", default_ttl=3600, max_ttl=86400, make_limit=-1, ai_limit=100)
@@ -68,7 +68,7 @@ def frozen(monkeypatch):
 def ready(call: services.Call) -> services.GovernedCallKeys:
     """The agent's counters and the month's usage hash as a call finds them after a first call: no rebuild."""
     keys = services._keys(call.agent, call.digest, NOW)
-    get_redis().set(keys.ready, "1")
+    get_redis().set(keys.ready, replication_id())
     get_redis().hset(keys.usage, "ai", 0)
     return keys
 

@@ -11,16 +11,18 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from billing.choices import ApiKeyScope
 from billing.services import api_key_create
 from governance import services as governance
-from governance.models import Alert, Decision
+from governance.models import Agent, Alert, Decision
 from idempotency import runs
 from idempotency.choices import RunStatus
 from idempotency.models import Run
 from onceonly_site.redis_client import get_redis
 from tests.conftest import ARTIFACTS, Key
+from tests.support.redis_calls import replication_id
 from tests.support.servers import CeleryWorker
 from tests.support.tool_endpoint import ToolEndpoint
 
@@ -110,6 +112,58 @@ def test_a_run_id_longer_than_the_log_keeps_its_count_through_a_redis_flush(clie
     assert [call(client, run_id=long, n=n)["decision"] for n in (1, 2)] == ["allowed", "allowed"]
     get_redis().flushdb()
     assert call(client, run_id=long, n=3)["policy_reason"] == "run_action_limit_exceeded"
+
+
+def keep_run(account, marker: str, run_id: str = "run-1", **counts: int) -> str:
+    """Sets the run's hash to ``counts`` and the agent's ready marker to ``marker``, as a failover may leave them: a
+    replica promoted with a hash that missed the last increments (asynchronous replication) under a marker stamped by
+    the old primary. Returns the run's hash."""
+    agent = Agent.objects.get(account_id=account.pk, agent_id=AGENT)
+    redis, run = get_redis(), governance.run_key(agent, run_id)
+    redis.hset(run, mapping=counts)
+    redis.set(governance._keys(agent, "-", timezone.now()).ready, marker, ex=governance.READY_SECONDS)
+    return run
+
+
+OTHER_SERVER = "f" * 40  # a replication id that is not this server's: a marker written before a failover
+
+
+def test_a_run_hash_kept_by_a_failover_below_the_log_is_raised_to_it(client, account_a):
+    """A run's hash that survived a failover without its last increments is rebuilt from the decision log in the step
+    that stamps the marker again, so the per-run cap holds (the stale hash would let the third call through)."""
+    policy(account_a, max_actions_per_run=2, max_calls_per_tool_per_run=5, max_spend_usd_per_run=1.0)
+    assert [call(client, spend_usd=0.4, n=n)["decision"] for n in (1, 2)] == ["allowed", "allowed"]
+    assert replication_id() != OTHER_SERVER
+    run = keep_run(account_a, OTHER_SERVER, a=1, s=400_000, **{"t:crm.note": 1})
+    blocked = call(client, n=3)
+    assert blocked["policy_reason"] == "run_action_limit_exceeded"
+    assert Decision.objects.get(pk=blocked["decision_id"]).explain["count"] == 2
+    assert get_redis().hmget(run, "a", "s", "t:crm.note") == [b"2", b"800000", b"2"]
+    assert get_redis().ttl(run) > governance.DAY_COUNTER_SECONDS - 60
+
+
+def test_a_run_count_above_the_log_stays_through_the_rebuild(client, account_a):
+    """The rebuild raises a run's counts, never lowers them: the hash may count actions the log's two days do not
+    (a long run), or a reservation whose decision is not written yet."""
+    policy(account_a, max_actions_per_run=4)
+    assert call(client, n=1)["decision"] == "allowed"
+    early = int((timezone.now() - timedelta(days=3)).timestamp() * 1000)
+    run = keep_run(account_a, OTHER_SERVER, a=4, t0=early)
+    blocked = call(client, n=2)
+    assert blocked["policy_reason"] == "run_action_limit_exceeded"
+    assert Decision.objects.get(pk=blocked["decision_id"]).explain["count"] == 4
+    assert get_redis().hmget(run, "a", "t0", "t:crm.note") == [b"4", str(early).encode(), b"1"]
+
+
+def test_a_run_hash_under_this_servers_marker_is_left_alone(client, account_a):
+    """The converse: under a marker of this server's replication id the run's hash is the one decided on (set by hand
+    below the log here, so it shows), and no rebuild touches it."""
+    policy(account_a, max_actions_per_run=2)
+    assert [call(client, n=n)["decision"] for n in (1, 2)] == ["allowed", "allowed"]
+    run = keep_run(account_a, replication_id(), a=1)
+    assert call(client, n=3)["decision"] == "allowed"  # a rebuild would have blocked it
+    assert get_redis().hget(run, "a") == b"2"
+    assert call(client, n=4)["policy_reason"] == "run_action_limit_exceeded"
 
 
 def test_an_agents_own_key_may_tighten_its_guards_but_not_loosen_them(client, admin, account_a):

@@ -20,6 +20,15 @@ def lose_redis_state() -> None:
         get_redis().flushdb()
 
 
+def replication_id() -> str:
+    """The stamp the governance scripts give an agent's ready marker on this Redis: the server's replication id, read
+    by governance/replication_id.lua itself (a test that sets a marker by hand sets the one the scripts accept)."""
+    from governance.services import REPLICATION_ID_LUA
+
+    script = REPLICATION_ID_LUA.read_text() + "\nreturn replication_id()\n"
+    return get_redis().eval(script, 0).decode()
+
+
 class RoundTrips:
     count = 0
 
