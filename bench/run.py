@@ -44,6 +44,7 @@ whose peak RSS is measured.
     make bench BENCH_ARGS="--only export"                  # 1M decisions exported, peak RSS (no stack), ~3 minutes
     make bench BENCH_ARGS="--only growth --growth 10M"     # the growth phase alone, at 10,000,000 rows
     make bench BENCH_ARGS="--only verify --growth 10M"     # the log's verification at 10M decisions (no stack)
+    make bench BENCH_ARGS="--only retention"               # dropping days of 1M decisions (no stack), ~1 minute
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ SCENARIOS = {
 DASHBOARD = "dashboard"  # not a wrk scenario: bench/dashboard.py
 REPLAY = "replay"  # not a wrk scenario: bench/replay.py, in-process (no stack)
 EXPORT = "export"  # not a wrk scenario: bench/export.py, 1M decisions exported in a child process (no stack)
+RETENTION = "retention"  # not a wrk scenario: bench/partitions.py, days of the decision log dropped (no stack)
 VERIFY = "verify"  # not a wrk scenario: bench/verify.py, the log's verification at --growth rows (no stack); named only
 NOISY = "noisy_neighbour"  # bench/contention.py, with both worker models
 ROUND_TRIP = "keyed_run_round_trip"  # bench/contention.py, with the stack's worker model
@@ -1003,6 +1005,10 @@ def report_all(results: dict[str, Any]) -> str:
         from bench import export
 
         lines += export.report(results[EXPORT])
+    if RETENTION in results:
+        from bench import partitions
+
+        lines += partitions.report(results[RETENTION])
     if VERIFY in results:
         from bench import verify
 
@@ -1022,6 +1028,7 @@ class Phases:
     replay: bool
     export: bool
     verify: bool
+    retention: bool
     models: list[str]  # worker models in the order measured; the stack's own (``--worker-class``) last
 
     @classmethod
@@ -1040,6 +1047,7 @@ class Phases:
             replay=REPLAY in only or (not only and not options.quick),
             export=EXPORT in only or (not only and not options.quick),
             verify=VERIFY in only,
+            retention=RETENTION in only or (not only and not options.quick),
             models=[other, options.worker_class] if compare else [options.worker_class],
         )
 
@@ -1135,7 +1143,7 @@ def api_phase(
 
 def main() -> None:
     global DB_NAME, REDIS_DB  # --db-name, --redis-db
-    known = [*SCENARIOS, NOISY, ROUND_TRIP, GROWTH, DASHBOARD, REPLAY, EXPORT, VERIFY]
+    known = [*SCENARIOS, NOISY, ROUND_TRIP, GROWTH, DASHBOARD, REPLAY, EXPORT, VERIFY, RETENTION]
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -1173,7 +1181,8 @@ def main() -> None:
         "--growth",
         type=parse_rows,
         default=SEED_ROWS,
-        help=f"rows the growth phase (decisions, lock records) and the verify scenario seed (default "
+        help=f"rows the growth phase (decisions, lock records) and the verify scenario seed, and the retention "
+        f"scenario's rows per day (default "
         f"{rows_label(SEED_ROWS)}; e.g. 10M)",
     )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", DB_NAME), help="PostgreSQL database")
@@ -1257,6 +1266,10 @@ def main() -> None:
             from bench import verify
 
             results[VERIFY] = verify.run(options.growth)
+        if phases.retention:
+            from bench import partitions
+
+            results[RETENTION] = partitions.run(1_000_000 if RETENTION not in only else options.growth)
     finally:
         stack.stop()
         if not options.keep_db:
@@ -1273,7 +1286,7 @@ def main() -> None:
         or (options.workers, options.worker_class, options.threads)
         != (GUNICORN_WORKERS, WORKER_CLASSES[0], WEB_THREADS)
     )
-    alone = {DASHBOARD: "-dashboard", EXPORT: "-export", GROWTH: "-growth", VERIFY: "-verify"}
+    alone = {DASHBOARD: "-dashboard", EXPORT: "-export", GROWTH: "-growth", VERIFY: "-verify", RETENTION: "-retention"}
     named = alone.get(only[0]) if len(only) == 1 and (only == [DASHBOARD] or not options.quick) else None
     suffix = named or ("-partial" if partial else "")
     out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{suffix}.json"

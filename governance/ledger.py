@@ -20,6 +20,7 @@ from billing.audit import AuditVerification
 from billing.models import Account, AuditCheckpoint, AuditEntry, Notification
 from billing.notifications import notify
 from billing.services import audit_record
+from governance import partitions
 from governance.models import Decision, DecisionCheckpoint, LogVerification
 from idempotency.services import canonical_json
 from onceonly_site import checkpoint_signing
@@ -244,13 +245,108 @@ def _walk(
     return last
 
 
+# After retention dropped the days before the horizon (governance/partitions.py), a checkpoint made before the horizon
+# plus this margin may chain decisions that are gone: it is archived (below). A checkpoint chains decisions older
+# than the moment it was made, and beat makes one every 5 minutes: the margin also covers a day of beat downtime.
+ARCHIVE_MARGIN = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Archive:
+    """The account's checkpoints up to ``seq`` chain decisions retention may have dropped."""
+
+    seq: int
+    chain_hash: str
+    last_decision_id: int
+    horizon: Any  # datetime: the decision log starts there
+
+
+def archive_of(account_id: int) -> Archive | None:
+    """The account's archived checkpoints (None: retention dropped nothing, or none of its checkpoints)."""
+    horizon = partitions.horizon()
+    if horizon is None:
+        return None
+    first = (
+        DecisionCheckpoint.objects.filter(account_id=account_id, seq=1)
+        .values_list("first_decision_id", flat=True)
+        .first()
+    )
+    if first is None or Decision.objects.filter(account_id=account_id, pk=first).exists():
+        return None  # its log is whole (a legal hold kept it, or it began after the horizon): verified as usual
+    last = (
+        DecisionCheckpoint.objects.filter(account_id=account_id, created_at__lt=horizon + ARCHIVE_MARGIN)
+        .order_by("-seq")
+        .values_list("seq", "chain_hash", "last_decision_id")
+        .first()
+    )
+    return Archive(*last, horizon=horizon) if last else None
+
+
+def _verify_archive(account_id: int, archive: Archive) -> Verification:
+    """The archived checkpoints as a chain (each one's ``prev_hash`` is the chain hash of the one before, from the
+    genesis), and the row hash of each of their decisions that retention kept (those on and after the horizon)."""
+    chained = GENESIS
+    checks = 0
+    for seq, prev, chain in (
+        DecisionCheckpoint.objects.filter(account_id=account_id, seq__lte=archive.seq)
+        .order_by("seq")
+        .values_list("seq", "prev_hash", "chain_hash")
+        .iterator(chunk_size=2000)
+    ):
+        checks += 1
+        if seq != checks or prev != chained:
+            return Verification(
+                False, 0, checks, None, f"Checkpoint {seq} does not follow the one before it: the chain was changed."
+            )
+        chained = chain
+    rows = 0
+    kept = Decision.objects.filter(
+        account_id=account_id,
+        ts__gte=archive.horizon,
+        ts__lt=archive.horizon + ARCHIVE_MARGIN,
+        pk__lte=archive.last_decision_id,
+    )
+    for values in kept.order_by("pk").values_list(*_READ).iterator(chunk_size=WALK_CHUNK):
+        fields = dict(zip(_READ[3:], values[3:], strict=True))
+        fields["agent_id"] = values[2]
+        rows += 1
+        if row_hash(account_id, fields) != values[1]:
+            return Verification(
+                False, rows, checks, values[0], f"Decision {values[0]} does not match its hash: it was changed."
+            )
+    return Verification(True, rows, checks, last_seq=archive.seq)
+
+
 def verify(account_id: int, progress: Callable[[int], None] | None = None) -> Verification:
     """The whole log: every decision's row hash and every checkpoint re-chained from the first (one pass in id
-    order); names the first decision that does not match. ``progress`` is told the rows checked so far."""
-    checkpoints = DecisionCheckpoint.objects.filter(account_id=account_id).order_by("seq").iterator(chunk_size=500)
-    result = _walk(account_id, checkpoints, prev=GENESIS, after_id=0, progress=progress)
+    order); names the first decision that does not match. ``progress`` is told the rows checked so far.
+
+    After retention dropped days of the log, the checkpoints that may chain dropped decisions (``archive_of``) are
+    checked as a chain and their kept decisions by row hash; the walk re-chains every checkpoint after them."""
+    archive = archive_of(account_id)
+    checkpoints = DecisionCheckpoint.objects.filter(account_id=account_id).order_by("seq")
+    if archive is None:
+        result = _walk(account_id, checkpoints.iterator(chunk_size=500), prev=GENESIS, after_id=0, progress=progress)
+    else:
+        archived = _verify_archive(account_id, archive)
+        if not archived.ok:
+            return archived
+        result = _walk(
+            account_id,
+            checkpoints.filter(seq__gt=archive.seq).iterator(chunk_size=500),
+            prev=archive.chain_hash,
+            after_id=archive.last_decision_id,
+            progress=progress,
+        )
+        result.rows_checked += archived.rows_checked
+        result.checkpoints_checked += archived.checkpoints_checked
     if result.ok:
         result.message = f"{result.rows_checked} decisions and {result.checkpoints_checked} checkpoints verified."
+        if archive is not None:
+            result.message += (
+                f" Decisions before {archive.horizon:%Y-%m-%d} were dropped by retention: checkpoints 1–"
+                f"{archive.seq} were checked as a chain, and their decisions that are kept by row hash."
+            )
     return result
 
 
@@ -316,9 +412,18 @@ def verify_new_decisions(state: LogVerification) -> Verification:
     moved = _decisions_anchor_moved(state)
     if moved:
         return moved
+    archived = Verification(True, 0, 0)
+    archive = archive_of(state.account_id)
+    if archive is not None and state.anchor_seq < archive.seq:
+        # Retention dropped decisions of checkpoints after the anchor: those are checked as an archive (the chain
+        # from the genesis, which passes through the anchor, and their kept decisions), and the anchor moves past them.
+        archived = _verify_archive(state.account_id, archive)
+        if not archived.ok:
+            return archived
+        state.anchor_seq, state.anchor_id, state.anchor_hash = archive.seq, archive.last_decision_id, archive.chain_hash
     new = list(DecisionCheckpoint.objects.filter(account_id=state.account_id, seq__gt=state.anchor_seq).order_by("seq"))
     if not new:
-        return Verification(True, 0, 0, last_seq=state.anchor_seq)
+        return Verification(True, archived.rows_checked, archived.checkpoints_checked, last_seq=state.anchor_seq)
     result = _walk(
         state.account_id,
         iter(new),
@@ -326,6 +431,8 @@ def verify_new_decisions(state: LogVerification) -> Verification:
         after_id=state.anchor_id,
         upto_id=new[-1].last_decision_id,
     )
+    result.rows_checked += archived.rows_checked
+    result.checkpoints_checked += archived.checkpoints_checked
     if result.ok:
         state.anchor_seq, state.anchor_id, state.anchor_hash = (
             result.last_seq,
@@ -342,6 +449,12 @@ def sweep_decisions(state: LogVerification, days: int, now: Any) -> Verification
     if not state.anchor_seq:
         return Verification(True, 0, 0)
     start = state.sweep_seq if state.sweep_seq < state.anchor_seq else 0
+    archive = archive_of(state.account_id)
+    if archive is not None:  # retention dropped the decisions of the checkpoints up to there: the sweep starts after
+        if archive.seq >= state.anchor_seq:
+            state.sweep_seq, state.full_pass_at = 0, now
+            return Verification(True, 0, 0)
+        start = max(start, archive.seq)
     end = min(start + _slice(state.anchor_seq, days), state.anchor_seq)
     checkpoints = list(
         DecisionCheckpoint.objects.filter(account_id=state.account_id, seq__gt=start, seq__lte=end).order_by("seq")

@@ -109,6 +109,7 @@ class Decision(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
+        db_constraint=False,  # a partitioned table (governance/0022): kept by Django, not by PostgreSQL
         help_text="For dedup: the decision whose result was replayed.",
     )
     # Which API key asked (none for keyed runs' actions and operator test calls): after a key leaks, its calls can
@@ -396,11 +397,25 @@ class Approval(models.Model):
     reason = models.CharField(max_length=1000, blank=True, help_text="The approver's reason (required to deny).")
     consumed_at = models.DateTimeField(null=True, blank=True)
     args_encrypted = models.TextField(blank=True, help_text="Fernet token of the call's args; emptied once decided.")
+    # No database constraint: decisions are a partitioned table on PostgreSQL, which a foreign key can only name by
+    # (id, ts) (governance/0022); Django keeps SET_NULL.
     requested_by = models.ForeignKey(
-        Decision, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        Decision,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     consumed_by = models.ForeignKey(
-        Decision, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        Decision,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
 
     class Meta:

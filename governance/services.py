@@ -47,6 +47,9 @@ REPLICATION_ID_LUA = Path(__file__).with_name("replication_id.lua")  # the ready
 MICRO = Decimal(1_000_000)
 SIX_PLACES = Decimal("0.000001")  # amounts are kept to 6 decimal places (micro-dollars in Redis)
 DAY_COUNTER_SECONDS = 2 * 86400
+# A dedup entry's original is looked up from the entry's window back, and this much more (clocks, a plan whose dedup
+# window was shortened since the entry was written).
+DEDUP_LOOKUP_MARGIN = timedelta(days=1)
 READY_SECONDS = 86400
 # A call's decision, recorded later, is looked up from this long before the call started (or the twin arrived):
 # bounded in time like every read of the decision log, with room for clocks of several nodes that disagree.
@@ -1140,7 +1143,13 @@ def _dedup_ending(call: Call, reserved: Reserved) -> Ending:
     seen: dict[str, Any] = {}
     kind, _, ref = reserved.detail.partition(":")
     if kind == "decision":
-        original = Decision.objects.filter(pk=int(ref), agent=call.agent).first()
+        # Named by its id, found in a time range (the decision log's partitions by day,
+        # docs/operations.md §"Decision-log partitions"): the entry was written at most the dedup window ago, before
+        # its decision.
+        written_after = reserved.now - timedelta(milliseconds=reserved.args.window_ms) - DEDUP_LOOKUP_MARGIN
+        original = Decision.objects.filter(
+            account_id=call.account_id, agent=call.agent, pk=int(ref), ts__gte=written_after
+        ).first()
     elif kind == "pending":  # in flight: its dispatch id names the decision it will be (the MCP gateway waits for it)
         seen["original_dispatch_id"] = ref
     elif kind == "intent" and ref.isdigit():

@@ -2,7 +2,7 @@ import logging
 
 from celery import shared_task
 
-from governance import approvals, channels, ledger, services
+from governance import approvals, channels, ledger, partitions, services
 
 logger = logging.getLogger(__name__)
 
@@ -14,6 +14,17 @@ def checkpoint_decisions() -> None:
     written = ledger.checkpoint_all()
     if written:
         logger.info("wrote %s decision-log and audit-log checkpoints", written)
+
+
+@shared_task(name="governance.maintain_decision_partitions", ignore_result=True)
+def maintain_decision_partitions() -> None:
+    """Beat (hourly): the decision log's day partitions exist a week ahead, and the days past
+    ONCEONLY_DECISION_RETENTION_DAYS are dropped whole (PostgreSQL; a no-op on SQLite)."""
+    created, dropped = partitions.maintain()
+    if created:
+        logger.info("created decision partitions %s", ", ".join(created))
+    for gone in dropped:
+        logger.info("dropped decision partition %s (about %d decisions) in %.3f s", gone.name, gone.rows, gone.seconds)
 
 
 @shared_task(name="governance.record_unfinished_dispatches", ignore_result=True)

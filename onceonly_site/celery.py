@@ -37,6 +37,9 @@ app.conf.beat_schedule = {
     # re-verification of the rest (the whole log every ONCEONLY_VERIFY_SWEEP_DAYS), so tampering is reported without
     # anyone opening the verify page, at a cost that does not grow with history (governance/ledger.py).
     "governance-verify-decision-logs": {"task": "governance.verify_decision_logs", "schedule": 3600.0},
+    # The decision log's day partitions on PostgreSQL: a week ahead, and the days past retention dropped whole
+    # (governance/partitions.py; a no-op on SQLite).
+    "governance-maintain-decision-partitions": {"task": "governance.maintain_decision_partitions", "schedule": 3600.0},
     # Durability of dispatches (docs/architecture.md §3.4, §4.11): a tool called by a server that stopped before
     # recording the answer gets its decision from the intent row written before the call (failed, outcome_unknown).
     "governance-record-unfinished-dispatches": {"task": "governance.record_unfinished_dispatches", "schedule": 60.0},

@@ -289,6 +289,12 @@ ONCEONLY_RETENTION_DAYS = env_int("ONCEONLY_RETENTION_DAYS", 7, minimum=1)
 # The hourly verification of the decision and audit logs re-verifies the whole of each log over this many days, a
 # slice per run, besides what was written since its last run (docs/operations.md §"Decision-log tamper evidence").
 ONCEONLY_VERIFY_SWEEP_DAYS = env_int("ONCEONLY_VERIFY_SWEEP_DAYS", 7, minimum=1, maximum=3650)
+# Days of the decision log kept on PostgreSQL (whole days dropped by beat: governance/partitions.py); 0 keeps every
+# decision. At least 7 when set: the governed call reads back up to two days, and the verification a day past the
+# retention horizon (docs/operations.md §"Decision-log partitions").
+ONCEONLY_DECISION_RETENTION_DAYS = env_int("ONCEONLY_DECISION_RETENTION_DAYS", 0, minimum=0, maximum=36500)
+if 0 < ONCEONLY_DECISION_RETENTION_DAYS < 7:
+    raise ImproperlyConfigured("ONCEONLY_DECISION_RETENTION_DAYS must be 0 (keep every decision) or at least 7")
 # A governed call's dispatch (all attempts) ends within this many seconds of the request's arrival (X-Request-Start
 # from the proxy, else when this process began reading it); the SDK's client timeout is 5 s.
 ONCEONLY_DISPATCH_DEADLINE_SECONDS = env_float("ONCEONLY_DISPATCH_DEADLINE_SECONDS", 4.0, minimum=0.5)

@@ -108,6 +108,12 @@ def scan_reads(node: dict[str, Any]) -> int:
     return round((node.get("Actual Rows", 0) + removed) * loops)
 
 
+def of_history(relation: str | None, history: set[str]) -> bool:
+    """Whether a plan's relation is a ``history`` table or one of its partitions (the decision log's days,
+    governance/partitions.py: ``governance_decision_p<day>``, ``_p_legacy``, ``_p_default``)."""
+    return relation is not None and any(relation == t or relation.startswith(f"{t}_p") for t in history)
+
+
 def assert_bounded(queries: Iterable[dict[str, Any]], history: set[str]) -> list[dict[str, Any]]:
     """Every captured SELECT/UPDATE/DELETE that names a ``history`` table answers from an index range bounded by the
     new work. Returns what was measured, one entry per statement (for the failure messages and the report)."""
@@ -118,7 +124,9 @@ def assert_bounded(queries: Iterable[dict[str, Any]], history: set[str]) -> list
             continue
         plan = explain(sql)
         scans = [
-            node for node in plan_nodes(plan) if node.get("Relation Name") in history and "Scan" in node["Node Type"]
+            node
+            for node in plan_nodes(plan)
+            if of_history(node.get("Relation Name"), history) and "Scan" in node["Node Type"]
         ]
         # The pages the scans read (an index scan's include its index's, a bitmap heap scan's its bitmap index scans'),
         # not those an UPDATE or DELETE writes: their index maintenance grows with the rows changed, the work itself.

@@ -1,0 +1,181 @@
+"""The decision log's day partitions on PostgreSQL (docs/operations.md §"Decision-log partitions").
+
+``governance_decision`` is partitioned by ``ts`` into one partition per UTC day (``governance_decision_pYYYYMMDD``),
+the rows from before the conversion (``governance/0022``) in ``governance_decision_p_legacy``, and a default partition
+for a row no day takes (a clock far off). Beat creates the days ahead (``ensure_ahead``, hourly); ``drop_before``
+drops whole days — a detach (a moment's lock of the table) and a ``DROP TABLE``: what it costs does not depend on how
+many rows the day had. SQLite keeps the plain table: everything here is a no-op there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, OperationalError, connection, transaction
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+TABLE = "governance_decision"
+DAYS_AHEAD = 7  # days the partitions exist ahead of today, so a row always finds its day
+LOCK_TIMEOUT = "5s"  # creating a partition locks the table briefly: give up (next hour) rather than queue writers
+DETACH_LOCK_TIMEOUT = "200ms"  # the longest a detach makes the API's statements wait behind it
+DETACH_ATTEMPTS = 20
+_BOUND = re.compile(r"FOR VALUES FROM \((?:'([^']+)'|MINVALUE)\) TO \((?:'([^']+)'|MAXVALUE)\)")
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    start: datetime | None  # None: from MINVALUE (the legacy partition); the default partition has neither bound
+    end: datetime | None
+    default: bool = False
+
+
+def enabled() -> bool:
+    """Whether the decision table is partitioned (PostgreSQL after governance/0022)."""
+    if connection.vendor != "postgresql":
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", [TABLE])
+        row = cursor.fetchone()
+    return row is not None and row[0] == "p"
+
+
+def _when(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
+
+
+def partitions() -> list[Partition]:
+    """The decision table's partitions, in time order (the default partition last); [] when it has none."""
+    if not enabled():
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+            [TABLE],
+        )
+        rows = cursor.fetchall()
+    found = []
+    for name, bound in rows:
+        if bound == "DEFAULT":
+            found.append(Partition(name, None, None, default=True))
+            continue
+        match = _BOUND.search(bound)
+        if match is None:
+            raise ValueError(f"{name}: a partition bound this code does not know: {bound}")
+        found.append(Partition(name, _when(match.group(1)), _when(match.group(2))))
+    found.sort(key=lambda p: (p.default, p.start or datetime.min.replace(tzinfo=UTC)))
+    return found
+
+
+def _day(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def ensure_ahead(now: datetime | None = None, days: int = DAYS_AHEAD) -> list[str]:
+    """Creates the day partitions from today to ``days`` ahead that do not exist yet; returns their names. A day
+    some existing partition covers (the legacy one) is skipped; so is a day the default partition already holds rows
+    of (PostgreSQL refuses it: the rows stay there, read as usual, and the day is logged)."""
+    existing = partitions()
+    if not existing:
+        return []
+    today = _day(now or timezone.now())
+    created = []
+    for n in range(days + 1):
+        start = today + timedelta(days=n)
+        end = start + timedelta(days=1)
+        covered = any(
+            not p.default and (p.start is None or p.start < end) and (p.end is None or p.end > start) for p in existing
+        )
+        if covered:
+            continue
+        name = f"{TABLE}_p{start:%Y%m%d}"
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                cursor.execute(f"CREATE TABLE {name} PARTITION OF {TABLE} FOR VALUES FROM (%s) TO (%s)", [start, end])
+        except DatabaseError as exc:
+            logger.warning("decision partition %s not created: %s", name, exc)
+            continue
+        created.append(name)
+    return created
+
+
+@dataclass(frozen=True)
+class Dropped:
+    name: str
+    rows: int  # estimated (pg_class.reltuples): counting would read the whole day
+    seconds: float
+    held: int = 0  # decisions of accounts and agents on legal hold, kept (moved to the default partition)
+
+
+def drop_before(cutoff: datetime) -> list[Dropped]:
+    """Drops every partition whose days all end by ``cutoff`` (the legacy one too, once its bound is past); the
+    default partition stays. Each is detached, then dropped. The detach is a change of the catalog that needs the
+    table to itself for a moment: it waits at most ``DETACH_LOCK_TIMEOUT`` for the queries running on the table
+    (writers queue behind it no longer than that), and tries again a little later, up to ``DETACH_ATTEMPTS`` times.
+    (``DETACH … CONCURRENTLY``, which would wait for no one, is refused on a table with a default partition.)"""
+    done = []
+    for part in partitions():
+        if part.default or part.end is None or part.end > cutoff:
+            continue
+        started = time.perf_counter()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE relname = %s", [part.name])
+            rows = int(cursor.fetchone()[0])
+        for attempt in range(1, DETACH_ATTEMPTS + 1):
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT}'")
+                    cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {part.name}")
+                break
+            except OperationalError as exc:
+                if attempt == DETACH_ATTEMPTS:
+                    raise
+                logger.info("decision partition %s: detach waited too long (%s), again", part.name, exc)
+                time.sleep(0.2 * attempt)
+        with transaction.atomic(), connection.cursor() as cursor:
+            # Legal holds outlive retention (docs/operations.md §"Retention"): a held account's or agent's decisions
+            # of the day go back into the table, under their ids and hashes — into the default partition, since no
+            # day partition covers the detached day any more.
+            cursor.execute(
+                f"INSERT INTO {TABLE} SELECT * FROM {part.name} d WHERE d.account_id IN "  # noqa: S608
+                "(SELECT id FROM billing_account WHERE legal_hold_since IS NOT NULL) OR d.agent_id IN "
+                "(SELECT id FROM governance_agent WHERE legal_hold_since IS NOT NULL)"
+            )
+            kept = cursor.rowcount
+            cursor.execute(f"DROP TABLE {part.name}")  # no longer the table's: locks nothing the API uses
+        done.append(Dropped(part.name, rows, time.perf_counter() - started, kept))
+        logger.info("decision partition %s dropped (about %d rows, %d kept for legal holds)", part.name, rows, kept)
+    return done
+
+
+def horizon() -> datetime | None:
+    """Where the decision log now starts because retention dropped what was before: the start of its earliest day
+    partition once no partition reaches back to MINVALUE (the legacy one is dropped); None while nothing was dropped
+    (and on SQLite)."""
+    days = [p for p in partitions() if not p.default]
+    if not days or any(p.start is None for p in days):
+        return None
+    return min(p.start for p in days if p.start is not None)
+
+
+def retention_cutoff(now: datetime | None = None) -> datetime | None:
+    """The start of the first day retention keeps (``ONCEONLY_DECISION_RETENTION_DAYS`` days back from today, UTC);
+    None when the setting is 0 (keep every decision)."""
+    days = settings.ONCEONLY_DECISION_RETENTION_DAYS
+    return _day(now or timezone.now()) - timedelta(days=days) if days else None
+
+
+def maintain(now: datetime | None = None) -> tuple[list[str], list[Dropped]]:
+    """Beat: the day partitions a week ahead, and the days past retention dropped."""
+    created = ensure_ahead(now)
+    cutoff = retention_cutoff(now)
+    return created, (drop_before(cutoff) if cutoff is not None else [])
