@@ -22,16 +22,18 @@ the Retry-After of a 429) while account B's check-locks and permit-only governed
 req/s — B's p50/p99/max and errors alone and beside A, and A's answers (executed, 429 dispatch_busy by scope,
 other). Then, with the stack's model, the keyed run round trip: the official SDK's ``ai.run_and_wait`` 20 times in
 sequence (p50/p99 end to end). Then the growth phase: the governed call and check-lock paced at 0, then
-1,000,000 decisions and 1,000,000 lock records (``--growth``, e.g. 10M) bulk-inserted and the same paced again at the
+10,000,000 decisions and 10,000,000 lock records (``--growth``, e.g. 1M) bulk-inserted and the same paced again at the
 same rates, and the overview, agent detail and decision
 timeline pages are timed in-process with their query counts. Then the dashboard scenario (bench/dashboard.py):
 another account with 1,000,000 decisions over 30 days and the other tables filled, and every dashboard table page
 and the overview timed through gunicorn (server time from a bench-only Server-Timing header). Last, the replay
 scenario (bench/replay.py): a draft policy's impact preview over 100,000 decisions of one agent, in-process. Then
 the export scenario (bench/export.py): 1,000,000 decisions exported as CSV and JSON Lines, each by a child process
-whose peak RSS is measured.
+whose peak RSS is measured. Last, the retention scenario (bench/partitions.py): two days of 1,000,000 decisions
+dropped, a day at a time, while a writer inserts.
 
-    make bench                       # about 15 minutes
+    make bench                       # about 22 minutes
+    make bench BENCH_ARGS="--growth 1M"   # the same with a growth phase of 1,000,000 rows, about 14 minutes
     python -m bench.run --quick      # 3 s runs, short noisy neighbour, 5 round trips, no growth or dashboard phase
     make bench BENCH_ARGS="--only noisy_neighbour"         # one scenario (the floor runs with any CPU scenario)
     make bench BENCH_ARGS="--only keyed_run_round_trip --worker-class sync"
@@ -42,7 +44,7 @@ whose peak RSS is measured.
     make bench BENCH_ARGS="--only dashboard --reuse-db"    # … which skip the reset and the seeding
     make bench BENCH_ARGS="--only replay"                  # the impact preview alone (no stack started), ~1 minute
     make bench BENCH_ARGS="--only export"                  # 1M decisions exported, peak RSS (no stack), ~3 minutes
-    make bench BENCH_ARGS="--only growth --growth 10M"     # the growth phase alone, at 10,000,000 rows
+    make bench BENCH_ARGS="--only growth"                  # the growth phase alone, at 10,000,000 rows
     make bench BENCH_ARGS="--only verify --growth 10M"     # the log's verification at 10M decisions (no stack)
     make bench BENCH_ARGS="--only retention"               # dropping days of 1M decisions (no stack), ~1 minute
 """
@@ -78,7 +80,8 @@ WORKER_CLASSES = ("gthread", "sync")  # deploy/web.sh's model first: the default
 WEB_THREADS = 16  # gthread threads per process, as deploy/web.sh (WEB_THREADS; the settings size the slots by it)
 CONNECTIONS = 16
 PACED_RUNS = 3  # paced runs per scenario at 70 % (median p99 reported)
-SEED_ROWS = 1_000_000  # the growth phase's default (--growth), and the export scenario's
+SEED_ROWS = 1_000_000  # the export scenario's decisions; the verify and retention scenarios' default (--growth)
+GROWTH_ROWS = 10_000_000  # the growth phase's default (--growth): issue #24's size
 GROWTH = "growth"
 GROWTH_SCENARIOS = ("gov_permit", "lock_new", "lock_dup")  # paced at 0 and after the seeding
 SCENARIOS = {
@@ -1137,7 +1140,7 @@ def api_phase(
     if phases.growth:
         measured_here = results.get("scenarios", {})
         results[GROWTH] = growth_phase(
-            stack, data, rows=options.growth, seconds=seconds, warmup=warmup, measured=measured_here
+            stack, data, rows=options.growth or GROWTH_ROWS, seconds=seconds, warmup=warmup, measured=measured_here
         )
 
 
@@ -1180,10 +1183,10 @@ def main() -> None:
     parser.add_argument(
         "--growth",
         type=parse_rows,
-        default=SEED_ROWS,
-        help=f"rows the growth phase (decisions, lock records) and the verify scenario seed, and the retention "
-        f"scenario's rows per day (default "
-        f"{rows_label(SEED_ROWS)}; e.g. 10M)",
+        default=None,
+        help=f"rows the growth phase seeds (decisions and lock records; default {rows_label(GROWTH_ROWS)}), the "
+        f"verify scenario's decisions and, with --only retention, the retention scenario's decisions per day "
+        f"(default {rows_label(SEED_ROWS)}); e.g. 1M",
     )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", DB_NAME), help="PostgreSQL database")
     parser.add_argument(
@@ -1265,11 +1268,12 @@ def main() -> None:
         if phases.verify:
             from bench import verify
 
-            results[VERIFY] = verify.run(options.growth)
+            results[VERIFY] = verify.run(options.growth or SEED_ROWS)
         if phases.retention:
             from bench import partitions
 
-            results[RETENTION] = partitions.run(1_000_000 if RETENTION not in only else options.growth)
+            rows_per_day = options.growth if RETENTION in only and options.growth else SEED_ROWS
+            results[RETENTION] = partitions.run(rows_per_day)
     finally:
         stack.stop()
         if not options.keep_db:

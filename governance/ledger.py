@@ -144,6 +144,7 @@ class Verification:
     last_seq: int = 0
     last_decision_id: int = 0
     last_chain_hash: str = GENESIS
+    archived: int = 0  # checkpoints that lacked decisions retention dropped (their chain hash taken as stored)
 
 
 # What a walk reads of each decision: the hashed fields (the agent by its public id), no model instances.
@@ -162,10 +163,13 @@ def _walk(
     after_id: int,
     upto_id: int | None = None,
     progress: Callable[[int], None] | None = None,
+    archivable_before: Any = None,
 ) -> Verification:
     """One pass in id order over the account's decisions after ``after_id`` (up to ``upto_id``), beside
     ``checkpoints`` in seq order, the first of which must follow the chain hash ``prev``: every row's hash is
-    recomputed, and each checkpoint re-chained from the rows now in its range. Stops at the first problem."""
+    recomputed, and each checkpoint re-chained from the rows now in its range — except one made before
+    ``archivable_before`` that has fewer rows than it chained (retention dropped them): its chain hash is taken as
+    stored. Stops at the first problem."""
     rows = checks = 0
     checkpoint: DecisionCheckpoint | None = None
     digest: Any = None
@@ -202,7 +206,14 @@ def _walk(
         nonlocal expected_first
         assert checkpoint is not None
         if in_range != checkpoint.row_count or digest.hexdigest() != checkpoint.chain_hash:
-            return broken(checkpoint, first_in_range)
+            dropped = (
+                archivable_before is not None
+                and checkpoint.created_at < archivable_before
+                and in_range < checkpoint.row_count
+            )
+            if not dropped:
+                return broken(checkpoint, first_in_range)
+            last.archived += 1
         last.last_seq, last.last_decision_id = checkpoint.seq, checkpoint.last_decision_id
         last.last_chain_hash = checkpoint.chain_hash
         expected_first = checkpoint.last_decision_id + 1
@@ -245,107 +256,35 @@ def _walk(
     return last
 
 
-# After retention dropped the days before the horizon (governance/partitions.py), a checkpoint made before the horizon
-# plus this margin may chain decisions that are gone: it is archived (below). A checkpoint chains decisions older
-# than the moment it was made, and beat makes one every 5 minutes: the margin also covers a day of beat downtime.
+# After retention dropped the days before its horizon (governance/partitions.py), a checkpoint made before the
+# horizon plus this margin may chain decisions that are gone: the walk lets it lack rows (below). A checkpoint chains
+# decisions older than the moment it was made, and beat makes one every 5 minutes: the margin also covers a day of
+# beat downtime.
 ARCHIVE_MARGIN = timedelta(days=1)
 
 
-@dataclass(frozen=True)
-class Archive:
-    """The account's checkpoints up to ``seq`` chain decisions retention may have dropped."""
-
-    seq: int
-    chain_hash: str
-    last_decision_id: int
-    horizon: Any  # datetime: the decision log starts there
-
-
-def archive_of(account_id: int) -> Archive | None:
-    """The account's archived checkpoints (None: retention dropped nothing, or none of its checkpoints)."""
+def archivable_before() -> Any:
+    """The moment before which a checkpoint may lack decisions retention dropped (None: retention dropped none)."""
     horizon = partitions.horizon()
-    if horizon is None:
-        return None
-    first = (
-        DecisionCheckpoint.objects.filter(account_id=account_id, seq=1)
-        .values_list("first_decision_id", flat=True)
-        .first()
-    )
-    if first is None or Decision.objects.filter(account_id=account_id, pk=first).exists():
-        return None  # its log is whole (a legal hold kept it, or it began after the horizon): verified as usual
-    last = (
-        DecisionCheckpoint.objects.filter(account_id=account_id, created_at__lt=horizon + ARCHIVE_MARGIN)
-        .order_by("-seq")
-        .values_list("seq", "chain_hash", "last_decision_id")
-        .first()
-    )
-    return Archive(*last, horizon=horizon) if last else None
-
-
-def _verify_archive(account_id: int, archive: Archive) -> Verification:
-    """The archived checkpoints as a chain (each one's ``prev_hash`` is the chain hash of the one before, from the
-    genesis), and the row hash of each of their decisions that retention kept (those on and after the horizon)."""
-    chained = GENESIS
-    checks = 0
-    for seq, prev, chain in (
-        DecisionCheckpoint.objects.filter(account_id=account_id, seq__lte=archive.seq)
-        .order_by("seq")
-        .values_list("seq", "prev_hash", "chain_hash")
-        .iterator(chunk_size=2000)
-    ):
-        checks += 1
-        if seq != checks or prev != chained:
-            return Verification(
-                False, 0, checks, None, f"Checkpoint {seq} does not follow the one before it: the chain was changed."
-            )
-        chained = chain
-    rows = 0
-    kept = Decision.objects.filter(
-        account_id=account_id,
-        ts__gte=archive.horizon,
-        ts__lt=archive.horizon + ARCHIVE_MARGIN,
-        pk__lte=archive.last_decision_id,
-    )
-    for values in kept.order_by("pk").values_list(*_READ).iterator(chunk_size=WALK_CHUNK):
-        fields = dict(zip(_READ[3:], values[3:], strict=True))
-        fields["agent_id"] = values[2]
-        rows += 1
-        if row_hash(account_id, fields) != values[1]:
-            return Verification(
-                False, rows, checks, values[0], f"Decision {values[0]} does not match its hash: it was changed."
-            )
-    return Verification(True, rows, checks, last_seq=archive.seq)
+    return horizon + ARCHIVE_MARGIN if horizon is not None else None
 
 
 def verify(account_id: int, progress: Callable[[int], None] | None = None) -> Verification:
     """The whole log: every decision's row hash and every checkpoint re-chained from the first (one pass in id
     order); names the first decision that does not match. ``progress`` is told the rows checked so far.
 
-    After retention dropped days of the log, the checkpoints that may chain dropped decisions (``archive_of``) are
-    checked as a chain and their kept decisions by row hash; the walk re-chains every checkpoint after them."""
-    archive = archive_of(account_id)
-    checkpoints = DecisionCheckpoint.objects.filter(account_id=account_id).order_by("seq")
-    if archive is None:
-        result = _walk(account_id, checkpoints.iterator(chunk_size=500), prev=GENESIS, after_id=0, progress=progress)
-    else:
-        archived = _verify_archive(account_id, archive)
-        if not archived.ok:
-            return archived
-        result = _walk(
-            account_id,
-            checkpoints.filter(seq__gt=archive.seq).iterator(chunk_size=500),
-            prev=archive.chain_hash,
-            after_id=archive.last_decision_id,
-            progress=progress,
-        )
-        result.rows_checked += archived.rows_checked
-        result.checkpoints_checked += archived.checkpoints_checked
+    After retention dropped days of the log, a checkpoint made before its horizon plus a day may lack decisions:
+    its kept ones are checked by their row hashes and its chain hash is taken as stored (it must still follow the
+    one before it, and the next one must follow it); every other checkpoint is re-chained from its rows."""
+    checkpoints = DecisionCheckpoint.objects.filter(account_id=account_id).order_by("seq").iterator(chunk_size=500)
+    before = archivable_before()
+    result = _walk(account_id, checkpoints, prev=GENESIS, after_id=0, progress=progress, archivable_before=before)
     if result.ok:
         result.message = f"{result.rows_checked} decisions and {result.checkpoints_checked} checkpoints verified."
-        if archive is not None:
+        if result.archived:
             result.message += (
-                f" Decisions before {archive.horizon:%Y-%m-%d} were dropped by retention: checkpoints 1–"
-                f"{archive.seq} were checked as a chain, and their decisions that are kept by row hash."
+                f" {result.archived} checkpoints made before {before:%Y-%m-%d %H:%M} UTC lack decisions retention "
+                "dropped: their kept decisions were checked by their hashes."
             )
     return result
 
@@ -412,27 +351,17 @@ def verify_new_decisions(state: LogVerification) -> Verification:
     moved = _decisions_anchor_moved(state)
     if moved:
         return moved
-    archived = Verification(True, 0, 0)
-    archive = archive_of(state.account_id)
-    if archive is not None and state.anchor_seq < archive.seq:
-        # Retention dropped decisions of checkpoints after the anchor: those are checked as an archive (the chain
-        # from the genesis, which passes through the anchor, and their kept decisions), and the anchor moves past them.
-        archived = _verify_archive(state.account_id, archive)
-        if not archived.ok:
-            return archived
-        state.anchor_seq, state.anchor_id, state.anchor_hash = archive.seq, archive.last_decision_id, archive.chain_hash
     new = list(DecisionCheckpoint.objects.filter(account_id=state.account_id, seq__gt=state.anchor_seq).order_by("seq"))
     if not new:
-        return Verification(True, archived.rows_checked, archived.checkpoints_checked, last_seq=state.anchor_seq)
+        return Verification(True, 0, 0, last_seq=state.anchor_seq)
     result = _walk(
         state.account_id,
         iter(new),
         prev=state.anchor_hash,
         after_id=state.anchor_id,
         upto_id=new[-1].last_decision_id,
+        archivable_before=archivable_before(),
     )
-    result.rows_checked += archived.rows_checked
-    result.checkpoints_checked += archived.checkpoints_checked
     if result.ok:
         state.anchor_seq, state.anchor_id, state.anchor_hash = (
             result.last_seq,
@@ -449,12 +378,6 @@ def sweep_decisions(state: LogVerification, days: int, now: Any) -> Verification
     if not state.anchor_seq:
         return Verification(True, 0, 0)
     start = state.sweep_seq if state.sweep_seq < state.anchor_seq else 0
-    archive = archive_of(state.account_id)
-    if archive is not None:  # retention dropped the decisions of the checkpoints up to there: the sweep starts after
-        if archive.seq >= state.anchor_seq:
-            state.sweep_seq, state.full_pass_at = 0, now
-            return Verification(True, 0, 0)
-        start = max(start, archive.seq)
     end = min(start + _slice(state.anchor_seq, days), state.anchor_seq)
     checkpoints = list(
         DecisionCheckpoint.objects.filter(account_id=state.account_id, seq__gt=start, seq__lte=end).order_by("seq")
@@ -472,7 +395,12 @@ def sweep_decisions(state: LogVerification, days: int, now: Any) -> Verification
     if not checkpoints:
         return Verification(False, 0, 0, None, f"Checkpoints {start + 1}–{end} were removed from the chain.")
     result = _walk(
-        state.account_id, iter(checkpoints), prev=prev, after_id=after, upto_id=checkpoints[-1].last_decision_id
+        state.account_id,
+        iter(checkpoints),
+        prev=prev,
+        after_id=after,
+        upto_id=checkpoints[-1].last_decision_id,
+        archivable_before=archivable_before(),
     )
     if result.ok:
         if result.last_seq >= state.anchor_seq:

@@ -249,6 +249,18 @@ class DecisionCheckpoint(models.Model):
         return f"checkpoint {self.seq} of account {self.account_id}"
 
 
+class DecisionLogHorizon(models.Model):
+    """Where retention has dropped the decision log up to (one row; governance/partitions.py): every day before
+    ``dropped_before`` was dropped, but for legal holds. The verification lets the checkpoints made before it, plus a
+    day, lack decisions (docs/operations.md §"Decision-log partitions")."""
+
+    dropped_before = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"decisions dropped before {self.dropped_before:%Y-%m-%d}"
+
+
 class LogVerification(models.Model):
     """Where the hourly verification of one of an account's two tamper-evident logs stands (governance/ledger.py
     ``verify_recent``; docs/operations.md §"Decision-log tamper evidence"): the anchor it verified up to, and the

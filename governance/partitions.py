@@ -116,12 +116,104 @@ class Dropped:
     held: int = 0  # decisions of accounts and agents on legal hold, kept (moved to the default partition)
 
 
+def _held() -> tuple[list[int], list[tuple[int, int]]]:
+    """The accounts on legal hold, and the agents on legal hold (account id, agent pk) of the other accounts."""
+    from billing.models import Account
+    from governance.models import Agent
+
+    accounts = list(Account.objects.filter(legal_hold_since__isnull=False).values_list("pk", flat=True))
+    agents = list(
+        Agent.objects.filter(legal_hold_since__isnull=False)
+        .exclude(account_id__in=accounts)
+        .values_list("account_id", "pk")
+    )
+    return accounts, agents
+
+
+def _stage_held(part: Partition, staged: str) -> int:
+    """The day's decisions of accounts and agents on legal hold, copied into ``staged``, a table ready to be attached
+    in the day's place: the table's primary key and indexes built, and a check of the day's bounds (the attach then
+    neither scans nor builds). Read through the day's indexes (account, time; account, agent, time): its cost is
+    the held rows', none without holds. Returns the rows copied."""
+    accounts, agents = _held()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {staged}")  # an earlier run that stopped here
+        cursor.execute(f"CREATE TABLE {staged} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        copied = 0
+        if accounts:
+            cursor.execute(
+                f"INSERT INTO {staged} SELECT * FROM {part.name} WHERE account_id = ANY(%s)",  # noqa: S608
+                [accounts],
+            )
+            copied += cursor.rowcount
+        for account_id, agent_pk in agents:
+            cursor.execute(
+                f"INSERT INTO {staged} SELECT * FROM {part.name} WHERE account_id = %s AND agent_id = %s",  # noqa: S608
+                [account_id, agent_pk],
+            )
+            copied += cursor.rowcount
+        if copied:
+            cursor.execute(f"ALTER TABLE {staged} ADD PRIMARY KEY (id, ts)")
+            cursor.execute(
+                "SELECT pg_get_indexdef(x.indexrelid) FROM pg_index x WHERE x.indrelid = %s::regclass "
+                "AND NOT x.indisprimary",
+                [TABLE],
+            )
+            for (definition,) in cursor.fetchall():
+                on_staged = re.sub(r"INDEX (\S+) ON ONLY (\S+)", f"INDEX ON {staged}", definition, count=1)
+                cursor.execute(on_staged)
+            low = "ts >= %s AND " if part.start is not None else ""
+            cursor.execute(
+                f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_bound CHECK ({low}ts < %s)",
+                [part.start, part.end] if part.start is not None else [part.end],
+            )
+    return copied
+
+
+def _swap_day(part: Partition, staged: str, held: int) -> None:
+    """In one transaction (it waits at most DETACH_LOCK_TIMEOUT for running queries, and is tried again): the day
+    detached and dropped, and its held decisions, if any, attached in its place under its name."""
+    bounds = "FROM (%s) TO (%s)" if part.start is not None else "FROM (MINVALUE) TO (%s)"
+    params = [part.start, part.end] if part.start is not None else [part.end]
+    for attempt in range(1, DETACH_ATTEMPTS + 1):
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT}'")
+                cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {part.name}")
+                cursor.execute(f"DROP TABLE {part.name}")
+                if held:
+                    cursor.execute(f"ALTER TABLE {staged} RENAME TO {part.name}")
+                    cursor.execute(f"ALTER TABLE {TABLE} ATTACH PARTITION {part.name} FOR VALUES {bounds}", params)
+                else:
+                    cursor.execute(f"DROP TABLE {staged}")
+                _advance_horizon(part.end)
+            return
+        except OperationalError as exc:
+            if attempt == DETACH_ATTEMPTS:
+                raise
+            logger.info("decision partition %s: the swap waited too long (%s), again", part.name, exc)
+            time.sleep(0.2 * attempt)
+
+
+def _advance_horizon(end: datetime) -> None:
+    from governance.models import DecisionLogHorizon
+
+    now = timezone.now()
+    horizon, created = DecisionLogHorizon.objects.get_or_create(
+        pk=1, defaults={"dropped_before": end, "updated_at": now}
+    )
+    if not created and horizon.dropped_before < end:
+        horizon.dropped_before, horizon.updated_at = end, now
+        horizon.save(update_fields=["dropped_before", "updated_at"])
+
+
 def drop_before(cutoff: datetime) -> list[Dropped]:
     """Drops every partition whose days all end by ``cutoff`` (the legacy one too, once its bound is past); the
-    default partition stays. Each is detached, then dropped. The detach is a change of the catalog that needs the
-    table to itself for a moment: it waits at most ``DETACH_LOCK_TIMEOUT`` for the queries running on the table
-    (writers queue behind it no longer than that), and tries again a little later, up to ``DETACH_ATTEMPTS`` times.
-    (``DETACH … CONCURRENTLY``, which would wait for no one, is refused on a table with a default partition.)"""
+    default partition stays. The decisions of accounts and agents on legal hold are kept: copied aside first, then,
+    in the transaction that detaches and drops the day, attached in its place (a day of held decisions only, which
+    the next run looks at again: once its holds are released, it goes). That transaction needs the table to itself
+    for a moment (a change of the catalog): it waits at most ``DETACH_LOCK_TIMEOUT`` for the queries running on the
+    table (writers queue behind it no longer than that) and is tried again, up to ``DETACH_ATTEMPTS`` times."""
     done = []
     for part in partitions():
         if part.default or part.end is None or part.end > cutoff:
@@ -130,41 +222,26 @@ def drop_before(cutoff: datetime) -> list[Dropped]:
         with connection.cursor() as cursor:
             cursor.execute("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE relname = %s", [part.name])
             rows = int(cursor.fetchone()[0])
-        for attempt in range(1, DETACH_ATTEMPTS + 1):
-            try:
-                with transaction.atomic(), connection.cursor() as cursor:
-                    cursor.execute(f"SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT}'")
-                    cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {part.name}")
-                break
-            except OperationalError as exc:
-                if attempt == DETACH_ATTEMPTS:
-                    raise
-                logger.info("decision partition %s: detach waited too long (%s), again", part.name, exc)
-                time.sleep(0.2 * attempt)
-        with transaction.atomic(), connection.cursor() as cursor:
-            # Legal holds outlive retention (docs/operations.md §"Retention"): a held account's or agent's decisions
-            # of the day go back into the table, under their ids and hashes — into the default partition, since no
-            # day partition covers the detached day any more.
-            cursor.execute(
-                f"INSERT INTO {TABLE} SELECT * FROM {part.name} d WHERE d.account_id IN "  # noqa: S608
-                "(SELECT id FROM billing_account WHERE legal_hold_since IS NOT NULL) OR d.agent_id IN "
-                "(SELECT id FROM governance_agent WHERE legal_hold_since IS NOT NULL)"
-            )
-            kept = cursor.rowcount
-            cursor.execute(f"DROP TABLE {part.name}")  # no longer the table's: locks nothing the API uses
-        done.append(Dropped(part.name, rows, time.perf_counter() - started, kept))
-        logger.info("decision partition %s dropped (about %d rows, %d kept for legal holds)", part.name, rows, kept)
+        staged = f"{part.name[:50]}_held"
+        held = _stage_held(part, staged)
+        if held:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT count(*) FROM {part.name}")  # noqa: S608  (a day with held decisions)
+                if cursor.fetchone()[0] == held:  # nothing but held decisions left of the day: as it is
+                    cursor.execute(f"DROP TABLE {staged}")
+                    continue
+        _swap_day(part, staged, held)
+        done.append(Dropped(part.name, rows, time.perf_counter() - started, held))
+        logger.info("decision partition %s dropped (about %d rows, %d kept for legal holds)", part.name, rows, held)
     return done
 
 
 def horizon() -> datetime | None:
-    """Where the decision log now starts because retention dropped what was before: the start of its earliest day
-    partition once no partition reaches back to MINVALUE (the legacy one is dropped); None while nothing was dropped
-    (and on SQLite)."""
-    days = [p for p in partitions() if not p.default]
-    if not days or any(p.start is None for p in days):
-        return None
-    return min(p.start for p in days if p.start is not None)
+    """Where retention has dropped the decision log up to: every day before it was dropped (legal holds excepted);
+    None while nothing was dropped (and on SQLite)."""
+    from governance.models import DecisionLogHorizon
+
+    return DecisionLogHorizon.objects.filter(pk=1).values_list("dropped_before", flat=True).first()
 
 
 def retention_cutoff(now: datetime | None = None) -> datetime | None:

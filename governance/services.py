@@ -1147,9 +1147,9 @@ def _dedup_ending(call: Call, reserved: Reserved) -> Ending:
         # docs/operations.md §"Decision-log partitions"): the entry was written at most the dedup window ago, before
         # its decision.
         written_after = reserved.now - timedelta(milliseconds=reserved.args.window_ms) - DEDUP_LOOKUP_MARGIN
-        original = Decision.objects.filter(
-            account_id=call.account_id, agent=call.agent, pk=int(ref), ts__gte=written_after
-        ).first()
+        named = Decision.objects.filter(account_id=call.account_id, agent=call.agent, pk=int(ref))
+        # Else (rare: an entry written under a longer window, before the plan's was shortened) by its id alone.
+        original = named.filter(ts__gte=written_after).first() or named.first()
     elif kind == "pending":  # in flight: its dispatch id names the decision it will be (the MCP gateway waits for it)
         seen["original_dispatch_id"] = ref
     elif kind == "intent" and ref.isdigit():

@@ -22,18 +22,46 @@ application, not the database: PostgreSQL refers to a partitioned table only thr
 partition key in it.
 """
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import django.db.models.deletion
-from django.db import migrations, models, transaction
+from django.db import OperationalError, migrations, models, transaction
 
 TABLE = "governance_decision"
 LEGACY = "governance_decision_p_legacy"
+BOUND = f"{LEGACY}_bound"
 DAYS_AHEAD = 7
+LOCK_TIMEOUT = "1s"  # the swap's wait for running queries: below the API's deadlines (writers queue behind it)
+ATTEMPTS = 30  # swaps tried, a little apart, before the migration gives up (and takes its check away again)
 
 
-def _day(value: datetime) -> str:
-    return value.strftime("%Y-%m-%d 00:00:00+00")
+def _try(connection, statement: str, params=()) -> None:
+    """``statement`` in a transaction of its own that waits at most LOCK_TIMEOUT for its lock, tried ATTEMPTS
+    times."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                cursor.execute(statement, params)
+            return
+        except OperationalError:
+            if attempt == ATTEMPTS:
+                raise
+            time.sleep(min(2.0, 0.1 * attempt))
+
+
+def _bound(cursor) -> datetime | None:
+    """The bound of the check constraint of step 2 (None: there is none)."""
+    cursor.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+        [TABLE, BOUND],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    cursor.execute("SELECT (regexp_match(%s, '''([^'']+)'''))[1]::timestamptz", [row[0]])
+    return cursor.fetchone()[0]
 
 
 def partition(apps, schema_editor) -> None:
@@ -41,32 +69,60 @@ def partition(apps, schema_editor) -> None:
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        cursor.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", [TABLE])
-        if cursor.fetchone()[0] == "p":
+        cursor.execute(
+            "SELECT c.relkind, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = %s::regclass",
+            [TABLE],
+        )
+        kind, schema = cursor.fetchone()
+        if kind == "p":
             return  # already partitioned
+        # 1. The unique index (id, ts), concurrently. A build that was interrupted leaves an invalid index: rebuilt.
+        cursor.execute(
+            "SELECT x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE i.relname = %s",
+            [f"{LEGACY}_id_ts"],
+        )
+        found = cursor.fetchone()
+        if found is not None and not found[0]:
+            cursor.execute(f"DROP INDEX CONCURRENTLY {LEGACY}_id_ts")
+        cursor.execute(f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {LEGACY}_id_ts ON {TABLE} (id, ts)")
+        # 2. The check that proves the old rows' bound, from now on: the start of the day after tomorrow (a table in
+        # use: a write between the check and the swap needs the room), today's on a new install (empty). A check
+        # left by an earlier attempt is renewed when its bound is less than a day away.
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {TABLE})")  # noqa: S608  (the table's own name)
-        # A table in use keeps two days of room (a write between the check and the swap needs it); a new install's
-        # empty table has its day partitions from today.
         boundary = today + timedelta(days=2 if cursor.fetchone()[0] else 0)
-        # 1-2: with the table in use.
-        cursor.execute(f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {LEGACY}_id_ts ON {TABLE} (id, ts)")
-        cursor.execute(
-            "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s", [TABLE, f"{LEGACY}_bound"]
-        )
-        if cursor.fetchone() is None:
-            cursor.execute(
-                f"ALTER TABLE {TABLE} ADD CONSTRAINT {LEGACY}_bound CHECK (ts < %s) NOT VALID", [_day(boundary)]
-            )
-        cursor.execute(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {LEGACY}_bound")
-        cursor.execute(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
-            [TABLE, f"{LEGACY}_bound"],
-        )
-        bound_text = cursor.fetchone()[0]  # CHECK ((ts < '…'::timestamp with time zone))
-        cursor.execute("SELECT (regexp_match(%s, '''([^'']+)'''))[1]::timestamptz", [bound_text])
-        boundary = cursor.fetchone()[0]
+        existing = _bound(cursor)
+    if existing is not None and existing < datetime.now(UTC) + timedelta(days=1):
+        _try(connection, f"ALTER TABLE {TABLE} DROP CONSTRAINT {BOUND}")
+        existing = None
+    if existing is None:
+        _try(connection, f"ALTER TABLE {TABLE} ADD CONSTRAINT {BOUND} CHECK (ts < %s) NOT VALID", [boundary])
+    else:
+        boundary = existing
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {BOUND}")  # a scan that blocks no writer
+        # 3. The swap, in one short transaction, tried again while it cannot get its locks within LOCK_TIMEOUT.
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                _swap(connection, schema, boundary)
+                return
+            except OperationalError:
+                if attempt == ATTEMPTS:
+                    raise
+                time.sleep(min(2.0, 0.1 * attempt))
+    except BaseException:
+        # Never leave the check behind: once its bound passed, it would refuse every new decision.
+        _try(connection, f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {BOUND}")
+        raise
 
+
+def _swap(connection, schema: str, boundary: datetime) -> None:
+    qualified = f"{schema}.{TABLE}"
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
         # What the new table must have: the old table's indexes (but the primary key), checks and foreign keys.
         cursor.execute(
             "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
@@ -75,18 +131,22 @@ def partition(apps, schema_editor) -> None:
         )
         indexes = cursor.fetchall()
         cursor.execute(
-            "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = %s::regclass AND contype IN ('c', 'f') AND conname <> %s",
-            [TABLE, f"{LEGACY}_bound"],
+            "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
+            "AND contype IN ('c', 'f') AND conname <> %s AND confrelid <> conrelid",
+            [TABLE, BOUND],
         )
         constraints = cursor.fetchall()
         cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'", [TABLE])
         primary = cursor.fetchone()[0]
-
-    # 3: the swap, in one short transaction.
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL lock_timeout = '5s'")
-        cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+        # Foreign keys *to* decisions (an approval's requesting and consuming decision, a dedup's original) go: the
+        # application keeps them (PostgreSQL refers to a partitioned table only by its whole primary key).
+        cursor.execute(
+            "SELECT conrelid::regclass::text, conname FROM pg_constraint WHERE confrelid = %s::regclass "
+            "AND contype = 'f'",
+            [TABLE],
+        )
+        for table, name in cursor.fetchall():
+            cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
         cursor.execute(f"SELECT pg_get_serial_sequence('{TABLE}', 'id')")
         sequence = cursor.fetchone()[0]
         cursor.execute(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608  (PostgreSQL's own name)
@@ -99,16 +159,17 @@ def partition(apps, schema_editor) -> None:
             cursor.execute(f"ALTER INDEX {name} RENAME TO {name[:50]}_legacy")
         cursor.execute(f"CREATE TABLE {TABLE} (LIKE {LEGACY} INCLUDING DEFAULTS) PARTITION BY RANGE (ts)")
         cursor.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY")
-        cursor.execute(
-            f"ALTER TABLE {TABLE} ALTER COLUMN id RESTART WITH {last_value + 1 if is_called else last_value}"
-        )
+        restart = last_value + 1 if is_called else last_value
+        cursor.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id RESTART WITH {restart}")
         cursor.execute(f"ALTER TABLE {TABLE} ADD CONSTRAINT {primary} PRIMARY KEY (id, ts)")
         for name, kind, definition in constraints:
             if kind == "c":
                 cursor.execute(f"ALTER TABLE {TABLE} ADD CONSTRAINT {name} {definition}")
         for _name, definition in indexes:
-            on_parent = definition.replace(f" ON public.{TABLE} ", f" ON ONLY public.{TABLE} ", 1)
-            assert on_parent != definition, definition
+            # pg_get_indexdef was read before the rename: "CREATE INDEX name ON schema.table USING …".
+            on_parent = definition.replace(f" ON {qualified} ", f" ON ONLY {qualified} ", 1)
+            if on_parent == definition:
+                raise RuntimeError(f"an index definition this migration does not know: {definition}")
             cursor.execute(on_parent)
         cursor.execute(f"ALTER TABLE {TABLE} ATTACH PARTITION {LEGACY} FOR VALUES FROM (MINVALUE) TO (%s)", [boundary])
         for name, _ in indexes:
@@ -118,7 +179,7 @@ def partition(apps, schema_editor) -> None:
         for name, kind, definition in constraints:
             if kind == "f":
                 cursor.execute(f"ALTER TABLE {TABLE} ADD CONSTRAINT {name} {definition}")
-        cursor.execute(f"ALTER TABLE {LEGACY} DROP CONSTRAINT {LEGACY}_bound")
+        cursor.execute(f"ALTER TABLE {LEGACY} DROP CONSTRAINT {BOUND}")
         cursor.execute(f"CREATE TABLE {TABLE}_p_default PARTITION OF {TABLE} DEFAULT")
         for n in range(DAYS_AHEAD):
             start = boundary + timedelta(days=n)
@@ -129,9 +190,9 @@ def partition(apps, schema_editor) -> None:
 
 
 def unpartition(apps, schema_editor) -> None:
-    """Back to one plain table, by copying every row (for the tests that migrate back past this migration: going
-    back on a server is not supported, restore the backup taken before the upgrade — docs/operations.md
-    §"Upgrading")."""
+    """Back to one plain table, by copying every row (for the tests that migrate back past this migration). Going
+    back on a server is not supported: restore the backup taken before the upgrade,
+    docs/operations.md §"Upgrading"."""
     connection = schema_editor.connection
     if connection.vendor != "postgresql":
         return
@@ -175,44 +236,50 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name="approval",
-            name="requested_by",
-            field=models.ForeignKey(
-                blank=True,
-                db_constraint=False,
-                db_index=False,
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="+",
-                to="governance.decision",
-            ),
-        ),
-        migrations.AlterField(
-            model_name="approval",
-            name="consumed_by",
-            field=models.ForeignKey(
-                blank=True,
-                db_constraint=False,
-                db_index=False,
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="+",
-                to="governance.decision",
-            ),
-        ),
-        migrations.AlterField(
-            model_name="decision",
-            name="original",
-            field=models.ForeignKey(
-                blank=True,
-                db_constraint=False,
-                help_text="For dedup: the decision whose result was replayed.",
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="+",
-                to="governance.decision",
-            ),
+        # The foreign keys to decisions become the application's: dropped on PostgreSQL in the swap's transaction
+        # (with its lock timeout), kept by SQLite (one plain table there: no copy of it for this).
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name="approval",
+                    name="requested_by",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="governance.decision",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="approval",
+                    name="consumed_by",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="governance.decision",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="decision",
+                    name="original",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        help_text="For dedup: the decision whose result was replayed.",
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="governance.decision",
+                    ),
+                ),
+            ],
         ),
         migrations.RunPython(partition, unpartition, elidable=False),
     ]

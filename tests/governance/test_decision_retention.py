@@ -79,12 +79,11 @@ def test_the_log_verifies_after_retention(history, account_a, settings):
     maintain_decision_partitions()
     result = ledger.verify(account_a.pk)
     assert result.ok, result.message
-    assert "dropped by retention" in result.message
-    archive = ledger.archive_of(account_a.pk)
-    # The checkpoints made before the horizon plus a day are archived: those of the three dropped days, the last
-    # one made at 00:05 on the horizon's day (it chained that day's 00:01 decision, kept: checked by its hash).
-    assert archive is not None and archive.seq == 3
-    assert result.checkpoints_checked == DAYS and result.rows_checked == 1 + 3 * 4
+    # The checkpoints made before the horizon plus a day lack dropped decisions: those of the two days dropped
+    # whole, and the one made at 00:05 on the horizon's day (it chained that day's 00:01 decision, kept: checked by
+    # its hash). The later ones are re-chained from their rows.
+    assert result.archived == 3 and "lack decisions retention dropped" in result.message
+    assert result.checkpoints_checked == DAYS and result.rows_checked == 3 * 4 + 1
 
 
 def test_a_changed_kept_decision_of_an_archived_checkpoint_is_found(history, account_a, settings):
@@ -110,7 +109,7 @@ def test_a_changed_archived_checkpoint_is_found(history, account_a, settings):
     maintain_decision_partitions()
     DecisionCheckpoint.objects.filter(account=account_a, seq=2).update(chain_hash="f" * 64)
     result = ledger.verify(account_a.pk)
-    assert not result.ok and "Checkpoint 3 does not follow" in result.message
+    assert not result.ok and result.message.startswith("Checkpoint 3 ")  # it no longer follows the one before
 
 
 def test_the_hourly_verification_sweeps_from_the_archive(history, account_a, settings):
@@ -133,6 +132,37 @@ def test_a_legal_hold_keeps_the_account_s_decisions_past_retention(history, acco
     maintain_decision_partitions()
     assert Decision.objects.filter(account=account_a).count() == DAYS * 4  # every one, under its id
     assert not Decision.objects.filter(account=account_b).exists()  # the other account's days are gone
-    assert ledger.archive_of(account_a.pk) is None
     result = ledger.verify(account_a.pk)
-    assert result.ok and result.rows_checked == DAYS * 4, result.message
+    assert result.ok and result.rows_checked == DAYS * 4 and result.archived == 0, result.message
+    # The held days are partitions of held decisions only, dropped no further while the hold lasts.
+    maintain_decision_partitions()
+    assert Decision.objects.filter(account=account_a).count() == DAYS * 4
+    account_a.legal_hold_since = None
+    account_a.save(update_fields=["legal_hold_since"])
+    maintain_decision_partitions()  # released: its old days go
+    assert Decision.objects.filter(account=account_a).count() == 3 * 4 + 1
+    assert ledger.verify(account_a.pk).ok
+
+
+def test_a_held_agent_keeps_its_decisions_and_the_log_still_verifies(history, account_a, settings):
+    other = agent(account_a, "other-bot")
+    held = agent(account_a, "held-bot", legal_hold_since=history)
+    for n in range(DAYS, 3, -1):  # on the days to be dropped, after the history's (chained by a checkpoint each)
+        day = history - timedelta(days=n)
+        made = decide(held, ts=day + timedelta(hours=13), n=2) + decide(other, ts=day + timedelta(hours=14))
+        hashed(made)
+    checkpoint = ledger.checkpoint_account(account_a.pk)
+    DecisionCheckpoint.objects.filter(pk=checkpoint.pk).update(created_at=history - timedelta(days=3, hours=-1))
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    settings.ONCEONLY_DECISION_RETENTION_DAYS = 3
+    maintain_decision_partitions()
+    assert Decision.objects.filter(agent=held).count() == 2 * 3  # every one of the held agent's
+    assert not Decision.objects.filter(agent=other).exists()
+    result = ledger.verify(account_a.pk)
+    assert result.ok, result.message
+    # Its checkpoint lacks the other agent's dropped decisions: archived, the held ones checked by their hashes.
+    assert result.archived == 4
+    first_held = Decision.objects.filter(agent=held).order_by("pk").first()
+    Decision.objects.filter(pk=first_held.pk).update(spend_usd=9)  # a kept decision of an archived checkpoint, changed
+    assert not ledger.verify(account_a.pk).ok

@@ -1,9 +1,9 @@
 """The upgrade that partitions the decision log (governance/0022) on a database in use, as an operator runs it:
-`manage.py migrate` on a database at governance 0021 that holds decisions, approvals naming decisions and a dedup
-decision naming its original, while a writer inserts decisions without pause. Afterwards every row is there under
-the same id, new ids continue the old sequence, the partitioned table has the old indexes, checks and foreign keys
-by their names, the old rows are one partition (attached without a scan) and the days ahead exist — and no insert
-of the writer failed. PostgreSQL only."""
+`manage.py migrate` on a database at governance 0021 that holds decisions and a dedup decision naming its original,
+while a writer inserts decisions without pause and a long reader holds the table when the swap first tries.
+Afterwards every row is there under the same id, new ids continue the old sequence, the partitioned table has the
+old indexes, checks and foreign keys by their names, the old rows are one partition (attached without a scan), the
+days ahead exist, nothing of the conversion is left behind — and no insert of the writer failed. PostgreSQL only."""
 
 from __future__ import annotations
 
@@ -91,6 +91,12 @@ class Writer(threading.Thread):
                 time.sleep(0.002)
 
 
+def hold_the_table(url: str, seconds: float) -> None:
+    with psycopg.connect(url) as conn:  # a transaction until the block ends
+        conn.execute("SELECT count(*) FROM governance_decision")
+        time.sleep(seconds)
+
+
 SEED = """
 from billing.models import Account
 from governance.models import Agent
@@ -110,15 +116,21 @@ def test_migrate_partitions_a_decision_log_in_use(database):
         conn.execute("ANALYZE governance_decision")
     writer = Writer(database, account, agent)
     writer.start()
+    # A long reader holds the table for the first seconds of the migration: the swap waits at most 1 s for its
+    # lock each time (the writer queued behind it meanwhile), and tries again until it gets it.
+    reader = threading.Thread(target=hold_the_table, args=(database, 4.0), daemon=True)
+    reader.start()
     time.sleep(0.5)
     try:
         out = manage(database, "migrate", "-v", "1")
     finally:
+        reader.join(timeout=30)
         time.sleep(0.5)
         writer.stopping.set()
         writer.join(timeout=30)
     assert "Applying governance.0022_partition_decisions... OK" in out
     assert writer.errors == [] and len(writer.ids) > 50, writer.errors[:3]
+    assert writer.slowest < 5, writer.slowest  # queued behind the swap's attempts, each at most 1 s
     with psycopg.connect(database, autocommit=True) as conn:
         kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'governance_decision'").fetchone()[0]
         assert kind == "p"
@@ -163,5 +175,13 @@ def test_migrate_partitions_a_decision_log_in_use(database):
             for row in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'governance_decision_p_legacy'")
         }
         assert len(legacy) == len(indexes)
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert (
+            conn.execute(  # no check of the conversion left behind, and no foreign key to the decisions
+                "SELECT count(*) FROM pg_constraint WHERE conname LIKE '%%bound%%' OR (confrelid = "
+                "'governance_decision'::regclass AND contype = 'f')"
+            ).fetchone()[0]
+            == 0
+        )
     assert "No migrations to apply" in manage(database, "migrate", "-v", "1")
     manage(database, "makemigrations", "--check", "--dry-run")
