@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from billing import audit
 from billing.models import Account, AuditCheckpoint, AuditEntry
-from governance import ledger
+from governance import ledger, partitions
 from governance.models import Decision, DecisionCheckpoint
 from onceonly_site import checkpoint_signing
 
@@ -95,9 +95,15 @@ def export(out: TextIO, *, accounts: Iterable[Account], kinds: Sequence[str], wi
     signatures by keys no longer published)."""
     summary = ExportSummary()
     published = {checkpoint_signing.key_id(x) for x in checkpoint_signing.keyring()[1]}
+    dropped_before = partitions.horizon()
     head = {
         "format": FORMAT,
         "exported_at": checkpoint_signing.utc_text(timezone.now()),
+        # Retention's horizon (every day before it dropped, legal holds excepted) and the margin after it: a decision
+        # checkpoint made before their sum may lack decisions (ledger.verify; the verifier reports it as archived).
+        # Optional in the format: an export without them (older servers) verifies as before.
+        "decisions_dropped_before": checkpoint_signing.utc_text(dropped_before) if dropped_before else None,
+        "archive_margin_seconds": int(ledger.ARCHIVE_MARGIN.total_seconds()),
         "keys": checkpoint_signing.public_jwks()["keys"],
     }
     out.write(json.dumps(head, ensure_ascii=False)[:-1] + ',\n"accounts": [\n')

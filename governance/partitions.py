@@ -173,6 +173,7 @@ def _stage_held(part: Partition, staged: str) -> int:
 def _swap_day(part: Partition, staged: str, held: int) -> None:
     """In one transaction (it waits at most DETACH_LOCK_TIMEOUT for running queries, and is tried again): the day
     detached and dropped, and its held decisions, if any, attached in its place under its name."""
+    assert part.end is not None  # drop_before takes days with an end only (not the default partition)
     bounds = "FROM (%s) TO (%s)" if part.start is not None else "FROM (MINVALUE) TO (%s)"
     params = [part.start, part.end] if part.start is not None else [part.end]
     for attempt in range(1, DETACH_ATTEMPTS + 1):

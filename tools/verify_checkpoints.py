@@ -15,7 +15,12 @@ Checks, for every account and log ("decisions", "audit"):
 - the checkpoints chain: sequence numbers 1, 2, 3…, each ``prev_hash`` is the previous ``chain_hash``;
 - with rows: every row's hash is recomputed from its fields; each decision checkpoint's ``chain_hash`` is
   recomputed from the rows' hashes in its id range and compared with the signed one; each audit checkpoint's
-  ``chain_hash`` must be the hash of its last entry, and the entries must link to each other.
+  ``chain_hash`` must be the hash of its last entry, and the entries must link to each other;
+- after retention dropped days of the decision log (the export's ``decisions_dropped_before``): a decision
+  checkpoint made (``created_at``, signed) before that horizon plus ``archive_margin_seconds`` that has fewer rows in
+  its range than its ``row_count`` is *archived*, not rejected: its signature and its place in the chain are checked,
+  its kept rows by their row hashes, and its chain hash is taken as signed (a decision deleted from it does not
+  show). The horizon itself is not signed. Without the field (an older export) nothing is archived.
 
 Exit status: 0 verified, 1 rejected (each problem printed), 2 unusable input. Needs Python 3.11+ and the
 ``cryptography`` package, nothing of the server.
@@ -30,7 +35,7 @@ import json
 import math
 import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -217,6 +222,8 @@ class Report:
         self.problems: list[str] = []
         self.notes: list[str] = []
         self.rows_checked = False
+        self.archived = 0  # decision checkpoints whose decisions retention dropped (some or all)
+        self.dropped_before: str | None = None  # the export's horizon, as written
 
     def fail(self, text: str) -> None:
         self.problems.append(text)
@@ -258,7 +265,29 @@ def _ranges(checkpoints: list[dict[str, Any]], rows: list[dict[str, Any]]):
     yield None, after, rows[index:]
 
 
-def check_decision_rows(report, where, account_id, checkpoints, rows) -> None:
+def _instant(text: Any, what: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        raise Unusable(f"{what} is not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise Unusable(f"{what} has no UTC offset: {text!r}")
+    return value
+
+
+def archivable_before(export: dict[str, Any]) -> datetime | None:
+    """The moment before which a decision checkpoint may lack decisions retention dropped: the export's horizon plus
+    its margin (a day); None when the export names no horizon (nothing dropped, or an export from before the field)."""
+    dropped = export.get("decisions_dropped_before")
+    if dropped is None:
+        return None
+    margin = export.get("archive_margin_seconds", 86400)
+    if not isinstance(margin, int) or isinstance(margin, bool) or margin < 0:
+        raise Unusable(f"archive_margin_seconds is not a number of seconds: {margin!r}")
+    return _instant(dropped, "decisions_dropped_before") + timedelta(seconds=margin)
+
+
+def check_decision_rows(report, where, account_id, checkpoints, rows, archivable=None) -> None:
     for row in rows:
         try:
             recomputed = decision_hash(account_id, row)
@@ -269,6 +298,7 @@ def check_decision_rows(report, where, account_id, checkpoints, rows) -> None:
             report.fail(
                 f"{where}: decision {row['id']} does not match its row hash: it was changed after it was written"
             )
+    archived: list[tuple[int, int]] = []  # (seq, rows kept)
     for cp, after, covered in _ranges(checkpoints, rows):
         if cp is None:
             if covered:
@@ -281,6 +311,15 @@ def check_decision_rows(report, where, account_id, checkpoints, rows) -> None:
         for row in covered:
             digest.update(str(row.get("row_hash")).encode())
         span = f"decisions {after + 1}–{cp['last_id']}"
+        if (
+            archivable is not None
+            and len(covered) < cp["row_count"]
+            and _instant(cp["created_at"], f"{where}: checkpoint {cp['seq']}: created_at") < archivable
+        ):
+            # Retention dropped decisions it chained: kept ones were checked by their row hashes above; its chain
+            # hash stands as signed, and check_signatures checked that it follows the one before and is followed.
+            archived.append((cp["seq"], len(covered)))
+            continue
         if len(covered) != cp["row_count"] or (covered and covered[0]["id"] != cp["first_id"]):
             report.fail(
                 f"{where}: checkpoint {cp['seq']} covers {cp['row_count']} decisions from {cp['first_id']}, but the "
@@ -291,6 +330,14 @@ def check_decision_rows(report, where, account_id, checkpoints, rows) -> None:
                 f"{where}: checkpoint {cp['seq']}: {span} do not hash to its signed chain hash: a decision in "
                 "the range was changed (and its row hash recomputed), deleted or inserted"
             )
+    if archived:
+        report.archived += len(archived)
+        seqs = f"{archived[0][0]}" if len(archived) == 1 else f"{archived[0][0]}–{archived[-1][0]}"
+        report.notes.append(
+            f"{where}: {len(archived)} checkpoint(s) archived (decisions dropped by retention before "
+            f"{report.dropped_before}): seq {seqs}, their {sum(kept for _, kept in archived)} kept decision(s) "
+            "checked by their row hashes, their chain hashes taken as signed"
+        )
 
 
 def check_audit_rows(report, where, account_id, checkpoints, rows) -> None:
@@ -330,8 +377,11 @@ def check_audit_rows(report, where, account_id, checkpoints, rows) -> None:
 
 
 def check_anchor(report, anchor, export, anchor_name) -> None:
-    """Every signed checkpoint of the older export is still there, unchanged; and so are its rows' hashes."""
+    """Every signed checkpoint of the older export is still there, unchanged; and so are its rows' hashes. A decision
+    of a day retention dropped since (its ``ts`` in the older export before this export's horizon) may be gone."""
     current = {account["account_id"]: account for account in export["accounts"]}
+    dropped = export.get("decisions_dropped_before")
+    horizon = _instant(dropped, "decisions_dropped_before") if dropped is not None else None
     for old in anchor.get("accounts", []):
         new = current.get(old["account_id"])
         for kind in KINDS:
@@ -350,17 +400,40 @@ def check_anchor(report, anchor, export, anchor_name) -> None:
                 continue
             covered = old[kind]["checkpoints"][-1]["last_id"]
             hashes = {row["id"]: row.get("row_hash") for row in new_rows}
+            retired = 0
             for row in old_rows:
                 if row["id"] <= covered and hashes.get(row["id"]) != row.get("row_hash"):
+                    if (
+                        kind == "decisions"
+                        and horizon is not None
+                        and row["id"] not in hashes
+                        and _instant(row["ts"], f"{where}: decision {row['id']}: ts") < horizon
+                    ):
+                        retired += 1
+                        continue
                     noun = "decision" if kind == "decisions" else "audit entry"
                     state = "was deleted" if row["id"] not in hashes else "was changed"
                     report.fail(f"{where}: {noun} {row['id']} {state} since {anchor_name}")
+            if retired:
+                report.notes.append(
+                    f"{where}: {retired} decision(s) of {anchor_name} from before {dropped} were dropped by retention"
+                )
 
 
 def verify(export: dict[str, Any], keys: dict, anchors: list[tuple[str, dict[str, Any]]]) -> Report:
     report = Report()
     if export.get("format") != FORMAT:
         raise Unusable(f"not an export of format {FORMAT}: {export.get('format')!r}")
+    archivable = archivable_before(export)
+    report.dropped_before = export.get("decisions_dropped_before")
+    if archivable is not None:
+        horizon = _instant(report.dropped_before, "decisions_dropped_before")
+        if "exported_at" in export and horizon > _instant(export["exported_at"], "exported_at"):
+            report.fail(f"decisions_dropped_before ({report.dropped_before}) is after the export was made")
+        report.notes.append(
+            f"retention dropped the decisions before {report.dropped_before} (as the export states; not signed): "
+            f"a decision checkpoint made before {_utc(archivable.isoformat())} may lack them"
+        )
     for account in export.get("accounts", []):
         account_id = account["account_id"]
         for kind in KINDS:
@@ -375,8 +448,10 @@ def verify(export: dict[str, Any], keys: dict, anchors: list[tuple[str, dict[str
                 continue
             rows = sorted(rows, key=lambda row: row["id"])
             report.rows_checked = True
-            check = check_decision_rows if kind == "decisions" else check_audit_rows
-            check(report, where, account_id, checkpoints, rows)
+            if kind == "decisions":
+                check_decision_rows(report, where, account_id, checkpoints, rows, archivable)
+            else:
+                check_audit_rows(report, where, account_id, checkpoints, rows)
             report.notes.append(f"{where}: {len(checkpoints)} checkpoint(s), {len(rows)} row(s) checked")
     for name, anchor in anchors:
         check_anchor(report, anchor, export, name)
@@ -414,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         for problem in report.problems:
             print(f"REJECTED: {problem}")
         return 1
-    if report.rows_checked:
+    if report.archived:
+        print(
+            f"OK: every checkpoint is signed by a trusted key and matches the exported rows; {report.archived} "
+            f"checkpoint(s) archived (decisions dropped by retention before {report.dropped_before})."
+        )
+    elif report.rows_checked:
         print("OK: every checkpoint is signed by a trusted key and matches the exported rows.")
     else:
         print("OK: every checkpoint is signed by a trusted key (no rows in the export: export with --with-rows to")

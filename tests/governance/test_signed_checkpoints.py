@@ -25,10 +25,12 @@ from django.utils import timezone
 from billing import audit
 from billing.models import AuditCheckpoint, AuditEntry
 from billing.services import audit_record
-from governance import ledger
+from governance import ledger, partitions
 from governance.models import Decision, DecisionCheckpoint
-from governance.tasks import checkpoint_decisions
+from governance.tasks import checkpoint_decisions, maintain_decision_partitions
 from onceonly_site import checkpoint_signing
+from tests.support.decisions import agent, decide
+from tests.support.partitions import lay_out_days
 
 ROOT = Path(__file__).resolve().parents[2]
 VERIFIER = ROOT / "tools" / "verify_checkpoints.py"
@@ -344,6 +346,78 @@ def test_deleting_the_newest_checkpoint_with_its_decisions_shows_against_an_anch
     assert run_verifier(path, "--keys", keys)[0] == 0  # alone, the shortened log is consistent
     code, out = run_verifier(path, "--keys", keys, "--anchor", anchor)
     assert code == 1 and f"checkpoint 2 of {anchor} is missing or different now" in out
+
+
+# --- after retention dropped days of the decision log (docs/operations.md §"Decision-log partitions") -------------
+
+
+def hashed(made: list[Decision]) -> None:
+    for decision in Decision.objects.filter(pk__in=[d.pk for d in made]).select_related("agent"):
+        fields = ledger._row_fields(decision)
+        fields["agent_id"] = decision.agent.agent_id
+        Decision.objects.filter(pk=decision.pk).update(row_hash=ledger.row_hash(decision.account_id, fields))
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="retention drops PostgreSQL's day partitions")
+def test_checkpoints_whose_decisions_retention_dropped_verify_offline_as_archived(
+    signing_key, account_a, client, tmp_path, settings
+):
+    # Six days of decisions, each day checkpointed (and signed) five minutes after it ended, as beat does; each
+    # checkpoint also chains the next day's 00:01 decision (tests/governance/test_decision_retention.py, history).
+    today = lay_out_days(back=30)
+    bot = agent(account_a, "bot")
+    for n in range(6, 0, -1):
+        day = today - timedelta(days=n)
+        made = decide(bot, ts=day + timedelta(hours=12), n=3, spend="0.5")
+        hashed(made + decide(bot, ts=day + timedelta(days=1, minutes=1), spend="0.5"))
+        checkpoint = ledger.checkpoint_account(account_a.pk)
+        checkpoint.created_at = day + timedelta(days=1, minutes=5)
+        checkpoint_signing.sign("decisions", checkpoint)
+        checkpoint.save(update_fields=["created_at", "signed_at", "key_id", "signature"])
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no table is dropped with deferred checks pending
+    keys = saved_keys(client, tmp_path)
+    anchor, _ = export(tmp_path, "before.json", "--with-rows")
+    assert json.loads(anchor.read_text())["decisions_dropped_before"] is None
+
+    settings.ONCEONLY_DECISION_RETENTION_DAYS = 3
+    maintain_decision_partitions()
+    horizon = partitions.horizon()
+    assert horizon == today - timedelta(days=3) and ledger.verify(account_a.pk).archived == 3
+    path, _ = export(tmp_path, "after.json", "--with-rows")
+    data = json.loads(path.read_text())
+    dropped = checkpoint_signing.utc_text(horizon)
+    assert data["decisions_dropped_before"] == dropped and data["archive_margin_seconds"] == 86400
+    assert len(data["accounts"][0]["decisions"]["rows"]) == 3 * 4 + 1
+    # Checkpoints 1–3 were made before the horizon plus a day and lack decisions (3 has kept its 00:01 one).
+    code, out = run_verifier(path, "--keys", keys, "--anchor", anchor)
+    assert code == 0, out
+    where = f"account {account_a.pk} (Acme) decisions"
+    assert (
+        f"{where}: 3 checkpoint(s) archived (decisions dropped by retention before {dropped}): seq 1–3, their 1 kept "
+        "decision(s) checked by their row hashes" in out
+    ), out
+    assert f"{where}: 11 decision(s) of {anchor} from before {dropped} were dropped by retention" in out
+    assert f"3 checkpoint(s) archived (decisions dropped by retention before {dropped})." in out.splitlines()[-1]
+
+    # An export without the horizon (an older server's): the dropped decisions are deletions, as before.
+    del data["decisions_dropped_before"], data["archive_margin_seconds"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    code, out = run_verifier(tmp_path / "old.json", "--keys", keys)
+    assert code == 1 and "archived" not in out, out
+    for seq in (1, 2, 3):
+        assert f"{where}: checkpoint {seq} covers 4 decisions" in out and "decisions were deleted or inserted" in out
+
+    # A kept decision of an archived checkpoint changed, one of a later checkpoint deleted: both are rejected.
+    kept = Decision.objects.get(account=account_a, ts=horizon + timedelta(minutes=1))
+    Decision.objects.filter(pk=kept.pk).update(spend_usd=0)
+    gone = Decision.objects.filter(account=account_a, ts=today - timedelta(hours=12)).first()  # the last day's
+    Decision.objects.filter(pk=gone.pk).delete()
+    code, out = run_verifier(export(tmp_path, "tampered.json", "--with-rows")[0], "--keys", keys)
+    assert code == 1, out
+    assert f"REJECTED: {where}: decision {kept.pk} does not match its row hash" in out
+    assert f"REJECTED: {where}: checkpoint 6 covers 4 decisions" in out and "decisions were deleted or inserted" in out
+    assert f"REJECTED: {where}: checkpoint 3" not in out  # still archived: the change shows by the row hash
 
 
 def test_key_rotation_keeps_old_signatures_verifiable(settings, decisions, key_a, client, tmp_path):
