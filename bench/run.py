@@ -605,6 +605,9 @@ def prepare(receiver_url: str, mcp_url: str) -> dict[str, str]:
             "max_actions_per_hour": 10**9,
             "max_spend_usd_per_day": 10**6,
             "blocked_tools": ["delete_*"],
+            # The default detectors stay on (their cost is measured), the loop detector's threshold out of reach:
+            # mcp_dedup repeats one call thousands of times, which would contain the agent for the rest of the run.
+            "detectors": {"call_loop": {"count": 100_000}},
         },
     )
     # gov_shadow's agent: the same policy, and a shadow candidate whose caps are decided on every call (its own
