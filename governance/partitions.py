@@ -113,7 +113,7 @@ class Dropped:
     name: str
     rows: int  # estimated (pg_class.reltuples): counting would read the whole day
     seconds: float
-    held: int = 0  # decisions of accounts and agents on legal hold, kept (moved to the default partition)
+    held: int = 0  # decisions of accounts and agents on legal hold, kept (attached again in the day's place)
 
 
 def _held() -> tuple[list[int], list[tuple[int, int]]]:
