@@ -76,11 +76,7 @@ def run(rows: int) -> dict[str, Any]:
                 cursor.execute(f"DROP TABLE {part.name}")
         days = [today - timedelta(days=n) for n in range(DAYS, 0, -1)]
         for day in days:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {partitions.TABLE}_p{day:%Y%m%d} PARTITION OF {partitions.TABLE} "
-                "FOR VALUES FROM (%s) TO (%s)",
-                [day, day + timedelta(days=1)],
-            )
+            partitions.create_day(cursor, day)
     partitions.ensure_ahead()
     seed_s = []
     for day in days:

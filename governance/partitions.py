@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,15 @@ def _day(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def create_day(cursor: CursorWrapper, start: datetime) -> str:
+    """The partition of the UTC day that starts at ``start``; returns its name."""
+    name = f"{TABLE}_p{start:%Y%m%d}"
+    cursor.execute(
+        f"CREATE TABLE {name} PARTITION OF {TABLE} FOR VALUES FROM (%s) TO (%s)", [start, start + timedelta(days=1)]
+    )
+    return name
+
+
 def ensure_ahead(now: datetime | None = None, days: int = DAYS_AHEAD) -> list[str]:
     """Creates the day partitions from today to ``days`` ahead that do not exist yet; returns their names. A day
     some existing partition covers (the legacy one) is skipped; so is a day the default partition already holds rows
@@ -100,7 +110,7 @@ def ensure_ahead(now: datetime | None = None, days: int = DAYS_AHEAD) -> list[st
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                cursor.execute(f"CREATE TABLE {name} PARTITION OF {TABLE} FOR VALUES FROM (%s) TO (%s)", [start, end])
+                create_day(cursor, start)
         except DatabaseError as exc:
             logger.warning("decision partition %s not created: %s", name, exc)
             continue

@@ -21,10 +21,5 @@ def lay_out_days(back: int, ahead: int = partitions.DAYS_AHEAD) -> datetime:
                 cursor.execute(f"ALTER TABLE {partitions.TABLE} DETACH PARTITION {part.name}")
                 cursor.execute(f"DROP TABLE {part.name}")
         for n in range(-back, ahead + 1):
-            start = today + timedelta(days=n)
-            cursor.execute(
-                f"CREATE TABLE {partitions.TABLE}_p{start:%Y%m%d} PARTITION OF {partitions.TABLE} "
-                "FOR VALUES FROM (%s) TO (%s)",
-                [start, start + timedelta(days=1)],
-            )
+            partitions.create_day(cursor, today + timedelta(days=n))
     return today
