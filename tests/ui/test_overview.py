@@ -41,15 +41,22 @@ def seed(account, *, agents: int = 1, per_agent: int = 1, prefix: str = "") -> N
     """A busy account: capped agents (one over its spend cap, one at a per-tool cap whose last call was blocked),
     a failing tool, failed runs, the operator's test calls; ``agents``/``per_agent`` scale the volume."""
     now = timezone.now()
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def today(minutes: int):
+        """``minutes`` ago, but not before today's UTC midnight: the caps count per UTC day, and a run just after
+        midnight would otherwise put "today's" spend and calls on yesterday."""
+        return max(now - timedelta(minutes=minutes), day_start)
+
     spender = agent(account, f"{prefix}billing-agent", {"max_spend_usd_per_day": 10, "max_actions_per_hour": 100})
-    decide(spender, tool="stripe.charge", spend="10.155", n=2, ts=now - timedelta(minutes=30))
+    decide(spender, tool="stripe.charge", spend="10.155", n=2, ts=today(30))
     mailer = agent(account, f"{prefix}mailer", {"max_calls_per_tool": {"send_email": 3}})
-    decide(mailer, tool="send_email", n=3, ts=now - timedelta(minutes=20))
+    decide(mailer, tool="send_email", n=3, ts=today(20))
     decide(
         mailer,
         tool="send_email",
         outcome="blocked",
-        ts=now - timedelta(minutes=2),
+        ts=today(2),
         explain={"limit": 3, "count": 3, "cap_key": "send_email", "policy_version": 1},
     )
     decide(spender, tool="flaky.api", outcome="failed", n=3, ts=now - timedelta(minutes=5))
@@ -64,7 +71,7 @@ def seed(account, *, agents: int = 1, per_agent: int = 1, prefix: str = "") -> N
     )
     for i in range(agents):
         a = agent(account, f"{prefix}worker-{i:03d}", {"max_spend_usd_per_day": 100, "max_actions_per_hour": 10_000})
-        decide(a, tool=f"tool-{i % 7}", spend="0.001", n=per_agent, ts=now - timedelta(minutes=10 + i % 40))
+        decide(a, tool=f"tool-{i % 7}", spend="0.001", n=per_agent, ts=today(10 + i % 40))
         decide(a, tool=f"tool-{i % 7}", outcome="blocked", reason="daily_spend_exceeded", ts=now - timedelta(hours=3))
         decide(a, tool=f"tool-{i % 7}", n=per_agent, ts=now - timedelta(days=3 + i % 20))
     lease = Lease.objects.create(
