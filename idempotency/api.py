@@ -14,8 +14,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
-from django.http.response import HttpResponseBase
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -24,11 +22,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit, usage
-from billing.auth import ApiPrincipal, authenticate_header_value, principal
+from billing.auth import ApiPrincipal, principal
+from billing.lean_api import LeanPostApi
 from idempotency import events, runs, selectors, services, waiting
 from idempotency.choices import LeaseStatus
 from idempotency.models import Lease
-from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, body, page_params, parse_json_body
+from onceonly_site.api import ApiProblem, BodyCheck, PathValidationError, body, page_params
 from onceonly_site.bodies import (
     AgentId,
     Body,
@@ -93,34 +92,8 @@ class CheckLockOutput(serializers.Serializer):
     metadata = serializers.DictField(required=False, help_text="Duplicate only, if the first call sent metadata.")
 
 
-class CheckLockApi(APIView):
+class CheckLockApi(LeanPostApi):
     rate_limit_in_script = True  # the token is taken inside check_lock.lua: one Redis round trip
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        """The duplicate retry is the API's hottest call. Its usual form — POST, a JSON body, a bearer key — skips
-        DRF's request wrapping, content negotiation and rendering (about a fifth of its server time, measured in
-        docs/benchmarks.md). Anything else takes DRF's full path before any work is done; an error raised on the
-        lean path goes through DRF's exception handling, so every answer keeps the error contract."""
-        if (
-            request.method != "POST"
-            or request.content_type != "application/json"
-            or "HTTP_AUTHORIZATION" not in request.META
-        ):
-            return super().dispatch(request, *args, **kwargs)
-        self.args, self.kwargs, self.headers = args, kwargs, self.default_response_headers
-        try:
-            caller = authenticate_header_value(request.META["HTTP_AUTHORIZATION"])
-            data = parse_json_body(request.body)
-            data = {} if data is None else data
-            answer = self._check_lock(caller, data)
-        except Exception as exc:
-            self.request = self.initialize_request(request, *args, **kwargs)
-            return self.finalize_response(self.request, self.handle_exception(exc), *args, **kwargs)
-        response = HttpResponse(
-            json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode(), content_type="application/json"
-        )
-        response["X-OnceOnly-Status"] = answer["status"]
-        return response
 
     @extend_schema(
         operation_id="check_lock",
@@ -129,10 +102,9 @@ class CheckLockApi(APIView):
         summary="Lock a key exactly once per TTL window (duplicates answer 200 with status duplicate)",
     )
     def post(self, request: Request) -> Response:
-        answer = self._check_lock(principal(request), body(request))
-        return Response(answer, headers={"X-OnceOnly-Status": answer["status"]})
+        return self.answer_drf(request)
 
-    def _check_lock(self, caller: ApiPrincipal, data: Any) -> dict[str, Any]:
+    def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
         lock = CheckLockInput.parse(data)
         key = lock.key
         outcome = services.lock_check(
@@ -156,7 +128,7 @@ class CheckLockApi(APIView):
             }
             if outcome.has_metadata:  # never "metadata": null — the SDK would show it instead of what was sent
                 data["metadata"] = outcome.metadata
-        return data
+        return data, {"X-OnceOnly-Status": data["status"]}
 
 
 # --- leases ---------------------------------------------------------------------------------------------------
@@ -262,16 +234,15 @@ def _record(lease: Lease, *, status: str, holder: bool, now: datetime) -> dict[s
     }
 
 
-def _lease_response(request: Request, outcome: services.LeaseOutcome) -> Response:
+def _lease_answer(caller: ApiPrincipal, outcome: services.LeaseOutcome) -> dict[str, Any]:
     assert outcome.lease is not None  # every outcome of a lease call carries the record
-    caller = principal(request)
     data = _record(outcome.lease, status=outcome.status, holder=outcome.holder, now=timezone.now())
     data.update(
         charged=outcome.charged,
         usage=outcome.usage if outcome.usage is not None else usage.current(caller.account_id, usage.AI),
         limit=caller.plan.ai_limit,
     )
-    return Response(data)
+    return data
 
 
 def _mismatch() -> ApiProblem:
@@ -280,14 +251,17 @@ def _mismatch() -> ApiProblem:
     )
 
 
-def _holder_call(request: Request, action: Callable[[], services.LeaseOutcome]) -> Response:
+def _holder_call(
+    caller: ApiPrincipal, action: Callable[[], services.LeaseOutcome]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A holder's call (extend, complete, fail, cancel): its answer, or 409 for a stale holder or a conflict."""
     try:
         outcome = action()
     except services.LeaseMismatch:
         raise _mismatch() from None
     except services.LeaseConflict as conflict:
         raise ApiProblem(409, "lease_conflict", str(conflict), status=conflict.lease.status) from None
-    return _lease_response(request, outcome)
+    return _lease_answer(caller, outcome), {}
 
 
 class LeaseInput(Body):
@@ -296,7 +270,7 @@ class LeaseInput(Body):
     metadata = JsonObject(MAX_METADATA_BYTES, description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes.")
 
 
-class LeaseApi(APIView):
+class LeaseApi(LeanPostApi):
     @extend_schema(
         operation_id="ai_lease",
         request=LeaseInput.serializer,
@@ -304,8 +278,10 @@ class LeaseApi(APIView):
         summary="Acquire the lease of a key, or learn who has it (polling) or how it ended",
     )
     def post(self, request: Request) -> Response:
-        lease = LeaseInput.parse(body(request))
-        caller = principal(request)
+        return self.answer_drf(request)
+
+    def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        lease = LeaseInput.parse(data)
         outcome = services.lease_acquire(
             account_id=caller.account_id,
             plan=caller.plan,
@@ -313,7 +289,7 @@ class LeaseApi(APIView):
             ttl=lease.ttl,
             metadata=lease.metadata,
         )
-        return _lease_response(request, outcome)
+        return _lease_answer(caller, outcome), {}
 
 
 def _lease_id() -> Text[str]:
@@ -327,7 +303,7 @@ class LeaseExtendInput(Body):
     ttl = Ttl()
 
 
-class LeaseExtendApi(APIView):
+class LeaseExtendApi(LeanPostApi):
     @extend_schema(
         operation_id="ai_extend",
         request=LeaseExtendInput.serializer,
@@ -335,10 +311,12 @@ class LeaseExtendApi(APIView):
         summary="Heartbeat: reset the holder's expiry to now + ttl",
     )
     def post(self, request: Request) -> Response:
-        extend = LeaseExtendInput.parse(body(request))
-        caller = principal(request)
+        return self.answer_drf(request)
+
+    def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        extend = LeaseExtendInput.parse(data)
         return _holder_call(
-            request,
+            caller,
             lambda: services.lease_extend(
                 account_id=caller.account_id,
                 plan=caller.plan,
@@ -360,7 +338,7 @@ class LeaseCompleteInput(Body):
     result_hash = Text(128, description="Default: SHA-256 of RFC 8785 canonical JSON.")
 
 
-class LeaseCompleteApi(APIView):
+class LeaseCompleteApi(LeanPostApi):
     @extend_schema(
         operation_id="ai_complete",
         request=LeaseCompleteInput.serializer,
@@ -368,10 +346,12 @@ class LeaseCompleteApi(APIView):
         summary="Store the result; the key is final for the retention period",
     )
     def post(self, request: Request) -> Response:
-        complete = LeaseCompleteInput.parse(body(request))
-        caller = principal(request)
+        return self.answer_drf(request)
+
+    def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        complete = LeaseCompleteInput.parse(data)
         return _holder_call(
-            request,
+            caller,
             lambda: services.lease_complete(
                 account_id=caller.account_id,
                 key=complete.key,
@@ -389,7 +369,7 @@ class LeaseFailInput(Body):
     error_hash = Text(128)
 
 
-class LeaseFailApi(APIView):
+class LeaseFailApi(LeanPostApi):
     @extend_schema(
         operation_id="ai_fail",
         request=LeaseFailInput.serializer,
@@ -397,10 +377,12 @@ class LeaseFailApi(APIView):
         summary="Record a failed attempt; the next lease acquires again",
     )
     def post(self, request: Request) -> Response:
-        fail = LeaseFailInput.parse(body(request))
-        caller = principal(request)
+        return self.answer_drf(request)
+
+    def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        fail = LeaseFailInput.parse(data)
         return _holder_call(
-            request,
+            caller,
             lambda: services.lease_fail(
                 account_id=caller.account_id,
                 key=fail.key,
@@ -417,7 +399,7 @@ class LeaseCancelInput(Body):
     reason = Text(500, non_blank=True, description="Not blank when sent.")
 
 
-class LeaseCancelApi(APIView):
+class LeaseCancelApi(LeanPostApi):
     @extend_schema(
         operation_id="ai_cancel",
         request=LeaseCancelInput.serializer,
@@ -425,10 +407,12 @@ class LeaseCancelApi(APIView):
         summary="Give the key back without a result (status cancelled)",
     )
     def post(self, request: Request) -> Response:
-        cancel = LeaseCancelInput.parse(body(request))
-        caller = principal(request)
+        return self.answer_drf(request)
+
+    def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        cancel = LeaseCancelInput.parse(data)
         return _holder_call(
-            request,
+            caller,
             lambda: services.lease_cancel(
                 account_id=caller.account_id, key=cancel.key, lease_id=cancel.lease_id, reason=cancel.reason or ""
             ),
@@ -627,7 +611,7 @@ class KeyedRunApi(APIView):
             metadata=run.metadata.raw if run.metadata is not None else None,
             spec=spec,
         )
-        return _lease_response(request, _after_run_wait(caller.account_id, outcome))
+        return Response(_lease_answer(caller, _after_run_wait(caller.account_id, outcome)))
 
 
 def _after_run_wait(account_id: int, outcome: services.LeaseOutcome) -> services.LeaseOutcome:

@@ -16,7 +16,7 @@ import redis
 import rfc8785
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, IntegerField, Q, QuerySet, Value
+from django.db.models import F, IntegerField, JSONField, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -345,6 +345,7 @@ def _report(lease: Lease) -> LeaseOutcome:
 def _lease_acquire(
     *, account_id: int, key: str, ttl: int, metadata: dict[str, Any] | None, on_acquired: Callable[[Lease], None] | None
 ) -> LeaseOutcome:
+    one_statement = on_acquired is None and connection.vendor == "postgresql"
     for _ in range(3):  # the row may change state between our statements; re-decide a bounded number of times
         now = timezone.now()
         lease_id = _new_lease_id()
@@ -362,40 +363,14 @@ def _lease_acquire(
             metadata=metadata,
             updated_at=now,
         )
-        acquired = False
-        lease: Lease | None
-        with transaction.atomic():
-            taken = Lease.objects.filter(_acquirable(now), account_id=account_id, key=key).update(
-                version=F("version") + 1, **fields
-            )
-            if taken:
-                lease = Lease.objects.get(account_id=account_id, key=key)
-                # The previous holder's attempt, still open, ended by expiry (failed/cancelled ones were closed).
-                LeaseAttempt.objects.filter(lease=lease, ended_at__isnull=True).update(
-                    ended_at=now, outcome=AttemptOutcome.EXPIRED
-                )
-                LeaseAttempt.objects.create(lease=lease, version=lease.version, holder=lease_id, acquired_at=now)
-                if on_acquired is not None:
-                    on_acquired(lease)
-                acquired = True
-            else:
-                lease = Lease.objects.filter(account_id=account_id, key=key).first()
-                if lease is None:
-                    try:
-                        with transaction.atomic():
-                            lease = Lease.objects.create(
-                                account_id=account_id, key=key, version=1, first_seen_at=now, **fields
-                            )
-                            LeaseAttempt.objects.create(lease=lease, version=1, holder=lease_id, acquired_at=now)
-                            if on_acquired is not None:
-                                on_acquired(lease)
-                        acquired = True
-                    except IntegrityError:
-                        lease = None  # another caller inserted it first: re-decide against their row
+        if one_statement:
+            lease, acquired = _acquire_in_one_statement(account_id, key, now, fields)
+        else:
+            lease, acquired = _acquire_in_a_transaction(account_id, key, now, fields, on_acquired)
         if acquired:
             return LeaseOutcome(lease=lease, status="acquired", key=key, holder=True, charged=1)
         if lease is None:
-            continue
+            continue  # another caller inserted it first, or the sweeper removed it: re-decide
         if lease.status == LeaseStatus.IN_PROGRESS and lease.expires_at > timezone.now():
             return LeaseOutcome(lease=lease, status="polling", key=key)
         if lease.status in (LeaseStatus.COMPLETED, LeaseStatus.FAILED) and not _acquirable_now(lease):
@@ -403,6 +378,76 @@ def _lease_acquire(
     # Still changing under us after three rounds: report it as held (the caller polls again).
     lease = Lease.objects.get(account_id=account_id, key=key)
     return LeaseOutcome(lease=lease, status="polling", key=key)
+
+
+def _acquire_in_one_statement(
+    account_id: int, key: str, now: datetime, fields: dict[str, Any]
+) -> tuple[Lease | None, bool]:
+    """PostgreSQL: the acquisition as one statement (sql.LEASE_ACQUIRE_POSTGRESQL) — insert or take over, close the
+    previous attempt, open this one — committed on its own; else the row that holds the key (one more read)."""
+    values = [
+        json.dumps(value) if name in ("result", "metadata") and value is not None else value
+        for name, value in ((name, fields[name]) for name in sql.LEASE_FRESH)
+    ]
+    params = [account_id, key, now, *values]
+    params += [LeaseStatus.FAILED, LeaseStatus.CANCELLED, LeaseStatus.IN_PROGRESS, LeaseStatus.COMPLETED]
+    params += [now - retention(), AttemptOutcome.EXPIRED, AttemptOutcome.IN_PROGRESS]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.LEASE_ACQUIRE_POSTGRESQL, params)
+        row = cursor.fetchone()
+    if row is not None:
+        return _lease_of(row), True
+    return Lease.objects.filter(account_id=account_id, key=key).first(), False
+
+
+def _acquire_in_a_transaction(
+    account_id: int,
+    key: str,
+    now: datetime,
+    fields: dict[str, Any],
+    on_acquired: Callable[[Lease], None] | None,
+) -> tuple[Lease | None, bool]:
+    """The portable acquisition (and every one with ``on_acquired``): a conditional UPDATE of an acquirable row, else
+    an INSERT guarded by the unique constraint, with the attempts, in one transaction. (lease, acquired?); the lease
+    is None when another caller's insert won the race."""
+    with transaction.atomic():
+        taken = Lease.objects.filter(_acquirable(now), account_id=account_id, key=key).update(
+            version=F("version") + 1, **fields
+        )
+        if taken:
+            lease = Lease.objects.get(account_id=account_id, key=key)
+            # The previous holder's attempt, still open, ended by expiry (failed/cancelled ones were closed).
+            LeaseAttempt.objects.filter(lease=lease, ended_at__isnull=True).update(
+                ended_at=now, outcome=AttemptOutcome.EXPIRED
+            )
+            LeaseAttempt.objects.create(lease=lease, version=lease.version, holder=fields["lease_id"], acquired_at=now)
+            if on_acquired is not None:
+                on_acquired(lease)
+            return lease, True
+        existing = Lease.objects.filter(account_id=account_id, key=key).first()
+        if existing is not None:
+            return existing, False
+        try:
+            with transaction.atomic():
+                lease = Lease.objects.create(account_id=account_id, key=key, version=1, first_seen_at=now, **fields)
+                LeaseAttempt.objects.create(lease=lease, version=1, holder=fields["lease_id"], acquired_at=now)
+                if on_acquired is not None:
+                    on_acquired(lease)
+        except IntegrityError:
+            return None, False
+    return lease, True
+
+
+_JSON_COLUMNS = [i for i, f in enumerate(Lease._meta.concrete_fields) if isinstance(f, JSONField)]  # result, metadata
+
+
+def _lease_of(row: tuple[Any, ...]) -> Lease:
+    """A Lease from a row in sql.LEASE_FIELDS order (the JSON columns arrive as text, as the ORM's would)."""
+    values = list(row)
+    for i in _JSON_COLUMNS:
+        if isinstance(values[i], str):  # Django's PostgreSQL backend loads jsonb as text, for JSONField to decode
+            values[i] = json.loads(values[i])
+    return Lease.from_db(connection.alias, sql.LEASE_FIELDS, values)
 
 
 def _acquirable_now(lease: Lease) -> bool:
@@ -470,12 +515,36 @@ def _finish(
     return lease
 
 
+def _complete_in_one_statement(
+    account_id: int, key: str, lease_id: str, result: dict[str, Any] | None, result_hash: str
+) -> Lease | None:
+    """PostgreSQL: the holder's completion and its attempt's end as one statement (sql.LEASE_COMPLETE_POSTGRESQL),
+    committed on its own, then what _finish does after a transition. None when it made no transition."""
+    now = timezone.now()
+    params: list[Any] = [LeaseStatus.COMPLETED, now, now, None if result is None else json.dumps(result), result_hash]
+    params += [account_id, key, lease_id, LeaseStatus.IN_PROGRESS, AttemptOutcome.COMPLETED]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.LEASE_COMPLETE_POSTGRESQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    waiting.wake(account_id, key)
+    usage.count(account_id, "lease_completed", daily=True)
+    return _lease_of(row)
+
+
 def lease_complete(
     *, account_id: int, key: str, lease_id: str, result: dict[str, Any] | None, result_hash: str | None
 ) -> LeaseOutcome:
     """Store the result and make the key final for the retention period. A repeat with the same result by the
     same holder is answered idempotently; a different result, or completing a failed/cancelled lease, is 409."""
     computed = result_hash or (result_hash_of(result) if result is not None else "")
+    if connection.vendor == "postgresql":
+        done = _complete_in_one_statement(account_id, key, lease_id, result, computed)
+        if done is not None:
+            return LeaseOutcome(lease=done, status=done.status, key=key, holder=True)
+    # The portable path, and on PostgreSQL every call that made no transition (a repeat, a stale holder, a lease
+    # that is no longer in progress): _finish answers it.
     lease = _finish(
         account_id=account_id,
         key=key,

@@ -20,7 +20,17 @@ def slow_key(account_a, plans):
 
 
 @pytest.mark.parametrize(
-    "call", ["me", "check-lock", "governed call", "keyed run", "blocked governed call", "call needing approval"]
+    "call",
+    [
+        "me",
+        "check-lock",
+        "lease",
+        "lease complete",
+        "governed call",
+        "keyed run",
+        "blocked governed call",
+        "call needing approval",
+    ],
 )
 def test_burst_past_the_bucket_is_429_and_retry_after_is_honest(slow_key, call):
     client = slow_key.client()
@@ -35,11 +45,26 @@ def test_burst_past_the_bucket_is_429_and_retry_after_is_honest(slow_key, call):
             account_id=slow_key.api_key.account_id, agent_id="bot", policy={field: ["search.*"]}, source="t", actor="t"
         )
 
+    if call == "lease complete":  # five holders, made without the API (the bucket stays full)
+        from billing.auth import plan_limits_for
+        from idempotency.services import lease_acquire
+
+        plan = plan_limits_for(slow_key.api_key.account_id)
+        holders = [
+            lease_acquire(account_id=slow_key.api_key.account_id, plan=plan, key=f"l{n}", ttl=60, metadata=None)
+            for n in range(5)
+        ]
+
     def hit(n):
         if call == "me":
             return client.get("/v1/me")
         if call == "check-lock":
             return client.post("/v1/check-lock", {"key": f"k{n}"}, content_type="application/json")
+        if call == "lease":  # the lean path of the lease calls takes its token as DRF's throttle does
+            return client.post("/v1/ai/lease", {"key": f"l{n}"}, content_type="application/json")
+        if call == "lease complete":
+            body = {"key": f"l{n}", "lease_id": holders[n].lease.lease_id, "result": {"n": n}}
+            return client.post("/v1/ai/complete", body, content_type="application/json")
         if call == "keyed run":
             body = {"key": f"run-{n}", "metadata": {"task": "demo.echo"}}
             return client.post("/v1/ai/run", body, content_type="application/json")

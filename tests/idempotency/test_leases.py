@@ -299,3 +299,28 @@ def test_a_blank_cancel_reason_is_422_and_the_lease_is_still_held(client, reason
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "reason"]
     assert get(client, "status").json()["status"] == "in_progress"
+
+
+@pytest.mark.parametrize("path", ["lease", "extend", "complete", "fail", "cancel"])
+def test_the_lean_path_keeps_the_error_contract(client, path):
+    """The lease calls skip DRF's machinery on their usual form (billing/lean_api.py); every other form, and every
+    error, answers as DRF's path does."""
+    from django.test import Client
+
+    bad_json = client.post(f"/v1/ai/{path}", b'{"key": ', content_type="application/json")
+    assert bad_json.status_code == 422 and bad_json.json()["detail"][0]["type"] == "json_invalid"
+    no_key = Client().post(f"/v1/ai/{path}", {"key": "k"}, content_type="application/json")
+    assert no_key.status_code == 401 and no_key["WWW-Authenticate"] == 'Bearer realm="api"'
+    wrong = Client(headers={"Authorization": "Bearer once_live_nope"}).post(
+        f"/v1/ai/{path}", {"key": "k"}, content_type="application/json"
+    )
+    assert wrong.status_code == 403 and wrong.json() == {"detail": "Invalid API key"}
+    invalid = post(client, path, key="", ttl=0, lease_id="")
+    assert invalid.status_code == 422 and "key" in {e["loc"][-1] for e in invalid.json()["detail"]}
+    assert client.post(f"/v1/ai/{path}", {"key": "k"}).status_code == 415  # multipart: DRF's path, no parser for it
+    if path != "lease":
+        stale = post(client, path, key="k", lease_id="lease_stale", **({"error_code": "x"} if path == "fail" else {}))
+        assert stale.status_code == 409 and stale.json()["detail"]["error"] == "lease_mismatch"
+    lean = post(client, "lease", key="é", metadata={"who": "ünïcode"})  # the usual form: the lean path
+    assert lean.status_code == 200 and lean["Content-Type"] == "application/json"
+    assert lean.json()["status"] == "acquired" and lean.json()["key"] == "é" and lean.json()["charged"] == 1

@@ -4,8 +4,11 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
+import httpx
 import pytest
+from django.utils import timezone
 from onceonly import OnceOnly, idempotent, idempotent_ai
 
 from idempotency.models import Lease, LeaseAttempt, LockRecord
@@ -207,3 +210,30 @@ def test_fifty_concurrent_leases_have_exactly_one_holder(gunicorn_server, accoun
     assert len({r["lease_id"] for r in results if r["lease_id"]}) == 1
     lease = Lease.objects.get()
     assert lease.version == 1 and LeaseAttempt.objects.count() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ended", ["expired", "failed"])
+def test_fifty_concurrent_takeovers_of_an_ended_lease_have_exactly_one_holder(gunicorn_server, account_a, ended):
+    """The takeover: the conditional upsert lets one caller of fifty take the key over (version 2) and ends the old
+    holder's attempt in the same statement; the old holder is refused."""
+    key = make_key(account_a)
+    url = f"{gunicorn_server.url}/v1"
+    with OnceOnly(api_key=key.raw, base_url=url, fail_open=False) as client:
+        first = client.ai.lease(key="race:takeover", ttl=60)
+        if ended == "failed":
+            client.ai.fail(key="race:takeover", lease_id=first["lease_id"], error_code="boom")
+        else:  # the holder stopped heart-beating a second ago
+            Lease.objects.filter(key="race:takeover").update(expires_at=timezone.now() - timedelta(seconds=1))
+    results = race(url, key.raw, 50, lambda c, _: c.ai.lease(key="race:takeover", ttl=60))
+    statuses = [r["status"] for r in results]
+    assert statuses.count("acquired") == 1 and statuses.count("polling") == 49, statuses
+    winner = next(r for r in results if r["status"] == "acquired")
+    assert winner["version"] == 2 and winner["lease_id"] != first["lease_id"]
+    lease = Lease.objects.get()
+    assert (lease.version, lease.lease_id, lease.status) == (2, winner["lease_id"], "in_progress")
+    attempts = {a.version: (a.holder, a.outcome) for a in LeaseAttempt.objects.all()}
+    assert attempts == {1: (first["lease_id"], ended), 2: (winner["lease_id"], "in_progress")}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key.raw}"}) as http:
+        late = http.post("/ai/complete", json={"key": "race:takeover", "lease_id": first["lease_id"], "result": {}})
+    assert late.status_code == 409 and late.json()["detail"]["error"] == "lease_mismatch"

@@ -1,0 +1,64 @@
+"""The lean path of the hottest API calls (check-lock, the lease calls): their usual form skips DRF's request
+wrapping, content negotiation and rendering — about a fifth of check-lock's server time, measured in
+docs/benchmarks.md §"What was changed to get here".
+
+The usual form is POST, a JSON body and a bearer key. Anything else takes DRF's full path before any work is done,
+and an error raised on the lean path goes through DRF's exception handling, so every answer keeps the error contract
+(``test_the_lean_path_keeps_the_error_contract``). Both paths authenticate the same way, take the caller's rate-limit
+token the same way (unless the view's own Lua script takes it: ``rate_limit_in_script``) and parse the body with the
+same parser.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import ratelimit
+from billing.auth import ApiPrincipal, authenticate_header_value, principal
+from onceonly_site.api import body, parse_json_body
+
+
+class LeanPostApi(APIView):
+    """A POST endpoint whose work is ``answer(caller, data)``: (JSON object, extra headers). Subclasses declare
+    ``post`` (for its OpenAPI schema) as ``return self.answer_drf(request)``."""
+
+    rate_limit_in_script = False  # True: the view's script takes the token (ApiKeyRateThrottle then skips it too)
+
+    def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        raise NotImplementedError
+
+    def answer_drf(self, request: Request) -> Response:
+        """DRF's path (authenticated, throttled and parsed by DRF)."""
+        data, headers = self.answer(principal(request), body(request))
+        return Response(data, headers=headers)
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if (
+            request.method != "POST"
+            or request.content_type != "application/json"
+            or "HTTP_AUTHORIZATION" not in request.META
+        ):
+            return super().dispatch(request, *args, **kwargs)
+        self.args, self.kwargs, self.headers = args, kwargs, self.default_response_headers
+        try:
+            caller = authenticate_header_value(request.META["HTTP_AUTHORIZATION"])
+            if not self.rate_limit_in_script:
+                ratelimit.take(caller)
+            data = parse_json_body(request.body)
+            answer, headers = self.answer(caller, {} if data is None else data)
+        except Exception as exc:
+            self.request = self.initialize_request(request, *args, **kwargs)
+            return self.finalize_response(self.request, self.handle_exception(exc), *args, **kwargs)
+        response = HttpResponse(
+            json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode(), content_type="application/json"
+        )
+        for name, value in headers.items():
+            response[name] = value
+        return response
