@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
 from billing import ratelimit
@@ -27,12 +28,17 @@ from onceonly_site.api import body, parse_json_body
 
 class LeanPostApi(APIView):
     """A POST endpoint whose work is ``answer(caller, data)``: (JSON object, extra headers). Subclasses declare
-    ``post`` (for its OpenAPI schema) as ``return self.answer_drf(request)``."""
+    ``post`` (for its OpenAPI schema) as ``return self.answer_drf(request)``. ``self.request`` is the request on
+    both paths (Django's on the lean one, DRF's wrapper of it on the other)."""
 
     rate_limit_in_script = False  # True: the view's script takes the token (ApiKeyRateThrottle then skips it too)
 
     def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
         raise NotImplementedError
+
+    def lean_form(self, data: Any) -> bool:
+        """Whether this parsed body takes the lean path (a view with a second form sends that one to DRF's)."""
+        return True
 
     def answer_drf(self, request: Request) -> Response:
         """DRF's path (authenticated, throttled and parsed by DRF)."""
@@ -46,19 +52,27 @@ class LeanPostApi(APIView):
             or "HTTP_AUTHORIZATION" not in request.META
         ):
             return super().dispatch(request, *args, **kwargs)
+        try:
+            data, malformed = parse_json_body(request.body), None
+        except Exception as exc:  # answered after authentication, as DRF's path answers it
+            data, malformed = None, exc
+        if malformed is None and not self.lean_form(data):
+            return super().dispatch(request, *args, **kwargs)
         self.args, self.kwargs, self.headers = args, kwargs, self.default_response_headers
+        self.request = request  # type: ignore[assignment]  # Django's request: what answer() reads of it is on both
         try:
             caller = authenticate_header_value(request.META["HTTP_AUTHORIZATION"])
             if not self.rate_limit_in_script:
                 ratelimit.take(caller)
-            data = parse_json_body(request.body)
+            if malformed is not None:
+                raise malformed
             answer, headers = self.answer(caller, {} if data is None else data)
         except Exception as exc:
             self.request = self.initialize_request(request, *args, **kwargs)
             return self.finalize_response(self.request, self.handle_exception(exc), *args, **kwargs)
-        response = HttpResponse(
-            json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode(), content_type="application/json"
-        )
+        # DRF's encoder (decimals, datetimes) and its renderer's settings: the same bytes as DRF's path would send
+        text = json.dumps(answer, cls=JSONEncoder, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        response = HttpResponse(text.encode(), content_type="application/json")
         for name, value in headers.items():
             response[name] = value
         return response

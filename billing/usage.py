@@ -46,6 +46,9 @@ class QuotaArgs(NamedTuple):
     usage_keep_seconds: int
     also: str
     day: str
+    counted_too: str
+    read: str
+    publish: str
 
 
 QUOTA = LuaScript(QUOTA_LUA, QuotaKeys, QuotaArgs)
@@ -109,30 +112,74 @@ def counted(account_id: int, kind: str, used: int, limit: int) -> None:
             logger.exception("a quota listener failed for account %s", account_id)
 
 
-def reserve(account_id: int, kind: str, limit: int, also: str = "", daily: bool = False) -> tuple[bool, int]:
-    """Count one unit of ``kind`` if the month's usage is below ``limit`` (-1: no limit). (counted?, usage).
-
-    ``also`` names a statistics field counted in the same round trip (requests_ai). The quota kinds, and any field
-    with ``daily``, are counted per day as well (``<field>:DD``, the source of ``/v1/metrics``)."""
+def _quota(
+    account_id: int,
+    kind: str,
+    limit: int,
+    *,
+    also: str = "",
+    daily: bool = False,
+    counted_too: str = "",
+    read: str = "",
+    publish: str = "",
+) -> list[Any]:
+    """quota.lua's reply for the account's month (rebuilt from the mirror first if Redis lost it)."""
     for _ in range(2):
         day = timezone.now().astimezone(UTC).strftime("%d") if kind in KINDS or daily else ""
         keys = QuotaKeys(usage=usage_key(account_id))
-        args = QuotaArgs(kind=kind, limit=limit, usage_keep_seconds=KEEP_SECONDS, also=also, day=day)
+        args = QuotaArgs(
+            kind=kind,
+            limit=limit,
+            usage_keep_seconds=KEEP_SECONDS,
+            also=also,
+            day=day,
+            counted_too=counted_too,
+            read=read,
+            publish=publish,
+        )
         reply = QUOTA(get_redis(), keys, args)
         if reply[0] != b"rebuild_usage":
-            return reply[0] == b"ok", int(reply[1])
+            return reply
         rebuild(account_id)
     raise RuntimeError("usage counters could not be rebuilt")
 
 
-def release(account_id: int, kind: str, now: datetime | None = None) -> None:
-    """Give back a unit reserved for a decision that did not happen (e.g. the lease turned out to be held)."""
+def reserve(
+    account_id: int, kind: str, limit: int, also: str = "", daily: bool = False, counted_too: str = ""
+) -> tuple[bool, int]:
+    """Count one unit of ``kind`` if the month's usage is below ``limit`` (-1: no limit). (counted?, usage).
+
+    ``also`` names a statistics field counted in the same round trip (requests_ai); ``counted_too`` one counted
+    (per day too) only when the unit is — ``release`` takes both back. The quota kinds, and any field with
+    ``daily``, are counted per day as well (``<field>:DD``, the source of ``/v1/metrics``)."""
+    reply = _quota(account_id, kind, limit, also=also, daily=daily, counted_too=counted_too)
+    return reply[0] == b"ok", int(reply[1])
+
+
+def release(account_id: int, kind: str, now: datetime | None = None, counted_too: str = "", instead: str = "") -> None:
+    """Give back a unit reserved for a decision that did not happen (e.g. the lease turned out to be held), with
+    the ``counted_too`` field counted with it, and count the statistics field ``instead`` (per day too): one round
+    trip."""
     now = now or timezone.now()
     key = usage_key(account_id, now)
     pipe = get_redis().pipeline(transaction=False)
-    pipe.hincrby(key, kind, -1)
-    pipe.hincrby(key, f"{kind}:{now:%d}", -1)
+    for field, by in ((kind, -1), (counted_too, -1), (instead, 1)):
+        if field:
+            pipe.hincrby(key, field, by)
+            pipe.hincrby(key, f"{field}:{now:%d}", by)
     pipe.execute()
+
+
+def count_reading(account_id: int, field: str, read: str, publish: str = "") -> int | None:
+    """``count(field, daily=True)``, the value of the field ``read`` and a PUBLISH on the wake-up channel
+    ``publish`` (sent as is: the caller's transaction has committed), in one round trip. The value read, or None
+    when Redis failed (nothing counted or published: statistics and wake-ups are best effort)."""
+    try:
+        reply = _quota(account_id, field, -1, daily=True, read=read, publish=publish)
+    except (redis.RedisError, RuntimeError):
+        logger.warning("could not count %s or publish its wake-up: Redis unreachable", field)
+        return None
+    return int(reply[2])
 
 
 def count(account_id: int, field: str, daily: bool = False) -> None:

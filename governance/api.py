@@ -14,8 +14,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import entitlements, ratelimit
-from billing.auth import principal
+from billing.auth import ApiPrincipal, principal
 from billing.entitlements import FeatureGatedView
+from billing.lean_api import LeanPostApi
 from governance import approval_api_selectors, approvals, detectors, explain, policies, selectors, services, tools
 from governance.choices import Outcome, Reason
 from governance.models import Agent, Tool
@@ -151,9 +152,9 @@ def call_answer(outcome: services.CallOutcome) -> dict[str, Any]:
     }
 
 
-class AiRunApi(APIView):
-    """`/v1/ai/run`: with `agent_id` + `tool` the governed call; with `key` the keyed run, which
-    ``idempotency.api.KeyedRunApi`` answers."""
+class AiRunApi(LeanPostApi):
+    """`/v1/ai/run`: with `agent_id` + `tool` the governed call (on the lean path: billing/lean_api.py); with `key`
+    the keyed run, which ``idempotency.api.KeyedRunApi`` answers through DRF's."""
 
     # The governed call takes its token in governed_call.lua; the key form with ratelimit.take (KeyedRunApi).
     rate_limit_in_script = True
@@ -184,12 +185,17 @@ class AiRunApi(APIView):
     )
     def post(self, request: Request) -> Response:
         data = body(request)
-        if isinstance(data, dict) and "key" in data:
+        if not self.lean_form(data):
             self._refuse_both_forms(data)
             return idempotency_api.KeyedRunApi().post(request)
+        return self.answer_drf(request)
+
+    def lean_form(self, data: Any) -> bool:
+        return not (isinstance(data, dict) and "key" in data)
+
+    def answer(self, caller: ApiPrincipal, data: Any) -> tuple[dict[str, Any], dict[str, str]]:
         call = GovernedCallInput.parse(data)
         # Not a permission class: a 422 comes before the plan's 403 here (and the key form needs no governance).
-        caller = principal(request)
         entitlements.require(caller.plan, "governance")
         agent_id, tool, spend = call.agent_id, call.tool, call.spend_usd
         try:
@@ -202,7 +208,7 @@ class AiRunApi(APIView):
                 spend_usd=Decimal(str(spend)) if spend is not None else None,
                 rate_limit=ratelimit.script_args(caller),
                 api_key_id=caller.key_id,
-                arrived=clock.arrived(request),
+                arrived=clock.arrived(self.request),
             )
         except services.ToolNotFound:
             raise ApiProblem(
@@ -211,7 +217,7 @@ class AiRunApi(APIView):
                 f"No registered tool {tool!r}, and this account is in strict mode (unregistered tools are refused).",
                 tool=tool,
             ) from None
-        return Response(call_answer(outcome))
+        return call_answer(outcome), {}
 
     @staticmethod
     def _refuse_both_forms(data: dict[str, Any]) -> None:

@@ -274,6 +274,9 @@ class LeaseOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+LEASE_ACQUIRED, POLLING_AI, LEASE_COMPLETED = "lease_acquired", "polling_ai", "lease_completed"  # statistics
+
+
 def retention() -> timedelta:
     return timedelta(days=settings.ONCEONLY_RETENTION_DAYS)
 
@@ -309,29 +312,31 @@ def lease_acquire(
     ttl = effective_ttl(ttl, plan)
     # The quota unit is reserved before the acquisition (atomic check-and-increment) and given back if the call
     # does not acquire; a key that is held or completed is answered even when the quota is used up.
-    reserved, used = usage.reserve(account_id, usage.AI, plan.ai_limit, also="requests_ai")
+    # lease_acquired is counted with the unit, and taken back with it (the call did not acquire: polling_ai counted
+    # instead), so the usual acquisition is one round trip to Redis.
+    reserved, used = usage.reserve(account_id, usage.AI, plan.ai_limit, also="requests_ai", counted_too=LEASE_ACQUIRED)
     if not reserved:
         existing = Lease.objects.filter(account_id=account_id, key=key).first()
         if existing is None or _acquirable_now(existing):
             usage.count(account_id, "blocked_ai")
             raise usage.QuotaExceeded(kind=usage.AI, plan=plan.code, usage=used, limit=plan.ai_limit)
         outcome = _report(existing)
+        if outcome.status == "polling":
+            usage.count(account_id, POLLING_AI, daily=True)
     else:
         try:
             outcome = _lease_acquire(
                 account_id=account_id, key=key, ttl=ttl, metadata=metadata, on_acquired=on_acquired
             )
         except Exception:
-            usage.release(account_id, usage.AI)  # the database failed: the unit was not used
+            usage.release(account_id, usage.AI, counted_too=LEASE_ACQUIRED)  # the database failed: not used
             raise
         if not outcome.charged:
-            usage.release(account_id, usage.AI)
+            instead = POLLING_AI if outcome.status == "polling" else ""
+            usage.release(account_id, usage.AI, counted_too=LEASE_ACQUIRED, instead=instead)
             used -= 1
     outcome.usage = used
-    if outcome.status == "polling":
-        usage.count(account_id, "polling_ai", daily=True)
-    elif outcome.charged:
-        usage.count(account_id, "lease_acquired", daily=True)
+    if outcome.charged:
         usage.counted(account_id, usage.AI, used, plan.ai_limit)  # budget alerts (docs/governance.md)
     return outcome
 
@@ -517,9 +522,10 @@ def _finish(
 
 def _complete_in_one_statement(
     account_id: int, key: str, lease_id: str, result: dict[str, Any] | None, result_hash: str
-) -> Lease | None:
+) -> tuple[Lease | None, int | None]:
     """PostgreSQL: the holder's completion and its attempt's end as one statement (sql.LEASE_COMPLETE_POSTGRESQL),
-    committed on its own, then what _finish does after a transition. None when it made no transition."""
+    committed on its own, then what _finish does after a transition. (lease, the month's ai usage if read): the lease
+    is None when it made no transition."""
     now = timezone.now()
     params: list[Any] = [LeaseStatus.COMPLETED, now, now, None if result is None else json.dumps(result), result_hash]
     params += [account_id, key, lease_id, LeaseStatus.IN_PROGRESS, AttemptOutcome.COMPLETED]
@@ -527,10 +533,14 @@ def _complete_in_one_statement(
         cursor.execute(sql.LEASE_COMPLETE_POSTGRESQL, params)
         row = cursor.fetchone()
     if row is None:
-        return None
-    waiting.wake(account_id, key)
-    usage.count(account_id, "lease_completed", daily=True)
-    return _lease_of(row)
+        return None, None
+    if connection.in_atomic_block:  # the wake-up waits for the caller's commit
+        waiting.wake(account_id, key)
+        usage.count(account_id, LEASE_COMPLETED, daily=True)
+        return _lease_of(row), None
+    # Committed: the statistics, the wake-up and the answer's usage in one round trip
+    channel = waiting.lease_channel(account_id, key)
+    return _lease_of(row), usage.count_reading(account_id, LEASE_COMPLETED, usage.AI, publish=channel)
 
 
 def lease_complete(
@@ -540,9 +550,9 @@ def lease_complete(
     same holder is answered idempotently; a different result, or completing a failed/cancelled lease, is 409."""
     computed = result_hash or (result_hash_of(result) if result is not None else "")
     if connection.vendor == "postgresql":
-        done = _complete_in_one_statement(account_id, key, lease_id, result, computed)
+        done, used = _complete_in_one_statement(account_id, key, lease_id, result, computed)
         if done is not None:
-            return LeaseOutcome(lease=done, status=done.status, key=key, holder=True)
+            return LeaseOutcome(lease=done, status=done.status, key=key, holder=True, usage=used)
     # The portable path, and on PostgreSQL every call that made no transition (a repeat, a stale holder, a lease
     # that is no longer in progress): _finish answers it.
     lease = _finish(

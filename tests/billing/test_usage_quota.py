@@ -1,6 +1,7 @@
 """Monthly quotas enforced atomically (402 usage_limit), usage endpoints, the database mirror, month rollover."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -156,3 +157,49 @@ def test_daily_usage_is_counted_and_mirrored(tiny):
     }
     lose_redis_state()
     assert usage.daily(tiny.api_key.account_id)["make"][today - 1] == 1  # from the mirror
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("committed", [True, False], ids=["autocommit", "in a transaction"])
+def test_a_lease_cycle_counts_its_statistics_once_each(account_a, committed, django_capture_on_commit_callbacks):
+    """acquired, polling and completed are counted with the quota unit in its round trip (taken back when the call
+    did not acquire), and the completion's answer carries the month's usage and wakes the key's waiters —
+    committed or inside a transaction."""
+    from django.db import transaction
+
+    from idempotency.waiting import lease_channel
+    from onceonly_site.redis_client import get_redis
+
+    client = make_key(account_a).client()
+    account = account_a.pk
+    today = f"{timezone.now().day:02d}"
+    waiter = get_redis().pubsub(ignore_subscribe_messages=True)
+    waiter.subscribe(lease_channel(account, "L"))
+
+    def cycle():
+        first = client.post("/v1/ai/lease", {"key": "L", "ttl": 60}, content_type="application/json").json()
+        polled = client.post("/v1/ai/lease", {"key": "L", "ttl": 60}, content_type="application/json").json()
+        body = {"key": "L", "lease_id": first["lease_id"], "result": {"ok": True}}
+        return first, polled, client.post("/v1/ai/complete", body, content_type="application/json").json()
+
+    if committed:
+        first, polled, done = cycle()
+    else:
+        with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+            first, polled, done = cycle()
+    assert (first["status"], polled["status"], done["status"]) == ("acquired", "polling", "completed")
+    assert (first["usage"], polled["usage"], done["usage"]) == (1, 1, 1)
+    month = usage.snapshot(account)
+    assert (month["ai"], month["requests_ai"], month["polling_ai"]) == (1, 2, 1)
+    days = usage.day_fields(account, usage.month_of())
+    counted = {
+        name: days.get(f"{name}:{today}", 0) for name in ("ai", "lease_acquired", "polling_ai", "lease_completed")
+    }
+    assert counted == {"ai": 1, "lease_acquired": 1, "polling_ai": 1, "lease_completed": 1}
+    woken, deadline = [], time.monotonic() + 1
+    while time.monotonic() < deadline:  # get_message answers None for the subscription's confirmation too
+        message = waiter.get_message(timeout=0.1)
+        if message is not None:
+            woken.append(message["channel"])
+    waiter.close()
+    assert woken == [lease_channel(account, "L").encode()]  # one wake-up, for the completion

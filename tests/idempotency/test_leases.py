@@ -324,3 +324,31 @@ def test_the_lean_path_keeps_the_error_contract(client, path):
     lean = post(client, "lease", key="é", metadata={"who": "ünïcode"})  # the usual form: the lean path
     assert lean.status_code == 200 and lean["Content-Type"] == "application/json"
     assert lean.json()["status"] == "acquired" and lean.json()["key"] == "é" and lean.json()["charged"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lease_cycle_is_one_statement_per_call_in_production(account_a, django_assert_num_queries):
+    """Committed on its own (as in production), an acquisition and a completion are each one statement on
+    PostgreSQL (the attempt rows included) and two Redis round trips: the rate-limit token, then the quota unit with
+    its statistics — or, for the completion, its statistics with the key's wake-up and the answer's usage
+    (docs/benchmarks.md)."""
+    from django.db import connection
+
+    from tests.conftest import make_key
+    from tests.support.redis_calls import count_redis_round_trips
+
+    client = make_key(account_a).client()
+    warm = acquire(client, key="warm")  # the key's principal cached, the scripts loaded
+    post(client, "complete", key="warm", lease_id=warm["lease_id"], result={})
+    postgresql = connection.vendor == "postgresql"
+    # SQLite: BEGIN, the conditional UPDATE, the read, SAVEPOINT, the INSERT, the attempt, RELEASE, COMMIT
+    with django_assert_num_queries(1 if postgresql else 8), count_redis_round_trips() as trips:
+        held = acquire(client, key="job")
+    assert held["status"] == "acquired" and trips.count == 2
+    # SQLite: the holder's row, BEGIN, the conditional UPDATE, the attempt, COMMIT, the row again
+    with django_assert_num_queries(1 if postgresql else 6), count_redis_round_trips() as trips:
+        done = post(client, "complete", key="job", lease_id=held["lease_id"], result={"ok": True}).json()
+    assert done["status"] == "completed" and done["usage"] == 2
+    assert trips.count == (2 if postgresql else 4)  # SQLite: the statistics, the wake-up and the usage apart
+    attempt = LeaseAttempt.objects.get(lease__key="job")
+    assert (attempt.outcome, attempt.holder, attempt.ended_at is not None) == ("completed", held["lease_id"], True)
