@@ -52,16 +52,18 @@ class LeanPostApi(APIView):
             or "HTTP_AUTHORIZATION" not in request.META
         ):
             return super().dispatch(request, *args, **kwargs)
-        try:
-            data, malformed = parse_json_body(request.body), None
-        except Exception as exc:  # answered after authentication, as DRF's path answers it
-            data, malformed = None, exc
-        if malformed is None and not self.lean_form(data):
-            return super().dispatch(request, *args, **kwargs)
         self.args, self.kwargs, self.headers = args, kwargs, self.default_response_headers
         self.request = request  # type: ignore[assignment]  # Django's request: what answer() reads of it is on both
         try:
-            caller = authenticate_header_value(request.META["HTTP_AUTHORIZATION"])
+            caller = authenticate_header_value(request.META["HTTP_AUTHORIZATION"])  # before reading the body
+            try:
+                data, malformed = parse_json_body(request.body), None
+            except Exception as exc:  # answered after the rate-limit token, as DRF's path answers it
+                data, malformed = None, exc
+            if malformed is None and not self.lean_form(data):
+                # The other form: DRF's path, with the caller already authenticated (not counted twice)
+                request._force_auth_user = request._force_auth_token = caller  # type: ignore[attr-defined]
+                return super().dispatch(request, *args, **kwargs)
             if not self.rate_limit_in_script:
                 ratelimit.take(caller)
             if malformed is not None:
@@ -70,9 +72,12 @@ class LeanPostApi(APIView):
         except Exception as exc:
             self.request = self.initialize_request(request, *args, **kwargs)
             return self.finalize_response(self.request, self.handle_exception(exc), *args, **kwargs)
-        # DRF's encoder (decimals, datetimes) and its renderer's settings: the same bytes as DRF's path would send
+        # DRF's encoder (decimals, datetimes), its renderer's settings and escapes, and its default headers (Allow):
+        # the answer DRF's path would send
         text = json.dumps(answer, cls=JSONEncoder, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        if "\u2028" in text or "\u2029" in text:
+            text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         response = HttpResponse(text.encode(), content_type="application/json")
-        for name, value in headers.items():
+        for name, value in {**self.headers, **headers}.items():
             response[name] = value
         return response

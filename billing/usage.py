@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import redis
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from onceonly_site.api import ApiProblem
@@ -52,6 +52,15 @@ class QuotaArgs(NamedTuple):
 
 
 QUOTA = LuaScript(QUOTA_LUA, QuotaKeys, QuotaArgs)
+
+
+class ReleaseArgs(NamedTuple):
+    """ARGV of billing/release.lua, before its field/delta ``changes``."""
+
+    day: str
+
+
+RELEASE = LuaScript(Path(__file__).with_name("release.lua"), QuotaKeys, ReleaseArgs, rest="changes")
 
 
 def month_of(now: datetime | None = None) -> str:
@@ -159,24 +168,22 @@ def reserve(
 def release(account_id: int, kind: str, now: datetime | None = None, counted_too: str = "", instead: str = "") -> None:
     """Give back a unit reserved for a decision that did not happen (e.g. the lease turned out to be held), with
     the ``counted_too`` field counted with it, and count the statistics field ``instead`` (per day too): one round
-    trip."""
+    trip, which writes nothing when Redis lost the month's hash meanwhile (release.lua)."""
     now = now or timezone.now()
-    key = usage_key(account_id, now)
-    pipe = get_redis().pipeline(transaction=False)
-    for field, by in ((kind, -1), (counted_too, -1), (instead, 1)):
-        if field:
-            pipe.hincrby(key, field, by)
-            pipe.hincrby(key, f"{field}:{now:%d}", by)
-    pipe.execute()
+    changes: list[Any] = []
+    for name, by in ((kind, -1), (counted_too, -1), (instead, 1)):
+        if name:
+            changes += [name, by]
+    RELEASE(get_redis(), QuotaKeys(usage=usage_key(account_id, now)), ReleaseArgs(day=f"{now:%d}"), changes)
 
 
 def count_reading(account_id: int, field: str, read: str, publish: str = "") -> int | None:
     """``count(field, daily=True)``, the value of the field ``read`` and a PUBLISH on the wake-up channel
     ``publish`` (sent as is: the caller's transaction has committed), in one round trip. The value read, or None
-    when Redis failed (nothing counted or published: statistics and wake-ups are best effort)."""
+    when that failed (nothing counted or published: the caller may publish alone; statistics are best effort)."""
     try:
         reply = _quota(account_id, field, -1, daily=True, read=read, publish=publish)
-    except (redis.RedisError, RuntimeError):
+    except (redis.RedisError, RuntimeError, DatabaseError):  # DatabaseError: the rebuild from the mirror
         logger.warning("could not count %s or publish its wake-up: Redis unreachable", field)
         return None
     return int(reply[2])

@@ -389,19 +389,19 @@ def _acquire_in_one_statement(
     account_id: int, key: str, now: datetime, fields: dict[str, Any]
 ) -> tuple[Lease | None, bool]:
     """PostgreSQL: the acquisition as one statement (sql.LEASE_ACQUIRE_POSTGRESQL) — insert or take over, close the
-    previous attempt, open this one — committed on its own; else the row that holds the key (one more read)."""
+    previous attempt, open this one; or, when the key is held or final, the row that says so, written to nothing.
+    (lease, acquired?); the lease is read again, by the ORM, only when a concurrent call changed it under us."""
     values = [
         json.dumps(value) if name in ("result", "metadata") and value is not None else value
         for name, value in ((name, fields[name]) for name in sql.LEASE_FRESH)
     ]
-    params = [account_id, key, now, *values]
-    params += [LeaseStatus.FAILED, LeaseStatus.CANCELLED, LeaseStatus.IN_PROGRESS, LeaseStatus.COMPLETED]
-    params += [now - retention(), AttemptOutcome.EXPIRED, AttemptOutcome.IN_PROGRESS]
+    cutoff = now - retention()
+    params = [account_id, key, now, cutoff, *values, cutoff, AttemptOutcome.EXPIRED, AttemptOutcome.IN_PROGRESS]
     with connection.cursor() as cursor:
         cursor.execute(sql.LEASE_ACQUIRE_POSTGRESQL, params)
         row = cursor.fetchone()
     if row is not None:
-        return _lease_of(row), True
+        return _lease_of(row[1:]), bool(row[0])
     return Lease.objects.filter(account_id=account_id, key=key).first(), False
 
 
@@ -524,8 +524,8 @@ def _complete_in_one_statement(
     account_id: int, key: str, lease_id: str, result: dict[str, Any] | None, result_hash: str
 ) -> tuple[Lease | None, int | None]:
     """PostgreSQL: the holder's completion and its attempt's end as one statement (sql.LEASE_COMPLETE_POSTGRESQL),
-    committed on its own, then what _finish does after a transition. (lease, the month's ai usage if read): the lease
-    is None when it made no transition."""
+    committed on its own outside a transaction, then what _finish does after a transition. (lease, the month's ai
+    usage if read): the lease is None when it made no transition."""
     now = timezone.now()
     params: list[Any] = [LeaseStatus.COMPLETED, now, now, None if result is None else json.dumps(result), result_hash]
     params += [account_id, key, lease_id, LeaseStatus.IN_PROGRESS, AttemptOutcome.COMPLETED]
@@ -534,13 +534,15 @@ def _complete_in_one_statement(
         row = cursor.fetchone()
     if row is None:
         return None, None
-    if connection.in_atomic_block:  # the wake-up waits for the caller's commit
+    if connection.in_atomic_block or not connection.get_autocommit():  # the wake-up waits for the caller's commit
         waiting.wake(account_id, key)
         usage.count(account_id, LEASE_COMPLETED, daily=True)
         return _lease_of(row), None
     # Committed: the statistics, the wake-up and the answer's usage in one round trip
-    channel = waiting.lease_channel(account_id, key)
-    return _lease_of(row), usage.count_reading(account_id, LEASE_COMPLETED, usage.AI, publish=channel)
+    used = usage.count_reading(account_id, LEASE_COMPLETED, usage.AI, publish=waiting.lease_channel(account_id, key))
+    if used is None:  # that round trip failed: the wake-up alone (a PUBLISH passes where a script may not, e.g. OOM)
+        waiting.wake(account_id, key)
+    return _lease_of(row), used
 
 
 def lease_complete(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from django.db import connection
 from django.db.models import Field, Model
 
+from idempotency.choices import LeaseStatus
 from idempotency.models import Lease, LeaseAttempt, LockRecord
 
 _quote = connection.ops.quote_name
@@ -96,26 +97,57 @@ LEASE_FRESH = (  # what an acquisition writes, besides the key, the version and 
     "updated_at",
 )
 _INSERTED = ("account_id", "key", "version", "first_seen_at", *LEASE_FRESH)
-_FRESH_VALUES = ", ".join("CAST(%s AS jsonb)" if name in ("result", "metadata") else "%s" for name in LEASE_FRESH)
+_FAILED, _CANCELLED, _IN_PROGRESS, _COMPLETED = (  # the code's own constants, never a caller's value
+    f"'{status.value}'"
+    for status in (LeaseStatus.FAILED, LeaseStatus.CANCELLED, LeaseStatus.IN_PROGRESS, LeaseStatus.COMPLETED)
+)
 
-# The acquisition of (account, key): the row is inserted (version 1), or taken over (version + 1) only from a state
-# ``idempotency.services._acquirable`` allows — ON CONFLICT locks the row, so of any number of concurrent callers
-# exactly one gets a row back. The same statement closes the previous holder's attempt, if still open, as expired
-# and opens this one. One row back (the lease, in LEASE_FIELDS order) when this call acquired; none when the key is
-# held or final. Parameters: account id, key, first_seen_at, then LEASE_FRESH's values in order (status, lease_id,
-# ttl_seconds, acquired_at, expires_at, done_at, result, result_hash, error_code, error_hash, metadata as JSON text,
-# updated_at), the statuses acquirable outright (failed, cancelled), in_progress, completed, the completion
-# retention cutoff, then the attempt's outcomes: expired and in_progress.
+
+def _lease_cast(name: str) -> str:
+    """A placeholder cast to the column's type without length (the INSERT's own checks still apply)."""
+    field = Lease._meta.get_field(name)
+    assert isinstance(field, Field)
+    db_type = field.cast_db_type(connection)
+    assert db_type is not None, f"Lease.{name} has no database type"
+    return f"CAST(%s AS {db_type.split('(')[0]})"
+
+
+def _acquirable(row: str, now: str, cutoff: str) -> str:
+    """``idempotency.services._acquirable`` in SQL, of the lease row ``row`` at ``now``: failed, cancelled, expired,
+    or completed at or before the retention ``cutoff``."""
+    status, expires, done = (f"{row}.{column}" for column in (_L_STATUS, _L_EXPIRES, _L_DONE))
+    return (
+        f"({status} IN ({_FAILED}, {_CANCELLED}) OR ({status} = {_IN_PROGRESS} AND {expires} <= {now})"
+        f" OR ({status} = {_COMPLETED} AND {done} <= {cutoff}))"
+    )
+
+
+# The acquisition of (account, key), one statement. ``cur`` reads the row as the statement's snapshot sees it: when
+# it is held or final, nothing is written (no row lock, no commit to flush) and it is the answer. Otherwise the row
+# is inserted (version 1), or taken over (version + 1) only if the latest version is still acquirable — ON CONFLICT
+# locks the row and re-evaluates its WHERE on that version, so of any number of concurrent callers exactly one gets
+# it — and the same statement closes the previous holder's attempt, if still open, as expired and opens this one.
+# Rows back: (true, the lease in LEASE_FIELDS order) when this call acquired; (false, the lease) when the key is held
+# or final; none when a concurrent call changed the row under us (the caller reads it again).
+# Parameters: account id, key, now, the completion retention cutoff, then LEASE_FRESH's values in order (status,
+# lease_id, ttl_seconds, acquired_at, expires_at, done_at, result, result_hash, error_code, error_hash, metadata as
+# JSON text, updated_at), the cutoff again, then the attempt's outcomes: expired and in_progress.
 LEASE_ACQUIRE_POSTGRESQL = f"""
-WITH taken AS (
+WITH given AS (
+    SELECT {_lease_cast("account_id")} AS account_ref, {_lease_cast("key")} AS key_ref,
+        {_lease_cast("acquired_at")} AS now_at, {_lease_cast("done_at")} AS cutoff_at
+), cur AS (
+    SELECT {", ".join(f"l.{_lease_column(name)}" for name in LEASE_FIELDS)},
+        {_acquirable("l", "given.now_at", "given.cutoff_at")} AS acquirable
+    FROM {_LEASE} AS l, given WHERE l.{_L_ACCOUNT} = given.account_ref AND l.{_L_KEY} = given.key_ref
+), taken AS (
     INSERT INTO {_LEASE} ({", ".join(_lease_column(name) for name in _INSERTED)})
-    VALUES (%s, %s, 1, %s, {_FRESH_VALUES})
+    SELECT given.account_ref, given.key_ref, 1, given.now_at, {", ".join(_lease_cast(name) for name in LEASE_FRESH)}
+    FROM given WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.acquirable)
     ON CONFLICT ({_L_ACCOUNT}, {_L_KEY}) DO UPDATE SET
         {_L_VERSION} = {_LEASE}.{_L_VERSION} + 1,
         {", ".join(f"{_lease_column(name)} = excluded.{_lease_column(name)}" for name in LEASE_FRESH)}
-    WHERE {_LEASE}.{_L_STATUS} IN (%s, %s)
-        OR ({_LEASE}.{_L_STATUS} = %s AND {_LEASE}.{_L_EXPIRES} <= excluded.{_L_ACQUIRED})
-        OR ({_LEASE}.{_L_STATUS} = %s AND {_LEASE}.{_L_DONE} <= %s)
+    WHERE {_acquirable(_LEASE, f"excluded.{_L_ACQUIRED}", _lease_cast("done_at"))}
     RETURNING {_RETURNING}
 ), closed AS (
     UPDATE {_ATTEMPT} SET {_A_ENDED} = taken.{_L_ACQUIRED}, {_A_OUTCOME} = %s
@@ -125,8 +157,10 @@ WITH taken AS (
         {_A_NOTE})
     SELECT {_L_ID}, {_L_VERSION}, {_L_LEASE_ID}, {_L_ACQUIRED}, NULL, %s, '', '' FROM taken
 )
-SELECT {_RETURNING} FROM taken
-"""  # noqa: S608 (names from _meta only)
+SELECT true, {_RETURNING} FROM taken
+UNION ALL
+SELECT false, {_RETURNING} FROM cur WHERE NOT cur.acquirable
+"""  # noqa: S608 (names from _meta and the code's status constants only)
 
 # The holder's completion: the lease moves from in_progress to completed with its result only if ``lease_id`` still
 # holds it, and its attempt is closed in the same statement. One row back (LEASE_FIELDS order) when this call made

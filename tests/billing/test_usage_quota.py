@@ -203,3 +203,21 @@ def test_a_lease_cycle_counts_its_statistics_once_each(account_a, committed, dja
             woken.append(message["channel"])
     waiter.close()
     assert woken == [lease_channel(account, "L").encode()]  # one wake-up, for the completion
+
+
+def test_a_release_after_redis_lost_the_month_writes_nothing(account_a):
+    """A unit given back after Redis lost the month's hash must not leave a hash of bare deltas (-1 ai, no TTL) that
+    the next reservation would take for the month: nothing is written, and that reservation rebuilds from the
+    mirror."""
+    from onceonly_site.redis_client import get_redis
+
+    account = account_a.pk
+    assert usage.reserve(account, usage.AI, -1, counted_too="lease_acquired") == (True, 1)
+    mirror_usage()
+    lose_redis_state()
+    usage.release(account, usage.AI, counted_too="lease_acquired", instead="polling_ai")
+    assert not get_redis().exists(usage.usage_key(account))
+    assert usage.reserve(account, usage.AI, -1) == (True, 2)  # the mirror's 1, then this one
+    usage.release(account, usage.AI, counted_too="lease_acquired", instead="polling_ai")  # the hash is there now
+    month = usage.snapshot(account)
+    assert (month["ai"], month["polling_ai"]) == (1, 1)

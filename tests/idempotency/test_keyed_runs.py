@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 
 from billing import usage
@@ -63,6 +64,24 @@ def test_key_form_answers_like_a_lease_and_queues_one_run(client, key_a):
     assert again["status"] == "polling" and again["lease_id"] is None and again["charged"] == 0
     assert Run.objects.count() == 1
     assert types(client, "job:1") == ["run_queued"]
+
+
+def test_the_key_form_leaves_the_lean_path_authenticated_once(client, key_a, monkeypatch):
+    """/v1/ai/run's lean path (the governed call's) hands the key form to DRF with the caller it authenticated: the
+    request is counted once, and a bad key is refused before the body is read."""
+    from billing import counters, lean_api
+
+    parsed = []
+    monkeypatch.setattr(lean_api, "parse_json_body", lambda raw: parsed.append(raw) or lean_api.json.loads(raw))
+
+    account = key_a.api_key.account_id
+    before = counters.pending(account)
+    assert start(client, metadata={"task": "test.count"})["status"] == "acquired"
+    assert counters.pending(account) == before + 1
+    bad = Client(headers={"Authorization": "Bearer once_live_nope"}).post(
+        "/v1/ai/run", b'{"key": ', content_type="application/json"
+    )
+    assert bad.status_code == 403 and len(parsed) == 1  # the key is checked before the body is read
 
 
 def test_worker_completes_the_run_once_and_the_key_replays_the_result(client):

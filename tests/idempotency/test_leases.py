@@ -324,6 +324,12 @@ def test_the_lean_path_keeps_the_error_contract(client, path):
     lean = post(client, "lease", key="é", metadata={"who": "ünïcode"})  # the usual form: the lean path
     assert lean.status_code == 200 and lean["Content-Type"] == "application/json"
     assert lean.json()["status"] == "acquired" and lean.json()["key"] == "é" and lean.json()["charged"] == 1
+    # …answered in the bytes and headers DRF's renderer would send (U+2028/U+2029 escaped, Allow)
+    from rest_framework.renderers import JSONRenderer
+
+    done = post(client, "complete", key="é", lease_id=lean.json()["lease_id"], result={"line": "a\u2028b\u2029c"})
+    assert done.status_code == 200 and b"\\u2028" in done.content and "\u2028".encode() not in done.content
+    assert done.content == JSONRenderer().render(done.json()) and done["Allow"] == "POST, OPTIONS"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -345,10 +351,24 @@ def test_a_lease_cycle_is_one_statement_per_call_in_production(account_a, django
     with django_assert_num_queries(1 if postgresql else 8), count_redis_round_trips() as trips:
         held = acquire(client, key="job")
     assert held["status"] == "acquired" and trips.count == 2
+    # A poll of the held key reads the row in that statement and writes nothing: no row lock, no commit to flush.
+    locked_by = "SELECT xmax::text FROM idempotency_lease WHERE key = 'job'"
+    if postgresql:
+        with connection.cursor() as cursor:
+            cursor.execute(locked_by)
+            before = cursor.fetchone()[0]
+    with django_assert_num_queries(1 if postgresql else 4), count_redis_round_trips() as trips:
+        polled = acquire(client, key="job")
+    assert polled["status"] == "polling" and polled["lease_id"] is None
+    assert trips.count == 3  # the rate-limit token, the quota unit, its release (polling_ai counted instead)
+    if postgresql:
+        with connection.cursor() as cursor:
+            cursor.execute(locked_by)
+            assert cursor.fetchone()[0] == before  # the poll locked nothing (FK checks leave their own lock)
     # SQLite: the holder's row, BEGIN, the conditional UPDATE, the attempt, COMMIT, the row again
     with django_assert_num_queries(1 if postgresql else 6), count_redis_round_trips() as trips:
         done = post(client, "complete", key="job", lease_id=held["lease_id"], result={"ok": True}).json()
-    assert done["status"] == "completed" and done["usage"] == 2
+    assert done["status"] == "completed" and done["usage"] == 2  # warm's and job's (the poll gave its unit back)
     assert trips.count == (2 if postgresql else 4)  # SQLite: the statistics, the wake-up and the usage apart
     attempt = LeaseAttempt.objects.get(lease__key="job")
     assert (attempt.outcome, attempt.holder, attempt.ended_at is not None) == ("completed", held["lease_id"], True)
