@@ -1,12 +1,12 @@
-"""The lean path of the hottest API calls (check-lock, the lease calls): their usual form skips DRF's request
-wrapping, content negotiation and rendering — about a fifth of check-lock's server time, measured in
+"""The lean path of the hottest API calls (check-lock, the lease calls, the governed call): their usual form skips
+DRF's request wrapping, content negotiation and rendering — about a fifth of check-lock's server time, measured in
 docs/benchmarks.md §"What was changed to get here".
 
 The usual form is POST, a JSON body and a bearer key. Anything else takes DRF's full path before any work is done,
 and an error raised on the lean path goes through DRF's exception handling, so every answer keeps the error contract
 (``test_the_lean_path_keeps_the_error_contract``). Both paths authenticate the same way, take the caller's rate-limit
 token the same way (unless the view's own Lua script takes it: ``rate_limit_in_script``) and parse the body with the
-same parser.
+same parser; the key is checked before the body is read.
 """
 
 from __future__ import annotations
