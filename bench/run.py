@@ -7,12 +7,13 @@ the load generator (C, one thread, Lua-scripted bodies and open-loop pacing; its
 it is visibly not the bottleneck). A fresh database (``onceonly_bench``, ``--db-name``) and Redis database (12,
 ``--redis-db``) are used, and dropped and flushed at the end unless ``--keep-db``.
 
-The CPU-bound wrk scenarios (floor, check-lock, lease, governed calls, MCP calls, agent metrics) run with both
-worker models, each against its own floor (measured first and last): first the other model (sync when the stack is
-gthread, and the reverse; ``--no-compare`` skips it) — a 2 s warm-up and a saturation run of half ``--seconds`` per
-scenario, no paced runs — then gunicorn alone is restarted with the stack's model, which gets the full treatment: a
-warm-up, a saturation run (requests/s at peak) and three paced runs at 70 % of that peak (p50/p95/p99 of the
-median-p99 run, errors). The report puts both models' req/s and ×floor side by side, with gthread/sync. With the
+The CPU-bound wrk scenarios (floor, check-lock, lease, governed calls, MCP calls, agent metrics) run with the
+stack's worker model, and the core ones (``COMPARED``) with the other model too, each against its own floor
+(measured first and last): first the other model (sync when the stack is gthread, and the reverse;
+``--no-compare`` skips it) — a 2 s warm-up and a saturation run of half ``--seconds`` per scenario, no paced runs —
+then gunicorn alone is restarted with the stack's model, which gets the full treatment: a warm-up, a saturation run
+(requests/s at peak) and three paced runs at 70 % of that peak (p50/p95/p99 of the median-p99 run, errors) — but
+for the detector scenarios (``UNPACED``: saturation only, the detectors A/B measures them three times more). The report puts both models' req/s and ×floor side by side, with gthread/sync. With the
 stack's model, after them, ``mcp_direct``: the MCP call sent straight to the upstream (saturation, then paced at
 ``mcp_call``'s rate), and the gateway's overhead over it.
 
@@ -32,7 +33,7 @@ the export scenario (bench/export.py): 1,000,000 decisions exported as CSV and J
 whose peak RSS is measured. Last, the retention scenario (bench/partitions.py): two days of 1,000,000 decisions
 dropped, a day at a time, while a writer inserts.
 
-    make bench                       # about 22 minutes
+    make bench                       # about 25 minutes (the growth phase seeds 10,000,000 rows)
     make bench BENCH_ARGS="--growth 1M"   # the same with a growth phase of 1,000,000 rows, about 14 minutes
     python -m bench.run --quick      # 3 s runs, short noisy neighbour, 5 round trips, no growth or dashboard phase
     make bench BENCH_ARGS="--only noisy_neighbour"         # one scenario (the floor runs with any CPU scenario)
@@ -106,6 +107,8 @@ VERIFY = "verify"  # not a wrk scenario: bench/verify.py, the log's verification
 NOISY = "noisy_neighbour"  # bench/contention.py, with both worker models
 ROUND_TRIP = "keyed_run_round_trip"  # bench/contention.py, with the stack's worker model
 OTHER_WARMUP = 2  # the comparison model's warm-up (s); its saturation runs are half --seconds, not paced
+COMPARED = ("floor", "lock_dup", "lock_new", "lease", "gov_permit", "gov_dispatch")  # the comparison model's scenarios
+UNPACED = ("gov_det_off", "gov_det_on")  # saturation only: the detectors A/B measures them again, three times each
 TARGETS = {"lock_dup": 0.8, "lock_new": 0.6, "gov_permit": 0.5}  # × floor requests/s
 P99_TARGET_MS = 25.0
 GROWTH_TARGET = 1.2
@@ -476,7 +479,8 @@ def profile_summary(stack: Stack, scenario: str, spy: subprocess.Popen, top: int
 def run_scenarios(
     stack: Stack, key: str, *, seconds: int, warmup: int, names: list[str], profile: list[str], paced: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """The wrk scenarios ``names`` with the stack's current worker model; ``paced=False``: saturation only."""
+    """The wrk scenarios ``names`` with the stack's current worker model; ``paced=False``: saturation only (and
+    for the UNPACED scenarios always)."""
     results = {}
     for scenario in names:
         title = SCENARIOS[scenario]
@@ -490,7 +494,7 @@ def run_scenarios(
             peak["profile"] = profile_summary(stack, scenario, spy)
             log("  profile (inclusive share of gunicorn samples):\n    " + "\n    ".join(peak["profile"]))
         cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in peak["cpu_ms_per_request"].items())
-        if not paced:
+        if not paced or scenario in UNPACED:
             results[scenario] = {"title": title, "peak": peak}
             log(f"  peak {peak['rps']:.0f} req/s (CPU ms per request: {cpu}), errors {peak['errors']}")
             continue
@@ -778,10 +782,15 @@ def report(results: dict[str, Any]) -> str:
     for name, row in scen.items():
         ratio = row["peak"]["rps"] / floor
         target = TARGETS.get(name)
+        at_70 = row.get("at_70")  # none for a scenario measured at saturation only (UNPACED)
+        latencies = (
+            f"{at_70['p50_ms']:7.1f} {at_70['p95_ms']:7.1f} {at_70['p99_ms']:7.1f}"
+            if at_70
+            else f"{'—':>7} " * 2 + f"{'—':>7}"
+        )
         lines.append(
-            f"{row['title'][:44]:44} {row['peak']['rps']:8.0f} {ratio:7.2f} {row['at_70']['p50_ms']:7.1f} "
-            f"{row['at_70']['p95_ms']:7.1f} {row['at_70']['p99_ms']:7.1f} "
-            f"{row['peak']['errors'] + row['at_70']['errors']:6d} {row['peak']['loadgen_cpu']:7.2f}"
+            f"{row['title'][:44]:44} {row['peak']['rps']:8.0f} {ratio:7.2f} {latencies} "
+            f"{row['peak']['errors'] + (at_70['errors'] if at_70 else 0):6d} {row['peak']['loadgen_cpu']:7.2f}"
             + (f"   target ≥ {target}× {'OK' if ratio >= target else 'MISS'}" if target else "")
         )
     lines.append(
@@ -790,7 +799,7 @@ def report(results: dict[str, Any]) -> str:
         f"p99 target ≤ {P99_TARGET_MS:g} ms for the API)"
     )
     for name, row in scen.items():
-        if name != "floor":
+        if name != "floor" and "at_70" in row:
             ok = row["at_70"]["p99_ms"] <= P99_TARGET_MS
             runs = "/".join(f"{v:.1f}" for v in row["at_70"].get("p99_runs_ms", []))
             lines.append(f"  p99 {name:14} {row['at_70']['p99_ms']:6.1f} ms  {'OK' if ok else 'MISS'}   (runs: {runs})")
@@ -1109,7 +1118,7 @@ def api_phase(
             measured[model] = measure_model(
                 stack,
                 data["key"],
-                names=phases.cpu,
+                names=phases.cpu if own else [name for name in phases.cpu if name in COMPARED],
                 seconds=seconds if own else max(3, seconds // 2),
                 warmup=warmup if own else min(warmup, OTHER_WARMUP),
                 paced=own,
@@ -1158,7 +1167,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="3 s runs, a shorter noisy neighbour, 5 round trips, no growth phase"
     )
-    parser.add_argument("--seconds", type=int, default=12, help="length of each saturation and paced run")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each saturation and paced run")
     parser.add_argument("--workers", type=int, default=GUNICORN_WORKERS, help="gunicorn worker processes")
     parser.add_argument(
         "--worker-class",
