@@ -13,7 +13,8 @@ stack's worker model, and the core ones (``COMPARED``) with the other model too,
 ``--no-compare`` skips it) — a 2 s warm-up and a saturation run of half ``--seconds`` per scenario, no paced runs —
 then gunicorn alone is restarted with the stack's model, which gets the full treatment: a warm-up, a saturation run
 (requests/s at peak) and three paced runs at 70 % of that peak (p50/p95/p99 of the median-p99 run, errors) — but
-for the detector scenarios (``UNPACED``: saturation only, the detectors A/B measures them three times more). The report puts both models' req/s and ×floor side by side, with gthread/sync. With the
+for the detector scenarios (``UNPACED``: saturation only, the detectors A/B measures them three times more).
+The report puts both models' req/s and ×floor side by side, with gthread/sync. With the
 stack's model, after them, ``mcp_direct``: the MCP call sent straight to the upstream (saturation, then paced at
 ``mcp_call``'s rate), and the gateway's overhead over it.
 
