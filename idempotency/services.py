@@ -369,9 +369,11 @@ def _lease_acquire(
             updated_at=now,
         )
         if one_statement:
-            lease, acquired = _acquire_in_one_statement(account_id, key, now, fields)
-        else:
-            lease, acquired = _acquire_in_a_transaction(account_id, key, now, fields, on_acquired)
+            decided = _acquire_in_one_statement(account_id, key, now, fields)
+            if decided is not None:
+                return decided
+            continue  # a concurrent call changed the row under the statement: decide again
+        lease, acquired = _acquire_in_a_transaction(account_id, key, now, fields, on_acquired)
         if acquired:
             return LeaseOutcome(lease=lease, status="acquired", key=key, holder=True, charged=1)
         if lease is None:
@@ -385,12 +387,10 @@ def _lease_acquire(
     return LeaseOutcome(lease=lease, status="polling", key=key)
 
 
-def _acquire_in_one_statement(
-    account_id: int, key: str, now: datetime, fields: dict[str, Any]
-) -> tuple[Lease | None, bool]:
+def _acquire_in_one_statement(account_id: int, key: str, now: datetime, fields: dict[str, Any]) -> LeaseOutcome | None:
     """PostgreSQL: the acquisition as one statement (sql.LEASE_ACQUIRE_POSTGRESQL) — insert or take over, close the
-    previous attempt, open this one; or, when the key is held or final, the row that says so, written to nothing.
-    (lease, acquired?); the lease is read again, by the ORM, only when a concurrent call changed it under us."""
+    previous attempt, open this one; or, when the key is held or final, the row that says so, written to nothing
+    (its statement judged it at ``now``: no second read). None when a concurrent call changed the row under it."""
     values = [
         json.dumps(value) if name in ("result", "metadata") and value is not None else value
         for name, value in ((name, fields[name]) for name in sql.LEASE_FRESH)
@@ -400,9 +400,15 @@ def _acquire_in_one_statement(
     with connection.cursor() as cursor:
         cursor.execute(sql.LEASE_ACQUIRE_POSTGRESQL, params)
         row = cursor.fetchone()
-    if row is not None:
-        return _lease_of(row[1:]), bool(row[0])
-    return Lease.objects.filter(account_id=account_id, key=key).first(), False
+    if row is None:
+        return None
+    lease = _lease_of(row[1:])
+    if row[0]:
+        return LeaseOutcome(lease=lease, status="acquired", key=key, holder=True, charged=1)
+    # Not acquirable at ``now``: held (in progress, not expired) or completed within the retention
+    return LeaseOutcome(
+        lease=lease, status="polling" if lease.status == LeaseStatus.IN_PROGRESS else lease.status, key=key
+    )
 
 
 def _acquire_in_a_transaction(

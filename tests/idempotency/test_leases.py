@@ -344,7 +344,8 @@ def test_a_lease_cycle_is_one_statement_per_call_in_production(account_a, django
     from tests.support.redis_calls import count_redis_round_trips
 
     client = make_key(account_a).client()
-    warm = acquire(client, key="warm")  # the key's principal cached, the scripts loaded
+    warm = acquire(client, key="warm")  # the key's principal cached, the scripts loaded (a poll's release too)
+    assert acquire(client, key="warm")["status"] == "polling"
     post(client, "complete", key="warm", lease_id=warm["lease_id"], result={})
     postgresql = connection.vendor == "postgresql"
     # SQLite: BEGIN, the conditional UPDATE, the read, SAVEPOINT, the INSERT, the attempt, RELEASE, COMMIT
@@ -370,5 +371,9 @@ def test_a_lease_cycle_is_one_statement_per_call_in_production(account_a, django
         done = post(client, "complete", key="job", lease_id=held["lease_id"], result={"ok": True}).json()
     assert done["status"] == "completed" and done["usage"] == 2  # warm's and job's (the poll gave its unit back)
     assert trips.count == (2 if postgresql else 4)  # SQLite: the statistics, the wake-up and the usage apart
+    # The completed key's replay (the SDK's exactly-once answer) is that one statement's read too
+    with django_assert_num_queries(1 if postgresql else 5):  # SQLite: the poll's four, then "still final?"
+        replay = post(client, "lease", key="job").json()
+    assert replay["status"] == "completed" and replay["result"] == {"ok": True}
     attempt = LeaseAttempt.objects.get(lease__key="job")
     assert (attempt.outcome, attempt.holder, attempt.ended_at is not None) == ("completed", held["lease_id"], True)
